@@ -1,0 +1,1 @@
+"""Numpy in, numpy out: tokenizer, transforms, chunk timing and the Policy. No ROS here."""
