@@ -1,0 +1,292 @@
+"""pi0 / pi0.5: the fast three-stage engine.
+
+    image_tokens = model.embed_images(images, image_masks)         SigLIP once per PRESENT camera
+    cache = model.build_cache(image_tokens, tokens, token_mask, state)
+                                                                   Gemma prefix over the VALID tokens only
+                                                                   (+ pi0: the state token through the expert once)
+    actions = model.denoise(cache, noise, num_steps=10)            Euler steps, expert over the action tokens only,
+                                                                   SDPA with NO mask
+
+Why no mask is exact (design.md §2): openpi's denoise queries see every valid prefix key, and (pi0.5) every suffix
+key. The cache holds only valid tokens, so "every valid prefix key" is "every cached key". pi0's suffix starts with
+a state token that must not see the actions; but it sees only the prefix and itself, so its K/V at every layer do not
+depend on x_t or t: we compute them once, append them to the cache, and the action tokens - which see all of it - are
+the only queries. Positions are openpi's (cumsum of the pad mask - 1): 0..n-1 for the compacted prefix, n for the
+state token, then the actions. reference.py keeps openpi's padded/masked formulation; tests prove the two agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .gemma import Gemma, Modulation, maskless_attention, rope_tables
+from .siglip import Projector, SiglipVision
+
+
+class RaggedBatchError(ValueError):
+    """Rows of a batch have different numbers of valid prefix tokens: the fast path needs equal counts."""
+
+
+@dataclasses.dataclass
+class ImageTokens:
+    """Projected SigLIP tokens of the cameras present in the batch."""
+
+    features: torch.Tensor  # [B, P, T, width]: P present cameras, T tokens each
+    present: Tuple[int, ...]  # which camera slots (indices into the model's N cameras) those P are
+    mask: torch.Tensor  # [B, P] bool: the camera is present in that row
+
+
+@dataclasses.dataclass
+class PrefixCache:
+    """Keys/values of the valid prefix (and pi0's state token) for every expert layer, plus scratch for the actions.
+
+    keys/values: [depth, B, KV, num_cached + action_horizon, head_dim]. ``[..., :num_cached, :]`` is the
+    observation; the tail is overwritten by each denoise step with the action tokens' own K/V, so attention over the
+    whole buffer is exactly "actions see everything" with no concatenation and no mask.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    num_prefix: int  # valid image + language tokens
+    num_cached: int  # num_prefix, + 1 for pi0's state token
+    cos: torch.Tensor  # rotary tables of the action tokens' positions [B, H, 1, D]
+    sin: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+
+def euler_schedule(num_steps: int) -> Tuple[List[float], float]:
+    """The times openpi's loop visits and its dt, in float32 as openpi accumulates them (1.0, 0.9, 0.79999995, ...)."""
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    dt = np.float32(-1.0 / num_steps)
+    t, times = np.float32(1.0), []
+    while t >= -dt / np.float32(2):
+        times.append(float(t))
+        t = np.float32(t + dt)
+    return times, float(dt)
+
+
+def time_embedding(times: torch.Tensor, dim: int) -> torch.Tensor:
+    """openpi's sinusoidal embedding of float32 times [n] -> float32 [n, dim], computed in float64."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=times.device)
+    period = 4e-3 * (4.0 / 4e-3) ** fraction
+    angle = (1.0 / period * 2 * math.pi)[None, :] * times[:, None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(times.dtype)
+
+
+@dataclasses.dataclass
+class StepConditioning:
+    """Everything of one Euler step that depends on t only, computed once per (num_steps, device, dtype)."""
+
+    time: float
+    action_time_bias: Optional[torch.Tensor] = None  # pi0: the time half of action_time_mlp_in, plus its bias
+    layer_mods: Optional[List[Tuple[Modulation, Modulation]]] = None  # pi0.5: adaRMS per layer (input, post-attn)
+    final_mod: Optional[Modulation] = None  # pi0.5: adaRMS of the expert's final norm
+
+
+class PI0Model(nn.Module):
+    """pi0 / pi0.5 with openpi's module names (checkpoint.py maps the ``paligemma_with_expert.*`` prefixes)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.vision = SiglipVision(c.vision)
+        self.projector = Projector(c.vision.width, c.vlm.width)
+        self.vlm = Gemma(c.vlm, embed=True, adaptive=False)
+        self.expert = Gemma(c.expert, embed=False, adaptive=c.is_pi05)
+        we = c.expert.width
+        self.action_in_proj = nn.Linear(c.action_dim, we)
+        self.action_out_proj = nn.Linear(we, c.action_dim)
+        if c.is_pi05:
+            self.time_mlp_in = nn.Linear(we, we)
+            self.time_mlp_out = nn.Linear(we, we)
+        else:
+            self.state_proj = nn.Linear(c.action_dim, we)
+            self.action_time_mlp_in = nn.Linear(2 * we, we)
+            self.action_time_mlp_out = nn.Linear(we, we)
+        self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module._step_conditioning.clear())
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_in_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the transformers compute in (heads, norms and embeddings may stay float32)."""
+        return self.expert.layers[0].self_attn.qkv.weight.dtype
+
+    # --- stage 1: vision ------------------------------------------------------------------------------------------
+    def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
+        """images [B, N, 3, S, S] in [-1, 1], image_masks [B, N] bool -> SigLIP tokens of the present cameras."""
+        s = self.config.vision.image_size
+        if images.ndim != 5 or tuple(images.shape[2:]) != (3, s, s):
+            raise ValueError(f"images must be [B, cameras, 3, {s}, {s}] in [-1, 1], got {list(images.shape)}")
+        if image_masks.dtype != torch.bool or tuple(image_masks.shape) != tuple(images.shape[:2]):
+            raise ValueError(f"image_masks must be bool {list(images.shape[:2])}, got {image_masks.dtype} "
+                             f"{list(image_masks.shape)}")
+        B = images.shape[0]
+        present = tuple(i for i, any_row in enumerate(image_masks.any(dim=0).tolist()) if any_row)
+        T, W = self.config.num_image_tokens, self.config.vlm.width
+        if present:
+            flat = images[:, list(present)].reshape(B * len(present), 3, s, s)
+            features = self.projector(self.vision(flat)).view(B, len(present), T, W)
+        else:
+            features = images.new_zeros((B, 0, T, W), dtype=self.dtype)
+        return ImageTokens(features=features, present=present, mask=image_masks[:, list(present)])
+
+    # --- stage 2: the prefix KV cache -------------------------------------------------------------------------------
+    def embed_language(self, tokens: torch.Tensor) -> torch.Tensor:
+        emb = self.vlm.embed_tokens(tokens)
+        return emb * math.sqrt(emb.shape[-1])
+
+    def build_cache(self, image_tokens: ImageTokens, tokens: torch.Tensor, token_mask: torch.Tensor,
+                    state: torch.Tensor) -> PrefixCache:
+        c = self.config
+        B = image_tokens.features.shape[0]
+        self._check_prefix_inputs(B, tokens, token_mask, state)
+        T = c.num_image_tokens
+        feats = image_tokens.features.reshape(B, -1, c.vlm.width)
+        embs = torch.cat([feats.to(self.dtype), self.embed_language(tokens).to(self.dtype)], dim=1)
+        valid = torch.cat([image_tokens.mask.repeat_interleave(T, dim=1), token_mask], dim=1)
+        counts = valid.sum(dim=1).tolist()
+        if len(set(counts)) != 1:
+            raise RaggedBatchError(f"rows have {counts} valid prefix tokens; the fast path needs equal counts "
+                                   "(sample_actions falls back to the reference path)")
+        n = counts[0]
+        x = embs[valid].view(B, n, c.vlm.width)  # compaction: only valid tokens enter the prefix
+        has_state = not c.is_pi05
+        num_cached = n + int(has_state)
+        g, H = c.vlm, c.action_horizon
+        keys = x.new_empty((g.depth, B, g.num_kv_heads, num_cached + H, g.head_dim))
+        values = torch.empty_like(keys)
+
+        positions = torch.arange(n, device=x.device).expand(B, n)
+        cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
+        self._run_prefix_stack(self.vlm, x, cos, sin, keys, values, 0, n)
+        if has_state:  # pi0: the state token sees the prefix and itself only -> its K/V are fixed per observation
+            s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
+            cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
+            self._run_prefix_stack(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
+        positions = torch.arange(num_cached, num_cached + H, device=x.device).expand(B, H)
+        cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
+        return PrefixCache(keys=keys, values=values, num_prefix=n, num_cached=num_cached, cos=cos, sin=sin)
+
+    @staticmethod
+    def _run_prefix_stack(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
+        """Run tokens [start, stop) through ``stack``, writing their K/V into the cache; they attend to [0, stop)."""
+        for li, layer in enumerate(stack.layers):
+            def attend(q, k, v, li=li):
+                keys[li, :, :, start:stop] = k.transpose(1, 2)
+                values[li, :, :, start:stop] = v.transpose(1, 2)
+                return maskless_attention(q, keys[li, :, :, :stop], values[li, :, :, :stop])
+
+            x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
+
+    def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
+        return self.build_cache(self.embed_images(images, image_masks), tokens, token_mask, state)
+
+    # --- stage 3: the maskless denoise -----------------------------------------------------------------------------
+    def step_conditioning(self, num_steps: int) -> List[StepConditioning]:
+        """Per-step time conditioning (the 10 times are fixed): pi0's time half of action_time_mlp_in, pi0.5's time
+        MLP and every adaRMS scale/shift/gate. Cached; cleared when weights are loaded."""
+        key = (int(num_steps), self.device, self.dtype)
+        if key not in self._step_conditioning:
+            times, _ = euler_schedule(num_steps)
+            we = self.config.expert.width
+            emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
+            steps = []
+            for i, t in enumerate(times):
+                sc = StepConditioning(time=t)
+                if self.config.is_pi05:
+                    cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb[i:i + 1]))))
+                    sc.layer_mods = [(layer.input_layernorm.modulation(cond),
+                                      layer.post_attention_layernorm.modulation(cond)) for layer in self.expert.layers]
+                    sc.final_mod = self.expert.norm.modulation(cond)
+                else:
+                    w_time = self.action_time_mlp_in.weight[:, we:]
+                    sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
+                steps.append(sc)
+            self._step_conditioning[key] = steps
+        return self._step_conditioning[key]
+
+    def embed_actions(self, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
+        a = self.action_in_proj(x_t)
+        if self.config.is_pi05:
+            return a
+        # action_time_mlp_in([a, time_emb]) = a @ W_a^T + (time_emb @ W_t^T + b); the second half is precomputed.
+        w_action = self.action_time_mlp_in.weight[:, : a.shape[-1]]
+        return self.action_time_mlp_out(F.silu(F.linear(a, w_action) + sc.action_time_bias))
+
+    def velocity(self, cache: PrefixCache, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
+        """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask."""
+        h = self.embed_actions(x_t, sc).to(self.dtype)
+        n = cache.num_cached
+        for li, layer in enumerate(self.expert.layers):
+            def attend(q, k, v, li=li):
+                cache.keys[li, :, :, n:] = k.transpose(1, 2)
+                cache.values[li, :, :, n:] = v.transpose(1, 2)
+                return maskless_attention(q, cache.keys[li], cache.values[li])
+
+            mods = sc.layer_mods[li] if sc.layer_mods is not None else (None, None)
+            h = layer(h, cache.cos, cache.sin, attend, mods)
+        h, _ = self.expert.norm(h, sc.final_mod)
+        return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
+
+    def denoise(self, cache: PrefixCache, noise: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
+        c = self.config
+        expected = (cache.batch_size, c.action_horizon, c.action_dim)
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must be {list(expected)}, got {list(noise.shape)}")
+        steps = self.step_conditioning(num_steps)
+        _, dt = euler_schedule(num_steps)
+        x = noise.to(torch.float32)
+        for sc in steps:
+            x = x + dt * self.velocity(cache, x, sc)
+        return x
+
+    # --- all three ---------------------------------------------------------------------------------------------------
+    def sample_noise(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        c = self.config
+        return torch.randn((batch_size, c.action_horizon, c.action_dim), generator=generator,
+                           dtype=torch.float32, device=self.device)
+
+    def sample_actions(self, images, image_masks, tokens, token_mask, state, noise=None, num_steps: int = 10,
+                       path: str = "fast") -> torch.Tensor:
+        """Actions [B, H, action_dim] in model space. path "fast" (maskless, compacted) or "reference" (openpi's
+        padded, masked formulation). A fast-path batch whose rows have different valid-token counts uses the
+        reference path."""
+        if noise is None:
+            noise = self.sample_noise(images.shape[0])
+        if path == "reference":
+            from .reference import sample_actions_reference
+
+            return sample_actions_reference(self, images, image_masks, tokens, token_mask, state, noise, num_steps)
+        if path != "fast":
+            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+        try:
+            cache = self.encode(images, image_masks, tokens, token_mask, state)
+        except RaggedBatchError:
+            return self.sample_actions(images, image_masks, tokens, token_mask, state, noise, num_steps, "reference")
+        return self.denoise(cache, noise, num_steps)
+
+    def _check_prefix_inputs(self, B: int, tokens, token_mask, state) -> None:
+        c = self.config
+        if tokens.ndim != 2 or tokens.shape[0] != B or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"tokens must be integer [B={B}, L], got {tokens.dtype} {list(tokens.shape)}")
+        if token_mask.dtype != torch.bool or token_mask.shape != tokens.shape:
+            raise ValueError(f"token_mask must be bool {list(tokens.shape)}, got {token_mask.dtype} "
+                             f"{list(token_mask.shape)}")
+        if tuple(state.shape) != (B, c.action_dim):
+            raise ValueError(f"state must be [B={B}, action_dim={c.action_dim}], got {list(state.shape)}")
