@@ -90,6 +90,7 @@ class StepConditioning:
 
     time: float
     action_time_bias: Optional[torch.Tensor] = None  # pi0: the time half of action_time_mlp_in, plus its bias
+    action_weight: Optional[torch.Tensor] = None  # pi0: the action half of action_time_mlp_in (contiguous copy)
     layer_mods: Optional[List[Tuple[Modulation, Modulation]]] = None  # pi0.5: adaRMS per layer (input, post-attn)
     final_mod: Optional[Modulation] = None  # pi0.5: adaRMS of the expert's final norm
 
@@ -207,6 +208,7 @@ class PI0Model(nn.Module):
             we = self.config.expert.width
             emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
             steps = []
+            w_action = None if self.config.is_pi05 else self.action_time_mlp_in.weight[:, :we].contiguous()
             for i, t in enumerate(times):
                 sc = StepConditioning(time=t)
                 if self.config.is_pi05:
@@ -217,6 +219,7 @@ class PI0Model(nn.Module):
                 else:
                     w_time = self.action_time_mlp_in.weight[:, we:]
                     sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
+                    sc.action_weight = w_action
                 steps.append(sc)
             self._step_conditioning[key] = steps
         return self._step_conditioning[key]
@@ -226,8 +229,7 @@ class PI0Model(nn.Module):
         if self.config.is_pi05:
             return a
         # action_time_mlp_in([a, time_emb]) = a @ W_a^T + (time_emb @ W_t^T + b); the second half is precomputed.
-        w_action = self.action_time_mlp_in.weight[:, : a.shape[-1]]
-        return self.action_time_mlp_out(F.silu(F.linear(a, w_action) + sc.action_time_bias))
+        return self.action_time_mlp_out(F.silu(F.linear(a, sc.action_weight) + sc.action_time_bias))
 
     def velocity(self, cache: PrefixCache, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
         """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask."""
