@@ -188,6 +188,8 @@ def test_bad_shapes_name_the_problem():
             model.embed_images(images, masks.float())
         with pytest.raises(ValueError, match="state must be"):
             model.encode(images, masks, tokens, token_mask, state[:, :3])
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 64\)"):
+            model.encode(images, masks, tokens + 64, token_mask, state)
         with pytest.raises(ValueError, match="token_mask must be bool"):
             model.encode(images, masks, tokens, token_mask.long(), state)
         cache = model.encode(images, masks, tokens, token_mask, state)

@@ -290,5 +290,8 @@ class PI0Model(nn.Module):
         if token_mask.dtype != torch.bool or token_mask.shape != tokens.shape:
             raise ValueError(f"token_mask must be bool {list(tokens.shape)}, got {token_mask.dtype} "
                              f"{list(token_mask.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vlm.vocab_size):
+            raise ValueError(f"token ids must be in [0, {c.vlm.vocab_size}) (the model's vocabulary), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
         if tuple(state.shape) != (B, c.action_dim):
             raise ValueError(f"state must be [B={B}, action_dim={c.action_dim}], got {list(state.shape)}")
