@@ -197,3 +197,16 @@ def test_bad_shapes_name_the_problem():
             model.denoise(cache, noise[:, :2])
         with pytest.raises(ValueError, match="path must be"):
             model.sample_actions(images, masks, tokens, token_mask, state, path="slow")
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_compiled_denoise_equals_eager(variant):
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    with torch.inference_mode():
+        cache = model.encode(*inputs[:5])
+        eager = model.denoise(cache, inputs[5], 4)
+        model.compile_denoise()
+        compiled = model.denoise(cache, inputs[5], 4)
+    assert float((compiled - eager).abs().max()) <= TOL

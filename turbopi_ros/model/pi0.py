@@ -117,6 +117,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_in = nn.Linear(2 * we, we)
             self.action_time_mlp_out = nn.Linear(we, we)
         self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
+        self._compiled_velocity = None
         self.register_load_state_dict_post_hook(lambda module, keys: module._step_conditioning.clear())
 
     @property
@@ -253,10 +254,16 @@ class PI0Model(nn.Module):
             raise ValueError(f"noise must be {list(expected)}, got {list(noise.shape)}")
         steps = self.step_conditioning(num_steps)
         _, dt = euler_schedule(num_steps)
+        velocity = self._compiled_velocity or self.velocity
         x = noise.to(torch.float32)
         for sc in steps:
-            x = x + dt * self.velocity(cache, x, sc)
+            x = x + dt * velocity(cache, x, sc)
         return x
+
+    def compile_denoise(self, mode: Optional[str] = None) -> None:
+        """Optional: torch.compile one denoise step (the expert pass). The first denoise compiles (seconds to a
+        minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph."""
+        self._compiled_velocity = torch.compile(self.velocity, mode=mode, dynamic=False)
 
     # --- all three ---------------------------------------------------------------------------------------------------
     def sample_noise(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
