@@ -1,0 +1,35 @@
+"""ament_python package; also installs with plain `pip install .` into a venv."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "turbopi_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    python_requires=">=3.10",
+    zip_safe=True,
+    maintainer="turbopi_ros maintainers",
+    maintainer_email="turbopi@example.com",
+    description="Real-time pi0 / pi0.5 VLA policies as a ROS 2 node",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "turbopi_node = turbopi_ros.node:main",
+            "fake_robot = turbopi_ros.fake_robot:main",
+            "turbopi-verify = turbopi_ros.verify:main",
+            "turbopi-bench = turbopi_ros.bench:main",
+            "turbopi-demo = turbopi_ros.demo:main",
+        ],
+    },
+)
