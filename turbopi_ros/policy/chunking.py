@@ -1,0 +1,90 @@
+"""Which action applies now: action chunks on a clock, with a short blend when a new chunk replaces the old one.
+
+A chunk of H actions computed from an observation stamped s: action k is the target at s + (k + 1) / rate (the same
+times as the published JointTrajectory). The command at time t interpolates linearly between neighbouring actions,
+so inference latency is compensated: a chunk that arrives 80 ms after its observation starts 80 ms into itself.
+When a new chunk arrives, the command moves from the old chunk's trajectory to the new one over ``blend_s``.
+Past the end of the chunk there is no command (the chunk is used up): the caller stops or holds.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import numpy as np
+
+
+class Chunk:
+    def __init__(self, actions: np.ndarray, stamp: float, rate_hz: float):
+        self.actions = np.asarray(actions, dtype=np.float64)
+        if self.actions.ndim != 2 or len(self.actions) == 0:
+            raise ValueError(f"a chunk is [H, joints] with H >= 1, got {list(self.actions.shape)}")
+        self.stamp = float(stamp)
+        self.rate_hz = float(rate_hz)
+
+    @property
+    def end(self) -> float:
+        return self.stamp + len(self.actions) / self.rate_hz
+
+    def at(self, t: float) -> Optional[np.ndarray]:
+        """The interpolated action at time t; before the first action's time, the first action; None past the end."""
+        pos = (t - self.stamp) * self.rate_hz - 1.0  # fractional action index
+        last = len(self.actions) - 1
+        if pos > last + 1e-9:
+            return None
+        if pos <= 0.0:
+            return self.actions[0].copy()
+        k = int(np.floor(pos))
+        if k >= last:
+            return self.actions[last].copy()
+        a = pos - k
+        return (1.0 - a) * self.actions[k] + a * self.actions[k + 1]
+
+
+class ChunkSchedule:
+    """Thread-safe: the inference worker sets chunks, the control timer reads commands."""
+
+    def __init__(self, rate_hz: float, blend_s: float = 0.1):
+        if rate_hz <= 0:
+            raise ValueError(f"control rate must be positive, got {rate_hz}")
+        if blend_s < 0:
+            raise ValueError(f"blend time must be >= 0, got {blend_s}")
+        self.rate_hz = float(rate_hz)
+        self.blend_s = float(blend_s)
+        self._lock = threading.Lock()
+        self._current: Optional[Chunk] = None
+        self._previous: Optional[Chunk] = None
+        self._switched_at = 0.0
+
+    def set_chunk(self, actions: np.ndarray, stamp: float, now: float) -> None:
+        chunk = Chunk(actions, stamp, self.rate_hz)
+        with self._lock:
+            self._previous = self._current if self._current is not None and self._current.at(now) is not None \
+                else None
+            self._current = chunk
+            self._switched_at = now
+
+    def clear(self) -> None:
+        with self._lock:
+            self._current = self._previous = None
+
+    @property
+    def has_chunk(self) -> bool:
+        with self._lock:
+            return self._current is not None
+
+    def command(self, now: float) -> Optional[np.ndarray]:
+        with self._lock:
+            if self._current is None:
+                return None
+            new = self._current.at(now)
+            if new is None:
+                return None
+            if self._previous is not None and self.blend_s > 0:
+                a = (now - self._switched_at) / self.blend_s
+                old = self._previous.at(now)
+                if a < 1.0 and old is not None:
+                    a = max(a, 0.0)
+                    return (1.0 - a) * old + a * new
+                self._previous = None
+            return new

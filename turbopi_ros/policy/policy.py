@@ -1,0 +1,190 @@
+"""Policy: a numpy observation in, an ActionChunk out, each stage timed. Knows the engine's small API, not ROS.
+
+    preprocess   resize_with_pad to the model's image size, uint8 -> [-1, 1], normalize the state (pi0: z-score,
+                 pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state)
+    vision       SigLIP on the present cameras            (engine.embed_images)
+    prefix_cache Gemma prefix over the valid tokens        (engine.build_cache)
+    denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph)
+    postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..model.checkpoint import load_model, random_model
+from ..model.config import load_config
+from ..model.pi0 import PI0Model
+from .tokenizer import make_tokenizer
+from .transforms import (NormStats, absolute_actions, find_norm_stats, image_to_model, load_norm_stats, normalize,
+                         pad_to_dim, resize_with_pad, unnormalize)
+
+logger = logging.getLogger(__name__)
+
+# openpi's camera slots, in the order the model sees them.
+IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+
+
+class ObservationError(ValueError):
+    """An observation the policy will not act on; the message says what is wrong and what was expected."""
+
+
+@dataclasses.dataclass
+class Observation:
+    images: Dict[str, np.ndarray]  # camera slot -> uint8 [H, W, 3] RGB; a slot left out is an absent camera
+    state: np.ndarray  # joint positions in the state order (raw units)
+    prompt: str
+    stamp: float = 0.0  # seconds; carried to the chunk
+
+
+@dataclasses.dataclass
+class ActionChunk:
+    actions: np.ndarray  # [H, N] float64: absolute targets for the first N action dims, clamped to the limits
+    stamp: float
+    timings: Dict[str, float]  # seconds per stage, and "total"
+    clamped: int = 0  # how many values the limits clamped
+
+
+class Policy:
+    def __init__(self, model: PI0Model, *, tokenizer, norm_stats: Optional[Dict[str, NormStats]] = None,
+                 num_steps: int = 10, action_dims: Optional[int] = None, image_keys: Sequence[str] = IMAGE_KEYS,
+                 delta_mask: Optional[Sequence[bool]] = None, lower_limits: Optional[Sequence[float]] = None,
+                 upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False):
+        self.model = model
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.num_steps = int(num_steps)
+        self.image_keys = tuple(image_keys)
+        self.action_dims = int(action_dims or self.config.action_dim)
+        if not 0 < self.action_dims <= self.config.action_dim:
+            raise ValueError(f"action dims {self.action_dims} must be in 1..{self.config.action_dim}")
+        self.norm_stats = norm_stats
+        self.use_quantiles = self.config.is_pi05
+        if norm_stats is not None:
+            for key in ("state", "actions"):
+                if key not in norm_stats:
+                    raise ValueError(f"norm stats have no '{key}' entry")
+        self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
+        self.lower = self._limits(lower_limits, -np.inf, "lower")
+        self.upper = self._limits(upper_limits, np.inf, "upper")
+        if np.any(self.lower > self.upper):
+            raise ValueError("action lower limits exceed upper limits")
+        self.device = model.device
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.denoiser = model.denoise
+        if cuda_graph and self.device.type == "cuda":
+            from ..model.cuda_graph import CudaGraphDenoiser
+
+            self.denoiser = CudaGraphDenoiser(model)
+
+    def _limits(self, values, default, name) -> np.ndarray:
+        if values is None or len(values) == 0:
+            return np.full(self.action_dims, default)
+        if len(values) != self.action_dims:
+            raise ValueError(f"{len(values)} {name} limits for {self.action_dims} action joints")
+        return np.asarray(values, dtype=np.float64)
+
+    @classmethod
+    def from_params(cls, *, checkpoint: str = "", preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
+                    tokenizer: str = "", norm_stats: str = "", seed: int = 0, **kwargs) -> "Policy":
+        """checkpoint "" = random weights of ``preset`` (demos, tests): then no tokenizer file and no norm stats are
+        needed (a byte tokenizer and identity normalization are used, and the log says so)."""
+        if checkpoint:
+            model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
+                               dtype=dtype)
+            if not tokenizer:
+                raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
+        else:
+            model = random_model(load_config(preset), seed=seed, device=device, dtype=dtype)
+            logger.warning("model.checkpoint is empty: random weights of preset '%s' (actions are meaningless)", preset)
+        stats_path = norm_stats or (find_norm_stats(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None)
+        stats = load_norm_stats(stats_path) if stats_path else None
+        if stats is None:
+            logger.warning("no norm stats: state and actions pass through unnormalized")
+        tok = make_tokenizer(tokenizer, model.config.max_token_len, model.config.vlm.vocab_size)
+        return cls(model, tokenizer=tok, norm_stats=stats, seed=seed, **kwargs)
+
+    # --- inference -------------------------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def preprocess(self, obs: Observation):
+        c = self.config
+        unknown = sorted(set(obs.images) - set(self.image_keys))
+        if unknown:
+            raise ObservationError(f"cameras {unknown} are not model image slots {list(self.image_keys)}")
+        state = np.asarray(obs.state, dtype=np.float64)
+        if state.ndim != 1 or len(state) > c.action_dim:
+            raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
+        if not np.all(np.isfinite(state)):
+            raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
+        s = c.vision.image_size
+        images = np.full((len(self.image_keys), s, s, 3), -1.0, dtype=np.float32)
+        masks = np.zeros(len(self.image_keys), dtype=bool)
+        for i, key in enumerate(self.image_keys):
+            img = obs.images.get(key)
+            if img is None:
+                continue
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ObservationError(f"camera '{key}': expected uint8 [H, W, 3] RGB, got {img.dtype} "
+                                       f"{list(img.shape)}")
+            images[i] = image_to_model(resize_with_pad(img, s, s))
+            masks[i] = True
+        norm_state = normalize(state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats else state
+        try:
+            tokens, token_mask = self.tokenizer.encode(obs.prompt, state=norm_state if c.is_pi05 else None)
+        except ValueError as e:
+            raise ObservationError(str(e)) from None
+        dev = self.device
+        return (torch.from_numpy(images).permute(0, 3, 1, 2)[None].to(dev), torch.from_numpy(masks)[None].to(dev),
+                torch.from_numpy(tokens.astype(np.int64))[None].to(dev), torch.from_numpy(token_mask)[None].to(dev),
+                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None].to(dev), state)
+
+    def postprocess(self, raw: np.ndarray, state: np.ndarray):
+        actions = unnormalize(raw, self.norm_stats["actions"], self.use_quantiles) if self.norm_stats else raw
+        actions = np.asarray(actions, dtype=np.float64)[:, : self.action_dims]
+        if self.delta_mask is not None:
+            actions = absolute_actions(actions, state, self.delta_mask)
+        clipped = np.clip(actions, self.lower, self.upper)
+        return clipped, int(np.count_nonzero(clipped != actions))
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        images, masks, tokens, token_mask, state_t, state = self.preprocess(obs)
+        self._sync()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            image_tokens = self.model.embed_images(images, masks)
+            self._sync()
+            t2 = time.perf_counter()
+            cache = self.model.build_cache(image_tokens, tokens, token_mask, state_t)
+            self._sync()
+            t3 = time.perf_counter()
+            noise = self.model.sample_noise(1, generator=self.generator)
+            raw = self.denoiser(cache, noise, self.num_steps)[0].float().cpu().numpy()
+        t4 = time.perf_counter()
+        if not np.all(np.isfinite(raw)):
+            raise ObservationError("the model produced non-finite actions; nothing published")
+        actions, clamped = self.postprocess(raw, state)
+        t5 = time.perf_counter()
+        for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            timings[name] = b - a
+        timings["total"] = t5 - t0
+        return ActionChunk(actions=actions, stamp=obs.stamp, timings=timings, clamped=clamped)
+
+
+def camera_slots(names: Sequence[str]) -> List[str]:
+    """Validate node camera names against the model's slots."""
+    bad = [n for n in names if n not in IMAGE_KEYS]
+    if bad:
+        raise ValueError(f"cameras.names {bad} are not model image slots {list(IMAGE_KEYS)}")
+    return list(names)
