@@ -8,6 +8,7 @@ joints, finite values, prompt) -> Policy.infer -> ~/action_chunk. A timer at con
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from typing import Dict, Optional
@@ -118,6 +119,7 @@ class TurbopiNode(Node):
         self._ages: Dict[str, float] = {}
         self._stop = threading.Event()
         self._stale_reported = False
+        self._command_times: collections.deque = collections.deque(maxlen=100)
 
         for name, topic, is_compressed in zip(self.camera_names, topics, compressed):
             self.create_subscription(CompressedImage if is_compressed else Image, topic,
@@ -308,6 +310,7 @@ class TurbopiNode(Node):
                 return
         self._last_command = command
         self.command_pub.publish(Float64MultiArray(data=command.tolist()))
+        self._command_times.append(time.monotonic())
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _stats(self) -> Dict[str, float]:
@@ -317,6 +320,9 @@ class TurbopiNode(Node):
             stats["chunk_rate_hz"] = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
             if times and time.monotonic() - times[-1] > 2.0:
                 stats["chunk_rate_hz"] = 0.0
+            sent = list(self._command_times)
+            recent = time.monotonic() - sent[-1] < 1.0 if sent else False
+            stats["command_rate_hz"] = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and recent else 0.0
         return stats
 
     def _publish_diagnostics(self) -> None:
@@ -358,12 +364,15 @@ class TurbopiNode(Node):
 
 
 def main(args=None) -> None:
+    # The inference worker is Python-heavy between kernels; a short GIL switch interval keeps the executor's
+    # subscriptions and the control timer on time while it runs.
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=args)
     node = None
     code = 0
     try:
         node = TurbopiNode()
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

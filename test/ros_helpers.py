@@ -1,0 +1,200 @@
+"""Helpers for the rclpy integration tests: the node as a subprocess, a feeder of sensor data, a collector of outputs.
+
+Each test module uses its own random ROS_DOMAIN_ID and localhost-only discovery, so runs cannot cross-talk.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_PARAMS = REPO / "config" / "demo_tiny.yaml"
+
+
+def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:
+    return yaml.safe_load(path.read_text())[f"/**/{node}"]["ros__parameters"]
+
+
+def isolate_ros_domain() -> int:
+    """A random domain (1-101) for this test module; set before rclpy.init and inherited by subprocesses."""
+    domain = random.randint(1, 101)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    return domain
+
+
+class NodeProcess:
+    """``python -m turbopi_ros.node --ros-args --params-file ...`` with its output kept in a log file."""
+
+    def __init__(self, params_file: Path, log_path: Path, extra_args: Optional[List[str]] = None):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "turbopi_ros.node", "--ros-args", "--params-file", str(params_file)]
+        self.proc = subprocess.Popen(cmd + (extra_args or []), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=str(REPO), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(2)  # SIGINT: the node's clean shutdown path
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
+def make_test_node(params: dict):
+    """A node that feeds the demo's inputs (two cameras, joint states) and records the turbopi_node outputs.
+
+    ``feeder.faults`` switches inputs bad, e.g. {"base_encoding": "16UC1"}; see ``_image`` / ``_joints``.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image, JointState
+    from std_msgs.msg import Float64MultiArray, String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from turbopi_ros.conversions import rgb_to_compressed, rgb_to_image
+    from turbopi_ros.fake_robot import pattern
+
+    class Feeder(Node):
+        def __init__(self):
+            super().__init__("test_feeder")
+            self.params = params
+            self.faults: Dict[str, object] = {}
+            self.lock = threading.Lock()
+            self.chunks: List[tuple] = []  # (receive monotonic, msg)
+            self.commands: List[tuple] = []
+            self.diagnostics: List[tuple] = []
+            self.published_stamps: List[float] = []
+            topics, compressed = params["cameras.topics"], params["cameras.compressed"]
+            self.cameras = [(name, self.create_publisher(CompressedImage if c else Image, t, qos_profile_sensor_data),
+                             c) for name, t, c in zip(params["cameras.names"], topics, compressed)]
+            self.joint_pub = self.create_publisher(JointState, params["joint_states.topic"], qos_profile_sensor_data)
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.prompt_pub = self.create_publisher(String, "/turbopi_node/prompt", latched)
+            self.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._record(self.chunks), 10)
+            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._record(self.commands), 50)
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
+            self.create_timer(1 / 10.0, self._publish_images)
+            self.create_timer(1 / 50.0, self._publish_joints)
+
+        def _record(self, store):
+            def callback(msg):
+                with self.lock:
+                    store.append((time.monotonic(), msg))
+            return callback
+
+        def _stamp(self, key: str):
+            now = self.get_clock().now()
+            age = float(self.faults.get(key, 0.0))
+            stamp = (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
+            return stamp
+
+        def _publish_images(self):
+            t = time.monotonic()
+            for i, (name, pub, is_compressed) in enumerate(self.cameras):
+                rgb = pattern(160, 120, t, i)
+                if is_compressed:
+                    msg = rgb_to_compressed(rgb)
+                else:
+                    msg = rgb_to_image(rgb, "rgb8")
+                    if self.faults.get(f"{name}_encoding"):
+                        msg.encoding = str(self.faults[f"{name}_encoding"])
+                    if self.faults.get(f"{name}_truncate"):
+                        msg.data = bytes(msg.data)[:-int(self.faults[f"{name}_truncate"])]
+                msg.header.stamp = self._stamp(f"{name}_age")
+                pub.publish(msg)
+
+        def _publish_joints(self):
+            names = list(self.params["state.joints"]) + ["conveyor"]
+            positions = [0.1 * i for i in range(len(names))]
+            if self.faults.get("drop_joint"):
+                idx = names.index(self.faults["drop_joint"])
+                names.pop(idx)
+                positions.pop(idx)
+            if self.faults.get("nan_joint"):
+                positions[names.index(self.faults["nan_joint"])] = float("nan")
+            msg = JointState(name=names, position=positions)
+            msg.header.stamp = self._stamp("joints_age")
+            self.joint_pub.publish(msg)
+
+        def publish_prompt(self, text: str):
+            self.prompt_pub.publish(String(data=text))
+
+        def count(self, store) -> int:
+            with self.lock:
+                return len(store)
+
+        def since(self, store, t0: float) -> list:
+            with self.lock:
+                return [(t, m) for t, m in store if t >= t0]
+
+        def latest_status(self, name: str = "turbopi_node: policy"):
+            with self.lock:
+                for _, msg in reversed(self.diagnostics):
+                    for status in msg.status:
+                        if status.name == name:
+                            return status
+            return None
+
+    return Feeder()
+
+
+def rclpy_duration(seconds: float):
+    from rclpy.duration import Duration
+
+    return Duration(nanoseconds=int(seconds * 1e9))
+
+
+def level(status) -> int:
+    """DiagnosticStatus.level as an int (rclpy gives a one-byte bytes object)."""
+    return status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
+
+
+def status_values(status) -> Dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def spin_in_background(node):
+    from rclpy.executors import MultiThreadedExecutor
+
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return executor, thread
+
+
+def trajectory_times(msg) -> np.ndarray:
+    return np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])

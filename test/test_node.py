@@ -1,0 +1,113 @@
+"""turbopi_node end to end over DDS: the node runs as a subprocess with config/demo_tiny.yaml (the demo's YAML);
+this process feeds camera images and joint states and checks what comes out."""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import (DEMO_PARAMS, NodeProcess, isolate_ros_domain, level, make_test_node,  # noqa: E402
+                         node_params, spin_in_background, status_values, trajectory_times, wait_for)
+
+PARAMS = node_params()
+RATE = PARAMS["control_rate_hz"]
+STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    isolate_ros_domain()
+    rclpy.init()
+    feeder = make_test_node(PARAMS)
+    executor, _ = spin_in_background(feeder)
+    node = NodeProcess(DEMO_PARAMS, tmp_path_factory.mktemp("node") / "turbopi_node.log")
+    try:
+        if not wait_for(lambda: feeder.count(feeder.chunks) >= 3 or not node.alive(), timeout=90):
+            pytest.fail("no action chunks within 90 s; node log:\n" + node.log())
+        assert node.alive(), node.log()
+        yield feeder, node
+    finally:
+        rc = node.stop()
+        executor.shutdown()
+        feeder.destroy_node()
+        rclpy.try_shutdown()
+    assert rc == 0, f"node exited with {rc}:\n{node.log()}"
+
+
+def test_chunks_are_joint_trajectories(running):
+    feeder, node = running
+    _, msg = feeder.since(feeder.chunks, 0.0)[-1]
+    assert list(msg.joint_names) == PARAMS["action.joints"]
+    assert len(msg.points) == 50  # the tiny model's action_horizon
+    times = trajectory_times(msg)
+    assert np.all(np.diff(times) > 0)
+    assert np.allclose(np.diff(times), 1.0 / RATE, atol=1e-6)
+    assert times[0] == pytest.approx(1.0 / RATE)
+    positions = np.array([p.positions for p in msg.points])
+    assert positions.shape == (50, len(PARAMS["action.joints"]))
+    assert np.all(positions >= np.array(PARAMS["action.lower_limits"]) - 1e-12)
+    assert np.all(positions <= np.array(PARAMS["action.upper_limits"]) + 1e-12)
+    velocities = np.array([p.velocities for p in msg.points])
+    assert np.allclose(velocities[:-1], np.diff(positions, axis=0) * RATE)
+    assert np.all(velocities[-1] == 0)
+
+
+def test_chunk_stamps_are_observation_stamps(running):
+    feeder, node = running
+    now = feeder.get_clock().now().nanoseconds * 1e-9
+    chunks = feeder.since(feeder.chunks, 0.0)[-3:]
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in chunks]
+    assert all(0.0 < now - s < 5.0 for s in stamps)  # a past sensor time, not the publish time of the chunk
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_joint_command_streams_at_the_control_rate(running):
+    feeder, node = running
+    t0 = time.monotonic()
+    time.sleep(3.0)
+    received = feeder.since(feeder.commands, t0 + 0.5)
+    window = [t for t, _ in received if t <= t0 + 3.0]
+    rate = (len(window) - 1) / (window[-1] - window[0])
+    assert rate == pytest.approx(RATE, rel=0.10), f"{rate:.1f} Hz"
+    assert all(len(m.data) == len(PARAMS["action.joints"]) for _, m in received)
+
+
+def test_diagnostics_report_every_stage(running):
+    feeder, node = running
+    assert wait_for(lambda: feeder.latest_status() is not None and
+                    "denoise_ms" in status_values(feeder.latest_status()), timeout=5)
+    status = feeder.latest_status()
+    values = status_values(status)
+    for stage in STAGES:
+        assert float(values[f"{stage}_ms"]) > 0.0, stage
+    assert float(values["chunk_rate_hz"]) > 0.0
+    for name in PARAMS["cameras.names"] + ["joint_states"]:
+        assert 0.0 <= float(values[f"age_{name}_s"]) < PARAMS["max_observation_age_s"]
+    assert level(status) == 0, status.message  # OK
+
+
+def test_status_line_is_logged(running):
+    feeder, node = running
+    assert wait_for(lambda: "chunks/s | ms: preprocess" in node.log(), timeout=8), node.log()
+
+
+def test_enable_false_stops_commands_within_one_period(running):
+    from std_srvs.srv import SetBool
+
+    feeder, node = running
+    client = feeder.create_client(SetBool, "/turbopi_node/enable")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(SetBool.Request(data=False))
+    assert wait_for(future.done, timeout=5)
+    t_off = time.monotonic()
+    assert future.result().success
+    time.sleep(1.0)
+    late = [t for t, _ in feeder.since(feeder.commands, t_off + 1.0 / RATE)]
+    assert late == [], f"{len(late)} commands after disabling"
+    chunks_while_off = feeder.since(feeder.chunks, t_off + 0.5)
+    assert chunks_while_off == []
+    future = client.call_async(SetBool.Request(data=True))
+    assert wait_for(future.done, timeout=5) and future.result().success
+    t_on = time.monotonic()
+    assert wait_for(lambda: len(feeder.since(feeder.commands, t_on)) > 10, timeout=30), node.log()
