@@ -15,6 +15,8 @@ setup(
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
         ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
     ],
+    # The runtime deps are pinned in requirements.txt (venv) or come from rosdep (package.xml) and pip (torch):
+    # install_requires stays minimal as in every ament_python package, so colcon never tries to fetch anything.
     install_requires=["setuptools"],
     python_requires=">=3.10",
     zip_safe=True,
@@ -22,7 +24,6 @@ setup(
     maintainer_email="turbopi@example.com",
     description="Real-time pi0 / pi0.5 VLA policies as a ROS 2 node",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "turbopi_node = turbopi_ros.node:main",

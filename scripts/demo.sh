@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# The main job: set up the venv, check the engine against openpi's fixtures, then run the live demo
-# (fake robot + turbopi_node on the tiny model). Arguments pass through to turbopi-demo (e.g. --duration 0 = until Ctrl-C).
+# The main job: set up the venv, check the engine against openpi's fixtures (turbopi-verify, both paths), then run the
+# live demo (python -m turbopi_ros.demo; arguments pass through to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 101) + 1 ))}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
+
 fixtures=${TURBOPI_SHARED_DIR:-../shared}/fixtures/openpi
 if [ -d "$fixtures" ]; then
   echo "== parity with openpi's PyTorch reference (float32, CPU, tolerance 1e-4) =="
   for model in pi0 pi05; do
     for path in fast reference; do
       .venv/bin/turbopi-verify --config "$fixtures/${model}_tiny.json" --weights "$fixtures/${model}_tiny.safetensors" \
-        --case "$fixtures/${model}_case_a.npz" --path "$path" | sed "s/^/  /"
+        --case "$fixtures/${model}_case_a.npz" --path "$path" --tol 1e-4
     done
   done
 else
-  echo "== $fixtures not found: skipping the openpi parity check (it needs the shared fixtures) =="
+  echo "== $fixtures not found: skipping the openpi parity check (it needs the shared fixtures beside this repo) =="
 fi
-echo "== live demo: fake robot + turbopi_node on the tiny model =="
-exec .venv/bin/turbopi-demo "$@"
+
+if [ ! -f turbopi_ros/demo.py ]; then
+  echo "== live demo skipped: turbopi_ros/demo.py is missing (python -m turbopi_ros.demo) =="
+  exit 0
+fi
+echo "== live demo: python -m turbopi_ros.demo $* =="
+exec .venv/bin/python -m turbopi_ros.demo "$@"
