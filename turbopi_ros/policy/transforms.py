@@ -1,14 +1,20 @@
-"""Observation and action transforms, numpy only, with openpi's conventions.
+"""Observation and action transforms with openpi's conventions. numpy (and Pillow for the resize); no ROS, no torch.
 
-- resize_with_pad: openpi's image_tools.resize_with_pad (tf.image.resize_with_pad semantics): keep the aspect ratio,
-  resize with jax.image.resize's antialiased linear (triangle) filter, round back to uint8, pad with zeros centred.
-  Checked against jax 0.10 beside the project: identical but for a few pixels per image off by one grey level
-  (float32 summation order), e.g. 2 of 150,528 values for a 480x640 camera.
-- image_to_model: uint8 -> float32 in [-1, 1] (x / 255 * 2 - 1).
-- normalize / unnormalize: z-score (x - mean) / (std + 1e-6) for pi0, quantile (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
-  for pi0.5; stats shorter than x cover the leading dims (openpi slices on the way in and leaves the extra dims
-  untouched on the way out).
-- pad_to_dim, and delta <-> absolute actions with a joint mask (openpi's DeltaActions / AbsoluteActions).
+- resize_with_pad: what openpi's inference pipeline runs (``transforms.ResizeImages`` calls
+  ``openpi_client.image_tools.resize_with_pad``): keep the aspect ratio, resize with **Pillow's BILINEAR** filter
+  (a triangle kernel widened by the downscale factor, i.e. antialiased, in 22-bit fixed point), paste onto zeros with
+  the padding centred (the odd pixel goes to the bottom / right). We call Pillow itself, so the pixels are exactly
+  openpi's. Pillow is the only practical way to be exact; the alternatives differ: openpi's jax
+  ``shared.image_tools.resize_with_pad`` (float, used on the model side only when images are not yet 224x224) is off
+  by one grey level on ~8% of the values for a 480x640 camera, and OpenCV's INTER_LINEAR does not antialias at all.
+- image_to_model: uint8 -> float32 in [-1, 1], ``x.astype(float32) / 255 * 2 - 1`` (openpi's Observation.from_dict).
+- normalize / unnormalize (openpi's Normalize / Unnormalize, no clipping):
+  z-score ``(x - mean) / (std + 1e-6)`` (pi0), quantile ``(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`` (pi0.5).
+  Normalize uses the first len(x) stats (stats longer than x are fine, shorter are an error). Unnormalize on x wider
+  than the stats: z-score pads mean with 0 and std with 1, so the extra dims become x * (1 + 1e-6); quantile leaves
+  the extra dims as they are. Both exactly as openpi.
+- pad_to_dim, make_bool_mask, and delta <-> absolute actions with a joint mask (openpi's DeltaActions /
+  AbsoluteActions).
 """
 from __future__ import annotations
 
@@ -20,58 +26,53 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 
 NORM_EPS = 1e-6
+_STAT_NAMES = ("mean", "std", "q01", "q99")
 
 
 # --- images ------------------------------------------------------------------------------------------------------------
-def _linear_weights(in_size: int, out_size: int) -> np.ndarray:
-    """[out, in] weights of jax.image.resize's antialiased linear kernel along one axis."""
-    f32 = np.float32  # jax computes the weights in float32; so do we, to round the same way
-    scale = f32(out_size) / f32(in_size)
-    inv_scale = f32(1.0) / scale
-    kernel_scale = max(inv_scale, f32(1.0))  # downsampling widens the kernel: a low-pass filter, not interpolation
-    sample = (np.arange(out_size, dtype=f32) + f32(0.5)) * inv_scale - f32(0.5)
-    x = np.abs(sample[:, None] - np.arange(in_size, dtype=f32)[None, :]) / kernel_scale
-    w = np.maximum(f32(0.0), f32(1.0) - x)
-    total = w.sum(axis=1, keepdims=True, dtype=f32)
-    w = np.where(np.abs(total) > 1000.0 * np.finfo(f32).eps, w / np.where(total != 0, total, f32(1)), f32(0.0))
-    inside = (sample >= -0.5) & (sample <= in_size - 0.5)
-    return np.where(inside[:, None], w, f32(0.0)).astype(f32)
-
-
 def resize_with_pad(image: np.ndarray, height: int = 224, width: int = 224) -> np.ndarray:
-    """uint8 [H, W, C] -> uint8 [height, width, C], aspect ratio kept, zero padding centred."""
+    """uint8 [H, W, C] (C = 3 RGB, or 1) -> uint8 [height, width, C]: aspect ratio kept, Pillow bilinear, zero padding
+    centred. Exactly openpi_client.image_tools.resize_with_pad. An image already height x width is returned as a copy.
+    """
+    from PIL import Image  # Pillow: see the module docstring for why
+
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"resize_with_pad expects a uint8 [H, W, C] image, got {image.dtype} {list(image.shape)}")
-    cur_h, cur_w = image.shape[:2]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"resize_with_pad expects a uint8 [H, W, 3] (or [H, W, 1]) image, got {image.dtype} "
+                         f"{list(image.shape)}")
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"resize_with_pad: target size must be positive, got {height}x{width}")
+    cur_h, cur_w, channels = image.shape
     if cur_h == 0 or cur_w == 0:
         raise ValueError(f"resize_with_pad: empty image {list(image.shape)}")
     if (cur_h, cur_w) == (height, width):
         return image.copy()
     ratio = max(cur_w / width, cur_h / height)
+    # openpi: int(cur / ratio); at least 1 so that extreme aspect ratios still give an image (openpi raises there)
     new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
-    wh, ww = _linear_weights(cur_h, new_h), _linear_weights(cur_w, new_w)
-    # height first, then width, each a float32 contraction (jax.image.resize's order)
-    resized = np.einsum("oh,hwc->owc", wh, image.astype(np.float32))
-    resized = np.einsum("owc,pw->opc", resized, ww)
-    resized = np.clip(np.round(resized), 0, 255).astype(np.uint8)
-    pad_h0 = (height - new_h) // 2
-    pad_w0 = (width - new_w) // 2
-    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
-    out[pad_h0:pad_h0 + new_h, pad_w0:pad_w0 + new_w] = resized
+    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
+    resized = np.asarray(pil.resize((new_w, new_h), resample=Image.BILINEAR))
+    if channels == 1:
+        resized = resized[:, :, None]
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out = np.zeros((height, width, channels), dtype=np.uint8)
+    out[top:top + new_h, left:left + new_w] = resized
     return out
 
 
 def image_to_model(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [H, W, 3] in [-1, 1]."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"image_to_model expects uint8, got {image.dtype}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image_to_model expects a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
     return image.astype(np.float32) / 255.0 * 2.0 - 1.0
 
 
 # --- normalization ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class NormStats:
+    """Per-dimension statistics (float64 1-D arrays); any of them may be None."""
+
     mean: Optional[np.ndarray] = None
     std: Optional[np.ndarray] = None
     q01: Optional[np.ndarray] = None
@@ -79,102 +80,158 @@ class NormStats:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "norm stats") -> "NormStats":
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected an object with mean/std/q01/q99, got {type(d).__name__}")
         fields = {}
-        for name in ("mean", "std", "q01", "q99"):
-            if d.get(name) is not None:
+        for name in _STAT_NAMES:
+            if d.get(name) is None:
+                continue
+            try:
                 arr = np.asarray(d[name], dtype=np.float64)
-                if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-                    raise ValueError(f"{where}: '{name}' must be a finite 1-D list of numbers")
-                fields[name] = arr
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: '{name}' must be a list of numbers") from None
+            if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+                raise ValueError(f"{where}: '{name}' must be a non-empty, finite 1-D list of numbers, got shape "
+                                 f"{list(arr.shape)}")
+            fields[name] = arr
+        if not fields:
+            raise ValueError(f"{where}: none of {list(_STAT_NAMES)} given")
+        for a, b in (("mean", "std"), ("q01", "q99")):
+            if (a in fields) != (b in fields):
+                raise ValueError(f"{where}: '{a}' and '{b}' must be given together")
+            if a in fields and fields[a].shape != fields[b].shape:
+                raise ValueError(f"{where}: '{a}' has {fields[a].size} values but '{b}' has {fields[b].size}")
         return cls(**fields)
 
 
 def load_norm_stats(path: Union[str, Path]) -> Dict[str, NormStats]:
-    """openpi's norm_stats.json: {"norm_stats": {"state": {mean, std, q01, q99}, "actions": {...}}}."""
+    """openpi's norm_stats.json (a file, or a directory holding one):
+    ``{"norm_stats": {"state": {mean, std, q01, q99}, "actions": {...}}}`` -> {"state": NormStats, "actions": ...}."""
     path = Path(path)
+    if path.is_dir():
+        path = path / "norm_stats.json"
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"norm stats {path}: file not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"norm stats {path}: not valid JSON ({e})") from None
-    stats = d.get("norm_stats", d) if isinstance(d, dict) else None
+    stats = d.get("norm_stats") if isinstance(d, dict) else None
     if not isinstance(stats, dict) or not {"state", "actions"} <= set(stats):
-        raise ValueError(f"norm stats {path}: expected {{\"norm_stats\": {{\"state\": ..., \"actions\": ...}}}}")
-    return {k: NormStats.from_dict(v, f"norm stats {path} [{k}]") for k, v in stats.items() if isinstance(v, dict)}
+        raise ValueError(f"norm stats {path}: expected {{\"norm_stats\": {{\"state\": {{...}}, \"actions\": {{...}}}}}}, "
+                         f"got top-level keys {sorted(d) if isinstance(d, dict) else type(d).__name__}"
+                         f"{' / ' + str(sorted(stats)) if isinstance(stats, dict) else ''}")
+    return {k: NormStats.from_dict(v, f"norm stats {path} [{k}]") for k, v in stats.items()}
 
 
 def find_norm_stats(checkpoint_dir: Union[str, Path], asset_id: Optional[str] = None) -> Optional[Path]:
-    """assets/<asset_id>/norm_stats.json in an openpi checkpoint directory; None if there is none."""
+    """assets/<asset_id>/norm_stats.json in an openpi checkpoint directory. Without ``asset_id``: the only one there,
+    None if there is none, an error naming the choices if there are several."""
     assets = Path(checkpoint_dir) / "assets"
     found = sorted(assets.glob("*/norm_stats.json")) if assets.is_dir() else []
+    choices = [p.parent.name for p in found]
     if asset_id:
         path = assets / asset_id / "norm_stats.json"
         if not path.is_file():
-            raise ValueError(f"{path} not found (asset ids here: {[p.parent.name for p in found]})")
+            raise ValueError(f"{path} not found (asset ids with norm stats here: {choices})")
         return path
     if len(found) > 1:
-        raise ValueError(f"{assets} holds several norm stats {[p.parent.name for p in found]}: name one")
+        raise ValueError(f"{assets} holds norm stats for several asset ids {choices}: name one (model.norm_stats)")
     return found[0] if found else None
 
 
-def _stat(stats: NormStats, name: str, where: str) -> np.ndarray:
-    value = getattr(stats, name)
-    if value is None:
-        raise ValueError(f"{where}: norm stats have no '{name}'")
-    return value
+def _stats_pair(stats: NormStats, use_quantiles: bool, where: str):
+    a, b = ("q01", "q99") if use_quantiles else ("mean", "std")
+    lo, hi = getattr(stats, a), getattr(stats, b)
+    if lo is None or hi is None:
+        kind = "quantile" if use_quantiles else "z-score"
+        raise ValueError(f"{where}: {kind} normalization needs '{a}' and '{b}' in the norm stats")
+    return lo, hi
+
+
+def _as_float_array(x, where: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError(f"{where}: expected an array with a last dimension, got a scalar")
+    return x
 
 
 def normalize(x: np.ndarray, stats: NormStats, use_quantiles: bool, where: str = "state") -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """openpi's Normalize: the first x.shape[-1] stats apply; no clipping."""
+    x = _as_float_array(x, where)
+    lo, hi = _stats_pair(stats, use_quantiles, where)
     n = x.shape[-1]
+    if lo.shape[-1] < n:
+        raise ValueError(f"{where}: {n} values but norm stats for only {lo.shape[-1]}")
+    lo, hi = lo[:n], hi[:n]
     if use_quantiles:
-        q01, q99 = _stat(stats, "q01", where)[:n], _stat(stats, "q99", where)[:n]
-        if q01.shape[-1] < n:
-            raise ValueError(f"{where}: {n} values but quantile stats for only {q01.shape[-1]}")
-        return (x - q01) / (q99 - q01 + NORM_EPS) * 2.0 - 1.0
-    mean, std = _stat(stats, "mean", where)[:n], _stat(stats, "std", where)[:n]
-    if mean.shape[-1] < n:
-        raise ValueError(f"{where}: {n} values but z-score stats for only {mean.shape[-1]}")
-    return (x - mean) / (std + NORM_EPS)
+        return (x - lo) / (hi - lo + NORM_EPS) * 2.0 - 1.0
+    return (x - lo) / (hi + NORM_EPS)
 
 
 def unnormalize(x: np.ndarray, stats: NormStats, use_quantiles: bool, where: str = "actions") -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """openpi's Unnormalize (see the module docstring for dims beyond the stats)."""
+    x = _as_float_array(x, where)
+    lo, hi = _stats_pair(stats, use_quantiles, where)
+    d, n = lo.shape[-1], x.shape[-1]
+    if d > n:
+        raise ValueError(f"{where}: {n} values but norm stats for {d}: expected at least as many values as stats")
     if use_quantiles:
-        q01, q99 = _stat(stats, "q01", where), _stat(stats, "q99", where)
-        d = min(q01.shape[-1], x.shape[-1])
-        head = (x[..., :d] + 1.0) / 2.0 * (q99[:d] - q01[:d] + NORM_EPS) + q01[:d]
+        head = (x[..., :d] + 1.0) / 2.0 * (hi - lo + NORM_EPS) + lo
         return np.concatenate([head, x[..., d:]], axis=-1)
-    mean, std = _stat(stats, "mean", where), _stat(stats, "std", where)
-    d = min(mean.shape[-1], x.shape[-1])
-    return np.concatenate([x[..., :d] * (std[:d] + NORM_EPS) + mean[:d], x[..., d:]], axis=-1)
+    return x * (pad_to_dim(hi, n, value=1.0) + NORM_EPS) + pad_to_dim(lo, n)
 
 
 # --- shapes and action spaces --------------------------------------------------------------------------------------------
 def pad_to_dim(x: np.ndarray, dim: int, value: float = 0.0) -> np.ndarray:
+    """Pad the last axis with ``value`` up to ``dim`` (openpi's pad_to_dim); wider than ``dim`` is an error here."""
     x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("pad_to_dim: expected an array with a last dimension, got a scalar")
     if x.shape[-1] > dim:
-        raise ValueError(f"{x.shape[-1]} values do not fit the model's {dim} dims")
+        raise ValueError(f"pad_to_dim: {x.shape[-1]} values do not fit the model's {dim} dims")
     if x.shape[-1] == dim:
         return x
     pad = [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])]
     return np.pad(x, pad, constant_values=value)
 
 
+def make_bool_mask(*dims: int) -> tuple:
+    """openpi's make_bool_mask: positive n -> n x True, negative n -> |n| x False. (6, -1) -> 6 x True, False."""
+    out = []
+    for d in dims:
+        out.extend([d > 0] * abs(int(d)))
+    return tuple(out)
+
+
+def _delta_terms(actions, state, mask, name: str):
+    mask = np.asarray(mask)
+    if mask.size == 0:
+        mask = mask.astype(bool).reshape(0)
+    if mask.ndim != 1 or mask.dtype != bool:
+        raise ValueError(f"{name}: mask must be a 1-D sequence of bools, got {mask.dtype} {list(mask.shape)}")
+    actions = np.array(actions, dtype=np.float64, copy=True)
+    state = np.asarray(state, dtype=np.float64)
+    d = mask.shape[0]
+    if actions.ndim != 2 or actions.shape[1] < d:
+        raise ValueError(f"{name}: actions must be [H, D] with D >= {d} (the mask's length), got "
+                         f"{list(actions.shape)}")
+    if state.ndim != 1 or state.shape[0] < d:
+        raise ValueError(f"{name}: state must be a vector of at least {d} values (the mask's length), got "
+                         f"{list(state.shape)}")
+    return actions, np.where(mask, state[:d], 0.0)[None], d
+
+
 def absolute_actions(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool]) -> np.ndarray:
-    """Delta actions [H, D] -> absolute: add the state to the dims where ``mask`` is True (openpi AbsoluteActions)."""
-    mask = np.asarray(mask, dtype=bool)
-    d = mask.shape[-1]
-    out = np.array(actions, dtype=np.float64, copy=True)
-    out[..., :d] += np.where(mask, np.asarray(state, dtype=np.float64)[..., :d], 0.0)[None]
-    return out
+    """Delta actions [H, D] -> absolute: add the state to the dims where ``mask`` is True (openpi AbsoluteActions).
+    The mask may be shorter than D: dims beyond it are untouched. Returns a new float64 array."""
+    actions, offset, d = _delta_terms(actions, state, mask, "absolute_actions")
+    actions[:, :d] += offset
+    return actions
 
 
 def delta_actions(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool]) -> np.ndarray:
-    """Absolute actions [H, D] -> deltas relative to the state (openpi DeltaActions)."""
-    mask = np.asarray(mask, dtype=bool)
-    d = mask.shape[-1]
-    out = np.array(actions, dtype=np.float64, copy=True)
-    out[..., :d] -= np.where(mask, np.asarray(state, dtype=np.float64)[..., :d], 0.0)[None]
-    return out
+    """Absolute actions [H, D] -> deltas relative to the state where ``mask`` is True (openpi DeltaActions)."""
+    actions, offset, d = _delta_terms(actions, state, mask, "delta_actions")
+    actions[:, :d] -= offset
+    return actions
