@@ -192,6 +192,8 @@ class TurbopiNode(Node):
             try:
                 self._worker_iterations()
             except Exception as e:  # noqa: BLE001 - last resort: the worker must outlive any bug
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down (e.g. Ctrl-C shut the context while a chunk was in flight)
                 self.get_logger().error(f"inference worker: {type(e).__name__}: {e}; restarting it")
                 self.schedule.clear()
                 time.sleep(0.5)
