@@ -97,10 +97,10 @@ class Policy:
         """checkpoint "" = random weights of ``preset`` (demos, tests): then no tokenizer file and no norm stats are
         needed (a byte tokenizer and identity normalization are used, and the log says so)."""
         if checkpoint:
+            if not tokenizer:  # checked first: loading a checkpoint takes a while
+                raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
             model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
                                dtype=dtype)
-            if not tokenizer:
-                raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
         else:
             model = random_model(load_config(preset), seed=seed, device=device, dtype=dtype)
             logger.warning("model.checkpoint is empty: random weights of preset '%s' (actions are meaningless)", preset)

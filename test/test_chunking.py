@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from turbopi_ros.policy.chunking import Chunk, ChunkSchedule
+
+RATE = 50.0
+
+
+def ramp(H=10, n=2, offset=0.0):
+    return np.arange(H, dtype=float)[:, None] * np.ones(n) + offset
+
+
+def test_action_k_applies_at_stamp_plus_k_plus_one_periods():
+    chunk = Chunk(ramp(), stamp=100.0, rate_hz=RATE)
+    assert np.allclose(chunk.at(100.0 + 1 / RATE), [0, 0])
+    assert np.allclose(chunk.at(100.0 + 4 / RATE), [3, 3])
+    assert np.allclose(chunk.at(100.0 + 4.5 / RATE), [3.5, 3.5])  # linear between points
+    assert np.allclose(chunk.at(99.0), [0, 0])  # before the first point: the first action
+    assert np.allclose(chunk.at(100.0 + 10 / RATE), [9, 9])
+    assert chunk.at(100.0 + 10.5 / RATE) is None  # used up
+    assert chunk.end == pytest.approx(100.2)
+
+
+def test_latency_is_compensated():
+    """A chunk that arrives 80 ms after its observation starts 80 ms (4 steps) into itself."""
+    s = ChunkSchedule(RATE, blend_s=0.0)
+    s.set_chunk(ramp(), stamp=10.0, now=10.08)
+    assert np.allclose(s.command(10.08), [3, 3])
+
+
+def test_blend_from_old_to_new_chunk():
+    s = ChunkSchedule(RATE, blend_s=0.1)
+    s.set_chunk(ramp(50, offset=0.0), stamp=0.0, now=0.0)
+    s.set_chunk(ramp(50, offset=100.0), stamp=0.2, now=0.2)
+    # at the switch the command is still the old chunk's (index 9), not a jump to the new one (100)
+    assert np.allclose(s.command(0.2), [9.0, 9.0])
+    mid = s.command(0.25)
+    assert np.allclose(mid, 0.5 * (0.25 * RATE - 1) + 0.5 * (100.0 + (0.05 * RATE - 1)))
+    assert np.allclose(s.command(0.31), 100.0 + (0.11 * RATE - 1))  # after the blend: the new chunk alone
+
+
+def test_no_blend_when_the_old_chunk_is_used_up():
+    s = ChunkSchedule(RATE, blend_s=0.5)
+    s.set_chunk(ramp(5), stamp=0.0, now=0.0)
+    s.set_chunk(ramp(5, offset=7.0), stamp=1.0, now=1.0)
+    assert np.allclose(s.command(1.0), [7.0, 7.0])
+
+
+def test_clear_and_exhaustion_give_no_command():
+    s = ChunkSchedule(RATE)
+    assert s.command(0.0) is None and not s.has_chunk
+    s.set_chunk(ramp(3), stamp=0.0, now=0.0)
+    assert s.command(0.5) is None
+    s.set_chunk(ramp(3), stamp=1.0, now=1.0)
+    s.clear()
+    assert s.command(1.01) is None
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        ChunkSchedule(0.0)
+    with pytest.raises(ValueError):
+        ChunkSchedule(50.0, blend_s=-1)
+    with pytest.raises(ValueError):
+        Chunk(np.zeros((0, 3)), 0.0, 50.0)
