@@ -76,14 +76,20 @@ def embed_suffix(model: PI0Model, state, x_t, t: torch.Tensor):
     return embs, pad, att, cond
 
 
-def sample_actions_reference(model: PI0Model, images, image_masks, tokens, token_mask, state, noise, num_steps=10):
-    c = model.config
-    model._check_prefix_inputs(images.shape[0], tokens, token_mask, state)
+def reference_prefix(model: PI0Model, images, image_masks, tokens, token_mask):
+    """openpi's prefix pass: every camera through SigLIP, the padded prompt, the masked prefix. -> (pad mask, per-layer
+    (k, v) over the whole padded prefix)."""
     prefix, prefix_pad, prefix_att = embed_prefix(model, images, image_masks, tokens, token_mask)
     prefix_mask = make_att_2d_masks(prefix_pad, prefix_att)
     prefix_pos = torch.cumsum(prefix_pad.long(), dim=1) - 1
     _, past = _run_stack(model.vlm, prefix, prefix_pos, prefix_mask)
+    return prefix_pad, past
 
+
+def reference_denoise(model: PI0Model, prefix_pad, past, state, noise, num_steps=10):
+    """openpi's Euler loop: each step runs the whole suffix (pi0: [state, actions]) through the expert under the full
+    mask, over the padded cache, with the time conditioning computed afresh."""
+    c = model.config
     times, dt = euler_schedule(num_steps)
     x = noise.to(torch.float32)
     B = x.shape[0]
@@ -103,3 +109,9 @@ def sample_actions_reference(model: PI0Model, images, image_masks, tokens, token
         v = model.action_out_proj(out[:, -c.action_horizon:].to(model.action_out_proj.weight.dtype)).float()
         x = x + dt * v
     return x
+
+
+def sample_actions_reference(model: PI0Model, images, image_masks, tokens, token_mask, state, noise, num_steps=10):
+    model._check_prefix_inputs(images.shape[0], tokens, token_mask, state)
+    prefix_pad, past = reference_prefix(model, images, image_masks, tokens, token_mask)
+    return reference_denoise(model, prefix_pad, past, state, noise, num_steps)
