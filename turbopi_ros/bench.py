@@ -1,0 +1,265 @@
+"""turbopi-bench: where the time goes, fast path against openpi's formulation, measured side by side in one run.
+
+    turbopi-bench --config ../shared/configs/medium_pi0.json --views 3 --prompt-len 12 --steps 10 --iters 10
+    turbopi-bench --preset pi05 --device cuda --dtype bfloat16 --views 2 --cuda-graph
+
+Prints (a) the stage breakdown vision / prefix cache / denoise / total (median and p90) of the fast path and of the
+reference path; (b) the attention table: every attention call of one denoise (depth x steps) with the shapes each
+formulation really has - maskless SDPA over the compacted cache (queries: the action tokens), SDPA with openpi's mask
+and eager masked attention over openpi's padded cache (queries: pi0's state token + the actions); (c) fast vs reference
+end to end with the max abs difference of their actions from the same run; (d) the machine. --json FILE writes it all.
+Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from .model.checkpoint import parse_dtype, random_model
+from .model.config import load_config
+from .model.gemma import masked_eager_attention, maskless_attention, repeat_kv
+from .model.reference import make_att_2d_masks, reference_denoise, reference_prefix
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class Timer:
+    """Wall time of fn() over iterations, after warm-up; CUDA synchronized around each call."""
+
+    def __init__(self, device: torch.device, warmup: int, iters: int):
+        self.cuda = device.type == "cuda"
+        self.warmup, self.iters = warmup, iters
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn: Callable[[], object]) -> List[float]:
+        for _ in range(self.warmup):
+            fn()
+        times = []
+        for _ in range(self.iters):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def summary(times: List[float]) -> Dict[str, float]:
+    ordered = sorted(times)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return {"median_ms": statistics.median(ordered) * 1e3, "p90_ms": p90 * 1e3}
+
+
+def make_inputs(config, views: int, prompt_len: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s, n = config.vision.image_size, 3
+    images = (torch.rand((1, n, 3, s, s), generator=g) * 2 - 1).to(device)
+    masks = torch.tensor([[i < views for i in range(n)]], device=device)
+    L = config.max_token_len
+    if not 1 <= prompt_len <= L:
+        raise ValueError(f"--prompt-len must be in 1..{L} (max_token_len)")
+    tokens = torch.zeros((1, L), dtype=torch.long)
+    tokens[0, :prompt_len] = torch.randint(3, config.vlm.vocab_size, (prompt_len,), generator=g)
+    tokens[0, 0] = 2
+    token_mask = torch.zeros((1, L), dtype=torch.bool)
+    token_mask[0, :prompt_len] = True
+    state = (torch.rand((1, config.action_dim), generator=g) * 2 - 1).to(device)
+    noise = torch.randn((1, config.action_horizon, config.action_dim), generator=g).to(device)
+    return images, masks, tokens.to(device), token_mask.to(device), state, noise
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """openpi's 4-D float mask from a boolean [B, Lq, Lk] one: 0 where allowed, -2.3819763e38 elsewhere."""
+    return torch.where(mask[:, None], 0.0, -2.3819763e38).to(dtype)
+
+
+def sdpa_with_mask(q, k, v, additive):
+    """SDPA the way transformers' "sdpa" attention runs openpi's masked attention: K/V repeated to every head, the
+    float mask added. q [B, Lq, H, D], k/v [B, KV, Lk, D] -> [B, Lq, H*D]."""
+    B, Lq, H, D = q.shape
+    k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=additive, scale=D ** -0.5)
+    return out.transpose(1, 2).reshape(B, Lq, H * D)
+
+
+def attention_table(model, cache, prefix_pad, timer: Timer, steps: int) -> Dict[str, object]:
+    """Time depth x steps attention calls with the shapes of one denoise in each formulation."""
+    c = model.config
+    g = c.expert
+    dev, dtype = model.device, model.dtype
+    H = c.action_horizon
+    calls = g.depth * steps
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(shape, generator=gen, device=dev, dtype=torch.float32).to(dtype)
+
+    # fast path: the action tokens attend to the compacted cache + themselves, no mask
+    q_fast = rand(1, H, g.num_heads, g.head_dim)
+    k_fast, v_fast = rand(1, g.num_kv_heads, cache.num_cached + H, g.head_dim), rand(1, g.num_kv_heads,
+                                                                                       cache.num_cached + H,
+                                                                                       g.head_dim)
+    # openpi: the suffix (pi0: state token + actions) attends to the padded prefix + the suffix under its mask
+    Ls = H + (0 if c.is_pi05 else 1)
+    Lp = prefix_pad.shape[1]
+    q_ref = rand(1, Ls, g.num_heads, g.head_dim)
+    k_ref, v_ref = rand(1, g.num_kv_heads, Lp + Ls, g.head_dim), rand(1, g.num_kv_heads, Lp + Ls, g.head_dim)
+    suffix_att = torch.tensor([[1] * (Ls - H + 1) + [0] * (H - 1)], device=dev)
+    mask = torch.cat([prefix_pad[:, None, :].expand(1, Ls, Lp),
+                      make_att_2d_masks(torch.ones((1, Ls), dtype=torch.bool, device=dev), suffix_att)], dim=2)
+    additive = additive_mask(mask, dtype)
+    variants = {
+        "maskless SDPA (fast path)": lambda: maskless_attention(q_fast, k_fast, v_fast),
+        "SDPA with openpi's mask": lambda: sdpa_with_mask(q_ref, k_ref, v_ref, additive),
+        "eager masked (openpi)": lambda: masked_eager_attention(q_ref, k_ref, v_ref, mask),
+    }
+    rows = {}
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            times = timer(lambda fn=fn: [fn() for _ in range(calls)])
+            rows[name] = summary(times)
+    base = rows["eager masked (openpi)"]["median_ms"]
+    for row in rows.values():
+        row["speedup_vs_eager"] = base / row["median_ms"]
+    return {"calls": calls, "queries_fast": H, "keys_fast": cache.num_cached + H, "queries_openpi": Ls,
+            "keys_openpi": Lp + Ls, "rows": rows}
+
+
+def run(args) -> Dict[str, object]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = load_config(args.config or args.preset)
+    model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
+    if args.compile:
+        model.compile_denoise()
+    images, masks, tokens, token_mask, state, noise = make_inputs(config, args.views, args.prompt_len, device)
+    timer = Timer(device, args.warmup, args.iters)
+    steps = args.steps
+    denoise = model.denoise
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError("--cuda-graph needs --device cuda")
+        from .model.cuda_graph import CudaGraphDenoiser
+
+        denoise = CudaGraphDenoiser(model)
+    result: Dict[str, object] = {
+        "machine": machine(),
+        "setup": {"config": args.config or args.preset, "variant": config.variant, "device": str(device),
+                  "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
+                  "max_token_len": config.max_token_len, "steps": steps, "iters": args.iters,
+                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile)},
+    }
+    with torch.inference_mode():
+        image_tokens = model.embed_images(images, masks)
+        cache = model.build_cache(image_tokens, tokens, token_mask, state)
+        fast = {"vision": timer(lambda: model.embed_images(images, masks)),
+                "prefix_cache": timer(lambda: model.build_cache(image_tokens, tokens, token_mask, state)),
+                "denoise": timer(lambda: denoise(cache, noise, steps))}
+        prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
+        ref = {"prefix (vision + prefix cache)": timer(lambda: reference_prefix(model, images, masks, tokens,
+                                                                                token_mask)),
+               "denoise": timer(lambda: reference_denoise(model, prefix_pad, past, state, noise, steps))}
+        fast_total = timer(lambda: denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps))
+        ref_total = timer(lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
+                                                       num_steps=steps, path="reference"))
+        a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+        a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
+                                     path="reference")
+    result["stages_fast"] = {k: summary(v) for k, v in fast.items()}
+    result["stages_fast"]["total"] = summary(fast_total)
+    result["stages_reference"] = {k: summary(v) for k, v in ref.items()}
+    result["stages_reference"]["total"] = summary(ref_total)
+    result["cache"] = {"valid_prefix_tokens": cache.num_prefix, "cached_tokens": cache.num_cached,
+                       "openpi_prefix_tokens": int(prefix_pad.shape[1])}
+    result["attention"] = attention_table(model, cache, prefix_pad, timer, steps)
+    med = lambda d, k: d[k]["median_ms"]  # noqa: E731
+    result["fast_vs_reference"] = {
+        "denoise_speedup": med(result["stages_reference"], "denoise") / med(result["stages_fast"], "denoise"),
+        "end_to_end_speedup": med(result["stages_reference"], "total") / med(result["stages_fast"], "total"),
+        "max_abs_diff": float((a_fast.float() - a_ref.float()).abs().max()),
+    }
+    return result
+
+
+def report(r: Dict[str, object]) -> str:
+    s, m = r["setup"], r["machine"]
+    lines = [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
+             f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
+             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else ""),
+             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads), GPU: {m['gpu']}, "
+             f"torch {m['torch']}, python {m['python']}", ""]
+    c = r["cache"]
+    lines.append(f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
+                 f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix")
+    for name, stages in (("fast", r["stages_fast"]), ("reference", r["stages_reference"])):
+        for stage, v in stages.items():
+            lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
+    a = r["attention"]
+    lines += ["", f"(b) attention over one denoise: {a['calls']} calls (depth x steps); fast: {a['queries_fast']} "
+                  f"queries x {a['keys_fast']} keys, openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys",
+              f"    {'variant':<28} {'median ms':>10} {'p90 ms':>10} {'vs eager':>9}"]
+    for name, row in a["rows"].items():
+        lines.append(f"    {name:<28} {row['median_ms']:10.2f} {row['p90_ms']:10.2f} {row['speedup_vs_eager']:8.2f}x")
+    f = r["fast_vs_reference"]
+    lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end {f['end_to_end_speedup']:.2f}x"
+                  f", max abs diff of the actions {f['max_abs_diff']:.2e}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="turbopi-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", help="pi0, pi05, tiny, tiny_pi05")
+    p.add_argument("--config", default=None, help="model config JSON (overrides --preset)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--views", type=int, default=3, choices=(1, 2, 3), help="cameras present (of 3 slots)")
+    p.add_argument("--prompt-len", type=int, default=12, help="valid prompt tokens (padded to max_token_len)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
+    p.add_argument("--json", default=None, help="write all results to this file")
+    args = p.parse_args(argv)
+    try:
+        result = run(args)
+    except ValueError as e:
+        print(f"turbopi-bench: {e}", file=sys.stderr)
+        return 2
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
