@@ -4,6 +4,7 @@ Each test module uses its own random ROS_DOMAIN_ID and localhost-only discovery,
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -61,6 +62,31 @@ class NodeProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0):
+    """rclpy up in this process, a feeder/collector node spinning, turbopi_node started as a subprocess with the
+    demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly."""
+    import pytest
+    import rclpy
+
+    isolate_ros_domain()
+    rclpy.init()
+    feeder = make_test_node(node_params())
+    executor, _ = spin_in_background(feeder)
+    node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log")
+    try:
+        if not wait_for(lambda: feeder.count(feeder.chunks) >= min_chunks or not node.alive(), timeout=timeout):
+            pytest.fail(f"no action chunks within {timeout:g} s; node log:\n" + node.log())
+        assert node.alive(), node.log()
+        yield feeder, node
+    finally:
+        rc = node.stop()
+        executor.shutdown()
+        feeder.destroy_node()
+        rclpy.try_shutdown()
+    assert rc == 0, f"node exited with {rc}:\n{node.log()}"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:

@@ -6,8 +6,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import (DEMO_PARAMS, NodeProcess, isolate_ros_domain, level, make_test_node,  # noqa: E402
-                         node_params, spin_in_background, wait_for)
+from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
 
 PARAMS = node_params()
 ERROR = 2
@@ -15,21 +14,8 @@ ERROR = 2
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    isolate_ros_domain()
-    rclpy.init()
-    feeder = make_test_node(PARAMS)
-    executor, _ = spin_in_background(feeder)
-    node = NodeProcess(DEMO_PARAMS, tmp_path_factory.mktemp("node") / "turbopi_node.log")
-    try:
-        if not wait_for(lambda: feeder.count(feeder.chunks) >= 2 or not node.alive(), timeout=90):
-            pytest.fail("no action chunks within 90 s; node log:\n" + node.log())
-        yield feeder, node
-    finally:
-        rc = node.stop()
-        executor.shutdown()
-        feeder.destroy_node()
-        rclpy.try_shutdown()
-    assert rc == 0, f"node exited with {rc}:\n{node.log()}"
+    with node_session(tmp_path_factory.mktemp("node"), min_chunks=2) as session:
+        yield session
 
 
 def _expect_rejected_then_recovered(feeder, node, faults: dict, expected: str, restore=None):

@@ -9,15 +9,14 @@ import math
 import threading
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 
 from .conversions import rgb_to_compressed, rgb_to_image
+from .spin import spin_node
 
 PARAMETERS = {
     "cameras.topics": (["/camera/image_raw"], "camera topics to publish"),
@@ -110,19 +109,7 @@ class FakeRobot(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = FakeRobot()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(FakeRobot, "fake_robot", args)
 
 
 if __name__ == "__main__":

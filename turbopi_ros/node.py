@@ -14,10 +14,8 @@ import time
 from typing import Dict, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -28,6 +26,7 @@ from trajectory_msgs.msg import JointTrajectory
 from .conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb, joint_state_to_vector,
                           stamp_to_sec)
 from .policy.chunking import ChunkSchedule
+from .spin import spin_node
 from .policy.policy import IMAGE_KEYS, STAGES, Observation, ObservationError, Policy, camera_slots
 
 # name -> (default, description). Declared up front; see config/*.yaml for commented examples.
@@ -369,25 +368,7 @@ def main(args=None) -> None:
     # The inference worker is Python-heavy between kernels; a short GIL switch interval keeps the executor's
     # subscriptions and the control timer on time while it runs.
     sys.setswitchinterval(0.0005)
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = TurbopiNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, OSError) as e:  # a configuration that cannot work: say what, exit non-zero
-        rclpy.logging.get_logger("turbopi_node").fatal(f"cannot start: {e}")
-        code = 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if code:
-        raise SystemExit(code)
+    spin_node(TurbopiNode, "turbopi_node", args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 VARIANTS = ("pi0", "pi05")
 # openpi's PaliGemma vocabulary; the expert has no embedding table.
