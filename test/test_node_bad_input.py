@@ -6,9 +6,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
+from ros_helpers import level, node_session, wait_for  # noqa: E402
 
-PARAMS = node_params()
 ERROR = 2
 
 
