@@ -48,14 +48,14 @@ def test_chunk_stamps_are_observation_stamps(running):
 
 
 def test_joint_command_streams_at_the_control_rate(running):
+    """Counted on arrival over 5 s (transport jitter averages out) and as the node itself reports it."""
     feeder, node = running
-    t0 = time.monotonic()
-    time.sleep(3.0)
-    received = feeder.since(feeder.commands, t0 + 0.5)
-    window = [t for t, _ in received if t <= t0 + 3.0]
-    rate = (len(window) - 1) / (window[-1] - window[0])
-    assert rate == pytest.approx(RATE, rel=0.10), f"{rate:.1f} Hz"
-    assert all(len(m.data) == len(PARAMS["action.joints"]) for _, m in received)
+    t0 = time.monotonic() + 0.5
+    time.sleep(5.7)
+    arrived = [t for t, _ in feeder.since(feeder.commands, t0) if t < t0 + 5.0]
+    assert len(arrived) / 5.0 == pytest.approx(RATE, rel=0.10), f"{len(arrived) / 5.0:.1f} Hz"
+    assert all(len(m.data) == len(PARAMS["action.joints"]) for _, m in feeder.since(feeder.commands, t0))
+    assert float(status_values(feeder.latest_status())["command_rate_hz"]) == pytest.approx(RATE, rel=0.10)
 
 
 def test_diagnostics_report_every_stage(running):
