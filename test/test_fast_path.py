@@ -113,7 +113,8 @@ def test_denoise_calls_sdpa_without_a_mask(variant, monkeypatch):
 
     def recording_sdpa(q, k, v, *args, **kwargs):
         calls.append({"attn_mask": kwargs.get("attn_mask", args[0] if args else None),
-                      "is_causal": kwargs.get("is_causal", False), "queries": q.shape[-2], "keys": k.shape[-2]})
+                      "is_causal": kwargs.get("is_causal", False), "queries": q.shape[-2],
+                      "keys": k.shape[-2]})
         return real_sdpa(q, k, v, *args, **kwargs)
 
     def forbidden(*args, **kwargs):
@@ -130,6 +131,19 @@ def test_denoise_calls_sdpa_without_a_mask(variant, monkeypatch):
         # queries: the action tokens only (8 heads folded into the length); keys: the whole cache + actions
         assert call["queries"] == cfg.action_horizon * cfg.expert.num_heads
         assert call["keys"] == cache.num_cached + cfg.action_horizon
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_maskless_attention_equals_eager_with_an_all_true_mask(kv_heads):
+    """Folding the query heads into the query length (one KV head) or per KV group (two) computes openpi's eager
+    attention exactly when nothing is masked."""
+    from turbopi_ros.model.gemma import masked_eager_attention, maskless_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 7, 4, 8, generator=g)
+    k, v = torch.randn(2, kv_heads, 19, 8, generator=g), torch.randn(2, kv_heads, 19, 8, generator=g)
+    eager = masked_eager_attention(q, k, v, torch.ones(2, 7, 19, dtype=torch.bool))
+    assert torch.allclose(maskless_attention(q, k, v), eager, atol=1e-6)
 
 
 def test_absent_cameras_skip_the_vision_tower():

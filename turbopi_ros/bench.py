@@ -45,7 +45,8 @@ def machine() -> Dict[str, object]:
 
 
 class Timer:
-    """Wall time of fn() over iterations, after warm-up; CUDA synchronized around each call."""
+    """Wall times of several functions measured side by side: each iteration runs every function once, in an order
+    that rotates, so drifts of a shared or throttled machine hit them all alike. CUDA is synchronized around calls."""
 
     def __init__(self, device: torch.device, warmup: int, iters: int):
         self.cuda = device.type == "cuda"
@@ -55,16 +56,18 @@ class Timer:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def __call__(self, fn: Callable[[], object]) -> List[float]:
-        for _ in range(self.warmup):
-            fn()
-        times = []
-        for _ in range(self.iters):
-            self.sync()
-            t0 = time.perf_counter()
-            fn()
-            self.sync()
-            times.append(time.perf_counter() - t0)
+    def __call__(self, fns: Dict[str, Callable[[], object]], iters: int = 0) -> Dict[str, List[float]]:
+        names = list(fns)
+        times: Dict[str, List[float]] = {n: [] for n in names}
+        total = self.warmup + (iters or self.iters)
+        for i in range(total):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                self.sync()
+                t0 = time.perf_counter()
+                fns[name]()
+                self.sync()
+                if i >= self.warmup:
+                    times[name].append(time.perf_counter() - t0)
         return times
 
 
@@ -137,11 +140,10 @@ def attention_table(model, cache, prefix_pad, timer: Timer, steps: int) -> Dict[
         "SDPA with openpi's mask": lambda: sdpa_with_mask(q_ref, k_ref, v_ref, additive),
         "eager masked (openpi)": lambda: masked_eager_attention(q_ref, k_ref, v_ref, mask),
     }
-    rows = {}
     with torch.inference_mode():
-        for name, fn in variants.items():
-            times = timer(lambda fn=fn: [fn() for _ in range(calls)])
-            rows[name] = summary(times)
+        times = timer({name: (lambda fn=fn: [fn() for _ in range(calls)]) for name, fn in variants.items()},
+                      iters=max(timer.iters, 20))
+    rows = {name: summary(t) for name, t in times.items()}
     base = rows["eager masked (openpi)"]["median_ms"]
     for row in rows.values():
         row["speedup_vs_eager"] = base / row["median_ms"]
@@ -177,23 +179,24 @@ def run(args) -> Dict[str, object]:
     with torch.inference_mode():
         image_tokens = model.embed_images(images, masks)
         cache = model.build_cache(image_tokens, tokens, token_mask, state)
-        fast = {"vision": timer(lambda: model.embed_images(images, masks)),
-                "prefix_cache": timer(lambda: model.build_cache(image_tokens, tokens, token_mask, state)),
-                "denoise": timer(lambda: denoise(cache, noise, steps))}
         prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
-        ref = {"prefix (vision + prefix cache)": timer(lambda: reference_prefix(model, images, masks, tokens,
-                                                                                token_mask)),
-               "denoise": timer(lambda: reference_denoise(model, prefix_pad, past, state, noise, steps))}
-        fast_total = timer(lambda: denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps))
-        ref_total = timer(lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
-                                                       num_steps=steps, path="reference"))
+        times = timer({
+            "fast vision": lambda: model.embed_images(images, masks),
+            "fast prefix_cache": lambda: model.build_cache(image_tokens, tokens, token_mask, state),
+            "fast denoise": lambda: denoise(cache, noise, steps),
+            "fast total": lambda: denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps),
+            "reference prefix (vision + prefix cache)": lambda: reference_prefix(model, images, masks, tokens,
+                                                                                 token_mask),
+            "reference denoise": lambda: reference_denoise(model, prefix_pad, past, state, noise, steps),
+            "reference total": lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
+                                                            num_steps=steps, path="reference"),
+        })
         a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
         a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
                                      path="reference")
-    result["stages_fast"] = {k: summary(v) for k, v in fast.items()}
-    result["stages_fast"]["total"] = summary(fast_total)
-    result["stages_reference"] = {k: summary(v) for k, v in ref.items()}
-    result["stages_reference"]["total"] = summary(ref_total)
+    result["stages_fast"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items() if k.startswith("fast")}
+    result["stages_reference"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
+                                  if k.startswith("reference")}
     result["cache"] = {"valid_prefix_tokens": cache.num_prefix, "cached_tokens": cache.num_cached,
                        "openpi_prefix_tokens": int(prefix_pad.shape[1])}
     result["attention"] = attention_table(model, cache, prefix_pad, timer, steps)

@@ -186,7 +186,8 @@ def maskless_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
     q [B, Lq, H, D] token-major; k, v [B, KV, Lk, D] head-major (the cache layout). With one KV head the query
     heads fold into the query length ([B, 1, Lq*H, D] is a free view of q), so K/V are never repeated and the
-    output [B, 1, Lq*H, D] is already the [B, Lq, H*D] layout o_proj wants.
+    output [B, 1, Lq*H, D] is already the [B, Lq, H*D] layout o_proj wants. (On this project's CPU, folding measured
+    1.25 ms a call against 1.40 ms for K/V expanded to every head with stride 0: docs/performance.md.)
     """
     B, Lq, H, D = q.shape
     KV = k.shape[1]
