@@ -33,7 +33,7 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
                      "--warmup", "0", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "(b) attention over one denoise: 8 calls" in text
+    assert "(b) time inside the attention calls of one denoise: 8 calls" in text
     r = json.loads(out.read_text())
     assert set(r) >= {"machine", "setup", "stages_fast", "stages_reference", "cache", "attention",
                       "fast_vs_reference"}
@@ -41,6 +41,8 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     assert r["cache"]["valid_prefix_tokens"] == 2 * 256 + 7 == r["cache"]["cached_tokens"]  # pi0.5: no state token
     assert r["cache"]["openpi_prefix_tokens"] == 3 * 256 + 200
     assert r["attention"]["queries_openpi"] == r["attention"]["queries_fast"] == 50
+    # the attention rows were timed inside real denoise runs: depth x steps calls each
+    assert {row["calls"] for row in r["attention"]["rows"].values()} == {4 * 2}
     assert r["fast_vs_reference"]["max_abs_diff"] <= 1e-5
     assert r["machine"]["torch"] == torch.__version__
 

@@ -4,15 +4,16 @@
     turbopi-bench --preset pi05 --device cuda --dtype bfloat16 --views 2 --cuda-graph
 
 Prints (a) the stage breakdown vision / prefix cache / denoise / total (median and p90) of the fast path and of the
-reference path; (b) the attention table: every attention call of one denoise (depth x steps) with the shapes each
-formulation really has - maskless SDPA over the compacted cache (queries: the action tokens), SDPA with openpi's mask
-and eager masked attention over openpi's padded cache (queries: pi0's state token + the actions); (c) fast vs reference
+reference path; (b) the attention table: the time spent inside the depth x steps attention calls of real denoise runs - the fast
+path's maskless SDPA over the compacted cache (queries: the action tokens), and openpi's denoise (padded cache,
+queries: pi0's state token + the actions) with its eager masked attention or with SDPA given openpi's mask; (c) fast vs reference
 end to end with the max abs difference of their actions from the same run; (d) the machine. --json FILE writes it all.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
-from .model.gemma import masked_eager_attention, maskless_attention, repeat_kv
-from .model.reference import make_att_2d_masks, reference_denoise, reference_prefix
+from .model.gemma import repeat_kv
+from .model.reference import reference_denoise, reference_prefix
 
 
 def machine() -> Dict[str, object]:
@@ -109,46 +110,78 @@ def sdpa_with_mask(q, k, v, additive):
     return out.transpose(1, 2).reshape(B, Lq, H * D)
 
 
-def attention_table(model, cache, prefix_pad, timer: Timer, steps: int) -> Dict[str, object]:
-    """Time depth x steps attention calls with the shapes of one denoise in each formulation."""
+@contextlib.contextmanager
+def timed_attention(module, name: str, store: List[float], sync: Callable[[], None], replacement=None):
+    """Within the block, every call of ``module.name`` (or of ``replacement`` in its place) adds its time to store."""
+    original = getattr(module, name)
+    fn = replacement or original
+
+    def timed(*args, **kwargs):
+        sync()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        sync()
+        store.append(time.perf_counter() - t0)
+        return out
+
+    setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
+    """The time spent inside the attention calls of real denoise runs (depth x steps calls each): the fast path's
+    maskless SDPA over the compacted cache, and openpi's reference denoise with its eager masked attention or with
+    SDPA given openpi's mask. The three denoises run interleaved; each row is the median of per-denoise sums.
+    Eager denoises only: a CUDA graph or a compiled step would not call the Python attention functions."""
+    from .model import pi0 as pi0_module
+    from .model import reference as reference_module
+
     c = model.config
-    g = c.expert
-    dev, dtype = model.device, model.dtype
-    H = c.action_horizon
-    calls = g.depth * steps
-    gen = torch.Generator(device=dev).manual_seed(0)
+    dtype = model.dtype
+    spent: Dict[str, List[float]] = {"maskless SDPA (fast path)": [], "SDPA with openpi's mask": [],
+                                     "eager masked (openpi)": []}
+    count: Dict[str, int] = {}
 
-    def rand(*shape):
-        return torch.randn(shape, generator=gen, device=dev, dtype=torch.float32).to(dtype)
+    def sdpa_masked(q, k, v, mask):
+        return sdpa_with_mask(q, k, v, additive_mask(mask, dtype))
 
-    # fast path: the action tokens attend to the compacted cache + themselves, no mask
-    q_fast = rand(1, H, g.num_heads, g.head_dim)
-    k_fast, v_fast = rand(1, g.num_kv_heads, cache.num_cached + H, g.head_dim), rand(1, g.num_kv_heads,
-                                                                                       cache.num_cached + H,
-                                                                                       g.head_dim)
-    # openpi: the suffix (pi0: state token + actions) attends to the padded prefix + the suffix under its mask
-    Ls = H + (0 if c.is_pi05 else 1)
-    Lp = prefix_pad.shape[1]
-    q_ref = rand(1, Ls, g.num_heads, g.head_dim)
-    k_ref, v_ref = rand(1, g.num_kv_heads, Lp + Ls, g.head_dim), rand(1, g.num_kv_heads, Lp + Ls, g.head_dim)
-    suffix_att = torch.tensor([[1] * (Ls - H + 1) + [0] * (H - 1)], device=dev)
-    mask = torch.cat([prefix_pad[:, None, :].expand(1, Ls, Lp),
-                      make_att_2d_masks(torch.ones((1, Ls), dtype=torch.bool, device=dev), suffix_att)], dim=2)
-    additive = additive_mask(mask, dtype)
-    variants = {
-        "maskless SDPA (fast path)": lambda: maskless_attention(q_fast, k_fast, v_fast),
-        "SDPA with openpi's mask": lambda: sdpa_with_mask(q_ref, k_ref, v_ref, additive),
-        "eager masked (openpi)": lambda: masked_eager_attention(q_ref, k_ref, v_ref, mask),
+    def run_timed(name, module, attr, fn, replacement=None):
+        calls: List[float] = []
+        with timed_attention(module, attr, calls, timer.sync, replacement):
+            fn()
+        spent[name].append(sum(calls))
+        count[name] = len(calls)
+
+    runs = {
+        "maskless SDPA (fast path)": lambda: run_timed(
+            "maskless SDPA (fast path)", pi0_module, "maskless_attention", lambda: model.denoise(cache, noise, steps)),
+        "SDPA with openpi's mask": lambda: run_timed(
+            "SDPA with openpi's mask", reference_module, "masked_eager_attention",
+            lambda: reference_denoise(model, prefix_pad, past, state, noise, steps), sdpa_masked),
+        "eager masked (openpi)": lambda: run_timed(
+            "eager masked (openpi)", reference_module, "masked_eager_attention",
+            lambda: reference_denoise(model, prefix_pad, past, state, noise, steps)),
     }
-    with torch.inference_mode():
-        times = timer({name: (lambda fn=fn: [fn() for _ in range(calls)]) for name, fn in variants.items()},
-                      iters=max(timer.iters, 20))
-    rows = {name: summary(t) for name, t in times.items()}
+    compiled, model._compiled_velocity = model._compiled_velocity, None
+    try:
+        with torch.inference_mode():
+            timer(runs)
+    finally:
+        model._compiled_velocity = compiled
+    rows = {}
+    for name, sums in spent.items():
+        rows[name] = summary(sums[-timer.iters:])
+        rows[name]["calls"] = count[name]
     base = rows["eager masked (openpi)"]["median_ms"]
     for row in rows.values():
         row["speedup_vs_eager"] = base / row["median_ms"]
-    return {"calls": calls, "queries_fast": H, "keys_fast": cache.num_cached + H, "queries_openpi": Ls,
-            "keys_openpi": Lp + Ls, "rows": rows}
+    H = c.action_horizon
+    Ls = H + (0 if c.is_pi05 else 1)
+    return {"calls": c.expert.depth * steps, "queries_fast": H, "keys_fast": cache.num_cached + H,
+            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls, "rows": rows}
 
 
 def run(args) -> Dict[str, object]:
@@ -199,7 +232,7 @@ def run(args) -> Dict[str, object]:
                                   if k.startswith("reference")}
     result["cache"] = {"valid_prefix_tokens": cache.num_prefix, "cached_tokens": cache.num_cached,
                        "openpi_prefix_tokens": int(prefix_pad.shape[1])}
-    result["attention"] = attention_table(model, cache, prefix_pad, timer, steps)
+    result["attention"] = attention_table(model, cache, prefix_pad, past, state, noise, timer, steps)
     med = lambda d, k: d[k]["median_ms"]  # noqa: E731
     result["fast_vs_reference"] = {
         "denoise_speedup": med(result["stages_reference"], "denoise") / med(result["stages_fast"], "denoise"),
@@ -223,8 +256,9 @@ def report(r: Dict[str, object]) -> str:
         for stage, v in stages.items():
             lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
     a = r["attention"]
-    lines += ["", f"(b) attention over one denoise: {a['calls']} calls (depth x steps); fast: {a['queries_fast']} "
-                  f"queries x {a['keys_fast']} keys, openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys",
+    lines += ["", f"(b) time inside the attention calls of one denoise: {a['calls']} calls (depth x steps); fast: "
+                  f"{a['queries_fast']} queries x {a['keys_fast']} keys, openpi: {a['queries_openpi']} queries x "
+                  f"{a['keys_openpi']} keys",
               f"    {'variant':<28} {'median ms':>10} {'p90 ms':>10} {'vs eager':>9}"]
     for name, row in a["rows"].items():
         lines.append(f"    {name:<28} {row['median_ms']:10.2f} {row['p90_ms']:10.2f} {row['speedup_vs_eager']:8.2f}x")
