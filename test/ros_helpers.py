@@ -142,11 +142,15 @@ def make_test_node(params: dict):
                     store.append((time.monotonic(), msg))
             return callback
 
-        def _stamp(self, key: str):
+        def _stamp(self, name: str):
+            """Now, or ``faults[name + "_age"]`` seconds ago, or zero with ``faults[name + "_zero_stamp"]``."""
+            from builtin_interfaces.msg import Time
+
+            if self.faults.get(f"{name}_zero_stamp"):
+                return Time()
             now = self.get_clock().now()
-            age = float(self.faults.get(key, 0.0))
-            stamp = (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
-            return stamp
+            age = float(self.faults.get(f"{name}_age", 0.0))
+            return (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
 
         def _publish_images(self):
             t = time.monotonic()
@@ -160,7 +164,7 @@ def make_test_node(params: dict):
                         msg.encoding = str(self.faults[f"{name}_encoding"])
                     if self.faults.get(f"{name}_truncate"):
                         msg.data = bytes(msg.data)[:-int(self.faults[f"{name}_truncate"])]
-                msg.header.stamp = self._stamp(f"{name}_age")
+                msg.header.stamp = self._stamp(name)
                 pub.publish(msg)
 
         def _publish_joints(self):
@@ -173,7 +177,7 @@ def make_test_node(params: dict):
             if self.faults.get("nan_joint"):
                 positions[names.index(self.faults["nan_joint"])] = float("nan")
             msg = JointState(name=names, position=positions)
-            msg.header.stamp = self._stamp("joints_age")
+            msg.header.stamp = self._stamp("joints")
             self.joint_pub.publish(msg)
 
         def publish_prompt(self, text: str):

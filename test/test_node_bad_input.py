@@ -77,6 +77,12 @@ def test_stale_camera(running):
                                     "camera 'left_wrist_0_rgb': newest message is 2.")
 
 
+def test_unstamped_camera(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_zero_stamp": True},
+                                    "camera 'base_0_rgb': header.stamp is zero")
+
+
 def test_empty_prompt(running):
     feeder, node = running
     feeder.publish_prompt("")

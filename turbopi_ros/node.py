@@ -63,6 +63,10 @@ PARAMETERS = {
 RUNTIME_PARAMETERS = {"prompt", "use_sim_time"}
 
 
+def _input_name(name: str) -> str:
+    return name if name == "joint_states" else f"camera '{name}'"
+
+
 class WaitingForInput(InputError):
     """Not an error of the input, just none yet: reported as a warning."""
 
@@ -105,7 +109,6 @@ class TurbopiNode(Node):
 
         self._lock = threading.Lock()
         self._latest: Dict[str, object] = {}  # input name -> newest message
-        self._received: Dict[str, float] = {}  # input name -> receive time (node clock)
         self._new_data = threading.Event()
         self._prompt = p["prompt"]
         self._enabled = bool(p["autostart"])
@@ -152,7 +155,6 @@ class TurbopiNode(Node):
     def _store(self, name: str, msg) -> None:
         with self._lock:
             self._latest[name] = msg
-            self._received[name] = self.now()
         self._new_data.set()
 
     def _on_prompt(self, msg: String) -> None:
@@ -261,6 +263,10 @@ class TurbopiNode(Node):
 
     def _stale_inputs(self, latest: Dict[str, object], now: float) -> str:
         """'' if every input is fresh, else a message naming the oldest stale one. Ages come from header stamps."""
+        unstamped = [n for n, m in latest.items() if m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0]
+        if unstamped:
+            return (f"{_input_name(unstamped[0])}: header.stamp is zero (expected the sensor time, on the node's clock"
+                    f"{' (use_sim_time)' if self.get_parameter('use_sim_time').value else ''})")
         ages = {n: now - stamp_to_sec(m.header.stamp) for n, m in latest.items()}
         with self._lock:
             self._ages = ages
@@ -268,7 +274,7 @@ class TurbopiNode(Node):
         if not stale:
             return ""
         worst = max(stale, key=stale.get)
-        what = "joint_states" if worst == "joint_states" else f"camera '{worst}'"
+        what = _input_name(worst)
         also = f"; also stale: {sorted(set(stale) - {worst})}" if len(stale) > 1 else ""
         return (f"{what}: newest message is {stale[worst]:.2f} s old (max_observation_age_s {self.max_age:g})"
                 + also)
