@@ -218,9 +218,9 @@ def status_values(status) -> Dict[str, str]:
 
 
 def spin_in_background(node):
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()  # see turbopi_ros/spin.py for why not the MultiThreadedExecutor
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

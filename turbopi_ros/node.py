@@ -8,6 +8,7 @@ joints, finite values, prompt) -> Policy.infer -> ~/action_chunk. A timer at con
 from __future__ import annotations
 
 import collections
+import re
 import sys
 import threading
 import time
@@ -61,6 +62,12 @@ PARAMETERS = {
     "status_log_period_s": (5.0, "seconds between one-line status logs (0 = off)"),
 }
 RUNTIME_PARAMETERS = {"prompt", "use_sim_time"}
+
+
+def _kind(message: str) -> str:
+    """A problem without its numbers: "newest message is 0.52 s old" and "... 0.54 s old" are one problem, logged
+    once and then throttled."""
+    return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
 def _input_name(name: str) -> str:
@@ -281,7 +288,7 @@ class TurbopiNode(Node):
 
     def _fail(self, message: str, waiting: bool = False) -> None:
         with self._lock:
-            first = message != self._last_error
+            first = _kind(message) != _kind(self._last_error)
             self._last_error = message
             self._error_count += 0 if waiting else 1
         if not self.hold_on_stale:

@@ -1,14 +1,20 @@
-"""main() for this package's nodes: init, build, spin on a multi-threaded executor, shut down cleanly."""
+"""main() for this package's nodes: init, build, spin, shut down cleanly.
+
+Both nodes spin on a SingleThreadedExecutor: their callbacks only store messages, publish or answer a service (the
+inference runs on the node's own worker thread). rclpy's MultiThreadedExecutor dispatches every callback through a
+thread pool from a busy main loop (ros2/rclpy#1223, #1452): on a 2-core machine beside the inference it doubled
+fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the single-threaded executor did neither.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
-def spin_node(make_node: Callable[[], Node], name: str, args=None, num_threads: int = 2) -> None:
+def spin_node(make_node: Callable[[], Node], name: str, args=None) -> None:
     """Ctrl-C and external shutdown end it quietly (exit 0); a configuration that cannot work (ValueError or
     OSError while building the node) is logged as ``cannot start: ...`` and exits 1."""
     rclpy.init(args=args)
@@ -16,7 +22,7 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None, num_threads: 
     code = 0
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=num_threads)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
