@@ -1,5 +1,6 @@
 """Bad input, one kind per test: no chunk is computed from it, the log and /diagnostics name the problem, the node
 keeps running, and it recovers by itself when good input returns."""
+import re
 import time
 
 import pytest
@@ -17,18 +18,22 @@ def running(tmp_path_factory):
         yield session
 
 
-def _expect_rejected_then_recovered(feeder, node, faults: dict, expected: str, restore=None):
-    """Switch ``faults`` on: after the chunk in flight, no chunk may arrive; the problem must be named in the log
-    and on /diagnostics. Then switch them off and expect chunks and an OK status again."""
+def _expect_rejected_then_recovered(feeder, node, faults: dict, expected, restore=None):
+    """Switch ``faults`` on: after the chunk in flight, no chunk may arrive; the problem (``expected``: a string, or
+    a compiled regex) must be named in the log and on /diagnostics. Then switch them off and expect chunks and an OK
+    status again."""
+    def named(text: str) -> bool:
+        return bool(expected.search(text)) if isinstance(expected, re.Pattern) else expected in text
+
     assert wait_for(lambda: feeder.count(feeder.chunks) > 0, timeout=30)
     feeder.faults.update(faults)
     t_bad = time.monotonic()
     # an inference that started on good input just before the switch may still finish: allow 1 s for it
-    assert wait_for(lambda: expected in node.log(), timeout=10), node.log()[-3000:]
+    assert wait_for(lambda: named(node.log()), timeout=10), node.log()[-3000:]
     time.sleep(1.0)
     t_settled = time.monotonic()
     assert wait_for(lambda: (feeder.latest_status() is not None and level(feeder.latest_status()) == ERROR
-                             and expected in feeder.latest_status().message), timeout=5), \
+                             and named(feeder.latest_status().message)), timeout=5), \
         feeder.latest_status()
     time.sleep(1.5)
     leaked = feeder.since(feeder.chunks, t_settled)
@@ -81,6 +86,14 @@ def test_unstamped_camera(running):
     feeder, node = running
     _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_zero_stamp": True},
                                     "camera 'base_0_rgb': header.stamp is zero")
+
+
+def test_camera_stamped_in_the_future(running):
+    """A sensor whose clock runs ahead of the node's: its age cannot be trusted (it would look fresh after it died)."""
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": -3.0},
+                                    re.compile(r"camera 'left_wrist_0_rgb': header.stamp is (2\.9\d|3\.0\d) s ahead "
+                                               r"of the node's clock"))
 
 
 def test_empty_prompt(running):

@@ -62,6 +62,7 @@ PARAMETERS = {
     "status_log_period_s": (5.0, "seconds between one-line status logs (0 = off)"),
 }
 RUNTIME_PARAMETERS = {"prompt", "use_sim_time"}
+LOG_REPEAT_S = 5.0  # a problem that persists is logged again this often
 
 
 def _kind(message: str) -> str:
@@ -128,6 +129,7 @@ class TurbopiNode(Node):
         self._ages: Dict[str, float] = {}
         self._stop = threading.Event()
         self._stale_reported = False
+        self._logged: Dict[str, float] = {}  # kind of problem -> when it was last logged (monotonic)
         self._command_times: collections.deque = collections.deque(maxlen=100)
 
         for name, topic, is_compressed in zip(self.camera_names, topics, compressed):
@@ -244,6 +246,7 @@ class TurbopiNode(Node):
                 if self._last_error:
                     self.get_logger().info(f"recovered: chunks flowing again (was: {self._last_error})")
                 self._last_error = ""
+                self._logged.clear()  # a problem that comes back is logged again at once
                 self._chunk_count += 1
                 self._chunk_times.append(time.monotonic())
                 for stage, seconds in chunk.timings.items():
@@ -269,7 +272,8 @@ class TurbopiNode(Node):
         return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
 
     def _stale_inputs(self, latest: Dict[str, object], now: float) -> str:
-        """'' if every input is fresh, else a message naming the oldest stale one. Ages come from header stamps."""
+        """'' if every input is fresh, else a message naming the oldest stale one (or one stamped in the future).
+        Ages come from header stamps and the node's clock (ROS time: /clock with use_sim_time)."""
         unstamped = [n for n, m in latest.items() if m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0]
         if unstamped:
             return (f"{_input_name(unstamped[0])}: header.stamp is zero (expected the sensor time, on the node's clock"
@@ -277,31 +281,39 @@ class TurbopiNode(Node):
         ages = {n: now - stamp_to_sec(m.header.stamp) for n, m in latest.items()}
         with self._lock:
             self._ages = ages
+        ahead = {n: -a for n, a in ages.items() if a < -self.max_age}
+        if ahead:
+            first = max(ahead, key=ahead.get)
+            return (f"{_input_name(first)}: header.stamp is {ahead[first]:.2f} s ahead of the node's clock (more than "
+                    f"max_observation_age_s {self.max_age:g}): the clocks differ; sync them, or check use_sim_time")
         stale = {n: a for n, a in ages.items() if a > self.max_age}
         if not stale:
             return ""
         worst = max(stale, key=stale.get)
         what = _input_name(worst)
         also = f"; also stale: {sorted(set(stale) - {worst})}" if len(stale) > 1 else ""
+        hint = " (over a day: do the clocks differ? check use_sim_time)" if stale[worst] > 86400 else ""
         return (f"{what}: newest message is {stale[worst]:.2f} s old (max_observation_age_s {self.max_age:g})"
-                + also)
+                + hint + also)
 
     def _fail(self, message: str, waiting: bool = False) -> None:
+        """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', and log it:
+        each kind of problem once, then at most every LOG_REPEAT_S while it lasts."""
+        kind, t = _kind(message), time.monotonic()
         with self._lock:
-            first = _kind(message) != _kind(self._last_error)
             self._last_error = message
             self._error_count += 0 if waiting else 1
+            log = t - self._logged.get(kind, -np.inf) >= LOG_REPEAT_S
+            if log:
+                if len(self._logged) > 100:
+                    self._logged.clear()
+                self._logged[kind] = t
         if not self.hold_on_stale:
             self.schedule.clear()
-        # rclpy wants one severity and one throttle setting per call site
-        if waiting and first:
+        if log and waiting:
             self.get_logger().warning(f"no chunk: {message}")
-        elif waiting:
-            self.get_logger().warning(f"no chunk: {message}", throttle_duration_sec=5.0)
-        elif first:
+        elif log:
             self.get_logger().error(f"no chunk: {message}")
-        else:
-            self.get_logger().error(f"no chunk: {message}", throttle_duration_sec=5.0)
         self._new_data.set()
 
     # --- control stream ---------------------------------------------------------------------------------------------
