@@ -7,11 +7,20 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+
+def _shutting_down(grace_s: float = 1.0) -> bool:
+    """Whether the context is (about to be) shut down: Ctrl-C's handler shuts it down a moment after the interrupt."""
+    deadline = time.monotonic() + grace_s
+    while rclpy.ok() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not rclpy.ok()
 
 
 def spin_node(make_node: Callable[[], Node], name: str, args=None) -> None:
@@ -28,8 +37,17 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, OSError) as e:
-        rclpy.logging.get_logger(name).fatal(f"cannot start: {e}")
-        code = 1
+        if node is None:
+            rclpy.logging.get_logger(name).fatal(f"cannot start: {e}")
+            code = 1
+        elif rclpy.ok():
+            raise
+    except Exception:
+        # Ctrl-C shuts the context down under a running executor; taking a message at that moment can fail inside
+        # rclpy (RuntimeError "Unable to convert call argument '0' to Python object", seen on a loaded 2-core
+        # machine). That is a clean shutdown; an error while the context is up is a real one.
+        if node is None or not _shutting_down():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
