@@ -65,17 +65,20 @@ class NodeProcess:
 
 
 @contextlib.contextmanager
-def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0):
+def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_clock: Optional[tuple] = None):
     """rclpy up in this process, a feeder/collector node spinning, turbopi_node started as a subprocess with the
-    demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly."""
+    demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly.
+    ``sim_clock=(start_s, rate)``: the feeder publishes /clock from ``start_s`` at ``rate`` x real time and stamps
+    its messages with it; both it and the node run with use_sim_time."""
     import pytest
     import rclpy
 
     isolate_ros_domain()
     rclpy.init()
-    feeder = make_test_node(node_params())
+    feeder = make_test_node(node_params(), sim_clock)
     executor, _ = spin_in_background(feeder)
-    node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log")
+    node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log",
+                       ["-p", "use_sim_time:=true"] if sim_clock else None)
     try:
         if not wait_for(lambda: feeder.count(feeder.chunks) >= min_chunks or not node.alive(), timeout=timeout):
             pytest.fail(f"no action chunks within {timeout:g} s; node log:\n" + node.log())
@@ -98,13 +101,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.05
     return predicate()
 
 
-def make_test_node(params: dict):
+def make_test_node(params: dict, sim_clock: Optional[tuple] = None):
     """A node that feeds the demo's inputs (two cameras, joint states) and records the turbopi_node outputs.
+    With ``sim_clock=(start_s, rate)`` it also publishes /clock (see ``node_session``) and runs on it.
 
     ``feeder.faults`` switches inputs bad, e.g. {"base_encoding": "16UC1"}; see ``_image`` / ``_joints``.
     """
     from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock as ClockMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
     from std_msgs.msg import Float64MultiArray, String
@@ -115,7 +122,13 @@ def make_test_node(params: dict):
 
     class Feeder(Node):
         def __init__(self):
-            super().__init__("test_feeder")
+            overrides = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim_clock else []
+            super().__init__("test_feeder", parameter_overrides=overrides)
+            if sim_clock:
+                self.sim_start, self.sim_rate = sim_clock
+                self.wall_start = time.monotonic()
+                self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10)
+                self.create_timer(0.005, self._publish_clock, clock=Clock(clock_type=ClockType.STEADY_TIME))
             self.params = params
             self.faults: Dict[str, object] = {}
             self.lock = threading.Lock()
@@ -135,6 +148,16 @@ def make_test_node(params: dict):
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
             self.create_timer(1 / 10.0, self._publish_images)
             self.create_timer(1 / 50.0, self._publish_joints)
+
+        def sim_now(self) -> float:
+            return self.sim_start + self.sim_rate * (time.monotonic() - self.wall_start)
+
+        def _publish_clock(self):
+            t = self.sim_now()
+            msg = ClockMsg()
+            msg.clock.sec = int(t)
+            msg.clock.nanosec = int((t - int(t)) * 1e9)
+            self.clock_pub.publish(msg)
 
         def _record(self, store):
             def callback(msg):
