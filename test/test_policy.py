@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from turbopi_ros.model.checkpoint import random_model
+from turbopi_ros.model.checkpoint import random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.policy import STAGES, Observation, ObservationError, Policy
-from turbopi_ros.policy.tokenizer import ByteTokenizer
+from turbopi_ros.policy.tokenizer import ByteTokenizer, PaligemmaTokenizer
 from turbopi_ros.policy.transforms import NormStats, normalize, unnormalize
 
 N_JOINTS = 4
@@ -96,3 +96,46 @@ def test_configuration_errors():
         _policy(lower_limits=[1] * 4, upper_limits=[0] * 4)
     with pytest.raises(ValueError, match="model.tokenizer is required"):
         Policy.from_params(checkpoint="/nonexistent", preset="tiny")
+
+
+def _sentencepiece(directory):
+    """A tiny SentencePiece model laid out like PaliGemma's (<pad>=0, <eos>=1, <bos>=2)."""
+    import sentencepiece
+
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(["pick up the cup", "open the drawer", "Task: wipe, State: 1 2 3;", "Action: go"] * 30))
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "sp"), vocab_size=60,
+                                             model_type="bpe", pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                                             user_defined_symbols=["\n"], add_dummy_prefix=False, minloglevel=2)
+    return directory / "sp.model"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pi05"])
+def test_from_an_openpi_checkpoint_directory(tmp_path, preset):
+    """What the node does with a real checkpoint: weights and config.json from the directory, the norm stats found
+    in assets/<asset_id>/, the SentencePiece tokenizer file, in the variant's prompt format."""
+    import json
+
+    model = random_model(ModelConfig.preset(preset), seed=5)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    stats = {"state": _stats(seed=3), "actions": _stats(seed=4)}
+    (ckpt / "assets" / "my_robot").mkdir(parents=True)
+    (ckpt / "assets" / "my_robot" / "norm_stats.json").write_text(json.dumps({"norm_stats": {
+        k: {f: getattr(v, f).tolist() for f in ("mean", "std", "q01", "q99")} for k, v in stats.items()}}))
+    sp_path = _sentencepiece(tmp_path)
+    policy = Policy.from_params(checkpoint=str(ckpt), tokenizer=str(sp_path), seed=7, action_dims=N_JOINTS)
+    obs = _obs()
+    chunk = policy.infer(obs)
+
+    quantile = preset == "tiny_pi05"
+    cfg = model.config
+    state = normalize(obs.state, stats["state"], quantile)
+    tokens, mask = PaligemmaTokenizer(sp_path, cfg.max_token_len, cfg.variant).encode(
+        obs.prompt, state=state if quantile else None)
+    images, masks, got_tokens, got_mask, state_t, _ = policy.preprocess(obs)
+    assert got_tokens[0].tolist() == tokens.tolist() and got_mask[0].tolist() == mask.tolist()
+    assert np.allclose(state_t[0, :N_JOINTS].numpy(), state)
+    noise = model.sample_noise(1, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        raw = model.sample_actions(images, masks, got_tokens, got_mask, state_t, noise=noise)[0].numpy()
+    assert np.allclose(chunk.actions, unnormalize(raw, stats["actions"], quantile)[:, :N_JOINTS], atol=1e-5)

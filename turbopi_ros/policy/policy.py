@@ -108,7 +108,7 @@ class Policy:
         stats = load_norm_stats(stats_path) if stats_path else None
         if stats is None:
             logger.warning("no norm stats: state and actions pass through unnormalized")
-        tok = make_tokenizer(tokenizer, model.config.max_token_len, model.config.vlm.vocab_size)
+        tok = make_tokenizer(tokenizer, model.config.max_token_len, model.config.vlm.vocab_size, model.config.variant)
         return cls(model, tokenizer=tok, norm_stats=stats, seed=seed, **kwargs)
 
     # --- inference -------------------------------------------------------------------------------------------------
