@@ -1,7 +1,7 @@
 """turbopi_node on a robot.
 
     ros2 launch turbopi_ros turbopi.launch.py params_file:=/path/to/pi05_droid.yaml checkpoint:=/data/pi05_droid \
-        device:=cuda namespace:=arm joint_states:=/arm/joint_states
+        device:=cuda namespace:=arm command_topic:=/arm_controller/commands
 
 Arguments override the parameter file: checkpoint, device (and tokenizer when given). Remap the joint command
 to your controller's input with command_topic.
