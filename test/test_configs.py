@@ -48,3 +48,35 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
     assert "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file" in out.stderr + out.stdout
+
+
+def test_float_parameters_take_integers_and_type_errors_name_the_parameter():
+    """YAML's `control_rate_hz: 50` or `lower_limits: [0, 1]` is what people write; a string list is not."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.spin import declare_parameters
+
+    spec = {"rate": (50.0, "a float"), "limits": ([1.0], "floats"), "steps": (10, "an int"), "name": ("x", "text")}
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        def declared(**overrides):
+            node = Node("params_test", context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+            try:
+                return declare_parameters(node, spec)
+            finally:
+                node.destroy_node()
+
+        values = declared(rate=20, limits=[0, 1])
+        assert values == {"rate": 20.0, "limits": [0.0, 1.0], "steps": 10, "name": "x"}
+        assert type(values["rate"]) is float and all(type(v) is float for v in values["limits"])
+        with pytest.raises(ValueError, match=r"parameter limits: expected a list of numbers, got \['a'\]"):
+            declared(limits=["a"])
+        with pytest.raises(ValueError, match="parameter steps: .*expecting type 'INTEGER'"):
+            declared(steps=2.5)
+    finally:
+        rclpy.try_shutdown(context=context)

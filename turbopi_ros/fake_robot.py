@@ -9,14 +9,13 @@ import math
 import threading
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 
 from .conversions import rgb_to_compressed, rgb_to_image
-from .spin import spin_node
+from .spin import declare_parameters, spin_node
 
 PARAMETERS = {
     "cameras.topics": (["/camera/image_raw"], "camera topics to publish"),
@@ -50,9 +49,7 @@ def pattern(width: int, height: int, t: float, phase: float) -> np.ndarray:
 class FakeRobot(Node):
     def __init__(self, **kwargs):
         super().__init__("fake_robot", **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        p = declare_parameters(self, PARAMETERS)
         self.width, self.height = int(p["camera.width"]), int(p["camera.height"])
         self.encoding = p["camera.encoding"]
         topics, compressed = list(p["cameras.topics"]), list(p["cameras.compressed"])

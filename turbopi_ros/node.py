@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -27,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory
 from .conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb, joint_state_to_vector,
                           stamp_to_sec)
 from .policy.chunking import ChunkSchedule
-from .spin import spin_node
+from .spin import declare_parameters, spin_node
 from .policy.policy import IMAGE_KEYS, STAGES, Observation, ObservationError, Policy, camera_slots
 
 # name -> (default, description). Declared up front; see config/*.yaml for commented examples.
@@ -82,9 +82,7 @@ class WaitingForInput(InputError):
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        p = declare_parameters(self, PARAMETERS)
         self.camera_names = camera_slots(p["cameras.names"])
         topics, compressed = list(p["cameras.topics"]), list(p["cameras.compressed"])
         if len(topics) != len(self.camera_names) or len(compressed) != len(self.camera_names):
@@ -310,7 +308,9 @@ class TurbopiNode(Node):
                 self._logged[kind] = t
         if not self.hold_on_stale:
             self.schedule.clear()
-        if log and waiting:
+        if log and not self.context.ok():
+            pass  # shutting down: the log's rosout publisher is gone
+        elif log and waiting:
             self.get_logger().warning(f"no chunk: {message}")
         elif log:
             self.get_logger().error(f"no chunk: {message}")

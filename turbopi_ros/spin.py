@@ -8,11 +8,43 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable, Dict, Tuple
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+
+def declare_parameters(node: Node, parameters: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
+    """Declare ``{name: (default, description)}`` up front and return the values. Floating-point parameters also
+    take integers (YAML's ``50`` or ``[0, 1]`` for ``50.0`` or ``[0.0, 1.0]``); any other type mismatch is a
+    ValueError naming the parameter and the expected type."""
+    values = {}
+    for name, (default, description) in parameters.items():
+        is_float = isinstance(default, float) or (isinstance(default, list) and default
+                                                  and all(isinstance(v, float) for v in default))
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=bool(is_float))
+        try:
+            value = node.declare_parameter(name, default, descriptor).value
+        except ParameterException as e:
+            raise ValueError(f"parameter {name}: {e}") from None
+        if is_float:
+            value = _as_floats(name, value, isinstance(default, list))
+        values[name] = value
+    return values
+
+
+def _as_floats(name: str, value, is_list: bool):
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if is_list and isinstance(value, (list, tuple)) and all(number(v) for v in value):
+        return [float(v) for v in value]
+    if not is_list and number(value):
+        return float(value)
+    raise ValueError(f"parameter {name}: expected {'a list of numbers' if is_list else 'a number'}, got {value!r}")
 
 
 def _shutting_down(grace_s: float = 1.0) -> bool:
