@@ -1,0 +1,51 @@
+"""on_stale: hold. The node runs in this process (the demo YAML with on_stale=hold) beside the test feeder: when an
+input goes stale, ~/joint_command keeps coming at the control rate, repeating the last command; when the input is
+fresh again, new chunks move it again. (on_stale: stop is tested against the subprocess in test_node_bad_input.py.)"""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import isolate_ros_domain, make_test_node, node_params, spin_in_background, wait_for  # noqa: E402
+
+
+def test_on_stale_hold_repeats_the_last_command():
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.node import TurbopiNode
+
+    params = dict(node_params(), on_stale="hold")
+    isolate_ros_domain()
+    rclpy.init()
+    node = feeder = executor = None
+    try:
+        node = TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        feeder = make_test_node(params)
+        executor, _ = spin_in_background(feeder)
+        executor.add_node(node)
+        assert wait_for(lambda: feeder.count(feeder.chunks) >= 2 and feeder.count(feeder.commands) >= 10, timeout=60)
+
+        feeder.faults["joints_age"] = 3.0
+        assert wait_for(lambda: feeder.latest_status() is not None
+                        and "joint_states: newest message is" in feeder.latest_status().message, timeout=10)
+        t = time.monotonic() + 0.2  # let a command in flight arrive
+        time.sleep(1.2)
+        held = [np.array(m.data) for arrived, m in feeder.since(feeder.commands, t) if arrived < t + 1.0]
+        assert len(held) >= 0.9 * params["control_rate_hz"], f"{len(held)} commands in 1 s while holding"
+        assert all(np.array_equal(h, held[0]) for h in held), "held commands must repeat the last one"
+        assert feeder.since(feeder.chunks, t) == []
+
+        feeder.faults.pop("joints_age")
+        t = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 2, timeout=30)
+        moving = [np.array(m.data) for _, m in feeder.since(feeder.commands, t)]
+        assert any(not np.array_equal(m, held[0]) for m in moving)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        for n in (feeder, node):
+            if n is not None:
+                n.destroy_node()
+        rclpy.try_shutdown()
