@@ -3,8 +3,13 @@ import json
 
 import torch
 
+from engine_helpers import random_inputs, small_config
 from turbopi_ros import bench
+from turbopi_ros.model import reference
+from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.gemma import masked_eager_attention, maskless_attention
+
+VARIANTS = {bench.FAST, bench.SDPA_MASK, bench.EAGER}
 
 
 def test_three_attention_formulations_agree_on_the_valid_tokens():
@@ -27,24 +32,71 @@ def test_three_attention_formulations_agree_on_the_valid_tokens():
     assert not torch.allclose(fast, maskless_attention(q, k_pad, v_pad), atol=1e-3)  # the mask matters
 
 
+def test_sdpa_with_openpis_mask_runs_openpis_denoise_exactly():
+    """The table's "SDPA with openpi's mask" row times a correct denoise: put in place of openpi's eager attention
+    (with pi0's state query and its block mask), it gives the reference's actions."""
+    config = small_config("pi0")
+    model = random_model(config, seed=1)
+    images, masks, tokens, token_mask, state, noise = random_inputs(config, cameras=(True, False, True),
+                                                                    valid_tokens=(4,))
+    with torch.inference_mode():
+        prefix_pad, past = reference.reference_prefix(model, images, masks, tokens, token_mask)
+        eager = reference.reference_denoise(model, prefix_pad, past, state, noise, 3)
+        with bench.patched(reference, "masked_eager_attention", lambda original: (
+                lambda q, k, v, mask: bench.sdpa_with_mask(q, k, v, bench.additive_mask(mask, q.dtype)))):
+            sdpa = reference.reference_denoise(model, prefix_pad, past, state, noise, 3)
+    assert reference.masked_eager_attention is masked_eager_attention  # restored
+    assert (sdpa - eager).abs().max() <= 1e-5
+
+
 def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = bench.main(["--preset", "tiny_pi05", "--views", "2", "--prompt-len", "7", "--steps", "2", "--iters", "1",
-                     "--warmup", "0", "--json", str(out)])
+                     "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "(b) time inside the attention calls of one denoise: 8 calls" in text
+    assert "(b) attention calls of one denoise: 8 (depth x steps)" in text
     r = json.loads(out.read_text())
     assert set(r) >= {"machine", "setup", "stages_fast", "stages_reference", "cache", "attention",
-                      "fast_vs_reference"}
+                      "fast_vs_reference", "load_avg_1min_end"}
     assert set(r["stages_fast"]) == {"vision", "prefix_cache", "denoise", "total"}
+    assert set(r["stages_reference"]) == {"prefix (vision + prefix cache)", "denoise", "total"}
+    for stage in list(r["stages_fast"].values()) + list(r["stages_reference"].values()):
+        assert set(stage) == {"median_ms", "p90_ms"}
     assert r["cache"]["valid_prefix_tokens"] == 2 * 256 + 7 == r["cache"]["cached_tokens"]  # pi0.5: no state token
     assert r["cache"]["openpi_prefix_tokens"] == 3 * 256 + 200
-    assert r["attention"]["queries_openpi"] == r["attention"]["queries_fast"] == 50
-    # the attention rows were timed inside real denoise runs: depth x steps calls each
-    assert {row["calls"] for row in r["attention"]["rows"].values()} == {4 * 2}
+    a = r["attention"]
+    assert a["queries_openpi"] == a["queries_fast"] == 50  # pi0.5: no state query
+    assert a["keys_fast"] == 2 * 256 + 7 + 50 and a["keys_openpi"] == 3 * 256 + 200 + 50
+    # both tables cover every attention call of one denoise: depth x steps
+    for table in ("in_denoise", "replayed"):
+        assert set(a[table]) == VARIANTS
+        assert {row["calls"] for row in a[table].values()} == {4 * 2}
+        assert a[table][bench.EAGER]["speedup_vs_eager"] == 1.0
+    assert all(0 < row["share_of_denoise"] <= 1 for row in a["in_denoise"].values())
+    f = r["fast_vs_reference"]
+    assert set(f) == {"denoise_speedup", "end_to_end_speedup", "max_abs_diff", "tolerance", "within_tolerance"}
+    assert f["within_tolerance"] and f["tolerance"] == 1e-4
+    assert f["max_abs_diff"] <= 1e-5
+    m = r["machine"]
+    assert m["torch"] == torch.__version__ and m["torch_threads"] == 1
+    assert set(m) >= {"cpu", "cpu_count", "cpu_flags", "gpu", "python", "load_avg_1min"}
+    assert r["setup"]["views"] == 2 and r["setup"]["prompt_len"] == 7 and r["setup"]["max_token_len"] == 200
+
+
+def test_a_config_json_with_pi0s_state_token(tmp_path, capsys):
+    """--config takes a model config JSON; pi0 caches its state token and openpi queries it in every step."""
+    path = tmp_path / "small.json"
+    small_config("pi0", max_token_len=10, horizon=6).to_json(path)
+    assert bench.main(["--config", str(path), "--views", "1", "--prompt-len", "3", "--steps", "2", "--iters", "1",
+                       "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["setup"]["variant"] == "pi0"
+    assert r["cache"]["cached_tokens"] == r["cache"]["valid_prefix_tokens"] + 1 == 16 + 3 + 1
+    a = r["attention"]
+    assert a["queries_fast"] == 6 and a["queries_openpi"] == 7
+    assert {row["calls"] for row in a["replayed"].values()} == {2 * 2}
     assert r["fast_vs_reference"]["max_abs_diff"] <= 1e-5
-    assert r["machine"]["torch"] == torch.__version__
 
 
 def test_bad_arguments_are_reported():

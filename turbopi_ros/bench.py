@@ -4,11 +4,15 @@
     turbopi-bench --preset pi05 --device cuda --dtype bfloat16 --views 2 --cuda-graph
 
 Prints (a) the stage breakdown vision / prefix cache / denoise / total (median and p90) of the fast path and of the
-reference path; (b) the attention table: the time spent inside the depth x steps attention calls of real denoise runs - the fast
-path's maskless SDPA over the compacted cache (queries: the action tokens), and openpi's denoise (padded cache,
-queries: pi0's state token + the actions) with its eager masked attention or with SDPA given openpi's mask; (c) fast vs reference
-end to end with the max abs difference of their actions from the same run; (d) the machine. --json FILE writes it all.
+reference path; (b) the attention table: the depth x steps attention calls of one denoise - the fast path's maskless
+SDPA over the compacted cache (queries: the action tokens), and openpi's masked attention over its padded cache
+(queries: pi0's state token + the actions), eager as openpi runs it or SDPA given openpi's mask - timed two ways:
+inside real denoise runs (what a denoise pays, caches as the layers leave them) and replayed back to back from the
+captured inputs of one denoise (the attention kernels alone); (c) fast vs reference end to end with the max abs
+difference of their actions from the same run; (d) the machine, with its load average. --json FILE writes it all.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
+Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
+gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
 """
 from __future__ import annotations
 
@@ -31,6 +35,19 @@ from .model.gemma import repeat_kv
 from .model.reference import reference_denoise, reference_prefix
 
 
+# CPU features that decide how fast float32 / bfloat16 matmuls can be.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in MATMUL_FLAGS if flag in flags]
+
+
 def machine() -> Dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -39,7 +56,8 @@ def machine() -> Dict[str, object]:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
+            "cpu_flags": cpu_flags(), "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -110,21 +128,15 @@ def sdpa_with_mask(q, k, v, additive):
     return out.transpose(1, 2).reshape(B, Lq, H * D)
 
 
+PARITY_TOL = 1e-4  # turbopi-verify's default tolerance
+FAST, SDPA_MASK, EAGER = "maskless SDPA (fast path)", "SDPA with openpi's mask", "eager masked (openpi)"
+
+
 @contextlib.contextmanager
-def timed_attention(module, name: str, store: List[float], sync: Callable[[], None], replacement=None):
-    """Within the block, every call of ``module.name`` (or of ``replacement`` in its place) adds its time to store."""
+def patched(module, name: str, wrap: Callable[[Callable], Callable]):
+    """Within the block, ``module.name`` is ``wrap(original)``."""
     original = getattr(module, name)
-    fn = replacement or original
-
-    def timed(*args, **kwargs):
-        sync()
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        sync()
-        store.append(time.perf_counter() - t0)
-        return out
-
-    setattr(module, name, timed)
+    setattr(module, name, wrap(original))
     try:
         yield
     finally:
@@ -132,56 +144,108 @@ def timed_attention(module, name: str, store: List[float], sync: Callable[[], No
 
 
 def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
-    """The time spent inside the attention calls of real denoise runs (depth x steps calls each): the fast path's
-    maskless SDPA over the compacted cache, and openpi's reference denoise with its eager masked attention or with
-    SDPA given openpi's mask. The three denoises run interleaved; each row is the median of per-denoise sums.
+    """The depth x steps attention calls of one denoise, timed two ways, each interleaved across the three variants:
+
+    in_denoise: real denoise runs (the fast path's ``model.denoise``, openpi's ``reference_denoise`` with its eager
+        masked attention or with SDPA given openpi's mask in its place); each call is timed (synchronized on CUDA),
+        a row is the median over runs of the per-denoise sum, and the whole denoise is timed too (attention share).
+    replayed: the inputs of every call of one denoise are captured (copies), then replayed back to back; a row is
+        the median time of one replay of all calls: the kernels alone, with the shapes and values a denoise has.
     Eager denoises only: a CUDA graph or a compiled step would not call the Python attention functions."""
     from .model import pi0 as pi0_module
     from .model import reference as reference_module
 
     c = model.config
     dtype = model.dtype
-    spent: Dict[str, List[float]] = {"maskless SDPA (fast path)": [], "SDPA with openpi's mask": [],
-                                     "eager masked (openpi)": []}
-    count: Dict[str, int] = {}
 
     def sdpa_masked(q, k, v, mask):
         return sdpa_with_mask(q, k, v, additive_mask(mask, dtype))
 
-    def run_timed(name, module, attr, fn, replacement=None):
+    def fast_denoise():
+        return model.denoise(cache, noise, steps)
+
+    def openpi_denoise():
+        return reference_denoise(model, prefix_pad, past, state, noise, steps)
+
+    # (module, attribute, denoise, kernel to put in place of the attribute, None = keep it)
+    variants = {FAST: (pi0_module, "maskless_attention", fast_denoise, None),
+                SDPA_MASK: (reference_module, "masked_eager_attention", openpi_denoise, sdpa_masked),
+                EAGER: (reference_module, "masked_eager_attention", openpi_denoise, None)}
+    spent: Dict[str, List[float]] = {name: [] for name in variants}
+    whole: Dict[str, List[float]] = {name: [] for name in variants}
+    count: Dict[str, int] = {}
+    captured: Dict[str, list] = {}
+
+    def timed_run(name):
+        module, attr, denoise, kernel = variants[name]
         calls: List[float] = []
-        with timed_attention(module, attr, calls, timer.sync, replacement):
-            fn()
+
+        def wrap(original):
+            fn = kernel or original
+
+            def timed(*args):
+                timer.sync()
+                t0 = time.perf_counter()
+                out = fn(*args)
+                timer.sync()
+                calls.append(time.perf_counter() - t0)
+                return out
+            return timed
+
+        with patched(module, attr, wrap):
+            timer.sync()
+            t0 = time.perf_counter()
+            denoise()
+            timer.sync()
+            whole[name].append(time.perf_counter() - t0)
         spent[name].append(sum(calls))
         count[name] = len(calls)
 
-    runs = {
-        "maskless SDPA (fast path)": lambda: run_timed(
-            "maskless SDPA (fast path)", pi0_module, "maskless_attention", lambda: model.denoise(cache, noise, steps)),
-        "SDPA with openpi's mask": lambda: run_timed(
-            "SDPA with openpi's mask", reference_module, "masked_eager_attention",
-            lambda: reference_denoise(model, prefix_pad, past, state, noise, steps), sdpa_masked),
-        "eager masked (openpi)": lambda: run_timed(
-            "eager masked (openpi)", reference_module, "masked_eager_attention",
-            lambda: reference_denoise(model, prefix_pad, past, state, noise, steps)),
-    }
+    def capture(name):
+        module, attr, denoise, kernel = variants[name]
+        args_list: list = []
+
+        def wrap(original):
+            def keep(*args):
+                args_list.append(tuple(a.clone() for a in args))
+                return original(*args)
+            return keep
+
+        with patched(module, attr, wrap):
+            denoise()
+        return kernel or getattr(module, attr), args_list
+
+    def replay(name):
+        fn, args_list = captured[name]
+        for args in args_list:
+            fn(*args)
+
     compiled, model._compiled_velocity = model._compiled_velocity, None
     try:
         with torch.inference_mode():
-            timer(runs)
+            timer({name: (lambda name=name: timed_run(name)) for name in variants})
+            for name in variants:
+                captured[name] = capture(name)
+            times_replay = timer({name: (lambda name=name: replay(name)) for name in variants})
     finally:
         model._compiled_velocity = compiled
-    rows = {}
-    for name, sums in spent.items():
-        rows[name] = summary(sums[-timer.iters:])
-        rows[name]["calls"] = count[name]
-    base = rows["eager masked (openpi)"]["median_ms"]
-    for row in rows.values():
-        row["speedup_vs_eager"] = base / row["median_ms"]
+    in_denoise, replayed = {}, {}
+    for name in variants:
+        in_denoise[name] = summary(spent[name][-timer.iters:])
+        denoise_ms = summary(whole[name][-timer.iters:])["median_ms"]
+        in_denoise[name].update(calls=count[name], denoise_median_ms=denoise_ms,
+                                share_of_denoise=in_denoise[name]["median_ms"] / denoise_ms)
+        replayed[name] = summary(times_replay[name])
+        replayed[name]["calls"] = len(captured[name][1])
+    for rows in (in_denoise, replayed):
+        base = rows[EAGER]["median_ms"]
+        for row in rows.values():
+            row["speedup_vs_eager"] = base / row["median_ms"]
     H = c.action_horizon
     Ls = H + (0 if c.is_pi05 else 1)
     return {"calls": c.expert.depth * steps, "queries_fast": H, "keys_fast": cache.num_cached + H,
-            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls, "rows": rows}
+            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls, "in_denoise": in_denoise,
+            "replayed": replayed}
 
 
 def run(args) -> Dict[str, object]:
@@ -238,7 +302,10 @@ def run(args) -> Dict[str, object]:
         "denoise_speedup": med(result["stages_reference"], "denoise") / med(result["stages_fast"], "denoise"),
         "end_to_end_speedup": med(result["stages_reference"], "total") / med(result["stages_fast"], "total"),
         "max_abs_diff": float((a_fast.float() - a_ref.float()).abs().max()),
+        "tolerance": PARITY_TOL,
     }
+    result["fast_vs_reference"]["within_tolerance"] = result["fast_vs_reference"]["max_abs_diff"] <= PARITY_TOL
+    result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return result
 
 
@@ -247,8 +314,10 @@ def report(r: Dict[str, object]) -> str:
     lines = [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
              f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
              + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else ""),
-             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads), GPU: {m['gpu']}, "
-             f"torch {m['torch']}, python {m['python']}", ""]
+             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
+             f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
+             f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
+             f"{_load(r.get('load_avg_1min_end'))} at end", ""]
     c = r["cache"]
     lines.append(f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
                  f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix")
@@ -256,16 +325,26 @@ def report(r: Dict[str, object]) -> str:
         for stage, v in stages.items():
             lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
     a = r["attention"]
-    lines += ["", f"(b) time inside the attention calls of one denoise: {a['calls']} calls (depth x steps); fast: "
-                  f"{a['queries_fast']} queries x {a['keys_fast']} keys, openpi: {a['queries_openpi']} queries x "
-                  f"{a['keys_openpi']} keys",
-              f"    {'variant':<28} {'median ms':>10} {'p90 ms':>10} {'vs eager':>9}"]
-    for name, row in a["rows"].items():
-        lines.append(f"    {name:<28} {row['median_ms']:10.2f} {row['p90_ms']:10.2f} {row['speedup_vs_eager']:8.2f}x")
+    lines += ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} queries x "
+                  f"{a['keys_fast']} keys, no mask; openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys, "
+                  "masked",
+              f"    {'':<27} {'inside denoise runs':^42}   {'replayed back to back':^28}",
+              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11}   "
+              f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8}"]
+    for name, row in a["in_denoise"].items():
+        rep = a["replayed"][name]
+        lines.append(f"    {name:<27} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['speedup_vs_eager']:8.2f}x "
+                     f"{row['share_of_denoise']:10.0%}   {rep['median_ms']:10.2f} {rep['p90_ms']:8.2f} "
+                     f"{rep['speedup_vs_eager']:7.2f}x")
     f = r["fast_vs_reference"]
     lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end {f['end_to_end_speedup']:.2f}x"
-                  f", max abs diff of the actions {f['max_abs_diff']:.2e}"]
+                  f", max abs diff of the actions {f['max_abs_diff']:.2e} "
+                  f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance)"]
     return "\n".join(lines)
+
+
+def _load(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
@@ -279,17 +358,21 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default); 1 is steadier on a machine shared with other work")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
     p.add_argument("--json", default=None, help="write all results to this file")
     args = p.parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         result = run(args)
     except ValueError as e:
         print(f"turbopi-bench: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside another program (tests)
     print(report(result))
     if args.json:
         with open(args.json, "w") as f:
