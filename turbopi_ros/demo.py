@@ -84,6 +84,10 @@ def _line(chunk_rate: float, command_rate: float, status: Dict[str, str], messag
     return f"chunks {chunk_rate:5.2f}/s  commands {command_rate:5.1f}/s  |  ms: {stages}  |  {message}"
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="turbopi-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to run (0 = until Ctrl-C)")
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
           f"{'until Ctrl-C' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
@@ -103,7 +108,9 @@ def main(argv=None) -> int:
     for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
         procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
                                        "--log-level", "warn"], env=env))
-    rclpy.init()
+    # Ctrl-C / SIGTERM must reach this loop (which stops both nodes), not just shut this process's ROS context down.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     monitor = Monitor()
     executor = SingleThreadedExecutor()
     executor.add_node(monitor.node)
