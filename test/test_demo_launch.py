@@ -14,6 +14,7 @@ launch = pytest.importorskip("launch")
 pytest.importorskip("launch_ros")
 
 import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
 import rclpy  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
