@@ -120,6 +120,7 @@ class TurbopiNode(Node):
         self._enabled = bool(p["autostart"])
         self._last_command: Optional[np.ndarray] = None
         self._last_error = ""
+        self._waiting = False  # the last problem was only missing input (no message yet)
         self._error_count = 0
         self._chunk_count = 0
         self._chunk_times: collections.deque = collections.deque(maxlen=20)
@@ -241,7 +242,10 @@ class TurbopiNode(Node):
             self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
             self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
             with self._lock:
-                if self._last_error:
+                if self._chunk_count == 0:
+                    self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
+                                           f"{chunk.timings['total'] * 1e3:.0f} ms")
+                elif self._last_error and not self._waiting:
                     self.get_logger().info(f"recovered: chunks flowing again (was: {self._last_error})")
                 self._last_error = ""
                 self._logged.clear()  # a problem that comes back is logged again at once
@@ -300,6 +304,7 @@ class TurbopiNode(Node):
         kind, t = _kind(message), time.monotonic()
         with self._lock:
             self._last_error = message
+            self._waiting = waiting
             self._error_count += 0 if waiting else 1
             log = t - self._logged.get(kind, -np.inf) >= LOG_REPEAT_S
             if log:
