@@ -131,11 +131,15 @@ class TurbopiNode(Node):
         self._logged: Dict[str, float] = {}  # kind of problem -> when it was last logged (monotonic)
         self._command_times: collections.deque = collections.deque(maxlen=100)
 
+        # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
+        # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
+        newest = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                            durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
         for name, topic, is_compressed in zip(self.camera_names, topics, compressed):
             self.create_subscription(CompressedImage if is_compressed else Image, topic,
-                                     lambda msg, name=name: self._store(name, msg), qos_profile_sensor_data)
+                                     lambda msg, name=name: self._store(name, msg), newest)
         self.create_subscription(JointState, p["joint_states.topic"], lambda msg: self._store("joint_states", msg),
-                                 qos_profile_sensor_data)
+                                 newest)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "~/prompt", self._on_prompt, latched)
