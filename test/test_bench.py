@@ -89,7 +89,7 @@ def test_a_config_json_with_pi0s_state_token(tmp_path, capsys):
     path = tmp_path / "small.json"
     small_config("pi0", max_token_len=10, horizon=6).to_json(path)
     assert bench.main(["--config", str(path), "--views", "1", "--prompt-len", "3", "--steps", "2", "--iters", "1",
-                       "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "r.json")]) == 0
+                       "--warmup", "0", "--threads", "1", "--profile", "3", "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["setup"]["variant"] == "pi0"
     assert r["cache"]["cached_tokens"] == r["cache"]["valid_prefix_tokens"] + 1 == 16 + 3 + 1
@@ -97,6 +97,11 @@ def test_a_config_json_with_pi0s_state_token(tmp_path, capsys):
     assert a["queries_fast"] == 6 and a["queries_openpi"] == 7
     assert {row["calls"] for row in a["replayed"].values()} == {2 * 2}
     assert r["fast_vs_reference"]["max_abs_diff"] <= 1e-5
+    assert set(r["profile"]) == {"fast denoise", "reference denoise"}
+    for prof in r["profile"].values():
+        assert prof["clock"] == "cpu" and 1 <= len(prof["ops"]) <= 3
+        assert all(0 < op["share"] <= 1 and op["calls"] >= 1 for op in prof["ops"])
+    assert "(e) fast denoise: top ops" in capsys.readouterr().out
 
 
 def test_bad_arguments_are_reported():

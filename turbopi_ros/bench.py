@@ -9,7 +9,8 @@ SDPA over the compacted cache (queries: the action tokens), and openpi's masked 
 (queries: pi0's state token + the actions), eager as openpi runs it or SDPA given openpi's mask - timed two ways:
 inside real denoise runs (what a denoise pays, caches as the layers leave them) and replayed back to back from the
 captured inputs of one denoise (the attention kernels alone); (c) fast vs reference end to end with the max abs
-difference of their actions from the same run; (d) the machine, with its load average. --json FILE writes it all.
+difference of their actions from the same run; (d) the machine, with its load average; with --profile N, (e) the N
+ops with the most self time in one fast and one reference denoise (torch.profiler). --json FILE writes it all.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
 gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
@@ -248,6 +249,32 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
             "replayed": replayed}
 
 
+def profile_ops(fn: Callable[[], object], device: torch.device, top: int) -> Dict[str, object]:
+    """torch.profiler over one call of fn (after one unprofiled call): the ops with the most self time (device time
+    on CUDA, CPU time elsewhere), per call of fn, with their share of all ops' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+
+    def self_us(event) -> float:
+        if cuda:
+            return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0))
+        return float(event.self_cpu_time_total)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events)
+    events.sort(key=self_us, reverse=True)
+    return {"clock": "device" if cuda else "cpu", "total_ms": total / 1e3,
+            "ops": [{"name": e.key, "self_ms": self_us(e) / 1e3, "calls": e.count, "share": self_us(e) / total}
+                    for e in events[:top]]}
+
+
 def run(args) -> Dict[str, object]:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -277,6 +304,7 @@ def run(args) -> Dict[str, object]:
         image_tokens = model.embed_images(images, masks)
         cache = model.build_cache(image_tokens, tokens, token_mask, state)
         prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
+        denoise(cache, noise, steps)  # a CUDA graph is captured / a compiled step compiled here, not in a timed call
         times = timer({
             "fast vision": lambda: model.embed_images(images, masks),
             "fast prefix_cache": lambda: model.build_cache(image_tokens, tokens, token_mask, state),
@@ -305,6 +333,12 @@ def run(args) -> Dict[str, object]:
         "tolerance": PARITY_TOL,
     }
     result["fast_vs_reference"]["within_tolerance"] = result["fast_vs_reference"]["max_abs_diff"] <= PARITY_TOL
+    if args.profile:
+        with torch.inference_mode():
+            result["profile"] = {
+                "fast denoise": profile_ops(lambda: denoise(cache, noise, steps), device, args.profile),
+                "reference denoise": profile_ops(
+                    lambda: reference_denoise(model, prefix_pad, past, state, noise, steps), device, args.profile)}
     result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return result
 
@@ -340,6 +374,10 @@ def report(r: Dict[str, object]) -> str:
     lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end {f['end_to_end_speedup']:.2f}x"
                   f", max abs diff of the actions {f['max_abs_diff']:.2e} "
                   f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance)"]
+    for name, prof in r.get("profile", {}).items():
+        lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
+        for op in prof["ops"]:
+            lines.append(f"    {op['name'][:52]:<52} {op['self_ms']:9.2f} ms {op['share']:6.1%} {op['calls']:6d} calls")
     return "\n".join(lines)
 
 
@@ -363,6 +401,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile one fast and one reference denoise (torch.profiler) and print the top N ops")
     p.add_argument("--json", default=None, help="write all results to this file")
     args = p.parse_args(argv)
     threads = torch.get_num_threads()
