@@ -45,8 +45,7 @@ def image_to_rgb(msg, camera: str) -> np.ndarray:
     if len(data) != step * h:
         raise InputError(f"camera '{camera}': {len(data)} bytes of data, expected step x height = {step} x {h} = "
                          f"{step * h} ({w}x{h} {enc})")
-    arr = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data,
-                        dtype=np.uint8).reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(h, step)[:, : w * ch].reshape(h, w, ch)  # no copy yet
     if enc == "rgb8":
         return arr.copy()
     if enc == "bgr8":
