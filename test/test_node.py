@@ -96,3 +96,33 @@ def test_enable_false_stops_commands_within_one_period(running):
     assert wait_for(future.done, timeout=5) and future.result().success
     t_on = time.monotonic()
     assert wait_for(lambda: len(feeder.since(feeder.commands, t_on)) > 10, timeout=30), node.log()
+
+
+def test_prompt_parameter_is_live_and_the_rest_read_only(running):
+    """`ros2 param set /turbopi_node prompt ...` takes effect at once (an empty one stops the chunks, a good one brings
+    them back); a parameter that needs a restart is refused with the reason."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    feeder, node = running
+    client = feeder.create_client(SetParameters, "/turbopi_node/set_parameters")
+    assert client.wait_for_service(timeout_sec=10)
+
+    def set_parameter(name, value):
+        future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        assert wait_for(future.done, timeout=5)
+        return future.result().results[0]
+
+    refused = set_parameter("control_rate_hz", 10.0)
+    assert not refused.successful and "control_rate_hz is read-only at run time" in refused.reason
+
+    assert set_parameter("prompt", " ").successful
+    assert wait_for(lambda: "prompt is empty" in feeder.latest_status().message, timeout=5)
+    t_empty = time.monotonic() + 0.5  # a chunk in flight may still land
+    time.sleep(1.0)
+    assert feeder.since(feeder.chunks, t_empty) == []
+
+    assert set_parameter("prompt", "stack the cups").successful
+    t = time.monotonic()
+    assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 2, timeout=30), node.log()[-2000:]
+    assert "prompt set from the 'prompt' parameter: 'stack the cups'" in node.log()

@@ -185,6 +185,7 @@ class TurbopiNode(Node):
                 with self._lock:
                     self._prompt = str(param.value)
                 self._new_data.set()
+                self.get_logger().info(f"prompt set from the 'prompt' parameter: {param.value!r}")
         return SetParametersResult(successful=True)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
