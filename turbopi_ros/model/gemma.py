@@ -116,10 +116,16 @@ class GemmaAttention(nn.Module):
         self.qkv = fused_qkv(self, "qkv", cfg.width, q, kv, bias=False)
         self.o_proj = nn.Linear(q, cfg.width, bias=False)
 
-    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, L, width] -> q [B, L, H, D], k and v [B, L, KV, D] (token-major: no transposes)."""
+    def project(self, x: torch.Tensor, fused: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, width] -> q [B, L, H, D], k and v [B, L, KV, D] (token-major: no transposes). ``fused=False``
+        runs openpi's three matmuls (q_proj, k_proj, v_proj: row blocks of the fused weight, views) instead of one."""
         B, L, _ = x.shape
-        q, k, v = torch.split(self.qkv(x), self.qkv.split_sizes, dim=-1)
+        if fused:
+            q, k, v = torch.split(self.qkv(x), self.qkv.split_sizes, dim=-1)
+        else:
+            weights = torch.split(self.qkv.weight, self.qkv.split_sizes, dim=0)
+            biases = torch.split(self.qkv.bias, self.qkv.split_sizes) if self.qkv.bias is not None else (None,) * 3
+            q, k, v = (F.linear(x, w, b) for w, b in zip(weights, biases))
         return (q.view(B, L, self.num_heads, self.head_dim), k.view(B, L, self.num_kv_heads, self.head_dim),
                 v.view(B, L, self.num_kv_heads, self.head_dim))
 
@@ -135,12 +141,13 @@ class GemmaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend,
                 mods: Tuple[Optional[Modulation], Optional[Modulation]] = (None, None),
-                attention_only: bool = False) -> torch.Tensor:
+                attention_only: bool = False, fused_qkv: bool = True) -> torch.Tensor:
         """One decoder layer. ``attend(q, k, v)`` receives rotated q [B, L, H, D] and k, v [B, L, KV, D], keeps
         whatever it caches, and returns [B, L, H*D]. ``attention_only`` skips the MLP half (for the last layer of
-        a pass whose hidden states nobody reads: only its K/V matter)."""
+        a pass whose hidden states nobody reads: only its K/V matter). ``fused_qkv=False``: openpi's three
+        projections (the reference path)."""
         y, gate = self.input_layernorm(x, mods[0])
-        q, k, v = self.self_attn.project(y)
+        q, k, v = self.self_attn.project(y, fused_qkv)
         x = gated_residual(x, self.self_attn.o_proj(attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)), gate)
         if attention_only:
             return x
