@@ -1,10 +1,11 @@
 """The benchmark's own pieces are correct (no timing assertions: benchmarks stay out of pass/fail)."""
 import json
 
+import pytest
 import torch
 
 from engine_helpers import random_inputs, small_config
-from turbopi_ros import bench
+from turbopi_ros import ablation, bench
 from turbopi_ros.model import reference
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.gemma import masked_eager_attention, maskless_attention
@@ -75,9 +76,32 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
         assert a[table][bench.EAGER]["speedup_vs_eager"] == 1.0
     assert all(0 < row["share_of_denoise"] <= 1 for row in a["in_denoise"].values())
     f = r["fast_vs_reference"]
-    assert set(f) == {"denoise_speedup", "end_to_end_speedup", "max_abs_diff", "tolerance", "within_tolerance"}
+    assert set(f) == {"denoise_speedup", "end_to_end_speedup", "max_abs_diff", "tolerance", "within_tolerance",
+                      "denoise_speedup_if_attention_were_free"}
     assert f["within_tolerance"] and f["tolerance"] == 1e-4
     assert f["max_abs_diff"] <= 1e-5
+    # attention FLOPs: 2 matmuls x 2 flops x calls x heads (8) x queries x keys x head_dim (16 in tiny_pi05)
+    assert a["gflop_fast"] == pytest.approx(4 * 8 * 8 * 50 * (2 * 256 + 7 + 50) * 16 / 1e9)
+    assert a["gflop_openpi"] == pytest.approx(4 * 8 * 8 * 50 * (3 * 256 + 200 + 50) * 16 / 1e9)
+    for table in ("in_denoise", "replayed"):
+        for name, row in a[table].items():
+            flop = a["gflop_fast"] if name == bench.FAST else a["gflop_openpi"]
+            assert row["gflops"] == pytest.approx(flop / row["median_ms"] * 1e3)
+    probe = a["matmul_probe"]
+    assert probe["shape"] == [50, 64, 128] and probe["calls"] == 8 and probe["gflops"] > 0  # tiny_pi05 expert
+    assert a["fast_at_matmul_rate_ms"] == pytest.approx(a["gflop_fast"] / probe["gflops"] * 1e3)
+    assert a["ceiling_vs_eager_replayed"] == pytest.approx(a["replayed"][bench.EAGER]["median_ms"]
+                                                           / a["fast_at_matmul_rate_ms"])
+    free = a["in_denoise"][bench.EAGER]["denoise_median_ms"] / (
+        a["in_denoise"][bench.FAST]["denoise_median_ms"] - a["in_denoise"][bench.FAST]["median_ms"])
+    assert f["denoise_speedup_if_attention_were_free"] == pytest.approx(free)
+    # (f): the fast denoise, each reversal, all of them; the fast row is the reference of the others
+    ab = r["ablation"]
+    assert list(ab) == [bench.ABLATION_BASE, *ablation.REVERSALS, ablation.ALL_REVERSED]
+    assert ab[bench.ABLATION_BASE]["slowdown"] == 1.0 and ab[bench.ABLATION_BASE]["max_abs_diff"] == 0.0
+    for row in ab.values():
+        assert set(row) == {"median_ms", "p90_ms", "slowdown", "max_abs_diff"} and row["max_abs_diff"] <= 1e-5
+    assert "(f) each optimization undone" in text and "all five undone" in text
     m = r["machine"]
     assert m["torch"] == torch.__version__ and m["torch_threads"] == 1
     assert set(m) >= {"cpu", "cpu_count", "cpu_flags", "gpu", "python", "load_avg_1min"}

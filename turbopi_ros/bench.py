@@ -10,7 +10,8 @@ SDPA over the compacted cache (queries: the action tokens), and openpi's masked 
 inside real denoise runs (what a denoise pays, caches as the layers leave them) and replayed back to back from the
 captured inputs of one denoise (the attention kernels alone); (c) fast vs reference end to end with the max abs
 difference of their actions from the same run; (d) the machine, with its load average; with --profile N, (e) the N
-ops with the most self time in one fast and one reference denoise (torch.profiler). --json FILE writes it all.
+ops with the most self time in one fast and one reference denoise (torch.profiler); (f) the fast denoise with each
+optimization undone, one at a time and all together (ablation.py). --json FILE writes it all.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
 gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
@@ -30,9 +31,9 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from .ablation import ALL_REVERSED, REVERSALS, all_reversed, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
-from .model.gemma import repeat_kv
 from .model.reference import reference_denoise, reference_prefix
 
 
@@ -123,14 +124,13 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def sdpa_with_mask(q, k, v, additive):
     """SDPA the way transformers' "sdpa" attention runs openpi's masked attention: K/V repeated to every head, the
     float mask added. q [B, Lq, H, D], k/v [B, KV, Lk, D] -> [B, Lq, H*D]."""
-    B, Lq, H, D = q.shape
-    k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=additive, scale=D ** -0.5)
-    return out.transpose(1, 2).reshape(B, Lq, H * D)
+    return sdpa_repeated_kv(q, k, v, additive)
 
 
 PARITY_TOL = 1e-4  # turbopi-verify's default tolerance
 FAST, SDPA_MASK, EAGER = "maskless SDPA (fast path)", "SDPA with openpi's mask", "eager masked (openpi)"
+MATMUL_PROBE = "matmul probe"
+ABLATION_BASE = "none undone (fast path)"
 
 
 @contextlib.contextmanager
@@ -221,13 +221,26 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
         for args in args_list:
             fn(*args)
 
+    # The matmul rate this machine reaches on the denoise's own MLP shape (the action tokens through up_proj), as
+    # many matmuls as attention calls, timed with the replays: attention at that rate is the ceiling of the table.
+    up = model.expert.layers[0].mlp.up_proj.weight
+    H = c.action_horizon
+    probe_x = torch.randn((noise.shape[0] * H, up.shape[1]), device=up.device, dtype=up.dtype)
+    probe_calls = c.expert.depth * steps
+
+    def matmul_probe():
+        for _ in range(probe_calls):
+            F.linear(probe_x, up)
+
     compiled, model._compiled_velocity = model._compiled_velocity, None
     try:
         with torch.inference_mode():
             timer({name: (lambda name=name: timed_run(name)) for name in variants})
             for name in variants:
                 captured[name] = capture(name)
-            times_replay = timer({name: (lambda name=name: replay(name)) for name in variants})
+            fns = {name: (lambda name=name: replay(name)) for name in variants}
+            fns[MATMUL_PROBE] = matmul_probe
+            times_replay = timer(fns)
     finally:
         model._compiled_velocity = compiled
     in_denoise, replayed = {}, {}
@@ -238,15 +251,61 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
                                 share_of_denoise=in_denoise[name]["median_ms"] / denoise_ms)
         replayed[name] = summary(times_replay[name])
         replayed[name]["calls"] = len(captured[name][1])
+    Ls = H + (0 if c.is_pi05 else 1)
+    calls, B, g = c.expert.depth * steps, noise.shape[0], c.expert
+    flops = {FAST: attention_flops(calls, B, g.num_heads, H, cache.num_cached + H, g.head_dim)}
+    flops[SDPA_MASK] = flops[EAGER] = attention_flops(calls, B, g.num_heads, Ls, int(prefix_pad.shape[1]) + Ls,
+                                                      g.head_dim)
     for rows in (in_denoise, replayed):
         base = rows[EAGER]["median_ms"]
-        for row in rows.values():
+        for name, row in rows.items():
             row["speedup_vs_eager"] = base / row["median_ms"]
-    H = c.action_horizon
-    Ls = H + (0 if c.is_pi05 else 1)
-    return {"calls": c.expert.depth * steps, "queries_fast": H, "keys_fast": cache.num_cached + H,
-            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls, "in_denoise": in_denoise,
-            "replayed": replayed}
+            row["gflops"] = flops[name] / row["median_ms"] / 1e6
+    probe = summary(times_replay[MATMUL_PROBE])
+    probe_gflops = probe_calls * 2.0 * probe_x.shape[0] * up.shape[0] * up.shape[1] / probe["median_ms"] / 1e6
+    at_matmul_rate_ms = flops[FAST] / probe_gflops / 1e6
+    return {"calls": calls, "queries_fast": H, "keys_fast": cache.num_cached + H,
+            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls,
+            "gflop_fast": flops[FAST] / 1e9, "gflop_openpi": flops[EAGER] / 1e9,
+            "in_denoise": in_denoise, "replayed": replayed,
+            "matmul_probe": {"shape": [int(probe_x.shape[0]), int(up.shape[1]), int(up.shape[0])], "calls": probe_calls,
+                             "gflops": probe_gflops, **probe},
+            "fast_at_matmul_rate_ms": at_matmul_rate_ms,
+            "ceiling_vs_eager_replayed": replayed[EAGER]["median_ms"] / at_matmul_rate_ms}
+
+
+def attention_flops(calls: int, batch: int, heads: int, queries: int, keys: int, head_dim: int) -> float:
+    """QK^T and PV of every call: 2 matmuls x 2 flops per multiply-add."""
+    return 4.0 * calls * batch * heads * queries * keys * head_dim
+
+
+def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, Dict[str, float]]:
+    """(f) the fast denoise with each optimization undone (ablation.REVERSALS), then all of them, interleaved with
+    the fast denoise itself: median / p90, the slowdown against the fast denoise, and the max abs difference of the
+    actions from the fast denoise's. Eager denoises (no CUDA graph, no compile)."""
+    variants = dict(REVERSALS, **{ALL_REVERSED: all_reversed})
+
+    def undone(reversal):
+        def run():
+            with reversal(model, cache):
+                return model.denoise(cache, noise, steps)
+        return run
+
+    fns = {ABLATION_BASE: lambda: model.denoise(cache, noise, steps)}
+    fns.update({name: undone(reversal) for name, reversal in variants.items()})
+    compiled, model._compiled_velocity = model._compiled_velocity, None
+    try:
+        with torch.inference_mode():
+            times = timer(fns)
+            actions = {name: fn().float() for name, fn in fns.items()}
+    finally:
+        model._compiled_velocity = compiled
+    rows = {name: summary(t) for name, t in times.items()}
+    base = rows[ABLATION_BASE]["median_ms"]
+    for name, row in rows.items():
+        row["slowdown"] = row["median_ms"] / base
+        row["max_abs_diff"] = float((actions[name] - actions[ABLATION_BASE]).abs().max())
+    return rows
 
 
 def profile_ops(fn: Callable[[], object], device: torch.device, top: int) -> Dict[str, object]:
@@ -333,6 +392,11 @@ def run(args) -> Dict[str, object]:
         "tolerance": PARITY_TOL,
     }
     result["fast_vs_reference"]["within_tolerance"] = result["fast_vs_reference"]["max_abs_diff"] <= PARITY_TOL
+    att = result["attention"]["in_denoise"]
+    # the denoise ratio if the fast path's attention cost nothing, from the in-denoise runs of table (b)
+    result["fast_vs_reference"]["denoise_speedup_if_attention_were_free"] = (
+        att[EAGER]["denoise_median_ms"] / (att[FAST]["denoise_median_ms"] - att[FAST]["median_ms"]))
+    result["ablation"] = ablation_table(model, cache, noise, timer, steps)
     if args.profile:
         with torch.inference_mode():
             result["profile"] = {
@@ -362,18 +426,31 @@ def report(r: Dict[str, object]) -> str:
     lines += ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} queries x "
                   f"{a['keys_fast']} keys, no mask; openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys, "
                   "masked",
-              f"    {'':<27} {'inside denoise runs':^42}   {'replayed back to back':^28}",
-              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11}   "
-              f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8}"]
+              f"    {'':<27} {'inside denoise runs':^50}   {'replayed back to back':^36}",
+              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11} {'GFLOP/s':>7}   "
+              f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8} {'GFLOP/s':>7}"]
     for name, row in a["in_denoise"].items():
         rep = a["replayed"][name]
         lines.append(f"    {name:<27} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['speedup_vs_eager']:8.2f}x "
-                     f"{row['share_of_denoise']:10.0%}   {rep['median_ms']:10.2f} {rep['p90_ms']:8.2f} "
-                     f"{rep['speedup_vs_eager']:7.2f}x")
+                     f"{row['share_of_denoise']:10.0%} {row['gflops']:7.1f}   {rep['median_ms']:10.2f} "
+                     f"{rep['p90_ms']:8.2f} {rep['speedup_vs_eager']:7.2f}x {rep['gflops']:7.1f}")
+    p = a["matmul_probe"]
+    lines.append(f"    ceiling: the fast path's {a['gflop_fast']:.2f} GFLOP (openpi's: {a['gflop_openpi']:.2f}) at this "
+                 f"machine's matmul rate on the denoise's MLP shape {'x'.join(map(str, p['shape']))} "
+                 f"({p['gflops']:.1f} GFLOP/s, same run) would take {a['fast_at_matmul_rate_ms']:.2f} ms: "
+                 f"{a['ceiling_vs_eager_replayed']:.2f}x vs eager replayed")
     f = r["fast_vs_reference"]
     lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end {f['end_to_end_speedup']:.2f}x"
                   f", max abs diff of the actions {f['max_abs_diff']:.2e} "
-                  f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance)"]
+                  f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance); "
+                  f"denoise ratio if the fast attention cost nothing (runs of (b)): "
+                  f"{f['denoise_speedup_if_attention_were_free']:.2f}x"]
+    lines += ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown vs "
+                  "the fast denoise, max abs diff of the actions from it",
+              f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13}"]
+    for name, row in r["ablation"].items():
+        lines.append(f"    {name:<43} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} {row['slowdown']:8.3f}x "
+                     f"{row['max_abs_diff']:13.2e}")
     for name, prof in r.get("profile", {}).items():
         lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
