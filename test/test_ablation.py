@@ -1,10 +1,7 @@
 """turbopi-bench's table (f): every reversal really runs the plain formulation it names, gives the fast path's
 actions, and leaves the engine as it was."""
-from collections import Counter
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine_helpers import random_inputs, small_config
 from turbopi_ros import ablation
@@ -15,20 +12,10 @@ from turbopi_ros.model.gemma import GemmaAttention
 STEPS = 3
 
 
-class OpCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def denoise_ops(model, cache, noise, reversal=None):
     with torch.inference_mode():
         model.denoise(cache, noise, STEPS)  # step conditioning cached, as in a running policy
-        counter = OpCounter()
+        counter = ablation.OpCounter()
         if reversal is None:
             with counter:
                 actions = model.denoise(cache, noise, STEPS)

@@ -100,7 +100,11 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     assert list(ab) == [bench.ABLATION_BASE, *ablation.REVERSALS, ablation.ALL_REVERSED]
     assert ab[bench.ABLATION_BASE]["slowdown"] == 1.0 and ab[bench.ABLATION_BASE]["max_abs_diff"] == 0.0
     for row in ab.values():
-        assert set(row) == {"median_ms", "p90_ms", "slowdown", "max_abs_diff"} and row["max_abs_diff"] <= 1e-5
+        assert set(row) == {"median_ms", "p90_ms", "slowdown", "max_abs_diff", "ops"} and row["max_abs_diff"] <= 1e-5
+    # every reversal dispatches more ops than the fast denoise; undoing all five, more than any one
+    base_ops = ab[bench.ABLATION_BASE]["ops"]
+    assert all(ab[name]["ops"] > base_ops for name in ablation.REVERSALS)
+    assert ab[ablation.ALL_REVERSED]["ops"] > max(ab[name]["ops"] for name in ablation.REVERSALS)
     assert "(f) each optimization undone" in text and "all five undone" in text
     m = r["machine"]
     assert m["torch"] == torch.__version__ and m["torch_threads"] == 1

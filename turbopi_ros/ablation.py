@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 from typing import Callable, ContextManager, Dict, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .model import pi0 as pi0_module
 from .model.gemma import GemmaAttention, repeat_kv, rope_tables
@@ -28,6 +30,18 @@ def sdpa_repeated_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=attn_mask, scale=D ** -0.5)
     return out.transpose(1, 2).reshape(B, Lq, H * D)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while active, by name (on a GPU, each is roughly one kernel launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -64,8 +78,7 @@ def time_conditioning_every_step(model: PI0Model, cache: PrefixCache) -> Iterato
             return original(num_steps)
 
         with _set(model, "step_conditioning", fresh):
-            yield
-        model._step_conditioning.clear()
+            yield  # what it leaves cached equals what was there: the fast path does not recompute after it
         return
 
     def embed_actions(x_t, sc):

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from .ablation import ALL_REVERSED, REVERSALS, all_reversed, sdpa_repeated_kv
+from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
 from .model.reference import reference_denoise, reference_prefix
@@ -281,8 +281,9 @@ def attention_flops(calls: int, batch: int, heads: int, queries: int, keys: int,
 
 def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, Dict[str, float]]:
     """(f) the fast denoise with each optimization undone (ablation.REVERSALS), then all of them, interleaved with
-    the fast denoise itself: median / p90, the slowdown against the fast denoise, and the max abs difference of the
-    actions from the fast denoise's. Eager denoises (no CUDA graph, no compile)."""
+    the fast denoise itself: median / p90, the slowdown against the fast denoise, the max abs difference of the
+    actions from the fast denoise's, and the aten ops one denoise dispatches (kernel launches, on a GPU without a
+    graph). Eager denoises (no CUDA graph, no compile)."""
     variants = dict(REVERSALS, **{ALL_REVERSED: all_reversed})
 
     def undone(reversal):
@@ -297,7 +298,11 @@ def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, D
     try:
         with torch.inference_mode():
             times = timer(fns)
-            actions = {name: fn().float() for name, fn in fns.items()}
+            actions, ops = {}, {}
+            for name, fn in fns.items():
+                with OpCounter() as counter:
+                    actions[name] = fn().float()
+                ops[name] = sum(counter.ops.values())
     finally:
         model._compiled_velocity = compiled
     rows = {name: summary(t) for name, t in times.items()}
@@ -305,6 +310,7 @@ def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, D
     for name, row in rows.items():
         row["slowdown"] = row["median_ms"] / base
         row["max_abs_diff"] = float((actions[name] - actions[ABLATION_BASE]).abs().max())
+        row["ops"] = ops[name]
     return rows
 
 
@@ -446,11 +452,11 @@ def report(r: Dict[str, object]) -> str:
                   f"denoise ratio if the fast attention cost nothing (runs of (b)): "
                   f"{f['denoise_speedup_if_attention_were_free']:.2f}x"]
     lines += ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown vs "
-                  "the fast denoise, max abs diff of the actions from it",
-              f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13}"]
+                  "the fast denoise, max abs diff of the actions from it, aten ops per denoise",
+              f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13} {'ops':>6}"]
     for name, row in r["ablation"].items():
         lines.append(f"    {name:<43} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} {row['slowdown']:8.3f}x "
-                     f"{row['max_abs_diff']:13.2e}")
+                     f"{row['max_abs_diff']:13.2e} {row['ops']:6d}")
     for name, prof in r.get("profile", {}).items():
         lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
