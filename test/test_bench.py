@@ -27,7 +27,7 @@ def test_three_attention_formulations_agree_on_the_valid_tokens():
     k_pad[:, :, keep], v_pad[:, :, keep] = k_valid, v_valid
     mask = keep[None, None, :].expand(B, Lq, valid + pad)
     fast = maskless_attention(q, k_valid, v_valid)
-    sdpa = bench.sdpa_with_mask(q, k_pad, v_pad, bench.additive_mask(mask, torch.float32))
+    sdpa = ablation.sdpa_repeated_kv(q, k_pad, v_pad, bench.additive_mask(mask, torch.float32))
     eager = masked_eager_attention(q, k_pad, v_pad, mask)
     assert torch.allclose(fast, sdpa, atol=1e-5) and torch.allclose(fast, eager, atol=1e-5)
     assert not torch.allclose(fast, maskless_attention(q, k_pad, v_pad), atol=1e-3)  # the mask matters
@@ -44,7 +44,7 @@ def test_sdpa_with_openpis_mask_runs_openpis_denoise_exactly():
         prefix_pad, past = reference.reference_prefix(model, images, masks, tokens, token_mask)
         eager = reference.reference_denoise(model, prefix_pad, past, state, noise, 3)
         with bench.patched(reference, "masked_eager_attention", lambda original: (
-                lambda q, k, v, mask: bench.sdpa_with_mask(q, k, v, bench.additive_mask(mask, q.dtype)))):
+                lambda q, k, v, mask: ablation.sdpa_repeated_kv(q, k, v, bench.additive_mask(mask, q.dtype)))):
             sdpa = reference.reference_denoise(model, prefix_pad, past, state, noise, 3)
     assert reference.masked_eager_attention is masked_eager_attention  # restored
     assert (sdpa - eager).abs().max() <= 1e-5

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .model import pi0 as pi0_module
-from .model.gemma import GemmaAttention, repeat_kv, rope_tables
+from .model.gemma import GemmaAttention, repeat_kv
 from .model.pi0 import PI0Model, PrefixCache, time_embedding
+from .model.reference import action_time_mlp
 
 Reversal = Callable[[PI0Model, PrefixCache], ContextManager[None]]
 
@@ -45,7 +46,7 @@ class OpCounter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def _set(obj, name: str, value) -> Iterator[None]:
+def replaced(obj, name: str, value) -> Iterator[None]:
     """Put ``value`` in place of ``obj.name`` for the duration; an instance attribute that shadows a method is
     deleted afterwards rather than written back."""
     shadowing = not isinstance(obj, type) and name not in vars(obj)
@@ -63,7 +64,7 @@ def _set(obj, name: str, value) -> Iterator[None]:
 def separate_qkv(model: PI0Model, cache: PrefixCache) -> ContextManager[None]:
     """openpi's q_proj, k_proj, v_proj as three matmuls (row blocks of the fused weight: views, no copies)."""
     original = GemmaAttention.project
-    return _set(GemmaAttention, "project", lambda self, x, fused=True: original(self, x, fused=False))
+    return replaced(GemmaAttention, "project", lambda self, x, fused=True: original(self, x, fused=False))
 
 
 @contextlib.contextmanager
@@ -77,38 +78,34 @@ def time_conditioning_every_step(model: PI0Model, cache: PrefixCache) -> Iterato
             model._step_conditioning.clear()
             return original(num_steps)
 
-        with _set(model, "step_conditioning", fresh):
+        with replaced(model, "step_conditioning", fresh):
             yield  # what it leaves cached equals what was there: the fast path does not recompute after it
         return
 
     def embed_actions(x_t, sc):
-        a = model.action_in_proj(x_t)
-        t = torch.tensor([sc.time], dtype=torch.float32, device=x_t.device)
-        emb = time_embedding(t, model.config.expert.width).to(a.dtype)[:, None, :].expand(a.shape[0], a.shape[1], -1)
-        return model.action_time_mlp_out(F.silu(model.action_time_mlp_in(torch.cat([a, emb], dim=2))))
+        t = torch.tensor(sc.time, dtype=torch.float32, device=x_t.device)
+        return action_time_mlp(model, model.action_in_proj(x_t), time_embedding(t.expand(x_t.shape[0]),
+                                                                                model.config.expert.width))
 
-    with _set(model, "embed_actions", embed_actions):
+    with replaced(model, "embed_actions", embed_actions):
         yield
 
 
 def kv_repeated_per_head(model: PI0Model, cache: PrefixCache) -> ContextManager[None]:
     """Multi-query attention with K/V copied to every query head (repeat_kv) instead of heads folded into the query
     length."""
-    return _set(pi0_module, "maskless_attention", sdpa_repeated_kv)
+    return replaced(pi0_module, "maskless_attention", sdpa_repeated_kv)
 
 
 def rotary_every_step(model: PI0Model, cache: PrefixCache) -> ContextManager[None]:
     """The action tokens' rotary tables computed in every step instead of once per observation."""
     original = model.velocity
-    g = model.config.expert
 
     def velocity(c: PrefixCache, x_t, sc):
-        B, H = x_t.shape[:2]
-        positions = torch.arange(c.num_cached, c.num_cached + H, device=x_t.device).expand(B, H)
-        cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, model.dtype)
+        cos, sin = model.action_rotary(c.num_cached, x_t.shape[0], x_t.device, model.dtype)
         return original(dataclasses.replace(c, cos=cos, sin=sin), x_t, sc)
 
-    return _set(model, "velocity", velocity)
+    return replaced(model, "velocity", velocity)
 
 
 def kv_concatenated_every_step(model: PI0Model, cache: PrefixCache) -> ContextManager[None]:
@@ -120,7 +117,7 @@ def kv_concatenated_every_step(model: PI0Model, cache: PrefixCache) -> ContextMa
     def attention(q, k, v):
         return original(q, torch.cat([k[:, :, :n], k[:, :, n:]], dim=2), torch.cat([v[:, :, :n], v[:, :, n:]], dim=2))
 
-    return _set(pi0_module, "maskless_attention", attention)
+    return replaced(pi0_module, "maskless_attention", attention)
 
 
 @contextlib.contextmanager

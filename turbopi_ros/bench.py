@@ -19,7 +19,6 @@ gives steadier numbers: a multi-threaded op waits whenever one of its threads is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, sdpa_repeated_kv
+from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
 from .model.reference import reference_denoise, reference_prefix
@@ -121,27 +120,21 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(mask[:, None], 0.0, -2.3819763e38).to(dtype)
 
 
-def sdpa_with_mask(q, k, v, additive):
-    """SDPA the way transformers' "sdpa" attention runs openpi's masked attention: K/V repeated to every head, the
-    float mask added. q [B, Lq, H, D], k/v [B, KV, Lk, D] -> [B, Lq, H*D]."""
-    return sdpa_repeated_kv(q, k, v, additive)
-
-
 PARITY_TOL = 1e-4  # turbopi-verify's default tolerance
 FAST, SDPA_MASK, EAGER = "maskless SDPA (fast path)", "SDPA with openpi's mask", "eager masked (openpi)"
 MATMUL_PROBE = "matmul probe"
 ABLATION_BASE = "none undone (fast path)"
 
 
-@contextlib.contextmanager
 def patched(module, name: str, wrap: Callable[[Callable], Callable]):
     """Within the block, ``module.name`` is ``wrap(original)``."""
-    original = getattr(module, name)
-    setattr(module, name, wrap(original))
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
+    return replaced(module, name, wrap(getattr(module, name)))
+
+
+def uncompiled(model):
+    """Within the block the denoise runs its eager steps (a --compile'd step would not call the Python functions
+    the tables patch)."""
+    return replaced(model, "_compiled_velocity", None)
 
 
 def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
@@ -159,8 +152,8 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
     c = model.config
     dtype = model.dtype
 
-    def sdpa_masked(q, k, v, mask):
-        return sdpa_with_mask(q, k, v, additive_mask(mask, dtype))
+    def sdpa_masked(q, k, v, mask):  # transformers' "sdpa" attention: K/V repeated, openpi's float mask added
+        return sdpa_repeated_kv(q, k, v, additive_mask(mask, dtype))
 
     def fast_denoise():
         return model.denoise(cache, noise, steps)
@@ -232,17 +225,13 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
         for _ in range(probe_calls):
             F.linear(probe_x, up)
 
-    compiled, model._compiled_velocity = model._compiled_velocity, None
-    try:
-        with torch.inference_mode():
-            timer({name: (lambda name=name: timed_run(name)) for name in variants})
-            for name in variants:
-                captured[name] = capture(name)
-            fns = {name: (lambda name=name: replay(name)) for name in variants}
-            fns[MATMUL_PROBE] = matmul_probe
-            times_replay = timer(fns)
-    finally:
-        model._compiled_velocity = compiled
+    with uncompiled(model), torch.inference_mode():
+        timer({name: (lambda name=name: timed_run(name)) for name in variants})
+        for name in variants:
+            captured[name] = capture(name)
+        fns = {name: (lambda name=name: replay(name)) for name in variants}
+        fns[MATMUL_PROBE] = matmul_probe
+        times_replay = timer(fns)
     in_denoise, replayed = {}, {}
     for name in variants:
         in_denoise[name] = summary(spent[name][-timer.iters:])
@@ -294,17 +283,13 @@ def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, D
 
     fns = {ABLATION_BASE: lambda: model.denoise(cache, noise, steps)}
     fns.update({name: undone(reversal) for name, reversal in variants.items()})
-    compiled, model._compiled_velocity = model._compiled_velocity, None
-    try:
-        with torch.inference_mode():
-            times = timer(fns)
-            actions, ops = {}, {}
-            for name, fn in fns.items():
-                with OpCounter() as counter:
-                    actions[name] = fn().float()
-                ops[name] = sum(counter.ops.values())
-    finally:
-        model._compiled_velocity = compiled
+    with uncompiled(model), torch.inference_mode():
+        times = timer(fns)
+        actions, ops = {}, {}
+        for name, fn in fns.items():
+            with OpCounter() as counter:
+                actions[name] = fn().float()
+            ops[name] = sum(counter.ops.values())
     rows = {name: summary(t) for name, t in times.items()}
     base = rows[ABLATION_BASE]["median_ms"]
     for name, row in rows.items():

@@ -181,9 +181,15 @@ class PI0Model(nn.Module):
             s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
             cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
             self._run_prefix_stack(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
-        positions = torch.arange(num_cached, num_cached + H, device=x.device).expand(B, H)
-        cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
+        cos, sin = self.action_rotary(num_cached, B, x.device, x.dtype)
         return PrefixCache(keys=keys, values=values, num_prefix=n, num_cached=num_cached, cos=cos, sin=sin)
+
+    def action_rotary(self, num_cached: int, batch: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, H, 1, D] of the action tokens, at positions num_cached .. num_cached + H - 1 (openpi's
+        cumsum positions: they follow every valid prefix token and pi0's state token)."""
+        g, H = self.config.expert, self.config.action_horizon
+        positions = torch.arange(num_cached, num_cached + H, device=device).expand(batch, H)
+        return rope_tables(positions, g.head_dim, g.rope_theta, dtype)
 
     @staticmethod
     def _run_prefix_stack(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:

@@ -56,6 +56,13 @@ def embed_prefix(model: PI0Model, images, image_masks, tokens, token_mask):
     return embs, pad, torch.zeros_like(pad, dtype=torch.int64)
 
 
+def action_time_mlp(model: PI0Model, action_emb: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+    """pi0's action tokens as openpi embeds them: action_time_mlp over [action, time] concatenated per token.
+    action_emb [B, H, W], time_emb [B, W] (the same time for every token)."""
+    x = model.action_time_mlp_in(torch.cat([action_emb, time_emb[:, None, :].expand_as(action_emb)], dim=2))
+    return model.action_time_mlp_out(F.silu(x))
+
+
 def embed_suffix(model: PI0Model, state, x_t, t: torch.Tensor):
     c = model.config
     B, H = x_t.shape[:2]
@@ -65,8 +72,7 @@ def embed_suffix(model: PI0Model, state, x_t, t: torch.Tensor):
     if not c.is_pi05:
         embs.append(model.state_proj(state.to(torch.float32))[:, None, :])
         att.append(1)
-        x = model.action_time_mlp_in(torch.cat([action_emb, time_emb[:, None, :].expand_as(action_emb)], dim=2))
-        embs.append(model.action_time_mlp_out(F.silu(x)))
+        embs.append(action_time_mlp(model, action_emb, time_emb))
     else:
         cond = F.silu(model.time_mlp_out(F.silu(model.time_mlp_in(time_emb))))
         embs.append(action_emb)
