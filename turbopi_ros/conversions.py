@@ -19,14 +19,19 @@ def stamp_to_sec(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def sec_to_stamp(t: float) -> Time:
+def _sec_nanosec(t: float):
     sec = int(np.floor(t))
-    return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+    return sec, min(int(round((t - sec) * 1e9)), 999_999_999)
+
+
+def sec_to_stamp(t: float) -> Time:
+    sec, nanosec = _sec_nanosec(t)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def sec_to_duration(t: float) -> Duration:
-    sec = int(np.floor(t))
-    return Duration(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+    sec, nanosec = _sec_nanosec(t)
+    return Duration(sec=sec, nanosec=nanosec)
 
 
 def image_to_rgb(msg, camera: str) -> np.ndarray:

@@ -75,6 +75,13 @@ def _input_name(name: str) -> str:
     return name if name == "joint_states" else f"camera '{name}'"
 
 
+def _rate(times, idle_s: float) -> float:
+    """Events per second over the monotonic ``times``; 0 with fewer than two, or none in the last ``idle_s``."""
+    if len(times) < 2 or time.monotonic() - times[-1] > idle_s:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
 class WaitingForInput(InputError):
     """Not an error of the input, just none yet: reported as a warning."""
 
@@ -351,14 +358,9 @@ class TurbopiNode(Node):
     # --- reporting --------------------------------------------------------------------------------------------------
     def _stats(self) -> Dict[str, float]:
         with self._lock:
-            times = list(self._chunk_times)
             stats = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
-            stats["chunk_rate_hz"] = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-            if times and time.monotonic() - times[-1] > 2.0:
-                stats["chunk_rate_hz"] = 0.0
-            sent = list(self._command_times)
-            recent = time.monotonic() - sent[-1] < 1.0 if sent else False
-            stats["command_rate_hz"] = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and recent else 0.0
+            stats["chunk_rate_hz"] = _rate(self._chunk_times, idle_s=2.0)
+            stats["command_rate_hz"] = _rate(self._command_times, idle_s=1.0)
         return stats
 
     def _publish_diagnostics(self) -> None:
