@@ -29,6 +29,15 @@ KEY_PREFIXES: Tuple[Tuple[str, str], ...] = (
     ("paligemma_with_expert.paligemma.multi_modal_projector.", "projector."),
     ("paligemma_with_expert.paligemma.language_model.model.", "vlm."),
 )
+# PaliGemma ties its output head to the token embedding: (embed_tokens key, lm_head key) per transformers layout.
+# openpi's converter saves with safetensors.torch.save_model, which keeps one name of a tied pair (the alphabetically
+# first: lm_head) and records the dropped one in the file's metadata as {dropped: kept}.
+TIED_PAIRS: Tuple[Tuple[str, str], ...] = (
+    ("paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight",
+     "paligemma_with_expert.paligemma.lm_head.weight"),
+    ("paligemma_with_expert.paligemma.language_model.model.embed_tokens.weight",
+     "paligemma_with_expert.paligemma.language_model.lm_head.weight"),
+)
 # Stored by openpi (tied to embed_tokens) but never used for actions.
 UNUSED_KEYS = frozenset({
     "paligemma_with_expert.paligemma.lm_head.weight",
@@ -89,7 +98,7 @@ def set_dtype(model: PI0Model, dtype: torch.dtype) -> PI0Model:
         raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {dtype}")
     for name, p in model.named_parameters():
         p.data = p.data.to(torch.float32 if _keeps_float32(name) else dtype)
-    model._step_conditioning.clear()
+    model.clear_step_conditioning()
     return model
 
 
@@ -120,7 +129,7 @@ def random_model(config: Union[str, ModelConfig], *, seed: int = 0, device="cpu"
             else:
                 std = 0.1 if (p.ndim == 1 and "bias" not in name) or "embed" in name else 0.05
             p.normal_(0.0, std, generator=gen)
-    return set_dtype(model.eval(), parse_dtype(dtype))
+    return set_dtype(model.eval(), parse_dtype(dtype)).requires_grad_(False)
 
 
 def _check_not_pickle(path: Path) -> None:
@@ -136,7 +145,9 @@ def _check_not_pickle(path: Path) -> None:
 
 
 def read_safetensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+    """Every tensor of a safetensors file by name, with the names that ``save_model`` dropped from tied groups
+    restored from the file's metadata."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -144,13 +155,28 @@ def read_safetensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: weights file not found")
     _check_not_pickle(path)
     try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except SafetensorError as e:
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+    restore_tied(tensors, metadata)
     bad = [f"{k} ({t.dtype})" for k, t in tensors.items() if t.dtype not in FILE_DTYPES]
     if bad:
         raise CheckpointError(f"{path}: unsupported dtypes, expected float16/bfloat16/float32: {_names(bad)}")
     return tensors
+
+
+def restore_tied(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """Give the names that ``safetensors.torch.save_model`` dropped back their tensors: its metadata maps each
+    dropped name to the kept one. Without such metadata, PaliGemma's tied pair is restored from whichever of its
+    two names the file has."""
+    for dropped, kept in metadata.items():
+        if dropped not in tensors and kept in tensors:
+            tensors[dropped] = tensors[kept]
+    for embed, head in TIED_PAIRS:
+        if embed not in tensors and head in tensors:
+            tensors[embed] = tensors[head]
 
 
 def _names(items: List[str], limit: int = 20) -> str:
@@ -227,7 +253,7 @@ def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] 
         model = PI0Model(cfg)
     model = set_dtype(model.to_empty(device=device), parse_dtype(dtype))
     load_state(model, tensors, str(weights))
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def save_checkpoint(model: PI0Model, directory: Union[str, Path], *, precision: Optional[str] = None) -> Path:

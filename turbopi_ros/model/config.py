@@ -152,16 +152,21 @@ class ModelConfig:
 
         openpi's config.json does not say pi0 or pi0.5; the checkpoint keys do (see checkpoint.py).
         """
+        names = {}
         for key in ("paligemma_variant", "action_expert_variant"):
-            if d.get(key) not in GEMMA_VARIANTS:
-                raise ValueError(f"openpi config.json: {key}={d.get(key)!r}, expected one of {sorted(GEMMA_VARIANTS)}")
+            # openpi's LoRA configs name gemma_2b_lora / gemma_300m_lora: the same dimensions as the plain variants
+            name = d.get(key)
+            names[key] = name[: -len("_lora")] if isinstance(name, str) and name.endswith("_lora") else name
+            if names[key] not in GEMMA_VARIANTS:
+                known = sorted(GEMMA_VARIANTS) + [n + "_lora" for n in sorted(GEMMA_VARIANTS) if n != "dummy"]
+                raise ValueError(f"openpi config.json: {key}={name!r}, expected one of {known}")
         return cls(
             variant=variant,
             action_dim=int(d.get("action_dim", 32)),
             action_horizon=int(d.get("action_horizon", 50)),
             max_token_len=int(d.get("max_token_len", 200 if variant == "pi05" else 48)),
-            vlm=GEMMA_VARIANTS[d["paligemma_variant"]],
-            expert=GEMMA_VARIANTS[d["action_expert_variant"]],
+            vlm=GEMMA_VARIANTS[names["paligemma_variant"]],
+            expert=GEMMA_VARIANTS[names["action_expert_variant"]],
         )
 
     @classmethod
