@@ -75,7 +75,7 @@ def time_conditioning_every_step(model: PI0Model, cache: PrefixCache) -> Iterato
         original = model.step_conditioning
 
         def fresh(num_steps):
-            model._step_conditioning.clear()
+            model.clear_step_conditioning()
             return original(num_steps)
 
         with replaced(model, "step_conditioning", fresh):

@@ -17,8 +17,9 @@ state token, then the actions. reference.py keeps openpi's padded/masked formula
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,24 @@ from torch import nn
 from .config import ModelConfig
 from .gemma import Gemma, Modulation, maskless_attention, rope_tables
 from .siglip import Projector, SiglipVision
+
+
+F_ = TypeVar("F_", bound=Callable)
+
+
+def engine_entry(fn: F_) -> F_:
+    """Run an engine entry point under inference mode whatever the caller's autograd mode, so that results never
+    carry an autograd graph and every entry point works after any other in any order (a cache built under
+    ``torch.inference_mode()`` is written in place by the denoise, which is only allowed inside inference mode).
+    A returned tensor is cloned outside inference mode into an ordinary tensor the caller may use freely; caches
+    and image tokens are only ever read by other entry points."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        return out.clone() if isinstance(out, torch.Tensor) else out
+
+    return run  # type: ignore[return-value]
 
 
 class RaggedBatchError(ValueError):
@@ -118,7 +137,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
         self._compiled_velocity = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._step_conditioning.clear())
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
     def device(self) -> torch.device:
@@ -130,6 +149,7 @@ class PI0Model(nn.Module):
         return self.expert.layers[0].self_attn.qkv.weight.dtype
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
+    @engine_entry
     def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
         """images [B, N, 3, S, S] in [-1, 1], image_masks [B, N] bool -> SigLIP tokens of the present cameras."""
         s = self.config.vision.image_size
@@ -153,6 +173,7 @@ class PI0Model(nn.Module):
         emb = self.vlm.embed_tokens(tokens)
         return emb * math.sqrt(emb.shape[-1])
 
+    @engine_entry
     def build_cache(self, image_tokens: ImageTokens, tokens: torch.Tensor, token_mask: torch.Tensor,
                     state: torch.Tensor) -> PrefixCache:
         c = self.config
@@ -202,34 +223,44 @@ class PI0Model(nn.Module):
 
             x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
 
+    @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
         return self.build_cache(self.embed_images(images, image_masks), tokens, token_mask, state)
 
     # --- stage 3: the maskless denoise -----------------------------------------------------------------------------
     def step_conditioning(self, num_steps: int) -> List[StepConditioning]:
         """Per-step time conditioning (the 10 times are fixed): pi0's time half of action_time_mlp_in, pi0.5's time
-        MLP and every adaRMS scale/shift/gate. Cached; cleared when weights are loaded."""
+        MLP and every adaRMS scale/shift/gate. Cached (cleared when weights are loaded, or by
+        clear_step_conditioning); ordinary tensors without a graph, usable in any autograd mode."""
         key = (int(num_steps), self.device, self.dtype)
         if key not in self._step_conditioning:
-            times, _ = euler_schedule(num_steps)
-            we = self.config.expert.width
-            emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
-            steps = []
-            w_action = None if self.config.is_pi05 else self.action_time_mlp_in.weight[:, :we].contiguous()
-            for i, t in enumerate(times):
-                sc = StepConditioning(time=t)
-                if self.config.is_pi05:
-                    cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb[i:i + 1]))))
-                    sc.layer_mods = [(layer.input_layernorm.modulation(cond),
-                                      layer.post_attention_layernorm.modulation(cond)) for layer in self.expert.layers]
-                    sc.final_mod = self.expert.norm.modulation(cond)
-                else:
-                    w_time = self.action_time_mlp_in.weight[:, we:]
-                    sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
-                    sc.action_weight = w_action
-                steps.append(sc)
-            self._step_conditioning[key] = steps
+            with torch.inference_mode(False), torch.no_grad():
+                self._step_conditioning[key] = self._compute_step_conditioning(num_steps)
         return self._step_conditioning[key]
+
+    def clear_step_conditioning(self) -> None:
+        """Forget the precomputed per-step conditioning (after changing weights in place, or to time computing it)."""
+        self._step_conditioning.clear()
+
+    def _compute_step_conditioning(self, num_steps: int) -> List[StepConditioning]:
+        times, _ = euler_schedule(num_steps)
+        we = self.config.expert.width
+        emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
+        steps = []
+        w_action = None if self.config.is_pi05 else self.action_time_mlp_in.weight[:, :we].contiguous()
+        for i, t in enumerate(times):
+            sc = StepConditioning(time=t)
+            if self.config.is_pi05:
+                cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb[i:i + 1]))))
+                sc.layer_mods = [(layer.input_layernorm.modulation(cond),
+                                  layer.post_attention_layernorm.modulation(cond)) for layer in self.expert.layers]
+                sc.final_mod = self.expert.norm.modulation(cond)
+            else:
+                w_time = self.action_time_mlp_in.weight[:, we:]
+                sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
+                sc.action_weight = w_action
+            steps.append(sc)
+        return steps
 
     def embed_actions(self, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
         a = self.action_in_proj(x_t)
@@ -253,6 +284,7 @@ class PI0Model(nn.Module):
         h, _ = self.expert.norm(h, sc.final_mod)
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
+    @engine_entry
     def denoise(self, cache: PrefixCache, noise: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
         c = self.config
         expected = (cache.batch_size, c.action_horizon, c.action_dim)
@@ -277,6 +309,7 @@ class PI0Model(nn.Module):
         return torch.randn((batch_size, c.action_horizon, c.action_dim), generator=generator,
                            dtype=torch.float32, device=self.device)
 
+    @engine_entry
     def sample_actions(self, images, image_masks, tokens, token_mask, state, noise=None, num_steps: int = 10,
                        path: str = "fast") -> torch.Tensor:
         """Actions [B, H, action_dim] in model space. path "fast" (maskless, compacted) or "reference" (openpi's
