@@ -1,4 +1,13 @@
-"""main() for this package's nodes: init, build, spin, shut down cleanly.
+"""main() for this package's nodes: init, build, spin, shut down cleanly however many signals arrive.
+
+Signals: a terminal Ctrl-C under ``ros2 launch`` reaches the node twice (the terminal signals the whole process
+group, and launch forwards its own SIGINT), and launch escalates to SIGTERM. rclpy's own handler would turn the second
+one into a KeyboardInterrupt in the middle of the cleanup (killing the node with a traceback, or aborting it while the
+inference thread is inside torch). So this module owns SIGINT and SIGTERM: the first one ends the spin (or interrupts
+building the node, e.g. a long model load), every later one is ignored while the node shuts down (and while the
+interpreter finalizes); the inference thread gets a few seconds to finish its chunk (node.destroy_node), and a thread
+still busy after that is abandoned by exiting without interpreter teardown (os._exit) instead of being torn down
+under it.
 
 Both nodes spin on a SingleThreadedExecutor: their callbacks only store messages, publish or answer a service (the
 inference runs on the node's own worker thread). rclpy's MultiThreadedExecutor dispatches every callback through a
@@ -7,82 +16,126 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Dict, Tuple
+import importlib
+import os
+import signal
+import sys
+import threading
 
-import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
-
-
-def declare_parameters(node: Node, parameters: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
-    """Declare ``{name: (default, description)}`` up front and return the values. Floating-point parameters also
-    take integers (YAML's ``50`` or ``[0, 1]`` for ``50.0`` or ``[0.0, 1.0]``); any other type mismatch is a
-    ValueError naming the parameter and the expected type."""
-    values = {}
-    for name, (default, description) in parameters.items():
-        is_float = isinstance(default, float) or (isinstance(default, list) and default
-                                                  and all(isinstance(v, float) for v in default))
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=bool(is_float))
-        try:
-            value = node.declare_parameter(name, default, descriptor).value
-        except ParameterException as e:
-            raise ValueError(f"parameter {name}: {e}") from None
-        if is_float:
-            value = _as_floats(name, value, isinstance(default, list))
-        values[name] = value
-    return values
+SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
 
 
-def _as_floats(name: str, value, is_list: bool):
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+class _Stop:
+    """The first SIGINT/SIGTERM sets the flag (and interrupts the build, if it is still running); later ones do
+    nothing."""
 
-    if is_list and isinstance(value, (list, tuple)) and all(number(v) for v in value):
-        return [float(v) for v in value]
-    if not is_list and number(value):
-        return float(value)
-    raise ValueError(f"parameter {name}: expected {'a list of numbers' if is_list else 'a number'}, got {value!r}")
+    def __init__(self):
+        self.event = threading.Event()
+        self.building = True
+
+    def __call__(self, signum, frame) -> None:
+        if self.event.is_set():
+            return
+        self.event.set()
+        if self.building:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
+
+    @staticmethod
+    def ignore_from_now_on() -> None:
+        """SIG_IGN, not a handler that returns: CPython puts every Python-level handler back to SIG_DFL while the
+        interpreter finalizes, so a signal then (the second Ctrl-C) would kill the exiting process; SIG_IGN stays."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
-def _shutting_down(grace_s: float = 1.0) -> bool:
-    """Whether the context is (about to be) shut down: Ctrl-C's handler shuts it down a moment after the interrupt."""
-    deadline = time.monotonic() + grace_s
-    while rclpy.ok() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return not rclpy.ok()
+def _external_shutdown(e: Exception) -> bool:
+    from rclpy.executors import ExternalShutdownException
+
+    return isinstance(e, ExternalShutdownException)
 
 
-def spin_node(make_node: Callable[[], Node], name: str, args=None) -> None:
-    """Ctrl-C and external shutdown end it quietly (exit 0); a configuration that cannot work (ValueError or
-    OSError while building the node) is logged as ``cannot start: ...`` and exits 1."""
-    rclpy.init(args=args)
+def _configuration_error(e: Exception) -> bool:
+    """A node that cannot be built as configured: a bad parameter (ValueError), a missing file (OSError), or rcl
+    refusing the arguments (RCLError, e.g. a --params-file that does not exist or does not parse)."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    return isinstance(e, (ValueError, OSError, rclpy_implementation.RCLError))
+
+
+def run_node(module: str, cls: str, name: str, args=None) -> None:
+    """Import ``module`` (torch, rclpy: seconds), build ``cls`` from it, start it (``node.start()`` if it has one:
+    threads start only once the node is whole), spin until a signal or an external shutdown, destroy it. Signals are
+    handled from the first line on. Exit 0 after a signal; a configuration that cannot work (ValueError, OSError or
+    an rcl error while building) is logged as ``cannot start: ...`` and exits 1."""
+    stop = _Stop()
+    stop.install()
     node = None
     code = 0
+    stopped = True
     try:
-        node = make_node()
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        node = getattr(importlib.import_module(module), cls)()
+        stop.building = False
+        if stop.event.is_set():
+            raise KeyboardInterrupt  # the signal came between building and here
+        if hasattr(node, "start"):
+            node.start()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+    except KeyboardInterrupt:
         pass
-    except (ValueError, OSError) as e:
-        if node is None:
-            rclpy.logging.get_logger(name).fatal(f"cannot start: {e}")
+    except Exception as e:
+        if stop.event.is_set() or _external_shutdown(e):
+            pass  # shutting down: whatever the interrupted code raised on the way out
+        elif node is None and _configuration_error(e):
+            _fatal(name, f"cannot start: {_missing_params_file(args) or _one_line(e)}")
             code = 1
-        elif rclpy.ok():
-            raise
-    except Exception:
-        # Ctrl-C shuts the context down under a running executor; taking a message at that moment can fail inside
-        # rclpy (RuntimeError "Unable to convert call argument '0' to Python object", seen on a loaded 2-core
-        # machine). That is a clean shutdown; an error while the context is up is a real one.
-        if node is None or not _shutting_down():
+        else:
             raise
     finally:
+        stop.event.set()
+        stop.ignore_from_now_on()
         if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+            stopped = node.destroy_node() is not False
+        if "rclpy" in sys.modules:
+            sys.modules["rclpy"].try_shutdown()
+    if not stopped:  # the inference thread is still inside torch: do not tear the interpreter down under it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if code:
         raise SystemExit(code)
+
+
+def _fatal(name: str, message: str) -> None:
+    try:
+        import rclpy.logging
+
+        rclpy.logging.get_logger(name).fatal(message)
+    except Exception:  # noqa: BLE001 - rclpy could not even initialise its logging: plain stderr
+        print(f"[FATAL] [{name}]: {message}", file=sys.stderr, flush=True)
+
+
+def _missing_params_file(args) -> str:
+    """'--params-file X: X does not exist' for the first such argument (rcl's own error only says it could not
+    parse the arguments)."""
+    argv = list(sys.argv if args is None else args)
+    for flag, path in zip(argv, argv[1:]):
+        if flag == "--params-file" and not os.path.isfile(path):
+            return f"--params-file {path}: {path} does not exist"
+    return ""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__

@@ -1,0 +1,48 @@
+"""Test-only fault injection into the node's inference (documented in docs/reliability.md; never set on a robot).
+
+With the environment variable TURBOPI_TEST_FAULTS=<path to a JSON file>, the node reads that file before every
+inference (a missing or empty file means no fault) and, per its fields:
+    {"delay_s": 0.05}    sleeps this long first (a slow engine: a stand-in for a GPU's inference time)
+    {"hang_s": 3.0}      sleeps this long (an engine that hangs)
+    {"raise": "text"}    raises RuntimeError("injected fault: text") (an engine failure)
+Tests rewrite the file while the node runs to switch faults on and off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Optional
+
+ENV = "TURBOPI_TEST_FAULTS"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def read_faults(path: str) -> dict:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    return json.loads(text) if text.strip() else {}
+
+
+def wrap(infer: Callable, path: Optional[str] = None) -> Callable:
+    """``infer`` itself unless TURBOPI_TEST_FAULTS (or ``path``) is set; else ``infer`` behind the faults file."""
+    path = path or os.environ.get(ENV)
+    if not path:
+        return infer
+
+    def faulty(*args, **kwargs):
+        faults = read_faults(path)
+        for key in ("delay_s", "hang_s"):
+            if faults.get(key):
+                time.sleep(float(faults[key]))
+        if faults.get("raise"):
+            raise InjectedFault(f"injected fault: {faults['raise']}")
+        return infer(*args, **kwargs)
+
+    return faulty
