@@ -18,6 +18,8 @@ setup(
     # The runtime deps are pinned in requirements.txt (venv) or come from rosdep (package.xml) and pip (torch):
     # install_requires stays minimal as in every ament_python package, so colcon never tries to fetch anything.
     install_requires=["setuptools"],
+    # `colcon test` runs pytest (not unittest, which finds nothing here) when pytest is a test dependency
+    extras_require={"test": ["pytest"]},
     python_requires=">=3.10",
     zip_safe=True,
     maintainer="turbopi_ros maintainers",

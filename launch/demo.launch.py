@@ -6,7 +6,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -18,7 +18,7 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="parameters of both nodes"),
         Node(package="turbopi_ros", executable="fake_robot", name="fake_robot", parameters=[params],
-             output="screen"),
+             output="screen", on_exit=Shutdown(reason="fake_robot exited")),
         Node(package="turbopi_ros", executable="turbopi_node", name="turbopi_node", parameters=[params],
-             output="screen", emulate_tty=True),
+             output="screen", emulate_tty=True, on_exit=Shutdown(reason="turbopi_node exited")),
     ])

@@ -1,22 +1,27 @@
 """turbopi_node on a robot.
 
-    ros2 launch turbopi_ros turbopi.launch.py params_file:=/path/to/pi05_droid.yaml checkpoint:=/data/pi05_droid \
+    ros2 launch turbopi_ros turbopi.launch.py params_file:=/path/to/my_robot.yaml checkpoint:=/data/pi05_droid \
         device:=cuda namespace:=arm command_topic:=/arm_controller/commands
 
-Arguments override the parameter file: checkpoint, device (and tokenizer when given). Remap the joint command
-to your controller's input with command_topic.
+params_file is required (start from one in this package's config/). Arguments override the parameter file:
+checkpoint, device (and tokenizer when given). Remap the joint command to your controller's input with
+command_topic. A params_file that does not exist stops the launch before anything starts; when the node exits (a
+configuration error, or Ctrl-C), the launch shuts down with it instead of carrying on without it.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
 def _node(context):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    params_file = get("params_file")
+    if not os.path.isfile(params_file):
+        raise RuntimeError(f"params_file {params_file!r} does not exist (a typo?): refusing to start turbopi_node "
+                           "with default parameters")
     overrides = {}
     for arg, param in (("checkpoint", "model.checkpoint"), ("device", "model.device"),
                        ("tokenizer", "model.tokenizer")):
@@ -24,14 +29,14 @@ def _node(context):
             overrides[param] = get(arg)
     remaps = [("~/joint_command", get("command_topic"))] if get("command_topic") else []
     return [Node(package="turbopi_ros", executable="turbopi_node", name="turbopi_node", namespace=get("namespace"),
-                 parameters=[get("params_file"), overrides], remappings=remaps, output="screen",
-                 emulate_tty=True)]
+                 parameters=[params_file, overrides], remappings=remaps, output="screen", emulate_tty=True,
+                 on_exit=Shutdown(reason="turbopi_node exited"))]
 
 
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory("turbopi_ros"), "config", "pi05_droid.yaml")
     return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=default_params, description="node parameter YAML"),
+        DeclareLaunchArgument("params_file", description="node parameter YAML (required; see config/ of this "
+                                                         "package)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace for the node"),
         DeclareLaunchArgument("checkpoint", default_value="", description="openpi checkpoint dir (overrides YAML)"),
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda or cuda:N (overrides YAML)"),

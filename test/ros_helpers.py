@@ -37,12 +37,13 @@ def isolate_ros_domain() -> int:
 class NodeProcess:
     """``python -m turbopi_ros.node --ros-args --params-file ...`` with its output kept in a log file."""
 
-    def __init__(self, params_file: Path, log_path: Path, extra_args: Optional[List[str]] = None):
+    def __init__(self, params_file: Path, log_path: Path, extra_args: Optional[List[str]] = None,
+                 env: Optional[Dict[str, str]] = None):
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, "-m", "turbopi_ros.node", "--ros-args", "--params-file", str(params_file)]
         self.proc = subprocess.Popen(cmd + (extra_args or []), stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(REPO), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                     cwd=str(REPO), env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -65,11 +66,13 @@ class NodeProcess:
 
 
 @contextlib.contextmanager
-def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_clock: Optional[tuple] = None):
+def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_clock: Optional[tuple] = None,
+                 latched_prompt: Optional[str] = None):
     """rclpy up in this process, a feeder/collector node spinning, turbopi_node started as a subprocess with the
     demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly.
     ``sim_clock=(start_s, rate)``: the feeder publishes /clock from ``start_s`` at ``rate`` x real time and stamps
-    its messages with it; both it and the node run with use_sim_time."""
+    its messages with it; both it and the node run with use_sim_time. ``latched_prompt``: published on ~/prompt
+    (transient local) before the node starts."""
     import pytest
     import rclpy
 
@@ -77,6 +80,8 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
     rclpy.init()
     feeder = make_test_node(node_params(), sim_clock)
     executor, _ = spin_in_background(feeder)
+    if latched_prompt is not None:
+        feeder.publish_prompt(latched_prompt)
     node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log",
                        ["-p", "use_sim_time:=true"] if sim_clock else None)
     try:

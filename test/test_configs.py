@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from turbopi_ros.node import PARAMETERS
+from turbopi_ros.policy_node import PARAMETERS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
@@ -14,7 +14,7 @@ def test_config_is_complete_and_consistent(path):
     params = yaml.safe_load(path.read_text())["/**/turbopi_node"]["ros__parameters"]
     assert set(params) == set(PARAMETERS), set(params) ^ set(PARAMETERS)
     for name, value in params.items():
-        assert type(value) is type(PARAMETERS[name][0]) or (isinstance(value, list) and value), name
+        PARAMETERS[name].check(name, value)  # right types, within range, one of the choices
     n_cams = len(params["cameras.names"])
     assert len(params["cameras.topics"]) == n_cams == len(params["cameras.compressed"])
     n = len(params["action.joints"])
@@ -22,6 +22,7 @@ def test_config_is_complete_and_consistent(path):
         assert len(params[key]) == n, key
     assert all(lo <= hi for lo, hi in zip(params["action.lower_limits"], params["action.upper_limits"]))
     assert params["on_stale"] in ("stop", "hold")
+    assert params["model.checkpoint"], "every shipped config names its checkpoint (or asks for 'random' explicitly)"
 
 
 def test_every_parameter_is_commented_in_the_yaml():
@@ -48,35 +49,3 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
     assert "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file" in out.stderr + out.stdout
-
-
-def test_float_parameters_take_integers_and_type_errors_name_the_parameter():
-    """YAML's `control_rate_hz: 50` or `lower_limits: [0, 1]` is what people write; a string list is not."""
-    rclpy = pytest.importorskip("rclpy")
-    from rclpy.context import Context
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-
-    from turbopi_ros.spin import declare_parameters
-
-    spec = {"rate": (50.0, "a float"), "limits": ([1.0], "floats"), "steps": (10, "an int"), "name": ("x", "text")}
-    context = Context()
-    rclpy.init(context=context)
-    try:
-        def declared(**overrides):
-            node = Node("params_test", context=context,
-                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-            try:
-                return declare_parameters(node, spec)
-            finally:
-                node.destroy_node()
-
-        values = declared(rate=20, limits=[0, 1])
-        assert values == {"rate": 20.0, "limits": [0.0, 1.0], "steps": 10, "name": "x"}
-        assert type(values["rate"]) is float and all(type(v) is float for v in values["limits"])
-        with pytest.raises(ValueError, match=r"parameter limits: expected a list of numbers, got \['a'\]"):
-            declared(limits=["a"])
-        with pytest.raises(ValueError, match="parameter steps: .*expecting type 'INTEGER'"):
-            declared(steps=2.5)
-    finally:
-        rclpy.try_shutdown(context=context)

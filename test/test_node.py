@@ -1,5 +1,6 @@
 """turbopi_node end to end over DDS: the node runs as a subprocess with config/demo_tiny.yaml (the demo's YAML);
 this process feeds camera images and joint states and checks what comes out."""
+import re
 import time
 
 import numpy as np
@@ -12,11 +13,12 @@ from ros_helpers import level, node_params, node_session, status_values, traject
 PARAMS = node_params()
 RATE = PARAMS["control_rate_hz"]
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+LATCHED_PROMPT = "pick up the latched block"
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    with node_session(tmp_path_factory.mktemp("node"), min_chunks=3) as session:
+    with node_session(tmp_path_factory.mktemp("node"), min_chunks=3, latched_prompt=LATCHED_PROMPT) as session:
         yield session
 
 
@@ -74,7 +76,8 @@ def test_diagnostics_report_every_stage(running):
 
 def test_status_line_is_logged(running):
     feeder, node = running
-    assert wait_for(lambda: "chunks/s | ms: preprocess" in node.log(), timeout=8), node.log()
+    assert wait_for(lambda: re.search(r"chunks/s, commands \d+/s \| ms: preprocess", node.log()), timeout=8), \
+        node.log()
 
 
 def test_enable_false_stops_commands_within_one_period(running):
@@ -114,7 +117,7 @@ def test_prompt_parameter_is_live_and_the_rest_read_only(running):
         return future.result().results[0]
 
     refused = set_parameter("control_rate_hz", 10.0)
-    assert not refused.successful and "control_rate_hz is read-only at run time" in refused.reason
+    assert not refused.successful and "read-only parameter: control_rate_hz" in refused.reason
 
     assert set_parameter("prompt", " ").successful
     assert wait_for(lambda: "prompt is empty" in feeder.latest_status().message, timeout=5)
@@ -126,3 +129,25 @@ def test_prompt_parameter_is_live_and_the_rest_read_only(running):
     t = time.monotonic()
     assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 2, timeout=30), node.log()[-2000:]
     assert "prompt set from the 'prompt' parameter: 'stack the cups'" in node.log()
+
+
+def test_prompt_from_a_latched_publisher_that_published_before_the_node_started(running):
+    feeder, node = running
+    assert wait_for(lambda: f"prompt set from ~/prompt: {LATCHED_PROMPT!r}" in node.log(), timeout=5), node.log()
+
+
+def test_prompt_from_a_plain_publisher(running):
+    """`ros2 topic pub /turbopi_node/prompt std_msgs/msg/String ...` publishes reliable and volatile."""
+    from std_msgs.msg import String
+
+    feeder, node = running
+    publisher = feeder.create_publisher(String, "/turbopi_node/prompt", 10)  # the default QoS: volatile
+    try:
+        assert wait_for(lambda: publisher.get_subscription_count() >= 1, timeout=10)
+        publisher.publish(String(data="wipe the table"))
+        assert wait_for(lambda: "prompt set from ~/prompt: 'wipe the table'" in node.log(), timeout=5), node.log()
+        t = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 2, timeout=30)
+        assert "incompatible" not in node.log().lower()
+    finally:
+        feeder.destroy_publisher(publisher)

@@ -14,7 +14,7 @@ from ros_helpers import isolate_ros_domain, make_test_node, node_params, spin_in
 def test_on_stale_hold_repeats_the_last_command():
     from rclpy.parameter import Parameter
 
-    from turbopi_ros.node import TurbopiNode
+    from turbopi_ros.policy_node import TurbopiNode
 
     params = dict(node_params(), on_stale="hold")
     isolate_ros_domain()
@@ -22,6 +22,7 @@ def test_on_stale_hold_repeats_the_last_command():
     node = feeder = executor = None
     try:
         node = TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        node.start()
         feeder = make_test_node(params)
         executor, _ = spin_in_background(feeder)
         executor.add_node(node)

@@ -14,22 +14,24 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 
-from .conversions import rgb_to_compressed, rgb_to_image
-from .spin import declare_parameters, spin_node
+from .conversions import SUPPORTED_ENCODINGS, rgb_to_compressed, rgb_to_image
+from .parameters import Param, declare_parameters
 
 PARAMETERS = {
-    "cameras.topics": (["/camera/image_raw"], "camera topics to publish"),
-    "cameras.compressed": ([False], "per camera: publish sensor_msgs/CompressedImage (jpeg) instead of Image"),
-    "camera.width": (320, "image width"),
-    "camera.height": (240, "image height"),
-    "camera.rate_hz": (15.0, "frames per second per camera"),
-    "camera.encoding": ("rgb8", "rgb8, bgr8, rgba8, bgra8 or mono8 (raw images)"),
-    "joint_states.topic": ("/joint_states", "where joint states are published"),
-    "joint_states.rate_hz": (50.0, "joint state rate"),
-    "joints": (["joint_1"], "joint names published in JointState"),
-    "command.topic": ("/turbopi_node/joint_command", "Float64MultiArray commands to follow"),
-    "command.joints": (["joint_1"], "joint names of the command's entries, in order"),
-    "tracking_time_constant_s": (0.05, "first-order lag of the joints following the command"),
+    "cameras.topics": Param(["/camera/image_raw"], "camera topics to publish", items=str),
+    "cameras.compressed": Param([False], "per camera: publish sensor_msgs/CompressedImage (jpeg) instead of Image",
+                                items=bool),
+    "camera.width": Param(320, "image width", min=1, max=8192),
+    "camera.height": Param(240, "image height", min=1, max=8192),
+    "camera.rate_hz": Param(15.0, "frames per second per camera", min=0.1, max=1000.0),
+    "camera.encoding": Param("rgb8", "encoding of raw images", choices=SUPPORTED_ENCODINGS),
+    "joint_states.topic": Param("/joint_states", "where joint states are published"),
+    "joint_states.rate_hz": Param(50.0, "joint state rate", min=0.1, max=2000.0),
+    "joints": Param(["joint_1"], "joint names published in JointState", items=str),
+    "command.topic": Param("/turbopi_node/joint_command", "Float64MultiArray commands to follow"),
+    "command.joints": Param(["joint_1"], "joint names of the command's entries, in order", items=str),
+    "tracking_time_constant_s": Param(0.05, "first-order lag of the joints following the command", min=0.0,
+                                      max=60.0),
 }
 
 
@@ -68,7 +70,9 @@ class FakeRobot(Node):
         self.command_index = [index[j] for j in p["command.joints"]]
         self.tau = float(p["tracking_time_constant_s"])
         self.lock = threading.Lock()
-        self.joint_pub = self.create_publisher(JointState, p["joint_states.topic"], qos_profile_sensor_data)
+        # Reliable, as robot drivers publish joint states: robot_state_publisher and RViz subscribe reliably (a
+        # best-effort publisher reaches neither); sensor-data subscribers (turbopi_node) match it too.
+        self.joint_pub = self.create_publisher(JointState, p["joint_states.topic"], 10)
         self.create_subscription(Float64MultiArray, p["command.topic"], self._on_command, 10)
         self.joint_period = 1.0 / float(p["joint_states.rate_hz"])
         self.create_timer(1.0 / float(p["camera.rate_hz"]), self._publish_images)
@@ -106,7 +110,9 @@ class FakeRobot(Node):
 
 
 def main(args=None) -> None:
-    spin_node(FakeRobot, "fake_robot", args)
+    from .spin import run_node
+
+    run_node("turbopi_ros.fake_robot", "FakeRobot", "fake_robot", args)
 
 
 if __name__ == "__main__":

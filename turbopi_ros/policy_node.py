@@ -1,199 +1,233 @@
-"""turbopi_node: cameras + joint states + prompt in, action chunks and a streamed joint command out.
+"""TurbopiNode, the policy node: cameras + joint states + prompt in, action chunks and a streamed joint command out.
+(Its entry point is node.py, which sets up signal handling before this module imports torch.)
 
-Subscriptions only store the newest message of each input (old frames are dropped, never queued). One worker thread
-runs one inference at a time on the newest complete observation: snapshot -> validate (ages, encodings, sizes,
-joints, finite values, prompt) -> Policy.infer -> ~/action_chunk. A timer at control_rate_hz streams the action for
-"now" from the newest chunk on ~/joint_command. Bad input is logged, reported on /diagnostics and never acted on.
+The node only wires things up: InputBuffer keeps the newest message of each input and builds observations,
+ProblemLog reports what is wrong, Policy turns an observation into an action chunk, ChunkSchedule says which action
+applies now. One worker thread runs one inference at a time on the newest complete observation; a timer streams the
+action for "now" on ~/joint_command at command_rate_hz (0: the rate the robot publishes joint states at, measured).
+Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
-import collections
-import re
-import sys
+import logging
+import math
 import threading
 import time
 from typing import Dict, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+try:  # rclpy 4+ (Iron, Jazzy, Kilted)
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # rclpy 3 (Humble)
+    from rclpy.qos_event import SubscriptionEventCallbacks
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from .conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb, joint_state_to_vector,
-                          stamp_to_sec)
+from . import faults
+from .conversions import InputError, chunk_to_trajectory
+from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
+from .parameters import Param, declare_parameters, on_parameters_set
 from .policy.chunking import ChunkSchedule
-from .spin import declare_parameters, spin_node
-from .policy.policy import IMAGE_KEYS, STAGES, Observation, ObservationError, Policy, camera_slots
+from .policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, camera_slots
+from .problems import ProblemLog
+from .rates import EventRate
 
-# name -> (default, description). Declared up front; see config/*.yaml for commented examples.
-PARAMETERS = {
-    "model.checkpoint": ("", "openpi PyTorch checkpoint directory or .safetensors file; '' = random weights of "
-                             "model.preset"),
-    "model.preset": ("tiny", "model config preset (pi0, pi05, tiny, tiny_pi05) or a model config JSON path"),
-    "model.device": ("cpu", "cpu, cuda or cuda:N"),
-    "model.dtype": ("float32", "float32 or bfloat16 (bfloat16 pays on GPU)"),
-    "model.num_steps": (10, "flow-matching Euler steps"),
-    "model.seed": (0, "seed of the random weights (if any) and of the noise"),
-    "model.tokenizer": ("", "PaliGemma SentencePiece model file; '' only for random-weight models"),
-    "model.norm_stats": ("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
-    "model.cuda_graph": (True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
-    "model.num_threads": (0, "torch CPU threads for inference (0 = torch's default)"),
-    "cameras.names": (["base_0_rgb"], "model image slots fed by the camera topics, in the same order"),
-    "cameras.topics": (["/camera/image_raw"], "camera topics, one per cameras.names entry"),
-    "cameras.compressed": ([False], "per camera: sensor_msgs/CompressedImage instead of Image"),
-    "joint_states.topic": ("/joint_states", "sensor_msgs/JointState topic"),
-    "state.joints": (["joint_1"], "joint names, in the order of the model's state vector"),
-    "action.joints": (["joint_1"], "joint names of the first N action dims (published chunks and commands)"),
-    "action.lower_limits": ([-1e9], "per action joint lower limit (one entry per action.joints)"),
-    "action.upper_limits": ([1e9], "per action joint upper limit (one entry per action.joints)"),
-    "action.delta_mask": ([False], "per action joint: true where the model outputs deltas from the state (the "
-                                   "state of the same index is added); all false = absolute targets"),
-    "prompt": ("", "task instruction; changeable at run time (also via ~/prompt)"),
-    "control_rate_hz": (50.0, "spacing of chunk points and rate of ~/joint_command"),
-    "blend_s": (0.1, "seconds over which a new chunk takes over from the old one"),
-    "max_observation_age_s": (0.5, "inputs older than this are stale: no inference on them"),
-    "on_stale": ("stop", "when inputs go stale or inference fails: 'stop' commands or 'hold' the last one"),
-    "autostart": (True, "publish right away; false = wait for ~/enable"),
-    "status_log_period_s": (5.0, "seconds between one-line status logs (0 = off)"),
+PARAMETERS: Dict[str, Param] = {
+    "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
+                                  "random weights of model.preset (demos and tests only: the actions are meaningless)",
+                              required=True),
+    "model.preset": Param("tiny", "model config preset (pi0, pi05, tiny, tiny_pi05) or a model config JSON path"),
+    "model.device": Param("cpu", "torch device", pattern=r"cpu|cuda(:\d+)?", pattern_text="cpu, cuda or cuda:N"),
+    "model.dtype": Param("float32", "compute dtype (bfloat16 pays on GPU)", choices=("float32", "bfloat16")),
+    "model.num_steps": Param(10, "flow-matching Euler steps", min=1, max=1000),
+    "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
+    "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),
+    "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
+    "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
+    "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
+    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order", required=True,
+                           items=str, choices=None),
+    "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
+    "cameras.compressed": Param([], "per camera: sensor_msgs/CompressedImage instead of Image ([] = all raw)",
+                                items=bool),
+    "joint_states.topic": Param("/joint_states", "sensor_msgs/JointState topic", required=True),
+    "state.joints": Param([], "joint names, in the order of the model's state vector", required=True, items=str),
+    "action.joints": Param([], "joint names of the first N action dims (published chunks and commands)",
+                           required=True, items=str),
+    "action.lower_limits": Param([], "per action joint lower limit (one per action.joints entry)", required=True,
+                                 items=float),
+    "action.upper_limits": Param([], "per action joint upper limit (one per action.joints entry)", required=True,
+                                 items=float),
+    "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
+                                   "of the same index is added); [] = all absolute", items=bool),
+    "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
+    "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
+                                   "checkpoint's training data)", min=0.1, max=1000.0),
+    "command_rate_hz": Param(0.0, "rate of ~/joint_command, sampling the chunk by interpolation; 0 = the rate the "
+                                  "robot publishes joint states at, measured", min=0.0, max=1000.0),
+    "inference_period_s": Param(0.0, "0 = infer back to back; > 0 = start an inference at most this often",
+                                runtime=True, min=0.0, max=3600.0),
+    "blend_s": Param(0.1, "seconds over which a new chunk takes over from the old one", runtime=True, min=0.0,
+                     max=10.0),
+    "max_observation_age_s": Param(0.5, "inputs older than this are stale: no inference on them", min=0.001,
+                                   max=3600.0),
+    "on_stale": Param("stop", "when inputs go stale or inference fails: stop the commands or hold the last one",
+                      choices=("stop", "hold")),
+    "autostart": Param(True, "publish right away; false = wait for ~/enable"),
+    "status_log_period_s": Param(5.0, "seconds between one-line status logs (0 = off)", min=0.0, max=3600.0),
 }
-RUNTIME_PARAMETERS = {"prompt", "use_sim_time"}
-LOG_REPEAT_S = 5.0  # a problem that persists is logged again this often
-
-
-def _kind(message: str) -> str:
-    """A problem without its numbers: "newest message is 0.52 s old" and "... 0.54 s old" are one problem, logged
-    once and then throttled."""
-    return re.sub(r"\d+(\.\d+)?", "#", message)
-
-
-def _input_name(name: str) -> str:
-    return name if name == "joint_states" else f"camera '{name}'"
-
-
-def _rate(times, idle_s: float) -> float:
-    """Events per second over the monotonic ``times``; 0 with fewer than two, or none in the last ``idle_s``."""
-    if len(times) < 2 or time.monotonic() - times[-1] > idle_s:
-        return 0.0
-    return (len(times) - 1) / (times[-1] - times[0])
-
-
-class WaitingForInput(InputError):
-    """Not an error of the input, just none yet: reported as a warning."""
+DIAGNOSTICS_PERIOD_S = 1.0
 
 
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
         p = declare_parameters(self, PARAMETERS)
-        self.camera_names = camera_slots(p["cameras.names"])
-        topics, compressed = list(p["cameras.topics"]), list(p["cameras.compressed"])
-        if len(topics) != len(self.camera_names) or len(compressed) != len(self.camera_names):
-            raise ValueError(f"cameras.names ({len(self.camera_names)}), cameras.topics ({len(topics)}) and "
-                             f"cameras.compressed ({len(compressed)}) must have the same length")
-        self.state_joints = list(p["state.joints"])
+        self._check_lengths(p)
+        cameras = camera_slots(p["cameras.names"])
         self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
-        self.max_age = float(p["max_observation_age_s"])
-        if p["on_stale"] not in ("stop", "hold"):
-            raise ValueError(f"on_stale must be 'stop' or 'hold', got {p['on_stale']!r}")
+        self.command_rate_hz = float(p["command_rate_hz"])
+        self.inference_period_s = float(p["inference_period_s"])
         self.hold_on_stale = p["on_stale"] == "hold"
-        self.num_steps = int(p["model.num_steps"])
         if int(p["model.num_threads"]) > 0:
             import torch
 
             torch.set_num_threads(int(p["model.num_threads"]))
+        self._log_handler = _forward_python_logging(self.get_logger())
+        self.policy = self._load_policy(p)
+        self._infer = faults.wrap(self.policy.infer)  # the policy itself unless a test injects faults
+        if self._infer is not self.policy.infer:
+            self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
+        if len(p["state.joints"]) > self.policy.config.action_dim:
+            raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's "
+                             f"{self.policy.config.action_dim} state dims")
 
-        self.policy = Policy.from_params(
-            checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"],
-            dtype=p["model.dtype"], tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"],
-            seed=int(p["model.seed"]), num_steps=self.num_steps, action_dims=len(self.action_joints),
-            image_keys=IMAGE_KEYS, delta_mask=list(p["action.delta_mask"]) or None,
-            lower_limits=list(p["action.lower_limits"]), upper_limits=list(p["action.upper_limits"]),
-            cuda_graph=bool(p["model.cuda_graph"]))
-        if len(self.state_joints) > self.policy.config.action_dim:
-            raise ValueError(f"{len(self.state_joints)} state.joints exceed the model's {self.policy.config.action_dim}"
-                             " state dims")
+        compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
+        topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
+        self.inputs = InputBuffer(cameras, topics, p["state.joints"], p["max_observation_age_s"],
+                                  use_sim_time_hint=bool(self.get_parameter("use_sim_time").value))
+        self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
-
         self._lock = threading.Lock()
-        self._latest: Dict[str, object] = {}  # input name -> newest message
         self._new_data = threading.Event()
+        self._stop = threading.Event()
         self._prompt = p["prompt"]
         self._enabled = bool(p["autostart"])
         self._last_command: Optional[np.ndarray] = None
-        self._last_error = ""
-        self._waiting = False  # the last problem was only missing input (no message yet)
-        self._error_count = 0
-        self._chunk_count = 0
-        self._chunk_times: collections.deque = collections.deque(maxlen=20)
-        self._stage_ms: Dict[str, collections.deque] = {s: collections.deque(maxlen=20) for s in STAGES + ("total",)}
-        self._ages: Dict[str, float] = {}
-        self._stop = threading.Event()
         self._stale_reported = False
-        self._logged: Dict[str, float] = {}  # kind of problem -> when it was last logged (monotonic)
-        self._command_times: collections.deque = collections.deque(maxlen=100)
+        self._chunk_count = 0
+        self._ages: Dict[str, float] = {}
+        self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency")}
+        self._chunk_times, self._command_times = EventRate(20), EventRate(200)
+        self._joint_times = EventRate(100)  # on the node's clock: the command timer runs on it
+        self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
         # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
         # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
         newest = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                             durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
-        for name, topic, is_compressed in zip(self.camera_names, topics, compressed):
-            self.create_subscription(CompressedImage if is_compressed else Image, topic,
+        for name, is_compressed in zip(cameras, compressed):
+            self.create_subscription(CompressedImage if is_compressed else Image, topics[name],
                                      lambda msg, name=name: self._store(name, msg), newest)
-        self.create_subscription(JointState, p["joint_states.topic"], lambda msg: self._store("joint_states", msg),
-                                 newest)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, "~/prompt", self._on_prompt, latched)
+        self.create_subscription(JointState, topics[JOINT_STATES], self._on_joint_states, newest)
+        # Prompts from a latched (transient local) publisher and from a plain one (`ros2 topic pub`): a transient
+        # local subscription is incompatible with a volatile publisher, a volatile one misses what was latched
+        # before it started, so there is one of each (a repeated prompt is ignored). The transient local one does
+        # not log the expected mismatch with plain publishers (the volatile one receives those).
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, "~/prompt", self._on_prompt, latched,
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None))
+        self.create_subscription(String, "~/prompt", self._on_prompt,
+                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                            durability=DurabilityPolicy.VOLATILE))
         self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
         self.command_pub = self.create_publisher(Float64MultiArray, "~/joint_command", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(1.0 / self.rate_hz, self._on_control_tick)
-        self.create_timer(1.0, self._publish_diagnostics)
+        on_parameters_set(self, PARAMETERS, self._apply_parameters)
+        self._command_timer = self.create_timer(1.0 / (self.command_rate_hz or self.rate_hz), self._on_command_tick)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
         self._worker = threading.Thread(target=self._worker_loop, name="turbopi_inference", daemon=True)
-        self._worker.start()
         c = self.policy.config
+        commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
         self.get_logger().info(
-            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.num_steps} steps, cameras "
-            f"{self.camera_names}, {len(self.action_joints)} action joints at {self.rate_hz:g} Hz, "
-            f"{'enabled' if self._enabled else 'waiting for ~/enable'}")
+            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
+            f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
+            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
+
+    def start(self) -> None:
+        """Start the inference worker (spin.py calls this once the node is whole)."""
+        self._worker.start()
+
+    @staticmethod
+    def _check_lengths(p) -> None:
+        n_cam, n_act = len(p["cameras.names"]), len(p["action.joints"])
+        for name, want, what in (("cameras.topics", n_cam, "cameras.names"),
+                                 ("action.lower_limits", n_act, "action.joints"),
+                                 ("action.upper_limits", n_act, "action.joints")):
+            if len(p[name]) != want:
+                raise ValueError(f"parameter {name} has {len(p[name])} entries for {want} {what}: one per entry "
+                                 f"of {what} is required")
+        for name, want, what in (("cameras.compressed", n_cam, "cameras.names"),
+                                 ("action.delta_mask", n_act, "action.joints")):
+            if p[name] and len(p[name]) != want:
+                raise ValueError(f"parameter {name} has {len(p[name])} entries for {want} {what} (or leave it [])")
+        lower, upper = np.array(p["action.lower_limits"]), np.array(p["action.upper_limits"])
+        bad = [j for j, lo, hi in zip(p["action.joints"], lower, upper) if not lo <= hi]
+        if bad:
+            raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
+
+    def _load_policy(self, p) -> Policy:
+        checkpoint = p["model.checkpoint"]
+        what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
+        self.get_logger().info(f"loading {what} on {p['model.device']}")
+        return Policy.from_params(
+            checkpoint=checkpoint, preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
+            tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
+            num_steps=int(p["model.num_steps"]), action_dims=len(self.action_joints), image_keys=IMAGE_KEYS,
+            delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
+            upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]))
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     # --- callbacks: store only --------------------------------------------------------------------------------------
     def _store(self, name: str, msg) -> None:
-        with self._lock:
-            self._latest[name] = msg
+        self.inputs.store(name, msg)
         self._new_data.set()
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        self._joint_times.add(self.now())
+        self._store(JOINT_STATES, msg)
+
+    def _set_prompt(self, text: str, source: str) -> None:
+        with self._lock:
+            if text == self._prompt:
+                return
+            self._prompt = text
+        self._new_data.set()
+        self.get_logger().info(f"prompt set from {source}: {text!r}")
 
     def _on_prompt(self, msg: String) -> None:
-        with self._lock:
-            self._prompt = msg.data
-        self._new_data.set()
-        self.get_logger().info(f"prompt set from ~/prompt: {msg.data!r}")
+        self._set_prompt(msg.data, "~/prompt")
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name not in RUNTIME_PARAMETERS:
-                return SetParametersResult(successful=False,
-                                           reason=f"{param.name} is read-only at run time (restart the node)")
-        for param in params:
-            if param.name == "prompt":
-                with self._lock:
-                    self._prompt = str(param.value)
-                self._new_data.set()
-                self.get_logger().info(f"prompt set from the 'prompt' parameter: {param.value!r}")
-        return SetParametersResult(successful=True)
+    def _apply_parameters(self, changes: Dict[str, object]) -> None:
+        """Run-time parameter changes, already validated (see parameters.on_parameters_set)."""
+        if "prompt" in changes:
+            self._set_prompt(str(changes["prompt"]), "the 'prompt' parameter")
+        if "blend_s" in changes:
+            self.schedule.blend_s = float(changes["blend_s"])
+        if "inference_period_s" in changes:
+            self.inference_period_s = float(changes["inference_period_s"])
+            self._new_data.set()
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
@@ -214,134 +248,85 @@ class TurbopiNode(Node):
                 self._worker_iterations()
             except Exception as e:  # noqa: BLE001 - last resort: the worker must outlive any bug
                 if self._stop.is_set() or not self.context.ok():
-                    return  # shutting down (e.g. Ctrl-C shut the context while a chunk was in flight)
+                    return  # shutting down
                 self.get_logger().error(f"inference worker: {type(e).__name__}: {e}; restarting it")
                 self.schedule.clear()
                 time.sleep(0.5)
 
     def _worker_iterations(self) -> None:
         seen: Dict[str, object] = {}
+        last_start = -math.inf
         while not self._stop.is_set():
             if not self._new_data.wait(timeout=0.1):
                 continue
             self._new_data.clear()
             if not self._enabled:
                 continue
+            wait = last_start + self.inference_period_s - time.monotonic()
+            if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest data after the wait
+                self._stop.wait(wait)
+                if self._stop.is_set():
+                    return
+            snapshot = self.inputs.snapshot()
             with self._lock:
-                latest = dict(self._latest)
                 prompt = self._prompt
-            if latest and all(seen.get(k) is v for k, v in latest.items()) and not self._last_error:
+            if snapshot and all(seen.get(k) is v for k, v in snapshot.items()) and not self.problems.message:
                 continue  # nothing new since the last chunk
+            last_start = time.monotonic()
             try:
-                obs = self._observation(latest, prompt)
-                chunk = self.policy.infer(obs)
+                now = self.now()
+                with self._lock:
+                    self._ages = self.inputs.ages(snapshot, now)
+                chunk = self._infer(self.inputs.observation(snapshot, prompt, now))
             except WaitingForInput as e:
                 self._fail(str(e), waiting=True)
-                time.sleep(0.05)
+                self._stop.wait(0.05)
                 continue
             except (InputError, ObservationError, ValueError) as e:
                 self._fail(str(e))
-                time.sleep(0.02)  # bad input may keep coming as fast as good input: do not spin on it
+                self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
                 continue
             except Exception as e:  # noqa: BLE001 - an engine failure must not kill the node
                 self._fail(f"inference failed: {type(e).__name__}: {e}")
-                time.sleep(0.02)
+                self._stop.wait(0.02)
                 continue
-            seen = latest
-            if not self._enabled:
-                continue
-            now = self.now()
-            self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
-            self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
-            with self._lock:
-                if self._chunk_count == 0:
-                    self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
-                                           f"{chunk.timings['total'] * 1e3:.0f} ms")
-                elif self._last_error and not self._waiting:
-                    self.get_logger().info(f"recovered: chunks flowing again (was: {self._last_error})")
-                self._last_error = ""
-                self._logged.clear()  # a problem that comes back is logged again at once
-                self._chunk_count += 1
-                self._chunk_times.append(time.monotonic())
-                for stage, seconds in chunk.timings.items():
-                    self._stage_ms[stage].append(seconds * 1e3)
+            seen = snapshot
+            if self._enabled and not self._stop.is_set():
+                self._publish_chunk(chunk)
             self._new_data.set()  # run again on the newest data as soon as it differs
 
-    def _observation(self, latest: Dict[str, object], prompt: str) -> Observation:
+    def _publish_chunk(self, chunk) -> None:
         now = self.now()
-        missing = [n for n in self.camera_names + ["joint_states"] if n not in latest]
-        if missing:
-            raise WaitingForInput(f"waiting for inputs: no message yet on {missing}")
-        stale = self._stale_inputs(latest, now)
-        if stale:
-            raise InputError(stale)
-        images = {}
-        for name in self.camera_names:
-            msg = latest[name]
-            images[name] = compressed_to_rgb(msg, name) if isinstance(msg, CompressedImage) else image_to_rgb(msg, name)
-        state = joint_state_to_vector(latest["joint_states"], self.state_joints)
-        if not prompt or not prompt.strip():
-            raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
-        stamp = max(stamp_to_sec(latest[n].header.stamp) for n in self.camera_names + ["joint_states"])
-        return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
-
-    def _stale_inputs(self, latest: Dict[str, object], now: float) -> str:
-        """'' if every input is fresh, else a message naming the oldest stale one (or one stamped in the future).
-        Ages come from header stamps and the node's clock (ROS time: /clock with use_sim_time)."""
-        unstamped = [n for n, m in latest.items() if m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0]
-        if unstamped:
-            return (f"{_input_name(unstamped[0])}: header.stamp is zero (expected the sensor time, on the node's clock"
-                    f"{' (use_sim_time)' if self.get_parameter('use_sim_time').value else ''})")
-        ages = {n: now - stamp_to_sec(m.header.stamp) for n, m in latest.items()}
+        self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
+        self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
+        if self._chunk_count == 0:
+            self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in {chunk.timings['total'] * 1e3:.0f} ms")
+        ended = self.problems.clear()
+        if ended:
+            self.get_logger().info(f"recovered: chunks flowing again (was: {ended})")
         with self._lock:
-            self._ages = ages
-        ahead = {n: -a for n, a in ages.items() if a < -self.max_age}
-        if ahead:
-            first = max(ahead, key=ahead.get)
-            return (f"{_input_name(first)}: header.stamp is {ahead[first]:.2f} s ahead of the node's clock (more than "
-                    f"max_observation_age_s {self.max_age:g}): the clocks differ; sync them, or check use_sim_time")
-        stale = {n: a for n, a in ages.items() if a > self.max_age}
-        if not stale:
-            return ""
-        worst = max(stale, key=stale.get)
-        what = _input_name(worst)
-        also = f"; also stale: {sorted(set(stale) - {worst})}" if len(stale) > 1 else ""
-        hint = " (over a day: do the clocks differ? check use_sim_time)" if stale[worst] > 86400 else ""
-        return (f"{what}: newest message is {stale[worst]:.2f} s old (max_observation_age_s {self.max_age:g})"
-                + hint + also)
+            self._chunk_count += 1
+            for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp).items():
+                self._stage_ms[stage] = (self._stage_ms[stage] + [seconds * 1e3])[-20:]
+        self._chunk_times.add(time.monotonic())
 
     def _fail(self, message: str, waiting: bool = False) -> None:
-        """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', and log it:
-        each kind of problem once, then at most every LOG_REPEAT_S while it lasts."""
-        kind, t = _kind(message), time.monotonic()
-        with self._lock:
-            self._last_error = message
-            self._waiting = waiting
-            self._error_count += 0 if waiting else 1
-            log = t - self._logged.get(kind, -np.inf) >= LOG_REPEAT_S
-            if log:
-                if len(self._logged) > 100:
-                    self._logged.clear()
-                self._logged[kind] = t
+        """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', log it
+        (throttled by ProblemLog)."""
         if not self.hold_on_stale:
             self.schedule.clear()
-        if log and not self.context.ok():
-            pass  # shutting down: the log's rosout publisher is gone
-        elif log and waiting:
-            self.get_logger().warning(f"no chunk: {message}")
-        elif log:
-            self.get_logger().error(f"no chunk: {message}")
+        if self.context.ok():  # shutting down: the log's rosout publisher is gone
+            self.problems.report(message, waiting)
         self._new_data.set()
 
-    # --- control stream ---------------------------------------------------------------------------------------------
-    def _on_control_tick(self) -> None:
+    # --- the command stream -----------------------------------------------------------------------------------------
+    def _on_command_tick(self) -> None:
         if not self._enabled:
             return
         now = self.now()
-        with self._lock:
-            latest = dict(self._latest)
+        snapshot = self.inputs.snapshot()
         # Inputs that went stale between observations stop (or hold) the commands now, not when the chunk ends.
-        stale = self._stale_inputs(latest, now) if latest else ""
+        stale = self.inputs.stale(snapshot, now) if snapshot else ""
         if stale and not self._stale_reported:
             self._fail(stale)
         self._stale_reported = bool(stale)
@@ -353,30 +338,51 @@ class TurbopiNode(Node):
                 return
         self._last_command = command
         self.command_pub.publish(Float64MultiArray(data=command.tolist()))
-        self._command_times.append(time.monotonic())
+        self._command_times.add(time.monotonic())
+
+    def _command_period_s(self) -> float:
+        """The command timer's period: command_rate_hz, or the measured joint_states rate (the control rate until
+        joint states arrive)."""
+        if self.command_rate_hz > 0:
+            return 1.0 / self.command_rate_hz
+        measured = self._joint_times.median_rate(self.now(), idle_s=2.0)
+        return 1.0 / (measured or self.rate_hz)
 
     # --- reporting --------------------------------------------------------------------------------------------------
+    def _on_housekeeping(self) -> None:
+        period_ns = int(round(self._command_period_s() * 1e9))
+        if abs(period_ns - self._command_timer.timer_period_ns) > 0.01 * period_ns:
+            self._command_timer.timer_period_ns = period_ns
+        self._publish_diagnostics()
+
     def _stats(self) -> Dict[str, float]:
+        mono = time.monotonic()
         with self._lock:
             stats = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
-            stats["chunk_rate_hz"] = _rate(self._chunk_times, idle_s=2.0)
-            stats["command_rate_hz"] = _rate(self._command_times, idle_s=1.0)
+        stats["chunk_rate_hz"] = self._chunk_times.rate(mono, idle_s=2.0)
+        stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
+        stats["command_period_target_ms"] = self._command_timer.timer_period_ns * 1e-6
+        stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
         return stats
 
     def _publish_diagnostics(self) -> None:
         stats = self._stats()
         with self._lock:
-            error, ages, count, errors = self._last_error, dict(self._ages), self._chunk_count, self._error_count
+            ages, count = dict(self._ages), self._chunk_count
+        problem, level = self.problems.message, self.problems.level
         status = DiagnosticStatus(name="turbopi_node: policy", hardware_id=str(self.policy.device))
-        if error:
-            status.level, status.message = DiagnosticStatus.ERROR, error
+        if level == "error":
+            status.level, status.message = DiagnosticStatus.ERROR, problem
         elif not self._enabled:
             status.level, status.message = DiagnosticStatus.OK, "disabled (call ~/enable)"
+        elif level == "warn":
+            status.level, status.message = DiagnosticStatus.WARN, problem
         elif stats["chunk_rate_hz"] == 0.0:
             status.level, status.message = DiagnosticStatus.WARN, "no chunks yet"
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{stats['chunk_rate_hz']:.1f} chunks/s"
-        values = {"enabled": str(self._enabled), "chunks": str(count), "errors": str(errors), "last_error": error}
+        values = {"enabled": str(self._enabled), "chunks": str(count), "errors": str(self.problems.count),
+                  "last_error": problem if level == "error" else ""}
         values.update({k: f"{v:.3f}" for k, v in stats.items()})
         values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -389,24 +395,57 @@ class TurbopiNode(Node):
         stages = " ".join(f"{s} {stats[s + '_ms']:.1f}" for s in STAGES if s + "_ms" in stats)
         with self._lock:
             ages = " ".join(f"{k} {v:.2f}s" for k, v in self._ages.items())
-            error = self._last_error
-        self.get_logger().info(f"{stats['chunk_rate_hz']:.1f} chunks/s | ms: {stages or '-'} | ages: {ages or '-'}"
-                               + (f" | ERROR {error}" if error else ""))
+        level, problem = self.problems.level, self.problems.message
+        line = (f"{stats['chunk_rate_hz']:.1f} chunks/s, commands {stats['command_rate_hz']:.0f}/s | ms: "
+                f"{stages or '-'} | ages: {ages or '-'}")
+        if level == "error":
+            self.get_logger().error(line + f" | ERROR {problem}")
+        elif level == "warn":
+            self.get_logger().warning(line + f" | {problem}")
+        else:
+            self.get_logger().info(line)
 
-    def destroy_node(self):
-        if hasattr(self, "_worker"):
+    def destroy_node(self, join_timeout_s: float = 3.0) -> bool:
+        """Stop the inference worker and destroy the node. Returns False when the worker was still busy after
+        ``join_timeout_s`` (a long inference): the caller then exits without waiting for it (see spin.py). Under
+        `ros2 launch`, SIGTERM follows SIGINT after 5 s: finish well before."""
+        stopped = True
+        if hasattr(self, "_worker") and self._worker.ident is not None:
             self._stop.set()
             self._new_data.set()
-            self._worker.join(timeout=5.0)
-        return super().destroy_node()
+            self._worker.join(timeout=join_timeout_s)
+            stopped = not self._worker.is_alive()
+        if getattr(self, "_log_handler", None) is not None:
+            logging.getLogger("turbopi_ros").removeHandler(self._log_handler)
+        super().destroy_node()
+        return stopped
 
 
-def main(args=None) -> None:
-    # The inference worker is Python-heavy between kernels; a short GIL switch interval keeps the executor's
-    # subscriptions and the control timer on time while it runs.
-    sys.setswitchinterval(0.0005)
-    spin_node(TurbopiNode, "turbopi_node", args)
+class _RosLogHandler(logging.Handler):
+    """Python logging of the package (the policy's warnings: random weights, no norm stats) to the node's logger, so
+    it reaches the console and /rosout like the node's own messages."""
+
+    def __init__(self, ros_logger):
+        super().__init__(logging.INFO)
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.ros_logger.error(message)
+            elif record.levelno >= logging.WARNING:
+                self.ros_logger.warning(message)
+            else:
+                self.ros_logger.info(message)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
-if __name__ == "__main__":
-    main()
+def _forward_python_logging(ros_logger) -> logging.Handler:
+    handler = _RosLogHandler(ros_logger)
+    package = logging.getLogger("turbopi_ros")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False  # no second copy on stderr through the root logger
+    return handler

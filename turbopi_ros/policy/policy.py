@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # openpi's camera slots, in the order the model sees them.
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+# model.checkpoint value that asks for seeded random weights (demos, tests): never the default, always explicit.
+RANDOM_WEIGHTS = "random"
 
 
 class ObservationError(ValueError):
@@ -92,19 +94,25 @@ class Policy:
         return np.asarray(values, dtype=np.float64)
 
     @classmethod
-    def from_params(cls, *, checkpoint: str = "", preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
+    def from_params(cls, *, checkpoint: str, preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
                     tokenizer: str = "", norm_stats: str = "", seed: int = 0, **kwargs) -> "Policy":
-        """checkpoint "" = random weights of ``preset`` (demos, tests): then no tokenizer file and no norm stats are
-        needed (a byte tokenizer and identity normalization are used, and the log says so)."""
-        if checkpoint:
+        """checkpoint: an openpi checkpoint directory or .safetensors file, or "random" for seeded random weights of
+        ``preset`` (demos, tests): then no tokenizer file and no norm stats are needed (a byte tokenizer and identity
+        normalization are used, and the log says so)."""
+        if not checkpoint:
+            raise ValueError("model.checkpoint is not set: give an openpi checkpoint directory or .safetensors file, "
+                             f"or '{RANDOM_WEIGHTS}' for random weights of model.preset (demos and tests only)")
+        if checkpoint != RANDOM_WEIGHTS:
             if not tokenizer:  # checked first: loading a checkpoint takes a while
                 raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
             model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
                                dtype=dtype)
         else:
             model = random_model(load_config(preset), seed=seed, device=device, dtype=dtype)
-            logger.warning("model.checkpoint is empty: random weights of preset '%s' (actions are meaningless)", preset)
-        stats_path = norm_stats or (find_norm_stats(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None)
+            logger.warning("model.checkpoint is '%s': random weights of preset '%s' (actions are meaningless)",
+                           RANDOM_WEIGHTS, preset)
+        real = checkpoint != RANDOM_WEIGHTS
+        stats_path = norm_stats or (find_norm_stats(checkpoint) if real and Path(checkpoint).is_dir() else None)
         stats = load_norm_stats(stats_path) if stats_path else None
         if stats is None:
             logger.warning("no norm stats: state and actions pass through unnormalized")

@@ -1,0 +1,83 @@
+"""Safe defaults: nothing moves unless asked for. A node without a checkpoint, without action limits for every action
+joint, or with a value that cannot work refuses to start, names the parameter and what to set, and exits 1 without a
+traceback; so does a --params-file that does not exist."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ros_helpers import DEMO_PARAMS, REPO, isolate_ros_domain, node_params
+
+pytest.importorskip("rclpy")
+
+
+def _params_file(tmp_path, name, drop=(), **changes):
+    params = {k: v for k, v in node_params().items() if k not in drop}
+    params.update({k.replace("__", "."): v for k, v in changes.items()})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"/**/turbopi_node": {"ros__parameters": params}}))
+    return path
+
+
+CASES = {
+    # name: (params-file builder or None, extra args, expected message)
+    "no parameters at all": (None, [], "cannot start: parameter model.checkpoint is not set"),
+    "empty checkpoint": (dict(model__checkpoint=""), [], "cannot start: parameter model.checkpoint is not set: "
+                                                        "openpi PyTorch checkpoint directory"),
+    "no lower limits": (dict(drop=("action.lower_limits",)), [], "cannot start: parameter action.lower_limits is not "
+                                                                 "set"),
+    "limits for fewer joints": (dict(action__upper_limits=[1.0, 1.0]), [],
+                                "cannot start: parameter action.upper_limits has 2 entries for 7 action.joints"),
+    "zero steps": (dict(model__num_steps=0), [], "cannot start: parameter model.num_steps"),
+    "unknown dtype": (dict(model__dtype="fp8"), [], "cannot start: parameter model.dtype: 'fp8' is not one of"),
+    "bad device": (dict(model__device="gpu"), [], "cannot start: parameter model.device: 'gpu' is not cpu, cuda or "
+                                                  "cuda:N"),
+    "negative rate": (dict(control_rate_hz=-5), [], "cannot start: parameter control_rate_hz"),
+    "bad on_stale": (dict(on_stale="freeze"), [], "cannot start: parameter on_stale: 'freeze' is not one of"),
+    "missing params file": ("missing", [], "cannot start: --params-file"),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Start every case at once (each is a process that exits at start) and collect (code, output)."""
+    tmp = tmp_path_factory.mktemp("startup")
+    isolate_ros_domain()
+    procs = {}
+    for name, (spec, extra, _) in CASES.items():
+        if spec is None:
+            args = []
+        elif spec == "missing":
+            args = ["--ros-args", "--params-file", str(tmp / "typo_params.yaml")]
+        else:
+            spec = dict(spec)
+            path = _params_file(tmp, name.replace(" ", "_"), drop=spec.pop("drop", ()), **spec)
+            args = ["--ros-args", "--params-file", str(path)]
+        procs[name] = subprocess.Popen([sys.executable, "-m", "turbopi_ros.node"] + args + extra, cwd=str(REPO),
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    results = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        results[name] = (proc.returncode, out)
+    return results
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refuses_to_start_with_a_clear_error(outcomes, case):
+    code, out = outcomes[case]
+    assert code == 1, out
+    assert CASES[case][2] in out, out
+    assert "Traceback" not in out, out
+    assert "loading" not in out, "parameters are checked before the (slow) model load: " + out
+
+
+def test_missing_params_file_names_the_file(outcomes, tmp_path):
+    _, out = outcomes["missing params file"]
+    assert "typo_params.yaml" in out and "does not exist" in out, out
+
+
+def test_the_demo_config_asks_for_random_weights_explicitly():
+    assert node_params(DEMO_PARAMS)["model.checkpoint"] == "random"

@@ -1,0 +1,29 @@
+"""EventRate: rates from event times, count-based and by median interval."""
+import numpy as np
+import pytest
+
+from turbopi_ros.rates import EventRate
+
+
+def test_rate_over_the_window_and_idle():
+    r = EventRate(window=11)
+    for i in range(30):
+        r.add(i * 0.02)
+    assert r.rate(now=0.6, idle_s=1.0) == pytest.approx(50.0)
+    assert r.rate(now=5.0, idle_s=1.0) == 0.0  # nothing for 4 s
+    assert EventRate().rate(0.0, 1.0) == 0.0
+
+
+def test_median_rate_ignores_jitter_and_bursts_and_is_clamped():
+    rng = np.random.default_rng(0)
+    r = EventRate(window=100)
+    t = 0.0
+    for i in range(100):
+        t += 0.01 + rng.normal(0, 0.0005) + (0.05 if i % 20 == 0 else 0.0)  # 100 Hz with jitter and late messages
+        r.add(t)
+    assert r.median_rate(now=t, idle_s=1.0) == pytest.approx(100.0, rel=0.02)
+    fast = EventRate()
+    for i in range(10):
+        fast.add(i * 1e-4)
+    assert fast.median_rate(now=1e-3, idle_s=1.0) == 1000.0
+    assert fast.median_rate(now=10.0, idle_s=1.0) is None

@@ -1,0 +1,110 @@
+"""The node's inputs without the node: the newest message of each input, staleness, and the Observation built from them.
+
+Shared by turbopi_node and offline replay, so that what replays is what would run: the same newest-message rule, the
+same checks (present, stamped, fresh, not from the future, decodable, every state joint finite) and the same
+conversions. Times are seconds on the caller's clock (the node's ROS clock, or a bag's recorded time).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Sequence
+
+from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, stamp_to_sec
+from .policy.policy import Observation
+
+JOINT_STATES = "joint_states"
+DAY_S = 86400.0
+
+
+class WaitingForInput(InputError):
+    """Not an error of the input, just none yet: reported as a warning."""
+
+
+def input_name(name: str) -> str:
+    return name if name == JOINT_STATES else f"camera '{name}'"
+
+
+class InputBuffer:
+    """Thread-safe newest-message store for the cameras and the joint states, and the checks on a snapshot of it."""
+
+    def __init__(self, cameras: Sequence[str], topics: Dict[str, str], state_joints: Sequence[str],
+                 max_age_s: float, use_sim_time_hint: bool = False):
+        self.cameras = list(cameras)
+        self.inputs = self.cameras + [JOINT_STATES]
+        self.topics = dict(topics)  # input name -> topic, for messages
+        self.state_joints = list(state_joints)
+        self.max_age_s = float(max_age_s)
+        self.use_sim_time_hint = use_sim_time_hint
+        self._lock = threading.Lock()
+        self._latest: Dict[str, object] = {}
+
+    def store(self, name: str, msg) -> None:
+        with self._lock:
+            self._latest[name] = msg
+
+    def snapshot(self) -> Dict[str, object]:
+        with self._lock:
+            return dict(self._latest)
+
+    def ages(self, snapshot: Dict[str, object], now: float) -> Dict[str, float]:
+        return {n: now - stamp_to_sec(m.header.stamp) for n, m in snapshot.items() if not _unstamped(m)}
+
+    def stale(self, snapshot: Dict[str, object], now: float) -> str:
+        """'' if every input in the snapshot is fresh, else a message naming the worst one: unstamped, stamped ahead
+        of the clock by more than max_age_s, or older than max_age_s."""
+        unstamped = [n for n in self.inputs if n in snapshot and _unstamped(snapshot[n])]
+        if unstamped:
+            clock = " (use_sim_time)" if self.use_sim_time_hint else ""
+            return (f"{input_name(unstamped[0])}: header.stamp is zero (expected the sensor time, on the node's "
+                    f"clock{clock})")
+        ages = self.ages(snapshot, now)
+        ahead = {n: -a for n, a in ages.items() if a < -self.max_age_s}
+        if ahead:
+            first = max(ahead, key=ahead.get)
+            return (f"{input_name(first)}: header.stamp is {ahead[first]:.2f} s ahead of the node's clock (more than "
+                    f"max_observation_age_s {self.max_age_s:g}): the clocks differ; sync them, or check use_sim_time")
+        stale = {n: a for n, a in ages.items() if a > self.max_age_s}
+        if not stale:
+            return ""
+        worst = max(stale, key=stale.get)
+        also = f"; also stale: {sorted(set(stale) - {worst})}" if len(stale) > 1 else ""
+        hint = " (over a day: do the clocks differ? check use_sim_time)" if stale[worst] > DAY_S else ""
+        return (f"{input_name(worst)}: newest message is {stale[worst]:.2f} s old (max_observation_age_s "
+                f"{self.max_age_s:g})" + hint + also)
+
+    def missing(self, snapshot: Dict[str, object]) -> List[str]:
+        return [n for n in self.inputs if n not in snapshot]
+
+    def waiting_message(self, missing: Sequence[str]) -> str:
+        return "waiting for inputs: no message yet on " + ", ".join(
+            f"{self.topics.get(n, n)} ({input_name(n)})" for n in missing)
+
+    def observation(self, snapshot: Dict[str, object], prompt: str, now: float) -> Observation:
+        """The Observation of a snapshot, or an InputError (WaitingForInput while an input has never arrived) that
+        names the input and what was expected."""
+        missing = self.missing(snapshot)
+        if missing:
+            raise WaitingForInput(self.waiting_message(missing))
+        stale = self.stale(snapshot, now)
+        if stale:
+            raise InputError(stale)
+        if not prompt or not prompt.strip():
+            raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
+        images = {name: to_rgb(snapshot[name], name) for name in self.cameras}
+        state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
+        stamp = max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
+        return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
+
+
+def to_rgb(msg, name: str):
+    """sensor_msgs/Image or CompressedImage -> uint8 [H, W, 3] RGB (CompressedImage has a ``format`` field)."""
+    return compressed_to_rgb(msg, name) if hasattr(msg, "format") else image_to_rgb(msg, name)
+
+
+def _unstamped(msg) -> bool:
+    return msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
+
+
+def newest_stamp(snapshot: Dict[str, object]) -> Optional[float]:
+    stamps = [stamp_to_sec(m.header.stamp) for m in snapshot.values() if not _unstamped(m)]
+    return max(stamps) if stamps else None

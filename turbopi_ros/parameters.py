@@ -1,0 +1,144 @@
+"""Node parameters: one table of defaults, descriptions and constraints, declared with full ROS descriptors.
+
+``ros2 param describe`` shows what each parameter takes: ``read_only`` for everything that needs a restart, integer
+and floating-point ranges, and the accepted values of enumerations in ``additional_constraints``. Values are checked
+once more here at start (rclpy skips range checks for a float parameter given as a YAML integer), so a node with a
+value that cannot work stops with ``cannot start: parameter <name>: ...`` instead of failing at every inference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
+from rclpy.node import Node
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    default: Any
+    description: str
+    runtime: bool = False  # may change while the node runs; everything else is read-only (restart to change)
+    min: Optional[float] = None  # inclusive bounds for numbers
+    max: Optional[float] = None
+    choices: Optional[Tuple[str, ...]] = None  # enumeration (exact strings)
+    pattern: Optional[str] = None  # a regular expression the whole string must match, with ``pattern_text``
+    pattern_text: str = ""
+    required: bool = False  # a string or list that must not be empty
+    items: Optional[type] = None  # for a list: the type of its elements (str, float or bool)
+
+    @property
+    def is_float(self) -> bool:
+        return isinstance(self.default, float) or self.items is float
+
+    def constraints(self) -> str:
+        parts = []
+        if self.choices:
+            parts.append("one of: " + ", ".join(self.choices))
+        if self.pattern_text:
+            parts.append(self.pattern_text)
+        if self.required:
+            parts.append("required (must not be empty)")
+        if self.min is not None or self.max is not None:
+            parts.append(f"range [{_num(self.min)}, {_num(self.max)}]")
+        parts.append("changeable at run time" if self.runtime else "read-only: restart the node to change it")
+        return "; ".join(parts)
+
+    def descriptor(self) -> ParameterDescriptor:
+        # Dynamic typing where rclpy's static typing would refuse good values: a float given as a YAML integer, and
+        # an empty default list (rclpy types it as a byte array); check() enforces the types instead.
+        dynamic = self.is_float or (isinstance(self.default, list) and not self.default)
+        d = ParameterDescriptor(description=self.description, read_only=not self.runtime, dynamic_typing=dynamic,
+                                additional_constraints=self.constraints())
+        if self.min is not None and self.max is not None and not isinstance(self.default, list):
+            if isinstance(self.default, float):
+                d.floating_point_range = [FloatingPointRange(from_value=float(self.min), to_value=float(self.max),
+                                                             step=0.0)]
+            elif isinstance(self.default, int) and not isinstance(self.default, bool):
+                d.integer_range = [IntegerRange(from_value=int(self.min), to_value=int(self.max), step=1)]
+        return d
+
+    def check(self, name: str, value: Any) -> Any:
+        """The value, with integers accepted for floats; a ValueError naming the parameter and what it takes."""
+        if self.is_float:
+            value = _as_floats(name, value, isinstance(self.default, list))
+        elif self.items is not None:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, self.items) for v in value):
+                raise ValueError(f"parameter {name}: expected a list of {self.items.__name__}, got {value!r}")
+            value = list(value)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if self.required and (value == "" or (isinstance(value, (list, tuple)) and len(value) == 0)):
+            raise ValueError(f"parameter {name} is not set: {self.description}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"parameter {name}: {value!r} is not one of {list(self.choices)}")
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            raise ValueError(f"parameter {name}: {value!r} is not {self.pattern_text}")
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                    (self.min is not None and v < self.min) or (self.max is not None and v > self.max)):
+                raise ValueError(f"parameter {name}: {v!r} is out of range [{_num(self.min)}, {_num(self.max)}]")
+        return value
+
+
+def _num(x: Optional[float]) -> str:
+    return "-inf" if x is None else f"{x:g}"
+
+
+def _as_floats(name: str, value, is_list: bool):
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if is_list and isinstance(value, (list, tuple)) and all(number(v) for v in value):
+        return [float(v) for v in value]
+    if not is_list and number(value):
+        return float(value)
+    raise ValueError(f"parameter {name}: expected {'a list of numbers' if is_list else 'a number'}, got {value!r}")
+
+
+def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
+    """Declare every parameter of ``table`` up front with its descriptor and return the checked values."""
+    values = {}
+    for name, param in table.items():
+        try:
+            value = node.declare_parameter(name, param.default, param.descriptor()).value
+        except ParameterException as e:  # a wrong type, or a value outside the descriptor's range
+            raise ValueError(f"parameter {name}: {e} (expected: {param.constraints()})") from None
+        values[name] = param.check(name, value)
+    return values
+
+
+def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict[str, Any]], None]) -> None:
+    """Validate run-time changes before they are set and apply them after.
+
+    rclpy 7 (Jazzy) and later: validation in ``add_on_set_parameters_callback`` (which must not change state, as
+    the rclpy docs ask) and ``apply`` in ``add_post_set_parameters_callback``. rclpy 3 (Humble) has no post-set
+    callback: there ``apply`` runs at the end of the on-set callback, once the change has been validated.
+    """
+    from rcl_interfaces.msg import SetParametersResult
+
+    has_post_set = hasattr(node, "add_post_set_parameters_callback")
+
+    def validated(params: Sequence) -> Tuple[Optional[str], Dict[str, Any]]:
+        changes = {}
+        for p in params:
+            if p.name not in table:  # use_sim_time and other rclpy parameters
+                continue
+            try:
+                changes[p.name] = table[p.name].check(p.name, p.value)
+            except ValueError as e:
+                return str(e), {}
+        return None, changes
+
+    def on_set(params) -> SetParametersResult:
+        error, changes = validated(params)
+        if error:
+            return SetParametersResult(successful=False, reason=error)
+        if not has_post_set and changes:
+            apply(changes)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    if has_post_set:
+        node.add_post_set_parameters_callback(lambda params: apply(validated(params)[1]))

@@ -1,0 +1,45 @@
+"""Rates from event times: how often chunks, commands or joint states arrive."""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Optional
+
+import numpy as np
+
+
+class EventRate:
+    """The last ``window`` event times (seconds, on any one clock)."""
+
+    def __init__(self, window: int = 50):
+        self._times: collections.deque = collections.deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, t: float) -> None:
+        with self._lock:
+            self._times.append(t)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._times.clear()
+
+    def rate(self, now: float, idle_s: float) -> float:
+        """Events per second over the window; 0 with fewer than two events, or none in the last ``idle_s``."""
+        with self._lock:
+            times = list(self._times)
+        if len(times) < 2 or now - times[-1] > idle_s or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def median_rate(self, now: float, idle_s: float, lo: float = 1.0, hi: float = 1000.0) -> Optional[float]:
+        """1 / median interval, clamped to [lo, hi]: steady against single late or bunched messages. None with
+        fewer than three events or none in the last ``idle_s``."""
+        with self._lock:
+            times = np.array(self._times)
+        if len(times) < 3 or now - times[-1] > idle_s:
+            return None
+        intervals = np.diff(times)
+        intervals = intervals[intervals > 0]
+        if len(intervals) == 0:
+            return None
+        return float(np.clip(1.0 / np.median(intervals), lo, hi))
