@@ -67,23 +67,27 @@ class NodeProcess:
 
 @contextlib.contextmanager
 def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_clock: Optional[tuple] = None,
-                 latched_prompt: Optional[str] = None):
+                 latched_prompt: Optional[str] = None, overrides: Optional[dict] = None, joint_rate_hz: float = 50.0,
+                 env: Optional[Dict[str, str]] = None):
     """rclpy up in this process, a feeder/collector node spinning, turbopi_node started as a subprocess with the
     demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly.
     ``sim_clock=(start_s, rate)``: the feeder publishes /clock from ``start_s`` at ``rate`` x real time and stamps
     its messages with it; both it and the node run with use_sim_time. ``latched_prompt``: published on ~/prompt
-    (transient local) before the node starts."""
+    (transient local) before the node starts. ``overrides``: node parameters over the demo YAML (``-p name:=value``);
+    ``joint_rate_hz``: how often the feeder publishes joint states; ``env``: extra environment of the node."""
     import pytest
     import rclpy
 
     isolate_ros_domain()
     rclpy.init()
-    feeder = make_test_node(node_params(), sim_clock)
+    feeder = make_test_node(node_params(), sim_clock, joint_rate_hz)
     executor, _ = spin_in_background(feeder)
     if latched_prompt is not None:
         feeder.publish_prompt(latched_prompt)
-    node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log",
-                       ["-p", "use_sim_time:=true"] if sim_clock else None)
+    extra = ["-p", "use_sim_time:=true"] if sim_clock else []
+    for name, value in (overrides or {}).items():
+        extra += ["-p", f"{name}:={value}"]
+    node = NodeProcess(DEMO_PARAMS, log_dir / "turbopi_node.log", extra, env)
     try:
         if not wait_for(lambda: feeder.count(feeder.chunks) >= min_chunks or not node.alive(), timeout=timeout):
             pytest.fail(f"no action chunks within {timeout:g} s; node log:\n" + node.log())
@@ -106,7 +110,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.05
     return predicate()
 
 
-def make_test_node(params: dict, sim_clock: Optional[tuple] = None):
+def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_hz: float = 50.0):
     """A node that feeds the demo's inputs (two cameras, joint states) and records the turbopi_node outputs.
     With ``sim_clock=(start_s, rate)`` it also publishes /clock (see ``node_session``) and runs on it.
 
@@ -152,7 +156,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None):
             self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._record(self.commands), 50)
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
             self.create_timer(1 / 10.0, self._publish_images)
-            self.create_timer(1 / 50.0, self._publish_joints)
+            self.create_timer(1 / joint_rate_hz, self._publish_joints)
 
         def sim_now(self) -> float:
             return self.sim_start + self.sim_rate * (time.monotonic() - self.wall_start)

@@ -49,3 +49,9 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
     assert "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file" in out.stderr + out.stdout
+
+
+def test_every_parameter_is_documented():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "node.md").read_text()
+    missing = [name for name in PARAMETERS if f"| `{name}` |" not in text]
+    assert missing == [], f"docs/node.md has no row for {missing}"

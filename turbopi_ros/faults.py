@@ -30,6 +30,10 @@ def read_faults(path: str) -> dict:
     return json.loads(text) if text.strip() else {}
 
 
+def enabled() -> bool:
+    return bool(os.environ.get(ENV))
+
+
 def wrap(infer: Callable, path: Optional[str] = None) -> Callable:
     """``infer`` itself unless TURBOPI_TEST_FAULTS (or ``path``) is set; else ``infer`` behind the faults file."""
     path = path or os.environ.get(ENV)

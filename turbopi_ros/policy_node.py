@@ -102,7 +102,7 @@ class TurbopiNode(Node):
         self._log_handler = _forward_python_logging(self.get_logger())
         self.policy = self._load_policy(p)
         self._infer = faults.wrap(self.policy.infer)  # the policy itself unless a test injects faults
-        if self._infer is not self.policy.infer:
+        if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
         if len(p["state.joints"]) > self.policy.config.action_dim:
             raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's "
@@ -416,7 +416,7 @@ class TurbopiNode(Node):
             self._worker.join(timeout=join_timeout_s)
             stopped = not self._worker.is_alive()
         if getattr(self, "_log_handler", None) is not None:
-            logging.getLogger("turbopi_ros").removeHandler(self._log_handler)
+            _stop_forwarding(self._log_handler)
         super().destroy_node()
         return stopped
 
@@ -443,9 +443,18 @@ class _RosLogHandler(logging.Handler):
 
 
 def _forward_python_logging(ros_logger) -> logging.Handler:
+    """Attach a _RosLogHandler to the package's Python logger (INFO and up); remove it with
+    _stop_forwarding. With a handler in the hierarchy, Python's last-resort stderr output stays silent, so each
+    message appears once."""
     handler = _RosLogHandler(ros_logger)
     package = logging.getLogger("turbopi_ros")
+    handler.previous_level = package.level
     package.addHandler(handler)
     package.setLevel(logging.INFO)
-    package.propagate = False  # no second copy on stderr through the root logger
     return handler
+
+
+def _stop_forwarding(handler: logging.Handler) -> None:
+    package = logging.getLogger("turbopi_ros")
+    package.removeHandler(handler)
+    package.setLevel(handler.previous_level)
