@@ -1,5 +1,6 @@
 """Real-time chunking's guided denoise (model/rtc.py): exactness, the paper's formula, the signs, and that it works."""
 import math
+import time
 
 import pytest
 import torch
@@ -77,7 +78,8 @@ def test_guidance_equals_autograd_of_the_papers_formula(variant):
     steps = model.step_conditioning(5)
     times, _ = euler_schedule(5)
     guidance = _random_guidance(model.config, seed=3)
-    x = torch.randn((1, model.config.action_horizon, model.config.action_dim), generator=torch.Generator().manual_seed(4))
+    shape = (1, model.config.action_horizon, model.config.action_dim)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
     for sc, t in zip(steps, times):  # 1.0 (weight clipped at beta), 0.8, 0.6 (unclipped: 4.25, 2.17), ...
         tau = 1.0 - t
         y, w, beta = guidance.target, guidance.weights, guidance.max_guidance
@@ -172,10 +174,14 @@ def test_guided_first_actions_land_on_the_previous_chunk(preset):
     weights = torch.tensor(prefix_weights(H, d, s), dtype=torch.float32)[None, :, None].expand(1, H, D)
     cache = model.encode(images, masks, tokens, token_mask, state + 0.05)
     noise = torch.randn((1, H, D), generator=torch.Generator().manual_seed(9))
+    t0 = time.perf_counter()
     plain = model.denoise(cache, noise)
+    t1 = time.perf_counter()
     guided = guided_denoise(model, cache, noise, Guidance(target, weights, max_guidance=5.0))
+    t2 = time.perf_counter()
     before, after = _first_d_error(plain, target, d), _first_d_error(guided, target, d)
-    print(f"{preset}: first-{d} RMS error unguided {before:.4f}, guided {after:.4f}: {before / after:.0f}x")
+    print(f"{preset}: first-{d} RMS error unguided {before:.4f}, guided {after:.4f}: {before / after:.0f}x; denoise "
+          f"{1e3 * (t1 - t0):.0f} ms plain, {1e3 * (t2 - t1):.0f} ms guided (one run each, not a benchmark)")
     assert after * 10 < before
     # the unfrozen tail (weight 0) is left to the model: it stays as far from the (zero) target as the plain chunk
     tail = slice(H - s, H)
@@ -205,3 +211,27 @@ def test_bad_guidance_is_refused_with_the_expected_shape():
     with pytest.raises(ValueError, match="noise must be"):
         guided_denoise(model, cache, noise[:, :2], good)
     assert math.isfinite(float(guided_denoise(model, cache, noise, good, num_steps=2).abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_on_cuda_a_guided_call_runs_eagerly_and_leaves_the_graph_alone(dtype):
+    from turbopi_ros.model.cuda_graph import CudaGraphDenoiser
+
+    cfg = small_config("pi0", horizon=8)
+    model = random_model(cfg, device="cuda", dtype=dtype)
+    inputs = [t.cuda() for t in random_inputs(cfg, cameras=(True, False, True))]
+    cache = model.encode(*inputs[:5])
+    noise = inputs[5]
+    graphed = CudaGraphDenoiser(model)
+    with torch.inference_mode():
+        replayed = graphed(cache, noise, 10)
+    eager = model.denoise(cache, noise, 10)
+    guidance = _random_guidance(cfg)
+    zero = guided_denoise(model, cache, noise, Guidance(guidance.target.cuda(), torch.zeros_like(guidance.target)))
+    print(f"cuda {dtype}: zero-weight guided vs plain eager max |diff| {float((zero - eager).abs().max()):.3g}")
+    assert torch.allclose(zero, eager, atol=1e-5 if dtype == "float32" else 2e-2)
+    guided = guided_denoise(model, cache, noise, guidance)
+    assert torch.isfinite(guided).all() and zero.device.type == "cuda"
+    with torch.inference_mode():
+        assert torch.equal(graphed(cache, noise, 10), replayed) and graphed.num_graphs == 1

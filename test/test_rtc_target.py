@@ -88,10 +88,11 @@ def _small_policy(variant, **kwargs):
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])  # z-score / quantile action stats
-def test_target_is_what_the_model_must_output_at_the_new_state(variant):
+@pytest.mark.parametrize("stats_dims", [6, 3])  # stats for every model dim, or fewer than the robot's 4
+def test_target_is_what_the_model_must_output_at_the_new_state(variant, stats_dims):
     """Round trip: the previous chunk (robot space, deltas added to the OLD state) resampled and mapped into model
     space for the NEW state; postprocessing that target at the new state gives back the previous chunk's actions."""
-    policy = _small_policy(variant, norm_stats={"state": _stats(6, 1), "actions": _stats(6, 2)},
+    policy = _small_policy(variant, norm_stats={"state": _stats(6, 1), "actions": _stats(stats_dims, 2)},
                            delta_mask=[True, False, True])
     H, D = 12, 6
     rng = np.random.default_rng(0)
@@ -116,7 +117,7 @@ def test_identity_normalization_without_stats():
     policy = _small_policy("pi0", norm_stats=None)
     actions = np.random.default_rng(1).normal(size=(12, 4))
     target = guidance_target(PreviousChunk(actions, 0.0, RATE), stamp=0.0, state=np.zeros(4), horizon=12,
-                             action_dim=6, delay_steps=3, execution_horizon=0, normalize=lambda a: a)
+                             action_dim=6, delay_steps=3, execution_horizon=0)
     assert np.array_equal(target.target[:, :4], actions)
     assert np.array_equal(policy.guidance(PreviousChunk(actions, 0.0, RATE), 0.0, np.zeros(4), 3, 0).target,
                           target.target)
@@ -170,7 +171,8 @@ def test_rtc_brings_the_first_actions_onto_the_previous_chunk(stats):
     before = np.sqrt(np.mean((free.actions[:d] - reference) ** 2))
     after = np.sqrt(np.mean((chunk.actions[:d] - reference) ** 2))
     print(f"tiny pi0{' with norm stats and delta dims' if stats else ''}: first-{d} RMS error vs the previous chunk "
-          f"{before:.4f} without RTC, {after:.4f} with: {before / after:.0f}x; guidance_error {chunk.guidance_error:.4f}")
+          f"{before:.4f} without RTC, {after:.4f} with: {before / after:.0f}x; guidance_error "
+          f"{chunk.guidance_error:.4f}")
     assert after * 3 < before
     assert chunk.timings["denoise"] > 0 and set(chunk.timings) == set(STAGES) | {"total"}
     if not stats:  # model space is robot space

@@ -165,18 +165,17 @@ class Policy:
 
     def guidance(self, previous: PreviousChunk, stamp: float, state: np.ndarray, delay_steps: int,
                  execution_horizon: int) -> GuidanceTarget:
-        """Real-time chunking's target in model space for an observation at ``stamp`` with raw ``state`` (policy/rtc.py):
+        """Real-time chunking's target in model space for an observation at ``stamp`` with raw ``state`` (rtc.py):
         the previous chunk at the new action times, deltas from ``state`` where delta_mask, normalized like the
         actions, padded to action_dim with weight 0 beyond the robot's dims."""
         prev = np.asarray(previous.actions)
         if prev.ndim != 2 or prev.shape[1] != self.action_dims:
             raise ValueError(f"previous chunk actions must be [H, {self.action_dims}] (the policy's action dims), got "
                              f"{list(prev.shape)}")
-        stats = self.norm_stats["actions"] if self.norm_stats else None
         return guidance_target(
             previous, stamp=stamp, state=state, horizon=self.config.action_horizon, action_dim=self.config.action_dim,
             delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
-            normalize=(lambda a: normalize(a, stats, self.use_quantiles, "previous chunk")) if stats else (lambda a: a))
+            stats=self.norm_stats["actions"] if self.norm_stats else None, use_quantiles=self.use_quantiles)
 
     def infer(self, obs: Observation, previous: Optional[PreviousChunk] = None, *, delay_steps: int = 0,
               execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> ActionChunk:

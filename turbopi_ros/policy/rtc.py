@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .transforms import delta_actions, pad_to_dim
+from .transforms import NORM_EPS, NormStats, delta_actions, normalize, pad_to_dim
 
 
 @dataclasses.dataclass
@@ -99,18 +99,33 @@ def resample(previous: PreviousChunk, stamp: float, horizon: int):
     return np.where(valid[:, None], values, 0.0), valid
 
 
+def to_model_space(actions: np.ndarray, stats: Optional[NormStats], use_quantiles: bool) -> np.ndarray:
+    """The exact inverse of transforms.unnormalize (what postprocess applies to the model's output), for any width:
+    normalize over the dims the stats cover; beyond them z-score divides by (1 + 1e-6) and quantile is the identity
+    (unnormalize pads that way). No stats: the identity."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if stats is None:
+        return actions
+    lo = stats.q01 if use_quantiles else stats.mean
+    covered = min(0 if lo is None else len(lo), actions.shape[-1])
+    head = normalize(actions[..., :covered], stats, use_quantiles, "previous chunk")
+    tail = actions[..., covered:] if use_quantiles else actions[..., covered:] / (1.0 + NORM_EPS)
+    return np.concatenate([head, tail], axis=-1)
+
+
 def guidance_target(previous: PreviousChunk, *, stamp: float, state: np.ndarray, horizon: int, action_dim: int,
-                    delay_steps: int, execution_horizon: int, normalize: Callable[[np.ndarray], np.ndarray],
-                    delta_mask: Optional[Sequence[bool]] = None) -> GuidanceTarget:
-    """Y and W for a new observation at ``stamp`` with (raw) ``state``. ``normalize`` maps robot-space actions
-    [H, N] (deltas where ``delta_mask``) to model space (the policy's action stats; identity without stats)."""
+                    delay_steps: int, execution_horizon: int, stats: Optional[NormStats] = None,
+                    use_quantiles: bool = False, delta_mask: Optional[Sequence[bool]] = None) -> GuidanceTarget:
+    """Y and W for a new observation at ``stamp`` with (raw) ``state``: the inverse of Policy.postprocess at that
+    state (deltas where ``delta_mask``, then the action ``stats``: quantile for pi0.5, z-score for pi0; none: the
+    identity)."""
     values, valid = resample(previous, stamp, horizon)
     n = values.shape[1]
     if n > action_dim:
         raise ValueError(f"previous chunk has {n} joints, more than the model's {action_dim} action dims")
     if delta_mask is not None:
         values = delta_actions(values, state, delta_mask)
-    target = np.where(valid[:, None], np.asarray(normalize(values), dtype=np.float64), 0.0)
+    target = np.where(valid[:, None], to_model_space(values, stats, use_quantiles), 0.0)
     per_action = prefix_weights(horizon, delay_steps, execution_horizon) * valid
     weights = pad_to_dim(np.repeat(per_action[:, None], n, axis=1), action_dim)
     frozen = (np.arange(horizon) < delay_steps) & (per_action == 1.0)  # the first d (at most H - s) with a target
