@@ -4,7 +4,8 @@
                  pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state)
     vision       SigLIP on the present cameras            (engine.embed_images)
     prefix_cache Gemma prefix over the valid tokens        (engine.build_cache)
-    denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph)
+    denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph; with a previous
+                 chunk: real-time chunking's guided denoise, model/rtc.py, always eager)
     postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
+from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
+from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, image_to_model, load_norm_stats, normalize,
                          pad_to_dim, resize_with_pad, unnormalize)
@@ -52,6 +55,10 @@ class ActionChunk:
     stamp: float
     timings: Dict[str, float]  # seconds per stage, and "total"
     clamped: int = 0  # how many values the limits clamped
+    # real-time chunking (infer with a previous chunk): RMS distance in model space (normalized units) between this
+    # chunk's first delay_steps actions and the previous chunk at the same times, over the robot's dims; None when
+    # unguided or delay_steps = 0
+    guidance_error: Optional[float] = None
 
 
 class Policy:
@@ -164,10 +171,31 @@ class Policy:
         clipped = np.clip(actions, self.lower, self.upper)
         return clipped, int(np.count_nonzero(clipped != actions))
 
-    def infer(self, obs: Observation) -> ActionChunk:
+    def guidance(self, previous: PreviousChunk, stamp: float, state: np.ndarray, delay_steps: int,
+                 execution_horizon: int) -> GuidanceTarget:
+        """Real-time chunking's target in model space for an observation at ``stamp`` with raw ``state`` (rtc.py):
+        the previous chunk at the new action times, deltas from ``state`` where delta_mask, normalized like the
+        actions, padded to action_dim with weight 0 beyond the robot's dims."""
+        prev = np.asarray(previous.actions)
+        if prev.ndim != 2 or prev.shape[1] != self.action_dims:
+            raise ValueError(f"previous chunk actions must be [H, {self.action_dims}] (the policy's action dims), got "
+                             f"{list(prev.shape)}")
+        return guidance_target(
+            previous, stamp=stamp, state=state, horizon=self.config.action_horizon, action_dim=self.config.action_dim,
+            delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
+            stats=self.norm_stats["actions"] if self.norm_stats else None, use_quantiles=self.use_quantiles)
+
+    def infer(self, obs: Observation, previous: Optional[PreviousChunk] = None, *, delay_steps: int = 0,
+              execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> ActionChunk:
+        """One chunk. With ``previous`` (the chunk being executed), real-time chunking: the denoise is guided towards
+        it (delay_steps: actions executed before this chunk can take over; execution_horizon: actions between the two
+        observations; max_guidance: the paper's beta). Without it, exactly the plain result."""
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         images, masks, tokens, token_mask, state_t, state = self.preprocess(obs)
+        target = None
+        if previous is not None:  # (its few microseconds count as preprocess)
+            target = self.guidance(previous, obs.stamp, state, delay_steps, execution_horizon)
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
@@ -178,7 +206,13 @@ class Policy:
             self._sync()
             t3 = time.perf_counter()
             noise = self.model.sample_noise(1, generator=self.generator)
-            raw = self.denoiser(cache, noise, self.num_steps)[0].float().cpu().numpy()
+            if target is None:
+                raw = self.denoiser(cache, noise, self.num_steps)[0].float().cpu().numpy()
+            else:
+                guidance = Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
+                                    weights=torch.from_numpy(target.weights).float()[None].to(self.device),
+                                    max_guidance=max_guidance)
+                raw = guided_denoise(self.model, cache, noise, guidance, self.num_steps)[0].float().cpu().numpy()
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
@@ -187,7 +221,8 @@ class Policy:
         for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             timings[name] = b - a
         timings["total"] = t5 - t0
-        return ActionChunk(actions=actions, stamp=obs.stamp, timings=timings, clamped=clamped)
+        error = target.prefix_error(raw, self.action_dims) if target is not None else None
+        return ActionChunk(actions=actions, stamp=obs.stamp, timings=timings, clamped=clamped, guidance_error=error)
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:
