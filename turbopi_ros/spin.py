@@ -16,6 +16,8 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from .ros_compat import try_shutdown
+
 
 def declare_parameters(node: Node, parameters: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
     """Declare ``{name: (default, description)}`` up front and return the values. Floating-point parameters also
@@ -83,6 +85,6 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None) -> None:
     finally:
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        try_shutdown()  # rclpy.try_shutdown, with SIGTERM handed back on every rclpy (ros_compat)
     if code:
         raise SystemExit(code)
