@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The main job: set up the venv, check the engine against openpi's fixtures (turbopi-verify, both paths), then run the
-# live demo (python -m turbopi_ros.demo; arguments pass through to it).
+# live demo (python -m turbopi_ros.demo; arguments pass through to it). TURBOPI_ROS_DISTRO=jazzy runs it in the Jazzy
+# venv instead (scripts/distro.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
+source scripts/distro.sh
 source scripts/ros_env.sh
+"$VENV/bin/python" -m turbopi_ros.ros_compat
 
 fixtures=${TURBOPI_SHARED_DIR:-../shared}/fixtures/openpi
 if [ -d "$fixtures" ]; then
   echo "== parity with openpi's PyTorch reference (float32, CPU, tolerance 1e-4) =="
   for model in pi0 pi05; do
     for path in fast reference; do
-      .venv/bin/turbopi-verify --config "$fixtures/${model}_tiny.json" --weights "$fixtures/${model}_tiny.safetensors" \
-        --case "$fixtures/${model}_case_a.npz" --path "$path" --tol 1e-4
+      "$VENV/bin/turbopi-verify" --config "$fixtures/${model}_tiny.json" \
+        --weights "$fixtures/${model}_tiny.safetensors" --case "$fixtures/${model}_case_a.npz" --path "$path" --tol 1e-4
     done
   done
 else
@@ -24,4 +27,4 @@ if [ ! -f turbopi_ros/demo.py ]; then
   exit 0
 fi
 echo "== live demo: python -m turbopi_ros.demo $* =="
-exec .venv/bin/python -m turbopi_ros.demo "$@"
+exec "$VENV/bin/python" -m turbopi_ros.demo "$@"

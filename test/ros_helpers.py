@@ -78,6 +78,8 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
     import pytest
     import rclpy
 
+    from turbopi_ros import ros_compat
+
     isolate_ros_domain()
     rclpy.init()
     feeder = make_test_node(node_params(), sim_clock, joint_rate_hz)
@@ -97,7 +99,7 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
         rc = node.stop()
         executor.shutdown()
         feeder.destroy_node()
-        rclpy.try_shutdown()
+        ros_compat.try_shutdown()  # as rclpy 9 does: SIGTERM ends this process again (rclpy 7)
     assert rc == 0, f"node exited with {rc}:\n{node.log()}"
 
 

@@ -1,0 +1,75 @@
+"""Which ROS 2 this runs on, and the rclpy behaviour that differs between the releases the package supports.
+
+CI runs the ROS-facing tests on Kilted (rclpy 9.1, the default venv) and Jazzy (rclpy 7.1, what a Jetson Thor on
+JetPack 7 / Ubuntu 24.04 runs); Humble (rclpy 3.3, Python 3.10) is compile-checked only. Where rclpy behaves
+differently across these, the package calls a function here instead, with a comment naming the versions; APIs that
+exist only in some of them are kept out of the package altogether (test/test_ros_compat.py lists and checks them).
+
+``python -m turbopi_ros.ros_compat`` prints a one-line header naming the distro (scripts/test.sh and demo.sh do).
+Importing this module does not import rclpy.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Optional
+
+# rclpy's major version in each distro: Humble 3.3, Iron 4.1, Jazzy 7.1, Kilted 9.1.
+DISTRO_BY_RCLPY_MAJOR = {3: "humble", 4: "iron", 7: "jazzy", 9: "kilted"}
+
+
+def rclpy_version() -> Optional[str]:
+    """rclpy's version: the ``ros-rclpy`` wheel's metadata in a venv, rclpy's package.xml in a ROS install."""
+    from importlib import metadata
+
+    for dist in ("ros-rclpy", "rclpy"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        with open(os.path.join(get_package_share_directory("rclpy"), "package.xml")) as f:
+            found = re.search(r"<version>\s*([^<\s]+)\s*</version>", f.read())
+        return found.group(1) if found else None
+    except Exception:  # no ament index, or no rclpy in it
+        return None
+
+
+def ros_distro() -> str:
+    """The distro of the rclpy installed here, told by its version (a venv sets no ROS_DISTRO); else ROS_DISTRO (a
+    sourced ROS install); else "unknown"."""
+    version = rclpy_version() or ""
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else None
+    return DISTRO_BY_RCLPY_MAJOR.get(major) or os.environ.get("ROS_DISTRO") or "unknown"
+
+
+def header() -> str:
+    env = os.path.relpath(sys.prefix) if sys.prefix != sys.base_prefix else sys.prefix
+    return f"== ROS 2 {ros_distro()}: rclpy {rclpy_version() or 'unknown'}, Python {sys.version.split()[0]} ({env}) =="
+
+
+def try_shutdown(context=None) -> None:
+    """``rclpy.try_shutdown`` that also hands SIGINT and SIGTERM back to the process, on every rclpy.
+
+    rclpy 9 (Kilted) try_shutdown uninstalls rclpy's signal handlers when it shuts the default context down, as
+    ``rclpy.shutdown`` does everywhere. rclpy 7 (Jazzy) and 3 (Humble) try_shutdown leave them installed, and from
+    then on a SIGTERM is swallowed: a process manager stopping a node that is still tearing down, or a CI timeout
+    stopping the test process, is ignored instead of ending it. A non-default context keeps the handlers (both).
+    """
+    import inspect
+
+    import rclpy
+    from rclpy.signals import uninstall_signal_handlers
+    from rclpy.utilities import get_default_context
+
+    rclpy.try_shutdown(context=context)
+    kilted_or_newer = "uninstall_handlers" in inspect.signature(rclpy.try_shutdown).parameters  # rclpy >= 9
+    if not kilted_or_newer and (context is None or context is get_default_context()):
+        uninstall_signal_handlers()
+
+
+if __name__ == "__main__":
+    print(header(), flush=True)
