@@ -96,3 +96,19 @@ def test_runtime_changes_are_validated_then_applied(make_node):
     assert node.set_parameters([Parameter("prompt", value="pick")])[0].successful
     assert applied == [{"blend": 1.0}, {"prompt": "pick"}]
     assert node.get_parameter("prompt").value == "pick"
+
+
+def test_without_a_post_set_callback_changes_apply_after_validation(make_node, monkeypatch):
+    """rclpy 3 (Humble) has no post-set callback: the validated change is applied at the end of on-set."""
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros import ros_compat
+
+    monkeypatch.setattr(ros_compat, "register_post_set_callback", lambda node, callback: False)
+    node = make_node()
+    declare_parameters(node, SPEC)
+    applied = []
+    on_parameters_set(node, SPEC, applied.append)
+    assert not node.set_parameters([Parameter("blend", value=11.0)])[0].successful
+    assert node.set_parameters([Parameter("blend", value=2.0)])[0].successful
+    assert applied == [{"blend": 2.0}]

@@ -118,7 +118,7 @@ def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict
     """
     from rcl_interfaces.msg import SetParametersResult
 
-    has_post_set = hasattr(node, "add_post_set_parameters_callback")
+    from .ros_compat import register_post_set_callback
 
     def validated(params: Sequence) -> Tuple[Optional[str], Dict[str, Any]]:
         changes = {}
@@ -131,14 +131,16 @@ def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict
                 return str(e), {}
         return None, changes
 
+    post_set = []  # [True] once a post-set callback is registered
+
     def on_set(params) -> SetParametersResult:
         error, changes = validated(params)
         if error:
             return SetParametersResult(successful=False, reason=error)
-        if not has_post_set and changes:
+        if not post_set and changes:
             apply(changes)
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(on_set)
-    if has_post_set:
-        node.add_post_set_parameters_callback(lambda params: apply(validated(params)[1]))
+    if register_post_set_callback(node, lambda params: apply(validated(params)[1])):
+        post_set.append(True)

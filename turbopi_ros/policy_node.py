@@ -19,10 +19,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-try:  # rclpy 4+ (Iron, Jazzy, Kilted)
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # rclpy 3 (Humble)
-    from rclpy.qos_event import SubscriptionEventCallbacks
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
@@ -36,6 +32,7 @@ from .policy.chunking import ChunkSchedule
 from .policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, camera_slots
 from .problems import ProblemLog
 from .rates import EventRate
+from .ros_compat import subscription_event_callbacks
 
 PARAMETERS: Dict[str, Param] = {
     "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
@@ -142,7 +139,7 @@ class TurbopiNode(Node):
         # not log the expected mismatch with plain publishers (the volatile one receives those).
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "~/prompt", self._on_prompt, latched,
-                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None))
+                                 event_callbacks=subscription_event_callbacks(incompatible_qos=lambda event: None))
         self.create_subscription(String, "~/prompt", self._on_prompt,
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                             durability=DurabilityPolicy.VOLATILE))

@@ -71,5 +71,26 @@ def try_shutdown(context=None) -> None:
         uninstall_signal_handlers()
 
 
+def subscription_event_callbacks(**callbacks):
+    """rclpy's SubscriptionEventCallbacks: in rclpy.event_handler from rclpy 4 (Iron, Jazzy 7, Kilted 9; the old
+    rclpy.qos_event warns there), in rclpy.qos_event in rclpy 3 (Humble)."""
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:
+        from rclpy.qos_event import SubscriptionEventCallbacks
+    return SubscriptionEventCallbacks(**callbacks)
+
+
+def register_post_set_callback(node, callback) -> bool:
+    """Register ``callback`` to run after parameters are set: rclpy 4+ (Iron, Jazzy 7, Kilted 9) have
+    Node.add_post_set_parameters_callback; rclpy 3 (Humble) has none. Returns False there: the caller then applies
+    changes at the end of its add_on_set_parameters_callback instead."""
+    register = getattr(node, "add_post_set_parameters_callback", None)
+    if register is None:
+        return False
+    register(callback)
+    return True
+
+
 if __name__ == "__main__":
     print(header(), flush=True)
