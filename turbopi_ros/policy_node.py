@@ -30,6 +30,8 @@ from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from .parameters import Param, declare_parameters, on_parameters_set
 from .policy.chunking import ChunkSchedule
 from .policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, camera_slots
+from .policy.rtc import PreviousChunk
+from .model.rtc import DEFAULT_MAX_GUIDANCE
 from .problems import ProblemLog
 from .rates import EventRate
 from .ros_compat import subscription_event_callbacks
@@ -71,6 +73,10 @@ PARAMETERS: Dict[str, Param] = {
                                 runtime=True, min=0.0, max=3600.0),
     "blend_s": Param(0.1, "seconds over which a new chunk takes over from the old one", runtime=True, min=0.0,
                      max=10.0),
+    "rtc.enabled": Param(False, "real-time chunking: guide each denoise towards the chunk being executed",
+                         runtime=True),
+    "rtc.max_guidance": Param(DEFAULT_MAX_GUIDANCE, "real-time chunking's guidance clip (the paper's beta)",
+                              runtime=True, min=0.01, max=100.0),
     "max_observation_age_s": Param(0.5, "inputs older than this are stale: no inference on them", min=0.001,
                                    max=3600.0),
     "on_stale": Param("stop", "when inputs go stale or inference fails: stop the commands or hold the last one",
@@ -92,6 +98,7 @@ class TurbopiNode(Node):
         self.command_rate_hz = float(p["command_rate_hz"])
         self.inference_period_s = float(p["inference_period_s"])
         self.hold_on_stale = p["on_stale"] == "hold"
+        self.rtc_enabled, self.rtc_max_guidance = bool(p["rtc.enabled"]), float(p["rtc.max_guidance"])
         if int(p["model.num_threads"]) > 0:
             import torch
 
@@ -121,6 +128,7 @@ class TurbopiNode(Node):
         self._chunk_count = 0
         self._ages: Dict[str, float] = {}
         self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency")}
+        self._guidance_errors: list = []  # real-time chunking: the new chunks' first-d distance to their target
         self._chunk_times, self._command_times = EventRate(20), EventRate(200)
         self._joint_times = EventRate(100)  # on the node's clock: the command timer runs on it
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
@@ -225,6 +233,10 @@ class TurbopiNode(Node):
         if "inference_period_s" in changes:
             self.inference_period_s = float(changes["inference_period_s"])
             self._new_data.set()
+        if "rtc.enabled" in changes:
+            self.rtc_enabled = bool(changes["rtc.enabled"])
+        if "rtc.max_guidance" in changes:
+            self.rtc_max_guidance = float(changes["rtc.max_guidance"])
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
@@ -274,7 +286,8 @@ class TurbopiNode(Node):
                 now = self.now()
                 with self._lock:
                     self._ages = self.inputs.ages(snapshot, now)
-                chunk = self._infer(self.inputs.observation(snapshot, prompt, now))
+                obs = self.inputs.observation(snapshot, prompt, now)
+                chunk = self._infer(obs, **self._guidance(obs.stamp))
             except WaitingForInput as e:
                 self._fail(str(e), waiting=True)
                 self._stop.wait(0.05)
@@ -292,6 +305,21 @@ class TurbopiNode(Node):
                 self._publish_chunk(chunk)
             self._new_data.set()  # run again on the newest data as soon as it differs
 
+    def _guidance(self, stamp: float) -> Dict[str, object]:
+        """Real-time chunking's arguments for an observation at ``stamp`` (none when it is off or nothing is being
+        executed): the chunk being executed is the target; d = actions that will have been executed from it before
+        the new chunk can take over (the worst of the last 5 observation-to-chunk latencies, in actions, rounded
+        up); s = actions between the two observations (where the target's overlap ends)."""
+        current = self.schedule.current if self.rtc_enabled else None
+        if current is None or current.end <= stamp:
+            return {}
+        with self._lock:
+            recent = self._stage_ms["latency"][-5:]
+        delay = math.ceil(max(recent) * 1e-3 * self.rate_hz) if recent else 0
+        shift = max(int(round((stamp - current.stamp) * self.rate_hz)), 0)
+        return {"previous": PreviousChunk(current.actions, current.stamp, self.rate_hz), "delay_steps": delay,
+                "execution_horizon": shift, "max_guidance": self.rtc_max_guidance}
+
     def _publish_chunk(self, chunk) -> None:
         now = self.now()
         self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
@@ -305,6 +333,8 @@ class TurbopiNode(Node):
             self._chunk_count += 1
             for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp).items():
                 self._stage_ms[stage] = (self._stage_ms[stage] + [seconds * 1e3])[-20:]
+            if chunk.guidance_error is not None:
+                self._guidance_errors = (self._guidance_errors + [chunk.guidance_error])[-20:]
         self._chunk_times.add(time.monotonic())
 
     def _fail(self, message: str, waiting: bool = False) -> None:
@@ -360,6 +390,9 @@ class TurbopiNode(Node):
         stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
         stats["command_period_target_ms"] = self._command_timer.timer_period_ns * 1e-6
         stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
+        with self._lock:
+            if self.rtc_enabled and self._guidance_errors:
+                stats["rtc_guidance_error"] = float(np.median(self._guidance_errors))
         return stats
 
     def _publish_diagnostics(self) -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .gemma import Gemma, Modulation, maskless_attention, rope_tables
+from .gemma import Attend, Gemma, Modulation, maskless_attention, rope_tables
 from .siglip import Projector, SiglipVision
 
 
@@ -270,17 +270,26 @@ class PI0Model(nn.Module):
         return self.action_time_mlp_out(F.silu(F.linear(a, sc.action_weight) + sc.action_time_bias))
 
     def velocity(self, cache: PrefixCache, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
-        """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask."""
-        h = self.embed_actions(x_t, sc).to(self.dtype)
+        """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask (the action
+        tokens' K/V are written into the cache's tail)."""
         n = cache.num_cached
-        for li, layer in enumerate(self.expert.layers):
-            def attend(q, k, v, li=li):
+
+        def attention(li: int) -> Attend:
+            def attend(q, k, v):
                 cache.keys[li, :, :, n:] = k.transpose(1, 2)
                 cache.values[li, :, :, n:] = v.transpose(1, 2)
                 return maskless_attention(q, cache.keys[li], cache.values[li])
+            return attend
 
+        return self.expert_velocity(x_t, sc, cache.cos, cache.sin, attention)
+
+    def expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
+                        attention: Callable[[int], Attend]) -> torch.Tensor:
+        """The action expert from x_t to v, with layer li attending through ``attention(li)``."""
+        h = self.embed_actions(x_t, sc).to(self.dtype)
+        for li, layer in enumerate(self.expert.layers):
             mods = sc.layer_mods[li] if sc.layer_mods is not None else (None, None)
-            h = layer(h, cache.cos, cache.sin, attend, mods)
+            h = layer(h, cos, sin, attention(li), mods)
         h, _ = self.expert.norm(h, sc.final_mod)
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 

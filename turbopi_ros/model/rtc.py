@@ -96,17 +96,14 @@ def differentiable_velocity(model: PI0Model, prefix: ConstantPrefix, x_t: torch.
                             sc: StepConditioning) -> torch.Tensor:
     """PI0Model.velocity without the in-place cache write: each layer's action K/V are concatenated to the constant
     prefix, so autograd can go back through every layer to x_t. Same SDPA inputs as the plain step."""
-    h = model.embed_actions(x_t, sc).to(model.dtype)
-    for li, layer in enumerate(model.expert.layers):
-        def attend(q, k, v, li=li):
+    def attention(li: int):
+        def attend(q, k, v):
             keys = torch.cat([prefix.keys[li], k.transpose(1, 2)], dim=2)
             values = torch.cat([prefix.values[li], v.transpose(1, 2)], dim=2)
             return maskless_attention(q, keys, values)
+        return attend
 
-        mods = sc.layer_mods[li] if sc.layer_mods is not None else (None, None)
-        h = layer(h, prefix.cos, prefix.sin, attend, mods)
-    h, _ = model.expert.norm(h, sc.final_mod)
-    return model.action_out_proj(h.to(model.action_out_proj.weight.dtype)).float()
+    return model.expert_velocity(x_t, sc, prefix.cos, prefix.sin, attention)
 
 
 def guided_denoise(model: PI0Model, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance,

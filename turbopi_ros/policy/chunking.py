@@ -73,6 +73,12 @@ class ChunkSchedule:
         with self._lock:
             return self._current is not None
 
+    @property
+    def current(self) -> Optional[Chunk]:
+        """The chunk being executed (the newest one set), or None after clear()."""
+        with self._lock:
+            return self._current
+
     def command(self, now: float) -> Optional[np.ndarray]:
         with self._lock:
             if self._current is None:
