@@ -33,6 +33,7 @@ setup(
             "turbopi-verify = turbopi_ros.verify:main",
             "turbopi-bench = turbopi_ros.bench:main",
             "turbopi-demo = turbopi_ros.demo:main",
+            "turbopi-exec-bench = turbopi_ros.execution_bench:main",
         ],
     },
 )

@@ -1,0 +1,63 @@
+"""Real-time chunking through the node: with rtc.enabled each new chunk starts where the chunk being executed would
+have been at the same times (its first actions are guided onto it); switched off at run time, consecutive chunks of
+the tiny random model disagree from their first action on. /diagnostics reports the guidance error."""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import node_session, status_values, wait_for  # noqa: E402
+
+from turbopi_ros.policy.chunking import Chunk  # noqa: E402
+
+RATE = 50.0
+FIRST = 3  # actions compared: fewer than the d the node uses (its latency in actions is larger than 3 here)
+
+
+def _chunks(feeder, t0):
+    chunks = []
+    for _, msg in feeder.since(feeder.chunks, t0):
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        chunks.append(Chunk(np.array([p.positions for p in msg.points]), stamp, RATE))
+    return chunks
+
+
+def _first_errors(chunks):
+    """RMS distance between each chunk's first actions and its predecessor at the same times."""
+    errors = []
+    for prev, new in zip(chunks, chunks[1:]):
+        diffs = [new.actions[k] - prev.at(new.stamp + (k + 1) / RATE) for k in range(FIRST)
+                 if prev.at(new.stamp + (k + 1) / RATE) is not None]
+        if diffs:
+            errors.append(float(np.sqrt(np.mean(np.square(diffs)))))
+    return np.array(errors)
+
+
+def _set(feeder, name, value):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = feeder.create_client(SetParameters, "/turbopi_node/set_parameters")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+    assert wait_for(future.done, timeout=5)
+    assert future.result().results[0].successful, future.result().results[0].reason
+
+
+def test_rtc_keeps_consecutive_chunks_consistent_and_can_be_switched_at_run_time(tmp_path):
+    with node_session(tmp_path, min_chunks=2, overrides={"rtc.enabled": "true", "blend_s": 0.0}) as (feeder, node):
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 8, timeout=60), node.log()[-2000:]
+        guided = _first_errors(_chunks(feeder, t0))
+        assert wait_for(lambda: "rtc_guidance_error" in status_values(feeder.latest_status()), timeout=5)
+        assert float(status_values(feeder.latest_status())["rtc_guidance_error"]) < 0.1
+
+        _set(feeder, "rtc.enabled", False)
+        t1 = time.monotonic() + 0.5  # a guided inference in flight may still land
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t1)) >= 8, timeout=60), node.log()[-2000:]
+        plain = _first_errors(_chunks(feeder, t1))
+    assert len(guided) >= 5 and len(plain) >= 5
+    print(f"first {FIRST} actions, median RMS to the previous chunk: rtc {np.median(guided):.4f}, off {np.median(plain):.4f}")
+    assert np.median(guided) * 3 < np.median(plain), (np.median(guided), np.median(plain))
