@@ -158,7 +158,12 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._record(self.commands), 50)
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
             self.create_timer(1 / 10.0, self._publish_images)
-            self.create_timer(1 / joint_rate_hz, self._publish_joints)
+            # Joint states from their own thread at absolute deadlines: an executor timer in this busy process (it
+            # also takes every command and chunk) falls behind at a few hundred Hz.
+            self.joint_period = 1.0 / joint_rate_hz / (sim_clock[1] if sim_clock else 1.0)  # joint_rate_hz on its clock
+            self.running = True
+            self.joint_thread = threading.Thread(target=self._joint_loop, daemon=True)
+            self.joint_thread.start()
 
         def sim_now(self) -> float:
             return self.sim_start + self.sim_rate * (time.monotonic() - self.wall_start)
@@ -200,6 +205,25 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                         msg.data = bytes(msg.data)[:-int(self.faults[f"{name}_truncate"])]
                 msg.header.stamp = self._stamp(name)
                 pub.publish(msg)
+
+        def _joint_loop(self):
+            next_t = time.monotonic()
+            while self.running:
+                next_t += self.joint_period
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -10 * self.joint_period:
+                    next_t = time.monotonic()  # far behind (a stall): restart the grid rather than burst
+                try:
+                    self._publish_joints()
+                except Exception:  # noqa: BLE001 - the node is being destroyed
+                    return
+
+        def destroy_node(self):
+            self.running = False
+            self.joint_thread.join(timeout=5)
+            super().destroy_node()
 
         def _publish_joints(self):
             names = list(self.params["state.joints"]) + ["conveyor"]

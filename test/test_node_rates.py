@@ -26,14 +26,19 @@ def _diag(feeder, key: str) -> float:
     return float(status_values(feeder.latest_status())[key])
 
 
-@pytest.mark.parametrize("joint_rate_hz", [100.0, 500.0])
-def test_commands_follow_the_measured_joint_states_rate(tmp_path, joint_rate_hz):
+@pytest.mark.parametrize("joint_rate_hz, received_tolerance", [(100.0, 0.05), (500.0, 0.10)])
+def test_commands_follow_the_measured_joint_states_rate(tmp_path, joint_rate_hz, received_tolerance):
+    """The node publishes at the joint_states rate within 5 % (its own count, on /diagnostics). What this test
+    process receives is checked too: within 5 % at 100 Hz; at 500 Hz its Python executor, which also publishes the
+    joint states and takes chunks, drops some of 500 messages/s on a loaded 2-core machine, hence 10 %."""
     with node_session(tmp_path, min_chunks=2, joint_rate_hz=joint_rate_hz, overrides={"command_rate_hz": 0.0}) as (
             feeder, node):
         time.sleep(2.5)  # the command timer follows the measured rate within the next 1 s housekeeping tick
-        rate = _command_rate(feeder)
-        assert rate == pytest.approx(joint_rate_hz, rel=0.05), node.log()[-2000:]
+        received = _command_rate(feeder)
         assert _diag(feeder, "joint_states_rate_hz") == pytest.approx(joint_rate_hz, rel=0.05)
+        assert _diag(feeder, "command_period_target_ms") == pytest.approx(1e3 / joint_rate_hz, rel=0.05)
+        assert _diag(feeder, "command_rate_hz") == pytest.approx(joint_rate_hz, rel=0.05), node.log()[-2000:]
+        assert received == pytest.approx(joint_rate_hz, rel=received_tolerance), node.log()[-2000:]
         # chunks keep the model's action rate whatever the command rate
         _, chunk = feeder.since(feeder.chunks, 0.0)[-1]
         assert np.allclose(np.diff(trajectory_times(chunk)), 1.0 / 50.0)

@@ -156,7 +156,16 @@ class TurbopiNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         on_parameters_set(self, PARAMETERS, self._apply_parameters)
-        self._command_timer = self.create_timer(1.0 / (self.command_rate_hz or self.rate_hz), self._on_command_tick)
+        # The command stream: in real time, a thread of its own at absolute deadlines (an executor timer that also
+        # serves every joint state and camera callback falls behind at a few hundred Hz, and rcl drops the ticks it
+        # missed); under use_sim_time, a timer on the ROS clock (simulated time has no wall-clock deadlines).
+        self._command_period = 1.0 / (self.command_rate_hz or self.rate_hz)
+        self._command_timer = None
+        self._command_thread = None
+        if self.get_parameter("use_sim_time").value:
+            self._command_timer = self.create_timer(self._command_period, self._on_command_tick)
+        else:
+            self._command_thread = threading.Thread(target=self._command_loop, name="turbopi_commands", daemon=True)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
@@ -169,8 +178,10 @@ class TurbopiNode(Node):
             f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
 
     def start(self) -> None:
-        """Start the inference worker (spin.py calls this once the node is whole)."""
+        """Start the inference worker and the command stream (spin.py calls this once the node is whole)."""
         self._worker.start()
+        if self._command_thread is not None:
+            self._command_thread.start()
 
     @staticmethod
     def _check_lengths(p) -> None:
@@ -347,6 +358,27 @@ class TurbopiNode(Node):
         self._new_data.set()
 
     # --- the command stream -----------------------------------------------------------------------------------------
+    def _command_loop(self) -> None:
+        """Commands at absolute deadlines on the monotonic clock; a stall of over two periods restarts the grid
+        instead of sending a burst of late commands."""
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            period = self._command_period
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                if self._stop.wait(delay):
+                    return
+            elif delay < -2 * period:
+                deadline = time.monotonic()
+            try:
+                self._on_command_tick()
+            except Exception as e:  # noqa: BLE001 - the stream must outlive any bug; shutting down ends it
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                self.get_logger().error(f"command stream: {type(e).__name__}: {e}")
+                self._stop.wait(0.1)
+
     def _on_command_tick(self) -> None:
         if not self._enabled:
             return
@@ -377,9 +409,11 @@ class TurbopiNode(Node):
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _on_housekeeping(self) -> None:
-        period_ns = int(round(self._command_period_s() * 1e9))
-        if abs(period_ns - self._command_timer.timer_period_ns) > 0.01 * period_ns:
-            self._command_timer.timer_period_ns = period_ns
+        period = self._command_period_s()
+        if abs(period - self._command_period) > 0.01 * period:  # follow the measured rate (1 % hysteresis)
+            self._command_period = period
+            if self._command_timer is not None:
+                self._command_timer.timer_period_ns = int(round(period * 1e9))
         self._publish_diagnostics()
 
     def _stats(self) -> Dict[str, float]:
@@ -388,7 +422,7 @@ class TurbopiNode(Node):
             stats = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
         stats["chunk_rate_hz"] = self._chunk_times.rate(mono, idle_s=2.0)
         stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
-        stats["command_period_target_ms"] = self._command_timer.timer_period_ns * 1e-6
+        stats["command_period_target_ms"] = self._command_period * 1e3
         stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
         with self._lock:
             if self.rtc_enabled and self._guidance_errors:
@@ -445,6 +479,8 @@ class TurbopiNode(Node):
             self._new_data.set()
             self._worker.join(timeout=join_timeout_s)
             stopped = not self._worker.is_alive()
+            if self._command_thread is not None:
+                self._command_thread.join(timeout=1.0)
         if getattr(self, "_log_handler", None) is not None:
             _stop_forwarding(self._log_handler)
         super().destroy_node()
