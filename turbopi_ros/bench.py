@@ -11,7 +11,10 @@ inside real denoise runs (what a denoise pays, caches as the layers leave them) 
 captured inputs of one denoise (the attention kernels alone); (c) fast vs reference end to end with the max abs
 difference of their actions from the same run; (d) the machine, with its load average; with --profile N, (e) the N
 ops with the most self time in one fast and one reference denoise (torch.profiler); (f) the fast denoise with each
-optimization undone, one at a time and all together (ablation.py). --json FILE writes it all.
+optimization undone, one at a time and all together (ablation.py); (g) each stage's and the end-to-end achieved GFLOP/s
+(FLOPs from costmodel.py) and their fraction of this machine's matmul rate measured in the same run (the ceiling
+probe of (b)). --json FILE writes it all. --roofline prints the cost model's FLOPs and bytes per stage and the roofline
+lower bounds on the devices of costmodel.DEVICES for the same setup, without running anything.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
 gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
@@ -30,6 +33,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
@@ -268,6 +272,22 @@ def attention_flops(calls: int, batch: int, heads: int, queries: int, keys: int,
     return 4.0 * calls * batch * heads * queries * keys * head_dim
 
 
+def efficiency(costs: Dict[str, "costmodel.Cost"], stages: Dict[str, Dict[str, float]],
+               matmul_gflops: float) -> Dict[str, object]:
+    """(g) every fast stage and the end-to-end time against the work it did: the cost model's matrix FLOPs (matmuls
+    and attention products, what a matmul unit runs) over the stage's median time, and that rate as a fraction of the
+    matmul rate this machine reached in the same run (the ceiling probe of the attention table)."""
+    rows = {}
+    for stage, cost in costs.items():
+        ms = stages[stage]["median_ms"]
+        gflops = cost.tensor_flops / ms / 1e6
+        rows[stage] = {"gflop": cost.tensor_flops / 1e9, "elementwise_gflop": cost.elementwise_flops / 1e9,
+                       "mbytes": cost.bytes / 1e6, "median_ms": ms, "gflops": gflops,
+                       "fraction_of_matmul_rate": gflops / matmul_gflops,
+                       "at_matmul_rate_ms": cost.tensor_flops / matmul_gflops / 1e6}
+    return {"matmul_rate_gflops": matmul_gflops, "stages": rows}
+
+
 def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, Dict[str, float]]:
     """(f) the fast denoise with each optimization undone (ablation.REVERSALS), then all of them, interleaved with
     the fast denoise itself: median / p90, the slowdown against the fast denoise, the max abs difference of the
@@ -323,6 +343,12 @@ def profile_ops(fn: Callable[[], object], device: torch.device, top: int) -> Dic
     return {"clock": "device" if cuda else "cpu", "total_ms": total / 1e3,
             "ops": [{"name": e.key, "self_ms": self_us(e) / 1e3, "calls": e.count, "share": self_us(e) / total}
                     for e in events[:top]]}
+
+
+def workload(args, config) -> "costmodel.Workload":
+    """The cost model's view of this run (bench inputs: batch 1, one prompt of --prompt-len valid tokens)."""
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+    return costmodel.Workload(config, args.views, args.prompt_len, args.steps, batch=1, dtype=dtype)
 
 
 def run(args) -> Dict[str, object]:
@@ -387,6 +413,9 @@ def run(args) -> Dict[str, object]:
     # the denoise ratio if the fast path's attention cost nothing, from the in-denoise runs of table (b)
     result["fast_vs_reference"]["denoise_speedup_if_attention_were_free"] = (
         att[EAGER]["denoise_median_ms"] / (att[FAST]["denoise_median_ms"] - att[FAST]["median_ms"]))
+    costs = costmodel.workload_cost(workload(args, config))
+    result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
+    result["efficiency"] = efficiency(costs, result["stages_fast"], result["attention"]["matmul_probe"]["gflops"])
     result["ablation"] = ablation_table(model, cache, noise, timer, steps)
     if args.profile:
         with torch.inference_mode():
@@ -442,6 +471,14 @@ def report(r: Dict[str, object]) -> str:
     for name, row in r["ablation"].items():
         lines.append(f"    {name:<43} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} {row['slowdown']:8.3f}x "
                      f"{row['max_abs_diff']:13.2e} {row['ops']:6d}")
+    e = r["efficiency"]
+    lines += ["", f"(g) achieved rate vs this machine's matmul rate ({e['matmul_rate_gflops']:.1f} GFLOP/s, the (b) probe, "
+                  "same run); FLOPs: the cost model's matmuls + attention products (turbopi_ros/costmodel.py)",
+              f"    {'fast stage':<14} {'GFLOP':>9} {'median ms':>10} {'GFLOP/s':>9} {'of matmul rate':>15} "
+              f"{'at that rate, ms':>17}"]
+    for stage, row in e["stages"].items():
+        lines.append(f"    {stage:<14} {row['gflop']:9.3f} {row['median_ms']:10.2f} {row['gflops']:9.1f} "
+                     f"{row['fraction_of_matmul_rate']:14.0%} {row['at_matmul_rate_ms']:17.2f}")
     for name, prof in r.get("profile", {}).items():
         lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
@@ -472,7 +509,18 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one fast and one reference denoise (torch.profiler) and print the top N ops")
     p.add_argument("--json", default=None, help="write all results to this file")
+    p.add_argument("--roofline", action="store_true",
+                   help="print the cost model (FLOPs and bytes per stage) and the roofline lower bounds on the devices "
+                        "of turbopi_ros/costmodel.py for this setup, and exit (runs nothing)")
     args = p.parse_args(argv)
+    if args.roofline:
+        try:
+            w = workload(args, load_config(args.config or args.preset))
+        except ValueError as e:
+            print(f"turbopi-bench: {e}", file=sys.stderr)
+            return 2
+        print(costmodel.cost_table(w) + "\n\n" + costmodel.roofline_table(w))
+        return 0
     threads = torch.get_num_threads()
     try:
         result = run(args)
