@@ -109,7 +109,11 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     assert "(f) each optimization undone" in text and "all five undone" in text
     # (g): each fast stage and the end-to-end time against the cost model's FLOPs and the probe's matmul rate
     e = r["efficiency"]
-    assert e["matmul_rate_gflops"] == probe["gflops"] and set(e["stages"]) == set(r["stages_fast"])
+    sp = r["matmul_probe"]  # the same probe, timed with the stages
+    assert sp["shape"] == probe["shape"] and sp["calls"] == probe["calls"]
+    assert sp["gflops"] == pytest.approx(8 * 2 * 50 * 64 * 128 / sp["median_ms"] / 1e6)
+    assert e["matmul_rate_gflops"] == sp["gflops"] and set(e["stages"]) == set(r["stages_fast"])
+    probe = sp
     costs = costmodel.workload_cost(costmodel.Workload(load_config("tiny_pi05"), 2, 7, 2, dtype="float32"))
     for stage, row in e["stages"].items():
         assert row["gflop"] == pytest.approx(costs[stage].tensor_flops / 1e9)

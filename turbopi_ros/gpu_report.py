@@ -184,18 +184,22 @@ class Run:
                 fns["total graph"] = lambda: graph(model.encode(images, masks, tokens, token_mask, state), noise,
                                                    steps)
             times = timer(fns)
+            # peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs)
+            # plus the run's own peak
             reset_peak(device)
             fast = model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-            out["peak_memory_gb"] = memory_gb(device)  # weights + one fast observation, eager
-            ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
-            parity = {"fast_bf16_vs_reference_fp32": max_abs(fast, ref32[views]),
-                      "reference_bf16_vs_reference_fp32": max_abs(ref, ref32[views]),
-                      "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
-                      "reference_fp32_max_abs": float(ref32[views].abs().max())}
+            out["peak_memory_gb"] = memory_gb(device)
+            parity = {}
             if graph is not None:
+                reset_peak(device)
                 graphed = graph(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+                out["peak_memory_gb_graph"] = memory_gb(device)
                 parity["graph_vs_eager"] = max_abs(graphed, fast)
-                out["peak_memory_gb_with_graph"] = memory_gb(device)
+            ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
+            parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32[views]),
+                           "reference_bf16_vs_reference_fp32": max_abs(ref, ref32[views]),
+                           "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
+                           "reference_fp32_max_abs": float(ref32[views].abs().max())})
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
         out["parity"] = parity
         if self.fits(f"{config.variant} {views} views attention table", 30 if not self.dry else 0):
@@ -360,11 +364,10 @@ class Run:
             f"{med('prefix_cache')}, denoise eager {med('denoise eager')} / graph {med('denoise graph')}, total eager "
             f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
             f"{med('reference total')}")
-        mem = b.get("peak_memory_gb")
         say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
             f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
-            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')}; peak memory "
-            + (f"{mem:.2f} GB" if mem is not None else "n/a (CPU)"))
+            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')}; peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+            f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
         for name, e in b["efficiency"].items():
             pub = e["bound_published_ms"]
             say(f"    {name:<14} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
