@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from engine_helpers import random_inputs, small_config
-from turbopi_ros import ablation, bench
+from turbopi_ros import ablation, bench, costmodel
 from turbopi_ros.model import reference
 from turbopi_ros.model.checkpoint import random_model
+from turbopi_ros.model.config import load_config
 from turbopi_ros.model.gemma import masked_eager_attention, maskless_attention
 
 VARIANTS = {bench.FAST, bench.SDPA_MASK, bench.EAGER}
@@ -106,6 +107,23 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     assert all(ab[name]["ops"] > base_ops for name in ablation.REVERSALS)
     assert ab[ablation.ALL_REVERSED]["ops"] > max(ab[name]["ops"] for name in ablation.REVERSALS)
     assert "(f) each optimization undone" in text and "all five undone" in text
+    # (g): each fast stage and the end-to-end time against the cost model's FLOPs and the probe's matmul rate
+    e = r["efficiency"]
+    sp = r["matmul_probe"]  # the same probe, timed with the stages
+    assert sp["shape"] == probe["shape"] and sp["calls"] == probe["calls"]
+    assert sp["gflops"] == pytest.approx(8 * 2 * 50 * 64 * 128 / sp["median_ms"] / 1e6)
+    assert e["matmul_rate_gflops"] == sp["gflops"] and set(e["stages"]) == set(r["stages_fast"])
+    probe = sp
+    costs = costmodel.workload_cost(costmodel.Workload(load_config("tiny_pi05"), 2, 7, 2, dtype="float32"))
+    for stage, row in e["stages"].items():
+        assert row["gflop"] == pytest.approx(costs[stage].tensor_flops / 1e9)
+        assert row["median_ms"] == r["stages_fast"][stage]["median_ms"]
+        assert row["gflops"] == pytest.approx(row["gflop"] / row["median_ms"] * 1e3)
+        assert row["fraction_of_matmul_rate"] == pytest.approx(row["gflops"] / probe["gflops"])
+        assert row["at_matmul_rate_ms"] == pytest.approx(row["gflop"] / probe["gflops"] * 1e3)
+        assert r["cost_model"][stage]["tensor_flops"] == costs[stage].tensor_flops
+    assert e["stages"]["total"]["gflop"] == pytest.approx(sum(e["stages"][s]["gflop"] for s in costmodel.STAGES))
+    assert "(g) achieved rate vs this machine's matmul rate" in text
     m = r["machine"]
     assert m["torch"] == torch.__version__ and m["torch_threads"] == 1
     assert set(m) >= {"cpu", "cpu_count", "cpu_flags", "gpu", "python", "load_avg_1min"}
@@ -135,3 +153,13 @@ def test_a_config_json_with_pi0s_state_token(tmp_path, capsys):
 def test_bad_arguments_are_reported():
     assert bench.main(["--preset", "tiny", "--prompt-len", "99", "--iters", "1"]) == 2
     assert bench.main(["--preset", "tiny", "--cuda-graph", "--iters", "1"]) == 2
+
+
+def test_roofline_prints_the_cost_model_and_the_bounds_without_running(capsys):
+    assert bench.main(["--preset", "pi05", "--views", "2", "--prompt-len", "80", "--dtype", "bfloat16",
+                       "--roofline"]) == 0
+    text = capsys.readouterr().out
+    w = costmodel.Workload(load_config("pi05"), 2, 80, 10, dtype="bfloat16")
+    assert text.strip() == (costmodel.cost_table(w) + "\n\n" + costmodel.roofline_table(w)).strip()
+    assert "Jetson AGX Thor" in text and "H100 SXM5" in text and "(vision/prefix/denoise)" in text
+    assert bench.main(["--preset", "pi0", "--prompt-len", "99", "--roofline"]) == 2

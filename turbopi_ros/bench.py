@@ -11,7 +11,10 @@ inside real denoise runs (what a denoise pays, caches as the layers leave them) 
 captured inputs of one denoise (the attention kernels alone); (c) fast vs reference end to end with the max abs
 difference of their actions from the same run; (d) the machine, with its load average; with --profile N, (e) the N
 ops with the most self time in one fast and one reference denoise (torch.profiler); (f) the fast denoise with each
-optimization undone, one at a time and all together (ablation.py). --json FILE writes it all.
+optimization undone, one at a time and all together (ablation.py); (g) each stage's and the end-to-end achieved GFLOP/s
+(FLOPs from costmodel.py) and their fraction of this machine's matmul rate measured in the same run (the ceiling
+probe of (b), also timed interleaved with the stages). --json FILE writes it all. --roofline prints the cost model's FLOPs and bytes per stage and the roofline
+lower bounds on the devices of costmodel.DEVICES for the same setup, without running anything.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
 gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
@@ -30,6 +33,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
@@ -137,6 +141,27 @@ def uncompiled(model):
     return replaced(model, "_compiled_velocity", None)
 
 
+def matmul_probe_for(model, batch: int, steps: int):
+    """This machine's matmul rate on the denoise's own MLP shape: the action tokens through up_proj, as many matmuls
+    as attention calls in one denoise. -> (fn, {"shape": [rows, in, out], "calls"}). Timed interleaved with what it is
+    compared with: the attention replays (the attention ceiling of (b)) and the stages (the efficiency of (g))."""
+    c = model.config
+    up = model.expert.layers[0].mlp.up_proj.weight
+    x = torch.randn((batch * c.action_horizon, up.shape[1]), device=up.device, dtype=up.dtype)
+    calls = c.expert.depth * steps
+
+    def probe():
+        for _ in range(calls):
+            F.linear(x, up)
+    return probe, {"shape": [int(x.shape[0]), int(up.shape[1]), int(up.shape[0])], "calls": calls}
+
+
+def probe_gflop(probe: Dict[str, object]) -> float:
+    """GFLOP/s of a timed probe: calls x 2 x rows x in x out over its median time."""
+    rows, d_in, d_out = probe["shape"]
+    return probe["calls"] * 2.0 * rows * d_in * d_out / probe["median_ms"] / 1e6
+
+
 def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
     """The depth x steps attention calls of one denoise, timed two ways, each interleaved across the three variants:
 
@@ -214,16 +239,9 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
         for args in args_list:
             fn(*args)
 
-    # The matmul rate this machine reaches on the denoise's own MLP shape (the action tokens through up_proj), as
-    # many matmuls as attention calls, timed with the replays: attention at that rate is the ceiling of the table.
-    up = model.expert.layers[0].mlp.up_proj.weight
+    # The matmul rate, timed with the replays: attention at that rate is the ceiling of the table.
     H = c.action_horizon
-    probe_x = torch.randn((noise.shape[0] * H, up.shape[1]), device=up.device, dtype=up.dtype)
-    probe_calls = c.expert.depth * steps
-
-    def matmul_probe():
-        for _ in range(probe_calls):
-            F.linear(probe_x, up)
+    matmul_probe, probe_info = matmul_probe_for(model, noise.shape[0], steps)
 
     with uncompiled(model), torch.inference_mode():
         timer({name: (lambda name=name: timed_run(name)) for name in variants})
@@ -250,15 +268,14 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
         for name, row in rows.items():
             row["speedup_vs_eager"] = base / row["median_ms"]
             row["gflops"] = flops[name] / row["median_ms"] / 1e6
-    probe = summary(times_replay[MATMUL_PROBE])
-    probe_gflops = probe_calls * 2.0 * probe_x.shape[0] * up.shape[0] * up.shape[1] / probe["median_ms"] / 1e6
-    at_matmul_rate_ms = flops[FAST] / probe_gflops / 1e6
+    probe = dict(probe_info, **summary(times_replay[MATMUL_PROBE]))
+    probe["gflops"] = probe_gflop(probe)
+    at_matmul_rate_ms = flops[FAST] / probe["gflops"] / 1e6
     return {"calls": calls, "queries_fast": H, "keys_fast": cache.num_cached + H,
             "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls,
             "gflop_fast": flops[FAST] / 1e9, "gflop_openpi": flops[EAGER] / 1e9,
             "in_denoise": in_denoise, "replayed": replayed,
-            "matmul_probe": {"shape": [int(probe_x.shape[0]), int(up.shape[1]), int(up.shape[0])], "calls": probe_calls,
-                             "gflops": probe_gflops, **probe},
+            "matmul_probe": probe,
             "fast_at_matmul_rate_ms": at_matmul_rate_ms,
             "ceiling_vs_eager_replayed": replayed[EAGER]["median_ms"] / at_matmul_rate_ms}
 
@@ -266,6 +283,23 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
 def attention_flops(calls: int, batch: int, heads: int, queries: int, keys: int, head_dim: int) -> float:
     """QK^T and PV of every call: 2 matmuls x 2 flops per multiply-add."""
     return 4.0 * calls * batch * heads * queries * keys * head_dim
+
+
+def efficiency(costs: Dict[str, "costmodel.Cost"], stages: Dict[str, Dict[str, float]],
+               matmul_gflops: float) -> Dict[str, object]:
+    """(g) every fast stage and the end-to-end time against the work it did: the cost model's matrix FLOPs (matmuls
+    and attention products, what a matmul unit runs) over the stage's median time, and that rate as a fraction of the
+    matmul rate this machine reached in the same run (the probe of the attention ceiling, timed interleaved with the
+    stages: on a shared machine a rate measured at another moment is not comparable)."""
+    rows = {}
+    for stage, cost in costs.items():
+        ms = stages[stage]["median_ms"]
+        gflops = cost.tensor_flops / ms / 1e6
+        rows[stage] = {"gflop": cost.tensor_flops / 1e9, "elementwise_gflop": cost.elementwise_flops / 1e9,
+                       "mbytes": cost.bytes / 1e6, "median_ms": ms, "gflops": gflops,
+                       "fraction_of_matmul_rate": gflops / matmul_gflops,
+                       "at_matmul_rate_ms": cost.tensor_flops / matmul_gflops / 1e6}
+    return {"matmul_rate_gflops": matmul_gflops, "stages": rows}
 
 
 def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, Dict[str, float]]:
@@ -325,6 +359,12 @@ def profile_ops(fn: Callable[[], object], device: torch.device, top: int) -> Dic
                     for e in events[:top]]}
 
 
+def workload(args, config) -> "costmodel.Workload":
+    """The cost model's view of this run (bench inputs: batch 1, one prompt of --prompt-len valid tokens)."""
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+    return costmodel.Workload(config, args.views, args.prompt_len, args.steps, batch=1, dtype=dtype)
+
+
 def run(args) -> Dict[str, object]:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -350,6 +390,7 @@ def run(args) -> Dict[str, object]:
                   "max_token_len": config.max_token_len, "steps": steps, "iters": args.iters,
                   "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile)},
     }
+    probe, probe_info = matmul_probe_for(model, 1, steps)
     with torch.inference_mode():
         image_tokens = model.embed_images(images, masks)
         cache = model.build_cache(image_tokens, tokens, token_mask, state)
@@ -365,6 +406,7 @@ def run(args) -> Dict[str, object]:
             "reference denoise": lambda: reference_denoise(model, prefix_pad, past, state, noise, steps),
             "reference total": lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
                                                             num_steps=steps, path="reference"),
+            MATMUL_PROBE: probe,
         })
         a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
         a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
@@ -372,6 +414,8 @@ def run(args) -> Dict[str, object]:
     result["stages_fast"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items() if k.startswith("fast")}
     result["stages_reference"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
                                   if k.startswith("reference")}
+    result["matmul_probe"] = dict(probe_info, **summary(times[MATMUL_PROBE]))
+    result["matmul_probe"]["gflops"] = probe_gflop(result["matmul_probe"])
     result["cache"] = {"valid_prefix_tokens": cache.num_prefix, "cached_tokens": cache.num_cached,
                        "openpi_prefix_tokens": int(prefix_pad.shape[1])}
     result["attention"] = attention_table(model, cache, prefix_pad, past, state, noise, timer, steps)
@@ -387,6 +431,9 @@ def run(args) -> Dict[str, object]:
     # the denoise ratio if the fast path's attention cost nothing, from the in-denoise runs of table (b)
     result["fast_vs_reference"]["denoise_speedup_if_attention_were_free"] = (
         att[EAGER]["denoise_median_ms"] / (att[FAST]["denoise_median_ms"] - att[FAST]["median_ms"]))
+    costs = costmodel.workload_cost(workload(args, config))
+    result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
+    result["efficiency"] = efficiency(costs, result["stages_fast"], result["matmul_probe"]["gflops"])
     result["ablation"] = ablation_table(model, cache, noise, timer, steps)
     if args.profile:
         with torch.inference_mode():
@@ -442,6 +489,16 @@ def report(r: Dict[str, object]) -> str:
     for name, row in r["ablation"].items():
         lines.append(f"    {name:<43} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} {row['slowdown']:8.3f}x "
                      f"{row['max_abs_diff']:13.2e} {row['ops']:6d}")
+    e = r["efficiency"]
+    p = r["matmul_probe"]
+    lines += ["", f"(g) achieved rate vs this machine's matmul rate: {e['matmul_rate_gflops']:.1f} GFLOP/s on the "
+                  f"denoise's MLP shape {'x'.join(map(str, p['shape']))} (the probe of (b), timed interleaved with the "
+                  "stages of (a)); FLOPs: the cost model's matmuls + attention products (turbopi_ros/costmodel.py)",
+              f"    {'fast stage':<14} {'GFLOP':>9} {'median ms':>10} {'GFLOP/s':>9} {'of matmul rate':>15} "
+              f"{'at that rate, ms':>17}"]
+    for stage, row in e["stages"].items():
+        lines.append(f"    {stage:<14} {row['gflop']:9.3f} {row['median_ms']:10.2f} {row['gflops']:9.1f} "
+                     f"{row['fraction_of_matmul_rate']:14.0%} {row['at_matmul_rate_ms']:17.2f}")
     for name, prof in r.get("profile", {}).items():
         lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
@@ -472,7 +529,18 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one fast and one reference denoise (torch.profiler) and print the top N ops")
     p.add_argument("--json", default=None, help="write all results to this file")
+    p.add_argument("--roofline", action="store_true",
+                   help="print the cost model (FLOPs and bytes per stage) and the roofline lower bounds on the devices "
+                        "of turbopi_ros/costmodel.py for this setup, and exit (runs nothing)")
     args = p.parse_args(argv)
+    if args.roofline:
+        try:
+            w = workload(args, load_config(args.config or args.preset))
+        except ValueError as e:
+            print(f"turbopi-bench: {e}", file=sys.stderr)
+            return 2
+        print(costmodel.cost_table(w) + "\n\n" + costmodel.roofline_table(w))
+        return 0
     threads = torch.get_num_threads()
     try:
         result = run(args)

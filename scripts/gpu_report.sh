@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command for a GPU: full pi0 and pi0.5 (random weights, bfloat16), cameras 1-3, CUDA graph and torch.compile on/off,
+# stages, attention table, bf16-vs-fp32 parity, peak memory, efficiency against the cost model. Writes
+# docs/bench/gpu_<device>.{txt,json} and prints the rows for docs/performance.md (turbopi_ros/gpu_report.py).
+#   bash scripts/gpu_report.sh               # on a CUDA machine, about 5-8 minutes on an H100
+#   bash scripts/gpu_report.sh --dry-run     # the same flow on the CPU with the tiny presets (seconds)
+# Python: $PYTHON if set, else this repository's .venv, else python3. Nothing is installed: on a GPU machine torch
+# with CUDA is the user's (the venv's pinned torch is a CPU build); the report needs torch and numpy only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then
+  py=$PYTHON
+elif [ -x .venv/bin/python ]; then
+  py=.venv/bin/python
+else
+  py=python3
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec "$py" -m turbopi_ros.gpu_report "$@"

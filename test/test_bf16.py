@@ -1,0 +1,73 @@
+"""bfloat16 is the GPU default: its fast path is checked here, on the CPU, against the float32 reference.
+
+Same weights (random_model(dtype="bfloat16") is the float32 model rounded, norms and the small heads kept float32),
+same observations and noise, ten steps. Tolerance: 2e-2 absolute on actions of magnitude ~1 (std 1.1, max ~4.5).
+Measured on this project's CPU (docs/performance.md): bfloat16 moves the tiny pi0's actions by at most 6.1e-3 (mean
+1.7e-3) and the tiny pi0.5's by at most 3.7e-3 (mean 6.7e-4) - the same as it moves openpi's own formulation run in
+bfloat16 (6.4e-3 and 3.1e-3 on the first observation, where the fast path's are 6.0e-3 and 3.0e-3): the maskless fast
+path adds no error of its own in bfloat16.
+"""
+import pytest
+import torch
+
+from engine_helpers import random_inputs
+from turbopi_ros.model.checkpoint import random_model
+from turbopi_ros.model.config import load_config
+
+TOLERANCE = 2e-2
+OBSERVATIONS = [  # (seed, cameras present, valid prompt tokens)
+    (0, (True, True, True), 12),
+    (1, (True, False, True), 5),
+    (2, (False, True, False), 30),
+]
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_pi05"])
+def models(request):
+    config = load_config(request.param)
+    return request.param, random_model(config, seed=3), random_model(config, seed=3, dtype="bfloat16")
+
+
+@pytest.fixture
+def one_thread():
+    """bfloat16 matmuls are emulated on CPUs without avx512_bf16: one thread keeps them steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bfloat16_keeps_norms_and_heads_in_float32(models):
+    _, fp32, bf16 = models
+    assert bf16.dtype == torch.bfloat16 and bf16.expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    kept = [bf16.action_in_proj.weight, bf16.action_out_proj.weight, bf16.vision.embeddings.patch_embedding.weight]
+    kept.append(bf16.expert.layers[0].input_layernorm.dense.weight if bf16.config.is_pi05
+                else bf16.expert.layers[0].input_layernorm.weight)
+    assert all(p.dtype == torch.float32 for p in kept)
+    # the same weights, rounded
+    assert torch.equal(bf16.expert.layers[0].mlp.up_proj.weight, fp32.expert.layers[0].mlp.up_proj.weight.bfloat16())
+
+
+def test_bfloat16_fast_path_against_the_float32_reference(models, one_thread, capsys):
+    preset, fp32, bf16 = models
+    worst = mean = 0.0
+    for i, (seed, cameras, valid) in enumerate(OBSERVATIONS):
+        inputs = random_inputs(fp32.config, cameras=cameras, valid_tokens=(valid,), seed=seed)
+        with torch.inference_mode():
+            reference = fp32.sample_actions(*inputs[:5], noise=inputs[5], path="reference")
+            fast32 = fp32.sample_actions(*inputs[:5], noise=inputs[5])
+            fast16 = bf16.sample_actions(*inputs[:5], noise=inputs[5])
+            if i == 0:  # openpi's formulation in bfloat16 (slow on this CPU: one observation)
+                openpi16 = bf16.sample_actions(*inputs[:5], noise=inputs[5], path="reference")
+        assert fast16.dtype == torch.float32 and torch.isfinite(fast16).all()
+        assert float((fast32 - reference).abs().max()) <= 1e-5  # float32: exact up to rounding
+        diff = (fast16 - reference).abs()
+        worst, mean = max(worst, float(diff.max())), max(mean, float(diff.mean()))
+        if i == 0:
+            fast_first, openpi_first = float(diff.max()), float((openpi16 - reference).abs().max())
+    with capsys.disabled():
+        print(f"\n{preset}: bfloat16 moves the fast path's actions by at most {worst:.2e} (mean up to {mean:.2e}) "
+              f"over {len(OBSERVATIONS)} observations; on the first, {fast_first:.2e} against {openpi_first:.2e} for "
+              f"openpi's formulation in bfloat16 (tolerance {TOLERANCE:g})")
+    assert 0 < worst <= TOLERANCE  # bfloat16 did run (and rounds), within the tolerance
+    assert fast_first <= 1.5 * openpi_first + 1e-3  # no worse than openpi's own formulation in bfloat16

@@ -1,0 +1,83 @@
+"""scripts/gpu_report.sh: the whole GPU report flow, run on the CPU with the tiny presets (--dry-run).
+
+Everything but the CUDA parts (graph capture, peak GPU memory) runs for real: the float32 yardstick, the bfloat16
+conversion and its parity, the stage timings, the attention table, the cost-model efficiency, torch.compile (dynamo's
+eager backend), table (f), the files and the markdown rows. About 25 s of CPU time (one thread).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from turbopi_ros import costmodel, gpu_report
+from turbopi_ros.ablation import ALL_REVERSED
+from turbopi_ros.model.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_report")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report.sh"), "--dry-run", "--out-dir", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=600)
+    return proc, out
+
+
+def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
+    proc, out = dry_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (out / "gpu_dryrun-cpu.txt").read_text()
+    assert text.strip() in proc.stdout  # the .txt is what was printed
+    r = json.loads((out / "gpu_dryrun-cpu.json").read_text())
+    assert r["setup"]["dry_run"] and r["setup"]["views"] == [1, 2] and r["setup"]["steps"] == 2
+    assert set(r["models"]) == {"tiny", "tiny_pi05"} and r["errors"] == []
+    assert any("CUDA graphs" in s for s in r["skipped"])
+    assert r["peaks"]["matmul"]["tflops"] > 0 and r["peaks"]["copy"]["gbs"] > 0
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| CPU (dry run) |")]
+    assert len(rows) == 4 and gpu_report.MARKDOWN_HEADER.splitlines()[0] in proc.stdout
+    for preset, m in r["models"].items():
+        config = load_config(preset)
+        # the float32 fast path is exact against openpi's formulation; bfloat16 is within its rounding
+        assert all(d <= 1e-4 for d in m["fp32_fast_vs_reference"].values())
+        assert set(m["views"]) == {"1", "2"}
+        for views, b in m["views"].items():
+            assert set(b["times"]) == {"vision", "prefix_cache", "denoise eager", "total eager", "reference denoise",
+                                       "reference total"}
+            p = b["parity"]
+            assert 0 < p["fast_bf16_vs_reference_fp32"] <= 5e-2 and 0 < p["reference_bf16_vs_reference_fp32"] <= 5e-2
+            assert b["peak_memory_gb"] is None  # CPU
+            assert {row["calls"] for row in b["attention"]["replayed"].values()} == {config.expert.depth * 2}
+            cost = costmodel.workload_cost(costmodel.Workload(config, int(views), m["prompt_len"], 2))
+            for name, e in b["efficiency"].items():
+                stage = gpu_report.FAST_STAGE[name]
+                assert e["gflop"] == pytest.approx(cost[stage].tensor_flops / 1e9)
+                assert e["tflops"] == pytest.approx(e["gflop"] / e["median_ms"])
+                assert e["fraction_of_matmul_rate"] == pytest.approx(e["tflops"] / r["peaks"]["matmul"]["tflops"])
+                assert e["bound_over_measured"] == pytest.approx(e["bound_measured_peaks_ms"] / e["median_ms"])
+        c = m["compile"]
+        assert c["compiled_vs_eager"] <= 1e-6 and set(c["times"]) == {"denoise compiled", "denoise eager"}
+        assert ALL_REVERSED in m["ablation"]
+
+
+def test_refuses_a_machine_without_cuda_unless_dry(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the real report would run")
+    assert gpu_report.main(["--out-dir", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_report.main(["--dry-run", "--views", "0,4"])
+
+
+def test_published_device_and_file_names():
+    assert gpu_report.published_device("NVIDIA H100 80GB HBM3") == "h100_sxm"
+    assert gpu_report.published_device("NVIDIA H100 PCIe") == "h100_pcie"
+    assert gpu_report.published_device("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert gpu_report.published_device("NVIDIA Thor") == "thor"
+    assert gpu_report.published_device("Orin") == "orin"
+    assert gpu_report.published_device("NVIDIA A100-SXM4-80GB") is None
+    assert gpu_report.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"

@@ -1,0 +1,536 @@
+"""One command for a GPU (`bash scripts/gpu_report.sh`): full pi0 and pi0.5, bfloat16, measured end to end.
+
+For each preset (random weights, built once on the device and reused by every variant):
+  1. float32 on the device: openpi's reference path and the fast path from the same noise, cameras 1-3: the yardstick
+     (and the fast path's exactness in float32 on this GPU);
+  2. the same weights rounded to bfloat16 (what random_model(dtype="bfloat16") builds), cameras 1-3: the stages
+     (vision, prefix cache, denoise eager and as a CUDA graph, totals, the reference), interleaved; the parity of the
+     bfloat16 fast path against the float32 reference; the peak GPU memory of the fast path; the attention table of
+     turbopi-bench; the efficiency of every stage against the cost model (costmodel.py): TFLOP/s, fraction of this
+     GPU's matmul rate, and the roofline lower bound from this GPU's measured matmul rate and copy bandwidth (and from
+     its published peaks where costmodel.DEVICES knows it);
+  3. with the most cameras: torch.compile of the denoise step, eager and as a CUDA graph (compile time reported), and
+     turbopi-bench's table (f) (each optimization undone).
+Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
+and prints the markdown rows for docs/performance.md. A time budget (--budget-s) skips what would not fit, saying so.
+
+--dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
+graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
+time): a check of everything but the CUDA parts, in seconds (bfloat16 matmuls on a CPU without avx512_bf16 are slow,
+openpi's eager masked attention most of all). Its numbers are not measurements. The tests run it.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import bench, costmodel
+from .ablation import replaced
+from .model.checkpoint import random_model, set_dtype
+from .model.config import load_config
+from .model.reference import reference_denoise, reference_prefix
+
+PRESETS = {"pi0": 20, "pi05": 80}  # preset -> valid prompt tokens (pi0.5: task + discretized state)
+DRY_PRESETS = {"tiny": 20, "tiny_pi05": 80}
+FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "denoise eager": "denoise",
+              "denoise graph": "denoise", "total eager": "total", "total graph": "total"}
+
+
+class Report:
+    """Lines printed as they come and kept for the .txt."""
+
+    def __init__(self):
+        self.lines: List[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Median ms of reps calls after one warm call (synchronized around each on CUDA)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def measure_peaks(device: torch.device, dry: bool) -> Dict[str, Dict[str, object]]:
+    """This device's bfloat16 matmul rate (one large square matmul) and copy bandwidth (a device-to-device copy of a
+    large buffer: read + write): the roofs the stages are compared with. (Dry run: a small float32 matmul, the CPU's
+    native type; the dry run's rates mean nothing.)"""
+    n, dtype = (512, torch.float32) if dry else (8192, torch.bfloat16)
+    a = torch.randn((n, n), device=device, dtype=dtype)
+    b = torch.randn((n, n), device=device, dtype=dtype)
+    mm_ms = timed_ms(lambda: torch.mm(a, b), device, 5 if dry else 20)
+    numel = (8 << 20) if dry else (512 << 20)  # 16 MiB / 1 GiB of bfloat16
+    x = torch.empty(numel, device=device, dtype=torch.bfloat16).fill_(1)
+    y = torch.empty_like(x)
+    copy_ms = timed_ms(lambda: y.copy_(x), device, 5 if dry else 20)
+    moved = 2 * x.numel() * x.element_size()
+    del a, b, x, y
+    return {"matmul": {"shape": [n, n, n], "dtype": str(dtype).replace("torch.", ""), "median_ms": mm_ms,
+                       "tflops": 2.0 * n ** 3 / mm_ms / 1e9},
+            "copy": {"bytes_moved": moved, "median_ms": copy_ms, "gbs": moved / copy_ms / 1e6}}
+
+
+def published_device(gpu_name: Optional[str]) -> Optional[str]:
+    """The costmodel.DEVICES key of this GPU, where its name says which it is."""
+    name = (gpu_name or "").lower()
+    if "h100" in name:
+        return "h100_pcie" if "pcie" in name else "h100_sxm"
+    if "4090" in name:
+        return "rtx4090"
+    if "thor" in name:
+        return "thor"
+    if "orin" in name:
+        return "orin"
+    return None
+
+
+def memory_gb(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+class Run:
+    """One report: the machine, its measured roofs, then every preset."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dry = args.dry_run
+        self.device = torch.device("cpu" if self.dry else args.device)
+        self.started = time.perf_counter()
+        self.say = Report()
+        self.skipped: List[str] = []
+        self.errors: List[str] = []
+        self.compile_reserve_s = 150.0  # grows to 1.5x the first compile's time once one has run
+
+    def left_s(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.started)
+
+    def fits(self, what: str, need_s: float) -> bool:
+        if self.left_s() >= need_s:
+            return True
+        self.skipped.append(f"{what}: {self.left_s():.0f} s of the {self.args.budget_s:.0f} s budget left, "
+                            f"{need_s:.0f} s reserved for it")
+        self.say(f"    skipped {what} (time budget)")
+        return False
+
+    # --- one views count ---------------------------------------------------------------------------------------
+    def views_block(self, model, config, views: int, prompt_len: int, ref32, graph, peaks, published):
+        """-> (the block's results, (cache, noise) of its observation)."""
+        a, device, steps = self.args, self.device, self.args.steps
+        images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device,
+                                                                            a.seed)
+        timer = bench.Timer(device, a.warmup, a.iters)
+        out: Dict[str, object] = {}
+        with torch.inference_mode():
+            image_tokens = model.embed_images(images, masks)
+            cache = model.build_cache(image_tokens, tokens, token_mask, state)
+            prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
+            fns = {
+                "vision": lambda: model.embed_images(images, masks),
+                "prefix_cache": lambda: model.build_cache(image_tokens, tokens, token_mask, state),
+                "denoise eager": lambda: model.denoise(cache, noise, steps),
+                "total eager": lambda: model.denoise(model.encode(images, masks, tokens, token_mask, state), noise,
+                                                     steps),
+                "reference denoise": lambda: reference_denoise(model, prefix_pad, past, state, noise, steps),
+                "reference total": lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
+                                                                num_steps=steps, path="reference"),
+            }
+            if graph is not None:
+                t0 = time.perf_counter()
+                graph(cache, noise, steps)  # captured here, not in a timed call
+                out["graph_capture_s"] = time.perf_counter() - t0
+                fns["denoise graph"] = lambda: graph(cache, noise, steps)
+                fns["total graph"] = lambda: graph(model.encode(images, masks, tokens, token_mask, state), noise,
+                                                   steps)
+            times = timer(fns)
+            # peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs)
+            # plus the run's own peak
+            reset_peak(device)
+            fast = model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+            out["peak_memory_gb"] = memory_gb(device)
+            parity = {}
+            if graph is not None:
+                reset_peak(device)
+                graphed = graph(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+                out["peak_memory_gb_graph"] = memory_gb(device)
+                parity["graph_vs_eager"] = max_abs(graphed, fast)
+            ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
+            parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32[views]),
+                           "reference_bf16_vs_reference_fp32": max_abs(ref, ref32[views]),
+                           "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
+                           "reference_fp32_max_abs": float(ref32[views].abs().max())})
+        out["times"] = {name: bench.summary(t) for name, t in times.items()}
+        out["parity"] = parity
+        if self.fits(f"{config.variant} {views} views attention table", 30 if not self.dry else 0):
+            att_timer = bench.Timer(device, 0 if self.dry else 1, a.attention_iters)
+            out["attention"] = bench.attention_table(model, cache, prefix_pad, past, state, noise, att_timer, steps)
+        w = costmodel.Workload(config, views, prompt_len, steps, dtype="bfloat16")
+        out["efficiency"] = self.efficiency(w, out["times"], peaks, published)
+        out["cache_tokens"] = cache.num_cached
+        return out, (cache, noise)
+
+    def efficiency(self, w, times, peaks, published) -> Dict[str, object]:
+        """Every fast timing against the cost model: achieved TFLOP/s and its fraction of this GPU's measured matmul
+        rate; the roofline lower bound from the measured rate and copy bandwidth (and from the published peaks) and
+        how far the measured time is from it."""
+        costs = costmodel.workload_cost(w)
+        mm, bw = peaks["matmul"]["tflops"], peaks["copy"]["gbs"]
+        spec = costmodel.DEVICES.get(published) if published else None
+        rows = {}
+        for name, stage in FAST_STAGE.items():
+            if name not in times:
+                continue
+            ms, cost = times[name]["median_ms"], costs[stage]
+            if stage == "total":
+                bound = sum(costmodel.stage_bound(costs[s], mm, bw)["bound_ms"] for s in costmodel.STAGES)
+                bound_pub = (sum(costmodel.stage_bound(costs[s], spec.peak_tflops["bfloat16"], spec.bandwidth_gbs)
+                                 ["bound_ms"] for s in costmodel.STAGES) if spec else None)
+            else:
+                bound = costmodel.stage_bound(cost, mm, bw)["bound_ms"]
+                bound_pub = (costmodel.stage_bound(cost, spec.peak_tflops["bfloat16"], spec.bandwidth_gbs)["bound_ms"]
+                             if spec else None)
+            tflops = cost.tensor_flops / ms / 1e9
+            rows[name] = {"gflop": cost.tensor_flops / 1e9, "gbytes": cost.compulsory_bytes / 1e9, "median_ms": ms,
+                          "tflops": tflops, "fraction_of_matmul_rate": tflops / mm,
+                          "bound_measured_peaks_ms": bound, "bound_over_measured": bound / ms,
+                          "bound_published_ms": bound_pub}
+        return rows
+
+    # --- torch.compile and table (f), with the most cameras -------------------------------------------------------
+    def compile_block(self, model, state_tuple, graph_cls) -> Dict[str, object]:
+        """torch.compile of the denoise step (PI0Model.compile_denoise), eager and captured in a CUDA graph, timed
+        interleaved with the eager denoise; the compile time; the compiled actions against the eager ones. A failure
+        (no working inductor/triton, a capture error) is reported, not raised: the rest of the report stands."""
+        a, device, steps = self.args, self.device, self.args.steps
+        cache, noise = state_tuple
+        out: Dict[str, object] = {"backend": "eager (dry run)" if self.dry else "inductor"}
+        compile_fn = functools.partial(torch.compile, backend="eager") if self.dry else torch.compile
+        with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
+            try:
+                eager = model.denoise(cache, noise, steps)
+                model.compile_denoise()
+                t0 = time.perf_counter()
+                compiled = model.denoise(cache, noise, steps)
+                sync(device)
+                out["compile_s"] = time.perf_counter() - t0
+                out["compiled_vs_eager"] = max_abs(compiled, eager)
+            except Exception as e:
+                return self.failed(out, "torch.compile", e)
+
+            def eager_denoise():
+                with bench.uncompiled(model):
+                    return model.denoise(cache, noise, steps)
+
+            fns = {"denoise compiled": lambda: model.denoise(cache, noise, steps), "denoise eager": eager_denoise}
+            if graph_cls is not None:
+                try:
+                    cgraph = graph_cls(model)
+                    t0 = time.perf_counter()
+                    out["compiled_graph_vs_eager"] = max_abs(cgraph(cache, noise, steps), eager)
+                    out["graph_capture_s"] = time.perf_counter() - t0
+                    fns["denoise compiled + graph"] = lambda: cgraph(cache, noise, steps)
+                except Exception as e:
+                    self.failed(out, "torch.compile + CUDA graph", e)
+            times = bench.Timer(device, a.warmup, a.iters)(fns)
+        out["times"] = {name: bench.summary(t) for name, t in times.items()}
+        return out
+
+    def failed(self, out: Dict[str, object], what: str, e: Exception) -> Dict[str, object]:
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:400]
+        out.setdefault("errors", []).append(f"{what}: {message}")
+        self.errors.append(f"{what}: {message}")
+        return out
+
+    # --- one preset --------------------------------------------------------------------------------------------------
+    def preset(self, name: str, prompt_len: int, peaks, published) -> Dict[str, object]:
+        a, device, say = self.args, self.device, self.say
+        config = load_config(name)
+        entry: Dict[str, object] = {"variant": config.variant, "prompt_len": prompt_len, "views": {}}
+        t0 = time.perf_counter()
+        reset_peak(device)
+        model = random_model(config, seed=a.seed, device=device, dtype=torch.float32)
+        entry["params"] = sum(p.numel() for p in model.parameters())
+        entry["build_fp32_s"] = time.perf_counter() - t0
+        say(f"\n== {name} ({config.variant}, {entry['params'] / 1e6:.1f} M parameters, prompt {prompt_len} tokens) ==")
+        # 1. the float32 yardstick: openpi's formulation (and the fast path) from the same noise, full precision
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        ref32, fp32_parity = {}, {}
+        try:
+            with torch.inference_mode():
+                for views in a.views:
+                    inputs = bench.make_inputs(config, views, prompt_len, device, a.seed)
+                    ref32[views] = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=a.steps,
+                                                        path="reference").float()
+                    fast = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=a.steps, path="fast")
+                    fp32_parity[views] = max_abs(fast, ref32[views])
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        entry["fp32_peak_memory_gb"] = memory_gb(device)
+        entry["fp32_fast_vs_reference"] = fp32_parity
+        say(f"    float32 on {device}: fast vs reference max abs diff " +
+            ", ".join(f"{v} views {d:.2e}" for v, d in fp32_parity.items()))
+        # 2. the same weights in bfloat16
+        set_dtype(model, torch.bfloat16)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            entry["weights_gb"] = torch.cuda.memory_allocated(device) / 1e9
+        graph_cls = None
+        if device.type == "cuda":
+            from .model.cuda_graph import CudaGraphDenoiser
+
+            graph_cls = CudaGraphDenoiser
+        else:
+            self.skip_once("CUDA graphs: not a CUDA device (dry run)")
+        graph = graph_cls(model) if graph_cls else None
+        last = None
+        for views in a.views:
+            block, last = self.views_block(model, config, views, prompt_len, ref32, graph, peaks, published)
+            entry["views"][views] = block
+            self.print_views(config, views, block)
+        if graph is not None:
+            graph.clear()
+        most = max(a.views)
+        if a.compile and self.fits(f"{name} torch.compile ({most} views)", 10 if self.dry else self.compile_reserve_s):
+            entry["compile"] = self.compile_block(model, last, graph_cls)
+            self.print_compile(entry["compile"])
+            self.compile_reserve_s = max(self.compile_reserve_s, 1.5 * entry["compile"].get("compile_s", 0) + 30)
+            if hasattr(torch, "_dynamo"):
+                torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
+        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40):
+            entry["ablation"] = bench.ablation_table(model, last[0], last[1],
+                                                     bench.Timer(device, 0 if self.dry else 1, a.attention_iters),
+                                                     a.steps)
+            say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
+                f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)"
+                for k, r in entry["ablation"].items()))
+        entry["total_s"] = time.perf_counter() - t0
+        del model, graph, last
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return entry
+
+    def skip_once(self, what: str) -> None:
+        if what not in self.skipped:
+            self.skipped.append(what)
+
+    def print_views(self, config, views: int, b: Dict) -> None:
+        t, p, say = b["times"], b["parity"], self.say
+        med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
+        say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')}, prefix "
+            f"{med('prefix_cache')}, denoise eager {med('denoise eager')} / graph {med('denoise graph')}, total eager "
+            f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
+            f"{med('reference total')}")
+        say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
+            f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
+            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')}; peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+            f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
+        for name, e in b["efficiency"].items():
+            pub = e["bound_published_ms"]
+            say(f"    {name:<14} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
+                f"({e['fraction_of_matmul_rate']:5.1%} of the matmul rate); roofline bound {e['bound_measured_peaks_ms']:.2f}"
+                f" ms measured peaks ({e['bound_over_measured']:5.1%} of it reached)"
+                + (f", {pub:.2f} ms published" if pub is not None else ""))
+        att = b.get("attention")
+        if att:
+            r = att["replayed"]
+            say("    attention, replayed, ms: " + ", ".join(f"{k} {v['median_ms']:.2f} ({v['speedup_vs_eager']:.2f}x)"
+                                                           for k, v in r.items()))
+
+    def print_compile(self, c: Dict) -> None:
+        for error in c.get("errors", []):
+            self.say(f"    FAILED {error}")
+        if "times" not in c:
+            return
+        t = c["times"]
+        self.say(f"    torch.compile ({c['backend']}, {c['compile_s']:.1f} s to compile): denoise ms "
+                 + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
+                 + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
+
+    # --- the whole report ---------------------------------------------------------------------------------------------
+    def __call__(self) -> int:
+        a, say, device = self.args, self.say, self.device
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print(f"gpu_report: torch {torch.__version__} at {sys.executable} has no CUDA device; run with a CUDA "
+                  "build of torch (PYTHON=/path/to/python bash scripts/gpu_report.sh), or pass --dry-run", file=sys.stderr)
+            return 2
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        machine = bench.machine()
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            machine.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                           gpu_memory_gb=props.total_memory / 1e9, cuda=torch.version.cuda)
+        name = machine["gpu"] if device.type == "cuda" else "dryrun-cpu"
+        published = published_device(machine["gpu"]) if device.type == "cuda" else None
+        out_dir = Path(a.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = out_dir / f"gpu_{slug(name)}"
+        say(f"gpu_report: {name} ({device}); torch {torch.__version__}, CUDA {machine.get('cuda')}; CPU {machine['cpu']}"
+            f" ({' '.join(machine['cpu_flags'])}); load average {machine['load_avg_1min']}"
+            + ("; DRY RUN (CPU, tiny presets)" if self.dry else ""))
+        peaks = measure_peaks(device, self.dry)
+        say(f"this device, measured: {peaks['matmul']['dtype']} matmul {peaks['matmul']['tflops']:.3g} TFLOP/s "
+            f"({'x'.join(map(str, peaks['matmul']['shape']))}), copy {peaks['copy']['gbs']:.0f} GB/s; published "
+            "peaks: " + (f"costmodel.DEVICES[{published!r}]" if published else "not in costmodel.DEVICES"))
+        result: Dict[str, object] = {
+            "machine": machine, "peaks": peaks, "published_device": published,
+            "setup": {"dry_run": self.dry, "device": str(device), "dtype": "bfloat16", "views": a.views,
+                      "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
+                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile,
+                      "presets": dict(a.presets)},
+            "models": {}}
+        for preset, prompt_len in a.presets.items():
+            try:
+                result["models"][preset] = self.preset(preset, prompt_len, peaks, published)
+            except Exception as e:  # one preset failing (e.g. out of memory) does not lose the others
+                self.errors.append(f"{preset}: {type(e).__name__}: {e}")
+                result["models"][preset] = {"error": traceback.format_exc()}
+                say(f"    {preset} FAILED: {type(e).__name__}: {e}")
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            self.finish(result, stem, partial=True)
+        self.finish(result, stem, partial=False)
+        return 1 if self.errors else 0
+
+    def finish(self, result: Dict, stem: Path, partial: bool) -> None:
+        result["skipped"], result["errors"] = self.skipped, self.errors
+        result["elapsed_s"] = time.perf_counter() - self.started
+        result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        if not partial:
+            say = self.say
+            say("\nmarkdown rows for docs/performance.md:")
+            for row in markdown_rows(result):
+                say(row)
+            for s in self.skipped:
+                say(f"skipped: {s}")
+            for e in self.errors:
+                say(f"ERROR: {e}")
+            say(f"elapsed {result['elapsed_s']:.0f} s; load average at end {result['load_avg_1min_end']}")
+            stem.with_suffix(".txt").write_text("\n".join(self.say.lines) + "\n")
+            say(f"wrote {stem}.txt and {stem}.json")
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+MARKDOWN_HEADER = ("| GPU | model | cameras | vision | prefix cache | denoise eager / graph / compile+graph | total eager / "
+                   "graph | roofline bound (measured peaks) | graph total / bound | bf16 fast vs fp32 reference | peak "
+                   "memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def markdown_rows(result: Dict) -> List[str]:
+    """One row per preset and cameras count: median ms of each stage, the bound, parity, memory."""
+    gpu = result["machine"].get("gpu") or "CPU (dry run)"
+    rows = [MARKDOWN_HEADER]
+    for preset, m in result["models"].items():
+        if "views" not in m:
+            continue
+        most = max(m["views"]) if m["views"] else None
+        comp = m.get("compile", {}).get("times", {})
+        for views, b in m["views"].items():
+            t = b["times"]
+            ms = lambda k, src=t: f"{src[k]['median_ms']:.2f}" if k in src else "n/a"  # noqa: E731
+            cg = ms("denoise compiled + graph", comp) if views == most and comp else "-"
+            e = b["efficiency"].get("total graph") or b["efficiency"]["total eager"]
+            mem = b.get("peak_memory_gb")
+            rows.append(f"| {gpu} | {preset} | {views} | {ms('vision')} | {ms('prefix_cache')} | "
+                        f"{ms('denoise eager')} / {ms('denoise graph')} / {cg} | {ms('total eager')} / "
+                        f"{ms('total graph')} | {e['bound_measured_peaks_ms']:.2f} | {e['bound_over_measured']:.0%} | "
+                        f"{b['parity']['fast_bf16_vs_reference_fp32']:.2e} | "
+                        + (f"{mem:.1f} GB" if mem is not None else "n/a") + " |")
+    return rows
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="gpu_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="the whole flow on the CPU with the tiny presets")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out-dir", default=None, help="default docs/bench (dry run: a temporary directory)")
+    p.add_argument("--views", default=None, help="camera counts, comma separated (default 1,2,3; dry run 1,2)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default 10; dry run 2)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per table (default 20; dry run 1)")
+    p.add_argument("--warmup", type=int, default=None, help="default 3; dry run 0")
+    p.add_argument("--attention-iters", type=int, default=None, help="default 10; dry run 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; dry run 1, steady on a shared machine)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="wall-clock budget: later optional parts (compile, tables) are skipped when it runs short")
+    args = p.parse_args(argv)
+    dry = args.dry_run
+    args.views = args.views or ("1,2" if dry else "1,2,3")
+    try:
+        args.views = sorted({int(v) for v in args.views.split(",")})
+    except ValueError:
+        p.error(f"--views must be comma-separated integers, got {args.views!r}")
+    if not args.views or not set(args.views) <= {1, 2, 3}:
+        p.error(f"--views must be among 1,2,3, got {args.views}")
+    args.presets = dict(DRY_PRESETS if dry else PRESETS)
+    args.steps = args.steps or (2 if dry else 10)
+    args.threads = args.threads if args.threads is not None else (1 if dry else 0)
+    args.iters = args.iters or (1 if dry else 20)
+    args.warmup = args.warmup if args.warmup is not None else (0 if dry else 3)
+    args.attention_iters = args.attention_iters or (1 if dry else 10)
+    if args.out_dir is None:
+        import tempfile
+
+        args.out_dir = (os.path.join(tempfile.gettempdir(), "turbopi_gpu_report_dryrun") if dry
+                        else str(Path(__file__).resolve().parents[1] / "docs" / "bench"))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return Run(args)()
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
