@@ -22,8 +22,8 @@ The plain denoise writes the action tokens' K/V into the cache tail in place, wh
 (every layer's write bumps the version of the one buffer the earlier layers' attention saved), and a cache built by
 the engine holds inference tensors, which cannot be saved for backward. So the guided path clones the cached prefix
 K/V (and the rotary tables) once per call outside inference mode and concatenates each layer's action K/V to it:
-the same SDPA inputs, bit for bit, so zero weights give exactly the plain denoise. It runs eagerly: a guided call
-never uses a CUDA graph or torch.compile (a step is a forward pass plus a backward pass through the expert).
+the same SDPA inputs, bit for bit, so zero weights give exactly the plain denoise. Eager by default; on CUDA,
+cuda_graph.CudaGraphGuidedDenoiser captures the whole guided loop, forward and backward passes, as one graph.
 """
 from __future__ import annotations
 
@@ -125,16 +125,22 @@ def guided_denoise(model: PI0Model, cache: PrefixCache, noise: torch.Tensor, gui
             from None
     if not float(guidance.max_guidance) >= 0.0:
         raise ValueError(f"max_guidance (beta) must be >= 0, got {guidance.max_guidance}")
-    steps = model.step_conditioning(num_steps)
-    _, dt = euler_schedule(num_steps)
     with torch.inference_mode(False):
         prefix = ConstantPrefix.from_cache(cache)
         guidance = Guidance(target=guidance.target.to(device=noise.device, dtype=torch.float32).clone(),
                             weights=guidance.weights.to(device=noise.device, dtype=torch.float32).clone(),
                             max_guidance=float(guidance.max_guidance))
-        x = noise.to(torch.float32).clone()
-        for sc in steps:
-            v, _, _ = guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time,
-                                      guidance)
-            x = x + dt * v
+        return guided_loop(model, prefix, noise.to(torch.float32).clone(), guidance, num_steps)
+
+
+def guided_loop(model: PI0Model, prefix: ConstantPrefix, noise: torch.Tensor, guidance: Guidance,
+                num_steps: int) -> torch.Tensor:
+    """The guided Euler steps on inputs that are already ordinary tensors (what guided_denoise prepares, or a CUDA
+    graph's static buffers): no copies, no checks; call outside inference mode."""
+    steps = model.step_conditioning(num_steps)
+    _, dt = euler_schedule(num_steps)
+    x = noise
+    for sc in steps:
+        v, _, _ = guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)
+        x = x + dt * v
     return x

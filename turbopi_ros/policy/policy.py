@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -88,10 +89,12 @@ class Policy:
         self.device = model.device
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.denoiser = model.denoise
+        self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
         if cuda_graph and self.device.type == "cuda":
-            from ..model.cuda_graph import CudaGraphDenoiser
+            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphGuidedDenoiser
 
             self.denoiser = CudaGraphDenoiser(model)
+            self.guided_denoiser = CudaGraphGuidedDenoiser(model)
 
     def _limits(self, values, default, name) -> np.ndarray:
         if values is None or len(values) == 0:
@@ -212,7 +215,7 @@ class Policy:
                 guidance = Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
                                     weights=torch.from_numpy(target.weights).float()[None].to(self.device),
                                     max_guidance=max_guidance)
-                raw = guided_denoise(self.model, cache, noise, guidance, self.num_steps)[0].float().cpu().numpy()
+                raw = self.guided_denoiser(cache, noise, guidance, self.num_steps)[0].float().cpu().numpy()
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
