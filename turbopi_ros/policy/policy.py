@@ -1,11 +1,15 @@
 """Policy: a numpy observation in, an ActionChunk out, each stage timed. Knows the engine's small API, not ROS.
 
     preprocess   resize_with_pad to the model's image size, uint8 -> [-1, 1], normalize the state (pi0: z-score,
-                 pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state)
+                 pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state);
+                 the cameras in parallel (preprocess.CameraBatch), then the inputs' copy to the model's device
     vision       SigLIP on the present cameras            (engine.embed_images)
     prefix_cache Gemma prefix over the valid tokens        (engine.build_cache)
     denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph)
     postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
+
+infer(obs) = run(prepare(obs)): prepare is the host side of preprocess (no device work, so it can run on another
+thread while run computes the previous observation on the device), run the rest.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,9 +25,10 @@ import torch
 from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
+from .preprocess import CameraBatch, ImageSource, ObservationError
 from .tokenizer import make_tokenizer
-from .transforms import (NormStats, absolute_actions, find_norm_stats, image_to_model, load_norm_stats, normalize,
-                         pad_to_dim, resize_with_pad, unnormalize)
+from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
+                         unnormalize)
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +37,24 @@ IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
 
 
-class ObservationError(ValueError):
-    """An observation the policy will not act on; the message says what is wrong and what was expected."""
-
-
 @dataclasses.dataclass
 class Observation:
-    images: Dict[str, np.ndarray]  # camera slot -> uint8 [H, W, 3] RGB; a slot left out is an absent camera
+    # camera slot -> uint8 [H, W, 3] RGB, or a zero-argument callable returning one (e.g. the node's
+    # ``lambda: image_to_rgb(msg, name)``), called on the preprocessing thread pool so that the cameras' conversions run
+    # in parallel too; whatever it raises propagates from preprocess/prepare/infer. A slot left out is an absent camera.
+    images: Dict[str, ImageSource]
     state: np.ndarray  # joint positions in the state order (raw units)
     prompt: str
     stamp: float = 0.0  # seconds; carried to the chunk
+
+
+@dataclasses.dataclass
+class PreparedObservation:
+    """Policy.prepare's result: the model inputs of one observation, on the host (CPU) until Policy.run."""
+    inputs: Tuple[torch.Tensor, ...]  # images, image_masks, tokens, token_mask, normalized padded state (batch of 1)
+    state: np.ndarray  # the raw state (float64): postprocess adds it to delta actions
+    stamp: float
+    preprocess_s: float  # the host side of the preprocess stage
 
 
 @dataclasses.dataclass
@@ -56,7 +69,10 @@ class Policy:
     def __init__(self, model: PI0Model, *, tokenizer, norm_stats: Optional[Dict[str, NormStats]] = None,
                  num_steps: int = 10, action_dims: Optional[int] = None, image_keys: Sequence[str] = IMAGE_KEYS,
                  delta_mask: Optional[Sequence[bool]] = None, lower_limits: Optional[Sequence[float]] = None,
-                 upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False):
+                 upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False,
+                 preprocess_mode: str = "exact", preprocess_threads: Optional[int] = None):
+        """preprocess_mode: "exact" (openpi's pixels) or "fast" (preprocess.py: not bit-exact, docs/preprocessing.md);
+        preprocess_threads: cameras converted and resized at once (default: one per image slot; 1: serially)."""
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
@@ -78,6 +94,7 @@ class Policy:
             raise ValueError("action lower limits exceed upper limits")
         self.device = model.device
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.cameras = CameraBatch(self.image_keys, self.config.vision.image_size, preprocess_mode, preprocess_threads)
         self.denoiser = model.denoise
         if cuda_graph and self.device.type == "cuda":
             from ..model.cuda_graph import CudaGraphDenoiser
@@ -116,7 +133,19 @@ class Policy:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @property
+    def reduced_decode_size(self) -> Optional[Tuple[int, int]]:
+        """For image decoders (conversions.compressed_to_rgb's reduce_for): None in the exact mode (decode at full
+        size), (height, width) the images are fit into in the fast mode (a JPEG may be decoded at 1/2, 1/4, 1/8)."""
+        return self.cameras.reduced_decode_size
+
+    def close(self) -> None:
+        """Stop the camera threads (optional: idle threads also end when the policy is garbage collected)."""
+        self.cameras.close()
+
     def preprocess(self, obs: Observation):
+        """-> (images, image_masks, tokens, token_mask, normalized padded state, raw state): the model's inputs as CPU
+        tensors (batch of 1) and the raw float64 state. Host work only; run() moves the inputs to the device."""
         c = self.config
         unknown = sorted(set(obs.images) - set(self.image_keys))
         if unknown:
@@ -126,27 +155,15 @@ class Policy:
             raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
-        s = c.vision.image_size
-        images = np.full((len(self.image_keys), s, s, 3), -1.0, dtype=np.float32)
-        masks = np.zeros(len(self.image_keys), dtype=bool)
-        for i, key in enumerate(self.image_keys):
-            img = obs.images.get(key)
-            if img is None:
-                continue
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise ObservationError(f"camera '{key}': expected uint8 [H, W, 3] RGB, got {img.dtype} "
-                                       f"{list(img.shape)}")
-            images[i] = image_to_model(resize_with_pad(img, s, s))
-            masks[i] = True
+        images, masks = self.cameras(obs.images)
         norm_state = normalize(state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats else state
         try:
             tokens, token_mask = self.tokenizer.encode(obs.prompt, state=norm_state if c.is_pi05 else None)
         except ValueError as e:
             raise ObservationError(str(e)) from None
-        dev = self.device
-        return (torch.from_numpy(images).permute(0, 3, 1, 2)[None].to(dev), torch.from_numpy(masks)[None].to(dev),
-                torch.from_numpy(tokens.astype(np.int64))[None].to(dev), torch.from_numpy(token_mask)[None].to(dev),
-                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None].to(dev), state)
+        return (torch.from_numpy(images).permute(0, 3, 1, 2)[None], torch.from_numpy(masks)[None],
+                torch.from_numpy(tokens.astype(np.int64))[None], torch.from_numpy(token_mask)[None],
+                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None], state)
 
     def postprocess(self, raw: np.ndarray, state: np.ndarray):
         actions = unnormalize(raw, self.norm_stats["actions"], self.use_quantiles) if self.norm_stats else raw
@@ -156,10 +173,23 @@ class Policy:
         clipped = np.clip(actions, self.lower, self.upper)
         return clipped, int(np.count_nonzero(clipped != actions))
 
+    def prepare(self, obs: Observation) -> PreparedObservation:
+        """The host side of the preprocess stage, timed; touches no device, so it may run on another thread while
+        run() computes an earlier observation."""
+        t0 = time.perf_counter()
+        *inputs, state = self.preprocess(obs)
+        return PreparedObservation(inputs=tuple(inputs), state=state, stamp=obs.stamp,
+                                   preprocess_s=time.perf_counter() - t0)
+
     def infer(self, obs: Observation) -> ActionChunk:
+        return self.run(self.prepare(obs))
+
+    def run(self, prepared: PreparedObservation) -> ActionChunk:
+        """The model stages of a prepared observation. timings: preprocess = prepare's time plus the copy of the inputs
+        to the device; total = the sum of the stages (prepare may have run long before)."""
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
-        images, masks, tokens, token_mask, state_t, state = self.preprocess(obs)
+        images, masks, tokens, token_mask, state_t = (x.to(self.device) for x in prepared.inputs)
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
@@ -174,12 +204,13 @@ class Policy:
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
-        actions, clamped = self.postprocess(raw, state)
+        actions, clamped = self.postprocess(raw, prepared.state)
         t5 = time.perf_counter()
         for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             timings[name] = b - a
-        timings["total"] = t5 - t0
-        return ActionChunk(actions=actions, stamp=obs.stamp, timings=timings, clamped=clamped)
+        timings["preprocess"] += prepared.preprocess_s
+        timings["total"] = t5 - t0 + prepared.preprocess_s
+        return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped)
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:
