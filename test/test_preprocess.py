@@ -10,7 +10,7 @@ import torch
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.policy import STAGES, Observation, ObservationError, Policy
-from turbopi_ros.policy.preprocess import CameraBatch, fast_resize_to_fit, reduction_factor
+from turbopi_ros.policy.preprocess import CameraBatch, fast_resize_to_fit, first_pass, reduction_factor, usable_cpus
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 from turbopi_ros.policy.transforms import fit_size, image_to_model, resize_to_fit, resize_with_pad
 
@@ -64,8 +64,7 @@ def test_parallel_cameras_are_bit_identical_to_serial_and_to_before(model, kind)
     from turbopi_ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
 
     compressed = kind in ("jpeg", "png")
-    serial, parallel = _policy(model, preprocess_threads=1), _policy(model)
-    assert parallel.cameras.threads == 3
+    serial, parallel = _policy(model, preprocess_threads=1), _policy(model, preprocess_threads=3)
     for n, (size_a, size_b, size_c) in enumerate(zip(SIZES, SIZES[2:] + SIZES[:2], SIZES[4:] + SIZES[:4])):
         frames = [_image(*size, seed=10 * n + i) for i, size in enumerate((size_a, size_b, size_c))]
         msgs = [rgb_to_compressed(f, kind) if compressed else rgb_to_image(f, kind) for f in frames]
@@ -85,7 +84,7 @@ def test_parallel_cameras_are_bit_identical_to_serial_and_to_before(model, kind)
 
 def test_absent_cameras_arrays_and_callables_mixed(model):
     img = _image(120, 160, seed=1)
-    serial, parallel = _policy(model, preprocess_threads=1), _policy(model)
+    serial, parallel = _policy(model, preprocess_threads=1), _policy(model, preprocess_threads=3)
     obs = _obs({"base_0_rgb": img, "right_wrist_0_rgb": lambda: img[::-1], "left_wrist_0_rgb": None})
     a, b = serial.preprocess(obs), parallel.preprocess(obs)
     assert _same(a, b) and b[1].tolist() == [[True, False, True]]
@@ -104,8 +103,40 @@ def test_cameras_run_on_the_pool_threads(model):
             return _image(48, 64, seed=len(key))
         return convert
 
-    _policy(model).preprocess(_obs({k: camera(k) for k in KEYS}))
+    _policy(model, preprocess_threads=3).preprocess(_obs({k: camera(k) for k in KEYS}))
     assert len(set(seen.values())) == 3 and sum(n.startswith("turbopi-camera") for n in seen.values()) == 2
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_banded_resize_is_pillows_resize(threads):
+    """The parallel exact path cuts Pillow's first pass in bands: the pixels are the plain call's, downscaling and
+    upscaling, odd sizes, bands of unequal size, horizontal pass first (rows) and vertical first (columns)."""
+    sizes = SIZES + [(1000, 50), (130, 2000), (720, 1280), (129, 129), (200, 150), (128, 300), (333, 333),
+                     (2000, 130), (900, 300), (1500, 400)]
+    serial, parallel = CameraBatch(KEYS, 224, threads=1), CameraBatch(KEYS, 224, threads=threads)
+    for n in range(0, len(sizes), 3):
+        images = {k: _image(*size, seed=n + j) for j, (k, size) in enumerate(zip(KEYS, sizes[n:n + 3]))}
+        a, b = serial(images), parallel(images)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), sizes[n:n + 3]
+    parallel.close()
+
+
+def test_first_pass_is_pillows_order():
+    from PIL import Image
+
+    img = _image(900, 300, seed=3)
+    plain = np.asarray(Image.fromarray(img).resize((74, 223), resample=Image.BILINEAR)).astype(int)
+    h_first = Image.fromarray(img).resize((74, 900), resample=Image.BILINEAR).resize((74, 223), resample=Image.BILINEAR)
+    v_first = Image.fromarray(img).resize((300, 223), resample=Image.BILINEAR).resize((74, 223), resample=Image.BILINEAR)
+    expected = "horizontal" if np.array_equal(np.asarray(h_first), plain) else "vertical"
+    assert np.array_equal(np.asarray(h_first if expected == "horizontal" else v_first), plain)
+    assert first_pass(900, 300, 223, 74) == expected
+    assert first_pass(480, 640, 168, 224) == "horizontal"  # the common camera
+
+
+def test_default_threads_one_per_camera_at_most_one_per_core(model):
+    assert _policy(model).cameras.threads == min(3, usable_cpus())
+    assert CameraBatch(KEYS[:1], 224).threads == 1
 
 
 # --- errors -------------------------------------------------------------------------------------------------------------
@@ -134,7 +165,7 @@ def test_errors_on_pool_threads_propagate_as_serially(model):
                 (ObservationError, "camera 'left_wrist_0_rgb': expected uint8 [H, W, 3] RGB, got float32 [30, 40, 3]"),
                 (ObservationError, "camera 'base_0_rgb': empty image [0, 5, 3]"),
                 (ObservationError, "camera 'right_wrist_0_rgb': expected uint8 [H, W, 3] RGB, got list")]
-    serial, parallel = _policy(model, preprocess_threads=1), _policy(model)
+    serial, parallel = _policy(model, preprocess_threads=1), _policy(model, preprocess_threads=2)
     for images, (kind, message) in zip(cases, expected):
         got = _raises(parallel, images)
         assert got == _raises(serial, images) and got[0] is kind and got[1].startswith(message), got
@@ -197,7 +228,7 @@ def test_fast_mode_parallel_equals_serial_and_decodes_jpeg_reduced(model):
     pytest.importorskip("sensor_msgs")
     from turbopi_ros.conversions import compressed_to_rgb, jpeg_size, rgb_to_compressed
 
-    serial, parallel = (_policy(model, preprocess_mode="fast", preprocess_threads=t) for t in (1, None))
+    serial, parallel = (_policy(model, preprocess_mode="fast", preprocess_threads=t) for t in (1, 3))
     assert parallel.reduced_decode_size == (224, 224) and _policy(model).reduced_decode_size is None
     frames = [_image(480, 640, 0), _image(241, 323, 1), _image(720, 1280, 2)]
     msgs = [rgb_to_compressed(f, "jpeg") for f in frames]
