@@ -32,6 +32,7 @@ setup(
             "fake_robot = turbopi_ros.fake_robot:main",
             "turbopi-verify = turbopi_ros.verify:main",
             "turbopi-bench = turbopi_ros.bench:main",
+            "turbopi-bench-preprocess = turbopi_ros.bench_preprocess:main",
             "turbopi-demo = turbopi_ros.demo:main",
             "turbopi-exec-bench = turbopi_ros.execution_bench:main",
         ],

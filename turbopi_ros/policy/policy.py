@@ -1,12 +1,16 @@
 """Policy: a numpy observation in, an ActionChunk out, each stage timed. Knows the engine's small API, not ROS.
 
     preprocess   resize_with_pad to the model's image size, uint8 -> [-1, 1], normalize the state (pi0: z-score,
-                 pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state)
+                 pi0.5: quantile), pad to action_dim, tokenize the prompt (pi0.5: with the discretized state);
+                 the cameras in parallel (preprocess.CameraBatch), then the inputs' copy to the model's device
     vision       SigLIP on the present cameras            (engine.embed_images)
     prefix_cache Gemma prefix over the valid tokens        (engine.build_cache)
     denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph; with a previous
                  chunk: real-time chunking's guided denoise, model/rtc.py, always eager)
     postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
+
+infer(obs) = run(prepare(obs)): prepare is the host side of preprocess (no device work, so it can run on another
+thread while run computes the previous observation on the device), run the rest.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,10 +28,11 @@ from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
+from .preprocess import CameraBatch, ImageSource, ObservationError
 from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
-from .transforms import (NormStats, absolute_actions, find_norm_stats, image_to_model, load_norm_stats, normalize,
-                         pad_to_dim, resize_with_pad, unnormalize)
+from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
+                         unnormalize)
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +43,24 @@ STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
 RANDOM_WEIGHTS = "random"
 
 
-class ObservationError(ValueError):
-    """An observation the policy will not act on; the message says what is wrong and what was expected."""
-
-
 @dataclasses.dataclass
 class Observation:
-    images: Dict[str, np.ndarray]  # camera slot -> uint8 [H, W, 3] RGB; a slot left out is an absent camera
+    # camera slot -> uint8 [H, W, 3] RGB, or a zero-argument callable returning one (e.g. the node's
+    # ``lambda: image_to_rgb(msg, name)``), called on the preprocessing thread pool so that the cameras' conversions run
+    # in parallel too; whatever it raises propagates from preprocess/prepare/infer. A slot left out is an absent camera.
+    images: Dict[str, ImageSource]
     state: np.ndarray  # joint positions in the state order (raw units)
     prompt: str
     stamp: float = 0.0  # seconds; carried to the chunk
+
+
+@dataclasses.dataclass
+class PreparedObservation:
+    """Policy.prepare's result: the model inputs of one observation, on the host (CPU) until Policy.run."""
+    inputs: Tuple[torch.Tensor, ...]  # images, image_masks, tokens, token_mask, normalized padded state (batch of 1)
+    state: np.ndarray  # the raw state (float64): postprocess adds it to delta actions
+    stamp: float
+    preprocess_s: float  # the host side of the preprocess stage
 
 
 @dataclasses.dataclass
@@ -66,7 +79,10 @@ class Policy:
     def __init__(self, model: PI0Model, *, tokenizer, norm_stats: Optional[Dict[str, NormStats]] = None,
                  num_steps: int = 10, action_dims: Optional[int] = None, image_keys: Sequence[str] = IMAGE_KEYS,
                  delta_mask: Optional[Sequence[bool]] = None, lower_limits: Optional[Sequence[float]] = None,
-                 upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False):
+                 upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False,
+                 preprocess_mode: str = "exact", preprocess_threads: Optional[int] = None):
+        """preprocess_mode: "exact" (openpi's pixels) or "fast" (preprocess.py: not bit-exact, docs/preprocessing.md);
+        preprocess_threads: cameras converted and resized at once (default: one per image slot; 1: serially)."""
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
@@ -88,6 +104,7 @@ class Policy:
             raise ValueError("action lower limits exceed upper limits")
         self.device = model.device
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.cameras = CameraBatch(self.image_keys, self.config.vision.image_size, preprocess_mode, preprocess_threads)
         self.denoiser = model.denoise
         self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
         if cuda_graph and self.device.type == "cuda":
@@ -134,7 +151,19 @@ class Policy:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @property
+    def reduced_decode_size(self) -> Optional[Tuple[int, int]]:
+        """For image decoders (conversions.compressed_to_rgb's reduce_for): None in the exact mode (decode at full
+        size), (height, width) the images are fit into in the fast mode (a JPEG may be decoded at 1/2, 1/4, 1/8)."""
+        return self.cameras.reduced_decode_size
+
+    def close(self) -> None:
+        """Stop the camera threads (optional: idle threads also end when the policy is garbage collected)."""
+        self.cameras.close()
+
     def preprocess(self, obs: Observation):
+        """-> (images, image_masks, tokens, token_mask, normalized padded state, raw state): the model's inputs as CPU
+        tensors (batch of 1) and the raw float64 state. Host work only; run() moves the inputs to the device."""
         c = self.config
         unknown = sorted(set(obs.images) - set(self.image_keys))
         if unknown:
@@ -144,27 +173,15 @@ class Policy:
             raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
-        s = c.vision.image_size
-        images = np.full((len(self.image_keys), s, s, 3), -1.0, dtype=np.float32)
-        masks = np.zeros(len(self.image_keys), dtype=bool)
-        for i, key in enumerate(self.image_keys):
-            img = obs.images.get(key)
-            if img is None:
-                continue
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise ObservationError(f"camera '{key}': expected uint8 [H, W, 3] RGB, got {img.dtype} "
-                                       f"{list(img.shape)}")
-            images[i] = image_to_model(resize_with_pad(img, s, s))
-            masks[i] = True
+        images, masks = self.cameras(obs.images)
         norm_state = normalize(state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats else state
         try:
             tokens, token_mask = self.tokenizer.encode(obs.prompt, state=norm_state if c.is_pi05 else None)
         except ValueError as e:
             raise ObservationError(str(e)) from None
-        dev = self.device
-        return (torch.from_numpy(images).permute(0, 3, 1, 2)[None].to(dev), torch.from_numpy(masks)[None].to(dev),
-                torch.from_numpy(tokens.astype(np.int64))[None].to(dev), torch.from_numpy(token_mask)[None].to(dev),
-                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None].to(dev), state)
+        return (torch.from_numpy(images).permute(0, 3, 1, 2)[None], torch.from_numpy(masks)[None],
+                torch.from_numpy(tokens.astype(np.int64))[None], torch.from_numpy(token_mask)[None],
+                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None], state)
 
     def postprocess(self, raw: np.ndarray, state: np.ndarray):
         actions = unnormalize(raw, self.norm_stats["actions"], self.use_quantiles) if self.norm_stats else raw
@@ -188,17 +205,32 @@ class Policy:
             delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
             stats=self.norm_stats["actions"] if self.norm_stats else None, use_quantiles=self.use_quantiles)
 
-    def infer(self, obs: Observation, previous: Optional[PreviousChunk] = None, *, delay_steps: int = 0,
-              execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> ActionChunk:
-        """One chunk. With ``previous`` (the chunk being executed), real-time chunking: the denoise is guided towards
-        it (delay_steps: actions executed before this chunk can take over; execution_horizon: actions between the two
-        observations; max_guidance: the paper's beta). Without it, exactly the plain result."""
+    def prepare(self, obs: Observation) -> PreparedObservation:
+        """The host side of the preprocess stage, timed; touches no device, so it may run on another thread while
+        run() computes an earlier observation."""
+        t0 = time.perf_counter()
+        *inputs, state = self.preprocess(obs)
+        return PreparedObservation(inputs=tuple(inputs), state=state, stamp=obs.stamp,
+                                   preprocess_s=time.perf_counter() - t0)
+
+    def infer(self, obs: Observation, previous: Optional[PreviousChunk] = None, **guidance) -> ActionChunk:
+        """One chunk: run(prepare(obs)). With ``previous``, real-time chunking (see run)."""
+        return self.run(self.prepare(obs), previous, **guidance)
+
+    def run(self, prepared: PreparedObservation, previous: Optional[PreviousChunk] = None, *, delay_steps: int = 0,
+            execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> ActionChunk:
+        """The model stages of a prepared observation. With ``previous`` (the chunk being executed), real-time
+        chunking: the denoise is guided towards it (delay_steps: actions executed before this chunk can take over;
+        execution_horizon: actions between the two observations; max_guidance: the paper's beta); without it,
+        exactly the plain result. timings: preprocess = prepare's time plus the copy of the inputs to the device
+        (and the guidance target's few microseconds); total = the sum of the stages (prepare may have run long
+        before)."""
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
-        images, masks, tokens, token_mask, state_t, state = self.preprocess(obs)
+        images, masks, tokens, token_mask, state_t = (x.to(self.device) for x in prepared.inputs)
         target = None
-        if previous is not None:  # (its few microseconds count as preprocess)
-            target = self.guidance(previous, obs.stamp, state, delay_steps, execution_horizon)
+        if previous is not None:
+            target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
@@ -219,13 +251,15 @@ class Policy:
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
-        actions, clamped = self.postprocess(raw, state)
+        actions, clamped = self.postprocess(raw, prepared.state)
         t5 = time.perf_counter()
         for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             timings[name] = b - a
-        timings["total"] = t5 - t0
+        timings["preprocess"] += prepared.preprocess_s
+        timings["total"] = t5 - t0 + prepared.preprocess_s
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
-        return ActionChunk(actions=actions, stamp=obs.stamp, timings=timings, clamped=clamped, guidance_error=error)
+        return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
+                           guidance_error=error)
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:

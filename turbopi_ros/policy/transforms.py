@@ -7,7 +7,9 @@
   openpi's. Pillow is the only practical way to be exact; the alternatives differ: openpi's jax
   ``shared.image_tools.resize_with_pad`` (float, used on the model side only when images are not yet 224x224) is off
   by one grey level on ~8% of the values for a 480x640 camera, and OpenCV's INTER_LINEAR does not antialias at all.
-- image_to_model: uint8 -> float32 in [-1, 1], ``x.astype(float32) / 255 * 2 - 1`` (openpi's Observation.from_dict).
+  resize_to_fit is the same resize without the padding, for callers that write the pixels into a batch themselves.
+- image_to_model: uint8 -> float32 in [-1, 1], ``x.astype(float32) / 255 * 2 - 1`` (openpi's Observation.from_dict),
+  optionally written into a preallocated array.
 - normalize / unnormalize (openpi's Normalize / Unnormalize, no clipping):
   z-score ``(x - mean) / (std + 1e-6)`` (pi0), quantile ``(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`` (pi0.5).
   Normalize uses the first len(x) stats (stats longer than x are fine, shorter are an error). Unnormalize on x wider
@@ -30,42 +32,72 @@ _STAT_NAMES = ("mean", "std", "q01", "q99")
 
 
 # --- images ------------------------------------------------------------------------------------------------------------
+def fit_size(cur_h: int, cur_w: int, height: int, width: int):
+    """openpi's aspect-preserving fit of a cur_h x cur_w image into height x width: (new_h, new_w), each
+    ``int(cur / ratio)`` with ratio = max(cur_w / width, cur_h / height); at least 1 so that extreme aspect ratios
+    still give an image (openpi raises there)."""
+    ratio = max(cur_w / width, cur_h / height)
+    return max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
+
+
+def _check_resize_args(image: np.ndarray, height: int, width: int, name: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"{name} expects a uint8 [H, W, 3] (or [H, W, 1]) image, got {image.dtype} "
+                         f"{list(image.shape)}")
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"{name}: target size must be positive, got {height}x{width}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name}: empty image {list(image.shape)}")
+    return image
+
+
+def resize_to_fit(image: np.ndarray, height: int = 224, width: int = 224) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [new_h, new_w, C] (``fit_size``) with Pillow's bilinear filter: resize_with_pad
+    without the padding, for callers that place the pixels themselves. An image already of the fitted size is
+    returned as it is (not a copy)."""
+    from PIL import Image  # Pillow: see the module docstring for why
+
+    image = _check_resize_args(image, height, width, "resize_to_fit")
+    cur_h, cur_w, channels = image.shape
+    new_h, new_w = fit_size(cur_h, cur_w, height, width)
+    if (new_h, new_w) == (cur_h, cur_w):
+        return image
+    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
+    resized = np.asarray(pil.resize((new_w, new_h), resample=Image.BILINEAR))
+    return resized[:, :, None] if channels == 1 else resized
+
+
 def resize_with_pad(image: np.ndarray, height: int = 224, width: int = 224) -> np.ndarray:
     """uint8 [H, W, C] (C = 3 RGB, or 1) -> uint8 [height, width, C]: aspect ratio kept, Pillow bilinear, zero padding
     centred. Exactly openpi_client.image_tools.resize_with_pad. An image already height x width is returned as a copy.
     """
-    from PIL import Image  # Pillow: see the module docstring for why
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"resize_with_pad expects a uint8 [H, W, 3] (or [H, W, 1]) image, got {image.dtype} "
-                         f"{list(image.shape)}")
-    if int(height) <= 0 or int(width) <= 0:
-        raise ValueError(f"resize_with_pad: target size must be positive, got {height}x{width}")
-    cur_h, cur_w, channels = image.shape
-    if cur_h == 0 or cur_w == 0:
-        raise ValueError(f"resize_with_pad: empty image {list(image.shape)}")
-    if (cur_h, cur_w) == (height, width):
+    image = _check_resize_args(image, height, width, "resize_with_pad")
+    if image.shape[:2] == (height, width):
         return image.copy()
-    ratio = max(cur_w / width, cur_h / height)
-    # openpi: int(cur / ratio); at least 1 so that extreme aspect ratios still give an image (openpi raises there)
-    new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
-    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    resized = np.asarray(pil.resize((new_w, new_h), resample=Image.BILINEAR))
-    if channels == 1:
-        resized = resized[:, :, None]
+    resized = resize_to_fit(image, height, width)
+    new_h, new_w = resized.shape[:2]
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    out = np.zeros((height, width, channels), dtype=np.uint8)
+    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
     out[top:top + new_h, left:left + new_w] = resized
     return out
 
 
-def image_to_model(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> float32 [H, W, 3] in [-1, 1]."""
+def image_to_model(image: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [H, W, 3] in [-1, 1]: openpi's ``x.astype(float32) / 255 * 2 - 1``, the same float32
+    operations in the same order, so the values are identical. ``out`` (float32, the image's shape, any strides, e.g.
+    a window of a preallocated batch) receives the result in place of a new array; no temporaries either way."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image_to_model expects a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
-    return image.astype(np.float32) / 255.0 * 2.0 - 1.0
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != image.shape:
+        raise ValueError(f"image_to_model: out must be float32 {list(image.shape)}, got {out.dtype} {list(out.shape)}")
+    np.divide(image, np.float32(255.0), out=out)  # uint8 -> float32 is exact; then the float32 division
+    out *= np.float32(2.0)
+    out -= np.float32(1.0)
+    return out
 
 
 # --- normalization ---------------------------------------------------------------------------------------------------
