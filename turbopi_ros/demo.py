@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
+            "observation_to_chunk": "inputs taken -> chunk published (preparation overlaps the previous run)",
+            "latency": "sensor stamp -> chunk published (adds the inputs' age)"}
 
 
 def config_file(name: str) -> Path:
@@ -92,11 +95,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="turbopi-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to run (0 = until Ctrl-C)")
     parser.add_argument("--params-file", default=None, help="parameters for both nodes (default: demo_tiny.yaml)")
+    parser.add_argument("--engine-delay", type=float, default=0.0,
+                        help="seconds added to every inference (test-only fault injection: a stand-in for a GPU's "
+                             "inference time, to see the pipelining hide the CPU work)")
     args = parser.parse_args(argv)
     params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.engine_delay > 0:
+        import json
+        import tempfile
+
+        faults = Path(tempfile.mkdtemp(prefix="turbopi-demo-")) / "faults.json"
+        faults.write_text(json.dumps({"delay_s": args.engine_delay}))
+        env["TURBOPI_TEST_FAULTS"] = str(faults)
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -104,16 +117,13 @@ def main(argv=None) -> int:
 
     print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
           f"{'until Ctrl-C' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
-    procs = []
-    for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
-        procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
-                                       "--log-level", "warn"], env=env))
     # Ctrl-C / SIGTERM must reach this loop (which stops both nodes), not just shut this process's ROS context down.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     monitor = Monitor()
     executor = SingleThreadedExecutor()
     executor.add_node(monitor.node)
+
     def spin():
         try:
             executor.spin()
@@ -122,12 +132,16 @@ def main(argv=None) -> int:
 
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
-    t0 = time.monotonic()
-    latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",)}
+    latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",) + tuple(PIPELINE)}
     chunk_rates: List[float] = []
     command_rates: List[float] = []
     interrupted = False
+    procs = []
+    t0 = time.monotonic()
     try:
+        for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
+            procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
+                                           "--log-level", "warn"], env=env))
         while args.duration <= 0 or time.monotonic() - t0 < args.duration:
             time.sleep(1.0)
             if any(p.poll() is not None for p in procs):
@@ -163,9 +177,10 @@ def main(argv=None) -> int:
         med = sorted(chunk_rates)[len(chunk_rates) // 2]
         cmd = sorted(command_rates)[len(command_rates) // 2]
         print(f"chunk rate (measured, median of 3 s windows): {med:.2f} chunks/s; command stream {cmd:.1f} Hz")
-        for s in STAGES + ("total",):
+        for s in STAGES + ("total",) + tuple(PIPELINE):
             if latencies[s]:
-                print(f"  {s:<13} {sorted(latencies[s])[len(latencies[s]) // 2]:7.1f} ms (median)")
+                print(f"  {s:<20} {sorted(latencies[s])[len(latencies[s]) // 2]:7.1f} ms (median)"
+                      + (f"  {PIPELINE[s]}" if s in PIPELINE else ""))
     ok = n_chunks > 0
     if not ok:
         print("no action chunks arrived: see the node's log above", file=sys.stderr)

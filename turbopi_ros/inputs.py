@@ -6,8 +6,9 @@ conversions. Times are seconds on the caller's clock (the node's ROS clock, or a
 """
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, stamp_to_sec
 from .policy.policy import Observation
@@ -28,13 +29,14 @@ class InputBuffer:
     """Thread-safe newest-message store for the cameras and the joint states, and the checks on a snapshot of it."""
 
     def __init__(self, cameras: Sequence[str], topics: Dict[str, str], state_joints: Sequence[str],
-                 max_age_s: float, use_sim_time_hint: bool = False):
+                 max_age_s: float, use_sim_time_hint: bool = False, reduce_for: Optional[Tuple[int, int]] = None):
         self.cameras = list(cameras)
         self.inputs = self.cameras + [JOINT_STATES]
         self.topics = dict(topics)  # input name -> topic, for messages
         self.state_joints = list(state_joints)
         self.max_age_s = float(max_age_s)
         self.use_sim_time_hint = use_sim_time_hint
+        self.reduce_for = reduce_for  # compressed images may be decoded at reduced size (the policy's fast mode)
         self._lock = threading.Lock()
         self._latest: Dict[str, object] = {}
 
@@ -81,7 +83,8 @@ class InputBuffer:
 
     def observation(self, snapshot: Dict[str, object], prompt: str, now: float) -> Observation:
         """The Observation of a snapshot, or an InputError (WaitingForInput while an input has never arrived) that
-        names the input and what was expected."""
+        names the input and what was expected. Its images are conversions still to run (zero-argument callables:
+        Policy.prepare runs them on its camera threads, and raises their InputError)."""
         missing = self.missing(snapshot)
         if missing:
             raise WaitingForInput(self.waiting_message(missing))
@@ -90,21 +93,18 @@ class InputBuffer:
             raise InputError(stale)
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
-        images = {name: to_rgb(snapshot[name], name) for name in self.cameras}
+        images = {name: functools.partial(to_rgb, snapshot[name], name, self.reduce_for) for name in self.cameras}
         state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
         stamp = max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
         return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
 
 
-def to_rgb(msg, name: str):
+def to_rgb(msg, name: str, reduce_for: Optional[Tuple[int, int]] = None):
     """sensor_msgs/Image or CompressedImage -> uint8 [H, W, 3] RGB (CompressedImage has a ``format`` field)."""
-    return compressed_to_rgb(msg, name) if hasattr(msg, "format") else image_to_rgb(msg, name)
+    return compressed_to_rgb(msg, name, reduce_for) if hasattr(msg, "format") else image_to_rgb(msg, name)
 
 
 def _unstamped(msg) -> bool:
     return msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
 
 
-def newest_stamp(snapshot: Dict[str, object]) -> Optional[float]:
-    stamps = [stamp_to_sec(m.header.stamp) for m in snapshot.values() if not _unstamped(m)]
-    return max(stamps) if stamps else None

@@ -9,6 +9,7 @@ Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -29,9 +30,11 @@ from .conversions import InputError, chunk_to_trajectory
 from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from .parameters import Param, declare_parameters, on_parameters_set
 from .policy.chunking import ChunkSchedule
-from .policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, camera_slots
+from .policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
+                            camera_slots)
 from .policy.rtc import PreviousChunk
 from .model.rtc import DEFAULT_MAX_GUIDANCE
+from .pipeline import JustInTime, LatestSlot
 from .problems import ProblemLog
 from .rates import EventRate
 from .ros_compat import subscription_event_callbacks
@@ -54,6 +57,9 @@ PARAMETERS: Dict[str, Param] = {
     "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
     "cameras.compressed": Param([], "per camera: sensor_msgs/CompressedImage instead of Image ([] = all raw)",
                                 items=bool),
+    "cameras.preprocess": Param("exact", "exact: openpi's resize, bit for bit; fast: reduced JPEG decoding and "
+                                         "OpenCV's resize (not bit-exact: docs/preprocessing.md)",
+                                choices=("exact", "fast")),
     "joint_states.topic": Param("/joint_states", "sensor_msgs/JointState topic", required=True),
     "state.joints": Param([], "joint names, in the order of the model's state vector", required=True, items=str),
     "action.joints": Param([], "joint names of the first N action dims (published chunks and commands)",
@@ -87,6 +93,13 @@ PARAMETERS: Dict[str, Param] = {
 DIAGNOSTICS_PERIOD_S = 1.0
 
 
+@dataclasses.dataclass
+class _Prepared:
+    prepared: PreparedObservation  # the policy's inputs, ready for the engine
+    snapshot: Dict[str, object]  # the messages it came from (staleness is checked again before the engine runs)
+    taken_at: float  # monotonic time the snapshot was taken
+
+
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
@@ -105,7 +118,7 @@ class TurbopiNode(Node):
             torch.set_num_threads(int(p["model.num_threads"]))
         self._log_handler = _forward_python_logging(self.get_logger())
         self.policy = self._load_policy(p)
-        self._infer = faults.wrap(self.policy.infer)  # the policy itself unless a test injects faults
+        self._run = faults.wrap(self.policy.run)  # the engine itself unless a test injects faults
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
         if len(p["state.joints"]) > self.policy.config.action_dim:
@@ -115,7 +128,8 @@ class TurbopiNode(Node):
         compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
         topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
         self.inputs = InputBuffer(cameras, topics, p["state.joints"], p["max_observation_age_s"],
-                                  use_sim_time_hint=bool(self.get_parameter("use_sim_time").value))
+                                  use_sim_time_hint=bool(self.get_parameter("use_sim_time").value),
+                                  reduce_for=self.policy.reduced_decode_size)
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
         self._lock = threading.Lock()
@@ -127,7 +141,8 @@ class TurbopiNode(Node):
         self._stale_reported = False
         self._chunk_count = 0
         self._ages: Dict[str, float] = {}
-        self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency")}
+        self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency", "engine",
+                                                                     "observation_to_chunk")}
         self._guidance_errors: list = []  # real-time chunking: the new chunks' first-d distance to their target
         self._chunk_times, self._command_times = EventRate(20), EventRate(200)
         self._joint_times = EventRate(100)  # on the node's clock: the command timer runs on it
@@ -169,7 +184,13 @@ class TurbopiNode(Node):
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
-        self._worker = threading.Thread(target=self._worker_loop, name="turbopi_inference", daemon=True)
+        self._slot: LatestSlot = LatestSlot()  # the prepared observation the engine takes next
+        self._jit = JustInTime()
+        self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
+        self._last_run_start = -math.inf
+        self._dropped_stale = 0
+        self._preparer = threading.Thread(target=self._prepare_loop, name="turbopi_observations", daemon=True)
+        self._worker = threading.Thread(target=self._engine_loop, name="turbopi_inference", daemon=True)
         c = self.policy.config
         commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
         self.get_logger().info(
@@ -178,7 +199,8 @@ class TurbopiNode(Node):
             f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
 
     def start(self) -> None:
-        """Start the inference worker and the command stream (spin.py calls this once the node is whole)."""
+        """Start the workers and the command stream (spin.py calls this once the node is whole)."""
+        self._preparer.start()
         self._worker.start()
         if self._command_thread is not None:
             self._command_thread.start()
@@ -210,7 +232,8 @@ class TurbopiNode(Node):
             tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
             num_steps=int(p["model.num_steps"]), action_dims=len(self.action_joints), image_keys=IMAGE_KEYS,
             delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
-            upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]))
+            upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
+            preprocess_mode=p["cameras.preprocess"])
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -261,44 +284,55 @@ class TurbopiNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    # --- the inference worker -----------------------------------------------------------------------------------------
-    def _worker_loop(self) -> None:
+    # --- the two workers: preparing observations, running the engine (pipeline.py) ---------------------------------
+    def _prepare_loop(self) -> None:
+        self._restarting(self._prepare_iterations, "observation worker")
+
+    def _engine_loop(self) -> None:
+        self._restarting(self._engine_iterations, "inference worker")
+
+    def _restarting(self, iterations, name: str) -> None:
         while not self._stop.is_set():
             try:
-                self._worker_iterations()
-            except Exception as e:  # noqa: BLE001 - last resort: the worker must outlive any bug
+                iterations()
+            except Exception as e:  # noqa: BLE001 - last resort: a worker must outlive any bug
                 if self._stop.is_set() or not self.context.ok():
                     return  # shutting down
-                self.get_logger().error(f"inference worker: {type(e).__name__}: {e}; restarting it")
+                self.get_logger().error(f"{name}: {type(e).__name__}: {e}; restarting it")
                 self.schedule.clear()
                 time.sleep(0.5)
 
-    def _worker_iterations(self) -> None:
+    def _prepare_iterations(self) -> None:
+        """Take the newest inputs, check them, convert and preprocess them (Policy.prepare) into the slot: once per
+        engine run, just in time for the engine's end (or at once while it is idle)."""
         seen: Dict[str, object] = {}
-        last_start = -math.inf
         while not self._stop.is_set():
             if not self._new_data.wait(timeout=0.1):
                 continue
             self._new_data.clear()
             if not self._enabled:
                 continue
-            wait = last_start + self.inference_period_s - time.monotonic()
-            if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest data after the wait
-                self._stop.wait(wait)
+            delay = self._jit.prepare_delay(not_before=self._last_run_start + self.inference_period_s)
+            if delay > 0:  # just in time; but at once if the engine turns idle meanwhile (a run shorter than usual)
+                self._engine_waiting.wait(delay)
                 if self._stop.is_set():
                     return
+            waiting, point = self._slot.peek(), self._jit.jit_point()
+            if waiting is not None and point is not None and waiting.taken_at >= point:
+                continue  # prepared just in time for this run's end already: the engine takes it when it is free
             snapshot = self.inputs.snapshot()
             with self._lock:
                 prompt = self._prompt
             if snapshot and all(seen.get(k) is v for k, v in snapshot.items()) and not self.problems.message:
                 continue  # nothing new since the last chunk
-            last_start = time.monotonic()
+            taken_at, now = time.monotonic(), self.now()
             try:
-                now = self.now()
                 with self._lock:
                     self._ages = self.inputs.ages(snapshot, now)
                 obs = self.inputs.observation(snapshot, prompt, now)
-                chunk = self._infer(obs, **self._guidance(obs.stamp))
+                t0 = time.perf_counter()
+                prepared = self.policy.prepare(obs)
+                self._jit.prepared(time.perf_counter() - t0)
             except WaitingForInput as e:
                 self._fail(str(e), waiting=True)
                 self._stop.wait(0.05)
@@ -307,14 +341,46 @@ class TurbopiNode(Node):
                 self._fail(str(e))
                 self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
                 continue
+            seen = snapshot
+            self._slot.put(_Prepared(prepared, snapshot, taken_at))
+
+    def _engine_iterations(self) -> None:
+        """Run the engine on each prepared observation that is still fresh, publish the chunk."""
+        while not self._stop.is_set():
+            item = self._slot.take(timeout=0.0)
+            if item is None:  # idle: let the preparer prepare at once (it also wakes on every new input)
+                self._engine_waiting.set()
+                self._new_data.set()
+                item = self._slot.take(timeout=0.1)
+            self._engine_waiting.clear()
+            if item is None or not self._enabled:
+                continue
+            wait = self._last_run_start + self.inference_period_s - time.monotonic()
+            if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest prepared data
+                if self._stop.wait(wait):
+                    return
+                item = self._slot.take(timeout=0.0) or item
+            stale = self.inputs.stale(item.snapshot, self.now())
+            if stale:  # went stale while it waited: dropped, never acted on
+                self._dropped_stale += 1
+                self._fail(f"observation went stale before inference: {stale}")
+                continue
+            self._last_run_start = time.monotonic()
+            self._jit.run_started()
+            try:
+                chunk = self._run(item.prepared, **self._guidance(item.prepared.stamp))
+            except (InputError, ObservationError, ValueError) as e:
+                self._fail(str(e))
+                continue
             except Exception as e:  # noqa: BLE001 - an engine failure must not kill the node
                 self._fail(f"inference failed: {type(e).__name__}: {e}")
                 self._stop.wait(0.02)
                 continue
-            seen = snapshot
+            finally:
+                self._jit.run_ended()
+            engine_s = time.monotonic() - self._last_run_start
             if self._enabled and not self._stop.is_set():
-                self._publish_chunk(chunk)
-            self._new_data.set()  # run again on the newest data as soon as it differs
+                self._publish_chunk(chunk, engine_s=engine_s, pipeline_s=time.monotonic() - item.taken_at)
 
     def _guidance(self, stamp: float) -> Dict[str, object]:
         """Real-time chunking's arguments for an observation at ``stamp`` (none when it is off or nothing is being
@@ -331,7 +397,7 @@ class TurbopiNode(Node):
         return {"previous": PreviousChunk(current.actions, current.stamp, self.rate_hz), "delay_steps": delay,
                 "execution_horizon": shift, "max_guidance": self.rtc_max_guidance}
 
-    def _publish_chunk(self, chunk) -> None:
+    def _publish_chunk(self, chunk, engine_s: float, pipeline_s: float) -> None:
         now = self.now()
         self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
@@ -342,7 +408,8 @@ class TurbopiNode(Node):
             self.get_logger().info(f"recovered: chunks flowing again (was: {ended})")
         with self._lock:
             self._chunk_count += 1
-            for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp).items():
+            for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
+                                       observation_to_chunk=pipeline_s).items():
                 self._stage_ms[stage] = (self._stage_ms[stage] + [seconds * 1e3])[-20:]
             if chunk.guidance_error is not None:
                 self._guidance_errors = (self._guidance_errors + [chunk.guidance_error])[-20:]
@@ -424,6 +491,8 @@ class TurbopiNode(Node):
         stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
         stats["command_period_target_ms"] = self._command_period * 1e3
         stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
+        stats["superseded"] = float(self._slot.superseded)
+        stats["dropped_stale"] = float(self._dropped_stale)
         with self._lock:
             if self.rtc_enabled and self._guidance_errors:
                 stats["rtc_guidance_error"] = float(np.median(self._guidance_errors))
@@ -477,12 +546,17 @@ class TurbopiNode(Node):
         if hasattr(self, "_worker") and self._worker.ident is not None:
             self._stop.set()
             self._new_data.set()
+            self._engine_waiting.set()
             self._worker.join(timeout=join_timeout_s)
             stopped = not self._worker.is_alive()
+            self._preparer.join(timeout=1.0)
+            stopped = stopped and not self._preparer.is_alive()
             if self._command_thread is not None:
                 self._command_thread.join(timeout=1.0)
         if getattr(self, "_log_handler", None) is not None:
             _stop_forwarding(self._log_handler)
+        if stopped and hasattr(self, "policy"):
+            self.policy.close()
         super().destroy_node()
         return stopped
 

@@ -1,0 +1,58 @@
+"""LatestSlot and JustInTime: the node's pipelining rules without the node."""
+import threading
+import time
+
+import pytest
+
+from turbopi_ros.pipeline import JustInTime, LatestSlot
+
+
+def test_a_newer_item_supersedes_one_not_yet_taken():
+    slot = LatestSlot()
+    assert slot.take(timeout=0.0) is None and not slot
+    slot.put("old")
+    slot.put("new")
+    assert slot.superseded == 1 and slot
+    assert slot.take(timeout=0.0) == "new"  # the old one is gone, never handed out
+    assert slot.take(timeout=0.0) is None
+
+
+def test_take_waits_for_an_item():
+    slot = LatestSlot()
+    threading.Timer(0.05, slot.put, args=("x",)).start()
+    t0 = time.monotonic()
+    assert slot.take(timeout=2.0) == "x" and time.monotonic() - t0 < 1.0
+
+
+class Clock:
+    t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_prepare_just_before_the_engine_is_expected_to_finish():
+    clock = Clock()
+    jit = JustInTime(margin=1.0, extra_s=0.001, clock=clock)
+    assert jit.prepare_delay() == 0.0  # nothing known: prepare at once
+    for _ in range(3):  # runs of 50 ms, preparations of 5 ms
+        jit.run_started()
+        clock.t += 0.050
+        jit.run_ended()
+        jit.prepared(0.005)
+    assert jit.prepare_delay() == 0.0  # the engine is idle
+    jit.run_started()
+    clock.t += 0.010
+    assert jit.prepare_delay() == pytest.approx(0.050 - 0.010 - 0.005 - 0.001)
+    assert jit.jit_point() == pytest.approx(clock.t - 0.010 + 0.050 - 0.006)
+    clock.t += 0.045  # the run overruns its median
+    assert jit.prepare_delay() == 0.0
+    jit.run_ended()
+    assert jit.jit_point() is None
+
+
+def test_pacing_moves_the_preparation_to_the_next_allowed_start():
+    clock = Clock()
+    jit = JustInTime(margin=1.0, extra_s=0.0, clock=clock)
+    jit.prepared(0.004)
+    assert jit.prepare_delay(not_before=clock.t + 0.5) == pytest.approx(0.5 - 0.004)

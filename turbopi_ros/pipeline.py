@@ -1,0 +1,107 @@
+"""Pipelining the node's two kinds of work: preparing an observation (host: conversions, resize, tokenizer) and
+running the engine on it (the model stages: on a GPU, the device), without ever acting on old data.
+
+The engine thread runs one prepared observation after another; the preparing thread prepares the next one while the
+engine still runs, but as late as it can: at the moment the engine is expected to finish, less the time a
+preparation takes (``JustInTime``). Preparing earlier would overlap more but hand the engine older data, so the
+observation-to-chunk latency would grow by up to a whole inference; prepared just in time, it is the engine's time
+plus a millisecond or two. ``LatestSlot`` holds at most one prepared observation: a newer one supersedes it (the
+older one is dropped, never run), and the engine drops one that went stale while waiting.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable, Deque, Generic, Optional, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """One item, newest wins: put() replaces what the engine has not taken yet (counted as superseded)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Optional[T] = None
+        self.superseded = 0
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.superseded += 1
+            self._item = item
+            self._cond.notify_all()
+
+    def peek(self) -> Optional[T]:
+        with self._cond:
+            return self._item
+
+    def take(self, timeout: float) -> Optional[T]:
+        """The item (and empty the slot), or None after ``timeout`` seconds without one."""
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> None:
+        with self._cond:
+            self._item = None
+
+    def __bool__(self) -> bool:
+        with self._cond:
+            return self._item is not None
+
+
+class JustInTime:
+    """When to start preparing the next observation, from the recent durations of runs and preparations.
+
+    ``prepare_delay()``: seconds to wait before preparing: 0 while the engine is idle; while it runs, until its
+    expected end (median of recent runs; or the end of a pacing pause, if later) less the expected preparation time
+    (median of recent preparations, times a margin), so the prepared observation is as fresh as it can be when the
+    engine takes it."""
+
+    def __init__(self, window: int = 20, margin: float = 1.2, extra_s: float = 0.001,
+                 clock: Callable[[], float] = time.monotonic):
+        self._runs: Deque[float] = collections.deque(maxlen=window)
+        self._prepares: Deque[float] = collections.deque(maxlen=window)
+        self.margin, self.extra_s, self._clock = margin, extra_s, clock
+        self._lock = threading.Lock()
+        self._run_started: Optional[float] = None
+
+    def run_started(self) -> None:
+        with self._lock:
+            self._run_started = self._clock()
+
+    def jit_point(self) -> Optional[float]:
+        """When the observation for the run after the one in progress should be prepared (clock time); None while
+        the engine is idle. An observation prepared before this point is older than it needs to be."""
+        with self._lock:
+            if self._run_started is None or not self._runs:
+                return None
+            return self._run_started + float(np.median(self._runs)) - self._lead()
+
+    def _lead(self) -> float:
+        return (float(np.median(self._prepares)) if self._prepares else 0.0) * self.margin + self.extra_s
+
+    def run_ended(self) -> None:
+        with self._lock:
+            if self._run_started is not None:
+                self._runs.append(self._clock() - self._run_started)
+            self._run_started = None
+
+    def prepared(self, seconds: float) -> None:
+        with self._lock:
+            self._prepares.append(seconds)
+
+    def prepare_delay(self, not_before: float = -float("inf")) -> float:
+        """``not_before``: the engine will not start again before this time (pacing), on the same clock."""
+        with self._lock:
+            lead = self._lead()
+            next_start = not_before
+            if self._run_started is not None and self._runs:
+                next_start = max(next_start, self._run_started + float(np.median(self._runs)))
+            return max(next_start - lead - self._clock(), 0.0)
