@@ -1,7 +1,6 @@
 """Checkpoints as openpi's converter writes them: ``safetensors.torch.save_model`` on a model whose PaliGemma
 embed_tokens and lm_head are one tied tensor keeps only ``lm_head`` and records the tie in the file's metadata.
 Both paths must still match openpi's actions on such a file, for pi0 and pi0.5."""
-import json
 
 import pytest
 import torch

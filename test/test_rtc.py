@@ -8,7 +8,7 @@ import torch
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.model.pi0 import euler_schedule
-from turbopi_ros.model.reference import _run_stack, embed_suffix, make_att_2d_masks, reference_prefix
+from turbopi_ros.model.reference import reference_prefix, reference_velocity
 from turbopi_ros.model.rtc import (ConstantPrefix, Guidance, differentiable_velocity, guidance_weight, guided_denoise,
                                    guided_velocity)
 from turbopi_ros.policy.rtc import prefix_weights
@@ -46,25 +46,6 @@ def test_zero_weights_give_exactly_the_plain_denoise(variant):
     assert torch.equal(model.denoise(cache, noise, num_steps=4), plain)
 
 
-def _reference_velocity(model, prefix_pad, past, state, x, t):
-    """v(x, t) the way openpi computes one step (reference.py): padded prefix, state token in the suffix, masks."""
-    c = model.config
-    B = x.shape[0]
-    t = torch.tensor(t, dtype=torch.float32)
-    suffix, suffix_pad, suffix_att, cond = embed_suffix(model, state, x, t)
-    Ls = suffix.shape[1]
-    mask = torch.cat([prefix_pad[:, None, :].expand(B, Ls, prefix_pad.shape[1]),
-                      make_att_2d_masks(suffix_pad, suffix_att)], dim=2)
-    positions = prefix_pad.sum(dim=-1, keepdim=True) + torch.cumsum(suffix_pad.long(), dim=1) - 1
-    mods = final = None
-    if cond is not None:
-        mods = [(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
-                for layer in model.expert.layers]
-        final = model.expert.norm.modulation(cond)
-    out, _ = _run_stack(model.expert, suffix.to(model.dtype), positions, mask, past, mods, final)
-    return model.action_out_proj(out[:, -c.action_horizon:].to(model.action_out_proj.weight.dtype)).float()
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_guidance_equals_autograd_of_the_papers_formula(variant):
     """Algorithm 1 of arXiv 2506.07339 in the paper's own time tau = 1 - t, written out here on openpi's reference
@@ -85,19 +66,19 @@ def test_guidance_equals_autograd_of_the_papers_formula(variant):
         y, w, beta = guidance.target, guidance.weights, guidance.max_guidance
 
         def f(a):
-            return a + (1.0 - tau) * (-_reference_velocity(model, prefix_pad, past, state, a, t))
+            return a + (1.0 - tau) * (-reference_velocity(model, prefix_pad, past, state, a, t))
 
         a = x.clone().requires_grad_(True)
         fa = f(a)
         (vjp,) = torch.autograd.grad(fa, a, grad_outputs=((y - fa) * w).detach())
         r2 = (1.0 - tau) ** 2 / (tau ** 2 + (1.0 - tau) ** 2)
         weight = beta if tau == 0.0 else min(beta, (1.0 - tau) / (tau * r2))
-        paper = -_reference_velocity(model, prefix_pad, past, state, x, t).detach() + weight * vjp
+        paper = -reference_velocity(model, prefix_pad, past, state, x, t).detach() + weight * vjp
         ours, plain, predicted = guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, t,
                                                  guidance)
         assert torch.allclose(-ours, paper, atol=2e-5, rtol=1e-4), (t, (-ours - paper).abs().max())
         assert torch.allclose(predicted, fa.detach(), atol=1e-5)
-        assert torch.allclose(plain, _reference_velocity(model, prefix_pad, past, state, x, t), atol=2e-5)
+        assert torch.allclose(plain, reference_velocity(model, prefix_pad, past, state, x, t), atol=2e-5)
         assert weight == pytest.approx(guidance_weight(t, beta), rel=1e-6)
         x = x + (1.0 / 5) * paper  # move along the paper's trajectory
 

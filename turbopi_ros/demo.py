@@ -10,12 +10,13 @@ import argparse
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from . import processes
 
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
 PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
@@ -139,9 +140,7 @@ def main(argv=None) -> int:
     procs = []
     t0 = time.monotonic()
     try:
-        for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
-            procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
-                                           "--log-level", "warn"], env=env))
+        procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
         while args.duration <= 0 or time.monotonic() - t0 < args.duration:
             time.sleep(1.0)
             if any(p.poll() is not None for p in procs):
@@ -158,14 +157,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        processes.stop(procs, timeout=10)
         rclpy.try_shutdown()  # wakes the spinning executor; then it can be joined
         spinner.join(timeout=5)
 

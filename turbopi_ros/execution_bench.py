@@ -25,8 +25,6 @@ import math
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import processes
 from .policy.chunking import Chunk
 
 MODES: Dict[str, Dict[str, object]] = {
@@ -95,7 +94,6 @@ def record(mode: str, params_file: Path, duration_s: float, warmup_s: float = 3.
            overrides: Optional[Dict[str, object]] = None) -> Recording:
     """Run fake_robot + turbopi_node in ``mode`` and record them for ``duration_s`` after the first chunk and
     ``warmup_s``. rclpy must be initialised by the caller."""
-    import rclpy
     import yaml
     from rclpy.executors import SingleThreadedExecutor
 
@@ -104,9 +102,8 @@ def record(mode: str, params_file: Path, duration_s: float, warmup_s: float = 3.
     values = dict(MODES[mode], **(overrides or {}))
     args = [a for name, value in values.items() for a in ("-p", f"{name}:={_ros_value(value)}")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file),
-                               "--log-level", "warn"] + (args if module.endswith("node") else []), env=env)
-             for module in ("turbopi_ros.node", "turbopi_ros.fake_robot")]
+    procs = [processes.start(processes.NODE, params_file, env, args),
+             processes.start(processes.FAKE_ROBOT, params_file, env)]
     recorder = _Recorder()
     executor = SingleThreadedExecutor()
     executor.add_node(recorder.node)
@@ -129,14 +126,7 @@ def record(mode: str, params_file: Path, duration_s: float, warmup_s: float = 3.
             commands, raw_chunks = list(recorder.commands), list(recorder.chunks)
             diagnostics = list(recorder.diagnostics)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        processes.stop(procs)
         executor.shutdown()
         recorder.node.destroy_node()
     chunks = [(t, Chunk(positions, stamp, rate)) for t, stamp, positions in raw_chunks]

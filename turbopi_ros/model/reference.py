@@ -93,28 +93,32 @@ def reference_prefix(model: PI0Model, images, image_masks, tokens, token_mask):
     return prefix_pad, past
 
 
-def reference_denoise(model: PI0Model, prefix_pad, past, state, noise, num_steps=10):
-    """openpi's Euler loop: each step runs the whole suffix (pi0: [state, actions]) through the expert under the full
-    mask, over the padded cache, with the time conditioning computed afresh."""
+def reference_velocity(model: PI0Model, prefix_pad, past, state, x: torch.Tensor, t) -> torch.Tensor:
+    """One step's v(x, t) as openpi computes it: the whole suffix (pi0: [state, actions]) through the expert under the
+    full mask, over the padded cache, with the time conditioning computed afresh."""
     c = model.config
+    B = x.shape[0]
+    t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    suffix, suffix_pad, suffix_att, cond = embed_suffix(model, state, x, t)
+    Ls = suffix.shape[1]
+    mask = torch.cat([prefix_pad[:, None, :].expand(B, Ls, prefix_pad.shape[1]),
+                      make_att_2d_masks(suffix_pad, suffix_att)], dim=2)
+    positions = prefix_pad.sum(dim=-1, keepdim=True) + torch.cumsum(suffix_pad.long(), dim=1) - 1
+    mods = final = None
+    if cond is not None:
+        mods = [(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
+                for layer in model.expert.layers]
+        final = model.expert.norm.modulation(cond)
+    out, _ = _run_stack(model.expert, suffix.to(model.dtype), positions, mask, past, mods, final)
+    return model.action_out_proj(out[:, -c.action_horizon:].to(model.action_out_proj.weight.dtype)).float()
+
+
+def reference_denoise(model: PI0Model, prefix_pad, past, state, noise, num_steps=10):
+    """openpi's Euler loop over reference_velocity."""
     times, dt = euler_schedule(num_steps)
     x = noise.to(torch.float32)
-    B = x.shape[0]
     for t in times:
-        t = torch.tensor(t, dtype=torch.float32, device=x.device)
-        suffix, suffix_pad, suffix_att, cond = embed_suffix(model, state, x, t)
-        Ls = suffix.shape[1]
-        mask = torch.cat([prefix_pad[:, None, :].expand(B, Ls, prefix_pad.shape[1]),
-                          make_att_2d_masks(suffix_pad, suffix_att)], dim=2)
-        positions = prefix_pad.sum(dim=-1, keepdim=True) + torch.cumsum(suffix_pad.long(), dim=1) - 1
-        mods = final = None
-        if cond is not None:
-            mods = [(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
-                    for layer in model.expert.layers]
-            final = model.expert.norm.modulation(cond)
-        out, _ = _run_stack(model.expert, suffix.to(model.dtype), positions, mask, past, mods, final)
-        v = model.action_out_proj(out[:, -c.action_horizon:].to(model.action_out_proj.weight.dtype)).float()
-        x = x + dt * v
+        x = x + dt * reference_velocity(model, prefix_pad, past, state, x, t)
     return x
 
 
