@@ -43,7 +43,8 @@ from .model.reference import reference_denoise, reference_prefix
 
 PRESETS = {"pi0": 20, "pi05": 80}  # preset -> valid prompt tokens (pi0.5: task + discretized state)
 DRY_PRESETS = {"tiny": 20, "tiny_pi05": 80}
-FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "denoise eager": "denoise",
+FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph": "vision",
+              "prefix_cache graph": "prefix_cache", "denoise eager": "denoise",
               "denoise graph": "denoise", "total eager": "total", "total graph": "total"}
 
 
@@ -155,7 +156,8 @@ class Run:
         return False
 
     # --- one views count ---------------------------------------------------------------------------------------
-    def views_block(self, model, config, views: int, prompt_len: int, ref32, graph, peaks, published):
+    def views_block(self, model, config, views: int, prompt_len: int, ref32, graph, peaks, published,
+                    encoder=None):
         """-> (the block's results, (cache, noise) of its observation)."""
         a, device, steps = self.args, self.device, self.args.steps
         images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device,
@@ -183,6 +185,16 @@ class Run:
                 fns["denoise graph"] = lambda: graph(cache, noise, steps)
                 fns["total graph"] = lambda: graph(model.encode(images, masks, tokens, token_mask, state), noise,
                                                    steps)
+            if encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
+                graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
+                n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
+                out["encoder_vs_eager"] = max_abs(
+                    encoder.build_cache(graphed_tokens, tokens, token_mask, state).keys[..., :n, :],
+                    cache.keys[..., :n, :])
+                fns["vision graph"] = lambda: encoder.embed_images(images, masks)
+                fns["prefix_cache graph"] = lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state)
+                fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
+                                                                       token_mask, state), noise, steps)
             times = timer(fns)
             # peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs)
             # plus the run's own peak
@@ -192,7 +204,9 @@ class Run:
             parity = {}
             if graph is not None:
                 reset_peak(device)
-                graphed = graph(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+                encode = encoder if encoder is not None else model
+                graphed = graph(encode.build_cache(encode.embed_images(images, masks), tokens, token_mask, state),
+                                noise, steps)
                 out["peak_memory_gb_graph"] = memory_gb(device)
                 parity["graph_vs_eager"] = max_abs(graphed, fast)
             ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
@@ -317,21 +331,24 @@ class Run:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             entry["weights_gb"] = torch.cuda.memory_allocated(device) / 1e9
-        graph_cls = None
+        graph_cls = encoder = None
         if device.type == "cuda":
-            from .model.cuda_graph import CudaGraphDenoiser
+            from .model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder
 
             graph_cls = CudaGraphDenoiser
+            encoder = CudaGraphEncoder(model)
         else:
             self.skip_once("CUDA graphs: not a CUDA device (dry run)")
         graph = graph_cls(model) if graph_cls else None
         last = None
         for views in a.views:
-            block, last = self.views_block(model, config, views, prompt_len, ref32, graph, peaks, published)
+            block, last = self.views_block(model, config, views, prompt_len, ref32, graph, peaks, published,
+                                           encoder)
             entry["views"][views] = block
             self.print_views(config, views, block)
         if graph is not None:
             graph.clear()
+            encoder.clear()
         most = max(a.views)
         if a.compile and self.fits(f"{name} torch.compile ({most} views)", 10 if self.dry else self.compile_reserve_s):
             entry["compile"] = self.compile_block(model, last, graph_cls)
@@ -360,13 +377,15 @@ class Run:
     def print_views(self, config, views: int, b: Dict) -> None:
         t, p, say = b["times"], b["parity"], self.say
         med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
-        say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')}, prefix "
-            f"{med('prefix_cache')}, denoise eager {med('denoise eager')} / graph {med('denoise graph')}, total eager "
+        say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')} / graph "
+            f"{med('vision graph')}, prefix {med('prefix_cache')} / graph {med('prefix_cache graph')}, denoise eager "
+            f"{med('denoise eager')} / graph {med('denoise graph')}, total eager "
             f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
             f"{med('reference total')}")
         say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
             f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
-            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')}; peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
+            f"{_num(b.get('encoder_vs_eager'), '.2e')}); peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
             f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
         for name, e in b["efficiency"].items():
             pub = e["bound_published_ms"]
@@ -456,7 +475,8 @@ class Run:
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
-MARKDOWN_HEADER = ("| GPU | model | cameras | vision | prefix cache | denoise eager / graph / compile+graph | total eager / "
+MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / graph / "
+                   "compile+graph | total eager / "
                    "graph | roofline bound (measured peaks) | graph total / bound | bf16 fast vs fp32 reference | peak "
                    "memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
@@ -476,7 +496,8 @@ def markdown_rows(result: Dict) -> List[str]:
             cg = ms("denoise compiled + graph", comp) if views == most and comp else "-"
             e = b["efficiency"].get("total graph") or b["efficiency"]["total eager"]
             mem = b.get("peak_memory_gb")
-            rows.append(f"| {gpu} | {preset} | {views} | {ms('vision')} | {ms('prefix_cache')} | "
+            rows.append(f"| {gpu} | {preset} | {views} | {ms('vision')} / {ms('vision graph')} | "
+                        f"{ms('prefix_cache')} / {ms('prefix_cache graph')} | "
                         f"{ms('denoise eager')} / {ms('denoise graph')} / {cg} | {ms('total eager')} / "
                         f"{ms('total graph')} | {e['bound_measured_peaks_ms']:.2f} | {e['bound_over_measured']:.0%} | "
                         f"{b['parity']['fast_bf16_vs_reference_fp32']:.2e} | "

@@ -1,4 +1,5 @@
-"""The whole num_steps denoise captured as one CUDA graph per prefix length.
+"""CUDA graphs of the engine's stages: the whole num_steps denoise (plain or guided) and the encoding (vision, prefix
+cache), each captured once per shape and replayed.
 
 The denoise is hundreds of small kernels (depth x steps layers) whose launch overhead dominates at batch 1; a graph
 replays them with one launch. Graphs need fixed addresses, so each captured graph owns static copies of the cache,
@@ -13,8 +14,23 @@ from typing import Dict, Tuple
 
 import torch
 
-from .pi0 import PI0Model, PrefixCache
+from .pi0 import ImageTokens, PI0Model, PrefixCache
 from .rtc import ConstantPrefix, Guidance, guided_loop
+
+
+def capture(fn, warmup: int = 2):
+    """(graph, fn's output): ``fn`` run ``warmup`` times on a side stream (lazy initialisations, allocator), then
+    captured. Its inputs must be static buffers the caller copies new values into before each ``graph.replay()``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 @dataclasses.dataclass
@@ -56,15 +72,7 @@ class CudaGraphDenoiser:
                                      cos=cache.cos.clone(), sin=cache.sin.clone())
         static_noise = noise.to(torch.float32).clone()
         model.step_conditioning(num_steps)  # computed once, outside the graph
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                model.denoise(static, static_noise, num_steps)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = model.denoise(static, static_noise, num_steps)
+        graph, out = capture(lambda: model.denoise(static, static_noise, num_steps), self.warmup)
         return _Captured(graph=graph, cache=static, noise=static_noise, out=out)
 
     def clear(self) -> None:
@@ -126,16 +134,84 @@ class CudaGraphGuidedDenoiser:
                               max_guidance=float(guidance.max_guidance))
             static_noise = noise.to(torch.float32).clone()
             model.step_conditioning(num_steps)  # computed once, outside the graph
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    guided_loop(model, prefix, static_noise, static, num_steps)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = guided_loop(model, prefix, static_noise, static, num_steps)
+            graph, out = capture(lambda: guided_loop(model, prefix, static_noise, static, num_steps), self.warmup)
         return _CapturedGuided(graph=graph, prefix=prefix, noise=static_noise, guidance=static, out=out)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+
+class CudaGraphEncoder:
+    """``embed_images`` and ``build_cache`` of the model, replayed from CUDA graphs: vision one graph per set of
+    present cameras, the prefix cache one per (cameras, valid prompt tokens). At batch 1 both stages are hundreds of
+    small kernels (SigLIP's and Gemma's layers), launch-bound like the eager denoise.
+
+    The host work that decides shapes stays outside the graphs: which cameras are present, the input checks, the
+    compaction of the prompt to its valid tokens (then every prefix token is valid and PI0Model.prefix_cache runs
+    with fixed shapes). A batch whose rows differ in cameras or prompt length runs eagerly. The returned tokens and
+    cache live in the graphs' static buffers: valid until the next call with the same shapes (the denoisers copy
+    the cache into their own)."""
+
+    def __init__(self, model: PI0Model, warmup: int = 2):
+        if model.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {model.device}")
+        self.model = model
+        self.warmup = warmup
+        self._graphs: Dict[Tuple, Tuple] = {}  # key -> (graph, static inputs, output)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._graphs)
+
+    def _replay(self, key, make, inputs):
+        """Copy ``inputs`` into the static inputs of the graph ``key`` (captured from ``make(static inputs)`` the
+        first time) and replay it."""
+        entry = self._graphs.get(key)
+        if entry is None:
+            static = tuple(x.clone() for x in inputs)
+            graph, out = capture(lambda: make(*static), self.warmup)
+            entry = self._graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        for dst, src in zip(static, inputs):
+            dst.copy_(src)
+        graph.replay()
+        return out
+
+    def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
+        model = self.model
+        present = tuple(i for i, p in enumerate(image_masks.any(dim=0).tolist()) if p)
+        if not present or not bool(image_masks[:, list(present)].all()):
+            return model.embed_images(images, image_masks)  # no camera, or rows that differ: eager
+        B, s = images.shape[0], model.config.vision.image_size
+        T, W = model.config.num_image_tokens, model.config.vlm.width
+
+        def vision(x):
+            return model.projector(model.vision(x.reshape(B * len(present), 3, s, s))).view(B, len(present), T, W)
+
+        with torch.inference_mode():
+            features = self._replay(("vision", tuple(images.shape), present, images.dtype), vision,
+                                    (images[:, list(present)],))
+        return ImageTokens(features=features, present=present, mask=image_masks[:, list(present)])
+
+    def build_cache(self, image_tokens: ImageTokens, tokens: torch.Tensor, token_mask: torch.Tensor,
+                    state: torch.Tensor) -> PrefixCache:
+        model = self.model
+        B = image_tokens.features.shape[0]
+        model._check_prefix_inputs(B, tokens, token_mask, state)
+        counts = token_mask.sum(dim=1).tolist()
+        if len(set(counts)) != 1 or not bool(image_tokens.mask.all()):
+            return model.build_cache(image_tokens, tokens, token_mask, state)  # rows that differ: eager
+        W = model.config.vlm.width
+
+        def prefix(features, valid_tokens, state):
+            x = torch.cat([features.reshape(B, -1, W).to(model.dtype),
+                           model.embed_language(valid_tokens).to(model.dtype)], dim=1)
+            return model.prefix_cache(x, state)
+
+        with torch.inference_mode():
+            valid_tokens = tokens[token_mask].view(B, counts[0])
+            return self._replay(("prefix", tuple(image_tokens.features.shape), image_tokens.present, counts[0],
+                                 tuple(state.shape)), prefix, (image_tokens.features, valid_tokens, state))
 
     def clear(self) -> None:
         self._graphs.clear()

@@ -187,8 +187,15 @@ class PI0Model(nn.Module):
         if len(set(counts)) != 1:
             raise RaggedBatchError(f"rows have {counts} valid prefix tokens; the fast path needs equal counts "
                                    "(sample_actions falls back to the reference path)")
-        n = counts[0]
-        x = embs[valid].view(B, n, c.vlm.width)  # compaction: only valid tokens enter the prefix
+        x = embs[valid].view(B, counts[0], c.vlm.width)  # compaction: only valid tokens enter the prefix
+        return self.prefix_cache(x, state)
+
+    def prefix_cache(self, x: torch.Tensor, state: torch.Tensor) -> PrefixCache:
+        """The cache of the valid prefix embeddings x [B, n, vlm width] (all of them valid: compacted), and pi0's
+        state token. No host synchronisation and no data-dependent shapes: a CUDA graph can hold it
+        (cuda_graph.CudaGraphEncoder)."""
+        c = self.config
+        B, n = x.shape[0], x.shape[1]
         has_state = not c.is_pi05
         num_cached = n + int(has_state)
         g, H = c.vlm, c.action_horizon

@@ -107,11 +107,13 @@ class Policy:
         self.cameras = CameraBatch(self.image_keys, self.config.vision.image_size, preprocess_mode, preprocess_threads)
         self.denoiser = model.denoise
         self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
+        self.encoder = model  # embed_images, build_cache
         if cuda_graph and self.device.type == "cuda":
-            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphGuidedDenoiser
+            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser
 
             self.denoiser = CudaGraphDenoiser(model)
             self.guided_denoiser = CudaGraphGuidedDenoiser(model)
+            self.encoder = CudaGraphEncoder(model)
 
     def _limits(self, values, default, name) -> np.ndarray:
         if values is None or len(values) == 0:
@@ -234,10 +236,10 @@ class Policy:
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
-            image_tokens = self.model.embed_images(images, masks)
+            image_tokens = self.encoder.embed_images(images, masks)
             self._sync()
             t2 = time.perf_counter()
-            cache = self.model.build_cache(image_tokens, tokens, token_mask, state_t)
+            cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state_t)
             self._sync()
             t3 = time.perf_counter()
             noise = self.model.sample_noise(1, generator=self.generator)
