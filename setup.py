@@ -33,6 +33,7 @@ setup(
             "turbopi-verify = turbopi_ros.verify:main",
             "turbopi-bench = turbopi_ros.bench:main",
             "turbopi-demo = turbopi_ros.demo:main",
+            "turbopi-replay = turbopi_ros.replay:main",
         ],
     },
 )

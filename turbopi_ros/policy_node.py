@@ -81,6 +81,21 @@ PARAMETERS: Dict[str, Param] = {
 DIAGNOSTICS_PERIOD_S = 1.0
 
 
+def policy_from_params(p: Dict[str, object]) -> Policy:
+    """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
+    replays is what would run."""
+    policy = Policy.from_params(
+        checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
+        tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
+        num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
+        delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
+        upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]))
+    if len(p["state.joints"]) > policy.config.action_dim:
+        raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
+                         "state dims")
+    return policy
+
+
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
@@ -101,9 +116,6 @@ class TurbopiNode(Node):
         self._infer = faults.wrap(self.policy.infer)  # the policy itself unless a test injects faults
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
-        if len(p["state.joints"]) > self.policy.config.action_dim:
-            raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's "
-                             f"{self.policy.config.action_dim} state dims")
 
         compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
         topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
@@ -186,12 +198,7 @@ class TurbopiNode(Node):
         checkpoint = p["model.checkpoint"]
         what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
         self.get_logger().info(f"loading {what} on {p['model.device']}")
-        return Policy.from_params(
-            checkpoint=checkpoint, preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
-            tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
-            num_steps=int(p["model.num_steps"]), action_dims=len(self.action_joints), image_keys=IMAGE_KEYS,
-            delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
-            upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]))
+        return policy_from_params(p)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -1,0 +1,108 @@
+"""A bag recorded from the real demo (`turbopi-demo --record`: fake_robot and turbopi_node as processes, the
+recorder in the demo's) replays: at the recorded chunks' observation stamps, replay computes the node's chunks bit
+for bit (same params file, so the same random weights, seed and thread count on CPU), and chunks.mcap reads back with
+rosbags with the right topics, types and stamps.
+
+Why the recorded node's instants: the node infers whenever its worker is free, on the newest messages then; replay
+cannot know those instants, but each chunk carries its observation's stamp (the newest input stamp), and the node's
+noise generator advances once per chunk. So replay observes once per recorded chunk, in order, on the states of the
+inputs (in recorded order) whose newest stamp is that chunk's (RecordedChunks in replay.py), and must reproduce
+every recorded chunk exactly. A different seed must reproduce none (the comparison can fail).
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rosbags")
+pytest.importorskip("rclpy")
+
+from rosbags.highlevel import AnyReader  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD_S = 8.0  # the node starts in ~3-4 s on 2 cores, then makes ~10 chunks/s
+
+
+def read_back(path: Path):
+    with AnyReader([path]) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        messages = {}
+        for conn, t_ns, raw in reader.messages():
+            messages.setdefault(conn.topic, []).append((t_ns, reader.deserialize(raw, conn.msgtype)))
+    return messages, types
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "demo_tiny.yaml").read_text())
+    config["/**/fake_robot"]["ros__parameters"].update({"camera.width": 64, "camera.height": 48})  # a small bag
+    params = tmp_path / "demo.yaml"
+    params.write_text(yaml.safe_dump(config))
+    bag = tmp_path / "demo.mcap"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    demo = subprocess.run([sys.executable, "-m", "turbopi_ros.demo", "--duration", str(RECORD_S), "--params-file",
+                           str(params), "--record", str(bag)], cwd=str(REPO), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert demo.returncode == 0 and "recorded " in demo.stdout, demo.stdout + demo.stderr
+
+    recorded, types = read_back(bag)
+    assert types == {"/camera/base/image_raw": "sensor_msgs/msg/Image",
+                     "/camera/wrist/image_raw/compressed": "sensor_msgs/msg/CompressedImage",
+                     "/joint_states": "sensor_msgs/msg/JointState",
+                     "/turbopi_node/action_chunk": "trajectory_msgs/msg/JointTrajectory",
+                     "/turbopi_node/joint_command": "std_msgs/msg/Float64MultiArray"}
+    node_chunks = recorded["/turbopi_node/action_chunk"]
+    assert len(node_chunks) >= 3, demo.stdout
+    assert recorded["/camera/base/image_raw"][0][1].width == 64
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "turbopi_ros.replay", str(bag), "--params-file", str(params),
+                          "--out", str(out), "--at-recorded-chunks"], cwd=str(REPO), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["recorded_chunks"]["compared"] == len(node_chunks), report
+    assert report["recorded_chunks"]["reproduced_bit_for_bit"] == len(node_chunks), report
+    assert report["skips"]["total"] == 0 and report["chunks"] == len(node_chunks)
+    print(f"{len(node_chunks)} recorded chunks reproduced bit for bit; "
+          f"{report['recorded_chunks']['needed_an_earlier_candidate']} needed an earlier input state than the last "
+          "one with their stamp")
+
+    # chunks.mcap, read back with plain rosbags: the node's chunks exactly, at their observation stamps, beside the
+    # recorded joint states
+    replayed, types = read_back(out / "chunks.mcap")
+    assert types == {"/turbopi_node/action_chunk": "trajectory_msgs/msg/JointTrajectory",
+                     "/joint_states": "sensor_msgs/msg/JointState"}
+    assert len(replayed["/joint_states"]) == len(recorded["/joint_states"])
+    assert len(replayed["/turbopi_node/action_chunk"]) == len(node_chunks)
+    for (t_ns, mine), (_, node) in zip(replayed["/turbopi_node/action_chunk"], node_chunks):
+        assert t_ns == stamp_ns(mine.header.stamp) == stamp_ns(node.header.stamp)
+        assert list(mine.joint_names) == list(node.joint_names)
+        assert np.array_equal(np.array([p.positions for p in mine.points]), np.array([p.positions for p in node.points]))
+        assert [stamp_ns(p.time_from_start) for p in mine.points] == [stamp_ns(p.time_from_start) for p in node.points]
+
+    from turbopi_ros.replay import replay
+
+    # the comparison can fail: another seed (other weights, other noise) reproduces nothing
+    config["/**/turbopi_node"]["ros__parameters"]["model.seed"] = 1
+    other = tmp_path / "seed1.yaml"
+    other.write_text(yaml.safe_dump(config))
+    report = replay(bag, other, tmp_path / "seed1", at_recorded_chunks=True, limit=2, show_progress=False)
+    assert report["recorded_chunks"]["compared"] == 2 and report["recorded_chunks"]["reproduced_bit_for_bit"] == 0
+    # a window: the recorded chunks before it only draw their noise, so the generator stays in step
+    report = replay(bag, params, tmp_path / "window", start_s=RECORD_S / 2, at_recorded_chunks=True, limit=2,
+                    show_progress=False)
+    assert report["recorded_chunks"]["compared"] == 2 and report["recorded_chunks"]["reproduced_bit_for_bit"] == 2
+    # and the bag replays paced as the node would be
+    report = replay(bag, params, tmp_path / "paced", start_s=RECORD_S / 2, duration_s=1.0, show_progress=False)
+    assert report["chunks"] >= 3 and report["skips"]["total"] == 0, report

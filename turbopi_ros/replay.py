@@ -1,0 +1,381 @@
+"""turbopi-replay: run the policy over a recorded rosbag2 / MCAP bag, as the node would have run on that robot.
+
+    turbopi-replay BAG --params-file YAML [--out DIR] [--start S] [--duration D] [--period S] [--limit N]
+                       [--at-recorded-chunks]
+
+The params file is the node's own, read and checked as the node does (params_file.py), and the policy is built by
+the node's policy_from_params. The bag's messages go, in recorded order, into the node's InputBuffer: observations
+are built by its newest-message rule, staleness and bad-input checks and conversions, at instants of bag time (the
+recorded arrival times, ``now`` of the staleness checks). An instant that yields no chunk is a skip, counted by its
+reason (the node's own message, numbers masked). Outputs in DIR: chunks.mcap, report.json and PNGs (replay_report.py).
+
+Instants: every ``--period`` seconds of bag time; by default as often as the node would infer: back to back, or every
+inference_period_s, i.e. max(inference_period_s, median total latency of this replay's inferences so far) after each
+chunk, and at the next recorded message after a skip (the node tries again when new data arrives).
+``--at-recorded-chunks`` observes instead where the recorded node did: at the stamps of the chunks it published on
+/turbopi_node/action_chunk (see RecordedChunks), which reproduces them bit for bit with the same checkpoint, seed and
+device (CPU), and shows what another checkpoint does at exactly those moments.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import params_file
+from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
+from .conversions import InputError, sec_to_stamp
+from .inputs import JOINT_STATES, InputBuffer, WaitingForInput, newest_stamp
+from .policy.policy import ActionChunk, ObservationError
+
+CHUNK_TOPIC = "/turbopi_node/action_chunk"
+
+
+@dataclass
+class Replayed:
+    """What a replay produced: its chunks, its skips, and the recorded joint states it went past."""
+    chunks: List[ActionChunk] = field(default_factory=list)
+    skips: Dict[str, dict] = field(default_factory=dict)  # masked reason -> {"count", "kind", "first_at_s", "example"}
+    joint_states: List[Tuple[int, object]] = field(default_factory=list)  # (arrival ns, rosbags JointState)
+    instants: int = 0
+    recorded: List[dict] = field(default_factory=list)  # --at-recorded-chunks: one entry per recorded chunk
+
+
+def input_topics(p: Dict[str, object]) -> Dict[str, Tuple[str, str]]:
+    """topic -> (input name, message type) of the node's subscriptions under parameters ``p``."""
+    compressed = list(p["cameras.compressed"]) or [False] * len(p["cameras.names"])
+    topics = {t: (name, COMPRESSED if c else IMAGE)
+              for name, t, c in zip(p["cameras.names"], p["cameras.topics"], compressed)}
+    topics[str(p["joint_states.topic"])] = (JOINT_STATES, JOINT_STATE)
+    return topics
+
+
+def check_bag_topics(reader, wanted: Dict[str, Tuple[str, str]], bag: Path) -> None:
+    """Every topic the node subscribes to is in the bag, with the type it subscribes with."""
+    have = {topic: info.msgtype for topic, info in reader.topics.items()}
+    for topic, (name, msgtype) in wanted.items():
+        what = "joint_states.topic" if name == JOINT_STATES else f"camera '{name}' (cameras.topics)"
+        if topic not in have:
+            raise ValueError(f"bag {bag} has no topic {topic} ({what} in the params file, {msgtype}); its topics: "
+                             + ", ".join(f"{t} ({m})" for t, m in sorted(have.items())))
+        if have[topic] != msgtype:
+            hint = " (check cameras.compressed)" if msgtype in (IMAGE, COMPRESSED) else ""
+            raise ValueError(f"bag {bag}: topic {topic} ({what}) is {have[topic]}, the node subscribes to it as "
+                             f"{msgtype}{hint}")
+
+
+def skip_reason(message: str) -> str:
+    """A skip's message with its measured numbers masked, so that skips for the same reason count together."""
+    return re.sub(r"-?\d+\.\d+", "#", message)
+
+
+class Replayer:
+    """Feeds a bag's messages to the node's InputBuffer and runs the policy at instants of bag time."""
+
+    def __init__(self, p: Dict[str, object], policy):
+        self.p, self.policy = p, policy
+        topics = input_topics(p)
+        cameras = list(p["cameras.names"])
+        self.topics = topics
+        self.inputs = InputBuffer(cameras, {name: t for t, (name, _) in topics.items()}, p["state.joints"],
+                                  float(p["max_observation_age_s"]))
+        self.prompt = str(p["prompt"])
+        self.result = Replayed()
+        self._last_observed: Optional[Dict[str, object]] = None
+        self._t0_ns = 0
+
+    # --- one instant ------------------------------------------------------------------------------------------------
+    def skip(self, t_ns: int, message: str, kind: str) -> None:
+        entry = self.result.skips.setdefault(skip_reason(message), {
+            "count": 0, "kind": kind, "first_at_s": round((t_ns - self._t0_ns) * 1e-9, 6), "example": message})
+        entry["count"] += 1
+
+    def observe(self, t_ns: int, snapshot: Optional[Dict[str, object]] = None) -> Optional[ActionChunk]:
+        """The node's worker at ``now`` = t_ns: the newest inputs, unless nothing changed since the last chunk, checked
+        and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
+        self.result.instants += 1
+        snapshot = self.inputs.snapshot() if snapshot is None else snapshot
+        last = self._last_observed
+        if snapshot and last is not None and all(last.get(k) is v for k, v in snapshot.items()):
+            self.skip(t_ns, "no new input since the last chunk", "unchanged")
+            return None
+        try:
+            chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, t_ns * 1e-9))
+        except WaitingForInput as e:
+            self.skip(t_ns, str(e), "waiting")
+            return None
+        except (InputError, ObservationError, ValueError) as e:  # what the node reports as bad input
+            self.skip(t_ns, str(e), "input")
+            return None
+        self._last_observed = snapshot
+        self.result.chunks.append(chunk)
+        return chunk
+
+    # --- a bag ------------------------------------------------------------------------------------------------------
+    def stream(self, reader, end_ns: int):
+        """(arrival ns, topic, rosbags message) of the node's inputs from the bag's beginning (the newest messages
+        before the first instant count) to end_ns, in recorded order."""
+        connections = [c for c in reader.connections if c.topic in self.topics]
+        for conn, t_ns, raw in reader.messages(connections=connections, stop=end_ns):
+            yield t_ns, conn.topic, deserialize(reader.typestore, raw, conn.msgtype)
+
+    def store(self, t_ns: int, topic: str, msg, start_ns: int) -> None:
+        """A message arrives, as in the node's subscription callbacks (joint states also go into the result)."""
+        name = self.topics[topic][0]
+        self.inputs.store(name, msg)
+        if name == JOINT_STATES and t_ns >= start_ns:
+            self.result.joint_states.append((t_ns, msg))
+
+    def run(self, reader, start_ns: int, end_ns: int, period_s: Optional[float], limit: int = 0,
+            progress=lambda t_s: None) -> Replayed:
+        """Instants from start_ns to end_ns: every period_s, or (None) as the node paces itself (module docstring).
+        An instant at T sees the messages that arrived at or before T."""
+        self._t0_ns = start_ns
+        pacing = float(self.p["inference_period_s"])
+        next_ns: Optional[int] = start_ns
+        k = 0
+        for t_ns, topic, msg in itertools.chain(self.stream(reader, end_ns), [(end_ns, None, None)]):
+            while next_ns is not None and next_ns < min(t_ns, end_ns):
+                chunk = self.observe(next_ns)
+                if limit and len(self.result.chunks) >= limit:
+                    return self.result
+                if period_s is not None:
+                    k += 1
+                    next_ns = start_ns + int(round(k * period_s * 1e9))
+                elif chunk is None:
+                    next_ns = None  # try again on new data, as the node does
+                else:
+                    latency = float(np.median([c.timings["total"] for c in self.result.chunks]))
+                    next_ns += max(int(round(max(pacing, latency) * 1e9)), 1)
+            if msg is None:
+                break
+            self.store(t_ns, topic, msg, start_ns)
+            if t_ns >= start_ns:
+                progress((t_ns - start_ns) * 1e-9)
+            if next_ns is None and t_ns >= start_ns:
+                next_ns = t_ns
+        return self.result
+
+    # --- at the recorded node's instants ------------------------------------------------------------------------------
+    def run_at_recorded_chunks(self, reader, start_ns: int, end_ns: int, limit: int = 0,
+                               progress=lambda t_s: None) -> Replayed:
+        """One observation per chunk the recorded node published (RecordedChunks), in its order, so that the policy's
+        noise generator advances as the node's did: recorded chunks stamped before start_ns only draw their noise."""
+        self._t0_ns = start_ns
+        recorded = RecordedChunks(reader, self.p)
+        block: List[Tuple[int, Dict[str, object]]] = []  # buffer states (arrival, snapshot) with the same newest stamp
+        block_key = None
+        block_from = 0  # chunks sharing a stamp: the next one's observation is not before the previous one's
+        for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(None, None, None)]):
+            if msg is not None:
+                self.store(t_ns, topic, msg, start_ns)
+                if t_ns >= start_ns:
+                    progress((t_ns - start_ns) * 1e-9)
+                snapshot = self.inputs.snapshot()
+                stamp = newest_stamp(snapshot)
+                if stamp is None:
+                    continue  # only unstamped messages so far: no observation the node would act on
+                key = _stamp_ns(stamp)
+            else:
+                key = 2**63  # the end: every block is complete
+            if key != block_key:  # the block of block_key is complete: the chunks stamped up to it can be resolved
+                while recorded.pending() and recorded.next_stamp_ns() < key:
+                    stamp_ns, actions = recorded.pop()
+                    if stamp_ns >= end_ns:
+                        return self.result
+                    candidates = block[block_from:] if stamp_ns == block_key else []
+                    index = self._reproduce(stamp_ns, actions, candidates, start_ns)
+                    if index is not None:
+                        block_from += index
+                    if limit and len(self.result.chunks) >= limit:
+                        return self.result
+                block, block_key, block_from = [], key, 0
+            if msg is not None:
+                block.append((t_ns, snapshot))
+        return self.result
+
+    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int) -> Optional[int]:
+        """The recorded node's observation for a chunk stamped stamp_ns was one of ``candidates``: the states of the
+        buffer whose newest stamp is stamp_ns (two inputs sharing a stamp, or arriving within a few ms, leave the
+        bag unable to tell which; the node then took one of them). Each is tried from the same generator state, the
+        latest first (it lasted longest); the one that reproduces the recorded chunk is kept, else the latest.
+        Returns the index of the candidate kept (None: no chunk)."""
+        generator = self.policy.generator
+        if stamp_ns < start_ns:
+            self.policy.model.sample_noise(1, generator=generator)
+            return None
+        self.result.instants += 1
+        before = generator.get_state()
+        tries = []
+        errors = []
+        for index in reversed(range(len(candidates))):
+            t_ns, snapshot = candidates[index]
+            generator.set_state(before)
+            try:
+                chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, t_ns * 1e-9))
+            except (InputError, ObservationError, ValueError) as e:
+                errors.append(str(e))
+                continue
+            tries.append((index, chunk, generator.get_state()))
+            if np.array_equal(chunk.actions, actions):
+                break
+        if not tries:
+            generator.set_state(before)
+            self.policy.model.sample_noise(1, generator=generator)  # the node drew it
+            self.skip(stamp_ns, errors[0] if errors else "no input state in the bag has the recorded chunk's stamp "
+                      "(a message the node used is missing from the bag)", "recorded")
+            self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
+            return None
+        matched = [t for t in tries if np.array_equal(t[1].actions, actions)]
+        index, chunk, after = (matched or tries[:1])[0]
+        generator.set_state(after)
+        self.result.chunks.append(chunk)
+        same_shape = chunk.actions.shape == actions.shape
+        self.result.recorded.append({
+            "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
+            "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
+        return index
+
+
+def _stamp_ns(stamp: float) -> int:
+    """A stamp in seconds as the node publishes it (header.stamp of the chunk), in integer nanoseconds."""
+    t = sec_to_stamp(stamp)
+    return t.sec * 1_000_000_000 + t.nanosec
+
+
+class RecordedChunks:
+    """The chunks a recorded turbopi_node published on /turbopi_node/action_chunk, in publication order: (observation
+    stamp in ns, actions [H, N])."""
+
+    def __init__(self, reader, p: Dict[str, object]):
+        connections = [c for c in reader.connections if c.topic == CHUNK_TOPIC and c.msgtype == TRAJECTORY]
+        if not connections:
+            raise ValueError(f"--at-recorded-chunks: the bag has no {CHUNK_TOPIC} ({TRAJECTORY}): record the node's "
+                             "chunks too (turbopi-demo --record does)")
+        self.chunks = []
+        for conn, _, raw in reader.messages(connections=connections):
+            msg = deserialize(reader.typestore, raw, conn.msgtype)
+            if list(msg.joint_names) != list(p["action.joints"]):
+                raise ValueError(f"recorded chunks are for joints {list(msg.joint_names)}, the params file's "
+                                 f"action.joints are {list(p['action.joints'])}")
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            self.chunks.append((stamp, np.array([pt.positions for pt in msg.points], dtype=np.float64)))
+        self._next = 0
+
+    def pending(self) -> bool:
+        return self._next < len(self.chunks)
+
+    def next_stamp_ns(self) -> int:
+        return self.chunks[self._next][0]
+
+    def pop(self):
+        self._next += 1
+        return self.chunks[self._next - 1]
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turbopi-replay", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the policy over a recorded rosbag2 / MCAP bag as turbopi_node would have (same parameters, "
+                    "same input checks and conversions), write the chunks back and compare them with what the robot "
+                    "did.",
+        epilog="example:\n  turbopi-demo --duration 15 --record demo.mcap\n  turbopi-replay demo.mcap --params-file "
+               "config/demo_tiny.yaml --out replay/\n  (then open replay/report.json, replay/*.png, or "
+               "replay/chunks.mcap in Foxglove)")
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or MCAP storage) or a single .mcap file")
+    parser.add_argument("--params-file", type=Path, required=True,
+                        help="the node's parameters YAML (/**/turbopi_node: ros__parameters: ...)")
+    parser.add_argument("--out", type=Path, default=Path("replay"), help="output directory (default: ./replay)")
+    parser.add_argument("--start", type=float, default=0.0, help="seconds into the bag to start at (default 0)")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds of bag to replay (default: to the end)")
+    parser.add_argument("--period", type=float, default=None,
+                        help="seconds of bag time between observations; default: as often as the node would infer, "
+                             "i.e. max(inference_period_s, the median total latency of this replay's inferences so "
+                             "far) after each chunk, and at the next recorded message after a skip")
+    parser.add_argument("--limit", type=int, default=0, help="stop after this many chunks (default: no limit)")
+    parser.add_argument("--at-recorded-chunks", action="store_true",
+                        help=f"observe where the recorded node did: at the stamps of its chunks on {CHUNK_TOPIC} "
+                             "(reproduces them bit for bit with the same checkpoint, seed and device on CPU)")
+    return parser
+
+
+def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, duration_s: float = 0.0,
+           period_s: Optional[float] = None, limit: int = 0, at_recorded_chunks: bool = False,
+           show_progress: Optional[bool] = None) -> dict:
+    """Replay ``bag`` and write the outputs into ``out``; returns the report."""
+    from tqdm import tqdm
+
+    from . import replay_report as report
+    from .policy_node import policy_from_params
+
+    if period_s is not None and period_s <= 0:
+        raise ValueError(f"--period {period_s:g}: expected seconds > 0")
+    if start_s < 0 or duration_s < 0 or limit < 0:
+        raise ValueError("--start, --duration and --limit must not be negative")
+    p = params_file.load(params_path)
+    for name in params_file.unknown(params_path):
+        print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
+              file=sys.stderr)
+    out = Path(out)
+    if (out / report.CHUNKS_BAG).exists():
+        raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")
+    reader = open_bag(bag)
+    try:
+        check_bag_topics(reader, input_topics(p), bag)
+        if int(p["model.num_threads"]) > 0:
+            import torch
+
+            torch.set_num_threads(int(p["model.num_threads"]))
+        policy = policy_from_params(p)
+        start_ns = reader.start_time + int(round(start_s * 1e9))
+        end_ns = reader.end_time + 1 if duration_s <= 0 else min(start_ns + int(round(duration_s * 1e9)),
+                                                                 reader.end_time + 1)
+        if start_ns >= end_ns:
+            raise ValueError(f"--start {start_s:g} s is past the end of the bag ({reader.duration * 1e-9:.3f} s long)")
+        replayer = Replayer(p, policy)
+        window_s = (end_ns - start_ns) * 1e-9
+        t_wall = time.monotonic()
+        with tqdm(total=round(window_s, 3), unit="s", desc="replay",
+                  disable=None if show_progress is None else not show_progress,  # None: only on a terminal
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of bag [{elapsed}<{remaining}{postfix}]") as bar:
+            def progress(t_s: float) -> None:
+                bar.update(max(0.0, min(t_s, window_s) - bar.n))
+                bar.set_postfix(chunks=len(replayer.result.chunks), refresh=False)
+
+            if at_recorded_chunks:
+                result = replayer.run_at_recorded_chunks(reader, start_ns, end_ns, limit, progress)
+            else:
+                result = replayer.run(reader, start_ns, end_ns, period_s, limit, progress)
+        info = {"bag": str(bag), "params_file": str(params_path), "start_ns": start_ns, "end_ns": end_ns,
+                "bag_start_ns": reader.start_time, "wall_s": time.monotonic() - t_wall,
+                "mode": "at recorded chunks" if at_recorded_chunks else
+                ("period" if period_s is not None else "as the node paces itself"), "period_s": period_s}
+    finally:
+        reader.close()
+    return report.write(out, p, policy, result, info)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = replay(args.bag, args.params_file, args.out, args.start, args.duration, args.period, args.limit,
+                         args.at_recorded_chunks)
+    except ValueError as e:
+        print(f"turbopi-replay: {e}", file=sys.stderr)
+        return 2
+    from .replay_report import summary_lines
+
+    print("\n".join(summary_lines(summary, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
