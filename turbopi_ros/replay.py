@@ -13,7 +13,7 @@ Instants: every ``--period`` seconds of bag time; by default as often as the nod
 inference_period_s, i.e. max(inference_period_s, median total latency of this replay's inferences so far) after each
 chunk, and at the next recorded message after a skip (the node tries again when new data arrives).
 ``--at-recorded-chunks`` observes instead where the recorded node did: at the stamps of the chunks it published on
-/turbopi_node/action_chunk (see RecordedChunks), which reproduces them bit for bit with the same checkpoint, seed and
+/turbopi_node/action_chunk (see _candidates), which reproduces them bit for bit with the same checkpoint, seed and
 device (CPU), and shows what another checkpoint does at exactly those moments.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 
 from . import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
-from .conversions import InputError, sec_to_stamp
-from .inputs import JOINT_STATES, InputBuffer, WaitingForInput, newest_stamp
+from .conversions import InputError, sec_to_stamp, stamp_to_sec
+from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from .policy.policy import ActionChunk, ObservationError
 
 CHUNK_TOPIC = "/turbopi_node/action_chunk"
@@ -167,81 +167,101 @@ class Replayer:
     def run_at_recorded_chunks(self, reader, start_ns: int, end_ns: int, limit: int = 0,
                                progress=lambda t_s: None) -> Replayed:
         """One observation per chunk the recorded node published (RecordedChunks), in its order, so that the policy's
-        noise generator advances as the node's did: recorded chunks stamped before start_ns only draw their noise."""
+        noise generator advances as the node's did: recorded chunks stamped before start_ns only draw their noise.
+        A chunk is resolved once the bag is SETTLE_S past its stamp: by then every message stamped before it has
+        arrived, whatever the order the recorder got the topics in."""
         self._t0_ns = start_ns
         recorded = RecordedChunks(reader, self.p)
-        block: List[Tuple[int, Dict[str, object]]] = []  # buffer states (arrival, snapshot) with the same newest stamp
-        block_key = None
-        block_from = 0  # chunks sharing a stamp: the next one's observation is not before the previous one's
-        for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(None, None, None)]):
-            if msg is not None:
-                self.store(t_ns, topic, msg, start_ns)
-                if t_ns >= start_ns:
-                    progress((t_ns - start_ns) * 1e-9)
-                snapshot = self.inputs.snapshot()
-                stamp = newest_stamp(snapshot)
-                if stamp is None:
-                    continue  # only unstamped messages so far: no observation the node would act on
-                key = _stamp_ns(stamp)
-            else:
-                key = 2**63  # the end: every block is complete
-            if key != block_key:  # the block of block_key is complete: the chunks stamped up to it can be resolved
-                while recorded.pending() and recorded.next_stamp_ns() < key:
-                    stamp_ns, actions = recorded.pop()
-                    if stamp_ns >= end_ns:
-                        return self.result
-                    candidates = block[block_from:] if stamp_ns == block_key else []
-                    index = self._reproduce(stamp_ns, actions, candidates, start_ns)
-                    if index is not None:
-                        block_from += index
-                    if limit and len(self.result.chunks) >= limit:
-                        return self.result
-                block, block_key, block_from = [], key, 0
-            if msg is not None:
-                block.append((t_ns, snapshot))
+        history: Dict[str, List[Tuple[int, int, object]]] = {n: [] for n in self.inputs.inputs}  # (stamp, arrival, msg)
+        settle_ns = int(SETTLE_S * 1e9)
+        for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(2**63 - 1, None, None)]):
+            while recorded.pending() and (msg is None or recorded.next_stamp_ns() + settle_ns < t_ns):
+                stamp_ns, actions = recorded.pop()
+                if stamp_ns >= end_ns:
+                    return self.result
+                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), start_ns)
+                if limit and len(self.result.chunks) >= limit:
+                    return self.result
+            if msg is None or (t_ns >= end_ns and not recorded.pending()):
+                break
+            self.store(t_ns, topic, msg, start_ns)  # (the joint states after the last chunk still count)
+            if t_ns >= start_ns:
+                progress((t_ns - start_ns) * 1e-9)
+            if recorded.pending():
+                name = self.topics[topic][0]
+                history[name] = _usable(history[name] + [(_stamp_ns(stamp_to_sec(msg.header.stamp)), t_ns, msg)],
+                                        recorded.next_stamp_ns())
         return self.result
 
-    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int) -> Optional[int]:
-        """The recorded node's observation for a chunk stamped stamp_ns was one of ``candidates``: the states of the
-        buffer whose newest stamp is stamp_ns (two inputs sharing a stamp, or arriving within a few ms, leave the
-        bag unable to tell which; the node then took one of them). Each is tried from the same generator state, the
-        latest first (it lasted longest); the one that reproduces the recorded chunk is kept, else the latest.
-        Returns the index of the candidate kept (None: no chunk)."""
+    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int) -> None:
+        """Observe on the first of ``candidates`` (see _candidates) that reproduces the recorded chunk, each tried
+        from the same generator state; else keep the first (the likeliest)."""
         generator = self.policy.generator
         if stamp_ns < start_ns:
             self.policy.model.sample_noise(1, generator=generator)
-            return None
+            return
         self.result.instants += 1
         before = generator.get_state()
-        tries = []
-        errors = []
-        for index in reversed(range(len(candidates))):
-            t_ns, snapshot = candidates[index]
+        tries, errors = [], []
+        for now_ns, snapshot in candidates:
             generator.set_state(before)
             try:
-                chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, t_ns * 1e-9))
+                chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9))
             except (InputError, ObservationError, ValueError) as e:
                 errors.append(str(e))
                 continue
-            tries.append((index, chunk, generator.get_state()))
+            tries.append((chunk, generator.get_state()))
             if np.array_equal(chunk.actions, actions):
                 break
         if not tries:
             generator.set_state(before)
             self.policy.model.sample_noise(1, generator=generator)  # the node drew it
-            self.skip(stamp_ns, errors[0] if errors else "no input state in the bag has the recorded chunk's stamp "
+            self.skip(stamp_ns, errors[0] if errors else "no messages in the bag make the recorded chunk's stamp "
                       "(a message the node used is missing from the bag)", "recorded")
             self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
-            return None
-        matched = [t for t in tries if np.array_equal(t[1].actions, actions)]
-        index, chunk, after = (matched or tries[:1])[0]
+            return
+        matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
+        chunk, after = (matched or tries[:1])[0]
         generator.set_state(after)
         self.result.chunks.append(chunk)
         same_shape = chunk.actions.shape == actions.shape
         self.result.recorded.append({
             "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
             "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
-        return index
+
+
+SETTLE_S = 0.5  # how far past a recorded chunk's stamp the bag is read before it is resolved
+MAX_CANDIDATES = 8
+
+
+def _candidates(history: Dict[str, List[Tuple[int, int, object]]], stamp_ns: int):
+    """The snapshots the recorded node may have observed for a chunk stamped stamp_ns, likeliest first, as
+    (now ns, snapshot). Its snapshot held, for each input, the newest message it had received; all were stamped at
+    or before stamp_ns and one exactly at it. That is the newest message stamped at or before stamp_ns, or, where
+    that one was still on its way to the node (a camera frame and a joint state a few ms apart; the node's worker
+    does not wait), the one before it. The bag's order across topics is the recorder's, not the node's, so this goes
+    by stamps. ``now`` is the latest arrival among the messages (the node's clock was at least there)."""
+    options = []
+    for name, messages in history.items():
+        before = sorted((m for m in messages if m[0] <= stamp_ns), key=lambda m: m[0])[-2:][::-1]
+        if not before:
+            return []
+        options.append((name, before))
+    combos = [c for c in itertools.product(*[range(len(o)) for _, o in options])
+              if any(options[i][1][k][0] == stamp_ns for i, k in enumerate(c))]
+    combos.sort(key=sum)  # fewest messages in flight first
+    out = []
+    for combo in combos[:MAX_CANDIDATES]:
+        chosen = {name: opts[k] for (name, opts), k in zip(options, combo)}
+        out.append((max(m[1] for m in chosen.values()), {name: m[2] for name, m in chosen.items()}))
+    return out
+
+
+def _usable(messages: List[Tuple[int, int, object]], stamp_ns: int) -> List[Tuple[int, int, object]]:
+    """An input's messages that chunks stamped from stamp_ns on can use: the two newest stamped at or before it, and
+    the later ones."""
+    older = sorted((m for m in messages if m[0] <= stamp_ns), key=lambda m: m[0])[-2:]
+    return older + [m for m in messages if m[0] > stamp_ns]
 
 
 def _stamp_ns(stamp: float) -> int:
@@ -284,23 +304,27 @@ class RecordedChunks:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turbopi-replay", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the policy over a recorded rosbag2 / MCAP bag as turbopi_node would have (same parameters, "
-                    "same input checks and conversions), write the chunks back and compare them with what the robot "
-                    "did.",
+        description="Run the policy over a recorded rosbag2 / MCAP bag as turbopi_node would have (same\n"
+                    "parameters, same input checks and conversions), write the chunks back and compare them\n"
+                    "with what the robot did (docs/replay.md).",
         epilog="example:\n  turbopi-demo --duration 15 --record demo.mcap\n  turbopi-replay demo.mcap --params-file "
                "config/demo_tiny.yaml --out replay/\n  (then open replay/report.json, replay/*.png, or "
                "replay/chunks.mcap in Foxglove)")
     parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or MCAP storage) or a single .mcap file")
-    parser.add_argument("--params-file", type=Path, required=True,
+    parser.add_argument("--params-file", type=Path, required=True, metavar="YAML",
                         help="the node's parameters YAML (/**/turbopi_node: ros__parameters: ...)")
-    parser.add_argument("--out", type=Path, default=Path("replay"), help="output directory (default: ./replay)")
-    parser.add_argument("--start", type=float, default=0.0, help="seconds into the bag to start at (default 0)")
-    parser.add_argument("--duration", type=float, default=0.0, help="seconds of bag to replay (default: to the end)")
-    parser.add_argument("--period", type=float, default=None,
+    parser.add_argument("--out", type=Path, default=Path("replay"), metavar="DIR",
+                        help="output directory (default: ./replay)")
+    parser.add_argument("--start", type=float, default=0.0, metavar="S",
+                        help="seconds into the bag to start at (default 0)")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="D",
+                        help="seconds of bag to replay (default: to the end)")
+    parser.add_argument("--period", type=float, default=None, metavar="S",
                         help="seconds of bag time between observations; default: as often as the node would infer, "
                              "i.e. max(inference_period_s, the median total latency of this replay's inferences so "
                              "far) after each chunk, and at the next recorded message after a skip")
-    parser.add_argument("--limit", type=int, default=0, help="stop after this many chunks (default: no limit)")
+    parser.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="stop after this many chunks (default: no limit)")
     parser.add_argument("--at-recorded-chunks", action="store_true",
                         help=f"observe where the recorded node did: at the stamps of its chunks on {CHUNK_TOPIC} "
                              "(reproduces them bit for bit with the same checkpoint, seed and device on CPU)")
@@ -324,6 +348,9 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
     for name in params_file.unknown(params_path):
         print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
               file=sys.stderr)
+    if p.get("rtc.enabled"):
+        print("turbopi-replay: warning: rtc.enabled is set; replay infers every chunk on its own (real-time chunking "
+              "is not replayed)", file=sys.stderr)
     out = Path(out)
     if (out / report.CHUNKS_BAG).exists():
         raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")

@@ -138,7 +138,7 @@ def write(out: Path, p: dict, policy, result, info: dict) -> dict:
     if result.recorded:
         report["recorded_chunks"] = {
             "compared": len(result.recorded), "reproduced_bit_for_bit": sum(r["reproduced"] for r in result.recorded),
-            "needed_an_earlier_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
+            "needed_another_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
             "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None)}
     write_bag(out / CHUNKS_BAG, p, result)
     plot(out, result, joints, rate, recorded, horizons, mae, t0)
