@@ -109,10 +109,6 @@ def main(argv=None) -> int:
 
     print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
           f"{'until Ctrl-C' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
-    procs = []
-    for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
-        procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
-                                       "--log-level", "warn"], env=env))
     # Ctrl-C / SIGTERM must reach this loop (which stops both nodes), not just shut this process's ROS context down.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -134,6 +130,11 @@ def main(argv=None) -> int:
 
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
+    # the nodes start once this process listens (and records: the node's first chunk must be in the recording)
+    procs = []
+    for module in ("turbopi_ros.node", "turbopi_ros.fake_robot"):
+        procs.append(subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params),
+                                       "--log-level", "warn"], env=env))
     t0 = time.monotonic()
     latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",)}
     chunk_rates: List[float] = []

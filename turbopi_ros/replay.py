@@ -46,6 +46,7 @@ class Replayed:
     joint_states: List[Tuple[int, object]] = field(default_factory=list)  # (arrival ns, rosbags JointState)
     instants: int = 0
     recorded: List[dict] = field(default_factory=list)  # --at-recorded-chunks: one entry per recorded chunk
+    noise_offset: Optional[int] = None  # --at-recorded-chunks: chunks the node published before the recording began
 
 
 def input_topics(p: Dict[str, object]) -> Dict[str, Tuple[str, str]]:
@@ -179,7 +180,8 @@ class Replayer:
                 stamp_ns, actions = recorded.pop()
                 if stamp_ns >= end_ns:
                     return self.result
-                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), start_ns)
+                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), start_ns,
+                                first=not self.result.recorded)
                 if limit and len(self.result.chunks) >= limit:
                     return self.result
             if msg is None or (t_ns >= end_ns and not recorded.pending()):
@@ -193,9 +195,11 @@ class Replayer:
                                         recorded.next_stamp_ns())
         return self.result
 
-    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int) -> None:
+    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int, first: bool = False) -> None:
         """Observe on the first of ``candidates`` (see _candidates) that reproduces the recorded chunk, each tried
-        from the same generator state; else keep the first (the likeliest)."""
+        from the same generator state; else keep the first (the likeliest). For the bag's ``first`` chunk, when none
+        reproduces it, the noise of up to MAX_NOISE_OFFSET earlier chunks is skipped (a recording that began after
+        the node's first chunks: _noise_offset)."""
         generator = self.policy.generator
         if stamp_ns < start_ns:
             self.policy.model.sample_noise(1, generator=generator)
@@ -221,6 +225,11 @@ class Replayer:
             self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
             return
         matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
+        if first:
+            found = self._noise_offset(candidates[0], actions, before) if not matched else (0, None)
+            self.result.noise_offset = found[0] if found else None
+            if found and found[1] is not None:
+                matched = tries = [found[1]]
         chunk, after = (matched or tries[:1])[0]
         generator.set_state(after)
         self.result.chunks.append(chunk)
@@ -229,8 +238,31 @@ class Replayer:
             "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
             "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
 
+    def _noise_offset(self, candidate, actions: np.ndarray, before):
+        """(k, (chunk, generator state after it)) where the likeliest observation reproduces the first recorded chunk
+        once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is skipped: the node published k chunks that
+        the recording missed (it began after the node's first chunk). None if no k does (another checkpoint, seed,
+        device...); the generator is then back at ``before``."""
+        generator = self.policy.generator
+        now_ns, snapshot = candidate
+        try:
+            observation = self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9)
+        except (InputError, ValueError):
+            return None
+        generator.set_state(before)
+        for k in range(1, MAX_NOISE_OFFSET + 1):
+            self.policy.model.sample_noise(1, generator=generator)
+            skipped = generator.get_state()
+            chunk = self.policy.infer(observation)
+            if np.array_equal(chunk.actions, actions):
+                return k, (chunk, generator.get_state())
+            generator.set_state(skipped)
+        generator.set_state(before)
+        return None
+
 
 SETTLE_S = 0.5  # how far past a recorded chunk's stamp the bag is read before it is resolved
+MAX_NOISE_OFFSET = 20  # chunks the node may have published before the recording began (searched for on the first)
 MAX_CANDIDATES = 8
 
 

@@ -139,7 +139,8 @@ def write(out: Path, p: dict, policy, result, info: dict) -> dict:
         report["recorded_chunks"] = {
             "compared": len(result.recorded), "reproduced_bit_for_bit": sum(r["reproduced"] for r in result.recorded),
             "needed_another_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
-            "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None)}
+            "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None),
+            "noise_offset": result.noise_offset}
     write_bag(out / CHUNKS_BAG, p, result)
     plot(out, result, joints, rate, recorded, horizons, mae, t0)
     report["outputs"] = sorted(f.name for f in out.iterdir() if f.suffix in (".mcap", ".png")) + ["report.json"]
@@ -221,5 +222,10 @@ def summary_lines(report: dict, out: Path) -> List[str]:
     if "recorded_chunks" in report:
         r = report["recorded_chunks"]
         lines.append(f"recorded chunks reproduced bit for bit: {r['reproduced_bit_for_bit']} of {r['compared']}")
+        if r["noise_offset"]:
+            lines.append(f"  the recording began after the node's first {r['noise_offset']} chunks (noise skipped)")
+        if r["compared"] and not r["reproduced_bit_for_bit"]:
+            lines.append("  none: another checkpoint, seed, device or thread count, or a recording that began more "
+                         "than 10 chunks after the node's first (its noise generator is then ahead by those)")
     lines.append(f"wrote {out}/: " + ", ".join(report["outputs"]))
     return lines
