@@ -98,11 +98,11 @@ class Replayer:
             "count": 0, "kind": kind, "first_at_s": round((t_ns - self._t0_ns) * 1e-9, 6), "example": message})
         entry["count"] += 1
 
-    def observe(self, t_ns: int, snapshot: Optional[Dict[str, object]] = None) -> Optional[ActionChunk]:
+    def observe(self, t_ns: int) -> Optional[ActionChunk]:
         """The node's worker at ``now`` = t_ns: the newest inputs, unless nothing changed since the last chunk, checked
         and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
         self.result.instants += 1
-        snapshot = self.inputs.snapshot() if snapshot is None else snapshot
+        snapshot = self.inputs.snapshot()
         last = self._last_observed
         if snapshot and last is not None and all(last.get(k) is v for k, v in snapshot.items()):
             self.skip(t_ns, "no new input since the last chunk", "unchanged")
