@@ -35,6 +35,7 @@ setup(
             "turbopi-bench-preprocess = turbopi_ros.bench_preprocess:main",
             "turbopi-demo = turbopi_ros.demo:main",
             "turbopi-exec-bench = turbopi_ros.execution_bench:main",
+            "turbopi-replay = turbopi_ros.replay:main",
         ],
     },
 )

@@ -3,6 +3,7 @@
 Both nodes run as their own processes with config/demo_tiny.yaml (as `ros2 launch turbopi_ros demo.launch.py` would
 start them); this process listens to /diagnostics, ~/action_chunk and ~/joint_command and prints what it sees.
     turbopi-demo [--duration 20] [--params-file config/demo_tiny.yaml]      (--duration 0: until Ctrl-C)
+    turbopi-demo --record demo.mcap      also records the node's inputs and outputs, for turbopi-replay
 """
 from __future__ import annotations
 
@@ -99,8 +100,12 @@ def main(argv=None) -> int:
     parser.add_argument("--engine-delay", type=float, default=0.0,
                         help="seconds added to every inference (test-only fault injection: a stand-in for a GPU's "
                              "inference time, to see the pipelining hide the CPU work)")
+    parser.add_argument("--record", metavar="OUT.mcap", default=None,
+                        help="record the node's inputs and outputs to this MCAP file (for turbopi-replay)")
     args = parser.parse_args(argv)
     params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
+    if args.record and (not args.record.endswith(".mcap") or os.path.exists(args.record)):
+        parser.error(f"--record {args.record}: expected a new .mcap file")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -124,6 +129,13 @@ def main(argv=None) -> int:
     monitor = Monitor()
     executor = SingleThreadedExecutor()
     executor.add_node(monitor.node)
+    recorder = None
+    if args.record:
+        from .params_file import load
+        from .recorder import BagRecorder, node_topics
+
+        recorder = BagRecorder(Path(args.record), node_topics(load(params)))
+        executor.add_node(recorder)
 
     def spin():
         try:
@@ -158,6 +170,10 @@ def main(argv=None) -> int:
         interrupted = True
     finally:
         processes.stop(procs, timeout=10)
+        if recorder is not None:
+            counts = recorder.close()
+            print(f"recorded {sum(counts.values())} messages to {args.record}: " +
+                  ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
         rclpy.try_shutdown()  # wakes the spinning executor; then it can be joined
         spinner.join(timeout=5)
 

@@ -100,6 +100,22 @@ class _Prepared:
     taken_at: float  # monotonic time the snapshot was taken
 
 
+def policy_from_params(p: Dict[str, object]) -> Policy:
+    """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
+    replays is what would run."""
+    policy = Policy.from_params(
+        checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
+        tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
+        num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
+        delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
+        upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
+        preprocess_mode=p["cameras.preprocess"])
+    if len(p["state.joints"]) > policy.config.action_dim:
+        raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
+                         "state dims")
+    return policy
+
+
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
@@ -121,9 +137,6 @@ class TurbopiNode(Node):
         self._run = faults.wrap(self.policy.run)  # the engine itself unless a test injects faults
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
-        if len(p["state.joints"]) > self.policy.config.action_dim:
-            raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's "
-                             f"{self.policy.config.action_dim} state dims")
 
         compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
         topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
@@ -227,13 +240,7 @@ class TurbopiNode(Node):
         checkpoint = p["model.checkpoint"]
         what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
         self.get_logger().info(f"loading {what} on {p['model.device']}")
-        return Policy.from_params(
-            checkpoint=checkpoint, preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
-            tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
-            num_steps=int(p["model.num_steps"]), action_dims=len(self.action_joints), image_keys=IMAGE_KEYS,
-            delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
-            upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
-            preprocess_mode=p["cameras.preprocess"])
+        return policy_from_params(p)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -1,0 +1,98 @@
+"""turbopi_node's parameters read from its --params-file YAML without starting the node (turbopi-replay, the demo's
+recorder): the same section, the same defaults and the same checks, so a YAML the node refuses is refused here with
+the same message, and a YAML it accepts means the same thing here.
+
+rcl applies every section whose key matches the node: ``/**`` and ``/**/turbopi_node`` (any namespace), and
+``turbopi_node`` or ``/turbopi_node`` (no namespace), later sections overriding earlier ones; nested mappings are
+dotted names (``model: {seed: 0}`` is ``model.seed``). Like rclpy's declared parameters, a value must have its
+default's type (a float also accepts an integer); names the node does not declare are ignored by it, and listed by
+``unknown`` here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import yaml
+
+NODE = "turbopi_node"
+SECTIONS = ("/**", f"/**/{NODE}", NODE, f"/{NODE}")
+ROS_PARAMETERS = "ros__parameters"
+ROS_BUILTINS = {"use_sim_time", "start_type_description_service"}  # rclpy's own parameters, set from YAML too
+
+
+def read_sections(path: Path) -> Dict[str, Any]:
+    """The flattened ros__parameters of every section that applies to turbopi_node, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--params-file {path}: {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"--params-file {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"--params-file {path}: expected a mapping of node names to {{{ROS_PARAMETERS}: ...}}")
+    values: Dict[str, Any] = {}
+    found = False
+    for key, section in doc.items():
+        if key not in SECTIONS:
+            continue
+        if not isinstance(section, dict) or not isinstance(section.get(ROS_PARAMETERS), dict):
+            raise ValueError(f"--params-file {path}: section '{key}' has no '{ROS_PARAMETERS}:' mapping")
+        values.update(_flatten(section[ROS_PARAMETERS]))
+        found = True
+    if not found:
+        raise ValueError(f"--params-file {path}: no parameters for {NODE}: expected a '/**/{NODE}: "
+                         f"{ROS_PARAMETERS}:' section (found sections {list(doc)})")
+    return values
+
+
+def _flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_type(name: str, param, value: Any) -> None:
+    """rclpy's static typing of a declared parameter: the default's type (floats and empty-default lists are
+    dynamically typed there and checked by Param.check)."""
+    if param.is_float or isinstance(param.default, list):
+        return
+    kinds: Tuple[type, str]
+    if isinstance(param.default, bool):
+        kinds = (bool, "a boolean")
+    elif isinstance(param.default, int):
+        kinds = (int, "an integer")
+    else:
+        kinds = (str, "a string")
+    if not isinstance(value, kinds[0]) or (kinds[0] is int and isinstance(value, bool)):
+        raise ValueError(f"parameter {name}: expected {kinds[1]}, got {value!r} (expected: {param.constraints()})")
+
+
+def load(path: Path) -> Dict[str, Any]:
+    """Every turbopi_node parameter (PARAMETERS in policy_node.py) with its checked value: the YAML's or the
+    default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
+    from .policy.policy import camera_slots
+    from .policy_node import PARAMETERS, TurbopiNode
+
+    given = read_sections(path)
+    values = {}
+    for name, param in PARAMETERS.items():
+        value = given.get(name, param.default)
+        check_type(name, param, value)
+        values[name] = param.check(name, value)
+    TurbopiNode._check_lengths(values)
+    camera_slots(values["cameras.names"])
+    return values
+
+
+def unknown(path: Path) -> List[str]:
+    """Names in the YAML's turbopi_node sections that the node does not declare (it ignores them: typos?)."""
+    from .policy_node import PARAMETERS
+
+    return sorted(set(read_sections(path)) - set(PARAMETERS) - ROS_BUILTINS)

@@ -1,0 +1,68 @@
+"""BagRecorder: records turbopi_node's inputs and outputs to MCAP (``turbopi-demo --record OUT.mcap``), so that
+turbopi-replay can be tried with no robot. On a robot, ``ros2 bag record`` does the same job.
+
+The messages are written as they arrive, serialized (raw subscriptions: the bytes on the wire, no deserializing),
+stamped with their arrival time on this node's clock, as rosbag2 does. The inputs are subscribed best effort with a
+deep queue (they match best-effort and reliable publishers and nothing is dropped here when this process is busy),
+the node's outputs reliably; cameras first, then joint states, in the node's own order.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, BagWriter
+
+QUEUE = 100
+CHUNK_TOPIC = "/turbopi_node/action_chunk"
+COMMAND_TOPIC = "/turbopi_node/joint_command"
+MESSAGE_CLASSES = {IMAGE: Image, COMPRESSED: CompressedImage, JOINT_STATE: JointState, TRAJECTORY: JointTrajectory,
+                   "std_msgs/msg/Float64MultiArray": Float64MultiArray}
+
+
+def node_topics(p: Dict[str, object]) -> List[Tuple[str, str, bool]]:
+    """(topic, type, is_input) of what turbopi_node with checked parameters ``p`` reads and publishes."""
+    compressed = list(p["cameras.compressed"]) or [False] * len(p["cameras.topics"])
+    topics = [(t, COMPRESSED if c else IMAGE, True) for t, c in zip(p["cameras.topics"], compressed)]
+    topics.append((str(p["joint_states.topic"]), JOINT_STATE, True))
+    topics += [(CHUNK_TOPIC, TRAJECTORY, False), (COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray", False)]
+    return topics
+
+
+class BagRecorder(Node):
+    def __init__(self, path: Path, topics: List[Tuple[str, str, bool]], **kwargs):
+        super().__init__("turbopi_recorder", **kwargs)
+        self.bag = BagWriter(Path(path))
+        self.lock = threading.Lock()
+        self.counts: Dict[str, int] = {}
+        inputs = QoSProfile(depth=QUEUE, reliability=qos_profile_sensor_data.reliability,
+                            durability=qos_profile_sensor_data.durability)
+        outputs = QoSProfile(depth=QUEUE, reliability=ReliabilityPolicy.RELIABLE)
+        for topic, msgtype, is_input in topics:
+            self.bag.connection(topic, msgtype)
+            self.counts[topic] = 0
+            self.create_subscription(MESSAGE_CLASSES[msgtype], topic,
+                                     lambda raw, topic=topic, msgtype=msgtype: self._write(topic, msgtype, raw),
+                                     inputs if is_input else outputs, raw=True)
+
+    def _write(self, topic: str, msgtype: str, raw: bytes) -> None:
+        t_ns = self.get_clock().now().nanoseconds
+        with self.lock:
+            if self.bag is not None:
+                self.bag.write(topic, msgtype, t_ns, raw)
+                self.counts[topic] += 1
+
+    def close(self) -> Dict[str, int]:
+        """Finish the file (index, summary); later messages are dropped. Returns the message count per topic."""
+        with self.lock:
+            if self.bag is not None:
+                self.bag.close()
+                self.bag = None
+            return dict(self.counts)

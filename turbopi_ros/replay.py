@@ -1,0 +1,440 @@
+"""turbopi-replay: run the policy over a recorded rosbag2 / MCAP bag, as the node would have run on that robot.
+
+    turbopi-replay BAG --params-file YAML [--out DIR] [--start S] [--duration D] [--period S] [--limit N]
+                       [--at-recorded-chunks]
+
+The params file is the node's own, read and checked as the node does (params_file.py), and the policy is built by
+the node's policy_from_params. The bag's messages go, in recorded order, into the node's InputBuffer: observations
+are built by its newest-message rule, staleness and bad-input checks and conversions, at instants of bag time (the
+recorded arrival times, ``now`` of the staleness checks). An instant that yields no chunk is a skip, counted by its
+reason (the node's own message, numbers masked). Outputs in DIR: chunks.mcap, report.json and PNGs (replay_report.py).
+
+Instants: every ``--period`` seconds of bag time; by default as often as the node would infer: back to back, or every
+inference_period_s, i.e. max(inference_period_s, median total latency of this replay's inferences so far) after each
+chunk, and at the next recorded message after a skip (the node tries again when new data arrives).
+``--at-recorded-chunks`` observes instead where the recorded node did: at the stamps of the chunks it published on
+/turbopi_node/action_chunk (see _candidates), which reproduces them bit for bit with the same checkpoint, seed and
+device (CPU), and shows what another checkpoint does at exactly those moments.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import params_file
+from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
+from .conversions import InputError, sec_to_stamp, stamp_to_sec
+from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
+from .policy.policy import ActionChunk, ObservationError
+
+CHUNK_TOPIC = "/turbopi_node/action_chunk"
+
+
+@dataclass
+class Replayed:
+    """What a replay produced: its chunks, its skips, and the recorded joint states it went past."""
+    chunks: List[ActionChunk] = field(default_factory=list)
+    skips: Dict[str, dict] = field(default_factory=dict)  # masked reason -> {"count", "kind", "first_at_s", "example"}
+    joint_states: List[Tuple[int, object]] = field(default_factory=list)  # (arrival ns, rosbags JointState)
+    instants: int = 0
+    recorded: List[dict] = field(default_factory=list)  # --at-recorded-chunks: one entry per recorded chunk
+    noise_offset: Optional[int] = None  # --at-recorded-chunks: chunks the node published before the recording began
+
+
+def input_topics(p: Dict[str, object]) -> Dict[str, Tuple[str, str]]:
+    """topic -> (input name, message type) of the node's subscriptions under parameters ``p``."""
+    compressed = list(p["cameras.compressed"]) or [False] * len(p["cameras.names"])
+    topics = {t: (name, COMPRESSED if c else IMAGE)
+              for name, t, c in zip(p["cameras.names"], p["cameras.topics"], compressed)}
+    topics[str(p["joint_states.topic"])] = (JOINT_STATES, JOINT_STATE)
+    return topics
+
+
+def check_bag_topics(reader, wanted: Dict[str, Tuple[str, str]], bag: Path) -> None:
+    """Every topic the node subscribes to is in the bag, with the type it subscribes with."""
+    have = {topic: info.msgtype for topic, info in reader.topics.items()}
+    for topic, (name, msgtype) in wanted.items():
+        what = "joint_states.topic" if name == JOINT_STATES else f"camera '{name}' (cameras.topics)"
+        if topic not in have:
+            raise ValueError(f"bag {bag} has no topic {topic} ({what} in the params file, {msgtype}); its topics: "
+                             + ", ".join(f"{t} ({m})" for t, m in sorted(have.items())))
+        if have[topic] != msgtype:
+            hint = " (check cameras.compressed)" if msgtype in (IMAGE, COMPRESSED) else ""
+            raise ValueError(f"bag {bag}: topic {topic} ({what}) is {have[topic]}, the node subscribes to it as "
+                             f"{msgtype}{hint}")
+
+
+def skip_reason(message: str) -> str:
+    """A skip's message with its measured numbers masked, so that skips for the same reason count together."""
+    return re.sub(r"-?\d+\.\d+", "#", message)
+
+
+class Replayer:
+    """Feeds a bag's messages to the node's InputBuffer and runs the policy at instants of bag time."""
+
+    def __init__(self, p: Dict[str, object], policy):
+        self.p, self.policy = p, policy
+        topics = input_topics(p)
+        cameras = list(p["cameras.names"])
+        self.topics = topics
+        self.inputs = InputBuffer(cameras, {name: t for t, (name, _) in topics.items()}, p["state.joints"],
+                                  float(p["max_observation_age_s"]))
+        self.prompt = str(p["prompt"])
+        self.result = Replayed()
+        self._last_observed: Optional[Dict[str, object]] = None
+        self._t0_ns = 0
+
+    # --- one instant ------------------------------------------------------------------------------------------------
+    def skip(self, t_ns: int, message: str, kind: str) -> None:
+        entry = self.result.skips.setdefault(skip_reason(message), {
+            "count": 0, "kind": kind, "first_at_s": round((t_ns - self._t0_ns) * 1e-9, 6), "example": message})
+        entry["count"] += 1
+
+    def observe(self, t_ns: int) -> Optional[ActionChunk]:
+        """The node's worker at ``now`` = t_ns: the newest inputs, unless nothing changed since the last chunk, checked
+        and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
+        self.result.instants += 1
+        snapshot = self.inputs.snapshot()
+        last = self._last_observed
+        if snapshot and last is not None and all(last.get(k) is v for k, v in snapshot.items()):
+            self.skip(t_ns, "no new input since the last chunk", "unchanged")
+            return None
+        try:
+            chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, t_ns * 1e-9))
+        except WaitingForInput as e:
+            self.skip(t_ns, str(e), "waiting")
+            return None
+        except (InputError, ObservationError, ValueError) as e:  # what the node reports as bad input
+            self.skip(t_ns, str(e), "input")
+            return None
+        self._last_observed = snapshot
+        self.result.chunks.append(chunk)
+        return chunk
+
+    # --- a bag ------------------------------------------------------------------------------------------------------
+    def stream(self, reader, end_ns: int):
+        """(arrival ns, topic, rosbags message) of the node's inputs from the bag's beginning (the newest messages
+        before the first instant count) to end_ns, in recorded order."""
+        connections = [c for c in reader.connections if c.topic in self.topics]
+        for conn, t_ns, raw in reader.messages(connections=connections, stop=end_ns):
+            yield t_ns, conn.topic, deserialize(reader.typestore, raw, conn.msgtype)
+
+    def store(self, t_ns: int, topic: str, msg, start_ns: int) -> None:
+        """A message arrives, as in the node's subscription callbacks (joint states also go into the result)."""
+        name = self.topics[topic][0]
+        self.inputs.store(name, msg)
+        if name == JOINT_STATES and t_ns >= start_ns:
+            self.result.joint_states.append((t_ns, msg))
+
+    def run(self, reader, start_ns: int, end_ns: int, period_s: Optional[float], limit: int = 0,
+            progress=lambda t_s: None) -> Replayed:
+        """Instants from start_ns to end_ns: every period_s, or (None) as the node paces itself (module docstring).
+        An instant at T sees the messages that arrived at or before T."""
+        self._t0_ns = start_ns
+        pacing = float(self.p["inference_period_s"])
+        next_ns: Optional[int] = start_ns
+        k = 0
+        for t_ns, topic, msg in itertools.chain(self.stream(reader, end_ns), [(end_ns, None, None)]):
+            while next_ns is not None and next_ns < min(t_ns, end_ns):
+                chunk = self.observe(next_ns)
+                if limit and len(self.result.chunks) >= limit:
+                    return self.result
+                if period_s is not None:
+                    k += 1
+                    next_ns = start_ns + int(round(k * period_s * 1e9))
+                elif chunk is None:
+                    next_ns = None  # try again on new data, as the node does
+                else:
+                    latency = float(np.median([c.timings["total"] for c in self.result.chunks]))
+                    next_ns += max(int(round(max(pacing, latency) * 1e9)), 1)
+            if msg is None:
+                break
+            self.store(t_ns, topic, msg, start_ns)
+            if t_ns >= start_ns:
+                progress((t_ns - start_ns) * 1e-9)
+            if next_ns is None and t_ns >= start_ns:
+                next_ns = t_ns
+        return self.result
+
+    # --- at the recorded node's instants ------------------------------------------------------------------------------
+    def run_at_recorded_chunks(self, reader, start_ns: int, end_ns: int, limit: int = 0,
+                               progress=lambda t_s: None) -> Replayed:
+        """One observation per chunk the recorded node published (RecordedChunks), in its order, so that the policy's
+        noise generator advances as the node's did: recorded chunks stamped before start_ns only draw their noise.
+        A chunk is resolved once the bag is SETTLE_S past its stamp: by then every message stamped before it has
+        arrived, whatever the order the recorder got the topics in."""
+        self._t0_ns = start_ns
+        recorded = RecordedChunks(reader, self.p)
+        history: Dict[str, List[Tuple[int, int, object]]] = {n: [] for n in self.inputs.inputs}  # (stamp, arrival, msg)
+        settle_ns = int(SETTLE_S * 1e9)
+        for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(2**63 - 1, None, None)]):
+            while recorded.pending() and (msg is None or recorded.next_stamp_ns() + settle_ns < t_ns):
+                stamp_ns, actions = recorded.pop()
+                if stamp_ns >= end_ns:
+                    return self.result
+                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), start_ns,
+                                first=not self.result.recorded)
+                if limit and len(self.result.chunks) >= limit:
+                    return self.result
+            if msg is None or (t_ns >= end_ns and not recorded.pending()):
+                break
+            self.store(t_ns, topic, msg, start_ns)  # (the joint states after the last chunk still count)
+            if t_ns >= start_ns:
+                progress((t_ns - start_ns) * 1e-9)
+            if recorded.pending():
+                name = self.topics[topic][0]
+                history[name] = _usable(history[name] + [(_stamp_ns(stamp_to_sec(msg.header.stamp)), t_ns, msg)],
+                                        recorded.next_stamp_ns())
+        return self.result
+
+    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int, first: bool = False) -> None:
+        """Observe on the first of ``candidates`` (see _candidates) that reproduces the recorded chunk, each tried
+        from the same generator state; else keep the first (the likeliest). For the bag's ``first`` chunk, when none
+        reproduces it, the noise of up to MAX_NOISE_OFFSET earlier chunks is skipped (a recording that began after
+        the node's first chunks: _noise_offset)."""
+        generator = self.policy.generator
+        if stamp_ns < start_ns:
+            self.policy.model.sample_noise(1, generator=generator)
+            return
+        self.result.instants += 1
+        before = generator.get_state()
+        tries, errors = [], []
+        for now_ns, snapshot in candidates:
+            generator.set_state(before)
+            try:
+                chunk = self.policy.infer(self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9))
+            except (InputError, ObservationError, ValueError) as e:
+                errors.append(str(e))
+                continue
+            tries.append((chunk, generator.get_state()))
+            if np.array_equal(chunk.actions, actions):
+                break
+        if not tries:
+            generator.set_state(before)
+            self.policy.model.sample_noise(1, generator=generator)  # the node drew it
+            self.skip(stamp_ns, errors[0] if errors else "no messages in the bag make the recorded chunk's stamp "
+                      "(a message the node used is missing from the bag)", "recorded")
+            self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
+            return
+        matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
+        if first:
+            found = self._noise_offset(candidates[0], actions, before) if not matched else (0, None)
+            self.result.noise_offset = found[0] if found else None
+            if found and found[1] is not None:
+                matched = tries = [found[1]]
+        chunk, after = (matched or tries[:1])[0]
+        generator.set_state(after)
+        self.result.chunks.append(chunk)
+        same_shape = chunk.actions.shape == actions.shape
+        self.result.recorded.append({
+            "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
+            "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
+
+    def _noise_offset(self, candidate, actions: np.ndarray, before):
+        """(k, (chunk, generator state after it)) where the likeliest observation reproduces the first recorded chunk
+        once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is skipped: the node published k chunks that
+        the recording missed (it began after the node's first chunk). None if no k does (another checkpoint, seed,
+        device...); the generator is then back at ``before``."""
+        generator = self.policy.generator
+        now_ns, snapshot = candidate
+        try:
+            observation = self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9)
+        except (InputError, ValueError):
+            return None
+        generator.set_state(before)
+        for k in range(1, MAX_NOISE_OFFSET + 1):
+            self.policy.model.sample_noise(1, generator=generator)
+            skipped = generator.get_state()
+            chunk = self.policy.infer(observation)
+            if np.array_equal(chunk.actions, actions):
+                return k, (chunk, generator.get_state())
+            generator.set_state(skipped)
+        generator.set_state(before)
+        return None
+
+
+SETTLE_S = 0.5  # how far past a recorded chunk's stamp the bag is read before it is resolved
+MAX_NOISE_OFFSET = 20  # chunks the node may have published before the recording began (searched for on the first)
+MAX_CANDIDATES = 8
+
+
+def _candidates(history: Dict[str, List[Tuple[int, int, object]]], stamp_ns: int):
+    """The snapshots the recorded node may have observed for a chunk stamped stamp_ns, likeliest first, as
+    (now ns, snapshot). Its snapshot held, for each input, the newest message it had received; all were stamped at
+    or before stamp_ns and one exactly at it. That is the newest message stamped at or before stamp_ns, or, where
+    that one was still on its way to the node (a camera frame and a joint state a few ms apart; the node's worker
+    does not wait), the one before it. The bag's order across topics is the recorder's, not the node's, so this goes
+    by stamps. ``now`` is the latest arrival among the messages (the node's clock was at least there)."""
+    options = []
+    for name, messages in history.items():
+        before = sorted((m for m in messages if m[0] <= stamp_ns), key=lambda m: m[0])[-2:][::-1]
+        if not before:
+            return []
+        options.append((name, before))
+    combos = [c for c in itertools.product(*[range(len(o)) for _, o in options])
+              if any(options[i][1][k][0] == stamp_ns for i, k in enumerate(c))]
+    combos.sort(key=sum)  # fewest messages in flight first
+    out = []
+    for combo in combos[:MAX_CANDIDATES]:
+        chosen = {name: opts[k] for (name, opts), k in zip(options, combo)}
+        out.append((max(m[1] for m in chosen.values()), {name: m[2] for name, m in chosen.items()}))
+    return out
+
+
+def _usable(messages: List[Tuple[int, int, object]], stamp_ns: int) -> List[Tuple[int, int, object]]:
+    """An input's messages that chunks stamped from stamp_ns on can use: the two newest stamped at or before it, and
+    the later ones."""
+    older = sorted((m for m in messages if m[0] <= stamp_ns), key=lambda m: m[0])[-2:]
+    return older + [m for m in messages if m[0] > stamp_ns]
+
+
+def _stamp_ns(stamp: float) -> int:
+    """A stamp in seconds as the node publishes it (header.stamp of the chunk), in integer nanoseconds."""
+    t = sec_to_stamp(stamp)
+    return t.sec * 1_000_000_000 + t.nanosec
+
+
+class RecordedChunks:
+    """The chunks a recorded turbopi_node published on /turbopi_node/action_chunk, in publication order: (observation
+    stamp in ns, actions [H, N])."""
+
+    def __init__(self, reader, p: Dict[str, object]):
+        connections = [c for c in reader.connections if c.topic == CHUNK_TOPIC and c.msgtype == TRAJECTORY]
+        if not connections:
+            raise ValueError(f"--at-recorded-chunks: the bag has no {CHUNK_TOPIC} ({TRAJECTORY}): record the node's "
+                             "chunks too (turbopi-demo --record does)")
+        self.chunks = []
+        for conn, _, raw in reader.messages(connections=connections):
+            msg = deserialize(reader.typestore, raw, conn.msgtype)
+            if list(msg.joint_names) != list(p["action.joints"]):
+                raise ValueError(f"recorded chunks are for joints {list(msg.joint_names)}, the params file's "
+                                 f"action.joints are {list(p['action.joints'])}")
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            self.chunks.append((stamp, np.array([pt.positions for pt in msg.points], dtype=np.float64)))
+        self._next = 0
+
+    def pending(self) -> bool:
+        return self._next < len(self.chunks)
+
+    def next_stamp_ns(self) -> int:
+        return self.chunks[self._next][0]
+
+    def pop(self):
+        self._next += 1
+        return self.chunks[self._next - 1]
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turbopi-replay", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the policy over a recorded rosbag2 / MCAP bag as turbopi_node would have (same\n"
+                    "parameters, same input checks and conversions), write the chunks back and compare them\n"
+                    "with what the robot did (docs/replay.md).",
+        epilog="example:\n  turbopi-demo --duration 15 --record demo.mcap\n  turbopi-replay demo.mcap --params-file "
+               "config/demo_tiny.yaml --out replay/\n  (then open replay/report.json, replay/*.png, or "
+               "replay/chunks.mcap in Foxglove)")
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or MCAP storage) or a single .mcap file")
+    parser.add_argument("--params-file", type=Path, required=True, metavar="YAML",
+                        help="the node's parameters YAML (/**/turbopi_node: ros__parameters: ...)")
+    parser.add_argument("--out", type=Path, default=Path("replay"), metavar="DIR",
+                        help="output directory (default: ./replay)")
+    parser.add_argument("--start", type=float, default=0.0, metavar="S",
+                        help="seconds into the bag to start at (default 0)")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="D",
+                        help="seconds of bag to replay (default: to the end)")
+    parser.add_argument("--period", type=float, default=None, metavar="S",
+                        help="seconds of bag time between observations; default: as often as the node would infer, "
+                             "i.e. max(inference_period_s, the median total latency of this replay's inferences so "
+                             "far) after each chunk, and at the next recorded message after a skip")
+    parser.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="stop after this many chunks (default: no limit)")
+    parser.add_argument("--at-recorded-chunks", action="store_true",
+                        help=f"observe where the recorded node did: at the stamps of its chunks on {CHUNK_TOPIC} "
+                             "(reproduces them bit for bit with the same checkpoint, seed and device on CPU)")
+    return parser
+
+
+def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, duration_s: float = 0.0,
+           period_s: Optional[float] = None, limit: int = 0, at_recorded_chunks: bool = False,
+           show_progress: Optional[bool] = None) -> dict:
+    """Replay ``bag`` and write the outputs into ``out``; returns the report."""
+    from tqdm import tqdm
+
+    from . import replay_report as report
+    from .policy_node import policy_from_params
+
+    if period_s is not None and period_s <= 0:
+        raise ValueError(f"--period {period_s:g}: expected seconds > 0")
+    if start_s < 0 or duration_s < 0 or limit < 0:
+        raise ValueError("--start, --duration and --limit must not be negative")
+    p = params_file.load(params_path)
+    for name in params_file.unknown(params_path):
+        print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
+              file=sys.stderr)
+    if p.get("rtc.enabled"):
+        print("turbopi-replay: warning: rtc.enabled is set; replay infers every chunk on its own (real-time chunking "
+              "is not replayed)", file=sys.stderr)
+    out = Path(out)
+    if (out / report.CHUNKS_BAG).exists():
+        raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")
+    reader = open_bag(bag)
+    try:
+        check_bag_topics(reader, input_topics(p), bag)
+        if int(p["model.num_threads"]) > 0:
+            import torch
+
+            torch.set_num_threads(int(p["model.num_threads"]))
+        policy = policy_from_params(p)
+        start_ns = reader.start_time + int(round(start_s * 1e9))
+        end_ns = reader.end_time + 1 if duration_s <= 0 else min(start_ns + int(round(duration_s * 1e9)),
+                                                                 reader.end_time + 1)
+        if start_ns >= end_ns:
+            raise ValueError(f"--start {start_s:g} s is past the end of the bag ({reader.duration * 1e-9:.3f} s long)")
+        replayer = Replayer(p, policy)
+        window_s = (end_ns - start_ns) * 1e-9
+        t_wall = time.monotonic()
+        with tqdm(total=round(window_s, 3), unit="s", desc="replay",
+                  disable=None if show_progress is None else not show_progress,  # None: only on a terminal
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of bag [{elapsed}<{remaining}{postfix}]") as bar:
+            def progress(t_s: float) -> None:
+                bar.update(max(0.0, min(t_s, window_s) - bar.n))
+                bar.set_postfix(chunks=len(replayer.result.chunks), refresh=False)
+
+            if at_recorded_chunks:
+                result = replayer.run_at_recorded_chunks(reader, start_ns, end_ns, limit, progress)
+            else:
+                result = replayer.run(reader, start_ns, end_ns, period_s, limit, progress)
+        info = {"bag": str(bag), "params_file": str(params_path), "start_ns": start_ns, "end_ns": end_ns,
+                "bag_start_ns": reader.start_time, "wall_s": time.monotonic() - t_wall,
+                "mode": "at recorded chunks" if at_recorded_chunks else
+                ("period" if period_s is not None else "as the node paces itself"), "period_s": period_s}
+    finally:
+        reader.close()
+    return report.write(out, p, policy, result, info)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = replay(args.bag, args.params_file, args.out, args.start, args.duration, args.period, args.limit,
+                         args.at_recorded_chunks)
+    except ValueError as e:
+        print(f"turbopi-replay: {e}", file=sys.stderr)
+        return 2
+    from .replay_report import summary_lines
+
+    print("\n".join(summary_lines(summary, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
