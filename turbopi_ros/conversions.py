@@ -35,11 +35,15 @@ def sec_to_duration(t: float) -> Duration:
 
 
 def image_to_rgb(msg, camera: str) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 [H, W, 3] RGB."""
-    enc = msg.encoding.lower()
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 [H, W, 3] RGB.
+
+    Encodings are matched exactly: ROS's names (sensor_msgs/image_encodings.hpp) are lowercase, and cv_bridge, RViz and
+    image_transport refuse 'RGB8' as well, so a driver that sends it is refused with the spelling to use."""
+    enc = msg.encoding
     if enc not in _CHANNELS:
-        raise InputError(f"camera '{camera}': encoding {msg.encoding or '(empty)'} not supported "
-                         f"({', '.join(SUPPORTED_ENCODINGS)})")
+        lower = f" (ROS encodings are lowercase: '{enc.lower()}')" if enc.lower() in _CHANNELS else ""
+        raise InputError(f"camera '{camera}': encoding {enc or '(empty)'} not supported "
+                         f"({', '.join(SUPPORTED_ENCODINGS)}){lower}")
     h, w, ch = int(msg.height), int(msg.width), _CHANNELS[enc]
     if h <= 0 or w <= 0:
         raise InputError(f"camera '{camera}': image is {w}x{h}, expected a non-empty image")
@@ -63,14 +67,20 @@ def image_to_rgb(msg, camera: str) -> np.ndarray:
 
 
 def compressed_to_rgb(msg, camera: str) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png) -> uint8 [H, W, 3] RGB."""
+    """sensor_msgs/CompressedImage (jpeg, png) -> uint8 [H, W, 3] RGB. A JPEG without its end-of-image marker is
+    refused even where it decodes: it was cut short, and OpenCV 4 (Humble's) decodes that into a partly grey image with
+    only a warning."""
     import cv2
 
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    data = bytes(msg.data)
+    buf = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
         raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}, {buf.size} bytes) "
                          "could not be decoded (expected jpeg or png)")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:  # FF D9 only occurs as the marker (FF is stuffed)
+        raise InputError(f"camera '{camera}': JPEG data ({len(data)} bytes) has no end-of-image marker: the image was "
+                         "cut short (expected a whole jpeg or png)")
     return img[:, :, ::-1].copy()
 
 
@@ -114,11 +124,19 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90):
 
 
 def joint_state_to_vector(msg, joints: Sequence[str]) -> np.ndarray:
-    """sensor_msgs/JointState -> positions in ``joints`` order (extra joints ignored)."""
+    """sensor_msgs/JointState -> positions in ``joints`` order (extra joints ignored). Names must be unique: which of
+    two positions of one joint is meant cannot be known."""
     names = list(msg.name)
+    if not names:
+        raise InputError(f"joint_states: JointState has no joint names (expected names and positions for "
+                         f"state.joints {list(joints)})")
     if len(msg.position) != len(names):
-        raise InputError(f"joint_states: {len(names)} names but {len(msg.position)} positions")
+        raise InputError(f"joint_states: {len(names)} names but {len(msg.position)} positions (expected one position "
+                         "per name)")
     index = {n: i for i, n in enumerate(names)}
+    if len(index) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"joint_states: duplicate joint names {twice} in JointState (expected each joint once)")
     missing = [j for j in joints if j not in index]
     if missing:
         raise InputError(f"joint_states: joints {missing} of state.joints missing from JointState "

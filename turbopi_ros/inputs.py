@@ -6,6 +6,7 @@ conversions. Times are seconds on the caller's clock (the node's ROS clock, or a
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Dict, List, Optional, Sequence
 
@@ -14,6 +15,11 @@ from .policy.policy import Observation
 
 JOINT_STATES = "joint_states"
 DAY_S = 86400.0
+# Images larger than this (pixels; Full HD) are accepted, with a warning once per camera and size: the model sees
+# 224x224, and converting and downscaling a 4K frame costs tens of milliseconds of every observation.
+LARGE_IMAGE_PIXELS = 1920 * 1080
+
+logger = logging.getLogger(__name__)
 
 
 class WaitingForInput(InputError):
@@ -37,6 +43,7 @@ class InputBuffer:
         self.use_sim_time_hint = use_sim_time_hint
         self._lock = threading.Lock()
         self._latest: Dict[str, object] = {}
+        self._large_warned: Dict[str, tuple] = {}  # camera -> the image size warned about
 
     def store(self, name: str, msg) -> None:
         with self._lock:
@@ -91,9 +98,20 @@ class InputBuffer:
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
         images = {name: to_rgb(snapshot[name], name) for name in self.cameras}
+        self._warn_large(images)
         state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
         stamp = max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
         return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
+
+
+    def _warn_large(self, images: Dict[str, object]) -> None:
+        for name, img in images.items():
+            h, w = img.shape[:2]
+            if h * w > LARGE_IMAGE_PIXELS and self._large_warned.get(name) != (w, h):
+                self._large_warned[name] = (w, h)
+                logger.warning("%s: %dx%d images are used, but each costs tens of ms to convert and downscale to the "
+                               "model's input (224x224); publish them smaller (e.g. image_proc's resize) to save it",
+                               input_name(name), w, h)
 
 
 def to_rgb(msg, name: str):

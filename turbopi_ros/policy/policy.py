@@ -26,7 +26,7 @@ from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
 from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, image_to_model, load_norm_stats, normalize,
-                         pad_to_dim, resize_with_pad, unnormalize)
+                         pad_to_dim, require_stats, resize_with_pad, unnormalize)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Policy:
             for key in ("state", "actions"):
                 if key not in norm_stats:
                     raise ValueError(f"norm stats have no '{key}' entry")
+                require_stats(norm_stats[key], self.use_quantiles, f"norm stats [{key}]")
         self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
         self.lower = self._limits(lower_limits, -np.inf, "lower")
         self.upper = self._limits(upper_limits, np.inf, "upper")
