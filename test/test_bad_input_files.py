@@ -19,7 +19,8 @@ from turbopi_ros.model.checkpoint import openpi_state_dict, random_model, save_c
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.policy import Policy
 
-STATS = {k: {"mean": [0.0] * 32, "std": [1.0] * 32, "q01": [-1.0] * 32, "q99": [1.0] * 32} for k in ("state", "actions")}
+STATS = {k: {"mean": [0.0] * 32, "std": [1.0] * 32, "q01": [-1.0] * 32, "q99": [1.0] * 32}
+         for k in ("state", "actions")}
 
 
 @pytest.fixture(scope="module")

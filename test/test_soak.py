@@ -139,6 +139,8 @@ def test_short_soak(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert report["passed"] and "turbopi-soak: PASSED" in proc.stdout
     assert len(report["injected_faults"]) == 2 and report["chunks"]["rate_hz"] > 1.0
+    assert "turbopi-soak: PASSED" in (out / "summary.txt").read_text()
+    assert report["command"].startswith("turbopi-soak --short")
     assert {p.name for p in out.glob("*.png")} == {"rss.png", "latency_hist.png", "command_period_hist.png",
                                                    "timeline.png"}
     assert time.monotonic() - t0 < 120

@@ -356,12 +356,11 @@ def load_text(args) -> str:
 
 
 def progress_line(row: dict) -> str:
-    d = row["diag"]
-    total = d.get("total_ms")
-    return (f"[{row['t']:6.0f} s] chunks {row['chunks']:3d}/s  commands {row['commands']:3d}/s  total "
-            f"{total if isinstance(total, str) else f'{total or 0:.0f}'} ms  node RSS {row['node_rss_mb'] or 0:.0f} MiB "
-            f"CPU {row['node_cpu_pct'] or 0:.0f} %  robot CPU {row['robot_cpu_pct'] or 0:.0f} %  machine "
-            f"{row['machine_cpu_pct']:.0f} %  | {row['diag_message']}")
+    total = row["diag"].get("total_ms")
+    total = f"{total:.0f}" if isinstance(total, float) else "-"
+    return (f"[{row['t']:6.0f} s] chunks {row['chunks']:3d}/s  commands {row['commands']:3d}/s  total {total} ms  node "
+            f"RSS {row['node_rss_mb'] or 0:.0f} MiB CPU {row['node_cpu_pct'] or 0:.0f} %  robot CPU "
+            f"{row['robot_cpu_pct'] or 0:.0f} %  machine {row['machine_cpu_pct']:.0f} %  | {row['diag_message']}")
 
 
 def parse_args(argv=None):
@@ -398,14 +397,28 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = Path(args.out)
     raw = run(args, out)
     report = soak_report.analyse(raw, short=args.short)
+    report["command"] = " ".join(["turbopi-soak"] + argv)
+    report["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    report["commit"] = _git_commit()
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     soak_report.plot(raw, report, out)
-    print(soak_report.summary(report), flush=True)
+    text = soak_report.summary(report)
+    (out / "summary.txt").write_text(f"$ {report['command']}   ({report['date']}, commit {report['commit']})\n{text}\n")
+    print(text, flush=True)
     return 0 if report["passed"] else 1
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

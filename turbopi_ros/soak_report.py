@@ -175,8 +175,8 @@ def checks(report: dict, th: dict) -> Dict[str, dict]:
         "command_rate": (mean is not None and mean <= period_ms * (1 + th["mean_period_excess_pct"] / 100),
                          f"mean command period {_fmt(mean, ' ms')} (<= {period_ms:g} ms + "
                          f"{th['mean_period_excess_pct']:g} %)"),
-        "faults_stop_and_recover": (all(f["stopped"] and f["recovered_after_s"] is not None
-                                        and f["recovered_after_s"] <= th["recover_s"] for f in report["injected_faults"]),
+        "faults_stop_and_recover": (all(f["stopped"] and f["recovered_after_s"] is not None and
+                                        f["recovered_after_s"] <= th["recover_s"] for f in report["injected_faults"]),
                                     f"{len(report['injected_faults'])} injected inference failures: commands stopped "
                                     f"within 1 s and came back within {th['recover_s']:g} s of the end of each"),
         "no_unhandled_exceptions": (crashes == 0, f"{crashes} traceback / abort lines in the two logs (0)"),
@@ -196,7 +196,8 @@ def summary(report: dict) -> str:
              f"{_fmt(report['cpu_mean']['machine_cpu_pct'], ' %')} of one core x cores "
              f"(loadavg {_fmt(report['cpu_mean']['loadavg_1m'], '')})",
              f"  chunks: {report['chunks']['rate_hz']:.2f}/s, end-to-end latency p50 "
-             f"{_fmt(report['chunks']['latency_ms']['p50'], ' ms')} p99 {_fmt(report['chunks']['latency_ms']['p99'], ' ms')}",
+             f"{_fmt(report['chunks']['latency_ms']['p50'], ' ms')} p99 "
+             f"{_fmt(report['chunks']['latency_ms']['p99'], ' ms')}",
              f"  commands: {a['n']} at {_fmt(a['mean_period_ms'], ' ms')} mean period; |period error| on arrival p50 "
              f"{_fmt(a['error_ms']['p50'], ' ms')} p99 {_fmt(a['error_ms']['p99'], ' ms')} max "
              f"{_fmt(a['error_ms']['max'], ' ms')}; at the source p99 {_fmt(s['error_ms']['p99'], ' ms')} max "
