@@ -166,9 +166,8 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.prompt_pub = self.create_publisher(String, "/turbopi_node/prompt", latched)
             self.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._record(self.chunks), 10)
-            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._record(self.commands), 50)
+            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command, 50)
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
-            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command_info, 50)
             if feed:
                 self.create_timer(1 / 10.0, self._publish_images)
                 self.create_timer(1 / joint_rate_hz, self._publish_joints)
@@ -189,9 +188,11 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                     store.append((time.monotonic(), msg))
             return callback
 
-        def _on_command_info(self, msg, info):
+        def _on_command(self, msg, info):
+            t = time.monotonic()
             with self.lock:
-                self.commands_info.append((time.monotonic(), info["source_timestamp"] * 1e-9))
+                self.commands.append((t, msg))
+                self.commands_info.append((t, info["source_timestamp"] * 1e-9))
 
         def _stamp(self, name: str):
             """Now, or ``faults[name + "_age"]`` seconds ago, or zero with ``faults[name + "_zero_stamp"]``."""
