@@ -222,7 +222,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             if width * height == 0:
                 msg = CompressedImage(format="jpeg") if is_compressed else Image(encoding="rgb8")
             elif (width, height) != (160, 120):
-                msg = self._large_image((width, height), is_compressed)
+                msg = self.large_image((width, height), is_compressed)
             else:
                 rgb = pattern(160, 120, t, i)
                 msg = rgb_to_compressed(rgb, f.get("format", "jpeg")) if is_compressed else rgb_to_image(rgb, "rgb8")
@@ -236,7 +236,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 msg.data = bytes(f["data"])
             return msg
 
-        def _large_image(self, size, is_compressed):
+        def large_image(self, size, is_compressed):
             """The same still frame of ``size`` each time (making a 4K frame takes longer than the publish period)."""
             if self._large.get((size, is_compressed)) is None:
                 rgb = pattern(size[0], size[1], 0.0, 0)

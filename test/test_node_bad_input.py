@@ -217,6 +217,7 @@ def test_4k_image_is_used_with_a_warning(running):
     4K frame (25 MB) needs a Fast DDS profile with a larger shared-memory segment to cross processes best-effort (see
     docs/reliability.md); the node's handling of a raw one is tested in test_bad_input_messages.py."""
     feeder, node = running
+    feeder.large_image((3840, 2160), True)  # made before the switch: making it stalls the feeder (stale input)
     log = _expect_used(feeder, node, {"left_wrist_0_rgb_size": (3840, 2160)})
     warning = "camera 'left_wrist_0_rgb': 3840x2160 images are used, but each costs tens of ms to convert and downscale"
     assert log.count(warning) == 1, log
