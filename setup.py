@@ -13,7 +13,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
-        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     # The runtime deps are pinned in requirements.txt (venv) or come from rosdep (package.xml) and pip (torch):
     # install_requires stays minimal as in every ament_python package, so colcon never tries to fetch anything.
@@ -36,6 +36,7 @@ setup(
             "turbopi-demo = turbopi_ros.demo:main",
             "turbopi-exec-bench = turbopi_ros.execution_bench:main",
             "turbopi-replay = turbopi_ros.replay:main",
+            "turbopi-soak = turbopi_ros.soak:main",
         ],
     },
 )

@@ -112,11 +112,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.05
     return predicate()
 
 
-def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_hz: float = 50.0):
-    """A node that feeds the demo's inputs (two cameras, joint states) and records the turbopi_node outputs.
-    With ``sim_clock=(start_s, rate)`` it also publishes /clock (see ``node_session``) and runs on it.
+def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_hz: float = 50.0, feed: bool = True):
+    """A node that feeds the demo's inputs (two cameras, joint states) and records the turbopi_node outputs
+    (``feed=False``: records only, e.g. beside fake_robot). With ``sim_clock=(start_s, rate)`` it also publishes /clock
+    (see ``node_session``) and runs on it. ``commands_info`` holds each command's (arrival monotonic, rmw source
+    timestamp in s); ``last_stamp`` the stamp (s) last published per input ("joints" or a camera slot).
 
-    ``feeder.faults`` switches inputs bad, e.g. {"base_encoding": "16UC1"}; see ``_image`` / ``_joints``.
+    ``feeder.faults`` switches inputs bad, e.g. {"base_0_rgb_encoding": "16UC1"}; the keys (``<camera>_...`` per
+    camera slot, ``joints_...`` / ``..._joint`` for the joint states):
+        <camera>_encoding  <camera>_truncate (bytes cut)  <camera>_size (w, h)  <camera>_step  <camera>_data (bytes)
+        <camera>_format ("png": a PNG CompressedImage)  <camera>_silent (publishes nothing)
+        <input>_age (s; negative: ahead)  <input>_zero_stamp      (input: a camera slot or "joints")
+        drop_joint  nan_joint  inf_joint  duplicate_joint  joints_no_names  joints_extra_position  joints_silent
+    ``feeder.jump_clock(s)`` moves the simulated clock (``sim_clock`` sessions) by ``s`` seconds, e.g. back.
     """
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.clock import Clock, ClockType
@@ -142,11 +150,14 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 self.create_timer(0.005, self._publish_clock, clock=Clock(clock_type=ClockType.STEADY_TIME))
             self.params = params
             self.faults: Dict[str, object] = {}
+            self._large: Dict[tuple, object] = {}
             self.lock = threading.Lock()
             self.chunks: List[tuple] = []  # (receive monotonic, msg)
             self.commands: List[tuple] = []
             self.diagnostics: List[tuple] = []
             self.published_stamps: List[float] = []
+            self.commands_info: List[tuple] = []
+            self.last_stamp: Dict[str, float] = {}
             topics, compressed = params["cameras.topics"], params["cameras.compressed"]
             self.cameras = [(name, self.create_publisher(CompressedImage if c else Image, t, qos_profile_sensor_data),
                              c) for name, t, c in zip(params["cameras.names"], topics, compressed)]
@@ -155,15 +166,16 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.prompt_pub = self.create_publisher(String, "/turbopi_node/prompt", latched)
             self.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._record(self.chunks), 10)
-            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._record(self.commands), 50)
+            self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command, 50)
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
-            self.create_timer(1 / 10.0, self._publish_images)
             # Joint states from their own thread at absolute deadlines: an executor timer in this busy process (it
             # also takes every command and chunk) falls behind at a few hundred Hz.
             self.joint_period = 1.0 / joint_rate_hz / (sim_clock[1] if sim_clock else 1.0)  # joint_rate_hz on its clock
-            self.running = True
+            self.running = feed
             self.joint_thread = threading.Thread(target=self._joint_loop, daemon=True)
-            self.joint_thread.start()
+            if feed:
+                self.create_timer(1 / 10.0, self._publish_images)
+                self.joint_thread.start()
 
         def sim_now(self) -> float:
             return self.sim_start + self.sim_rate * (time.monotonic() - self.wall_start)
@@ -181,6 +193,12 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                     store.append((time.monotonic(), msg))
             return callback
 
+        def _on_command(self, msg, info):
+            t = time.monotonic()
+            with self.lock:
+                self.commands.append((t, msg))
+                self.commands_info.append((t, info["source_timestamp"] * 1e-9))
+
         def _stamp(self, name: str):
             """Now, or ``faults[name + "_age"]`` seconds ago, or zero with ``faults[name + "_zero_stamp"]``."""
             from builtin_interfaces.msg import Time
@@ -189,20 +207,16 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 return Time()
             now = self.get_clock().now()
             age = float(self.faults.get(f"{name}_age", 0.0))
-            return (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
+            stamp = (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
+            self.last_stamp[name] = stamp.sec + stamp.nanosec * 1e-9
+            return stamp
 
         def _publish_images(self):
             t = time.monotonic()
             for i, (name, pub, is_compressed) in enumerate(self.cameras):
-                rgb = pattern(160, 120, t, i)
-                if is_compressed:
-                    msg = rgb_to_compressed(rgb)
-                else:
-                    msg = rgb_to_image(rgb, "rgb8")
-                    if self.faults.get(f"{name}_encoding"):
-                        msg.encoding = str(self.faults[f"{name}_encoding"])
-                    if self.faults.get(f"{name}_truncate"):
-                        msg.data = bytes(msg.data)[:-int(self.faults[f"{name}_truncate"])]
+                if self.faults.get(f"{name}_silent"):
+                    continue
+                msg = self._image(name, i, is_compressed, t)
                 msg.header.stamp = self._stamp(name)
                 pub.publish(msg)
 
@@ -222,21 +236,68 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
 
         def destroy_node(self):
             self.running = False
-            self.joint_thread.join(timeout=5)
+            if self.joint_thread.ident is not None:
+                self.joint_thread.join(timeout=5)
             super().destroy_node()
 
+        def _image(self, name: str, i: int, is_compressed: bool, t: float):
+            """A 160x120 frame of the moving pattern (raw rgb8 or JPEG), with this camera's faults applied."""
+            f = {k[len(name) + 1:]: v for k, v in self.faults.items() if k.startswith(name + "_")}
+            width, height = f.get("size", (160, 120))
+            if width * height == 0:
+                msg = CompressedImage(format="jpeg") if is_compressed else Image(encoding="rgb8")
+            elif (width, height) != (160, 120):
+                msg = self.large_image((width, height), is_compressed)
+            else:
+                rgb = pattern(160, 120, t, i)
+                msg = rgb_to_compressed(rgb, f.get("format", "jpeg")) if is_compressed else rgb_to_image(rgb, "rgb8")
+            if f.get("encoding"):
+                msg.encoding = str(f["encoding"])
+            if f.get("step") is not None:
+                msg.step = int(f["step"])
+            if f.get("truncate"):
+                msg.data = bytes(msg.data)[:-int(f["truncate"])]
+            if f.get("data") is not None:
+                msg.data = bytes(f["data"])
+            return msg
+
+        def large_image(self, size, is_compressed):
+            """The same still frame of ``size`` each time (making a 4K frame takes longer than the publish period)."""
+            if self._large.get((size, is_compressed)) is None:
+                rgb = pattern(size[0], size[1], 0.0, 0)
+                self._large[(size, is_compressed)] = rgb_to_compressed(rgb) if is_compressed else rgb_to_image(rgb)
+            cached = self._large[(size, is_compressed)]
+            if is_compressed:
+                return CompressedImage(format=cached.format, data=cached.data)
+            return Image(height=cached.height, width=cached.width, encoding=cached.encoding, step=cached.step,
+                         data=cached.data)
+
         def _publish_joints(self):
+            if self.faults.get("joints_silent"):
+                return
             names = list(self.params["state.joints"]) + ["conveyor"]
             positions = [0.1 * i for i in range(len(names))]
             if self.faults.get("drop_joint"):
                 idx = names.index(self.faults["drop_joint"])
                 names.pop(idx)
                 positions.pop(idx)
-            if self.faults.get("nan_joint"):
-                positions[names.index(self.faults["nan_joint"])] = float("nan")
+            for key, value in (("nan_joint", float("nan")), ("inf_joint", float("inf"))):
+                if self.faults.get(key):
+                    positions[names.index(self.faults[key])] = value
+            if self.faults.get("duplicate_joint"):  # the joint again, with another position, at the end
+                names.append(self.faults["duplicate_joint"])
+                positions.append(-1.0)
+            if self.faults.get("joints_no_names"):
+                names = []
+            if self.faults.get("joints_extra_position"):
+                positions.append(0.5)
             msg = JointState(name=names, position=positions)
             msg.header.stamp = self._stamp("joints")
             self.joint_pub.publish(msg)
+
+        def jump_clock(self, seconds: float) -> None:
+            """Move the simulated clock by ``seconds`` (negative: back in time) from now on."""
+            self.sim_start += seconds
 
         def publish_prompt(self, text: str):
             self.prompt_pub.publish(String(data=text))

@@ -115,3 +115,125 @@ def test_commands_stop_while_input_is_bad(running):
     feeder.faults.pop("joints_age")
     t = time.monotonic()
     assert wait_for(lambda: len(feeder.since(feeder.commands, t)) > 10, timeout=30), node.log()[-2000:]
+
+
+# --- more kinds of bad input (issue 10): the same contract ---------------------------------------------------------
+def test_empty_image(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_size": (0, 0)},
+                                    "camera 'base_0_rgb': image is 0x0, expected a non-empty image")
+
+
+def test_step_shorter_than_a_row(running):
+    """step < width x bytes per pixel (a step larger than that is row padding: valid, test_conversions.py)."""
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_step": 100},
+                                    "camera 'base_0_rgb': step 100 is less than width 160 x 3 bytes per pixel (rgb8)")
+
+
+def test_encoding_in_the_wrong_case(running):
+    """'RGB8' is not a ROS encoding (they are lowercase; cv_bridge and RViz refuse it too): refused, with the spelling
+    to use."""
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "RGB8"},
+                                    "camera 'base_0_rgb': encoding RGB8 not supported (rgb8, bgr8, rgba8, bgra8, "
+                                    "mono8) (ROS encodings are lowercase: 'rgb8')")
+
+
+def test_truncated_jpeg(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_truncate": 600},
+                                    re.compile(r"camera 'left_wrist_0_rgb': compressed image \(jpeg, \d+ bytes\) could "
+                                               r"not be decoded \(expected jpeg or png\)"))
+
+
+def test_compressed_image_that_is_no_image(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": b"GIF89a? no: just some text"},
+                                    "camera 'left_wrist_0_rgb': compressed image (jpeg, 26 bytes) could not be "
+                                    "decoded (expected jpeg or png)")
+
+
+def test_duplicate_joint_names(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"duplicate_joint": "joint_2"},
+                                    "joint_states: duplicate joint names ['joint_2'] in JointState (expected each "
+                                    "joint once)")
+
+
+def test_joint_states_without_names(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"joints_no_names": True},
+                                    "joint_states: JointState has no joint names (expected names and positions for "
+                                    "state.joints ['joint_1'")
+
+
+def test_infinite_position(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"inf_joint": "joint_4"},
+                                    "joint_states: non-finite position 'joint_4'=inf")
+
+
+def test_names_and_positions_disagree(running):
+    feeder, node = running
+    _expect_rejected_then_recovered(feeder, node, {"joints_extra_position": True},
+                                    "joint_states: 8 names but 9 positions (expected one position per name)")
+
+
+def test_whitespace_prompt(running):
+    feeder, node = running
+    feeder.publish_prompt(" \t\n  ")
+    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty",
+                                    restore=lambda: feeder.publish_prompt("stack the cups"))
+
+
+def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
+    """Valid input that is unusual: chunks keep coming from it and /diagnostics stays OK. Returns the node's log
+    since the switch."""
+    assert wait_for(lambda: feeder.count(feeder.chunks) > 0, timeout=30)
+    start = len(node.log())
+    feeder.faults.update(faults)
+    time.sleep(1.0)  # the newest messages now have it
+    t = time.monotonic()
+    assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 3, timeout=30), node.log()[-3000:]
+    time.sleep(seconds)
+    status = feeder.latest_status()
+    log = node.log()[start:]
+    for key in faults:
+        feeder.faults.pop(key, None)
+    assert level(status) == 0, status.message
+    assert "[ERROR]" not in log, log
+    return log
+
+
+def test_png_compressed_image_is_used(running):
+    """PNG is a CompressedImage format like JPEG (image_transport's png): decoded, used."""
+    feeder, node = running
+    _expect_used(feeder, node, {"left_wrist_0_rgb_format": "png"})
+
+
+def test_4k_image_is_used_with_a_warning(running):
+    """3840x2160: accepted (it is a valid image), and the log says once what it costs and what to do. JPEG here: a raw
+    4K frame (25 MB) needs a Fast DDS profile with a larger shared-memory segment to cross processes best-effort (see
+    docs/reliability.md); the node's handling of a raw one is tested in test_bad_input_messages.py."""
+    feeder, node = running
+    feeder.large_image((3840, 2160), True)  # made before the switch: making it stalls the feeder (stale input)
+    log = _expect_used(feeder, node, {"left_wrist_0_rgb_size": (3840, 2160)})
+    warning = "camera 'left_wrist_0_rgb': 3840x2160 images are used, but each costs tens of ms to convert and downscale"
+    assert log.count(warning) == 1, log
+
+
+def test_10000_character_prompt_is_truncated_with_a_warning(running):
+    """Cut to the model's max_token_len (48 tokens for the tiny model; openpi does the same), warned once per prompt
+    (not once per inference), shown shortened in the log."""
+    feeder, node = running
+    start = len(node.log())
+    feeder.publish_prompt("pick up the red cup " * 500)  # 10,000 characters
+    _expect_used(feeder, node, {})
+    log = node.log()[start:]
+    assert "prompt set from ~/prompt: 'pick up the red cup pick up" in log and "... (10000 characters)" in log, log
+    # BOS + 9999 bytes (stripped) + "\n" with the tiny model's byte tokenizer
+    warnings = re.findall(r"prompt 'pick up the red cup .*'\.\.\. \(9999 characters\) is 10001 tokens, more than "
+                          r"max_token_len 48: truncated to the first 48, as openpi does", log)
+    assert len(warnings) == 1, log
+    feeder.publish_prompt("stack the cups")

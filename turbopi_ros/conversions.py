@@ -50,11 +50,15 @@ def image_to_rgb(msg, camera: str) -> np.ndarray:
 
     rgb8 comes back as a read-only view of the message's buffer (no copy; rows may be strided when ``step`` pads them);
     the other encodings are one OpenCV colour conversion (a byte shuffle, ~50x faster than numpy's strided channel
-    copy, and it releases the GIL so cameras convert in parallel)."""
-    enc = msg.encoding.lower()
+    copy, and it releases the GIL so cameras convert in parallel).
+
+    Encodings are matched exactly: ROS's names (sensor_msgs/image_encodings.hpp) are lowercase, and cv_bridge, RViz and
+    image_transport refuse 'RGB8' as well, so a driver that sends it is refused with the spelling to use."""
+    enc = msg.encoding
     if enc not in _CHANNELS:
-        raise InputError(f"camera '{camera}': encoding {msg.encoding or '(empty)'} not supported "
-                         f"({', '.join(SUPPORTED_ENCODINGS)})")
+        lower = f" (ROS encodings are lowercase: '{enc.lower()}')" if enc.lower() in _CHANNELS else ""
+        raise InputError(f"camera '{camera}': encoding {enc or '(empty)'} not supported "
+                         f"({', '.join(SUPPORTED_ENCODINGS)}){lower}")
     h, w, ch = int(msg.height), int(msg.width), _CHANNELS[enc]
     if h <= 0 or w <= 0:
         raise InputError(f"camera '{camera}': image is {w}x{h}, expected a non-empty image")
@@ -78,7 +82,10 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     reduce_for: None decodes at full size. (height, width) says the image will only be fit into height x width by the
     policy's fast preprocessing (Policy.reduced_decode_size): a JPEG is then decoded at 1/2, 1/4 or 1/8 of its size,
     the largest reduction that keeps it at least its fitted size (policy.preprocess.reduction_factor), which skips
-    most of the decoder's work (its inverse DCT computes the smaller image directly)."""
+    most of the decoder's work (its inverse DCT computes the smaller image directly).
+
+    A JPEG without its end-of-image marker is refused even where it decodes: it was cut short, and OpenCV 4 (Humble's)
+    decodes that into a partly grey image with only a warning."""
     buf = np.frombuffer(msg.data, dtype=np.uint8)  # the message's buffer, no copy
     factor = 1
     if reduce_for is not None:
@@ -91,6 +98,9 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     if img is None:
         raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}, {buf.size} bytes) "
                          "could not be decoded (expected jpeg or png)")
+    if bytes(buf[:2]) == b"\xff\xd8" and b"\xff\xd9" not in bytes(buf[-64:]):  # FF D9 only occurs as the marker
+        raise InputError(f"camera '{camera}': JPEG data ({buf.size} bytes) has no end-of-image marker: the image was "
+                         "cut short (expected a whole jpeg or png)")
     return img if _RGB_FLAG else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -159,11 +169,19 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90):
 
 
 def joint_state_to_vector(msg, joints: Sequence[str]) -> np.ndarray:
-    """sensor_msgs/JointState -> positions in ``joints`` order (extra joints ignored)."""
+    """sensor_msgs/JointState -> positions in ``joints`` order (extra joints ignored). Names must be unique: which of
+    two positions of one joint is meant cannot be known."""
     names = list(msg.name)
+    if not names:
+        raise InputError(f"joint_states: JointState has no joint names (expected names and positions for "
+                         f"state.joints {list(joints)})")
     if len(msg.position) != len(names):
-        raise InputError(f"joint_states: {len(names)} names but {len(msg.position)} positions")
+        raise InputError(f"joint_states: {len(names)} names but {len(msg.position)} positions (expected one position "
+                         "per name)")
     index = {n: i for i, n in enumerate(names)}
+    if len(index) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"joint_states: duplicate joint names {twice} in JointState (expected each joint once)")
     missing = [j for j in joints if j not in index]
     if missing:
         raise InputError(f"joint_states: joints {missing} of state.joints missing from JointState "

@@ -7,14 +7,20 @@ conversions. Times are seconds on the caller's clock (the node's ROS clock, or a
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, stamp_to_sec
+from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, jpeg_size, stamp_to_sec
 from .policy.policy import Observation
 
 JOINT_STATES = "joint_states"
 DAY_S = 86400.0
+# Images larger than this (pixels; Full HD) are accepted, with a warning once per camera and size: the model sees
+# 224x224, and converting and downscaling a 4K frame costs tens of milliseconds of every observation.
+LARGE_IMAGE_PIXELS = 1920 * 1080
+
+logger = logging.getLogger(__name__)
 
 
 class WaitingForInput(InputError):
@@ -39,6 +45,7 @@ class InputBuffer:
         self.reduce_for = reduce_for  # compressed images may be decoded at reduced size (the policy's fast mode)
         self._lock = threading.Lock()
         self._latest: Dict[str, object] = {}
+        self._large_warned: Dict[str, tuple] = {}  # camera -> the image size warned about
 
     def store(self, name: str, msg) -> None:
         with self._lock:
@@ -94,9 +101,32 @@ class InputBuffer:
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
         images = {name: functools.partial(to_rgb, snapshot[name], name, self.reduce_for) for name in self.cameras}
+        self._warn_large(snapshot)
         state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
         stamp = max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
         return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
+
+
+    def _warn_large(self, snapshot: Dict[str, object]) -> None:
+        """Warn once per camera and size about images over Full HD (their size from the message fields, or a JPEG's
+        header: the conversions themselves run later, on the policy's camera threads)."""
+        for name in self.cameras:
+            size = image_size(snapshot[name])
+            if size is None:
+                continue
+            h, w = size
+            if h * w > LARGE_IMAGE_PIXELS and self._large_warned.get(name) != (w, h):
+                self._large_warned[name] = (w, h)
+                logger.warning("%s: %dx%d images are used, but each costs tens of ms to convert and downscale to the "
+                               "model's input (224x224); publish them smaller (e.g. image_proc's resize) to save it",
+                               input_name(name), w, h)
+
+
+def image_size(msg) -> Optional[Tuple[int, int]]:
+    """(height, width) of an Image, or of a JPEG CompressedImage from its header; None if unknown without decoding."""
+    if hasattr(msg, "format"):
+        return jpeg_size(msg.data)
+    return int(msg.height), int(msg.width)
 
 
 def to_rgb(msg, name: str, reduce_for: Optional[Tuple[int, int]] = None):

@@ -91,6 +91,9 @@ PARAMETERS: Dict[str, Param] = {
     "status_log_period_s": Param(5.0, "seconds between one-line status logs (0 = off)", min=0.0, max=3600.0),
 }
 DIAGNOSTICS_PERIOD_S = 1.0
+# An inference is stalled once it runs longer than max(STALL_MIN_S, STALL_FACTOR x the median of the last 20) (before a
+# first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
+STALL_MIN_S, STALL_FACTOR, FIRST_INFERENCE_STALL_S = 1.0, 5.0, 60.0
 
 
 @dataclasses.dataclass
@@ -134,7 +137,8 @@ class TurbopiNode(Node):
             torch.set_num_threads(int(p["model.num_threads"]))
         self._log_handler = _forward_python_logging(self.get_logger())
         self.policy = self._load_policy(p)
-        self._run = faults.wrap(self.policy.run)  # the engine itself unless a test injects faults
+        self._inference_started: Optional[float] = None  # monotonic start of the inference in progress (stalls)
+        self._run = self._watched(faults.wrap(self.policy.run))  # the engine; faults only where a test injects them
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
 
@@ -260,7 +264,7 @@ class TurbopiNode(Node):
                 return
             self._prompt = text
         self._new_data.set()
-        self.get_logger().info(f"prompt set from {source}: {text!r}")
+        self.get_logger().info(f"prompt set from {source}: {_shorten(text)}")
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")
@@ -406,6 +410,8 @@ class TurbopiNode(Node):
 
     def _publish_chunk(self, chunk, engine_s: float, pipeline_s: float) -> None:
         now = self.now()
+        if self._from_the_future(chunk, now):
+            return
         self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
         if self._chunk_count == 0:
@@ -430,6 +436,45 @@ class TurbopiNode(Node):
         if self.context.ok():  # shutting down: the log's rosout publisher is gone
             self.problems.report(message, waiting)
         self._new_data.set()
+
+    def _watched(self, run):
+        """``run`` that records when it started, for _check_stall."""
+        def watched(*args, **kwargs):
+            self._inference_started = time.monotonic()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                self._inference_started = None
+        return watched
+
+    def _stall_bound_s(self) -> float:
+        with self._lock:
+            runs = list(self._stage_ms["engine"])
+        if not runs:
+            return FIRST_INFERENCE_STALL_S
+        return max(STALL_MIN_S, STALL_FACTOR * float(np.median(runs)) * 1e-3)
+
+    def _check_stall(self) -> None:
+        """An inference running far longer than usual (a hung engine, a driver stall) is an error on /diagnostics while
+        it lasts. The commands are left alone: they follow the current chunk to its end and stop (or hold) there."""
+        started = self._inference_started
+        if started is None:
+            return
+        running, bound = time.monotonic() - started, self._stall_bound_s()
+        if running > bound:
+            self.problems.report(f"inference stalled: running for {running:.1f} s (more than {bound:.1f} s = "
+                                 f"max({STALL_MIN_S:g} s, {STALL_FACTOR:g} x the median inference time))")
+
+    def _from_the_future(self, chunk, now: float) -> bool:
+        """A chunk whose observation is stamped ahead of the clock by more than max_observation_age_s: the clock
+        jumped back (use_sim_time: a simulation or bag restarted) while it was computed. Dropped: a trajectory stamped
+        in the future would wait that long to start."""
+        ahead = chunk.stamp - now
+        if ahead <= self.inputs.max_age_s:
+            return False
+        self._fail(f"chunk dropped: its observation is stamped {ahead:.2f} s ahead of the node's clock (the clock "
+                   "jumped back while it was computed)")
+        return True
 
     # --- the command stream -----------------------------------------------------------------------------------------
     def _command_loop(self) -> None:
@@ -488,6 +533,7 @@ class TurbopiNode(Node):
             self._command_period = period
             if self._command_timer is not None:
                 self._command_timer.timer_period_ns = int(round(period * 1e9))
+        self._check_stall()
         self._publish_diagnostics()
 
     def _stats(self) -> Dict[str, float]:
@@ -566,6 +612,11 @@ class TurbopiNode(Node):
             self.policy.close()
         super().destroy_node()
         return stopped
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class _RosLogHandler(logging.Handler):

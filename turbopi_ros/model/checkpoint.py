@@ -159,12 +159,30 @@ def read_safetensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except SafetensorError as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: {_truncated(path) or 'not a valid safetensors file'} ({e})") from None
     restore_tied(tensors, metadata)
     bad = [f"{k} ({t.dtype})" for k, t in tensors.items() if t.dtype not in FILE_DTYPES]
     if bad:
         raise CheckpointError(f"{path}: unsupported dtypes, expected float16/bfloat16/float32: {_names(bad)}")
     return tensors
+
+
+def _truncated(path: Path) -> str:
+    """'truncated: ...' when the file is shorter than its own safetensors header says (an interrupted download or
+    copy), else ''. The header: an 8-byte little-endian length, then that much JSON with each tensor's data_offsets."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if 8 + header_len > size:
+            return f"truncated: {size} bytes, its header alone should be {8 + header_len}"
+        try:
+            header = json.loads(f.read(header_len))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return ""
+    if 8 + header_len + end > size:
+        return f"truncated: {size} bytes, its header describes {8 + header_len + end}"
+    return ""
 
 
 def restore_tied(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:

@@ -32,7 +32,7 @@ from .preprocess import CameraBatch, ImageSource, ObservationError
 from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
-                         unnormalize)
+                         require_stats, unnormalize)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Policy:
             for key in ("state", "actions"):
                 if key not in norm_stats:
                     raise ValueError(f"norm stats have no '{key}' entry")
+                require_stats(norm_stats[key], self.use_quantiles, f"norm stats [{key}]")
         self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
         self.lower = self._limits(lower_limits, -np.inf, "lower")
         self.upper = self._limits(upper_limits, np.inf, "upper")

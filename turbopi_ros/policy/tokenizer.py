@@ -6,8 +6,8 @@ pi0.5: BOS + ids("Task: {cleaned}, State: {bins};\\nAction: ")
        bins = np.digitize(state, np.linspace(-1, 1, 257)[:-1]) - 1, joined by spaces: the *normalized* state (quantile
        norm stats) before padding to action_dim, as openpi's TokenizePrompt sees it. Values below -1 give -1 and
        values at or above 1 give 255, exactly as openpi.
-Tokens are padded with id 0 / mask False to max_len; longer prompts are cut to max_len with a logged warning, as openpi
-does. encode() returns (tokens int32 [max_len], mask bool [max_len]).
+Tokens are padded with id 0 / mask False to max_len; longer prompts are cut to max_len with a logged warning (once per
+prompt, not on every inference), as openpi does. encode() returns (tokens int32 [max_len], mask bool [max_len]).
 
 PaligemmaTokenizer wraps the user's PaliGemma SentencePiece model (paligemma_tokenizer.model). ByteTokenizer exists
 ONLY for random-weight demo and test models, for which no tokenizer file exists: it maps UTF-8 bytes to ids
@@ -67,6 +67,7 @@ class _PromptTokenizer:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
         self.max_len = int(max_len)
         self.variant = variant
+        self._truncated = None  # the last prompt warned about: once per prompt, not once per inference
 
     def _ids(self, text: str, add_bos: bool) -> List[int]:
         raise NotImplementedError
@@ -83,8 +84,12 @@ class _PromptTokenizer:
         else:
             ids = self._ids(cleaned, add_bos=True) + self._ids("\n", add_bos=False)
         if len(ids) > self.max_len:
-            logger.warning("prompt is %d tokens, more than max_token_len %d: truncated (raise max_token_len in the "
-                           "model config if this happens often)", len(ids), self.max_len)
+            if cleaned != self._truncated:
+                self._truncated = cleaned
+                shown = repr(cleaned[:60]) + (f"... ({len(cleaned)} characters)" if len(cleaned) > 60 else "")
+                logger.warning("prompt %s is %d tokens, more than max_token_len %d: truncated to the first %d, as "
+                               "openpi does%s (said once per prompt)", shown, len(ids), self.max_len, self.max_len,
+                               "; the state and 'Action:' at its end are cut off too" if state is not None else "")
             ids = ids[: self.max_len]
         tokens = np.zeros(self.max_len, dtype=np.int32)
         mask = np.zeros(self.max_len, dtype=bool)

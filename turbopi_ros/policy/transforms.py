@@ -122,9 +122,13 @@ class NormStats:
                 arr = np.asarray(d[name], dtype=np.float64)
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: '{name}' must be a list of numbers") from None
-            if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+            if arr.ndim != 1 or arr.size == 0:
                 raise ValueError(f"{where}: '{name}' must be a non-empty, finite 1-D list of numbers, got shape "
                                  f"{list(arr.shape)}")
+            if not np.all(np.isfinite(arr)):
+                bad = np.nonzero(~np.isfinite(arr))[0].tolist()
+                raise ValueError(f"{where}: '{name}' must be a non-empty, finite 1-D list of numbers: NaN or inf at "
+                                 f"indices {bad[:8]}{' ...' if len(bad) > 8 else ''}")
             fields[name] = arr
         if not fields:
             raise ValueError(f"{where}: none of {list(_STAT_NAMES)} given")
@@ -179,6 +183,12 @@ def _stats_pair(stats: NormStats, use_quantiles: bool, where: str):
         kind = "quantile" if use_quantiles else "z-score"
         raise ValueError(f"{where}: {kind} normalization needs '{a}' and '{b}' in the norm stats")
     return lo, hi
+
+
+def require_stats(stats: NormStats, use_quantiles: bool, where: str) -> None:
+    """A ValueError naming ``where`` unless ``stats`` hold what the normalization needs (z-score: mean and std;
+    quantile: q01 and q99): for checking at load rather than at the first observation."""
+    _stats_pair(stats, use_quantiles, where)
 
 
 def _as_float_array(x, where: str) -> np.ndarray:

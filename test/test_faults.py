@@ -1,0 +1,131 @@
+"""Faults while the node runs (a subprocess with config/demo_tiny.yaml): its inference fails or hangs (test-only fault
+injection, turbopi_ros/faults.py), a sensor stops, the robot process dies and comes back. Each time the commands stop
+(on_stale: stop) when they must, no sooner, /diagnostics names the fault while it lasts, the node keeps running and
+recovers by itself. Times of commands are the rmw source timestamps (when the node published them) and of faults the
+node's own log stamps or the feeder's message stamps: the same system clock, so no reception delay of this process
+enters the bounds."""
+import json
+import re
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
+
+from turbopi_ros.faults import ENV  # noqa: E402
+
+PARAMS = node_params()
+PERIOD_S = 1.0 / PARAMS["control_rate_hz"]  # command_rate_hz 0 follows the feeder's 50 Hz joint states
+MAX_AGE_S = PARAMS["max_observation_age_s"]
+ERROR, OK = 2, 0
+LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+\.\d+)\] \[turbopi_node\]: (.*)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    faults = tmp / "faults.json"
+    with node_session(tmp, min_chunks=3, env={ENV: str(faults)}) as (feeder, node):
+        yield feeder, node, faults
+
+
+def log_time(log: str, text: str, after: float = 0.0) -> float:
+    """The node's log stamp (system time, s) of the first line containing ``text`` logged after ``after``."""
+    for m in LOG_LINE.finditer(log):
+        if text in m.group(3) and float(m.group(2)) > after:
+            return float(m.group(2))
+    raise AssertionError(f"{text!r} not logged after {after}:\n{log[-3000:]}")
+
+
+def commands_after(feeder, t: float) -> list:
+    """Source times (s) of the commands published after system time ``t``."""
+    with feeder.lock:
+        return [s for _, s in feeder.commands_info if s > t]
+
+
+def status_is(feeder, want: int, text: str = "") -> bool:
+    status = feeder.latest_status()
+    return status is not None and level(status) == want and text in status.message
+
+
+def recovered(feeder, node, since_mono: float) -> None:
+    assert wait_for(lambda: len(feeder.since(feeder.chunks, since_mono)) >= 2, timeout=30), node.log()[-3000:]
+    assert wait_for(lambda: len(feeder.since(feeder.commands, since_mono)) >= 10, timeout=10), node.log()[-3000:]
+    assert wait_for(lambda: status_is(feeder, OK), timeout=5), feeder.latest_status()
+    assert node.alive()
+
+
+def test_inference_raises(running):
+    """Commands stop within one control period of the failure, /diagnostics ERROR names it, chunks resume when
+    inference works again."""
+    feeder, node, faults = running
+    start = time.time()
+    faults.write_text(json.dumps({"raise": "engine exploded"}))
+    assert wait_for(lambda: "injected fault: engine exploded" in node.log(), timeout=10), node.log()[-3000:]
+    failed = log_time(node.log(), "inference failed: InjectedFault: injected fault: engine exploded", after=start)
+    assert wait_for(lambda: status_is(feeder, ERROR, "engine exploded"), timeout=5), feeder.latest_status()
+    time.sleep(1.0)
+    late = commands_after(feeder, failed + PERIOD_S)
+    assert late == [], f"{len(late)} commands over a period after the failure, the last {late[-1] - failed:.3f} s"
+    assert node.alive()
+    faults.write_text("")
+    recovered(feeder, node, time.monotonic())
+    assert "recovered: chunks flowing again (was: inference failed: InjectedFault" in node.log()
+
+
+def test_inference_hangs(running):
+    """A 3 s hang: the commands follow the current chunk to its end and stop there; /diagnostics says inference is
+    stalled, and for how long, while it is; chunks resume by themselves."""
+    feeder, node, faults = running
+    hang_from = time.monotonic()
+    faults.write_text(json.dumps({"hang_s": 3.0}))
+    stalled = []
+
+    def stall_reported() -> bool:
+        status = feeder.latest_status()
+        m = status and re.search(r"inference stalled: running for (\d+\.\d) s", status.message)
+        if m and level(status) == ERROR and float(m.group(1)) not in stalled:
+            stalled.append(float(m.group(1)))  # one per diagnostics message (1 Hz)
+        return len(stalled) >= 2
+
+    assert wait_for(stall_reported, timeout=10), (feeder.latest_status(), node.log()[-3000:])
+    faults.write_text("")  # the hang in progress runs its 3 s; the next inference is normal
+    assert stalled[-1] > stalled[0] >= 1.0, stalled
+    resumed_from = time.monotonic()
+    recovered(feeder, node, resumed_from)
+    assert "recovered: chunks flowing again (was: inference stalled: running for" in node.log()
+
+    chunks = feeder.since(feeder.chunks, hang_from - 1.0)
+    gaps = [(a, b) for (a, _), (b, _) in zip(chunks, chunks[1:]) if b - a > 2.0]
+    assert len(gaps) == 1, [round(b - a, 2) for a, b in gaps]
+    last = next(m for t, m in chunks if t == gaps[0][0])  # the chunk the hang started after
+    p = last.points[-1].time_from_start
+    end = last.header.stamp.sec + last.header.stamp.nanosec * 1e-9 + p.sec + p.nanosec * 1e-9
+    with feeder.lock:
+        during = [s for t, s in feeder.commands_info if gaps[0][0] <= t < gaps[0][1]]
+    assert during, "no command after the last chunk before the hang"
+    assert end - 3 * PERIOD_S <= max(during) <= end + PERIOD_S, (max(during) - end)
+
+
+@pytest.mark.parametrize("silent, name", [("left_wrist_0_rgb_silent", "camera 'left_wrist_0_rgb'"),
+                                          ("joints_silent", "joint_states")], ids=["camera", "joint_states"])
+def test_a_sensor_stops(running, silent, name):
+    """Commands stop within max_observation_age_s + one period of the sensor's last message; recovery when it is
+    back."""
+    feeder, node, _ = running
+    recovered(feeder, node, time.monotonic())
+    feeder.faults[silent] = True
+    key = "joints" if silent.startswith("joints") else silent[:-len("_silent")]
+    stopped_at = time.monotonic()
+    assert wait_for(lambda: status_is(feeder, ERROR, name + ": newest message is"), timeout=5), feeder.latest_status()
+    time.sleep(0.5)
+    last = feeder.last_stamp[key]
+    late = commands_after(feeder, last + MAX_AGE_S + PERIOD_S)
+    assert late == [], f"commands {late[-1] - last:.3f} s after the last {name} message"
+    assert commands_after(feeder, last + MAX_AGE_S - 2 * PERIOD_S), "the commands stopped before the input was stale"
+    assert node.alive()
+    feeder.faults.pop(silent)
+    recovered(feeder, node, time.monotonic())
+    assert time.monotonic() - stopped_at < 30

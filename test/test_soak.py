@@ -1,0 +1,146 @@
+"""turbopi-soak: its arithmetic on synthetic runs (command gaps and period error, RSS growth, injected faults, the
+pass/fail checks, the plots), its /proc readings, and the short soak itself: fake_robot and the node under the default
+load for 60 s with two injected inference failures, every check passed."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from turbopi_ros import soak, soak_report
+from turbopi_ros.soak_report import command_timing, fault_outcomes, rss_growth
+
+REPO = Path(__file__).resolve().parents[1]
+S = 1_000_000_000  # ns
+
+
+def _ticks(n=500, period=0.02, jitter_ms=0.5, seed=0, start=100 * S):
+    rng = np.random.default_rng(seed)
+    return (start + np.arange(n) * int(period * S) + rng.uniform(-jitter_ms, jitter_ms, n) * 1e6).astype(np.int64)
+
+
+def test_command_timing_finds_gaps_and_period_errors():
+    t = _ticks()
+    t = np.concatenate([t[:200], t[203:]])  # three missing commands: one 80 ms gap (4 periods)
+    r = command_timing(t, 0.02, int(t[0]), int(t[-1]), start_wall_ns=100 * S)
+    assert r["n"] == 497
+    assert r["gaps"] == {"over_1.5_periods": 1, "over_2_periods": 1, "over_5_periods": 0}
+    assert r["max_gap_periods"] == pytest.approx(4.0, abs=0.06)
+    assert r["worst_gaps"][0]["at_s"] == pytest.approx(199 * 0.02, abs=0.002)
+    assert r["error_ms"]["p50"] < 0.6 and r["error_ms"]["max"] == pytest.approx(60.0, abs=1.1)
+    # the same gap inside an excluded window (an injected fault) counts for nothing
+    excluded = command_timing(t, 0.02, int(t[0]), int(t[-1]), 100 * S, excluded=[(int(t[199]) + 1, int(t[200]))])
+    assert excluded["gaps"]["over_2_periods"] == 0 and excluded["error_ms"]["max"] < 1.1
+
+
+def test_rss_growth_compares_the_windows():
+    rows = [{"t": float(i), "node_rss_mb": 400.0 + (0.1 * i if i > 100 else 0.0)} for i in range(601)]
+    g = rss_growth(rows, "node_rss_mb", from_s=120.0)
+    assert g["base_mb"] == pytest.approx(400.0 + 0.1 * 124.5, abs=0.1)
+    assert g["end_mb"] == pytest.approx(400.0 + 0.1 * 595.5, abs=0.1)
+    assert g["growth_pct"] == pytest.approx(100 * (g["end_mb"] - g["base_mb"]) / g["base_mb"])
+    assert rss_growth(rows[:125], "node_rss_mb", from_s=120.0)["growth_pct"] is None  # too short to say
+
+
+def test_fault_outcomes():
+    t = _ticks(1000)
+    start, stop = int(t[300]) + 1, int(t[500])
+    stopped = np.concatenate([t[:310], t[520:]])  # stops 0.2 s into the fault, back 0.4 s after its end
+    f = fault_outcomes(stopped, [[start, stop]], int(t[-1]), 100 * S)[0]
+    assert f["stopped"] and f["last_command_after_s"] == pytest.approx(0.18, abs=0.002)
+    assert f["recovered_after_s"] == pytest.approx(0.4, abs=0.002)
+    assert f["exclude_ns"] == [start, int(t[520])]
+    assert not fault_outcomes(t, [[start, stop]], int(t[-1]), 100 * S)[0]["stopped"]  # commands went on
+
+
+def _raw(seconds=150, leak_mb_per_s=0.0, gap_at=None, crash=False):
+    """A synthetic run: 50 Hz commands, 5 chunks/s, 1 Hz rows."""
+    t = _ticks(seconds * 50, start=10 * S)
+    if gap_at is not None:
+        t = np.concatenate([t[:gap_at], t[gap_at + 10:]])
+    chunks = [(int(10 * S + k * 0.2 * S + 0.1 * S), int(10 * S + k * 0.2 * S)) for k in range(seconds * 5)]
+    rows = [{"t": float(i), "dt": 1.0, "node_rss_mb": 400.0 + leak_mb_per_s * i, "robot_rss_mb": 100.0,
+             "node_anon_mb": 250.0 + leak_mb_per_s * i, "node_cpu_pct": 90.0, "robot_cpu_pct": 40.0,
+             "monitor_cpu_pct": 3.0, "machine_cpu_pct": 150.0, "loadavg_1m": 1.5, "commands": 50, "chunks": 5,
+             "diag": {"total_ms": 100.0, "denoise_ms": 50.0, "age_base_0_rgb_s": 0.02}, "diag_level": 0,
+             "diag_message": ""} for i in range(1, seconds + 1)]
+    args = vars(soak.parse_args(["--duration", str(seconds)]))
+    return {"args": args, "params": {}, "start_wall_ns": 10 * S, "end_wall_ns": 10 * S + seconds * S, "faults": [],
+            "rows": rows, "commands": [(int(x) + 300_000, int(x)) for x in t], "chunks": chunks,
+            "exit_codes": {"node": 0, "robot": 0}, "interrupted": False, "log_lines": {},
+            "crash_lines": {"node": int(crash), "robot": 0}, "error_lines": {"node": 0, "robot": 0}}
+
+
+def test_checks_pass_and_fail_for_the_right_reasons():
+    ok = soak_report.analyse(_raw())
+    assert ok["passed"], ok["checks"]
+    assert ok["chunks"]["latency_ms"]["p50"] == pytest.approx(100.0)
+    assert ok["commands_arrival"]["error_ms"]["p99"] < 1.0
+    failed = {name: soak_report.analyse(raw)["checks"] for name, raw in (
+        ("leak", _raw(leak_mb_per_s=2.0)), ("gap", _raw(gap_at=5000)), ("crash", _raw(crash=True)))}
+    assert [k for k, c in failed["leak"].items() if not c["passed"]] == ["rss_growth"]
+    assert [k for k, c in failed["gap"].items() if not c["passed"]] == ["command_gaps"]  # one 220 ms interval
+    assert [k for k, c in failed["crash"].items() if not c["passed"]] == ["no_unhandled_exceptions"]
+    short = soak_report.analyse(_raw(seconds=60, gap_at=2000), short=True)  # 11 periods: under the short bound
+    assert short["passed"], short["checks"]
+    assert "FAIL  rss_growth" in soak_report.summary(soak_report.analyse(_raw(leak_mb_per_s=2.0)))
+
+
+def test_plots_are_written(tmp_path):
+    raw = _raw()
+    written = soak_report.plot(raw, soak_report.analyse(raw), tmp_path)
+    assert sorted(p.name for p in written) == ["command_period_hist.png", "latency_hist.png", "rss.png",
+                                               "timeline.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_proc_readings_and_log_scan(tmp_path):
+    memory = soak.read_memory_mb(os.getpid())
+    assert memory["VmRSS"] > 10 and memory["RssAnon"] <= memory["VmRSS"]
+    cpu = soak.read_cpu_s(os.getpid())
+    sum(range(3_000_000))
+    assert soak.read_cpu_s(os.getpid()) > cpu
+    log = tmp_path / "node.log"
+    log.write_text("[INFO] [1.0] [n]: fine\n[ERROR] [2.0] [n]: no chunk: bad\n")
+    scan = soak.LogScan(log)
+    scan.update()
+    with open(log, "a") as f:
+        f.write("Traceback (most recent call last):\n  File x\nterminate called without an active exception\n[ERR")
+    scan.update()
+    assert (scan.errors, scan.crashes) == (1, 2)
+    assert scan.first_lines[0].startswith("[ERROR]")
+
+
+def test_load_profile_parameters():
+    params = soak.soak_params(soak.parse_args([]))
+    node, robot = params["/**/turbopi_node"]["ros__parameters"], params["/**/fake_robot"]["ros__parameters"]
+    assert node["cameras.names"] == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"]
+    assert node["cameras.compressed"] == [True, False, False] == robot["cameras.compressed"]
+    assert node["cameras.topics"] == robot["cameras.topics"]
+    assert (robot["camera.width"], robot["camera.height"], robot["camera.rate_hz"]) == (640, 480, 30.0)
+    assert robot["joint_states.rate_hz"] == 500.0 and node["command_rate_hz"] == 50.0
+    with pytest.raises(ValueError, match="--jpeg 3: at most --cameras"):
+        soak.soak_params(soak.parse_args(["--cameras", "2", "--jpeg", "3"]))
+
+
+def test_short_soak(tmp_path):
+    """The CI soak: 60 s at the default load with two injected inference failures; exit 0 with every check passed."""
+    pytest.importorskip("rclpy")
+    out = tmp_path / "soak"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "turbopi_ros.soak", "--short", "--fault-every", "25", "--out",
+                           str(out)], cwd=str(REPO), capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    report = json.loads((out / "report.json").read_text())
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert report["passed"] and "turbopi-soak: PASSED" in proc.stdout
+    assert len(report["injected_faults"]) == 2 and report["chunks"]["rate_hz"] > 1.0
+    assert "turbopi-soak: PASSED" in (out / "summary.txt").read_text()
+    assert report["command"].startswith("turbopi-soak --short")
+    assert {p.name for p in out.glob("*.png")} == {"rss.png", "latency_hist.png", "command_period_hist.png",
+                                                   "timeline.png"}
+    assert time.monotonic() - t0 < 120
