@@ -31,7 +31,7 @@ def test_raw_4k_frame_is_used_and_warned_about_once(caplog):
     with caplog.at_level(logging.WARNING, logger="turbopi_ros.inputs"):
         for _ in range(3):
             obs = buffer.observation(buffer.snapshot(), "go", now=100.1)
-    assert np.array_equal(obs.images["base_0_rgb"], rgb)
+    assert np.array_equal(obs.images["base_0_rgb"](), rgb)  # the conversion runs later, on the camera threads
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == ["camera 'base_0_rgb': 3840x2160 images are used, but each costs tens of ms to convert and "
                         "downscale to the model's input (224x224); publish them smaller (e.g. image_proc's resize) to "
