@@ -144,3 +144,13 @@ def test_short_soak(tmp_path):
     assert {p.name for p in out.glob("*.png")} == {"rss.png", "latency_hist.png", "command_period_hist.png",
                                                    "timeline.png"}
     assert time.monotonic() - t0 < 120
+
+
+def test_no_fault_is_injected_too_late_to_recover(tmp_path):
+    """A failure at the very end could not be seen recovering: the injector leaves RECOVERY_S after each one."""
+    from turbopi_ros.soak import FaultInjector
+
+    injector = FaultInjector(tmp_path / "faults.json", every_s=150, fault_s=2, end_s=600)
+    for t in range(0, 601):
+        injector.step(float(t))
+    assert len(injector.windows) == 3  # at 150, 300 and 450 s; not at 600 s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
 from typing import Dict, Optional
@@ -297,9 +298,11 @@ class TurbopiNode(Node):
 
     # --- the two workers: preparing observations, running the engine (pipeline.py) ---------------------------------
     def _prepare_loop(self) -> None:
+        _yield_cpu()
         self._restarting(self._prepare_iterations, "observation worker")
 
     def _engine_loop(self) -> None:
+        _yield_cpu()
         self._restarting(self._engine_iterations, "inference worker")
 
     def _restarting(self, iterations, name: str) -> None:
@@ -617,6 +620,20 @@ class TurbopiNode(Node):
 def _shorten(text: str, limit: int = 200) -> str:
     """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+WORKER_NICENESS = 10
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread, and threads it starts inherit it: the camera
+    pool, torch's workers). The heavy work (preparation, inference) then yields the cores to the command stream and
+    the executor when the machine is busy, so commands keep their deadlines; raising a priority needs privileges,
+    lowering one does not."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 class _RosLogHandler(logging.Handler):

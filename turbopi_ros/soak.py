@@ -249,7 +249,8 @@ def run(args, out: Path) -> dict:
     if args.dds_profile:  # for this process too: the same transports everywhere
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    injector = FaultInjector(out / "faults.json", args.fault_every, args.fault_s) if args.fault_every > 0 else None
+    injector = (FaultInjector(out / "faults.json", args.fault_every, args.fault_s, end_s=args.duration)
+                if args.fault_every > 0 else None)
     if injector:  # test-only fault injection (turbopi_ros/faults.py): the node reads this file before each inference
         env[faults.ENV] = str(injector.path)
 
@@ -325,16 +326,20 @@ def run(args, out: Path) -> dict:
 
 class FaultInjector:
     """Every ``every_s`` seconds (the first after one period), an inference failure for ``fault_s`` seconds, through
-    the node's test-only fault file. ``windows``: [(start_ns, end_ns)] wall-clock, for the report."""
+    the node's test-only fault file; none that would not end, and leave RECOVERY_S to recover, before ``end_s``.
+    ``windows``: [(start_ns, end_ns)] wall-clock, for the report."""
 
-    def __init__(self, path: Path, every_s: float, fault_s: float):
-        self.path, self.every_s, self.fault_s = path, float(every_s), float(fault_s)
+    RECOVERY_S = 5.0  # the report's check: commands back within 5 s of a failure's end
+
+    def __init__(self, path: Path, every_s: float, fault_s: float, end_s: float = float("inf")):
+        self.path, self.every_s, self.fault_s, self.end_s = path, float(every_s), float(fault_s), float(end_s)
         self.path.write_text("")
         self.windows: List[List[int]] = []
         self._on_since: Optional[float] = None
 
     def step(self, t: float) -> None:
-        if self._on_since is None and t >= self.every_s * (len(self.windows) + 1):
+        if (self._on_since is None and t >= self.every_s * (len(self.windows) + 1)
+                and t + self.fault_s + self.RECOVERY_S <= self.end_s):
             self.path.write_text(json.dumps({"raise": f"soak: injected engine failure #{len(self.windows) + 1}"}))
             self.windows.append([time.time_ns(), 0])
             self._on_since = t
