@@ -30,21 +30,10 @@ pytest.importorskip("rclpy")
 
 from rosbags.highlevel import AnyReader  # noqa: E402
 
+from test_replay import read_back, stamp_ns  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CHUNKS_S = 2.5  # seconds of chunks to record once they flow (the node starts in 3-4 s on 2 cores, more when busy)
-
-
-def read_back(path: Path):
-    with AnyReader([path]) as reader:
-        types = {c.topic: c.msgtype for c in reader.connections}
-        messages = {}
-        for conn, t_ns, raw in reader.messages():
-            messages.setdefault(conn.topic, []).append((t_ns, reader.deserialize(raw, conn.msgtype)))
-    return messages, types
-
-
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def bag_start_ns(path: Path) -> int:

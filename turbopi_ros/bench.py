@@ -37,6 +37,7 @@ from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
 from .model.config import load_config
+from .machine import cpu_model
 from .model.reference import reference_denoise, reference_prefix
 
 
@@ -54,13 +55,7 @@ def cpu_flags() -> List[str]:
 
 
 def machine() -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": cpu_flags(), "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
