@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import processes
+from .machine import cpu_model
 from .policy.chunking import Chunk
 
 MODES: Dict[str, Dict[str, object]] = {
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     params = yaml.safe_load(params_file.read_text())["/**/turbopi_node"]["ros__parameters"]
     if int(params.get("model.num_threads", 0)) > 0:
         torch.set_num_threads(int(params["model.num_threads"]))
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
                "load_avg": os.getloadavg(), "torch": torch.__version__, "python": platform.python_version()}
     print(f"turbopi-exec-bench: {params_file}, modes {modes}, {args.duration:g} s each; machine {machine}",
           flush=True)

@@ -64,7 +64,7 @@ class JustInTime:
     (median of recent preparations, times a margin), so the prepared observation is as fresh as it can be when the
     engine takes it."""
 
-    def __init__(self, window: int = 20, margin: float = 1.2, extra_s: float = 0.001,
+    def __init__(self, window: int = 20, margin: float = 1.0, extra_s: float = 0.0005,
                  clock: Callable[[], float] = time.monotonic):
         self._runs: Deque[float] = collections.deque(maxlen=window)
         self._prepares: Deque[float] = collections.deque(maxlen=window)
