@@ -123,6 +123,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
         <camera>_encoding  <camera>_truncate (bytes cut)  <camera>_size (w, h)  <camera>_step  <camera>_data (bytes)
         <camera>_format ("png": a PNG CompressedImage)  <camera>_silent (publishes nothing)
         <input>_age (s; negative: ahead)  <input>_zero_stamp      (input: a camera slot or "joints")
+        frozen_stamps (every input republished with the stamp it last had: a driver repeating its last measurement)
         drop_joint  nan_joint  inf_joint  duplicate_joint  joints_no_names  joints_extra_position  joints_silent
     ``feeder.jump_clock(s)`` moves the simulated clock (``sim_clock`` sessions) by ``s`` seconds, e.g. back.
     """
@@ -158,6 +159,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.published_stamps: List[float] = []
             self.commands_info: List[tuple] = []
             self.last_stamp: Dict[str, float] = {}
+            self._last_msg_stamp: Dict[str, object] = {}
             topics, compressed = params["cameras.topics"], params["cameras.compressed"]
             self.cameras = [(name, self.create_publisher(CompressedImage if c else Image, t, qos_profile_sensor_data),
                              c) for name, t, c in zip(params["cameras.names"], topics, compressed)]
@@ -205,10 +207,13 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
 
             if self.faults.get(f"{name}_zero_stamp"):
                 return Time()
+            if self.faults.get("frozen_stamps") and name in self._last_msg_stamp:
+                return self._last_msg_stamp[name]
             now = self.get_clock().now()
             age = float(self.faults.get(f"{name}_age", 0.0))
             stamp = (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
             self.last_stamp[name] = stamp.sec + stamp.nanosec * 1e-9
+            self._last_msg_stamp[name] = stamp
             return stamp
 
         def _publish_images(self):

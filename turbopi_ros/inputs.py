@@ -81,6 +81,12 @@ class InputBuffer:
         return (f"{input_name(worst)}: newest message is {stale[worst]:.2f} s old (max_observation_age_s "
                 f"{self.max_age_s:g})" + hint + also)
 
+    def newest_stamp(self, snapshot: Dict[str, object]) -> Optional[float]:
+        """The stamp of the newest input in the snapshot (an observation's stamp); None while one is missing."""
+        if self.missing(snapshot):
+            return None
+        return max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
+
     def missing(self, snapshot: Dict[str, object]) -> List[str]:
         return [n for n in self.inputs if n not in snapshot]
 
@@ -103,8 +109,7 @@ class InputBuffer:
         images = {name: functools.partial(to_rgb, snapshot[name], name, self.reduce_for) for name in self.cameras}
         self._warn_large(snapshot)
         state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
-        stamp = max(stamp_to_sec(snapshot[n].header.stamp) for n in self.inputs)
-        return Observation(images=images, state=state, prompt=prompt, stamp=stamp)
+        return Observation(images=images, state=state, prompt=prompt, stamp=self.newest_stamp(snapshot))
 
 
     def _warn_large(self, snapshot: Dict[str, object]) -> None:

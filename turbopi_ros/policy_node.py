@@ -319,7 +319,7 @@ class TurbopiNode(Node):
     def _prepare_iterations(self) -> None:
         """Take the newest inputs, check them, convert and preprocess them (Policy.prepare) into the slot: once per
         engine run, just in time for the engine's end (or at once while it is idle)."""
-        seen: Dict[str, object] = {}
+        last: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
         while not self._stop.is_set():
             if not self._new_data.wait(timeout=0.1):
                 continue
@@ -337,8 +337,9 @@ class TurbopiNode(Node):
             snapshot = self.inputs.snapshot()
             with self._lock:
                 prompt = self._prompt
-            if snapshot and all(seen.get(k) is v for k, v in snapshot.items()) and not self.problems.message:
-                continue  # nothing new since the last chunk
+            key = (self.inputs.newest_stamp(snapshot), prompt)
+            if key == last:
+                continue  # nothing newer than the last observation: never infer twice on one (chunk stamps are unique)
             taken_at, now = time.monotonic(), self.now()
             try:
                 with self._lock:
@@ -355,7 +356,7 @@ class TurbopiNode(Node):
                 self._fail(str(e))
                 self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
                 continue
-            seen = snapshot
+            last = key
             self._slot.put(_Prepared(prepared, snapshot, taken_at))
 
     def _engine_iterations(self) -> None:
