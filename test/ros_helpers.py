@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,46 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PARAMS = REPO / "config" / "demo_tiny.yaml"
+
+
+class DemoProcess:
+    """``python -m turbopi_ros.demo ARGS`` in a session of its own, its output collected line by line (``lines``)."""
+
+    def __init__(self, args: List[str], env: dict):
+        self.proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.demo", *args], cwd=str(REPO), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: List[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                        daemon=True)
+        self._reader.start()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 40.0) -> str:
+        """SIGTERM, as a process manager stops it (Ctrl-C takes the same path): a clean exit is asserted. Returns
+        the whole output."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=timeout) == 0, self.output()
+        self._reader.join(timeout=5)
+        return self.output()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+@contextlib.contextmanager
+def demo_process(args: List[str], env: dict):
+    """A DemoProcess, killed with its session on the way out if the test did not stop it."""
+    demo = DemoProcess(args, env)
+    try:
+        yield demo
+    finally:
+        demo.kill()
 
 
 def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:

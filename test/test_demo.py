@@ -3,10 +3,6 @@ status and, when stopped, a summary with the measured chunk rate and stage laten
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,37 +10,26 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-REPO = Path(__file__).resolve().parents[1]
+from ros_helpers import demo_process  # noqa: E402
+
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess", "total")
 
 
 def test_demo_until_stopped_prints_rates_and_latencies():
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.demo", "--duration", "0"], cwd=str(REPO), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
     status = re.compile(r"\[\s*(\d+\.\d) s\] chunks\s+(\d+\.\d+)/s\s+commands\s+(\d+\.\d)/s\s+\|\s+ms: preprocess")
-    try:
+    with demo_process(["--duration", "0"], env) as demo:
         # live status with measured stage latencies, for a few seconds after the first chunks (the summary's window)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            live = [m for m in map(status.search, list(lines)) if m and float(m.group(2)) > 0]
+        while time.monotonic() < deadline and demo.proc.poll() is None:
+            live = [m for m in map(status.search, list(demo.lines)) if m and float(m.group(2)) > 0]
             if len(live) >= 3 and float(live[-1].group(1)) > 6.0:
                 break
             time.sleep(0.2)
         else:
-            pytest.fail("no live status with chunks:\n" + "".join(lines))
-        proc.send_signal(signal.SIGTERM)  # what a process manager sends; Ctrl-C takes the same path
-        assert proc.wait(timeout=40) == 0, "".join(lines)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    reader.join(timeout=5)
-    out = "".join(lines)
+            pytest.fail("no live status with chunks:\n" + demo.output())
+        out = demo.stop()
     assert "== summary ==" in out and "(interrupted)" in out, out
     rate = re.search(r"chunk rate \(measured, median of 3 s windows\): (\d+\.\d+) chunks/s; command stream "
                      r"(\d+\.\d) Hz", out)
@@ -52,7 +37,7 @@ def test_demo_until_stopped_prints_rates_and_latencies():
     for stage in STAGES:
         assert re.search(rf"^\s+{stage}\s+\d+\.\d ms \(median\)$", out, re.M), (stage, out)
     # both nodes went with it (they are in the demo's session, started fresh for this test)
-    assert wait_for_no_session(proc.pid), "the demo's nodes were left running"
+    assert wait_for_no_session(demo.proc.pid), "the demo's nodes were left running"
 
 
 def wait_for_no_session(sid: int, timeout: float = 10.0) -> bool:

@@ -14,10 +14,8 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ pytest.importorskip("rclpy")
 from rosbags.highlevel import AnyReader  # noqa: E402
 
 from test_replay import read_back, stamp_ns  # noqa: E402
+from ros_helpers import demo_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNKS_S = 2.5  # seconds of chunks to record once they flow (the node starts in 3-4 s on 2 cores, more when busy)
@@ -44,29 +43,16 @@ def bag_start_ns(path: Path) -> int:
 def record_demo(params: Path, bag: Path, env: dict) -> str:
     """`turbopi-demo --duration 0 --record bag` until chunks have flowed for CHUNKS_S, then SIGTERM (as a process
     manager stops it); returns its output. The demo closes the recording on the way out."""
-    proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.demo", "--duration", "0", "--params-file",
-                             str(params), "--record", str(bag)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
     flowing = re.compile(r"chunks\s+(\d+\.\d+)/s")
-    try:
+    with demo_process(["--duration", "0", "--params-file", str(params), "--record", str(bag)], env) as demo:
         deadline, since = time.monotonic() + 90, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            if since is None and any(float(m.group(1)) > 0 for m in map(flowing.search, list(lines)) if m):
+        while time.monotonic() < deadline and demo.proc.poll() is None:
+            if since is None and any(float(m.group(1)) > 0 for m in map(flowing.search, list(demo.lines)) if m):
                 since = time.monotonic()
             if since is not None and time.monotonic() - since > CHUNKS_S:
                 break
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=40) == 0, "".join(lines)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    reader.join(timeout=5)
-    output = "".join(lines)
+        output = demo.stop()
     assert since is not None and "recorded " in output, output
     return output
 
