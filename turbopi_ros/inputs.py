@@ -7,11 +7,11 @@ conversions. Times are seconds on the caller's clock (the node's ROS clock, or a
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, jpeg_size, stamp_to_sec
+from .logs import get_logger
 from .policy.policy import Observation
 
 JOINT_STATES = "joint_states"
@@ -20,7 +20,7 @@ DAY_S = 86400.0
 # 224x224, and converting and downscaling a 4K frame costs tens of milliseconds of every observation.
 LARGE_IMAGE_PIXELS = 1920 * 1080
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class WaitingForInput(InputError):

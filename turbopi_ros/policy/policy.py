@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..logs import get_logger
 from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
@@ -34,7 +34,7 @@ from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
                          require_stats, unnormalize)
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # openpi's camera slots, in the order the model sees them.
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")

@@ -15,13 +15,14 @@ deterministically and means nothing to a real checkpoint.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 
 BOS_ID = 2  # PaliGemma's <bos>; ByteTokenizer uses the same id
 STATE_BINS = 256
