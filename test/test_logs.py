@@ -12,12 +12,13 @@ class NonPropagating(logging.Logger):  # what launch.logging.LaunchLogger does
         self.propagate = False
 
 
-def test_a_package_logger_propagates_under_a_non_propagating_logger_class(caplog):
+def test_a_logger_and_its_parents_propagate_under_a_non_propagating_logger_class(caplog):
     default = logging.getLoggerClass()
     logging.setLoggerClass(NonPropagating)
     try:
-        plain = logging.getLogger("turbopi_ros.test_logs.plain")
-        ours = get_logger("turbopi_ros.test_logs.ours")
+        plain = logging.getLogger("turbopi_logs_test.plain")
+        logging.getLogger("turbopi_logs_test.package")  # a parent made before, as a non-propagating one
+        ours = get_logger("turbopi_logs_test.package.module")
     finally:
         logging.setLoggerClass(default)
     with caplog.at_level(logging.WARNING):

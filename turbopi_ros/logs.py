@@ -9,7 +9,11 @@ import logging
 
 
 def get_logger(name: str) -> logging.Logger:
-    """logging.getLogger(name), propagating to its parents whatever logger class is installed."""
+    """logging.getLogger(name), propagating to the root whatever logger class is installed: it and each logger above
+    it in its dotted name (the package's loggers, where the node attaches its handler)."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        logging.getLogger(".".join(parts[:i])).propagate = True
     logger = logging.getLogger(name)
     logger.propagate = True
     return logger

@@ -29,6 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from . import faults
 from .conversions import InputError, chunk_to_trajectory
 from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
+from .logs import get_logger
 from .parameters import Param, declare_parameters, on_parameters_set
 from .policy.chunking import ChunkSchedule
 from .policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
@@ -663,7 +664,7 @@ def _forward_python_logging(ros_logger) -> logging.Handler:
     _stop_forwarding. With a handler in the hierarchy, Python's last-resort stderr output stays silent, so each
     message appears once."""
     handler = _RosLogHandler(ros_logger)
-    package = logging.getLogger("turbopi_ros")
+    package = get_logger("turbopi_ros")
     handler.previous_level = package.level
     package.addHandler(handler)
     package.setLevel(logging.INFO)
@@ -671,6 +672,6 @@ def _forward_python_logging(ros_logger) -> logging.Handler:
 
 
 def _stop_forwarding(handler: logging.Handler) -> None:
-    package = logging.getLogger("turbopi_ros")
+    package = get_logger("turbopi_ros")
     package.removeHandler(handler)
     package.setLevel(handler.previous_level)
