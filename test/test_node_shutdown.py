@@ -2,15 +2,17 @@
 own SIGINT, then escalates to SIGTERM). Whenever the signals arrive - while importing, while the model loads, idle
 without inputs, in the middle of inferences - the node must exit 0, without a traceback or an abort, within the time
 launch gives it before SIGTERM (5 s)."""
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import DEMO_PARAMS, NodeProcess, isolate_ros_domain, make_test_node, node_params, \
+from ros_helpers import DEMO_PARAMS, REPO, NodeProcess, isolate_ros_domain, make_test_node, node_params, \
     spin_in_background, wait_for  # noqa: E402
 
 LAUNCH_SIGTERM_AFTER_S = 5.0
@@ -83,6 +85,37 @@ def test_signals_while_the_model_loads(tmp_path):
     assert "ready:" not in node.log(), "the model loaded too fast to interrupt it:\n" + node.log()
     _check_clean(node, _interrupt(node))
     assert "ready:" not in node.log()
+
+
+SLOW_BUILD = """
+class SlowBuild:
+    def __init__(self):
+        print("building", flush=True)
+        exec("for _ in range(10 ** 9): pass")  # code run by exec() of a string, as dataclasses make their methods
+"""
+
+
+def test_a_signal_inside_exec_code_during_the_build_exits_0(tmp_path):
+    """A Ctrl-C that lands in code run by exec() of a string while the node is built (1 in ~20 during the real model
+    load: torch imports modules lazily, and dataclasses exec their methods) must exit 0 too: CPython marks such a
+    KeyboardInterrupt as unhandled even though spin.py catches it, and a normal exit then ends in kill(SIGINT)."""
+    (tmp_path / "slow_build.py").write_text(SLOW_BUILD)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.spin import run_node; "
+                             "run_node('slow_build', 'SlowBuild', 'slow_build')"], cwd=str(REPO), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "building"
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
+    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S and not any(s in out for s in BAD_SIGNS), out
 
 
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGINT, signal.SIGINT, signal.SIGTERM),

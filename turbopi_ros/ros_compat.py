@@ -71,6 +71,24 @@ def try_shutdown(context=None) -> None:
         uninstall_signal_handlers()
 
 
+def shutdown_keeping_signal_handlers() -> None:
+    """``rclpy.try_shutdown`` for a process that owns SIGINT and SIGTERM itself (rclpy.init with
+    SignalHandlerOptions.NO, spin.py): the handlers are left alone.
+
+    rclpy 9's try_shutdown uninstalls rclpy's handlers even where none were installed, and doing so sets SIGINT and
+    SIGTERM to SIG_DFL for a moment before putting the process's own disposition back (seen with strace): a second
+    Ctrl-C in that moment killed the node with exit -2. rclpy 7 and 3 try_shutdown do not touch them.
+    """
+    import inspect
+
+    import rclpy
+
+    if "uninstall_handlers" in inspect.signature(rclpy.try_shutdown).parameters:  # rclpy >= 9
+        rclpy.try_shutdown(uninstall_handlers=False)
+    else:
+        rclpy.try_shutdown()
+
+
 def subscription_event_callbacks(**callbacks):
     """rclpy's SubscriptionEventCallbacks: in rclpy.event_handler from rclpy 4 (Iron, Jazzy 7, Kilted 9; the old
     rclpy.qos_event warns there), in rclpy.qos_event in rclpy 3 (Humble)."""

@@ -32,12 +32,14 @@ class _Stop:
     def __init__(self):
         self.event = threading.Event()
         self.building = True
+        self.interrupted_build = False  # a signal raised KeyboardInterrupt into the build
 
     def __call__(self, signum, frame) -> None:
         if self.event.is_set():
             return
         self.event.set()
         if self.building:
+            self.interrupted_build = True
             raise KeyboardInterrupt
 
     def install(self) -> None:
@@ -108,8 +110,16 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         if node is not None:
             stopped = node.destroy_node() is not False
         if "rclpy" in sys.modules:
-            sys.modules["rclpy"].try_shutdown()
-    if not stopped:  # the inference thread is still inside torch: do not tear the interpreter down under it
+            from .ros_compat import shutdown_keeping_signal_handlers
+
+            shutdown_keeping_signal_handlers()
+    # Exit without interpreter teardown (os._exit) where teardown could go wrong:
+    # - the inference thread is still inside torch: do not tear the interpreter down under it;
+    # - a signal raised KeyboardInterrupt into the build: if it landed in code run by exec() of a string (dataclasses
+    #   and namedtuples make their methods so, e.g. while torch imports a module lazily during the model load),
+    #   CPython marks the KeyboardInterrupt as unhandled although it was caught here, and at the end of a normal exit
+    #   kills the process with SIGINT (exit -2, no traceback; about 1 Ctrl-C in 20 during the model load).
+    if not stopped or stop.interrupted_build:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
