@@ -45,7 +45,6 @@ def test_a_repeated_observation_is_never_inferred_twice(tmp_path):
     """Inputs republished with the stamps they had (a driver repeating its last measurement) are no new observation:
     no chunk is computed from them, and so no two chunks ever share a stamp (a chunk's stamp names its observation)."""
     with node_session(tmp_path, min_chunks=3) as (feeder, node):
-        t0 = time.monotonic()
         feeder.faults["frozen_stamps"] = True  # for 0.4 s: under max_observation_age_s 0.5, so nothing goes stale
         time.sleep(0.4)
         frozen = dict(feeder.last_stamp)
@@ -53,8 +52,7 @@ def test_a_repeated_observation_is_never_inferred_twice(tmp_path):
         time.sleep(0.2)  # the chunk that was being computed when the inputs froze arrives
         t_back = time.monotonic()
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t_back)) >= 3, timeout=30), node.log()[-2000:]
+        # Every observation during the freeze has the newest frozen stamp; the code before this test published a
+        # chunk from each (ten in 0.4 s), all with that stamp.
         stamps = _stamps(feeder, 0.0)
-        assert np.all(np.diff(stamps) > 0), f"two chunks from one observation: {stamps}"
-        during = _stamps(feeder, t0)
-        # From observations taken before the freeze: at most the one in the engine and the one waiting in the slot.
-        assert np.sum(during <= max(frozen.values()) + 1e-9) <= 2, (during, frozen)
+        assert np.all(np.diff(stamps) > 0), f"two chunks from one observation: {stamps} (frozen at {frozen})"
