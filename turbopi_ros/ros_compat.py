@@ -59,15 +59,12 @@ def try_shutdown(context=None) -> None:
     then on a SIGTERM is swallowed: a process manager stopping a node that is still tearing down, or a CI timeout
     stopping the test process, is ignored instead of ending it. A non-default context keeps the handlers (both).
     """
-    import inspect
-
     import rclpy
     from rclpy.signals import uninstall_signal_handlers
     from rclpy.utilities import get_default_context
 
     rclpy.try_shutdown(context=context)
-    kilted_or_newer = "uninstall_handlers" in inspect.signature(rclpy.try_shutdown).parameters  # rclpy >= 9
-    if not kilted_or_newer and (context is None or context is get_default_context()):
+    if not _try_shutdown_uninstalls_handlers() and (context is None or context is get_default_context()):
         uninstall_signal_handlers()
 
 
@@ -77,16 +74,23 @@ def shutdown_keeping_signal_handlers() -> None:
 
     rclpy 9's try_shutdown uninstalls rclpy's handlers even where none were installed, and doing so sets SIGINT and
     SIGTERM to SIG_DFL for a moment before putting the process's own disposition back (seen with strace): a second
-    Ctrl-C in that moment killed the node with exit -2. rclpy 7 and 3 try_shutdown do not touch them.
+    Ctrl-C in that moment would kill the node. rclpy 7 and 3 try_shutdown do not touch them.
     """
+    import rclpy
+
+    if _try_shutdown_uninstalls_handlers():
+        rclpy.try_shutdown(uninstall_handlers=False)
+    else:
+        rclpy.try_shutdown()
+
+
+def _try_shutdown_uninstalls_handlers() -> bool:
+    """rclpy >= 9 (Kilted): try_shutdown uninstalls the signal handlers, unless told not to (uninstall_handlers)."""
     import inspect
 
     import rclpy
 
-    if "uninstall_handlers" in inspect.signature(rclpy.try_shutdown).parameters:  # rclpy >= 9
-        rclpy.try_shutdown(uninstall_handlers=False)
-    else:
-        rclpy.try_shutdown()
+    return "uninstall_handlers" in inspect.signature(rclpy.try_shutdown).parameters
 
 
 def subscription_event_callbacks(**callbacks):
