@@ -82,6 +82,43 @@ def test_parallel_cameras_are_bit_identical_to_serial_and_to_before(model, kind)
         assert b[1].tolist() == [[True, True, True]]
 
 
+@pytest.mark.parametrize("kind", ["rgb8", "bgr8", "mono8", "jpeg", "png"])
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_cameras_prepared_one_by_one_give_the_batchs_inputs_bit_for_bit(model, kind, mode):
+    """Policy.prepare_image (each camera on its own, as the node's frames arrive) then prepare on the ModelImages
+    (or callables returning them): the same model inputs as preparing the messages together, serially and on the
+    pool."""
+    pytest.importorskip("sensor_msgs")
+    from turbopi_ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
+
+    compressed = kind in ("jpeg", "png")
+    convert = compressed_to_rgb if compressed else image_to_rgb
+    serial = _policy(model, preprocess_threads=1, preprocess_mode=mode)
+    parallel = _policy(model, preprocess_threads=3, preprocess_mode=mode)
+    for n in range(0, len(SIZES), 2):
+        sizes = (SIZES + SIZES)[n:n + 3]
+        msgs = [(rgb_to_compressed if compressed else rgb_to_image)(_image(*size, seed=n + i), kind)
+                for i, size in enumerate(sizes)]
+        sources = {k: (lambda m=m, k=k: convert(m, k)) for k, m in zip(KEYS, msgs)}
+        ready = {k: serial.prepare_image(k, source) for k, source in sources.items()}
+        together = serial.preprocess(_obs(sources))
+        assert _same(together, serial.preprocess(_obs(ready))), (kind, mode, sizes)
+        assert _same(together, parallel.preprocess(_obs(ready))), (kind, mode, sizes)
+        assert _same(together, parallel.preprocess(_obs({k: (lambda r=r: r) for k, r in ready.items()}))), sizes
+        assert _same(together, parallel.preprocess(_obs(dict(sources, left_wrist_0_rgb=ready["left_wrist_0_rgb"]))))
+
+
+def test_a_prepared_image_of_the_wrong_size_or_slot_is_refused(model):
+    from turbopi_ros.policy.preprocess import ModelImage
+
+    policy = _policy(model)
+    wrong = r"camera 'base_0_rgb': a preprocessed image must be float32 \[224, 224, 3\], got float32 \[112, 112, 3\]"
+    with pytest.raises(ObservationError, match=wrong):
+        policy.prepare(_obs({"base_0_rgb": ModelImage(np.zeros((112, 112, 3), np.float32))}))
+    with pytest.raises(ObservationError, match=r"camera 'top' is not a model image slot"):
+        policy.prepare_image("top", _image(48, 64, seed=2))
+
+
 def test_absent_cameras_arrays_and_callables_mixed(model):
     img = _image(120, 160, seed=1)
     serial, parallel = _policy(model, preprocess_threads=1), _policy(model, preprocess_threads=3)

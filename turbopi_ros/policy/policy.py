@@ -28,7 +28,7 @@ from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
-from .preprocess import CameraBatch, ImageSource, ObservationError
+from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
 from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
@@ -48,6 +48,7 @@ class Observation:
     # camera slot -> uint8 [H, W, 3] RGB, or a zero-argument callable returning one (e.g. the node's
     # ``lambda: image_to_rgb(msg, name)``), called on the preprocessing thread pool so that the cameras' conversions run
     # in parallel too; whatever it raises propagates from preprocess/prepare/infer. A slot left out is an absent camera.
+    # Either may also be a ModelImage: that camera already preprocessed by Policy.prepare_image.
     images: Dict[str, ImageSource]
     state: np.ndarray  # joint positions in the state order (raw units)
     prompt: str
@@ -207,6 +208,13 @@ class Policy:
             previous, stamp=stamp, state=state, horizon=self.config.action_horizon, action_dim=self.config.action_dim,
             delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
             stats=self.norm_stats["actions"] if self.norm_stats else None, use_quantiles=self.use_quantiles)
+
+    def prepare_image(self, key: str, source: ImageSource) -> ModelImage:
+        """One camera's image preprocessed on its own, in the calling thread (e.g. as its frame arrives): an
+        Observation holding it gives the model inputs that holding ``source`` gives, bit for bit."""
+        if key not in self.image_keys:
+            raise ObservationError(f"camera '{key}' is not a model image slot {list(self.image_keys)}")
+        return self.cameras.model_image(key, source)
 
     def prepare(self, obs: Observation) -> PreparedObservation:
         """The host side of the preprocess stage, timed; touches no device, so it may run on another thread while

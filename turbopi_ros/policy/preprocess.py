@@ -39,8 +39,22 @@ import numpy as np
 from .transforms import fit_size, image_to_model, resize_to_fit
 
 MODES = ("exact", "fast")
-# a camera's image: uint8 [H, W, 3] RGB, or a zero-argument callable that returns one (run on a pool thread)
-ImageSource = Union[np.ndarray, Callable[[], np.ndarray]]
+
+
+class ModelImage:
+    """One camera's image already preprocessed for a CameraBatch (CameraBatch.model_image): resized, padded and scaled
+    into float32 [size, size, 3] in [-1, 1]. The batch copies it into its slot as it is: an observation's cameras can
+    be prepared one by one as their frames arrive (the node's frames.FramePreparer) and give the same model inputs."""
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+
+
+# a camera's image: uint8 [H, W, 3] RGB or a ModelImage, or a zero-argument callable that returns one (run on a pool
+# thread)
+ImageSource = Union[np.ndarray, ModelImage, Callable[[], Union[np.ndarray, ModelImage]]]
 BAND_ROWS = 64  # no band of a first pass is cut thinner
 
 
@@ -208,9 +222,9 @@ class CameraBatch:
         jobs = [(i, key, images[key]) for i, key in enumerate(self.slots) if images.get(key) is not None]
         masks = np.zeros(len(self.slots), dtype=bool)
         masks[[i for i, _, _ in jobs]] = True
-        if self.threads == 1 or not jobs:
+        if self.threads == 1 or all(isinstance(source, ModelImage) for _, _, source in jobs):  # (copies: serially)
             for i, key, source in jobs:
-                self._write(batch[i], self._resize(self._image(key, source), s, s))
+                self._fill(batch[i], key, source)
             return batch, masks
         tasks = _Tasks()
         for i, key, source in jobs:
@@ -226,9 +240,27 @@ class CameraBatch:
             raise tasks.errors[min(tasks.errors)]
         return batch, masks
 
+    def model_image(self, key: str, source: ImageSource) -> ModelImage:
+        """One camera's image on its own (convert, resize, pad, scale) in the calling thread: the pixels its slot of a
+        batch would hold."""
+        pixels = np.full((self.size, self.size, 3), -1.0, dtype=np.float32)
+        self._fill(pixels, key, source)
+        return ModelImage(pixels)
+
+    def _fill(self, slot: np.ndarray, key: str, source: ImageSource) -> None:
+        """A camera's slot from its source, serially: the plain calls."""
+        image = self._image(key, source)
+        if isinstance(image, ModelImage):
+            slot[...] = image.pixels
+        else:
+            self._write(slot, self._resize(image, self.size, self.size))
+
     def _start(self, tasks: _Tasks, batch: np.ndarray, i: int, key: str, source: ImageSource) -> None:
         """A camera's first task: convert; then resize and write, or (exact, large enough) queue its bands."""
         image = self._image(key, source)
+        if isinstance(image, ModelImage):
+            batch[i] = image.pixels
+            return
         h, w = image.shape[:2]
         new_h, new_w = fit_size(h, w, self.size, self.size)
         first = None
@@ -249,9 +281,14 @@ class CameraBatch:
     def _second_pass(self, batch: np.ndarray, i: int, resize: _BandedResize) -> None:
         self._write(batch[i], resize.second_pass())
 
-    @staticmethod
-    def _image(key: str, source: ImageSource) -> np.ndarray:
+    def _image(self, key: str, source: ImageSource) -> Union[np.ndarray, ModelImage]:
         image = source() if callable(source) else source
+        if isinstance(image, ModelImage):
+            shape = (self.size, self.size, 3)
+            if image.pixels.dtype != np.float32 or image.pixels.shape != shape:
+                raise ObservationError(f"camera '{key}': a preprocessed image must be float32 {list(shape)}, got "
+                                       f"{image.pixels.dtype} {list(image.pixels.shape)}")
+            return image
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ObservationError(f"camera '{key}': expected uint8 [H, W, 3] RGB, got {got}")
