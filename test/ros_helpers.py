@@ -379,7 +379,8 @@ def level(status) -> int:
 
 
 def status_values(status) -> Dict[str, str]:
-    return {kv.key: kv.value for kv in status.values}
+    """A status's values by key; {} for None (no status received yet), so wait_for predicates keep waiting."""
+    return {} if status is None else {kv.key: kv.value for kv in status.values}
 
 
 def spin_in_background(node):
