@@ -21,7 +21,9 @@ from . import processes
 
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
 PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
-            "observation_to_chunk": "inputs taken -> chunk published (preparation overlaps the previous run)",
+            "observation_to_chunk": "inputs taken -> chunk published",
+            "observation_wait": "inputs taken -> the engine starts on them (preparing, waiting for the engine)",
+            "observation_wait_max": "the longest such wait (max over the run)",
             "latency": "sensor stamp -> chunk published (adds the inputs' age)"}
 
 
@@ -186,8 +188,10 @@ def main(argv=None) -> int:
         cmd = sorted(command_rates)[len(command_rates) // 2]
         print(f"chunk rate (measured, median of 3 s windows): {med:.2f} chunks/s; command stream {cmd:.1f} Hz")
         for s in STAGES + ("total",) + tuple(PIPELINE):
-            if latencies[s]:
-                print(f"  {s:<20} {sorted(latencies[s])[len(latencies[s]) // 2]:7.1f} ms (median)"
+            if latencies[s]:  # each value: a median of the node's last 20 chunks (a maximum, for *_max)
+                worst = s.endswith("_max")
+                value = max(latencies[s]) if worst else sorted(latencies[s])[len(latencies[s]) // 2]
+                print(f"  {s:<20} {value:7.1f} ms ({'max' if worst else 'median'})"
                       + (f"  {PIPELINE[s]}" if s in PIPELINE else ""))
     ok = n_chunks > 0
     if not ok:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, jpeg_size, stamp_to_sec
 from .logs import get_logger
@@ -94,10 +94,13 @@ class InputBuffer:
         return "waiting for inputs: no message yet on " + ", ".join(
             f"{self.topics.get(n, n)} ({input_name(n)})" for n in missing)
 
-    def observation(self, snapshot: Dict[str, object], prompt: str, now: float) -> Observation:
+    def observation(self, snapshot: Dict[str, object], prompt: str, now: float,
+                    image_source: Optional[Callable[[str, object], Callable[[], object]]] = None) -> Observation:
         """The Observation of a snapshot, or an InputError (WaitingForInput while an input has never arrived) that
         names the input and what was expected. Its images are conversions still to run (zero-argument callables:
-        Policy.prepare runs them on its camera threads, and raises their InputError)."""
+        Policy.prepare runs them on its camera threads, and raises their InputError); ``image_source(name, msg)``
+        gives another callable per camera instead (the node's frames.FramePreparer.source: frames prepared as they
+        arrived)."""
         missing = self.missing(snapshot)
         if missing:
             raise WaitingForInput(self.waiting_message(missing))
@@ -106,11 +109,16 @@ class InputBuffer:
             raise InputError(stale)
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: set the 'prompt' parameter or publish on ~/prompt")
-        images = {name: functools.partial(to_rgb, snapshot[name], name, self.reduce_for) for name in self.cameras}
+        source = image_source or self.converted
+        images = {name: source(name, snapshot[name]) for name in self.cameras}
         self._warn_large(snapshot)
         state = joint_state_to_vector(snapshot[JOINT_STATES], self.state_joints)
         return Observation(images=images, state=state, prompt=prompt, stamp=self.newest_stamp(snapshot))
 
+    def converted(self, name: str, msg) -> Callable[[], object]:
+        """A zero-argument callable converting camera ``name``'s ``msg`` to uint8 RGB (decoded reduced where the
+        policy's fast mode allows)."""
+        return functools.partial(to_rgb, msg, name, self.reduce_for)
 
     def _warn_large(self, snapshot: Dict[str, object]) -> None:
         """Warn once per camera and size about images over Full HD (their size from the message fields, or a JPEG's

@@ -5,12 +5,19 @@ The engine thread runs one prepared observation after another; the preparing thr
 engine still runs, but as late as it can: at the moment the engine is expected to finish, less the time a
 preparation takes (``JustInTime``). Preparing earlier would overlap more but hand the engine older data, so the
 observation-to-chunk latency would grow by up to a whole inference; prepared just in time, it is the engine's time
-plus a millisecond or two. ``LatestSlot`` holds at most one prepared observation: a newer one supersedes it (the
-older one is dropped, never run), and the engine drops one that went stale while waiting.
+plus the preparation plus however long the run overran its median. ``LatestSlot`` holds at most one prepared
+observation: a newer one supersedes it (the older one is dropped, never run), and the engine drops one that went
+stale while waiting. Taking an observation and marking the engine busy are one step under the slot's lock (``take``'s
+``claim``), so the preparing thread never mistakes an engine that is taking one for an idle engine.
+
+That is for a preparation that costs milliseconds (the cameras converted and resized when the observation is taken).
+Where the cameras' frames are prepared as they arrive (frames.py), preparing an observation is a copy, and the node's
+engine thread prepares it itself once it is free: nothing to predict, and the observation never waits.
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Callable, Deque, Generic, Optional, TypeVar
@@ -35,16 +42,21 @@ class LatestSlot(Generic[T]):
             self._item = item
             self._cond.notify_all()
 
-    def peek(self) -> Optional[T]:
+    def peek(self, also: Optional[Callable[[], object]] = None):
+        """The item waiting (None if none); with ``also``, (item, also()) read under the slot's lock, so that a take()
+        with a claim is seen either before it (the item) or after it (its claim), never in between."""
         with self._cond:
-            return self._item
+            return self._item if also is None else (self._item, also())
 
-    def take(self, timeout: float) -> Optional[T]:
-        """The item (and empty the slot), or None after ``timeout`` seconds without one."""
+    def take(self, timeout: float, claim: Optional[Callable[[], None]] = None) -> Optional[T]:
+        """The item (and empty the slot), or None after ``timeout`` seconds without one. ``claim`` is called when an item
+        is taken, under the slot's lock (see peek)."""
         with self._cond:
             if self._item is None:
                 self._cond.wait(timeout)
             item, self._item = self._item, None
+            if item is not None and claim is not None:
+                claim()
             return item
 
     def clear(self) -> None:
@@ -76,13 +88,18 @@ class JustInTime:
         with self._lock:
             self._run_started = self._clock()
 
-    def jit_point(self) -> Optional[float]:
-        """When the observation for the run after the one in progress should be prepared (clock time); None while
-        the engine is idle. An observation prepared before this point is older than it needs to be."""
+    def jit_point(self, not_before: float = -math.inf) -> float:
+        """When the observation for the engine's next run should be prepared (clock time): its expected start (the
+        end of the run in progress, or ``not_before``, whichever is later; -inf while the engine is idle and free
+        to start; the present during the first run, whose end nothing predicts yet) less the expected preparation
+        time. An observation prepared before this point is older than it needs to be; one prepared after it is as
+        fresh as the engine's next start allows."""
         with self._lock:
-            if self._run_started is None or not self._runs:
-                return None
-            return self._run_started + float(np.median(self._runs)) - self._lead()
+            next_start = not_before
+            if self._run_started is not None:  # running: its expected end; the first run's is unknown, so "now"
+                end = self._run_started + float(np.median(self._runs)) if self._runs else self._clock()
+                next_start = max(next_start, end)
+            return next_start - self._lead()
 
     def _lead(self) -> float:
         return (float(np.median(self._prepares)) if self._prepares else 0.0) * self.margin + self.extra_s
@@ -93,15 +110,15 @@ class JustInTime:
                 self._runs.append(self._clock() - self._run_started)
             self._run_started = None
 
+    def run_abandoned(self) -> None:
+        """The run claimed by run_started() did not happen (its observation was dropped): no duration recorded."""
+        with self._lock:
+            self._run_started = None
+
     def prepared(self, seconds: float) -> None:
         with self._lock:
             self._prepares.append(seconds)
 
-    def prepare_delay(self, not_before: float = -float("inf")) -> float:
+    def prepare_delay(self, not_before: float = -math.inf) -> float:
         """``not_before``: the engine will not start again before this time (pacing), on the same clock."""
-        with self._lock:
-            lead = self._lead()
-            next_start = not_before
-            if self._run_started is not None and self._runs:
-                next_start = max(next_start, self._run_started + float(np.median(self._runs)))
-            return max(next_start - lead - self._clock(), 0.0)
+        return max(self.jit_point(not_before) - self._clock(), 0.0)

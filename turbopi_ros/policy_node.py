@@ -28,6 +28,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from . import faults
 from .conversions import InputError, chunk_to_trajectory
+from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from .logs import get_logger
 from .parameters import Param, declare_parameters, on_parameters_set
@@ -62,6 +63,9 @@ PARAMETERS: Dict[str, Param] = {
     "cameras.preprocess": Param("exact", "exact: openpi's resize, bit for bit; fast: reduced JPEG decoding and "
                                          "OpenCV's resize (not bit-exact: docs/preprocessing.md)",
                                 choices=("exact", "fast")),
+    "cameras.prepare_on_arrival": Param(True, "prepare each camera frame as it arrives (a thread per camera), so an "
+                                              "observation's images are ready when it is taken: lower latency, CPU "
+                                              "per frame; false = when the observation is taken"),
     "joint_states.topic": Param("/joint_states", "sensor_msgs/JointState topic", required=True),
     "state.joints": Param([], "joint names, in the order of the model's state vector", required=True, items=str),
     "action.joints": Param([], "joint names of the first N action dims (published chunks and commands)",
@@ -96,6 +100,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 # An inference is stalled once it runs longer than max(STALL_MIN_S, STALL_FACTOR x the median of the last 20) (before a
 # first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
 STALL_MIN_S, STALL_FACTOR, FIRST_INFERENCE_STALL_S = 1.0, 5.0, 60.0
+PACING_POLL_S = 0.1  # on demand, the engine thread looks again at least this often while pacing holds it
 
 
 @dataclasses.dataclass
@@ -149,6 +154,9 @@ class TurbopiNode(Node):
         self.inputs = InputBuffer(cameras, topics, p["state.joints"], p["max_observation_age_s"],
                                   use_sim_time_hint=bool(self.get_parameter("use_sim_time").value),
                                   reduce_for=self.policy.reduced_decode_size)
+        self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
+        if p["cameras.prepare_on_arrival"]:
+            self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=_yield_cpu)
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
         self._lock = threading.Lock()
@@ -160,8 +168,9 @@ class TurbopiNode(Node):
         self._stale_reported = False
         self._chunk_count = 0
         self._ages: Dict[str, float] = {}
+        # seconds of the last 20 chunks per stage; observation_wait: inputs taken -> the engine starts on them
         self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency", "engine",
-                                                                     "observation_to_chunk")}
+                                                                     "observation_to_chunk", "observation_wait")}
         self._guidance_errors: list = []  # real-time chunking: the new chunks' first-d distance to their target
         self._chunk_times, self._command_times = EventRate(20), EventRate(200)
         self._joint_times = EventRate(100)  # on the node's clock: the command timer runs on it
@@ -206,6 +215,7 @@ class TurbopiNode(Node):
         self._slot: LatestSlot = LatestSlot()  # the prepared observation the engine takes next
         self._jit = JustInTime()
         self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
+        self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
         self._last_run_start = -math.inf
         self._dropped_stale = 0
         self._preparer = threading.Thread(target=self._prepare_loop, name="turbopi_observations", daemon=True)
@@ -219,7 +229,10 @@ class TurbopiNode(Node):
 
     def start(self) -> None:
         """Start the workers and the command stream (spin.py calls this once the node is whole)."""
-        self._preparer.start()
+        if self.frames is not None:
+            self.frames.start()
+        if self.frames is None:  # pipelined; else the engine thread prepares on demand (_prepared_on_demand)
+            self._preparer.start()
         self._worker.start()
         if self._command_thread is not None:
             self._command_thread.start()
@@ -254,7 +267,13 @@ class TurbopiNode(Node):
     # --- callbacks: store only --------------------------------------------------------------------------------------
     def _store(self, name: str, msg) -> None:
         self.inputs.store(name, msg)
+        if self.frames is not None and name != JOINT_STATES:
+            self.frames.submit(name, msg)
         self._new_data.set()
+
+    def _prepare_frame(self, name: str, msg):
+        """A camera frame converted and preprocessed for the model (on its camera's thread, as it arrives)."""
+        return self.policy.prepare_image(name, self.inputs.converted(name, msg))
 
     def _on_joint_states(self, msg: JointState) -> None:
         self._joint_times.add(self.now())
@@ -318,71 +337,110 @@ class TurbopiNode(Node):
                 time.sleep(0.5)
 
     def _prepare_iterations(self) -> None:
-        """Take the newest inputs, check them, convert and preprocess them (Policy.prepare) into the slot: once per
-        engine run, just in time for the engine's end (or at once while it is idle)."""
-        last: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
+        """Pipelined (frames not prepared on arrival): prepare the newest inputs into the slot once per engine run,
+        just in time for the engine's end (or at once while it is idle)."""
         while not self._stop.is_set():
             if not self._new_data.wait(timeout=0.1):
                 continue
             self._new_data.clear()
             if not self._enabled:
                 continue
-            delay = self._jit.prepare_delay(not_before=self._last_run_start + self.inference_period_s)
+            not_before = self._last_run_start + self.inference_period_s
+            delay = self._jit.prepare_delay(not_before)
             if delay > 0:  # just in time; but at once if the engine turns idle meanwhile (a run shorter than usual)
                 self._engine_waiting.wait(delay)
                 if self._stop.is_set():
                     return
-            waiting, point = self._slot.peek(), self._jit.jit_point()
-            if waiting is not None and point is not None and waiting.taken_at >= point:
-                continue  # prepared just in time for this run's end already: the engine takes it when it is free
-            snapshot = self.inputs.snapshot()
+            # read together with the engine's claim (see _prepared_in_slot): an observation the engine is taking is
+            # seen either waiting or as the run in progress, never as neither (which looks like an idle engine)
+            waiting, point = self._slot.peek(also=lambda: self._jit.jit_point(not_before))
+            if waiting is not None and waiting.taken_at >= point:
+                continue  # prepared as late as the engine's next start allows already: the engine takes it
+            if point > time.monotonic():  # the engine took the last one since the delay was computed: not due yet
+                self._new_data.set()
+                continue
+            item = self._prepare_newest()
+            if item is not None:
+                self._slot.put(item)
+
+    def _prepare_newest(self) -> Optional[_Prepared]:
+        """Take the newest inputs, check them, convert and preprocess them (Policy.prepare). None when they are no
+        newer than the last observation prepared, or bad (reported)."""
+        snapshot = self.inputs.snapshot()
+        with self._lock:
+            prompt = self._prompt
+        key = (self.inputs.newest_stamp(snapshot), prompt)
+        if key == self._last_key:
+            return None  # nothing newer than the last observation: never infer twice on one (chunk stamps are unique)
+        taken_at, now = time.monotonic(), self.now()
+        try:
             with self._lock:
-                prompt = self._prompt
-            key = (self.inputs.newest_stamp(snapshot), prompt)
-            if key == last:
-                continue  # nothing newer than the last observation: never infer twice on one (chunk stamps are unique)
-            taken_at, now = time.monotonic(), self.now()
-            try:
-                with self._lock:
-                    self._ages = self.inputs.ages(snapshot, now)
-                obs = self.inputs.observation(snapshot, prompt, now)
-                t0 = time.perf_counter()
-                prepared = self.policy.prepare(obs)
-                self._jit.prepared(time.perf_counter() - t0)
-            except WaitingForInput as e:
-                self._fail(str(e), waiting=True)
-                self._stop.wait(0.05)
-                continue
-            except (InputError, ObservationError, ValueError) as e:
-                self._fail(str(e))
-                self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
-                continue
-            last = key
-            self._slot.put(_Prepared(prepared, snapshot, taken_at))
+                self._ages = self.inputs.ages(snapshot, now)
+            obs = self.inputs.observation(snapshot, prompt, now,
+                                          image_source=self.frames.source if self.frames else None)
+            t0 = time.perf_counter()
+            prepared = self.policy.prepare(obs)
+            self._jit.prepared(time.perf_counter() - t0)
+        except WaitingForInput as e:
+            self._fail(str(e), waiting=True)
+            self._stop.wait(0.05)
+            return None
+        except (InputError, ObservationError, ValueError) as e:
+            self._fail(str(e))
+            self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
+            return None
+        self._last_key = key
+        return _Prepared(prepared, snapshot, taken_at)
+
+    def _prepared_on_demand(self) -> Optional[_Prepared]:
+        """Frames prepared on arrival: preparing an observation is a copy, so the engine thread prepares the newest
+        inputs itself once it is free (and pacing allows): it idles for that copy, and never runs an observation
+        that waited for it."""
+        if not self._new_data.wait(timeout=0.1):
+            return None
+        self._new_data.clear()
+        if not self._enabled:
+            return None
+        wait = self._last_run_start + self.inference_period_s - time.monotonic()
+        if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest inputs after it
+            self._stop.wait(min(wait, PACING_POLL_S))
+            self._new_data.set()  # look again then
+            return None
+        return self._prepare_newest()
+
+    def _prepared_in_slot(self) -> Optional[_Prepared]:
+        """Pipelined: the observation the preparing thread put in the slot, once pacing allows. Taking it claims the
+        engine (JustInTime.run_started), atomically, so the preparer's next one is timed for this run's end."""
+        wait = self._last_run_start + self.inference_period_s - time.monotonic()
+        if wait > 0:  # pacing: at most one inference per inference_period_s (the preparer aims at its end)
+            self._stop.wait(min(wait, PACING_POLL_S))
+            return None
+        item = self._slot.take(timeout=0.0, claim=self._jit.run_started)
+        if item is None:  # idle: let the preparer prepare at once (it also wakes on every new input)
+            self._engine_waiting.set()
+            self._new_data.set()
+            item = self._slot.take(timeout=0.1, claim=self._jit.run_started)
+        self._engine_waiting.clear()
+        if item is not None and not self._enabled:
+            self._jit.run_abandoned()
+            return None
+        return item
 
     def _engine_iterations(self) -> None:
         """Run the engine on each prepared observation that is still fresh, publish the chunk."""
         while not self._stop.is_set():
-            item = self._slot.take(timeout=0.0)
-            if item is None:  # idle: let the preparer prepare at once (it also wakes on every new input)
-                self._engine_waiting.set()
-                self._new_data.set()
-                item = self._slot.take(timeout=0.1)
-            self._engine_waiting.clear()
-            if item is None or not self._enabled:
+            item = self._prepared_on_demand() if self.frames is not None else self._prepared_in_slot()
+            if item is None:
                 continue
-            wait = self._last_run_start + self.inference_period_s - time.monotonic()
-            if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest prepared data
-                if self._stop.wait(wait):
-                    return
-                item = self._slot.take(timeout=0.0) or item
             stale = self.inputs.stale(item.snapshot, self.now())
             if stale:  # went stale while it waited: dropped, never acted on
+                self._jit.run_abandoned()
                 self._dropped_stale += 1
                 self._fail(f"observation went stale before inference: {stale}")
                 continue
             self._last_run_start = time.monotonic()
-            self._jit.run_started()
+            if self.frames is not None:  # (pipelined, taking it from the slot claimed the engine)
+                self._jit.run_started()
             try:
                 chunk = self._run(item.prepared, **self._guidance(item.prepared.stamp))
             except (InputError, ObservationError, ValueError) as e:
@@ -396,7 +454,8 @@ class TurbopiNode(Node):
                 self._jit.run_ended()
             engine_s = time.monotonic() - self._last_run_start
             if self._enabled and not self._stop.is_set():
-                self._publish_chunk(chunk, engine_s=engine_s, pipeline_s=time.monotonic() - item.taken_at)
+                self._publish_chunk(chunk, engine_s=engine_s, pipeline_s=time.monotonic() - item.taken_at,
+                                    wait_s=self._last_run_start - item.taken_at)
 
     def _guidance(self, stamp: float) -> Dict[str, object]:
         """Real-time chunking's arguments for an observation at ``stamp`` (none when it is off or nothing is being
@@ -413,7 +472,7 @@ class TurbopiNode(Node):
         return {"previous": PreviousChunk(current.actions, current.stamp, self.rate_hz), "delay_steps": delay,
                 "execution_horizon": shift, "max_guidance": self.rtc_max_guidance}
 
-    def _publish_chunk(self, chunk, engine_s: float, pipeline_s: float) -> None:
+    def _publish_chunk(self, chunk, engine_s: float, pipeline_s: float, wait_s: float) -> None:
         now = self.now()
         if self._from_the_future(chunk, now):
             return
@@ -427,7 +486,7 @@ class TurbopiNode(Node):
         with self._lock:
             self._chunk_count += 1
             for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
-                                       observation_to_chunk=pipeline_s).items():
+                                       observation_to_chunk=pipeline_s, observation_wait=wait_s).items():
                 self._stage_ms[stage] = (self._stage_ms[stage] + [seconds * 1e3])[-20:]
             if chunk.guidance_error is not None:
                 self._guidance_errors = (self._guidance_errors + [chunk.guidance_error])[-20:]
@@ -545,12 +604,19 @@ class TurbopiNode(Node):
         mono = time.monotonic()
         with self._lock:
             stats = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
+            if self._stage_ms["observation_wait"]:  # a median hides observations that waited a whole run
+                stats["observation_wait_max_ms"] = float(max(self._stage_ms["observation_wait"]))
         stats["chunk_rate_hz"] = self._chunk_times.rate(mono, idle_s=2.0)
         stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
         stats["command_period_target_ms"] = self._command_period * 1e3
         stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
         stats["superseded"] = float(self._slot.superseded)
         stats["dropped_stale"] = float(self._dropped_stale)
+        if self.frames is not None:
+            frame_ms = self.frames.median_ms()
+            if frame_ms is not None:
+                stats["frame_prepare_ms"] = frame_ms
+            stats["frames_skipped"], stats["frames_late"] = float(self.frames.skipped), float(self.frames.late)
         with self._lock:
             if self.rtc_enabled and self._guidance_errors:
                 stats["rtc_guidance_error"] = float(np.median(self._guidance_errors))
@@ -607,10 +673,13 @@ class TurbopiNode(Node):
             self._engine_waiting.set()
             self._worker.join(timeout=join_timeout_s)
             stopped = not self._worker.is_alive()
-            self._preparer.join(timeout=1.0)
-            stopped = stopped and not self._preparer.is_alive()
+            if self._preparer.ident is not None:
+                self._preparer.join(timeout=1.0)
+                stopped = stopped and not self._preparer.is_alive()
             if self._command_thread is not None:
                 self._command_thread.join(timeout=1.0)
+        if getattr(self, "frames", None) is not None:
+            self.frames.close()
         if getattr(self, "_log_handler", None) is not None:
             _stop_forwarding(self._log_handler)
         if stopped and hasattr(self, "policy"):
