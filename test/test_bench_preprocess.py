@@ -18,7 +18,10 @@ def test_bench_runs_and_reports_parity(tmp_path, capsys):
     assert len(result["preprocess"]) == 12 and all(r["n"] == 2 for r in result["preprocess"].values())
     assert result["setup"]["threads"] == {"serial": 1, "parallel x2": 2, "parallel x3": 3}
     assert result["fast_vs_exact"]["actions raw"]["max_abs_diff"] >= 0
-    assert "raw exact parallel x3" in capsys.readouterr().out
+    assert len([n for n in result["parity"] if "prepared on arrival" in n]) == 6
+    assert set(result["on_arrival"]) >= {"raw: one frame as it arrives", "jpeg: observation taken, parallel x3"}
+    out = capsys.readouterr().out
+    assert "raw exact parallel x3" in out and "(f) frames prepared as they arrive" in out
     with pytest.raises(SystemExit):
         bench_preprocess.main(["--threads", "two"])
 

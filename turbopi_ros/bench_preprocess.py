@@ -13,7 +13,9 @@ parallel inputs bit-identical to the serial ones, the exact ones bit-identical t
 image_to_model; (d) where one camera's time goes (conversion, resize, float conversion), with numpy's strided channel
 reversal (the conversion before OpenCV took it over) for comparison; (e) fast vs exact: the pixel difference and the
 action difference on the --preset model (random weights) with the same noise, next to the action difference that JPEG
-compression itself causes. Frames are synthetic scenes (smooth shading, textures, hard-edged shapes), not photos.
+compression itself causes; (f) frames prepared as they arrive (the node's default): one frame's preparation, and
+the observation taken from prepared frames (parity in (c)). Frames are synthetic scenes (smooth shading, textures,
+hard-edged shapes), not photos.
 """
 from __future__ import annotations
 
@@ -190,6 +192,23 @@ def run(args) -> Dict[str, object]:
                  "uint8 -> [-1, 1]: image_to_model": lambda: image_to_model(fitted)}
     result["one_camera"] = {n: summary(t) for n, t in timed(stage_fns, args.warmup, args.iters).items()}
 
+    # (f) frames prepared as they arrive (the node's cameras.prepare_on_arrival): each frame on its own, then the
+    # observation taken from the prepared frames (a copy: what lies between taking the inputs and the engine)
+    arrival_fns, took = {}, {}
+    for src in ("raw", "jpeg"):
+        sources = obs[src, "exact", "serial"].images
+        ready = {k: policies["exact", "serial"].prepare_image(k, sources[k]) for k in cams}
+        taken = Observation(images=ready, state=np.array([0.1, -0.2, 0.3]), prompt="pick up the cup", stamp=1.0)
+        arrival_fns[f"{src}: one frame as it arrives"] = (
+            lambda src=src, k=k0, source=sources[k0]: policies["exact", "serial"].prepare_image(k, source))
+        for way in ways:
+            arrival_fns[f"{src}: observation taken, {way}"] = (
+                lambda way=way, taken=taken: policies["exact", way].preprocess(taken))
+            took[src, way] = policies["exact", way].preprocess(taken)
+            parity[f"{src} exact: frames prepared on arrival, taken {way} == preprocess serial"] = same_inputs(
+                took[src, way], outputs[src, "exact", "serial"])
+    result["on_arrival"] = {n: summary(t) for n, t in timed(arrival_fns, args.warmup, args.iters).items()}
+
     # (e) fast vs exact: pixels and actions
     if not args.no_actions:
         result["fast_vs_exact"] = fast_vs_exact(args, model, tok, cams, h, w)
@@ -264,6 +283,10 @@ def report(r: Dict[str, object]) -> None:
                       f"{100 * row['share_over_8_levels']:.2f}% over 8 levels")
             elif name.startswith("actions"):
                 print(f"  {name:<28} max |diff| {row['max_abs_diff']:.2e}")
+    print("\n(f) frames prepared as they arrive (the node's cameras.prepare_on_arrival), exact: one frame, its conversion "
+          "included, and the observation taken from the prepared frames")
+    for name, row in r["on_arrival"].items():
+        print(f"  {name:<52}{row['median_ms']:>8.3f} ms (p90 {row['p90_ms']:.3f})")
 
 
 def main(argv=None) -> int:
