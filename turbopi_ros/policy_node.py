@@ -2,9 +2,11 @@
 (Its entry point is node.py, which sets up signal handling before this module imports torch.)
 
 The node only wires things up: InputBuffer keeps the newest message of each input and builds observations,
-ProblemLog reports what is wrong, Policy turns an observation into an action chunk, ChunkSchedule says which action
-applies now. One worker thread runs one inference at a time on the newest complete observation; a timer streams the
-action for "now" on ~/joint_command at command_rate_hz (0: the rate the robot publishes joint states at, measured).
+FramePreparer prepares each camera frame as it arrives, ProblemLog reports what is wrong, Policy turns an observation
+into an action chunk, ChunkSchedule says which action applies now. One engine thread runs one inference at a time on
+the newest complete observation, taken when it is free (or prepared just in time by a second thread, pipeline.py);
+a thread streams the action for "now" on ~/joint_command at command_rate_hz (0: the rate the robot publishes joint
+states at, measured).
 Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
@@ -229,9 +231,9 @@ class TurbopiNode(Node):
 
     def start(self) -> None:
         """Start the workers and the command stream (spin.py calls this once the node is whole)."""
-        if self.frames is not None:
+        if self.frames is not None:  # the engine thread prepares each observation itself (_prepared_on_demand)
             self.frames.start()
-        if self.frames is None:  # pipelined; else the engine thread prepares on demand (_prepared_on_demand)
+        else:  # a preparing thread, just in time (_prepare_iterations)
             self._preparer.start()
         self._worker.start()
         if self._command_thread is not None:
