@@ -118,14 +118,13 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
     # - a signal raised KeyboardInterrupt into the build: if it landed in code run by exec() of a string (dataclasses
     #   and namedtuples make their methods so, e.g. while torch imports a module lazily during the model load),
     #   CPython marks the KeyboardInterrupt as unhandled although it was caught here, and at the end of a normal exit
-    #   kills the process with SIGINT (exit -2, no traceback; about 1 Ctrl-C in 20 during the model load);
-    # - the node refused to start: nothing ran that needs an orderly end, and the half-built node's rcl handles would
-    #   be finalized by the garbage collector after rclpy's shutdown (once in a full test run the process then died
-    #   with SIGSEGV after printing its error, exit -11 instead of 1).
-    if not stopped or stop.interrupted_build or code:
+    #   kills the process with SIGINT (exit -2, no traceback; about 1 Ctrl-C in 20 during the model load).
+    if not stopped or stop.interrupted_build:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    if code:
+        raise SystemExit(code)
 
 
 def _fatal(name: str, message: str) -> None:
