@@ -131,6 +131,15 @@ def policy_from_params(p: Dict[str, object]) -> Policy:
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
+        try:
+            self._build()
+        except Exception:
+            # refused to start (spin.py logs why): its rcl handles go now, not when the garbage collector finalizes
+            # them after rclpy's shutdown (once in a full test run such a process died with SIGSEGV after its error)
+            self.destroy_node()
+            raise
+
+    def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
         self._check_lengths(p)
         cameras = camera_slots(p["cameras.names"])
