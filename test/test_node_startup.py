@@ -59,9 +59,15 @@ def outcomes(tmp_path_factory):
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
     results = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=120)
-        results[name] = (proc.returncode, out)
+    try:
+        for name, proc in procs.items():
+            out, _ = proc.communicate(timeout=120)
+            results[name] = (proc.returncode, out)
+    finally:  # a node that hangs must not outlive the test (spinning on a core and a ROS domain of the suite's)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return results
 
 

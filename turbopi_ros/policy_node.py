@@ -134,8 +134,10 @@ class TurbopiNode(Node):
         try:
             self._build()
         except Exception:
-            # refused to start (spin.py logs why): its rcl handles go now, not when the garbage collector finalizes
-            # them after rclpy's shutdown (once in a full test run such a process died with SIGSEGV after its error)
+            # refused to start: its rcl handles go now, before spin.py logs why. Left to the garbage collector, they
+            # were finalized after rclpy's shutdown (once in a full test run such a process died with SIGSEGV after
+            # its error), and the error was also published on /rosout through the half-built node's publisher (on
+            # Jazzy, once, that publish spun inside Fast DDS for good: ten nodes refusing to start at once in CI)
             self.destroy_node()
             raise
 
