@@ -283,8 +283,8 @@ def report(r: Dict[str, object]) -> None:
                       f"{100 * row['share_over_8_levels']:.2f}% over 8 levels")
             elif name.startswith("actions"):
                 print(f"  {name:<28} max |diff| {row['max_abs_diff']:.2e}")
-    print("\n(f) frames prepared as they arrive (the node's cameras.prepare_on_arrival), exact: one frame, its conversion "
-          "included, and the observation taken from the prepared frames")
+    print("\n(f) frames prepared as they arrive (the node's cameras.prepare_on_arrival), exact: one frame, its "
+          "conversion included, and the observation taken from the prepared frames")
     for name, row in r["on_arrival"].items():
         print(f"  {name:<52}{row['median_ms']:>8.3f} ms (p90 {row['p90_ms']:.3f})")
 
