@@ -194,19 +194,18 @@ def run(args) -> Dict[str, object]:
 
     # (f) frames prepared as they arrive (the node's cameras.prepare_on_arrival): each frame on its own, then the
     # observation taken from the prepared frames (a copy: what lies between taking the inputs and the engine)
-    arrival_fns, took = {}, {}
+    arrival_fns = {}
     for src in ("raw", "jpeg"):
         sources = obs[src, "exact", "serial"].images
         ready = {k: policies["exact", "serial"].prepare_image(k, sources[k]) for k in cams}
         taken = Observation(images=ready, state=np.array([0.1, -0.2, 0.3]), prompt="pick up the cup", stamp=1.0)
         arrival_fns[f"{src}: one frame as it arrives"] = (
-            lambda src=src, k=k0, source=sources[k0]: policies["exact", "serial"].prepare_image(k, source))
+            lambda k=k0, source=sources[k0]: policies["exact", "serial"].prepare_image(k, source))
         for way in ways:
             arrival_fns[f"{src}: observation taken, {way}"] = (
                 lambda way=way, taken=taken: policies["exact", way].preprocess(taken))
-            took[src, way] = policies["exact", way].preprocess(taken)
             parity[f"{src} exact: frames prepared on arrival, taken {way} == preprocess serial"] = same_inputs(
-                took[src, way], outputs[src, "exact", "serial"])
+                policies["exact", way].preprocess(taken), outputs[src, "exact", "serial"])
     result["on_arrival"] = {n: summary(t) for n, t in timed(arrival_fns, args.warmup, args.iters).items()}
 
     # (e) fast vs exact: pixels and actions

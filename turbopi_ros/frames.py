@@ -51,7 +51,7 @@ class FramePreparer:
             self._threads.append(thread)
 
     def submit(self, name: str, msg) -> None:
-        """A frame of camera ``name`` arrived: prepare it (once the camera's thread is free, unless a newer one comes)."""
+        """A frame of camera ``name`` arrived: prepare it once the camera's thread is free (unless a newer one comes)."""
         with self._cond:
             if name in self._waiting:
                 self.skipped += 1
@@ -62,20 +62,21 @@ class FramePreparer:
         """An Observation's image source for ``msg``: the prepared image itself when it is ready, else a zero-argument
         callable returning it (result(); it raises what preparing the frame raised)."""
         with self._cond:
-            for frame, value, error in self._done[name]:
-                if frame is msg and error is None:
-                    return value
+            done = self._finished(name, msg)
+        if done is not None and done[1] is None:
+            return done[0]
         return functools.partial(self.result, name, msg)
 
     def result(self, name: str, msg):
         """``msg`` (a frame of camera ``name``) prepared: see the module docstring. Raises what preparing it raised."""
         with self._cond:
             while True:
-                for frame, value, error in self._done[name]:
-                    if frame is msg:
-                        if error is not None:
-                            raise error
-                        return value
+                done = self._finished(name, msg)
+                if done is not None:
+                    value, error = done
+                    if error is not None:
+                        raise error
+                    return value
                 if self._working.get(name) is not msg or self._closed:
                     break
                 self._cond.wait(0.1)
@@ -98,6 +99,10 @@ class FramePreparer:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+
+    def _finished(self, name: str, msg) -> Optional[Tuple[object, Optional[Exception]]]:
+        """(value, error) of ``msg`` if it is among the camera's kept results, else None. Call under the lock."""
+        return next(((value, error) for frame, value, error in self._done[name] if frame is msg), None)
 
     def _run(self, name: str, msg):
         """(value, None) or (None, the exception); kept as the camera's newest result."""

@@ -226,7 +226,7 @@ class TurbopiNode(Node):
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
         self._slot: LatestSlot = LatestSlot()  # the prepared observation the engine takes next
-        self._jit = JustInTime()
+        self._jit = JustInTime()  # when the just-in-time preparer prepares (claimed by the engine as it takes one)
         self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
         self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
         self._last_run_start = -math.inf
@@ -452,8 +452,6 @@ class TurbopiNode(Node):
                 self._fail(f"observation went stale before inference: {stale}")
                 continue
             self._last_run_start = time.monotonic()
-            if self.frames is not None:  # (pipelined, taking it from the slot claimed the engine)
-                self._jit.run_started()
             try:
                 chunk = self._run(item.prepared, **self._guidance(item.prepared.stamp))
             except (InputError, ObservationError, ValueError) as e:
