@@ -51,7 +51,7 @@ class FramePreparer:
             self._threads.append(thread)
 
     def submit(self, name: str, msg) -> None:
-        """A frame of camera ``name`` arrived: prepare it once the camera's thread is free (unless a newer one comes)."""
+        """A frame of camera ``name`` arrived: prepare it once its thread is free (unless a newer one comes first)."""
         with self._cond:
             if name in self._waiting:
                 self.skipped += 1
