@@ -5,7 +5,9 @@ recovers by itself. Times of commands are the rmw source timestamps (when the no
 node's own log stamps or the feeder's message stamps: the same system clock, so no reception delay of this process
 enters the bounds."""
 import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -129,3 +131,28 @@ def test_a_sensor_stops(running, silent, name):
     feeder.faults.pop(silent)
     recovered(feeder, node, time.monotonic())
     assert time.monotonic() - stopped_at < 30
+
+
+def test_the_whole_node_paused(running):
+    """The node process stopped for 2 s (SIGSTOP: a machine overloaded, a VM paused): the log and /diagnostics name
+    the pause, not a sensor or a hung inference; the chunk computed across it is dropped rather than published with a
+    2 s-old stamp; chunks resume by themselves."""
+    feeder, node, _ = running
+    recovered(feeder, node, time.monotonic())
+    start = len(node.log())
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    time.sleep(2.0)
+    os.kill(node.proc.pid, signal.SIGCONT)
+    resumed_wall, resumed = time.time(), time.monotonic()
+    recovered(feeder, node, resumed)
+    log = node.log()[start:]
+    pause = re.findall(r"\[ERROR\].*no chunk: the node did not run for (\d+\.\d+) s", log)
+    assert len(pause) == 1 and 1.8 <= float(pause[0]) <= 3.0, log
+    assert "inference stalled" not in log, log
+    # every chunk that arrived after the pause comes from inputs stamped after it (an observation is at most
+    # max_observation_age_s old when taken)
+    old = [round(resumed_wall - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9), 2)
+           for _, m in feeder.since(feeder.chunks, stopped + 0.5)
+           if m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 < resumed_wall - MAX_AGE_S]
+    assert old == [], f"chunks published after the pause from observations this old (s): {old}\n{log}"

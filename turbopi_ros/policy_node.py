@@ -39,6 +39,7 @@ from .policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError
                             camera_slots)
 from .policy.rtc import PreviousChunk
 from .model.rtc import DEFAULT_MAX_GUIDANCE
+from .pauses import PauseWatch
 from .pipeline import JustInTime, LatestSlot
 from .problems import ProblemLog
 from .rates import EventRate
@@ -158,6 +159,9 @@ class TurbopiNode(Node):
         self._log_handler = _forward_python_logging(self.get_logger())
         self.policy = self._load_policy(p)
         self._inference_started: Optional[float] = None  # monotonic start of the inference in progress (stalls)
+        # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
+        sim_time = bool(self.get_parameter("use_sim_time").value)
+        self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not sim_time)
         self._run = self._watched(faults.wrap(self.policy.run))  # the engine; faults only where a test injects them
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
@@ -463,9 +467,8 @@ class TurbopiNode(Node):
                 continue
             finally:
                 self._jit.run_ended()
-            engine_s = time.monotonic() - self._last_run_start
             if self._enabled and not self._stop.is_set():
-                self._publish_chunk(chunk, engine_s=engine_s, pipeline_s=time.monotonic() - item.taken_at,
+                self._publish_chunk(chunk, run_start=self._last_run_start, pipeline_s=time.monotonic() - item.taken_at,
                                     wait_s=self._last_run_start - item.taken_at)
 
     def _guidance(self, stamp: float) -> Dict[str, object]:
@@ -483,9 +486,9 @@ class TurbopiNode(Node):
         return {"previous": PreviousChunk(current.actions, current.stamp, self.rate_hz), "delay_steps": delay,
                 "execution_horizon": shift, "max_guidance": self.rtc_max_guidance}
 
-    def _publish_chunk(self, chunk, engine_s: float, pipeline_s: float, wait_s: float) -> None:
-        now = self.now()
-        if self._from_the_future(chunk, now):
+    def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
+        engine_s, now = time.monotonic() - run_start, self.now()
+        if self._from_the_future(chunk, now) or self._inputs_went_stale(now) or self._paused_during(run_start):
             return
         self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
@@ -535,10 +538,28 @@ class TurbopiNode(Node):
         started = self._inference_started
         if started is None:
             return
+        if self.pauses.paused_since(started):
+            return  # the node itself paused, not the inference: reported as such (_node_paused)
         running, bound = time.monotonic() - started, self._stall_bound_s()
         if running > bound:
             self.problems.report(f"inference stalled: running for {running:.1f} s (more than {bound:.1f} s = "
                                  f"max({STALL_MIN_S:g} s, {STALL_FACTOR:g} x the median inference time))")
+
+    def _paused_during(self, run_start: float) -> bool:
+        """The node paused while the chunk was computed: its observation is as old as the pause (pauses.py), so the
+        chunk is dropped, whether or not fresh inputs arrived first after the pause."""
+        if self.pauses.paused_since(run_start):
+            self._fail("chunk dropped: the node paused while it was computed, its observation is stale")
+            return True
+        return False
+
+    def _inputs_went_stale(self, now: float) -> bool:
+        """The inputs went stale while the chunk was computed (a sensor stopped, the node was paused): the chunk is
+        dropped, as the command stream stops, rather than published with a stamp far in the past."""
+        stale = self.inputs.stale(self.inputs.snapshot(), now)
+        if stale:
+            self._fail(f"chunk dropped: its inputs went stale while it was computed: {stale}")
+        return bool(stale)
 
     def _from_the_future(self, chunk, now: float) -> bool:
         """A chunk whose observation is stamped ahead of the clock by more than max_observation_age_s: the clock
@@ -565,6 +586,9 @@ class TurbopiNode(Node):
                     return
             elif delay < -2 * period:
                 deadline = time.monotonic()
+            paused = self.pauses.beat(-delay, period)
+            if paused:
+                self._node_paused(paused)
             try:
                 self._on_command_tick()
             except Exception as e:  # noqa: BLE001 - the stream must outlive any bug; shutting down ends it
@@ -572,6 +596,13 @@ class TurbopiNode(Node):
                     return
                 self.get_logger().error(f"command stream: {type(e).__name__}: {e}")
                 self._stop.wait(0.1)
+
+    def _node_paused(self, seconds: float) -> None:
+        """The command thread woke ``seconds`` after its deadline: the whole process was not scheduled (pauses.py).
+        Named as such, since every input now looks stale and would otherwise be blamed."""
+        self._stale_reported = True  # the stale inputs that follow are this pause, reported here
+        self._fail(f"the node did not run for {seconds:.2f} s (its threads were not scheduled: the machine is "
+                   "overloaded or was paused); no chunk or command until fresh inputs arrive")
 
     def _on_command_tick(self) -> None:
         if not self._enabled:
