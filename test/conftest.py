@@ -5,15 +5,19 @@ CI always has it: ``.ci/run`` sets ``TURBOPI_REQUIRE_SHARED=1`` and then a missi
 Tests in ROS-facing modules (test/ros_facing.py says which) are marked ``ros``: .ci/run runs ``-m ros`` on Jazzy too.
 """
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from ros_facing import is_ros_facing
+from ros_helpers import free_ros_domain, processes_with_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("TURBOPI_SHARED_DIR", REPO_ROOT.parent / "shared"))
 OPENPI_FIXTURES = SHARED_DIR / "fixtures" / "openpi"
+SESSION_ENV = "TURBOPI_TEST_SESSION"  # marks every process this test run starts (the leftover check)
 
 
 def pytest_configure(config):
@@ -28,8 +32,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionstart(session):
-    """CI (.ci/run sets TURBOPI_REQUIRE_ROS=1): a venv without a working rclpy, or with another distro than
+    """Marks this run's processes (SESSION_ENV, inherited by every process a test starts) and gives the run a ROS
+    domain of its own (test modules that start nodes take another each, ros_helpers.isolate_ros_domain). CI
+    (.ci/run sets TURBOPI_REQUIRE_ROS=1): a venv without a working rclpy, or with another distro than
     TURBOPI_ROS_DISTRO, fails the run here rather than skipping every ROS test and passing."""
+    os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
+    os.environ["ROS_DOMAIN_ID"] = str(free_ros_domain())
     if os.environ.get("TURBOPI_REQUIRE_ROS", "") in ("", "0", "false"):
         return
     from turbopi_ros.ros_compat import ros_distro
@@ -41,6 +49,30 @@ def pytest_sessionstart(session):
     asked = os.environ.get("TURBOPI_ROS_DISTRO")
     if asked and ros_distro() != asked:
         pytest.exit(f"TURBOPI_ROS_DISTRO={asked} but rclpy here is {ros_distro()}", returncode=1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test leaves a process behind (a node, fake_robot, a demo): any process still carrying this run's mark 5 s
+    after the last test is listed, killed, and fails the run."""
+    token = os.environ.get(SESSION_ENV)
+    deadline = time.monotonic() + 5.0
+    left = processes_with_env(SESSION_ENV, token)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = processes_with_env(SESSION_ENV, token)
+    if not left:
+        return
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+    if reporter is not None:
+        reporter.write_line(f"\nERROR: {len(left)} process(es) started by the tests still ran after them (killed):\n"
+                            f"{lines}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_report_header(config):

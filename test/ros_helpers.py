@@ -1,15 +1,18 @@
 """Helpers for the rclpy integration tests: the node as a subprocess, a feeder of sensor data, a collector of outputs.
 
-Each test module uses its own random ROS_DOMAIN_ID and localhost-only discovery, so runs cannot cross-talk.
+Each test module uses a ROS_DOMAIN_ID of its own (free_ros_domain) and localhost-only discovery, so neither modules nor
+parallel runs cross-talk.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -66,9 +69,53 @@ def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:
     return yaml.safe_load(path.read_text())[f"/**/{node}"]["ros__parameters"]
 
 
+# ROS domains this process holds: each is claimed with a lock file kept until the process exits, so no other test
+# process on the machine (a parallel run, a flake_check) takes it meanwhile, and this process never reuses one.
+_DOMAIN_LOCKS: Dict[int, object] = {}
+# Fast DDS's ports for domain d start at 7400 + 250 d: 1-101 and 215-232 stay clear of Linux's ephemeral ports
+TEST_DOMAINS = tuple(range(1, 102)) + tuple(range(215, 233))
+
+
+def free_ros_domain() -> int:
+    """A ROS_DOMAIN_ID that no other test process holds and this one has not used yet (see _DOMAIN_LOCKS)."""
+    folder = Path(tempfile.gettempdir()) / "turbopi_ros_test_domains"
+    folder.mkdir(exist_ok=True)
+    for domain in random.sample(TEST_DOMAINS, len(TEST_DOMAINS)):
+        if domain in _DOMAIN_LOCKS:
+            continue
+        lock = open(folder / f"{domain}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another test process holds it
+            lock.close()
+            continue
+        _DOMAIN_LOCKS[domain] = lock
+        return domain
+    raise RuntimeError("no free ROS domain in 1-101 or 215-232: too many test processes at once on this machine")
+
+
+def processes_with_env(name: str, value: str) -> Dict[int, str]:
+    """pid -> command line of the live processes (not this one, not zombies) whose environment has name=value."""
+    found = {}
+    marker = f"{name}={value}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 def isolate_ros_domain() -> int:
-    """A random domain (1-101) for this test module; set before rclpy.init and inherited by subprocesses."""
-    domain = random.randint(1, 101)
+    """A domain of its own (free_ros_domain) for this test module, localhost-only discovery; set before rclpy.init and
+    inherited by subprocesses."""
+    domain = free_ros_domain()
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
@@ -197,7 +244,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.chunks: List[tuple] = []  # (receive monotonic, msg)
             self.commands: List[tuple] = []
             self.diagnostics: List[tuple] = []
-            self.published_stamps: List[float] = []
+            self.joint_times: List[float] = []  # monotonic time of each joint state published: the rate really sent
             self.commands_info: List[tuple] = []
             self.last_stamp: Dict[str, float] = {}
             self._last_msg_stamp: Dict[str, object] = {}
@@ -340,6 +387,8 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             msg = JointState(name=names, position=positions)
             msg.header.stamp = self._stamp("joints")
             self.joint_pub.publish(msg)
+            with self.lock:
+                self.joint_times.append(time.monotonic())
 
         def jump_clock(self, seconds: float) -> None:
             """Move the simulated clock by ``seconds`` (negative: back in time) from now on."""

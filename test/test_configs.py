@@ -41,9 +41,9 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
     import sys
 
     path = next(p for p in CONFIGS if p.name == "pi05_droid.yaml")
-    import random
+    from ros_helpers import free_ros_domain
 
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(free_ros_domain()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     out = subprocess.run([sys.executable, "-m", "turbopi_ros.node", "--ros-args", "--params-file", str(path)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1, out.stdout + out.stderr

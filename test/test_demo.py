@@ -1,7 +1,6 @@
 """The README's main job: `python -m turbopi_ros.demo` (fake_robot + turbopi_node on the tiny model) prints live
 status and, when stopped, a summary with the measured chunk rate and stage latencies; both nodes end with it."""
 import os
-import random
 import re
 import time
 from pathlib import Path
@@ -10,13 +9,13 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import demo_process  # noqa: E402
+from ros_helpers import demo_process, free_ros_domain  # noqa: E402
 
 STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess", "total")
 
 
 def test_demo_until_stopped_prints_rates_and_latencies():
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    env = dict(os.environ, ROS_DOMAIN_ID=str(free_ros_domain()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONUNBUFFERED="1")
     status = re.compile(r"\[\s*(\d+\.\d) s\] chunks\s+(\d+\.\d+)/s\s+commands\s+(\d+\.\d)/s\s+\|\s+ms: preprocess")
     with demo_process(["--duration", "0"], env) as demo:

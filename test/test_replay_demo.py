@@ -12,7 +12,6 @@ none (the comparison can fail).
 """
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -29,7 +28,7 @@ pytest.importorskip("rclpy")
 from rosbags.highlevel import AnyReader  # noqa: E402
 
 from test_replay import read_back, stamp_ns  # noqa: E402
-from ros_helpers import demo_process  # noqa: E402
+from ros_helpers import demo_process, free_ros_domain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNKS_S = 2.5  # seconds of chunks to record once they flow (the node starts in 3-4 s on 2 cores, more when busy)
@@ -63,9 +62,9 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     params = tmp_path / "demo.yaml"
     params.write_text(yaml.safe_dump(config))
     bag = tmp_path / "demo.mcap"
-    # Domains 215-232 (also free of the ephemeral ports on Linux), not the other tests' 1-101: a second graph in the
-    # recording (another test's node and fake robot on the same host and domain) would make it unreplayable.
-    domain = random.randint(215, 232)
+    # A domain of its own: a second graph in the recording (another test's node and fake robot on the same host and
+    # domain) would make it unreplayable.
+    domain = free_ros_domain()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     output = record_demo(params, bag, env)
 
