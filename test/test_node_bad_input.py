@@ -202,8 +202,20 @@ def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
     for key in faults:
         feeder.faults.pop(key, None)
     assert level(status) == 0, status.message
-    assert "[ERROR]" not in log, log
+    assert _errors_but_a_pause(log) == [], log
     return log
+
+
+STALENESS = re.compile(r"did not run for|newest message is [\d.]+ s old|went stale|the node paused")
+
+
+def _errors_but_a_pause(log: str) -> list:
+    """The log's ERROR lines, except those a pause of the whole node explains when the node named that pause (every
+    input looks stale after it, test_faults.py::test_the_whole_node_paused): the machine's doing, not the input's."""
+    errors = [line for line in log.splitlines() if "[ERROR]" in line]
+    if any("no chunk: the node did not run for" in line for line in errors):
+        errors = [line for line in errors if not STALENESS.search(line)]
+    return errors
 
 
 def test_png_compressed_image_is_used(running):
