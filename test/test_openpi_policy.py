@@ -348,3 +348,35 @@ def test_real_time_chunking_target_round_trips_through_the_adapter():
     assert np.allclose(back, previous, atol=1e-9)
     chunk = policy.infer(obs, PreviousChunk(previous, 0.0, 50.0), delay_steps=3, execution_horizon=0)
     assert chunk.actions.shape == (50, 14) and chunk.guidance_error is not None
+
+
+def test_pi05_without_the_state_in_the_prompt():
+    """discrete_state_input false (openpi's pi05_libero): pi0's prompt format, the state stays out of the tokens."""
+    policy = Policy.from_params(checkpoint="random", preset="tiny_pi05", discrete_state_input="false")
+    assert not policy.discrete_state_input
+
+    def tokens(state):
+        obs = Observation(images={}, state=np.asarray(state, dtype=np.float64), prompt="wipe")
+        return policy.preprocess(obs)[2]
+
+    assert torch.equal(tokens([0.1, 0.2]), tokens([0.9, -0.7]))
+    with_state = Policy.from_params(checkpoint="random", preset="tiny_pi05")
+    assert with_state.discrete_state_input
+    obs = [Observation(images={}, state=np.array(s), prompt="wipe") for s in ([0.1, 0.2], [0.9, -0.7])]
+    assert not torch.equal(with_state.preprocess(obs[0])[2], with_state.preprocess(obs[1])[2])
+
+
+def test_norm_stats_with_an_asset_id(openpi_policy_fixtures, tmp_path, monkeypatch):
+    """norm_stats as the assets folder plus the asset id, or as the file inside a folder of that name (relative
+    paths too); a file elsewhere is refused, naming the asset id."""
+    src = openpi_policy_fixtures / "libero_pi0.assets"
+    common = dict(checkpoint="random", preset="tiny", robot_adapter="libero")
+    by_folder = Policy.from_params(norm_stats=str(src), asset_id="physical-intelligence/libero", **common)
+    monkeypatch.chdir(src)
+    by_file = Policy.from_params(norm_stats="physical-intelligence/libero/norm_stats.json",
+                                 asset_id="physical-intelligence/libero", **common)
+    assert np.array_equal(by_folder.norm_stats["state"].mean, by_file.norm_stats["state"].mean)
+    with pytest.raises(ValueError, match="not in a folder named after the asset id 'trossen'"):
+        Policy.from_params(norm_stats="physical-intelligence/libero/norm_stats.json", asset_id="trossen", **common)
+    with pytest.raises(ValueError, match="asset id 'droid'"):
+        Policy.from_params(norm_stats=str(src), asset_id="droid", **common)

@@ -192,6 +192,7 @@ def verify_policy(npz_path, *, path: str = "fast", device: str = "cpu", dtype: s
     from .model.checkpoint import CheckpointError
     from .policy.policy import Policy
 
+    policy = None
     try:
         case = load_policy_case(npz_path, device=device, dtype=dtype)
         policy = Policy.from_params(**case.settings)
@@ -205,7 +206,7 @@ def verify_policy(npz_path, *, path: str = "fast", device: str = "cpu", dtype: s
         print(f"turbopi-verify: {e}", file=sys.stderr)
         return 2
     finally:
-        if "policy" in locals():
+        if policy is not None:
             policy.close()
     if chunk.actions.shape != case.actions.shape:
         print(f"turbopi-verify: actions {list(chunk.actions.shape)}, expected {list(case.actions.shape)}",

@@ -471,7 +471,7 @@ def _norm_stats_path(norm_stats: str, checkpoint: str, asset_id: str) -> Optiona
             path = path / asset_id / "norm_stats.json"
             if not path.is_file():
                 raise ValueError(f"model.norm_stats: {path} not found (asset id {asset_id!r})")
-        elif asset_id and path.is_file() and not path.parent.as_posix().endswith("/" + asset_id.strip("/")):
+        elif asset_id and path.is_file() and not ("/" + path.parent.as_posix()).endswith("/" + asset_id.strip("/")):
             raise ValueError(f"model.norm_stats {path} is not in a folder named after the asset id {asset_id!r}")
         return path
     if checkpoint and Path(checkpoint).is_dir():
