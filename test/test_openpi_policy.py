@@ -380,3 +380,14 @@ def test_norm_stats_with_an_asset_id(openpi_policy_fixtures, tmp_path, monkeypat
         Policy.from_params(norm_stats="physical-intelligence/libero/norm_stats.json", asset_id="trossen", **common)
     with pytest.raises(ValueError, match="asset id 'droid'"):
         Policy.from_params(norm_stats=str(src), asset_id="droid", **common)
+
+
+def test_verify_policy_as_a_command(openpi_policy_fixtures):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "turbopi_ros.verify", "--policy",
+                          str(openpi_policy_fixtures / "droid_pi05.npz")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("max_abs_err=") and float(last.split("=")[1]) <= 1e-4
