@@ -104,3 +104,15 @@ def openpi_fixtures(shared_dir) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture(scope="session")
+def openpi_policy_fixtures(shared_dir) -> Path:
+    """The end-to-end openpi Policy cases (raw robot inputs -> final actions) with their JSON sidecars."""
+    path = shared_dir / "fixtures" / "openpi_policy"
+    if not path.is_dir():
+        msg = f"{path} not found: the openpi end-to-end policy fixtures"
+        if _require_shared():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

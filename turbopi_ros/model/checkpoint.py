@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -244,8 +244,11 @@ def read_checkpoint_config(directory: Path, variant: str) -> ModelConfig:
 
 
 def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] = None, device="cpu",
-               dtype: Union[str, torch.dtype] = torch.float32) -> PI0Model:
-    """An openpi checkpoint directory, or a bare .safetensors file plus a model config (preset name or JSON)."""
+               dtype: Union[str, torch.dtype] = torch.float32,
+               configure: Optional[Callable[[ModelConfig], ModelConfig]] = None) -> PI0Model:
+    """An openpi checkpoint directory, or a bare .safetensors file plus a model config (preset name or JSON).
+    ``configure``: called with the config once the checkpoint's variant is known, returns the config to build (e.g.
+    per-robot settings the weights do not fix: action_horizon, max_token_len)."""
     path = Path(path)
     if path.is_dir():
         weights = path / WEIGHTS_FILE
@@ -267,6 +270,8 @@ def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] 
         raise CheckpointError(f"{weights}: a bare weights file needs a model config (preset name or JSON)")
     if cfg.variant != variant:
         raise CheckpointError(f"{weights} holds a {variant} model but the model config says {cfg.variant}")
+    if configure is not None:
+        cfg = configure(cfg)
     with torch.device("meta"):
         model = PI0Model(cfg)
     model = set_dtype(model.to_empty(device=device), parse_dtype(dtype))

@@ -9,6 +9,11 @@
                  chunk: real-time chunking's guided denoise, model/rtc.py, always eager)
     postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
 
+With a robot adapter (adapters.py: aloha, droid, libero), openpi's order: the adapter maps the robot's state into the
+model's space before normalization and fills the model slots it has; after the model, unnormalize, absolute actions
+from the normalized-then-unnormalized padded state that entered the model (model space), then the adapter maps the
+actions back to the robot, then the limits clamp. Without one ("none"), the state and actions are the model's.
+
 infer(obs) = run(prepare(obs)): prepare is the host side of preprocess (no device work, so it can run on another
 thread while run computes the previous observation on the device), run the rest.
 """
@@ -18,7 +23,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,6 +33,7 @@ from ..model.checkpoint import load_model, random_model
 from ..model.config import load_config
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
+from .adapters import ADAPTERS, RobotAdapter, make_adapter
 from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
 from .rtc import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
@@ -62,6 +68,9 @@ class PreparedObservation:
     state: np.ndarray  # the raw state (float64): postprocess adds it to delta actions
     stamp: float
     preprocess_s: float  # the host side of the preprocess stage
+    # the normalized, padded float64 state that entered the model (with a robot adapter, postprocess adds it back,
+    # unnormalized, to delta actions, as openpi does)
+    model_state: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -81,14 +90,38 @@ class Policy:
                  num_steps: int = 10, action_dims: Optional[int] = None, image_keys: Sequence[str] = IMAGE_KEYS,
                  delta_mask: Optional[Sequence[bool]] = None, lower_limits: Optional[Sequence[float]] = None,
                  upper_limits: Optional[Sequence[float]] = None, seed: int = 0, cuda_graph: bool = False,
-                 preprocess_mode: str = "exact", preprocess_threads: Optional[int] = None):
+                 preprocess_mode: str = "exact", preprocess_threads: Optional[int] = None,
+                 robot_adapter: Union[None, str, RobotAdapter] = None, discrete_state_input: Optional[bool] = None):
         """preprocess_mode: "exact" (openpi's pixels) or "fast" (preprocess.py: not bit-exact, docs/preprocessing.md);
-        preprocess_threads: cameras converted and resized at once (default: one per image slot; 1: serially)."""
+        preprocess_threads: cameras converted and resized at once (default: one per image slot; 1: serially).
+        robot_adapter: None / "none", an adapter name (adapters.ADAPTERS, aloha with adapt_to_pi) or a RobotAdapter;
+        with one, action_dims defaults to the robot's and delta_mask None means the adapter's openpi config default
+        ([] or all False: none). discrete_state_input: pi0.5 writes the discretized state into the prompt; None = the
+        adapter's openpi config default, or for "none" every pi0.5 model (the tokenizer must use the same format)."""
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
         self.num_steps = int(num_steps)
         self.image_keys = tuple(image_keys)
+        self.adapter = make_adapter(robot_adapter) if isinstance(robot_adapter, str) else robot_adapter
+        defaults = self.adapter.defaults(self.config.variant) if self.adapter is not None else None
+        if discrete_state_input is None:
+            discrete_state_input = defaults.discrete_state_input if defaults else self.config.is_pi05
+        if discrete_state_input and not self.config.is_pi05:
+            raise ValueError("model.discrete_state_input is true but the model is pi0, which takes the state as a "
+                             "continuous input: only pi0.5 can write it into the prompt")
+        self.discrete_state_input = bool(discrete_state_input)
+        if self.adapter is not None:
+            a = self.adapter
+            if action_dims and int(action_dims) != a.action_dims:
+                raise ValueError(f"{action_dims} action dims (action.joints) but robot adapter '{a.name}' outputs "
+                                 f"{a.action_dims}")
+            action_dims = a.action_dims
+            if a.state_dim > self.config.action_dim:
+                raise ValueError(f"robot adapter '{a.name}' has {a.state_dim} state dims, more than the model's "
+                                 f"{self.config.action_dim}")
+            if delta_mask is None:
+                delta_mask = defaults.delta_mask
         self.action_dims = int(action_dims or self.config.action_dim)
         if not 0 < self.action_dims <= self.config.action_dim:
             raise ValueError(f"action dims {self.action_dims} must be in 1..{self.config.action_dim}")
@@ -100,6 +133,8 @@ class Policy:
                     raise ValueError(f"norm stats have no '{key}' entry")
                 require_stats(norm_stats[key], self.use_quantiles, f"norm stats [{key}]")
         self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
+        if self.adapter is not None:
+            self._check_adapter_sizes()
         self.lower = self._limits(lower_limits, -np.inf, "lower")
         self.upper = self._limits(upper_limits, np.inf, "upper")
         if np.any(self.lower > self.upper):
@@ -117,6 +152,17 @@ class Policy:
             self.guided_denoiser = CudaGraphGuidedDenoiser(model)
             self.encoder = CudaGraphEncoder(model)
 
+    def _check_adapter_sizes(self) -> None:
+        a, d = self.adapter, self.config.action_dim
+        if self.delta_mask is not None and len(self.delta_mask) > d:
+            raise ValueError(f"delta mask has {len(self.delta_mask)} entries, more than the model's {d} action dims")
+        if self.norm_stats is not None:
+            for key, need in (("state", a.state_dim), ("actions", 1)):
+                lo = self.norm_stats[key].q01 if self.use_quantiles else self.norm_stats[key].mean
+                if not need <= len(lo) <= d:
+                    raise ValueError(f"norm stats [{key}] have {len(lo)} values: robot adapter '{a.name}' needs "
+                                     f"{need} to {d}")
+
     def _limits(self, values, default, name) -> np.ndarray:
         if values is None or len(values) == 0:
             return np.full(self.action_dims, default)
@@ -126,31 +172,69 @@ class Policy:
 
     @classmethod
     def from_params(cls, *, checkpoint: str, preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
-                    tokenizer: str = "", norm_stats: str = "", seed: int = 0, **kwargs) -> "Policy":
-        """checkpoint: an openpi checkpoint directory or .safetensors file, or "random" for seeded random weights of
-        ``preset`` (demos, tests): then no tokenizer file and no norm stats are needed (a byte tokenizer and identity
-        normalization are used, and the log says so)."""
+                    tokenizer: str = "", norm_stats: str = "", seed: int = 0, robot_adapter: str = "none",
+                    adapt_to_pi: bool = True, asset_id: str = "", action_horizon: int = 0, max_token_len: int = 0,
+                    discrete_state_input: Union[None, bool, str] = None, **kwargs) -> "Policy":
+        """The policy that the node's settings ask for (the node, turbopi-replay and turbopi-verify --policy build it
+        here). checkpoint: an openpi checkpoint directory or .safetensors file (with ``preset``: a preset name or a
+        model config JSON), or "random" for seeded random weights of ``preset`` (demos, tests): then no tokenizer
+        file and no norm stats are needed (a byte tokenizer and identity normalization are used, and the log says
+        so). norm_stats: a norm_stats.json, a directory holding one (or, with asset_id, holding
+        <asset_id>/norm_stats.json); "" = the checkpoint directory's assets/<asset_id>/norm_stats.json.
+        robot_adapter: one of adapters.ADAPTERS; adapt_to_pi: aloha's openpi conversion (on by default).
+        action_horizon, max_token_len (0 = default) and discrete_state_input (None or "auto" = default): the model
+        settings openpi's training configs set. Each comes from the parameter, else the checkpoint's config.json,
+        else the robot adapter's openpi config for the checkpoint's variant, else the model config; a parameter that
+        contradicts the checkpoint's config.json is an error naming it."""
+        if robot_adapter not in ADAPTERS:  # checked first: loading a checkpoint takes a while
+            raise ValueError(f"robot.adapter {robot_adapter!r} is unknown: expected one of {list(ADAPTERS)}")
+        adapter = make_adapter(robot_adapter, adapt_to_pi)
+        discrete_state_input = _tristate(discrete_state_input, "model.discrete_state_input")
         if not checkpoint:
             raise ValueError("model.checkpoint is not set: give an openpi checkpoint directory or .safetensors file, "
                              f"or '{RANDOM_WEIGHTS}' for random weights of model.preset (demos and tests only)")
-        if checkpoint != RANDOM_WEIGHTS:
+        real = checkpoint != RANDOM_WEIGHTS
+        stated = _checkpoint_settings(checkpoint) if real and Path(checkpoint).is_dir() else {}
+        configure = functools.partial(_model_settings, adapter=adapter, stated=stated,
+                                      asked={"action_horizon": action_horizon, "max_token_len": max_token_len})
+        if real:
             if not tokenizer:  # checked first: loading a checkpoint takes a while
                 raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
             model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
-                               dtype=dtype)
+                               dtype=dtype, configure=configure)
         else:
-            model = random_model(load_config(preset), seed=seed, device=device, dtype=dtype)
+            model = random_model(configure(load_config(preset)), seed=seed, device=device, dtype=dtype)
             logger.warning("model.checkpoint is '%s': random weights of preset '%s' (actions are meaningless)",
                            RANDOM_WEIGHTS, preset)
-        real = checkpoint != RANDOM_WEIGHTS
-        stats_path = norm_stats or (find_norm_stats(checkpoint) if real and Path(checkpoint).is_dir() else None)
+        if "discrete_state_input" in stated:
+            if discrete_state_input is not None and discrete_state_input != stated["discrete_state_input"]:
+                raise ValueError(f"model.discrete_state_input is {discrete_state_input} but the checkpoint's "
+                                 f"config.json says {stated['discrete_state_input']}")
+            discrete_state_input = stated["discrete_state_input"]
+        stats_path = _norm_stats_path(norm_stats, checkpoint if real else "", asset_id)
         stats = load_norm_stats(stats_path) if stats_path else None
         if stats is None:
             logger.warning("no norm stats: state and actions pass through unnormalized")
-        tok = make_tokenizer(tokenizer, model.config.max_token_len, model.config.vlm.vocab_size, model.config.variant)
-        return cls(model, tokenizer=tok, norm_stats=stats, seed=seed, **kwargs)
+        c = model.config
+        if discrete_state_input is None:
+            discrete_state_input = adapter.defaults(c.variant).discrete_state_input if adapter else c.is_pi05
+        prompt_format = "pi05" if discrete_state_input else "pi0"  # pi0.5 without the state: pi0's prompt format
+        tok = make_tokenizer(tokenizer, c.max_token_len, c.vlm.vocab_size, prompt_format if c.is_pi05 else c.variant)
+        return cls(model, tokenizer=tok, norm_stats=stats, seed=seed, robot_adapter=adapter,
+                   discrete_state_input=discrete_state_input, **kwargs)
 
     # --- inference -------------------------------------------------------------------------------------------------
+    def _given_noise(self, noise) -> torch.Tensor:
+        """A given denoise start as a float32 [1, H, action_dim] tensor on the model's device."""
+        c = self.config
+        noise = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise)
+        if noise.ndim == 2:
+            noise = noise[None]
+        if tuple(noise.shape) != (1, c.action_horizon, c.action_dim):
+            raise ValueError(f"noise must be [1, {c.action_horizon}, {c.action_dim}] (batch, action_horizon, "
+                             f"action_dim), got {list(noise.shape)}")
+        return noise.to(device=self.device, dtype=torch.float32)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -168,30 +252,70 @@ class Policy:
     def preprocess(self, obs: Observation):
         """-> (images, image_masks, tokens, token_mask, normalized padded state, raw state): the model's inputs as CPU
         tensors (batch of 1) and the raw float64 state. Host work only; run() moves the inputs to the device."""
+        return self._model_inputs(obs)[:6]
+
+    def _model_inputs(self, obs: Observation):
+        """preprocess's result and the normalized padded float64 state."""
         c = self.config
         unknown = sorted(set(obs.images) - set(self.image_keys))
         if unknown:
             raise ObservationError(f"cameras {unknown} are not model image slots {list(self.image_keys)}")
+        if self.adapter is not None:
+            unfilled = sorted(k for k in obs.images if k not in self.adapter.slots)
+            if unfilled:
+                raise ObservationError(f"cameras {unfilled}: robot adapter '{self.adapter.name}' fills only the model "
+                                       f"slots {list(self.adapter.slots)} (openpi leaves the others empty)")
         state = np.asarray(obs.state, dtype=np.float64)
         if state.ndim != 1 or len(state) > c.action_dim:
             raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
+        model_state = state
+        if self.adapter is not None:
+            try:
+                model_state = self.adapter.state_in(state)
+            except ValueError as e:
+                raise ObservationError(str(e)) from None
         images, masks = self.cameras(obs.images)
-        norm_state = normalize(state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats else state
+        norm_state = (normalize(model_state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats
+                      else model_state)
         try:
-            tokens, token_mask = self.tokenizer.encode(obs.prompt, state=norm_state if c.is_pi05 else None)
+            tokens, token_mask = self.tokenizer.encode(obs.prompt,
+                                                       state=norm_state if self.discrete_state_input else None)
         except ValueError as e:
             raise ObservationError(str(e)) from None
+        padded = pad_to_dim(norm_state, c.action_dim)
         return (torch.from_numpy(images).permute(0, 3, 1, 2)[None], torch.from_numpy(masks)[None],
                 torch.from_numpy(tokens.astype(np.int64))[None], torch.from_numpy(token_mask)[None],
-                torch.from_numpy(pad_to_dim(norm_state, c.action_dim).astype(np.float32))[None], state)
+                torch.from_numpy(padded.astype(np.float32))[None], state, padded)
 
-    def postprocess(self, raw: np.ndarray, state: np.ndarray):
+    def postprocess(self, raw: np.ndarray, state: np.ndarray, model_state: Optional[np.ndarray] = None):
+        """Model-space actions [H, action_dim] -> (the robot's actions [H, action_dims] clamped to the limits, how
+        many values were clamped). state: the raw state; model_state (robot adapters): the normalized padded state
+        that entered the model, computed from ``state`` when not given."""
+        if self.adapter is not None:
+            return self._postprocess_adapted(raw, state, model_state)
         actions = unnormalize(raw, self.norm_stats["actions"], self.use_quantiles) if self.norm_stats else raw
         actions = np.asarray(actions, dtype=np.float64)[:, : self.action_dims]
         if self.delta_mask is not None:
             actions = absolute_actions(actions, state, self.delta_mask)
+        clipped = np.clip(actions, self.lower, self.upper)
+        return clipped, int(np.count_nonzero(clipped != actions))
+
+    def _postprocess_adapted(self, raw, state, model_state):
+        """openpi's output transforms: Unnormalize (actions and the state), AbsoluteActions, the robot's outputs."""
+        stats = self.norm_stats
+        if model_state is None:
+            model_state = self.adapter.state_in(state)
+            if stats:
+                model_state = normalize(model_state, stats["state"], self.use_quantiles)
+            model_state = pad_to_dim(model_state, self.config.action_dim)
+        actions = unnormalize(raw, stats["actions"], self.use_quantiles) if stats else raw
+        actions = np.asarray(actions, dtype=np.float64)
+        if self.delta_mask is not None:
+            base = unnormalize(model_state, stats["state"], self.use_quantiles, "state") if stats else model_state
+            actions = absolute_actions(actions, base, self.delta_mask)
+        actions = self.adapter.actions_out(actions)
         clipped = np.clip(actions, self.lower, self.upper)
         return clipped, int(np.count_nonzero(clipped != actions))
 
@@ -204,6 +328,9 @@ class Policy:
         if prev.ndim != 2 or prev.shape[1] != self.action_dims:
             raise ValueError(f"previous chunk actions must be [H, {self.action_dims}] (the policy's action dims), got "
                              f"{list(prev.shape)}")
+        if self.adapter is not None:  # model space: the actions before the adapter's output, the state after its input
+            previous = dataclasses.replace(previous, actions=self.adapter.actions_to_model(prev))
+            state = self.adapter.state_in(state)
         return guidance_target(
             previous, stamp=stamp, state=state, horizon=self.config.action_horizon, action_dim=self.config.action_dim,
             delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
@@ -220,39 +347,54 @@ class Policy:
         """The host side of the preprocess stage, timed; touches no device, so it may run on another thread while
         run() computes an earlier observation."""
         t0 = time.perf_counter()
-        *inputs, state = self.preprocess(obs)
+        *inputs, state, model_state = self._model_inputs(obs)
         return PreparedObservation(inputs=tuple(inputs), state=state, stamp=obs.stamp,
-                                   preprocess_s=time.perf_counter() - t0)
+                                   preprocess_s=time.perf_counter() - t0, model_state=model_state)
 
     def infer(self, obs: Observation, previous: Optional[PreviousChunk] = None, **guidance) -> ActionChunk:
         """One chunk: run(prepare(obs)). With ``previous``, real-time chunking (see run)."""
         return self.run(self.prepare(obs), previous, **guidance)
 
     def run(self, prepared: PreparedObservation, previous: Optional[PreviousChunk] = None, *, delay_steps: int = 0,
-            execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> ActionChunk:
+            execution_horizon: int = 0, max_guidance: float = DEFAULT_MAX_GUIDANCE, noise=None,
+            path: str = "fast") -> ActionChunk:
         """The model stages of a prepared observation. With ``previous`` (the chunk being executed), real-time
         chunking: the denoise is guided towards it (delay_steps: actions executed before this chunk can take over;
         execution_horizon: actions between the two observations; max_guidance: the paper's beta); without it,
-        exactly the plain result. timings: preprocess = prepare's time plus the copy of the inputs to the device
-        (and the guidance target's few microseconds); total = the sum of the stages (prepare may have run long
-        before)."""
+        exactly the plain result. noise: the denoise's start [1, H, action_dim] or [H, action_dim] (a parity check
+        feeding openpi's noise; default: drawn from the policy's seeded generator). path: "fast" (the engine) or
+        "reference" (openpi's padded, masked formulation, model/reference.py: parity checks; no real-time chunking,
+        its whole time counts as denoise). timings: preprocess = prepare's time plus the copy of the inputs to the
+        device (and the guidance target's few microseconds); total = the sum of the stages (prepare may have run
+        long before)."""
+        if path not in ("fast", "reference"):
+            raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
+        if path == "reference" and previous is not None:
+            raise ValueError("real-time chunking (a previous chunk) runs on the fast path only")
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         images, masks, tokens, token_mask, state_t = (x.to(self.device) for x in prepared.inputs)
         target = None
         if previous is not None:
             target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
+        given_noise = None if noise is None else self._given_noise(noise)
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
-            image_tokens = self.encoder.embed_images(images, masks)
-            self._sync()
-            t2 = time.perf_counter()
-            cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state_t)
-            self._sync()
-            t3 = time.perf_counter()
-            noise = self.model.sample_noise(1, generator=self.generator)
-            if target is None:
+            if path == "fast":
+                image_tokens = self.encoder.embed_images(images, masks)
+                self._sync()
+                t2 = time.perf_counter()
+                cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state_t)
+                self._sync()
+                t3 = time.perf_counter()
+            else:
+                t2 = t3 = t1
+            noise = self.model.sample_noise(1, generator=self.generator) if given_noise is None else given_noise
+            if path == "reference":
+                raw = self.model.sample_actions(images, masks, tokens, token_mask, state_t, noise=noise,
+                                                num_steps=self.num_steps, path="reference")[0].float().cpu().numpy()
+            elif target is None:
                 raw = self.denoiser(cache, noise, self.num_steps)[0].float().cpu().numpy()
             else:
                 guidance = Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
@@ -262,7 +404,7 @@ class Policy:
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
-        actions, clamped = self.postprocess(raw, prepared.state)
+        actions, clamped = self.postprocess(raw, prepared.state, prepared.model_state)
         t5 = time.perf_counter()
         for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             timings[name] = b - a
@@ -271,6 +413,70 @@ class Policy:
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)
+
+
+def _tristate(value, name: str) -> Optional[bool]:
+    """None / "auto" / "" -> None (the default); a bool or "true" / "false" -> that bool."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("", "auto", "true", "false"):
+        return {"": None, "auto": None, "true": True, "false": False}[value.lower()]
+    raise ValueError(f"{name} must be true, false or auto, got {value!r}")
+
+
+def _checkpoint_settings(directory) -> Dict[str, object]:
+    """The model settings an openpi checkpoint directory's config.json states (openpi writes action_horizon; a
+    turbopi_model_config block also max_token_len); nothing when it has no readable config.json (load_model reports
+    that)."""
+    import json
+
+    try:
+        d = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(d, dict):
+        return {}
+    inner = d.get("turbopi_model_config") if isinstance(d.get("turbopi_model_config"), dict) else {}
+    out = {}
+    for key in ("action_horizon", "max_token_len", "discrete_state_input"):
+        value = d.get(key, inner.get(key))
+        if value is not None:
+            out[key] = bool(value) if key == "discrete_state_input" else int(value)
+    return out
+
+
+def _model_settings(cfg, *, adapter: Optional[RobotAdapter], stated: Dict[str, object], asked: Dict[str, int]):
+    """The model config with action_horizon and max_token_len resolved (Policy.from_params says the order)."""
+    changes = {}
+    for key, value in asked.items():
+        value = int(value or 0)
+        if value < 0:
+            raise ValueError(f"model.{key} must be positive (or 0 for the default), got {value}")
+        if value and key in stated and stated[key] != value:
+            raise ValueError(f"model.{key} is {value} but the checkpoint's config.json says {stated[key]}: they must "
+                             f"agree (0 takes the checkpoint's)")
+        if not value:
+            value = stated.get(key) or (getattr(adapter.defaults(cfg.variant), key) if adapter else 0)
+        if value and value != getattr(cfg, key):
+            changes[key] = value
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _norm_stats_path(norm_stats: str, checkpoint: str, asset_id: str) -> Optional[Path]:
+    """Where the norm stats are (Policy.from_params), or None for none. With asset_id, a norm_stats.json given as a
+    file must lie in a folder of that name (as openpi's assets/<asset_id>/norm_stats.json)."""
+    if norm_stats:
+        path = Path(norm_stats)
+        if asset_id and path.is_dir() and not (path / "norm_stats.json").is_file():
+            path = path / asset_id / "norm_stats.json"
+            if not path.is_file():
+                raise ValueError(f"model.norm_stats: {path} not found (asset id {asset_id!r})")
+        elif asset_id and path.is_file() and not ("/" + path.parent.as_posix()).endswith("/" + asset_id.strip("/")):
+            raise ValueError(f"model.norm_stats {path} is not in a folder named after the asset id {asset_id!r}")
+        return path
+    if checkpoint and Path(checkpoint).is_dir():
+        return find_norm_stats(checkpoint, asset_id or None)
+    return None
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:
