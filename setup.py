@@ -29,14 +29,14 @@ setup(
     entry_points={
         "console_scripts": [
             "turbopi_node = turbopi_ros.node:main",
-            "fake_robot = turbopi_ros.fake_robot:main",
-            "turbopi-verify = turbopi_ros.verify:main",
-            "turbopi-bench = turbopi_ros.bench:main",
-            "turbopi-bench-preprocess = turbopi_ros.bench_preprocess:main",
-            "turbopi-demo = turbopi_ros.demo:main",
-            "turbopi-exec-bench = turbopi_ros.execution_bench:main",
-            "turbopi-replay = turbopi_ros.replay:main",
-            "turbopi-soak = turbopi_ros.soak:main",
+            "fake_robot = turbopi_ros.tools.fake_robot:main",
+            "turbopi-verify = turbopi_ros.tools.verify:main",
+            "turbopi-bench = turbopi_ros.tools.bench:main",
+            "turbopi-bench-preprocess = turbopi_ros.tools.bench_preprocess:main",
+            "turbopi-demo = turbopi_ros.tools.demo:main",
+            "turbopi-exec-bench = turbopi_ros.tools.execution_bench:main",
+            "turbopi-replay = turbopi_ros.tools.replay:main",
+            "turbopi-soak = turbopi_ros.tools.soak:main",
         ],
     },
 )

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The main job: set up the venv, check the engine against openpi's fixtures (turbopi-verify, both paths), then run the
-# live demo (python -m turbopi_ros.demo; arguments pass through to it). TURBOPI_ROS_DISTRO=jazzy runs it in the Jazzy
+# live demo (python -m turbopi_ros.tools.demo; arguments pass through to it). TURBOPI_ROS_DISTRO=jazzy runs it in the Jazzy
 # venv instead (scripts/distro.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 source scripts/distro.sh
 source scripts/ros_env.sh
-"$VENV/bin/python" -m turbopi_ros.ros_compat
+"$VENV/bin/python" -m turbopi_ros.ros.ros_compat
 
 fixtures=${TURBOPI_SHARED_DIR:-../shared}/fixtures/openpi
 if [ -d "$fixtures" ]; then
@@ -23,8 +23,8 @@ else
 fi
 
 if [ ! -f turbopi_ros/demo.py ]; then
-  echo "== live demo skipped: turbopi_ros/demo.py is missing (python -m turbopi_ros.demo) =="
+  echo "== live demo skipped: turbopi_ros/demo.py is missing (python -m turbopi_ros.tools.demo) =="
   exit 0
 fi
-echo "== live demo: python -m turbopi_ros.demo $* =="
-exec "$VENV/bin/python" -m turbopi_ros.demo "$@"
+echo "== live demo: python -m turbopi_ros.tools.demo $* =="
+exec "$VENV/bin/python" -m turbopi_ros.tools.demo "$@"

@@ -16,4 +16,4 @@ else
   py=python3
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" -m turbopi_ros.gpu_report "$@"
+exec "$py" -m turbopi_ros.tools.gpu_report "$@"

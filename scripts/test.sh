@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 source scripts/distro.sh
 source scripts/ros_env.sh
-"$VENV/bin/python" -m turbopi_ros.ros_compat
+"$VENV/bin/python" -m turbopi_ros.ros.ros_compat
 exec "$VENV/bin/python" -m pytest "$@"

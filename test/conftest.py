@@ -40,7 +40,7 @@ def pytest_sessionstart(session):
     os.environ["ROS_DOMAIN_ID"] = str(free_ros_domain())
     if os.environ.get("TURBOPI_REQUIRE_ROS", "") in ("", "0", "false"):
         return
-    from turbopi_ros.ros_compat import ros_distro
+    from turbopi_ros.ros.ros_compat import ros_distro
 
     try:
         import rclpy  # noqa: F401
@@ -76,7 +76,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_report_header(config):
-    from turbopi_ros.ros_compat import header
+    from turbopi_ros.ros.ros_compat import header
 
     return header().strip("= ")
 

@@ -4,7 +4,7 @@ A module is ROS-facing when it uses rclpy or another ROS package (``*_msgs``, ``
 directly or through a module of this repository that does (test helpers, turbopi_ros.*, at any depth). What counts
 as use is read from the source, so nothing has to be listed or remembered: imports anywhere in the file (also inside
 functions), ``pytest.importorskip("sensor_msgs")`` (and import_module, __import__) and a subprocess's command list
-running ``"-m", "turbopi_ros.demo"``.
+running ``"-m", "turbopi_ros.tools.demo"``.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def module_names(path: Path) -> Tuple[str, ...]:
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]  # the name may be a submodule
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in IMPORTERS:
             names = [a.value for a in node.args[:1] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        elif isinstance(node, (ast.List, ast.Tuple)):  # [sys.executable, "-m", "turbopi_ros.demo", ...]
+        elif isinstance(node, (ast.List, ast.Tuple)):  # [sys.executable, "-m", "turbopi_ros.tools.demo", ...]
             strings = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
             names = [m for flag, m in zip(strings, strings[1:]) if flag == "-m" and isinstance(m, str)]
         for name in names:

@@ -26,10 +26,10 @@ DEMO_PARAMS = REPO / "config" / "demo_tiny.yaml"
 
 
 class DemoProcess:
-    """``python -m turbopi_ros.demo ARGS`` in a session of its own, its output collected line by line (``lines``)."""
+    """``python -m turbopi_ros.tools.demo ARGS`` in a session of its own, its output collected line by line (``lines``)."""
 
     def __init__(self, args: List[str], env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.demo", *args], cwd=str(REPO), env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.tools.demo", *args], cwd=str(REPO), env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: List[str] = []
@@ -166,7 +166,7 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
     import pytest
     import rclpy
 
-    from turbopi_ros import ros_compat
+    from turbopi_ros.ros import ros_compat
 
     isolate_ros_domain()
     rclpy.init()
@@ -225,8 +225,8 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
     from std_msgs.msg import Float64MultiArray, String
     from trajectory_msgs.msg import JointTrajectory
 
-    from turbopi_ros.conversions import rgb_to_compressed, rgb_to_image
-    from turbopi_ros.fake_robot import pattern
+    from turbopi_ros.ros.conversions import rgb_to_compressed, rgb_to_image
+    from turbopi_ros.tools.fake_robot import pattern
 
     class Feeder(Node):
         def __init__(self):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine_helpers import random_inputs, small_config
-from turbopi_ros import ablation
+from turbopi_ros.tools import ablation
 from turbopi_ros.model import pi0 as pi0_module
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.gemma import GemmaAttention

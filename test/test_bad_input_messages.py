@@ -10,10 +10,10 @@ pytest.importorskip("sensor_msgs")
 
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from turbopi_ros.conversions import (InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector,  # noqa: E402
+from turbopi_ros.ros.conversions import (InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector,  # noqa: E402
                                      rgb_to_compressed, rgb_to_image)
-from turbopi_ros.fake_robot import pattern  # noqa: E402
-from turbopi_ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
+from turbopi_ros.tools.fake_robot import pattern  # noqa: E402
+from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
 
 JOINTS = ["a", "b", "c"]
 
@@ -28,7 +28,7 @@ def test_raw_4k_frame_is_used_and_warned_about_once(caplog):
     rgb = pattern(3840, 2160, 0.0, 0)
     buffer.store("base_0_rgb", _stamped(rgb_to_image(rgb, "bgr8")))
     buffer.store(JOINT_STATES, _stamped(JointState(name=JOINTS, position=[0.0, 1.0, 2.0])))
-    with caplog.at_level(logging.WARNING, logger="turbopi_ros.inputs"):
+    with caplog.at_level(logging.WARNING, logger="turbopi_ros.ros.inputs"):
         for _ in range(3):
             obs = buffer.observation(buffer.snapshot(), "go", now=100.1)
     assert np.array_equal(obs.images["base_0_rgb"](), rgb)  # the conversion runs later, on the camera threads
@@ -37,7 +37,7 @@ def test_raw_4k_frame_is_used_and_warned_about_once(caplog):
                         "downscale to the model's input (224x224); publish them smaller (e.g. image_proc's resize) to "
                         "save it"]
     buffer.store("base_0_rgb", _stamped(rgb_to_image(pattern(640, 480, 0.0, 0))))
-    with caplog.at_level(logging.WARNING, logger="turbopi_ros.inputs"):
+    with caplog.at_level(logging.WARNING, logger="turbopi_ros.ros.inputs"):
         buffer.observation(buffer.snapshot(), "go", now=100.1)
     assert len(caplog.records) == 1  # a normal size says nothing
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine_helpers import random_inputs, small_config
-from turbopi_ros import ablation, bench, costmodel
+from turbopi_ros.tools import ablation, bench, costmodel
 from turbopi_ros.model import reference
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import load_config

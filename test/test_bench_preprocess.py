@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("sensor_msgs")
 
-from turbopi_ros import bench_preprocess  # noqa: E402
+from turbopi_ros.tools import bench_preprocess  # noqa: E402
 
 
 def test_bench_runs_and_reports_parity(tmp_path, capsys):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from turbopi_ros.policy_node import PARAMETERS
+from turbopi_ros.ros.policy_node import PARAMETERS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 

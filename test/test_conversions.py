@@ -5,7 +5,7 @@ pytest.importorskip("sensor_msgs")
 
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from turbopi_ros.conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb,  # noqa: E402
+from turbopi_ros.ros.conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb,  # noqa: E402
                                      joint_state_to_vector, rgb_to_compressed, rgb_to_image, sec_to_stamp,
                                      stamp_to_sec)
 

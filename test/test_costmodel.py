@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from turbopi_ros import costmodel
-from turbopi_ros.bench import make_inputs
-from turbopi_ros.costmodel import Cost, Device, Workload, stage_bound, workload_cost
+from turbopi_ros.tools import costmodel
+from turbopi_ros.tools.bench import make_inputs
+from turbopi_ros.tools.costmodel import Cost, Device, Workload, stage_bound, workload_cost
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import ModelConfig, load_config
 

@@ -1,4 +1,4 @@
-"""The README's main job: `python -m turbopi_ros.demo` (fake_robot + turbopi_node on the tiny model) prints live
+"""The README's main job: `python -m turbopi_ros.tools.demo` (fake_robot + turbopi_node on the tiny model) prints live
 status and, when stopped, a summary with the measured chunk rate and stage latencies; both nodes end with it."""
 import os
 import re

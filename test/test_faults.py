@@ -16,7 +16,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
 
-from turbopi_ros.faults import ENV  # noqa: E402
+from turbopi_ros.ros.faults import ENV  # noqa: E402
 
 PARAMS = node_params()
 PERIOD_S = 1.0 / PARAMS["control_rate_hz"]  # command_rate_hz 0 follows the feeder's 50 Hz joint states

@@ -10,7 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
 
-from turbopi_ros.faults import ENV  # noqa: E402
+from turbopi_ros.ros.faults import ENV  # noqa: E402
 
 PARAMS = node_params()
 SIM_START, JUMP_S = 5000.0, 10.0

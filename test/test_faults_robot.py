@@ -21,7 +21,7 @@ MAX_AGE_S = PARAMS["max_observation_age_s"]
 
 def start_robot(log_path):
     log = open(log_path, "a")
-    return subprocess.Popen([sys.executable, "-m", "turbopi_ros.fake_robot", "--ros-args", "--params-file",
+    return subprocess.Popen([sys.executable, "-m", "turbopi_ros.tools.fake_robot", "--ros-args", "--params-file",
                              str(DEMO_PARAMS)], stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from turbopi_ros.frames import FramePreparer
+from turbopi_ros.ros.frames import FramePreparer
 
 
 class Frame:

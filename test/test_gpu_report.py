@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopi_ros import costmodel, gpu_report
-from turbopi_ros.ablation import ALL_REVERSED
+from turbopi_ros.tools import costmodel, gpu_report
+from turbopi_ros.tools.ablation import ALL_REVERSED
 from turbopi_ros.model.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

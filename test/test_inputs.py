@@ -6,8 +6,8 @@ pytest.importorskip("sensor_msgs")
 
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from turbopi_ros.conversions import InputError, rgb_to_compressed, rgb_to_image, sec_to_stamp  # noqa: E402
-from turbopi_ros.inputs import InputBuffer, WaitingForInput  # noqa: E402
+from turbopi_ros.ros.conversions import InputError, rgb_to_compressed, rgb_to_image, sec_to_stamp  # noqa: E402
+from turbopi_ros.ros.inputs import InputBuffer, WaitingForInput  # noqa: E402
 
 NOW = 1000.0
 

@@ -28,7 +28,7 @@ def test_a_logger_and_its_parents_propagate_under_a_non_propagating_logger_class
 
 
 def test_the_package_modules_log_through_it():
-    from turbopi_ros import inputs
+    from turbopi_ros.ros import inputs
     from turbopi_ros.policy import policy, tokenizer
 
     for module in (inputs, policy, tokenizer):

@@ -14,7 +14,7 @@ from ros_helpers import isolate_ros_domain, make_test_node, node_params, spin_in
 def test_on_stale_hold_repeats_the_last_command():
     from rclpy.parameter import Parameter
 
-    from turbopi_ros.policy_node import TurbopiNode
+    from turbopi_ros.ros.policy_node import TurbopiNode
 
     params = dict(node_params(), on_stale="hold")
     isolate_ros_domain()

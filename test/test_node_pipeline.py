@@ -11,7 +11,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import node_session, status_values, wait_for  # noqa: E402
 
-from turbopi_ros.faults import ENV  # noqa: E402
+from turbopi_ros.ros.faults import ENV  # noqa: E402
 
 
 def _stamps(feeder, t0):

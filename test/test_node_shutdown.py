@@ -101,7 +101,7 @@ def test_a_signal_inside_exec_code_during_the_build_exits_0(tmp_path):
     KeyboardInterrupt as unhandled even though spin.py catches it, and a normal exit then ends in kill(SIGINT)."""
     (tmp_path / "slow_build.py").write_text(SLOW_BUILD)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.spin import run_node; "
+    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
                              "run_node('slow_build', 'SlowBuild', 'slow_build')"], cwd=str(REPO), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -142,7 +142,7 @@ def test_signals_while_the_engine_hangs(tmp_path, feeder):
     launch allows, without tearing the interpreter down under the busy thread."""
     import json
 
-    from turbopi_ros.faults import ENV
+    from turbopi_ros.ros.faults import ENV
 
     faults = tmp_path / "faults.json"
     feeder.chunks.clear()
@@ -159,7 +159,7 @@ def test_fake_robot_shuts_down_cleanly(tmp_path):
 
     log_path = tmp_path / "fake_robot.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.fake_robot", "--ros-args", "--params-file",
+        proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.tools.fake_robot", "--ros-args", "--params-file",
                                  str(DEMO_PARAMS)], stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
         time.sleep(3.0)

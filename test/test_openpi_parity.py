@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from turbopi_ros import verify
+from turbopi_ros.tools import verify
 from turbopi_ros.model.checkpoint import load_model
 
 CASES = ["pi0", "pi05"]
@@ -33,7 +33,7 @@ def test_verify_fails_when_the_answer_is_wrong(openpi_fixtures, capsys):
 
 
 def test_verify_as_a_command(openpi_fixtures):
-    out = subprocess.run([sys.executable, "-m", "turbopi_ros.verify",
+    out = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.verify",
                           "--config", str(openpi_fixtures / "pi05_tiny.json"),
                           "--weights", str(openpi_fixtures / "pi05_tiny.safetensors"),
                           "--case", str(openpi_fixtures / "pi05_case_a.npz")],

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbopi_ros import verify
+from turbopi_ros.tools import verify
 from turbopi_ros.model.checkpoint import load_model, random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.adapters import ADAPTERS, make_adapter
@@ -386,7 +386,7 @@ def test_verify_policy_as_a_command(openpi_policy_fixtures):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "turbopi_ros.verify", "--policy",
+    out = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.verify", "--policy",
                           str(openpi_policy_fixtures / "droid_pi05.npz")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]

@@ -10,7 +10,7 @@ from torch import nn
 
 from turbopi_ros.model.checkpoint import TIED_PAIRS, load_model
 from turbopi_ros.model.config import ModelConfig
-from turbopi_ros.verify import main as verify_main
+from turbopi_ros.tools.verify import main as verify_main
 
 EMBED, HEAD = TIED_PAIRS[0]
 

@@ -2,7 +2,7 @@
 start with the parameter named, integers accepted for floats, run-time changes validated then applied."""
 import pytest
 
-from turbopi_ros.parameters import Param, declare_parameters, on_parameters_set
+from turbopi_ros.ros.parameters import Param, declare_parameters, on_parameters_set
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -102,7 +102,7 @@ def test_without_a_post_set_callback_changes_apply_after_validation(make_node, m
     """rclpy 3 (Humble) has no post-set callback: the validated change is applied at the end of on-set."""
     from rclpy.parameter import Parameter
 
-    from turbopi_ros import ros_compat
+    from turbopi_ros.ros import ros_compat
 
     monkeypatch.setattr(ros_compat, "register_post_set_callback", lambda node, callback: False)
     node = make_node()

@@ -1,5 +1,5 @@
 """PauseWatch: a pause of the whole node told from the command thread's heartbeat (turbopi_ros/pauses.py)."""
-from turbopi_ros.pauses import PauseWatch
+from turbopi_ros.ros.pauses import PauseWatch
 
 
 class Clock:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from turbopi_ros.pipeline import JustInTime, LatestSlot
+from turbopi_ros.ros.pipeline import JustInTime, LatestSlot
 
 
 def test_a_newer_item_supersedes_one_not_yet_taken():

@@ -61,7 +61,7 @@ def _before(msg, compressed):
 @pytest.mark.parametrize("kind", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "jpeg", "png"])
 def test_parallel_cameras_are_bit_identical_to_serial_and_to_before(model, kind):
     pytest.importorskip("sensor_msgs")
-    from turbopi_ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
+    from turbopi_ros.ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
 
     compressed = kind in ("jpeg", "png")
     serial, parallel = _policy(model, preprocess_threads=1), _policy(model, preprocess_threads=3)
@@ -89,7 +89,7 @@ def test_cameras_prepared_one_by_one_give_the_batchs_inputs_bit_for_bit(model, k
     (or callables returning them): the same model inputs as preparing the messages together, serially and on the
     pool."""
     pytest.importorskip("sensor_msgs")
-    from turbopi_ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
+    from turbopi_ros.ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
 
     compressed = kind in ("jpeg", "png")
     convert = compressed_to_rgb if compressed else image_to_rgb
@@ -185,7 +185,7 @@ def _raises(policy, images):
 
 def test_errors_on_pool_threads_propagate_as_serially(model):
     pytest.importorskip("sensor_msgs")
-    from turbopi_ros.conversions import InputError, image_to_rgb, rgb_to_image
+    from turbopi_ros.ros.conversions import InputError, image_to_rgb, rgb_to_image
 
     bad = rgb_to_image(_image(10, 12, seed=0), "rgb8")
     bad.encoding = "16UC1"
@@ -263,7 +263,7 @@ def test_fast_resize_is_close_to_exact(shape):
 
 def test_fast_mode_parallel_equals_serial_and_decodes_jpeg_reduced(model):
     pytest.importorskip("sensor_msgs")
-    from turbopi_ros.conversions import compressed_to_rgb, jpeg_size, rgb_to_compressed
+    from turbopi_ros.ros.conversions import compressed_to_rgb, jpeg_size, rgb_to_compressed
 
     serial, parallel = (_policy(model, preprocess_mode="fast", preprocess_threads=t) for t in (1, 3))
     assert parallel.reduced_decode_size == (224, 224) and _policy(model).reduced_decode_size is None

@@ -1,5 +1,5 @@
 """ProblemLog: each kind of problem logged once then throttled; waiting is a warning; recovery reported once."""
-from turbopi_ros.problems import ProblemLog, kind_of
+from turbopi_ros.ros.problems import ProblemLog, kind_of
 
 
 class Clock:

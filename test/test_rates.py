@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from turbopi_ros.rates import EventRate
+from turbopi_ros.ros.rates import EventRate
 
 
 def test_rate_over_the_window_and_idle():

@@ -20,12 +20,12 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 
-from turbopi_ros import params_file  # noqa: E402
-from turbopi_ros.bags import TYPESTORE, BagWriter  # noqa: E402
-from turbopi_ros.conversions import rgb_to_compressed  # noqa: E402
-from turbopi_ros.fake_robot import pattern  # noqa: E402
-from turbopi_ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
-from turbopi_ros.replay import main, replay  # noqa: E402
+from turbopi_ros.ros import params_file  # noqa: E402
+from turbopi_ros.tools.bags import TYPESTORE, BagWriter  # noqa: E402
+from turbopi_ros.ros.conversions import rgb_to_compressed  # noqa: E402
+from turbopi_ros.tools.fake_robot import pattern  # noqa: E402
+from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
+from turbopi_ros.tools.replay import main, replay  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "config" / "demo_tiny.yaml"
@@ -159,7 +159,7 @@ def test_replay_equals_the_node_path_and_writes_chunks_back(tmp_path, storage, c
     # The node's path on the same inputs: rclpy messages (deserialized from the same bytes) into an InputBuffer, a
     # policy built from the same params file by the node's own function, inferred in the same order (its generator
     # advances once per chunk). Replay's chunks must be those, bit for bit.
-    from turbopi_ros.policy_node import policy_from_params
+    from turbopi_ros.ros.policy_node import policy_from_params
 
     checked = params_file.load(params)
     policy = policy_from_params(checked)
@@ -188,7 +188,7 @@ def test_replay_equals_the_node_path_and_writes_chunks_back(tmp_path, storage, c
 def test_errors_are_measured_against_the_recording(tmp_path):
     """The error at a horizon is the chunk sampled there minus the recorded position interpolated there."""
     from turbopi_ros.policy.chunking import Chunk
-    from turbopi_ros.replay_report import errors, recorded_positions
+    from turbopi_ros.tools.replay_report import errors, recorded_positions
 
     class FakeChunk:  # only what errors() reads: actions and stamp
         def __init__(self, actions, stamp):
@@ -353,8 +353,8 @@ def test_params_file_sections_and_nesting_as_rcl_reads_them(tmp_path):
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "jpeg", "png"])
 def test_rosbags_messages_convert_as_rclpy_messages_do(encoding):
     """InputBuffer reads rosbags' message objects as they are: the same image, state and stamp as from rclpy's."""
-    from turbopi_ros.bags import deserialize
-    from turbopi_ros.conversions import rgb_to_image
+    from turbopi_ros.tools.bags import deserialize
+    from turbopi_ros.ros.conversions import rgb_to_image
 
     rgb = pattern(40, 30, 0.5, 0)
     msg = rgb_to_compressed(rgb, encoding) if encoding in ("jpeg", "png") else rgb_to_image(rgb, encoding)
@@ -379,7 +379,7 @@ def test_rosbags_messages_convert_as_rclpy_messages_do(encoding):
 
 
 def test_help_states_the_default_period():
-    out = subprocess.run([sys.executable, "-m", "turbopi_ros.replay", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.replay", "--help"], capture_output=True, text=True,
                          cwd=str(REPO), check=True).stdout
     assert "max(inference_period_s, the median total latency of this replay's inferences so far)" in " ".join(
         out.split())

@@ -81,7 +81,7 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     assert recorded["/camera/base/image_raw"][0][1].width == 64
 
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "turbopi_ros.replay", str(bag), "--params-file", str(params),
+    run = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.replay", str(bag), "--params-file", str(params),
                           "--out", str(out), "--at-recorded-chunks"], cwd=str(REPO), capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -109,8 +109,8 @@ def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
         assert np.array_equal(*positions)
         assert [stamp_ns(p.time_from_start) for p in mine.points] == [stamp_ns(p.time_from_start) for p in node.points]
 
-    from turbopi_ros.bags import BagWriter
-    from turbopi_ros.replay import replay
+    from turbopi_ros.tools.bags import BagWriter
+    from turbopi_ros.tools.replay import replay
 
     # the comparison can fail: another seed (other weights, other noise) reproduces nothing
     config["/**/turbopi_node"]["ros__parameters"]["model.seed"] = 1

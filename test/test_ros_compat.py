@@ -1,4 +1,4 @@
-"""turbopi_ros.ros_compat on the rclpy of this venv (CI runs this file on Kilted and on Jazzy), and a static check that
+"""turbopi_ros.ros.ros_compat on the rclpy of this venv (CI runs this file on Kilted and on Jazzy), and a static check that
 the package uses no rclpy API that one of the supported distros (Humble, Jazzy, Kilted) lacks."""
 import ast
 import os
@@ -11,7 +11,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from turbopi_ros import ros_compat  # noqa: E402
+from turbopi_ros.ros import ros_compat  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _sigterm_after(shutdown: str) -> int:
 import os, signal, sys, time
 import rclpy
 from rclpy.context import Context
-from turbopi_ros import ros_compat
+from turbopi_ros.ros import ros_compat
 rclpy.init()
 {shutdown}
 os.kill(os.getpid(), signal.SIGTERM)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turbopi_ros import soak, soak_report
-from turbopi_ros.soak_report import command_timing, fault_outcomes, rss_growth
+from turbopi_ros.tools import soak, soak_report
+from turbopi_ros.tools.soak_report import command_timing, fault_outcomes, rss_growth
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000  # ns
@@ -132,7 +132,7 @@ def test_short_soak(tmp_path):
     pytest.importorskip("rclpy")
     out = tmp_path / "soak"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "turbopi_ros.soak", "--short", "--fault-every", "25", "--out",
+    proc = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.soak", "--short", "--fault-every", "25", "--out",
                            str(out)], cwd=str(REPO), capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     report = json.loads((out / "report.json").read_text())
@@ -148,7 +148,7 @@ def test_short_soak(tmp_path):
 
 def test_no_fault_is_injected_too_late_to_recover(tmp_path):
     """A failure at the very end could not be seen recovering: the injector leaves RECOVERY_S after each one."""
-    from turbopi_ros.soak import FaultInjector
+    from turbopi_ros.tools.soak import FaultInjector
 
     injector = FaultInjector(tmp_path / "faults.json", every_s=150, fault_s=2, end_s=600)
     for t in range(0, 601):

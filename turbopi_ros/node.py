@@ -11,9 +11,9 @@ def main(args=None) -> None:
     # The inference worker is Python-heavy between kernels; a short GIL switch interval keeps the executor's
     # subscriptions and the command timer on time while it runs.
     sys.setswitchinterval(0.0005)
-    from .spin import run_node
+    from .ros.spin import run_node
 
-    run_node("turbopi_ros.policy_node", "TurbopiNode", "turbopi_node", args)
+    run_node("turbopi_ros.ros.policy_node", "TurbopiNode", "turbopi_node", args)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ from . import faults
 from .conversions import InputError, chunk_to_trajectory
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
-from .logs import get_logger
+from ..logs import get_logger
 from .parameters import Param, declare_parameters, on_parameters_set
-from .policy.chunking import ChunkSchedule
-from .policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
+from ..policy.chunking import ChunkSchedule
+from ..policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
                             camera_slots)
-from .policy.rtc import PreviousChunk
-from .model.rtc import DEFAULT_MAX_GUIDANCE
+from ..policy.rtc import PreviousChunk
+from ..model.rtc import DEFAULT_MAX_GUIDANCE
 from .pauses import PauseWatch
 from .pipeline import JustInTime, LatestSlot
 from .problems import ProblemLog

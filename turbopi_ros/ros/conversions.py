@@ -91,7 +91,7 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     if reduce_for is not None:
         size = jpeg_size(buf)
         if size is not None:
-            from .policy.preprocess import reduction_factor
+            from ..policy.preprocess import reduction_factor
 
             factor = reduction_factor(size[0], size[1], reduce_for[0], reduce_for[1])
     img = cv2.imdecode(buf, _DECODE[factor]) if buf.size else None

@@ -57,7 +57,7 @@ def run_case(model, case: Dict[str, torch.Tensor], path: str = "fast") -> torch.
 
 
 def main(argv=None) -> int:
-    from .model.checkpoint import CheckpointError, load_model
+    from ..model.checkpoint import CheckpointError, load_model
 
     p = argparse.ArgumentParser(prog="turbopi-verify", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help="model config JSON or preset (optional for a checkpoint directory)")
@@ -121,8 +121,8 @@ def _sidecar_path(base: Path, value, what: str) -> str:
 def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -> PolicyCase:
     """The case's arrays and sidecar -> the node-style settings and the raw observation. ValueError for anything
     missing or inconsistent, naming it."""
-    from .policy.adapters import make_adapter
-    from .policy.policy import Observation
+    from ..policy.adapters import make_adapter
+    from ..policy.policy import Observation
 
     npz_path = Path(npz_path)
     side_path = npz_path.with_suffix(".json")
@@ -189,8 +189,8 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
 
 def verify_policy(npz_path, *, path: str = "fast", device: str = "cpu", dtype: str = "float32",
                   tol: float = 1e-4) -> int:
-    from .model.checkpoint import CheckpointError
-    from .policy.policy import Policy
+    from ..model.checkpoint import CheckpointError
+    from ..policy.policy import Policy
 
     policy = None
     try:

@@ -5,7 +5,7 @@ JetPack 7 / Ubuntu 24.04 runs); Humble (rclpy 3.3, Python 3.10) is compile-check
 differently across these, the package calls a function here instead, with a comment naming the versions; APIs that
 exist only in some of them are kept out of the package altogether (test/test_ros_compat.py lists and checks them).
 
-``python -m turbopi_ros.ros_compat`` prints a one-line header naming the distro (scripts/test.sh and demo.sh do).
+``python -m turbopi_ros.ros.ros_compat`` prints a one-line header naming the distro (scripts/test.sh and demo.sh do).
 Importing this module does not import rclpy.
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, jpeg_size, stamp_to_sec
-from .logs import get_logger
-from .policy.policy import Observation
+from ..logs import get_logger
+from ..policy.policy import Observation
 
 JOINT_STATES = "joint_states"
 DAY_S = 86400.0

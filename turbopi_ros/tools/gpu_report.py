@@ -37,9 +37,9 @@ import torch
 
 from . import bench, costmodel
 from .ablation import replaced
-from .model.checkpoint import random_model, set_dtype
-from .model.config import load_config
-from .model.reference import reference_denoise, reference_prefix
+from ..model.checkpoint import random_model, set_dtype
+from ..model.config import load_config
+from ..model.reference import reference_denoise, reference_prefix
 
 PRESETS = {"pi0": 20, "pi05": 80}  # preset -> valid prompt tokens (pi0.5: task + discretized state)
 DRY_PRESETS = {"tiny": 20, "tiny_pi05": 80}
@@ -333,7 +333,7 @@ class Run:
             entry["weights_gb"] = torch.cuda.memory_allocated(device) / 1e9
         graph_cls = encoder = None
         if device.type == "cuda":
-            from .model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder
+            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder
 
             graph_cls = CudaGraphDenoiser
             encoder = CudaGraphEncoder(model)

@@ -77,7 +77,7 @@ def check_type(name: str, param, value: Any) -> None:
 def load(path: Path) -> Dict[str, Any]:
     """Every turbopi_node parameter (PARAMETERS in policy_node.py) with its checked value: the YAML's or the
     default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
-    from .policy.policy import camera_slots
+    from ..policy.policy import camera_slots
     from .policy_node import PARAMETERS, TurbopiNode
 
     given = read_sections(path)

@@ -1,6 +1,6 @@
 """turbopi-soak: fake_robot and turbopi_node as real processes under a sensor load, watched for minutes.
 
-Both nodes start as their own processes (``python -m turbopi_ros.fake_robot`` / ``turbopi_ros.node``) with a
+Both nodes start as their own processes (``python -m turbopi_ros.tools.fake_robot`` / ``turbopi_ros.node``) with a
 generated parameter file, on a private ROS_DOMAIN_ID with localhost-only discovery. This process subscribes to
 ~/joint_command (each message's rmw reception and source timestamps), ~/action_chunk and /diagnostics, and once a
 second samples both processes' RSS and CPU time (/proc), the chunks and commands of that second, the node's stage
@@ -30,7 +30,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from . import faults, soak_report
+from ..ros import faults
+from . import soak_report
 from .demo import config_file
 
 CAMERA_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -273,7 +274,7 @@ def run(args, out: Path) -> dict:
     spinner.start()
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM too ends the run and stops both nodes
     procs = {"node": Process("turbopi_ros.node", params_file, out / "turbopi_node.log", env),
-             "robot": Process("turbopi_ros.fake_robot", params_file, out / "fake_robot.log", env)}
+             "robot": Process("turbopi_ros.tools.fake_robot", params_file, out / "fake_robot.log", env)}
     logs = {name: LogScan(p.log_path) for name, p in procs.items()}
     print(f"turbopi-soak: {args.duration:g} s{' (short)' if args.short else ''}, ROS_DOMAIN_ID="
           f"{os.environ['ROS_DOMAIN_ID']}, load: {load_text(args)}; output in {out}", flush=True)

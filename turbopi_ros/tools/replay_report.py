@@ -18,9 +18,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .bags import TRAJECTORY, BagWriter, rclpy_to_cdr
-from .conversions import chunk_to_trajectory, stamp_to_sec
-from .policy.chunking import Chunk
-from .policy.policy import STAGES
+from ..ros.conversions import chunk_to_trajectory, stamp_to_sec
+from ..policy.chunking import Chunk
+from ..policy.policy import STAGES
 
 CHUNKS_BAG = "chunks.mcap"
 CHUNK_TOPIC = "/turbopi_node/action_chunk"

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 
 from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
-from .model.checkpoint import parse_dtype, random_model
-from .model.config import load_config
+from ..model.checkpoint import parse_dtype, random_model
+from ..model.config import load_config
 from .machine import cpu_model
-from .model.reference import reference_denoise, reference_prefix
+from ..model.reference import reference_denoise, reference_prefix
 
 
 # CPU features that decide how fast float32 / bfloat16 matmuls can be.
@@ -166,8 +166,8 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
     replayed: the inputs of every call of one denoise are captured (copies), then replayed back to back; a row is
         the median time of one replay of all calls: the kernels alone, with the shapes and values a denoise has.
     Eager denoises only: a CUDA graph or a compiled step would not call the Python attention functions."""
-    from .model import pi0 as pi0_module
-    from .model import reference as reference_module
+    from ..model import pi0 as pi0_module
+    from ..model import reference as reference_module
 
     c = model.config
     dtype = model.dtype
@@ -375,7 +375,7 @@ def run(args) -> Dict[str, object]:
     if args.cuda_graph:
         if device.type != "cuda":
             raise ValueError("--cuda-graph needs --device cuda")
-        from .model.cuda_graph import CudaGraphDenoiser
+        from ..model.cuda_graph import CudaGraphDenoiser
 
         denoise = CudaGraphDenoiser(model)
     result: Dict[str, object] = {

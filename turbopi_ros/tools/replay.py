@@ -29,11 +29,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import params_file
+from ..ros import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
-from .conversions import InputError, sec_to_stamp, stamp_to_sec
-from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
-from .policy.policy import ActionChunk, ObservationError
+from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
+from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
+from ..policy.policy import ActionChunk, ObservationError
 
 CHUNK_TOPIC = "/turbopi_node/action_chunk"
 
@@ -370,7 +370,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
     from tqdm import tqdm
 
     from . import replay_report as report
-    from .policy_node import policy_from_params
+    from ..ros.policy_node import policy_from_params
 
     if period_s is not None and period_s <= 0:
         raise ValueError(f"--period {period_s:g}: expected seconds > 0")

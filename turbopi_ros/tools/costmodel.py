@@ -34,7 +34,7 @@ import dataclasses
 import sys
 from typing import Dict, Iterable, List, Optional
 
-from .model.config import GemmaConfig, ModelConfig, load_config
+from ..model.config import GemmaConfig, ModelConfig, load_config
 
 STAGES = ("vision", "prefix_cache", "denoise")
 DTYPES = ("float32", "bfloat16", "float16", "fp8")
@@ -378,7 +378,7 @@ def markdown_rows(config_name: str, prompt_len: int, views: Iterable[int] = (1, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m turbopi_ros.costmodel", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m turbopi_ros.tools.costmodel", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="pi0")
     p.add_argument("--config", default=None, help="model config JSON (overrides --preset)")
     p.add_argument("--views", type=int, default=3)

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import processes
 from .machine import cpu_model
-from .policy.chunking import Chunk
+from ..policy.chunking import Chunk
 
 MODES: Dict[str, Dict[str, object]] = {
     "none": {"blend_s": 0.0, "rtc.enabled": False},
@@ -201,8 +201,8 @@ def rtc_denoise_cost(params: Dict[str, object], repeats: int = 10) -> Dict[str, 
     """Plain vs guided denoise of the node's model (its preset, seed, steps) on one observation, interleaved:
     median seconds of the denoise stage of Policy.infer, and their ratio."""
     from .fake_robot import pattern
-    from .policy.policy import Observation, Policy
-    from .policy.rtc import PreviousChunk
+    from ..policy.policy import Observation, Policy
+    from ..policy.rtc import PreviousChunk
 
     n = len(params["action.joints"])
     policy = Policy.from_params(checkpoint=str(params["model.checkpoint"]), preset=str(params["model.preset"]),

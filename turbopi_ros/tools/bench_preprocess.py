@@ -2,7 +2,7 @@
 fast, measured side by side in one run.
 
     turbopi-bench-preprocess --cameras 3 --width 640 --height 480 --iters 30
-    python -m turbopi_ros.bench_preprocess --threads 2,3 --json prep.json
+    python -m turbopi_ros.tools.bench_preprocess --threads 2,3 --json prep.json
 
 Prints (a) the machine, with its load average before and after; (b) Policy.preprocess on 3 (--cameras) camera
 messages, the conversion included (each camera a ``lambda: image_to_rgb(msg)`` as the node passes it), for raw bgr8
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
-from .model.checkpoint import random_model
-from .model.config import load_config
-from .policy.policy import IMAGE_KEYS, Observation, Policy
-from .policy.preprocess import fast_resize_to_fit
-from .policy.tokenizer import ByteTokenizer
-from .policy.transforms import fit_size, image_to_model, resize_to_fit, resize_with_pad
+from ..ros.conversions import compressed_to_rgb, image_to_rgb, rgb_to_compressed, rgb_to_image
+from ..model.checkpoint import random_model
+from ..model.config import load_config
+from ..policy.policy import IMAGE_KEYS, Observation, Policy
+from ..policy.preprocess import fast_resize_to_fit
+from ..policy.tokenizer import ByteTokenizer
+from ..policy.transforms import fit_size, image_to_model, resize_to_fit, resize_with_pad
 
 # CPU features Pillow's and OpenCV's pixel loops use (x86 and Arm)
 IMAGE_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "asimd", "neon", "sve")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-NODE, FAKE_ROBOT = "turbopi_ros.node", "turbopi_ros.fake_robot"
+NODE, FAKE_ROBOT = "turbopi_ros.node", "turbopi_ros.tools.fake_robot"
 
 
 def start(module: str, params_file: Path, env: Optional[Dict[str, str]] = None, args: Sequence[str] = (),

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .model import pi0 as pi0_module
-from .model.gemma import GemmaAttention, repeat_kv
-from .model.pi0 import PI0Model, PrefixCache, time_embedding
-from .model.reference import action_time_mlp
+from ..model import pi0 as pi0_module
+from ..model.gemma import GemmaAttention, repeat_kv
+from ..model.pi0 import PI0Model, PrefixCache, time_embedding
+from ..model.reference import action_time_mlp
 
 Reversal = Callable[[PI0Model, PrefixCache], ContextManager[None]]
 

@@ -1,0 +1,203 @@
+"""turbopi-demo: fake_robot + turbopi_node on the tiny model, with live status and a summary.
+
+Both nodes run as their own processes with config/demo_tiny.yaml (as `ros2 launch turbopi_ros demo.launch.py` would
+start them); this process listens to /diagnostics, ~/action_chunk and ~/joint_command and prints what it sees.
+    turbopi-demo [--duration 20] [--params-file config/demo_tiny.yaml]      (--duration 0: until Ctrl-C)
+    turbopi-demo --record demo.mcap      also records the node's inputs and outputs, for turbopi-replay
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import processes
+
+STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess")
+PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
+            "observation_to_chunk": "inputs taken -> chunk published",
+            "observation_wait": "inputs taken -> the engine starts on them (preparing, waiting for the engine)",
+            "observation_wait_max": "the longest such wait (max over the run)",
+            "latency": "sensor stamp -> chunk published (adds the inputs' age)"}
+
+
+def config_file(name: str) -> Path:
+    """A file of this package's config/: the ament share directory, the venv's share/, or the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("turbopi_ros")) / "config" / name)
+    except Exception:  # noqa: BLE001 - not installed through colcon: look further
+        pass
+    candidates += [Path(sys.prefix) / "share" / "turbopi_ros" / "config" / name,
+                   Path(__file__).resolve().parents[1] / "config" / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"config/{name} not found (looked in {[str(c) for c in candidates]})")
+
+
+class Monitor:
+    """Collects what the node publishes."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from std_msgs.msg import Float64MultiArray
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.node = rclpy.create_node("turbopi_demo_monitor")
+        self.lock = threading.Lock()
+        self.chunk_times: List[float] = []
+        self.command_times: List[float] = []
+        self.status: Optional[Dict[str, str]] = None
+        self.message = ""
+        self.node.create_subscription(JointTrajectory, "/turbopi_node/action_chunk",
+                                      lambda m: self._stamp(self.chunk_times), 10)
+        self.node.create_subscription(Float64MultiArray, "/turbopi_node/joint_command",
+                                      lambda m: self._stamp(self.command_times), 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _stamp(self, store: List[float]) -> None:
+        with self.lock:
+            store.append(time.monotonic())
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name == "turbopi_node: policy":
+                with self.lock:
+                    self.status = {kv.key: kv.value for kv in status.values}
+                    self.message = status.message
+
+    def snapshot(self, window: float = 3.0):
+        now = time.monotonic()
+        with self.lock:
+            chunks = [t for t in self.chunk_times if t > now - window]
+            commands = [t for t in self.command_times if t > now - window]
+            return (len(chunks) / window, len(commands) / window, dict(self.status or {}), self.message,
+                    len(self.chunk_times), len(self.command_times))
+
+
+def _line(chunk_rate: float, command_rate: float, status: Dict[str, str], message: str) -> str:
+    stages = " ".join(f"{s} {float(status[s + '_ms']):6.1f}" for s in STAGES if s + "_ms" in status)
+    stages = stages or "waiting for the first chunk"
+    return f"chunks {chunk_rate:5.2f}/s  commands {command_rate:5.1f}/s  |  ms: {stages}  |  {message}"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="turbopi-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds to run (0 = until Ctrl-C)")
+    parser.add_argument("--params-file", default=None, help="parameters for both nodes (default: demo_tiny.yaml)")
+    parser.add_argument("--engine-delay", type=float, default=0.0,
+                        help="seconds added to every inference (test-only fault injection: a stand-in for a GPU's "
+                             "inference time, to see the pipelining hide the CPU work)")
+    parser.add_argument("--record", metavar="OUT.mcap", default=None,
+                        help="record the node's inputs and outputs to this MCAP file (for turbopi-replay)")
+    args = parser.parse_args(argv)
+    params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
+    if args.record and (not args.record.endswith(".mcap") or os.path.exists(args.record)):
+        parser.error(f"--record {args.record}: expected a new .mcap file")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.engine_delay > 0:
+        import json
+        import tempfile
+
+        faults = Path(tempfile.mkdtemp(prefix="turbopi-demo-")) / "faults.json"
+        faults.write_text(json.dumps({"delay_s": args.engine_delay}))
+        env["TURBOPI_TEST_FAULTS"] = str(faults)
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
+          f"{'until Ctrl-C' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
+    # Ctrl-C / SIGTERM must reach this loop (which stops both nodes), not just shut this process's ROS context down.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    monitor = Monitor()
+    executor = SingleThreadedExecutor()
+    executor.add_node(monitor.node)
+    recorder = None
+    if args.record:
+        from ..ros.params_file import load
+        from .recorder import BagRecorder, node_topics
+
+        recorder = BagRecorder(Path(args.record), node_topics(load(params)))
+        executor.add_node(recorder)
+
+    def spin():
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",) + tuple(PIPELINE)}
+    chunk_rates: List[float] = []
+    command_rates: List[float] = []
+    interrupted = False
+    procs = []
+    t0 = time.monotonic()
+    try:
+        procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
+        while args.duration <= 0 or time.monotonic() - t0 < args.duration:
+            time.sleep(1.0)
+            if any(p.poll() is not None for p in procs):
+                print("turbopi-demo: a node exited early", file=sys.stderr)
+                break
+            chunk_rate, command_rate, status, message, n_chunks, _ = monitor.snapshot()
+            print(f"[{time.monotonic() - t0:5.1f} s] " + _line(chunk_rate, command_rate, status, message), flush=True)
+            if n_chunks >= 2 and time.monotonic() - t0 > 5.0:
+                chunk_rates.append(chunk_rate)
+                command_rates.append(command_rate)
+                for s in latencies:
+                    if s + "_ms" in status:
+                        latencies[s].append(float(status[s + "_ms"]))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        processes.stop(procs, timeout=10)
+        if recorder is not None:
+            counts = recorder.close()
+            print(f"recorded {sum(counts.values())} messages to {args.record}: " +
+                  ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
+        rclpy.try_shutdown()  # wakes the spinning executor; then it can be joined
+        spinner.join(timeout=5)
+
+    _, _, _, message, n_chunks, n_commands = monitor.snapshot()
+    print("\n== summary ==")
+    print(f"ran {time.monotonic() - t0:.1f} s{' (interrupted)' if interrupted else ''}: {n_chunks} action chunks, "
+          f"{n_commands} joint commands")
+    if chunk_rates:
+        med = sorted(chunk_rates)[len(chunk_rates) // 2]
+        cmd = sorted(command_rates)[len(command_rates) // 2]
+        print(f"chunk rate (measured, median of 3 s windows): {med:.2f} chunks/s; command stream {cmd:.1f} Hz")
+        for s in STAGES + ("total",) + tuple(PIPELINE):
+            if latencies[s]:  # each value: a median of the node's last 20 chunks (a maximum, for *_max)
+                worst = s.endswith("_max")
+                value = max(latencies[s]) if worst else sorted(latencies[s])[len(latencies[s]) // 2]
+                print(f"  {s:<20} {value:7.1f} ms ({'max' if worst else 'median'})"
+                      + (f"  {PIPELINE[s]}" if s in PIPELINE else ""))
+    ok = n_chunks > 0
+    if not ok:
+        print("no action chunks arrived: see the node's log above", file=sys.stderr)
+    return 0 if ok or interrupted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
