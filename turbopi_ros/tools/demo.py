@@ -37,7 +37,7 @@ def config_file(name: str) -> Path:
     except Exception:  # noqa: BLE001 - not installed through colcon: look further
         pass
     candidates += [Path(sys.prefix) / "share" / "turbopi_ros" / "config" / name,
-                   Path(__file__).resolve().parents[1] / "config" / name]
+                   Path(__file__).resolve().parents[2] / "config" / name]
     for path in candidates:
         if path.is_file():
             return path

@@ -540,7 +540,7 @@ def parse_args(argv):
         import tempfile
 
         args.out_dir = (os.path.join(tempfile.gettempdir(), "turbopi_gpu_report_dryrun") if dry
-                        else str(Path(__file__).resolve().parents[1] / "docs" / "bench"))
+                        else str(Path(__file__).resolve().parents[2] / "docs" / "bench"))
     return args
 
 
