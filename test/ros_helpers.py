@@ -26,7 +26,8 @@ DEMO_PARAMS = REPO / "config" / "demo_tiny.yaml"
 
 
 class DemoProcess:
-    """``python -m turbopi_ros.tools.demo ARGS`` in a session of its own, its output collected line by line (``lines``)."""
+    """``python -m turbopi_ros.tools.demo ARGS`` in a session of its own, its output collected line by line
+    (``lines``)."""
 
     def __init__(self, args: List[str], env: dict):
         self.proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.tools.demo", *args], cwd=str(REPO), env=env,

@@ -19,7 +19,7 @@ THROUGH_THE_NODE = (truncated, pickle_in_place_of_weights, nan_norm_stats, token
 
 
 @pytest.fixture(scope="module")
-def node_outcomes(good):
+def node_outcomes(good):  # noqa: F811 - the fixture imported above
     """The node started on each of THROUGH_THE_NODE at once (each exits at start): (code, output) per case."""
     isolate_ros_domain()
     procs = {}

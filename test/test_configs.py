@@ -48,7 +48,8 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
-    assert "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file" in out.stderr + out.stdout
+    missing = "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file"
+    assert missing in out.stderr + out.stdout
 
 
 def test_every_parameter_is_documented():

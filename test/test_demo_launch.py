@@ -13,7 +13,7 @@ launch_testing = pytest.importorskip("launch_testing")
 launch = pytest.importorskip("launch")
 pytest.importorskip("launch_ros")
 
-import launch_testing.actions  # noqa: E402
+import launch_testing.actions  # noqa: E402, F811 - the submodule of the module importorskip gave
 import launch_testing.asserts  # noqa: E402
 import rclpy  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402

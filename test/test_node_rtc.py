@@ -59,5 +59,6 @@ def test_rtc_keeps_consecutive_chunks_consistent_and_can_be_switched_at_run_time
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t1)) >= 8, timeout=60), node.log()[-2000:]
         plain = _first_errors(_chunks(feeder, t1))
     assert len(guided) >= 5 and len(plain) >= 5
-    print(f"first {FIRST} actions, median RMS to the previous chunk: rtc {np.median(guided):.4f}, off {np.median(plain):.4f}")
+    print(f"first {FIRST} actions, median RMS to the previous chunk: rtc {np.median(guided):.4f}, "
+          f"off {np.median(plain):.4f}")
     assert np.median(guided) * 3 < np.median(plain), (np.median(guided), np.median(plain))

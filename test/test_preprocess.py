@@ -44,7 +44,7 @@ def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a[:5], b[:5])) and np.array_equal(a[5], b[5])
 
 
-# --- exact: parallel == serial == the code before -----------------------------------------------------------------------
+# --- exact: parallel == serial == one camera at a time ---------------------------------------------------------------
 def _before(msg, compressed):
     """The conversions as they were before OpenCV took them over: numpy channel copies, BGR decode then reversal."""
     import cv2
@@ -164,7 +164,8 @@ def test_first_pass_is_pillows_order():
     img = _image(900, 300, seed=3)
     plain = np.asarray(Image.fromarray(img).resize((74, 223), resample=Image.BILINEAR)).astype(int)
     h_first = Image.fromarray(img).resize((74, 900), resample=Image.BILINEAR).resize((74, 223), resample=Image.BILINEAR)
-    v_first = Image.fromarray(img).resize((300, 223), resample=Image.BILINEAR).resize((74, 223), resample=Image.BILINEAR)
+    v_first = Image.fromarray(img).resize((300, 223), resample=Image.BILINEAR)
+    v_first = v_first.resize((74, 223), resample=Image.BILINEAR)
     expected = "horizontal" if np.array_equal(np.asarray(h_first), plain) else "vertical"
     assert np.array_equal(np.asarray(h_first if expected == "horizontal" else v_first), plain)
     assert first_pass(900, 300, 223, 74) == expected
@@ -176,7 +177,7 @@ def test_default_threads_one_per_camera_at_most_one_per_core(model):
     assert CameraBatch(KEYS[:1], 224).threads == 1
 
 
-# --- errors -------------------------------------------------------------------------------------------------------------
+# --- errors -----------------------------------------------------------------------------------------------------------
 def _raises(policy, images):
     with pytest.raises(ValueError) as info:
         policy.preprocess(_obs(images))
@@ -191,7 +192,8 @@ def test_errors_on_pool_threads_propagate_as_serially(model):
     bad.encoding = "16UC1"
     good = _image(30, 40, seed=1)
     cases = [
-        {"base_0_rgb": good, "left_wrist_0_rgb": lambda: image_to_rgb(bad, "left_wrist_0_rgb"), "right_wrist_0_rgb": good},
+        {"base_0_rgb": good, "left_wrist_0_rgb": lambda: image_to_rgb(bad, "left_wrist_0_rgb"),
+         "right_wrist_0_rgb": good},
         # two failures: the first slot's error, whichever thread finishes first
         {"base_0_rgb": good, "left_wrist_0_rgb": good.astype(np.float32),
          "right_wrist_0_rgb": lambda: image_to_rgb(bad, "right_wrist_0_rgb")},
@@ -216,7 +218,7 @@ def test_configuration_errors(model):
         _policy(model, preprocess_threads=0)
 
 
-# --- transforms used by the pool ----------------------------------------------------------------------------------------
+# --- transforms used by the pool --------------------------------------------------------------------------------------
 def test_image_to_model_in_place_is_openpis_formula_for_every_value():
     values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     expected = values.astype(np.float32) / 255.0 * 2.0 - 1.0
@@ -239,7 +241,7 @@ def test_resize_to_fit_is_resize_with_pad_without_the_padding(shape):
     np.testing.assert_array_equal(resize_with_pad(img, 224, 224)[top:top + new_h, left:left + new_w], fitted)
 
 
-# --- fast mode ----------------------------------------------------------------------------------------------------------
+# --- fast mode --------------------------------------------------------------------------------------------------------
 def test_reduction_factor_keeps_at_least_the_fitted_size():
     assert reduction_factor(480, 640, 224, 224) == 2
     assert reduction_factor(720, 1280, 224, 224) == 4
@@ -284,7 +286,7 @@ def test_fast_mode_parallel_equals_serial_and_decodes_jpeg_reduced(model):
     assert jpeg_size(np.frombuffer(b"\xff\xd8 not really", np.uint8)) is None
 
 
-# --- prepare / run ------------------------------------------------------------------------------------------------------
+# --- prepare / run ----------------------------------------------------------------------------------------------------
 def test_prepare_then_run_is_infer_bit_for_bit(model):
     obs = _obs({"base_0_rgb": _image(120, 160, 5), "left_wrist_0_rgb": _image(224, 224, 6)})
     one, two = _policy(model), _policy(model)

@@ -1,4 +1,5 @@
-"""turbopi_ros.ros.ros_compat on the rclpy of this venv (CI runs this file on Kilted and on Jazzy), and a static check that
+"""turbopi_ros.ros.ros_compat on the rclpy of this venv (CI runs this file on Kilted and on Jazzy), and a static check
+that
 the package uses no rclpy API that one of the supported distros (Humble, Jazzy, Kilted) lacks."""
 import ast
 import os

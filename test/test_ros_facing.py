@@ -20,7 +20,7 @@ def test_this_repositorys_tests(name):
     ("from turbopi_ros.node import TurbopiNode\n", True),  # through the package: node imports rclpy
     ("from turbopi_ros import conversions\n", True),  # a submodule named in from-import
     ("def test_x():\n    from ros_helpers import node_session\n", True),  # a helper, imported inside a function
-    ("import subprocess, sys\nsubprocess.run([sys.executable, '-m', 'turbopi_ros.tools.demo'])\n", True),  # a subprocess
+    ("import subprocess, sys\nsubprocess.run([sys.executable, '-m', 'turbopi_ros.tools.demo'])\n", True),  # -m
     ("import pytest\npytest.importorskip('sensor_msgs')\n", True),
     ("from turbopi_ros.policy.policy import Policy\nfrom engine_helpers import small_config\n", False),
     ("import numpy\nprompt = 'launch the robot'\n", False),

@@ -6,7 +6,7 @@ import pytest
 from turbopi_ros.policy import transforms as T
 
 
-# --- resize_with_pad ---------------------------------------------------------------------------------------------------
+# --- resize_with_pad --------------------------------------------------------------------------------------------------
 # An independent numpy model of what openpi's inference pipeline computes: openpi_client.image_tools.resize_with_pad
 # = Pillow's BILINEAR resize (libImaging/Resample.c: triangle kernel widened by the downscale factor, coefficients
 # normalized in float64 then rounded to 22-bit fixed point; a horizontal pass, rounded and clipped to uint8, then a

@@ -1,4 +1,4 @@
-"""``python -m turbopi_ros.demo``: kept where scripts and launch files start it; the module is tools/demo.py."""
+"""``python -m turbopi_ros.demo``, kept where scripts and launch files start it: tools/demo.py."""
 from .tools.demo import main
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m turbopi_ros.fake_robot``: kept where scripts and launch files start it; the module is tools/fake_robot.py."""
+"""``python -m turbopi_ros.fake_robot``, kept where scripts and launch files start it: tools/fake_robot.py."""
 from .tools.fake_robot import main
 
 if __name__ == "__main__":

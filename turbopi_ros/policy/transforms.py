@@ -31,7 +31,7 @@ NORM_EPS = 1e-6
 _STAT_NAMES = ("mean", "std", "q01", "q99")
 
 
-# --- images ------------------------------------------------------------------------------------------------------------
+# --- images -----------------------------------------------------------------------------------------------------------
 def fit_size(cur_h: int, cur_w: int, height: int, width: int):
     """openpi's aspect-preserving fit of a cur_h x cur_w image into height x width: (new_h, new_w), each
     ``int(cur / ratio)`` with ratio = max(cur_w / width, cur_h / height); at least 1 so that extreme aspect ratios
@@ -154,7 +154,8 @@ def load_norm_stats(path: Union[str, Path]) -> Dict[str, NormStats]:
         raise ValueError(f"norm stats {path}: not valid JSON ({e})") from None
     stats = d.get("norm_stats") if isinstance(d, dict) else None
     if not isinstance(stats, dict) or not {"state", "actions"} <= set(stats):
-        raise ValueError(f"norm stats {path}: expected {{\"norm_stats\": {{\"state\": {{...}}, \"actions\": {{...}}}}}}, "
+        raise ValueError(f"norm stats {path}: expected "
+                         f"{{\"norm_stats\": {{\"state\": {{...}}, \"actions\": {{...}}}}}}, "
                          f"got top-level keys {sorted(d) if isinstance(d, dict) else type(d).__name__}"
                          f"{' / ' + str(sorted(stats)) if isinstance(stats, dict) else ''}")
     return {k: NormStats.from_dict(v, f"norm stats {path} [{k}]") for k, v in stats.items()}
@@ -224,7 +225,7 @@ def unnormalize(x: np.ndarray, stats: NormStats, use_quantiles: bool, where: str
     return x * (pad_to_dim(hi, n, value=1.0) + NORM_EPS) + pad_to_dim(lo, n)
 
 
-# --- shapes and action spaces --------------------------------------------------------------------------------------------
+# --- shapes and action spaces -----------------------------------------------------------------------------------------
 def pad_to_dim(x: np.ndarray, dim: int, value: float = 0.0) -> np.ndarray:
     """Pad the last axis with ``value`` up to ``dim`` (openpi's pad_to_dim); wider than ``dim`` is an error here."""
     x = np.asarray(x)

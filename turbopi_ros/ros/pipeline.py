@@ -49,8 +49,8 @@ class LatestSlot(Generic[T]):
             return self._item if also is None else (self._item, also())
 
     def take(self, timeout: float, claim: Optional[Callable[[], None]] = None) -> Optional[T]:
-        """The item (and empty the slot), or None after ``timeout`` seconds without one. ``claim`` is called when an item
-        is taken, under the slot's lock (see peek)."""
+        """The item (and empty the slot), or None after ``timeout`` seconds without one. ``claim`` is called when an
+        item is taken, under the slot's lock (see peek)."""
         with self._cond:
             if self._item is None:
                 self._cond.wait(timeout)

@@ -8,10 +8,10 @@ Prints (a) the machine, with its load average before and after; (b) Policy.prepr
 messages, the conversion included (each camera a ``lambda: image_to_rgb(msg)`` as the node passes it), for raw bgr8
 Images and JPEG CompressedImages, exact (openpi's pixels) and fast, serially and on the camera thread pool (--threads:
 one parallel variant per count given): median and p90 over --iters iterations, every variant once per iteration in a
-rotating order, with the process's CPU time (above the wall time: parallel work; below: waiting for a busy core); (c) parity from the same run: the
-parallel inputs bit-identical to the serial ones, the exact ones bit-identical to openpi's resize_with_pad +
-image_to_model; (d) where one camera's time goes (conversion, resize, float conversion), with numpy's strided channel
-reversal (the conversion before OpenCV took it over) for comparison; (e) fast vs exact: the pixel difference and the
+rotating order, with the process's CPU time (above the wall time: parallel work; below: waiting for a busy core);
+(c) parity from the same run: the parallel inputs bit-identical to the serial ones, the exact ones bit-identical to
+openpi's resize_with_pad + image_to_model; (d) where one camera's time goes (conversion, resize, float conversion),
+with numpy's strided channel reversal for comparison; (e) fast vs exact: the pixel difference and the
 action difference on the --preset model (random weights) with the same noise, next to the action difference that JPEG
 compression itself causes; (f) frames prepared as they arrive (the node's default): one frame's preparation, and
 the observation taken from prepared frames (parity in (c)). Frames are synthetic scenes (smooth shading, textures,
@@ -296,8 +296,9 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", default="0", help="the parallel variant's threads, or several (2,3: one variant each); "
-                                                  "0: the policy's default (one per camera, at most one per usable core)")
+    p.add_argument("--threads", default="0",
+                   help="the parallel variant's threads, or several (2,3: one variant each); 0: the policy's default "
+                        "(one per camera, at most one per usable core)")
     p.add_argument("--preset", default="tiny", help="model for the action differences (random weights)")
     p.add_argument("--observations", type=int, default=4, help="scenes for the fast vs exact differences")
     p.add_argument("--no-actions", action="store_true", help="skip (e) fast vs exact")
