@@ -19,7 +19,7 @@ from turbopi_ros.model.checkpoint import load_model, random_model, save_checkpoi
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.adapters import ADAPTERS, make_adapter
 from turbopi_ros.policy.policy import Observation, ObservationError, Policy
-from turbopi_ros.policy.rtc import PreviousChunk
+from turbopi_ros.policy.rtc_target import PreviousChunk
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 from turbopi_ros.policy.transforms import NormStats, load_norm_stats, resize_with_pad
 

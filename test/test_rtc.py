@@ -11,7 +11,7 @@ from turbopi_ros.model.pi0 import euler_schedule
 from turbopi_ros.model.reference import reference_prefix, reference_velocity
 from turbopi_ros.model.rtc import (ConstantPrefix, Guidance, differentiable_velocity, guidance_weight, guided_denoise,
                                    guided_velocity)
-from turbopi_ros.policy.rtc import prefix_weights
+from turbopi_ros.policy.rtc_target import prefix_weights
 
 from engine_helpers import random_inputs, small_config
 

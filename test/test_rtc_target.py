@@ -1,4 +1,4 @@
-"""Real-time chunking, the policy half (policy/rtc.py, Policy.infer with a previous chunk)."""
+"""Real-time chunking, the policy half (policy/rtc_target.py, Policy.infer with a previous chunk)."""
 import math
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.policy import STAGES, Observation, Policy
-from turbopi_ros.policy.rtc import PreviousChunk, guidance_target, prefix_weights, resample
+from turbopi_ros.policy.rtc_target import PreviousChunk, guidance_target, prefix_weights, resample
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 from turbopi_ros.policy.transforms import NormStats
 

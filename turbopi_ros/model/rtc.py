@@ -2,7 +2,7 @@
 
 While the robot still executes the previous chunk, the next one is inpainted: each Euler step computes the velocity
 v, the predicted final actions A, and a guidance term that pulls x_t towards the part of the previous chunk that will
-still be executed (the target Y, weighted per action by W: the paper's soft prefix mask, see policy/rtc.py).
+still be executed (the target Y, weighted per action by W: the paper's soft prefix mask, see policy/rtc_target.py).
 
 Signs in openpi's convention. openpi runs time t from 1 (noise) to 0 (actions): x_t = t*noise + (1-t)*A, the model
 predicts v = noise - A, and the loop is x <- x + dt*v with dt = -1/num_steps. The paper runs tau = 1 - t from 0 to 1

@@ -35,7 +35,7 @@ from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
 from .adapters import ADAPTERS, RobotAdapter, make_adapter
 from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
-from .rtc import GuidanceTarget, PreviousChunk, guidance_target
+from .rtc_target import GuidanceTarget, PreviousChunk, guidance_target
 from .tokenizer import make_tokenizer
 from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
                          require_stats, unnormalize)

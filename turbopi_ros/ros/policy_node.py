@@ -11,16 +11,12 @@ Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
-import os
 import threading
 import time
 from typing import Dict, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -28,22 +24,23 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from . import faults
-from .conversions import InputError, chunk_to_trajectory
-from .frames import FramePreparer
-from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
-from ..logs import get_logger
-from .parameters import Param, declare_parameters, on_parameters_set
-from ..policy.chunking import ChunkSchedule
-from ..policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
-                            camera_slots)
-from ..policy.rtc import PreviousChunk
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
+from ..policy.chunking import ChunkSchedule
+from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, Policy, camera_slots
+from ..policy.rtc_target import guidance_arguments
+from . import faults
+from .chunk_gate import ChunkGate
+from .command_stream import CommandStream
+from .conversions import chunk_to_trajectory
+from .engine_worker import EngineHooks, EngineWorker, yield_cpu
+from .frames import FramePreparer
+from .inputs import JOINT_STATES, InputBuffer
+from .node_status import NodeStats, diagnostic_status, status_line
+from .parameters import Param, declare_parameters, on_parameters_set
 from .pauses import PauseWatch
-from .pipeline import JustInTime, LatestSlot
 from .problems import ProblemLog
-from .rates import EventRate
 from .ros_compat import subscription_event_callbacks
+from .ros_logging import forward_python_logging, stop_forwarding
 
 PARAMETERS: Dict[str, Param] = {
     "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
@@ -100,17 +97,6 @@ PARAMETERS: Dict[str, Param] = {
     "status_log_period_s": Param(5.0, "seconds between one-line status logs (0 = off)", min=0.0, max=3600.0),
 }
 DIAGNOSTICS_PERIOD_S = 1.0
-# An inference is stalled once it runs longer than max(STALL_MIN_S, STALL_FACTOR x the median of the last 20) (before a
-# first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
-STALL_MIN_S, STALL_FACTOR, FIRST_INFERENCE_STALL_S = 1.0, 5.0, 60.0
-PACING_POLL_S = 0.1  # on demand, the engine thread looks again at least this often while pacing holds it
-
-
-@dataclasses.dataclass
-class _Prepared:
-    prepared: PreparedObservation  # the policy's inputs, ready for the engine
-    snapshot: Dict[str, object]  # the messages it came from (staleness is checked again before the engine runs)
-    taken_at: float  # monotonic time the snapshot was taken
 
 
 def policy_from_params(p: Dict[str, object]) -> Policy:
@@ -135,10 +121,8 @@ class TurbopiNode(Node):
         try:
             self._build()
         except Exception:
-            # refused to start: its rcl handles go now, before spin.py logs why. Left to the garbage collector, they
-            # were finalized after rclpy's shutdown (once in a full test run such a process died with SIGSEGV after
-            # its error), and the error was also published on /rosout through the half-built node's publisher (on
-            # Jazzy, once, that publish spun inside Fast DDS for good: ten nodes refusing to start at once in CI)
+            # refused to start: its rcl handles go now, before spin.py logs why, rather than after rclpy's shutdown
+            # (the garbage collector's time), and the error is not published on /rosout through a half-built node
             self.destroy_node()
             raise
 
@@ -149,63 +133,71 @@ class TurbopiNode(Node):
         self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
         self.command_rate_hz = float(p["command_rate_hz"])
-        self.inference_period_s = float(p["inference_period_s"])
         self.hold_on_stale = p["on_stale"] == "hold"
         self.rtc_enabled, self.rtc_max_guidance = bool(p["rtc.enabled"]), float(p["rtc.max_guidance"])
         if int(p["model.num_threads"]) > 0:
             import torch
 
             torch.set_num_threads(int(p["model.num_threads"]))
-        self._log_handler = _forward_python_logging(self.get_logger())
+        self._log_handler = forward_python_logging(self.get_logger())
         self.policy = self._load_policy(p)
-        self._inference_started: Optional[float] = None  # monotonic start of the inference in progress (stalls)
-        # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
-        sim_time = bool(self.get_parameter("use_sim_time").value)
-        self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not sim_time)
-        self._run = self._watched(faults.wrap(self.policy.run))  # the engine; faults only where a test injects them
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
+        self._build_state(p, cameras)
+        self._build_interfaces(p, cameras)
+        c = self.policy.config
+        commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
+        self.get_logger().info(
+            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
+            f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
+            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
 
+    def _build_state(self, p, cameras) -> None:
+        """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
         compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
-        topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
-        self.inputs = InputBuffer(cameras, topics, p["state.joints"], p["max_observation_age_s"],
-                                  use_sim_time_hint=bool(self.get_parameter("use_sim_time").value),
-                                  reduce_for=self.policy.reduced_decode_size)
+        self._topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
+        self._compressed = dict(zip(cameras, compressed))
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
+        self.inputs = InputBuffer(cameras, self._topics, p["state.joints"], p["max_observation_age_s"],
+                                  use_sim_time_hint=self._sim_time, reduce_for=self.policy.reduced_decode_size)
         self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
         if p["cameras.prepare_on_arrival"]:
-            self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=_yield_cpu)
+            self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=yield_cpu)
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
+        self.stats = NodeStats()
+        # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
+        self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not self._sim_time)
+        self.gate = ChunkGate(self.inputs, self.pauses)
         self._lock = threading.Lock()
-        self._new_data = threading.Event()
-        self._stop = threading.Event()
         self._prompt = p["prompt"]
         self._enabled = bool(p["autostart"])
         self._last_command: Optional[np.ndarray] = None
         self._stale_reported = False
-        self._chunk_count = 0
-        self._ages: Dict[str, float] = {}
-        # seconds of the last 20 chunks per stage; observation_wait: inputs taken -> the engine starts on them
-        self._stage_ms: Dict[str, list] = {s: [] for s in STAGES + ("total", "latency", "engine",
-                                                                     "observation_to_chunk", "observation_wait")}
-        self._guidance_errors: list = []  # real-time chunking: the new chunks' first-d distance to their target
-        self._chunk_times, self._command_times = EventRate(20), EventRate(200)
-        self._joint_times = EventRate(100)  # on the node's clock: the command timer runs on it
+        hooks = EngineHooks(now=self.now, prompt=self._current_prompt, enabled=lambda: self._enabled,
+                            fail=self._fail, guidance=self._guidance, publish=self._publish_chunk,
+                            worker_failed=self._worker_failed, alive=self.context.ok)
+        # the engine runs the policy; faults.wrap only where a test injects faults
+        self.engine = EngineWorker(self.policy, faults.wrap(self.policy.run), self.inputs, self.frames, hooks,
+                                   float(p["inference_period_s"]))
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
+    def _build_interfaces(self, p, cameras) -> None:
+        """Subscriptions, publishers, the service, the parameter callback, the command stream and the timers."""
         # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
         # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
         newest = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                             durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
-        for name, is_compressed in zip(cameras, compressed):
-            self.create_subscription(CompressedImage if is_compressed else Image, topics[name],
+        for name in cameras:
+            self.create_subscription(CompressedImage if self._compressed[name] else Image, self._topics[name],
                                      lambda msg, name=name: self._store(name, msg), newest)
-        self.create_subscription(JointState, topics[JOINT_STATES], self._on_joint_states, newest)
+        self.create_subscription(JointState, self._topics[JOINT_STATES], self._on_joint_states, newest)
         # Prompts from a latched (transient local) publisher and from a plain one (`ros2 topic pub`): a transient
         # local subscription is incompatible with a volatile publisher, a volatile one misses what was latched
         # before it started, so there is one of each (a repeated prompt is ignored). The transient local one does
         # not log the expected mismatch with plain publishers (the volatile one receives those).
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "~/prompt", self._on_prompt, latched,
                                  event_callbacks=subscription_event_callbacks(incompatible_qos=lambda event: None))
         self.create_subscription(String, "~/prompt", self._on_prompt,
@@ -216,43 +208,26 @@ class TurbopiNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         on_parameters_set(self, PARAMETERS, self._apply_parameters)
-        # The command stream: in real time, a thread of its own at absolute deadlines (an executor timer that also
-        # serves every joint state and camera callback falls behind at a few hundred Hz, and rcl drops the ticks it
-        # missed); under use_sim_time, a timer on the ROS clock (simulated time has no wall-clock deadlines).
+        # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
+        # a timer on the ROS clock (simulated time has no wall-clock deadlines).
         self._command_period = 1.0 / (self.command_rate_hz or self.rate_hz)
         self._command_timer = None
-        self._command_thread = None
-        if self.get_parameter("use_sim_time").value:
+        self._commands: Optional[CommandStream] = None
+        if self._sim_time:
             self._command_timer = self.create_timer(self._command_period, self._on_command_tick)
         else:
-            self._command_thread = threading.Thread(target=self._command_loop, name="turbopi_commands", daemon=True)
+            self._commands = CommandStream(self._on_command_tick, self._command_period, self.pauses,
+                                           self._node_paused, self.get_logger().error, self.engine.stop_event,
+                                           self.context.ok)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
-        self._slot: LatestSlot = LatestSlot()  # the prepared observation the engine takes next
-        self._jit = JustInTime()  # when the just-in-time preparer prepares (claimed by the engine as it takes one)
-        self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
-        self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
-        self._last_run_start = -math.inf
-        self._dropped_stale = 0
-        self._preparer = threading.Thread(target=self._prepare_loop, name="turbopi_observations", daemon=True)
-        self._worker = threading.Thread(target=self._engine_loop, name="turbopi_inference", daemon=True)
-        c = self.policy.config
-        commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
-        self.get_logger().info(
-            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
-            f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
 
     def start(self) -> None:
-        """Start the workers and the command stream (spin.py calls this once the node is whole)."""
-        if self.frames is not None:  # the engine thread prepares each observation itself (_prepared_on_demand)
-            self.frames.start()
-        else:  # a preparing thread, just in time (_prepare_iterations)
-            self._preparer.start()
-        self._worker.start()
-        if self._command_thread is not None:
-            self._command_thread.start()
+        """Start the engine and the command stream (spin.py calls this once the node is whole)."""
+        self.engine.start()
+        if self._commands is not None:
+            self._commands.start()
 
     @staticmethod
     def _check_lengths(p) -> None:
@@ -286,22 +261,26 @@ class TurbopiNode(Node):
         self.inputs.store(name, msg)
         if self.frames is not None and name != JOINT_STATES:
             self.frames.submit(name, msg)
-        self._new_data.set()
+        self.engine.wake()
 
     def _prepare_frame(self, name: str, msg):
         """A camera frame converted and preprocessed for the model (on its camera's thread, as it arrives)."""
         return self.policy.prepare_image(name, self.inputs.converted(name, msg))
 
     def _on_joint_states(self, msg: JointState) -> None:
-        self._joint_times.add(self.now())
+        self.stats.joint_times.add(self.now())
         self._store(JOINT_STATES, msg)
+
+    def _current_prompt(self) -> str:
+        with self._lock:
+            return self._prompt
 
     def _set_prompt(self, text: str, source: str) -> None:
         with self._lock:
             if text == self._prompt:
                 return
             self._prompt = text
-        self._new_data.set()
+        self.engine.wake()
         self.get_logger().info(f"prompt set from {source}: {_shorten(text)}")
 
     def _on_prompt(self, msg: String) -> None:
@@ -314,8 +293,8 @@ class TurbopiNode(Node):
         if "blend_s" in changes:
             self.schedule.blend_s = float(changes["blend_s"])
         if "inference_period_s" in changes:
-            self.inference_period_s = float(changes["inference_period_s"])
-            self._new_data.set()
+            self.engine.inference_period_s = float(changes["inference_period_s"])
+            self.engine.wake()
         if "rtc.enabled" in changes:
             self.rtc_enabled = bool(changes["rtc.enabled"])
         if "rtc.max_guidance" in changes:
@@ -327,184 +306,36 @@ class TurbopiNode(Node):
             self.schedule.clear()
             self._last_command = None
         else:
-            self._new_data.set()
+            self.engine.wake()
         response.success = True
         response.message = "enabled" if self._enabled else "disabled: no chunks, no commands"
         self.get_logger().info(response.message)
         return response
 
-    # --- the two workers: preparing observations, running the engine (pipeline.py) ---------------------------------
-    def _prepare_loop(self) -> None:
-        _yield_cpu()
-        self._restarting(self._prepare_iterations, "observation worker")
-
-    def _engine_loop(self) -> None:
-        _yield_cpu()
-        self._restarting(self._engine_iterations, "inference worker")
-
-    def _restarting(self, iterations, name: str) -> None:
-        while not self._stop.is_set():
-            try:
-                iterations()
-            except Exception as e:  # noqa: BLE001 - last resort: a worker must outlive any bug
-                if self._stop.is_set() or not self.context.ok():
-                    return  # shutting down
-                self.get_logger().error(f"{name}: {type(e).__name__}: {e}; restarting it")
-                self.schedule.clear()
-                time.sleep(0.5)
-
-    def _prepare_iterations(self) -> None:
-        """Pipelined (frames not prepared on arrival): prepare the newest inputs into the slot once per engine run,
-        just in time for the engine's end (or at once while it is idle)."""
-        while not self._stop.is_set():
-            if not self._new_data.wait(timeout=0.1):
-                continue
-            self._new_data.clear()
-            if not self._enabled:
-                continue
-            not_before = self._last_run_start + self.inference_period_s
-            delay = self._jit.prepare_delay(not_before)
-            if delay > 0:  # just in time; but at once if the engine turns idle meanwhile (a run shorter than usual)
-                self._engine_waiting.wait(delay)
-                if self._stop.is_set():
-                    return
-            # read together with the engine's claim (see _prepared_in_slot): an observation the engine is taking is
-            # seen either waiting or as the run in progress, never as neither (which looks like an idle engine)
-            waiting, point = self._slot.peek(also=lambda: self._jit.jit_point(not_before))
-            if waiting is not None and waiting.taken_at >= point:
-                continue  # prepared as late as the engine's next start allows already: the engine takes it
-            if point > time.monotonic():  # the engine took the last one since the delay was computed: not due yet
-                self._new_data.set()
-                continue
-            item = self._prepare_newest()
-            if item is not None:
-                self._slot.put(item)
-
-    def _prepare_newest(self) -> Optional[_Prepared]:
-        """Take the newest inputs, check them, convert and preprocess them (Policy.prepare). None when they are no
-        newer than the last observation prepared, or bad (reported)."""
-        snapshot = self.inputs.snapshot()
-        with self._lock:
-            prompt = self._prompt
-        key = (self.inputs.newest_stamp(snapshot), prompt)
-        if key == self._last_key:
-            return None  # nothing newer than the last observation: never infer twice on one (chunk stamps are unique)
-        taken_at, now = time.monotonic(), self.now()
-        try:
-            with self._lock:
-                self._ages = self.inputs.ages(snapshot, now)
-            obs = self.inputs.observation(snapshot, prompt, now,
-                                          image_source=self.frames.source if self.frames else None)
-            t0 = time.perf_counter()
-            prepared = self.policy.prepare(obs)
-            self._jit.prepared(time.perf_counter() - t0)
-        except WaitingForInput as e:
-            self._fail(str(e), waiting=True)
-            self._stop.wait(0.05)
-            return None
-        except (InputError, ObservationError, ValueError) as e:
-            self._fail(str(e))
-            self._stop.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
-            return None
-        self._last_key = key
-        return _Prepared(prepared, snapshot, taken_at)
-
-    def _prepared_on_demand(self) -> Optional[_Prepared]:
-        """Frames prepared on arrival: preparing an observation is a copy, so the engine thread prepares the newest
-        inputs itself once it is free (and pacing allows): it idles for that copy, and never runs an observation
-        that waited for it."""
-        if not self._new_data.wait(timeout=0.1):
-            return None
-        self._new_data.clear()
-        if not self._enabled:
-            return None
-        wait = self._last_run_start + self.inference_period_s - time.monotonic()
-        if wait > 0:  # pacing: at most one inference per inference_period_s, on the newest inputs after it
-            self._stop.wait(min(wait, PACING_POLL_S))
-            self._new_data.set()  # look again then
-            return None
-        return self._prepare_newest()
-
-    def _prepared_in_slot(self) -> Optional[_Prepared]:
-        """Pipelined: the observation the preparing thread put in the slot, once pacing allows. Taking it claims the
-        engine (JustInTime.run_started), atomically, so the preparer's next one is timed for this run's end."""
-        wait = self._last_run_start + self.inference_period_s - time.monotonic()
-        if wait > 0:  # pacing: at most one inference per inference_period_s (the preparer aims at its end)
-            self._stop.wait(min(wait, PACING_POLL_S))
-            return None
-        item = self._slot.take(timeout=0.0, claim=self._jit.run_started)
-        if item is None:  # idle: let the preparer prepare at once (it also wakes on every new input)
-            self._engine_waiting.set()
-            self._new_data.set()
-            item = self._slot.take(timeout=0.1, claim=self._jit.run_started)
-        self._engine_waiting.clear()
-        if item is not None and not self._enabled:
-            self._jit.run_abandoned()
-            return None
-        return item
-
-    def _engine_iterations(self) -> None:
-        """Run the engine on each prepared observation that is still fresh, publish the chunk."""
-        while not self._stop.is_set():
-            item = self._prepared_on_demand() if self.frames is not None else self._prepared_in_slot()
-            if item is None:
-                continue
-            stale = self.inputs.stale(item.snapshot, self.now())
-            if stale:  # went stale while it waited: dropped, never acted on
-                self._jit.run_abandoned()
-                self._dropped_stale += 1
-                self._fail(f"observation went stale before inference: {stale}")
-                continue
-            self._last_run_start = time.monotonic()
-            try:
-                chunk = self._run(item.prepared, **self._guidance(item.prepared.stamp))
-            except (InputError, ObservationError, ValueError) as e:
-                self._fail(str(e))
-                continue
-            except Exception as e:  # noqa: BLE001 - an engine failure must not kill the node
-                self._fail(f"inference failed: {type(e).__name__}: {e}")
-                self._stop.wait(0.02)
-                continue
-            finally:
-                self._jit.run_ended()
-            if self._enabled and not self._stop.is_set():
-                self._publish_chunk(chunk, run_start=self._last_run_start, pipeline_s=time.monotonic() - item.taken_at,
-                                    wait_s=self._last_run_start - item.taken_at)
-
+    # --- the engine's hooks (engine_worker.py) ----------------------------------------------------------------------
     def _guidance(self, stamp: float) -> Dict[str, object]:
-        """Real-time chunking's arguments for an observation at ``stamp`` (none when it is off or nothing is being
-        executed): the chunk being executed is the target; d = actions that will have been executed from it before
-        the new chunk can take over (the worst of the last 5 observation-to-chunk latencies, in actions, rounded
-        up); s = actions between the two observations (where the target's overlap ends)."""
+        """Real-time chunking's arguments (rtc_target.guidance_arguments), while it is on."""
         current = self.schedule.current if self.rtc_enabled else None
-        if current is None or current.end <= stamp:
-            return {}
-        with self._lock:
-            recent = self._stage_ms["latency"][-5:]
-        delay = math.ceil(max(recent) * 1e-3 * self.rate_hz) if recent else 0
-        shift = max(int(round((stamp - current.stamp) * self.rate_hz)), 0)
-        return {"previous": PreviousChunk(current.actions, current.stamp, self.rate_hz), "delay_steps": delay,
-                "execution_horizon": shift, "max_guidance": self.rtc_max_guidance}
+        latencies = [ms * 1e-3 for ms in self.stats.recent_ms("latency", 5)]
+        return guidance_arguments(current, stamp, latencies, self.rate_hz, self.rtc_max_guidance)
 
     def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
         engine_s, now = time.monotonic() - run_start, self.now()
-        if self._from_the_future(chunk, now) or self._inputs_went_stale(now) or self._paused_during(run_start):
+        refused = self.gate.refuse(chunk.stamp, run_start, now)
+        if refused:
+            self._fail(refused)
             return
         self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
-        if self._chunk_count == 0:
-            self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in {chunk.timings['total'] * 1e3:.0f} ms")
+        if self.stats.chunks == 0:
+            self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
+                                   f"{chunk.timings['total'] * 1e3:.0f} ms")
         ended = self.problems.clear()
         if ended:
             self.get_logger().info(f"recovered: chunks flowing again (was: {ended})")
-        with self._lock:
-            self._chunk_count += 1
-            for stage, seconds in dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
-                                       observation_to_chunk=pipeline_s, observation_wait=wait_s).items():
-                self._stage_ms[stage] = (self._stage_ms[stage] + [seconds * 1e3])[-20:]
-            if chunk.guidance_error is not None:
-                self._guidance_errors = (self._guidance_errors + [chunk.guidance_error])[-20:]
-        self._chunk_times.add(time.monotonic())
+        self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
+                                        observation_to_chunk=pipeline_s, observation_wait=wait_s),
+                                   chunk.guidance_error)
 
     def _fail(self, message: str, waiting: bool = False) -> None:
         """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', log it
@@ -513,90 +344,13 @@ class TurbopiNode(Node):
             self.schedule.clear()
         if self.context.ok():  # shutting down: the log's rosout publisher is gone
             self.problems.report(message, waiting)
-        self._new_data.set()
+        self.engine.wake()
 
-    def _watched(self, run):
-        """``run`` that records when it started, for _check_stall."""
-        def watched(*args, **kwargs):
-            self._inference_started = time.monotonic()
-            try:
-                return run(*args, **kwargs)
-            finally:
-                self._inference_started = None
-        return watched
+    def _worker_failed(self, message: str) -> None:
+        self.get_logger().error(message)
+        self.schedule.clear()
 
-    def _stall_bound_s(self) -> float:
-        with self._lock:
-            runs = list(self._stage_ms["engine"])
-        if not runs:
-            return FIRST_INFERENCE_STALL_S
-        return max(STALL_MIN_S, STALL_FACTOR * float(np.median(runs)) * 1e-3)
-
-    def _check_stall(self) -> None:
-        """An inference running far longer than usual (a hung engine, a driver stall) is an error on /diagnostics while
-        it lasts. The commands are left alone: they follow the current chunk to its end and stop (or hold) there."""
-        started = self._inference_started
-        if started is None:
-            return
-        if self.pauses.paused_since(started):
-            return  # the node itself paused, not the inference: reported as such (_node_paused)
-        running, bound = time.monotonic() - started, self._stall_bound_s()
-        if running > bound:
-            self.problems.report(f"inference stalled: running for {running:.1f} s (more than {bound:.1f} s = "
-                                 f"max({STALL_MIN_S:g} s, {STALL_FACTOR:g} x the median inference time))")
-
-    def _paused_during(self, run_start: float) -> bool:
-        """The node paused while the chunk was computed: its observation is as old as the pause (pauses.py), so the
-        chunk is dropped, whether or not fresh inputs arrived first after the pause."""
-        if self.pauses.paused_since(run_start):
-            self._fail("chunk dropped: the node paused while it was computed, its observation is stale")
-            return True
-        return False
-
-    def _inputs_went_stale(self, now: float) -> bool:
-        """The inputs went stale while the chunk was computed (a sensor stopped, the node was paused): the chunk is
-        dropped, as the command stream stops, rather than published with a stamp far in the past."""
-        stale = self.inputs.stale(self.inputs.snapshot(), now)
-        if stale:
-            self._fail(f"chunk dropped: its inputs went stale while it was computed: {stale}")
-        return bool(stale)
-
-    def _from_the_future(self, chunk, now: float) -> bool:
-        """A chunk whose observation is stamped ahead of the clock by more than max_observation_age_s: the clock
-        jumped back (use_sim_time: a simulation or bag restarted) while it was computed. Dropped: a trajectory stamped
-        in the future would wait that long to start."""
-        ahead = chunk.stamp - now
-        if ahead <= self.inputs.max_age_s:
-            return False
-        self._fail(f"chunk dropped: its observation is stamped {ahead:.2f} s ahead of the node's clock (the clock "
-                   "jumped back while it was computed)")
-        return True
-
-    # --- the command stream -----------------------------------------------------------------------------------------
-    def _command_loop(self) -> None:
-        """Commands at absolute deadlines on the monotonic clock; a stall of over two periods restarts the grid
-        instead of sending a burst of late commands."""
-        deadline = time.monotonic()
-        while not self._stop.is_set():
-            period = self._command_period
-            deadline += period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                if self._stop.wait(delay):
-                    return
-            elif delay < -2 * period:
-                deadline = time.monotonic()
-            paused = self.pauses.beat(-delay, period)
-            if paused:
-                self._node_paused(paused)
-            try:
-                self._on_command_tick()
-            except Exception as e:  # noqa: BLE001 - the stream must outlive any bug; shutting down ends it
-                if self._stop.is_set() or not self.context.ok():
-                    return
-                self.get_logger().error(f"command stream: {type(e).__name__}: {e}")
-                self._stop.wait(0.1)
-
+    # --- the command stream (command_stream.py) ---------------------------------------------------------------------
     def _node_paused(self, seconds: float) -> None:
         """The command thread woke ``seconds`` after its deadline: the whole process was not scheduled (pauses.py).
         Named as such, since every input now looks stale and would otherwise be blamed."""
@@ -622,81 +376,42 @@ class TurbopiNode(Node):
                 return
         self._last_command = command
         self.command_pub.publish(Float64MultiArray(data=command.tolist()))
-        self._command_times.add(time.monotonic())
+        self.stats.command_times.add(time.monotonic())
 
     def _command_period_s(self) -> float:
-        """The command timer's period: command_rate_hz, or the measured joint_states rate (the control rate until
+        """The command stream's period: command_rate_hz, or the measured joint_states rate (the control rate until
         joint states arrive)."""
         if self.command_rate_hz > 0:
             return 1.0 / self.command_rate_hz
-        measured = self._joint_times.median_rate(self.now(), idle_s=2.0)
-        return 1.0 / (measured or self.rate_hz)
+        return 1.0 / (self.stats.joint_rate(self.now()) or self.rate_hz)
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _on_housekeeping(self) -> None:
         period = self._command_period_s()
         if abs(period - self._command_period) > 0.01 * period:  # follow the measured rate (1 % hysteresis)
             self._command_period = period
+            if self._commands is not None:
+                self._commands.period_s = period
             if self._command_timer is not None:
                 self._command_timer.timer_period_ns = int(round(period * 1e9))
-        self._check_stall()
+        stalled = self.engine.stall(self.stats.recent_ms("engine"), self.pauses.paused_since)
+        if stalled:  # reported only: the commands follow the current chunk to its end and stop (or hold) there
+            self.problems.report(stalled)
         self._publish_diagnostics()
 
-    def _stats(self) -> Dict[str, float]:
-        mono = time.monotonic()
-        with self._lock:
-            stats = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
-            if self._stage_ms["observation_wait"]:  # a median hides observations that waited a whole run
-                stats["observation_wait_max_ms"] = float(max(self._stage_ms["observation_wait"]))
-        stats["chunk_rate_hz"] = self._chunk_times.rate(mono, idle_s=2.0)
-        stats["command_rate_hz"] = self._command_times.rate(mono, idle_s=1.0)
-        stats["command_period_target_ms"] = self._command_period * 1e3
-        stats["joint_states_rate_hz"] = self._joint_times.median_rate(self.now(), idle_s=2.0) or 0.0
-        stats["superseded"] = float(self._slot.superseded)
-        stats["dropped_stale"] = float(self._dropped_stale)
-        if self.frames is not None:
-            frame_ms = self.frames.median_ms()
-            if frame_ms is not None:
-                stats["frame_prepare_ms"] = frame_ms
-            stats["frames_skipped"], stats["frames_late"] = float(self.frames.skipped), float(self.frames.late)
-        with self._lock:
-            if self.rtc_enabled and self._guidance_errors:
-                stats["rtc_guidance_error"] = float(np.median(self._guidance_errors))
-        return stats
+    def _values(self) -> Dict[str, float]:
+        return self.stats.values(self.now(), self._command_period, self.rtc_enabled, self.engine, self.frames)
 
     def _publish_diagnostics(self) -> None:
-        stats = self._stats()
-        with self._lock:
-            ages, count = dict(self._ages), self._chunk_count
-        problem, level = self.problems.message, self.problems.level
-        status = DiagnosticStatus(name="turbopi_node: policy", hardware_id=str(self.policy.device))
-        if level == "error":
-            status.level, status.message = DiagnosticStatus.ERROR, problem
-        elif not self._enabled:
-            status.level, status.message = DiagnosticStatus.OK, "disabled (call ~/enable)"
-        elif level == "warn":
-            status.level, status.message = DiagnosticStatus.WARN, problem
-        elif stats["chunk_rate_hz"] == 0.0:
-            status.level, status.message = DiagnosticStatus.WARN, "no chunks yet"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, f"{stats['chunk_rate_hz']:.1f} chunks/s"
-        values = {"enabled": str(self._enabled), "chunks": str(count), "errors": str(self.problems.count),
-                  "last_error": problem if level == "error" else ""}
-        values.update({k: f"{v:.3f}" for k, v in stats.items()})
-        values.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        status = diagnostic_status(self._values(), self.engine.ages, self.problems, self._enabled, self.stats.chunks,
+                                   str(self.policy.device))
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)
 
     def _log_status(self) -> None:
-        stats = self._stats()
-        stages = " ".join(f"{s} {stats[s + '_ms']:.1f}" for s in STAGES if s + "_ms" in stats)
-        with self._lock:
-            ages = " ".join(f"{k} {v:.2f}s" for k, v in self._ages.items())
+        line = status_line(self._values(), self.engine.ages)
         level, problem = self.problems.level, self.problems.message
-        line = (f"{stats['chunk_rate_hz']:.1f} chunks/s, commands {stats['command_rate_hz']:.0f}/s | ms: "
-                f"{stages or '-'} | ages: {ages or '-'}")
         if level == "error":
             self.get_logger().error(line + f" | ERROR {problem}")
         elif level == "warn":
@@ -705,25 +420,18 @@ class TurbopiNode(Node):
             self.get_logger().info(line)
 
     def destroy_node(self, join_timeout_s: float = 3.0) -> bool:
-        """Stop the inference worker and destroy the node. Returns False when the worker was still busy after
-        ``join_timeout_s`` (a long inference): the caller then exits without waiting for it (see spin.py). Under
-        `ros2 launch`, SIGTERM follows SIGINT after 5 s: finish well before."""
+        """Stop the engine and the command stream and destroy the node. Returns False when the engine was still busy
+        after ``join_timeout_s`` (a long inference): the caller then exits without waiting for it (see spin.py).
+        Under `ros2 launch`, SIGTERM follows SIGINT after 5 s: finish well before."""
         stopped = True
-        if hasattr(self, "_worker") and self._worker.ident is not None:
-            self._stop.set()
-            self._new_data.set()
-            self._engine_waiting.set()
-            self._worker.join(timeout=join_timeout_s)
-            stopped = not self._worker.is_alive()
-            if self._preparer.ident is not None:
-                self._preparer.join(timeout=1.0)
-                stopped = stopped and not self._preparer.is_alive()
-            if self._command_thread is not None:
-                self._command_thread.join(timeout=1.0)
+        if hasattr(self, "engine"):
+            stopped = self.engine.stop(join_timeout_s)
+        if getattr(self, "_commands", None) is not None:
+            self._commands.join(1.0)
         if getattr(self, "frames", None) is not None:
             self.frames.close()
         if getattr(self, "_log_handler", None) is not None:
-            _stop_forwarding(self._log_handler)
+            stop_forwarding(self._log_handler)
         if stopped and hasattr(self, "policy"):
             self.policy.close()
         super().destroy_node()
@@ -733,56 +441,3 @@ class TurbopiNode(Node):
 def _shorten(text: str, limit: int = 200) -> str:
     """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
-
-
-WORKER_NICENESS = 10
-
-
-def _yield_cpu() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread, and threads it starts inherit it: the camera
-    pool, torch's workers). The heavy work (preparation, inference) then yields the cores to the command stream and
-    the executor when the machine is busy, so commands keep their deadlines; raising a priority needs privileges,
-    lowering one does not."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
-        pass
-
-
-class _RosLogHandler(logging.Handler):
-    """Python logging of the package (the policy's warnings: random weights, no norm stats) to the node's logger, so
-    it reaches the console and /rosout like the node's own messages."""
-
-    def __init__(self, ros_logger):
-        super().__init__(logging.INFO)
-        self.ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = self.format(record)
-            if record.levelno >= logging.ERROR:
-                self.ros_logger.error(message)
-            elif record.levelno >= logging.WARNING:
-                self.ros_logger.warning(message)
-            else:
-                self.ros_logger.info(message)
-        except Exception:  # noqa: BLE001 - logging must never raise into the caller
-            self.handleError(record)
-
-
-def _forward_python_logging(ros_logger) -> logging.Handler:
-    """Attach a _RosLogHandler to the package's Python logger (INFO and up); remove it with
-    _stop_forwarding. With a handler in the hierarchy, Python's last-resort stderr output stays silent, so each
-    message appears once."""
-    handler = _RosLogHandler(ros_logger)
-    package = get_logger("turbopi_ros")
-    handler.previous_level = package.level
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    return handler
-
-
-def _stop_forwarding(handler: logging.Handler) -> None:
-    package = get_logger("turbopi_ros")
-    package.removeHandler(handler)
-    package.setLevel(handler.previous_level)

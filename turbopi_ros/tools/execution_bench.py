@@ -202,7 +202,7 @@ def rtc_denoise_cost(params: Dict[str, object], repeats: int = 10) -> Dict[str, 
     median seconds of the denoise stage of Policy.infer, and their ratio."""
     from .fake_robot import pattern
     from ..policy.policy import Observation, Policy
-    from ..policy.rtc import PreviousChunk
+    from ..policy.rtc_target import PreviousChunk
 
     n = len(params["action.joints"])
     policy = Policy.from_params(checkpoint=str(params["model.checkpoint"]), preset=str(params["model.preset"]),

@@ -130,3 +130,18 @@ def guidance_target(previous: PreviousChunk, *, stamp: float, state: np.ndarray,
     weights = pad_to_dim(np.repeat(per_action[:, None], n, axis=1), action_dim)
     frozen = (np.arange(horizon) < delay_steps) & (per_action == 1.0)  # the first d (at most H - s) with a target
     return GuidanceTarget(target=pad_to_dim(target, action_dim), weights=weights, frozen=frozen)
+
+
+def guidance_arguments(current, stamp: float, latencies_s: Sequence[float], rate_hz: float,
+                       max_guidance: float) -> dict:
+    """Policy.infer's real-time chunking arguments for an observation at ``stamp`` while ``current`` (a chunking.Chunk,
+    or None) is executed: none when nothing is or it ends before ``stamp``. d = the actions that will have been
+    executed from it before the new chunk can take over (the worst of the recent observation-to-chunk
+    ``latencies_s``, in actions, rounded up); s = the actions between the two observations (where the target's
+    overlap ends)."""
+    if current is None or current.end <= stamp:
+        return {}
+    delay = math.ceil(max(latencies_s) * rate_hz) if len(latencies_s) else 0
+    shift = max(int(round((stamp - current.stamp) * rate_hz)), 0)
+    return {"previous": PreviousChunk(current.actions, current.stamp, rate_hz), "delay_steps": delay,
+            "execution_horizon": shift, "max_guidance": max_guidance}

@@ -1,0 +1,29 @@
+"""The last check before a computed chunk goes out: is it still about now? Its observation was fresh when the engine
+took it, but while it was computed the clock may have jumped back, a sensor may have stopped, or the whole node may
+have paused. Such a chunk is dropped, as the command stream stops, rather than published with a stamp far in the past
+(a controller would jump to its last point) or in the future (it would wait that long to start)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .inputs import InputBuffer
+from .pauses import PauseWatch
+
+
+class ChunkGate:
+    def __init__(self, inputs: InputBuffer, pauses: PauseWatch):
+        self.inputs, self.pauses = inputs, pauses
+
+    def refuse(self, stamp: float, run_start: float, now: float) -> Optional[str]:
+        """Why a chunk whose observation is stamped ``stamp`` (node clock), computed from ``run_start`` (monotonic),
+        must not be published at ``now`` (node clock); None when it may."""
+        ahead = stamp - now
+        if ahead > self.inputs.max_age_s:  # use_sim_time: a simulation or bag restarted
+            return (f"chunk dropped: its observation is stamped {ahead:.2f} s ahead of the node's clock (the clock "
+                    "jumped back while it was computed)")
+        stale = self.inputs.stale(self.inputs.snapshot(), now)
+        if stale:
+            return f"chunk dropped: its inputs went stale while it was computed: {stale}"
+        if self.pauses.paused_since(run_start):  # whether or not fresh inputs arrived first after the pause
+            return "chunk dropped: the node paused while it was computed, its observation is stale"
+        return None

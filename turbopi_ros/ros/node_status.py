@@ -1,0 +1,104 @@
+"""What the node measures and reports: per-stage latencies of the last chunks, the chunk, command and joint-state
+rates, real-time chunking's guidance error; as /diagnostics values (``diagnostic_status``) and as the one-line status
+log (``status_line``)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from ..policy.policy import STAGES
+from .problems import ProblemLog
+from .rates import EventRate
+
+STATUS_NAME = "turbopi_node: policy"
+KEPT = 20  # chunks whose stage times the medians are over
+# per chunk, besides the policy's stages: latency (observation stamp -> publish), engine (the run), observation_to_chunk
+# (inputs taken -> publish), observation_wait (inputs taken -> the engine starts on them)
+TIMES = STAGES + ("total", "latency", "engine", "observation_to_chunk", "observation_wait")
+
+
+class NodeStats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stage_ms: Dict[str, List[float]] = {s: [] for s in TIMES}
+        self._guidance_errors: List[float] = []
+        self.chunks = 0
+        self.chunk_times, self.command_times = EventRate(KEPT), EventRate(200)  # monotonic
+        self.joint_times = EventRate(100)  # on the node's clock: the command stream follows it
+
+    def chunk_published(self, seconds: Dict[str, float], guidance_error: Optional[float]) -> None:
+        """A chunk went out; ``seconds``: its time per entry of TIMES."""
+        with self._lock:
+            self.chunks += 1
+            for stage, s in seconds.items():
+                self._stage_ms[stage] = (self._stage_ms[stage] + [s * 1e3])[-KEPT:]
+            if guidance_error is not None:
+                self._guidance_errors = (self._guidance_errors + [guidance_error])[-KEPT:]
+        self.chunk_times.add(time.monotonic())
+
+    def recent_ms(self, stage: str, count: int = KEPT) -> List[float]:
+        """The last ``count`` times (ms) of one entry of TIMES."""
+        with self._lock:
+            return self._stage_ms[stage][-count:]
+
+    def joint_rate(self, now: float) -> Optional[float]:
+        """The joint states' measured rate (Hz) at ``now`` on the node's clock; None before there is one."""
+        return self.joint_times.median_rate(now, idle_s=2.0)
+
+    def values(self, now: float, command_period_s: float, rtc: bool, engine, frames) -> Dict[str, float]:
+        """Medians of the stage times (ms), the longest observation wait, the rates (``now`` on the node's clock), the
+        engine's (engine_worker.EngineWorker) dropped observations and the frames' (frames.FramePreparer, or None)
+        preparation."""
+        mono = time.monotonic()
+        with self._lock:
+            values = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
+            if self._stage_ms["observation_wait"]:  # a median hides observations that waited a whole run
+                values["observation_wait_max_ms"] = float(max(self._stage_ms["observation_wait"]))
+            if rtc and self._guidance_errors:
+                values["rtc_guidance_error"] = float(np.median(self._guidance_errors))
+        values["chunk_rate_hz"] = self.chunk_times.rate(mono, idle_s=2.0)
+        values["command_rate_hz"] = self.command_times.rate(mono, idle_s=1.0)
+        values["command_period_target_ms"] = command_period_s * 1e3
+        values["joint_states_rate_hz"] = self.joint_rate(now) or 0.0
+        values["superseded"], values["dropped_stale"] = float(engine.superseded), float(engine.dropped_stale)
+        if frames is not None:
+            frame_ms = frames.median_ms()
+            if frame_ms is not None:
+                values["frame_prepare_ms"] = frame_ms
+            values["frames_skipped"], values["frames_late"] = float(frames.skipped), float(frames.late)
+        return values
+
+
+def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems: ProblemLog, enabled: bool,
+                      chunks: int, hardware_id: str) -> DiagnosticStatus:
+    """The node's DiagnosticStatus: ERROR naming the newest problem, WARN while waiting for input or for a first
+    chunk, OK with the chunk rate; every measured value and input age as key/values."""
+    problem, level = problems.message, problems.level
+    status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
+    if level == "error":
+        status.level, status.message = DiagnosticStatus.ERROR, problem
+    elif not enabled:
+        status.level, status.message = DiagnosticStatus.OK, "disabled (call ~/enable)"
+    elif level == "warn":
+        status.level, status.message = DiagnosticStatus.WARN, problem
+    elif values["chunk_rate_hz"] == 0.0:
+        status.level, status.message = DiagnosticStatus.WARN, "no chunks yet"
+    else:
+        status.level, status.message = DiagnosticStatus.OK, f"{values['chunk_rate_hz']:.1f} chunks/s"
+    texts = {"enabled": str(enabled), "chunks": str(chunks), "errors": str(problems.count),
+             "last_error": problem if level == "error" else ""}
+    texts.update({k: f"{v:.3f}" for k, v in values.items()})
+    texts.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
+    status.values = [KeyValue(key=k, value=v) for k, v in texts.items()]
+    return status
+
+
+def status_line(values: Dict[str, float], ages: Dict[str, float]) -> str:
+    stages = " ".join(f"{s} {values[s + '_ms']:.1f}" for s in STAGES if s + "_ms" in values)
+    age_text = " ".join(f"{k} {v:.2f}s" for k, v in ages.items())
+    return (f"{values['chunk_rate_hz']:.1f} chunks/s, commands {values['command_rate_hz']:.0f}/s | ms: "
+            f"{stages or '-'} | ages: {age_text or '-'}")
