@@ -1,0 +1,180 @@
+"""The node's parts, each on its own (without a node): the command stream's thread, the last check before a chunk goes
+out, the engine worker's loop and stall watch, the statistics and their /diagnostics status."""
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diagnostic_msgs")
+
+from turbopi_ros.ros.chunk_gate import ChunkGate  # noqa: E402
+from turbopi_ros.ros.command_stream import CommandStream  # noqa: E402
+from turbopi_ros.ros.engine_worker import EngineHooks, EngineWorker  # noqa: E402
+from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
+from turbopi_ros.ros.node_status import NodeStats, diagnostic_status, status_line  # noqa: E402
+from turbopi_ros.ros.pauses import PauseWatch  # noqa: E402
+from turbopi_ros.ros.problems import ProblemLog  # noqa: E402
+
+MAX_AGE_S = 0.5
+
+
+def joint_state(stamp: float, position: float = 0.1):
+    sec = int(stamp)
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=int(round((stamp - sec) * 1e9))))
+    return SimpleNamespace(header=header, name=["j"], position=[position])
+
+
+def joints_only(now: float) -> InputBuffer:
+    inputs = InputBuffer([], {JOINT_STATES: "/joint_states"}, ["j"], MAX_AGE_S)
+    inputs.store(JOINT_STATES, joint_state(now))
+    return inputs
+
+
+# --- the command stream -------------------------------------------------------------------------------------------
+def _stream(tick, period=0.01, threshold=0.3):
+    pauses, stop, events = PauseWatch(threshold), threading.Event(), {"paused": [], "errors": []}
+    stream = CommandStream(tick, period, pauses, events["paused"].append, events["errors"].append, stop,
+                           alive=lambda: True)
+    return stream, stop, events
+
+
+def test_the_command_stream_ticks_at_its_period_and_follows_a_new_one():
+    ticks = []
+    stream, stop, events = _stream(lambda: ticks.append(time.monotonic()))
+    stream.start()
+    time.sleep(0.5)
+    stream.period_s = 0.02
+    time.sleep(0.1)
+    switched = len(ticks)
+    time.sleep(0.5)
+    stop.set()
+    stream.join(1.0)
+    fast, slow = np.diff(ticks[5:switched - 5]), np.diff(ticks[switched:])
+    assert np.median(fast) == pytest.approx(0.01, rel=0.2) and np.median(slow) == pytest.approx(0.02, rel=0.2)
+    assert events == {"paused": [], "errors": []}
+
+
+def test_a_late_tick_is_a_pause_and_a_failing_tick_does_not_end_the_stream():
+    calls = []
+
+    def tick():
+        calls.append(time.monotonic())
+        if len(calls) == 5:
+            time.sleep(0.6)  # the thread did not run: as a paused process looks to it
+        if len(calls) == 10:
+            raise RuntimeError("boom")
+
+    stream, stop, events = _stream(tick)
+    stream.start()
+    time.sleep(1.2)
+    stop.set()
+    stream.join(1.0)
+    assert len(events["paused"]) == 1 and 0.5 < events["paused"][0] < 2.0, events
+    assert events["errors"] == ["command stream: RuntimeError: boom"]
+    assert len(calls) > 20  # went on after both
+
+
+# --- the chunk gate -----------------------------------------------------------------------------------------------
+def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
+    clock = SimpleNamespace(t=100.0)
+    inputs = joints_only(1000.0)
+    pauses = PauseWatch(MAX_AGE_S, clock=lambda: clock.t)
+    gate = ChunkGate(inputs, pauses)
+    assert gate.refuse(stamp=999.95, run_start=99.9, now=1000.05) is None
+    assert "ahead of the node's clock" in gate.refuse(stamp=1001.0, run_start=99.9, now=1000.05)
+    assert "its inputs went stale while it was computed: joint_states: newest message is 0.80 s old" in \
+        gate.refuse(stamp=999.95, run_start=99.9, now=1000.8)
+    clock.t += 2.0
+    pauses.beat(2.0, 0.02)  # the node did not run for 2 s after the run started
+    assert "the node paused while it was computed" in gate.refuse(stamp=999.95, run_start=99.9, now=1000.05)
+
+
+# --- the engine worker --------------------------------------------------------------------------------------------
+class FakePolicy:
+    def prepare(self, obs):
+        return SimpleNamespace(stamp=obs.stamp, state=obs.state)
+
+
+def _worker(inputs, run, **hooks):
+    published, failures = [], []
+    defaults = dict(now=time.time, prompt=lambda: "stack the cups", enabled=lambda: True,
+                    fail=lambda message, waiting=False: failures.append(message), guidance=lambda stamp: {},
+                    publish=lambda chunk, **times: published.append((chunk, times)), worker_failed=failures.append,
+                    alive=lambda: True)
+    defaults.update(hooks)
+    return EngineWorker(FakePolicy(), run, inputs, None, EngineHooks(**defaults)), published, failures
+
+
+def test_the_engine_runs_each_new_observation_once_and_never_a_stale_one():
+    inputs = joints_only(time.time())
+    worker, published, failures = _worker(inputs, lambda prepared: ("chunk", prepared.stamp))
+    worker.start()
+    for _ in range(5):
+        time.sleep(0.05)
+        inputs.store(JOINT_STATES, joint_state(time.time()))
+        worker.wake()
+    time.sleep(0.3)
+    stamps = [chunk[1] for chunk, _ in published]
+    assert len(stamps) >= 2 and stamps == sorted(set(stamps)), stamps  # one chunk per observation, in order
+    n = len(published)
+    inputs.store(JOINT_STATES, joint_state(time.time() - 2.0))  # a stale newest message
+    worker.wake()
+    time.sleep(0.3)
+    assert worker.stop(1.0)
+    assert len(published) == n and any("newest message is 2.0" in f for f in failures), failures
+
+
+def test_a_failing_engine_is_reported_and_the_worker_goes_on():
+    inputs = joints_only(time.time())
+    calls = []
+
+    def run(prepared):
+        calls.append(prepared.stamp)
+        if len(calls) == 1:
+            raise RuntimeError("engine exploded")
+        return "chunk"
+
+    worker, published, failures = _worker(inputs, run)
+    worker.start()
+    time.sleep(0.1)
+    inputs.store(JOINT_STATES, joint_state(time.time()))
+    worker.wake()
+    time.sleep(0.3)
+    assert worker.stop(1.0)
+    assert failures[:1] == ["inference failed: RuntimeError: engine exploded"] and len(published) == 1
+
+
+def test_a_stall_is_reported_against_recent_runs_but_not_across_a_pause():
+    worker, _, _ = _worker(joints_only(time.time()), lambda prepared: "chunk")
+    assert worker.stall([50.0] * 5, lambda t: False) is None  # nothing running
+    worker.inference_started = time.monotonic() - 1.5
+    assert worker.stall([50.0] * 5, lambda t: False).startswith("inference stalled: running for 1.5 s (more than "
+                                                                "1.0 s")
+    assert worker.stall([500.0] * 5, lambda t: False) is None  # 5 x the median: 2.5 s
+    assert worker.stall([], lambda t: False) is None  # before a first chunk: warm-up allowed
+    assert worker.stall([50.0] * 5, lambda t: True) is None  # the node paused: reported as such
+
+
+# --- statistics and diagnostics -----------------------------------------------------------------------------------
+def test_statistics_become_the_status_and_the_status_line():
+    stats = NodeStats()
+    for i in range(3):
+        stats.chunk_published({"denoise": 0.040 + 0.001 * i, "total": 0.070, "latency": 0.080, "engine": 0.07,
+                               "observation_to_chunk": 0.072, "observation_wait": 0.002 * i}, None)
+    engine = SimpleNamespace(superseded=2, dropped_stale=1)
+    values = stats.values(now=0.0, command_period_s=0.02, rtc=False, engine=engine, frames=None)
+    assert values["denoise_ms"] == pytest.approx(41.0) and values["observation_wait_max_ms"] == pytest.approx(4.0)
+    assert values["command_period_target_ms"] == pytest.approx(20.0) and values["dropped_stale"] == 1.0
+    assert stats.recent_ms("latency", 2) == pytest.approx([80.0, 80.0])
+    problems = ProblemLog(lambda m: None, lambda m: None)
+    ok = diagnostic_status(values, {"joint_states": 0.01}, problems, True, stats.chunks, "cpu")
+    assert ok.level == ok.OK and ok.message.endswith("chunks/s")
+    keys = {kv.key: kv.value for kv in ok.values}
+    assert keys["chunks"] == "3" and keys["age_joint_states_s"] == "0.010" and keys["denoise_ms"] == "41.000"
+    problems.report("camera 'base_0_rgb': newest message is 2.00 s old")
+    bad = diagnostic_status(values, {}, problems, True, stats.chunks, "cpu")
+    assert bad.level == bad.ERROR and "2.00 s old" in bad.message
+    assert "denoise 41.0" in status_line(values, {"joint_states": 0.01}) and "joint_states 0.01s" in \
+        status_line(values, {"joint_states": 0.01})
