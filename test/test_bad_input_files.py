@@ -1,6 +1,6 @@
 """Bad files at start-up: a checkpoint that is truncated, of the wrong dtype or a pickle, a directory without
 config.json, norm stats with NaN or missing keys, a tokenizer that is not SentencePiece. Each is refused when the policy
-loads (Policy.from_params, what the node calls) with a message naming the file and what was wrong, and nothing is ever
+loads (load_policy, what the node calls) with a message naming the file and what was wrong, and nothing is ever
 unpickled. Through the node (test_bad_input_startup.py): that message after 'cannot start:', exit 1, no traceback."""
 import json
 import pickle
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from test_policy import _sentencepiece
 from turbopi_ros.model.checkpoint import openpi_state_dict, random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
-from turbopi_ros.policy.policy import Policy
+from turbopi_ros.policy.loading import load_policy
 
 STATS = {k: {"mean": [0.0] * 32, "std": [1.0] * 32, "q01": [-1.0] * 32, "q99": [1.0] * 32}
          for k in ("state", "actions")}
@@ -127,7 +127,7 @@ def _params(good, case) -> dict:
 
 
 def test_the_good_files_load(good):
-    policy = Policy.from_params(**_params(good, lambda g: {}), action_dims=7)
+    policy = load_policy(**_params(good, lambda g: {}), action_dims=7)
     assert policy.norm_stats is not None and policy.tokenizer.vocab_size == 60
 
 
@@ -138,4 +138,4 @@ def test_refused_when_the_policy_loads(good, case, monkeypatch):
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("a pickle was opened"))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     with pytest.raises(ValueError, match=CASES[case]):
-        Policy.from_params(**params, action_dims=7)
+        load_policy(**params, action_dims=7)

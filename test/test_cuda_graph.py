@@ -62,13 +62,14 @@ def test_encoder_graphs_equal_eager(variant, dtype):
 def test_policy_with_cuda_graphs_equals_eager():
     import numpy as np
 
-    from turbopi_ros.policy.policy import Observation, Policy
+    from turbopi_ros.policy.loading import load_policy
+    from turbopi_ros.policy.policy import Observation
 
     rng = np.random.default_rng(0)
     images = {name: rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for name in ("base_0_rgb", "left_wrist_0_rgb")}
     chunks = []
     for graphs in (False, True):
-        policy = Policy.from_params(checkpoint="random", preset="tiny", device="cuda", seed=3, action_dims=7,
+        policy = load_policy(checkpoint="random", preset="tiny", device="cuda", seed=3, action_dims=7,
                                     cuda_graph=graphs)
         obs = Observation(images=images, state=np.linspace(-1, 1, 7), prompt="pick up the cube", stamp=1.0)
         chunks.append([policy.infer(obs).actions for _ in range(2)])  # the second replays

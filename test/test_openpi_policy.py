@@ -18,6 +18,7 @@ from turbopi_ros.tools import verify
 from turbopi_ros.model.checkpoint import load_model, random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.adapters import ADAPTERS, make_adapter
+from turbopi_ros.policy.loading import load_policy
 from turbopi_ros.policy.policy import Observation, ObservationError, Policy
 from turbopi_ros.policy.rtc_target import PreviousChunk
 from turbopi_ros.policy.tokenizer import ByteTokenizer
@@ -82,7 +83,7 @@ def test_adapter_defaults_reproduce_the_openpi_config(openpi_policy_fixtures, na
     policy: horizon, prompt length, state in the prompt, delta mask, and the model's inputs of the case."""
     case = verify.load_policy_case(openpi_policy_fixtures / f"{name}.npz")
     settings = dict(case.settings, delta_mask=None, action_horizon=0, max_token_len=0, discrete_state_input=None)
-    policy = Policy.from_params(**settings)
+    policy = load_policy(**settings)
     m = case.sidecar["model"]
     assert policy.config.action_horizon == m["action_horizon"] and policy.config.max_token_len == m["max_token_len"]
     assert policy.discrete_state_input == m["discrete_state_input"]
@@ -104,7 +105,7 @@ def test_adapter_defaults_reproduce_the_openpi_config(openpi_policy_fixtures, na
                                        ("droid_pi05", "left_wrist_0_rgb"), ("libero_pi0", "base_0_rgb")])
 def test_a_missing_camera_is_masked(openpi_policy_fixtures, name, drop):
     case = verify.load_policy_case(openpi_policy_fixtures / f"{name}.npz")
-    policy = Policy.from_params(**case.settings)
+    policy = load_policy(**case.settings)
     obs = case.observation
     fewer = Observation(images={k: v for k, v in obs.images.items() if k != drop}, state=obs.state, prompt=obs.prompt)
     prepared = policy.prepare(fewer)
@@ -128,13 +129,13 @@ def test_other_states_and_seeds(openpi_policy_fixtures, name):
     obs = Observation(images=case.observation.images, state=state, prompt=case.observation.prompt)
     runs = {}
     for seed in (1, 1, 2):
-        policy = Policy.from_params(**dict(case.settings, seed=seed))
+        policy = load_policy(**dict(case.settings, seed=seed))
         runs.setdefault(seed, []).append(policy.infer(obs).actions)
     for actions in runs[1] + runs[2]:
         assert actions.shape == (case.actions.shape[0], OUTPUT_DIMS[name]) and np.all(np.isfinite(actions))
     assert np.array_equal(runs[1][0], runs[1][1])
     assert not np.allclose(runs[1][0], runs[2][0])
-    with_noise = Policy.from_params(**case.settings).infer(obs, noise=case.noise).actions
+    with_noise = load_policy(**case.settings).infer(obs, noise=case.noise).actions
     assert np.abs(with_noise - case.actions).max() > 1e-6  # the state mattered
 
 
@@ -253,31 +254,31 @@ def test_unknown_adapter_names_it_and_the_choices():
     with pytest.raises(ValueError, match=r"'franka'.*\['none', 'aloha', 'droid', 'libero'\]"):
         make_adapter("franka")
     with pytest.raises(ValueError, match=r"robot.adapter 'franka' is unknown"):
-        Policy.from_params(checkpoint="random", preset="tiny", robot_adapter="franka")
+        load_policy(checkpoint="random", preset="tiny", robot_adapter="franka")
     assert ADAPTERS == ("none", "aloha", "droid", "libero")
 
 
 def test_model_settings_come_from_the_adapter_and_are_checked(tmp_path):
-    droid = Policy.from_params(checkpoint="random", preset="tiny_pi05", robot_adapter="droid")
+    droid = load_policy(checkpoint="random", preset="tiny_pi05", robot_adapter="droid")
     assert (droid.config.action_horizon, droid.config.max_token_len, droid.discrete_state_input) == (15, 200, True)
     assert droid.action_dims == 8 and droid.delta_mask is None
-    libero05 = Policy.from_params(checkpoint="random", preset="tiny_pi05", robot_adapter="libero")
+    libero05 = load_policy(checkpoint="random", preset="tiny_pi05", robot_adapter="libero")
     assert (libero05.config.action_horizon, libero05.discrete_state_input) == (10, False)
-    aloha = Policy.from_params(checkpoint="random", preset="tiny", robot_adapter="aloha", action_horizon=20)
+    aloha = load_policy(checkpoint="random", preset="tiny", robot_adapter="aloha", action_horizon=20)
     assert aloha.config.action_horizon == 20 and aloha.delta_mask == [True] * 6 + [False] + [True] * 6 + [False]
     with pytest.raises(ValueError, match="model.discrete_state_input is true but the model is pi0"):
-        Policy.from_params(checkpoint="random", preset="tiny", robot_adapter="libero", discrete_state_input=True)
+        load_policy(checkpoint="random", preset="tiny", robot_adapter="libero", discrete_state_input=True)
     with pytest.raises(ValueError, match="6 action dims .* robot adapter 'aloha' outputs 14"):
-        Policy.from_params(checkpoint="random", preset="tiny", robot_adapter="aloha", action_dims=6)
+        load_policy(checkpoint="random", preset="tiny", robot_adapter="aloha", action_dims=6)
     with pytest.raises(ValueError, match="model.discrete_state_input must be true, false or auto"):
-        Policy.from_params(checkpoint="random", preset="tiny", discrete_state_input="maybe")
+        load_policy(checkpoint="random", preset="tiny", discrete_state_input="maybe")
     # a checkpoint directory whose config.json states the horizon: a different parameter is refused, naming it
     ckpt = save_checkpoint(random_model(ModelConfig.preset("tiny_pi05"), seed=0), tmp_path / "ckpt")
     tok = tmp_path / "tok.model"
     _sentencepiece(tok)
     with pytest.raises(ValueError, match="model.action_horizon is 15 but the checkpoint's config.json says 50"):
-        Policy.from_params(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid", action_horizon=15)
-    stated = Policy.from_params(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid")
+        load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid", action_horizon=15)
+    stated = load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid")
     assert stated.config.action_horizon == 50  # the checkpoint's own horizon wins over the adapter's default
 
 
@@ -352,7 +353,7 @@ def test_real_time_chunking_target_round_trips_through_the_adapter():
 
 def test_pi05_without_the_state_in_the_prompt():
     """discrete_state_input false (openpi's pi05_libero): pi0's prompt format, the state stays out of the tokens."""
-    policy = Policy.from_params(checkpoint="random", preset="tiny_pi05", discrete_state_input="false")
+    policy = load_policy(checkpoint="random", preset="tiny_pi05", discrete_state_input="false")
     assert not policy.discrete_state_input
 
     def tokens(state):
@@ -360,7 +361,7 @@ def test_pi05_without_the_state_in_the_prompt():
         return policy.preprocess(obs)[2]
 
     assert torch.equal(tokens([0.1, 0.2]), tokens([0.9, -0.7]))
-    with_state = Policy.from_params(checkpoint="random", preset="tiny_pi05")
+    with_state = load_policy(checkpoint="random", preset="tiny_pi05")
     assert with_state.discrete_state_input
     obs = [Observation(images={}, state=np.array(s), prompt="wipe") for s in ([0.1, 0.2], [0.9, -0.7])]
     assert not torch.equal(with_state.preprocess(obs[0])[2], with_state.preprocess(obs[1])[2])
@@ -371,15 +372,15 @@ def test_norm_stats_with_an_asset_id(openpi_policy_fixtures, tmp_path, monkeypat
     paths too); a file elsewhere is refused, naming the asset id."""
     src = openpi_policy_fixtures / "libero_pi0.assets"
     common = dict(checkpoint="random", preset="tiny", robot_adapter="libero")
-    by_folder = Policy.from_params(norm_stats=str(src), asset_id="physical-intelligence/libero", **common)
+    by_folder = load_policy(norm_stats=str(src), asset_id="physical-intelligence/libero", **common)
     monkeypatch.chdir(src)
-    by_file = Policy.from_params(norm_stats="physical-intelligence/libero/norm_stats.json",
+    by_file = load_policy(norm_stats="physical-intelligence/libero/norm_stats.json",
                                  asset_id="physical-intelligence/libero", **common)
     assert np.array_equal(by_folder.norm_stats["state"].mean, by_file.norm_stats["state"].mean)
     with pytest.raises(ValueError, match="not in a folder named after the asset id 'trossen'"):
-        Policy.from_params(norm_stats="physical-intelligence/libero/norm_stats.json", asset_id="trossen", **common)
+        load_policy(norm_stats="physical-intelligence/libero/norm_stats.json", asset_id="trossen", **common)
     with pytest.raises(ValueError, match="asset id 'droid'"):
-        Policy.from_params(norm_stats=str(src), asset_id="droid", **common)
+        load_policy(norm_stats=str(src), asset_id="droid", **common)
 
 
 def test_verify_policy_as_a_command(openpi_policy_fixtures):

@@ -5,6 +5,7 @@ import torch
 
 from turbopi_ros.model.checkpoint import random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
+from turbopi_ros.policy.loading import load_policy
 from turbopi_ros.policy.policy import STAGES, Observation, ObservationError, Policy
 from turbopi_ros.policy.tokenizer import ByteTokenizer, PaligemmaTokenizer
 from turbopi_ros.policy.transforms import NormStats, normalize, unnormalize
@@ -95,7 +96,7 @@ def test_configuration_errors():
     with pytest.raises(ValueError, match="lower limits exceed upper"):
         _policy(lower_limits=[1] * 4, upper_limits=[0] * 4)
     with pytest.raises(ValueError, match="model.tokenizer is required"):
-        Policy.from_params(checkpoint="/nonexistent", preset="tiny")
+        load_policy(checkpoint="/nonexistent", preset="tiny")
 
 
 def _sentencepiece(directory):
@@ -123,7 +124,7 @@ def test_from_an_openpi_checkpoint_directory(tmp_path, preset):
     (ckpt / "assets" / "my_robot" / "norm_stats.json").write_text(json.dumps({"norm_stats": {
         k: {f: getattr(v, f).tolist() for f in ("mean", "std", "q01", "q99")} for k, v in stats.items()}}))
     sp_path = _sentencepiece(tmp_path)
-    policy = Policy.from_params(checkpoint=str(ckpt), tokenizer=str(sp_path), seed=7, action_dims=N_JOINTS)
+    policy = load_policy(checkpoint=str(ckpt), tokenizer=str(sp_path), seed=7, action_dims=N_JOINTS)
     obs = _obs()
     chunk = policy.infer(obs)
 

@@ -22,22 +22,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..logs import get_logger
-from ..model.checkpoint import load_model, random_model
-from ..model.config import load_config
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
-from .adapters import ADAPTERS, RobotAdapter, make_adapter
+from .adapters import RobotAdapter, make_adapter
 from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
 from .rtc_target import GuidanceTarget, PreviousChunk, guidance_target
-from .tokenizer import make_tokenizer
-from .transforms import (NormStats, absolute_actions, find_norm_stats, load_norm_stats, normalize, pad_to_dim,
+from .transforms import (NormStats, absolute_actions, normalize, pad_to_dim,
                          require_stats, unnormalize)
 
 logger = get_logger(__name__)
@@ -169,59 +165,6 @@ class Policy:
         if len(values) != self.action_dims:
             raise ValueError(f"{len(values)} {name} limits for {self.action_dims} action joints")
         return np.asarray(values, dtype=np.float64)
-
-    @classmethod
-    def from_params(cls, *, checkpoint: str, preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
-                    tokenizer: str = "", norm_stats: str = "", seed: int = 0, robot_adapter: str = "none",
-                    adapt_to_pi: bool = True, asset_id: str = "", action_horizon: int = 0, max_token_len: int = 0,
-                    discrete_state_input: Union[None, bool, str] = None, **kwargs) -> "Policy":
-        """The policy that the node's settings ask for (the node, turbopi-replay and turbopi-verify --policy build it
-        here). checkpoint: an openpi checkpoint directory or .safetensors file (with ``preset``: a preset name or a
-        model config JSON), or "random" for seeded random weights of ``preset`` (demos, tests): then no tokenizer
-        file and no norm stats are needed (a byte tokenizer and identity normalization are used, and the log says
-        so). norm_stats: a norm_stats.json, a directory holding one (or, with asset_id, holding
-        <asset_id>/norm_stats.json); "" = the checkpoint directory's assets/<asset_id>/norm_stats.json.
-        robot_adapter: one of adapters.ADAPTERS; adapt_to_pi: aloha's openpi conversion (on by default).
-        action_horizon, max_token_len (0 = default) and discrete_state_input (None or "auto" = default): the model
-        settings openpi's training configs set. Each comes from the parameter, else the checkpoint's config.json,
-        else the robot adapter's openpi config for the checkpoint's variant, else the model config; a parameter that
-        contradicts the checkpoint's config.json is an error naming it."""
-        if robot_adapter not in ADAPTERS:  # checked first: loading a checkpoint takes a while
-            raise ValueError(f"robot.adapter {robot_adapter!r} is unknown: expected one of {list(ADAPTERS)}")
-        adapter = make_adapter(robot_adapter, adapt_to_pi)
-        discrete_state_input = _tristate(discrete_state_input, "model.discrete_state_input")
-        if not checkpoint:
-            raise ValueError("model.checkpoint is not set: give an openpi checkpoint directory or .safetensors file, "
-                             f"or '{RANDOM_WEIGHTS}' for random weights of model.preset (demos and tests only)")
-        real = checkpoint != RANDOM_WEIGHTS
-        stated = _checkpoint_settings(checkpoint) if real and Path(checkpoint).is_dir() else {}
-        configure = functools.partial(_model_settings, adapter=adapter, stated=stated,
-                                      asked={"action_horizon": action_horizon, "max_token_len": max_token_len})
-        if real:
-            if not tokenizer:  # checked first: loading a checkpoint takes a while
-                raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
-            model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
-                               dtype=dtype, configure=configure)
-        else:
-            model = random_model(configure(load_config(preset)), seed=seed, device=device, dtype=dtype)
-            logger.warning("model.checkpoint is '%s': random weights of preset '%s' (actions are meaningless)",
-                           RANDOM_WEIGHTS, preset)
-        if "discrete_state_input" in stated:
-            if discrete_state_input is not None and discrete_state_input != stated["discrete_state_input"]:
-                raise ValueError(f"model.discrete_state_input is {discrete_state_input} but the checkpoint's "
-                                 f"config.json says {stated['discrete_state_input']}")
-            discrete_state_input = stated["discrete_state_input"]
-        stats_path = _norm_stats_path(norm_stats, checkpoint if real else "", asset_id)
-        stats = load_norm_stats(stats_path) if stats_path else None
-        if stats is None:
-            logger.warning("no norm stats: state and actions pass through unnormalized")
-        c = model.config
-        if discrete_state_input is None:
-            discrete_state_input = adapter.defaults(c.variant).discrete_state_input if adapter else c.is_pi05
-        prompt_format = "pi05" if discrete_state_input else "pi0"  # pi0.5 without the state: pi0's prompt format
-        tok = make_tokenizer(tokenizer, c.max_token_len, c.vlm.vocab_size, prompt_format if c.is_pi05 else c.variant)
-        return cls(model, tokenizer=tok, norm_stats=stats, seed=seed, robot_adapter=adapter,
-                   discrete_state_input=discrete_state_input, **kwargs)
 
     # --- inference -------------------------------------------------------------------------------------------------
     def _given_noise(self, noise) -> torch.Tensor:
@@ -413,70 +356,6 @@ class Policy:
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)
-
-
-def _tristate(value, name: str) -> Optional[bool]:
-    """None / "auto" / "" -> None (the default); a bool or "true" / "false" -> that bool."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("", "auto", "true", "false"):
-        return {"": None, "auto": None, "true": True, "false": False}[value.lower()]
-    raise ValueError(f"{name} must be true, false or auto, got {value!r}")
-
-
-def _checkpoint_settings(directory) -> Dict[str, object]:
-    """The model settings an openpi checkpoint directory's config.json states (openpi writes action_horizon; a
-    turbopi_model_config block also max_token_len); nothing when it has no readable config.json (load_model reports
-    that)."""
-    import json
-
-    try:
-        d = json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(d, dict):
-        return {}
-    inner = d.get("turbopi_model_config") if isinstance(d.get("turbopi_model_config"), dict) else {}
-    out = {}
-    for key in ("action_horizon", "max_token_len", "discrete_state_input"):
-        value = d.get(key, inner.get(key))
-        if value is not None:
-            out[key] = bool(value) if key == "discrete_state_input" else int(value)
-    return out
-
-
-def _model_settings(cfg, *, adapter: Optional[RobotAdapter], stated: Dict[str, object], asked: Dict[str, int]):
-    """The model config with action_horizon and max_token_len resolved (Policy.from_params says the order)."""
-    changes = {}
-    for key, value in asked.items():
-        value = int(value or 0)
-        if value < 0:
-            raise ValueError(f"model.{key} must be positive (or 0 for the default), got {value}")
-        if value and key in stated and stated[key] != value:
-            raise ValueError(f"model.{key} is {value} but the checkpoint's config.json says {stated[key]}: they must "
-                             f"agree (0 takes the checkpoint's)")
-        if not value:
-            value = stated.get(key) or (getattr(adapter.defaults(cfg.variant), key) if adapter else 0)
-        if value and value != getattr(cfg, key):
-            changes[key] = value
-    return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-def _norm_stats_path(norm_stats: str, checkpoint: str, asset_id: str) -> Optional[Path]:
-    """Where the norm stats are (Policy.from_params), or None for none. With asset_id, a norm_stats.json given as a
-    file must lie in a folder of that name (as openpi's assets/<asset_id>/norm_stats.json)."""
-    if norm_stats:
-        path = Path(norm_stats)
-        if asset_id and path.is_dir() and not (path / "norm_stats.json").is_file():
-            path = path / asset_id / "norm_stats.json"
-            if not path.is_file():
-                raise ValueError(f"model.norm_stats: {path} not found (asset id {asset_id!r})")
-        elif asset_id and path.is_file() and not ("/" + path.parent.as_posix()).endswith("/" + asset_id.strip("/")):
-            raise ValueError(f"model.norm_stats {path} is not in a folder named after the asset id {asset_id!r}")
-        return path
-    if checkpoint and Path(checkpoint).is_dir():
-        return find_norm_stats(checkpoint, asset_id or None)
-    return None
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:

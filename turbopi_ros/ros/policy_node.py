@@ -26,6 +26,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
 from ..policy.chunking import ChunkSchedule
+from ..policy.loading import load_policy
 from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, Policy, camera_slots
 from ..policy.rtc_target import guidance_arguments
 from . import faults
@@ -102,7 +103,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 def policy_from_params(p: Dict[str, object]) -> Policy:
     """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
     replays is what would run."""
-    policy = Policy.from_params(
+    policy = load_policy(
         checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
         tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
         num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,

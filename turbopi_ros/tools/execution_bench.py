@@ -201,11 +201,12 @@ def rtc_denoise_cost(params: Dict[str, object], repeats: int = 10) -> Dict[str, 
     """Plain vs guided denoise of the node's model (its preset, seed, steps) on one observation, interleaved:
     median seconds of the denoise stage of Policy.infer, and their ratio."""
     from .fake_robot import pattern
-    from ..policy.policy import Observation, Policy
+    from ..policy.loading import load_policy
+    from ..policy.policy import Observation
     from ..policy.rtc_target import PreviousChunk
 
     n = len(params["action.joints"])
-    policy = Policy.from_params(checkpoint=str(params["model.checkpoint"]), preset=str(params["model.preset"]),
+    policy = load_policy(checkpoint=str(params["model.checkpoint"]), preset=str(params["model.preset"]),
                                 seed=int(params["model.seed"]), num_steps=int(params["model.num_steps"]),
                                 action_dims=n)
     images = {name: pattern(320, 240, 1.0, i) for i, name in enumerate(params["cameras.names"])}

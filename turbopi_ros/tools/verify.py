@@ -9,7 +9,7 @@ omitted when --weights is an openpi checkpoint directory.
 --policy: an end-to-end case (the openpi_policy fixtures: raw robot inputs, noise, openpi Policy's final actions) run
 through the whole policy, robot adapter included. Everything else comes from the JSON sidecar beside the npz (same
 stem): robot, model settings, weights, norm stats, tokenizer, camera slots; the policy is built by
-Policy.from_params, as the node builds it.
+load_policy, as the node builds it.
 Either prints ``max_abs_err=<float>`` as its last line; exit 0 iff <= --tol; 2 for unusable input.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ class PolicyCase:
     """An end-to-end case read from its npz and JSON sidecar."""
 
     name: str
-    settings: Dict[str, Any]  # Policy.from_params keyword arguments, node-style
+    settings: Dict[str, Any]  # load_policy keyword arguments, node-style
     observation: Any  # policy.Observation: the raw robot inputs, cameras renamed to model slots
     noise: np.ndarray  # [1, H, action_dim]
     actions: np.ndarray  # openpi Policy's final actions, float64
@@ -190,12 +190,12 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
 def verify_policy(npz_path, *, path: str = "fast", device: str = "cpu", dtype: str = "float32",
                   tol: float = 1e-4) -> int:
     from ..model.checkpoint import CheckpointError
-    from ..policy.policy import Policy
+    from ..policy.loading import load_policy
 
     policy = None
     try:
         case = load_policy_case(npz_path, device=device, dtype=dtype)
-        policy = Policy.from_params(**case.settings)
+        policy = load_policy(**case.settings)
         if policy.config.variant != case.sidecar["model"]["variant"]:
             raise ValueError(f"the sidecar says {case.sidecar['model']['variant']} but the weights are "
                              f"{policy.config.variant}")
