@@ -74,7 +74,8 @@ def test_verify_usage_errors(openpi_policy_fixtures, capsys):
 def test_verify_policy_without_sidecar_is_a_clear_error(openpi_policy_fixtures, tmp_path, capsys):
     shutil.copy(openpi_policy_fixtures / "libero_pi0.npz", tmp_path / "lonely.npz")
     assert verify.main(["--policy", str(tmp_path / "lonely.npz")]) == 2
-    assert "sidecar not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the case's JSON sidecar (same stem as the npz)" in err and "lonely.json: file not found" in err, err
 
 
 @pytest.mark.parametrize("name", CASES)

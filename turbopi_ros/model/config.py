@@ -137,14 +137,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "ModelConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"model config {path}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model config {path}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path, "model config"))
 
     @classmethod
     def from_openpi(cls, d: Dict[str, Any], variant: str) -> "ModelConfig":
@@ -190,6 +183,17 @@ PRESETS: Dict[str, ModelConfig] = {
     "tiny_pi05": ModelConfig(variant="pi05", max_token_len=200, vision=_TINY_VISION, vlm=_TINY_GEMMA,
                              expert=GEMMA_VARIANTS["dummy"]),
 }
+
+
+def read_json(path: Union[str, Path], what: str) -> Any:
+    """A JSON file's content; a missing or malformed file is a ValueError naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path}: not valid JSON ({e})") from None
 
 
 def load_config(spec: Union[str, Path, ModelConfig, Dict[str, Any]]) -> ModelConfig:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -121,6 +120,7 @@ def _sidecar_path(base: Path, value, what: str) -> str:
 def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -> PolicyCase:
     """The case's arrays and sidecar -> the node-style settings and the raw observation. ValueError for anything
     missing or inconsistent, naming it."""
+    from ..model.config import read_json
     from ..policy.adapters import make_adapter
     from ..policy.policy import Observation
 
@@ -128,12 +128,7 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
     side_path = npz_path.with_suffix(".json")
     if not npz_path.is_file():
         raise ValueError(f"{npz_path}: case file not found")
-    try:
-        sidecar = json.loads(side_path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{side_path}: the case's JSON sidecar not found (same stem as the npz)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{side_path}: not valid JSON ({e})") from None
+    sidecar = read_json(side_path, "the case's JSON sidecar (same stem as the npz)")
     with np.load(npz_path, allow_pickle=False) as d:
         arrays = {k: d[k] for k in d.files}
     missing = [k for k in ("noise", "num_steps", "actions") if k not in arrays]
