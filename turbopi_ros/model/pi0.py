@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import ModelConfig
 from .gemma import Attend, Gemma, Modulation, maskless_attention, rope_tables
 from .siglip import Projector, SiglipVision
@@ -137,6 +138,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
         self._compiled_velocity = None
+        self._fused = False
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
@@ -147,6 +149,20 @@ class PI0Model(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype the transformers compute in (heads, norms and embeddings may stay float32)."""
         return self.expert.layers[0].self_attn.qkv.weight.dtype
+
+    @property
+    def fused(self) -> bool:
+        """Whether the engine runs the fused layer kernels (model/fused.py) instead of the plain modules."""
+        return self._fused
+
+    def use_fused(self, enable: bool = True) -> "PI0Model":
+        """Opt in to (or out of) the fused layer kernels for SigLIP, the prefix cache and the denoise: Triton kernels
+        on CUDA, their plain-torch twins elsewhere. The plain path stays the reference; the reference path and the
+        guided (RTC) denoise, which differentiates through the expert, always run the plain modules."""
+        self._fused = bool(enable)
+        self.vision.fused = self._fused
+        self._compiled_velocity = None  # a compiled step traced the other path
+        return self
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
     @engine_entry
@@ -204,11 +220,12 @@ class PI0Model(nn.Module):
 
         positions = torch.arange(n, device=x.device).expand(B, n)
         cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
-        self._run_prefix_stack(self.vlm, x, cos, sin, keys, values, 0, n)
+        run = self._run_prefix_stack_fused if self._fused else self._run_prefix_stack
+        run(self.vlm, x, cos, sin, keys, values, 0, n)
         if has_state:  # pi0: the state token sees the prefix and itself only -> its K/V are fixed per observation
             s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
             cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
-            self._run_prefix_stack(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
+            run(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
         cos, sin = self.action_rotary(num_cached, B, x.device, x.dtype)
         return PrefixCache(keys=keys, values=values, num_prefix=n, num_cached=num_cached, cos=cos, sin=sin)
 
@@ -229,6 +246,12 @@ class PI0Model(nn.Module):
                 return maskless_attention(q, keys[li, :, :, :stop], values[li, :, :, :stop])
 
             x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
+
+    @staticmethod
+    def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
+        """_run_prefix_stack with the fused kernels."""
+        fused.gemma_stack(stack.layers, x, cos, sin, lambda li: (keys[li], values[li], start, stop),
+                          last_attention_only=True)
 
     @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
@@ -280,6 +303,13 @@ class PI0Model(nn.Module):
         """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask (the action
         tokens' K/V are written into the cache's tail)."""
         n = cache.num_cached
+        if self._fused:
+            h = self.embed_actions(x_t, sc).to(self.dtype)
+            stop = cache.keys.shape[-2]
+            h = fused.gemma_stack(self.expert.layers, h, cache.cos, cache.sin,
+                                  lambda li: (cache.keys[li], cache.values[li], n, stop), sc.layer_mods,
+                                  self.expert.norm, sc.final_mod)
+            return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):

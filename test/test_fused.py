@@ -1,0 +1,97 @@
+"""The fused path (model/fused.py, PI0Model.use_fused) against the plain path: whole models on CPU (the ops' twins),
+the openpi fixtures through it, and every Triton kernel under Triton's interpreter on CPU tensors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from turbopi_ros import verify
+from turbopi_ros.model import fused
+from turbopi_ros.model.checkpoint import load_model
+
+from engine_helpers import model_for, random_inputs, small_config
+
+TEST_DIR = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_fused_model_equals_plain_float32(variant):
+    """Actions, image tokens, and every cached K/V: fused within 1e-5 of plain (a batch of 2, two prompt lengths)."""
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    for seed, cameras, valid in ((0, (True, False, True), (4,)), (1, (True, True, True), (7,))):
+        inputs = random_inputs(cfg, batch=2, cameras=cameras, valid_tokens=valid, seed=seed)
+        results = []
+        for on in (False, True):
+            model.use_fused(on)
+            tokens = model.embed_images(*inputs[:2])
+            cache = model.build_cache(tokens, *inputs[2:5])
+            results.append((tokens.features, cache.keys, cache.values, model.denoise(cache, inputs[5], 10)))
+        assert model.fused
+        for plain, fast in zip(*results):
+            assert float((plain - fast).abs().max()) <= 1e-5
+        assert float(results[0][3].abs().max()) > 1e-2  # the actions are not trivially zero
+
+
+def test_fused_switch_is_opt_in_and_reversible():
+    model = model_for(small_config("pi05"))
+    assert not model.fused and not model.vision.fused
+    assert model.use_fused() is model and model.fused and model.vision.fused
+    model.use_fused(False)
+    assert not model.fused and not model.vision.fused
+
+
+@pytest.mark.parametrize("name", ["pi0", "pi05"])
+def test_openpi_fixtures_through_the_fused_path(openpi_fixtures, name):
+    model = load_model(openpi_fixtures / f"{name}_tiny.safetensors", config=openpi_fixtures / f"{name}_tiny.json")
+    model.use_fused(True)
+    case = verify.load_case(openpi_fixtures / f"{name}_case_a.npz")
+    actions = verify.run_case(model, case, "fast")
+    assert float((actions.float() - case["actions"]).abs().max()) <= 1e-4
+
+
+def test_twins_are_the_plain_modules_math():
+    """The twins the fused ops run on CPU compute what gemma.RMSNorm / GemmaMLP compute (bitwise in float32)."""
+    from turbopi_ros.model.gemma import RMSNorm, apply_rope, gated_residual
+
+    g = torch.Generator().manual_seed(0)
+    x, br = torch.randn(2, 3, 24, generator=g), torch.randn(2, 3, 24, generator=g)
+    norm, ada = RMSNorm(24), RMSNorm(24, cond_dim=8)
+    norm.weight.data.normal_(generator=g)
+    mod = ada.modulation(torch.randn(2, 8, generator=g))
+    with torch.no_grad():
+        s, y = fused.add_rms_norm(x, br, mod[2], None, mod[0], mod[1])
+        assert torch.equal(s, gated_residual(x, br, mod[2])) and torch.equal(y, ada(s, mod)[0])
+        assert torch.equal(fused.rms_norm(x, norm.weight, None, None), norm(x)[0])
+        cos, sin = torch.randn(2, 3, 1, 8, generator=g), torch.randn(2, 3, 1, 8, generator=g)
+        qkv = torch.randn(2, 3, 6 * 8, generator=g)
+        keys, values = torch.zeros(2, 1, 5, 8), torch.zeros(2, 1, 5, 8)
+        q = fused.qkv_rope(qkv, cos, sin, keys, values, 2, 4, 1)
+        q_ref, k_ref, v_ref = torch.split(qkv, [32, 8, 8], dim=-1)
+        assert torch.equal(q, apply_rope(q_ref.view(2, 3, 4, 8), cos, sin))
+        assert torch.equal(keys[:, :, 2:], apply_rope(k_ref.view(2, 3, 1, 8), cos, sin).transpose(1, 2))
+        assert torch.equal(values[:, :, 2:], v_ref.view(2, 3, 1, 8).transpose(1, 2))
+        assert not keys[:, :, :2].any() and not values[:, :, :2].any()  # only the slot [start, start + L) written
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        fused.use_triton_on_cpu(True)
+    assert fused.backend("cpu") == "torch twin"
+
+
+def test_triton_kernels_under_the_interpreter():
+    """Every kernel vs its twin (float32 1e-5, bfloat16 two rounding steps) and whole tiny pi0 / pi0.5 with the
+    kernels vs plain (float32 1e-5), in a subprocess: TRITON_INTERPRET must be set before Triton is imported."""
+    pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TEST_DIR.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(TEST_DIR / "fused_interpreter_checks.py")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if "max_abs_err=" in line]
+    assert len(lines) == 14 and "whole model pi05" in lines[-1], out.stdout
