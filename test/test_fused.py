@@ -95,3 +95,27 @@ def test_triton_kernels_under_the_interpreter():
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if "max_abs_err=" in line]
     assert len(lines) == 14 and "whole model pi05" in lines[-1], out.stdout
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_fused_path_dispatches_fewer_ops(variant):
+    """Counted by model/opcount.py: per expert layer of a denoise step, and per Gemma and SigLIP layer, the fused path
+    dispatches fewer ops and at most 10 kernel launches; every stage dispatches fewer ops; the switch is restored."""
+    from turbopi_ros.model import opcount
+
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    counts = opcount.compare(model, *inputs, num_steps=3)
+    assert not model.fused
+    plain, fast = counts["plain"], counts["fused"]
+    for stage in ("vision", "prefix_cache", "denoise_step", "denoise", "siglip_layer", "gemma_layer", "expert_layer"):
+        assert fast[stage]["ops"] < plain[stage]["ops"], stage
+        assert fast[stage]["launches"] < plain[stage]["launches"], stage
+    assert plain["expert_layer"]["launches"] >= 30  # norms as square/mean/rsqrt/mul, casts, rotary as slice/neg/cat
+    for layer in ("expert_layer", "gemma_layer", "siglip_layer"):
+        assert fast[layer]["launches"] <= 10, (layer, fast[layer])
+    # every step runs the same ops: the whole denoise is 3 steps plus the Euler updates
+    assert fast["denoise"]["ops"] >= 3 * fast["denoise_step"]["ops"]
+    rows = opcount.table(counts)
+    assert len(rows) == 8 and rows[-1].split()[0] == "expert_layer"

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from .model.checkpoint import parse_dtype, random_model
+from .model import opcount
 from .model.config import load_config
 from .machine import cpu_model
 from .model.reference import reference_denoise, reference_prefix
@@ -366,6 +367,8 @@ def run(args) -> Dict[str, object]:
     device = torch.device(args.device)
     config = load_config(args.config or args.preset)
     model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
+    if args.fused:
+        model.use_fused(True)
     if args.compile:
         model.compile_denoise()
     images, masks, tokens, token_mask, state, noise = make_inputs(config, args.views, args.prompt_len, device)
@@ -383,7 +386,8 @@ def run(args) -> Dict[str, object]:
         "setup": {"config": args.config or args.preset, "variant": config.variant, "device": str(device),
                   "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
                   "max_token_len": config.max_token_len, "steps": steps, "iters": args.iters,
-                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile)},
+                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
+                  "fused": bool(args.fused)},
     }
     probe, probe_info = matmul_probe_for(model, 1, steps)
     with torch.inference_mode():
@@ -430,6 +434,9 @@ def run(args) -> Dict[str, object]:
     result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
     result["efficiency"] = efficiency(costs, result["stages_fast"], result["matmul_probe"]["gflops"])
     result["ablation"] = ablation_table(model, cache, noise, timer, steps)
+    if args.op_counts:
+        result["op_counts"] = opcount.compare(model, images, masks, tokens, token_mask, state, noise, num_steps=steps,
+                                              cuda_kernels=device.type == "cuda")
     if args.profile:
         with torch.inference_mode():
             result["profile"] = {
@@ -444,7 +451,8 @@ def report(r: Dict[str, object]) -> str:
     s, m = r["setup"], r["machine"]
     lines = [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
              f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
-             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else ""),
+             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
+             + (", fused kernels" if s.get("fused") else ""),
              f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
              f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
              f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
@@ -494,6 +502,10 @@ def report(r: Dict[str, object]) -> str:
     for stage, row in e["stages"].items():
         lines.append(f"    {stage:<14} {row['gflop']:9.3f} {row['median_ms']:10.2f} {row['gflops']:9.1f} "
                      f"{row['fraction_of_matmul_rate']:14.0%} {row['at_matmul_rate_ms']:17.2f}")
+    if "op_counts" in r:
+        lines += ["", "(h) kernels per stage, plain vs fused path (turbopi_ros/model/opcount.py): aten ops dispatched, "
+                      "launches = those that launch a kernel on a GPU (no views, no allocations); a layer row is one "
+                      "layer (expert: in one denoise step)"] + opcount.table(r["op_counts"])
     for name, prof in r.get("profile", {}).items():
         lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
@@ -521,6 +533,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
+    p.add_argument("--fused", action="store_true", help="time the fused layer kernels (PI0Model.use_fused)")
+    p.add_argument("--no-op-counts", dest="op_counts", action="store_false",
+                   help="skip table (h), the ops / kernels per stage of the plain and the fused path")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one fast and one reference denoise (torch.profiler) and print the top N ops")
     p.add_argument("--json", default=None, help="write all results to this file")
