@@ -206,17 +206,29 @@ class PI0Model(nn.Module):
         x = embs[valid].view(B, counts[0], c.vlm.width)  # compaction: only valid tokens enter the prefix
         return self.prefix_cache(x, state)
 
-    def prefix_cache(self, x: torch.Tensor, state: torch.Tensor) -> PrefixCache:
+    def prefix_cache(self, x: torch.Tensor, state: torch.Tensor,
+                     buffers: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> PrefixCache:
         """The cache of the valid prefix embeddings x [B, n, vlm width] (all of them valid: compacted), and pi0's
         state token. No host synchronisation and no data-dependent shapes: a CUDA graph can hold it
-        (cuda_graph.CudaGraphEncoder)."""
+        (cuda_graph.CudaGraphEncoder). ``buffers``: keys and values [depth, B, KV, L, D] with L at least
+        num_cached + action_horizon, to hold the cache in their leading tokens (the graphs of every prompt length
+        share one pair of buffers for the longest)."""
         c = self.config
         B, n = x.shape[0], x.shape[1]
         has_state = not c.is_pi05
         num_cached = n + int(has_state)
         g, H = c.vlm, c.action_horizon
-        keys = x.new_empty((g.depth, B, g.num_kv_heads, num_cached + H, g.head_dim))
-        values = torch.empty_like(keys)
+        shape = (g.depth, B, g.num_kv_heads, num_cached + H, g.head_dim)
+        if buffers is None:
+            keys = x.new_empty(shape)
+            values = torch.empty_like(keys)
+        else:
+            big = tuple(buffers[0].shape)
+            if (len(big) != 5 or big[:3] != shape[:3] or big[4] != shape[4] or big[3] < shape[3]
+                    or tuple(buffers[1].shape) != big):
+                raise ValueError(f"prefix_cache buffers must be [depth, B, KV, >= {shape[3]}, head_dim] = "
+                                 f"{list(shape)} or longer, got {big} and {tuple(buffers[1].shape)}")
+            keys, values = buffers[0][..., :shape[3], :], buffers[1][..., :shape[3], :]
 
         positions = torch.arange(n, device=x.device).expand(B, n)
         cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
