@@ -148,7 +148,8 @@ class PI0Model(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the transformers compute in (heads, norms and embeddings may stay float32)."""
-        return self.expert.layers[0].self_attn.qkv.weight.dtype
+        qkv = self.expert.layers[0].self_attn.qkv
+        return getattr(qkv, "out_dtype", None) or qkv.weight.dtype  # fp8.FP8Linear computes in its out_dtype
 
     @property
     def fused(self) -> bool:
