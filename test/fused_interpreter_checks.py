@@ -55,7 +55,9 @@ def kernels(dtype, tol):
         outs = []
         for on in (True, False):
             fused.use_triton_on_cpu(on)
-            outs.append([*fused.add_layer_norm(x, br, ln.weight, ln.bias, ln.eps), fused.layer_norm(x, ln)])
+            no_branch = (fused._ln_triton(x, None, ln.weight, ln.bias, ln.eps)[1] if on
+                         else fused.layer_norm_twin(x, ln.weight, ln.bias, ln.eps))
+            outs.append([*fused.add_layer_norm(x, br, ln.weight, ln.bias, ln.eps), no_branch])
         fused.use_triton_on_cpu(False)
         check(f"layer_norm {tag} W={W}", outs[0], outs[1], tol)
     for H, KV, D in ((4, 1, 8), (4, 2, 6)):

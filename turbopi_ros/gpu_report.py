@@ -49,7 +49,7 @@ import torch
 from . import bench, costmodel
 from .ablation import replaced
 from .model.checkpoint import random_model, set_dtype
-from .model import fp8, opcount
+from .model import fp8, fused, opcount
 from .model.config import load_config
 from .model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths
 from .model.reference import reference_denoise, reference_prefix
@@ -388,11 +388,17 @@ class Run:
         """Kernels per stage and per layer, plain vs fused: aten ops dispatched (and, on CUDA, the profiler's
         kernels) for vision, the prefix cache, one denoise step and the whole denoise."""
         inputs = bench.make_inputs(config, views, prompt_len, self.device, self.args.seed)
+        out: Dict[str, object] = {}
+        if self.device.type == "cuda":
+            try:
+                return opcount.compare(model, *inputs, num_steps=self.args.steps, cuda_kernels=True)
+            except Exception as e:  # the profiler's count failed: keep the dispatched ops at least
+                self.failed(out, "CUDA kernel counts (profiler)", e)
         try:
-            return opcount.compare(model, *inputs, num_steps=self.args.steps,
-                                   cuda_kernels=self.device.type == "cuda")
+            out.update(opcount.compare(model, *inputs, num_steps=self.args.steps))
         except Exception as e:
-            return self.failed({}, "kernel counts", e)
+            return self.failed(out, "kernel counts", e)
+        return out
 
     def capture_block(self, model, config, views: int, prompt_len: int) -> Dict[str, object]:
         """Every prompt length the capture prompt can produce (pi0.5: over every state of STATE_DIMS values; byte
@@ -684,12 +690,14 @@ class Run:
         say(f"this device, measured: {peaks['matmul']['dtype']} matmul {peaks['matmul']['tflops']:.3g} TFLOP/s "
             f"({'x'.join(map(str, peaks['matmul']['shape']))}), copy {peaks['copy']['gbs']:.0f} GB/s; published "
             "peaks: " + (f"costmodel.DEVICES[{published!r}]" if published else "not in costmodel.DEVICES"))
+        fp8_ok, fp8_why = fp8.fp8_support(device)
+        say(f"fused kernels: {fused.backend(device)}; fp8: {'supported' if fp8_ok else fp8_why}")
         result: Dict[str, object] = {
             "commit": commit_id(), "machine": machine, "peaks": peaks, "published_device": published,
             "setup": {"dry_run": self.dry, "device": str(device), "dtype": "bfloat16", "views": a.views,
                       "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
                       "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile,
-                      "presets": dict(a.presets)},
+                      "presets": dict(a.presets), "fused_backend": fused.backend(device)},
             "models": {}}
         for preset, prompt_len in a.presets.items():
             try:

@@ -336,9 +336,7 @@ def _(x, branch, weight, bias, eps):
 
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    """A LayerNorm with no residual before it: the Triton kernel on CUDA, else (CPU) F.layer_norm, already one op."""
-    if _kernels_for(x):
-        return _ln_triton(x, None, norm.weight, norm.bias, norm.eps)[1]
+    """A LayerNorm with no residual before it (SigLIP's first): F.layer_norm is one kernel already."""
     return layer_norm_twin(x, norm.weight, norm.bias, norm.eps)
 
 
