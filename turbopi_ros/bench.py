@@ -134,7 +134,7 @@ def patched(module, name: str, wrap: Callable[[Callable], Callable]):
 def uncompiled(model):
     """Within the block the denoise runs its eager steps (a --compile'd step would not call the Python functions
     the tables patch)."""
-    return replaced(model, "_compiled_velocity", None)
+    return replaced(model.sampler, "compiled_velocity", None)
 
 
 def matmul_probe_for(model, batch: int, steps: int):

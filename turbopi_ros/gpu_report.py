@@ -656,8 +656,8 @@ class Run:
         if "times" not in c:
             return
         t = c["times"]
-        self.say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, warm "
-                 f"start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
+        self.say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
+                 f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
                  + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
                  + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
 
@@ -733,9 +733,8 @@ class Run:
 
 
 MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / graph / "
-                   "compile+graph | total eager / "
-                   "graph | total graph fused | roofline bound (measured peaks) | graph total / bound | bf16 fast vs fp32 reference | "
-                   "peak memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "compile+graph | total eager / graph | total graph fused | roofline bound (measured peaks) | "
+                   "graph total / bound | bf16 fast vs fp32 reference | peak memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def markdown_rows(result: Dict) -> List[str]:

@@ -4,9 +4,10 @@ L4, L40, H100, H200, B200). Elsewhere the option is refused with an error naming
 
 Numerics: weight row r is stored as q = round_e4m3(w_r / s_r) with s_r = amax(|w_r|) / 448 (e4m3's largest finite
 value), so every row uses e4m3's whole range. Activations are quantized per token (row) the same way at every call.
-_scaled_mm computes (q_x * s_x) @ (q_w * s_w)^T + b with float32 accumulation and a bfloat16 output: ``reference_linear``
-is that product written in plain torch on dequantized operands (the twin the tests check on CPU). Norms, embeddings,
-the vision patch embedding, the heads (action in/out, time MLPs) and attention stay bfloat16.
+_scaled_mm computes (q_x * s_x) @ (q_w * s_w)^T with float32 accumulation and a bfloat16 output (+ b):
+``reference_linear`` is that product in plain torch on dequantized operands (the twin the tests check on CPU).
+Norms, embeddings, the vision patch embedding, the heads (action in/out, time MLPs), the adaRMS dense layers and
+attention stay bfloat16.
 """
 from __future__ import annotations
 

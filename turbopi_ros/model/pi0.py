@@ -19,16 +19,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import fused
 from .config import ModelConfig
-from .gemma import Attend, Gemma, Modulation, maskless_attention, rope_tables
+from .gemma import Attend, Gemma, maskless_attention, rope_tables
+from .reference import sample_actions_reference
+from .sampler import Sampler, StepConditioning, euler_schedule, time_embedding  # noqa: F401 (re-exported)
 from .siglip import Projector, SiglipVision
 
 
@@ -84,37 +85,6 @@ class PrefixCache:
         return self.keys.shape[1]
 
 
-def euler_schedule(num_steps: int) -> Tuple[List[float], float]:
-    """The times openpi's loop visits and its dt, in float32 as openpi accumulates them (1.0, 0.9, 0.79999995, ...)."""
-    if int(num_steps) < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    dt = np.float32(-1.0 / num_steps)
-    t, times = np.float32(1.0), []
-    while t >= -dt / np.float32(2):
-        times.append(float(t))
-        t = np.float32(t + dt)
-    return times, float(dt)
-
-
-def time_embedding(times: torch.Tensor, dim: int) -> torch.Tensor:
-    """openpi's sinusoidal embedding of float32 times [n] -> float32 [n, dim], computed in float64."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=times.device)
-    period = 4e-3 * (4.0 / 4e-3) ** fraction
-    angle = (1.0 / period * 2 * math.pi)[None, :] * times[:, None]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(times.dtype)
-
-
-@dataclasses.dataclass
-class StepConditioning:
-    """Everything of one Euler step that depends on t only, computed once per (num_steps, device, dtype)."""
-
-    time: float
-    action_time_bias: Optional[torch.Tensor] = None  # pi0: the time half of action_time_mlp_in, plus its bias
-    action_weight: Optional[torch.Tensor] = None  # pi0: the action half of action_time_mlp_in (contiguous copy)
-    layer_mods: Optional[List[Tuple[Modulation, Modulation]]] = None  # pi0.5: adaRMS per layer (input, post-attn)
-    final_mod: Optional[Modulation] = None  # pi0.5: adaRMS of the expert's final norm
-
-
 class PI0Model(nn.Module):
     """pi0 / pi0.5 with openpi's module names (checkpoint.py maps the ``paligemma_with_expert.*`` prefixes)."""
 
@@ -136,8 +106,7 @@ class PI0Model(nn.Module):
             self.state_proj = nn.Linear(c.action_dim, we)
             self.action_time_mlp_in = nn.Linear(2 * we, we)
             self.action_time_mlp_out = nn.Linear(we, we)
-        self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
-        self._compiled_velocity = None
+        self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
         self._fused = False
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
@@ -162,7 +131,7 @@ class PI0Model(nn.Module):
         guided (RTC) denoise, which differentiates through the expert, always run the plain modules."""
         self._fused = bool(enable)
         self.vision.fused = self._fused
-        self._compiled_velocity = None  # a compiled step traced the other path
+        self.sampler.compiled_velocity = None  # a compiled step traced the other path
         return self
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
@@ -273,37 +242,13 @@ class PI0Model(nn.Module):
     # --- stage 3: the maskless denoise -----------------------------------------------------------------------------
     def step_conditioning(self, num_steps: int) -> List[StepConditioning]:
         """Per-step time conditioning (the 10 times are fixed): pi0's time half of action_time_mlp_in, pi0.5's time
-        MLP and every adaRMS scale/shift/gate. Cached (cleared when weights are loaded, or by
+        MLP and every adaRMS scale/shift/gate. Cached by the sampler (cleared when weights are loaded, or by
         clear_step_conditioning); ordinary tensors without a graph, usable in any autograd mode."""
-        key = (int(num_steps), self.device, self.dtype)
-        if key not in self._step_conditioning:
-            with torch.inference_mode(False), torch.no_grad():
-                self._step_conditioning[key] = self._compute_step_conditioning(num_steps)
-        return self._step_conditioning[key]
+        return self.sampler.step_conditioning(self, num_steps)
 
     def clear_step_conditioning(self) -> None:
         """Forget the precomputed per-step conditioning (after changing weights in place, or to time computing it)."""
-        self._step_conditioning.clear()
-
-    def _compute_step_conditioning(self, num_steps: int) -> List[StepConditioning]:
-        times, _ = euler_schedule(num_steps)
-        we = self.config.expert.width
-        emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
-        steps = []
-        w_action = None if self.config.is_pi05 else self.action_time_mlp_in.weight[:, :we].contiguous()
-        for i, t in enumerate(times):
-            sc = StepConditioning(time=t)
-            if self.config.is_pi05:
-                cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb[i:i + 1]))))
-                sc.layer_mods = [(layer.input_layernorm.modulation(cond),
-                                  layer.post_attention_layernorm.modulation(cond)) for layer in self.expert.layers]
-                sc.final_mod = self.expert.norm.modulation(cond)
-            else:
-                w_time = self.action_time_mlp_in.weight[:, we:]
-                sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
-                sc.action_weight = w_action
-            steps.append(sc)
-        return steps
+        self.sampler.clear()
 
     def embed_actions(self, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
         a = self.action_in_proj(x_t)
@@ -349,18 +294,12 @@ class PI0Model(nn.Module):
         expected = (cache.batch_size, c.action_horizon, c.action_dim)
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must be {list(expected)}, got {list(noise.shape)}")
-        steps = self.step_conditioning(num_steps)
-        _, dt = euler_schedule(num_steps)
-        velocity = self._compiled_velocity or self.velocity
-        x = noise.to(torch.float32)
-        for sc in steps:
-            x = x + dt * velocity(cache, x, sc)
-        return x
+        return self.sampler.denoise(self, cache, noise, num_steps)
 
     def compile_denoise(self, mode: Optional[str] = None) -> None:
         """Optional: torch.compile one denoise step (the expert pass). The first denoise compiles (seconds to a
         minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph."""
-        self._compiled_velocity = torch.compile(self.velocity, mode=mode, dynamic=False)
+        self.sampler.compile(self, mode)
 
     # --- all three ---------------------------------------------------------------------------------------------------
     def sample_noise(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -377,8 +316,6 @@ class PI0Model(nn.Module):
         if noise is None:
             noise = self.sample_noise(images.shape[0])
         if path == "reference":
-            from .reference import sample_actions_reference
-
             return sample_actions_reference(self, images, image_masks, tokens, token_mask, state, noise, num_steps)
         if path != "fast":
             raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
