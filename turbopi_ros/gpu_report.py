@@ -734,7 +734,8 @@ class Run:
 
 MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / graph / "
                    "compile+graph | total eager / graph | total graph fused | roofline bound (measured peaks) | "
-                   "graph total / bound | bf16 fast vs fp32 reference | peak memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "graph total / bound | bf16 fast vs fp32 reference | peak memory |\n"
+                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def markdown_rows(result: Dict) -> List[str]:
