@@ -15,7 +15,7 @@ For each preset (random weights, built once on the device and reused by every va
      profiler's kernels); every prompt length of the preset captured up front in one shared pool (capture count,
      time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
      denoise step with a fresh inductor cache (cold start) and again from that cache (warm start), eager and as a
-     CUDA graph, and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on GPUs
+     CUDA graph (the first preset only, unless --compile-all), and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on GPUs
      of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
 Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
 with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
@@ -561,13 +561,17 @@ class Run:
         if self.fits(f"{name} capture of every prompt length ({most} views)", 0 if self.dry else 40):
             entry["capture"] = self.capture_block(model, config, most, prompt_len)
             self.print_capture(entry["capture"])
-        if a.compile and self.fits(f"{name} torch.compile ({most} views)", 10 if self.dry else self.compile_reserve_s):
+        first = name == next(iter(a.presets))
+        if a.compile and not (first or a.compile_all):
+            self.skip_once("torch.compile of the presets after the first (--compile-all to run it for every preset)")
+        elif a.compile and self.fits(f"{name} torch.compile ({most} views)",
+                                     10 if self.dry else self.compile_reserve_s):
             entry["compile"] = self.compile_block(model, last, graph_cls)
             self.print_compile(entry["compile"])
             self.compile_reserve_s = max(self.compile_reserve_s, 1.5 * entry["compile"].get("compile_s", 0) + 30)
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
-        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40):
+        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40 + 30):  # and 30 s kept for fp8
             entry["ablation"] = bench.ablation_table(model, last[0], last[1],
                                                      bench.Timer(device, 0 if self.dry else 1, a.attention_iters),
                                                      a.steps)
@@ -696,7 +700,7 @@ class Run:
             "commit": commit_id(), "machine": machine, "peaks": peaks, "published_device": published,
             "setup": {"dry_run": self.dry, "device": str(device), "dtype": "bfloat16", "views": a.views,
                       "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
-                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile,
+                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile, "compile_all": a.compile_all,
                       "presets": dict(a.presets), "fused_backend": fused.backend(device)},
             "models": {}}
         for preset, prompt_len in a.presets.items():
@@ -777,6 +781,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; dry run 1, steady on a shared machine)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    p.add_argument("--compile-all", action="store_true",
+                   help="torch.compile (cold and warm start) for every preset, not only the first (dry run: always)")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="wall-clock budget: later optional parts (compile, tables) are skipped when it runs short")
     args = p.parse_args(argv)
@@ -789,6 +795,7 @@ def parse_args(argv):
     if not args.views or not set(args.views) <= {1, 2, 3}:
         p.error(f"--views must be among 1,2,3, got {args.views}")
     args.presets = dict(DRY_PRESETS if dry else PRESETS)
+    args.compile_all = args.compile_all or dry
     args.steps = args.steps or (2 if dry else 10)
     args.threads = args.threads if args.threads is not None else (1 if dry else 0)
     args.iters = args.iters or (1 if dry else 10)
