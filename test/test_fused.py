@@ -159,3 +159,22 @@ def test_triton_kernels_compile_for_hopper(dtype, tmp_path, monkeypatch):
     for kernel, signature, constexprs in kernels:
         compiled = _compile_for(kernel, signature, constexprs, target)
         assert compiled.asm.get("cubin"), (kernel, constexprs)
+
+
+def test_compile_cache_dir(tmp_path, monkeypatch):
+    """compile_denoise(cache_dir=...) creates the directory and points inductor's cache at it; a path that cannot be
+    a directory is a clear error. (dynamo's eager backend: no inductor compile time in CI.)"""
+    import functools
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = small_config("pi05")
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    eager = model.sample_actions(*inputs, num_steps=2)
+    model.compile_denoise(cache_dir=str(tmp_path / "inductor"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor") and (tmp_path / "inductor").is_dir()
+    assert float((model.sample_actions(*inputs, num_steps=2) - eager).abs().max()) <= 1e-6
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cache_dir"):
+        model.compile_denoise(cache_dir=str(tmp_path / "file" / "sub"))

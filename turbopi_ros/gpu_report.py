@@ -339,13 +339,12 @@ class Run:
         compile_fn = functools.partial(torch.compile, backend="eager") if self.dry else torch.compile
         # cold start: a fresh inductor cache (what model.cache_dir starts as); warm: compiled again from that cache
         cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
-        saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
         out["inductor_cache_dir"] = cache_dir
         with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
             try:
                 eager = model.denoise(cache, noise, steps)
-                model.compile_denoise()
+                model.compile_denoise(cache_dir=cache_dir)
                 t0 = time.perf_counter()
                 compiled = model.denoise(cache, noise, steps)
                 sync(device)
@@ -353,7 +352,7 @@ class Run:
                 out["compiled_vs_eager"] = max_abs(compiled, eager)
                 if hasattr(torch, "_dynamo"):
                     torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
-                model.compile_denoise()
+                model.compile_denoise(cache_dir=cache_dir)
                 t0 = time.perf_counter()
                 model.denoise(cache, noise, steps)
                 sync(device)

@@ -296,10 +296,11 @@ class PI0Model(nn.Module):
             raise ValueError(f"noise must be {list(expected)}, got {list(noise.shape)}")
         return self.sampler.denoise(self, cache, noise, num_steps)
 
-    def compile_denoise(self, mode: Optional[str] = None) -> None:
+    def compile_denoise(self, mode: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
         """Optional: torch.compile one denoise step (the expert pass). The first denoise compiles (seconds to a
-        minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph."""
-        self.sampler.compile(self, mode)
+        minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph.
+        ``cache_dir``: inductor's cache directory (warm starts load from it; sampler.Sampler.compile)."""
+        self.sampler.compile(self, mode, cache_dir)
 
     # --- all three ---------------------------------------------------------------------------------------------------
     def sample_noise(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

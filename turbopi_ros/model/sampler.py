@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -100,5 +101,14 @@ class Sampler:
             x = x + dt * velocity(cache, x, sc)
         return x
 
-    def compile(self, model, mode: Optional[str] = None) -> None:
+    def compile(self, model, mode: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+        """torch.compile one step. ``cache_dir`` (model.cache_dir): inductor's cache directory, so that a later start
+        loads the compiled kernels instead of compiling them (TORCHINDUCTOR_CACHE_DIR: process-wide, set here)."""
+        if cache_dir:
+            path = os.path.abspath(os.path.expanduser(str(cache_dir)))
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"model cache_dir {cache_dir!r}: cannot create it ({e})") from None
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
         self.compiled_velocity = torch.compile(model.velocity, mode=mode, dynamic=False)
