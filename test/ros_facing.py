@@ -41,7 +41,12 @@ def module_names(path: Path) -> Tuple[str, ...]:
     """Every module the file imports, import-skips or runs with -m, and their parent packages (a.b runs a too)."""
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1]) if REPO in path.parents else ""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    type_checking = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}  # never run
+    for node in ast.walk(tree):
+        if id(node) in type_checking:
+            continue
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

@@ -58,7 +58,11 @@ def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "(b) attention calls of one denoise: 8 (depth x steps)" in text
+    assert "(h) kernels per stage, plain vs fused path" in text
     r = json.loads(out.read_text())
+    oc = r["op_counts"]  # (h): both paths, every stage; the fused expert layer launches fewer kernels
+    assert set(oc) == {"plain", "fused"} and set(oc["plain"]) == set(oc["fused"]) >= {"vision", "denoise"}
+    assert oc["fused"]["expert_layer"]["launches"] < oc["plain"]["expert_layer"]["launches"]
     assert set(r) >= {"machine", "setup", "stages_fast", "stages_reference", "cache", "attention",
                       "fast_vs_reference", "load_avg_1min_end"}
     assert set(r["stages_fast"]) == {"vision", "prefix_cache", "denoise", "total"}

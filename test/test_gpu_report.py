@@ -47,11 +47,15 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         assert set(m["views"]) == {"1", "2"}
         for views, b in m["views"].items():
             assert set(b["times"]) == {"vision", "prefix_cache", "denoise eager", "total eager", "reference denoise",
-                                       "reference total"}
+                                       "reference total", "denoise eager fused", "total eager fused"}
             p = b["parity"]
+            assert p["fused_vs_plain_bf16"] <= 1e-2 and p["fused_bf16_vs_reference_fp32"] <= 5e-2
             assert 0 < p["fast_bf16_vs_reference_fp32"] <= 5e-2 and 0 < p["reference_bf16_vs_reference_fp32"] <= 5e-2
             assert b["peak_memory_gb"] is None  # CPU
-            assert {row["calls"] for row in b["attention"]["replayed"].values()} == {config.expert.depth * 2}
+            if views == "2":  # the attention table: with the most cameras only
+                assert {row["calls"] for row in b["attention"]["replayed"].values()} == {config.expert.depth * 2}
+            else:
+                assert "attention" not in b
             cost = costmodel.workload_cost(costmodel.Workload(config, int(views), m["prompt_len"], 2))
             for name, e in b["efficiency"].items():
                 stage = gpu_report.FAST_STAGE[name]
@@ -61,7 +65,21 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
                 assert e["bound_over_measured"] == pytest.approx(e["bound_measured_peaks_ms"] / e["median_ms"])
         c = m["compile"]
         assert c["compiled_vs_eager"] <= 1e-6 and set(c["times"]) == {"denoise compiled", "denoise eager"}
+        assert c["cold_start_s"] > 0 and c["warm_start_s"] > 0 and c["inductor_cache_dir"]
         assert ALL_REVERSED in m["ablation"]
+        k = m["kernel_counts"]  # plain vs fused, every stage and layer
+        assert k["fused"]["expert_layer"]["launches"] <= 10 < k["plain"]["expert_layer"]["launches"]
+        assert all(k["fused"][s]["ops"] < k["plain"][s]["ops"] for s in k["plain"])
+        cap = m["capture"]  # every length captured up front, nothing after ready while the state changes
+        assert cap["captures_after_ready"] == 0 and cap["ready"]
+        assert set(cap["lengths_seen"]) <= set(cap["prompt_lengths"])
+        assert cap["captures"] == 1 + 2 * len(cap["prompt_lengths"])
+        assert len(cap["prompt_lengths"]) == (15 if config.is_pi05 else 1)
+        f8 = m["fp8"]
+        assert f8["quantized_linears"] > 0 and 0 < f8["parity"]["fp8_vs_bf16"] < 0.2
+        assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8"}
+    assert r["commit"]["commit"] and r["commit"]["source"] in ("git", "TURBOPI_COMMIT", ".commit")
+    assert f"gpu_report: commit {r['commit']['commit']}" in text
 
 
 def test_refuses_a_machine_without_cuda_unless_dry(tmp_path, capsys):
@@ -71,6 +89,16 @@ def test_refuses_a_machine_without_cuda_unless_dry(tmp_path, capsys):
     assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gpu_report.main(["--dry-run", "--views", "0,4"])
+
+
+def test_commit_without_git(tmp_path, monkeypatch):
+    """A copy of the work tree without .git: $TURBOPI_COMMIT, else the .commit file carried in."""
+    monkeypatch.delenv("TURBOPI_COMMIT", raising=False)
+    assert gpu_report.commit_id(tmp_path)["commit"] is None
+    (tmp_path / ".commit").write_text("abc123\n")
+    assert gpu_report.commit_id(tmp_path) == {"commit": "abc123", "source": ".commit", "dirty": None}
+    monkeypatch.setenv("TURBOPI_COMMIT", "def456")
+    assert gpu_report.commit_id(tmp_path)["commit"] == "def456"
 
 
 def test_published_device_and_file_names():

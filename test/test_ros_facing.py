@@ -18,7 +18,8 @@ def test_this_repositorys_tests(name):
 
 @pytest.mark.parametrize("source, expected", [
     ("from turbopi_ros.node import TurbopiNode\n", True),  # through the package: node imports rclpy
-    ("from turbopi_ros import conversions\n", True),  # a submodule named in from-import
+    ("from turbopi_ros.ros import conversions\n", True),  # a submodule named in from-import
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import rclpy\n", False),  # never runs
     ("def test_x():\n    from ros_helpers import node_session\n", True),  # a helper, imported inside a function
     ("import subprocess, sys\nsubprocess.run([sys.executable, '-m', 'turbopi_ros.tools.demo'])\n", True),  # -m
     ("import pytest\npytest.importorskip('sensor_msgs')\n", True),

@@ -102,14 +102,40 @@ def set_dtype(model: PI0Model, dtype: torch.dtype) -> PI0Model:
     return model
 
 
+FP8_NAMES = ("fp8", "float8")
+
+
+def is_fp8(dtype) -> bool:
+    """``model.dtype: fp8``: bfloat16 with the layers' linear weights in FP8 (model/fp8.py)."""
+    return isinstance(dtype, str) and dtype.lower() in FP8_NAMES
+
+
 def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """The compute dtype; "fp8" computes in bfloat16 (its weights are quantized after loading)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if is_fp8(dtype):
+        return torch.bfloat16
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} not supported (float32, bfloat16, float16)")
+        raise ValueError(f"dtype {dtype!r} not supported (float32, bfloat16, float16, fp8)")
     return names[dtype]
+
+
+def _fp8_check(dtype, device) -> None:
+    if is_fp8(dtype):
+        from .fp8 import require_fp8
+
+        require_fp8(device)  # before any weight is read: a refusal costs nothing
+
+
+def _fp8_finish(model: PI0Model, dtype) -> PI0Model:
+    if is_fp8(dtype):
+        from .fp8 import quantize_model
+
+        quantize_model(model)
+    return model
 
 
 # --- construction ----------------------------------------------------------------------------------------------------
@@ -118,6 +144,7 @@ def random_model(config: Union[str, ModelConfig], *, seed: int = 0, device="cpu"
     """A model with seeded random weights (demos, tests, benchmarks): N(0, std) with std = min(0.05, fan_in^-0.5)
     for matrices, 0.1 for norm scales and embeddings, 0.05 for biases."""
     config = load_config(config)
+    _fp8_check(dtype, device)
     with torch.device("meta"):
         model = PI0Model(config)
     model = model.to_empty(device=device)
@@ -129,7 +156,7 @@ def random_model(config: Union[str, ModelConfig], *, seed: int = 0, device="cpu"
             else:
                 std = 0.1 if (p.ndim == 1 and "bias" not in name) or "embed" in name else 0.05
             p.normal_(0.0, std, generator=gen)
-    return set_dtype(model.eval(), parse_dtype(dtype)).requires_grad_(False)
+    return _fp8_finish(set_dtype(model.eval(), parse_dtype(dtype)).requires_grad_(False), dtype)
 
 
 def _check_not_pickle(path: Path) -> None:
@@ -250,6 +277,7 @@ def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] 
     ``configure``: called with the config once the checkpoint's variant is known, returns the config to build (e.g.
     per-robot settings the weights do not fix: action_horizon, max_token_len)."""
     path = Path(path)
+    _fp8_check(dtype, device)
     if path.is_dir():
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
@@ -276,7 +304,7 @@ def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] 
         model = PI0Model(cfg)
     model = set_dtype(model.to_empty(device=device), parse_dtype(dtype))
     load_state(model, tensors, str(weights))
-    return model.eval().requires_grad_(False)
+    return _fp8_finish(model.eval().requires_grad_(False), dtype)
 
 
 def save_checkpoint(model: PI0Model, directory: Union[str, Path], *, precision: Optional[str] = None) -> Path:

@@ -19,15 +19,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import ModelConfig
-from .gemma import Attend, Gemma, Modulation, maskless_attention, rope_tables
+from .gemma import Attend, Gemma, maskless_attention, rope_tables
+from .reference import sample_actions_reference
+from .sampler import Sampler, StepConditioning, euler_schedule, time_embedding  # noqa: F401 (re-exported)
 from .siglip import Projector, SiglipVision
 
 
@@ -83,37 +85,6 @@ class PrefixCache:
         return self.keys.shape[1]
 
 
-def euler_schedule(num_steps: int) -> Tuple[List[float], float]:
-    """The times openpi's loop visits and its dt, in float32 as openpi accumulates them (1.0, 0.9, 0.79999995, ...)."""
-    if int(num_steps) < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    dt = np.float32(-1.0 / num_steps)
-    t, times = np.float32(1.0), []
-    while t >= -dt / np.float32(2):
-        times.append(float(t))
-        t = np.float32(t + dt)
-    return times, float(dt)
-
-
-def time_embedding(times: torch.Tensor, dim: int) -> torch.Tensor:
-    """openpi's sinusoidal embedding of float32 times [n] -> float32 [n, dim], computed in float64."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=times.device)
-    period = 4e-3 * (4.0 / 4e-3) ** fraction
-    angle = (1.0 / period * 2 * math.pi)[None, :] * times[:, None]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(times.dtype)
-
-
-@dataclasses.dataclass
-class StepConditioning:
-    """Everything of one Euler step that depends on t only, computed once per (num_steps, device, dtype)."""
-
-    time: float
-    action_time_bias: Optional[torch.Tensor] = None  # pi0: the time half of action_time_mlp_in, plus its bias
-    action_weight: Optional[torch.Tensor] = None  # pi0: the action half of action_time_mlp_in (contiguous copy)
-    layer_mods: Optional[List[Tuple[Modulation, Modulation]]] = None  # pi0.5: adaRMS per layer (input, post-attn)
-    final_mod: Optional[Modulation] = None  # pi0.5: adaRMS of the expert's final norm
-
-
 class PI0Model(nn.Module):
     """pi0 / pi0.5 with openpi's module names (checkpoint.py maps the ``paligemma_with_expert.*`` prefixes)."""
 
@@ -135,8 +106,8 @@ class PI0Model(nn.Module):
             self.state_proj = nn.Linear(c.action_dim, we)
             self.action_time_mlp_in = nn.Linear(2 * we, we)
             self.action_time_mlp_out = nn.Linear(we, we)
-        self._step_conditioning: Dict[tuple, List[StepConditioning]] = {}
-        self._compiled_velocity = None
+        self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
+        self._fused = False
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
@@ -146,7 +117,22 @@ class PI0Model(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the transformers compute in (heads, norms and embeddings may stay float32)."""
-        return self.expert.layers[0].self_attn.qkv.weight.dtype
+        qkv = self.expert.layers[0].self_attn.qkv
+        return getattr(qkv, "out_dtype", None) or qkv.weight.dtype  # fp8.FP8Linear computes in its out_dtype
+
+    @property
+    def fused(self) -> bool:
+        """Whether the engine runs the fused layer kernels (model/fused.py) instead of the plain modules."""
+        return self._fused
+
+    def use_fused(self, enable: bool = True) -> "PI0Model":
+        """Opt in to (or out of) the fused layer kernels for SigLIP, the prefix cache and the denoise: Triton kernels
+        on CUDA, their plain-torch twins elsewhere. The plain path stays the reference; the reference path and the
+        guided (RTC) denoise, which differentiates through the expert, always run the plain modules."""
+        self._fused = bool(enable)
+        self.vision.fused = self._fused
+        self.sampler.compiled_velocity = None  # a compiled step traced the other path
+        return self
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
     @engine_entry
@@ -190,25 +176,38 @@ class PI0Model(nn.Module):
         x = embs[valid].view(B, counts[0], c.vlm.width)  # compaction: only valid tokens enter the prefix
         return self.prefix_cache(x, state)
 
-    def prefix_cache(self, x: torch.Tensor, state: torch.Tensor) -> PrefixCache:
+    def prefix_cache(self, x: torch.Tensor, state: torch.Tensor,
+                     buffers: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> PrefixCache:
         """The cache of the valid prefix embeddings x [B, n, vlm width] (all of them valid: compacted), and pi0's
         state token. No host synchronisation and no data-dependent shapes: a CUDA graph can hold it
-        (cuda_graph.CudaGraphEncoder)."""
+        (cuda_graph.CudaGraphEncoder). ``buffers``: keys and values [depth, B, KV, L, D] with L at least
+        num_cached + action_horizon, to hold the cache in their leading tokens (the graphs of every prompt length
+        share one pair of buffers for the longest)."""
         c = self.config
         B, n = x.shape[0], x.shape[1]
         has_state = not c.is_pi05
         num_cached = n + int(has_state)
         g, H = c.vlm, c.action_horizon
-        keys = x.new_empty((g.depth, B, g.num_kv_heads, num_cached + H, g.head_dim))
-        values = torch.empty_like(keys)
+        shape = (g.depth, B, g.num_kv_heads, num_cached + H, g.head_dim)
+        if buffers is None:
+            keys = x.new_empty(shape)
+            values = torch.empty_like(keys)
+        else:
+            big = tuple(buffers[0].shape)
+            if (len(big) != 5 or big[:3] != shape[:3] or big[4] != shape[4] or big[3] < shape[3]
+                    or tuple(buffers[1].shape) != big):
+                raise ValueError(f"prefix_cache buffers must be [depth, B, KV, >= {shape[3]}, head_dim] = "
+                                 f"{list(shape)} or longer, got {big} and {tuple(buffers[1].shape)}")
+            keys, values = buffers[0][..., :shape[3], :], buffers[1][..., :shape[3], :]
 
         positions = torch.arange(n, device=x.device).expand(B, n)
         cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
-        self._run_prefix_stack(self.vlm, x, cos, sin, keys, values, 0, n)
+        run = self._run_prefix_stack_fused if self._fused else self._run_prefix_stack
+        run(self.vlm, x, cos, sin, keys, values, 0, n)
         if has_state:  # pi0: the state token sees the prefix and itself only -> its K/V are fixed per observation
             s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
             cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
-            self._run_prefix_stack(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
+            run(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
         cos, sin = self.action_rotary(num_cached, B, x.device, x.dtype)
         return PrefixCache(keys=keys, values=values, num_prefix=n, num_cached=num_cached, cos=cos, sin=sin)
 
@@ -230,6 +229,12 @@ class PI0Model(nn.Module):
 
             x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
 
+    @staticmethod
+    def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
+        """_run_prefix_stack with the fused kernels."""
+        fused.gemma_stack(stack.layers, x, cos, sin, lambda li: (keys[li], values[li], start, stop),
+                          last_attention_only=True)
+
     @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
         return self.build_cache(self.embed_images(images, image_masks), tokens, token_mask, state)
@@ -237,37 +242,13 @@ class PI0Model(nn.Module):
     # --- stage 3: the maskless denoise -----------------------------------------------------------------------------
     def step_conditioning(self, num_steps: int) -> List[StepConditioning]:
         """Per-step time conditioning (the 10 times are fixed): pi0's time half of action_time_mlp_in, pi0.5's time
-        MLP and every adaRMS scale/shift/gate. Cached (cleared when weights are loaded, or by
+        MLP and every adaRMS scale/shift/gate. Cached by the sampler (cleared when weights are loaded, or by
         clear_step_conditioning); ordinary tensors without a graph, usable in any autograd mode."""
-        key = (int(num_steps), self.device, self.dtype)
-        if key not in self._step_conditioning:
-            with torch.inference_mode(False), torch.no_grad():
-                self._step_conditioning[key] = self._compute_step_conditioning(num_steps)
-        return self._step_conditioning[key]
+        return self.sampler.step_conditioning(self, num_steps)
 
     def clear_step_conditioning(self) -> None:
         """Forget the precomputed per-step conditioning (after changing weights in place, or to time computing it)."""
-        self._step_conditioning.clear()
-
-    def _compute_step_conditioning(self, num_steps: int) -> List[StepConditioning]:
-        times, _ = euler_schedule(num_steps)
-        we = self.config.expert.width
-        emb = time_embedding(torch.tensor(times, dtype=torch.float32), we).to(self.device)
-        steps = []
-        w_action = None if self.config.is_pi05 else self.action_time_mlp_in.weight[:, :we].contiguous()
-        for i, t in enumerate(times):
-            sc = StepConditioning(time=t)
-            if self.config.is_pi05:
-                cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb[i:i + 1]))))
-                sc.layer_mods = [(layer.input_layernorm.modulation(cond),
-                                  layer.post_attention_layernorm.modulation(cond)) for layer in self.expert.layers]
-                sc.final_mod = self.expert.norm.modulation(cond)
-            else:
-                w_time = self.action_time_mlp_in.weight[:, we:]
-                sc.action_time_bias = F.linear(emb[i:i + 1], w_time, self.action_time_mlp_in.bias)[:, None, :]
-                sc.action_weight = w_action
-            steps.append(sc)
-        return steps
+        self.sampler.clear()
 
     def embed_actions(self, x_t: torch.Tensor, sc: StepConditioning) -> torch.Tensor:
         a = self.action_in_proj(x_t)
@@ -280,6 +261,13 @@ class PI0Model(nn.Module):
         """v(x_t, t): the expert over the action tokens only, attending to the whole cache with no mask (the action
         tokens' K/V are written into the cache's tail)."""
         n = cache.num_cached
+        if self._fused:
+            h = self.embed_actions(x_t, sc).to(self.dtype)
+            stop = cache.keys.shape[-2]
+            h = fused.gemma_stack(self.expert.layers, h, cache.cos, cache.sin,
+                                  lambda li: (cache.keys[li], cache.values[li], n, stop), sc.layer_mods,
+                                  self.expert.norm, sc.final_mod)
+            return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):
@@ -306,18 +294,13 @@ class PI0Model(nn.Module):
         expected = (cache.batch_size, c.action_horizon, c.action_dim)
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must be {list(expected)}, got {list(noise.shape)}")
-        steps = self.step_conditioning(num_steps)
-        _, dt = euler_schedule(num_steps)
-        velocity = self._compiled_velocity or self.velocity
-        x = noise.to(torch.float32)
-        for sc in steps:
-            x = x + dt * velocity(cache, x, sc)
-        return x
+        return self.sampler.denoise(self, cache, noise, num_steps)
 
-    def compile_denoise(self, mode: Optional[str] = None) -> None:
+    def compile_denoise(self, mode: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
         """Optional: torch.compile one denoise step (the expert pass). The first denoise compiles (seconds to a
-        minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph."""
-        self._compiled_velocity = torch.compile(self.velocity, mode=mode, dynamic=False)
+        minute); the per-step conditioning tensors are graph inputs, so the steps share one compiled graph.
+        ``cache_dir``: inductor's cache directory (warm starts load from it; sampler.Sampler.compile)."""
+        self.sampler.compile(self, mode, cache_dir)
 
     # --- all three ---------------------------------------------------------------------------------------------------
     def sample_noise(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -334,8 +317,6 @@ class PI0Model(nn.Module):
         if noise is None:
             noise = self.sample_noise(images.shape[0])
         if path == "reference":
-            from .reference import sample_actions_reference
-
             return sample_actions_reference(self, images, image_masks, tokens, token_mask, state, noise, num_steps)
         if path != "fast":
             raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")

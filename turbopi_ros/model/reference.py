@@ -12,8 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from typing import TYPE_CHECKING
+
 from .gemma import Gemma, masked_eager_attention, rope_tables
-from .pi0 import PI0Model, euler_schedule, time_embedding
+from .sampler import euler_schedule, time_embedding
+
+if TYPE_CHECKING:  # pi0.py imports this module: the model class is needed for annotations only
+    from .pi0 import PI0Model
 
 
 def make_att_2d_masks(pad_masks: torch.Tensor, att_masks: torch.Tensor) -> torch.Tensor:

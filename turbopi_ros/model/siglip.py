@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .fused import siglip_stack
 from .gemma import fused_qkv
 
 LN_EPS = 1e-6
@@ -71,7 +72,10 @@ class SiglipEncoder(nn.Module):
 
 
 class SiglipVision(nn.Module):
-    """images [N, 3, S, S] in [-1, 1] -> tokens [N, (S/patch)^2, vision width]."""
+    """images [N, 3, S, S] in [-1, 1] -> tokens [N, (S/patch)^2, vision width]. ``fused`` (PI0Model.use_fused)
+    runs the encoder through model/fused.py's kernels."""
+
+    fused = False
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -86,6 +90,8 @@ class SiglipVision(nn.Module):
             raise ValueError(f"vision tower: images must be [N, 3, {size}, {size}], got {list(images.shape)}")
         # The embeddings may be kept in float32 while the encoder runs in bfloat16 (as openpi does).
         x = self.embeddings(images).to(self.post_layernorm.weight.dtype)
+        if self.fused:
+            return siglip_stack(self, x)
         for layer in self.encoder.layers:
             x = layer(x)
         return self.post_layernorm(x)

@@ -142,11 +142,38 @@ class Policy:
         self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
         self.encoder = model  # embed_images, build_cache
         if cuda_graph and self.device.type == "cuda":
-            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser
+            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool
 
-            self.denoiser = CudaGraphDenoiser(model)
+            pool = GraphPool(self.device)  # one memory pool and one set of capture stats for both stages
+            self.denoiser = CudaGraphDenoiser(model, pool=pool)
             self.guided_denoiser = CudaGraphGuidedDenoiser(model)
-            self.encoder = CudaGraphEncoder(model)
+            self.encoder = CudaGraphEncoder(model, pool=pool)
+
+    def warm_up_graphs(self, prompt: str, state_dims: Optional[int] = None,
+                       camera_counts: Optional[Sequence[int]] = None):
+        """Capture the graphs of every prompt length ``prompt`` can produce (pi0.5: over every state of
+        ``state_dims`` values, policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image
+        slot), then mark the graphs ready: a later capture counts in ``captures_after_ready``. Returns the capture
+        stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
+        from .prompt_lengths import prompt_lengths
+
+        if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
+            return None
+        if self.config.is_pi05 and state_dims is None:
+            raise ValueError("pi0.5 writes the state into the prompt: warm_up_graphs needs state_dims")
+        from ..model.cuda_graph import cached_lengths
+
+        lengths = prompt_lengths(self.tokenizer, prompt, state_dims if self.config.is_pi05 else None)
+        cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
+        self.encoder.warm_up(cams, lengths)
+        self.denoiser.warm_up(cached_lengths(self.config, cams, lengths), num_steps=self.num_steps)
+        self.denoiser.pool.mark_ready()
+        return self.denoiser.stats
+
+    @property
+    def graph_stats(self):
+        """The CUDA graphs' capture stats (count, time, memory, captures after ready), or None without graphs."""
+        return getattr(self.denoiser, "stats", None)
 
     def _check_adapter_sizes(self) -> None:
         a, d = self.adapter, self.config.action_dim

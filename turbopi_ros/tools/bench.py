@@ -13,8 +13,9 @@ difference of their actions from the same run; (d) the machine, with its load av
 ops with the most self time in one fast and one reference denoise (torch.profiler); (f) the fast denoise with each
 optimization undone, one at a time and all together (ablation.py); (g) each stage's and the end-to-end achieved GFLOP/s
 (FLOPs from costmodel.py) and their fraction of this machine's matmul rate measured in the same run (the ceiling
-probe of (b), also timed interleaved with the stages). --json FILE writes it all. --roofline prints the cost model's FLOPs and bytes per stage and the roofline
-lower bounds on the devices of costmodel.DEVICES for the same setup, without running anything.
+probe of (b), also timed interleaved with the stages). --json FILE writes it all. --roofline prints the cost model's
+FLOPs and bytes per stage and the roofline lower bounds on the devices of costmodel.DEVICES for the same setup,
+without running anything.
 Random weights (timing does not depend on values); the prompt has --prompt-len valid tokens padded to max_token_len.
 Every measurement is interleaved with the ones it is compared with. On a machine shared with other work, --threads 1
 gives steadier numbers: a multi-threaded op waits whenever one of its threads is descheduled.
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
 from ..model.checkpoint import parse_dtype, random_model
+from ..model import opcount
 from ..model.config import load_config
 from .machine import cpu_model
 from ..model.reference import reference_denoise, reference_prefix
@@ -133,7 +135,7 @@ def patched(module, name: str, wrap: Callable[[Callable], Callable]):
 def uncompiled(model):
     """Within the block the denoise runs its eager steps (a --compile'd step would not call the Python functions
     the tables patch)."""
-    return replaced(model, "_compiled_velocity", None)
+    return replaced(model.sampler, "compiled_velocity", None)
 
 
 def matmul_probe_for(model, batch: int, steps: int):
@@ -366,6 +368,8 @@ def run(args) -> Dict[str, object]:
     device = torch.device(args.device)
     config = load_config(args.config or args.preset)
     model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
+    if args.fused:
+        model.use_fused(True)
     if args.compile:
         model.compile_denoise()
     images, masks, tokens, token_mask, state, noise = make_inputs(config, args.views, args.prompt_len, device)
@@ -383,7 +387,8 @@ def run(args) -> Dict[str, object]:
         "setup": {"config": args.config or args.preset, "variant": config.variant, "device": str(device),
                   "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
                   "max_token_len": config.max_token_len, "steps": steps, "iters": args.iters,
-                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile)},
+                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
+                  "fused": bool(args.fused)},
     }
     probe, probe_info = matmul_probe_for(model, 1, steps)
     with torch.inference_mode():
@@ -430,6 +435,9 @@ def run(args) -> Dict[str, object]:
     result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
     result["efficiency"] = efficiency(costs, result["stages_fast"], result["matmul_probe"]["gflops"])
     result["ablation"] = ablation_table(model, cache, noise, timer, steps)
+    if args.op_counts:
+        result["op_counts"] = opcount.compare(model, images, masks, tokens, token_mask, state, noise, num_steps=steps,
+                                              cuda_kernels=device.type == "cuda")
     if args.profile:
         with torch.inference_mode():
             result["profile"] = {
@@ -444,7 +452,8 @@ def report(r: Dict[str, object]) -> str:
     s, m = r["setup"], r["machine"]
     lines = [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
              f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
-             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else ""),
+             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
+             + (", fused kernels" if s.get("fused") else ""),
              f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
              f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
              f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
@@ -456,11 +465,13 @@ def report(r: Dict[str, object]) -> str:
         for stage, v in stages.items():
             lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
     a = r["attention"]
-    lines += ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} queries x "
+    lines += ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} "
+                  f"queries x "
                   f"{a['keys_fast']} keys, no mask; openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys, "
                   "masked",
               f"    {'':<27} {'inside denoise runs':^50}   {'replayed back to back':^36}",
-              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11} {'GFLOP/s':>7}   "
+              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11} {'GFLOP/s':>7} "
+              f"  "
               f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8} {'GFLOP/s':>7}"]
     for name, row in a["in_denoise"].items():
         rep = a["replayed"][name]
@@ -468,17 +479,20 @@ def report(r: Dict[str, object]) -> str:
                      f"{row['share_of_denoise']:10.0%} {row['gflops']:7.1f}   {rep['median_ms']:10.2f} "
                      f"{rep['p90_ms']:8.2f} {rep['speedup_vs_eager']:7.2f}x {rep['gflops']:7.1f}")
     p = a["matmul_probe"]
-    lines.append(f"    ceiling: the fast path's {a['gflop_fast']:.2f} GFLOP (openpi's: {a['gflop_openpi']:.2f}) at this "
+    lines.append(f"    ceiling: the fast path's {a['gflop_fast']:.2f} GFLOP (openpi's: {a['gflop_openpi']:.2f}) at "
+                 f"this "
                  f"machine's matmul rate on the denoise's MLP shape {'x'.join(map(str, p['shape']))} "
                  f"({p['gflops']:.1f} GFLOP/s, same run) would take {a['fast_at_matmul_rate_ms']:.2f} ms: "
                  f"{a['ceiling_vs_eager_replayed']:.2f}x vs eager replayed")
     f = r["fast_vs_reference"]
-    lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end {f['end_to_end_speedup']:.2f}x"
+    lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end "
+                  f"{f['end_to_end_speedup']:.2f}x"
                   f", max abs diff of the actions {f['max_abs_diff']:.2e} "
                   f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance); "
                   f"denoise ratio if the fast attention cost nothing (runs of (b)): "
                   f"{f['denoise_speedup_if_attention_were_free']:.2f}x"]
-    lines += ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown vs "
+    lines += ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown "
+                  "vs "
                   "the fast denoise, max abs diff of the actions from it, aten ops per denoise",
               f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13} {'ops':>6}"]
     for name, row in r["ablation"].items():
@@ -494,8 +508,13 @@ def report(r: Dict[str, object]) -> str:
     for stage, row in e["stages"].items():
         lines.append(f"    {stage:<14} {row['gflop']:9.3f} {row['median_ms']:10.2f} {row['gflops']:9.1f} "
                      f"{row['fraction_of_matmul_rate']:14.0%} {row['at_matmul_rate_ms']:17.2f}")
+    if "op_counts" in r:
+        lines += ["", "(h) kernels per stage, plain vs fused path (turbopi_ros/model/opcount.py): aten ops dispatched, "
+                      "launches = those that launch a kernel on a GPU (no views, no allocations); a layer row is one "
+                      "layer (expert: in one denoise step)"] + opcount.table(r["op_counts"])
     for name, prof in r.get("profile", {}).items():
-        lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: {prof['total_ms']:.2f} ms)"]
+        lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: "
+                      f"{prof['total_ms']:.2f} ms)"]
         for op in prof["ops"]:
             lines.append(f"    {op['name'][:52]:<52} {op['self_ms']:9.2f} ms {op['share']:6.1%} {op['calls']:6d} calls")
     return "\n".join(lines)
@@ -521,6 +540,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
+    p.add_argument("--fused", action="store_true", help="time the fused layer kernels (PI0Model.use_fused)")
+    p.add_argument("--no-op-counts", dest="op_counts", action="store_false",
+                   help="skip table (h), the ops / kernels per stage of the plain and the fused path")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one fast and one reference denoise (torch.profiler) and print the top N ops")
     p.add_argument("--json", default=None, help="write all results to this file")

@@ -334,7 +334,8 @@ def device_roofline(w: Workload, device: Device) -> Dict[str, Dict[str, Dict[str
 def cost_table(w: Workload) -> str:
     c = w.config
     costs = workload_cost(w)
-    lines = [f"cost model ({c.variant}): {w.views} views, {w.prompt_len} prompt tokens ({w.prefix_tokens} valid prefix, "
+    lines = [f"cost model ({c.variant}): {w.views} views, {w.prompt_len} prompt tokens ({w.prefix_tokens} valid "
+             f"prefix, "
              f"{w.cached_tokens} cached), {w.steps} steps, {w.dtype}, batch {w.batch}",
              f"    {'stage':<13} {'matmul':>10} {'attention':>10} {'elementw.':>10} {'GFLOP':>10}   {'weights':>9} "
              f"{'KV cache':>9} {'activ.':>9} {'MB':>9}"]
@@ -354,7 +355,8 @@ def roofline_table(w: Workload, devices: Iterable[Device] = DEVICES.values()) ->
              f"{'total':>8}  limited by (vision/prefix/denoise)"]
     for device in devices:
         for dtype, r in device_roofline(w, device).items():
-            lines.append(f"    {device.name:<26} {dtype:<9} {device.peak_tflops[dtype]:8.1f} {device.bandwidth_gbs:7.0f} "
+            lines.append(f"    {device.name:<26} {dtype:<9} {device.peak_tflops[dtype]:8.1f} "
+                         f"{device.bandwidth_gbs:7.0f} "
                          + " ".join(f"{r[s]['bound_ms']:8.2f}" for s in STAGES) + f" {r['total']['bound_ms']:8.2f}  "
                          + "/".join(r[s]["limited_by"] for s in STAGES))
     return "\n".join(lines)
@@ -373,7 +375,8 @@ def markdown_rows(config_name: str, prompt_len: int, views: Iterable[int] = (1, 
                 r = roofline(Workload(config, v, prompt_len, steps, dtype=dtype), peak, device.bandwidth_gbs)
                 parts = " + ".join(f"{r[s]['bound_ms']:.1f}" for s in STAGES)
                 cells.append(f"**{r['total']['bound_ms']:.1f}** ({parts})")
-            rows.append(f"| {device.name} | {dtype} | {peak:g} | {device.bandwidth_gbs:g} | " + " | ".join(cells) + " |")
+            head = f"| {device.name} | {dtype} | {peak:g} | {device.bandwidth_gbs:g} | "
+            rows.append(head + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

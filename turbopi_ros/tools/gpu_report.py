@@ -9,14 +9,24 @@ For each preset (random weights, built once on the device and reused by every va
      turbopi-bench; the efficiency of every stage against the cost model (costmodel.py): TFLOP/s, fraction of this
      GPU's matmul rate, and the roofline lower bound from this GPU's measured matmul rate and copy bandwidth (and from
      its published peaks where costmodel.DEVICES knows it);
-  3. with the most cameras: torch.compile of the denoise step, eager and as a CUDA graph (compile time reported), and
-     turbopi-bench's table (f) (each optimization undone).
+  3. the fused layer kernels (model/fused.py, PI0Model.use_fused): every stage eager and graphed with them, their
+     parity against the plain path;
+  4. with the most cameras: kernels per stage, plain vs fused (model/opcount.py: aten ops dispatched, and the CUDA
+     profiler's kernels); every prompt length of the preset captured up front in one shared pool (capture count,
+     time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
+     denoise step with a fresh inductor cache (cold start) and again from that cache (warm start), eager and as a
+     CUDA graph (the first preset only, unless --compile-all), and turbopi-bench's table (f) (each optimization
+     undone); last, FP8 weights (model/fp8.py, on GPUs of compute capability >= 8.9): their timings and parity
+     against bfloat16 and the float32 reference.
 Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
-and prints the markdown rows for docs/performance.md. A time budget (--budget-s) skips what would not fit, saying so.
+with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
+root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
+on an H100 with the model builds) skips what would not fit, saying so.
 
 --dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
 graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
-time): a check of everything but the CUDA parts, in seconds (bfloat16 matmuls on a CPU without avx512_bf16 are slow,
+time; graphs replayed as cuda_graph's static replay on CPU; FP8 through its dequantized twin): a check of everything
+but the CUDA parts, in seconds (bfloat16 matmuls on a CPU without avx512_bf16 are slow,
 openpi's eager masked attention most of all). Its numbers are not measurements. The tests run it.
 """
 from __future__ import annotations
@@ -27,7 +37,9 @@ import gc
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -38,14 +50,56 @@ import torch
 from . import bench, costmodel
 from .ablation import replaced
 from ..model.checkpoint import random_model, set_dtype
+from ..model import fp8, fused, opcount
 from ..model.config import load_config
+from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths
 from ..model.reference import reference_denoise, reference_prefix
+from ..policy.prompt_lengths import prompt_lengths
+from ..policy.tokenizer import ByteTokenizer
 
 PRESETS = {"pi0": 20, "pi05": 80}  # preset -> valid prompt tokens (pi0.5: task + discretized state)
 DRY_PRESETS = {"tiny": 20, "tiny_pi05": 80}
 FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph": "vision",
               "prefix_cache graph": "prefix_cache", "denoise eager": "denoise",
-              "denoise graph": "denoise", "total eager": "total", "total graph": "total"}
+              "denoise graph": "denoise", "total eager": "total", "total graph": "total",
+              "denoise eager fused": "denoise", "total eager fused": "total", "vision graph fused": "vision",
+              "prefix_cache graph fused": "prefix_cache", "denoise graph fused": "denoise",
+              "total graph fused": "total"}
+# the prompt and state size of the capture check: pi0.5's lengths over every state of STATE_DIMS values
+CAPTURE_PROMPT = "pick up the cube and put it in the bowl"
+STATE_DIMS = 7
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
+    """The commit measured: git's HEAD (and whether the tree differs from it); where there is no .git (a copy of the
+    work tree), $TURBOPI_COMMIT or the first line of <root>/.commit."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+            return {"commit": head.stdout.strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.environ.get("TURBOPI_COMMIT"):
+        return {"commit": os.environ["TURBOPI_COMMIT"].strip(), "source": "TURBOPI_COMMIT", "dirty": None}
+    marker = root / ".commit"
+    if marker.is_file():
+        return {"commit": marker.read_text().split("\n")[0].strip(), "source": ".commit", "dirty": None}
+    return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
+
+
+def fused_call(model, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with the model's fused kernels on (and the switch put back)."""
+    def run():
+        was = model.fused
+        model.use_fused(True)
+        try:
+            return fn()
+        finally:
+            model.use_fused(was)
+    return run
 
 
 class Report:
@@ -98,7 +152,6 @@ def measure_peaks(device: torch.device, dry: bool) -> Dict[str, Dict[str, object
     y = torch.empty_like(x)
     copy_ms = timed_ms(lambda: y.copy_(x), device, 5 if dry else 20)
     moved = 2 * x.numel() * x.element_size()
-    del a, b, x, y
     return {"matmul": {"shape": [n, n, n], "dtype": str(dtype).replace("torch.", ""), "median_ms": mm_ms,
                        "tflops": 2.0 * n ** 3 / mm_ms / 1e9},
             "copy": {"bytes_moved": moved, "median_ms": copy_ms, "gbs": moved / copy_ms / 1e6}}
@@ -157,7 +210,7 @@ class Run:
 
     # --- one views count ---------------------------------------------------------------------------------------
     def views_block(self, model, config, views: int, prompt_len: int, ref32, graph, peaks, published,
-                    encoder=None):
+                    encoder=None, fused_graphs=None):
         """-> (the block's results, (cache, noise) of its observation)."""
         a, device, steps = self.args, self.device, self.args.steps
         images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device,
@@ -185,6 +238,24 @@ class Run:
                 fns["denoise graph"] = lambda: graph(cache, noise, steps)
                 fns["total graph"] = lambda: graph(model.encode(images, masks, tokens, token_mask, state), noise,
                                                    steps)
+            fns["denoise eager fused"] = fused_call(model, lambda: model.denoise(cache, noise, steps))
+            fns["total eager fused"] = fused_call(model, lambda: model.denoise(
+                model.encode(images, masks, tokens, token_mask, state), noise, steps))
+            if fused_graphs is not None:  # everything graphed, with the fused kernels
+                f_enc, f_den = fused_graphs
+
+                def f_total():
+                    return f_den(f_enc.build_cache(f_enc.embed_images(images, masks), tokens, token_mask, state),
+                                 noise, steps)
+
+                t0 = time.perf_counter()
+                fused_call(model, f_total)()  # captured here (with the fused path on), not in a timed call
+                out["fused_graph_capture_s"] = time.perf_counter() - t0
+                f_tokens = f_enc.embed_images(images, masks)
+                fns["vision graph fused"] = lambda: f_enc.embed_images(images, masks)
+                fns["prefix_cache graph fused"] = lambda: f_enc.build_cache(f_tokens, tokens, token_mask, state)
+                fns["denoise graph fused"] = lambda: f_den(cache, noise, steps)
+                fns["total graph fused"] = f_total
             if encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
                 graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
                 n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
@@ -209,6 +280,11 @@ class Run:
                                 noise, steps)
                 out["peak_memory_gb_graph"] = memory_gb(device)
                 parity["graph_vs_eager"] = max_abs(graphed, fast)
+            fused_actions = fns["total eager fused"]()
+            parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
+            parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32[views])
+            if "total graph fused" in fns:
+                parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
             ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
             parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32[views]),
                            "reference_bf16_vs_reference_fp32": max_abs(ref, ref32[views]),
@@ -216,7 +292,8 @@ class Run:
                            "reference_fp32_max_abs": float(ref32[views].abs().max())})
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
         out["parity"] = parity
-        if self.fits(f"{config.variant} {views} views attention table", 30 if not self.dry else 0):
+        if views == max(a.views) and self.fits(f"{config.variant} {views} views attention table",
+                                               30 if not self.dry else 0):
             att_timer = bench.Timer(device, 0 if self.dry else 1, a.attention_iters)
             out["attention"] = bench.attention_table(model, cache, prefix_pad, past, state, noise, att_timer, steps)
         w = costmodel.Workload(config, views, prompt_len, steps, dtype="bfloat16")
@@ -260,17 +337,33 @@ class Run:
         cache, noise = state_tuple
         out: Dict[str, object] = {"backend": "eager (dry run)" if self.dry else "inductor"}
         compile_fn = functools.partial(torch.compile, backend="eager") if self.dry else torch.compile
+        # cold start: a fresh inductor cache (what model.cache_dir starts as); warm: compiled again from that cache
+        cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
+        saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
+        out["inductor_cache_dir"] = cache_dir
         with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
             try:
                 eager = model.denoise(cache, noise, steps)
-                model.compile_denoise()
+                model.compile_denoise(cache_dir=cache_dir)
                 t0 = time.perf_counter()
                 compiled = model.denoise(cache, noise, steps)
                 sync(device)
-                out["compile_s"] = time.perf_counter() - t0
+                out["compile_s"] = out["cold_start_s"] = time.perf_counter() - t0
                 out["compiled_vs_eager"] = max_abs(compiled, eager)
+                if hasattr(torch, "_dynamo"):
+                    torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
+                model.compile_denoise(cache_dir=cache_dir)
+                t0 = time.perf_counter()
+                model.denoise(cache, noise, steps)
+                sync(device)
+                out["warm_start_s"] = time.perf_counter() - t0
             except Exception as e:
                 return self.failed(out, "torch.compile", e)
+            finally:
+                if saved_dir is None:
+                    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+                else:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_dir
 
             def eager_denoise():
                 with bench.uncompiled(model):
@@ -288,6 +381,111 @@ class Run:
                     self.failed(out, "torch.compile + CUDA graph", e)
             times = bench.Timer(device, a.warmup, a.iters)(fns)
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
+        return out
+
+    def counts_block(self, model, config, views: int, prompt_len: int) -> Dict[str, object]:
+        """Kernels per stage and per layer, plain vs fused: aten ops dispatched (and, on CUDA, the profiler's
+        kernels) for vision, the prefix cache, one denoise step and the whole denoise."""
+        inputs = bench.make_inputs(config, views, prompt_len, self.device, self.args.seed)
+        out: Dict[str, object] = {}
+        if self.device.type == "cuda":
+            try:
+                return opcount.compare(model, *inputs, num_steps=self.args.steps, cuda_kernels=True)
+            except Exception as e:  # the profiler's count failed: keep the dispatched ops at least
+                self.failed(out, "CUDA kernel counts (profiler)", e)
+        try:
+            out.update(opcount.compare(model, *inputs, num_steps=self.args.steps))
+        except Exception as e:
+            return self.failed(out, "kernel counts", e)
+        return out
+
+    def capture_block(self, model, config, views: int, prompt_len: int) -> Dict[str, object]:
+        """Every prompt length the capture prompt can produce (pi0.5: over every state of STATE_DIMS values; byte
+        tokenizer) captured before ready in one shared pool, then a run whose pi0.5 state changes every observation:
+        it must capture nothing more. Capture count, time, pool memory, replayed totals."""
+        a, device = self.args, self.device
+        out: Dict[str, object] = {}
+        try:
+            import numpy as np
+
+            pool = GraphPool(device, static_replay_on_cpu=self.dry)
+            enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
+            tok = ByteTokenizer(config.vlm.vocab_size, config.max_token_len, config.variant)
+            lengths = prompt_lengths(tok, CAPTURE_PROMPT, STATE_DIMS if config.is_pi05 else None)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                enc.warm_up((views,), lengths)
+                den.warm_up(cached_lengths(config, (views,), lengths), num_steps=a.steps)
+            sync(device)
+            pool.mark_ready()
+            out["warm_up_s"] = time.perf_counter() - t0
+            out["prompt_lengths"] = lengths
+            images, masks, _, _, _, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
+            rng = np.random.default_rng(a.seed)
+            state = np.zeros(STATE_DIMS)
+            seen, times = [], []
+            for _ in range(3 if self.dry else 12):
+                state = np.clip(state + rng.normal(0, 0.4, STATE_DIMS), -1, 1)
+                tokens, mask = tok.encode(CAPTURE_PROMPT, state if config.is_pi05 else None)
+                state_t = torch.zeros((1, config.action_dim), device=device)
+                state_t[0, :STATE_DIMS] = torch.from_numpy(state).float()
+                tokens_t = torch.from_numpy(tokens.astype(np.int64))[None].to(device)
+                mask_t = torch.from_numpy(mask)[None].to(device)
+                sync(device)
+                t1 = time.perf_counter()
+                with torch.inference_mode():
+                    den(enc.build_cache(enc.embed_images(images, masks), tokens_t, mask_t, state_t), noise, a.steps)
+                sync(device)
+                times.append((time.perf_counter() - t1) * 1e3)
+                seen.append(int(mask.sum()))
+            out.update(pool.stats.to_dict())
+            out["lengths_seen"] = seen
+            out["replayed_total_ms_median"] = sorted(times)[len(times) // 2]
+            if out["captures_after_ready"]:
+                self.errors.append(f"{config.variant}: {out['captures_after_ready']} captures after ready")
+        except Exception as e:
+            return self.failed(out, "capture every length", e)
+        return out
+
+    def fp8_block(self, model, config, views: int, prompt_len: int, ref32) -> Dict[str, object]:
+        """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
+        and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why."""
+        a, device, steps = self.args, self.device, self.args.steps
+        ok, why = fp8.fp8_support(device)
+        if not ok and not self.dry:
+            self.skip_once(why)
+            return {"skipped": why}
+        out: Dict[str, object] = {"kernels": "dequantized twin on CPU (dry run)" if self.dry else "torch._scaled_mm"}
+        images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
+
+        def total():
+            return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+
+        try:
+            with torch.inference_mode():
+                bf16 = total()
+                out["quantized_linears"] = fp8.quantize_model(model, check_device=not self.dry)
+                actions = total()
+                out["parity"] = {"fp8_vs_bf16": max_abs(actions, bf16),
+                                 "fp8_vs_reference_fp32": max_abs(actions, ref32[views]),
+                                 "bf16_vs_reference_fp32": max_abs(bf16, ref32[views])}
+                fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
+                if device.type == "cuda":
+                    for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
+                        pool = GraphPool(device)
+                        enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
+
+                        def graphed(enc=enc, den=den):
+                            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state),
+                                       noise, steps)
+
+                        fns[label] = fused_call(model, graphed) if on else graphed
+                        fns[label]()  # captured here
+                        out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
+                times = bench.Timer(device, a.warmup, a.iters)(fns)
+            out["times"] = {k: bench.summary(v) for k, v in times.items()}
+        except Exception as e:
+            return self.failed(out, "fp8", e)
         return out
 
     def failed(self, out: Dict[str, object], what: str, e: Exception) -> Dict[str, object]:
@@ -340,31 +538,50 @@ class Run:
         else:
             self.skip_once("CUDA graphs: not a CUDA device (dry run)")
         graph = graph_cls(model) if graph_cls else None
+        fused_graphs = None
+        if graph_cls is not None:
+            fused_pool = GraphPool(device)
+            fused_graphs = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
         last = None
         for views in a.views:
             block, last = self.views_block(model, config, views, prompt_len, ref32, graph, peaks, published,
-                                           encoder)
+                                           encoder, fused_graphs)
             entry["views"][views] = block
             self.print_views(config, views, block)
         if graph is not None:
             graph.clear()
             encoder.clear()
+            fused_graphs[0].clear()
+            fused_graphs[1].clear()
         most = max(a.views)
-        if a.compile and self.fits(f"{name} torch.compile ({most} views)", 10 if self.dry else self.compile_reserve_s):
+        if self.fits(f"{name} kernel counts ({most} views)", 0 if self.dry else 20):
+            entry["kernel_counts"] = self.counts_block(model, config, most, prompt_len)
+            self.print_counts(entry["kernel_counts"])
+        if self.fits(f"{name} capture of every prompt length ({most} views)", 0 if self.dry else 40):
+            entry["capture"] = self.capture_block(model, config, most, prompt_len)
+            self.print_capture(entry["capture"])
+        first = name == next(iter(a.presets))
+        if a.compile and not (first or a.compile_all):
+            self.skip_once("torch.compile of the presets after the first (--compile-all to run it for every preset)")
+        elif a.compile and self.fits(f"{name} torch.compile ({most} views)",
+                                     10 if self.dry else self.compile_reserve_s):
             entry["compile"] = self.compile_block(model, last, graph_cls)
             self.print_compile(entry["compile"])
             self.compile_reserve_s = max(self.compile_reserve_s, 1.5 * entry["compile"].get("compile_s", 0) + 30)
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
-        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40):
+        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40 + 30):  # and 30 s kept for fp8
             entry["ablation"] = bench.ablation_table(model, last[0], last[1],
                                                      bench.Timer(device, 0 if self.dry else 1, a.attention_iters),
                                                      a.steps)
             say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
                 f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)"
                 for k, r in entry["ablation"].items()))
+        if self.fits(f"{name} fp8 ({most} views)", 0 if self.dry else 30):
+            entry["fp8"] = self.fp8_block(model, config, most, prompt_len, ref32)
+            self.print_fp8(entry["fp8"])
         entry["total_s"] = time.perf_counter() - t0
-        del model, graph, last
+        del model, graph, last, fused_graphs
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -382,6 +599,11 @@ class Run:
             f"{med('denoise eager')} / graph {med('denoise graph')}, total eager "
             f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
             f"{med('reference total')}")
+        say(f"    fused kernels: denoise eager {med('denoise eager fused')} / graph {med('denoise graph fused')}, "
+            f"vision graph {med('vision graph fused')}, prefix graph {med('prefix_cache graph fused')}, total eager "
+            f"{med('total eager fused')} / graph {med('total graph fused')}; fused vs plain (bf16) max abs diff "
+            f"{_num(p.get('fused_vs_plain_bf16'), '.2e')}, fused vs fp32 reference "
+            f"{_num(p.get('fused_bf16_vs_reference_fp32'), '.2e')}")
         say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
             f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
             f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
@@ -389,8 +611,9 @@ class Run:
             f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
         for name, e in b["efficiency"].items():
             pub = e["bound_published_ms"]
-            say(f"    {name:<14} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
-                f"({e['fraction_of_matmul_rate']:5.1%} of the matmul rate); roofline bound {e['bound_measured_peaks_ms']:.2f}"
+            say(f"    {name:<24} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
+                f"({e['fraction_of_matmul_rate']:5.1%} of the matmul rate); roofline bound "
+                f"{e['bound_measured_peaks_ms']:.2f}"
                 f" ms measured peaks ({e['bound_over_measured']:5.1%} of it reached)"
                 + (f", {pub:.2f} ms published" if pub is not None else ""))
         att = b.get("attention")
@@ -399,13 +622,46 @@ class Run:
             say("    attention, replayed, ms: " + ", ".join(f"{k} {v['median_ms']:.2f} ({v['speedup_vs_eager']:.2f}x)"
                                                            for k, v in r.items()))
 
+    def print_counts(self, c: Dict) -> None:
+        for error in c.get("errors", []):
+            self.say(f"    FAILED {error}")
+        if "plain" in c:
+            self.say("    kernels per stage (aten ops dispatched, GPU launches among them; a layer row is one layer):")
+            for row in opcount.table(c):
+                self.say(row)
+
+    def print_capture(self, c: Dict) -> None:
+        for error in c.get("errors", []):
+            self.say(f"    FAILED {error}")
+        if "captures" in c:
+            pool = c.get("pool_reserved_bytes")
+            self.say(f"    every prompt length captured before ready: {len(c['prompt_lengths'])} lengths, "
+                     f"{c['captures']} graphs in {c['capture_s']:.1f} s (warm-up {c['warm_up_s']:.1f} s), pool "
+                     + (f"{pool / 1e6:.0f} MB" if pool is not None else "n/a")
+                     + f", static buffers {c['static_bytes'] / 1e6:.1f} MB; changing states (lengths "
+                     f"{sorted(set(c['lengths_seen']))}): {c['captures_after_ready']} captures after ready, total "
+                     f"{c['replayed_total_ms_median']:.2f} ms median")
+
+    def print_fp8(self, c: Dict) -> None:
+        for error in c.get("errors", []):
+            self.say(f"    FAILED {error}")
+        if "skipped" in c:
+            self.say(f"    fp8: skipped ({c['skipped']})")
+        elif "times" in c:
+            p = c["parity"]
+            self.say(f"    fp8 ({c['kernels']}, {c['quantized_linears']} linears): "
+                     + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in c["times"].items())
+                     + f"; max abs diff vs bf16 {p['fp8_vs_bf16']:.3e}, vs fp32 reference "
+                     f"{p['fp8_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
+
     def print_compile(self, c: Dict) -> None:
         for error in c.get("errors", []):
             self.say(f"    FAILED {error}")
         if "times" not in c:
             return
         t = c["times"]
-        self.say(f"    torch.compile ({c['backend']}, {c['compile_s']:.1f} s to compile): denoise ms "
+        self.say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
+                 f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
                  + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
                  + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
 
@@ -414,7 +670,8 @@ class Run:
         a, say, device = self.args, self.say, self.device
         if device.type == "cuda" and not torch.cuda.is_available():
             print(f"gpu_report: torch {torch.__version__} at {sys.executable} has no CUDA device; run with a CUDA "
-                  "build of torch (PYTHON=/path/to/python bash scripts/gpu_report.sh), or pass --dry-run", file=sys.stderr)
+                  "build of torch (PYTHON=/path/to/python bash scripts/gpu_report.sh), or pass --dry-run",
+                  file=sys.stderr)
             return 2
         if a.threads:
             torch.set_num_threads(a.threads)
@@ -428,19 +685,25 @@ class Run:
         out_dir = Path(a.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / f"gpu_{slug(name)}"
-        say(f"gpu_report: {name} ({device}); torch {torch.__version__}, CUDA {machine.get('cuda')}; CPU {machine['cpu']}"
+        commit = commit_id()
+        say(f"gpu_report: commit {commit['commit']} ({commit['source']}" + (", modified" if commit["dirty"] else "")
+            + ")")
+        say(f"gpu_report: {name} ({device}); torch {torch.__version__}, CUDA {machine.get('cuda')}; CPU "
+            f"{machine['cpu']}"
             f" ({' '.join(machine['cpu_flags'])}); load average {machine['load_avg_1min']}"
             + ("; DRY RUN (CPU, tiny presets)" if self.dry else ""))
         peaks = measure_peaks(device, self.dry)
         say(f"this device, measured: {peaks['matmul']['dtype']} matmul {peaks['matmul']['tflops']:.3g} TFLOP/s "
             f"({'x'.join(map(str, peaks['matmul']['shape']))}), copy {peaks['copy']['gbs']:.0f} GB/s; published "
             "peaks: " + (f"costmodel.DEVICES[{published!r}]" if published else "not in costmodel.DEVICES"))
+        fp8_ok, fp8_why = fp8.fp8_support(device)
+        say(f"fused kernels: {fused.backend(device)}; fp8: {'supported' if fp8_ok else fp8_why}")
         result: Dict[str, object] = {
-            "machine": machine, "peaks": peaks, "published_device": published,
+            "commit": commit_id(), "machine": machine, "peaks": peaks, "published_device": published,
             "setup": {"dry_run": self.dry, "device": str(device), "dtype": "bfloat16", "views": a.views,
                       "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
-                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile,
-                      "presets": dict(a.presets)},
+                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile, "compile_all": a.compile_all,
+                      "presets": dict(a.presets), "fused_backend": fused.backend(device)},
             "models": {}}
         for preset, prompt_len in a.presets.items():
             try:
@@ -475,10 +738,11 @@ class Run:
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
-MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / graph / "
-                   "compile+graph | total eager / "
-                   "graph | roofline bound (measured peaks) | graph total / bound | bf16 fast vs fp32 reference | peak "
-                   "memory |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / "
+                   "graph / "
+                   "compile+graph | total eager / graph | total graph fused | roofline bound (measured peaks) | "
+                   "graph total / bound | bf16 fast vs fp32 reference | peak memory |\n"
+                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def markdown_rows(result: Dict) -> List[str]:
@@ -499,7 +763,8 @@ def markdown_rows(result: Dict) -> List[str]:
             rows.append(f"| {gpu} | {preset} | {views} | {ms('vision')} / {ms('vision graph')} | "
                         f"{ms('prefix_cache')} / {ms('prefix_cache graph')} | "
                         f"{ms('denoise eager')} / {ms('denoise graph')} / {cg} | {ms('total eager')} / "
-                        f"{ms('total graph')} | {e['bound_measured_peaks_ms']:.2f} | {e['bound_over_measured']:.0%} | "
+                        f"{ms('total graph')} | {ms('total graph fused')} | {e['bound_measured_peaks_ms']:.2f} | "
+                        f"{e['bound_over_measured']:.0%} | "
                         f"{b['parity']['fast_bf16_vs_reference_fp32']:.2e} | "
                         + (f"{mem:.1f} GB" if mem is not None else "n/a") + " |")
     return rows
@@ -512,14 +777,16 @@ def parse_args(argv):
     p.add_argument("--out-dir", default=None, help="default docs/bench (dry run: a temporary directory)")
     p.add_argument("--views", default=None, help="camera counts, comma separated (default 1,2,3; dry run 1,2)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default 10; dry run 2)")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations per table (default 20; dry run 1)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per table (default 10; dry run 1)")
     p.add_argument("--warmup", type=int, default=None, help="default 3; dry run 0")
     p.add_argument("--attention-iters", type=int, default=None, help="default 10; dry run 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; dry run 1, steady on a shared machine)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
-    p.add_argument("--budget-s", type=float, default=540.0,
+    p.add_argument("--compile-all", action="store_true",
+                   help="torch.compile (cold and warm start) for every preset, not only the first (dry run: always)")
+    p.add_argument("--budget-s", type=float, default=450.0,
                    help="wall-clock budget: later optional parts (compile, tables) are skipped when it runs short")
     args = p.parse_args(argv)
     dry = args.dry_run
@@ -531,9 +798,10 @@ def parse_args(argv):
     if not args.views or not set(args.views) <= {1, 2, 3}:
         p.error(f"--views must be among 1,2,3, got {args.views}")
     args.presets = dict(DRY_PRESETS if dry else PRESETS)
+    args.compile_all = args.compile_all or dry
     args.steps = args.steps or (2 if dry else 10)
     args.threads = args.threads if args.threads is not None else (1 if dry else 0)
-    args.iters = args.iters or (1 if dry else 20)
+    args.iters = args.iters or (1 if dry else 10)
     args.warmup = args.warmup if args.warmup is not None else (0 if dry else 3)
     args.attention_iters = args.attention_iters or (1 if dry else 10)
     if args.out_dir is None:

@@ -1,0 +1,99 @@
+"""Run by test_fused.py in a subprocess with TRITON_INTERPRET=1 (it must be set before Triton is imported): every
+Triton kernel of model/fused.py on CPU tensors against its plain-torch twin, then whole tiny models with the kernels
+against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance."""
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+import torch  # noqa: E402
+
+from turbopi_ros.model import fused  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from engine_helpers import model_for, random_inputs, small_config  # noqa: E402
+
+failures = []
+
+
+def check(name, got, want, tol):
+    """tol: absolute; None for bfloat16: two rounding steps (2^-6 relative) of the largest value compared (the
+    kernels round where the plain path rounds, but a sum rounded once may land one step away)."""
+    err = max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want))
+    if tol is None:
+        tol = 2.0 ** -6 * max(float(w.float().abs().max()) for w in want)
+    print(f"{name} max_abs_err={err:.3g} (tolerance {tol:.3g})", flush=True)
+    if not err <= tol:
+        failures.append(f"{name}: {err} > {tol}")
+
+
+def kernels(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    tag = str(dtype).split(".")[-1]
+    for W in (24, 40):  # not powers of two: the masked tails
+        B, L = 2, 3
+        x, br, w = rnd(B, L, W), rnd(B, L, W), rnd(W) * 0.1
+        mod = rnd(B, 1, 3 * W)  # adaRMS (scale, shift, gate) as chunks of one dense output: strided views
+        scale, shift, gate = torch.chunk(mod, 3, dim=-1)
+        fused.use_triton_on_cpu(True)
+        got = [fused.rms_norm(x, w, None, None), fused.rms_norm(x, None, scale, shift),
+               *fused.add_rms_norm(x, br, None, w, None, None), *fused.add_rms_norm(x, br, gate, None, scale, shift),
+               fused.gelu_gate(x * 3, br)]
+        fused.use_triton_on_cpu(False)
+        want = [fused.rms_norm(x, w, None, None), fused.rms_norm(x, None, scale, shift),
+                *fused.add_rms_norm(x, br, None, w, None, None), *fused.add_rms_norm(x, br, gate, None, scale, shift),
+                fused.gelu_gate(x * 3, br)]
+        check(f"norms+gelu_gate {tag} W={W}", got, want, tol)
+        ln = torch.nn.LayerNorm(W, eps=1e-6).to(dtype)
+        ln.requires_grad_(False)
+        ln.weight.copy_(rnd(W))
+        ln.bias.copy_(rnd(W))
+        outs = []
+        for on in (True, False):
+            fused.use_triton_on_cpu(on)
+            no_branch = (fused._ln_triton(x, None, ln.weight, ln.bias, ln.eps)[1] if on
+                         else fused.layer_norm_twin(x, ln.weight, ln.bias, ln.eps))
+            outs.append([*fused.add_layer_norm(x, br, ln.weight, ln.bias, ln.eps), no_branch])
+        fused.use_triton_on_cpu(False)
+        check(f"layer_norm {tag} W={W}", outs[0], outs[1], tol)
+    for H, KV, D in ((4, 1, 8), (4, 2, 6)):
+        B, L, Lc, start = 2, 3, 9, 4
+        qkv = rnd(B, L, (H + 2 * KV) * D)
+        pos = torch.arange(start, start + L).expand(B, L)
+        from turbopi_ros.model.gemma import rope_tables
+        cos, sin = rope_tables(pos, D, 10000.0, dtype)
+        outs = []
+        for on in (True, False):
+            cache = torch.zeros(3, B, KV, Lc, D, dtype=dtype)  # [depth, ...] like the engine's: strided slices
+            values = torch.zeros_like(cache)
+            fused.use_triton_on_cpu(on)
+            q = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
+            outs.append([q, cache, values])
+        fused.use_triton_on_cpu(False)
+        check(f"qkv_rope {tag} H={H} KV={KV} D={D}", outs[0], outs[1], tol)
+
+
+def whole_model(variant, tol):
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    plain = model.sample_actions(*inputs, num_steps=3)
+    model.use_fused(True)
+    fused.use_triton_on_cpu(True)
+    got = model.sample_actions(*inputs, num_steps=3)
+    fused.use_triton_on_cpu(False)
+    check(f"whole model {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
+
+
+kernels(torch.float32, 1e-5)
+kernels(torch.bfloat16, None)
+whole_model("pi0", 1e-5)
+whole_model("pi05", 1e-5)
+if failures:
+    print("FAILED: " + "; ".join(failures))
+    sys.exit(1)
+print("all kernels within tolerance")

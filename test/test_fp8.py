@@ -1,0 +1,79 @@
+"""model.dtype fp8: refused with a clear error where FP8 matmuls do not exist (every CPU), and the quantization math
+(per-row e4m3 scales, the dequantized twin of torch._scaled_mm) checked on CPU."""
+import pytest
+import torch
+
+from turbopi_ros.model import fp8
+from turbopi_ros.model.checkpoint import is_fp8, parse_dtype, random_model
+
+from engine_helpers import model_for, random_inputs, small_config
+
+
+def test_refused_on_cpu_before_loading(tmp_path):
+    from turbopi_ros.model.checkpoint import load_model
+
+    with pytest.raises(ValueError, match=r"fp8 needs a CUDA GPU .*compute capability >= 8.9.*device cpu"):
+        random_model(small_config("pi0"), dtype="fp8")
+    with pytest.raises(ValueError, match="device cpu is not a CUDA device"):  # before the (missing) file is read
+        load_model(tmp_path / "missing.safetensors", dtype="fp8")
+    assert is_fp8("fp8") and is_fp8("FLOAT8") and not is_fp8("bfloat16") and parse_dtype("fp8") == torch.bfloat16
+
+
+def test_refusal_names_the_gpu_and_its_capability(monkeypatch):
+    """An A100 (8.0) is refused by name and capability; an H100 (9.0) passes the check."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    ok, why = fp8.fp8_support("cuda:0")
+    assert not ok and "cuda:0 (NVIDIA A100-SXM4-80GB) has compute capability 8.0" in why and "8.9" in why
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert fp8.fp8_support("cuda:0") == (True, "")
+
+
+def test_row_quantization_error_is_within_e4m3_rounding():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 48, generator=g) * torch.logspace(-3, 1, 64)[:, None]  # rows of very different sizes
+    w[3] = 0.0
+    q, s = fp8.quantize_rows(w)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (64, 1)
+    assert torch.allclose(s[:, 0], torch.where(w.abs().amax(1) > 0, w.abs().amax(1) / 448, torch.ones(64)))
+    deq = fp8.dequantize(q, s)
+    # e4m3: 3 mantissa bits (half a step = 2^-4 relative), subnormal step 2^-9 (in units of the row's scale)
+    bound = torch.maximum(w.abs() * 2 ** -4, s * 2 ** -10) * (1 + 1e-6)
+    assert bool(((deq - w).abs() <= bound).all())
+    assert float(deq.abs().amax(1)[10] - w.abs().amax(1)[10]) == 0  # each row's amax is exact (448 = e4m3 max)
+    assert not deq[3].any()
+
+
+def test_reference_linear_is_the_dequantized_product():
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(64, 32).requires_grad_(False)
+    with torch.no_grad():
+        lin.weight.normal_(generator=g)
+        lin.bias.normal_(generator=g)
+    x = torch.randn(2, 5, 64, generator=g)
+    q_lin = fp8.FP8Linear(lin, out_dtype=torch.float32)
+    got = q_lin(x)
+    qx, sx = fp8.quantize_rows(x.reshape(10, 64))
+    want = (fp8.dequantize(qx, sx) @ fp8.dequantize(q_lin.qweight, q_lin.wscale).t() + lin.bias).view(2, 5, 32)
+    assert torch.allclose(got, want, atol=1e-5)
+    exact = lin(x)
+    rel = float((got - exact).norm() / exact.norm())
+    assert 1e-4 < rel < 0.08  # quantized (not a copy of the float32 product), within e4m3's precision
+    assert torch.allclose(q_lin.weight, fp8.dequantize(q_lin.qweight, q_lin.wscale))
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_quantized_model_stays_close(variant):
+    """The transformer layers' projections quantized (CPU: through the twin): the actions move, but little."""
+    cfg = small_config(variant)
+    plain = model_for(cfg)
+    quant = model_for(cfg)
+    n = fp8.quantize_model(quant, check_device=False)
+    # dimensions multiple of 16 only: SigLIP's qkv and out_proj (width 16, its MLP is 24 wide), Gemma's five
+    # projections (width 32, MLP 48); the expert (width 24) stays as it is
+    assert n == 2 * 2 + 2 * 5
+    assert quant.dtype == torch.float32
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    a, b = plain.sample_actions(*inputs, num_steps=3), quant.sample_actions(*inputs, num_steps=3)
+    err = float((a - b).abs().max())
+    assert 0 < err < 0.05 * float(a.abs().max())

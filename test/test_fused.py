@@ -1,0 +1,180 @@
+"""The fused path (model/fused.py, PI0Model.use_fused) against the plain path: whole models on CPU (the ops' twins),
+the openpi fixtures through it, and every Triton kernel under Triton's interpreter on CPU tensors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from turbopi_ros.tools import verify
+from turbopi_ros.model import fused
+from turbopi_ros.model.checkpoint import load_model
+
+from engine_helpers import model_for, random_inputs, small_config
+
+TEST_DIR = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_fused_model_equals_plain_float32(variant):
+    """Actions, image tokens, and every cached K/V: fused within 1e-5 of plain (a batch of 2, two prompt lengths)."""
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    for seed, cameras, valid in ((0, (True, False, True), (4,)), (1, (True, True, True), (7,))):
+        inputs = random_inputs(cfg, batch=2, cameras=cameras, valid_tokens=valid, seed=seed)
+        results = []
+        for on in (False, True):
+            model.use_fused(on)
+            tokens = model.embed_images(*inputs[:2])
+            cache = model.build_cache(tokens, *inputs[2:5])
+            results.append((tokens.features, cache.keys, cache.values, model.denoise(cache, inputs[5], 10)))
+        assert model.fused
+        for plain, fast in zip(*results):
+            assert float((plain - fast).abs().max()) <= 1e-5
+        assert float(results[0][3].abs().max()) > 1e-2  # the actions are not trivially zero
+
+
+def test_fused_switch_is_opt_in_and_reversible():
+    model = model_for(small_config("pi05"))
+    assert not model.fused and not model.vision.fused
+    assert model.use_fused() is model and model.fused and model.vision.fused
+    model.use_fused(False)
+    assert not model.fused and not model.vision.fused
+
+
+@pytest.mark.parametrize("name", ["pi0", "pi05"])
+def test_openpi_fixtures_through_the_fused_path(openpi_fixtures, name):
+    model = load_model(openpi_fixtures / f"{name}_tiny.safetensors", config=openpi_fixtures / f"{name}_tiny.json")
+    model.use_fused(True)
+    case = verify.load_case(openpi_fixtures / f"{name}_case_a.npz")
+    actions = verify.run_case(model, case, "fast")
+    assert float((actions.float() - case["actions"]).abs().max()) <= 1e-4
+
+
+def test_twins_are_the_plain_modules_math():
+    """The twins the fused ops run on CPU compute what gemma.RMSNorm / GemmaMLP compute (bitwise in float32)."""
+    from turbopi_ros.model.gemma import RMSNorm, apply_rope, gated_residual
+
+    g = torch.Generator().manual_seed(0)
+    x, br = torch.randn(2, 3, 24, generator=g), torch.randn(2, 3, 24, generator=g)
+    norm, ada = RMSNorm(24), RMSNorm(24, cond_dim=8)
+    norm.weight.data.normal_(generator=g)
+    mod = ada.modulation(torch.randn(2, 8, generator=g))
+    with torch.no_grad():
+        s, y = fused.add_rms_norm(x, br, mod[2], None, mod[0], mod[1])
+        assert torch.equal(s, gated_residual(x, br, mod[2])) and torch.equal(y, ada(s, mod)[0])
+        assert torch.equal(fused.rms_norm(x, norm.weight, None, None), norm(x)[0])
+        cos, sin = torch.randn(2, 3, 1, 8, generator=g), torch.randn(2, 3, 1, 8, generator=g)
+        qkv = torch.randn(2, 3, 6 * 8, generator=g)
+        keys, values = torch.zeros(2, 1, 5, 8), torch.zeros(2, 1, 5, 8)
+        q = fused.qkv_rope(qkv, cos, sin, keys, values, 2, 4, 1)
+        q_ref, k_ref, v_ref = torch.split(qkv, [32, 8, 8], dim=-1)
+        assert torch.equal(q, apply_rope(q_ref.view(2, 3, 4, 8), cos, sin))
+        assert torch.equal(keys[:, :, 2:], apply_rope(k_ref.view(2, 3, 1, 8), cos, sin).transpose(1, 2))
+        assert torch.equal(values[:, :, 2:], v_ref.view(2, 3, 1, 8).transpose(1, 2))
+        assert not keys[:, :, :2].any() and not values[:, :, :2].any()  # only the slot [start, start + L) written
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        fused.use_triton_on_cpu(True)
+    assert fused.backend("cpu") == "torch twin"
+
+
+def test_triton_kernels_under_the_interpreter():
+    """Every kernel vs its twin (float32 1e-5, bfloat16 two rounding steps) and whole tiny pi0 / pi0.5 with the
+    kernels vs plain (float32 1e-5), in a subprocess: TRITON_INTERPRET must be set before Triton is imported."""
+    pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TEST_DIR.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(TEST_DIR / "fused_interpreter_checks.py")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if "max_abs_err=" in line]
+    assert len(lines) == 14 and "whole model pi05" in lines[-1], out.stdout
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_fused_path_dispatches_fewer_ops(variant):
+    """Counted by model/opcount.py: per expert layer of a denoise step, and per Gemma and SigLIP layer, the fused path
+    dispatches fewer ops and at most 10 kernel launches; every stage dispatches fewer ops; the switch is restored."""
+    from turbopi_ros.model import opcount
+
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    counts = opcount.compare(model, *inputs, num_steps=3)
+    assert not model.fused
+    plain, fast = counts["plain"], counts["fused"]
+    for stage in ("vision", "prefix_cache", "denoise_step", "denoise", "siglip_layer", "gemma_layer", "expert_layer"):
+        assert fast[stage]["ops"] < plain[stage]["ops"], stage
+        assert fast[stage]["launches"] < plain[stage]["launches"], stage
+    assert plain["expert_layer"]["launches"] >= 30  # norms as square/mean/rsqrt/mul, casts, rotary as slice/neg/cat
+    for layer in ("expert_layer", "gemma_layer", "siglip_layer"):
+        assert fast[layer]["launches"] <= 10, (layer, fast[layer])
+    # every step runs the same ops: the whole denoise is 3 steps plus the Euler updates
+    assert fast["denoise"]["ops"] >= 3 * fast["denoise_step"]["ops"]
+    rows = opcount.table(counts)
+    assert len(rows) == 8 and rows[-1].split()[0] == "expert_layer"
+
+
+def _compile_for(kernel, signature, constexprs, target):
+    import triton
+    from triton.compiler import ASTSource
+
+    return triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target)
+
+
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_triton_kernels_compile_for_hopper(dtype, tmp_path, monkeypatch):
+    """Every kernel, in every variant the engine launches, compiles to an sm_90 (H100 / H200) cubin with the ptxas in
+    Triton's wheel: no GPU needed, so a kernel that only the interpreter accepts fails here, not on the robot."""
+    pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
+    from triton.backends.compiler import GPUTarget
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the kernels are interpreted functions")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    target = GPUTarget("cuda", 90, 32)
+    d = dtype
+    rms_sig = {name: d for name in ("x_ptr", "br_ptr", "gate_ptr", "w_ptr", "scale_ptr", "shift_ptr", "xo_ptr",
+                                    "y_ptr")}
+    rms_sig.update(W="i32", L="i32", stride_mod="i32", stride_gate="i32", eps="fp32", HAS_BRANCH="constexpr",
+                   HAS_GATE="constexpr", ADAPTIVE="constexpr", BLOCK="constexpr")
+    kernels = [(fused._rms_kernel, rms_sig, dict(HAS_BRANCH=b, HAS_GATE=g, ADAPTIVE=a, BLOCK=2048))
+               for b, g, a in ((False, False, False), (False, False, True), (True, False, False), (True, True, True))]
+    kernels.append((fused._gelu_gate_kernel, dict(g_ptr=d, u_ptr=d, o_ptr=d, N="i32", BLOCK="constexpr"),
+                    dict(BLOCK=1024)))
+    rope_sig = {name: d for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr")}
+    rope_sig.update({name: "i32" for name in ("L", "start", "stride_cb", "stride_cl", "stride_kb", "stride_kh",
+                                              "stride_kl", "stride_vb", "stride_vh", "stride_vl")})
+    rope_sig.update(H="constexpr", KV="constexpr", D="constexpr", HALF_BLOCK="constexpr")
+    kernels.append((fused._qkv_rope_kernel, rope_sig, dict(H=8, KV=1, D=256, HALF_BLOCK=128)))
+    ln_sig = {name: d for name in ("x_ptr", "br_ptr", "w_ptr", "b_ptr", "xo_ptr", "y_ptr")}
+    ln_sig.update(W="i32", eps="fp32", HAS_BRANCH="constexpr", BLOCK="constexpr")
+    kernels += [(fused._layer_norm_kernel, ln_sig, dict(HAS_BRANCH=b, BLOCK=2048)) for b in (False, True)]
+    for kernel, signature, constexprs in kernels:
+        compiled = _compile_for(kernel, signature, constexprs, target)
+        assert compiled.asm.get("cubin"), (kernel, constexprs)
+
+
+def test_compile_cache_dir(tmp_path, monkeypatch):
+    """compile_denoise(cache_dir=...) creates the directory and points inductor's cache at it; a path that cannot be
+    a directory is a clear error. (dynamo's eager backend: no inductor compile time in CI.)"""
+    import functools
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = small_config("pi05")
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    eager = model.sample_actions(*inputs, num_steps=2)
+    model.compile_denoise(cache_dir=str(tmp_path / "inductor"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor") and (tmp_path / "inductor").is_dir()
+    assert float((model.sample_actions(*inputs, num_steps=2) - eager).abs().max()) <= 1e-6
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cache_dir"):
+        model.compile_denoise(cache_dir=str(tmp_path / "file" / "sub"))

@@ -1,0 +1,113 @@
+"""Never capture while the robot moves: every prompt length is enumerated and captured before ready, and a run over
+changing pi0.5 states then captures nothing. Runs on CPU: the graphs' bookkeeping and static-buffer protocol are
+device-independent (cuda_graph.GraphPool with static_replay_on_cpu); only capture and replay are CUDA calls."""
+import numpy as np
+import pytest
+import torch
+
+from turbopi_ros.model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, GraphBook, GraphPool,
+                                          cached_lengths)
+from turbopi_ros.policy.policy import Observation, Policy
+from turbopi_ros.policy.prompt_lengths import prompt_lengths
+from turbopi_ros.policy.tokenizer import ByteTokenizer
+
+from engine_helpers import model_for, random_inputs, small_config
+
+PROMPT = "pick up the cube"
+
+
+def test_pi05_prompt_lengths_cover_every_state():
+    tok = ByteTokenizer(vocab_size=257152, max_len=200, variant="pi05")
+    lengths = prompt_lengths(tok, PROMPT, state_dims=7)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        state = np.clip(rng.normal(0, 0.6, 7), -1.5, 1.5)
+        state[rng.random(7) < 0.2] = rng.choice([-1.0, -0.99, 0.0, 0.999, 1.0])
+        seen.add(int(tok.encode(PROMPT, state)[1].sum()))
+    assert seen <= set(lengths)
+    # bins 0..9 print one digit, 100..255 three: 7 values give 2 * 7 + 1 lengths, from all-short to all-long
+    assert lengths == list(range(lengths[0], lengths[0] + 15))
+    assert int(tok.encode(PROMPT, np.full(7, -0.999))[1].sum()) == lengths[0]
+    assert int(tok.encode(PROMPT, np.full(7, 0.999))[1].sum()) == lengths[-1]
+
+
+def test_prompt_lengths_pi0_and_truncation():
+    tok = ByteTokenizer(vocab_size=257152, max_len=48, variant="pi0")
+    assert prompt_lengths(tok, PROMPT) == [int(tok.encode(PROMPT)[1].sum())]
+    short = ByteTokenizer(vocab_size=257152, max_len=40, variant="pi05")  # cut off inside the state text
+    assert prompt_lengths(short, PROMPT, state_dims=7) == [40]
+    with pytest.raises(ValueError, match="state_dims"):
+        prompt_lengths(tok, PROMPT, state_dims=0)
+
+
+def test_graph_book_counts_captures_after_ready():
+    book = GraphBook()
+    made = []
+    assert book.entry("a", lambda: made.append("a") or "A") == "A"
+    assert book.entry("a", lambda: made.append("again")) == "A" and made == ["a"]
+    book.mark_ready()
+    book.entry("b", lambda: "B")
+    s = book.stats
+    assert (s.captures, s.captures_after_ready, s.ready) == (2, 1, True) and s.capture_s >= 0
+
+
+def test_cached_lengths_and_refusals():
+    cfg = small_config("pi0")
+    assert cached_lengths(cfg, (1, 2), (3, 4)) == [2 * 16 + 4 + 1, 2 * 16 + 3 + 1, 16 + 4 + 1, 16 + 3 + 1]
+    with pytest.raises(ValueError, match="max_token_len"):
+        cached_lengths(cfg, (1,), (cfg.max_token_len + 1,))
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphPool("cpu")
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_static_replay_equals_eager_with_shared_buffers(variant):
+    """Encoder and denoiser sharing one pool, lengths captured longest first: every length reuses the same K/V
+    buffers, and replaying each (in any order, twice) gives the eager results."""
+    cfg = small_config(variant)
+    model = model_for(cfg)
+    pool = GraphPool("cpu", static_replay_on_cpu=True)
+    encoder, denoiser = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
+    encoder.warm_up((2,), (3, 6, 9))
+    denoiser.warm_up(cached_lengths(cfg, (2,), (3, 6, 9)), num_steps=4)
+    pool.mark_ready()
+    static_bytes = pool.stats.static_bytes
+    assert pool.stats.captures == 1 + 3 + 3
+    for valid in (6, 3, 9, 6):
+        inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(valid,), seed=valid)
+        with torch.inference_mode():
+            eager = model.denoise(model.encode(*inputs[:5]), inputs[5], 4)
+            graphed = denoiser(encoder.build_cache(encoder.embed_images(*inputs[:2]), *inputs[2:5]), inputs[5], 4)
+        assert float((graphed - eager).abs().max()) <= 1e-5
+    s = pool.stats
+    assert s.captures == 7 and s.captures_after_ready == 0 and s.static_bytes == static_bytes
+
+
+def test_changing_pi05_states_capture_nothing_after_warm_up():
+    """A policy run whose pi0.5 state (and so prompt length) changes every observation: after warm_up_graphs no
+    capture happens, and the actions equal the eager policy's. A new prompt afterwards does capture (the count can
+    fail)."""
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=3)
+    eager = Policy.from_params(**kwargs)
+    graphed = Policy.from_params(**kwargs)
+    pool = GraphPool("cpu", static_replay_on_cpu=True)
+    graphed.encoder = CudaGraphEncoder(graphed.model, pool=pool)
+    graphed.denoiser = CudaGraphDenoiser(graphed.model, pool=pool)
+    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(2,))
+    warm = stats.captures
+    assert stats.ready and warm == 1 + 2 * 15  # vision, and prefix + denoise for each of the 15 lengths
+    rng = np.random.default_rng(1)
+    images = {k: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for k in ("base_0_rgb", "left_wrist_0_rgb")}
+    state, lengths = np.zeros(7), set()
+    for i in range(12):
+        state = np.clip(state + rng.normal(0, 0.4, 7), -1, 1)
+        obs = Observation(images=images, state=state, prompt=PROMPT, stamp=float(i))
+        lengths.add(int(graphed.preprocess(obs)[3].sum()))
+        a, b = eager.infer(obs).actions, graphed.infer(obs).actions
+        assert np.abs(a - b).max() <= 1e-5
+    assert len(lengths) >= 3  # the prompt length did move
+    assert graphed.graph_stats.captures == warm and graphed.graph_stats.captures_after_ready == 0
+    longer = PROMPT + " and put it in the red bowl"  # 27 more tokens: beyond every captured length
+    graphed.infer(Observation(images=images, state=state, prompt=longer, stamp=99.0))
+    assert graphed.graph_stats.captures_after_ready == 2  # prefix and denoise of an unforeseen length

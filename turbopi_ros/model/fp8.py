@@ -1,0 +1,136 @@
+"""FP8 weights (``model.dtype: fp8``): the transformer layers' linear weights stored as float8 e4m3 with one scale per
+output row, multiplied with torch._scaled_mm on GPUs that have FP8 tensor cores (compute capability 8.9 or newer:
+L4, L40, H100, H200, B200). Elsewhere the option is refused with an error naming the device and its capability.
+
+Numerics: weight row r is stored as q = round_e4m3(w_r / s_r) with s_r = amax(|w_r|) / 448 (e4m3's largest finite
+value), so every row uses e4m3's whole range. Activations are quantized per token (row) the same way at every call.
+_scaled_mm computes (q_x * s_x) @ (q_w * s_w)^T with float32 accumulation and a bfloat16 output (+ b):
+``reference_linear`` is that product in plain torch on dequantized operands (the twin the tests check on CPU).
+Norms, embeddings, the vision patch embedding, the heads (action in/out, time MLPs), the adaRMS dense layers and
+attention stay bfloat16.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+E4M3_MAX = 448.0
+MIN_CAPABILITY = (8, 9)
+
+
+def fp8_support(device) -> Tuple[bool, str]:
+    """(supported, why not): FP8 matmuls need CUDA, compute capability >= 8.9 and torch._scaled_mm."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, (f"model.dtype fp8 needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9: L4, "
+                       f"L40, H100, H200, B200); device {device} is not a CUDA device")
+    if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+        return False, f"model.dtype fp8: this torch ({torch.__version__}) has no float8 matmul (torch._scaled_mm)"
+    cap = torch.cuda.get_device_capability(device)
+    if tuple(cap) < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        return False, (f"model.dtype fp8: {device} ({name}) has compute capability {cap[0]}.{cap[1]}; FP8 matmuls "
+                       "need 8.9 or newer (L4, L40, H100, H200, B200): use bfloat16")
+    return True, ""
+
+
+def require_fp8(device) -> None:
+    ok, why = fp8_support(device)
+    if not ok:
+        raise ValueError(why)
+
+
+def row_scales(w: torch.Tensor) -> torch.Tensor:
+    """float32 [rows, 1]: amax of each row / 448 (1 for an all-zero row, so it quantizes to zeros)."""
+    amax = w.detach().float().abs().amax(dim=-1, keepdim=True)
+    return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+
+
+def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(q float8_e4m3fn, scales float32 [rows, 1]) with w ~= q * scales."""
+    scales = row_scales(w)
+    q = (w.float() / scales).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scales
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return q.float() * scales
+
+
+def reference_linear(x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tensor, bias: Optional[torch.Tensor],
+                     out_dtype: torch.dtype) -> torch.Tensor:
+    """What FP8Linear computes on the GPU, in plain torch: x quantized per row, both operands dequantized, float32
+    product, + bias, cast to out_dtype."""
+    x2 = x.reshape(-1, x.shape[-1])
+    qx, xscale = quantize_rows(x2)
+    out = dequantize(qx, xscale) @ dequantize(qweight, wscale).t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype).view(*x.shape[:-1], qweight.shape[0])
+
+
+class FP8Linear(nn.Module):
+    """A quantized nn.Linear. ``weight`` (the dequantized weight, out_dtype) exists for the paths that read weights
+    directly (the reference path's separate q/k/v projections); the engine's forward uses _scaled_mm."""
+
+    def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        q, s = quantize_rows(linear.weight)
+        self.register_buffer("qweight", q)
+        self.register_buffer("wscale", s)  # [out, 1]
+        self.register_buffer("wscale_row", s.t().contiguous())  # [1, out]: _scaled_mm's layout for the B scales
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(out_dtype),
+                                                                  requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_dtype = out_dtype
+        self.split_sizes = getattr(linear, "split_sizes", None)  # a fused q/k/v projection keeps its split
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dequantize(self.qweight, self.wscale).to(self.out_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return reference_linear(x, self.qweight, self.wscale, self.bias, self.out_dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        qx, xscale = quantize_rows(x2)
+        out = torch._scaled_mm(qx, self.qweight.t(), scale_a=xscale, scale_b=self.wscale_row,
+                               out_dtype=self.out_dtype)
+        if self.bias is not None:  # added apart: not every torch build takes a bias with row-wise scales
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, fp8 e4m3 per-row scales -> {self.out_dtype}"
+
+
+# the projections of the attention and MLP blocks (not the adaRMS dense layers: they run once per step, at load)
+QUANTIZED = ("qkv", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2")
+
+
+def _quantizable(name: str, linear: nn.Module) -> bool:
+    # _scaled_mm needs both matrix dimensions to be multiples of 16
+    return (name in QUANTIZED and isinstance(linear, nn.Linear) and linear.in_features % 16 == 0
+            and linear.out_features % 16 == 0)
+
+
+def quantize_model(model: nn.Module, check_device: bool = True) -> int:
+    """Replace the linear layers of the SigLIP, Gemma and expert layers by FP8Linear (in place); returns how many.
+    ``check_device``: refuse (ValueError naming the device) where FP8 matmuls do not exist. Tests pass False on CPU
+    to check the quantization math through reference_linear."""
+    if check_device:
+        require_fp8(next(model.parameters()).device)
+    count = 0
+    stacks = [model.vision.encoder.layers, model.vlm.layers, model.expert.layers]
+    for layers in stacks:
+        for layer in layers:
+            for owner in list(layer.modules()):
+                for name, child in list(owner.named_children()):
+                    if _quantizable(name, child):
+                        setattr(owner, name, FP8Linear(child, out_dtype=child.weight.dtype))
+                        count += 1
+    if hasattr(model, "clear_step_conditioning"):
+        model.clear_step_conditioning()
+    return count

@@ -1,0 +1,411 @@
+"""Fused layer kernels (Triton, CUDA only) with plain-torch twins, and the fused layer stacks that use them.
+
+Each fused op is one ``torch.library`` custom op (one dispatched op, one kernel launch on CUDA):
+
+    turbopi::rms_norm        Gemma RMSNorm ((1 + w), fp32 statistics) or pi0.5's adaRMS (scale, shift), no residual
+    turbopi::add_rms_norm    x' = x + branch [* gate], then the norm of x'            -> (x', normed x')
+    turbopi::gelu_gate       gelu_tanh(gate_proj) * up_proj
+    turbopi::qkv_rope        the fused QKV output split into heads, rotary on q and k, k and v written into the
+                             K/V cache at a token offset                              -> rotated q
+    turbopi::add_layer_norm  SigLIP: x' = x + branch, then LayerNorm(x')              -> (x', normed x')
+
+On CUDA (with Triton installed) the op runs its Triton kernel; elsewhere it runs its twin, the plain-torch math of
+gemma.py / siglip.py op for op. Both round where the plain path rounds (the residual sum, the gated branch, the
+rotary products) so bfloat16 results stay close to the plain path; in float32 the only difference is the order of the
+row reductions. ``use_triton_on_cpu(True)`` makes the ops run their kernels on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before Triton is imported): that is how the tests check every kernel without a GPU.
+
+The stacks restructure a layer so that each residual add is fused with the norm that follows it (across layers: the
+MLP's residual with the next layer's input norm, the last one with the final norm), rotary and the cache write are the
+QKV epilogue, and the MLP's gate is one op: a Gemma layer is 10 launches (qkv, qkv_rope, SDPA, o_proj, add_rms_norm,
+gate_proj, up_proj, gelu_gate, down_proj, add_rms_norm), a SigLIP layer 9.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .gemma import RMS_EPS, GemmaLayer, Modulation, RMSNorm, maskless_attention
+
+try:  # Triton is optional: without it (a robot's CPU, a Jetson without it) every op runs its twin
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+_TRITON_ON_CPU = False
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def use_triton_on_cpu(enable: bool) -> None:
+    """Run the Triton kernels on CPU tensors too. Only under Triton's interpreter (TRITON_INTERPRET=1): for tests."""
+    global _TRITON_ON_CPU
+    if enable and (triton is None or os.environ.get("TRITON_INTERPRET") != "1"):
+        raise RuntimeError("Triton kernels on CPU tensors need Triton installed and TRITON_INTERPRET=1 set before "
+                           f"Triton is imported (triton: {'installed' if triton else 'missing'}, TRITON_INTERPRET="
+                           f"{os.environ.get('TRITON_INTERPRET')!r})")
+    _TRITON_ON_CPU = bool(enable)
+
+
+def _kernels_for(x: torch.Tensor) -> bool:
+    return triton is not None and (x.is_cuda or (_TRITON_ON_CPU and x.device.type == "cpu"))
+
+
+def backend(device) -> str:
+    """Which implementation the fused ops run on ``device``: "triton" or "torch twin"."""
+    device = torch.device(device)
+    use = triton is not None and (device.type == "cuda" or (_TRITON_ON_CPU and device.type == "cpu"))
+    return "triton" if use else "torch twin"
+
+
+# --- twins: the plain path's math, op for op ---------------------------------------------------------------------
+def rms_norm_twin(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                  shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """gemma.RMSNorm.forward: ``weight`` for a plain norm, ``scale``/``shift`` [B, 1, W] for adaRMS."""
+    dtype = x.dtype
+    var = torch.mean(torch.square(x.float()), dim=-1, keepdim=True)
+    normed = x * torch.rsqrt(var + RMS_EPS)
+    if scale is None:
+        return (normed * (1.0 + weight.float())).to(dtype)
+    return (normed * (1 + scale.float()) + shift.float()).to(dtype)
+
+
+def residual_twin(x: torch.Tensor, branch: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    """gemma.gated_residual (and SigLIP's x + branch)."""
+    return x + branch if gate is None else x + branch * gate.to(x.dtype)
+
+
+def gelu_gate_twin(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def rope_twin(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def qkv_rope_twin(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                  start: int, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """qkv [B, L, (H + 2 KV) D] -> rotated q [B, L, H, D]; rotated k and v go to keys/values [B, KV, Lc, D] at
+    tokens start .. start + L (what GemmaAttention.project, apply_rope and the cache writes of pi0.py do)."""
+    B, L, _ = qkv.shape
+    D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    q, k, v = torch.split(qkv, [num_heads * D, num_kv_heads * D, num_kv_heads * D], dim=-1)
+    q = rope_twin(q.view(B, L, num_heads, D), cos, sin)
+    keys[:, :, start:start + L] = rope_twin(k.view(B, L, num_kv_heads, D), cos, sin).transpose(1, 2)
+    values[:, :, start:start + L] = v.view(B, L, num_kv_heads, D).transpose(1, 2)
+    return q
+
+
+def layer_norm_twin(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+# --- Triton kernels ----------------------------------------------------------------------------------------------
+if triton is not None:
+    @triton.jit
+    def _round(v, like_ptr):
+        """v (float32) rounded to the element type of ``like_ptr`` and back: where the plain path stores a tensor."""
+        return v.to(like_ptr.dtype.element_ty).to(tl.float32)
+
+    @triton.jit
+    def _rms_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, scale_ptr, shift_ptr, xo_ptr, y_ptr,
+                    W, L, stride_mod, stride_gate, eps,
+                    HAS_BRANCH: tl.constexpr, HAS_GATE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // L
+        cols = tl.arange(0, BLOCK)
+        m = cols < W
+        x = tl.load(x_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_BRANCH:
+            br = tl.load(br_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                g = tl.load(gate_ptr + b * stride_gate + cols, mask=m, other=0.0).to(tl.float32)
+                br = _round(br * g, x_ptr)
+            x = _round(x + br, x_ptr)
+            tl.store(xo_ptr + row * W + cols, x, mask=m)
+        var = tl.sum(x * x, axis=0) / W
+        normed = x * (1.0 / tl.sqrt(var + eps))
+        if ADAPTIVE:
+            sc = tl.load(scale_ptr + b * stride_mod + cols, mask=m, other=0.0).to(tl.float32)
+            sh = tl.load(shift_ptr + b * stride_mod + cols, mask=m, other=0.0).to(tl.float32)
+            y = normed * (1.0 + sc) + sh
+        else:
+            w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+            y = normed * (1.0 + w)
+        tl.store(y_ptr + row * W + cols, y, mask=m)
+
+    @triton.jit
+    def _gelu_gate_kernel(g_ptr, u_ptr, o_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        z = tl.minimum(tl.maximum(z, -20.0), 20.0)  # tanh is +-1 in float32 beyond |z| = 9; keeps exp finite
+        tanh = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+        gel = _round(0.5 * g * (1.0 + tanh), o_ptr)
+        tl.store(o_ptr + offs, gel * u, mask=m)
+
+    @triton.jit
+    def _qkv_rope_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr,
+                         L, start, stride_cb, stride_cl, stride_kb, stride_kh, stride_kl,
+                         stride_vb, stride_vh, stride_vl,
+                         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr):
+        token = tl.program_id(0)  # b * L + l
+        head = tl.program_id(1)  # 0 .. H + 2 KV
+        b = token // L
+        l_ = token % L
+        half = D // 2
+        cols = tl.arange(0, HALF_BLOCK)
+        m = cols < half
+        src = qkv_ptr + token * (H + 2 * KV) * D + head * D
+        x1 = tl.load(src + cols, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(src + half + cols, mask=m, other=0.0).to(tl.float32)
+        if head < H + KV:
+            cbase = b * stride_cb + l_ * stride_cl
+            c1 = tl.load(cos_ptr + cbase + cols, mask=m, other=0.0).to(tl.float32)
+            c2 = tl.load(cos_ptr + cbase + half + cols, mask=m, other=0.0).to(tl.float32)
+            s1 = tl.load(sin_ptr + cbase + cols, mask=m, other=0.0).to(tl.float32)
+            s2 = tl.load(sin_ptr + cbase + half + cols, mask=m, other=0.0).to(tl.float32)
+            # x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1], rounded as the plain path rounds
+            o1 = _round(x1 * c1, qkv_ptr) + _round(-x2 * s1, qkv_ptr)
+            o2 = _round(x2 * c2, qkv_ptr) + _round(x1 * s2, qkv_ptr)
+            if head < H:
+                dst = q_ptr + (token * H + head) * D
+            else:
+                dst = k_ptr + b * stride_kb + (head - H) * stride_kh + (start + l_) * stride_kl
+            tl.store(dst + cols, o1, mask=m)
+            tl.store(dst + half + cols, o2, mask=m)
+        else:
+            dst = v_ptr + b * stride_vb + (head - H - KV) * stride_vh + (start + l_) * stride_vl
+            tl.store(dst + cols, x1, mask=m)
+            tl.store(dst + half + cols, x2, mask=m)
+
+    @triton.jit
+    def _layer_norm_kernel(x_ptr, br_ptr, w_ptr, b_ptr, xo_ptr, y_ptr, W, eps,
+                           HAS_BRANCH: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        m = cols < W
+        x = tl.load(x_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_BRANCH:
+            br = tl.load(br_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
+            x = _round(x + br, x_ptr)
+            tl.store(xo_ptr + row * W + cols, x, mask=m)
+        mean = tl.sum(x, axis=0) / W
+        d = tl.where(m, x - mean, 0.0)
+        var = tl.sum(d * d, axis=0) / W
+        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        bb = tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * W + cols, d * (1.0 / tl.sqrt(var + eps)) * w + bb, mask=m)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _mod_stride(t: Optional[torch.Tensor], W: int) -> int:
+    """Batch stride of a [B, 1, W] modulation tensor (a chunk of [B, 1, 3W]: its last dim must be unit-stride)."""
+    if t is None:
+        return 0
+    if t.stride(-1) != 1 or t.shape[-1] != W:
+        raise ValueError(f"modulation tensors must be [B, 1, {W}] with unit stride in the last dim, got "
+                         f"{list(t.shape)} strides {t.stride()}")
+    return t.stride(0)
+
+
+def _rms_triton(x, branch, gate, weight, scale, shift):
+    W = x.shape[-1]
+    x = x.contiguous()
+    L = x.shape[1] if x.ndim == 3 else 1
+    rows = x.numel() // W
+    y = torch.empty_like(x)
+    xo = torch.empty_like(x) if branch is not None else y
+    br = branch.contiguous() if branch is not None else x
+    _rms_kernel[(rows,)](x, br, gate if gate is not None else x, weight if weight is not None else x,
+                         scale if scale is not None else x, shift if shift is not None else x, xo, y,
+                         W, L, _mod_stride(scale, W), _mod_stride(gate, W), RMS_EPS,
+                         HAS_BRANCH=branch is not None, HAS_GATE=gate is not None, ADAPTIVE=scale is not None,
+                         BLOCK=_pow2(W))
+    return xo, y
+
+
+# --- the ops -------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("turbopi::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+             shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """RMSNorm (``weight``) or adaRMS (``scale``, ``shift``) of x [B, L, W]."""
+    if _kernels_for(x):
+        return _rms_triton(x, None, None, weight, scale, shift)[1]
+    return rms_norm_twin(x, weight, scale, shift)
+
+
+@rms_norm.register_fake
+def _(x, weight, scale, shift):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("turbopi::add_rms_norm", mutates_args=())
+def add_rms_norm(x: torch.Tensor, branch: torch.Tensor, gate: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                 scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x + branch [* gate], its RMSNorm / adaRMS)."""
+    if _kernels_for(x):
+        return _rms_triton(x, branch, gate, weight, scale, shift)
+    x = residual_twin(x, branch, gate)
+    return x, rms_norm_twin(x, weight, scale, shift)
+
+
+@add_rms_norm.register_fake
+def _(x, branch, gate, weight, scale, shift):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.custom_op("turbopi::gelu_gate", mutates_args=())
+def gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if _kernels_for(gate):
+        g, u = gate.contiguous(), up.contiguous()
+        out = torch.empty_like(g)
+        block = 1024
+        _gelu_gate_kernel[(triton.cdiv(g.numel(), block),)](g, u, out, g.numel(), BLOCK=block)
+        return out
+    return gelu_gate_twin(gate, up)
+
+
+@gelu_gate.register_fake
+def _(gate, up):
+    return torch.empty_like(gate)
+
+
+@torch.library.custom_op("turbopi::qkv_rope", mutates_args=("keys", "values"))
+def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+             start: int, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """See qkv_rope_twin. cos/sin [B, L, 1, D]; keys/values [B, KV, Lc, D] (any strides, unit in the last dim)."""
+    if _kernels_for(qkv):
+        B, L, _ = qkv.shape
+        D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+        qkv = qkv.contiguous()
+        cos, sin = cos.contiguous(), sin.contiguous()
+        if keys.stride(-1) != 1 or values.stride(-1) != 1:
+            raise ValueError("qkv_rope: the K/V cache must be unit-stride in head_dim")
+        q = qkv.new_empty((B, L, num_heads, D))
+        _qkv_rope_kernel[(B * L, num_heads + 2 * num_kv_heads)](
+            qkv, cos, sin, q, keys, values, L, start, cos.stride(0), cos.stride(1),
+            keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
+            H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2))
+        return q
+    return qkv_rope_twin(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads)
+
+
+@qkv_rope.register_fake
+def _(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads):
+    B, L, _ = qkv.shape
+    return qkv.new_empty((B, L, num_heads, qkv.shape[-1] // (num_heads + 2 * num_kv_heads)))
+
+
+def _ln_triton(x, branch, weight, bias, eps):
+    W = x.shape[-1]
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    xo = torch.empty_like(x) if branch is not None else y
+    _layer_norm_kernel[(x.numel() // W,)](x, branch.contiguous() if branch is not None else x, weight, bias, xo, y,
+                                          W, eps, HAS_BRANCH=branch is not None, BLOCK=_pow2(W))
+    return xo, y
+
+
+@torch.library.custom_op("turbopi::add_layer_norm", mutates_args=())
+def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x + branch, LayerNorm of it) for SigLIP's pre-norm layers."""
+    if _kernels_for(x):
+        return _ln_triton(x, branch, weight, bias, eps)
+    x = x + branch
+    return x, layer_norm_twin(x, weight, bias, eps)
+
+
+@add_layer_norm.register_fake
+def _(x, branch, weight, bias, eps):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """A LayerNorm with no residual before it (SigLIP's first): F.layer_norm is one kernel already."""
+    return layer_norm_twin(x, norm.weight, norm.bias, norm.eps)
+
+
+# --- fused stacks --------------------------------------------------------------------------------------------------
+def _norm_args(norm: RMSNorm, mod: Optional[Modulation]):
+    """(weight, scale, shift, gate) of a norm: plain (weight) or adaptive (scale, shift from mod, gate)."""
+    if norm.dense is None:
+        return norm.weight, None, None, None
+    if mod is None:
+        raise ValueError("adaRMS norm needs a time condition")
+    scale, shift, gate = mod
+    return None, scale, shift, gate
+
+
+# kv(li) -> (keys [B, KV, Lc, D], values, start, stop): write this pass's K/V at [start, start + L), attend to [0, stop)
+CacheSlot = Callable[[int], Tuple[torch.Tensor, torch.Tensor, int, int]]
+
+
+def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: CacheSlot,
+                mods: Optional[List[Tuple[Modulation, Modulation]]] = None, final_norm: Optional[RMSNorm] = None,
+                final_mod: Optional[Modulation] = None, last_attention_only: bool = False) -> Optional[torch.Tensor]:
+    """The fused twin of running ``layers`` one after another (GemmaLayer.forward with pi0.py's cache-writing
+    attention) and then ``final_norm``. Returns the final norm's output, or None with ``last_attention_only`` (the
+    prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped)."""
+    n = len(layers)
+    if n == 0:
+        raise ValueError("gemma_stack needs at least one layer")
+
+    def mod(li, which):
+        return mods[li][which] if mods is not None else None
+
+    w, sc, sh, gate = _norm_args(layers[0].input_layernorm, mod(0, 0))
+    y = rms_norm(x, w, sc, sh)
+    for li, layer in enumerate(layers):
+        attn = layer.self_attn
+        keys, values, start, stop = kv(li)
+        q = qkv_rope(attn.qkv(y), cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
+        o = attn.o_proj(maskless_attention(q, keys[:, :, :stop], values[:, :, :stop]))
+        if last_attention_only and li == n - 1:
+            return None
+        w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
+        x, y = add_rms_norm(x, o, gate, w, sc, sh)
+        mlp = layer.mlp
+        m = mlp.down_proj(gelu_gate(mlp.gate_proj(y), mlp.up_proj(y)))
+        if li + 1 < n:
+            w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
+        elif final_norm is not None:
+            w, sc, sh, _ = _norm_args(final_norm, final_mod)
+        else:
+            return residual_twin(x, m, gate2)
+        x, y = add_rms_norm(x, m, gate2, w, sc, sh)
+    return y
+
+
+def siglip_stack(vision, x: torch.Tensor) -> torch.Tensor:
+    """The fused twin of SiglipVision's encoder layers and post LayerNorm over embeddings x [N, T, width]."""
+    layers = vision.encoder.layers
+    if len(layers) == 0:
+        return layer_norm(x, vision.post_layernorm)
+    y = layer_norm(x, layers[0].layer_norm1)
+    for i, layer in enumerate(layers):
+        a = layer.self_attn(y)
+        ln2 = layer.layer_norm2
+        x, y = add_layer_norm(x, a, ln2.weight, ln2.bias, ln2.eps)
+        m = layer.mlp(y)
+        nxt = layers[i + 1].layer_norm1 if i + 1 < len(layers) else vision.post_layernorm
+        x, y = add_layer_norm(x, m, nxt.weight, nxt.bias, nxt.eps)
+    return y
+
+
+__all__ = ["add_layer_norm", "add_rms_norm", "backend", "gelu_gate", "gemma_stack", "layer_norm", "qkv_rope",
+           "rms_norm", "siglip_stack", "triton_available", "use_triton_on_cpu"]
