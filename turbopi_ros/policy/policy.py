@@ -30,11 +30,11 @@ import torch
 from ..logs import get_logger
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
+from .action_space import ActionSpace
 from .adapters import RobotAdapter, make_adapter
 from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
-from .rtc_target import GuidanceTarget, PreviousChunk, guidance_target
-from .transforms import (NormStats, absolute_actions, normalize, pad_to_dim,
-                         require_stats, unnormalize)
+from .rtc_target import GuidanceTarget, PreviousChunk
+from .transforms import (NormStats, pad_to_dim)
 
 logger = get_logger(__name__)
 
@@ -107,34 +107,10 @@ class Policy:
             raise ValueError("model.discrete_state_input is true but the model is pi0, which takes the state as a "
                              "continuous input: only pi0.5 can write it into the prompt")
         self.discrete_state_input = bool(discrete_state_input)
-        if self.adapter is not None:
-            a = self.adapter
-            if action_dims and int(action_dims) != a.action_dims:
-                raise ValueError(f"{action_dims} action dims (action.joints) but robot adapter '{a.name}' outputs "
-                                 f"{a.action_dims}")
-            action_dims = a.action_dims
-            if a.state_dim > self.config.action_dim:
-                raise ValueError(f"robot adapter '{a.name}' has {a.state_dim} state dims, more than the model's "
-                                 f"{self.config.action_dim}")
-            if delta_mask is None:
-                delta_mask = defaults.delta_mask
-        self.action_dims = int(action_dims or self.config.action_dim)
-        if not 0 < self.action_dims <= self.config.action_dim:
-            raise ValueError(f"action dims {self.action_dims} must be in 1..{self.config.action_dim}")
-        self.norm_stats = norm_stats
-        self.use_quantiles = self.config.is_pi05
-        if norm_stats is not None:
-            for key in ("state", "actions"):
-                if key not in norm_stats:
-                    raise ValueError(f"norm stats have no '{key}' entry")
-                require_stats(norm_stats[key], self.use_quantiles, f"norm stats [{key}]")
-        self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
-        if self.adapter is not None:
-            self._check_adapter_sizes()
-        self.lower = self._limits(lower_limits, -np.inf, "lower")
-        self.upper = self._limits(upper_limits, np.inf, "upper")
-        if np.any(self.lower > self.upper):
-            raise ValueError("action lower limits exceed upper limits")
+        self.actions = ActionSpace(self.config, norm_stats=norm_stats, adapter=self.adapter, action_dims=action_dims,
+                                   delta_mask=delta_mask, lower_limits=lower_limits, upper_limits=upper_limits)
+        self.action_dims, self.delta_mask = self.actions.action_dims, self.actions.delta_mask
+        self.norm_stats, self.use_quantiles = norm_stats, self.actions.use_quantiles
         self.device = model.device
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.cameras = CameraBatch(self.image_keys, self.config.vision.image_size, preprocess_mode, preprocess_threads)
@@ -174,24 +150,6 @@ class Policy:
     def graph_stats(self):
         """The CUDA graphs' capture stats (count, time, memory, captures after ready), or None without graphs."""
         return getattr(self.denoiser, "stats", None)
-
-    def _check_adapter_sizes(self) -> None:
-        a, d = self.adapter, self.config.action_dim
-        if self.delta_mask is not None and len(self.delta_mask) > d:
-            raise ValueError(f"delta mask has {len(self.delta_mask)} entries, more than the model's {d} action dims")
-        if self.norm_stats is not None:
-            for key, need in (("state", a.state_dim), ("actions", 1)):
-                lo = self.norm_stats[key].q01 if self.use_quantiles else self.norm_stats[key].mean
-                if not need <= len(lo) <= d:
-                    raise ValueError(f"norm stats [{key}] have {len(lo)} values: robot adapter '{a.name}' needs "
-                                     f"{need} to {d}")
-
-    def _limits(self, values, default, name) -> np.ndarray:
-        if values is None or len(values) == 0:
-            return np.full(self.action_dims, default)
-        if len(values) != self.action_dims:
-            raise ValueError(f"{len(values)} {name} limits for {self.action_dims} action joints")
-        return np.asarray(values, dtype=np.float64)
 
     # --- inference -------------------------------------------------------------------------------------------------
     def _given_noise(self, noise) -> torch.Tensor:
@@ -240,15 +198,11 @@ class Policy:
             raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
-        model_state = state
-        if self.adapter is not None:
-            try:
-                model_state = self.adapter.state_in(state)
-            except ValueError as e:
-                raise ObservationError(str(e)) from None
+        try:
+            norm_state = self.actions.state_to_model(state)
+        except ValueError as e:  # the adapter's check of the robot's state
+            raise ObservationError(str(e)) from None
         images, masks = self.cameras(obs.images)
-        norm_state = (normalize(model_state, self.norm_stats["state"], self.use_quantiles) if self.norm_stats
-                      else model_state)
         try:
             tokens, token_mask = self.tokenizer.encode(obs.prompt,
                                                        state=norm_state if self.discrete_state_input else None)
@@ -260,51 +214,13 @@ class Policy:
                 torch.from_numpy(padded.astype(np.float32))[None], state, padded)
 
     def postprocess(self, raw: np.ndarray, state: np.ndarray, model_state: Optional[np.ndarray] = None):
-        """Model-space actions [H, action_dim] -> (the robot's actions [H, action_dims] clamped to the limits, how
-        many values were clamped). state: the raw state; model_state (robot adapters): the normalized padded state
-        that entered the model, computed from ``state`` when not given."""
-        if self.adapter is not None:
-            return self._postprocess_adapted(raw, state, model_state)
-        actions = unnormalize(raw, self.norm_stats["actions"], self.use_quantiles) if self.norm_stats else raw
-        actions = np.asarray(actions, dtype=np.float64)[:, : self.action_dims]
-        if self.delta_mask is not None:
-            actions = absolute_actions(actions, state, self.delta_mask)
-        clipped = np.clip(actions, self.lower, self.upper)
-        return clipped, int(np.count_nonzero(clipped != actions))
-
-    def _postprocess_adapted(self, raw, state, model_state):
-        """openpi's output transforms: Unnormalize (actions and the state), AbsoluteActions, the robot's outputs."""
-        stats = self.norm_stats
-        if model_state is None:
-            model_state = self.adapter.state_in(state)
-            if stats:
-                model_state = normalize(model_state, stats["state"], self.use_quantiles)
-            model_state = pad_to_dim(model_state, self.config.action_dim)
-        actions = unnormalize(raw, stats["actions"], self.use_quantiles) if stats else raw
-        actions = np.asarray(actions, dtype=np.float64)
-        if self.delta_mask is not None:
-            base = unnormalize(model_state, stats["state"], self.use_quantiles, "state") if stats else model_state
-            actions = absolute_actions(actions, base, self.delta_mask)
-        actions = self.adapter.actions_out(actions)
-        clipped = np.clip(actions, self.lower, self.upper)
-        return clipped, int(np.count_nonzero(clipped != actions))
+        """The model's actions as the robot's (action_space.ActionSpace.postprocess)."""
+        return self.actions.postprocess(raw, state, model_state)
 
     def guidance(self, previous: PreviousChunk, stamp: float, state: np.ndarray, delay_steps: int,
                  execution_horizon: int) -> GuidanceTarget:
-        """Real-time chunking's target in model space for an observation at ``stamp`` with raw ``state`` (rtc.py):
-        the previous chunk at the new action times, deltas from ``state`` where delta_mask, normalized like the
-        actions, padded to action_dim with weight 0 beyond the robot's dims."""
-        prev = np.asarray(previous.actions)
-        if prev.ndim != 2 or prev.shape[1] != self.action_dims:
-            raise ValueError(f"previous chunk actions must be [H, {self.action_dims}] (the policy's action dims), got "
-                             f"{list(prev.shape)}")
-        if self.adapter is not None:  # model space: the actions before the adapter's output, the state after its input
-            previous = dataclasses.replace(previous, actions=self.adapter.actions_to_model(prev))
-            state = self.adapter.state_in(state)
-        return guidance_target(
-            previous, stamp=stamp, state=state, horizon=self.config.action_horizon, action_dim=self.config.action_dim,
-            delay_steps=delay_steps, execution_horizon=execution_horizon, delta_mask=self.delta_mask,
-            stats=self.norm_stats["actions"] if self.norm_stats else None, use_quantiles=self.use_quantiles)
+        """Real-time chunking's model-space target (action_space.ActionSpace.guidance)."""
+        return self.actions.guidance(previous, stamp, state, delay_steps, execution_horizon)
 
     def prepare_image(self, key: str, source: ImageSource) -> ModelImage:
         """One camera's image preprocessed on its own, in the calling thread (e.g. as its frame arrives): an
