@@ -7,7 +7,8 @@ import torch
 
 from turbopi_ros.model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, GraphBook, GraphPool,
                                           cached_lengths)
-from turbopi_ros.policy.policy import Observation, Policy
+from turbopi_ros.policy.loading import load_policy
+from turbopi_ros.policy.policy import Observation
 from turbopi_ros.policy.prompt_lengths import prompt_lengths
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 
@@ -89,8 +90,8 @@ def test_changing_pi05_states_capture_nothing_after_warm_up():
     capture happens, and the actions equal the eager policy's. A new prompt afterwards does capture (the count can
     fail)."""
     kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=3)
-    eager = Policy.from_params(**kwargs)
-    graphed = Policy.from_params(**kwargs)
+    eager = load_policy(**kwargs)
+    graphed = load_policy(**kwargs)
     pool = GraphPool("cpu", static_replay_on_cpu=True)
     graphed.encoder = CudaGraphEncoder(graphed.model, pool=pool)
     graphed.denoiser = CudaGraphDenoiser(graphed.model, pool=pool)

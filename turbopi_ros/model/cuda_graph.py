@@ -28,6 +28,7 @@ from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence,
 import torch
 
 from .config import ModelConfig
+from .inputs import check_prefix_inputs
 from .pi0 import ImageTokens, PI0Model, PrefixCache
 from .rtc import ConstantPrefix, Guidance, guided_loop
 
@@ -388,7 +389,7 @@ class CudaGraphEncoder:
                     state: torch.Tensor) -> PrefixCache:
         model = self.model
         B = image_tokens.features.shape[0]
-        model._check_prefix_inputs(B, tokens, token_mask, state)
+        check_prefix_inputs(model.config, B, tokens, token_mask, state)
         counts = token_mask.sum(dim=1).tolist()
         if len(set(counts)) != 1 or not bool(image_tokens.mask.all()) or counts[0] == 0:
             return model.build_cache(image_tokens, tokens, token_mask, state)  # rows that differ: eager

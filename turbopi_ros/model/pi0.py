@@ -28,6 +28,7 @@ from torch import nn
 from . import fused
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
+from .inputs import check_prefix_inputs
 from .reference import sample_actions_reference
 from .sampler import Sampler, StepConditioning, euler_schedule, time_embedding  # noqa: F401 (re-exported)
 from .siglip import Projector, SiglipVision
@@ -164,7 +165,7 @@ class PI0Model(nn.Module):
                     state: torch.Tensor) -> PrefixCache:
         c = self.config
         B = image_tokens.features.shape[0]
-        self._check_prefix_inputs(B, tokens, token_mask, state)
+        check_prefix_inputs(self.config, B, tokens, token_mask, state)
         T = c.num_image_tokens
         feats = image_tokens.features.reshape(B, -1, c.vlm.width)
         embs = torch.cat([feats.to(self.dtype), self.embed_language(tokens).to(self.dtype)], dim=1)
@@ -325,16 +326,3 @@ class PI0Model(nn.Module):
         except RaggedBatchError:
             return self.sample_actions(images, image_masks, tokens, token_mask, state, noise, num_steps, "reference")
         return self.denoise(cache, noise, num_steps)
-
-    def _check_prefix_inputs(self, B: int, tokens, token_mask, state) -> None:
-        c = self.config
-        if tokens.ndim != 2 or tokens.shape[0] != B or tokens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"tokens must be integer [B={B}, L], got {tokens.dtype} {list(tokens.shape)}")
-        if token_mask.dtype != torch.bool or token_mask.shape != tokens.shape:
-            raise ValueError(f"token_mask must be bool {list(tokens.shape)}, got {token_mask.dtype} "
-                             f"{list(token_mask.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vlm.vocab_size):
-            raise ValueError(f"token ids must be in [0, {c.vlm.vocab_size}) (the model's vocabulary), got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
-        if tuple(state.shape) != (B, c.action_dim):
-            raise ValueError(f"state must be [B={B}, action_dim={c.action_dim}], got {list(state.shape)}")

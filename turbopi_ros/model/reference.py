@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from typing import TYPE_CHECKING
 
 from .gemma import Gemma, masked_eager_attention, rope_tables
+from .inputs import check_prefix_inputs
 from .sampler import euler_schedule, time_embedding
 
 if TYPE_CHECKING:  # pi0.py imports this module: the model class is needed for annotations only
@@ -128,6 +129,6 @@ def reference_denoise(model: PI0Model, prefix_pad, past, state, noise, num_steps
 
 
 def sample_actions_reference(model: PI0Model, images, image_masks, tokens, token_mask, state, noise, num_steps=10):
-    model._check_prefix_inputs(images.shape[0], tokens, token_mask, state)
+    check_prefix_inputs(model.config, images.shape[0], tokens, token_mask, state)
     prefix_pad, past = reference_prefix(model, images, image_masks, tokens, token_mask)
     return reference_denoise(model, prefix_pad, past, state, noise, num_steps)
