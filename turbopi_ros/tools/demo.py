@@ -95,7 +95,7 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
+def _arguments(argv):
     parser = argparse.ArgumentParser(prog="turbopi-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to run (0 = until Ctrl-C)")
     parser.add_argument("--params-file", default=None, help="parameters for both nodes (default: demo_tiny.yaml)")
@@ -105,19 +105,72 @@ def main(argv=None) -> int:
     parser.add_argument("--record", metavar="OUT.mcap", default=None,
                         help="record the node's inputs and outputs to this MCAP file (for turbopi-replay)")
     args = parser.parse_args(argv)
-    params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
     if args.record and (not args.record.endswith(".mcap") or os.path.exists(args.record)):
         parser.error(f"--record {args.record}: expected a new .mcap file")
+    return args
+
+
+def _node_environment(engine_delay: float) -> Dict[str, str]:
+    """The nodes' environment: a ROS domain of their own on this host, unbuffered output, the engine delay."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if args.engine_delay > 0:
+    if engine_delay > 0:
         import json
         import tempfile
 
         faults = Path(tempfile.mkdtemp(prefix="turbopi-demo-")) / "faults.json"
-        faults.write_text(json.dumps({"delay_s": args.engine_delay}))
+        faults.write_text(json.dumps({"delay_s": engine_delay}))
         env["TURBOPI_TEST_FAULTS"] = str(faults)
+    return env
+
+
+class Summary:
+    """The node's rates and stage latencies, from its /diagnostics once it runs steadily (two chunks, 5 s in)."""
+
+    def __init__(self):
+        self.latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",) + tuple(PIPELINE)}
+        self.chunk_rates: List[float] = []
+        self.command_rates: List[float] = []
+
+    def add(self, chunk_rate: float, command_rate: float, status: Dict[str, str]) -> None:
+        self.chunk_rates.append(chunk_rate)
+        self.command_rates.append(command_rate)
+        for s in self.latencies:
+            if s + "_ms" in status:
+                self.latencies[s].append(float(status[s + "_ms"]))
+
+    def print(self) -> None:
+        if not self.chunk_rates:
+            return
+        med = sorted(self.chunk_rates)[len(self.chunk_rates) // 2]
+        cmd = sorted(self.command_rates)[len(self.command_rates) // 2]
+        print(f"chunk rate (measured, median of 3 s windows): {med:.2f} chunks/s; command stream {cmd:.1f} Hz")
+        for s, values in self.latencies.items():
+            if values:  # each value: a median of the node's last 20 chunks (a maximum, for *_max)
+                worst = s.endswith("_max")
+                value = max(values) if worst else sorted(values)[len(values) // 2]
+                print(f"  {s:<20} {value:7.1f} ms ({'max' if worst else 'median'})"
+                      + (f"  {PIPELINE[s]}" if s in PIPELINE else ""))
+
+
+def _watch(monitor: "Monitor", procs, duration: float, summary: Summary, t0: float) -> None:
+    """A status line a second until ``duration`` (0: until Ctrl-C) or a node exits."""
+    while duration <= 0 or time.monotonic() - t0 < duration:
+        time.sleep(1.0)
+        if any(p.poll() is not None for p in procs):
+            print("turbopi-demo: a node exited early", file=sys.stderr)
+            return
+        chunk_rate, command_rate, status, message, n_chunks, _ = monitor.snapshot()
+        print(f"[{time.monotonic() - t0:5.1f} s] " + _line(chunk_rate, command_rate, status, message), flush=True)
+        if n_chunks >= 2 and time.monotonic() - t0 > 5.0:
+            summary.add(chunk_rate, command_rate, status)
+
+
+def main(argv=None) -> int:
+    args = _arguments(argv)
+    params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
+    env = _node_environment(args.engine_delay)
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -147,27 +200,10 @@ def main(argv=None) -> int:
 
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
-    latencies: Dict[str, List[float]] = {s: [] for s in STAGES + ("total",) + tuple(PIPELINE)}
-    chunk_rates: List[float] = []
-    command_rates: List[float] = []
-    interrupted = False
-    procs = []
-    t0 = time.monotonic()
+    summary, interrupted, procs, t0 = Summary(), False, [], time.monotonic()
     try:
         procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
-        while args.duration <= 0 or time.monotonic() - t0 < args.duration:
-            time.sleep(1.0)
-            if any(p.poll() is not None for p in procs):
-                print("turbopi-demo: a node exited early", file=sys.stderr)
-                break
-            chunk_rate, command_rate, status, message, n_chunks, _ = monitor.snapshot()
-            print(f"[{time.monotonic() - t0:5.1f} s] " + _line(chunk_rate, command_rate, status, message), flush=True)
-            if n_chunks >= 2 and time.monotonic() - t0 > 5.0:
-                chunk_rates.append(chunk_rate)
-                command_rates.append(command_rate)
-                for s in latencies:
-                    if s + "_ms" in status:
-                        latencies[s].append(float(status[s + "_ms"]))
+        _watch(monitor, procs, args.duration, summary, t0)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -183,20 +219,10 @@ def main(argv=None) -> int:
     print("\n== summary ==")
     print(f"ran {time.monotonic() - t0:.1f} s{' (interrupted)' if interrupted else ''}: {n_chunks} action chunks, "
           f"{n_commands} joint commands")
-    if chunk_rates:
-        med = sorted(chunk_rates)[len(chunk_rates) // 2]
-        cmd = sorted(command_rates)[len(command_rates) // 2]
-        print(f"chunk rate (measured, median of 3 s windows): {med:.2f} chunks/s; command stream {cmd:.1f} Hz")
-        for s in STAGES + ("total",) + tuple(PIPELINE):
-            if latencies[s]:  # each value: a median of the node's last 20 chunks (a maximum, for *_max)
-                worst = s.endswith("_max")
-                value = max(latencies[s]) if worst else sorted(latencies[s])[len(latencies[s]) // 2]
-                print(f"  {s:<20} {value:7.1f} ms ({'max' if worst else 'median'})"
-                      + (f"  {PIPELINE[s]}" if s in PIPELINE else ""))
-    ok = n_chunks > 0
-    if not ok:
+    summary.print()
+    if n_chunks == 0:
         print("no action chunks arrived: see the node's log above", file=sys.stderr)
-    return 0 if ok or interrupted else 1
+    return 0 if n_chunks > 0 or interrupted else 1
 
 
 if __name__ == "__main__":
