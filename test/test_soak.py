@@ -128,13 +128,18 @@ def test_load_profile_parameters():
 
 
 def test_short_soak(tmp_path):
-    """The CI soak: 60 s at the default load with two injected inference failures; exit 0 with every check passed."""
+    """The CI soak: 60 s with two injected inference failures; exit 0 with every check passed. At a light load (two
+    320x240 cameras at 15 Hz, joint states at 100 Hz), so that it checks the tool and the node's recovery, not how
+    much headroom a shared 2-core machine has left (the default load saturates one: docs/reliability.md)."""
     pytest.importorskip("rclpy")
+    from ros_helpers import free_ros_domain
+
     out = tmp_path / "soak"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.soak", "--short", "--fault-every", "25", "--out",
-                           str(out)], cwd=str(REPO), capture_output=True, text=True, timeout=240,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    load = ["--cameras", "2", "--width", "320", "--height", "240", "--camera-rate", "15", "--joint-rate", "100"]
+    proc = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.soak", "--short", "--fault-every", "25", *load,
+                           "--domain", str(free_ros_domain()), "--out", str(out)], cwd=str(REPO), capture_output=True,
+                          text=True, timeout=240, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     report = json.loads((out / "report.json").read_text())
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert report["passed"] and "turbopi-soak: PASSED" in proc.stdout

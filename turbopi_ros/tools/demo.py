@@ -27,23 +27,6 @@ PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
             "latency": "sensor stamp -> chunk published (adds the inputs' age)"}
 
 
-def config_file(name: str) -> Path:
-    """A file of this package's config/: the ament share directory, the venv's share/, or the source tree."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("turbopi_ros")) / "config" / name)
-    except Exception:  # noqa: BLE001 - not installed through colcon: look further
-        pass
-    candidates += [Path(sys.prefix) / "share" / "turbopi_ros" / "config" / name,
-                   Path(__file__).resolve().parents[2] / "config" / name]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"config/{name} not found (looked in {[str(c) for c in candidates]})")
-
-
 class Monitor:
     """Collects what the node publishes."""
 
@@ -169,37 +152,22 @@ def _watch(monitor: "Monitor", procs, duration: float, summary: Summary, t0: flo
 
 def main(argv=None) -> int:
     args = _arguments(argv)
-    params = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
+    params = Path(args.params_file) if args.params_file else processes.config_file("demo_tiny.yaml")
     env = _node_environment(args.engine_delay)
-
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
 
     print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
           f"{'until Ctrl-C' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
-    # Ctrl-C / SIGTERM must reach this loop (which stops both nodes), not just shut this process's ROS context down.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    ros = processes.BackgroundExecutor(name="demo_monitor")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     monitor = Monitor()
-    executor = SingleThreadedExecutor()
-    executor.add_node(monitor.node)
+    ros.add(monitor.node)
     recorder = None
     if args.record:
         from ..ros.params_file import load
         from .recorder import BagRecorder, node_topics
 
         recorder = BagRecorder(Path(args.record), node_topics(load(params)))
-        executor.add_node(recorder)
-
-    def spin():
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+        ros.add(recorder)
     summary, interrupted, procs, t0 = Summary(), False, [], time.monotonic()
     try:
         procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
@@ -212,8 +180,7 @@ def main(argv=None) -> int:
             counts = recorder.close()
             print(f"recorded {sum(counts.values())} messages to {args.record}: " +
                   ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
-        rclpy.try_shutdown()  # wakes the spinning executor; then it can be joined
-        spinner.join(timeout=5)
+        ros.shutdown()
 
     _, _, _, message, n_chunks, n_commands = monitor.snapshot()
     print("\n== summary ==")

@@ -271,7 +271,7 @@ def plot(recordings: List[Recording], path: Path, joint: int = 0, seconds: float
 
 # --- command line ---------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from .demo import config_file
+    from .processes import config_file
 
     parser = argparse.ArgumentParser(prog="turbopi-exec-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds recorded per mode")

@@ -1,13 +1,32 @@
-"""turbopi_node and fake_robot as child processes, for the demo and the benchmarks that close the loop."""
+"""The harness the tools that run the node share (demo, soak, execution_bench): turbopi_node and fake_robot as child
+processes, the package's config files, and the tool's own ROS executor."""
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 NODE, FAKE_ROBOT = "turbopi_ros.node", "turbopi_ros.tools.fake_robot"
+
+
+def config_file(name: str) -> Path:
+    """A file of this package's config/: the ament share directory, the venv's share/, or the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("turbopi_ros")) / "config" / name)
+    except Exception:  # noqa: BLE001 - not installed through colcon: look further
+        pass
+    candidates += [Path(sys.prefix) / "share" / "turbopi_ros" / "config" / name,
+                   Path(__file__).resolve().parents[2] / "config" / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"config/{name} not found (looked in {[str(c) for c in candidates]})")
 
 
 def start(module: str, params_file: Path, env: Optional[Dict[str, str]] = None, args: Sequence[str] = (),
@@ -28,3 +47,43 @@ def stop(procs: List[subprocess.Popen], timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+class BackgroundExecutor:
+    """This tool's own ROS side: rclpy initialised without its signal handlers (Ctrl-C and SIGTERM must reach the
+    tool's loop, which stops the nodes it started, not just shut this process's ROS context down) and a single-threaded
+    executor spinning ``nodes`` on a thread of its own."""
+
+    def __init__(self, *nodes, name: str = "tool_executor"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        self.executor = SingleThreadedExecutor()
+        self.nodes = list(nodes)
+        for node in self.nodes:
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, node) -> None:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def shutdown(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        self._thread.join(timeout=5)

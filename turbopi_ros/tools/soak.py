@@ -32,7 +32,8 @@ import yaml
 
 from ..ros import faults
 from . import soak_report
-from .demo import config_file
+from . import processes
+from .processes import config_file
 
 CAMERA_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 POLICY_STATUS = "turbopi_node: policy"
@@ -255,23 +256,9 @@ def run(args, out: Path) -> dict:
     if injector:  # test-only fault injection (turbopi_ros/faults.py): the node reads this file before each inference
         env[faults.ENV] = str(injector.path)
 
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    ros = processes.BackgroundExecutor(name="soak_monitor")
     monitor = Monitor()
-    executor = SingleThreadedExecutor()
-    executor.add_node(monitor.node)
-
-    def spin():
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    spinner = threading.Thread(target=spin, name="soak_monitor", daemon=True)
-    spinner.start()
+    ros.add(monitor.node)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM too ends the run and stops both nodes
     procs = {"node": Process("turbopi_ros.node", params_file, out / "turbopi_node.log", env),
              "robot": Process("turbopi_ros.tools.fake_robot", params_file, out / "fake_robot.log", env)}
@@ -312,9 +299,7 @@ def run(args, out: Path) -> dict:
         signal.signal(signal.SIGTERM, previous_term)
         for scan in logs.values():
             scan.update()
-        executor.shutdown()
-        monitor.node.destroy_node()
-        rclpy.try_shutdown()
+        ros.shutdown()
     with monitor.lock:
         commands, chunks = list(monitor.commands), list(monitor.chunks)
     return {"args": vars(args), "params": params, "start_wall_ns": start_wall_ns, "end_wall_ns": end_wall_ns,
