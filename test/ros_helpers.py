@@ -436,7 +436,7 @@ def status_values(status) -> Dict[str, str]:
 def spin_in_background(node):
     from rclpy.executors import SingleThreadedExecutor
 
-    executor = SingleThreadedExecutor()  # see turbopi_ros/spin.py for why not the MultiThreadedExecutor
+    executor = SingleThreadedExecutor()  # see turbopi_ros/ros/spin.py for why not the MultiThreadedExecutor
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

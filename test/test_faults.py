@@ -1,5 +1,5 @@
 """Faults while the node runs (a subprocess with config/demo_tiny.yaml): its inference fails or hangs (test-only fault
-injection, turbopi_ros/faults.py), a sensor stops, the robot process dies and comes back. Each time the commands stop
+injection, ros/faults.py), a sensor stops, the robot process dies and comes back. Each time the commands stop
 (on_stale: stop) when they must, no sooner, /diagnostics names the fault while it lasts, the node keeps running and
 recovers by itself. Times of commands are the rmw source timestamps (when the node published them) and of faults the
 node's own log stamps or the feeder's message stamps: the same system clock, so no reception delay of this process

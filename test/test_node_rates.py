@@ -16,7 +16,7 @@ from ros_helpers import node_session, status_values, trajectory_times, wait_for 
 
 
 def _median_rate(times) -> float:
-    """1 / the median interval, as the node measures a rate (turbopi_ros/rates.py)."""
+    """1 / the median interval, as the node measures a rate (turbopi_ros/ros/rates.py)."""
     intervals = np.diff(np.asarray(times))
     return 1.0 / float(np.median(intervals[intervals > 0]))
 

@@ -1,4 +1,4 @@
-"""PauseWatch: a pause of the whole node told from the command thread's heartbeat (turbopi_ros/pauses.py)."""
+"""PauseWatch: a pause of the whole node told from the command thread's heartbeat (turbopi_ros/ros/pauses.py)."""
 from turbopi_ros.ros.pauses import PauseWatch
 
 
