@@ -122,7 +122,6 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
     missing or inconsistent, naming it."""
     from ..model.config import read_json
     from ..policy.adapters import make_adapter
-    from ..policy.policy import Observation
 
     npz_path = Path(npz_path)
     side_path = npz_path.with_suffix(".json")
@@ -158,8 +157,19 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
         action_horizon=int(model.get("action_horizon") or 0), max_token_len=int(model.get("max_token_len") or 0),
         discrete_state_input=model.get("discrete_state_input"), num_steps=int(arrays["num_steps"]),
         delta_mask=[] if mask is None else [bool(m) for m in mask], device=device, dtype=dtype)
+    return PolicyCase(name=npz_path.stem, settings=settings,
+                      observation=_raw_observation(npz_path, arrays, adapter, slots, sidecar.get("prompt", "")),
+                      noise=np.asarray(arrays["noise"]), actions=np.asarray(arrays["actions"], dtype=np.float64),
+                      sidecar=sidecar, arrays=arrays)
+
+
+def _raw_observation(npz_path: Path, arrays: Dict[str, np.ndarray], adapter, slots: Dict[str, Any], prompt: str):
+    """The robot's raw inputs (raw/...) as an Observation: the state from its parts (the adapter's layout), each
+    camera's frame in the model slot the sidecar maps it to (None: the robot has no such camera)."""
+    from ..policy.policy import Observation
+
     raw = {k[len("raw/"):]: v for k, v in arrays.items() if k.startswith("raw/")}
-    prompt = str(raw.pop("prompt", sidecar.get("prompt", "")))
+    prompt = str(raw.pop("prompt", prompt))
     frames = {k[len("images/"):]: v for k, v in raw.items() if k.startswith("images/")}
     parts = {k: v for k, v in raw.items() if not k.startswith("images/")}
     if adapter is None:
@@ -176,10 +186,7 @@ def load_policy_case(npz_path, *, device: str = "cpu", dtype: str = "float32") -
             raise ValueError(f"{npz_path}: cameras.model_slots maps {slot} to {camera!r}, but there is no "
                              f"raw/images/{camera} (present: {sorted(frames)})")
         images[slot] = frames[camera]
-    return PolicyCase(name=npz_path.stem, settings=settings,
-                      observation=Observation(images=images, state=state, prompt=prompt),
-                      noise=np.asarray(arrays["noise"]), actions=np.asarray(arrays["actions"], dtype=np.float64),
-                      sidecar=sidecar, arrays=arrays)
+    return Observation(images=images, state=state, prompt=prompt)
 
 
 def verify_policy(npz_path, *, path: str = "fast", device: str = "cpu", dtype: str = "float32",
