@@ -175,18 +175,14 @@ def cached_lengths(config: ModelConfig, camera_counts: Iterable[int], prompt_len
     return sorted(out, reverse=True)
 
 
-class CudaGraphDenoiser:
-    """``denoiser(cache, noise, num_steps)`` == ``model.denoise(cache, noise, num_steps)``, replayed from a graph.
-
-    One graph per (cached length, batch, num_steps); all of them read one pair of static K/V buffers sized for the
-    longest length (a graph for length n uses its first n + horizon tokens), one set of rotary tables and one noise
-    buffer. ``warm_up`` captures every length up front."""
+class _PooledGraphs:
+    """Graphs of one stage, keyed by their shapes, captured into a pool (GraphPool: shared memory, capture stats)."""
 
     def __init__(self, model: PI0Model, warmup: int = 2, pool: Optional[GraphPool] = None):
         self.pool = pool if pool is not None else GraphPool(model.device)
         self.model = model
         self.warmup = warmup
-        self._entries: Dict[Hashable, Tuple] = {}  # key -> (replay, output, static cache, static noise)
+        self._entries: Dict[Hashable, Tuple] = {}  # key -> (replay, output, static inputs...)
 
     @property
     def num_graphs(self) -> int:
@@ -195,6 +191,14 @@ class CudaGraphDenoiser:
     @property
     def stats(self) -> CaptureStats:
         return self.pool.stats
+
+
+class CudaGraphDenoiser(_PooledGraphs):
+    """``denoiser(cache, noise, num_steps)`` == ``model.denoise(cache, noise, num_steps)``, replayed from a graph.
+
+    One graph per (cached length, batch, num_steps); all of them read one pair of static K/V buffers sized for the
+    longest length (a graph for length n uses its first n + horizon tokens), one set of rotary tables and one noise
+    buffer. ``warm_up`` captures every length up front."""
 
     def _entry(self, batch: int, num_cached: int, num_steps: int, dtype: torch.dtype, noise_shape):
         model, c = self.model, self.model.config
@@ -307,7 +311,7 @@ class CudaGraphGuidedDenoiser:
         self._graphs.clear()
 
 
-class CudaGraphEncoder:
+class CudaGraphEncoder(_PooledGraphs):
     """``embed_images`` and ``build_cache`` of the model, replayed from CUDA graphs: vision one graph per number of
     present cameras, the prefix cache one per (cameras, valid prompt tokens). At batch 1 both stages are hundreds of
     small kernels (SigLIP's and Gemma's layers), launch-bound like the eager denoise.
@@ -317,20 +321,6 @@ class CudaGraphEncoder:
     with fixed shapes). A batch whose rows differ in cameras or prompt length runs eagerly. Every prefix graph writes
     into one pair of K/V buffers sized for the longest length, so the returned tokens and cache live in static
     buffers: valid until the next call (the denoisers copy the cache into their own)."""
-
-    def __init__(self, model: PI0Model, warmup: int = 2, pool: Optional[GraphPool] = None):
-        self.pool = pool if pool is not None else GraphPool(model.device)
-        self.model = model
-        self.warmup = warmup
-        self._entries: Dict[Hashable, Tuple] = {}  # key -> (replay, output, static inputs...)
-
-    @property
-    def num_graphs(self) -> int:
-        return len(self._entries)
-
-    @property
-    def stats(self) -> CaptureStats:
-        return self.pool.stats
 
     def _vision_entry(self, batch: int, cameras: int, dtype: torch.dtype):
         model = self.model
