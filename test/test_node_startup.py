@@ -37,6 +37,17 @@ CASES = {
     "negative rate": (dict(control_rate_hz=-5), [], "cannot start: parameter control_rate_hz"),
     "bad on_stale": (dict(on_stale="freeze"), [], "cannot start: parameter on_stale: 'freeze' is not one of"),
     "missing params file": ("missing", [], "cannot start: --params-file"),
+    "unknown robot adapter": (dict(robot__adapter="ur5"), [], "cannot start: parameter robot.adapter: 'ur5' is not "
+                                                              "one of ['none', 'aloha', 'droid', 'libero']"),
+    "joints that do not fit the adapter": (dict(robot__adapter="droid"), [],
+                                           "cannot start: parameter state.joints has 7 entries: robot.adapter droid "
+                                           "needs 8 (the robot's state vector)"),
+    "a camera the robot lacks": (dict(robot__adapter="libero", cameras__names=["base_0_rgb", "right_wrist_0_rgb"],
+                                      state__joints=[f"s{i}" for i in range(8)]), [],
+                                 "cannot start: parameter cameras.names: ['right_wrist_0_rgb'] with robot.adapter "
+                                 "libero: expected the robot's cameras ['image', 'wrist_image']"),
+    "bad discrete_state_input": (dict(model__discrete_state_input="yes"), [],
+                                 "cannot start: parameter model.discrete_state_input: 'yes' is not one of"),
 }
 
 

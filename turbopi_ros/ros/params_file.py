@@ -77,8 +77,8 @@ def check_type(name: str, param, value: Any) -> None:
 def load(path: Path) -> Dict[str, Any]:
     """Every turbopi_node parameter (PARAMETERS in policy_node.py) with its checked value: the YAML's or the
     default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
-    from ..policy.policy import camera_slots
     from .policy_node import PARAMETERS, TurbopiNode
+    from .robot_params import camera_slots_for, check_robot
 
     given = read_sections(path)
     values = {}
@@ -87,7 +87,8 @@ def load(path: Path) -> Dict[str, Any]:
         check_type(name, param, value)
         values[name] = param.check(name, value)
     TurbopiNode._check_lengths(values)
-    camera_slots(values["cameras.names"])
+    check_robot(values)
+    values["cameras.names"] = camera_slots_for(values)  # model slots (an adapter's robot camera names renamed)
     return values
 
 

@@ -35,14 +35,14 @@ from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..logs import get_logger
 from .parameters import Param, declare_parameters, on_parameters_set
 from ..policy.chunking import ChunkSchedule
-from ..policy.policy import (IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation,
-                            camera_slots)
+from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, STAGES, ObservationError, Policy, PreparedObservation
 from ..policy.rtc import PreviousChunk
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
 from .pauses import PauseWatch
 from .pipeline import JustInTime, LatestSlot
 from .problems import ProblemLog
 from .rates import EventRate
+from .robot_params import ROBOT_PARAMETERS, camera_slots_for, check_robot, policy_kwargs
 from .ros_compat import subscription_event_callbacks
 
 PARAMETERS: Dict[str, Param] = {
@@ -58,6 +58,7 @@ PARAMETERS: Dict[str, Param] = {
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
     "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
+    **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
     "cameras.names": Param([], "model image slots fed by the camera topics, in the same order", required=True,
                            items=str, choices=None),
     "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
@@ -122,7 +123,7 @@ def policy_from_params(p: Dict[str, object]) -> Policy:
         num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
         delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
         upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
-        preprocess_mode=p["cameras.preprocess"])
+        preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
     if len(p["state.joints"]) > policy.config.action_dim:
         raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
                          "state dims")
@@ -145,7 +146,8 @@ class TurbopiNode(Node):
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
         self._check_lengths(p)
-        cameras = camera_slots(p["cameras.names"])
+        check_robot(p)
+        cameras = camera_slots_for(p)
         self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
         self.command_rate_hz = float(p["command_rate_hz"])
