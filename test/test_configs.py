@@ -4,17 +4,36 @@ from pathlib import Path
 import pytest
 import yaml
 
+from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters
 from turbopi_ros.ros.policy_node import PARAMETERS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
 
+def _flat(params: dict, prefix: str = "") -> dict:
+    """Nested YAML mappings as dotted names, as rcl reads them (action: {group: {arm: ...}})."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _declared(params: dict) -> dict:
+    """The node's parameters with those of the action groups the config lists (declared once it is read)."""
+    return dict(PARAMETERS, **group_table(params.get("action.groups", [])))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_is_complete_and_consistent(path):
-    params = yaml.safe_load(path.read_text())["/**/turbopi_node"]["ros__parameters"]
-    assert set(params) == set(PARAMETERS), set(params) ^ set(PARAMETERS)
+    params = _flat(yaml.safe_load(path.read_text())["/**/turbopi_node"]["ros__parameters"])
+    table = _declared(params)
+    assert set(params) == set(table), set(params) ^ set(table)
     for name, value in params.items():
-        PARAMETERS[name].check(name, value)  # right types, within range, one of the choices
+        table[name].check(name, value)  # right types, within range, one of the choices
+    groups_from_parameters(params, params["action.joints"])  # every group joint an action joint, in one group
     n_cams = len(params["cameras.names"])
     assert len(params["cameras.topics"]) == n_cams == len(params["cameras.compressed"])
     n = len(params["action.joints"])

@@ -94,6 +94,10 @@ def load(path: Path) -> Dict[str, Any]:
 
 def unknown(path: Path) -> List[str]:
     """Names in the YAML's turbopi_node sections that the node does not declare (it ignores them: typos?)."""
+    from .action_outputs import group_table
     from .policy_node import PARAMETERS
 
-    return sorted(set(read_sections(path)) - set(PARAMETERS) - ROS_BUILTINS)
+    given = read_sections(path)
+    groups = given.get("action.groups", [])
+    declared = set(PARAMETERS) | set(group_table(groups) if isinstance(groups, list) else {})
+    return sorted(set(given) - declared - ROS_BUILTINS)

@@ -24,12 +24,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory
 
 from . import faults
-from .conversions import InputError, chunk_to_trajectory
+from .action_outputs import ActionOutputs, declare_groups
+from .conversions import InputError
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..logs import get_logger
@@ -80,6 +80,9 @@ PARAMETERS: Dict[str, Param] = {
                                  items=float),
     "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
                                    "of the same index is added); [] = all absolute", items=bool),
+    "action.groups": Param([], "action groups, one per controller, each with its own trajectory and command topics "
+                               "(parameters action.group.<name>.*, action_outputs.py); [] = one ~/action_chunk and "
+                               "~/joint_command for all action joints", items=str),
     "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
     "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
                                    "checkpoint's training data)", min=0.1, max=1000.0),
@@ -148,6 +151,7 @@ class TurbopiNode(Node):
         self._check_lengths(p)
         check_robot(p)
         cameras = camera_slots_for(p)
+        groups = declare_groups(self, p, p["action.joints"])
         self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
         self.command_rate_hz = float(p["command_rate_hz"])
@@ -213,8 +217,7 @@ class TurbopiNode(Node):
         self.create_subscription(String, "~/prompt", self._on_prompt,
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                             durability=DurabilityPolicy.VOLATILE))
-        self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
-        self.command_pub = self.create_publisher(Float64MultiArray, "~/joint_command", 10)
+        self.outputs = ActionOutputs(self, self.action_joints, groups, self.rate_hz)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         on_parameters_set(self, PARAMETERS, self._apply_parameters)
@@ -244,7 +247,8 @@ class TurbopiNode(Node):
         self.get_logger().info(
             f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
             f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
+            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}; outputs: "
+            f"{self.outputs.describe()}")
 
     def start(self) -> None:
         """Start the workers and the command stream (spin.py calls this once the node is whole)."""
@@ -492,7 +496,7 @@ class TurbopiNode(Node):
         engine_s, now = time.monotonic() - run_start, self.now()
         if self._from_the_future(chunk, now) or self._inputs_went_stale(now) or self._paused_during(run_start):
             return
-        self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
+        self.outputs.publish_chunk(chunk.actions, chunk.stamp)
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
         if self._chunk_count == 0:
             self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in {chunk.timings['total'] * 1e3:.0f} ms")
@@ -608,6 +612,7 @@ class TurbopiNode(Node):
 
     def _on_command_tick(self) -> None:
         if not self._enabled:
+            self.outputs.stop()
             return
         now = self.now()
         snapshot = self.inputs.snapshot()
@@ -617,13 +622,14 @@ class TurbopiNode(Node):
             self._fail(stale)
         self._stale_reported = bool(stale)
         command = None if stale else self.schedule.command(now)
-        if command is None:
-            if self.hold_on_stale and self._last_command is not None:
-                command = self._last_command
-            else:
-                return
+        held = command is None and self.hold_on_stale and self._last_command is not None
+        if held:
+            command = self._last_command
+        elif command is None:
+            self.outputs.stop()
+            return
         self._last_command = command
-        self.command_pub.publish(Float64MultiArray(data=command.tolist()))
+        self.outputs.publish_command(command, held=held)
         self._command_times.add(time.monotonic())
 
     def _command_period_s(self) -> float:
@@ -722,6 +728,8 @@ class TurbopiNode(Node):
                 stopped = stopped and not self._preparer.is_alive()
             if self._command_thread is not None:
                 self._command_thread.join(timeout=1.0)
+            if self.context.ok():
+                self.outputs.stop()  # velocity groups: zero velocity, not the last one held by a forward controller
         if getattr(self, "frames", None) is not None:
             self.frames.close()
         if getattr(self, "_log_handler", None) is not None:
