@@ -6,6 +6,7 @@ import yaml
 
 from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters
 from turbopi_ros.ros.policy_node import PARAMETERS
+from turbopi_ros.ros.robot_params import camera_slots_for, check_robot
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
@@ -34,6 +35,8 @@ def test_config_is_complete_and_consistent(path):
     for name, value in params.items():
         table[name].check(name, value)  # right types, within range, one of the choices
     groups_from_parameters(params, params["action.joints"])  # every group joint an action joint, in one group
+    check_robot(params)  # the adapter's state and action sizes
+    camera_slots_for(params)  # cameras the adapter's robot has
     n_cams = len(params["cameras.names"])
     assert len(params["cameras.topics"]) == n_cams == len(params["cameras.compressed"])
     n = len(params["action.joints"])
@@ -53,13 +56,16 @@ def test_every_parameter_is_commented_in_the_yaml():
             assert "#" in lines[i] or above.startswith("#"), f"{path.name}: {name} has no comment"
 
 
-def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
-    """The robot configs point at checkpoints this machine lacks: the node must say so and exit 1, not hang."""
+@pytest.mark.parametrize("name,checkpoint", [("pi05_droid.yaml", "pi05_droid_pytorch"),
+                                             ("pi0_aloha.yaml", "pi0_aloha_pytorch")])
+def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path, name, checkpoint):
+    """The robot configs point at checkpoints this machine lacks: the node must say so and exit 1, not hang (every
+    other parameter, the robot adapter's and the action groups', passes its checks first)."""
     import os
     import subprocess
     import sys
 
-    path = next(p for p in CONFIGS if p.name == "pi05_droid.yaml")
+    path = next(p for p in CONFIGS if p.name == name)
     from ros_helpers import free_ros_domain
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(free_ros_domain()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
@@ -67,7 +73,7 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
-    assert "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file" in out.stderr + out.stdout
+    assert f"/data/checkpoints/{checkpoint}: no such checkpoint directory or weights file" in out.stderr + out.stdout
 
 
 def test_every_parameter_is_documented():

@@ -15,6 +15,7 @@ PARAMS = node_params()
 RATE = PARAMS["control_rate_hz"]
 COMMAND_HZ = 40.0  # not the joint_states rate: the streams follow command_rate_hz
 LIMIT = 0.4  # right arm velocity limit: the tiny random model's outputs (clamped to +-3.14) go beyond it
+SCALE = 2.0  # right arm: model values x SCALE are the velocities sent
 GROUPS = {
     "left_arm": dict(joints=["joint_3", "joint_1", "joint_2"], trajectory="/left_arm_controller/joint_trajectory",
                      command="/left_arm_controller/commands"),
@@ -32,6 +33,7 @@ OVERRIDES = {
     "action.group.right_arm.joints": "[joint_4, joint_5, joint_6]",
     "action.group.right_arm.interface": "velocity",
     "action.group.right_arm.velocity_limits": f"[{LIMIT}, {LIMIT}, {LIMIT}]",
+    "action.group.right_arm.velocity_scale": SCALE,
     "action.group.gripper.joints": "[gripper]",
     "action.group.gripper.command_topic": GROUPS["gripper"]["command"],
 }
@@ -124,7 +126,7 @@ def test_each_command_stream_runs_at_the_command_rate_with_its_joints(running):
 
 
 def test_velocity_group_sends_velocities_clamped_and_zero_when_it_stops(running):
-    """The right arm: trajectory points with velocities (the chunk's values, clamped to the limits) and no
+    """The right arm: trajectory points with velocities (the chunk's values scaled, clamped to the limits) and no
     positions; commands within the limits; ~/enable false ends its stream with a zero velocity (a forward controller
     holds its last command), while the position groups' streams simply stop."""
     from std_srvs.srv import SetBool
@@ -139,8 +141,8 @@ def test_velocity_group_sends_velocities_clamped_and_zero_when_it_stops(running)
         chunk = np.array([p.positions for p in full[_stamp(msg)].points])[:, cols]
         assert all(len(p.positions) == 0 for p in msg.points)
         velocities = np.array([p.velocities for p in msg.points])
-        assert np.array_equal(velocities, np.clip(chunk, -LIMIT, LIMIT))
-        clamped += int(np.sum(np.abs(chunk) > LIMIT))
+        assert np.array_equal(velocities, np.clip(chunk * SCALE, -LIMIT, LIMIT))
+        clamped += int(np.sum(np.abs(chunk * SCALE) > LIMIT))
         checked += 1
     assert checked >= 2 and clamped > 0, (checked, clamped)
     commands = np.array([m.data for _, m in recorder.since(recorder.commands["right_arm"], 0.0)])

@@ -12,7 +12,10 @@ read), in YAML ``action: {group: {left_arm: {joints: [...], ...}}}`` or dotted k
     interface         position | velocity: what the model's values for these joints are
     trajectory_topic  its JointTrajectory (default ~/<name>/action_chunk; e.g. /left_arm_controller/joint_trajectory)
     command_topic     its Float64MultiArray stream (default ~/<name>/joint_command; e.g. /gripper_controller/commands)
-    velocity_limits   velocity groups: per joint, |v| is clamped to it (required there, [] for position groups)
+    velocity_scale    velocity groups: the model's values times this are the controller's velocities (DROID's
+                      are normalized, |v| <= 1 is 0.2 rad per 15 Hz step: 3.0 gives rad/s); default 1
+    velocity_limits   velocity groups: per joint, |v| (after the scale) is clamped to it (required there, [] for
+                      position groups)
 
 Every group gets its own JointTrajectory per chunk with only its joints, the chunk's header stamp and point times
 (point k at (k + 1) / control_rate_hz), and its own command at each command tick. A position group's trajectory is
@@ -56,8 +59,12 @@ def group_parameters(name: str) -> Dict[str, Param]:
                                            required=True),
         prefix + "command_topic": Param(f"~/{name}/joint_command", "this group's Float64MultiArray command topic",
                                         required=True),
-        prefix + "velocity_limits": Param([], "velocity groups: per joint, the largest |velocity| sent (required "
-                                              "there); [] for position groups", items=float, min=0.0),
+        prefix + "velocity_scale": Param(1.0, "velocity groups: the model's values times this are the velocities "
+                                              "sent (e.g. DROID's normalized joint velocities to rad/s)",
+                                         min=-1000.0, max=1000.0),
+        prefix + "velocity_limits": Param([], "velocity groups: per joint, the largest |velocity| sent (after "
+                                              "velocity_scale; required there); [] for position groups", items=float,
+                                          min=0.0),
     }
 
 
@@ -84,6 +91,7 @@ class GroupOutput:
     trajectory_topic: str
     command_topic: str
     velocity_limits: Optional[np.ndarray]  # velocity groups: [n] > 0
+    velocity_scale: float = 1.0
 
     @property
     def name(self) -> str:
@@ -94,10 +102,10 @@ class GroupOutput:
         return self.group.kind == "velocity"
 
     def values(self, actions: np.ndarray) -> np.ndarray:
-        """The group's columns of actions [..., N] (a velocity group's clamped to its limits)."""
+        """The group's columns of actions [..., N] (a velocity group's scaled and clamped to its limits)."""
         values = np.asarray(actions, dtype=np.float64)[..., list(self.columns)]
         if self.velocity_limits is not None:
-            values = np.clip(values, -self.velocity_limits, self.velocity_limits)
+            values = np.clip(values * self.velocity_scale, -self.velocity_limits, self.velocity_limits)
         return values
 
 
@@ -131,9 +139,15 @@ def groups_from_parameters(p: Dict[str, Any], action_joints: Sequence[str]) -> T
         elif limits:
             raise ValueError(f"parameter {key}velocity_limits: only velocity groups take limits (this group's "
                              f"interface is {kind}): leave it []")
+        scale = float(p[key + "velocity_scale"])
+        if kind == "velocity" and scale == 0.0:
+            raise ValueError(f"parameter {key}velocity_scale: 0 would send no motion at all")
+        if kind != "velocity" and scale != 1.0:
+            raise ValueError(f"parameter {key}velocity_scale: only velocity groups are scaled (this group's "
+                             f"interface is {kind}): leave it 1.0")
         outputs.append(GroupOutput(ActionGroup(name, tuple(joints), kind), tuple(index[j] for j in joints),
                                    p[key + "trajectory_topic"], p[key + "command_topic"],
-                                   np.array(limits, dtype=np.float64) if kind == "velocity" else None))
+                                   np.array(limits, dtype=np.float64) if kind == "velocity" else None, scale))
     check_groups([o.group for o in outputs], action_joints)
     return tuple(outputs)
 
