@@ -716,6 +716,13 @@ class TurbopiNode(Node):
         """Stop the inference worker and destroy the node. Returns False when the worker was still busy after
         ``join_timeout_s`` (a long inference): the caller then exits without waiting for it (see spin.py). Under
         `ros2 launch`, SIGTERM follows SIGINT after 5 s: finish well before."""
+        stopped = self._release(join_timeout_s)
+        super().destroy_node()
+        return stopped
+
+    def _release(self, join_timeout_s: float = 3.0) -> bool:
+        """Everything destroy_node frees but the ROS node itself: the workers, the camera threads, the log forwarding,
+        the policy (kept while a worker is still busy in it: then False)."""
         stopped = True
         if hasattr(self, "_worker") and self._worker.ident is not None:
             self._stop.set()
@@ -736,7 +743,6 @@ class TurbopiNode(Node):
             _stop_forwarding(self._log_handler)
         if stopped and hasattr(self, "policy"):
             self.policy.close()
-        super().destroy_node()
         return stopped
 
 
