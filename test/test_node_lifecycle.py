@@ -123,8 +123,8 @@ def test_every_transition_and_nothing_published_outside_active(ros):
 
 def test_a_failed_configure_returns_failure_with_the_reason(ros):
     feeder, recorder, lifecycle, tmp = ros
-    node = NodeProcess(DEMO_PARAMS, tmp / "bad.log", _overrides({"model.checkpoint": "/nonexistent/pi0",
-                                                                      "model.tokenizer": "/nonexistent/tok.model"}) + MANAGED)
+    bad = {"model.checkpoint": "/nonexistent/pi0", "model.tokenizer": "/nonexistent/tok.model"}
+    node = NodeProcess(DEMO_PARAMS, tmp / "bad.log", _overrides(bad) + MANAGED)
     try:
         assert lifecycle.ready(), node.log()
         assert lifecycle.set("configure") is False
