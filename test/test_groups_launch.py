@@ -16,22 +16,8 @@ ament_index = pytest.importorskip("ament_index_python.packages")
 
 from group_helpers import (GROUPS, Recorder, check_command_rates, check_group_trajectories,  # noqa: E402
                            group_params)
+from lifecycle_helpers import LAUNCH_FILE, RUN_LAUNCH  # noqa: E402
 from ros_helpers import isolate_ros_domain, make_test_node, node_params, spin_in_background, wait_for  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCH_FILE = os.path.join(HERE, "..", "launch", "turbopi.launch.py")
-# The launch in a process of its own, as `ros2 launch` runs it (see test_robot_launch.py).
-RUN_LAUNCH = """
-import sys
-import launch
-from launch.launch_description_sources import PythonLaunchDescriptionSource
-
-service = launch.LaunchService()
-service.include_launch_description(launch.actions.IncludeLaunchDescription(
-    PythonLaunchDescriptionSource(sys.argv[1]), launch_arguments=[a.split(":=", 1) for a in sys.argv[2:]]))
-sys.exit(service.run(shutdown_when_idle=True))
-"""
-
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):

@@ -9,6 +9,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("lifecycle_msgs")
 
 from group_helpers import GROUPS, Recorder, group_overrides  # noqa: E402
+from lifecycle_helpers import Lifecycle  # noqa: E402
 from ros_helpers import (DEMO_PARAMS, NodeProcess, isolate_ros_domain, make_test_node, node_params,  # noqa: E402
                          spin_in_background, wait_for)
 
@@ -21,36 +22,6 @@ def _overrides(extra: dict) -> list:
     for name, value in extra.items():
         args += ["-p", f"{name}:={value}"]
     return args
-
-
-class Lifecycle:
-    """A test node's clients of /turbopi_node's lifecycle services."""
-
-    def __init__(self, node):
-        from lifecycle_msgs.srv import ChangeState, GetState
-
-        self.node = node
-        self.change = node.create_client(ChangeState, "/turbopi_node/change_state")
-        self.get = node.create_client(GetState, "/turbopi_node/get_state")
-
-    def ready(self, timeout: float = 60.0) -> bool:
-        return self.get.wait_for_service(timeout_sec=timeout) and self.change.wait_for_service(timeout_sec=timeout)
-
-    def state(self) -> str:
-        from lifecycle_msgs.srv import GetState
-
-        future = self.get.call_async(GetState.Request())
-        assert wait_for(future.done, timeout=10)
-        return future.result().current_state.label
-
-    def set(self, transition: str, timeout: float = 120.0) -> bool:
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
-
-        # by label, as `ros2 lifecycle set` does: "shutdown" is the one from the current state
-        future = self.change.call_async(ChangeState.Request(transition=Transition(label=transition)))
-        assert wait_for(future.done, timeout=timeout), transition
-        return future.result().success
 
 
 @pytest.fixture(scope="module")
