@@ -35,10 +35,20 @@ def _node(context):
     managed = get("managed").lower()
     if managed not in ("true", "false"):
         raise RuntimeError(f"managed:={managed!r}: expected true or false")
-    kind, arguments = (LifecycleNode, ["--managed"]) if managed == "true" else (Node, [])
+    if managed == "true":
+        # launch_ros's lifecycle support shuts its ROS adapter down on the Shutdown event, and raises when a second
+        # one comes (Ctrl-C, then the node's exit): the node's exit shuts the launch down only if nothing else did
+        kind, arguments = LifecycleNode, ["--managed"]
+        on_exit = _shutdown_unless_shutting_down
+    else:
+        kind, arguments, on_exit = Node, [], Shutdown(reason="turbopi_node exited")
     return [kind(package="turbopi_ros", executable="turbopi_node", name="turbopi_node", namespace=get("namespace"),
                  arguments=arguments, parameters=[params_file, overrides], remappings=remaps, output="screen",
-                 emulate_tty=True, on_exit=Shutdown(reason="turbopi_node exited"))]
+                 emulate_tty=True, on_exit=on_exit)]
+
+
+def _shutdown_unless_shutting_down(event, context):
+    return None if context.is_shutdown else [Shutdown(reason="turbopi_node exited")]
 
 
 def generate_launch_description():

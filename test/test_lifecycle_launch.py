@@ -48,6 +48,8 @@ class Launch:
                                      start_new_session=True)
 
     def output(self) -> str:
+        if self.log.closed:
+            return self.text
         self.log.flush()
         self.log.seek(0)
         return self.log.read()
@@ -61,6 +63,7 @@ class Launch:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+            self.text = self.output()
             self.log.close()
 
 
