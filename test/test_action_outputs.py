@@ -72,3 +72,59 @@ def test_velocity_trajectory_has_the_chunks_timing_and_no_positions():
     assert np.array_equal([p.velocities for p in msg.points], v)
     with pytest.raises(ValueError, match=r"velocities \[3, 2\] for 3 joint names"):
         velocity_trajectory(v, ["b1", "b2", "b3"], 0.0, 15.0)
+
+
+class _Publishers:
+    """Stands in for a node's create_publisher: each topic's published messages, in order (what ActionOutputs
+    publishes where, without DDS; over DDS: test_node_groups.py)."""
+
+    def __init__(self):
+        self.sent = {}
+
+    def create_publisher(self, msg_type, topic, depth):
+        sent = self.sent.setdefault(topic, [])
+
+        class Publisher:
+            def publish(self, msg):
+                assert isinstance(msg, msg_type)
+                sent.append(msg)
+        return Publisher()
+
+
+def _outputs(groups: dict):
+    from turbopi_ros.ros.action_outputs import ActionOutputs
+
+    node = _Publishers()
+    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0)
+
+
+def test_without_groups_one_chunk_and_one_command_topic_as_before():
+    from turbopi_ros.ros.conversions import chunk_to_trajectory
+
+    node, outputs = _outputs({})
+    chunk = np.linspace(-1, 1, 18).reshape(3, 6)
+    outputs.publish_chunk(chunk, 5.5)
+    outputs.publish_command(chunk[0])
+    outputs.publish_command(chunk[0], held=True)
+    outputs.stop()
+    assert sorted(node.sent) == ["~/action_chunk", "~/joint_command"]
+    assert node.sent["~/action_chunk"] == [chunk_to_trajectory(chunk, JOINTS, 5.5, 50.0)]
+    assert [list(m.data) for m in node.sent["~/joint_command"]] == [chunk[0].tolist()] * 2
+
+
+def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
+    node, outputs = _outputs({"arm": {"joints": ["a1", "a2"], "command_topic": "/arm/commands"},
+                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5],
+                                       "command_topic": "/base/commands"}})
+    assert "~/joint_command" not in node.sent
+    command = np.array([0.1, 0.2, 0.3, 0.9, 0.0, 1.0])
+    outputs.publish_command(command)
+    outputs.publish_command(command, held=True)  # on_stale: hold
+    outputs.publish_command(command)
+    outputs.stop()
+    outputs.stop()  # a second stop sends nothing more
+    assert [list(m.data) for m in node.sent["/arm/commands"]] == [[0.1, 0.2]] * 3
+    assert [list(m.data) for m in node.sent["/base/commands"]] == [[0.5], [0.0], [0.5], [0.0]]
+    before = {topic: len(sent) for topic, sent in node.sent.items()}
+    outputs.stop()  # nothing was moving: nothing to stop
+    assert {topic: len(sent) for topic, sent in node.sent.items()} == before
