@@ -98,6 +98,9 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def start(self) -> None:
         """spin.py starts the plain node's workers at once; here activate does."""
 
+    def _start_state(self) -> str:
+        return "inactive until activated"
+
     def _on_command_tick(self) -> None:
         with self._command_gate:
             TurbopiNode._on_command_tick(self)

@@ -247,8 +247,11 @@ class TurbopiNode(Node):
         self.get_logger().info(
             f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
             f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}; outputs: "
+            f"at {commands}, {self._start_state()}; outputs: "
             f"{self.outputs.describe()}")
+
+    def _start_state(self) -> str:
+        return "enabled" if self._enabled else "waiting for ~/enable"
 
     def start(self) -> None:
         """Start the workers and the command stream (spin.py calls this once the node is whole)."""
