@@ -39,13 +39,6 @@ CASES = {
     "missing params file": ("missing", [], "cannot start: --params-file"),
     "unknown robot adapter": (dict(robot__adapter="ur5"), [], "cannot start: parameter robot.adapter: 'ur5' is not "
                                                               "one of ['none', 'aloha', 'droid', 'libero']"),
-    "joints that do not fit the adapter": (dict(robot__adapter="droid"), [],
-                                           "cannot start: parameter state.joints has 7 entries: robot.adapter droid "
-                                           "needs 8 (the robot's state vector)"),
-    "a camera the robot lacks": (dict(robot__adapter="libero", cameras__names=["base_0_rgb", "right_wrist_0_rgb"],
-                                      state__joints=[f"s{i}" for i in range(8)]), [],
-                                 "cannot start: parameter cameras.names: ['right_wrist_0_rgb'] with robot.adapter "
-                                 "libero: expected the robot's cameras ['image', 'wrist_image']"),
     "group joint not an action joint": (dict(action__groups=["arm", "hand"], action__group__arm__joints=["joint_1",
                                                                                                 "elbow"],
                                              action__group__hand__joints=["gripper"]), [],
@@ -55,21 +48,10 @@ CASES = {
                                  action__group__hand__joints=["gripper"]), [],
                             "cannot start: parameter action.group.hand.joints: joint 'gripper' is in group 'arm' "
                             "already"),
-    "group without joints": (dict(action__groups=["arm"]), [], "cannot start: parameter action.group.arm.joints is "
-                                                               "not set"),
-    "velocity group without limits": (dict(action__groups=["arm"], action__group__arm__joints=["joint_1"],
-                                           action__group__arm__interface="velocity"), [],
-                                      "cannot start: parameter action.group.arm.velocity_limits: a velocity group "
-                                      "needs one limit > 0 per joint"),
-    "unknown group interface": (dict(action__groups=["arm"], action__group__arm__joints=["joint_1"],
-                                     action__group__arm__interface="effort"), [],
-                                "cannot start: parameter action.group.arm.interface: 'effort' is not one of"),
     "group parameter of an unlisted group": (dict(action__groups=["arm"], action__group__arm__joints=["joint_1"],
                                                   action__group__amr__joints=["joint_2"]), [],
                                              "cannot start: parameter action.group.amr.joints: no such group "
                                              "parameter"),
-    "bad discrete_state_input": (dict(model__discrete_state_input="yes"), [],
-                                 "cannot start: parameter model.discrete_state_input: 'yes' is not one of"),
 }
 
 
