@@ -59,8 +59,8 @@ PARAMETERS: Dict[str, Param] = {
     "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
     **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
-    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order", required=True,
-                           items=str, choices=None),
+    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "
+                               "also openpi's robot camera names)", required=True, items=str, choices=None),
     "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
     "cameras.compressed": Param([], "per camera: sensor_msgs/CompressedImage instead of Image ([] = all raw)",
                                 items=bool),
