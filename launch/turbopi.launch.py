@@ -7,13 +7,17 @@ params_file is required (start from one in this package's config/). Arguments ov
 checkpoint, device (and tokenizer when given). Remap the joint command to your controller's input with
 command_topic. A params_file that does not exist stops the launch before anything starts; when the node exits (a
 configuration error, or Ctrl-C), the launch shuts down with it instead of carrying on without it.
+
+managed:=true starts it as a managed (lifecycle) node (turbopi_node --managed): unconfigured until
+`ros2 lifecycle set /turbopi_node configure` (loads and warms up the model), then activate / deactivate / cleanup /
+shutdown (docs/node.md). The plain node, publishing at once, is the default.
 """
 import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 
 def _node(context):
@@ -28,9 +32,23 @@ def _node(context):
         if get(arg):
             overrides[param] = get(arg)
     remaps = [("~/joint_command", get("command_topic"))] if get("command_topic") else []
-    return [Node(package="turbopi_ros", executable="turbopi_node", name="turbopi_node", namespace=get("namespace"),
-                 parameters=[params_file, overrides], remappings=remaps, output="screen", emulate_tty=True,
-                 on_exit=Shutdown(reason="turbopi_node exited"))]
+    managed = get("managed").lower()
+    if managed not in ("true", "false"):
+        raise RuntimeError(f"managed:={managed!r}: expected true or false")
+    if managed == "true":
+        # launch_ros's lifecycle support shuts its ROS adapter down on the Shutdown event, and raises when a second
+        # one comes (Ctrl-C, then the node's exit): the node's exit shuts the launch down only if nothing else did
+        kind, arguments = LifecycleNode, ["--managed"]
+        on_exit = _shutdown_unless_shutting_down
+    else:
+        kind, arguments, on_exit = Node, [], Shutdown(reason="turbopi_node exited")
+    return [kind(package="turbopi_ros", executable="turbopi_node", name="turbopi_node", namespace=get("namespace"),
+                 arguments=arguments, parameters=[params_file, overrides], remappings=remaps, output="screen",
+                 emulate_tty=True, on_exit=on_exit)]
+
+
+def _shutdown_unless_shutting_down(event, context):
+    return None if context.is_shutdown else [Shutdown(reason="turbopi_node exited")]
 
 
 def generate_launch_description():
@@ -43,5 +61,7 @@ def generate_launch_description():
         DeclareLaunchArgument("tokenizer", default_value="", description="paligemma_tokenizer.model (overrides)"),
         DeclareLaunchArgument("command_topic", default_value="",
                               description="remap ~/joint_command to this topic (e.g. a controller's commands)"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="true: a managed (lifecycle) node, driven by `ros2 lifecycle set`"),
         OpaqueFunction(function=_node),
     ])

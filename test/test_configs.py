@@ -4,17 +4,39 @@ from pathlib import Path
 import pytest
 import yaml
 
+from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters
 from turbopi_ros.ros.policy_node import PARAMETERS
+from turbopi_ros.ros.robot_params import camera_slots_for, check_robot
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
 
+def _flat(params: dict, prefix: str = "") -> dict:
+    """Nested YAML mappings as dotted names, as rcl reads them (action: {group: {arm: ...}})."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _declared(params: dict) -> dict:
+    """The node's parameters with those of the action groups the config lists (declared once it is read)."""
+    return dict(PARAMETERS, **group_table(params.get("action.groups", [])))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_is_complete_and_consistent(path):
-    params = yaml.safe_load(path.read_text())["/**/turbopi_node"]["ros__parameters"]
-    assert set(params) == set(PARAMETERS), set(params) ^ set(PARAMETERS)
+    params = _flat(yaml.safe_load(path.read_text())["/**/turbopi_node"]["ros__parameters"])
+    table = _declared(params)
+    assert set(params) == set(table), set(params) ^ set(table)
     for name, value in params.items():
-        PARAMETERS[name].check(name, value)  # right types, within range, one of the choices
+        table[name].check(name, value)  # right types, within range, one of the choices
+    groups_from_parameters(params, params["action.joints"])  # every group joint an action joint, in one group
+    check_robot(params)  # the adapter's state and action sizes
+    camera_slots_for(params)  # cameras the adapter's robot has
     n_cams = len(params["cameras.names"])
     assert len(params["cameras.topics"]) == n_cams == len(params["cameras.compressed"])
     n = len(params["action.joints"])
@@ -34,13 +56,16 @@ def test_every_parameter_is_commented_in_the_yaml():
             assert "#" in lines[i] or above.startswith("#"), f"{path.name}: {name} has no comment"
 
 
-def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
-    """The robot configs point at checkpoints this machine lacks: the node must say so and exit 1, not hang."""
+@pytest.mark.parametrize("name,checkpoint", [("pi05_droid.yaml", "pi05_droid_pytorch"),
+                                             ("pi0_aloha.yaml", "pi0_aloha_pytorch")])
+def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path, name, checkpoint):
+    """The robot configs point at checkpoints this machine lacks: the node must say so and exit 1, not hang (every
+    other parameter, the robot adapter's and the action groups', passes its checks first)."""
     import os
     import subprocess
     import sys
 
-    path = next(p for p in CONFIGS if p.name == "pi05_droid.yaml")
+    path = next(p for p in CONFIGS if p.name == name)
     from ros_helpers import free_ros_domain
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(free_ros_domain()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
@@ -48,7 +73,7 @@ def test_robot_config_without_its_checkpoint_fails_clearly(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot start" in out.stderr + out.stdout
-    missing = "/data/checkpoints/pi05_droid_pytorch: no such checkpoint directory or weights file"
+    missing = f"/data/checkpoints/{checkpoint}: no such checkpoint directory or weights file"
     assert missing in out.stderr + out.stdout
 
 

@@ -37,6 +37,21 @@ CASES = {
     "negative rate": (dict(control_rate_hz=-5), [], "cannot start: parameter control_rate_hz"),
     "bad on_stale": (dict(on_stale="freeze"), [], "cannot start: parameter on_stale: 'freeze' is not one of"),
     "missing params file": ("missing", [], "cannot start: --params-file"),
+    "unknown robot adapter": (dict(robot__adapter="ur5"), [], "cannot start: parameter robot.adapter: 'ur5' is not "
+                                                              "one of ['none', 'aloha', 'droid', 'libero']"),
+    "group joint not an action joint": (dict(action__groups=["arm", "hand"], action__group__arm__joints=["joint_1",
+                                                                                                "elbow"],
+                                             action__group__hand__joints=["gripper"]), [],
+                                        "cannot start: parameter action.group.arm.joints: ['elbow'] are not in "
+                                        "action.joints"),
+    "joint in two groups": (dict(action__groups=["arm", "hand"], action__group__arm__joints=["joint_1", "gripper"],
+                                 action__group__hand__joints=["gripper"]), [],
+                            "cannot start: parameter action.group.hand.joints: joint 'gripper' is in group 'arm' "
+                            "already"),
+    "group parameter of an unlisted group": (dict(action__groups=["arm"], action__group__arm__joints=["joint_1"],
+                                                  action__group__amr__joints=["joint_2"]), [],
+                                             "cannot start: parameter action.group.amr.joints: no such group "
+                                             "parameter"),
 }
 
 

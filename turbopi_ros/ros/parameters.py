@@ -103,6 +103,8 @@ def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     for name, param in table.items():
         try:
             value = node.declare_parameter(name, param.default, param.descriptor()).value
+            if value is None and isinstance(param.default, list):
+                value = []  # an empty list in a parameter file arrives unset: rcl cannot tell its element type
         except ParameterException as e:  # a wrong type, or a value outside the descriptor's range
             raise ValueError(f"parameter {name}: {e} (expected: {param.constraints()})") from None
         values[name] = param.check(name, value)

@@ -77,8 +77,8 @@ def check_type(name: str, param, value: Any) -> None:
 def load(path: Path) -> Dict[str, Any]:
     """Every turbopi_node parameter (PARAMETERS in policy_node.py) with its checked value: the YAML's or the
     default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
-    from ..policy.policy import camera_slots
     from .policy_node import PARAMETERS, TurbopiNode
+    from .robot_params import camera_slots_for, check_robot
 
     given = read_sections(path)
     values = {}
@@ -87,12 +87,17 @@ def load(path: Path) -> Dict[str, Any]:
         check_type(name, param, value)
         values[name] = param.check(name, value)
     TurbopiNode._check_lengths(values)
-    camera_slots(values["cameras.names"])
+    check_robot(values)
+    values["cameras.names"] = camera_slots_for(values)  # model slots (an adapter's robot camera names renamed)
     return values
 
 
 def unknown(path: Path) -> List[str]:
     """Names in the YAML's turbopi_node sections that the node does not declare (it ignores them: typos?)."""
+    from .action_outputs import group_table
     from .policy_node import PARAMETERS
 
-    return sorted(set(read_sections(path)) - set(PARAMETERS) - ROS_BUILTINS)
+    given = read_sections(path)
+    groups = given.get("action.groups", [])
+    declared = set(PARAMETERS) | set(group_table(groups) if isinstance(groups, list) else {})
+    return sorted(set(given) - declared - ROS_BUILTINS)

@@ -20,19 +20,18 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory
 
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
 from ..policy.chunking import ChunkSchedule
 from ..policy.loading import load_policy
-from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, Policy, camera_slots
+from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS, Policy
 from ..policy.rtc_target import guidance_arguments
 from . import faults
+from .action_outputs import ActionOutputs, declare_groups
 from .chunk_gate import ChunkGate
 from .command_stream import CommandStream
-from .conversions import chunk_to_trajectory
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer
@@ -40,6 +39,7 @@ from .node_status import NodeStats, diagnostic_status, status_line
 from .parameters import Param, declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
+from .robot_params import ROBOT_PARAMETERS, camera_slots_for, check_robot, policy_kwargs
 from .ros_compat import subscription_event_callbacks
 from .ros_logging import forward_python_logging, stop_forwarding
 
@@ -57,8 +57,9 @@ PARAMETERS: Dict[str, Param] = {
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
     "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
-    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order", required=True,
-                           items=str, choices=None),
+    **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
+    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "
+                               "also openpi's robot camera names)", required=True, items=str, choices=None),
     "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
     "cameras.compressed": Param([], "per camera: sensor_msgs/CompressedImage instead of Image ([] = all raw)",
                                 items=bool),
@@ -78,6 +79,9 @@ PARAMETERS: Dict[str, Param] = {
                                  items=float),
     "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
                                    "of the same index is added); [] = all absolute", items=bool),
+    "action.groups": Param([], "action groups, one per controller, each with its own trajectory and command topics "
+                               "(parameters action.group.<name>.*, action_outputs.py); [] = one ~/action_chunk and "
+                               "~/joint_command for all action joints", items=str),
     "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
     "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
                                    "checkpoint's training data)", min=0.1, max=1000.0),
@@ -110,7 +114,7 @@ def policy_from_params(p: Dict[str, object]) -> Policy:
         num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
         delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
         upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
-        preprocess_mode=p["cameras.preprocess"])
+        preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
     if len(p["state.joints"]) > policy.config.action_dim:
         raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
                          "state dims")
@@ -131,7 +135,9 @@ class TurbopiNode(Node):
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
         self._check_lengths(p)
-        cameras = camera_slots(p["cameras.names"])
+        check_robot(p)
+        cameras = camera_slots_for(p)
+        groups = declare_groups(self, p, p["action.joints"])
         self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
         self.command_rate_hz = float(p["command_rate_hz"])
@@ -146,13 +152,13 @@ class TurbopiNode(Node):
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
         self._build_state(p, cameras)
-        self._build_interfaces(p, cameras)
+        self._build_interfaces(p, cameras, groups)
         c = self.policy.config
         commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
         self.get_logger().info(
             f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
             f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {'enabled' if self._enabled else 'waiting for ~/enable'}")
+            f"at {commands}, {self._start_state()}; outputs: {self.outputs.describe()}")
 
     def _build_state(self, p, cameras) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
@@ -184,7 +190,7 @@ class TurbopiNode(Node):
                                    float(p["inference_period_s"]))
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
-    def _build_interfaces(self, p, cameras) -> None:
+    def _build_interfaces(self, p, cameras, groups) -> None:
         """Subscriptions, publishers, the service, the parameter callback, the command stream and the timers."""
         # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
         # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
@@ -205,8 +211,7 @@ class TurbopiNode(Node):
         self.create_subscription(String, "~/prompt", self._on_prompt,
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                             durability=DurabilityPolicy.VOLATILE))
-        self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
-        self.command_pub = self.create_publisher(Float64MultiArray, "~/joint_command", 10)
+        self.outputs = ActionOutputs(self, self.action_joints, groups, self.rate_hz)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         on_parameters_set(self, PARAMETERS, self._apply_parameters)
@@ -224,6 +229,9 @@ class TurbopiNode(Node):
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self._log_status)
+
+    def _start_state(self) -> str:
+        return "enabled" if self._enabled else "waiting for ~/enable"
 
     def start(self) -> None:
         """Start the engine and the command stream (spin.py calls this once the node is whole)."""
@@ -327,7 +335,7 @@ class TurbopiNode(Node):
         if refused:
             self._fail(refused)
             return
-        self.chunk_pub.publish(chunk_to_trajectory(chunk.actions, self.action_joints, chunk.stamp, self.rate_hz))
+        self.outputs.publish_chunk(chunk.actions, chunk.stamp)
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
         if self.stats.chunks == 0:
             self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
@@ -362,6 +370,7 @@ class TurbopiNode(Node):
 
     def _on_command_tick(self) -> None:
         if not self._enabled:
+            self.outputs.stop()
             return
         now = self.now()
         snapshot = self.inputs.snapshot()
@@ -371,13 +380,14 @@ class TurbopiNode(Node):
             self._fail(stale)
         self._stale_reported = bool(stale)
         command = None if stale else self.schedule.command(now)
-        if command is None:
-            if self.hold_on_stale and self._last_command is not None:
-                command = self._last_command
-            else:
-                return
+        held = command is None and self.hold_on_stale and self._last_command is not None
+        if held:
+            command = self._last_command
+        elif command is None:
+            self.outputs.stop()
+            return
         self._last_command = command
-        self.command_pub.publish(Float64MultiArray(data=command.tolist()))
+        self.outputs.publish_command(command, held=held)
         self.stats.command_times.add(time.monotonic())
 
     def _command_period_s(self) -> float:
@@ -425,18 +435,26 @@ class TurbopiNode(Node):
         """Stop the engine and the command stream and destroy the node. Returns False when the engine was still busy
         after ``join_timeout_s`` (a long inference): the caller then exits without waiting for it (see spin.py).
         Under `ros2 launch`, SIGTERM follows SIGINT after 5 s: finish well before."""
+        stopped = self._release(join_timeout_s)
+        super().destroy_node()
+        return stopped
+
+    def _release(self, join_timeout_s: float = 3.0) -> bool:
+        """Everything destroy_node frees but the ROS node itself: the engine, the command stream, the camera threads,
+        the log forwarding, the policy (kept while the engine is still busy in it: then False)."""
         stopped = True
         if hasattr(self, "engine"):
             stopped = self.engine.stop(join_timeout_s)
         if getattr(self, "_commands", None) is not None:
             self._commands.join(1.0)
+        if hasattr(self, "outputs") and self.context.ok():
+            self.outputs.stop()  # velocity groups: zero velocity, not the last one held by a forward controller
         if getattr(self, "frames", None) is not None:
             self.frames.close()
         if getattr(self, "_log_handler", None) is not None:
             stop_forwarding(self._log_handler)
         if stopped and hasattr(self, "policy"):
             self.policy.close()
-        super().destroy_node()
         return stopped
 
 

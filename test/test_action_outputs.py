@@ -1,0 +1,130 @@
+"""ros/action_outputs.py without a node: group parameters, validation naming the parameter, the messages a group
+publishes (ActionOutputs over DDS: test_node_groups.py)."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from turbopi_ros.ros.action_outputs import (group_table, groups_from_parameters,  # noqa: E402
+                                            velocity_trajectory)
+
+JOINTS = ["a1", "a2", "a3", "b1", "b2", "g"]
+
+
+def _params(groups: dict) -> dict:
+    """Checked parameters for ``groups`` ({name: {key: value}}), defaults filled in as the node declares them."""
+    p = {"action.groups": list(groups)}
+    for name, param in group_table(list(groups)).items():
+        _, _, group, key = name.split(".")
+        p[name] = param.check(name, groups[group].get(key, param.default))
+    return p
+
+
+def test_groups_split_by_name_and_clamp_velocities():
+    p = _params({"left": {"joints": ["a3", "a1", "a2"]},
+                 "base": {"joints": ["b1", "b2"], "interface": "velocity", "velocity_limits": [0.5, 2.0],
+                          "velocity_scale": 2.0, "command_topic": "/base_controller/commands"},
+                 "hand": {"joints": ["g"]}})
+    left, base, hand = groups_from_parameters(p, JOINTS)
+    assert (left.trajectory_topic, left.command_topic) == ("~/left/action_chunk", "~/left/joint_command")
+    assert base.command_topic == "/base_controller/commands" and base.is_velocity and not hand.is_velocity
+    chunk = np.arange(12.0).reshape(2, 6) / 10.0
+    assert np.array_equal(left.values(chunk), chunk[:, [2, 0, 1]])
+    assert np.array_equal(base.values(chunk), np.clip(chunk[:, [3, 4]] * 2.0, [-0.5, -2.0], [0.5, 2.0]))
+    assert np.array_equal(base.values(-chunk[0]), [-0.5, -0.8])  # a command vector, negative side
+
+
+@pytest.mark.parametrize("groups,message", [
+    ({"arm": {"joints": ["a1", "elbow"]}}, r"parameter action.group.arm.joints: \['elbow'\] are not in action.joints"),
+    ({"arm": {"joints": ["a1", "g"]}, "hand": {"joints": ["g"]}},
+     r"parameter action.group.hand.joints: joint 'g' is in group 'arm' already \(action.group.arm.joints\)"),
+    ({"arm": {"joints": ["a1", "a1"]}}, r"parameter action.group.arm.joints: \['a1'\] listed more than once"),
+    ({"arm": {"joints": ["a1"], "interface": "velocity"}},
+     "parameter action.group.arm.velocity_limits: a velocity group needs one limit > 0 per joint"),
+    ({"arm": {"joints": ["a1"], "interface": "velocity", "velocity_limits": [0.0]}},
+     "parameter action.group.arm.velocity_limits: a velocity group needs one limit > 0 per joint"),
+    ({"arm": {"joints": ["a1"], "velocity_limits": [1.0]}},
+     "parameter action.group.arm.velocity_limits: only velocity groups take limits"),
+    ({"arm": {"joints": ["a1"], "velocity_scale": 3.0}},
+     "parameter action.group.arm.velocity_scale: only velocity groups are scaled"),
+])
+def test_bad_groups_name_the_parameter(groups, message):
+    with pytest.raises(ValueError, match=message):
+        groups_from_parameters(_params(groups), JOINTS)
+
+
+@pytest.mark.parametrize("names,message", [
+    (["left arm"], r"parameter action.groups: \['left arm'\] are not group names"),
+    (["arm", "arm"], r"parameter action.groups: \['arm'\] listed more than once"),
+])
+def test_bad_group_names(names, message):
+    with pytest.raises(ValueError, match=message):
+        group_table(names)
+
+
+def test_velocity_trajectory_has_the_chunks_timing_and_no_positions():
+    v = np.array([[0.1, -0.2], [0.3, 0.4], [0.0, 0.5]])
+    msg = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0)
+    assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 250_000_000
+    assert list(msg.joint_names) == ["b1", "b2"]
+    assert [p.time_from_start.nanosec for p in msg.points] == [66_666_667, 133_333_333, 200_000_000]
+    assert all(len(p.positions) == 0 and len(p.accelerations) == 0 for p in msg.points)
+    assert np.array_equal([p.velocities for p in msg.points], v)
+    with pytest.raises(ValueError, match=r"velocities \[3, 2\] for 3 joint names"):
+        velocity_trajectory(v, ["b1", "b2", "b3"], 0.0, 15.0)
+
+
+class _Publishers:
+    """Stands in for a node's create_publisher: each topic's published messages, in order (what ActionOutputs
+    publishes where, without DDS; over DDS: test_node_groups.py)."""
+
+    def __init__(self):
+        self.sent = {}
+
+    def create_publisher(self, msg_type, topic, depth):
+        sent = self.sent.setdefault(topic, [])
+
+        class Publisher:
+            def publish(self, msg):
+                assert isinstance(msg, msg_type)
+                sent.append(msg)
+        return Publisher()
+
+
+def _outputs(groups: dict):
+    from turbopi_ros.ros.action_outputs import ActionOutputs
+
+    node = _Publishers()
+    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0)
+
+
+def test_without_groups_one_chunk_and_one_command_topic_as_before():
+    from turbopi_ros.ros.conversions import chunk_to_trajectory
+
+    node, outputs = _outputs({})
+    chunk = np.linspace(-1, 1, 18).reshape(3, 6)
+    outputs.publish_chunk(chunk, 5.5)
+    outputs.publish_command(chunk[0])
+    outputs.publish_command(chunk[0], held=True)
+    outputs.stop()
+    assert sorted(node.sent) == ["~/action_chunk", "~/joint_command"]
+    assert node.sent["~/action_chunk"] == [chunk_to_trajectory(chunk, JOINTS, 5.5, 50.0)]
+    assert [list(m.data) for m in node.sent["~/joint_command"]] == [chunk[0].tolist()] * 2
+
+
+def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
+    node, outputs = _outputs({"arm": {"joints": ["a1", "a2"], "command_topic": "/arm/commands"},
+                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5],
+                                       "command_topic": "/base/commands"}})
+    assert "~/joint_command" not in node.sent
+    command = np.array([0.1, 0.2, 0.3, 0.9, 0.0, 1.0])
+    outputs.publish_command(command)
+    outputs.publish_command(command, held=True)  # on_stale: hold
+    outputs.publish_command(command)
+    outputs.stop()
+    outputs.stop()  # a second stop sends nothing more
+    assert [list(m.data) for m in node.sent["/arm/commands"]] == [[0.1, 0.2]] * 3
+    assert [list(m.data) for m in node.sent["/base/commands"]] == [[0.5], [0.0], [0.5], [0.0]]
+    before = {topic: len(sent) for topic, sent in node.sent.items()}
+    outputs.stop()  # nothing was moving: nothing to stop
+    assert {topic: len(sent) for topic, sent in node.sent.items()} == before

@@ -1,0 +1,68 @@
+"""Action groups through the node (ros/action_outputs.py): one JointTrajectory and one command stream per group, as
+one ros2_control controller per arm and one for the gripper take them (group_helpers.GROUPS: a left arm in position,
+a right arm in velocity, a gripper)."""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from group_helpers import (GROUPS, LIMIT, Recorder, check_command_rates, check_group_trajectories,  # noqa: E402
+                           group_overrides)
+from ros_helpers import node_session, wait_for  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    overrides = group_overrides()
+    with node_session(tmp_path_factory.mktemp("groups"), min_chunks=1, overrides=overrides) as (feeder, node):
+        recorder = Recorder(feeder)
+        t0 = time.monotonic()
+        assert wait_for(lambda: all(len(recorder.since(recorder.trajectories[g], t0)) >= 3 for g in GROUPS),
+                        timeout=60), node.log()
+        yield feeder, node, recorder
+
+
+def test_each_group_gets_only_its_joints_with_the_chunks_stamp_and_times(running):
+    feeder, node, recorder = running
+    clamped = check_group_trajectories(feeder.since(feeder.chunks, 0.0), recorder)
+    assert clamped > 0  # the velocity limit was exercised
+
+
+def test_each_command_stream_runs_at_the_command_rate_with_its_joints(running):
+    feeder, node, recorder = running
+    t0 = time.monotonic() + 0.5
+    time.sleep(4.7)
+    check_command_rates(recorder, t0, 4.0)
+    assert feeder.since(feeder.commands, 0.0) == [], "with groups, ~/joint_command is not published"
+    # one tick, one command per group: the streams' counts agree
+    counts = [len(recorder.since(recorder.commands[g], t0)) for g in GROUPS]
+    assert max(counts) - min(counts) <= 2, counts
+
+
+def test_velocity_group_stops_with_a_zero_command(running):
+    """~/enable false ends the velocity group's stream with one zero velocity (a forward controller holds its last
+    command), while the position groups' streams simply stop; true brings them back."""
+    from std_srvs.srv import SetBool
+
+    feeder, node, recorder = running
+    commands = np.array([m.data for _, m in recorder.since(recorder.commands["right_arm"], 0.0)])
+    assert len(commands) > 20 and np.all(np.abs(commands) <= LIMIT + 1e-12)
+    assert np.any(np.abs(commands) > 0.01)  # moving before the stop
+    client = feeder.create_client(SetBool, "/turbopi_node/enable")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(SetBool.Request(data=False))
+    assert wait_for(future.done, timeout=5) and future.result().success
+    t_off = time.monotonic()
+    time.sleep(1.0)
+    tail = recorder.since(recorder.commands["right_arm"], t_off - 0.5)
+    assert tail and list(tail[-1][1].data) == [0.0, 0.0, 0.0], [list(m.data) for _, m in tail[-3:]]
+    assert recorder.since(recorder.commands["right_arm"], t_off + 0.25) == []  # one zero, not a stream of them
+    assert recorder.since(recorder.commands["left_arm"], t_off + 0.25) == []
+    left_tail = recorder.since(recorder.commands["left_arm"], t_off - 0.5)
+    assert left_tail and any(abs(v) > 0 for v in left_tail[-1][1].data)  # a position stream is not zeroed
+    future = client.call_async(SetBool.Request(data=True))
+    assert wait_for(future.done, timeout=5) and future.result().success
+    t_on = time.monotonic()
+    assert wait_for(lambda: len(recorder.since(recorder.commands["right_arm"], t_on)) > 10, timeout=30), node.log()

@@ -1,0 +1,69 @@
+"""ros/robot_params.py without a node: the robot adapter's checks of the node's joints and cameras, and what
+Policy.from_params gets (the node refusing an unknown adapter: test_node_startup.py)."""
+import pytest
+
+pytest.importorskip("rclpy")
+
+from turbopi_ros.ros.robot_params import (ROBOT_PARAMETERS, camera_slots_for, check_robot,  # noqa: E402
+                                          policy_kwargs)
+
+
+def _params(adapter="none", cameras=("base_0_rgb",), state=7, actions=7, **more):
+    p = {name: param.default for name, param in ROBOT_PARAMETERS.items()}
+    p.update({"robot.adapter": adapter, "cameras.names": list(cameras), "state.joints": [f"s{i}" for i in range(state)],
+              "action.joints": [f"a{i}" for i in range(actions)]}, **more)
+    return p
+
+
+def test_openpi_camera_names_become_the_slots_they_fill():
+    p = _params("aloha", ["cam_high", "left_wrist_0_rgb", "cam_right_wrist"], 14, 14)
+    assert camera_slots_for(p) == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"]
+    assert camera_slots_for(_params("droid", ["wrist_image_left", "exterior_image_1_left"], 8, 8)) == [
+        "left_wrist_0_rgb", "base_0_rgb"]
+    assert camera_slots_for(_params("none", ["right_wrist_0_rgb"])) == ["right_wrist_0_rgb"]
+
+
+@pytest.mark.parametrize("p,message", [
+    (_params("none", ["cam_high"]), r"parameter cameras.names: \['cam_high'\] are not model image slots"),
+    (_params("droid", ["base_0_rgb", "right_wrist_0_rgb"], 8, 8),
+     r"parameter cameras.names: \['right_wrist_0_rgb'\] with robot.adapter droid: expected the robot's cameras "
+     r"\['exterior_image_1_left', 'wrist_image_left'\] or the model slots they fill"),
+    (_params("aloha", ["cam_high", "base_0_rgb"], 14, 14), r"model slots \['base_0_rgb'\] are named more than once"),
+])
+def test_cameras_the_robot_lacks_are_named(p, message):
+    with pytest.raises(ValueError, match=message):
+        camera_slots_for(p)
+
+
+@pytest.mark.parametrize("p,message", [
+    (_params("droid", state=7, actions=8), r"parameter state.joints has 7 entries: robot.adapter droid needs 8 "
+                                           r"\(the robot's state vector\)"),
+    (_params("libero", state=8, actions=8), r"parameter action.joints has 8 entries: robot.adapter libero needs 7"),
+    (_params("aloha", state=14, actions=7), "parameter action.joints has 7 entries: robot.adapter aloha needs 14"),
+])
+def test_joints_that_do_not_fit_the_robot_are_named(p, message):
+    with pytest.raises(ValueError, match=message):
+        check_robot(p)
+
+
+def test_fitting_joints_and_no_adapter_pass():
+    check_robot(_params("aloha", state=14, actions=14))
+    check_robot(_params("libero", state=8, actions=7))
+    check_robot(_params("none", state=3, actions=5))
+
+
+def test_policy_arguments():
+    p = _params("aloha", **{"robot.adapt_to_pi": False, "model.action_horizon": 25, "model.max_token_len": 64,
+                            "model.discrete_state_input": "false"})
+    assert policy_kwargs(p) == dict(robot_adapter="aloha", adapt_to_pi=False, action_horizon=25, max_token_len=64,
+                                    discrete_state_input="false")
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("robot.adapter", "ur5", r"parameter robot.adapter: 'ur5' is not one of \['none', 'aloha', 'droid', 'libero'\]"),
+    ("model.discrete_state_input", "yes", "parameter model.discrete_state_input: 'yes' is not one of"),
+    ("model.action_horizon", -1, r"parameter model.action_horizon: -1 is out of range \[0, 1000\]"),
+])
+def test_parameter_values_are_checked(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        ROBOT_PARAMETERS[name].check(name, value)

@@ -1,0 +1,233 @@
+"""The node's action outputs: the chunk as JointTrajectory messages and the streamed command as Float64MultiArray,
+either as one stream for all action joints or one per action group (one per ros2_control controller).
+
+No groups (``action.groups: []``, the default): ``~/action_chunk`` (JointTrajectory of every action joint) and
+``~/joint_command`` (Float64MultiArray, action.joints order), as the node always published them.
+
+Groups: ``action.groups: [left_arm, right_arm, grippers]`` names them; each group's parameters are
+``action.group.<name>.<key>`` (declared once action.groups is read: rclpy needs parameters declared before they are
+read), in YAML ``action: {group: {left_arm: {joints: [...], ...}}}`` or dotted keys:
+
+    joints            the action joints the group commands, in its controller's order (required)
+    interface         position | velocity: what the model's values for these joints are
+    trajectory_topic  its JointTrajectory (default ~/<name>/action_chunk; e.g. /left_arm_controller/joint_trajectory)
+    command_topic     its Float64MultiArray stream (default ~/<name>/joint_command; e.g. /gripper_controller/commands)
+    velocity_scale    velocity groups: the model's values times this are the controller's velocities (DROID's
+                      are normalized, |v| <= 1 is 0.2 rad per 15 Hz step: 3.0 gives rad/s); default 1
+    velocity_limits   velocity groups: per joint, |v| (after the scale) is clamped to it (required there, [] for
+                      position groups)
+
+Every group gets its own JointTrajectory per chunk with only its joints, the chunk's header stamp and point times
+(point k at (k + 1) / control_rate_hz), and its own command at each command tick. A position group's trajectory is
+the one ``~/action_chunk`` would carry for those joints (positions, finite-difference velocities). A velocity group's
+points carry ``velocities`` (clamped to velocity_limits) and no positions: a joint_trajectory_controller takes them
+with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why not positions integrated here). Its
+command stream carries the velocities, clamped, for a velocity forward_command_controller, and a zero-velocity
+command once whenever the stream stops (inputs stale, inference failed, disabled, shutdown): a forward controller
+holds its last command, and a held velocity keeps the joint moving. For the same reason ``on_stale: hold`` holds a
+velocity group at zero velocity. With groups, ``~/action_chunk`` still carries the whole chunk (the record that
+turbopi-replay and the recorder compare against; not for a controller), and ``~/joint_command`` is not published.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from rclpy.node import Node
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ..policy.action_groups import KINDS, ActionGroup, check_groups
+from .conversions import chunk_to_trajectory, sec_to_duration, sec_to_stamp
+from .parameters import Param, declare_parameters
+
+GROUP_NAME = r"[A-Za-z][A-Za-z0-9_]*"  # a parameter name part and a topic name token
+GROUP_PREFIX = "action.group."
+
+
+def group_parameters(name: str) -> Dict[str, Param]:
+    """The parameters of group ``name`` (full names -> Param)."""
+    prefix = f"{GROUP_PREFIX}{name}."
+    return {
+        prefix + "joints": Param([], f"action joints of group {name}, in its controller's order", required=True,
+                                 items=str),
+        prefix + "interface": Param("position", "what the model's values for these joints are: position targets "
+                                                "or joint velocities", choices=KINDS),
+        prefix + "trajectory_topic": Param(f"~/{name}/action_chunk", "this group's JointTrajectory topic",
+                                           required=True),
+        prefix + "command_topic": Param(f"~/{name}/joint_command", "this group's Float64MultiArray command topic",
+                                        required=True),
+        prefix + "velocity_scale": Param(1.0, "velocity groups: the model's values times this are the velocities "
+                                              "sent (e.g. DROID's normalized joint velocities to rad/s)",
+                                         min=-1000.0, max=1000.0),
+        prefix + "velocity_limits": Param([], "velocity groups: per joint, the largest |velocity| sent (after "
+                                              "velocity_scale; required there); [] for position groups", items=float,
+                                          min=0.0),
+    }
+
+
+def group_table(names: Sequence[str]) -> Dict[str, Param]:
+    """The parameters of the groups ``names`` (action.groups), which are checked first."""
+    bad = [n for n in names if not re.fullmatch(GROUP_NAME, n)]
+    if bad:
+        raise ValueError(f"parameter action.groups: {bad} are not group names (letters, digits, '_'; a letter first)")
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ValueError(f"parameter action.groups: {twice} listed more than once")
+    table: Dict[str, Param] = {}
+    for n in names:
+        table.update(group_parameters(n))
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupOutput:
+    """One action group as the node publishes it."""
+
+    group: ActionGroup
+    columns: Tuple[int, ...]  # the group's joints' columns in the chunk (action.joints order)
+    trajectory_topic: str
+    command_topic: str
+    velocity_limits: Optional[np.ndarray]  # velocity groups: [n] > 0
+    velocity_scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def is_velocity(self) -> bool:
+        return self.group.kind == "velocity"
+
+    def values(self, actions: np.ndarray) -> np.ndarray:
+        """The group's columns of actions [..., N] (a velocity group's scaled and clamped to its limits)."""
+        values = np.asarray(actions, dtype=np.float64)[..., list(self.columns)]
+        if self.velocity_limits is not None:
+            values = np.clip(values * self.velocity_scale, -self.velocity_limits, self.velocity_limits)
+        return values
+
+
+def groups_from_parameters(p: Dict[str, Any], action_joints: Sequence[str]) -> Tuple[GroupOutput, ...]:
+    """The groups of the checked parameters ``p`` (action.groups and each group's), validated against the action
+    joints; a ValueError names the parameter that is wrong."""
+    action_joints = list(action_joints)
+    index = {j: i for i, j in enumerate(action_joints)}
+    owner: Dict[str, str] = {}
+    outputs: List[GroupOutput] = []
+    for name in p["action.groups"]:
+        key = f"{GROUP_PREFIX}{name}."
+        joints = list(p[key + "joints"])
+        unknown = [j for j in joints if j not in index]
+        if unknown:
+            raise ValueError(f"parameter {key}joints: {unknown} are not in action.joints {action_joints}")
+        repeated = sorted({j for j in joints if joints.count(j) > 1})
+        if repeated:
+            raise ValueError(f"parameter {key}joints: {repeated} listed more than once")
+        for j in joints:
+            if j in owner:
+                raise ValueError(f"parameter {key}joints: joint {j!r} is in group {owner[j]!r} already "
+                                 f"({GROUP_PREFIX}{owner[j]}.joints): a joint belongs to one group")
+            owner[j] = name
+        kind = p[key + "interface"]
+        limits = list(p[key + "velocity_limits"])
+        if kind == "velocity":
+            if len(limits) != len(joints) or not all(v > 0 for v in limits):
+                raise ValueError(f"parameter {key}velocity_limits: a velocity group needs one limit > 0 per joint "
+                                 f"({len(joints)}), got {limits}")
+        elif limits:
+            raise ValueError(f"parameter {key}velocity_limits: only velocity groups take limits (this group's "
+                             f"interface is {kind}): leave it []")
+        scale = float(p[key + "velocity_scale"])
+        if kind == "velocity" and scale == 0.0:
+            raise ValueError(f"parameter {key}velocity_scale: 0 would send no motion at all")
+        if kind != "velocity" and scale != 1.0:
+            raise ValueError(f"parameter {key}velocity_scale: only velocity groups are scaled (this group's "
+                             f"interface is {kind}): leave it 1.0")
+        outputs.append(GroupOutput(ActionGroup(name, tuple(joints), kind), tuple(index[j] for j in joints),
+                                   p[key + "trajectory_topic"], p[key + "command_topic"],
+                                   np.array(limits, dtype=np.float64) if kind == "velocity" else None, scale))
+    check_groups([o.group for o in outputs], action_joints)
+    return tuple(outputs)
+
+
+def declare_groups(node: Node, p: Dict[str, Any], action_joints: Sequence[str]) -> Tuple[GroupOutput, ...]:
+    """Declare the parameters of the groups in ``p["action.groups"]`` on ``node`` and return the groups. A group
+    parameter given (YAML, -p) for a group action.groups does not list, or with an unknown key, is refused: a typo
+    there would otherwise leave a group without its setting."""
+    table = group_table(list(p["action.groups"]))
+    given = [n for n in getattr(node, "_parameter_overrides", {}) if n.startswith(GROUP_PREFIX)]
+    stray = sorted(n for n in given if n not in table)
+    if stray:
+        raise ValueError(f"parameter {stray[0]}: no such group parameter (groups {list(p['action.groups'])} in "
+                         f"action.groups; keys {[k.rsplit('.', 1)[1] for k in group_parameters('g')]})")
+    values = dict(p, **declare_parameters(node, table))
+    return groups_from_parameters(values, action_joints)
+
+
+def velocity_trajectory(velocities: np.ndarray, joint_names: Sequence[str], stamp: float,
+                        control_rate_hz: float) -> JointTrajectory:
+    """Velocities [H, n] -> JointTrajectory with the chunk's timing (point k at (k + 1) / rate after the stamp),
+    ``velocities`` set and ``positions`` empty."""
+    velocities = np.asarray(velocities, dtype=np.float64)
+    if velocities.ndim != 2 or velocities.shape[1] != len(joint_names):
+        raise ValueError(f"velocities {list(velocities.shape)} for {len(joint_names)} joint names")
+    dt = 1.0 / control_rate_hz
+    msg = JointTrajectory()
+    msg.header.stamp = sec_to_stamp(stamp)
+    msg.joint_names = list(joint_names)
+    for k, v in enumerate(velocities):
+        msg.points.append(JointTrajectoryPoint(velocities=v.tolist(), time_from_start=sec_to_duration((k + 1) * dt)))
+    return msg
+
+
+class ActionOutputs:
+    """The publishers of chunks and commands (module docstring) and the messages they carry."""
+
+    def __init__(self, node: Node, action_joints: Sequence[str], groups: Sequence[GroupOutput], rate_hz: float):
+        self.action_joints = list(action_joints)
+        self.groups = tuple(groups)
+        self.rate_hz = float(rate_hz)
+        self.chunk_pub = node.create_publisher(JointTrajectory, "~/action_chunk", 10)
+        self.command_pub = None if self.groups else node.create_publisher(Float64MultiArray, "~/joint_command", 10)
+        self._trajectory_pubs = [node.create_publisher(JointTrajectory, g.trajectory_topic, 10) for g in self.groups]
+        self._command_pubs = [node.create_publisher(Float64MultiArray, g.command_topic, 10) for g in self.groups]
+        self._moving = False  # a velocity group was sent a non-zero-velocity stream since the last stop
+
+    def describe(self) -> str:
+        if not self.groups:
+            return "~/action_chunk, ~/joint_command"
+        return ", ".join(f"{g.name} ({g.group.kind}, {len(g.columns)} joints: {g.trajectory_topic}, {g.command_topic})"
+                         for g in self.groups)
+
+    def publish_chunk(self, actions: np.ndarray, stamp: float) -> None:
+        """The chunk [H, N] observed at ``stamp``: the whole one on ~/action_chunk, then each group's."""
+        self.chunk_pub.publish(chunk_to_trajectory(actions, self.action_joints, stamp, self.rate_hz))
+        for g, pub in zip(self.groups, self._trajectory_pubs):
+            joints = g.group.joints
+            if g.is_velocity:
+                pub.publish(velocity_trajectory(g.values(actions), joints, stamp, self.rate_hz))
+            else:
+                pub.publish(chunk_to_trajectory(g.values(actions), joints, stamp, self.rate_hz))
+
+    def publish_command(self, command: np.ndarray, held: bool = False) -> None:
+        """One command tick: ``command`` [N] (action.joints order); ``held`` (on_stale: hold repeating the last
+        one): velocity groups get zero velocity."""
+        if self.command_pub is not None:
+            self.command_pub.publish(Float64MultiArray(data=np.asarray(command, dtype=np.float64).tolist()))
+            return
+        for g, pub in zip(self.groups, self._command_pubs):
+            values = np.zeros(len(g.columns)) if (held and g.is_velocity) else g.values(command)
+            pub.publish(Float64MultiArray(data=values.tolist()))
+        self._moving = not held and any(g.is_velocity for g in self.groups)
+
+    def stop(self) -> None:
+        """The command stream stops: velocity groups that were streaming get one zero-velocity command (their
+        forward controllers would hold the last velocity); nothing else is published."""
+        if not self._moving:
+            return
+        self._moving = False
+        for g, pub in zip(self.groups, self._command_pubs):
+            if g.is_velocity:
+                pub.publish(Float64MultiArray(data=[0.0] * len(g.columns)))

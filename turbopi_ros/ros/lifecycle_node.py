@@ -1,0 +1,186 @@
+"""turbopi_node as a managed (lifecycle) node: ``turbopi_node --managed`` (``turbopi.launch.py managed:=true``).
+
+The plain node (TurbopiNode) builds everything and runs at start. The managed one starts unconfigured, with only its
+lifecycle services, and follows the transitions (``ros2 lifecycle set /turbopi_node configure``, ...):
+
+    configure   declare and check the parameters, load the model, set up inputs and outputs, warm the model up with
+                one inference on a blank observation (its own zero noise: the seeded noise of the chunks is
+                untouched); a failure (a bad parameter, a missing checkpoint) is logged with its reason, everything
+                built so far is freed and the transition returns FAILURE (back to unconfigured)
+    activate    start the workers (first time) and publish: chunks and commands
+    deactivate  no more chunks or commands from the end of the transition on (a velocity group gets its zero
+                command within it); inputs keep being received
+    cleanup     stop the workers, free the model and every subscription, publisher, timer and service configure made
+    shutdown    from any state: as cleanup; the node is then finalized
+    error       as cleanup, back to unconfigured
+
+Parameters keep the values they were declared with across cleanup and configure (they are read-only: restart the
+process to change them). While inactive, ``~/enable`` refuses to enable; while active it pauses and resumes as in the
+plain node (``autostart`` does not apply: activating is the start). Ctrl-C ends the process with 0 from any state (a
+transition in progress, such as a long model load, finishes first).
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from typing import List
+
+import numpy as np
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from std_srvs.srv import SetBool
+
+from ..policy.policy import Observation
+from .policy_node import TurbopiNode
+
+WARMUP_PROMPT = "warm up"
+
+
+class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
+    def __init__(self, **kwargs):
+        LifecycleNode.__init__(self, "turbopi_node", **kwargs)  # not TurbopiNode's: nothing is built before configure
+        # a command tick (or a chunk publication) and a deactivation never overlap: nothing is published after it
+        self._command_gate, self._chunk_gate = threading.Lock(), threading.Lock()
+        self._active = False
+        self._configured_attrs: List[str] = []
+        self._made: dict = {}
+        self._param_callbacks: list = []
+        self._threads_started = False
+
+    # --- transitions --------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        before_attrs = set(vars(self))
+        self._made = {kind: set(getattr(self, kind)) for kind in ("publishers", "subscriptions", "timers",
+                                                                   "services", "clients")}
+        try:
+            self._build()
+            self._enabled = False  # inactive: nothing is published until activate
+            self._warm_up()
+        except Exception as e:  # noqa: BLE001 - any failure is the transition's, reported with its reason
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {' '.join(str(e).split())}")
+            self._configured_attrs = sorted(set(vars(self)) - before_attrs)
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self._configured_attrs = sorted(set(vars(self)) - before_attrs)
+        self.get_logger().info("configured: model loaded and warmed up (activate to publish)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if not self._threads_started:
+            TurbopiNode.start(self)
+            self._threads_started = True
+        with self._command_gate, self._chunk_gate:
+            self._active = self._enabled = True
+        self.engine.wake()
+        self.get_logger().info("active: publishing chunks and commands")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._quiesce()
+        self.get_logger().info("inactive: no chunks, no commands")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("cleaned up: model freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._quiesce()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._quiesce()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    # --- what the plain node does, gated by the state -------------------------------------------------------------
+    def start(self) -> None:
+        """spin.py starts the plain node's workers at once; here activate does."""
+
+    def _start_state(self) -> str:
+        return "inactive until activated"
+
+    def _on_command_tick(self) -> None:
+        with self._command_gate:
+            TurbopiNode._on_command_tick(self)
+
+    def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
+        with self._chunk_gate:
+            if self._active and self._enabled:
+                TurbopiNode._publish_chunk(self, chunk, run_start, pipeline_s, wait_s)
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        if request.data and not self._active:
+            response.success = False
+            response.message = "inactive: activate the node first (ros2 lifecycle set <node> activate)"
+            return response
+        with self._command_gate, self._chunk_gate:
+            return TurbopiNode._on_enable(self, request, response)
+
+    def add_on_set_parameters_callback(self, callback):
+        if getattr(self, "_param_callbacks", None) is not None:  # configure's, removed by cleanup (not rclpy's own)
+            self._param_callbacks.append(("on", callback))
+        return super().add_on_set_parameters_callback(callback)
+
+    if hasattr(LifecycleNode, "add_post_set_parameters_callback"):  # rclpy 4+ (not Humble: ros_compat.py)
+        def add_post_set_parameters_callback(self, callback):
+            if getattr(self, "_param_callbacks", None) is not None:
+                self._param_callbacks.append(("post", callback))
+            return super().add_post_set_parameters_callback(callback)
+
+    def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
+        """A parameter declared by an earlier configure keeps its value (read-only parameters cannot be undeclared)."""
+        if self.has_parameter(name):
+            return self.get_parameter(name)
+        return super().declare_parameter(name, value, descriptor, ignore_override)
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        """One inference on a blank observation of the configured cameras and state (lazy initialisation, a CUDA
+        graph capture happen here, not on the first real observation); zero noise, so the policy's seeded noise
+        stream is the one a plain node would use."""
+        c = self.policy.config
+        images = {name: np.zeros((224, 224, 3), np.uint8) for name in self.inputs.cameras}
+        obs = Observation(images=images, state=np.zeros(len(self.inputs.state_joints)),
+                          prompt=self._prompt or WARMUP_PROMPT)
+        chunk = self.policy.run(self.policy.prepare(obs), noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
+        self.get_logger().info(f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms")
+
+    def _quiesce(self) -> None:
+        """No chunk or command after this returns; a velocity group's stream ends with its zero command."""
+        if not hasattr(self, "schedule"):  # not configured
+            self._active = False
+            return
+        with self._command_gate, self._chunk_gate:
+            self._active = self._enabled = False
+            self.schedule.clear()
+            self._last_command = None
+            self.outputs.stop()
+
+    def _teardown(self) -> None:
+        """Free what configure made: workers, model, ROS entities, parameter callbacks, attributes."""
+        self._active = False
+        self._release()
+        for kind, remove in (("on", self.remove_on_set_parameters_callback),
+                             ("post", getattr(self, "remove_post_set_parameters_callback", None))):
+            for k, cb in self._param_callbacks:
+                if k == kind and remove is not None:
+                    remove(cb)
+        self._param_callbacks = []
+        for kind, destroy in (("publishers", self.destroy_publisher), ("subscriptions", self.destroy_subscription),
+                              ("timers", self.destroy_timer), ("services", self.destroy_service),
+                              ("clients", self.destroy_client)):
+            for entity in [e for e in getattr(self, kind) if e not in self._made.get(kind, set())]:
+                destroy(entity)
+        uses_cuda = getattr(getattr(self, "policy", None), "device", None)
+        for name in self._configured_attrs:
+            if hasattr(self, name):
+                delattr(self, name)
+        self._configured_attrs = []
+        self._threads_started = False
+        gc.collect()
+        if uses_cuda is not None and uses_cuda.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
