@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters
-from turbopi_ros.ros.policy_node import PARAMETERS
+from turbopi_ros.ros.node_params import PARAMETERS
 from turbopi_ros.ros.robot_params import camera_slots_for, check_robot
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))

@@ -159,7 +159,7 @@ def test_replay_equals_the_node_path_and_writes_chunks_back(tmp_path, storage, c
     # The node's path on the same inputs: rclpy messages (deserialized from the same bytes) into an InputBuffer, a
     # policy built from the same params file by the node's own function, inferred in the same order (its generator
     # advances once per chunk). Replay's chunks must be those, bit for bit.
-    from turbopi_ros.ros.policy_node import policy_from_params
+    from turbopi_ros.ros.node_params import policy_from_params
 
     checked = params_file.load(params)
     policy = policy_from_params(checked)

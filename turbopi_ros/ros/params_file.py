@@ -75,9 +75,9 @@ def check_type(name: str, param, value: Any) -> None:
 
 
 def load(path: Path) -> Dict[str, Any]:
-    """Every turbopi_node parameter (PARAMETERS in policy_node.py) with its checked value: the YAML's or the
+    """Every turbopi_node parameter (PARAMETERS in node_params.py) with its checked value: the YAML's or the
     default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
-    from .policy_node import PARAMETERS, TurbopiNode
+    from .node_params import PARAMETERS, check_lengths
     from .robot_params import camera_slots_for, check_robot
 
     given = read_sections(path)
@@ -86,7 +86,7 @@ def load(path: Path) -> Dict[str, Any]:
         value = given.get(name, param.default)
         check_type(name, param, value)
         values[name] = param.check(name, value)
-    TurbopiNode._check_lengths(values)
+    check_lengths(values)
     check_robot(values)
     values["cameras.names"] = camera_slots_for(values)  # model slots (an adapter's robot camera names renamed)
     return values
@@ -95,7 +95,7 @@ def load(path: Path) -> Dict[str, Any]:
 def unknown(path: Path) -> List[str]:
     """Names in the YAML's turbopi_node sections that the node does not declare (it ignores them: typos?)."""
     from .action_outputs import group_table
-    from .policy_node import PARAMETERS
+    from .node_params import PARAMETERS
 
     given = read_sections(path)
     groups = given.get("action.groups", [])

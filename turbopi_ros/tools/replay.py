@@ -370,7 +370,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
     from tqdm import tqdm
 
     from . import replay_report as report
-    from ..ros.policy_node import policy_from_params
+    from ..ros.node_params import policy_from_params
 
     if period_s is not None and period_s <= 0:
         raise ValueError(f"--period {period_s:g}: expected seconds > 0")

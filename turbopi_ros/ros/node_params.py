@@ -1,0 +1,113 @@
+"""turbopi_node's parameters (PARAMETERS: names, defaults, descriptions, ranges; `ros2 param describe` shows them), the
+checks across them, and the Policy they ask for. Reading a parameter file (params_file.py) needs this module only,
+not the node or torch."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict
+
+import numpy as np
+
+from ..model.rtc import DEFAULT_MAX_GUIDANCE
+from ..policy.policy import IMAGE_KEYS
+from .parameters import Param
+from .robot_params import ROBOT_PARAMETERS, policy_kwargs
+
+if TYPE_CHECKING:
+    from ..policy.policy import Policy
+
+PARAMETERS: Dict[str, Param] = {
+    "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
+                                  "random weights of model.preset (demos and tests only: the actions are meaningless)",
+                              required=True),
+    "model.preset": Param("tiny", "model config preset (pi0, pi05, tiny, tiny_pi05) or a model config JSON path"),
+    "model.device": Param("cpu", "torch device", pattern=r"cpu|cuda(:\d+)?", pattern_text="cpu, cuda or cuda:N"),
+    "model.dtype": Param("float32", "compute dtype (bfloat16 pays on GPU; fp8: bfloat16 with FP8 linear weights, "
+                                    "GPUs of compute capability >= 8.9 only)", choices=("float32", "bfloat16", "fp8")),
+    "model.num_steps": Param(10, "flow-matching Euler steps", min=1, max=1000),
+    "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
+    "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),
+    "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
+    "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
+    "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
+    **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
+    "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "
+                               "also openpi's robot camera names)", required=True, items=str, choices=None),
+    "cameras.topics": Param([], "camera topics, one per cameras.names entry", required=True, items=str),
+    "cameras.compressed": Param([], "per camera: sensor_msgs/CompressedImage instead of Image ([] = all raw)",
+                                items=bool),
+    "cameras.preprocess": Param("exact", "exact: openpi's resize, bit for bit; fast: reduced JPEG decoding and "
+                                         "OpenCV's resize (not bit-exact: docs/preprocessing.md)",
+                                choices=("exact", "fast")),
+    "cameras.prepare_on_arrival": Param(True, "prepare each camera frame as it arrives (a thread per camera), so an "
+                                              "observation's images are ready when it is taken: lower latency, CPU "
+                                              "per frame; false = when the observation is taken"),
+    "joint_states.topic": Param("/joint_states", "sensor_msgs/JointState topic", required=True),
+    "state.joints": Param([], "joint names, in the order of the model's state vector", required=True, items=str),
+    "action.joints": Param([], "joint names of the first N action dims (published chunks and commands)",
+                           required=True, items=str),
+    "action.lower_limits": Param([], "per action joint lower limit (one per action.joints entry)", required=True,
+                                 items=float),
+    "action.upper_limits": Param([], "per action joint upper limit (one per action.joints entry)", required=True,
+                                 items=float),
+    "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
+                                   "of the same index is added); [] = all absolute", items=bool),
+    "action.groups": Param([], "action groups, one per controller, each with its own trajectory and command topics "
+                               "(parameters action.group.<name>.*, action_outputs.py); [] = one ~/action_chunk and "
+                               "~/joint_command for all action joints", items=str),
+    "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
+    "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
+                                   "checkpoint's training data)", min=0.1, max=1000.0),
+    "command_rate_hz": Param(0.0, "rate of ~/joint_command, sampling the chunk by interpolation; 0 = the rate the "
+                                  "robot publishes joint states at, measured", min=0.0, max=1000.0),
+    "inference_period_s": Param(0.0, "0 = infer back to back; > 0 = start an inference at most this often",
+                                runtime=True, min=0.0, max=3600.0),
+    "blend_s": Param(0.1, "seconds over which a new chunk takes over from the old one", runtime=True, min=0.0,
+                     max=10.0),
+    "rtc.enabled": Param(False, "real-time chunking: guide each denoise towards the chunk being executed",
+                         runtime=True),
+    "rtc.max_guidance": Param(DEFAULT_MAX_GUIDANCE, "real-time chunking's guidance clip (the paper's beta)",
+                              runtime=True, min=0.01, max=100.0),
+    "max_observation_age_s": Param(0.5, "inputs older than this are stale: no inference on them", min=0.001,
+                                   max=3600.0),
+    "on_stale": Param("stop", "when inputs go stale or inference fails: stop the commands or hold the last one",
+                      choices=("stop", "hold")),
+    "autostart": Param(True, "publish right away; false = wait for ~/enable"),
+    "status_log_period_s": Param(5.0, "seconds between one-line status logs (0 = off)", min=0.0, max=3600.0),
+}
+
+
+def check_lengths(p: Dict[str, object]) -> None:
+    """The list parameters that go together have matching lengths, and the limits are ordered."""
+    n_cam, n_act = len(p["cameras.names"]), len(p["action.joints"])
+    for name, want, what in (("cameras.topics", n_cam, "cameras.names"),
+                             ("action.lower_limits", n_act, "action.joints"),
+                             ("action.upper_limits", n_act, "action.joints")):
+        if len(p[name]) != want:
+            raise ValueError(f"parameter {name} has {len(p[name])} entries for {want} {what}: one per entry "
+                             f"of {what} is required")
+    for name, want, what in (("cameras.compressed", n_cam, "cameras.names"),
+                             ("action.delta_mask", n_act, "action.joints")):
+        if p[name] and len(p[name]) != want:
+            raise ValueError(f"parameter {name} has {len(p[name])} entries for {want} {what} (or leave it [])")
+    lower, upper = np.array(p["action.lower_limits"]), np.array(p["action.upper_limits"])
+    bad = [j for j, lo, hi in zip(p["action.joints"], lower, upper) if not lo <= hi]
+    if bad:
+        raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
+
+
+def policy_from_params(p: Dict[str, object]) -> "Policy":
+    """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
+    replays is what would run."""
+    from ..policy.loading import load_policy  # torch: only when a policy is built
+
+    policy = load_policy(
+        checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
+        tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
+        num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
+        delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
+        upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
+        preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
+    if len(p["state.joints"]) > policy.config.action_dim:
+        raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
+                         "state dims")
+    return policy
