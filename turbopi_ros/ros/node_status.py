@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from ..policy.policy import STAGES
 from .problems import ProblemLog
@@ -102,3 +102,35 @@ def status_line(values: Dict[str, float], ages: Dict[str, float]) -> str:
     age_text = " ".join(f"{k} {v:.2f}s" for k, v in ages.items())
     return (f"{values['chunk_rate_hz']:.1f} chunks/s, commands {values['command_rate_hz']:.0f}/s | ms: "
             f"{stages or '-'} | ages: {age_text or '-'}")
+
+
+class StatusReporter:
+    """The node's /diagnostics and its status log line: what ``values()`` measures (the statistics, the engine's and
+    the frames' counters, the node's command period and RTC switch), the problems, the input ages."""
+
+    def __init__(self, node, stats: NodeStats, problems: ProblemLog, engine, frames, values: Callable[[], tuple]):
+        """``values()`` -> (now on the node's clock, the command period in s, RTC on, commands enabled)."""
+        self.node, self.stats, self.problems, self.engine, self.frames = node, stats, problems, engine, frames
+        self._state = values
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def values(self) -> Dict[str, float]:
+        now, period_s, rtc, _ = self._state()
+        return self.stats.values(now, period_s, rtc, self.engine, self.frames)
+
+    def publish(self, hardware_id: str) -> None:
+        status = diagnostic_status(self.values(), self.engine.ages, self.problems, self._state()[3],
+                                   self.stats.chunks, hardware_id)
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self._pub.publish(msg)
+
+    def log(self) -> None:
+        line = status_line(self.values(), self.engine.ages)
+        level, problem, logger = self.problems.level, self.problems.message, self.node.get_logger()
+        if level == "error":
+            logger.error(line + f" | ERROR {problem}")
+        elif level == "warn":
+            logger.warning(line + f" | {problem}")
+        else:
+            logger.info(line)

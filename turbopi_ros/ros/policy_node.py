@@ -16,7 +16,6 @@ import time
 from typing import Dict, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -34,7 +33,7 @@ from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer
 from .node_params import PARAMETERS, check_lengths, policy_from_params
-from .node_status import NodeStats, diagnostic_status, status_line
+from .node_status import NodeStats, StatusReporter
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
@@ -136,7 +135,8 @@ class TurbopiNode(Node):
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                             durability=DurabilityPolicy.VOLATILE))
         self.outputs = ActionOutputs(self, self.action_joints, groups, self.rate_hz)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
+                                     lambda: (self.now(), self._command_period, self.rtc_enabled, self._enabled))
         self.create_service(SetBool, "~/enable", self._on_enable)
         on_parameters_set(self, PARAMETERS, self._apply_parameters)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
@@ -152,7 +152,7 @@ class TurbopiNode(Node):
                                            self.context.ok)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
-            self.create_timer(float(p["status_log_period_s"]), self._log_status)
+            self.create_timer(float(p["status_log_period_s"]), self.status.log)
 
     def _start_state(self) -> str:
         return "enabled" if self._enabled else "waiting for ~/enable"
@@ -315,27 +315,7 @@ class TurbopiNode(Node):
         stalled = self.engine.stall(self.stats.recent_ms("engine"), self.pauses.paused_since)
         if stalled:  # reported only: the commands follow the current chunk to its end and stop (or hold) there
             self.problems.report(stalled)
-        self._publish_diagnostics()
-
-    def _values(self) -> Dict[str, float]:
-        return self.stats.values(self.now(), self._command_period, self.rtc_enabled, self.engine, self.frames)
-
-    def _publish_diagnostics(self) -> None:
-        status = diagnostic_status(self._values(), self.engine.ages, self.problems, self._enabled, self.stats.chunks,
-                                   str(self.policy.device))
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
-
-    def _log_status(self) -> None:
-        line = status_line(self._values(), self.engine.ages)
-        level, problem = self.problems.level, self.problems.message
-        if level == "error":
-            self.get_logger().error(line + f" | ERROR {problem}")
-        elif level == "warn":
-            self.get_logger().warning(line + f" | {problem}")
-        else:
-            self.get_logger().info(line)
+        self.status.publish(str(self.policy.device))
 
     def destroy_node(self, join_timeout_s: float = 3.0) -> bool:
         """Stop the engine and the command stream and destroy the node. Returns False when the engine was still busy
