@@ -31,7 +31,7 @@ CASES = {
     "limits for fewer joints": (dict(action__upper_limits=[1.0, 1.0]), [],
                                 "cannot start: parameter action.upper_limits has 2 entries for 7 action.joints"),
     "zero steps": (dict(model__num_steps=0), [], "cannot start: parameter model.num_steps"),
-    "unknown dtype": (dict(model__dtype="fp8"), [], "cannot start: parameter model.dtype: 'fp8' is not one of"),
+    "unknown dtype": (dict(model__dtype="float16"), [], "cannot start: parameter model.dtype: 'float16' is not one of"),
     "bad device": (dict(model__device="gpu"), [], "cannot start: parameter model.device: 'gpu' is not cpu, cuda or "
                                                   "cuda:N"),
     "negative rate": (dict(control_rate_hz=-5), [], "cannot start: parameter control_rate_hz"),

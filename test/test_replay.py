@@ -290,7 +290,8 @@ BAD_PARAMS = {
                 ["parameter action.lower_limits has 6 entries for 7 action.joints: one per entry of action.joints is "
                  "required"]),
     "range": ({"max_observation_age_s": 0.0}, ["parameter max_observation_age_s: ", "range", "0.001", "3600"]),
-    "choice": ({"model.dtype": "float16"}, ["parameter model.dtype: 'float16' is not one of ['float32', 'bfloat16']"]),
+    "choice": ({"model.dtype": "float16"},
+               ["parameter model.dtype: 'float16' is not one of ['float32', 'bfloat16', 'fp8']"]),
 }
 
 
