@@ -1,7 +1,7 @@
 """`ros2 launch turbopi_ros turbopi.launch.py`: a params_file that does not exist stops the launch before anything
 starts, and a node that cannot start takes the launch down with its error visible (no launch carrying on with a dead
-node). Runs where launch and launch_ros are installed and the package is built (colcon test, or launch_test by hand);
-skipped in the pip-only venv of CI."""
+node). Runs where launch and launch_ros are installed and the package is built (colcon test, or pytest in a sourced
+workspace); skipped in the pip-only venv of CI."""
 import os
 import subprocess
 import sys
