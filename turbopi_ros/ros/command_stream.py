@@ -35,12 +35,12 @@ class CommandStream:
             period = self.period_s
             deadline += period
             delay = deadline - time.monotonic()
-            if delay > 0:
-                if self._stop.wait(delay):
-                    return
-            elif delay < -2 * period:
+            if delay > 0 and self._stop.wait(delay):
+                return
+            lateness = time.monotonic() - deadline  # after the wait: a pause during it counts
+            if lateness > 2 * period:
                 deadline = time.monotonic()
-            paused = self.pauses.beat(-delay, period)
+            paused = self.pauses.beat(lateness, period)
             if paused:
                 self._on_pause(paused)
             try:
