@@ -31,6 +31,7 @@ from std_srvs.srv import SetBool
 
 from ..policy.policy import Observation
 from .policy_node import TurbopiNode
+from .ros_compat import remove_parameter_callbacks
 
 WARMUP_PROMPT = "warm up"
 
@@ -118,17 +119,6 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         with self._command_gate, self._chunk_gate:
             return TurbopiNode._on_enable(self, request, response)
 
-    def add_on_set_parameters_callback(self, callback):
-        if getattr(self, "_param_callbacks", None) is not None:  # configure's, removed by cleanup (not rclpy's own)
-            self._param_callbacks.append(("on", callback))
-        return super().add_on_set_parameters_callback(callback)
-
-    if hasattr(LifecycleNode, "add_post_set_parameters_callback"):  # rclpy 4+ (not Humble: ros_compat.py)
-        def add_post_set_parameters_callback(self, callback):
-            if getattr(self, "_param_callbacks", None) is not None:
-                self._param_callbacks.append(("post", callback))
-            return super().add_post_set_parameters_callback(callback)
-
     def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
         """A parameter declared by an earlier configure keeps its value (read-only parameters cannot be undeclared)."""
         if self.has_parameter(name):
@@ -162,11 +152,7 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         """Free what configure made: workers, model, ROS entities, parameter callbacks, attributes."""
         self._active = False
         self._release()
-        for kind, remove in (("on", self.remove_on_set_parameters_callback),
-                             ("post", getattr(self, "remove_post_set_parameters_callback", None))):
-            for k, cb in self._param_callbacks:
-                if k == kind and remove is not None:
-                    remove(cb)
+        remove_parameter_callbacks(self, self._param_callbacks)
         self._param_callbacks = []
         for kind, destroy in (("publishers", self.destroy_publisher), ("subscriptions", self.destroy_subscription),
                               ("timers", self.destroy_timer), ("services", self.destroy_service),

@@ -111,12 +111,13 @@ def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     return values
 
 
-def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict[str, Any]], None]) -> None:
+def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict[str, Any]], None]) -> list:
     """Validate run-time changes before they are set and apply them after.
 
     rclpy 7 (Jazzy) and later: validation in ``add_on_set_parameters_callback`` (which must not change state, as
     the rclpy docs ask) and ``apply`` in ``add_post_set_parameters_callback``. rclpy 3 (Humble) has no post-set
-    callback: there ``apply`` runs at the end of the on-set callback, once the change has been validated.
+    callback: there ``apply`` runs at the end of the on-set callback, once the change has been validated. Returns the
+    callbacks registered, for ros_compat.remove_parameter_callbacks (a managed node's cleanup).
     """
     from rcl_interfaces.msg import SetParametersResult
 
@@ -144,5 +145,12 @@ def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(on_set)
-    if register_post_set_callback(node, lambda params: apply(validated(params)[1])):
+    registered = [("on", on_set)]
+
+    def post(params):
+        apply(validated(params)[1])
+
+    if register_post_set_callback(node, post):
         post_set.append(True)
+        registered.append(("post", post))
+    return registered

@@ -138,7 +138,7 @@ class TurbopiNode(Node):
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
                                      lambda: (self.now(), self._command_period, self.rtc_enabled, self._enabled))
         self.create_service(SetBool, "~/enable", self._on_enable)
-        on_parameters_set(self, PARAMETERS, self._apply_parameters)
+        self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
         self._command_period = 1.0 / (self.command_rate_hz or self.rate_hz)

@@ -114,5 +114,15 @@ def register_post_set_callback(node, callback) -> bool:
     return True
 
 
+def remove_parameter_callbacks(node, registered) -> None:
+    """Remove the parameter callbacks ``registered`` lists ((kind, callback): "on" set, or "post" set, which only
+    rclpy 4+ has), as parameters.on_parameters_set returns them."""
+    for kind, callback in registered:
+        if kind == "on":
+            node.remove_on_set_parameters_callback(callback)
+        else:
+            node.remove_post_set_parameters_callback(callback)
+
+
 if __name__ == "__main__":
     print(header(), flush=True)
