@@ -5,6 +5,7 @@ parallel runs cross-talk.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -248,6 +249,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.joint_times: List[float] = []  # monotonic time of each joint state published: the rate really sent
             self.commands_info: List[tuple] = []
             self.last_stamp: Dict[str, float] = {}
+            self.sent_stamps: Dict[str, collections.deque] = {}  # per input: the stamps (s) of what was sent
             self._last_msg_stamp: Dict[str, object] = {}
             topics, compressed = params["cameras.topics"], params["cameras.compressed"]
             self.cameras = [(name, self.create_publisher(CompressedImage if c else Image, t, qos_profile_sensor_data),
@@ -303,7 +305,17 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             stamp = (now - rclpy_duration(age)).to_msg() if age else now.to_msg()
             self.last_stamp[name] = stamp.sec + stamp.nanosec * 1e-9
             self._last_msg_stamp[name] = stamp
+            with self.lock:
+                self.sent_stamps.setdefault(name, collections.deque(maxlen=5000)).append(self.last_stamp[name])
             return stamp
+
+        def longest_gap(self, name: str, t0: float, t1: float) -> float:
+            """The longest time (s) in [t0, t1] (stamps, the system clock) in which this feeder sent no ``name`` input
+            ("joints" or a camera slot): what a loaded machine did to the inputs themselves."""
+            with self.lock:
+                stamps = [s for s in self.sent_stamps.get(name, ()) if t0 <= s <= t1]
+            points = [t0] + stamps + [t1]
+            return max(b - a for a, b in zip(points, points[1:]))
 
         def _publish_images(self):
             t = time.monotonic()

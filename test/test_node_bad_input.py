@@ -7,9 +7,10 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_session, wait_for  # noqa: E402
+from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
 
 ERROR = 2
+MAX_AGE_S = node_params()["max_observation_age_s"]
 
 
 @pytest.fixture(scope="module")
@@ -202,20 +203,34 @@ def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
     for key in faults:
         feeder.faults.pop(key, None)
     assert level(status) == 0, status.message
-    assert _errors_but_a_pause(log) == [], log
+    assert _unexplained_errors(log, feeder) == [], log
     return log
 
 
 STALENESS = re.compile(r"did not run for|newest message is [\d.]+ s old|went stale|the node paused")
+STALE_INPUTS = re.compile(r"^\[ERROR\] \[(\d+\.\d+)\] .*?(?:camera '(\w+)'|(joint_states)): newest message is "
+                          r"[\d.]+ s old[^;]*(?:; also stale: \[([^\]]*)\])?")
 
 
-def _errors_but_a_pause(log: str) -> list:
-    """The log's ERROR lines, except those a pause of the whole node explains when the node named that pause (every
-    input looks stale after it, test_faults.py::test_the_whole_node_paused): the machine's doing, not the input's."""
+def _unexplained_errors(log: str, feeder) -> list:
+    """The log's ERROR lines, except staleness that the machine, not the input under test, explains: a pause of the
+    whole node that the node named (every input looks stale after it, test_faults.py::test_the_whole_node_paused),
+    or inputs that the feeder itself really left without a message for nearly max_observation_age_s (its publishing
+    held up on a loaded machine: the node is right to say so)."""
     errors = [line for line in log.splitlines() if "[ERROR]" in line]
     if any("no chunk: the node did not run for" in line for line in errors):
         errors = [line for line in errors if not STALENESS.search(line)]
-    return errors
+    return [line for line in errors if not _stale_at_the_source(line, feeder)]
+
+
+def _stale_at_the_source(line: str, feeder) -> bool:
+    m = STALE_INPUTS.search(line)
+    if not m:
+        return False
+    t, worst = float(m.group(1)), m.group(2) or m.group(3)
+    also = [n.strip().strip("'") for n in (m.group(4) or "").split(",") if n.strip()]
+    inputs = ["joints" if n == "joint_states" else n for n in [worst] + also]
+    return all(feeder.longest_gap(name, t - 2.0, t) >= MAX_AGE_S - 0.1 for name in inputs)
 
 
 def test_png_compressed_image_is_used(running):
@@ -249,3 +264,23 @@ def test_10000_character_prompt_is_truncated_with_a_warning(running):
                           r"max_token_len 48: truncated to the first 48, as openpi does", log)
     assert len(warnings) == 1, log
     feeder.publish_prompt("stack the cups")
+
+
+def test_staleness_is_excused_only_where_the_feeder_really_sent_nothing():
+    """The check above: a staleness error passes only if every input it names had a gap of nearly
+    max_observation_age_s at the feeder (the one seen in CI: the feeder's camera timer held up for 0.5 s)."""
+    line = ("[ERROR] [1000.000] [turbopi_node]: no chunk: camera 'base_0_rgb': newest message is 0.50 s old "
+            "(max_observation_age_s 0.5); also stale: ['left_wrist_0_rgb']")
+
+    class Feeder:
+        def __init__(self, gaps):
+            self.gaps = gaps
+
+        def longest_gap(self, name, t0, t1):
+            assert (t0, t1) == (998.0, 1000.0)
+            return self.gaps[name]
+
+    assert _unexplained_errors(line, Feeder({"base_0_rgb": 0.5, "left_wrist_0_rgb": 0.45})) == []
+    assert _unexplained_errors(line, Feeder({"base_0_rgb": 0.5, "left_wrist_0_rgb": 0.1})) == [line]
+    assert _unexplained_errors("[ERROR] [1.0] [turbopi_node]: no chunk: camera 'base_0_rgb': could not be decoded",
+                               Feeder({})) != []
