@@ -1,10 +1,10 @@
-"""LatestSlot and JustInTime: the node's pipelining rules without the node."""
+"""LatestSlot and PrepareTiming: the node's pipelining rules without the node."""
 import threading
 import time
 
 import pytest
 
-from turbopi_ros.ros.pipeline import JustInTime, LatestSlot
+from turbopi_ros.ros.pipeline import PrepareTiming, LatestSlot
 
 
 def test_a_newer_item_supersedes_one_not_yet_taken():
@@ -33,7 +33,7 @@ class Clock:
 
 def test_prepare_just_before_the_engine_is_expected_to_finish():
     clock = Clock()
-    jit = JustInTime(margin=1.0, extra_s=0.001, clock=clock)
+    jit = PrepareTiming(margin=1.0, extra_s=0.001, clock=clock)
     assert jit.prepare_delay() == 0.0  # nothing known: prepare at once
     for _ in range(3):  # runs of 50 ms, preparations of 5 ms
         jit.run_started()
@@ -58,7 +58,7 @@ def test_during_the_first_run_the_next_preparation_is_always_due():
     """Nothing predicts the first run's end: an observation prepared during it is refreshed as inputs arrive rather
     than kept from its start (the first run, with warm-up, is the longest)."""
     clock = Clock()
-    jit = JustInTime(margin=1.0, extra_s=0.001, clock=clock)
+    jit = PrepareTiming(margin=1.0, extra_s=0.001, clock=clock)
     jit.prepared(0.004)
     jit.run_started()
     clock.t += 0.3
@@ -67,16 +67,17 @@ def test_during_the_first_run_the_next_preparation_is_always_due():
 
 def test_pacing_moves_the_preparation_to_the_next_allowed_start():
     clock = Clock()
-    jit = JustInTime(margin=1.0, extra_s=0.0, clock=clock)
+    jit = PrepareTiming(margin=1.0, extra_s=0.0, clock=clock)
     jit.prepared(0.004)
     assert jit.prepare_delay(not_before=clock.t + 0.5) == pytest.approx(0.5 - 0.004)
 
 
 def test_a_take_and_its_claim_are_seen_together():
-    """The engine takes an observation and claims the engine (JustInTime.run_started) in one step under the slot's lock:
-    a peek with ``also`` sees the item waiting or the claim, never an empty slot with an idle engine (the preparer
-    read that as 'prepare at once', and the observation it prepared at the start of a run waited the whole run)."""
-    slot, jit = LatestSlot(), JustInTime()
+    """The engine takes an observation and claims the engine (PrepareTiming.run_started) in one step under the slot's
+    lock: a peek with ``also`` sees the item waiting or the claim, never an empty slot with an idle engine (the
+    preparer read that as 'prepare at once', and the observation it prepared at the start of a run waited the whole
+    run)."""
+    slot, jit = LatestSlot(), PrepareTiming()
     jit.prepared(0.001)
     jit.run_started()
     jit.run_ended()  # one run known: a claimed engine has a finite jit point

@@ -21,7 +21,7 @@ from ..policy.policy import ObservationError, Policy, PreparedObservation
 from .conversions import InputError
 from .frames import FramePreparer
 from .inputs import InputBuffer, WaitingForInput
-from .pipeline import JustInTime, LatestSlot
+from .pipeline import PrepareTiming, LatestSlot
 
 # An inference is stalled once it runs longer than max(STALL_MIN_S, STALL_FACTOR x the median of the last 20) (before a
 # first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
@@ -61,7 +61,7 @@ class EngineWorker:
         self.stop_event = threading.Event()
         self._new_data = threading.Event()
         self._slot: LatestSlot[Prepared] = LatestSlot()  # the prepared observation the engine takes next
-        self._jit = JustInTime()  # when the just-in-time preparer prepares (claimed by the engine as it takes one)
+        self._jit = PrepareTiming()  # when the just-in-time preparer prepares (claimed by the engine as it takes one)
         self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
         self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
         self._last_run_start = -math.inf
@@ -204,7 +204,7 @@ class EngineWorker:
 
     def _prepared_in_slot(self) -> Optional[Prepared]:
         """Pipelined: the observation the preparing thread put in the slot, once pacing allows. Taking it claims the
-        engine (JustInTime.run_started), atomically, so the preparer's next one is timed for this run's end."""
+        engine (PrepareTiming.run_started), atomically, so the preparer's next one is timed for this run's end."""
         wait = self._last_run_start + self.inference_period_s - time.monotonic()
         if wait > 0:  # pacing: at most one inference per inference_period_s (the preparer aims at its end)
             self.stop_event.wait(min(wait, PACING_POLL_S))

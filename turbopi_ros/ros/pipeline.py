@@ -3,7 +3,7 @@ running the engine on it (the model stages: on a GPU, the device), without ever 
 
 The engine thread runs one prepared observation after another; the preparing thread prepares the next one while the
 engine still runs, but as late as it can: at the moment the engine is expected to finish, less the time a
-preparation takes (``JustInTime``). Preparing earlier would overlap more but hand the engine older data, so the
+preparation takes (``PrepareTiming``). Preparing earlier would overlap more but hand the engine older data, so the
 observation-to-chunk latency would grow by up to a whole inference; prepared just in time, it is the engine's time
 plus the preparation plus however long the run overran its median. ``LatestSlot`` holds at most one prepared
 observation: a newer one supersedes it (the older one is dropped, never run), and the engine drops one that went
@@ -59,16 +59,12 @@ class LatestSlot(Generic[T]):
                 claim()
             return item
 
-    def clear(self) -> None:
-        with self._cond:
-            self._item = None
-
     def __bool__(self) -> bool:
         with self._cond:
             return self._item is not None
 
 
-class JustInTime:
+class PrepareTiming:
     """When to start preparing the next observation, from the recent durations of runs and preparations.
 
     ``prepare_delay()``: seconds to wait before preparing: 0 while the engine is idle; while it runs, until its

@@ -19,10 +19,6 @@ class EventRate:
         with self._lock:
             self._times.append(t)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._times.clear()
-
     def rate(self, now: float, idle_s: float) -> float:
         """Events per second over the window; 0 with fewer than two events, or none in the last ``idle_s``."""
         with self._lock:
