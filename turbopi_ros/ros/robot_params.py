@@ -1,4 +1,4 @@
-"""The node's robot and per-config model parameters (issue 20): which openpi robot adapter the policy applies and the
+"""The node's robot and per-config model parameters: which openpi robot adapter the policy applies and the
 model settings openpi's training configs set, checked against the rest of the configuration before the model loads.
 
     robot.adapter               none | aloha | droid | libero (policy/adapters.py)
