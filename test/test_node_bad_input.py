@@ -207,6 +207,10 @@ def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
     return log
 
 
+# The engine's own refusal of an observation that aged past max_observation_age_s while it was prepared (a 4K frame
+# converted beside a busy core): how fast this machine is, not a defect of the input; _expect_used still asks for
+# chunks from that input and an OK status at the end.
+ENGINE_TOO_SLOW = "no chunk: observation went stale before inference: "
 STALENESS = re.compile(r"did not run for|newest message is [\d.]+ s old|went stale|the node paused")
 STALE_INPUTS = re.compile(r"^\[ERROR\] \[(\d+\.\d+)\] .*?(?:camera '(\w+)'|(joint_states)): newest message is "
                           r"[\d.]+ s old[^;]*(?:; also stale: \[([^\]]*)\])?")
@@ -216,8 +220,9 @@ def _unexplained_errors(log: str, feeder) -> list:
     """The log's ERROR lines, except staleness that the machine, not the input under test, explains: a pause of the
     whole node that the node named (every input looks stale after it, test_faults.py::test_the_whole_node_paused),
     or inputs that the feeder itself really left without a message for nearly max_observation_age_s (its publishing
-    held up on a loaded machine: the node is right to say so)."""
-    errors = [line for line in log.splitlines() if "[ERROR]" in line]
+    held up on a loaded machine: the node is right to say so), or an observation that aged while it was prepared
+    (ENGINE_TOO_SLOW)."""
+    errors = [line for line in log.splitlines() if "[ERROR]" in line and ENGINE_TOO_SLOW not in line]
     if any("no chunk: the node did not run for" in line for line in errors):
         errors = [line for line in errors if not STALENESS.search(line)]
     return [line for line in errors if not _stale_at_the_source(line, feeder)]

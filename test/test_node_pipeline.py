@@ -31,9 +31,9 @@ def test_chunks_come_from_ever_newer_observations_none_left_waiting(tmp_path, on
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 6, timeout=30)
         stamps = _stamps(feeder, t0)
         assert np.all(np.diff(stamps) > 0), "a chunk from an older observation than the one before"
-        # Every observation is taken less than half a run before the engine starts on it (the code before this test
-        # prepared some at the start of a run, then they waited the whole run: the medians did not show it). Each
-        # status gives the longest wait of the last 20 chunks; those of about 60 chunks are looked at.
+        # Every observation is taken less than half a run before the engine starts on it: one prepared at the start of
+        # a run would wait the whole run, which a median of the waits hides. Each status gives the longest wait of the
+        # last 20 chunks; those of about 60 chunks are looked at.
         t1 = time.monotonic()
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t1)) >= 60, timeout=60)
         statuses = [status_values(s) for _, m in feeder.since(feeder.diagnostics, t1 + 1.5) for s in m.status
