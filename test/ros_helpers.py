@@ -248,6 +248,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.diagnostics: List[tuple] = []
             self.joint_times: List[float] = []  # monotonic time of each joint state published: the rate really sent
             self.commands_info: List[tuple] = []
+            self.chunks_info: List[tuple] = []  # (arrival monotonic, rmw source timestamp in s: when published, msg)
             self.last_stamp: Dict[str, float] = {}
             self.sent_stamps: Dict[str, collections.deque] = {}  # per input: the stamps (s) of what was sent
             self._last_msg_stamp: Dict[str, object] = {}
@@ -258,7 +259,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.prompt_pub = self.create_publisher(String, "/turbopi_node/prompt", latched)
-            self.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._record(self.chunks), 10)
+            self.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._on_chunk, 10)
             self.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command, 50)
             self.create_subscription(DiagnosticArray, "/diagnostics", self._record(self.diagnostics), 10)
             # Joint states from their own thread at absolute deadlines: an executor timer in this busy process (it
@@ -285,6 +286,12 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 with self.lock:
                     store.append((time.monotonic(), msg))
             return callback
+
+        def _on_chunk(self, msg, info):
+            t = time.monotonic()
+            with self.lock:
+                self.chunks.append((t, msg))
+                self.chunks_info.append((t, info["source_timestamp"] * 1e-9, msg))
 
         def _on_command(self, msg, info):
             t = time.monotonic()
