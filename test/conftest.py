@@ -95,24 +95,22 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
-@pytest.fixture(scope="session")
-def openpi_fixtures(shared_dir) -> Path:
-    path = shared_dir / "fixtures" / "openpi"
+def _fixtures(path: Path, what: str) -> Path:
+    """``path`` if it is a folder; else a skip, or a failure where TURBOPI_REQUIRE_SHARED is set (CI)."""
     if not path.is_dir():
-        msg = f"{path} not found: the openpi reference fixtures"
+        msg = f"{path} not found: {what}"
         if _require_shared():
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture(scope="session")
+def openpi_fixtures(shared_dir) -> Path:
+    return _fixtures(shared_dir / "fixtures" / "openpi", "the openpi reference fixtures")
 
 
 @pytest.fixture(scope="session")
 def openpi_policy_fixtures(shared_dir) -> Path:
     """The end-to-end openpi Policy cases (raw robot inputs -> final actions) with their JSON sidecars."""
-    path = shared_dir / "fixtures" / "openpi_policy"
-    if not path.is_dir():
-        msg = f"{path} not found: the openpi end-to-end policy fixtures"
-        if _require_shared():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return _fixtures(shared_dir / "fixtures" / "openpi_policy", "the openpi end-to-end policy fixtures")
