@@ -161,11 +161,13 @@ def test_a_stall_is_reported_against_recent_runs_but_not_across_a_pause():
 def test_statistics_become_the_status_and_the_status_line():
     stats = NodeStats()
     for i in range(3):
-        stats.chunk_published({"denoise": 0.040 + 0.001 * i, "total": 0.070, "latency": 0.080, "engine": 0.07,
-                               "observation_to_chunk": 0.072, "observation_wait": 0.002 * i}, None)
+        stats.chunk_published({"denoise": 0.040 + 0.001 * i, "total": 0.070, "latency": 0.080,
+                               "engine": 0.07 + 0.01 * i, "observation_to_chunk": 0.072,
+                               "observation_wait": 0.002 * i}, None)
     engine = SimpleNamespace(superseded=2, dropped_stale=1)
     values = stats.values(now=0.0, command_period_s=0.02, rtc=False, engine=engine, frames=None)
     assert values["denoise_ms"] == pytest.approx(41.0) and values["observation_wait_max_ms"] == pytest.approx(4.0)
+    assert values["engine_ms"] == pytest.approx(80.0) and values["engine_max_ms"] == pytest.approx(90.0)
     assert values["command_period_target_ms"] == pytest.approx(20.0) and values["dropped_stale"] == 1.0
     assert stats.recent_ms("latency", 2) == pytest.approx([80.0, 80.0])
     problems = ProblemLog(lambda m: None, lambda m: None)

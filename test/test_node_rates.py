@@ -66,10 +66,12 @@ def test_commands_follow_the_measured_joint_states_rate(tmp_path, joint_rate_hz)
 
 
 def test_fixed_command_rate_and_the_joint_states_rate_still_reported(tmp_path):
+    """A fixed command_rate_hz: the commands' median period is its period (the mean rate, which a loaded machine's
+    missed wake-ups lower, is turbopi-exec-bench's business), whatever rate the joint states come at."""
     with node_session(tmp_path, min_chunks=2, joint_rate_hz=50.0, overrides={"command_rate_hz": 100.0}) as (
             feeder, node):
         sent = _published_commands(feeder, 3.0)
-        assert (len(sent) - 1) / (sent[-1] - sent[0]) == pytest.approx(100.0, rel=0.05)
+        assert np.median(np.diff(sent)) == pytest.approx(0.01, rel=0.05)
         assert _diag(feeder, "joint_states_rate_hz") == pytest.approx(_joint_states_sent(feeder), rel=0.05)
 
 

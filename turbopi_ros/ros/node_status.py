@@ -28,7 +28,8 @@ class NodeStats:
         self._guidance_errors: List[float] = []
         self.chunks = 0
         self.chunk_times, self.command_times = EventRate(KEPT), EventRate(200)  # monotonic
-        self.joint_times = EventRate(100)  # on the node's clock: the command stream follows it
+        # joint states: when they arrived (the node's clock) and their header stamps (when the robot sampled them)
+        self.joint_times, self.joint_stamps = EventRate(100), EventRate(100)
 
     def chunk_published(self, seconds: Dict[str, float], guidance_error: Optional[float]) -> None:
         """A chunk went out; ``seconds``: its time per entry of TIMES."""
@@ -45,9 +46,22 @@ class NodeStats:
         with self._lock:
             return self._stage_ms[stage][-count:]
 
+    def joint_state(self, received: float, stamp: float) -> None:
+        """A joint state arrived at ``received`` (the node's clock), stamped ``stamp`` by the robot."""
+        self.joint_times.add(received)
+        self.joint_stamps.add(stamp)
+
     def joint_rate(self, now: float) -> Optional[float]:
-        """The joint states' measured rate (Hz) at ``now`` on the node's clock; None before there is one."""
-        return self.joint_times.median_rate(now, idle_s=2.0)
+        """The rate (Hz) the robot publishes joint states at, at ``now`` on the node's clock; None before there is one
+        or when none came in the last 2 s. Measured from the messages' stamps: the intervals between the stamps of
+        consecutive messages are the robot's own periods, whereas arrival times also hold this process's scheduling
+        delays, and a message that the depth-1 queue replaced before this node took it (a busy machine) would stretch
+        them. A drop doubles one interval only, which the median ignores. Without usable stamps (all equal: a driver
+        repeating its last measurement) it falls back on the arrival times."""
+        received = self.joint_times.median_rate(now, idle_s=2.0)
+        if received is None:
+            return None
+        return self.joint_stamps.median_rate_of_window() or received
 
     def values(self, now: float, command_period_s: float, rtc: bool, engine, frames) -> Dict[str, float]:
         """Medians of the stage times (ms), the longest observation wait, the rates (``now`` on the node's clock), the
@@ -58,6 +72,8 @@ class NodeStats:
             values = {f"{s}_ms": float(np.median(v)) for s, v in self._stage_ms.items() if v}
             if self._stage_ms["observation_wait"]:  # a median hides observations that waited a whole run
                 values["observation_wait_max_ms"] = float(max(self._stage_ms["observation_wait"]))
+            if self._stage_ms["engine"]:  # the longest run: an observation prepared for its expected end waited
+                values["engine_max_ms"] = float(max(self._stage_ms["engine"]))  # as long as it overran
             if rtc and self._guidance_errors:
                 values["rtc_guidance_error"] = float(np.median(self._guidance_errors))
         values["chunk_rate_hz"] = self.chunk_times.rate(mono, idle_s=2.0)

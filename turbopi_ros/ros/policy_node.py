@@ -29,6 +29,7 @@ from . import faults
 from .action_outputs import ActionOutputs, declare_groups
 from .chunk_gate import ChunkGate
 from .command_stream import CommandStream
+from .conversions import stamp_to_sec
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer
@@ -184,7 +185,7 @@ class TurbopiNode(Node):
         return self.policy.prepare_image(name, self.inputs.converted(name, msg))
 
     def _on_joint_states(self, msg: JointState) -> None:
-        self.stats.joint_times.add(self.now())
+        self.stats.joint_state(self.now(), stamp_to_sec(msg.header.stamp))
         self._store(JOINT_STATES, msg)
 
     def _current_prompt(self) -> str:

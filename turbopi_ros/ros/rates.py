@@ -34,8 +34,19 @@ class EventRate:
             times = np.array(self._times)
         if len(times) < 3 or now - times[-1] > idle_s:
             return None
-        intervals = np.diff(times)
-        intervals = intervals[intervals > 0]
-        if len(intervals) == 0:
-            return None
-        return float(np.clip(1.0 / np.median(intervals), lo, hi))
+        return _median_rate(times, lo, hi)
+
+    def median_rate_of_window(self, lo: float = 1.0, hi: float = 1000.0) -> Optional[float]:
+        """As median_rate, for times on a clock that is not the reader's (the senders' stamps): no idle check."""
+        with self._lock:
+            times = np.array(self._times)
+        return _median_rate(times, lo, hi) if len(times) >= 3 else None
+
+
+def _median_rate(times: np.ndarray, lo: float, hi: float) -> Optional[float]:
+    """1 / the median positive interval of ``times``, clamped to [lo, hi]; None without one."""
+    intervals = np.diff(times)
+    intervals = intervals[intervals > 0]
+    if len(intervals) == 0:
+        return None
+    return float(np.clip(1.0 / np.median(intervals), lo, hi))
