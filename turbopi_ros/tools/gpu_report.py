@@ -383,8 +383,8 @@ class ViewsBlock:
         parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
         if "total graph fused" in fns:
             parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
-        ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise,
-                                self.steps)  # = sample_actions(path="reference")
+        # = sample_actions(path="reference")
+        ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise, self.steps)
         parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32),
                        "reference_bf16_vs_reference_fp32": max_abs(ref, ref32),
                        "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
