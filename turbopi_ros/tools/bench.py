@@ -160,6 +160,11 @@ def probe_gflop(probe: Dict[str, object]) -> float:
 
 
 def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
+    """(b) The depth x steps attention calls of one denoise, timed two ways (AttentionTable)."""
+    return AttentionTable(model, cache, prefix_pad, past, state, noise, timer, steps)()
+
+
+class AttentionTable:
     """The depth x steps attention calls of one denoise, timed two ways, each interleaved across the three variants:
 
     in_denoise: real denoise runs (the fast path's ``model.denoise``, openpi's ``reference_denoise`` with its eager
@@ -168,32 +173,53 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
     replayed: the inputs of every call of one denoise are captured (copies), then replayed back to back; a row is
         the median time of one replay of all calls: the kernels alone, with the shapes and values a denoise has.
     Eager denoises only: a CUDA graph or a compiled step would not call the Python attention functions."""
-    from ..model import pi0 as pi0_module
-    from ..model import reference as reference_module
 
-    c = model.config
-    dtype = model.dtype
+    def __init__(self, model, cache, prefix_pad, past, state, noise, timer: Timer, steps: int):
+        from ..model import pi0 as pi0_module
+        from ..model import reference as reference_module
 
-    def sdpa_masked(q, k, v, mask):  # transformers' "sdpa" attention: K/V repeated, openpi's float mask added
-        return sdpa_repeated_kv(q, k, v, additive_mask(mask, dtype))
+        self.model, self.cache, self.prefix_pad, self.noise, self.timer, self.steps = (model, cache, prefix_pad,
+                                                                                      noise, timer, steps)
+        dtype = model.dtype
 
-    def fast_denoise():
-        return model.denoise(cache, noise, steps)
+        def sdpa_masked(q, k, v, mask):  # transformers' "sdpa" attention: K/V repeated, openpi's float mask added
+            return sdpa_repeated_kv(q, k, v, additive_mask(mask, dtype))
 
-    def openpi_denoise():
-        return reference_denoise(model, prefix_pad, past, state, noise, steps)
+        def fast_denoise():
+            return model.denoise(cache, noise, steps)
 
-    # (module, attribute, denoise, kernel to put in place of the attribute, None = keep it)
-    variants = {FAST: (pi0_module, "maskless_attention", fast_denoise, None),
-                SDPA_MASK: (reference_module, "masked_eager_attention", openpi_denoise, sdpa_masked),
-                EAGER: (reference_module, "masked_eager_attention", openpi_denoise, None)}
-    spent: Dict[str, List[float]] = {name: [] for name in variants}
-    whole: Dict[str, List[float]] = {name: [] for name in variants}
-    count: Dict[str, int] = {}
-    captured: Dict[str, list] = {}
+        def openpi_denoise():
+            return reference_denoise(model, prefix_pad, past, state, noise, steps)
 
-    def timed_run(name):
-        module, attr, denoise, kernel = variants[name]
+        # (module, attribute, denoise, kernel to put in place of the attribute, None = keep it)
+        self.variants = {FAST: (pi0_module, "maskless_attention", fast_denoise, None),
+                         SDPA_MASK: (reference_module, "masked_eager_attention", openpi_denoise, sdpa_masked),
+                         EAGER: (reference_module, "masked_eager_attention", openpi_denoise, None)}
+        self.spent: Dict[str, List[float]] = {name: [] for name in self.variants}
+        self.whole: Dict[str, List[float]] = {name: [] for name in self.variants}
+        self.count: Dict[str, int] = {}
+        self.captured: Dict[str, list] = {}
+
+    def __call__(self) -> Dict[str, object]:
+        # The matmul rate, timed with the replays: attention at that rate is the ceiling of the table.
+        matmul_probe, probe_info = matmul_probe_for(self.model, self.noise.shape[0], self.steps)
+        variants, timer = self.variants, self.timer
+        with uncompiled(self.model), torch.inference_mode():
+            timer({name: (lambda name=name: self.timed_run(name)) for name in variants})
+            for name in variants:
+                self.captured[name] = self.capture(name)
+            fns = {name: (lambda name=name: self.replay(name)) for name in variants}
+            fns[MATMUL_PROBE] = matmul_probe
+            times_replay = timer(fns)
+        in_denoise, replayed = self.rows(times_replay)
+        probe = dict(probe_info, **summary(times_replay[MATMUL_PROBE]))
+        probe["gflops"] = probe_gflop(probe)
+        return self.result(in_denoise, replayed, probe)
+
+    def timed_run(self, name: str) -> None:
+        """One denoise of this variant, each attention call and the whole denoise timed."""
+        module, attr, denoise, kernel = self.variants[name]
+        timer = self.timer
         calls: List[float] = []
 
         def wrap(original):
@@ -213,12 +239,13 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
             t0 = time.perf_counter()
             denoise()
             timer.sync()
-            whole[name].append(time.perf_counter() - t0)
-        spent[name].append(sum(calls))
-        count[name] = len(calls)
+            self.whole[name].append(time.perf_counter() - t0)
+        self.spent[name].append(sum(calls))
+        self.count[name] = len(calls)
 
-    def capture(name):
-        module, attr, denoise, kernel = variants[name]
+    def capture(self, name: str):
+        """-> (the variant's attention kernel, copies of the inputs of every call of one denoise)."""
+        module, attr, denoise, kernel = self.variants[name]
         args_list: list = []
 
         def wrap(original):
@@ -231,50 +258,55 @@ def attention_table(model, cache, prefix_pad, past, state, noise, timer: Timer, 
             denoise()
         return kernel or getattr(module, attr), args_list
 
-    def replay(name):
-        fn, args_list = captured[name]
+    def replay(self, name: str) -> None:
+        fn, args_list = self.captured[name]
         for args in args_list:
             fn(*args)
 
-    # The matmul rate, timed with the replays: attention at that rate is the ceiling of the table.
-    H = c.action_horizon
-    matmul_probe, probe_info = matmul_probe_for(model, noise.shape[0], steps)
+    def rows(self, times_replay):
+        """-> (in_denoise, replayed): per variant, the summaries, calls, attention share, speedup and GFLOP/s."""
+        iters = self.timer.iters
+        in_denoise, replayed = {}, {}
+        for name in self.variants:
+            in_denoise[name] = summary(self.spent[name][-iters:])
+            denoise_ms = summary(self.whole[name][-iters:])["median_ms"]
+            in_denoise[name].update(calls=self.count[name], denoise_median_ms=denoise_ms,
+                                    share_of_denoise=in_denoise[name]["median_ms"] / denoise_ms)
+            replayed[name] = summary(times_replay[name])
+            replayed[name]["calls"] = len(self.captured[name][1])
+        flops = self.flops()
+        for rows in (in_denoise, replayed):
+            base = rows[EAGER]["median_ms"]
+            for name, row in rows.items():
+                row["speedup_vs_eager"] = base / row["median_ms"]
+                row["gflops"] = flops[name] / row["median_ms"] / 1e6
+        return in_denoise, replayed
 
-    with uncompiled(model), torch.inference_mode():
-        timer({name: (lambda name=name: timed_run(name)) for name in variants})
-        for name in variants:
-            captured[name] = capture(name)
-        fns = {name: (lambda name=name: replay(name)) for name in variants}
-        fns[MATMUL_PROBE] = matmul_probe
-        times_replay = timer(fns)
-    in_denoise, replayed = {}, {}
-    for name in variants:
-        in_denoise[name] = summary(spent[name][-timer.iters:])
-        denoise_ms = summary(whole[name][-timer.iters:])["median_ms"]
-        in_denoise[name].update(calls=count[name], denoise_median_ms=denoise_ms,
-                                share_of_denoise=in_denoise[name]["median_ms"] / denoise_ms)
-        replayed[name] = summary(times_replay[name])
-        replayed[name]["calls"] = len(captured[name][1])
-    Ls = H + (0 if c.is_pi05 else 1)
-    calls, B, g = c.expert.depth * steps, noise.shape[0], c.expert
-    flops = {FAST: attention_flops(calls, B, g.num_heads, H, cache.num_cached + H, g.head_dim)}
-    flops[SDPA_MASK] = flops[EAGER] = attention_flops(calls, B, g.num_heads, Ls, int(prefix_pad.shape[1]) + Ls,
-                                                      g.head_dim)
-    for rows in (in_denoise, replayed):
-        base = rows[EAGER]["median_ms"]
-        for name, row in rows.items():
-            row["speedup_vs_eager"] = base / row["median_ms"]
-            row["gflops"] = flops[name] / row["median_ms"] / 1e6
-    probe = dict(probe_info, **summary(times_replay[MATMUL_PROBE]))
-    probe["gflops"] = probe_gflop(probe)
-    at_matmul_rate_ms = flops[FAST] / probe["gflops"] / 1e6
-    return {"calls": calls, "queries_fast": H, "keys_fast": cache.num_cached + H,
-            "queries_openpi": Ls, "keys_openpi": int(prefix_pad.shape[1]) + Ls,
-            "gflop_fast": flops[FAST] / 1e9, "gflop_openpi": flops[EAGER] / 1e9,
-            "in_denoise": in_denoise, "replayed": replayed,
-            "matmul_probe": probe,
-            "fast_at_matmul_rate_ms": at_matmul_rate_ms,
-            "ceiling_vs_eager_replayed": replayed[EAGER]["median_ms"] / at_matmul_rate_ms}
+    def shapes(self) -> Dict[str, int]:
+        """Attention calls per denoise, and the queries and keys of one call: fast path and openpi's."""
+        c = self.model.config
+        H = c.action_horizon
+        Ls = H + (0 if c.is_pi05 else 1)
+        return {"calls": c.expert.depth * self.steps, "queries_fast": H, "keys_fast": self.cache.num_cached + H,
+                "queries_openpi": Ls, "keys_openpi": int(self.prefix_pad.shape[1]) + Ls}
+
+    def flops(self) -> Dict[str, float]:
+        g, s, batch = self.model.config.expert, self.shapes(), self.noise.shape[0]
+        flops = {FAST: attention_flops(s["calls"], batch, g.num_heads, s["queries_fast"], s["keys_fast"],
+                                       g.head_dim)}
+        flops[SDPA_MASK] = flops[EAGER] = attention_flops(s["calls"], batch, g.num_heads, s["queries_openpi"],
+                                                          s["keys_openpi"], g.head_dim)
+        return flops
+
+    def result(self, in_denoise, replayed, probe) -> Dict[str, object]:
+        flops = self.flops()
+        at_matmul_rate_ms = flops[FAST] / probe["gflops"] / 1e6
+        return dict(self.shapes(),
+                    gflop_fast=flops[FAST] / 1e9, gflop_openpi=flops[EAGER] / 1e9,
+                    in_denoise=in_denoise, replayed=replayed,
+                    matmul_probe=probe,
+                    fast_at_matmul_rate_ms=at_matmul_rate_ms,
+                    ceiling_vs_eager_replayed=replayed[EAGER]["median_ms"] / at_matmul_rate_ms)
 
 
 def attention_flops(calls: int, batch: int, heads: int, queries: int, keys: int, head_dim: int) -> float:
@@ -363,40 +395,68 @@ def workload(args, config) -> "costmodel.Workload":
 
 
 def run(args) -> Dict[str, object]:
+    """Every table of one bench run (the JSON's content; report() prints it)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = load_config(args.config or args.preset)
-    model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
-    if args.fused:
-        model.use_fused(True)
-    if args.compile:
-        model.compile_denoise()
-    images, masks, tokens, token_mask, state, noise = make_inputs(config, args.views, args.prompt_len, device)
-    timer = Timer(device, args.warmup, args.iters)
-    steps = args.steps
-    denoise = model.denoise
-    if args.cuda_graph:
-        if device.type != "cuda":
-            raise ValueError("--cuda-graph needs --device cuda")
-        from ..model.cuda_graph import CudaGraphDenoiser
+    return BenchRun(args)()
 
-        denoise = CudaGraphDenoiser(model)
-    result: Dict[str, object] = {
-        "machine": machine(),
-        "setup": {"config": args.config or args.preset, "variant": config.variant, "device": str(device),
-                  "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
-                  "max_token_len": config.max_token_len, "steps": steps, "iters": args.iters,
-                  "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
-                  "fused": bool(args.fused)},
-    }
-    probe, probe_info = matmul_probe_for(model, 1, steps)
-    with torch.inference_mode():
-        image_tokens = model.embed_images(images, masks)
-        cache = model.build_cache(image_tokens, tokens, token_mask, state)
-        prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
-        denoise(cache, noise, steps)  # a CUDA graph is captured / a compiled step compiled here, not in a timed call
-        times = timer({
+
+class BenchRun:
+    """One bench run: the model and its denoise (eager, compiled or a CUDA graph), one observation through both
+    paths, and the tables measured on it."""
+
+    def __init__(self, args):
+        self.args, self.steps = args, args.steps
+        self.device = device = torch.device(args.device)
+        self.config = config = load_config(args.config or args.preset)
+        self.model = model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
+        if args.fused:
+            model.use_fused(True)
+        if args.compile:
+            model.compile_denoise()
+        self.inputs = make_inputs(config, args.views, args.prompt_len, device)
+        self.timer = Timer(device, args.warmup, args.iters)
+        self.denoise = model.denoise
+        if args.cuda_graph:
+            if device.type != "cuda":
+                raise ValueError("--cuda-graph needs --device cuda")
+            from ..model.cuda_graph import CudaGraphDenoiser
+
+            self.denoise = CudaGraphDenoiser(model)
+
+    def setup(self) -> Dict[str, object]:
+        args, config = self.args, self.config
+        return {"config": args.config or args.preset, "variant": config.variant, "device": str(self.device),
+                "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
+                "max_token_len": config.max_token_len, "steps": self.steps, "iters": args.iters,
+                "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
+                "fused": bool(args.fused)}
+
+    def __call__(self) -> Dict[str, object]:
+        args, model, steps = self.args, self.model, self.steps
+        result: Dict[str, object] = {"machine": machine(), "setup": self.setup()}
+        a_fast, a_ref = self.stages(result)
+        result["attention"] = attention_table(model, self.cache, self.prefix_pad, self.past, self.inputs[4],
+                                              self.inputs[5], self.timer, steps)
+        result["fast_vs_reference"] = fast_vs_reference(result, a_fast, a_ref)
+        costs = costmodel.workload_cost(workload(args, self.config))
+        result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
+        result["efficiency"] = efficiency(costs, result["stages_fast"], result["matmul_probe"]["gflops"])
+        result["ablation"] = ablation_table(model, self.cache, self.inputs[5], self.timer, steps)
+        if args.op_counts:
+            result["op_counts"] = opcount.compare(model, *self.inputs, num_steps=steps,
+                                                  cuda_kernels=self.device.type == "cuda")
+        if args.profile:
+            result["profile"] = self.profiles()
+        result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return result
+
+    def stage_fns(self) -> Dict[str, Callable[[], object]]:
+        """(a): the fast path's stages and openpi's, each a call on this run's observation."""
+        model, denoise, steps = self.model, self.denoise, self.steps
+        images, masks, tokens, token_mask, state, noise = self.inputs
+        cache, image_tokens, prefix_pad, past = self.cache, self.image_tokens, self.prefix_pad, self.past
+        return {
             "fast vision": lambda: model.embed_images(images, masks),
             "fast prefix_cache": lambda: model.build_cache(image_tokens, tokens, token_mask, state),
             "fast denoise": lambda: denoise(cache, noise, steps),
@@ -406,73 +466,105 @@ def run(args) -> Dict[str, object]:
             "reference denoise": lambda: reference_denoise(model, prefix_pad, past, state, noise, steps),
             "reference total": lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
                                                             num_steps=steps, path="reference"),
-            MATMUL_PROBE: probe,
-        })
-        a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-        a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
-                                     path="reference")
-    result["stages_fast"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items() if k.startswith("fast")}
-    result["stages_reference"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
-                                  if k.startswith("reference")}
-    result["matmul_probe"] = dict(probe_info, **summary(times[MATMUL_PROBE]))
-    result["matmul_probe"]["gflops"] = probe_gflop(result["matmul_probe"])
-    result["cache"] = {"valid_prefix_tokens": cache.num_prefix, "cached_tokens": cache.num_cached,
-                       "openpi_prefix_tokens": int(prefix_pad.shape[1])}
-    result["attention"] = attention_table(model, cache, prefix_pad, past, state, noise, timer, steps)
-    med = lambda d, k: d[k]["median_ms"]  # noqa: E731
-    result["fast_vs_reference"] = {
-        "denoise_speedup": med(result["stages_reference"], "denoise") / med(result["stages_fast"], "denoise"),
-        "end_to_end_speedup": med(result["stages_reference"], "total") / med(result["stages_fast"], "total"),
-        "max_abs_diff": float((a_fast.float() - a_ref.float()).abs().max()),
-        "tolerance": PARITY_TOL,
-    }
-    result["fast_vs_reference"]["within_tolerance"] = result["fast_vs_reference"]["max_abs_diff"] <= PARITY_TOL
-    att = result["attention"]["in_denoise"]
-    # the denoise ratio if the fast path's attention cost nothing, from the in-denoise runs of table (b)
-    result["fast_vs_reference"]["denoise_speedup_if_attention_were_free"] = (
-        att[EAGER]["denoise_median_ms"] / (att[FAST]["denoise_median_ms"] - att[FAST]["median_ms"]))
-    costs = costmodel.workload_cost(workload(args, config))
-    result["cost_model"] = {stage: cost.to_dict() for stage, cost in costs.items()}
-    result["efficiency"] = efficiency(costs, result["stages_fast"], result["matmul_probe"]["gflops"])
-    result["ablation"] = ablation_table(model, cache, noise, timer, steps)
-    if args.op_counts:
-        result["op_counts"] = opcount.compare(model, images, masks, tokens, token_mask, state, noise, num_steps=steps,
-                                              cuda_kernels=device.type == "cuda")
-    if args.profile:
+        }
+
+    def stages(self, result: Dict[str, object]):
+        """(a) timed interleaved with the matmul probe; the observation's cache. -> (fast actions, reference
+        actions) of the same noise."""
+        model, denoise, steps = self.model, self.denoise, self.steps
+        images, masks, tokens, token_mask, state, noise = self.inputs
+        probe, probe_info = matmul_probe_for(model, 1, steps)
         with torch.inference_mode():
-            result["profile"] = {
-                "fast denoise": profile_ops(lambda: denoise(cache, noise, steps), device, args.profile),
-                "reference denoise": profile_ops(
-                    lambda: reference_denoise(model, prefix_pad, past, state, noise, steps), device, args.profile)}
-    result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return result
+            self.image_tokens = model.embed_images(images, masks)
+            self.cache = model.build_cache(self.image_tokens, tokens, token_mask, state)
+            self.prefix_pad, self.past = reference_prefix(model, images, masks, tokens, token_mask)
+            denoise(self.cache, noise, steps)  # a CUDA graph is captured / a compiled step compiled here, not timed
+            times = self.timer(dict(self.stage_fns(), **{MATMUL_PROBE: probe}))
+            a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+            a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
+                                         path="reference")
+        result["stages_fast"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items() if k.startswith("fast")}
+        result["stages_reference"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
+                                      if k.startswith("reference")}
+        result["matmul_probe"] = dict(probe_info, **summary(times[MATMUL_PROBE]))
+        result["matmul_probe"]["gflops"] = probe_gflop(result["matmul_probe"])
+        result["cache"] = {"valid_prefix_tokens": self.cache.num_prefix, "cached_tokens": self.cache.num_cached,
+                           "openpi_prefix_tokens": int(self.prefix_pad.shape[1])}
+        return a_fast, a_ref
+
+    def profiles(self) -> Dict[str, object]:
+        """(e) the top ops of one fast and one reference denoise."""
+        model, steps, device, top = self.model, self.steps, self.device, self.args.profile
+        state, noise = self.inputs[4], self.inputs[5]
+        with torch.inference_mode():
+            return {"fast denoise": profile_ops(lambda: self.denoise(self.cache, noise, steps), device, top),
+                    "reference denoise": profile_ops(
+                        lambda: reference_denoise(model, self.prefix_pad, self.past, state, noise, steps), device,
+                        top)}
+
+
+def fast_vs_reference(result: Dict[str, object], a_fast: torch.Tensor, a_ref: torch.Tensor) -> Dict[str, object]:
+    """(c) the speedups of the denoise and end to end, the max abs difference of the actions, and the denoise ratio
+    if the fast path's attention cost nothing (from the in-denoise runs of table (b))."""
+    med = lambda d, k: d[k]["median_ms"]  # noqa: E731
+    f = {"denoise_speedup": med(result["stages_reference"], "denoise") / med(result["stages_fast"], "denoise"),
+         "end_to_end_speedup": med(result["stages_reference"], "total") / med(result["stages_fast"], "total"),
+         "max_abs_diff": float((a_fast.float() - a_ref.float()).abs().max()),
+         "tolerance": PARITY_TOL}
+    f["within_tolerance"] = f["max_abs_diff"] <= PARITY_TOL
+    att = result["attention"]["in_denoise"]
+    f["denoise_speedup_if_attention_were_free"] = (
+        att[EAGER]["denoise_median_ms"] / (att[FAST]["denoise_median_ms"] - att[FAST]["median_ms"]))
+    return f
 
 
 def report(r: Dict[str, object]) -> str:
+    """The printed tables of one run's result, in the order (a), (b), (c), (f), (g), (h), (e)."""
+    lines = (_header_lines(r) + _stage_lines(r) + _attention_lines(r["attention"])
+             + _parity_lines(r["fast_vs_reference"]) + _ablation_lines(r["ablation"]) + _efficiency_lines(r))
+    if "op_counts" in r:
+        lines += ["", "(h) kernels per stage, plain vs fused path (turbopi_ros/model/opcount.py): aten ops dispatched, "
+                      "launches = those that launch a kernel on a GPU (no views, no allocations); a layer row is one "
+                      "layer (expert: in one denoise step)"] + opcount.table(r["op_counts"])
+    for name, prof in r.get("profile", {}).items():
+        lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: "
+                      f"{prof['total_ms']:.2f} ms)"]
+        for op in prof["ops"]:
+            lines.append(f"    {op['name'][:52]:<52} {op['self_ms']:9.2f} ms {op['share']:6.1%} {op['calls']:6d} calls")
+    return "\n".join(lines)
+
+
+def _header_lines(r: Dict[str, object]) -> List[str]:
     s, m = r["setup"], r["machine"]
-    lines = [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
-             f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
-             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
-             + (", fused kernels" if s.get("fused") else ""),
-             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
-             f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
-             f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
-             f"{_load(r.get('load_avg_1min_end'))} at end", ""]
+    return [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
+            f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
+            + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
+            + (", fused kernels" if s.get("fused") else ""),
+            f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
+            f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
+            f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
+            f"{_load(r.get('load_avg_1min_end'))} at end", ""]
+
+
+def _stage_lines(r: Dict[str, object]) -> List[str]:
     c = r["cache"]
-    lines.append(f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
-                 f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix")
+    lines = [f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
+             f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix"]
     for name, stages in (("fast", r["stages_fast"]), ("reference", r["stages_reference"])):
         for stage, v in stages.items():
             lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
-    a = r["attention"]
-    lines += ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} "
-                  f"queries x "
-                  f"{a['keys_fast']} keys, no mask; openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys, "
-                  "masked",
-              f"    {'':<27} {'inside denoise runs':^50}   {'replayed back to back':^36}",
-              f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11} {'GFLOP/s':>7} "
-              f"  "
-              f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8} {'GFLOP/s':>7}"]
+    return lines
+
+
+def _attention_lines(a: Dict[str, object]) -> List[str]:
+    lines = ["", f"(b) attention calls of one denoise: {a['calls']} (depth x steps); fast: {a['queries_fast']} "
+                 f"queries x "
+                 f"{a['keys_fast']} keys, no mask; openpi: {a['queries_openpi']} queries x {a['keys_openpi']} keys, "
+                 "masked",
+             f"    {'':<27} {'inside denoise runs':^50}   {'replayed back to back':^36}",
+             f"    {'variant':<27} {'median ms':>10} {'p90 ms':>8} {'vs eager':>9} {'of denoise':>11} {'GFLOP/s':>7} "
+             f"  "
+             f"{'median ms':>10} {'p90 ms':>8} {'vs eager':>8} {'GFLOP/s':>7}"]
     for name, row in a["in_denoise"].items():
         rep = a["replayed"][name]
         lines.append(f"    {name:<27} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['speedup_vs_eager']:8.2f}x "
@@ -484,40 +576,40 @@ def report(r: Dict[str, object]) -> str:
                  f"machine's matmul rate on the denoise's MLP shape {'x'.join(map(str, p['shape']))} "
                  f"({p['gflops']:.1f} GFLOP/s, same run) would take {a['fast_at_matmul_rate_ms']:.2f} ms: "
                  f"{a['ceiling_vs_eager_replayed']:.2f}x vs eager replayed")
-    f = r["fast_vs_reference"]
-    lines += ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end "
-                  f"{f['end_to_end_speedup']:.2f}x"
-                  f", max abs diff of the actions {f['max_abs_diff']:.2e} "
-                  f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance); "
-                  f"denoise ratio if the fast attention cost nothing (runs of (b)): "
-                  f"{f['denoise_speedup_if_attention_were_free']:.2f}x"]
-    lines += ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown "
-                  "vs "
-                  "the fast denoise, max abs diff of the actions from it, aten ops per denoise",
-              f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13} {'ops':>6}"]
-    for name, row in r["ablation"].items():
+    return lines
+
+
+def _parity_lines(f: Dict[str, object]) -> List[str]:
+    return ["", f"(c) fast vs reference: denoise {f['denoise_speedup']:.2f}x, end to end "
+                f"{f['end_to_end_speedup']:.2f}x"
+                f", max abs diff of the actions {f['max_abs_diff']:.2e} "
+                f"({'within' if f['within_tolerance'] else 'OVER'} the {f['tolerance']:g} tolerance); "
+                f"denoise ratio if the fast attention cost nothing (runs of (b)): "
+                f"{f['denoise_speedup_if_attention_were_free']:.2f}x"]
+
+
+def _ablation_lines(ablation: Dict[str, Dict[str, float]]) -> List[str]:
+    lines = ["", "(f) each optimization undone in the fast denoise (turbopi_ros/ablation.py), interleaved; slowdown "
+                 "vs "
+                 "the fast denoise, max abs diff of the actions from it, aten ops per denoise",
+             f"    {'variant':<43} {'median ms':>10} {'p90 ms':>9} {'slowdown':>9} {'max abs diff':>13} {'ops':>6}"]
+    for name, row in ablation.items():
         lines.append(f"    {name:<43} {row['median_ms']:10.2f} {row['p90_ms']:9.2f} {row['slowdown']:8.3f}x "
                      f"{row['max_abs_diff']:13.2e} {row['ops']:6d}")
-    e = r["efficiency"]
-    p = r["matmul_probe"]
-    lines += ["", f"(g) achieved rate vs this machine's matmul rate: {e['matmul_rate_gflops']:.1f} GFLOP/s on the "
-                  f"denoise's MLP shape {'x'.join(map(str, p['shape']))} (the probe of (b), timed interleaved with the "
-                  "stages of (a)); FLOPs: the cost model's matmuls + attention products (turbopi_ros/costmodel.py)",
-              f"    {'fast stage':<14} {'GFLOP':>9} {'median ms':>10} {'GFLOP/s':>9} {'of matmul rate':>15} "
-              f"{'at that rate, ms':>17}"]
+    return lines
+
+
+def _efficiency_lines(r: Dict[str, object]) -> List[str]:
+    e, p = r["efficiency"], r["matmul_probe"]
+    lines = ["", f"(g) achieved rate vs this machine's matmul rate: {e['matmul_rate_gflops']:.1f} GFLOP/s on the "
+                 f"denoise's MLP shape {'x'.join(map(str, p['shape']))} (the probe of (b), timed interleaved with the "
+                 "stages of (a)); FLOPs: the cost model's matmuls + attention products (turbopi_ros/costmodel.py)",
+             f"    {'fast stage':<14} {'GFLOP':>9} {'median ms':>10} {'GFLOP/s':>9} {'of matmul rate':>15} "
+             f"{'at that rate, ms':>17}"]
     for stage, row in e["stages"].items():
         lines.append(f"    {stage:<14} {row['gflop']:9.3f} {row['median_ms']:10.2f} {row['gflops']:9.1f} "
                      f"{row['fraction_of_matmul_rate']:14.0%} {row['at_matmul_rate_ms']:17.2f}")
-    if "op_counts" in r:
-        lines += ["", "(h) kernels per stage, plain vs fused path (turbopi_ros/model/opcount.py): aten ops dispatched, "
-                      "launches = those that launch a kernel on a GPU (no views, no allocations); a layer row is one "
-                      "layer (expert: in one denoise step)"] + opcount.table(r["op_counts"])
-    for name, prof in r.get("profile", {}).items():
-        lines += ["", f"(e) {name}: top ops by self {prof['clock']} time, one denoise (all ops: "
-                      f"{prof['total_ms']:.2f} ms)"]
-        for op in prof["ops"]:
-            lines.append(f"    {op['name'][:52]:<52} {op['self_ms']:9.2f} ms {op['share']:6.1%} {op['calls']:6d} calls")
-    return "\n".join(lines)
+    return lines
 
 
 def _load(value) -> str:

@@ -122,97 +122,124 @@ def same_inputs(a, b) -> bool:
 
 
 def run(args) -> Dict[str, object]:
-    cams = IMAGE_KEYS[: args.cameras]
-    h, w = args.height, args.width
-    frames = {k: scene(h, w, seed=i) for i, k in enumerate(cams)}
-    raw = {k: rgb_to_image(f, "bgr8") for k, f in frames.items()}
-    jpeg = {k: rgb_to_compressed(f, "jpeg", quality=args.quality) for k, f in frames.items()}
-    model = random_model(load_config(args.preset), seed=args.seed)
-    tok = ByteTokenizer(model.config.vlm.vocab_size, model.config.max_token_len)
-    s = model.config.vision.image_size
-    counts = [int(t) for t in str(args.threads).split(",")]
-    ways = {"serial": 1, **{("parallel" if len(counts) == 1 else f"parallel x{t}"): t or None for t in counts}}
-    policies = {(mode, way): Policy(model, tokenizer=tok, preprocess_mode=mode, seed=args.seed,
-                                    preprocess_threads=threads)
-                for mode in ("exact", "fast") for way, threads in ways.items()}
-    parallel_ways = [way for way in ways if way != "serial"]
-    obs = {(src, mode, way): observation(raw if src == "raw" else jpeg, p, src == "jpeg")
-           for (mode, way), p in policies.items() for src in ("raw", "jpeg")}
-    result: Dict[str, object] = {"machine": machine(), "load_avg_before": load_avg(),
-                                 "setup": {"cameras": len(cams), "width": w, "height": h, "jpeg_quality": args.quality,
-                                           "jpeg_kb": [round(len(m.data) / 1024, 1) for m in jpeg.values()],
-                                           "model_image_size": s,
-                                           "threads": {way: policies["exact", way].cameras.threads for way in ways},
-                                           "iters": args.iters, "warmup": args.warmup}}
+    """Every table of one run (the JSON's content; report() prints it)."""
+    return PreprocessBench(args)()
 
-    # (b) Policy.preprocess, conversion included
-    keys = [(src, mode, way) for src in ("raw", "jpeg") for mode in ("exact", "fast") for way in ways]
-    fns = {" ".join(key): (lambda key=key: policies[key[1:]].preprocess(obs[key])) for key in keys}
-    times = timed(fns, args.warmup, args.iters)
-    table = {name: summary(t) for name, t in times.items()}
-    for src in ("raw", "jpeg"):
-        for mode in ("exact", "fast"):
-            for way in parallel_ways:
-                row = table[f"{src} {mode} {way}"]
-                row["speedup_vs_serial"] = table[f"{src} {mode} serial"]["median_ms"] / row["median_ms"]
-    result["preprocess"] = table
 
-    # (c) parity, from this run's code paths
-    outputs = {key: policies[key[1:]].preprocess(obs[key]) for key in obs}
-    parity = {f"{src} {mode}: {way} == serial": same_inputs(outputs[src, mode, way], outputs[src, mode, "serial"])
-              for src in ("raw", "jpeg") for mode in ("exact", "fast") for way in parallel_ways}
-    for src, msgs in (("raw", raw), ("jpeg", jpeg)):
-        rgbs = [image_to_rgb(m, k) if src == "raw" else compressed_to_rgb(m, k) for k, m in msgs.items()]
-        openpi = np.stack([image_to_model(resize_with_pad(im, s, s)) for im in rgbs])
-        got = outputs[src, "exact", parallel_ways[0]][0][0, : len(cams)].permute(0, 2, 3, 1).numpy()
-        parity[f"{src} exact: == openpi resize_with_pad + image_to_model"] = bool(np.array_equal(got, openpi))
-    result["parity"] = parity
+class PreprocessBench:
+    """One run: synthetic frames as raw and JPEG messages, a policy per preprocess mode and thread count, and an
+    observation per source for each; the tables measured on them."""
 
-    # (d) one camera, stage by stage
-    k0 = cams[0]
-    bgr = np.frombuffer(raw[k0].data, np.uint8).reshape(h, w, 3)
-    rgb = image_to_rgb(raw[k0], k0)
-    fitted = resize_to_fit(rgb, s, s)
-    fitted_pil = Image.fromarray(fitted)
-    pil = Image.fromarray(rgb)
-    new_h, new_w = fitted.shape[:2]
-    first_pass_done = pil.resize((new_w, h), resample=Image.BILINEAR)
-    reduce_for = policies["fast", "serial"].reduced_decode_size
-    stage_fns = {"bgr8 -> rgb: numpy bgr[:, :, ::-1].copy() (before)": lambda: bgr[:, :, ::-1].copy(),
-                 "bgr8 -> rgb: image_to_rgb (cv2.cvtColor)": lambda: image_to_rgb(raw[k0], k0),
-                 "jpeg -> rgb: compressed_to_rgb, full size": lambda: compressed_to_rgb(jpeg[k0], k0),
-                 "jpeg -> rgb: compressed_to_rgb, reduced (fast)":
-                     lambda: compressed_to_rgb(jpeg[k0], k0, reduce_for=reduce_for),
-                 "resize exact: Pillow bilinear (resize_to_fit)": lambda: resize_to_fit(rgb, s, s),
-                 "  of which: array -> Pillow image (unpack)": lambda: Image.fromarray(rgb),
-                 "  of which: horizontal pass": lambda: pil.resize((new_w, h), resample=Image.BILINEAR),
-                 "  of which: vertical pass": lambda: first_pass_done.resize((new_w, new_h), resample=Image.BILINEAR),
-                 "  of which: Pillow image -> array (pack)": lambda: np.asarray(fitted_pil),
-                 "resize fast: box + bilinear (fast_resize_to_fit)": lambda: fast_resize_to_fit(rgb, s, s),
-                 "uint8 -> [-1, 1]: image_to_model": lambda: image_to_model(fitted)}
-    result["one_camera"] = {n: summary(t) for n, t in timed(stage_fns, args.warmup, args.iters).items()}
+    def __init__(self, args):
+        self.args = args
+        self.cams = cams = IMAGE_KEYS[: args.cameras]
+        self.h, self.w = h, w = args.height, args.width
+        frames = {k: scene(h, w, seed=i) for i, k in enumerate(cams)}
+        self.raw = raw = {k: rgb_to_image(f, "bgr8") for k, f in frames.items()}
+        self.jpeg = jpeg = {k: rgb_to_compressed(f, "jpeg", quality=args.quality) for k, f in frames.items()}
+        self.model = model = random_model(load_config(args.preset), seed=args.seed)
+        self.tok = tok = ByteTokenizer(model.config.vlm.vocab_size, model.config.max_token_len)
+        self.s = model.config.vision.image_size
+        counts = [int(t) for t in str(args.threads).split(",")]
+        self.ways = {"serial": 1, **{("parallel" if len(counts) == 1 else f"parallel x{t}"): t or None
+                                     for t in counts}}
+        self.policies = {(mode, way): Policy(model, tokenizer=tok, preprocess_mode=mode, seed=args.seed,
+                                             preprocess_threads=threads)
+                         for mode in ("exact", "fast") for way, threads in self.ways.items()}
+        self.parallel_ways = [way for way in self.ways if way != "serial"]
+        self.obs = {(src, mode, way): observation(raw if src == "raw" else jpeg, p, src == "jpeg")
+                    for (mode, way), p in self.policies.items() for src in ("raw", "jpeg")}
 
-    # (f) frames prepared as they arrive (the node's cameras.prepare_on_arrival): each frame on its own, then the
-    # observation taken from the prepared frames (a copy: what lies between taking the inputs and the engine)
-    arrival_fns = {}
-    for src in ("raw", "jpeg"):
-        sources = obs[src, "exact", "serial"].images
-        ready = {k: policies["exact", "serial"].prepare_image(k, sources[k]) for k in cams}
-        taken = Observation(images=ready, state=np.array([0.1, -0.2, 0.3]), prompt="pick up the cup", stamp=1.0)
-        arrival_fns[f"{src}: one frame as it arrives"] = (
-            lambda k=k0, source=sources[k0]: policies["exact", "serial"].prepare_image(k, source))
-        for way in ways:
-            arrival_fns[f"{src}: observation taken, {way}"] = (
-                lambda way=way, taken=taken: policies["exact", way].preprocess(taken))
-            parity[f"{src} exact: frames prepared on arrival, taken {way} == preprocess serial"] = same_inputs(
-                policies["exact", way].preprocess(taken), outputs[src, "exact", "serial"])
-    result["on_arrival"] = {n: summary(t) for n, t in timed(arrival_fns, args.warmup, args.iters).items()}
+    def __call__(self) -> Dict[str, object]:
+        args = self.args
+        result: Dict[str, object] = {"machine": machine(), "load_avg_before": load_avg(), "setup": self.setup()}
+        result["preprocess"] = self.preprocess_table()
+        outputs = {key: self.policies[key[1:]].preprocess(self.obs[key]) for key in self.obs}
+        result["parity"] = parity = self.parity(outputs)
+        result["one_camera"] = self.one_camera()
+        result["on_arrival"] = self.on_arrival(outputs, parity)
+        if not args.no_actions:
+            result["fast_vs_exact"] = fast_vs_exact(args, self.model, self.tok, self.cams, self.h, self.w)
+        result["load_avg_after"] = load_avg()
+        return result
 
-    # (e) fast vs exact: pixels and actions
-    if not args.no_actions:
-        result["fast_vs_exact"] = fast_vs_exact(args, model, tok, cams, h, w)
-    result["load_avg_after"] = load_avg()
-    return result
+    def setup(self) -> Dict[str, object]:
+        args = self.args
+        return {"cameras": len(self.cams), "width": self.w, "height": self.h, "jpeg_quality": args.quality,
+                "jpeg_kb": [round(len(m.data) / 1024, 1) for m in self.jpeg.values()],
+                "model_image_size": self.s,
+                "threads": {way: self.policies["exact", way].cameras.threads for way in self.ways},
+                "iters": args.iters, "warmup": args.warmup}
+
+    def preprocess_table(self) -> Dict[str, Dict[str, float]]:
+        """(b) Policy.preprocess, conversion included: every source, mode and thread count interleaved."""
+        keys = [(src, mode, way) for src in ("raw", "jpeg") for mode in ("exact", "fast") for way in self.ways]
+        fns = {" ".join(key): (lambda key=key: self.policies[key[1:]].preprocess(self.obs[key])) for key in keys}
+        table = {name: summary(t) for name, t in timed(fns, self.args.warmup, self.args.iters).items()}
+        for src in ("raw", "jpeg"):
+            for mode in ("exact", "fast"):
+                for way in self.parallel_ways:
+                    row = table[f"{src} {mode} {way}"]
+                    row["speedup_vs_serial"] = table[f"{src} {mode} serial"]["median_ms"] / row["median_ms"]
+        return table
+
+    def parity(self, outputs) -> Dict[str, bool]:
+        """(c) from this run's code paths: parallel == serial, and exact == openpi's resize_with_pad +
+        image_to_model."""
+        s, cams = self.s, self.cams
+        parity = {f"{src} {mode}: {way} == serial": same_inputs(outputs[src, mode, way], outputs[src, mode, "serial"])
+                  for src in ("raw", "jpeg") for mode in ("exact", "fast") for way in self.parallel_ways}
+        for src, msgs in (("raw", self.raw), ("jpeg", self.jpeg)):
+            rgbs = [image_to_rgb(m, k) if src == "raw" else compressed_to_rgb(m, k) for k, m in msgs.items()]
+            openpi = np.stack([image_to_model(resize_with_pad(im, s, s)) for im in rgbs])
+            got = outputs[src, "exact", self.parallel_ways[0]][0][0, : len(cams)].permute(0, 2, 3, 1).numpy()
+            parity[f"{src} exact: == openpi resize_with_pad + image_to_model"] = bool(np.array_equal(got, openpi))
+        return parity
+
+    def one_camera(self) -> Dict[str, Dict[str, float]]:
+        """(d) one camera, stage by stage."""
+        s, h, k0, raw, jpeg = self.s, self.h, self.cams[0], self.raw, self.jpeg
+        bgr = np.frombuffer(raw[k0].data, np.uint8).reshape(h, self.w, 3)
+        rgb = image_to_rgb(raw[k0], k0)
+        fitted = resize_to_fit(rgb, s, s)
+        fitted_pil = Image.fromarray(fitted)
+        pil = Image.fromarray(rgb)
+        new_h, new_w = fitted.shape[:2]
+        first_pass_done = pil.resize((new_w, h), resample=Image.BILINEAR)
+        reduce_for = self.policies["fast", "serial"].reduced_decode_size
+        stage_fns = {"bgr8 -> rgb: numpy bgr[:, :, ::-1].copy() (before)": lambda: bgr[:, :, ::-1].copy(),
+                     "bgr8 -> rgb: image_to_rgb (cv2.cvtColor)": lambda: image_to_rgb(raw[k0], k0),
+                     "jpeg -> rgb: compressed_to_rgb, full size": lambda: compressed_to_rgb(jpeg[k0], k0),
+                     "jpeg -> rgb: compressed_to_rgb, reduced (fast)":
+                         lambda: compressed_to_rgb(jpeg[k0], k0, reduce_for=reduce_for),
+                     "resize exact: Pillow bilinear (resize_to_fit)": lambda: resize_to_fit(rgb, s, s),
+                     "  of which: array -> Pillow image (unpack)": lambda: Image.fromarray(rgb),
+                     "  of which: horizontal pass": lambda: pil.resize((new_w, h), resample=Image.BILINEAR),
+                     "  of which: vertical pass": lambda: first_pass_done.resize((new_w, new_h),
+                                                                                 resample=Image.BILINEAR),
+                     "  of which: Pillow image -> array (pack)": lambda: np.asarray(fitted_pil),
+                     "resize fast: box + bilinear (fast_resize_to_fit)": lambda: fast_resize_to_fit(rgb, s, s),
+                     "uint8 -> [-1, 1]: image_to_model": lambda: image_to_model(fitted)}
+        return {n: summary(t) for n, t in timed(stage_fns, self.args.warmup, self.args.iters).items()}
+
+    def on_arrival(self, outputs, parity: Dict[str, bool]) -> Dict[str, Dict[str, float]]:
+        """(f) frames prepared as they arrive (the node's cameras.prepare_on_arrival): each frame on its own, then the
+        observation taken from the prepared frames (a copy: what lies between taking the inputs and the engine).
+        Their parity with the serial preprocess goes into (c)."""
+        policies, k0 = self.policies, self.cams[0]
+        arrival_fns = {}
+        for src in ("raw", "jpeg"):
+            sources = self.obs[src, "exact", "serial"].images
+            ready = {k: policies["exact", "serial"].prepare_image(k, sources[k]) for k in self.cams}
+            taken = Observation(images=ready, state=np.array([0.1, -0.2, 0.3]), prompt="pick up the cup", stamp=1.0)
+            arrival_fns[f"{src}: one frame as it arrives"] = (
+                lambda k=k0, source=sources[k0]: policies["exact", "serial"].prepare_image(k, source))
+            for way in self.ways:
+                arrival_fns[f"{src}: observation taken, {way}"] = (
+                    lambda way=way, taken=taken: policies["exact", way].preprocess(taken))
+                parity[f"{src} exact: frames prepared on arrival, taken {way} == preprocess serial"] = same_inputs(
+                    policies["exact", way].preprocess(taken), outputs[src, "exact", "serial"])
+        return {n: summary(t) for n, t in timed(arrival_fns, self.args.warmup, self.args.iters).items()}
 
 
 def fast_vs_exact(args, model, tok, cams, h, w) -> Dict[str, object]:

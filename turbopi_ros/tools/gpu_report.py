@@ -184,309 +184,36 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-class Run:
-    """One report: the machine, its measured roofs, then every preset."""
+class Budget:
+    """The report's wall-clock budget and what it left out: a later optional part is skipped (and listed) when too
+    little time is left for it, and a part that fails is recorded in its block and the report's errors without
+    stopping the rest."""
 
-    def __init__(self, args):
-        self.args = args
-        self.dry = args.dry_run
-        self.device = torch.device("cpu" if self.dry else args.device)
+    def __init__(self, budget_s: float, say: Report):
+        self.budget_s = budget_s
+        self.say = say
         self.started = time.perf_counter()
-        self.say = Report()
         self.skipped: List[str] = []
         self.errors: List[str] = []
         self.compile_reserve_s = 150.0  # grows to 1.5x the first compile's time once one has run
 
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
     def left_s(self) -> float:
-        return self.args.budget_s - (time.perf_counter() - self.started)
+        return self.budget_s - self.elapsed_s()
 
     def fits(self, what: str, need_s: float) -> bool:
         if self.left_s() >= need_s:
             return True
-        self.skipped.append(f"{what}: {self.left_s():.0f} s of the {self.args.budget_s:.0f} s budget left, "
+        self.skipped.append(f"{what}: {self.left_s():.0f} s of the {self.budget_s:.0f} s budget left, "
                             f"{need_s:.0f} s reserved for it")
         self.say(f"    skipped {what} (time budget)")
         return False
 
-    # --- one views count ---------------------------------------------------------------------------------------
-    def views_block(self, model, config, views: int, prompt_len: int, ref32, graph, peaks, published,
-                    encoder=None, fused_graphs=None):
-        """-> (the block's results, (cache, noise) of its observation)."""
-        a, device, steps = self.args, self.device, self.args.steps
-        images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device,
-                                                                            a.seed)
-        timer = bench.Timer(device, a.warmup, a.iters)
-        out: Dict[str, object] = {}
-        with torch.inference_mode():
-            image_tokens = model.embed_images(images, masks)
-            cache = model.build_cache(image_tokens, tokens, token_mask, state)
-            prefix_pad, past = reference_prefix(model, images, masks, tokens, token_mask)
-            fns = {
-                "vision": lambda: model.embed_images(images, masks),
-                "prefix_cache": lambda: model.build_cache(image_tokens, tokens, token_mask, state),
-                "denoise eager": lambda: model.denoise(cache, noise, steps),
-                "total eager": lambda: model.denoise(model.encode(images, masks, tokens, token_mask, state), noise,
-                                                     steps),
-                "reference denoise": lambda: reference_denoise(model, prefix_pad, past, state, noise, steps),
-                "reference total": lambda: model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
-                                                                num_steps=steps, path="reference"),
-            }
-            if graph is not None:
-                t0 = time.perf_counter()
-                graph(cache, noise, steps)  # captured here, not in a timed call
-                out["graph_capture_s"] = time.perf_counter() - t0
-                fns["denoise graph"] = lambda: graph(cache, noise, steps)
-                fns["total graph"] = lambda: graph(model.encode(images, masks, tokens, token_mask, state), noise,
-                                                   steps)
-            fns["denoise eager fused"] = fused_call(model, lambda: model.denoise(cache, noise, steps))
-            fns["total eager fused"] = fused_call(model, lambda: model.denoise(
-                model.encode(images, masks, tokens, token_mask, state), noise, steps))
-            if fused_graphs is not None:  # everything graphed, with the fused kernels
-                f_enc, f_den = fused_graphs
-
-                def f_total():
-                    return f_den(f_enc.build_cache(f_enc.embed_images(images, masks), tokens, token_mask, state),
-                                 noise, steps)
-
-                t0 = time.perf_counter()
-                fused_call(model, f_total)()  # captured here (with the fused path on), not in a timed call
-                out["fused_graph_capture_s"] = time.perf_counter() - t0
-                f_tokens = f_enc.embed_images(images, masks)
-                fns["vision graph fused"] = lambda: f_enc.embed_images(images, masks)
-                fns["prefix_cache graph fused"] = lambda: f_enc.build_cache(f_tokens, tokens, token_mask, state)
-                fns["denoise graph fused"] = lambda: f_den(cache, noise, steps)
-                fns["total graph fused"] = f_total
-            if encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
-                graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
-                n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
-                out["encoder_vs_eager"] = max_abs(
-                    encoder.build_cache(graphed_tokens, tokens, token_mask, state).keys[..., :n, :],
-                    cache.keys[..., :n, :])
-                fns["vision graph"] = lambda: encoder.embed_images(images, masks)
-                fns["prefix_cache graph"] = lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state)
-                fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
-                                                                       token_mask, state), noise, steps)
-            times = timer(fns)
-            # peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs)
-            # plus the run's own peak
-            reset_peak(device)
-            fast = model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-            out["peak_memory_gb"] = memory_gb(device)
-            parity = {}
-            if graph is not None:
-                reset_peak(device)
-                encode = encoder if encoder is not None else model
-                graphed = graph(encode.build_cache(encode.embed_images(images, masks), tokens, token_mask, state),
-                                noise, steps)
-                out["peak_memory_gb_graph"] = memory_gb(device)
-                parity["graph_vs_eager"] = max_abs(graphed, fast)
-            fused_actions = fns["total eager fused"]()
-            parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
-            parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32[views])
-            if "total graph fused" in fns:
-                parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
-            ref = reference_denoise(model, prefix_pad, past, state, noise, steps)  # = sample_actions(path="reference")
-            parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32[views]),
-                           "reference_bf16_vs_reference_fp32": max_abs(ref, ref32[views]),
-                           "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
-                           "reference_fp32_max_abs": float(ref32[views].abs().max())})
-        out["times"] = {name: bench.summary(t) for name, t in times.items()}
-        out["parity"] = parity
-        if views == max(a.views) and self.fits(f"{config.variant} {views} views attention table",
-                                               30 if not self.dry else 0):
-            att_timer = bench.Timer(device, 0 if self.dry else 1, a.attention_iters)
-            out["attention"] = bench.attention_table(model, cache, prefix_pad, past, state, noise, att_timer, steps)
-        w = costmodel.Workload(config, views, prompt_len, steps, dtype="bfloat16")
-        out["efficiency"] = self.efficiency(w, out["times"], peaks, published)
-        out["cache_tokens"] = cache.num_cached
-        return out, (cache, noise)
-
-    def efficiency(self, w, times, peaks, published) -> Dict[str, object]:
-        """Every fast timing against the cost model: achieved TFLOP/s and its fraction of this GPU's measured matmul
-        rate; the roofline lower bound from the measured rate and copy bandwidth (and from the published peaks) and
-        how far the measured time is from it."""
-        costs = costmodel.workload_cost(w)
-        mm, bw = peaks["matmul"]["tflops"], peaks["copy"]["gbs"]
-        spec = costmodel.DEVICES.get(published) if published else None
-        rows = {}
-        for name, stage in FAST_STAGE.items():
-            if name not in times:
-                continue
-            ms, cost = times[name]["median_ms"], costs[stage]
-            if stage == "total":
-                bound = sum(costmodel.stage_bound(costs[s], mm, bw)["bound_ms"] for s in costmodel.STAGES)
-                bound_pub = (sum(costmodel.stage_bound(costs[s], spec.peak_tflops["bfloat16"], spec.bandwidth_gbs)
-                                 ["bound_ms"] for s in costmodel.STAGES) if spec else None)
-            else:
-                bound = costmodel.stage_bound(cost, mm, bw)["bound_ms"]
-                bound_pub = (costmodel.stage_bound(cost, spec.peak_tflops["bfloat16"], spec.bandwidth_gbs)["bound_ms"]
-                             if spec else None)
-            tflops = cost.tensor_flops / ms / 1e9
-            rows[name] = {"gflop": cost.tensor_flops / 1e9, "gbytes": cost.compulsory_bytes / 1e9, "median_ms": ms,
-                          "tflops": tflops, "fraction_of_matmul_rate": tflops / mm,
-                          "bound_measured_peaks_ms": bound, "bound_over_measured": bound / ms,
-                          "bound_published_ms": bound_pub}
-        return rows
-
-    # --- torch.compile and table (f), with the most cameras -------------------------------------------------------
-    def compile_block(self, model, state_tuple, graph_cls) -> Dict[str, object]:
-        """torch.compile of the denoise step (PI0Model.compile_denoise), eager and captured in a CUDA graph, timed
-        interleaved with the eager denoise; the compile time; the compiled actions against the eager ones. A failure
-        (no working inductor/triton, a capture error) is reported, not raised: the rest of the report stands."""
-        a, device, steps = self.args, self.device, self.args.steps
-        cache, noise = state_tuple
-        out: Dict[str, object] = {"backend": "eager (dry run)" if self.dry else "inductor"}
-        compile_fn = functools.partial(torch.compile, backend="eager") if self.dry else torch.compile
-        # cold start: a fresh inductor cache (what model.cache_dir starts as); warm: compiled again from that cache
-        cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
-        saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
-        out["inductor_cache_dir"] = cache_dir
-        with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
-            try:
-                eager = model.denoise(cache, noise, steps)
-                model.compile_denoise(cache_dir=cache_dir)
-                t0 = time.perf_counter()
-                compiled = model.denoise(cache, noise, steps)
-                sync(device)
-                out["compile_s"] = out["cold_start_s"] = time.perf_counter() - t0
-                out["compiled_vs_eager"] = max_abs(compiled, eager)
-                if hasattr(torch, "_dynamo"):
-                    torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
-                model.compile_denoise(cache_dir=cache_dir)
-                t0 = time.perf_counter()
-                model.denoise(cache, noise, steps)
-                sync(device)
-                out["warm_start_s"] = time.perf_counter() - t0
-            except Exception as e:
-                return self.failed(out, "torch.compile", e)
-            finally:
-                if saved_dir is None:
-                    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-                else:
-                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_dir
-
-            def eager_denoise():
-                with bench.uncompiled(model):
-                    return model.denoise(cache, noise, steps)
-
-            fns = {"denoise compiled": lambda: model.denoise(cache, noise, steps), "denoise eager": eager_denoise}
-            if graph_cls is not None:
-                try:
-                    cgraph = graph_cls(model)
-                    t0 = time.perf_counter()
-                    out["compiled_graph_vs_eager"] = max_abs(cgraph(cache, noise, steps), eager)
-                    out["graph_capture_s"] = time.perf_counter() - t0
-                    fns["denoise compiled + graph"] = lambda: cgraph(cache, noise, steps)
-                except Exception as e:
-                    self.failed(out, "torch.compile + CUDA graph", e)
-            times = bench.Timer(device, a.warmup, a.iters)(fns)
-        out["times"] = {name: bench.summary(t) for name, t in times.items()}
-        return out
-
-    def counts_block(self, model, config, views: int, prompt_len: int) -> Dict[str, object]:
-        """Kernels per stage and per layer, plain vs fused: aten ops dispatched (and, on CUDA, the profiler's
-        kernels) for vision, the prefix cache, one denoise step and the whole denoise."""
-        inputs = bench.make_inputs(config, views, prompt_len, self.device, self.args.seed)
-        out: Dict[str, object] = {}
-        if self.device.type == "cuda":
-            try:
-                return opcount.compare(model, *inputs, num_steps=self.args.steps, cuda_kernels=True)
-            except Exception as e:  # the profiler's count failed: keep the dispatched ops at least
-                self.failed(out, "CUDA kernel counts (profiler)", e)
-        try:
-            out.update(opcount.compare(model, *inputs, num_steps=self.args.steps))
-        except Exception as e:
-            return self.failed(out, "kernel counts", e)
-        return out
-
-    def capture_block(self, model, config, views: int, prompt_len: int) -> Dict[str, object]:
-        """Every prompt length the capture prompt can produce (pi0.5: over every state of STATE_DIMS values; byte
-        tokenizer) captured before ready in one shared pool, then a run whose pi0.5 state changes every observation:
-        it must capture nothing more. Capture count, time, pool memory, replayed totals."""
-        a, device = self.args, self.device
-        out: Dict[str, object] = {}
-        try:
-            import numpy as np
-
-            pool = GraphPool(device, static_replay_on_cpu=self.dry)
-            enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
-            tok = ByteTokenizer(config.vlm.vocab_size, config.max_token_len, config.variant)
-            lengths = prompt_lengths(tok, CAPTURE_PROMPT, STATE_DIMS if config.is_pi05 else None)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                enc.warm_up((views,), lengths)
-                den.warm_up(cached_lengths(config, (views,), lengths), num_steps=a.steps)
-            sync(device)
-            pool.mark_ready()
-            out["warm_up_s"] = time.perf_counter() - t0
-            out["prompt_lengths"] = lengths
-            images, masks, _, _, _, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
-            rng = np.random.default_rng(a.seed)
-            state = np.zeros(STATE_DIMS)
-            seen, times = [], []
-            for _ in range(3 if self.dry else 12):
-                state = np.clip(state + rng.normal(0, 0.4, STATE_DIMS), -1, 1)
-                tokens, mask = tok.encode(CAPTURE_PROMPT, state if config.is_pi05 else None)
-                state_t = torch.zeros((1, config.action_dim), device=device)
-                state_t[0, :STATE_DIMS] = torch.from_numpy(state).float()
-                tokens_t = torch.from_numpy(tokens.astype(np.int64))[None].to(device)
-                mask_t = torch.from_numpy(mask)[None].to(device)
-                sync(device)
-                t1 = time.perf_counter()
-                with torch.inference_mode():
-                    den(enc.build_cache(enc.embed_images(images, masks), tokens_t, mask_t, state_t), noise, a.steps)
-                sync(device)
-                times.append((time.perf_counter() - t1) * 1e3)
-                seen.append(int(mask.sum()))
-            out.update(pool.stats.to_dict())
-            out["lengths_seen"] = seen
-            out["replayed_total_ms_median"] = sorted(times)[len(times) // 2]
-            if out["captures_after_ready"]:
-                self.errors.append(f"{config.variant}: {out['captures_after_ready']} captures after ready")
-        except Exception as e:
-            return self.failed(out, "capture every length", e)
-        return out
-
-    def fp8_block(self, model, config, views: int, prompt_len: int, ref32) -> Dict[str, object]:
-        """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
-        and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why."""
-        a, device, steps = self.args, self.device, self.args.steps
-        ok, why = fp8.fp8_support(device)
-        if not ok and not self.dry:
-            self.skip_once(why)
-            return {"skipped": why}
-        out: Dict[str, object] = {"kernels": "dequantized twin on CPU (dry run)" if self.dry else "torch._scaled_mm"}
-        images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
-
-        def total():
-            return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-
-        try:
-            with torch.inference_mode():
-                bf16 = total()
-                out["quantized_linears"] = fp8.quantize_model(model, check_device=not self.dry)
-                actions = total()
-                out["parity"] = {"fp8_vs_bf16": max_abs(actions, bf16),
-                                 "fp8_vs_reference_fp32": max_abs(actions, ref32[views]),
-                                 "bf16_vs_reference_fp32": max_abs(bf16, ref32[views])}
-                fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
-                if device.type == "cuda":
-                    for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
-                        pool = GraphPool(device)
-                        enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
-
-                        def graphed(enc=enc, den=den):
-                            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state),
-                                       noise, steps)
-
-                        fns[label] = fused_call(model, graphed) if on else graphed
-                        fns[label]()  # captured here
-                        out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
-                times = bench.Timer(device, a.warmup, a.iters)(fns)
-            out["times"] = {k: bench.summary(v) for k, v in times.items()}
-        except Exception as e:
-            return self.failed(out, "fp8", e)
-        return out
+    def skip_once(self, what: str) -> None:
+        if what not in self.skipped:
+            self.skipped.append(what)
 
     def failed(self, out: Dict[str, object], what: str, e: Exception) -> Dict[str, object]:
         message = f"{type(e).__name__}: {e}".splitlines()[0][:400]
@@ -494,246 +221,682 @@ class Run:
         self.errors.append(f"{what}: {message}")
         return out
 
-    # --- one preset --------------------------------------------------------------------------------------------------
-    def preset(self, name: str, prompt_len: int, peaks, published) -> Dict[str, object]:
-        a, device, say = self.args, self.device, self.say
-        config = load_config(name)
-        entry: Dict[str, object] = {"variant": config.variant, "prompt_len": prompt_len, "views": {}}
+
+class Session:
+    """What every measurement reads: the parsed arguments, the device (the CPU in a dry run), the printed report and
+    the budget."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dry = args.dry_run
+        self.device = torch.device("cpu" if self.dry else args.device)
+        self.say = Report()
+        self.budget = Budget(args.budget_s, self.say)
+
+    def timer(self) -> bench.Timer:
+        """The stage tables' timer."""
+        return bench.Timer(self.device, self.args.warmup, self.args.iters)
+
+    def table_timer(self) -> bench.Timer:
+        """The attention and (f) tables' timer: one warm-up call (none in a dry run)."""
+        return bench.Timer(self.device, 0 if self.dry else 1, self.args.attention_iters)
+
+    def free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class Graphs:
+    """The CUDA graphs of one preset's bfloat16 model (none off CUDA): the denoiser, the encoder (vision and prefix
+    cache), and an encoder and denoiser sharing one pool for the fused kernels."""
+
+    def __init__(self, model, device: torch.device):
+        self.denoiser = self.encoder = self.fused = None
+        if device.type == "cuda":
+            self.encoder = CudaGraphEncoder(model)
+            self.denoiser = CudaGraphDenoiser(model)
+            fused_pool = GraphPool(device)
+            self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
+
+    def clear(self) -> None:
+        for graph in (self.denoiser, self.encoder) + (self.fused or ()):
+            if graph is not None:
+                graph.clear()
+
+
+class ViewsBlock:
+    """One cameras count of one bfloat16 preset: every stage timed interleaved (eager, graphed, fused), the parity
+    against the float32 reference, the peak memory, the attention table (most cameras only) and the efficiency
+    against the cost model."""
+
+    def __init__(self, s: Session, model, config, views: int, prompt_len: int, graphs: Graphs):
+        self.s, self.model, self.config, self.views, self.prompt_len = s, model, config, views, prompt_len
+        self.graphs, self.steps = graphs, s.args.steps
+        (self.images, self.masks, self.tokens, self.token_mask, self.state,
+         self.noise) = bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
+        self.out: Dict[str, object] = {}
+
+    def __call__(self, ref32: torch.Tensor, peaks, published):
+        """-> (the block's results, (cache, noise) of its observation)."""
+        model, out = self.model, self.out
+        with torch.inference_mode():
+            self.image_tokens = model.embed_images(self.images, self.masks)
+            self.cache = model.build_cache(self.image_tokens, self.tokens, self.token_mask, self.state)
+            self.prefix_pad, self.past = reference_prefix(model, self.images, self.masks, self.tokens,
+                                                          self.token_mask)
+            fns = self.eager_fns()
+            if self.graphs.denoiser is not None:
+                fns.update(self.graph_fns())
+            fns.update(self.fused_fns())
+            if self.graphs.fused is not None:  # everything graphed, with the fused kernels
+                fns.update(self.fused_graph_fns())
+            if self.graphs.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
+                fns.update(self.encoder_fns())
+            times = self.s.timer()(fns)
+            parity = self.parity(fns, ref32)
+        out["times"] = {name: bench.summary(t) for name, t in times.items()}
+        out["parity"] = parity
+        self.attention()
+        w = costmodel.Workload(self.config, self.views, self.prompt_len, self.steps, dtype="bfloat16")
+        out["efficiency"] = efficiency(w, out["times"], peaks, published)
+        out["cache_tokens"] = self.cache.num_cached
+        return out, (self.cache, self.noise)
+
+    def encode(self):
+        return self.model.encode(self.images, self.masks, self.tokens, self.token_mask, self.state)
+
+    def eager_fns(self) -> Dict[str, Callable[[], object]]:
+        model, cache, noise, steps = self.model, self.cache, self.noise, self.steps
+        return {
+            "vision": lambda: model.embed_images(self.images, self.masks),
+            "prefix_cache": lambda: model.build_cache(self.image_tokens, self.tokens, self.token_mask, self.state),
+            "denoise eager": lambda: model.denoise(cache, noise, steps),
+            "total eager": lambda: model.denoise(self.encode(), noise, steps),
+            "reference denoise": lambda: reference_denoise(model, self.prefix_pad, self.past, self.state, noise,
+                                                           steps),
+            "reference total": lambda: model.sample_actions(self.images, self.masks, self.tokens, self.token_mask,
+                                                            self.state, noise=noise, num_steps=steps,
+                                                            path="reference"),
+        }
+
+    def graph_fns(self) -> Dict[str, Callable[[], object]]:
+        graph, cache, noise, steps = self.graphs.denoiser, self.cache, self.noise, self.steps
         t0 = time.perf_counter()
+        graph(cache, noise, steps)  # captured here, not in a timed call
+        self.out["graph_capture_s"] = time.perf_counter() - t0
+        return {"denoise graph": lambda: graph(cache, noise, steps),
+                "total graph": lambda: graph(self.encode(), noise, steps)}
+
+    def fused_fns(self) -> Dict[str, Callable[[], object]]:
+        model, cache, noise, steps = self.model, self.cache, self.noise, self.steps
+        return {"denoise eager fused": fused_call(model, lambda: model.denoise(cache, noise, steps)),
+                "total eager fused": fused_call(model, lambda: model.denoise(self.encode(), noise, steps))}
+
+    def fused_graph_fns(self) -> Dict[str, Callable[[], object]]:
+        f_enc, f_den = self.graphs.fused
+        images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
+
+        def f_total():
+            return f_den(f_enc.build_cache(f_enc.embed_images(images, masks), tokens, token_mask, state),
+                         self.noise, self.steps)
+
+        t0 = time.perf_counter()
+        fused_call(self.model, f_total)()  # captured here (with the fused path on), not in a timed call
+        self.out["fused_graph_capture_s"] = time.perf_counter() - t0
+        f_tokens = f_enc.embed_images(images, masks)
+        return {"vision graph fused": lambda: f_enc.embed_images(images, masks),
+                "prefix_cache graph fused": lambda: f_enc.build_cache(f_tokens, tokens, token_mask, state),
+                "denoise graph fused": lambda: f_den(self.cache, self.noise, self.steps),
+                "total graph fused": f_total}
+
+    def encoder_fns(self) -> Dict[str, Callable[[], object]]:
+        encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
+        images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
+        graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
+        n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
+        self.out["encoder_vs_eager"] = max_abs(
+            encoder.build_cache(graphed_tokens, tokens, token_mask, state).keys[..., :n, :], cache.keys[..., :n, :])
+        return {"vision graph": lambda: encoder.embed_images(images, masks),
+                "prefix_cache graph": lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state),
+                "total graph": lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
+                                                                 token_mask, state), self.noise, self.steps)}
+
+    def parity(self, fns: Dict[str, Callable[[], object]], ref32: torch.Tensor) -> Dict[str, float]:
+        """The max abs differences (bfloat16 fast, graphed, fused, reference; float32 reference) and, on the way, the
+        peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs) plus the
+        run's own peak."""
+        model, device, out, graph = self.model, self.s.device, self.out, self.graphs.denoiser
         reset_peak(device)
-        model = random_model(config, seed=a.seed, device=device, dtype=torch.float32)
+        fast = model.denoise(self.encode(), self.noise, self.steps)
+        out["peak_memory_gb"] = memory_gb(device)
+        parity = {}
+        if graph is not None:
+            reset_peak(device)
+            enc = self.graphs.encoder if self.graphs.encoder is not None else model
+            graphed = graph(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens, self.token_mask,
+                                            self.state), self.noise, self.steps)
+            out["peak_memory_gb_graph"] = memory_gb(device)
+            parity["graph_vs_eager"] = max_abs(graphed, fast)
+        fused_actions = fns["total eager fused"]()
+        parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
+        parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
+        if "total graph fused" in fns:
+            parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        # = sample_actions(path="reference")
+        ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise, self.steps)
+        parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32),
+                       "reference_bf16_vs_reference_fp32": max_abs(ref, ref32),
+                       "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
+                       "reference_fp32_max_abs": float(ref32.abs().max())})
+        return parity
+
+    def attention(self) -> None:
+        """turbopi-bench's attention table, with the most cameras only."""
+        s = self.s
+        if self.views == max(s.args.views) and s.budget.fits(
+                f"{self.config.variant} {self.views} views attention table", 30 if not s.dry else 0):
+            self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
+                                                          self.state, self.noise, s.table_timer(), self.steps)
+
+
+def _bound_ms(costs, stage: str, matmul_tflops: float, bandwidth_gbs: float) -> float:
+    """The roofline lower bound of one stage (of every stage, for "total") at these roofs."""
+    stages = costmodel.STAGES if stage == "total" else (stage,)
+    return sum(costmodel.stage_bound(costs[s], matmul_tflops, bandwidth_gbs)["bound_ms"] for s in stages)
+
+
+def efficiency(w, times, peaks, published) -> Dict[str, object]:
+    """Every fast timing against the cost model: achieved TFLOP/s and its fraction of this GPU's measured matmul
+    rate; the roofline lower bound from the measured rate and copy bandwidth (and from the published peaks) and
+    how far the measured time is from it."""
+    costs = costmodel.workload_cost(w)
+    mm, bw = peaks["matmul"]["tflops"], peaks["copy"]["gbs"]
+    spec = costmodel.DEVICES.get(published) if published else None
+    rows = {}
+    for name, stage in FAST_STAGE.items():
+        if name not in times:
+            continue
+        ms, cost = times[name]["median_ms"], costs[stage]
+        bound = _bound_ms(costs, stage, mm, bw)
+        bound_pub = _bound_ms(costs, stage, spec.peak_tflops["bfloat16"], spec.bandwidth_gbs) if spec else None
+        tflops = cost.tensor_flops / ms / 1e9
+        rows[name] = {"gflop": cost.tensor_flops / 1e9, "gbytes": cost.compulsory_bytes / 1e9, "median_ms": ms,
+                      "tflops": tflops, "fraction_of_matmul_rate": tflops / mm,
+                      "bound_measured_peaks_ms": bound, "bound_over_measured": bound / ms,
+                      "bound_published_ms": bound_pub}
+    return rows
+
+
+# --- torch.compile, kernel counts, capture and fp8, with the most cameras ------------------------------------------
+def _compile_starts(s: Session, model, cache, noise, out: Dict[str, object]) -> torch.Tensor:
+    """Cold start (a fresh inductor cache, what model.cache_dir starts as), then warm start (compiled again from that
+    cache); the compiled actions against the eager ones. -> the eager actions."""
+    steps = s.args.steps
+    cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
+    saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
+    out["inductor_cache_dir"] = cache_dir
+    try:
+        eager = model.denoise(cache, noise, steps)
+        model.compile_denoise(cache_dir=cache_dir)
+        t0 = time.perf_counter()
+        compiled = model.denoise(cache, noise, steps)
+        sync(s.device)
+        out["compile_s"] = out["cold_start_s"] = time.perf_counter() - t0
+        out["compiled_vs_eager"] = max_abs(compiled, eager)
+        if hasattr(torch, "_dynamo"):
+            torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
+        model.compile_denoise(cache_dir=cache_dir)
+        t0 = time.perf_counter()
+        model.denoise(cache, noise, steps)
+        sync(s.device)
+        out["warm_start_s"] = time.perf_counter() - t0
+        return eager
+    finally:
+        if saved_dir is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_dir
+
+
+def compile_block(s: Session, model, state_tuple, graph_cls) -> Dict[str, object]:
+    """torch.compile of the denoise step (PI0Model.compile_denoise), eager and captured in a CUDA graph, timed
+    interleaved with the eager denoise; the compile time; the compiled actions against the eager ones. A failure
+    (no working inductor/triton, a capture error) is reported, not raised: the rest of the report stands."""
+    steps = s.args.steps
+    cache, noise = state_tuple
+    out: Dict[str, object] = {"backend": "eager (dry run)" if s.dry else "inductor"}
+    compile_fn = functools.partial(torch.compile, backend="eager") if s.dry else torch.compile
+    with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
+        try:
+            eager = _compile_starts(s, model, cache, noise, out)
+        except Exception as e:
+            return s.budget.failed(out, "torch.compile", e)
+
+        def eager_denoise():
+            with bench.uncompiled(model):
+                return model.denoise(cache, noise, steps)
+
+        fns = {"denoise compiled": lambda: model.denoise(cache, noise, steps), "denoise eager": eager_denoise}
+        if graph_cls is not None:
+            try:
+                cgraph = graph_cls(model)
+                t0 = time.perf_counter()
+                out["compiled_graph_vs_eager"] = max_abs(cgraph(cache, noise, steps), eager)
+                out["graph_capture_s"] = time.perf_counter() - t0
+                fns["denoise compiled + graph"] = lambda: cgraph(cache, noise, steps)
+            except Exception as e:
+                s.budget.failed(out, "torch.compile + CUDA graph", e)
+        times = s.timer()(fns)
+    out["times"] = {name: bench.summary(t) for name, t in times.items()}
+    return out
+
+
+def counts_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[str, object]:
+    """Kernels per stage and per layer, plain vs fused: aten ops dispatched (and, on CUDA, the profiler's
+    kernels) for vision, the prefix cache, one denoise step and the whole denoise."""
+    inputs = bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
+    out: Dict[str, object] = {}
+    if s.device.type == "cuda":
+        try:
+            return opcount.compare(model, *inputs, num_steps=s.args.steps, cuda_kernels=True)
+        except Exception as e:  # the profiler's count failed: keep the dispatched ops at least
+            s.budget.failed(out, "CUDA kernel counts (profiler)", e)
+    try:
+        out.update(opcount.compare(model, *inputs, num_steps=s.args.steps))
+    except Exception as e:
+        return s.budget.failed(out, "kernel counts", e)
+    return out
+
+
+def _changing_states(s: Session, config, tok, enc, den, views: int, prompt_len: int) -> Dict[str, object]:
+    """Observations whose pi0.5 state changes every time, through the captured encoder and denoiser: the prompt
+    lengths seen and the median replayed total (ms)."""
+    import numpy as np
+
+    a, device = s.args, s.device
+    images, masks, _, _, _, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
+    rng = np.random.default_rng(a.seed)
+    state = np.zeros(STATE_DIMS)
+    seen, times = [], []
+    for _ in range(3 if s.dry else 12):
+        state = np.clip(state + rng.normal(0, 0.4, STATE_DIMS), -1, 1)
+        tokens, mask = tok.encode(CAPTURE_PROMPT, state if config.is_pi05 else None)
+        state_t = torch.zeros((1, config.action_dim), device=device)
+        state_t[0, :STATE_DIMS] = torch.from_numpy(state).float()
+        tokens_t = torch.from_numpy(tokens.astype(np.int64))[None].to(device)
+        mask_t = torch.from_numpy(mask)[None].to(device)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            den(enc.build_cache(enc.embed_images(images, masks), tokens_t, mask_t, state_t), noise, a.steps)
+        sync(device)
+        times.append((time.perf_counter() - t1) * 1e3)
+        seen.append(int(mask.sum()))
+    return {"lengths_seen": seen, "replayed_total_ms_median": sorted(times)[len(times) // 2]}
+
+
+def capture_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[str, object]:
+    """Every prompt length the capture prompt can produce (pi0.5: over every state of STATE_DIMS values; byte
+    tokenizer) captured before ready in one shared pool, then a run whose pi0.5 state changes every observation:
+    it must capture nothing more. Capture count, time, pool memory, replayed totals."""
+    out: Dict[str, object] = {}
+    try:
+        pool = GraphPool(s.device, static_replay_on_cpu=s.dry)
+        enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
+        tok = ByteTokenizer(config.vlm.vocab_size, config.max_token_len, config.variant)
+        lengths = prompt_lengths(tok, CAPTURE_PROMPT, STATE_DIMS if config.is_pi05 else None)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            enc.warm_up((views,), lengths)
+            den.warm_up(cached_lengths(config, (views,), lengths), num_steps=s.args.steps)
+        sync(s.device)
+        pool.mark_ready()
+        out["warm_up_s"] = time.perf_counter() - t0
+        out["prompt_lengths"] = lengths
+        seen = _changing_states(s, config, tok, enc, den, views, prompt_len)
+        out.update(pool.stats.to_dict())
+        out.update(seen)
+        if out["captures_after_ready"]:
+            s.budget.errors.append(f"{config.variant}: {out['captures_after_ready']} captures after ready")
+    except Exception as e:
+        return s.budget.failed(out, "capture every length", e)
+    return out
+
+
+def _fp8_graphed(model, device, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
+    """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (captured by its first
+    call)."""
+    images, masks, tokens, token_mask, state, noise = inputs
+    pool = GraphPool(device)
+    enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
+
+    def graphed():
+        return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), noise, steps)
+
+    return fused_call(model, graphed) if fused_kernels else graphed
+
+
+def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: torch.Tensor) -> Dict[str, object]:
+    """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
+    and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why."""
+    device, steps = s.device, s.args.steps
+    ok, why = fp8.fp8_support(device)
+    if not ok and not s.dry:
+        s.budget.skip_once(why)
+        return {"skipped": why}
+    out: Dict[str, object] = {"kernels": "dequantized twin on CPU (dry run)" if s.dry else "torch._scaled_mm"}
+    inputs = bench.make_inputs(config, views, prompt_len, device, s.args.seed)
+    images, masks, tokens, token_mask, state, noise = inputs
+
+    def total():
+        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+
+    try:
+        with torch.inference_mode():
+            bf16 = total()
+            out["quantized_linears"] = fp8.quantize_model(model, check_device=not s.dry)
+            actions = total()
+            out["parity"] = {"fp8_vs_bf16": max_abs(actions, bf16),
+                             "fp8_vs_reference_fp32": max_abs(actions, ref32),
+                             "bf16_vs_reference_fp32": max_abs(bf16, ref32)}
+            fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
+            if device.type == "cuda":
+                for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
+                    fns[label] = _fp8_graphed(model, device, inputs, steps, on)
+                    fns[label]()  # captured here
+                    out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
+            times = s.timer()(fns)
+        out["times"] = {k: bench.summary(v) for k, v in times.items()}
+    except Exception as e:
+        return s.budget.failed(out, "fp8", e)
+    return out
+
+
+# --- one preset ------------------------------------------------------------------------------------------------------
+class PresetReport:
+    """One preset: its model built once in float32 (the yardstick), rounded to bfloat16 and measured per cameras
+    count, then, with the most cameras, kernel counts, capture, torch.compile, table (f) and fp8 as the budget
+    allows."""
+
+    def __init__(self, s: Session, name: str, prompt_len: int, peaks, published):
+        self.s, self.name, self.prompt_len, self.peaks, self.published = s, name, prompt_len, peaks, published
+        self.config = load_config(name)
+        self.most = max(s.args.views)
+        self.entry: Dict[str, object] = {"variant": self.config.variant, "prompt_len": prompt_len, "views": {}}
+
+    def __call__(self) -> Dict[str, object]:
+        s, entry, config = self.s, self.entry, self.config
+        t0 = time.perf_counter()
+        reset_peak(s.device)
+        model = random_model(config, seed=s.args.seed, device=s.device, dtype=torch.float32)
         entry["params"] = sum(p.numel() for p in model.parameters())
         entry["build_fp32_s"] = time.perf_counter() - t0
-        say(f"\n== {name} ({config.variant}, {entry['params'] / 1e6:.1f} M parameters, prompt {prompt_len} tokens) ==")
-        # 1. the float32 yardstick: openpi's formulation (and the fast path) from the same noise, full precision
+        s.say(f"\n== {self.name} ({config.variant}, {entry['params'] / 1e6:.1f} M parameters, prompt "
+              f"{self.prompt_len} tokens) ==")
+        ref32 = self.fp32_yardstick(model)
+        self.to_bfloat16(model)
+        graphs = Graphs(model, s.device)
+        if graphs.denoiser is None:
+            s.budget.skip_once("CUDA graphs: not a CUDA device (dry run)")
+        last = None
+        for views in s.args.views:
+            block, last = ViewsBlock(s, model, config, views, self.prompt_len, graphs)(ref32[views], self.peaks,
+                                                                                       self.published)
+            entry["views"][views] = block
+            print_views(s.say, views, block)
+        graphs.clear()
+        self.most_views_parts(model, graphs, last, ref32[self.most])
+        entry["total_s"] = time.perf_counter() - t0
+        return entry
+
+    def fp32_yardstick(self, model) -> Dict[int, torch.Tensor]:
+        """openpi's formulation (and the fast path) from the same noise, in full precision (TF32 off): the reference
+        actions per cameras count."""
+        s, config, steps = self.s, self.config, self.s.args.steps
         tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         ref32, fp32_parity = {}, {}
         try:
             with torch.inference_mode():
-                for views in a.views:
-                    inputs = bench.make_inputs(config, views, prompt_len, device, a.seed)
-                    ref32[views] = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=a.steps,
+                for views in s.args.views:
+                    inputs = bench.make_inputs(config, views, self.prompt_len, s.device, s.args.seed)
+                    ref32[views] = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps,
                                                         path="reference").float()
-                    fast = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=a.steps, path="fast")
+                    fast = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps, path="fast")
                     fp32_parity[views] = max_abs(fast, ref32[views])
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-        entry["fp32_peak_memory_gb"] = memory_gb(device)
-        entry["fp32_fast_vs_reference"] = fp32_parity
-        say(f"    float32 on {device}: fast vs reference max abs diff " +
-            ", ".join(f"{v} views {d:.2e}" for v, d in fp32_parity.items()))
-        # 2. the same weights in bfloat16
+        self.entry["fp32_peak_memory_gb"] = memory_gb(s.device)
+        self.entry["fp32_fast_vs_reference"] = fp32_parity
+        s.say(f"    float32 on {s.device}: fast vs reference max abs diff " +
+              ", ".join(f"{v} views {d:.2e}" for v, d in fp32_parity.items()))
+        return ref32
+
+    def to_bfloat16(self, model) -> None:
+        """The same weights rounded to bfloat16, the float32 copies freed."""
         set_dtype(model, torch.bfloat16)
         gc.collect()
-        if device.type == "cuda":
+        if self.s.device.type == "cuda":
             torch.cuda.empty_cache()
-            entry["weights_gb"] = torch.cuda.memory_allocated(device) / 1e9
-        graph_cls = encoder = None
-        if device.type == "cuda":
-            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder
+            self.entry["weights_gb"] = torch.cuda.memory_allocated(self.s.device) / 1e9
 
-            graph_cls = CudaGraphDenoiser
-            encoder = CudaGraphEncoder(model)
-        else:
-            self.skip_once("CUDA graphs: not a CUDA device (dry run)")
-        graph = graph_cls(model) if graph_cls else None
-        fused_graphs = None
-        if graph_cls is not None:
-            fused_pool = GraphPool(device)
-            fused_graphs = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
-        last = None
-        for views in a.views:
-            block, last = self.views_block(model, config, views, prompt_len, ref32, graph, peaks, published,
-                                           encoder, fused_graphs)
-            entry["views"][views] = block
-            self.print_views(config, views, block)
-        if graph is not None:
-            graph.clear()
-            encoder.clear()
-            fused_graphs[0].clear()
-            fused_graphs[1].clear()
-        most = max(a.views)
-        if self.fits(f"{name} kernel counts ({most} views)", 0 if self.dry else 20):
-            entry["kernel_counts"] = self.counts_block(model, config, most, prompt_len)
-            self.print_counts(entry["kernel_counts"])
-        if self.fits(f"{name} capture of every prompt length ({most} views)", 0 if self.dry else 40):
-            entry["capture"] = self.capture_block(model, config, most, prompt_len)
-            self.print_capture(entry["capture"])
-        first = name == next(iter(a.presets))
+    def most_views_parts(self, model, graphs: Graphs, last, ref32: torch.Tensor) -> None:
+        """Kernel counts, capture of every prompt length, torch.compile, table (f) and fp8 (last: it quantizes the
+        weights in place), each when the budget has room for it."""
+        s, entry, config, name, most = self.s, self.entry, self.config, self.name, self.most
+        if s.budget.fits(f"{name} kernel counts ({most} views)", 0 if s.dry else 20):
+            entry["kernel_counts"] = counts_block(s, model, config, most, self.prompt_len)
+            print_counts(s.say, entry["kernel_counts"])
+        if s.budget.fits(f"{name} capture of every prompt length ({most} views)", 0 if s.dry else 40):
+            entry["capture"] = capture_block(s, model, config, most, self.prompt_len)
+            print_capture(s.say, entry["capture"])
+        self.compile(model, CudaGraphDenoiser if graphs.denoiser is not None else None, last)
+        if s.budget.fits(f"{name} table (f) ({most} views)", 0 if s.dry else 40 + 30):  # and 30 s kept for fp8
+            entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
+            print_ablation(s.say, entry["ablation"])
+        if s.budget.fits(f"{name} fp8 ({most} views)", 0 if s.dry else 30):
+            entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
+            print_fp8(s.say, entry["fp8"])
+
+    def compile(self, model, graph_cls, last) -> None:
+        """torch.compile for the first preset (every preset with --compile-all), within the reserve the budget keeps
+        for it (1.5x the last compile's time)."""
+        s, a = self.s, self.s.args
+        first = self.name == next(iter(a.presets))
         if a.compile and not (first or a.compile_all):
-            self.skip_once("torch.compile of the presets after the first (--compile-all to run it for every preset)")
-        elif a.compile and self.fits(f"{name} torch.compile ({most} views)",
-                                     10 if self.dry else self.compile_reserve_s):
-            entry["compile"] = self.compile_block(model, last, graph_cls)
-            self.print_compile(entry["compile"])
-            self.compile_reserve_s = max(self.compile_reserve_s, 1.5 * entry["compile"].get("compile_s", 0) + 30)
+            s.budget.skip_once("torch.compile of the presets after the first (--compile-all to run it for every "
+                               "preset)")
+        elif a.compile and s.budget.fits(f"{self.name} torch.compile ({self.most} views)",
+                                         10 if s.dry else s.budget.compile_reserve_s):
+            self.entry["compile"] = compile_block(s, model, last, graph_cls)
+            print_compile(s.say, self.entry["compile"])
+            s.budget.compile_reserve_s = max(s.budget.compile_reserve_s,
+                                             1.5 * self.entry["compile"].get("compile_s", 0) + 30)
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
-        if self.fits(f"{name} table (f) ({most} views)", 0 if self.dry else 40 + 30):  # and 30 s kept for fp8
-            entry["ablation"] = bench.ablation_table(model, last[0], last[1],
-                                                     bench.Timer(device, 0 if self.dry else 1, a.attention_iters),
-                                                     a.steps)
-            say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
-                f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)"
-                for k, r in entry["ablation"].items()))
-        if self.fits(f"{name} fp8 ({most} views)", 0 if self.dry else 30):
-            entry["fp8"] = self.fp8_block(model, config, most, prompt_len, ref32)
-            self.print_fp8(entry["fp8"])
-        entry["total_s"] = time.perf_counter() - t0
-        del model, graph, last, fused_graphs
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return entry
 
-    def skip_once(self, what: str) -> None:
-        if what not in self.skipped:
-            self.skipped.append(what)
 
-    def print_views(self, config, views: int, b: Dict) -> None:
-        t, p, say = b["times"], b["parity"], self.say
-        med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
-        say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')} / graph "
-            f"{med('vision graph')}, prefix {med('prefix_cache')} / graph {med('prefix_cache graph')}, denoise eager "
-            f"{med('denoise eager')} / graph {med('denoise graph')}, total eager "
-            f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
-            f"{med('reference total')}")
-        say(f"    fused kernels: denoise eager {med('denoise eager fused')} / graph {med('denoise graph fused')}, "
-            f"vision graph {med('vision graph fused')}, prefix graph {med('prefix_cache graph fused')}, total eager "
-            f"{med('total eager fused')} / graph {med('total graph fused')}; fused vs plain (bf16) max abs diff "
-            f"{_num(p.get('fused_vs_plain_bf16'), '.2e')}, fused vs fp32 reference "
-            f"{_num(p.get('fused_bf16_vs_reference_fp32'), '.2e')}")
-        say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
-            f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
-            f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
-            f"{_num(b.get('encoder_vs_eager'), '.2e')}); peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
-            f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
-        for name, e in b["efficiency"].items():
-            pub = e["bound_published_ms"]
-            say(f"    {name:<24} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
-                f"({e['fraction_of_matmul_rate']:5.1%} of the matmul rate); roofline bound "
-                f"{e['bound_measured_peaks_ms']:.2f}"
-                f" ms measured peaks ({e['bound_over_measured']:5.1%} of it reached)"
-                + (f", {pub:.2f} ms published" if pub is not None else ""))
-        att = b.get("attention")
-        if att:
-            r = att["replayed"]
-            say("    attention, replayed, ms: " + ", ".join(f"{k} {v['median_ms']:.2f} ({v['speedup_vs_eager']:.2f}x)"
-                                                           for k, v in r.items()))
+# --- the printed lines -----------------------------------------------------------------------------------------------
+def print_views(say: Report, views: int, b: Dict) -> None:
+    t, p = b["times"], b["parity"]
+    med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
+    say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')} / graph "
+        f"{med('vision graph')}, prefix {med('prefix_cache')} / graph {med('prefix_cache graph')}, denoise eager "
+        f"{med('denoise eager')} / graph {med('denoise graph')}, total eager "
+        f"{med('total eager')} / graph {med('total graph')}; reference denoise {med('reference denoise')}, total "
+        f"{med('reference total')}")
+    say(f"    fused kernels: denoise eager {med('denoise eager fused')} / graph {med('denoise graph fused')}, "
+        f"vision graph {med('vision graph fused')}, prefix graph {med('prefix_cache graph fused')}, total eager "
+        f"{med('total eager fused')} / graph {med('total graph fused')}; fused vs plain (bf16) max abs diff "
+        f"{_num(p.get('fused_vs_plain_bf16'), '.2e')}, fused vs fp32 reference "
+        f"{_num(p.get('fused_bf16_vs_reference_fp32'), '.2e')}")
+    say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
+        f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
+        f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
+        f"{_num(b.get('encoder_vs_eager'), '.2e')}); peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+        f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
+    print_efficiency(say, b["efficiency"])
+    att = b.get("attention")
+    if att:
+        r = att["replayed"]
+        say("    attention, replayed, ms: " + ", ".join(f"{k} {v['median_ms']:.2f} ({v['speedup_vs_eager']:.2f}x)"
+                                                       for k, v in r.items()))
 
-    def print_counts(self, c: Dict) -> None:
-        for error in c.get("errors", []):
-            self.say(f"    FAILED {error}")
-        if "plain" in c:
-            self.say("    kernels per stage (aten ops dispatched, GPU launches among them; a layer row is one layer):")
-            for row in opcount.table(c):
-                self.say(row)
 
-    def print_capture(self, c: Dict) -> None:
-        for error in c.get("errors", []):
-            self.say(f"    FAILED {error}")
-        if "captures" in c:
-            pool = c.get("pool_reserved_bytes")
-            self.say(f"    every prompt length captured before ready: {len(c['prompt_lengths'])} lengths, "
-                     f"{c['captures']} graphs in {c['capture_s']:.1f} s (warm-up {c['warm_up_s']:.1f} s), pool "
-                     + (f"{pool / 1e6:.0f} MB" if pool is not None else "n/a")
-                     + f", static buffers {c['static_bytes'] / 1e6:.1f} MB; changing states (lengths "
-                     f"{sorted(set(c['lengths_seen']))}): {c['captures_after_ready']} captures after ready, total "
-                     f"{c['replayed_total_ms_median']:.2f} ms median")
+def print_efficiency(say: Report, efficiency_rows: Dict) -> None:
+    for name, e in efficiency_rows.items():
+        pub = e["bound_published_ms"]
+        say(f"    {name:<24} {e['gflop']:9.1f} GFLOP {e['median_ms']:9.2f} ms {e['tflops']:8.2f} TFLOP/s "
+            f"({e['fraction_of_matmul_rate']:5.1%} of the matmul rate); roofline bound "
+            f"{e['bound_measured_peaks_ms']:.2f}"
+            f" ms measured peaks ({e['bound_over_measured']:5.1%} of it reached)"
+            + (f", {pub:.2f} ms published" if pub is not None else ""))
 
-    def print_fp8(self, c: Dict) -> None:
-        for error in c.get("errors", []):
-            self.say(f"    FAILED {error}")
-        if "skipped" in c:
-            self.say(f"    fp8: skipped ({c['skipped']})")
-        elif "times" in c:
-            p = c["parity"]
-            self.say(f"    fp8 ({c['kernels']}, {c['quantized_linears']} linears): "
-                     + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in c["times"].items())
-                     + f"; max abs diff vs bf16 {p['fp8_vs_bf16']:.3e}, vs fp32 reference "
-                     f"{p['fp8_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
 
-    def print_compile(self, c: Dict) -> None:
-        for error in c.get("errors", []):
-            self.say(f"    FAILED {error}")
-        if "times" not in c:
-            return
-        t = c["times"]
-        self.say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
-                 f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
-                 + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
-                 + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
+def print_errors(say: Report, c: Dict) -> None:
+    for error in c.get("errors", []):
+        say(f"    FAILED {error}")
 
-    # --- the whole report ---------------------------------------------------------------------------------------------
+
+def print_counts(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "plain" in c:
+        say("    kernels per stage (aten ops dispatched, GPU launches among them; a layer row is one layer):")
+        for row in opcount.table(c):
+            say(row)
+
+
+def print_capture(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "captures" in c:
+        pool = c.get("pool_reserved_bytes")
+        say(f"    every prompt length captured before ready: {len(c['prompt_lengths'])} lengths, "
+            f"{c['captures']} graphs in {c['capture_s']:.1f} s (warm-up {c['warm_up_s']:.1f} s), pool "
+            + (f"{pool / 1e6:.0f} MB" if pool is not None else "n/a")
+            + f", static buffers {c['static_bytes'] / 1e6:.1f} MB; changing states (lengths "
+            f"{sorted(set(c['lengths_seen']))}): {c['captures_after_ready']} captures after ready, total "
+            f"{c['replayed_total_ms_median']:.2f} ms median")
+
+
+def print_fp8(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "skipped" in c:
+        say(f"    fp8: skipped ({c['skipped']})")
+    elif "times" in c:
+        p = c["parity"]
+        say(f"    fp8 ({c['kernels']}, {c['quantized_linears']} linears): "
+            + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in c["times"].items())
+            + f"; max abs diff vs bf16 {p['fp8_vs_bf16']:.3e}, vs fp32 reference "
+            f"{p['fp8_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
+
+
+def print_compile(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "times" not in c:
+        return
+    t = c["times"]
+    say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
+        f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
+        + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
+        + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
+
+
+def print_ablation(say: Report, rows: Dict) -> None:
+    say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
+        f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)" for k, r in rows.items()))
+
+
+# --- the whole report ------------------------------------------------------------------------------------------------
+class Run:
+    """One report: the machine and its measured roofs, then every preset (one failing does not lose the others),
+    the JSON written after each and the text, the markdown rows and what was skipped at the end."""
+
+    def __init__(self, args):
+        self.s = Session(args)
+
     def __call__(self) -> int:
-        a, say, device = self.args, self.say, self.device
-        if device.type == "cuda" and not torch.cuda.is_available():
+        s = self.s
+        if s.device.type == "cuda" and not torch.cuda.is_available():
             print(f"gpu_report: torch {torch.__version__} at {sys.executable} has no CUDA device; run with a CUDA "
                   "build of torch (PYTHON=/path/to/python bash scripts/gpu_report.sh), or pass --dry-run",
                   file=sys.stderr)
             return 2
-        if a.threads:
-            torch.set_num_threads(a.threads)
+        if s.args.threads:
+            torch.set_num_threads(s.args.threads)
+        result, stem = self.start()
+        for preset, prompt_len in s.args.presets.items():
+            result["models"][preset] = self.preset(preset, prompt_len, result["peaks"], result["published_device"])
+            self.finish(result, stem, partial=True)
+        self.finish(result, stem, partial=False)
+        return 1 if s.budget.errors else 0
+
+    def preset(self, name: str, prompt_len: int, peaks, published) -> Dict[str, object]:
+        try:
+            return PresetReport(self.s, name, prompt_len, peaks, published)()
+        except Exception as e:  # one preset failing (e.g. out of memory) does not lose the others
+            self.s.budget.errors.append(f"{name}: {type(e).__name__}: {e}")
+            self.s.say(f"    {name} FAILED: {type(e).__name__}: {e}")
+            return {"error": traceback.format_exc()}
+        finally:
+            self.s.free_memory()
+
+    def machine(self):
+        """-> (bench.machine() with the GPU's, the name for the files, the costmodel.DEVICES key or None)."""
+        device = self.s.device
         machine = bench.machine()
-        if device.type == "cuda":
-            props = torch.cuda.get_device_properties(device)
-            machine.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                           gpu_memory_gb=props.total_memory / 1e9, cuda=torch.version.cuda)
-        name = machine["gpu"] if device.type == "cuda" else "dryrun-cpu"
-        published = published_device(machine["gpu"]) if device.type == "cuda" else None
-        out_dir = Path(a.out_dir)
+        if device.type != "cuda":
+            return machine, "dryrun-cpu", None
+        props = torch.cuda.get_device_properties(device)
+        machine.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                       gpu_memory_gb=props.total_memory / 1e9, cuda=torch.version.cuda)
+        return machine, machine["gpu"], published_device(machine["gpu"])
+
+    def start(self):
+        """The header lines and the measured roofs. -> (the result to fill, the stem of the files)."""
+        s, say, device = self.s, self.s.say, self.s.device
+        machine, name, published = self.machine()
+        out_dir = Path(s.args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"gpu_{slug(name)}"
         commit = commit_id()
         say(f"gpu_report: commit {commit['commit']} ({commit['source']}" + (", modified" if commit["dirty"] else "")
             + ")")
         say(f"gpu_report: {name} ({device}); torch {torch.__version__}, CUDA {machine.get('cuda')}; CPU "
             f"{machine['cpu']}"
             f" ({' '.join(machine['cpu_flags'])}); load average {machine['load_avg_1min']}"
-            + ("; DRY RUN (CPU, tiny presets)" if self.dry else ""))
-        peaks = measure_peaks(device, self.dry)
+            + ("; DRY RUN (CPU, tiny presets)" if s.dry else ""))
+        peaks = measure_peaks(device, s.dry)
         say(f"this device, measured: {peaks['matmul']['dtype']} matmul {peaks['matmul']['tflops']:.3g} TFLOP/s "
             f"({'x'.join(map(str, peaks['matmul']['shape']))}), copy {peaks['copy']['gbs']:.0f} GB/s; published "
             "peaks: " + (f"costmodel.DEVICES[{published!r}]" if published else "not in costmodel.DEVICES"))
         fp8_ok, fp8_why = fp8.fp8_support(device)
         say(f"fused kernels: {fused.backend(device)}; fp8: {'supported' if fp8_ok else fp8_why}")
-        result: Dict[str, object] = {
-            "commit": commit_id(), "machine": machine, "peaks": peaks, "published_device": published,
-            "setup": {"dry_run": self.dry, "device": str(device), "dtype": "bfloat16", "views": a.views,
-                      "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
-                      "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile, "compile_all": a.compile_all,
-                      "presets": dict(a.presets), "fused_backend": fused.backend(device)},
-            "models": {}}
-        for preset, prompt_len in a.presets.items():
-            try:
-                result["models"][preset] = self.preset(preset, prompt_len, peaks, published)
-            except Exception as e:  # one preset failing (e.g. out of memory) does not lose the others
-                self.errors.append(f"{preset}: {type(e).__name__}: {e}")
-                result["models"][preset] = {"error": traceback.format_exc()}
-                say(f"    {preset} FAILED: {type(e).__name__}: {e}")
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            self.finish(result, stem, partial=True)
-        self.finish(result, stem, partial=False)
-        return 1 if self.errors else 0
+        result: Dict[str, object] = {"commit": commit_id(), "machine": machine, "peaks": peaks,
+                                     "published_device": published, "setup": self.setup(), "models": {}}
+        return result, out_dir / f"gpu_{slug(name)}"
+
+    def setup(self) -> Dict[str, object]:
+        s, a = self.s, self.s.args
+        return {"dry_run": s.dry, "device": str(s.device), "dtype": "bfloat16", "views": a.views,
+                "steps": a.steps, "iters": a.iters, "warmup": a.warmup, "attention_iters": a.attention_iters,
+                "seed": a.seed, "budget_s": a.budget_s, "compile": a.compile, "compile_all": a.compile_all,
+                "presets": dict(a.presets), "fused_backend": fused.backend(s.device)}
 
     def finish(self, result: Dict, stem: Path, partial: bool) -> None:
-        result["skipped"], result["errors"] = self.skipped, self.errors
-        result["elapsed_s"] = time.perf_counter() - self.started
+        budget, say = self.s.budget, self.s.say
+        result["skipped"], result["errors"] = budget.skipped, budget.errors
+        result["elapsed_s"] = budget.elapsed_s()
         result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         if not partial:
-            say = self.say
             say("\nmarkdown rows for docs/performance.md:")
             for row in markdown_rows(result):
                 say(row)
-            for s in self.skipped:
+            for s in budget.skipped:
                 say(f"skipped: {s}")
-            for e in self.errors:
+            for e in budget.errors:
                 say(f"ERROR: {e}")
             say(f"elapsed {result['elapsed_s']:.0f} s; load average at end {result['load_avg_1min_end']}")
-            stem.with_suffix(".txt").write_text("\n".join(self.say.lines) + "\n")
+            stem.with_suffix(".txt").write_text("\n".join(say.lines) + "\n")
             say(f"wrote {stem}.txt and {stem}.json")
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 

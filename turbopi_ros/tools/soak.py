@@ -241,56 +241,24 @@ def _number(text: str):
 
 
 def run(args, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    params = soak_params(args)
-    params_file = out / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else random.randint(150, 230))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    if args.dds_profile:  # for this process too: the same transports everywhere
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    injector = (FaultInjector(out / "faults.json", args.fault_every, args.fault_s, end_s=args.duration)
-                if args.fault_every > 0 else None)
-    if injector:  # test-only fault injection (turbopi_ros/faults.py): the node reads this file before each inference
-        env[faults.ENV] = str(injector.path)
-
+    """Both nodes started under the load, watched for --duration seconds (or until one exits or SIGINT/SIGTERM),
+    then stopped. -> everything report.json is built from."""
+    params, env, injector = _prepare(args, out)
     ros = processes.BackgroundExecutor(name="soak_monitor")
     monitor = Monitor()
     ros.add(monitor.node)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM too ends the run and stops both nodes
+    params_file = out / "params.yaml"
     procs = {"node": Process("turbopi_ros.node", params_file, out / "turbopi_node.log", env),
              "robot": Process("turbopi_ros.tools.fake_robot", params_file, out / "fake_robot.log", env)}
     logs = {name: LogScan(p.log_path) for name, p in procs.items()}
     print(f"turbopi-soak: {args.duration:g} s{' (short)' if args.short else ''}, ROS_DOMAIN_ID="
           f"{os.environ['ROS_DOMAIN_ID']}, load: {load_text(args)}; output in {out}", flush=True)
     rows: List[dict] = []
-    cpu_before: Dict[str, Optional[float]] = {}
-    machine_before = list(read_machine_cpu())
-    counted = {"commands": 0, "chunks": 0}
     interrupted = False
     start_wall_ns = time.time_ns()
-    t0 = time.monotonic()
-    next_tick, last = t0 + 1.0, t0
     try:
-        while True:
-            time.sleep(max(0.0, next_tick - time.monotonic()))
-            now = time.monotonic()
-            row = sample(now - t0, procs, cpu_before, machine_before, now - last, monitor, counted, logs)
-            last = now
-            rows.append(row)
-            if injector:
-                injector.step(now - t0)
-            next_tick = max(next_tick + 1.0, now + 0.5)  # held up: no burst of catch-up samples
-            if int(row["t"]) % args.print_every == 0:
-                print(progress_line(row), flush=True)
-            dead = [name for name, p in procs.items() if not p.alive()]
-            if dead:
-                print(f"turbopi-soak: {dead} exited early", flush=True)
-                break
-            if now - t0 >= args.duration:
-                break
+        _watch(args, procs, monitor, logs, injector, rows)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -308,6 +276,52 @@ def run(args, out: Path) -> dict:
             "log_lines": {name: scan.first_lines for name, scan in logs.items()},
             "crash_lines": {name: scan.crashes for name, scan in logs.items()},
             "error_lines": {name: scan.errors for name, scan in logs.items()}}
+
+
+def _prepare(args, out: Path):
+    """The output folder, the parameter file, this process's ROS environment (a private domain, localhost only) and
+    the nodes' (with the fault file when --fault-every asks for one). -> (params, env, injector or None)."""
+    out.mkdir(parents=True, exist_ok=True)
+    params = soak_params(args)
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else random.randint(150, 230))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if args.dds_profile:  # for this process too: the same transports everywhere
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    injector = (FaultInjector(out / "faults.json", args.fault_every, args.fault_s, end_s=args.duration)
+                if args.fault_every > 0 else None)
+    if injector:  # test-only fault injection (turbopi_ros/faults.py): the node reads this file before each inference
+        env[faults.ENV] = str(injector.path)
+    return params, env, injector
+
+
+def _watch(args, procs: Dict[str, Process], monitor: Monitor, logs: Dict[str, LogScan],
+           injector: Optional["FaultInjector"], rows: List[dict]) -> None:
+    """One sample a second into rows (and the fault injector stepped) until --duration is over or a node exits."""
+    cpu_before: Dict[str, Optional[float]] = {}
+    machine_before = list(read_machine_cpu())
+    counted = {"commands": 0, "chunks": 0}
+    t0 = time.monotonic()
+    next_tick, last = t0 + 1.0, t0
+    while True:
+        time.sleep(max(0.0, next_tick - time.monotonic()))
+        now = time.monotonic()
+        row = sample(now - t0, procs, cpu_before, machine_before, now - last, monitor, counted, logs)
+        last = now
+        rows.append(row)
+        if injector:
+            injector.step(now - t0)
+        next_tick = max(next_tick + 1.0, now + 0.5)  # held up: no burst of catch-up samples
+        if int(row["t"]) % args.print_every == 0:
+            print(progress_line(row), flush=True)
+        dead = [name for name, p in procs.items() if not p.alive()]
+        if dead:
+            print(f"turbopi-soak: {dead} exited early", flush=True)
+            return
+        if now - t0 >= args.duration:
+            return
 
 
 class FaultInjector:

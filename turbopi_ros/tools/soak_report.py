@@ -224,27 +224,44 @@ def plot(raw: dict, report: dict, out: Path) -> List[Path]:
 
     rows = raw["rows"]
     t = np.array([r["t"] for r in rows])
+    figures = (("rss.png", lambda: _rss_figure(plt, t, rows, report)),
+               ("latency_hist.png", lambda: _latency_figure(plt, raw, report)),
+               ("command_period_hist.png", lambda: _command_period_figure(plt, raw, report)),
+               ("timeline.png", lambda: _timeline_figure(plt, t, rows)))
     written = []
-
-    def save(fig, name):
+    for name, draw in figures:
+        fig = draw()
         path = out / name
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+    return written
 
+
+def _series(rows: List[dict], key: str) -> list:
+    """One sampled value per row, NaN where it was not read (a gap in the line)."""
+    return [r.get(key) if r.get(key) is not None else np.nan for r in rows]
+
+
+def _rss_figure(plt, t, rows: List[dict], report: dict):
+    """RSS of both processes (the node's heap and shared memory apart), with the windows the growth check compares."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label in (("node_rss_mb", "turbopi_node"), ("node_anon_mb", "turbopi_node: heap (RssAnon)"),
                        ("node_shmem_mb", "turbopi_node: shared memory (RssShmem)"), ("robot_rss_mb", "fake_robot")):
-        ax.plot(t, [r.get(key) if r.get(key) is not None else np.nan for r in rows], label=label)
+        ax.plot(t, _series(rows, key), label=label)
     g = report["rss"]["node"]
     if g.get("base_mb") is not None:
         ax.axvspan(g["from_s"], g["from_s"] + RSS_WINDOW_S, color="grey", alpha=0.2, label="compared windows")
         ax.axvspan(t.max() - RSS_WINDOW_S, t.max(), color="grey", alpha=0.2)
     ax.set(xlabel="seconds", ylabel="RSS (MiB)", title=f"RSS over time (node growth {_fmt(g['growth_pct'], ' %')})")
     ax.legend()
-    save(fig, "rss.png")
+    return fig
 
+
+def _latency_figure(plt, raw: dict, report: dict):
+    """Each chunk's stamp-to-arrival latency, then the node's per-second stage medians, as histograms."""
+    rows = raw["rows"]
     stages = [s for s in STAGES if report["stages_ms"][s]["n"]]
     fig, axes = plt.subplots(1, len(stages) + 1, figsize=(3 * (len(stages) + 1), 3.2), squeeze=False)
     axes = axes[0]
@@ -255,8 +272,11 @@ def plot(raw: dict, report: dict, out: Path) -> List[Path]:
     for ax, s in zip(axes[1:], stages):
         ax.hist([r["diag"][f"{s}_ms"] for r in rows if isinstance(r["diag"].get(f"{s}_ms"), float)], bins=30)
         ax.set(title=f"{s} (1 Hz medians)", xlabel="ms")
-    save(fig, "latency_hist.png")
+    return fig
 
+
+def _command_period_figure(plt, raw: dict, report: dict):
+    """The intervals between commands, on arrival and at the source, against the target period and its +-2 ms."""
     period_ms = report["command_period_s"] * 1e3
     fig, ax = plt.subplots(figsize=(8, 4))
     commands = np.array(raw["commands"], dtype=np.int64).reshape(-1, 2)
@@ -270,19 +290,21 @@ def plot(raw: dict, report: dict, out: Path) -> List[Path]:
     ax.set(xlabel="interval between commands (ms; the last bin holds longer ones)", ylabel="count",
            title=f"command period (target {period_ms:g} ms, +-2 ms dotted, 2 periods dashed)")
     ax.legend()
-    save(fig, "command_period_hist.png")
+    return fig
 
+
+def _timeline_figure(plt, t, rows: List[dict]):
+    """Commands and chunks per second, and the CPU of each process and of the whole machine, over time."""
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     ax1.plot(t, [r["commands"] / r.get("dt", 1.0) for r in rows], label="commands/s")
     ax1.plot(t, [r["chunks"] / r.get("dt", 1.0) for r in rows], label="chunks/s")
     ax1.legend()
     for key, label in (("node_cpu_pct", "node"), ("robot_cpu_pct", "fake_robot"), ("monitor_cpu_pct", "monitor"),
                        ("machine_cpu_pct", "whole machine")):
-        ax2.plot(t, [r.get(key) if r.get(key) is not None else np.nan for r in rows], label=label)
+        ax2.plot(t, _series(rows, key), label=label)
     ax2.set(xlabel="seconds", ylabel="CPU % (100 = one core)")
     ax2.legend()
-    save(fig, "timeline.png")
-    return written
+    return fig
 
 
 def machine() -> dict:
