@@ -86,32 +86,25 @@ class Workload:
 
 @dataclasses.dataclass
 class Cost:
-    """FLOPs and bytes of one stage (or of several, added)."""
+    """FLOPs and bytes of one stage (or of several, added). Cost.zero() is the start of a sum."""
 
-    matmul_flops: float = 0.0
-    attention_flops: float = 0.0
-    elementwise_flops: float = 0.0
-    weight_bytes: float = 0.0
-    kv_bytes: float = 0.0
-    activation_bytes: float = 0.0
+    matmul_flops: float
+    attention_flops: float  # the attention's two products, Q K^T and P V
+    elementwise_flops: float  # norms, activations, rotary, softmax, residual adds
+    weight_bytes: float
+    kv_bytes: float  # the KV cache, written once and read by every query
+    activation_bytes: float
 
-    @property
-    def tensor_flops(self) -> float:
-        """What runs on matrix units: matmuls and the attention products (what FlopCounterMode counts)."""
-        return self.matmul_flops + self.attention_flops
+    # Totals. tensor_flops: what runs on matrix units (what FlopCounterMode counts). compulsory_bytes: what no engine
+    # can avoid moving, every weight read once per pass and the KV cache written and read.
+    tensor_flops = property(lambda self: self.matmul_flops + self.attention_flops)
+    flops = property(lambda self: self.tensor_flops + self.elementwise_flops)
+    compulsory_bytes = property(lambda self: self.weight_bytes + self.kv_bytes)
+    bytes = property(lambda self: self.compulsory_bytes + self.activation_bytes)
 
-    @property
-    def flops(self) -> float:
-        return self.tensor_flops + self.elementwise_flops
-
-    @property
-    def compulsory_bytes(self) -> float:
-        """Bytes no engine can avoid moving: every weight read once per pass, the KV cache written and read."""
-        return self.weight_bytes + self.kv_bytes
-
-    @property
-    def bytes(self) -> float:
-        return self.compulsory_bytes + self.activation_bytes
+    @classmethod
+    def zero(cls) -> "Cost":
+        return cls(*(0.0,) * len(dataclasses.fields(cls)))
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
@@ -130,7 +123,7 @@ class _Ledger:
     """Accumulates one stage's cost op by op, in the order the engine runs them."""
 
     def __init__(self, w: Workload):
-        self.w, self.cost = w, Cost()
+        self.w, self.cost = w, Cost.zero()
 
     def linear(self, tokens: float, d_in: int, d_out: int, *, bias: bool, float32: bool = False,
                weights: bool = True) -> None:
