@@ -173,7 +173,7 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
     isolate_ros_domain()
     rclpy.init()
     feeder = make_test_node(node_params(), sim_clock, joint_rate_hz)
-    executor, _ = spin_in_background(feeder)
+    executor, spinner = spin_in_background(feeder)
     if latched_prompt is not None:
         feeder.publish_prompt(latched_prompt)
     extra = ["-p", "use_sim_time:=true"] if sim_clock else []
@@ -188,6 +188,7 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
     finally:
         rc = node.stop()
         executor.shutdown()
+        spinner.join(timeout=5)  # a timer callback still publishing would meet destroyed publishers
         feeder.destroy_node()
         ros_compat.try_shutdown()  # as rclpy 9 does: SIGTERM ends this process again (rclpy 7)
     assert rc == 0, f"node exited with {rc}:\n{node.log()}"
