@@ -34,6 +34,7 @@ from .action_space import ActionSpace
 from .adapters import RobotAdapter, make_adapter
 from .preprocess import CameraBatch, ImageSource, ModelImage, ObservationError
 from .rtc_target import GuidanceTarget, PreviousChunk
+from .stage_clock import StageClock
 from .transforms import (NormStats, pad_to_dim)
 
 logger = get_logger(__name__)
@@ -163,10 +164,6 @@ class Policy:
                              f"action_dim), got {list(noise.shape)}")
         return noise.to(device=self.device, dtype=torch.float32)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @property
     def reduced_decode_size(self) -> Optional[Tuple[int, int]]:
         """For image decoders (conversions.compressed_to_rgb's reduce_for): None in the exact mode (decode at full
@@ -251,7 +248,8 @@ class Policy:
         feeding openpi's noise; default: drawn from the policy's seeded generator). path: "fast" (the engine) or
         "reference" (openpi's padded, masked formulation, model/reference.py: parity checks; no real-time chunking,
         its whole time counts as denoise). timings: preprocess = prepare's time plus the copy of the inputs to the
-        device (and the guidance target's few microseconds); total = the sum of the stages (prepare may have run
+        device (and the guidance target's few microseconds); vision, prefix_cache and denoise as the device ran them
+        (policy/stage_clock.py: on CUDA no host wait between them); total = the sum of the stages (prepare may have run
         long before)."""
         if path not in ("fast", "reference"):
             raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
@@ -264,38 +262,40 @@ class Policy:
         if previous is not None:
             target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
         given_noise = None if noise is None else self._given_noise(noise)
-        self._sync()
+        clock = StageClock(self.device)  # vision, prefix_cache, denoise: nothing on the host between them
         t1 = time.perf_counter()
+        clock.mark()
         with torch.inference_mode():
             if path == "fast":
                 image_tokens = self.encoder.embed_images(images, masks)
-                self._sync()
-                t2 = time.perf_counter()
+                clock.mark()
                 cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state_t)
-                self._sync()
-                t3 = time.perf_counter()
-            else:
-                t2 = t3 = t1
+                clock.mark()
             noise = self.model.sample_noise(1, generator=self.generator) if given_noise is None else given_noise
             if path == "reference":
-                raw = self.model.sample_actions(images, masks, tokens, token_mask, state_t, noise=noise,
-                                                num_steps=self.num_steps, path="reference")[0].float().cpu().numpy()
+                clock.mark()
+                clock.mark()  # its whole time counts as denoise
+                actions_t = self.model.sample_actions(images, masks, tokens, token_mask, state_t, noise=noise,
+                                                      num_steps=self.num_steps, path="reference")
             elif target is None:
-                raw = self.denoiser(cache, noise, self.num_steps)[0].float().cpu().numpy()
+                actions_t = self.denoiser(cache, noise, self.num_steps)
             else:
                 guidance = Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
                                     weights=torch.from_numpy(target.weights).float()[None].to(self.device),
                                     max_guidance=max_guidance)
-                raw = self.guided_denoiser(cache, noise, guidance, self.num_steps)[0].float().cpu().numpy()
+                actions_t = self.guided_denoiser(cache, noise, guidance, self.num_steps)
+            raw = actions_t[0].float().cpu().numpy()
+            clock.mark()
+        vision_s, prefix_s, denoise_s = clock.durations()
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
             raise ObservationError("the model produced non-finite actions; nothing published")
         actions, clamped = self.postprocess(raw, prepared.state, prepared.model_state)
         t5 = time.perf_counter()
-        for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
-            timings[name] = b - a
+        for name, seconds in zip(STAGES, (t1 - t0, vision_s, prefix_s, denoise_s, t5 - t4)):
+            timings[name] = seconds
         timings["preprocess"] += prepared.preprocess_s
-        timings["total"] = t5 - t0 + prepared.preprocess_s
+        timings["total"] = sum(timings[name] for name in STAGES)
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)

@@ -1,0 +1,35 @@
+"""Marks between the model stages of one run, and the time each stage took.
+
+On CUDA the marks are CUDA events recorded in the stream: timing the stages puts nothing on the host between them, so
+their kernels (or CUDA graphs) are enqueued back to back and the host waits once, for the actions. Elsewhere the
+marks are host times: on CPU each stage has finished when the call that ran it returns."""
+from __future__ import annotations
+
+import time
+from typing import List
+
+import torch
+
+
+class StageClock:
+    def __init__(self, device: torch.device):
+        self.on_cuda = device.type == "cuda"
+        self._marks: List[object] = []
+
+    def mark(self) -> None:
+        """The end of one stage and the start of the next (the first mark: the start of the first)."""
+        if self.on_cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append(event)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def durations(self) -> List[float]:
+        """Seconds between consecutive marks (on CUDA, once the device has reached the last mark)."""
+        if len(self._marks) < 2:
+            raise ValueError(f"stage durations need at least two marks, got {len(self._marks)}")
+        if self.on_cuda:
+            self._marks[-1].synchronize()
+            return [a.elapsed_time(b) * 1e-3 for a, b in zip(self._marks, self._marks[1:])]
+        return [b - a for a, b in zip(self._marks, self._marks[1:])]
