@@ -280,10 +280,7 @@ class Policy:
             elif target is None:
                 actions_t = self.denoiser(cache, noise, self.num_steps)
             else:
-                guidance = Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
-                                    weights=torch.from_numpy(target.weights).float()[None].to(self.device),
-                                    max_guidance=max_guidance)
-                actions_t = self.guided_denoiser(cache, noise, guidance, self.num_steps)
+                actions_t = self.guided_denoiser(cache, noise, self._on_device(target, max_guidance), self.num_steps)
             raw = actions_t[0].float().cpu().numpy()
             clock.mark()
         vision_s, prefix_s, denoise_s = clock.durations()
@@ -299,6 +296,13 @@ class Policy:
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)
+
+
+    def _on_device(self, target: GuidanceTarget, max_guidance: float) -> Guidance:
+        """Real-time chunking's guidance target as the model's denoise takes it."""
+        return Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
+                        weights=torch.from_numpy(target.weights).float()[None].to(self.device),
+                        max_guidance=max_guidance)
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:
