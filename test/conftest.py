@@ -23,6 +23,9 @@ SESSION_ENV = "TURBOPI_TEST_SESSION"  # marks every process this test run starts
 def pytest_configure(config):
     config.addinivalue_line("markers", "ros: uses rclpy or ROS messages, directly or through this package (applied "
                                        "from the imports by test/ros_facing.py); .ci/run also runs these on Jazzy")
+    config.addinivalue_line("markers", "one_distro: a minute-long run of a tool over the node, whose ROS calls the "
+                                       "shorter tests make on both distros: .ci/run runs it in the Kilted pass only "
+                                       "(the 20-minute CI budget)")
 
 
 def pytest_collection_modifyitems(config, items):

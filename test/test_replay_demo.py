@@ -56,6 +56,7 @@ def record_demo(params: Path, bag: Path, env: dict) -> str:
     return output
 
 
+@pytest.mark.one_distro
 def test_a_recorded_demo_replays_to_the_nodes_chunks_bit_for_bit(tmp_path):
     config = yaml.safe_load((REPO / "config" / "demo_tiny.yaml").read_text())
     config["/**/fake_robot"]["ros__parameters"].update({"camera.width": 64, "camera.height": 48})  # a small bag

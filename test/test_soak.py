@@ -127,6 +127,7 @@ def test_load_profile_parameters():
         soak.soak_params(soak.parse_args(["--cameras", "2", "--jpeg", "3"]))
 
 
+@pytest.mark.one_distro
 def test_short_soak(tmp_path):
     """The CI soak: 60 s with two injected inference failures; exit 0 with every check passed. At a light load (two
     320x240 cameras at 15 Hz, joint states at 100 Hz), so that it checks the tool and the node's recovery, not how
