@@ -133,19 +133,18 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         c = self.policy.config
         images = {name: np.zeros((224, 224, 3), np.uint8) for name in self.inputs.cameras}
         obs = Observation(images=images, state=np.zeros(len(self.inputs.state_joints)),
-                          prompt=self._prompt or WARMUP_PROMPT)
+                          prompt=self.prompt.get() or WARMUP_PROMPT)
         chunk = self.policy.run(self.policy.prepare(obs), noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
         self.get_logger().info(f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms")
 
     def _quiesce(self) -> None:
         """No chunk or command after this returns; a velocity group's stream ends with its zero command."""
-        if not hasattr(self, "schedule"):  # not configured
+        if not hasattr(self, "commands"):  # not configured
             self._active = False
             return
         with self._command_gate, self._chunk_gate:
             self._active = self._enabled = False
-            self.schedule.clear()
-            self._last_command = None
+            self.commands.stop()
             self.outputs.stop()
 
     def _teardown(self) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Dict
 import numpy as np
 
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
-from ..policy.policy import IMAGE_KEYS
+from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS
 from .parameters import Param
 from .robot_params import ROBOT_PARAMETERS, policy_kwargs
 
@@ -93,6 +93,13 @@ def check_lengths(p: Dict[str, object]) -> None:
     bad = [j for j, lo, hi in zip(p["action.joints"], lower, upper) if not lo <= hi]
     if bad:
         raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
+
+
+def loading_message(p: Dict[str, object]) -> str:
+    """The log line before the (long) model load."""
+    checkpoint = p["model.checkpoint"]
+    what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
+    return f"loading {what} on {p['model.device']}"
 
 
 def policy_from_params(p: Dict[str, object]) -> "Policy":

@@ -3,42 +3,39 @@
 
 The node only wires things up: InputBuffer keeps the newest message of each input and builds observations,
 FramePreparer prepares each camera frame as it arrives, ProblemLog reports what is wrong, Policy turns an observation
-into an action chunk, ChunkSchedule says which action applies now. One engine thread runs one inference at a time on
-the newest complete observation, taken when it is free (or prepared just in time by a second thread, pipeline.py);
-a thread streams the action for "now" on ~/joint_command at command_rate_hz (0: the rate the robot publishes joint
-states at, measured).
+into an action chunk, ChunkSchedule says which action applies now. One engine thread (EngineWorker) runs one inference
+at a time on the newest complete observation, taken when it is free (or prepared just in time by a second thread,
+pipeline.py); ChunkFlow publishes each chunk or reports why not. A thread (CommandStream) streams the action for "now"
+(CommandSource) on ~/joint_command at command_rate_hz (CommandPeriod; 0: the rate the robot publishes joint states at,
+measured). StatusReporter publishes /diagnostics.
 Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
-import threading
-import time
 from typing import Dict, Optional
 
-import numpy as np
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from ..policy.chunking import ChunkSchedule
-from ..policy.policy import RANDOM_WEIGHTS, Policy
 from ..policy.rtc_target import guidance_arguments
 from . import faults
 from .action_outputs import ActionOutputs, declare_groups
+from .chunk_flow import ChunkFlow
 from .chunk_gate import ChunkGate
-from .command_stream import CommandStream
+from .command_stream import CommandPeriod, CommandSource, CommandStream
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
-from .inputs import JOINT_STATES, InputBuffer
-from .node_params import PARAMETERS, check_lengths, policy_from_params
-from .node_status import NodeStats, StatusReporter
+from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
+from .node_params import PARAMETERS, check_lengths, loading_message, policy_from_params
+from .node_status import NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
 from .robot_params import camera_slots_for, check_robot
-from .ros_compat import subscription_event_callbacks
+from .subscriptions import subscribe_prompt, subscribe_sensors
 from .ros_logging import forward_python_logging, stop_forwarding
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -61,27 +58,20 @@ class TurbopiNode(Node):
         check_robot(p)
         cameras = camera_slots_for(p)
         groups = declare_groups(self, p, p["action.joints"])
-        self.action_joints = list(p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
-        self.command_rate_hz = float(p["command_rate_hz"])
-        self.hold_on_stale = p["on_stale"] == "hold"
         self.rtc_enabled, self.rtc_max_guidance = bool(p["rtc.enabled"]), float(p["rtc.max_guidance"])
         if int(p["model.num_threads"]) > 0:
             import torch
 
             torch.set_num_threads(int(p["model.num_threads"]))
         self._log_handler = forward_python_logging(self.get_logger())
-        self.policy = self._load_policy(p)
+        self.get_logger().info(loading_message(p))
+        self.policy = policy_from_params(p)
         if faults.enabled():
             self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
         self._build_state(p, cameras)
         self._build_interfaces(p, cameras, groups)
-        c = self.policy.config
-        commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
-        self.get_logger().info(
-            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
-            f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {self._start_state()}; outputs: {self.outputs.describe()}")
+        self.get_logger().info(ready_message(p, self.policy, cameras, self.outputs.describe(), self._start_state()))
 
     def _build_state(self, p, cameras) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
@@ -99,15 +89,12 @@ class TurbopiNode(Node):
         self.stats = NodeStats()
         # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
         self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not self._sim_time)
-        self.gate = ChunkGate(self.inputs, self.pauses)
-        self._lock = threading.Lock()
-        self._prompt = p["prompt"]
+        self.prompt = PromptSlot(p["prompt"])
         self._enabled = bool(p["autostart"])
-        self._last_command: Optional[np.ndarray] = None
-        self._stale_reported = False
-        hooks = EngineHooks(now=self.now, prompt=self._current_prompt, enabled=lambda: self._enabled,
-                            fail=self._fail, guidance=self._guidance, publish=self._publish_chunk,
-                            worker_failed=self._worker_failed, alive=self.context.ok)
+        hooks = EngineHooks(now=self.now, prompt=self.prompt.get, enabled=lambda: self._enabled,
+                            fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self._guidance,
+                            publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
+                            alive=self.context.ok)
         # the engine runs the policy; faults.wrap only where a test injects faults
         self.engine = EngineWorker(self.policy, faults.wrap(self.policy.run), self.inputs, self.frames, hooks,
                                    float(p["inference_period_s"]))
@@ -115,41 +102,30 @@ class TurbopiNode(Node):
 
     def _build_interfaces(self, p, cameras, groups) -> None:
         """Subscriptions, publishers, the service, the parameter callback, the command stream and the timers."""
-        # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
-        # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
-        newest = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
-                            durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
-        for name in cameras:
-            self.create_subscription(CompressedImage if self._compressed[name] else Image, self._topics[name],
-                                     lambda msg, name=name: self._store(name, msg), newest)
-        self.create_subscription(JointState, self._topics[JOINT_STATES], self._on_joint_states, newest)
-        # Prompts from a latched (transient local) publisher and from a plain one (`ros2 topic pub`): a transient
-        # local subscription is incompatible with a volatile publisher, a volatile one misses what was latched
-        # before it started, so there is one of each (a repeated prompt is ignored). The transient local one does
-        # not log the expected mismatch with plain publishers (the volatile one receives those).
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, "~/prompt", self._on_prompt, latched,
-                                 event_callbacks=subscription_event_callbacks(incompatible_qos=lambda event: None))
-        self.create_subscription(String, "~/prompt", self._on_prompt,
-                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                            durability=DurabilityPolicy.VOLATILE))
-        self.outputs = ActionOutputs(self, self.action_joints, groups, self.rate_hz)
+        subscribe_sensors(self, cameras, self._topics, self._compressed, self._topics[JOINT_STATES], self._store,
+                          self._on_joint_states)
+        subscribe_prompt(self, self._on_prompt)
+        self.outputs = ActionOutputs(self, list(p["action.joints"]), groups, self.rate_hz)
+        hold = p["on_stale"] == "hold"
+        self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
+                              self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
+        self.commands = CommandSource(self.schedule, self.inputs, self.outputs, self.stats, self.now, self.flow.fail,
+                                      lambda: self._enabled, hold)
+        self.period = CommandPeriod(float(p["command_rate_hz"]), self.rate_hz)
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
-                                     lambda: (self.now(), self._command_period, self.rtc_enabled, self._enabled))
+                                     lambda: (self.now(), self.period.period_s, self.rtc_enabled, self._enabled))
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
-        self._command_period = 1.0 / (self.command_rate_hz or self.rate_hz)
         self._command_timer = None
-        self._commands: Optional[CommandStream] = None
+        self._stream: Optional[CommandStream] = None
         if self._sim_time:
-            self._command_timer = self.create_timer(self._command_period, self._on_command_tick)
+            self._command_timer = self.create_timer(self.period.period_s, self._on_command_tick)
         else:
-            self._commands = CommandStream(self._on_command_tick, self._command_period, self.pauses,
-                                           self._node_paused, self.get_logger().error, self.engine.stop_event,
-                                           self.context.ok)
+            self._stream = CommandStream(self._on_command_tick, self.period.period_s, self.pauses,
+                                         self.commands.paused, self.get_logger().error, self.engine.stop_event,
+                                         self.context.ok)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
         if float(p["status_log_period_s"]) > 0:
             self.create_timer(float(p["status_log_period_s"]), self.status.log)
@@ -160,14 +136,8 @@ class TurbopiNode(Node):
     def start(self) -> None:
         """Start the engine and the command stream (spin.py calls this once the node is whole)."""
         self.engine.start()
-        if self._commands is not None:
-            self._commands.start()
-
-    def _load_policy(self, p) -> Policy:
-        checkpoint = p["model.checkpoint"]
-        what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
-        self.get_logger().info(f"loading {what} on {p['model.device']}")
-        return policy_from_params(p)
+        if self._stream is not None:
+            self._stream.start()
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -187,17 +157,10 @@ class TurbopiNode(Node):
         self.stats.joint_times.add(self.now())
         self._store(JOINT_STATES, msg)
 
-    def _current_prompt(self) -> str:
-        with self._lock:
-            return self._prompt
-
     def _set_prompt(self, text: str, source: str) -> None:
-        with self._lock:
-            if text == self._prompt:
-                return
-            self._prompt = text
-        self.engine.wake()
-        self.get_logger().info(f"prompt set from {source}: {_shorten(text)}")
+        if self.prompt.set(text):
+            self.engine.wake()
+            self.get_logger().info(f"prompt set from {source}: {shorten(text)}")
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")
@@ -219,8 +182,7 @@ class TurbopiNode(Node):
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
         if not self._enabled:
-            self.schedule.clear()
-            self._last_command = None
+            self.commands.stop()
         else:
             self.engine.wake()
         response.success = True
@@ -228,7 +190,7 @@ class TurbopiNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    # --- the engine's hooks (engine_worker.py) ----------------------------------------------------------------------
+    # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
     def _guidance(self, stamp: float) -> Dict[str, object]:
         """Real-time chunking's arguments (rtc_target.guidance_arguments), while it is on."""
         current = self.schedule.current if self.rtc_enabled else None
@@ -236,80 +198,17 @@ class TurbopiNode(Node):
         return guidance_arguments(current, stamp, latencies, self.rate_hz, self.rtc_max_guidance)
 
     def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
-        engine_s, now = time.monotonic() - run_start, self.now()
-        refused = self.gate.refuse(chunk.stamp, run_start, now)
-        if refused:
-            self._fail(refused)
-            return
-        self.outputs.publish_chunk(chunk.actions, chunk.stamp)
-        self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
-        if self.stats.chunks == 0:
-            self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
-                                   f"{chunk.timings['total'] * 1e3:.0f} ms")
-        ended = self.problems.clear()
-        if ended:
-            self.get_logger().info(f"recovered: chunks flowing again (was: {ended})")
-        self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
-                                        observation_to_chunk=pipeline_s, observation_wait=wait_s),
-                                   chunk.guidance_error)
-
-    def _fail(self, message: str, waiting: bool = False) -> None:
-        """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', log it
-        (throttled by ProblemLog)."""
-        if not self.hold_on_stale:
-            self.schedule.clear()
-        if self.context.ok():  # shutting down: the log's rosout publisher is gone
-            self.problems.report(message, waiting)
-        self.engine.wake()
-
-    def _worker_failed(self, message: str) -> None:
-        self.get_logger().error(message)
-        self.schedule.clear()
-
-    # --- the command stream (command_stream.py) ---------------------------------------------------------------------
-    def _node_paused(self, seconds: float) -> None:
-        """The command thread woke ``seconds`` after its deadline: the whole process was not scheduled (pauses.py).
-        Named as such, since every input now looks stale and would otherwise be blamed."""
-        self._stale_reported = True  # the stale inputs that follow are this pause, reported here
-        self._fail(f"the node did not run for {seconds:.2f} s (its threads were not scheduled: the machine is "
-                   "overloaded or was paused); no chunk or command until fresh inputs arrive")
+        self.flow.publish(chunk, run_start, pipeline_s, wait_s)
 
     def _on_command_tick(self) -> None:
-        if not self._enabled:
-            self.outputs.stop()
-            return
-        now = self.now()
-        snapshot = self.inputs.snapshot()
-        # Inputs that went stale between observations stop (or hold) the commands now, not when the chunk ends.
-        stale = self.inputs.stale(snapshot, now) if snapshot else ""
-        if stale and not self._stale_reported:
-            self._fail(stale)
-        self._stale_reported = bool(stale)
-        command = None if stale else self.schedule.command(now)
-        held = command is None and self.hold_on_stale and self._last_command is not None
-        if held:
-            command = self._last_command
-        elif command is None:
-            self.outputs.stop()
-            return
-        self._last_command = command
-        self.outputs.publish_command(command, held=held)
-        self.stats.command_times.add(time.monotonic())
-
-    def _command_period_s(self) -> float:
-        """The command stream's period: command_rate_hz, or the measured joint_states rate (the control rate until
-        joint states arrive)."""
-        if self.command_rate_hz > 0:
-            return 1.0 / self.command_rate_hz
-        return 1.0 / (self.stats.joint_rate(self.now()) or self.rate_hz)
+        self.commands.tick()
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _on_housekeeping(self) -> None:
-        period = self._command_period_s()
-        if abs(period - self._command_period) > 0.01 * period:  # follow the measured rate (1 % hysteresis)
-            self._command_period = period
-            if self._commands is not None:
-                self._commands.period_s = period
+        period = self.period.follow(self.stats.joint_rate(self.now()))
+        if period is not None:  # follow the measured joint_states rate
+            if self._stream is not None:
+                self._stream.period_s = period
             if self._command_timer is not None:
                 self._command_timer.timer_period_ns = int(round(period * 1e9))
         stalled = self.engine.stall(self.stats.recent_ms("engine"), self.pauses.paused_since)
@@ -331,8 +230,8 @@ class TurbopiNode(Node):
         stopped = True
         if hasattr(self, "engine"):
             stopped = self.engine.stop(join_timeout_s)
-        if getattr(self, "_commands", None) is not None:
-            self._commands.join(1.0)
+        if getattr(self, "_stream", None) is not None:
+            self._stream.join(1.0)
         if hasattr(self, "outputs") and self.context.ok():
             self.outputs.stop()  # velocity groups: zero velocity, not the last one held by a forward controller
         if getattr(self, "frames", None) is not None:
@@ -342,8 +241,3 @@ class TurbopiNode(Node):
         if stopped and hasattr(self, "policy"):
             self.policy.close()
         return stopped
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
