@@ -27,7 +27,12 @@ PARAMETERS: Dict[str, Param] = {
     "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
     "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
-    "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
+    "model.cuda_graph": Param(True, "on CUDA, replay the encoding and the denoise as CUDA graphs, every prompt length "
+                                    "the configuration can produce captured before the node is ready"),
+    "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
+                                  "(minutes, before the node is ready), later ones load from model.cache_dir"),
+    "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
+                                 "takes seconds; '' = inductor's default (a temporary directory: lost on reboot)"),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
     **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
     "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "
@@ -114,6 +119,8 @@ def policy_from_params(p: Dict[str, object]) -> "Policy":
         delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
         upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
         preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
+    if p["model.compile"]:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
+        policy.model.compile_denoise(cache_dir=p["model.cache_dir"] or None)
     if len(p["state.joints"]) > policy.config.action_dim:
         raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
                          "state dims")
