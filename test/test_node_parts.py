@@ -1,6 +1,6 @@
 """The node's parts, each on its own (without a node): the command stream's thread, what each command tick publishes and
 the stream's period, the last check before a chunk goes out and what becomes of a chunk or a problem, the engine
-worker's loop and stall watch, the prompt, the statistics and their /diagnostics status."""
+worker's loop and stall watch, the warm-up, the prompt, the statistics and their /diagnostics status."""
 import threading
 import time
 from types import SimpleNamespace
@@ -11,14 +11,15 @@ import pytest
 pytest.importorskip("diagnostic_msgs")
 
 from turbopi_ros.policy.chunking import ChunkSchedule  # noqa: E402
-from turbopi_ros.ros.chunk_flow import ChunkFlow  # noqa: E402
+from turbopi_ros.ros.chunk_flow import ChunkFlow, RealTimeChunking  # noqa: E402
 from turbopi_ros.ros.chunk_gate import ChunkGate  # noqa: E402
 from turbopi_ros.ros.command_stream import CommandPeriod, CommandSource, CommandStream  # noqa: E402
 from turbopi_ros.ros.engine_worker import EngineHooks, EngineWorker  # noqa: E402
 from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten  # noqa: E402
-from turbopi_ros.ros.node_status import NodeStats, diagnostic_status, status_line  # noqa: E402
+from turbopi_ros.ros.node_status import WARMING_UP, NodeStats, diagnostic_status, status_line  # noqa: E402
 from turbopi_ros.ros.pauses import PauseWatch  # noqa: E402
 from turbopi_ros.ros.problems import ProblemLog  # noqa: E402
+from turbopi_ros.ros.warm_up import WARMUP_PROMPT, WarmUp  # noqa: E402
 
 MAX_AGE_S = 0.5
 
@@ -205,6 +206,19 @@ def test_a_problem_stops_the_schedule_unless_holding_and_a_worker_failure_always
         assert schedule.current is None and logs[-1] == "engine: RuntimeError: y; restarting it"
 
 
+def test_real_time_chunking_guides_only_while_on_towards_the_chunk_being_executed():
+    schedule, stats = ChunkSchedule(50.0, 0.0), NodeStats()
+    rtc = RealTimeChunking(schedule, stats, 50.0, enabled=False, max_guidance=5.0)
+    schedule.set_chunk(np.ones((10, 2)), 100.0, 100.0)
+    stats.chunk_published({"latency": 0.05}, None)
+    assert rtc.arguments(100.04) == {}  # off
+    rtc.apply({"rtc.enabled": True, "rtc.max_guidance": 2.0, "blend_s": 0.3})
+    args = rtc.arguments(100.04)
+    assert (args["delay_steps"], args["execution_horizon"], args["max_guidance"]) == (3, 2, 2.0)
+    assert args["previous"].stamp == 100.0
+    assert rtc.arguments(101.0) == {}  # the chunk ended before this observation
+
+
 def test_the_prompt_slot_ignores_a_repeat_and_a_long_prompt_is_shortened_for_the_log():
     slot = PromptSlot("stack the cups")
     assert not slot.set("stack the cups") and slot.set("open the drawer") and slot.get() == "open the drawer"
@@ -298,3 +312,68 @@ def test_statistics_become_the_status_and_the_status_line():
     assert bad.level == bad.ERROR and "2.00 s old" in bad.message
     assert "denoise 41.0" in status_line(values, {"joint_states": 0.01}) and "joint_states 0.01s" in \
         status_line(values, {"joint_states": 0.01})
+
+
+def test_warming_up_is_a_warning_until_ready_and_an_error_outranks_it():
+    values = {"chunk_rate_hz": 0.0, "graph_captures": 31.0}
+    problems = ProblemLog(lambda m: None, lambda m: None)
+    problems.report("waiting for camera 'base_0_rgb'", waiting=True)
+    warming = diagnostic_status(values, {}, problems, True, 0, "cuda:0", warming_up=True)
+    keys = {kv.key: kv.value for kv in warming.values}
+    assert warming.level == warming.WARN and warming.message == WARMING_UP
+    assert keys["ready"] == "False" and keys["graph_captures"] == "31.000"
+    ready = diagnostic_status(values, {}, problems, True, 0, "cuda:0")
+    assert ready.message == "waiting for camera 'base_0_rgb'" and {kv.key: kv.value for kv in ready.values}[
+        "ready"] == "True"
+    problems.report("warm-up failed: RuntimeError: x")
+    assert diagnostic_status(values, {}, problems, True, 0, "cpu", warming_up=True).level == warming.ERROR
+
+
+# --- the warm-up --------------------------------------------------------------------------------------------------
+class WarmUpPolicy:
+    """What WarmUp uses of a Policy, recording the calls; ``graphs``: whether it has graphs."""
+
+    def __init__(self, graphs: bool):
+        self.config = SimpleNamespace(action_horizon=4, action_dim=8)
+        self.actions = SimpleNamespace(state_to_model=lambda state: np.concatenate([state, [0.0]]))  # one more dim
+        self.calls = []
+        self.graph_stats = SimpleNamespace(captures=7, capture_s=0.5, captures_after_ready=0, static_bytes=1024,
+                                           pool_reserved_bytes=None) if graphs else None
+
+    def prepare(self, obs):
+        self.calls.append(("prepare", obs.prompt, sorted(obs.images), len(obs.state)))
+        # two image slots filled by the named camera (as an adapter may fill more)
+        return SimpleNamespace(inputs=(None, np.array([[True, True, False]])), stamp=obs.stamp)
+
+    def warm_up_graphs(self, prompt, state_dims, camera_counts):
+        self.calls.append(("graphs", prompt, state_dims, camera_counts))
+        return self.graph_stats
+
+    def run(self, prepared, noise):
+        self.calls.append(("run", float(np.abs(noise).max()), noise.shape))
+        return SimpleNamespace(timings={"total": 0.02})
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_zero_noise(graphs):
+    policy = WarmUpPolicy(graphs)
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "")
+    assert not warm.ready.is_set() and warm.values() == ({"graph_captures": 7.0, "graph_capture_s": 0.5,
+                                                          "graph_captures_after_ready": 0.0,
+                                                          "graph_static_bytes": 1024.0} if graphs else {})
+    text = warm.run()
+    assert warm.ready.is_set() and warm.seconds >= 0 and "warm_up_s" in warm.values()
+    assert policy.calls == [("prepare", WARMUP_PROMPT, ["base_0_rgb"], 3), ("graphs", WARMUP_PROMPT, 4, (2,)),
+                            ("run", 0.0, (4, 8))]
+    assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
+
+
+def test_the_engine_warms_up_before_it_takes_an_observation():
+    inputs = joints_only(time.time())
+    order = []
+    worker, published, failures = _worker(inputs, lambda prepared: order.append("run") or "chunk")
+    worker.start(warm_up=lambda: (time.sleep(0.2), order.append("warm up")))
+    worker.wake()
+    time.sleep(0.5)
+    assert worker.stop(1.0)
+    assert order[:2] == ["warm up", "run"] and failures == [], (order, failures)

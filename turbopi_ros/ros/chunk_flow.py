@@ -1,13 +1,15 @@
 """What becomes of a chunk the engine computed, and of a problem: the chunk passes the gate (chunk_gate.py) and goes
 out on the action outputs and into the command schedule, its times into the statistics; a problem is reported
 (problems.py, throttled) and stops the commands unless ``on_stale`` is 'hold'. The engine worker calls these (its
-hooks), and so does the command stream's tick when inputs go stale."""
+hooks), and so does the command stream's tick when inputs go stale. RealTimeChunking gives the engine the guidance
+towards the chunk being executed."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Dict
 
 from ..policy.chunking import ChunkSchedule
+from ..policy.rtc_target import guidance_arguments
 from .chunk_gate import ChunkGate
 from .node_status import NodeStats
 from .problems import ProblemLog
@@ -56,3 +58,25 @@ class ChunkFlow:
         """A worker's unexpected error (it restarts): logged, the commands stopped."""
         self.logger.error(message)
         self.schedule.clear()
+
+
+class RealTimeChunking:
+    """Real-time chunking's run-time settings (``rtc.enabled``, ``rtc.max_guidance``) and the engine's guidance hook:
+    the keyword arguments of Policy.run for an observation (rtc_target.guidance_arguments) from the chunk being
+    executed and the last five latencies."""
+
+    def __init__(self, schedule: ChunkSchedule, stats: NodeStats, rate_hz: float, enabled: bool, max_guidance: float):
+        self.schedule, self.stats, self.rate_hz = schedule, stats, float(rate_hz)
+        self.enabled, self.max_guidance = bool(enabled), float(max_guidance)
+
+    def arguments(self, stamp: float) -> Dict[str, object]:
+        current = self.schedule.current if self.enabled else None
+        latencies = [ms * 1e-3 for ms in self.stats.recent_ms("latency", 5)]
+        return guidance_arguments(current, stamp, latencies, self.rate_hz, self.max_guidance)
+
+    def apply(self, changes: Dict[str, object]) -> None:
+        """Run-time parameter changes (already validated): those of rtc.*."""
+        if "rtc.enabled" in changes:
+            self.enabled = bool(changes["rtc.enabled"])
+        if "rtc.max_guidance" in changes:
+            self.max_guidance = float(changes["rtc.max_guidance"])

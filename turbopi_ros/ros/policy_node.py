@@ -20,10 +20,9 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from ..policy.chunking import ChunkSchedule
-from ..policy.rtc_target import guidance_arguments
 from . import faults
 from .action_outputs import ActionOutputs, declare_groups
-from .chunk_flow import ChunkFlow
+from .chunk_flow import ChunkFlow, RealTimeChunking
 from .chunk_gate import ChunkGate
 from .command_stream import CommandPeriod, CommandSource, CommandStream
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
@@ -36,6 +35,7 @@ from .pauses import PauseWatch
 from .problems import ProblemLog
 from .robot_params import camera_slots_for, check_robot
 from .subscriptions import subscribe_prompt, subscribe_sensors
+from .warm_up import WarmUp
 from .ros_logging import forward_python_logging, stop_forwarding
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -59,19 +59,19 @@ class TurbopiNode(Node):
         cameras = camera_slots_for(p)
         groups = declare_groups(self, p, p["action.joints"])
         self.rate_hz = float(p["control_rate_hz"])
-        self.rtc_enabled, self.rtc_max_guidance = bool(p["rtc.enabled"]), float(p["rtc.max_guidance"])
         if int(p["model.num_threads"]) > 0:
             import torch
 
             torch.set_num_threads(int(p["model.num_threads"]))
         self._log_handler = forward_python_logging(self.get_logger())
         self.get_logger().info(loading_message(p))
-        self.policy = policy_from_params(p)
+        self.policy = faults.cpu_graphs(policy_from_params(p))  # test-only: graphs on CPU
         if faults.enabled():
-            self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
+            self.get_logger().warning(faults.WARNING)
         self._build_state(p, cameras)
         self._build_interfaces(p, cameras, groups)
-        self.get_logger().info(ready_message(p, self.policy, cameras, self.outputs.describe(), self._start_state()))
+        # logged once warmed up (on the engine thread: start)
+        self._ready_message = ready_message(p, self.policy, cameras, self.outputs.describe(), self._start_state())
 
     def _build_state(self, p, cameras) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
@@ -87,17 +87,18 @@ class TurbopiNode(Node):
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
         self.stats = NodeStats()
+        self.rtc = RealTimeChunking(self.schedule, self.stats, self.rate_hz, p["rtc.enabled"], p["rtc.max_guidance"])
         # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
         self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not self._sim_time)
         self.prompt = PromptSlot(p["prompt"])
         self._enabled = bool(p["autostart"])
         hooks = EngineHooks(now=self.now, prompt=self.prompt.get, enabled=lambda: self._enabled,
-                            fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self._guidance,
+                            fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self.rtc.arguments,
                             publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
                             alive=self.context.ok)
-        # the engine runs the policy; faults.wrap only where a test injects faults
-        self.engine = EngineWorker(self.policy, faults.wrap(self.policy.run), self.inputs, self.frames, hooks,
-                                   float(p["inference_period_s"]))
+        run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
+        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, float(p["inference_period_s"]))
+        self.warm_up = WarmUp(self.policy, cameras, p["state.joints"], self.prompt.get, run)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
     def _build_interfaces(self, p, cameras, groups) -> None:
@@ -113,7 +114,8 @@ class TurbopiNode(Node):
                                       lambda: self._enabled, hold)
         self.period = CommandPeriod(float(p["command_rate_hz"]), self.rate_hz)
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
-                                     lambda: (self.now(), self.period.period_s, self.rtc_enabled, self._enabled))
+                                     lambda: (self.now(), self.period.period_s, self.rtc.enabled, self._enabled),
+                                     self.warm_up)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
@@ -134,10 +136,19 @@ class TurbopiNode(Node):
         return "enabled" if self._enabled else "waiting for ~/enable"
 
     def start(self) -> None:
-        """Start the engine and the command stream (spin.py calls this once the node is whole)."""
-        self.engine.start()
+        """Start the engine (it warms up first: /diagnostics says "warming up" meanwhile) and the command stream
+        (spin.py calls this once the node is whole)."""
+        self.engine.start(None if self.warm_up.ready.is_set() else self._warm_up)
         if self._stream is not None:
             self._stream.start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.get_logger().info(self.warm_up.run())
+        except Exception as e:  # noqa: BLE001 - reported: the engine goes on (a capture then happens on demand)
+            self.warm_up.ready.set()
+            self.flow.fail(f"warm-up failed: {type(e).__name__}: {e}")
+        self.get_logger().info(self._ready_message)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -174,10 +185,7 @@ class TurbopiNode(Node):
         if "inference_period_s" in changes:
             self.engine.inference_period_s = float(changes["inference_period_s"])
             self.engine.wake()
-        if "rtc.enabled" in changes:
-            self.rtc_enabled = bool(changes["rtc.enabled"])
-        if "rtc.max_guidance" in changes:
-            self.rtc_max_guidance = float(changes["rtc.max_guidance"])
+        self.rtc.apply(changes)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
@@ -191,12 +199,6 @@ class TurbopiNode(Node):
         return response
 
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
-    def _guidance(self, stamp: float) -> Dict[str, object]:
-        """Real-time chunking's arguments (rtc_target.guidance_arguments), while it is on."""
-        current = self.schedule.current if self.rtc_enabled else None
-        latencies = [ms * 1e-3 for ms in self.stats.recent_ms("latency", 5)]
-        return guidance_arguments(current, stamp, latencies, self.rate_hz, self.rtc_max_guidance)
-
     def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
         self.flow.publish(chunk, run_start, pipeline_s, wait_s)
 
@@ -227,9 +229,7 @@ class TurbopiNode(Node):
     def _release(self, join_timeout_s: float = 3.0) -> bool:
         """Everything destroy_node frees but the ROS node itself: the engine, the command stream, the camera threads,
         the log forwarding, the policy (kept while the engine is still busy in it: then False)."""
-        stopped = True
-        if hasattr(self, "engine"):
-            stopped = self.engine.stop(join_timeout_s)
+        stopped = self.engine.stop(join_timeout_s) if hasattr(self, "engine") else True
         if getattr(self, "_stream", None) is not None:
             self._stream.join(1.0)
         if hasattr(self, "outputs") and self.context.ok():
