@@ -1,6 +1,6 @@
 """turbopi_node's parameters (PARAMETERS: names, defaults, descriptions, ranges; `ros2 param describe` shows them), the
-checks across them, and the Policy they ask for. Reading a parameter file (params_file.py) needs this module only,
-not the node or torch."""
+checks across them, and the Policy a configuration (node_config.NodeConfig, built from them) asks for. Reading a
+parameter file (params_file.py) needs this module only, not the node or torch."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict
@@ -14,6 +14,7 @@ from .robot_params import ROBOT_PARAMETERS, policy_kwargs
 
 if TYPE_CHECKING:
     from ..policy.policy import Policy
+    from .node_config import NodeConfig
 
 PARAMETERS: Dict[str, Param] = {
     "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
@@ -100,28 +101,27 @@ def check_lengths(p: Dict[str, object]) -> None:
         raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
 
 
-def loading_message(p: Dict[str, object]) -> str:
+def loading_message(config: "NodeConfig") -> str:
     """The log line before the (long) model load."""
-    checkpoint = p["model.checkpoint"]
-    what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
-    return f"loading {what} on {p['model.device']}"
+    m = config.model
+    what = f"random weights of {m.preset}" if m.checkpoint == RANDOM_WEIGHTS else m.checkpoint
+    return f"loading {what} on {m.device}"
 
 
-def policy_from_params(p: Dict[str, object]) -> "Policy":
-    """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
-    replays is what would run."""
+def policy_from_config(config: "NodeConfig") -> "Policy":
+    """The Policy that the node's configuration asks for; turbopi-replay builds it here too, so that what replays is
+    what would run."""
     from ..policy.loading import load_policy  # torch: only when a policy is built
 
+    m, a = config.model, config.action
     policy = load_policy(
-        checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
-        tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
-        num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
-        delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
-        upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
-        preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
-    if p["model.compile"]:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
-        policy.model.compile_denoise(cache_dir=p["model.cache_dir"] or None)
-    if len(p["state.joints"]) > policy.config.action_dim:
-        raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
+        checkpoint=m.checkpoint, preset=m.preset, device=m.device, dtype=m.dtype, tokenizer=m.tokenizer,
+        norm_stats=m.norm_stats, seed=m.seed, num_steps=m.num_steps, action_dims=len(a.joints), image_keys=IMAGE_KEYS,
+        delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
+        cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
+    if m.compile:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
+        policy.model.compile_denoise(cache_dir=m.cache_dir or None)
+    if len(config.state.joints) > policy.config.action_dim:
+        raise ValueError(f"{len(config.state.joints)} state.joints exceed the model's {policy.config.action_dim} "
                          "state dims")
     return policy

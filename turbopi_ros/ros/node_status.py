@@ -108,14 +108,14 @@ def status_line(values: Dict[str, float], ages: Dict[str, float]) -> str:
             f"{stages or '-'} | ages: {age_text or '-'}")
 
 
-def ready_message(p: Dict[str, object], policy, cameras: List[str], outputs: str, start_state: str) -> str:
+def ready_message(config, policy, outputs: str, start_state: str) -> str:
     """The node's "ready: ..." log line: model, device, steps, cameras, joints, rates, whether it publishes, and its
-    outputs (``outputs``: action_outputs.ActionOutputs.describe())."""
-    rate, commands = float(p["control_rate_hz"]), float(p["command_rate_hz"])
-    command_text = f"{commands:g} Hz" if commands else "the joint_states rate"
-    return (f"ready: {policy.config.variant} on {p['model.device']} ({p['model.dtype']}), {policy.num_steps} steps, "
-            f"cameras {cameras}, {len(p['action.joints'])} action joints, actions at {rate:g} Hz, "
-            f"commands at {command_text}, {start_state}; outputs: {outputs}")
+    outputs (``config``: node_config.NodeConfig; ``outputs``: action_outputs.ActionOutputs.describe())."""
+    c = config
+    commands = f"{c.command_rate_hz:g} Hz" if c.command_rate_hz else "the joint_states rate"
+    return (f"ready: {policy.config.variant} on {c.model.device} ({c.model.dtype}), {policy.num_steps} steps, "
+            f"cameras {list(c.cameras.names)}, {len(c.action.joints)} action joints, actions at "
+            f"{c.control_rate_hz:g} Hz, commands at {commands}, {start_state}; outputs: {outputs}")
 
 
 class StatusReporter:

@@ -28,12 +28,12 @@ from .command_stream import CommandPeriod, CommandSource, CommandStream
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
-from .node_params import PARAMETERS, check_lengths, loading_message, policy_from_params
+from .node_config import NodeConfig
+from .node_params import PARAMETERS, loading_message, policy_from_config
 from .node_status import NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
-from .robot_params import camera_slots_for, check_robot
 from .subscriptions import subscribe_prompt, subscribe_sensors
 from .warm_up import WarmUp
 from .ros_logging import forward_python_logging, stop_forwarding
@@ -54,65 +54,63 @@ class TurbopiNode(Node):
 
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
-        check_lengths(p)
-        check_robot(p)
-        cameras = camera_slots_for(p)
-        groups = declare_groups(self, p, p["action.joints"])
-        self.rate_hz = float(p["control_rate_hz"])
-        if int(p["model.num_threads"]) > 0:
+        self.config = c = NodeConfig.from_params(p)  # checked across parameters; typed from here on
+        groups = declare_groups(self, p, c.action.joints)
+        self.rate_hz = c.control_rate_hz
+        if c.model.num_threads > 0:
             import torch
 
-            torch.set_num_threads(int(p["model.num_threads"]))
+            torch.set_num_threads(c.model.num_threads)
         self._log_handler = forward_python_logging(self.get_logger())
-        self.get_logger().info(loading_message(p))
-        self.policy = faults.cpu_graphs(policy_from_params(p))  # test-only: graphs on CPU
+        self.get_logger().info(loading_message(c))
+        self.policy = faults.cpu_graphs(policy_from_config(c))  # test-only: graphs on CPU
         if faults.enabled():
             self.get_logger().warning(faults.WARNING)
-        self._build_state(p, cameras)
-        self._build_interfaces(p, cameras, groups)
+        self._build_state(c)
+        self._build_interfaces(c, groups)
         # logged once warmed up (on the engine thread: start)
-        self._ready_message = ready_message(p, self.policy, cameras, self.outputs.describe(), self._start_state())
+        self._ready_message = ready_message(c, self.policy, self.outputs.describe(), self._start_state())
 
-    def _build_state(self, p, cameras) -> None:
+    def _build_state(self, c: NodeConfig) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
-        compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
-        self._topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
-        self._compressed = dict(zip(cameras, compressed))
+        cameras = list(c.cameras.names)
+        self._topics = dict(zip(cameras, c.cameras.topics), **{JOINT_STATES: c.joint_states.topic})
+        self._compressed = dict(zip(cameras, c.cameras.compressed))
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
-        self.inputs = InputBuffer(cameras, self._topics, p["state.joints"], p["max_observation_age_s"],
+        self.inputs = InputBuffer(cameras, self._topics, list(c.state.joints), c.max_observation_age_s,
                                   use_sim_time_hint=self._sim_time, reduce_for=self.policy.reduced_decode_size)
         self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
-        if p["cameras.prepare_on_arrival"]:
+        if c.cameras.prepare_on_arrival:
             self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=yield_cpu)
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
-        self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
+        self.schedule = ChunkSchedule(self.rate_hz, c.blend_s)
         self.stats = NodeStats()
-        self.rtc = RealTimeChunking(self.schedule, self.stats, self.rate_hz, p["rtc.enabled"], p["rtc.max_guidance"])
+        self.rtc = RealTimeChunking(self.schedule, self.stats, self.rate_hz, c.rtc.enabled, c.rtc.max_guidance)
         # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
-        self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not self._sim_time)
-        self.prompt = PromptSlot(p["prompt"])
-        self._enabled = bool(p["autostart"])
+        self.pauses = PauseWatch(c.max_observation_age_s, enabled=not self._sim_time)
+        self.prompt = PromptSlot(c.prompt)
+        self._enabled = c.autostart
         hooks = EngineHooks(now=self.now, prompt=self.prompt.get, enabled=lambda: self._enabled,
                             fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self.rtc.arguments,
                             publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
                             alive=self.context.ok)
         run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
-        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, float(p["inference_period_s"]))
-        self.warm_up = WarmUp(self.policy, cameras, p["state.joints"], self.prompt.get, run)
+        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s)
+        self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
-    def _build_interfaces(self, p, cameras, groups) -> None:
+    def _build_interfaces(self, c: NodeConfig, groups) -> None:
         """Subscriptions, publishers, the service, the parameter callback, the command stream and the timers."""
-        subscribe_sensors(self, cameras, self._topics, self._compressed, self._topics[JOINT_STATES], self._store,
+        subscribe_sensors(self, c.cameras.names, self._topics, self._compressed, c.joint_states.topic, self._store,
                           self._on_joint_states)
         subscribe_prompt(self, self._on_prompt)
-        self.outputs = ActionOutputs(self, list(p["action.joints"]), groups, self.rate_hz)
-        hold = p["on_stale"] == "hold"
+        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz)
+        hold = c.on_stale == "hold"
         self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
                               self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
         self.commands = CommandSource(self.schedule, self.inputs, self.outputs, self.stats, self.now, self.flow.fail,
                                       lambda: self._enabled, hold)
-        self.period = CommandPeriod(float(p["command_rate_hz"]), self.rate_hz)
+        self.period = CommandPeriod(c.command_rate_hz, self.rate_hz)
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
                                      lambda: (self.now(), self.period.period_s, self.rtc.enabled, self._enabled),
                                      self.warm_up)
@@ -129,8 +127,8 @@ class TurbopiNode(Node):
                                          self.commands.paused, self.get_logger().error, self.engine.stop_event,
                                          self.context.ok)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
-        if float(p["status_log_period_s"]) > 0:
-            self.create_timer(float(p["status_log_period_s"]), self.status.log)
+        if c.status_log_period_s > 0:
+            self.create_timer(c.status_log_period_s, self.status.log)
 
     def _start_state(self) -> str:
         return "enabled" if self._enabled else "waiting for ~/enable"
