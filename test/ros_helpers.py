@@ -214,6 +214,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
         <camera>_encoding  <camera>_truncate (bytes cut)  <camera>_size (w, h)  <camera>_step  <camera>_data (bytes)
         <camera>_format ("png": a PNG CompressedImage)  <camera>_silent (publishes nothing)
         <input>_age (s; negative: ahead)  <input>_zero_stamp      (input: a camera slot or "joints")
+        moving_joints (not a fault: every joint position sweeps [-1, 1], a sine over time)
         frozen_stamps (every input republished with the stamp it last had: a driver repeating its last measurement)
         drop_joint  nan_joint  inf_joint  duplicate_joint  joints_no_names  joints_extra_position  joints_silent
     ``feeder.jump_clock(s)`` moves the simulated clock (``sim_clock`` sessions) by ``s`` seconds, e.g. back.
@@ -391,6 +392,8 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 return
             names = list(self.params["state.joints"]) + ["conveyor"]
             positions = [0.1 * i for i in range(len(names))]
+            if self.faults.get("moving_joints"):  # every joint sweeps [-1, 1] (pi0.5's state text changes length)
+                positions = [float(np.sin(1.3 * time.monotonic() + i)) for i in range(len(names))]
             if self.faults.get("drop_joint"):
                 idx = names.index(self.faults["drop_joint"])
                 names.pop(idx)

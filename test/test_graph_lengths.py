@@ -112,3 +112,27 @@ def test_changing_pi05_states_capture_nothing_after_warm_up():
     longer = PROMPT + " and put it in the red bowl"  # 27 more tokens: beyond every captured length
     graphed.infer(Observation(images=images, state=state, prompt=longer, stamp=99.0))
     assert graphed.graph_stats.captures_after_ready == 2  # prefix and denoise of an unforeseen length
+
+
+def test_use_graphs_on_cpu_and_pi05_without_the_state_in_its_prompt_has_one_length():
+    """Policy.use_graphs(static_replay_on_cpu=True) is the policy's graphs on CPU (what the node's test-only hook
+    switches on); a pi0.5 without the discrete state input writes pi0's prompt: one length whatever the state, and
+    warm_up_graphs needs no state_dims."""
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=2)
+    policy = load_policy(discrete_state_input=False, **kwargs)
+    assert policy.graph_stats is None
+    policy.use_graphs(static_replay_on_cpu=True)
+    stats = policy.warm_up_graphs(PROMPT, camera_counts=(1,))
+    assert stats.ready and stats.captures == 1 + 2  # vision, prefix and denoise of the one length
+    images = {"base_0_rgb": np.zeros((32, 32, 3), np.uint8)}
+    for value in (-0.999, 0.0, 0.999):  # states whose pi0.5 prompt text would differ in length
+        policy.infer(Observation(images=images, state=np.full(7, value), prompt=PROMPT, stamp=value))
+    assert policy.graph_stats.captures == 3 and policy.graph_stats.captures_after_ready == 0
+    with pytest.raises(ValueError, match="needs state_dims"):
+        _graphed(kwargs).warm_up_graphs(PROMPT)  # with the state in the prompt
+
+
+def _graphed(kwargs):
+    policy = load_policy(**kwargs)
+    policy.use_graphs(static_replay_on_cpu=True)
+    return policy

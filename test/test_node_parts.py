@@ -1,5 +1,6 @@
-"""The node's parts, each on its own (without a node): the command stream's thread, the last check before a chunk goes
-out, the engine worker's loop and stall watch, the statistics and their /diagnostics status."""
+"""The node's parts, each on its own (without a node): the command stream's thread, what each command tick publishes and
+the stream's period, the last check before a chunk goes out and what becomes of a chunk or a problem, the engine
+worker's loop and stall watch, the warm-up, the prompt, the statistics and their /diagnostics status."""
 import threading
 import time
 from types import SimpleNamespace
@@ -9,13 +10,16 @@ import pytest
 
 pytest.importorskip("diagnostic_msgs")
 
+from turbopi_ros.policy.chunking import ChunkSchedule  # noqa: E402
+from turbopi_ros.ros.chunk_flow import ChunkFlow, RealTimeChunking  # noqa: E402
 from turbopi_ros.ros.chunk_gate import ChunkGate  # noqa: E402
-from turbopi_ros.ros.command_stream import CommandStream  # noqa: E402
+from turbopi_ros.ros.command_stream import CommandPeriod, CommandSource, CommandStream  # noqa: E402
 from turbopi_ros.ros.engine_worker import EngineHooks, EngineWorker  # noqa: E402
-from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer  # noqa: E402
-from turbopi_ros.ros.node_status import NodeStats, diagnostic_status, status_line  # noqa: E402
+from turbopi_ros.ros.inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten  # noqa: E402
+from turbopi_ros.ros.node_status import WARMING_UP, NodeStats, diagnostic_status, status_line  # noqa: E402
 from turbopi_ros.ros.pauses import PauseWatch  # noqa: E402
 from turbopi_ros.ros.problems import ProblemLog  # noqa: E402
+from turbopi_ros.ros.warm_up import WARMUP_PROMPT, WarmUp  # noqa: E402
 
 MAX_AGE_S = 0.5
 
@@ -76,6 +80,80 @@ def test_a_late_tick_is_a_pause_and_a_failing_tick_does_not_end_the_stream():
     assert len(calls) > 20  # went on after both
 
 
+# --- what a command tick publishes, and the stream's period ---------------------------------------------------------
+class FakeOutputs:
+    def __init__(self):
+        self.commands, self.stops, self.chunks = [], 0, []
+
+    def publish_command(self, command, held=False):
+        self.commands.append((np.array(command), held))
+
+    def stop(self):
+        self.stops += 1
+
+    def publish_chunk(self, actions, stamp):
+        self.chunks.append((actions, stamp))
+
+
+def _commands(hold=False, enabled=True):
+    clock = SimpleNamespace(t=1000.0)
+    inputs, schedule, outputs, failures = joints_only(clock.t), ChunkSchedule(50.0, 0.0), FakeOutputs(), []
+    source = CommandSource(schedule, inputs, outputs, NodeStats(), lambda: clock.t, failures.append,
+                           lambda: enabled, hold)
+    schedule.set_chunk(np.arange(10.0)[:, None] * np.ones((10, 2)), clock.t, clock.t)
+    return source, clock, inputs, outputs, failures
+
+
+def test_a_tick_publishes_the_action_for_now_and_stale_inputs_stop_it_reported_once():
+    source, clock, inputs, outputs, failures = _commands()
+    clock.t += 0.01
+    source.tick()
+    assert len(outputs.commands) == 1 and outputs.commands[0][1] is False and outputs.stops == 0
+    clock.t += 1.0  # the joint states are 1 s old now
+    source.tick()
+    source.tick()
+    assert len(outputs.commands) == 1 and outputs.stops == 2
+    assert len(failures) == 1 and "joint_states: newest message is 1.0" in failures[0]  # reported once
+    inputs.store(JOINT_STATES, joint_state(clock.t))
+    source.tick()  # fresh again: the chunk has ended (10 actions at 50 Hz), so no command, and no new report
+    assert outputs.stops == 3 and len(failures) == 1
+
+
+def test_a_tick_holds_the_last_command_with_hold_and_not_after_stop():
+    source, clock, inputs, outputs, failures = _commands(hold=True)
+    clock.t += 0.05
+    source.tick()
+    clock.t += 1.0
+    source.tick()  # stale: the last command again, marked held
+    assert [held for _, held in outputs.commands] == [False, True]
+    np.testing.assert_array_equal(outputs.commands[0][0], outputs.commands[1][0])
+    source.stop()  # disabled: nothing to hold
+    source.tick()
+    assert len(outputs.commands) == 2 and outputs.stops == 1 and source.last_command is None
+
+
+def test_a_disabled_tick_stops_and_a_pause_is_named_instead_of_the_stale_inputs():
+    source, clock, inputs, outputs, failures = _commands(enabled=False)
+    source.tick()
+    assert outputs.commands == [] and outputs.stops == 1 and failures == []
+    source, clock, inputs, outputs, failures = _commands()
+    clock.t += 2.0
+    source.paused(2.0)
+    source.tick()  # every input stale: that is the pause, already reported
+    assert len(failures) == 1 and failures[0].startswith("the node did not run for 2.00 s")
+
+
+def test_the_command_period_follows_the_joint_states_rate_with_hysteresis():
+    fixed = CommandPeriod(200.0, 50.0)
+    assert fixed.period_s == pytest.approx(0.005) and fixed.follow(500.0) is None
+    measured = CommandPeriod(0.0, 50.0)
+    assert measured.period_s == pytest.approx(0.02)
+    assert measured.follow(None) is None  # no joint states yet: the control rate
+    assert measured.follow(500.0) == pytest.approx(0.002) and measured.period_s == pytest.approx(0.002)
+    assert measured.follow(502.0) is None  # within 1 %
+    assert measured.follow(400.0) == pytest.approx(0.0025)
+
+
 # --- the chunk gate -----------------------------------------------------------------------------------------------
 def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
     clock = SimpleNamespace(t=100.0)
@@ -89,6 +167,62 @@ def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
     clock.t += 2.0
     pauses.beat(2.0, 0.02)  # the node did not run for 2 s after the run started
     assert "the node paused while it was computed" in gate.refuse(stamp=999.95, run_start=99.9, now=1000.05)
+
+
+def _flow(hold=False):
+    clock, logs = SimpleNamespace(t=1000.0), []
+    inputs, schedule, outputs, stats = joints_only(clock.t), ChunkSchedule(50.0, 0.0), FakeOutputs(), NodeStats()
+    problems = ProblemLog(logs.append, logs.append)
+    logger = SimpleNamespace(info=logs.append, error=logs.append)
+    wakes = []
+    flow = ChunkFlow(schedule, ChunkGate(inputs, PauseWatch(MAX_AGE_S)), outputs, stats, problems, logger, hold,
+                     lambda: clock.t, lambda: wakes.append(1), lambda: True)
+    return flow, clock, schedule, outputs, stats, problems, logs, wakes
+
+
+def _chunk(stamp):
+    return SimpleNamespace(actions=np.ones((10, 2)), stamp=stamp, guidance_error=None,
+                           timings={"total": 0.05, "denoise": 0.03})
+
+
+def test_a_published_chunk_goes_out_a_refused_one_is_a_problem_that_clears_on_the_next():
+    flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow()
+    assert not flow.publish(_chunk(clock.t + 5.0), time.monotonic(), 0.05, 0.0)  # stamped ahead of the clock
+    assert outputs.chunks == [] and "ahead of the node's clock" in problems.message and wakes
+    assert flow.publish(_chunk(clock.t - 0.01), time.monotonic() - 0.05, 0.06, 0.001)
+    assert len(outputs.chunks) == 1 and schedule.current is not None and stats.chunks == 1
+    assert problems.message == "" and any(m.startswith("first chunk: 10 actions in 50 ms") for m in logs)
+    assert any(m.startswith("recovered: chunks flowing again") for m in logs)
+    assert stats.recent_ms("latency") == pytest.approx([10.0]) and stats.recent_ms("denoise") == pytest.approx([30.0])
+
+
+def test_a_problem_stops_the_schedule_unless_holding_and_a_worker_failure_always_does():
+    for hold in (False, True):
+        flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow(hold)
+        schedule.set_chunk(np.ones((10, 2)), clock.t, clock.t)
+        flow.fail("inference failed: RuntimeError: x")
+        assert (schedule.current is None) != hold and problems.level == "error" and wakes == [1]
+        flow.worker_failed("engine: RuntimeError: y; restarting it")
+        assert schedule.current is None and logs[-1] == "engine: RuntimeError: y; restarting it"
+
+
+def test_real_time_chunking_guides_only_while_on_towards_the_chunk_being_executed():
+    schedule, stats = ChunkSchedule(50.0, 0.0), NodeStats()
+    rtc = RealTimeChunking(schedule, stats, 50.0, enabled=False, max_guidance=5.0)
+    schedule.set_chunk(np.ones((10, 2)), 100.0, 100.0)
+    stats.chunk_published({"latency": 0.05}, None)
+    assert rtc.arguments(100.04) == {}  # off
+    rtc.apply({"rtc.enabled": True, "rtc.max_guidance": 2.0, "blend_s": 0.3})
+    args = rtc.arguments(100.04)
+    assert (args["delay_steps"], args["execution_horizon"], args["max_guidance"]) == (3, 2, 2.0)
+    assert args["previous"].stamp == 100.0
+    assert rtc.arguments(101.0) == {}  # the chunk ended before this observation
+
+
+def test_the_prompt_slot_ignores_a_repeat_and_a_long_prompt_is_shortened_for_the_log():
+    slot = PromptSlot("stack the cups")
+    assert not slot.set("stack the cups") and slot.set("open the drawer") and slot.get() == "open the drawer"
+    assert shorten("a" * 300).endswith("... (300 characters)") and shorten("hi") == "'hi'"
 
 
 # --- the engine worker --------------------------------------------------------------------------------------------
@@ -180,3 +314,68 @@ def test_statistics_become_the_status_and_the_status_line():
     assert bad.level == bad.ERROR and "2.00 s old" in bad.message
     assert "denoise 41.0" in status_line(values, {"joint_states": 0.01}) and "joint_states 0.01s" in \
         status_line(values, {"joint_states": 0.01})
+
+
+def test_warming_up_is_a_warning_until_ready_and_an_error_outranks_it():
+    values = {"chunk_rate_hz": 0.0, "graph_captures": 31.0}
+    problems = ProblemLog(lambda m: None, lambda m: None)
+    problems.report("waiting for camera 'base_0_rgb'", waiting=True)
+    warming = diagnostic_status(values, {}, problems, True, 0, "cuda:0", warming_up=True)
+    keys = {kv.key: kv.value for kv in warming.values}
+    assert warming.level == warming.WARN and warming.message == WARMING_UP
+    assert keys["ready"] == "False" and keys["graph_captures"] == "31.000"
+    ready = diagnostic_status(values, {}, problems, True, 0, "cuda:0")
+    assert ready.message == "waiting for camera 'base_0_rgb'" and {kv.key: kv.value for kv in ready.values}[
+        "ready"] == "True"
+    problems.report("warm-up failed: RuntimeError: x")
+    assert diagnostic_status(values, {}, problems, True, 0, "cpu", warming_up=True).level == warming.ERROR
+
+
+# --- the warm-up --------------------------------------------------------------------------------------------------
+class WarmUpPolicy:
+    """What WarmUp uses of a Policy, recording the calls; ``graphs``: whether it has graphs."""
+
+    def __init__(self, graphs: bool):
+        self.config = SimpleNamespace(action_horizon=4, action_dim=8)
+        self.actions = SimpleNamespace(state_to_model=lambda state: np.concatenate([state, [0.0]]))  # one more dim
+        self.calls = []
+        self.graph_stats = SimpleNamespace(captures=7, capture_s=0.5, captures_after_ready=0, static_bytes=1024,
+                                           pool_reserved_bytes=None) if graphs else None
+
+    def prepare(self, obs):
+        self.calls.append(("prepare", obs.prompt, sorted(obs.images), len(obs.state)))
+        # two image slots filled by the named camera (as an adapter may fill more)
+        return SimpleNamespace(inputs=(None, np.array([[True, True, False]])), stamp=obs.stamp)
+
+    def warm_up_graphs(self, prompt, state_dims, camera_counts):
+        self.calls.append(("graphs", prompt, state_dims, camera_counts))
+        return self.graph_stats
+
+    def run(self, prepared, noise):
+        self.calls.append(("run", float(np.abs(noise).max()), noise.shape))
+        return SimpleNamespace(timings={"total": 0.02})
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_zero_noise(graphs):
+    policy = WarmUpPolicy(graphs)
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "")
+    assert not warm.ready.is_set() and warm.values() == ({"graph_captures": 7.0, "graph_capture_s": 0.5,
+                                                          "graph_captures_after_ready": 0.0,
+                                                          "graph_static_bytes": 1024.0} if graphs else {})
+    text = warm.run()
+    assert warm.ready.is_set() and warm.seconds >= 0 and "warm_up_s" in warm.values()
+    assert policy.calls == [("prepare", WARMUP_PROMPT, ["base_0_rgb"], 3), ("graphs", WARMUP_PROMPT, 4, (2,)),
+                            ("run", 0.0, (4, 8))]
+    assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
+
+
+def test_the_engine_warms_up_before_it_takes_an_observation():
+    inputs = joints_only(time.time())
+    order = []
+    worker, published, failures = _worker(inputs, lambda prepared: order.append("run") or "chunk")
+    worker.start(warm_up=lambda: (time.sleep(0.2), order.append("warm up")))
+    worker.wake()
+    time.sleep(0.5)
+    assert worker.stop(1.0)
+    assert order[:2] == ["warm up", "run"] and failures == [], (order, failures)

@@ -159,19 +159,19 @@ def test_replay_equals_the_node_path_and_writes_chunks_back(tmp_path, storage, c
     # The node's path on the same inputs: rclpy messages (deserialized from the same bytes) into an InputBuffer, a
     # policy built from the same params file by the node's own function, inferred in the same order (its generator
     # advances once per chunk). Replay's chunks must be those, bit for bit.
-    from turbopi_ros.ros.node_params import policy_from_params
+    from turbopi_ros.ros.node_params import policy_from_config
 
-    checked = params_file.load(params)
-    policy = policy_from_params(checked)
+    config = params_file.load(params)
+    policy = policy_from_config(config)
     topics = {BASE: "base_0_rgb", WRIST_JPEG: "left_wrist_0_rgb", WRIST_RAW: "left_wrist_0_rgb",
               "/joint_states": JOINT_STATES}
     for k, (_, msg) in enumerate(chunks):
         instant = bag_start + 250_000_000 * (k + 1)
-        buffer = InputBuffer(checked["cameras.names"], {}, checked["state.joints"], checked["max_observation_age_s"])
+        buffer = InputBuffer(list(config.cameras.names), {}, list(config.state.joints), config.max_observation_age_s)
         for arrival, topic, msgtype, cdr, _ in written:
             if arrival <= instant:
                 buffer.store(topics[topic], deserialize_message(cdr, RCLPY_TYPES[msgtype]))
-        node_chunk = policy.infer(buffer.observation(buffer.snapshot(), checked["prompt"], instant * 1e-9))
+        node_chunk = policy.infer(buffer.observation(buffer.snapshot(), config.prompt, instant * 1e-9))
         replayed = np.array([pt.positions for pt in msg.points])
         assert np.array_equal(replayed, node_chunk.actions), f"chunk {k}: max diff " \
             f"{np.abs(replayed - node_chunk.actions).max()}"
@@ -343,10 +343,10 @@ def test_params_file_sections_and_nesting_as_rcl_reads_them(tmp_path):
     path = tmp_path / "nested.yaml"
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"model.seed": 5, "prompt": "from /**"}},
                                     "turbopi_node": {"ros__parameters": nested}, "/ns/other_node": {"x": 1}}))
-    values = params_file.load(path)
-    assert values["model.seed"] == 0 and values["model.num_threads"] == 1  # the specific section overrides /**
-    assert values["prompt"] == section["prompt"] and values["blend_s"] == 0.1  # unset: the node's default
-    assert isinstance(values["control_rate_hz"], float)
+    config = params_file.load(path)
+    assert config.model.seed == 0 and config.model.num_threads == 1  # the specific section overrides /**
+    assert config.prompt == section["prompt"] and config.blend_s == 0.1  # unset: the node's default
+    assert isinstance(config.control_rate_hz, float)
     path.write_text(yaml.safe_dump({"/**/turbopi_node": {"ros__parameters": dict(section, modle_seed=1)}}))
     assert params_file.unknown(path) == ["modle_seed"]
 

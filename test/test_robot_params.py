@@ -1,5 +1,8 @@
 """ros/robot_params.py without a node: the robot adapter's checks of the node's joints and cameras, and what
 Policy.from_params gets (the node refusing an unknown adapter: test_node_startup.py)."""
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 
 pytest.importorskip("rclpy")
@@ -53,10 +56,14 @@ def test_fitting_joints_and_no_adapter_pass():
 
 
 def test_policy_arguments():
-    p = _params("aloha", **{"robot.adapt_to_pi": False, "model.action_horizon": 25, "model.max_token_len": 64,
-                            "model.discrete_state_input": "false"})
-    assert policy_kwargs(p) == dict(robot_adapter="aloha", adapt_to_pi=False, action_horizon=25, max_token_len=64,
-                                    discrete_state_input="false")
+    from turbopi_ros.ros.node_config import ModelSettings, RobotSettings
+
+    model = ModelSettings(**{f.name: None for f in dataclasses.fields(ModelSettings)})
+    config = SimpleNamespace(robot=RobotSettings(adapter="aloha", adapt_to_pi=False),
+                             model=dataclasses.replace(model, action_horizon=25, max_token_len=64,
+                                                            discrete_state_input="false"))
+    assert policy_kwargs(config) == dict(robot_adapter="aloha", adapt_to_pi=False, action_horizon=25, max_token_len=64,
+                                         discrete_state_input="false")
 
 
 @pytest.mark.parametrize("name,value,message", [

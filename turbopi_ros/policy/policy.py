@@ -119,28 +119,36 @@ class Policy:
         self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
         self.encoder = model  # embed_images, build_cache
         if cuda_graph and self.device.type == "cuda":
-            from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool
+            self.use_graphs()
 
-            pool = GraphPool(self.device)  # one memory pool and one set of capture stats for both stages
-            self.denoiser = CudaGraphDenoiser(model, pool=pool)
-            self.guided_denoiser = CudaGraphGuidedDenoiser(model)
-            self.encoder = CudaGraphEncoder(model, pool=pool)
+    def use_graphs(self, static_replay_on_cpu: bool = False) -> None:
+        """Run the encoding and the denoise as graphs (model/cuda_graph.py): CUDA graphs on CUDA (what
+        ``cuda_graph=True`` does there); ``static_replay_on_cpu``: the same bookkeeping on CPU, for tests (the guided
+        denoise stays eager there)."""
+        from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool
+
+        pool = GraphPool(self.device, static_replay_on_cpu)  # one memory pool and one set of capture stats for both
+        self.denoiser = CudaGraphDenoiser(self.model, pool=pool)
+        if pool.is_cuda:
+            self.guided_denoiser = CudaGraphGuidedDenoiser(self.model)
+        self.encoder = CudaGraphEncoder(self.model, pool=pool)
 
     def warm_up_graphs(self, prompt: str, state_dims: Optional[int] = None,
                        camera_counts: Optional[Sequence[int]] = None):
-        """Capture the graphs of every prompt length ``prompt`` can produce (pi0.5: over every state of
-        ``state_dims`` values, policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image
-        slot), then mark the graphs ready: a later capture counts in ``captures_after_ready``. Returns the capture
-        stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
+        """Capture the graphs of every prompt length ``prompt`` can produce (pi0.5 with the state in the prompt: over
+        every state of ``state_dims`` values, policy/prompt_lengths.py) for ``camera_counts`` present cameras
+        (default: every image slot), then mark the graphs ready: a later capture counts in ``captures_after_ready``.
+        Returns the capture stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
         from .prompt_lengths import prompt_lengths
 
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
             return None
-        if self.config.is_pi05 and state_dims is None:
+        if self.discrete_state_input and state_dims is None:
             raise ValueError("pi0.5 writes the state into the prompt: warm_up_graphs needs state_dims")
         from ..model.cuda_graph import cached_lengths
 
-        lengths = prompt_lengths(self.tokenizer, prompt, state_dims if self.config.is_pi05 else None)
+        # pi0.5 without the discrete state input has pi0's prompt format: one length
+        lengths = prompt_lengths(self.tokenizer, prompt, state_dims if self.discrete_state_input else None)
         cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
         self.encoder.warm_up(cams, lengths)
         self.denoiser.warm_up(cached_lengths(self.config, cams, lengths), num_steps=self.num_steps)

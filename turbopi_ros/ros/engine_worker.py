@@ -70,6 +70,7 @@ class EngineWorker:
         self.ages: Dict[str, float] = {}  # of the inputs of the newest observation taken (diagnostics)
         self._preparer = threading.Thread(target=self._prepare_loop, name="turbopi_observations", daemon=True)
         self._engine = threading.Thread(target=self._engine_loop, name="turbopi_inference", daemon=True)
+        self._warm_up: Optional[Callable[[], None]] = None
 
     @property
     def superseded(self) -> int:
@@ -79,7 +80,10 @@ class EngineWorker:
         """New input, a new prompt, pacing or enabling changed: look again."""
         self._new_data.set()
 
-    def start(self) -> None:
+    def start(self, warm_up: Optional[Callable[[], None]] = None) -> None:
+        """Start the threads; ``warm_up()``: run first on the engine thread (the node's warm_up.WarmUp), before any
+        observation is taken."""
+        self._warm_up = warm_up
         if self.frames is not None:  # the engine thread prepares each observation itself (_prepared_on_demand)
             self.frames.start()
         else:  # a preparing thread, just in time (_prepare_iterations)
@@ -121,6 +125,8 @@ class EngineWorker:
 
     def _engine_loop(self) -> None:
         yield_cpu()
+        if self._warm_up is not None and not self.stop_event.is_set():
+            self._warm_up()
         self._restarting(self._engine_iterations, "inference worker")
 
     def _restarting(self, iterations, name: str) -> None:

@@ -6,6 +6,10 @@ inference (a missing or empty file means no fault) and, per its fields:
     {"hang_s": 3.0}      sleeps this long (an engine that hangs)
     {"raise": "text"}    raises RuntimeError("injected fault: text") (an engine failure)
 Tests rewrite the file while the node runs to switch faults on and off.
+
+With TURBOPI_TEST_CPU_GRAPHS=1, a node on CPU runs its policy with graphs in the CPU static-replay mode
+(Policy.use_graphs(static_replay_on_cpu=True)): the warm-up, the capture counts and their /diagnostics values as with
+CUDA graphs, tested without a GPU. No speed-up: a CPU "replay" runs the function again.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import time
 from typing import Callable, Optional
 
 ENV = "TURBOPI_TEST_FAULTS"
+CPU_GRAPHS_ENV = "TURBOPI_TEST_CPU_GRAPHS"
+WARNING = f"test-only hooks are on ({ENV} or {CPU_GRAPHS_ENV}): never on a robot"
 
 
 class InjectedFault(RuntimeError):
@@ -31,7 +37,16 @@ def read_faults(path: str) -> dict:
 
 
 def enabled() -> bool:
-    return bool(os.environ.get(ENV))
+    """Whether a test-only hook is on (the node warns: never on a robot)."""
+    return bool(os.environ.get(ENV)) or bool(os.environ.get(CPU_GRAPHS_ENV))
+
+
+def cpu_graphs(policy):
+    """``policy``, with graphs in the CPU static-replay mode when TURBOPI_TEST_CPU_GRAPHS is set and it runs on CPU
+    without graphs."""
+    if os.environ.get(CPU_GRAPHS_ENV) and policy.device.type == "cpu" and policy.graph_stats is None:
+        policy.use_graphs(static_replay_on_cpu=True)
+    return policy
 
 
 def wrap(infer: Callable, path: Optional[str] = None) -> Callable:

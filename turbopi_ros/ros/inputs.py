@@ -31,6 +31,32 @@ def input_name(name: str) -> str:
     return name if name == JOINT_STATES else f"camera '{name}'"
 
 
+class PromptSlot:
+    """The current prompt (the ``prompt`` parameter, then ~/prompt or a parameter change), read by the engine
+    thread."""
+
+    def __init__(self, text: str):
+        self._lock = threading.Lock()
+        self._text = str(text)
+
+    def get(self) -> str:
+        with self._lock:
+            return self._text
+
+    def set(self, text: str) -> bool:
+        """Whether ``text`` is a new prompt (a repeated one is ignored)."""
+        with self._lock:
+            if text == self._text:
+                return False
+            self._text = str(text)
+            return True
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class InputBuffer:
     """Thread-safe newest-message store for the cameras and the joint states, and the checks on a snapshot of it."""
 

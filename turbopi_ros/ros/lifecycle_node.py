@@ -3,10 +3,10 @@
 The plain node (TurbopiNode) builds everything and runs at start. The managed one starts unconfigured, with only its
 lifecycle services, and follows the transitions (``ros2 lifecycle set /turbopi_node configure``, ...):
 
-    configure   declare and check the parameters, load the model, set up inputs and outputs, warm the model up with
-                one inference on a blank observation (its own zero noise: the seeded noise of the chunks is
-                untouched); a failure (a bad parameter, a missing checkpoint) is logged with its reason, everything
-                built so far is freed and the transition returns FAILURE (back to unconfigured)
+    configure   declare and check the parameters, load the model, set up inputs and outputs, warm up (warm_up.py: the
+                graph captures, one inference on a blank observation with its own zero noise: the seeded noise of the
+                chunks is untouched); a failure (a bad parameter, a missing checkpoint) is logged with its reason,
+                everything built so far is freed and the transition returns FAILURE (back to unconfigured)
     activate    start the workers (first time) and publish: chunks and commands
     deactivate  no more chunks or commands from the end of the transition on (a velocity group gets its zero
                 command within it); inputs keep being received
@@ -25,16 +25,11 @@ import gc
 import threading
 from typing import List
 
-import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_srvs.srv import SetBool
 
-from ..policy.policy import Observation
 from .policy_node import TurbopiNode
 from .ros_compat import remove_parameter_callbacks
-
-WARMUP_PROMPT = "warm up"
-
 
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def __init__(self, **kwargs):
@@ -55,7 +50,8 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         try:
             self._build()
             self._enabled = False  # inactive: nothing is published until activate
-            self._warm_up()
+            self.get_logger().info(self.warm_up.run())  # before activate: the engine does not warm up again
+            self.get_logger().info(self._ready_message)
         except Exception as e:  # noqa: BLE001 - any failure is the transition's, reported with its reason
             self.get_logger().error(f"configure failed: {type(e).__name__}: {' '.join(str(e).split())}")
             self._configured_attrs = sorted(set(vars(self)) - before_attrs)
@@ -126,26 +122,14 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         return super().declare_parameter(name, value, descriptor, ignore_override)
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def _warm_up(self) -> None:
-        """One inference on a blank observation of the configured cameras and state (lazy initialisation, a CUDA
-        graph capture happen here, not on the first real observation); zero noise, so the policy's seeded noise
-        stream is the one a plain node would use."""
-        c = self.policy.config
-        images = {name: np.zeros((224, 224, 3), np.uint8) for name in self.inputs.cameras}
-        obs = Observation(images=images, state=np.zeros(len(self.inputs.state_joints)),
-                          prompt=self._prompt or WARMUP_PROMPT)
-        chunk = self.policy.run(self.policy.prepare(obs), noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
-        self.get_logger().info(f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms")
-
     def _quiesce(self) -> None:
         """No chunk or command after this returns; a velocity group's stream ends with its zero command."""
-        if not hasattr(self, "schedule"):  # not configured
+        if not hasattr(self, "commands"):  # not configured
             self._active = False
             return
         with self._command_gate, self._chunk_gate:
             self._active = self._enabled = False
-            self.schedule.clear()
-            self._last_command = None
+            self.commands.stop()
             self.outputs.stop()
 
     def _teardown(self) -> None:

@@ -1,6 +1,6 @@
 """turbopi_node's parameters (PARAMETERS: names, defaults, descriptions, ranges; `ros2 param describe` shows them), the
-checks across them, and the Policy they ask for. Reading a parameter file (params_file.py) needs this module only,
-not the node or torch."""
+checks across them, and the Policy a configuration (node_config.NodeConfig, built from them) asks for. Reading a
+parameter file (params_file.py) needs this module only, not the node or torch."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict
@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Dict
 import numpy as np
 
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
-from ..policy.policy import IMAGE_KEYS
+from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS
 from .parameters import Param
 from .robot_params import ROBOT_PARAMETERS, policy_kwargs
 
 if TYPE_CHECKING:
     from ..policy.policy import Policy
+    from .node_config import NodeConfig
 
 PARAMETERS: Dict[str, Param] = {
     "model.checkpoint": Param("", "openpi PyTorch checkpoint directory or .safetensors file, or 'random' for seeded "
@@ -27,7 +28,12 @@ PARAMETERS: Dict[str, Param] = {
     "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
     "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
-    "model.cuda_graph": Param(True, "on CUDA, replay the denoise as one CUDA graph per prompt length"),
+    "model.cuda_graph": Param(True, "on CUDA, replay the encoding and the denoise as CUDA graphs, every prompt length "
+                                    "the configuration can produce captured before the node is ready"),
+    "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
+                                  "(minutes, before the node is ready), later ones load from model.cache_dir"),
+    "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
+                                 "takes seconds; '' = inductor's default (a temporary directory: lost on reboot)"),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
     **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
     "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "
@@ -95,19 +101,27 @@ def check_lengths(p: Dict[str, object]) -> None:
         raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
 
 
-def policy_from_params(p: Dict[str, object]) -> "Policy":
-    """The Policy that the node's checked parameters ask for; turbopi-replay builds it here too, so that what
-    replays is what would run."""
+def loading_message(config: "NodeConfig") -> str:
+    """The log line before the (long) model load."""
+    m = config.model
+    what = f"random weights of {m.preset}" if m.checkpoint == RANDOM_WEIGHTS else m.checkpoint
+    return f"loading {what} on {m.device}"
+
+
+def policy_from_config(config: "NodeConfig") -> "Policy":
+    """The Policy that the node's configuration asks for; turbopi-replay builds it here too, so that what replays is
+    what would run."""
     from ..policy.loading import load_policy  # torch: only when a policy is built
 
+    m, a = config.model, config.action
     policy = load_policy(
-        checkpoint=p["model.checkpoint"], preset=p["model.preset"], device=p["model.device"], dtype=p["model.dtype"],
-        tokenizer=p["model.tokenizer"], norm_stats=p["model.norm_stats"], seed=int(p["model.seed"]),
-        num_steps=int(p["model.num_steps"]), action_dims=len(p["action.joints"]), image_keys=IMAGE_KEYS,
-        delta_mask=list(p["action.delta_mask"]) or None, lower_limits=list(p["action.lower_limits"]),
-        upper_limits=list(p["action.upper_limits"]), cuda_graph=bool(p["model.cuda_graph"]),
-        preprocess_mode=p["cameras.preprocess"], **policy_kwargs(p))
-    if len(p["state.joints"]) > policy.config.action_dim:
-        raise ValueError(f"{len(p['state.joints'])} state.joints exceed the model's {policy.config.action_dim} "
+        checkpoint=m.checkpoint, preset=m.preset, device=m.device, dtype=m.dtype, tokenizer=m.tokenizer,
+        norm_stats=m.norm_stats, seed=m.seed, num_steps=m.num_steps, action_dims=len(a.joints), image_keys=IMAGE_KEYS,
+        delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
+        cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
+    if m.compile:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
+        policy.model.compile_denoise(cache_dir=m.cache_dir or None)
+    if len(config.state.joints) > policy.config.action_dim:
+        raise ValueError(f"{len(config.state.joints)} state.joints exceed the model's {policy.config.action_dim} "
                          "state dims")
     return policy

@@ -15,6 +15,7 @@ from .problems import ProblemLog
 from .rates import EventRate
 
 STATUS_NAME = "turbopi_node: policy"
+WARMING_UP = "warming up (first inference, graph captures): not ready yet"
 KEPT = 20  # chunks whose stage times the medians are over
 # per chunk, besides the policy's stages: latency (observation stamp -> publish), engine (the run), observation_to_chunk
 # (inputs taken -> publish), observation_wait (inputs taken -> the engine starts on them)
@@ -90,13 +91,16 @@ class NodeStats:
 
 
 def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems: ProblemLog, enabled: bool,
-                      chunks: int, hardware_id: str) -> DiagnosticStatus:
-    """The node's DiagnosticStatus: ERROR naming the newest problem, WARN while waiting for input or for a first
-    chunk, OK with the chunk rate; every measured value and input age as key/values."""
+                      chunks: int, hardware_id: str, warming_up: bool = False) -> DiagnosticStatus:
+    """The node's DiagnosticStatus: ERROR naming the newest problem, WARN "warming up" until the node is ready (no
+    chunk can come yet), WARN while waiting for input or for a first chunk, OK with the chunk rate; every measured
+    value and input age as key/values."""
     problem, level = problems.message, problems.level
     status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
     if level == "error":
         status.level, status.message = DiagnosticStatus.ERROR, problem
+    elif warming_up:
+        status.level, status.message = DiagnosticStatus.WARN, WARMING_UP
     elif not enabled:
         status.level, status.message = DiagnosticStatus.OK, "disabled (call ~/enable)"
     elif level == "warn":
@@ -105,8 +109,8 @@ def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems
         status.level, status.message = DiagnosticStatus.WARN, "no chunks yet"
     else:
         status.level, status.message = DiagnosticStatus.OK, f"{values['chunk_rate_hz']:.1f} chunks/s"
-    texts = {"enabled": str(enabled), "chunks": str(chunks), "errors": str(problems.count),
-             "last_error": problem if level == "error" else ""}
+    texts = {"ready": str(not warming_up), "enabled": str(enabled), "chunks": str(chunks),
+             "errors": str(problems.count), "last_error": problem if level == "error" else ""}
     texts.update({k: f"{v:.3f}" for k, v in values.items()})
     texts.update({f"age_{k}_s": f"{v:.3f}" for k, v in ages.items()})
     status.values = [KeyValue(key=k, value=v) for k, v in texts.items()]
@@ -120,23 +124,39 @@ def status_line(values: Dict[str, float], ages: Dict[str, float]) -> str:
             f"{stages or '-'} | ages: {age_text or '-'}")
 
 
+def ready_message(config, policy, outputs: str, start_state: str) -> str:
+    """The node's "ready: ..." log line: model, device, steps, cameras, joints, rates, whether it publishes, and its
+    outputs (``config``: node_config.NodeConfig; ``outputs``: action_outputs.ActionOutputs.describe())."""
+    c = config
+    commands = f"{c.command_rate_hz:g} Hz" if c.command_rate_hz else "the joint_states rate"
+    return (f"ready: {policy.config.variant} on {c.model.device} ({c.model.dtype}), {policy.num_steps} steps, "
+            f"cameras {list(c.cameras.names)}, {len(c.action.joints)} action joints, actions at "
+            f"{c.control_rate_hz:g} Hz, commands at {commands}, {start_state}; outputs: {outputs}")
+
+
 class StatusReporter:
     """The node's /diagnostics and its status log line: what ``values()`` measures (the statistics, the engine's and
     the frames' counters, the node's command period and RTC switch), the problems, the input ages."""
 
-    def __init__(self, node, stats: NodeStats, problems: ProblemLog, engine, frames, values: Callable[[], tuple]):
-        """``values()`` -> (now on the node's clock, the command period in s, RTC on, commands enabled)."""
+    def __init__(self, node, stats: NodeStats, problems: ProblemLog, engine, frames, values: Callable[[], tuple],
+                 warm_up=None):
+        """``values()`` -> (now on the node's clock, the command period in s, RTC on, commands enabled);
+        ``warm_up``: warm_up.WarmUp (its ``ready`` event and ``values()``), or None."""
         self.node, self.stats, self.problems, self.engine, self.frames = node, stats, problems, engine, frames
-        self._state = values
+        self._state, self.warm_up = values, warm_up
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def values(self) -> Dict[str, float]:
         now, period_s, rtc, _ = self._state()
-        return self.stats.values(now, period_s, rtc, self.engine, self.frames)
+        values = self.stats.values(now, period_s, rtc, self.engine, self.frames)
+        if self.warm_up is not None:
+            values.update(self.warm_up.values())
+        return values
 
     def publish(self, hardware_id: str) -> None:
+        warming_up = self.warm_up is not None and not self.warm_up.ready.is_set()
         status = diagnostic_status(self.values(), self.engine.ages, self.problems, self._state()[3],
-                                   self.stats.chunks, hardware_id)
+                                   self.stats.chunks, hardware_id, warming_up)
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self._pub.publish(msg)

@@ -11,9 +11,12 @@ default's type (a float also accepts an integer); names the node does not declar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import yaml
+
+if TYPE_CHECKING:
+    from .node_config import NodeConfig
 
 NODE = "turbopi_node"
 SECTIONS = ("/**", f"/**/{NODE}", NODE, f"/{NODE}")
@@ -74,11 +77,12 @@ def check_type(name: str, param, value: Any) -> None:
         raise ValueError(f"parameter {name}: expected {kinds[1]}, got {value!r} (expected: {param.constraints()})")
 
 
-def load(path: Path) -> Dict[str, Any]:
-    """Every turbopi_node parameter (PARAMETERS in node_params.py) with its checked value: the YAML's or the
-    default. A ValueError names the parameter and what it takes, as the node's ``cannot start:`` does."""
-    from .node_params import PARAMETERS, check_lengths
-    from .robot_params import camera_slots_for, check_robot
+def load(path: Path) -> "NodeConfig":
+    """The node's configuration (node_config.NodeConfig) from the file: every turbopi_node parameter (PARAMETERS in
+    node_params.py) with its checked value, the YAML's or the default. A ValueError names the parameter and what it
+    takes, as the node's ``cannot start:`` does."""
+    from .node_config import NodeConfig
+    from .node_params import PARAMETERS
 
     given = read_sections(path)
     values = {}
@@ -86,10 +90,7 @@ def load(path: Path) -> Dict[str, Any]:
         value = given.get(name, param.default)
         check_type(name, param, value)
         values[name] = param.check(name, value)
-    check_lengths(values)
-    check_robot(values)
-    values["cameras.names"] = camera_slots_for(values)  # model slots (an adapter's robot camera names renamed)
-    return values
+    return NodeConfig.from_params(values)
 
 
 def unknown(path: Path) -> List[str]:

@@ -3,43 +3,40 @@
 
 The node only wires things up: InputBuffer keeps the newest message of each input and builds observations,
 FramePreparer prepares each camera frame as it arrives, ProblemLog reports what is wrong, Policy turns an observation
-into an action chunk, ChunkSchedule says which action applies now. One engine thread runs one inference at a time on
-the newest complete observation, taken when it is free (or prepared just in time by a second thread, pipeline.py);
-a thread streams the action for "now" on ~/joint_command at command_rate_hz (0: the rate the robot publishes joint
-states at, measured).
+into an action chunk, ChunkSchedule says which action applies now. One engine thread (EngineWorker) runs one inference
+at a time on the newest complete observation, taken when it is free (or prepared just in time by a second thread,
+pipeline.py); ChunkFlow publishes each chunk or reports why not. A thread (CommandStream) streams the action for "now"
+(CommandSource) on ~/joint_command at command_rate_hz (CommandPeriod; 0: the rate the robot publishes joint states at,
+measured). StatusReporter publishes /diagnostics.
 Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
-import threading
-import time
 from typing import Dict, Optional
 
-import numpy as np
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from ..policy.chunking import ChunkSchedule
-from ..policy.policy import RANDOM_WEIGHTS, Policy
-from ..policy.rtc_target import guidance_arguments
 from . import faults
 from .action_outputs import ActionOutputs, declare_groups
+from .chunk_flow import ChunkFlow, RealTimeChunking
 from .chunk_gate import ChunkGate
-from .command_stream import CommandStream
+from .command_stream import CommandPeriod, CommandSource, CommandStream
 from .conversions import stamp_to_sec
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
-from .inputs import JOINT_STATES, InputBuffer
-from .node_params import PARAMETERS, check_lengths, policy_from_params
-from .node_status import NodeStats, StatusReporter
+from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
+from .node_config import NodeConfig
+from .node_params import PARAMETERS, loading_message, policy_from_config
+from .node_status import NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
-from .robot_params import camera_slots_for, check_robot
-from .ros_compat import subscription_event_callbacks
+from .subscriptions import subscribe_prompt, subscribe_sensors
+from .warm_up import WarmUp
 from .ros_logging import forward_python_logging, stop_forwarding
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -58,117 +55,99 @@ class TurbopiNode(Node):
 
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
-        check_lengths(p)
-        check_robot(p)
-        cameras = camera_slots_for(p)
-        groups = declare_groups(self, p, p["action.joints"])
-        self.action_joints = list(p["action.joints"])
-        self.rate_hz = float(p["control_rate_hz"])
-        self.command_rate_hz = float(p["command_rate_hz"])
-        self.hold_on_stale = p["on_stale"] == "hold"
-        self.rtc_enabled, self.rtc_max_guidance = bool(p["rtc.enabled"]), float(p["rtc.max_guidance"])
-        if int(p["model.num_threads"]) > 0:
+        self.config = c = NodeConfig.from_params(p)  # checked across parameters; typed from here on
+        groups = declare_groups(self, p, c.action.joints)
+        self.rate_hz = c.control_rate_hz
+        if c.model.num_threads > 0:
             import torch
 
-            torch.set_num_threads(int(p["model.num_threads"]))
+            torch.set_num_threads(c.model.num_threads)
         self._log_handler = forward_python_logging(self.get_logger())
-        self.policy = self._load_policy(p)
+        self.get_logger().info(loading_message(c))
+        self.policy = faults.cpu_graphs(policy_from_config(c))  # test-only: graphs on CPU
         if faults.enabled():
-            self.get_logger().warning(f"test-only fault injection is on ({faults.ENV}): never on a robot")
-        self._build_state(p, cameras)
-        self._build_interfaces(p, cameras, groups)
-        c = self.policy.config
-        commands = f"{self.command_rate_hz:g} Hz" if self.command_rate_hz else "the joint_states rate"
-        self.get_logger().info(
-            f"ready: {c.variant} on {p['model.device']} ({p['model.dtype']}), {self.policy.num_steps} steps, "
-            f"cameras {cameras}, {len(self.action_joints)} action joints, actions at {self.rate_hz:g} Hz, commands "
-            f"at {commands}, {self._start_state()}; outputs: {self.outputs.describe()}")
+            self.get_logger().warning(faults.WARNING)
+        self._build_state(c)
+        self._build_interfaces(c, groups)
+        # logged once warmed up (on the engine thread: start)
+        self._ready_message = ready_message(c, self.policy, self.outputs.describe(), self._start_state())
 
-    def _build_state(self, p, cameras) -> None:
+    def _build_state(self, c: NodeConfig) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
-        compressed = list(p["cameras.compressed"]) or [False] * len(cameras)
-        self._topics = dict(zip(cameras, p["cameras.topics"]), **{JOINT_STATES: p["joint_states.topic"]})
-        self._compressed = dict(zip(cameras, compressed))
+        cameras = list(c.cameras.names)
+        self._topics = dict(zip(cameras, c.cameras.topics), **{JOINT_STATES: c.joint_states.topic})
+        self._compressed = dict(zip(cameras, c.cameras.compressed))
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
-        self.inputs = InputBuffer(cameras, self._topics, p["state.joints"], p["max_observation_age_s"],
+        self.inputs = InputBuffer(cameras, self._topics, list(c.state.joints), c.max_observation_age_s,
                                   use_sim_time_hint=self._sim_time, reduce_for=self.policy.reduced_decode_size)
         self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
-        if p["cameras.prepare_on_arrival"]:
+        if c.cameras.prepare_on_arrival:
             self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=yield_cpu)
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
-        self.schedule = ChunkSchedule(self.rate_hz, float(p["blend_s"]))
+        self.schedule = ChunkSchedule(self.rate_hz, c.blend_s)
         self.stats = NodeStats()
+        self.rtc = RealTimeChunking(self.schedule, self.stats, self.rate_hz, c.rtc.enabled, c.rtc.max_guidance)
         # the command thread's heartbeat tells a pause of the whole node (no such thread under use_sim_time)
-        self.pauses = PauseWatch(float(p["max_observation_age_s"]), enabled=not self._sim_time)
-        self.gate = ChunkGate(self.inputs, self.pauses)
-        self._lock = threading.Lock()
-        self._prompt = p["prompt"]
-        self._enabled = bool(p["autostart"])
-        self._last_command: Optional[np.ndarray] = None
-        self._stale_reported = False
-        hooks = EngineHooks(now=self.now, prompt=self._current_prompt, enabled=lambda: self._enabled,
-                            fail=self._fail, guidance=self._guidance, publish=self._publish_chunk,
-                            worker_failed=self._worker_failed, alive=self.context.ok)
-        # the engine runs the policy; faults.wrap only where a test injects faults
-        self.engine = EngineWorker(self.policy, faults.wrap(self.policy.run), self.inputs, self.frames, hooks,
-                                   float(p["inference_period_s"]))
+        self.pauses = PauseWatch(c.max_observation_age_s, enabled=not self._sim_time)
+        self.prompt = PromptSlot(c.prompt)
+        self._enabled = c.autostart
+        hooks = EngineHooks(now=self.now, prompt=self.prompt.get, enabled=lambda: self._enabled,
+                            fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self.rtc.arguments,
+                            publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
+                            alive=self.context.ok)
+        run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
+        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s)
+        self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
-    def _build_interfaces(self, p, cameras, groups) -> None:
+    def _build_interfaces(self, c: NodeConfig, groups) -> None:
         """Subscriptions, publishers, the service, the parameter callback, the command stream and the timers."""
-        # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of
-        # one: when the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
-        newest = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
-                            durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
-        for name in cameras:
-            self.create_subscription(CompressedImage if self._compressed[name] else Image, self._topics[name],
-                                     lambda msg, name=name: self._store(name, msg), newest)
-        self.create_subscription(JointState, self._topics[JOINT_STATES], self._on_joint_states, newest)
-        # Prompts from a latched (transient local) publisher and from a plain one (`ros2 topic pub`): a transient
-        # local subscription is incompatible with a volatile publisher, a volatile one misses what was latched
-        # before it started, so there is one of each (a repeated prompt is ignored). The transient local one does
-        # not log the expected mismatch with plain publishers (the volatile one receives those).
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, "~/prompt", self._on_prompt, latched,
-                                 event_callbacks=subscription_event_callbacks(incompatible_qos=lambda event: None))
-        self.create_subscription(String, "~/prompt", self._on_prompt,
-                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                            durability=DurabilityPolicy.VOLATILE))
-        self.outputs = ActionOutputs(self, self.action_joints, groups, self.rate_hz)
+        subscribe_sensors(self, c.cameras.names, self._topics, self._compressed, c.joint_states.topic, self._store,
+                          self._on_joint_states)
+        subscribe_prompt(self, self._on_prompt)
+        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz)
+        hold = c.on_stale == "hold"
+        self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
+                              self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
+        self.commands = CommandSource(self.schedule, self.inputs, self.outputs, self.stats, self.now, self.flow.fail,
+                                      lambda: self._enabled, hold)
+        self.period = CommandPeriod(c.command_rate_hz, self.rate_hz)
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
-                                     lambda: (self.now(), self._command_period, self.rtc_enabled, self._enabled))
+                                     lambda: (self.now(), self.period.period_s, self.rtc.enabled, self._enabled),
+                                     self.warm_up)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
-        self._command_period = 1.0 / (self.command_rate_hz or self.rate_hz)
         self._command_timer = None
-        self._commands: Optional[CommandStream] = None
+        self._stream: Optional[CommandStream] = None
         if self._sim_time:
-            self._command_timer = self.create_timer(self._command_period, self._on_command_tick)
+            self._command_timer = self.create_timer(self.period.period_s, self._on_command_tick)
         else:
-            self._commands = CommandStream(self._on_command_tick, self._command_period, self.pauses,
-                                           self._node_paused, self.get_logger().error, self.engine.stop_event,
-                                           self.context.ok)
+            self._stream = CommandStream(self._on_command_tick, self.period.period_s, self.pauses,
+                                         self.commands.paused, self.get_logger().error, self.engine.stop_event,
+                                         self.context.ok)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_housekeeping)
-        if float(p["status_log_period_s"]) > 0:
-            self.create_timer(float(p["status_log_period_s"]), self.status.log)
+        if c.status_log_period_s > 0:
+            self.create_timer(c.status_log_period_s, self.status.log)
 
     def _start_state(self) -> str:
         return "enabled" if self._enabled else "waiting for ~/enable"
 
     def start(self) -> None:
-        """Start the engine and the command stream (spin.py calls this once the node is whole)."""
-        self.engine.start()
-        if self._commands is not None:
-            self._commands.start()
+        """Start the engine (it warms up first: /diagnostics says "warming up" meanwhile) and the command stream
+        (spin.py calls this once the node is whole)."""
+        self.engine.start(None if self.warm_up.ready.is_set() else self._warm_up)
+        if self._stream is not None:
+            self._stream.start()
 
-    def _load_policy(self, p) -> Policy:
-        checkpoint = p["model.checkpoint"]
-        what = f"random weights of {p['model.preset']}" if checkpoint == RANDOM_WEIGHTS else checkpoint
-        self.get_logger().info(f"loading {what} on {p['model.device']}")
-        return policy_from_params(p)
+    def _warm_up(self) -> None:
+        try:
+            self.get_logger().info(self.warm_up.run())
+        except Exception as e:  # noqa: BLE001 - reported: the engine goes on (a capture then happens on demand)
+            self.warm_up.ready.set()
+            self.flow.fail(f"warm-up failed: {type(e).__name__}: {e}")
+        self.get_logger().info(self._ready_message)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -188,17 +167,10 @@ class TurbopiNode(Node):
         self.stats.joint_state(self.now(), stamp_to_sec(msg.header.stamp))
         self._store(JOINT_STATES, msg)
 
-    def _current_prompt(self) -> str:
-        with self._lock:
-            return self._prompt
-
     def _set_prompt(self, text: str, source: str) -> None:
-        with self._lock:
-            if text == self._prompt:
-                return
-            self._prompt = text
-        self.engine.wake()
-        self.get_logger().info(f"prompt set from {source}: {_shorten(text)}")
+        if self.prompt.set(text):
+            self.engine.wake()
+            self.get_logger().info(f"prompt set from {source}: {shorten(text)}")
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")
@@ -212,16 +184,12 @@ class TurbopiNode(Node):
         if "inference_period_s" in changes:
             self.engine.inference_period_s = float(changes["inference_period_s"])
             self.engine.wake()
-        if "rtc.enabled" in changes:
-            self.rtc_enabled = bool(changes["rtc.enabled"])
-        if "rtc.max_guidance" in changes:
-            self.rtc_max_guidance = float(changes["rtc.max_guidance"])
+        self.rtc.apply(changes)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
         if not self._enabled:
-            self.schedule.clear()
-            self._last_command = None
+            self.commands.stop()
         else:
             self.engine.wake()
         response.success = True
@@ -229,88 +197,19 @@ class TurbopiNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    # --- the engine's hooks (engine_worker.py) ----------------------------------------------------------------------
-    def _guidance(self, stamp: float) -> Dict[str, object]:
-        """Real-time chunking's arguments (rtc_target.guidance_arguments), while it is on."""
-        current = self.schedule.current if self.rtc_enabled else None
-        latencies = [ms * 1e-3 for ms in self.stats.recent_ms("latency", 5)]
-        return guidance_arguments(current, stamp, latencies, self.rate_hz, self.rtc_max_guidance)
-
+    # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
     def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
-        engine_s, now = time.monotonic() - run_start, self.now()
-        refused = self.gate.refuse(chunk.stamp, run_start, now)
-        if refused:
-            self._fail(refused)
-            return
-        self.outputs.publish_chunk(chunk.actions, chunk.stamp)
-        self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
-        if self.stats.chunks == 0:
-            self.get_logger().info(f"first chunk: {len(chunk.actions)} actions in "
-                                   f"{chunk.timings['total'] * 1e3:.0f} ms")
-        ended = self.problems.clear()
-        if ended:
-            self.get_logger().info(f"recovered: chunks flowing again (was: {ended})")
-        self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
-                                        observation_to_chunk=pipeline_s, observation_wait=wait_s),
-                                   chunk.guidance_error)
-
-    def _fail(self, message: str, waiting: bool = False) -> None:
-        """Record a problem (diagnostics show the newest), stop the stream unless on_stale is 'hold', log it
-        (throttled by ProblemLog)."""
-        if not self.hold_on_stale:
-            self.schedule.clear()
-        if self.context.ok():  # shutting down: the log's rosout publisher is gone
-            self.problems.report(message, waiting)
-        self.engine.wake()
-
-    def _worker_failed(self, message: str) -> None:
-        self.get_logger().error(message)
-        self.schedule.clear()
-
-    # --- the command stream (command_stream.py) ---------------------------------------------------------------------
-    def _node_paused(self, seconds: float) -> None:
-        """The command thread woke ``seconds`` after its deadline: the whole process was not scheduled (pauses.py).
-        Named as such, since every input now looks stale and would otherwise be blamed."""
-        self._stale_reported = True  # the stale inputs that follow are this pause, reported here
-        self._fail(f"the node did not run for {seconds:.2f} s (its threads were not scheduled: the machine is "
-                   "overloaded or was paused); no chunk or command until fresh inputs arrive")
+        self.flow.publish(chunk, run_start, pipeline_s, wait_s)
 
     def _on_command_tick(self) -> None:
-        if not self._enabled:
-            self.outputs.stop()
-            return
-        now = self.now()
-        snapshot = self.inputs.snapshot()
-        # Inputs that went stale between observations stop (or hold) the commands now, not when the chunk ends.
-        stale = self.inputs.stale(snapshot, now) if snapshot else ""
-        if stale and not self._stale_reported:
-            self._fail(stale)
-        self._stale_reported = bool(stale)
-        command = None if stale else self.schedule.command(now)
-        held = command is None and self.hold_on_stale and self._last_command is not None
-        if held:
-            command = self._last_command
-        elif command is None:
-            self.outputs.stop()
-            return
-        self._last_command = command
-        self.outputs.publish_command(command, held=held)
-        self.stats.command_times.add(time.monotonic())
-
-    def _command_period_s(self) -> float:
-        """The command stream's period: command_rate_hz, or the measured joint_states rate (the control rate until
-        joint states arrive)."""
-        if self.command_rate_hz > 0:
-            return 1.0 / self.command_rate_hz
-        return 1.0 / (self.stats.joint_rate(self.now()) or self.rate_hz)
+        self.commands.tick()
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _on_housekeeping(self) -> None:
-        period = self._command_period_s()
-        if abs(period - self._command_period) > 0.01 * period:  # follow the measured rate (1 % hysteresis)
-            self._command_period = period
-            if self._commands is not None:
-                self._commands.period_s = period
+        period = self.period.follow(self.stats.joint_rate(self.now()))
+        if period is not None:  # follow the measured joint_states rate
+            if self._stream is not None:
+                self._stream.period_s = period
             if self._command_timer is not None:
                 self._command_timer.timer_period_ns = int(round(period * 1e9))
         stalled = self.engine.stall(self.stats.recent_ms("engine"), self.pauses.paused_since)
@@ -329,11 +228,9 @@ class TurbopiNode(Node):
     def _release(self, join_timeout_s: float = 3.0) -> bool:
         """Everything destroy_node frees but the ROS node itself: the engine, the command stream, the camera threads,
         the log forwarding, the policy (kept while the engine is still busy in it: then False)."""
-        stopped = True
-        if hasattr(self, "engine"):
-            stopped = self.engine.stop(join_timeout_s)
-        if getattr(self, "_commands", None) is not None:
-            self._commands.join(1.0)
+        stopped = self.engine.stop(join_timeout_s) if hasattr(self, "engine") else True
+        if getattr(self, "_stream", None) is not None:
+            self._stream.join(1.0)
         if hasattr(self, "outputs") and self.context.ok():
             self.outputs.stop()  # velocity groups: zero velocity, not the last one held by a forward controller
         if getattr(self, "frames", None) is not None:
@@ -343,8 +240,3 @@ class TurbopiNode(Node):
         if stopped and hasattr(self, "policy"):
             self.policy.close()
         return stopped
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    """repr of ``text`` for a log line, cut to ``limit`` characters with its length said."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"

@@ -12,11 +12,14 @@ With an adapter, ``cameras.names`` may name the robot's cameras as openpi does (
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..policy.adapters import ADAPTERS, RobotAdapter, make_adapter
 from ..policy.policy import IMAGE_KEYS
 from .parameters import Param
+
+if TYPE_CHECKING:
+    from .node_config import NodeConfig
 
 ROBOT_PARAMETERS: Dict[str, Param] = {
     "robot.adapter": Param("none", "openpi robot adapter applied around the model (state, cameras, actions as "
@@ -39,11 +42,11 @@ def adapter_of(p: Dict[str, Any]) -> Optional[RobotAdapter]:
     return make_adapter(p["robot.adapter"], bool(p["robot.adapt_to_pi"]))
 
 
-def policy_kwargs(p: Dict[str, Any]) -> Dict[str, Any]:
-    """load_policy's robot and model-setting arguments from the checked parameters."""
-    return dict(robot_adapter=p["robot.adapter"], adapt_to_pi=bool(p["robot.adapt_to_pi"]),
-                action_horizon=int(p["model.action_horizon"]), max_token_len=int(p["model.max_token_len"]),
-                discrete_state_input=p["model.discrete_state_input"])
+def policy_kwargs(config: "NodeConfig") -> Dict[str, Any]:
+    """load_policy's robot and model-setting arguments from the node's configuration (node_config.NodeConfig)."""
+    return dict(robot_adapter=config.robot.adapter, adapt_to_pi=config.robot.adapt_to_pi,
+                action_horizon=config.model.action_horizon, max_token_len=config.model.max_token_len,
+                discrete_state_input=config.model.discrete_state_input)
 
 
 def camera_slots_for(p: Dict[str, Any]) -> List[str]:

@@ -18,6 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
+from ..ros.node_config import NodeConfig
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, BagWriter
 
 QUEUE = 100
@@ -27,11 +28,11 @@ MESSAGE_CLASSES = {IMAGE: Image, COMPRESSED: CompressedImage, JOINT_STATE: Joint
                    "std_msgs/msg/Float64MultiArray": Float64MultiArray}
 
 
-def node_topics(p: Dict[str, object]) -> List[Tuple[str, str, bool]]:
-    """(topic, type, is_input) of what turbopi_node with checked parameters ``p`` reads and publishes."""
-    compressed = list(p["cameras.compressed"]) or [False] * len(p["cameras.topics"])
-    topics = [(t, COMPRESSED if c else IMAGE, True) for t, c in zip(p["cameras.topics"], compressed)]
-    topics.append((str(p["joint_states.topic"]), JOINT_STATE, True))
+def node_topics(config: NodeConfig) -> List[Tuple[str, str, bool]]:
+    """(topic, type, is_input) of what turbopi_node with the configuration ``config`` reads and publishes."""
+    cameras = config.cameras
+    topics = [(t, COMPRESSED if c else IMAGE, True) for t, c in zip(cameras.topics, cameras.compressed)]
+    topics.append((config.joint_states.topic, JOINT_STATE, True))
     topics += [(CHUNK_TOPIC, TRAJECTORY, False), (COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray", False)]
     return topics
 

@@ -4,7 +4,7 @@
                        [--at-recorded-chunks]
 
 The params file is the node's own, read and checked as the node does (params_file.py), and the policy is built by
-the node's policy_from_params. The bag's messages go, in recorded order, into the node's InputBuffer: observations
+the node's policy_from_config. The bag's messages go, in recorded order, into the node's InputBuffer: observations
 are built by its newest-message rule, staleness and bad-input checks and conversions, at instants of bag time (the
 recorded arrival times, ``now`` of the staleness checks). An instant that yields no chunk is a skip, counted by its
 reason (the node's own message, numbers masked). Outputs in DIR: chunks.mcap, report.json and PNGs (replay_report.py).
@@ -33,6 +33,7 @@ from ..ros import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
 from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
 from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
+from ..ros.node_config import NodeConfig
 from ..policy.policy import ActionChunk, ObservationError
 
 CHUNK_TOPIC = "/turbopi_node/action_chunk"
@@ -49,12 +50,12 @@ class Replayed:
     noise_offset: Optional[int] = None  # --at-recorded-chunks: chunks the node published before the recording began
 
 
-def input_topics(p: Dict[str, object]) -> Dict[str, Tuple[str, str]]:
-    """topic -> (input name, message type) of the node's subscriptions under parameters ``p``."""
-    compressed = list(p["cameras.compressed"]) or [False] * len(p["cameras.names"])
+def input_topics(config: NodeConfig) -> Dict[str, Tuple[str, str]]:
+    """topic -> (input name, message type) of the node's subscriptions under the configuration ``config``."""
+    cameras = config.cameras
     topics = {t: (name, COMPRESSED if c else IMAGE)
-              for name, t, c in zip(p["cameras.names"], p["cameras.topics"], compressed)}
-    topics[str(p["joint_states.topic"])] = (JOINT_STATES, JOINT_STATE)
+              for name, t, c in zip(cameras.names, cameras.topics, cameras.compressed)}
+    topics[config.joint_states.topic] = (JOINT_STATES, JOINT_STATE)
     return topics
 
 
@@ -80,14 +81,13 @@ def skip_reason(message: str) -> str:
 class Replayer:
     """Feeds a bag's messages to the node's InputBuffer and runs the policy at instants of bag time."""
 
-    def __init__(self, p: Dict[str, object], policy):
-        self.p, self.policy = p, policy
-        topics = input_topics(p)
-        cameras = list(p["cameras.names"])
+    def __init__(self, config: NodeConfig, policy):
+        self.config, self.policy = config, policy
+        topics = input_topics(config)
         self.topics = topics
-        self.inputs = InputBuffer(cameras, {name: t for t, (name, _) in topics.items()}, p["state.joints"],
-                                  float(p["max_observation_age_s"]))
-        self.prompt = str(p["prompt"])
+        self.inputs = InputBuffer(list(config.cameras.names), {name: t for t, (name, _) in topics.items()},
+                                  list(config.state.joints), config.max_observation_age_s)
+        self.prompt = config.prompt
         self.result = Replayed()
         self._last_observed: Optional[Dict[str, object]] = None
         self._t0_ns = 0
@@ -139,7 +139,7 @@ class Replayer:
         """Instants from start_ns to end_ns: every period_s, or (None) as the node paces itself (module docstring).
         An instant at T sees the messages that arrived at or before T."""
         self._t0_ns = start_ns
-        pacing = float(self.p["inference_period_s"])
+        pacing = self.config.inference_period_s
         next_ns: Optional[int] = start_ns
         k = 0
         for t_ns, topic, msg in itertools.chain(self.stream(reader, end_ns), [(end_ns, None, None)]):
@@ -172,7 +172,7 @@ class Replayer:
         A chunk is resolved once the bag is SETTLE_S past its stamp: by then every message stamped before it has
         arrived, whatever the order the recorder got the topics in."""
         self._t0_ns = start_ns
-        recorded = RecordedChunks(reader, self.p)
+        recorded = RecordedChunks(reader, self.config)
         history: Dict[str, List[Tuple[int, int, object]]] = {n: [] for n in self.inputs.inputs}  # (stamp, arrival, msg)
         settle_ns = int(SETTLE_S * 1e9)
         for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(2**63 - 1, None, None)]):
@@ -306,7 +306,7 @@ class RecordedChunks:
     """The chunks a recorded turbopi_node published on /turbopi_node/action_chunk, in publication order: (observation
     stamp in ns, actions [H, N])."""
 
-    def __init__(self, reader, p: Dict[str, object]):
+    def __init__(self, reader, config: NodeConfig):
         connections = [c for c in reader.connections if c.topic == CHUNK_TOPIC and c.msgtype == TRAJECTORY]
         if not connections:
             raise ValueError(f"--at-recorded-chunks: the bag has no {CHUNK_TOPIC} ({TRAJECTORY}): record the node's "
@@ -314,9 +314,9 @@ class RecordedChunks:
         self.chunks = []
         for conn, _, raw in reader.messages(connections=connections):
             msg = deserialize(reader.typestore, raw, conn.msgtype)
-            if list(msg.joint_names) != list(p["action.joints"]):
+            if tuple(msg.joint_names) != config.action.joints:
                 raise ValueError(f"recorded chunks are for joints {list(msg.joint_names)}, the params file's "
-                                 f"action.joints are {list(p['action.joints'])}")
+                                 f"action.joints are {list(config.action.joints)}")
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             self.chunks.append((stamp, np.array([pt.positions for pt in msg.points], dtype=np.float64)))
         self._next = 0
@@ -370,17 +370,17 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
     from tqdm import tqdm
 
     from . import replay_report as report
-    from ..ros.node_params import policy_from_params
+    from ..ros.node_params import policy_from_config
 
     if period_s is not None and period_s <= 0:
         raise ValueError(f"--period {period_s:g}: expected seconds > 0")
     if start_s < 0 or duration_s < 0 or limit < 0:
         raise ValueError("--start, --duration and --limit must not be negative")
-    p = params_file.load(params_path)
+    config = params_file.load(params_path)
     for name in params_file.unknown(params_path):
         print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
               file=sys.stderr)
-    if p.get("rtc.enabled"):
+    if config.rtc.enabled:
         print("turbopi-replay: warning: rtc.enabled is set; replay infers every chunk on its own (real-time chunking "
               "is not replayed)", file=sys.stderr)
     out = Path(out)
@@ -388,18 +388,18 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
         raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")
     reader = open_bag(bag)
     try:
-        check_bag_topics(reader, input_topics(p), bag)
-        if int(p["model.num_threads"]) > 0:
+        check_bag_topics(reader, input_topics(config), bag)
+        if config.model.num_threads > 0:
             import torch
 
-            torch.set_num_threads(int(p["model.num_threads"]))
-        policy = policy_from_params(p)
+            torch.set_num_threads(config.model.num_threads)
+        policy = policy_from_config(config)
         start_ns = reader.start_time + int(round(start_s * 1e9))
         end_ns = reader.end_time + 1 if duration_s <= 0 else min(start_ns + int(round(duration_s * 1e9)),
                                                                  reader.end_time + 1)
         if start_ns >= end_ns:
             raise ValueError(f"--start {start_s:g} s is past the end of the bag ({reader.duration * 1e-9:.3f} s long)")
-        replayer = Replayer(p, policy)
+        replayer = Replayer(config, policy)
         window_s = (end_ns - start_ns) * 1e-9
         t_wall = time.monotonic()
         with tqdm(total=round(window_s, 3), unit="s", desc="replay",
@@ -419,7 +419,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
                 ("period" if period_s is not None else "as the node paces itself"), "period_s": period_s}
     finally:
         reader.close()
-    return report.write(out, p, policy, result, info)
+    return report.write(out, config, policy, result, info)
 
 
 def main(argv=None) -> int:

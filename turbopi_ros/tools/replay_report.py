@@ -19,6 +19,7 @@ import numpy as np
 
 from .bags import TRAJECTORY, BagWriter, rclpy_to_cdr
 from ..ros.conversions import chunk_to_trajectory, stamp_to_sec
+from ..ros.node_config import NodeConfig
 from ..policy.chunking import Chunk
 from ..policy.policy import STAGES
 
@@ -96,9 +97,12 @@ def latency_ms(chunks) -> Dict[str, dict]:
     return out
 
 
-def write_bag(path: Path, p: dict, result) -> None:
-    joints, rate = list(p["action.joints"]), float(p["control_rate_hz"])
-    entries = [(t_ns, str(p["joint_states.topic"]), msg) for t_ns, msg in result.joint_states]
+REPORTED_MODEL = ("checkpoint", "preset", "device", "dtype", "seed", "num_steps")  # model settings in the report
+
+
+def write_bag(path: Path, config: NodeConfig, result) -> None:
+    joints, rate = list(config.action.joints), config.control_rate_hz
+    entries = [(t_ns, config.joint_states.topic, msg) for t_ns, msg in result.joint_states]
     for chunk in result.chunks:
         trajectory = chunk_to_trajectory(chunk.actions, joints, chunk.stamp, rate)
         t_ns = trajectory.header.stamp.sec * 1_000_000_000 + trajectory.header.stamp.nanosec
@@ -112,12 +116,12 @@ def write_bag(path: Path, p: dict, result) -> None:
                 bag.write_msg(topic, t_ns, item)
 
 
-def write(out: Path, p: dict, policy, result, info: dict) -> dict:
+def write(out: Path, config: NodeConfig, policy, result, info: dict) -> dict:
     """Write every output into ``out`` and return the report."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    joints, rate = list(p["action.joints"]), float(p["control_rate_hz"])
+    joints, rate = list(config.action.joints), config.control_rate_hz
     recorded = recorded_positions(result.joint_states, joints)
     stats, horizons, mae = errors(result.chunks, joints, rate, recorded)
     t0 = info["start_ns"] * 1e-9
@@ -125,7 +129,7 @@ def write(out: Path, p: dict, policy, result, info: dict) -> dict:
         "bag": info["bag"], "params_file": info["params_file"], "mode": info["mode"], "period_s": info["period_s"],
         "window_s": {"start": round((info["start_ns"] - info["bag_start_ns"]) * 1e-9, 6),
                      "end": round((info["end_ns"] - info["bag_start_ns"]) * 1e-9, 6)},
-        "model": {k: p[f"model.{k}"] for k in ("checkpoint", "preset", "device", "dtype", "seed", "num_steps")},
+        "model": {k: getattr(config.model, k) for k in REPORTED_MODEL},
         "torch_threads": torch.get_num_threads(),
         "instants": result.instants, "chunks": len(result.chunks),
         "skips": {"total": sum(s["count"] for s in result.skips.values()), "by_reason": result.skips},
@@ -141,7 +145,7 @@ def write(out: Path, p: dict, policy, result, info: dict) -> dict:
             "needed_another_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
             "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None),
             "noise_offset": result.noise_offset}
-    write_bag(out / CHUNKS_BAG, p, result)
+    write_bag(out / CHUNKS_BAG, config, result)
     plot(out, result, joints, rate, recorded, horizons, mae, t0)
     report["outputs"] = sorted(f.name for f in out.iterdir() if f.suffix in (".mcap", ".png")) + ["report.json"]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

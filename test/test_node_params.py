@@ -1,0 +1,72 @@
+"""The node's model parameters that reach the Policy beyond load_policy's arguments: model.compile compiles the denoise
+step with model.cache_dir as inductor's cache (PI0Model.compile_denoise; compiled lazily, at the node's warm-up)."""
+import dataclasses
+
+import pytest
+
+from turbopi_ros.model.pi0 import PI0Model
+from turbopi_ros.ros import params_file
+from turbopi_ros.ros.node_params import PARAMETERS, policy_from_config
+
+from ros_helpers import DEMO_PARAMS
+
+
+@pytest.mark.parametrize("compile_, cache_dir", [(False, ""), (True, ""), (True, "~/inductor")])
+def test_model_compile_and_its_cache_dir(monkeypatch, compile_, cache_dir):
+    calls = []
+    monkeypatch.setattr(PI0Model, "compile_denoise", lambda self, mode=None, cache_dir=None: calls.append(cache_dir))
+    config = params_file.load(DEMO_PARAMS)
+    policy_from_config(dataclasses.replace(config, model=dataclasses.replace(config.model, compile=compile_,
+                                                                             cache_dir=cache_dir)))
+    assert calls == ([cache_dir or None] if compile_ else [])
+    assert PARAMETERS["model.compile"].default is False and PARAMETERS["model.cache_dir"].default == ""
+
+
+def _leaves(config, prefix=""):
+    """The dotted attribute paths of a NodeConfig's values."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def test_node_config_is_the_parameter_table_typed_and_frozen():
+    """One attribute per parameter, at the parameter's own dotted path; lists become tuples, floats stay floats; the
+    derived values filled in once; nothing can change it."""
+    config = params_file.load(DEMO_PARAMS)
+    leaves = _leaves(config)
+    assert set(leaves) == set(PARAMETERS)
+    raw = params_file.read_sections(DEMO_PARAMS)
+    for name, value in leaves.items():
+        assert config.value(name) == value
+        expected = raw.get(name, PARAMETERS[name].default)
+        assert value == (tuple(expected) if isinstance(expected, list) else expected), name
+    assert isinstance(config.control_rate_hz, float) and isinstance(config.action.lower_limits, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model.seed = 3
+    with pytest.raises(KeyError, match="not a turbopi_node parameter"):
+        config.value("model.sede")
+
+
+def test_node_config_fills_in_and_checks_across_parameters():
+    values = {name: param.default for name, param in PARAMETERS.items()}
+    values.update({"model.checkpoint": "random", "cameras.names": ["base_0_rgb"], "cameras.topics": ["/cam"],
+                   "state.joints": ["a"], "action.joints": ["a"], "action.lower_limits": [-1.0],
+                   "action.upper_limits": [1.0], "control_rate_hz": 10.0})
+    from turbopi_ros.ros.node_config import NodeConfig
+
+    config = NodeConfig.from_params(values)
+    assert config.cameras.compressed == (False,) and config.control_rate_hz == 10.0  # [] = all raw, one per camera
+    with pytest.raises(ValueError, match="parameter action.upper_limits has 2 entries for 1 action.joints"):
+        NodeConfig.from_params(dict(values, **{"action.upper_limits": [1.0, 2.0]}))
+    joints = list("abcdefghijklmn")  # ALOHA's 14
+    aloha = dict(values, **{"robot.adapter": "aloha", "cameras.names": ["cam_high"], "state.joints": joints,
+                            "action.joints": joints, "action.lower_limits": [-1.0] * 14,
+                            "action.upper_limits": [1.0] * 14})
+    assert NodeConfig.from_params(aloha).cameras.names == ("base_0_rgb",)  # openpi's camera name: the slot it fills
+    with pytest.raises(ValueError, match="have no value"):
+        NodeConfig.from_params({k: v for k, v in values.items() if k != "prompt"})

@@ -1,0 +1,58 @@
+"""Start-up with graphs (issue 21), on CPU: the node (a subprocess with config/demo_tiny.yaml on tiny_pi05) warms up
+before it reports ready, /diagnostics says "warming up" until then, and every prompt length the configuration can
+produce is captured in the warm-up, so a run whose pi0.5 state (written into the prompt) keeps changing captures
+nothing after ready. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
+the same warm-up, bookkeeping and /diagnostics values as CUDA graphs. A slow engine (test-only faults: delay_s)
+makes the warm-up last seconds, so /diagnostics (1 Hz) is seen saying so."""
+import json
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import level, node_session, status_values, wait_for  # noqa: E402
+
+from turbopi_ros.ros.faults import CPU_GRAPHS_ENV, ENV  # noqa: E402
+from turbopi_ros.ros.node_status import STATUS_NAME, WARMING_UP  # noqa: E402
+
+WARN, ERROR = 1, 2
+DELAY_S = 2.5
+
+
+def _statuses(feeder):
+    with feeder.lock:
+        return [s for _, msg in feeder.diagnostics for s in msg.status if s.name == STATUS_NAME]
+
+
+def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves(tmp_path):
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"delay_s": DELAY_S}))  # the warm-up inference (and the first chunk) take this long
+    env = {ENV: str(faults), CPU_GRAPHS_ENV: "1"}
+    overrides = {"model.preset": "tiny_pi05", "model.num_steps": 3}
+    with node_session(tmp_path, min_chunks=1, env=env, overrides=overrides) as (feeder, node):
+        faults.write_text("{}")
+        feeder.faults["moving_joints"] = True
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 15, timeout=90), node.log()[-3000:]
+        assert wait_for(lambda: len(feeder.since(feeder.diagnostics, time.monotonic() - 0.1)) > 0, timeout=5)
+        statuses = _statuses(feeder)
+        log = node.log()
+    ready = [status_values(s)["ready"] == "True" for s in statuses]
+    assert True in ready, [s.message for s in statuses]
+    first = ready.index(True)
+    assert first >= 1 and False not in ready[first:], [s.message for s in statuses]
+    # until ready: warming up, a warning (unless an error outranks it: on a loaded machine the command thread can be
+    # starved long enough to report a pause of the node)
+    assert any(s.message == WARMING_UP and level(s) == WARN for s in statuses[:first]), statuses[:first]
+    assert all(s.message == WARMING_UP or level(s) == ERROR for s in statuses[:first]), statuses[:first]
+    assert all(s.message != WARMING_UP for s in statuses[first:])
+    at_ready, last = status_values(statuses[first]), status_values(statuses[-1])
+    assert float(at_ready["warm_up_s"]) >= DELAY_S
+    assert float(at_ready["graph_captures"]) > 3  # vision, and prefix and denoise for each of several lengths
+    assert float(at_ready["graph_capture_s"]) > 0 and float(at_ready["graph_static_bytes"]) > 0
+    assert last["graph_captures"] == at_ready["graph_captures"], (at_ready, last)
+    assert float(last["graph_captures_after_ready"]) == 0.0, last
+    assert "graph_pool_bytes" not in last  # CUDA only
+    warm, up = log.index("warm-up inference:"), log.index("ready: pi05")
+    assert "graphs captured in" in log[warm:up] and warm < up, log

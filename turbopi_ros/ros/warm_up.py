@@ -1,0 +1,70 @@
+"""What the node does before it reports ready: its first inference, on a blank observation, and with graphs (CUDA
+graphs: model.cuda_graph on CUDA) the capture of every prompt length the configuration can produce first
+(Policy.warm_up_graphs: pi0.5 writes the state into its prompt, so the length moves while the robot moves). A lazy
+initialisation, a torch.compile (model.compile) or a capture then happens here, never on the robot's observations.
+The blank inference uses its own zero noise: the seeded noise of the chunks is untouched.
+
+The plain node warms up on its engine thread once it spins (/diagnostics says "warming up" meanwhile); the managed
+node in its configure transition. The prompt is the one set then (the ``prompt`` parameter or a latched ~/prompt), or
+``WARMUP_PROMPT`` when there is none yet: a prompt set later whose lengths were not captured is captured when first
+used, counted in ``graph_captures_after_ready`` on /diagnostics."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+from ..policy.policy import Observation
+
+WARMUP_PROMPT = "warm up"
+BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize needed)
+
+
+class WarmUp:
+    def __init__(self, policy, cameras: Sequence[str], state_joints: Sequence[str], prompt: Callable[[], str],
+                 run: Optional[Callable] = None):
+        """``policy``: policy.Policy; ``cameras``: the model slots the node fills; ``prompt()``: the current prompt;
+        ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it)."""
+        self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
+        self._run = run or policy.run
+        self.ready = threading.Event()
+        self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
+        self.graph_stats = None  # model/cuda_graph.CaptureStats after warming up with graphs, else None
+
+    def run(self) -> str:
+        """Warm up (raises what the policy raised); marks the node ready. Returns the log line saying what it did."""
+        t0 = time.monotonic()
+        prompt = self._prompt() or WARMUP_PROMPT
+        images = {name: np.zeros((BLANK_SIZE, BLANK_SIZE, 3), np.uint8) for name in self.cameras}
+        state = np.zeros(len(self.state_joints))
+        prepared = self.policy.prepare(Observation(images=images, state=state, prompt=prompt))
+        present = int(prepared.inputs[1].sum())  # the image slots filled (an adapter may fill more than named)
+        state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
+        self.graph_stats = self.policy.warm_up_graphs(prompt, state_dims, camera_counts=(present,))
+        c = self.policy.config
+        chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
+        self.seconds = time.monotonic() - t0
+        self.ready.set()
+        text = f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms"
+        s = self.graph_stats
+        if s is not None:
+            text += f", {s.captures} graphs captured in {s.capture_s:.1f} s (every prompt length)"
+        return text + f"; warm-up took {self.seconds:.1f} s"
+
+    def values(self) -> Dict[str, float]:
+        """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures
+        after ready (a length the warm-up did not foresee: each one stalled an inference) and the memory (the static
+        buffers; on CUDA also the pool the captures reserved)."""
+        values: Dict[str, float] = {}
+        if self.seconds is not None:
+            values["warm_up_s"] = self.seconds
+        s = self.policy.graph_stats
+        if s is not None:
+            values.update(graph_captures=float(s.captures), graph_capture_s=s.capture_s,
+                          graph_captures_after_ready=float(s.captures_after_ready),
+                          graph_static_bytes=float(s.static_bytes))
+            if s.pool_reserved_bytes is not None:
+                values["graph_pool_bytes"] = float(s.pool_reserved_bytes)
+        return values
