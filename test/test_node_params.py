@@ -22,6 +22,14 @@ def test_model_compile_and_its_cache_dir(monkeypatch, compile_, cache_dir):
     assert PARAMETERS["model.compile"].default is False and PARAMETERS["model.cache_dir"].default == ""
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_model_fused_switches_the_models_kernels(fused):
+    config = params_file.load(DEMO_PARAMS)
+    policy = policy_from_config(dataclasses.replace(config, model=dataclasses.replace(config.model, fused=fused)))
+    assert policy.model.fused is fused and policy.model.vision.fused is fused
+    assert PARAMETERS["model.fused"].default is False
+
+
 def _leaves(config, prefix=""):
     """The dotted attribute paths of a NodeConfig's values."""
     out = {}

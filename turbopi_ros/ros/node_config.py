@@ -25,6 +25,7 @@ class ModelSettings:
     tokenizer: str
     norm_stats: str
     cuda_graph: bool
+    fused: bool
     compile: bool
     cache_dir: str
     num_threads: int

@@ -30,6 +30,9 @@ PARAMETERS: Dict[str, Param] = {
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/*/norm_stats.json, or none"),
     "model.cuda_graph": Param(True, "on CUDA, replay the encoding and the denoise as CUDA graphs, every prompt length "
                                     "the configuration can produce captured before the node is ready"),
+    "model.fused": Param(False, "the fused layer kernels (model/fused.py: norms with the residual add, rotary, the "
+                                "GELU gate; Triton on CUDA, plain-torch twins elsewhere) for vision, prefix and "
+                                "denoise; real-time chunking's guided denoise keeps the plain modules"),
     "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
                                   "(minutes, before the node is ready), later ones load from model.cache_dir"),
     "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
@@ -119,6 +122,7 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
         norm_stats=m.norm_stats, seed=m.seed, num_steps=m.num_steps, action_dims=len(a.joints), image_keys=IMAGE_KEYS,
         delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
         cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
+    policy.model.use_fused(m.fused)  # before compiling: a compiled step traces one path
     if m.compile:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
         policy.model.compile_denoise(cache_dir=m.cache_dir or None)
     if len(config.state.joints) > policy.config.action_dim:
