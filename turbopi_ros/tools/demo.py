@@ -36,15 +36,18 @@ class Monitor:
         from std_msgs.msg import Float64MultiArray
         from trajectory_msgs.msg import JointTrajectory
 
+        from ..ros.node_status import STATUS_NAME
+
+        self.status_name = STATUS_NAME
         self.node = rclpy.create_node("turbopi_demo_monitor")
         self.lock = threading.Lock()
         self.chunk_times: List[float] = []
         self.command_times: List[float] = []
         self.status: Optional[Dict[str, str]] = None
         self.message = ""
-        self.node.create_subscription(JointTrajectory, "/turbopi_node/action_chunk",
+        self.node.create_subscription(JointTrajectory, processes.CHUNK_TOPIC,
                                       lambda m: self._stamp(self.chunk_times), 10)
-        self.node.create_subscription(Float64MultiArray, "/turbopi_node/joint_command",
+        self.node.create_subscription(Float64MultiArray, processes.COMMAND_TOPIC,
                                       lambda m: self._stamp(self.command_times), 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
@@ -54,7 +57,7 @@ class Monitor:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name == "turbopi_node: policy":
+            if status.name == self.status_name:
                 with self.lock:
                     self.status = {kv.key: kv.value for kv in status.values}
                     self.message = status.message

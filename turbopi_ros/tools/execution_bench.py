@@ -35,6 +35,7 @@ import numpy as np
 
 from . import processes
 from .machine import cpu_model
+from ..ros.node_status import STATUS_NAME
 from ..policy.chunking import Chunk
 
 MODES: Dict[str, Dict[str, object]] = {
@@ -66,8 +67,8 @@ class _Recorder:
         self.commands: list = []
         self.chunks: list = []
         self.diagnostics: list = []
-        self.node.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command, 100)
-        self.node.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._on_chunk, 10)
+        self.node.create_subscription(Float64MultiArray, processes.COMMAND_TOPIC, self._on_command, 100)
+        self.node.create_subscription(JointTrajectory, processes.CHUNK_TOPIC, self._on_chunk, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def now(self) -> float:
@@ -86,7 +87,7 @@ class _Recorder:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name == "turbopi_node: policy":
+            if status.name == STATUS_NAME:
                 with self.lock:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 NODE, FAKE_ROBOT = "turbopi_ros.node", "turbopi_ros.tools.fake_robot"
+# the node's outputs under its default name, turbopi_node (the tools start it, or watch one started so)
+CHUNK_TOPIC, COMMAND_TOPIC = "/turbopi_node/action_chunk", "/turbopi_node/joint_command"
 
 
 def config_file(name: str) -> Path:

@@ -20,10 +20,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..ros.node_config import NodeConfig
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, BagWriter
+from .processes import CHUNK_TOPIC, COMMAND_TOPIC
 
 QUEUE = 100
-CHUNK_TOPIC = "/turbopi_node/action_chunk"
-COMMAND_TOPIC = "/turbopi_node/joint_command"
 MESSAGE_CLASSES = {IMAGE: Image, COMPRESSED: CompressedImage, JOINT_STATE: JointState, TRAJECTORY: JointTrajectory,
                    "std_msgs/msg/Float64MultiArray": Float64MultiArray}
 

@@ -31,12 +31,12 @@ import numpy as np
 
 from ..ros import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
+from .processes import CHUNK_TOPIC
 from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
 from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..ros.node_config import NodeConfig
 from ..policy.policy import ActionChunk, ObservationError
 
-CHUNK_TOPIC = "/turbopi_node/action_chunk"
 
 
 @dataclass

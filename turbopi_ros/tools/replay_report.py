@@ -18,13 +18,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .bags import TRAJECTORY, BagWriter, rclpy_to_cdr
+from .processes import CHUNK_TOPIC
 from ..ros.conversions import chunk_to_trajectory, stamp_to_sec
 from ..ros.node_config import NodeConfig
 from ..policy.chunking import Chunk
 from ..policy.policy import STAGES
 
 CHUNKS_BAG = "chunks.mcap"
-CHUNK_TOPIC = "/turbopi_node/action_chunk"
 HORIZONS_S = (0.1, 0.5, 1.0)
 MAX_PLOTTED_CHUNKS = 200
 

@@ -34,9 +34,9 @@ from ..ros import faults
 from . import soak_report
 from . import processes
 from .processes import config_file
+from ..ros.node_status import STATUS_NAME
 
 CAMERA_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-POLICY_STATUS = "turbopi_node: policy"
 # Lines that count as errors in a node's log; the last three are unhandled exceptions and crashes.
 ERROR_MARKS = ("[ERROR]", "[FATAL]")
 CRASH_MARKS = ("Traceback (most recent call last)", "terminate called", "Segmentation fault", "core dumped")
@@ -175,8 +175,8 @@ class Monitor:
         self.status: Dict[str, str] = {}
         self.level, self.message = -1, ""
         deep = QoSProfile(depth=200)  # reliable, deep: no command is lost while this process is busy
-        self.node.create_subscription(Float64MultiArray, "/turbopi_node/joint_command", self._on_command, deep)
-        self.node.create_subscription(JointTrajectory, "/turbopi_node/action_chunk", self._on_chunk, deep)
+        self.node.create_subscription(Float64MultiArray, processes.COMMAND_TOPIC, self._on_command, deep)
+        self.node.create_subscription(JointTrajectory, processes.CHUNK_TOPIC, self._on_chunk, deep)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_command(self, msg, info) -> None:
@@ -190,7 +190,7 @@ class Monitor:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name == POLICY_STATUS:
+            if status.name == STATUS_NAME:
                 level = status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
                 with self.lock:
                     self.status = {kv.key: kv.value for kv in status.values}
