@@ -80,8 +80,11 @@ NOT_EVERYWHERE = {
     "add_pre_set_parameters_callback": "not in Humble: add_on_set_parameters_callback",
     "add_post_set_parameters_callback": "not in Humble: add_on_set_parameters_callback",
     "enable_logger_service": "not in Humble",
-    "autostart": "a create_timer keyword from Jazzy on, not in Humble",
     "EventsExecutor": "not in Humble (rclpy.experimental)",
+}
+# keyword arguments only: the same word as a name or attribute of this package's own (NodeConfig.autostart) is fine
+KEYWORDS_NOT_EVERYWHERE = {
+    "autostart": "a create_timer keyword from Jazzy on, not in Humble",
 }
 MODULES_NOT_EVERYWHERE = {
     "rclpy.clock_type": "Jazzy only: import ClockType from rclpy.clock",
@@ -102,6 +105,9 @@ def portability_problems(path: Path, root: Path = REPO) -> list:
             names = [node.attr]
         elif isinstance(node, ast.keyword) and node.arg:
             names = [node.arg]
+            if node.arg in KEYWORDS_NOT_EVERYWHERE:
+                problems.append(f"{path.relative_to(root)}:{node.value.lineno}: {node.arg}: "
+                                f"{KEYWORDS_NOT_EVERYWHERE[node.arg]}")
         elif isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -135,3 +141,6 @@ def test_the_portability_check_finds_what_it_looks_for(tmp_path):
     found = "\n".join(portability_problems(bad, root=tmp_path))
     for what in ("rclpy.clock_type", "InitContextManager", "autostart", "add_post_set_parameters_callback"):
         assert what in found, (what, found)
+    fine = tmp_path / "fine.py"
+    fine.write_text("class Config:\n    autostart: bool = True\n\ndef f(config):\n    return config.autostart\n")
+    assert portability_problems(fine, root=tmp_path) == []
