@@ -263,7 +263,6 @@ class Policy:
             raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
         if path == "reference" and previous is not None:
             raise ValueError("real-time chunking (a previous chunk) runs on the fast path only")
-        timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         images, masks, tokens, token_mask, state_t = (x.to(self.device) for x in prepared.inputs)
         target = None
@@ -297,14 +296,12 @@ class Policy:
             raise ObservationError("the model produced non-finite actions; nothing published")
         actions, clamped = self.postprocess(raw, prepared.state, prepared.model_state)
         t5 = time.perf_counter()
-        for name, seconds in zip(STAGES, (t1 - t0, vision_s, prefix_s, denoise_s, t5 - t4)):
-            timings[name] = seconds
+        timings = dict(zip(STAGES, (t1 - t0, vision_s, prefix_s, denoise_s, t5 - t4)))
         timings["preprocess"] += prepared.preprocess_s
         timings["total"] = sum(timings[name] for name in STAGES)
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)
-
 
     def _on_device(self, target: GuidanceTarget, max_guidance: float) -> Guidance:
         """Real-time chunking's guidance target as the model's denoise takes it."""

@@ -31,6 +31,7 @@ from std_srvs.srv import SetBool
 from .policy_node import TurbopiNode
 from .ros_compat import remove_parameter_callbacks
 
+
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def __init__(self, **kwargs):
         LifecycleNode.__init__(self, "turbopi_node", **kwargs)  # not TurbopiNode's: nothing is built before configure

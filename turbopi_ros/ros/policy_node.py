@@ -35,9 +35,9 @@ from .node_status import NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog
+from .ros_logging import forward_python_logging, stop_forwarding
 from .subscriptions import subscribe_prompt, subscribe_sensors
 from .warm_up import WarmUp
-from .ros_logging import forward_python_logging, stop_forwarding
 
 DIAGNOSTICS_PERIOD_S = 1.0
 

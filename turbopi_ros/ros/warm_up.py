@@ -31,7 +31,6 @@ class WarmUp:
         self._run = run or policy.run
         self.ready = threading.Event()
         self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
-        self.graph_stats = None  # model/cuda_graph.CaptureStats after warming up with graphs, else None
 
     def run(self) -> str:
         """Warm up (raises what the policy raised); marks the node ready. Returns the log line saying what it did."""
@@ -42,15 +41,14 @@ class WarmUp:
         prepared = self.policy.prepare(Observation(images=images, state=state, prompt=prompt))
         present = int(prepared.inputs[1].sum())  # the image slots filled (an adapter may fill more than named)
         state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
-        self.graph_stats = self.policy.warm_up_graphs(prompt, state_dims, camera_counts=(present,))
+        stats = self.policy.warm_up_graphs(prompt, state_dims, camera_counts=(present,))  # None without graphs
         c = self.policy.config
         chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
         self.seconds = time.monotonic() - t0
         self.ready.set()
         text = f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms"
-        s = self.graph_stats
-        if s is not None:
-            text += f", {s.captures} graphs captured in {s.capture_s:.1f} s (every prompt length)"
+        if stats is not None:
+            text += f", {stats.captures} graphs captured in {stats.capture_s:.1f} s (every prompt length)"
         return text + f"; warm-up took {self.seconds:.1f} s"
 
     def values(self) -> Dict[str, float]:

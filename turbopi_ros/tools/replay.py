@@ -38,7 +38,6 @@ from ..ros.node_config import NodeConfig
 from ..policy.policy import ActionChunk, ObservationError
 
 
-
 @dataclass
 class Replayed:
     """What a replay produced: its chunks, its skips, and the recorded joint states it went past."""
