@@ -243,12 +243,11 @@ def _number(text: str):
 def run(args, out: Path) -> dict:
     """Both nodes started under the load, watched for --duration seconds (or until one exits or SIGINT/SIGTERM),
     then stopped. -> everything report.json is built from."""
-    params, env, injector = _prepare(args, out)
+    params, params_file, env, injector = _prepare(args, out)
     ros = processes.BackgroundExecutor(name="soak_monitor")
     monitor = Monitor()
     ros.add(monitor.node)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM too ends the run and stops both nodes
-    params_file = out / "params.yaml"
     procs = {"node": Process("turbopi_ros.node", params_file, out / "turbopi_node.log", env),
              "robot": Process("turbopi_ros.tools.fake_robot", params_file, out / "fake_robot.log", env)}
     logs = {name: LogScan(p.log_path) for name, p in procs.items()}
@@ -280,10 +279,12 @@ def run(args, out: Path) -> dict:
 
 def _prepare(args, out: Path):
     """The output folder, the parameter file, this process's ROS environment (a private domain, localhost only) and
-    the nodes' (with the fault file when --fault-every asks for one). -> (params, env, injector or None)."""
+    the nodes' (with the fault file when --fault-every asks for one). -> (params, their file, env, injector or
+    None)."""
     out.mkdir(parents=True, exist_ok=True)
     params = soak_params(args)
-    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params_file = out / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else random.randint(150, 230))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
@@ -294,7 +295,7 @@ def _prepare(args, out: Path):
                 if args.fault_every > 0 else None)
     if injector:  # test-only fault injection (turbopi_ros/faults.py): the node reads this file before each inference
         env[faults.ENV] = str(injector.path)
-    return params, env, injector
+    return params, params_file, env, injector
 
 
 def _watch(args, procs: Dict[str, Process], monitor: Monitor, logs: Dict[str, LogScan],
