@@ -37,6 +37,7 @@ setup(
             "turbopi-exec-bench = turbopi_ros.tools.execution_bench:main",
             "turbopi-replay = turbopi_ros.tools.replay:main",
             "turbopi-soak = turbopi_ros.tools.soak:main",
+            "turbopi-kernel-targets = turbopi_ros.tools.kernel_targets:main",
         ],
     },
 )

@@ -22,8 +22,10 @@ gate_proj, up_proj, gelu_gate, down_proj, add_rms_norm), a SigLIP layer 9.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,8 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 _TRITON_ON_CPU = False
+_RECORDING = False
+KERNELS = ("_rms_kernel", "_gelu_gate_kernel", "_qkv_rope_kernel", "_layer_norm_kernel")  # this module's Triton kernels
 
 
 def triton_available() -> bool:
@@ -55,7 +59,53 @@ def use_triton_on_cpu(enable: bool) -> None:
 
 
 def _kernels_for(x: torch.Tensor) -> bool:
-    return triton is not None and (x.is_cuda or (_TRITON_ON_CPU and x.device.type == "cpu"))
+    return triton is not None and (x.is_cuda or _RECORDING or (_TRITON_ON_CPU and x.device.type == "cpu"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch as an op prepared it: the Triton kernel (a JITFunction), its grid and its arguments."""
+    name: str
+    kernel: Any
+    grid: Tuple[int, ...]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+
+
+class _Recorder:
+    """Stands in for a kernel while recording: ``kernel[grid](*args, **kwargs)`` appends a Launch."""
+
+    def __init__(self, name: str, kernel, log: List[Launch]):
+        self.name, self.kernel, self.log = name, kernel, log
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.log.append(Launch(self.name, self.kernel, tuple(grid), args, dict(kwargs)))
+        return record
+
+
+@contextlib.contextmanager
+def recording_launches() -> Iterator[List[Launch]]:
+    """The ops take their Triton path on any device and record each launch instead of making it (their outputs are
+    left unwritten, so every value computed inside is meaningless: only the shapes, dtypes and strides are real).
+    Yields the list of Launches. For compiling the kernels for GPU targets on a machine without a GPU
+    (tools/kernel_targets.py); not under Triton's interpreter, whose kernels cannot be compiled."""
+    global _RECORDING
+    if triton is None or os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("recording the kernel launches needs Triton installed and TRITON_INTERPRET unset (triton: "
+                           f"{'installed' if triton else 'missing'}, TRITON_INTERPRET="
+                           f"{os.environ.get('TRITON_INTERPRET')!r})")
+    if _RECORDING:
+        raise RuntimeError("recording_launches is already active")
+    log: List[Launch] = []
+    kernels = {name: globals()[name] for name in KERNELS}
+    globals().update({name: _Recorder(name, k, log) for name, k in kernels.items()})
+    _RECORDING = True
+    try:
+        yield log
+    finally:
+        _RECORDING = False
+        globals().update(kernels)
 
 
 def backend(device) -> str:
@@ -407,5 +457,5 @@ def siglip_stack(vision, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-__all__ = ["add_layer_norm", "add_rms_norm", "backend", "gelu_gate", "gemma_stack", "layer_norm", "qkv_rope",
-           "rms_norm", "siglip_stack", "triton_available", "use_triton_on_cpu"]
+__all__ = ["KERNELS", "Launch", "add_layer_norm", "add_rms_norm", "backend", "gelu_gate", "gemma_stack", "layer_norm",
+           "qkv_rope", "recording_launches", "rms_norm", "siglip_stack", "triton_available", "use_triton_on_cpu"]

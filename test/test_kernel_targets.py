@@ -1,0 +1,100 @@
+"""The fused path's Triton kernels compiled for real GPUs without one (tools/kernel_targets.py): the launches the
+full-size stacks make, recorded on CPU, compiled to cubins for Hopper, Ada, Orin and Thor, with no spills."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from turbopi_ros.model import fused
+from turbopi_ros.tools import kernel_targets
+
+REPO = Path(__file__).resolve().parents[1]
+triton = pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
+
+
+def _no_interpreter():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the kernels are interpreted functions")
+
+
+def test_recording_takes_the_kernel_path_records_and_restores():
+    _no_interpreter()
+    kernels = {name: getattr(fused, name) for name in fused.KERNELS}
+    x, w = torch.randn(2, 3, 40), torch.randn(40)
+    with fused.recording_launches() as log:
+        y = fused.rms_norm(x, w, None, None)
+        with pytest.raises(RuntimeError, match="already active"):
+            with fused.recording_launches():
+                pass
+    assert [launch.name for launch in log] == ["_rms_kernel"]
+    launch = log[0]
+    assert launch.grid == (6,) and launch.kernel is kernels["_rms_kernel"] and launch.kwargs["BLOCK"] == 64
+    assert launch.args[0].shape == x.shape and launch.args[8] == 40  # the row width W
+    assert y.shape == x.shape
+    assert {name: getattr(fused, name) for name in fused.KERNELS} == kernels  # the real kernels are back
+    assert torch.equal(fused.rms_norm(x, w, None, None), fused.rms_norm_twin(x, w, None, None))  # twin again on CPU
+
+
+def test_recording_refuses_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        with fused.recording_launches():
+            pass
+
+
+def test_distinct_keeps_one_launch_per_specialization():
+    _no_interpreter()
+    with fused.recording_launches() as log:
+        for rows in (3, 5, 16, 32):  # specialized: 3 and 5 alike, 16 and 32 alike (multiples of 16)
+            fused.rms_norm(torch.randn(1, rows, 48), torch.randn(48), None, None)
+        fused.rms_norm(torch.randn(1, 3, 48, dtype=torch.bfloat16), torch.randn(48), None, None)
+    assert len(log) == 5
+    kept = kernel_targets.distinct(log)
+    assert [launch.args[0].shape[1] for launch in kept] == [3, 16, 3]
+    assert "bfloat16" in kernel_targets.describe(kept[-1]) and "BLOCK=64" in kernel_targets.describe(kept[-1])
+
+
+def test_every_kernel_compiles_for_the_robot_gpus(tmp_path):
+    """Every distinct launch of pi0 and pi0.5 at full width, bfloat16 and float32, compiles for sm_90 (H100/H200),
+    sm_89 (Ada), sm_87 (Orin) and sm_110 (Thor) with Triton's own compiler and ptxas (a fresh cache: nothing reused),
+    and no cubin spills to local memory."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.kernel_targets", "--json", str(tmp_path / "k.json")],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    results = json.loads((tmp_path / "k.json").read_text())["results"]
+    targets = {f"sm_{t}" for t in kernel_targets.DEFAULT_TARGETS}
+    for variant in ("pi0", "pi05"):
+        for dtype in ("bfloat16", "float32"):
+            mine = [r for r in results if r["variant"] == variant and r["dtype"] == dtype]
+            assert {r["kernel"] for r in mine} == set(fused.KERNELS), (variant, dtype)
+            assert {r["target"] for r in mine} == targets
+    assert all(r["ok"] and r["local_bytes"] == 0 and 0 < r["registers"] <= 255 for r in results)
+    assert "0 failed or spilled" in out.stdout
+
+
+def test_check_reports_a_compile_error_and_a_spill(tmp_path, monkeypatch):
+    """The two findings the tool exists for: a kernel the GPU compiler rejects, and one that spills."""
+    _no_interpreter()
+    import triton.language as tl
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+
+    @triton.jit
+    def _not_a_power_of_two(x_ptr, BLOCK: tl.constexpr):
+        tl.store(x_ptr + tl.arange(0, BLOCK), 1.0)
+
+    bad = kernel_targets.check(fused.Launch("bad", _not_a_power_of_two, (1,), (torch.zeros(64),), {"BLOCK": 48}), 90)
+    assert not bad["ok"] and "power of 2" in bad["error"]
+    with fused.recording_launches() as log:
+        fused.rms_norm(torch.randn(1, 4, 8192), torch.randn(8192), None, None)
+    one_warp = fused.Launch(log[0].name, log[0].kernel, log[0].grid, log[0].args, dict(log[0].kwargs, num_warps=1))
+    spilled = kernel_targets.check(one_warp, 90)  # 8192 floats a row over 32 threads: 256 registers are not enough
+    assert not spilled["ok"] and spilled["spills"] and spilled["stack_bytes"] > 0
+    assert kernel_targets.check(log[0], 90)["ok"]  # the same row with the launch's own 4 warps fits

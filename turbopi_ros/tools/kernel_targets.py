@@ -1,0 +1,217 @@
+"""Compile every Triton kernel of the fused path for real GPUs, on a machine that has none.
+
+The CPU tests run the kernels under Triton's interpreter, which checks their arithmetic but not that they compile:
+the interpreter accepts code that the GPU compiler rejects, and says nothing of registers or spills. This tool
+records the launches the fused stacks make for the full-size layer shapes (model/fused.recording_launches: pi0 and
+pi0.5 with the full widths, heads and head size, two layers each, one camera and two denoise steps, in each dtype),
+keeps one launch per distinct specialization (the dtypes, which integers are 1 or multiples of 16, which pointers are
+16-byte aligned, the constexprs), and compiles each with Triton's own compiler for each GPU target down to a cubin,
+with the ptxas that ships with Triton. No driver and no device are needed. cuobjdump (shipped beside ptxas) reads the
+registers, the stack and the local memory (spills) of each cubin.
+
+    python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32] [--json F]
+
+Exit status 1 if any kernel fails to compile for any target or spills to local memory. The calls into Triton follow
+what triton.runtime.jit.JITFunction.run does before it launches (Triton 3.7, the version requirements.txt pins).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+TARGETS: Dict[int, str] = {  # compute capability (major * 10 + minor) -> the GPUs it stands for
+    90: "Hopper: H100, H200, GH200",
+    89: "Ada: L4, L40S, RTX 4090",
+    87: "Jetson AGX Orin",
+    110: "Jetson Thor",
+    100: "Blackwell: B200, GB200",
+    120: "Blackwell: RTX 5090",
+}
+DEFAULT_TARGETS = (90, 89, 87, 110)
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def kernel_shapes_config(variant: str):
+    """The full preset's widths, heads, head size and MLP sizes with two layers per stack (the fused stacks treat
+    the first, a middle and the last layer differently, so two cover every launch) and a 1024-token vocabulary."""
+    from ..model.config import PRESETS
+
+    full = PRESETS[variant]
+    return dataclasses.replace(full, vision=dataclasses.replace(full.vision, depth=2),
+                               vlm=dataclasses.replace(full.vlm, depth=2, vocab_size=1024),
+                               expert=dataclasses.replace(full.expert, depth=2))
+
+
+def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
+    """The launches of one observation (vision, prefix cache, two denoise steps) through the fused path."""
+    from ..model import fused
+    from ..model.checkpoint import random_model
+    from .bench import make_inputs
+
+    config = kernel_shapes_config(variant)
+    model = random_model(config, dtype=dtype).use_fused(True)
+    images, masks, tokens, token_mask, state, noise = make_inputs(config, 1, prompt_len, "cpu")
+    with torch.no_grad(), fused.recording_launches() as launches:
+        image_tokens = model.embed_images(images.to(dtype), masks)
+        cache = model.build_cache(image_tokens, tokens, token_mask, state.to(dtype))
+        model.denoise(cache, noise.to(dtype), 2)
+    return launches
+
+
+def _arg_key(value) -> object:
+    """What Triton specializes a kernel on, for one argument."""
+    if isinstance(value, torch.Tensor):
+        return (str(value.dtype), value.data_ptr() % 16 == 0)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return ("int", value == 1, value % 16 == 0)
+    if isinstance(value, float):
+        return "float"
+    return repr(value)
+
+
+def distinct(launches: Sequence) -> List:
+    """One launch per distinct specialization, in first-seen order."""
+    seen, out = set(), []
+    for launch in launches:
+        key = (launch.name, tuple(_arg_key(a) for a in launch.args),
+               tuple(sorted((k, _arg_key(v)) for k, v in launch.kwargs.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append(launch)
+    return out
+
+
+def describe(launch) -> str:
+    """The launch's tensor dtypes and constexprs, for the report."""
+    dtypes = sorted({str(a.dtype).replace("torch.", "") for a in launch.args if isinstance(a, torch.Tensor)})
+    consts = ", ".join(f"{k}={v}" for k, v in launch.kwargs.items())
+    return f"{'/'.join(dtypes)}; {consts}"
+
+
+def compile_launch(launch, capability: int):
+    """Triton's compile of ``launch`` for CUDA compute capability ``capability``: the CompiledKernel (its asm holds
+    the ptx and the cubin). What JITFunction.run does up to the launch, with the target given instead of asked of a
+    driver."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel, kwargs = launch.kernel, dict(launch.kwargs)
+    kwargs["debug"] = False
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton_compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def resource_usage(cubin: bytes) -> Dict[str, int]:
+    """Registers, stack, shared and local bytes of a cubin's kernel, from cuobjdump -res-usage."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    match = _USAGE.search(out)
+    if match is None:
+        raise RuntimeError(f"cuobjdump -res-usage printed no usage line:\n{out}")
+    return dict(zip(("registers", "stack_bytes", "shared_bytes", "local_bytes"), map(int, match.groups())))
+
+
+def check(launch, capability: int) -> Dict[str, object]:
+    """Compile one launch for one target: ok, seconds, resource usage, num_warps, or the error."""
+    t0 = time.perf_counter()
+    try:
+        compiled = compile_launch(launch, capability)
+        usage = resource_usage(compiled.asm["cubin"])
+    except Exception as exc:  # noqa: BLE001 - every failure is the finding: reported, then exit 1
+        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}",
+                "seconds": time.perf_counter() - t0}
+    spills = usage["local_bytes"] > 0 or usage["stack_bytes"] > 0
+    return {"ok": not spills, "spills": spills, "seconds": time.perf_counter() - t0,
+            "num_warps": compiled.metadata.num_warps, **usage}
+
+
+def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) -> Tuple[List[Dict], List[str]]:
+    """Every distinct launch of every variant and dtype compiled for every target: (results, printed lines)."""
+    from ..model import fused
+
+    results, lines = [], []
+    for variant in variants:
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            launches = distinct(record(variant, DTYPES[dtype]))
+            lines.append(f"{variant} {dtype}: {len(launches)} distinct launches of "
+                         f"{len({x.name for x in launches})}/{len(fused.KERNELS)} kernels, recorded in "
+                         f"{time.perf_counter() - t0:.1f} s")
+            for launch in launches:
+                for cap in targets:
+                    r = {"variant": variant, "dtype": dtype, "kernel": launch.name, "specialization": describe(launch),
+                         "target": f"sm_{cap}", **check(launch, cap)}
+                    results.append(r)
+                    lines.append(_line(r))
+    return results, lines
+
+
+def _line(r: Dict) -> str:
+    head = f"  {r['kernel']:<18} sm_{r['target'][3:]:<4} {r['specialization']:<60}"
+    if "error" in r:
+        return f"{head} FAILED: {r['error'].splitlines()[0] if r['error'] else ''}"
+    status = "ok" if r["ok"] else "SPILLS"
+    return (f"{head} {status:<6} regs {r['registers']:3d}  local {r['local_bytes']} B  shared {r['shared_bytes']} B  "
+            f"warps {r['num_warps']}  {r['seconds']:.2f} s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default="pi0,pi05")
+    ap.add_argument("--dtypes", default="bfloat16,float32", help=f"of {', '.join(DTYPES)}")
+    ap.add_argument("--targets", default=",".join(map(str, DEFAULT_TARGETS)),
+                    help="compute capabilities, e.g. 90 (" + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ")")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("kernel_targets: unset TRITON_INTERPRET (the interpreter's kernels cannot be compiled)", file=sys.stderr)
+        return 2
+    try:
+        import triton
+    except ImportError:
+        print("kernel_targets: needs triton (pip install triton, as requirements.txt pins it)", file=sys.stderr)
+        return 2
+    torch.set_flush_denormal(True)  # the recorded run computes on unwritten outputs: keep denormals from slowing it
+    targets = [int(t) for t in args.targets.split(",")]
+    print(f"Triton {triton.__version__}, torch {torch.__version__}; targets: "
+          + "; ".join(f"sm_{t} ({TARGETS.get(t, '?')})" for t in targets))
+    results, lines = run(args.variants.split(","), args.dtypes.split(","), targets)
+    print("\n".join(lines))
+    bad = [r for r in results if not r["ok"]]
+    print(f"kernel_targets: {len(results)} compiles, {len(bad)} failed or spilled")
+    if args.json:
+        args.json.write_text(json.dumps({"triton": triton.__version__, "targets": targets, "results": results},
+                                        indent=1) + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
