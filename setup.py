@@ -38,6 +38,7 @@ setup(
             "turbopi-replay = turbopi_ros.tools.replay:main",
             "turbopi-soak = turbopi_ros.tools.soak:main",
             "turbopi-kernel-targets = turbopi_ros.tools.kernel_targets:main",
+            "turbopi-startup-bench = turbopi_ros.tools.startup_bench:main",
         ],
     },
 )
