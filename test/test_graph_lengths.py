@@ -136,3 +136,24 @@ def _graphed(kwargs):
     policy = load_policy(**kwargs)
     policy.use_graphs(static_replay_on_cpu=True)
     return policy
+
+
+def test_prompts_given_later_are_captured_before_ready_too():
+    """model.warm_up_prompts: warm_up_graphs over several prompts captures the union of their lengths, so a switch to
+    the later prompt while the state moves captures nothing; without it the same switch does capture."""
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=2)
+    later = PROMPT + " and put it in the red bowl"  # 27 more tokens: no length in common with PROMPT's
+    rng = np.random.default_rng(2)
+    images = {"base_0_rgb": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    after = []
+    for prompts in ([PROMPT], [PROMPT, later]):
+        policy = load_policy(**kwargs)
+        policy.use_graphs(static_replay_on_cpu=True)
+        stats = policy.warm_up_graphs(prompts, state_dims=7, camera_counts=(1,))
+        union = {n for p in prompts for n in prompt_lengths(policy.tokenizer, p, 7)}
+        assert stats.captures == 1 + 2 * len(union)
+        for i, value in enumerate((-0.9, 0.0, 0.9)):
+            obs = Observation(images=images, state=np.full(7, value), prompt=later, stamp=float(i))
+            policy.infer(obs)
+        after.append(policy.graph_stats.captures_after_ready)
+    assert after[0] > 0 and after[1] == 0

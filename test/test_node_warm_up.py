@@ -1,7 +1,8 @@
 """Start-up with graphs (issue 21), on CPU: the node (a subprocess with config/demo_tiny.yaml on tiny_pi05) warms up
 before it reports ready, /diagnostics says "warming up" until then, and every prompt length the configuration can
-produce is captured in the warm-up, so a run whose pi0.5 state (written into the prompt) keeps changing captures
-nothing after ready. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
+produce is captured in the warm-up (the start prompt's, and those of model.warm_up_prompts), so a run whose pi0.5
+state (written into the prompt) keeps changing, and whose prompt changes to a foreseen one, captures nothing after
+ready. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
 the same warm-up, bookkeeping and /diagnostics values as CUDA graphs. A slow engine (test-only faults: delay_s)
 makes the warm-up last seconds, so /diagnostics (1 Hz) is seen saying so."""
 import json
@@ -18,6 +19,7 @@ from turbopi_ros.ros.node_status import STATUS_NAME, WARMING_UP  # noqa: E402
 
 WARN, ERROR = 1, 2
 DELAY_S = 2.5
+LATER_PROMPT = "stack the cubes and then push them into the blue bin"  # longer: lengths the start prompt has not
 
 
 def _statuses(feeder):
@@ -29,12 +31,16 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"delay_s": DELAY_S}))  # the warm-up inference (and the first chunk) take this long
     env = {ENV: str(faults), CPU_GRAPHS_ENV: "1"}
-    overrides = {"model.preset": "tiny_pi05", "model.num_steps": 3}
+    overrides = {"model.preset": "tiny_pi05", "model.num_steps": 3, "model.warm_up_prompts": [LATER_PROMPT]}
     with node_session(tmp_path, min_chunks=1, env=env, overrides=overrides) as (feeder, node):
         faults.write_text("{}")
         feeder.faults["moving_joints"] = True
         t0 = time.monotonic()
-        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 15, timeout=90), node.log()[-3000:]
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 10, timeout=90), node.log()[-3000:]
+        feeder.publish_prompt(LATER_PROMPT)  # a prompt given at run time, foreseen in model.warm_up_prompts
+        assert wait_for(lambda: "prompt set from ~/prompt" in node.log(), timeout=30), node.log()[-3000:]
+        t1 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t1)) >= 8, timeout=90), node.log()[-3000:]
         assert wait_for(lambda: len(feeder.since(feeder.diagnostics, time.monotonic() - 0.1)) > 0, timeout=5)
         statuses = _statuses(feeder)
         log = node.log()
@@ -55,4 +61,4 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
     assert float(last["graph_captures_after_ready"]) == 0.0, last
     assert "graph_pool_bytes" not in last  # CUDA only
     warm, up = log.index("warm-up inference:"), log.index("ready: pi05")
-    assert "graphs captured in" in log[warm:up] and warm < up, log
+    assert "graphs captured in" in log[warm:up] and "of 2 prompts" in log[warm:up] and warm < up, log

@@ -133,12 +133,13 @@ class Policy:
             self.guided_denoiser = CudaGraphGuidedDenoiser(self.model)
         self.encoder = CudaGraphEncoder(self.model, pool=pool)
 
-    def warm_up_graphs(self, prompt: str, state_dims: Optional[int] = None,
+    def warm_up_graphs(self, prompt: Union[str, Sequence[str]], state_dims: Optional[int] = None,
                        camera_counts: Optional[Sequence[int]] = None):
-        """Capture the graphs of every prompt length ``prompt`` can produce (pi0.5 with the state in the prompt: over
-        every state of ``state_dims`` values, policy/prompt_lengths.py) for ``camera_counts`` present cameras
-        (default: every image slot), then mark the graphs ready: a later capture counts in ``captures_after_ready``.
-        Returns the capture stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
+        """Capture the graphs of every prompt length ``prompt`` (one prompt, or several: every length of each) can
+        produce (pi0.5 with the state in the prompt: over every state of ``state_dims`` values,
+        policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image slot), then mark the
+        graphs ready: a later capture counts in ``captures_after_ready``. Returns the capture stats
+        (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
         from .prompt_lengths import prompt_lengths
 
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
@@ -148,7 +149,9 @@ class Policy:
         from ..model.cuda_graph import cached_lengths
 
         # pi0.5 without the discrete state input has pi0's prompt format: one length
-        lengths = prompt_lengths(self.tokenizer, prompt, state_dims if self.discrete_state_input else None)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        lengths = sorted({n for p in prompts
+                          for n in prompt_lengths(self.tokenizer, p, state_dims if self.discrete_state_input else None)})
         cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
         self.encoder.warm_up(cams, lengths)
         self.denoiser.warm_up(cached_lengths(self.config, cams, lengths), num_steps=self.num_steps)

@@ -28,6 +28,7 @@ class ModelSettings:
     fused: bool
     compile: bool
     cache_dir: str
+    warm_up_prompts: Tuple[str, ...]  # captured before ready besides the start prompt
     num_threads: int
     action_horizon: int
     max_token_len: int

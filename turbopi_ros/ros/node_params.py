@@ -37,6 +37,9 @@ PARAMETERS: Dict[str, Param] = {
                                   "(minutes, before the node is ready), later ones load from model.cache_dir"),
     "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
                                  "takes seconds; '' = inductor's default (a temporary directory: lost on reboot)"),
+    "model.warm_up_prompts": Param([], "other prompts the robot will be given at run time (prompt, ~/prompt): with "
+                                       "graphs, their prompt lengths are captured before ready too, so switching to "
+                                       "one captures nothing while the robot moves", items=str),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
     **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
     "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "

@@ -6,8 +6,9 @@ The blank inference uses its own zero noise: the seeded noise of the chunks is u
 
 The plain node warms up on its engine thread once it spins (/diagnostics says "warming up" meanwhile); the managed
 node in its configure transition. The prompt is the one set then (the ``prompt`` parameter or a latched ~/prompt), or
-``WARMUP_PROMPT`` when there is none yet: a prompt set later whose lengths were not captured is captured when first
-used, counted in ``graph_captures_after_ready`` on /diagnostics."""
+``WARMUP_PROMPT`` when there is none yet, and the prompts of ``model.warm_up_prompts`` (those the robot will be given
+later). A prompt set later whose lengths were not captured is captured when first used, counted in
+``graph_captures_after_ready`` on /diagnostics."""
 from __future__ import annotations
 
 import threading
@@ -24,10 +25,12 @@ BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize ne
 
 class WarmUp:
     def __init__(self, policy, cameras: Sequence[str], state_joints: Sequence[str], prompt: Callable[[], str],
-                 run: Optional[Callable] = None):
+                 run: Optional[Callable] = None, other_prompts: Sequence[str] = ()):
         """``policy``: policy.Policy; ``cameras``: the model slots the node fills; ``prompt()``: the current prompt;
-        ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it)."""
+        ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it); ``other_prompts``:
+        prompts given later whose graphs are captured now too (model.warm_up_prompts)."""
         self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
+        self.other_prompts = [p for p in other_prompts if p]
         self._run = run or policy.run
         self.ready = threading.Event()
         self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
@@ -41,14 +44,16 @@ class WarmUp:
         prepared = self.policy.prepare(Observation(images=images, state=state, prompt=prompt))
         present = int(prepared.inputs[1].sum())  # the image slots filled (an adapter may fill more than named)
         state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
-        stats = self.policy.warm_up_graphs(prompt, state_dims, camera_counts=(present,))  # None without graphs
+        prompts = [prompt] + self.other_prompts
+        stats = self.policy.warm_up_graphs(prompts, state_dims, camera_counts=(present,))  # None without graphs
         c = self.policy.config
         chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
         self.seconds = time.monotonic() - t0
         self.ready.set()
         text = f"warm-up inference: {chunk.timings['total'] * 1e3:.0f} ms"
         if stats is not None:
-            text += f", {stats.captures} graphs captured in {stats.capture_s:.1f} s (every prompt length)"
+            text += (f", {stats.captures} graphs captured in {stats.capture_s:.1f} s (every prompt length of "
+                     f"{len(prompts)} prompt{'s' if len(prompts) > 1 else ''})")
         return text + f"; warm-up took {self.seconds:.1f} s"
 
     def values(self) -> Dict[str, float]:

@@ -62,7 +62,8 @@ def child(params: Path) -> Dict[str, object]:
     config = load(params)
     policy = policy_from_config(config)
     t2 = time.perf_counter()
-    warm = WarmUp(policy, config.cameras.names, config.state.joints, lambda: config.prompt)
+    warm = WarmUp(policy, config.cameras.names, config.state.joints, lambda: config.prompt,
+                  other_prompts=config.model.warm_up_prompts)
     log = warm.run()
     t3 = time.perf_counter()
     stats = policy.graph_stats
