@@ -149,9 +149,9 @@ class Policy:
         from ..model.cuda_graph import cached_lengths
 
         # pi0.5 without the discrete state input has pi0's prompt format: one length
+        dims = state_dims if self.discrete_state_input else None
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        lengths = sorted({n for p in prompts
-                          for n in prompt_lengths(self.tokenizer, p, state_dims if self.discrete_state_input else None)})
+        lengths = sorted({n for p in prompts for n in prompt_lengths(self.tokenizer, p, dims)})
         cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
         self.encoder.warm_up(cams, lengths)
         self.denoiser.warm_up(cached_lengths(self.config, cams, lengths), num_steps=self.num_steps)

@@ -110,7 +110,8 @@ def bench(params: Path, overrides: Dict[str, object], warm: int, cache_dir: str 
     from .machine import cpu_model
 
     return {"machine": f"{cpu_model()}, {os.cpu_count()} cores",
-            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()), "params": str(params), "overrides": {k: v for k, v in overrides.items() if k != "model.cache_dir"},
+            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()), "params": str(params),
+            "overrides": {k: v for k, v in overrides.items() if k != "model.cache_dir"},
             "cache_dir": cache_dir or "(fresh, removed after)", "runs": runs}
 
 
