@@ -69,11 +69,13 @@ def test_quantized_model_stays_close(variant):
     plain = model_for(cfg)
     quant = model_for(cfg)
     n = fp8.quantize_model(quant, check_device=False)
-    # dimensions multiple of 16 only: SigLIP's qkv and out_proj (width 16, its MLP is 24 wide), Gemma's five
-    # projections (width 32, MLP 48); the expert (width 24) stays as it is
-    assert n == 2 * 2 + 2 * 5
+    # dimensions multiple of 16 only: SigLIP's qkv and out_proj (width 16, its MLP is 24 wide), Gemma's four
+    # projections (qkv, o_proj, the fused gate_up, down_proj: width 32, MLP 48); the expert (width 24) stays as it is
+    assert n == 2 * 2 + 2 * 4
+    assert all(isinstance(layer.mlp.gate_up, fp8.FP8Linear) for layer in quant.vlm.layers)
     assert quant.dtype == torch.float32
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
     a, b = plain.sample_actions(*inputs, num_steps=3), quant.sample_actions(*inputs, num_steps=3)
     err = float((a - b).abs().max())
     assert 0 < err < 0.05 * float(a.abs().max())
+

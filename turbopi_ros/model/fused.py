@@ -380,7 +380,7 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
         x, y = add_rms_norm(x, o, gate, w, sc, sh)
         mlp = layer.mlp
-        m = mlp.down_proj(gelu_gate(mlp.gate_proj(y), mlp.up_proj(y)))
+        m = mlp.down_proj(gelu_gate(*torch.split(mlp.gate_up(y), mlp.gate_up.split_sizes, dim=-1)))
         if li + 1 < n:
             w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
         elif final_norm is not None:
