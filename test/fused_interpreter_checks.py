@@ -1,12 +1,14 @@
 """Run by test_fused.py in a subprocess with TRITON_INTERPRET=1 (it must be set before Triton is imported): every
 Triton kernel of model/fused.py on CPU tensors against its plain-torch twin, then whole tiny models with the kernels
-against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance."""
+against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance.
+Arguments name the sections to run (``kernels``, ``gelu_gate``, ``whole_model``); none: all of them."""
 import os
 import sys
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from turbopi_ros.model import fused  # noqa: E402
 
@@ -42,11 +44,11 @@ def kernels(dtype, tol):
         fused.use_triton_on_cpu(True)
         got = [fused.rms_norm(x, w, None, None), fused.rms_norm(x, None, scale, shift),
                *fused.add_rms_norm(x, br, None, w, None, None), *fused.add_rms_norm(x, br, gate, None, scale, shift),
-               fused.gelu_gate(x * 3, br)]
+               fused.gelu_gate(torch.cat([x * 3, br], dim=-1))]
         fused.use_triton_on_cpu(False)
         want = [fused.rms_norm(x, w, None, None), fused.rms_norm(x, None, scale, shift),
                 *fused.add_rms_norm(x, br, None, w, None, None), *fused.add_rms_norm(x, br, gate, None, scale, shift),
-                fused.gelu_gate(x * 3, br)]
+                fused.gelu_gate(torch.cat([x * 3, br], dim=-1))]
         check(f"norms+gelu_gate {tag} W={W}", got, want, tol)
         ln = torch.nn.LayerNorm(W, eps=1e-6).to(dtype)
         ln.requires_grad_(False)
@@ -77,6 +79,28 @@ def kernels(dtype, tol):
         check(f"qkv_rope {tag} H={H} KV={KV} D={D}", outs[0], outs[1], tol)
 
 
+def gelu_gate_layout(dtype, tol):
+    """gelu_gate's kernel on the fused gate/up layout (rows of 2F: F gate columns, then F up columns) against its
+    twin and against the separate math gelu_tanh(gate) * up: 2-D and 3-D inputs, F with masked tails, F > 1024 (more
+    than one column block per row), and a strided view (the op makes it contiguous)."""
+    g = torch.Generator().manual_seed(1)
+    tag = str(dtype).split(".")[-1]
+    for lead, n, strided in (((2, 3), 24, False), ((5,), 40, False), ((3,), 1100, False), ((2, 3), 24, True)):
+        gate = (torch.randn(*lead, n, generator=g) * 3).to(dtype)
+        up = torch.randn(*lead, n, generator=g).to(dtype)
+        gate_up = torch.cat([gate, up], dim=-1)
+        if strided:  # the same values, every row 4F apart in memory
+            gate_up = torch.cat([gate_up, torch.full_like(gate_up, float("nan"))], dim=-1)[..., :2 * n]
+        fused.use_triton_on_cpu(True)
+        got = fused.gelu_gate(gate_up)
+        fused.use_triton_on_cpu(False)
+        want = fused.gelu_gate(gate_up)
+        assert got.shape == want.shape == (*lead, n), (got.shape, want.shape)
+        separate = F.gelu(gate, approximate="tanh") * up
+        check(f"gelu_gate fused layout {tag} {list(gate_up.shape)}{' strided' if strided else ''}", [got, got],
+              [want, separate], tol)
+
+
 def whole_model(variant, tol):
     cfg = small_config(variant)
     model = model_for(cfg)
@@ -89,10 +113,16 @@ def whole_model(variant, tol):
     check(f"whole model {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
 
 
-kernels(torch.float32, 1e-5)
-kernels(torch.bfloat16, None)
-whole_model("pi0", 1e-5)
-whole_model("pi05", 1e-5)
+sections = sys.argv[1:] or ["kernels", "gelu_gate", "whole_model"]
+if "kernels" in sections:
+    kernels(torch.float32, 1e-5)
+    kernels(torch.bfloat16, None)
+if "gelu_gate" in sections:
+    gelu_gate_layout(torch.float32, 1e-5)
+    gelu_gate_layout(torch.bfloat16, None)
+if "whole_model" in sections:
+    whole_model("pi0", 1e-5)
+    whole_model("pi05", 1e-5)
 if failures:
     print("FAILED: " + "; ".join(failures))
     sys.exit(1)

@@ -39,13 +39,13 @@ def one_thread():
 
 def test_bfloat16_keeps_norms_and_heads_in_float32(models):
     _, fp32, bf16 = models
-    assert bf16.dtype == torch.bfloat16 and bf16.expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert bf16.dtype == torch.bfloat16 and bf16.expert.layers[0].mlp.gate_up.weight.dtype == torch.bfloat16
     kept = [bf16.action_in_proj.weight, bf16.action_out_proj.weight, bf16.vision.embeddings.patch_embedding.weight]
     kept.append(bf16.expert.layers[0].input_layernorm.dense.weight if bf16.config.is_pi05
                 else bf16.expert.layers[0].input_layernorm.weight)
     assert all(p.dtype == torch.float32 for p in kept)
     # the same weights, rounded
-    assert torch.equal(bf16.expert.layers[0].mlp.up_proj.weight, fp32.expert.layers[0].mlp.up_proj.weight.bfloat16())
+    assert torch.equal(bf16.expert.layers[0].mlp.gate_up.weight, fp32.expert.layers[0].mlp.gate_up.weight.bfloat16())
 
 
 def test_bfloat16_fast_path_against_the_float32_reference(models, one_thread, capsys):

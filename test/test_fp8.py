@@ -69,11 +69,37 @@ def test_quantized_model_stays_close(variant):
     plain = model_for(cfg)
     quant = model_for(cfg)
     n = fp8.quantize_model(quant, check_device=False)
-    # dimensions multiple of 16 only: SigLIP's qkv and out_proj (width 16, its MLP is 24 wide), Gemma's five
-    # projections (width 32, MLP 48); the expert (width 24) stays as it is
-    assert n == 2 * 2 + 2 * 5
+    # dimensions multiple of 16 only: SigLIP's qkv and out_proj (width 16, its MLP is 24 wide), Gemma's four
+    # projections (qkv, o_proj, the fused gate_up, down_proj: width 32, MLP 48); the expert (width 24) stays as it is
+    assert n == 2 * 2 + 2 * 4
+    assert all(isinstance(layer.mlp.gate_up, fp8.FP8Linear) for layer in quant.vlm.layers)
     assert quant.dtype == torch.float32
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
     a, b = plain.sample_actions(*inputs, num_steps=3), quant.sample_actions(*inputs, num_steps=3)
     err = float((a - b).abs().max())
     assert 0 < err < 0.05 * float(a.abs().max())
+
+
+def test_fused_gate_up_quantizes_as_the_two_projections_apart():
+    """Per-row scales: the fused gate/up weight's e4m3 rows and scales are exactly those of gate_proj and up_proj
+    quantized separately, so its output is the two separate FP8 outputs side by side (and the reference path's row
+    blocks of the dequantized weight are the separately dequantized ones)."""
+    from turbopi_ros.model.config import GemmaConfig
+    from turbopi_ros.model.gemma import GemmaMLP
+
+    g = torch.Generator().manual_seed(2)
+    mlp = GemmaMLP(GemmaConfig(width=32, depth=1, mlp_dim=48)).requires_grad_(False)
+    mlp.gate_up.weight.copy_(torch.randn(96, 32, generator=g) * torch.logspace(-2, 0, 96)[:, None])
+    gate_w, up_w = mlp.gate_up.weight[:48].clone(), mlp.gate_up.weight[48:].clone()
+    quant = fp8.FP8Linear(mlp.gate_up, out_dtype=torch.float32)
+    assert quant.split_sizes == [48, 48]
+    for rows, w in ((slice(0, 48), gate_w), (slice(48, 96), up_w)):
+        q, s = fp8.quantize_rows(w)
+        assert torch.equal(quant.qweight[rows].float(), q.float()) and torch.equal(quant.wscale[rows], s)
+        assert torch.equal(quant.weight[rows], fp8.dequantize(q, s))
+    x = torch.randn(3, 5, 32, generator=g)
+    apart = [fp8.FP8Linear(torch.nn.Linear(32, 48, bias=False).requires_grad_(False), out_dtype=torch.float32)
+             for _ in range(2)]
+    for lin, w in zip(apart, (gate_w, up_w)):
+        lin.qweight, lin.wscale = fp8.quantize_rows(w)
+    assert torch.allclose(quant(x), torch.cat([apart[0](x), apart[1](x)], dim=-1), atol=1e-6)

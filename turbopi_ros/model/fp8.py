@@ -73,7 +73,9 @@ def reference_linear(x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tenso
 
 class FP8Linear(nn.Module):
     """A quantized nn.Linear. ``weight`` (the dequantized weight, out_dtype) exists for the paths that read weights
-    directly (the reference path's separate q/k/v projections); the engine's forward uses _scaled_mm."""
+    directly (the reference path's separate q/k/v and gate/up projections); the engine's forward uses _scaled_mm.
+    A fused projection (gemma.FusedLinear: qkv, gate_up) is quantized row by row like any other, so its rows hold
+    exactly what quantizing the separate projections would give."""
 
     def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
@@ -85,7 +87,7 @@ class FP8Linear(nn.Module):
                                                                   requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.out_dtype = out_dtype
-        self.split_sizes = getattr(linear, "split_sizes", None)  # a fused q/k/v projection keeps its split
+        self.split_sizes = getattr(linear, "split_sizes", None)  # fused q/k/v or gate/up projections keep their split
 
     @property
     def weight(self) -> torch.Tensor:
@@ -106,8 +108,9 @@ class FP8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fp8 e4m3 per-row scales -> {self.out_dtype}"
 
 
-# the projections of the attention and MLP blocks (not the adaRMS dense layers: they run once per step, at load)
-QUANTIZED = ("qkv", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2")
+# the projections of the attention and MLP blocks (not the adaRMS dense layers: they run once per step, at load);
+# gate_up is the Gemma MLP's fused gate_proj + up_proj (per-row scales: the same as quantizing the two apart)
+QUANTIZED = ("qkv", "o_proj", "gate_up", "down_proj", "out_proj", "fc1", "fc2")
 
 
 def _quantizable(name: str, linear: nn.Module) -> bool:

@@ -4,7 +4,8 @@ Each fused op is one ``torch.library`` custom op (one dispatched op, one kernel 
 
     turbopi::rms_norm        Gemma RMSNorm ((1 + w), fp32 statistics) or pi0.5's adaRMS (scale, shift), no residual
     turbopi::add_rms_norm    x' = x + branch [* gate], then the norm of x'            -> (x', normed x')
-    turbopi::gelu_gate       gelu_tanh(gate_proj) * up_proj
+    turbopi::gelu_gate       the fused gate/up output [..., 2F] (gate_proj's F columns, then up_proj's)
+                             -> gelu_tanh(gate) * up                                 [..., F]
     turbopi::qkv_rope        the fused QKV output split into heads, rotary on q and k, k and v written into the
                              K/V cache at a token offset                              -> rotated q
     turbopi::add_layer_norm  SigLIP: x' = x + branch, then LayerNorm(x')              -> (x', normed x')
@@ -17,8 +18,9 @@ row reductions. ``use_triton_on_cpu(True)`` makes the ops run their kernels on C
 
 The stacks restructure a layer so that each residual add is fused with the norm that follows it (across layers: the
 MLP's residual with the next layer's input norm, the last one with the final norm), rotary and the cache write are the
-QKV epilogue, and the MLP's gate is one op: a Gemma layer is 10 launches (qkv, qkv_rope, SDPA, o_proj, add_rms_norm,
-gate_proj, up_proj, gelu_gate, down_proj, add_rms_norm), a SigLIP layer 9.
+QKV epilogue, gate_proj and up_proj are one matmul (gemma.GemmaMLP.gate_up) whose output the MLP's gate reads as one
+tensor: a Gemma layer is 9 launches (qkv, qkv_rope, SDPA, o_proj, add_rms_norm, gate_up, gelu_gate, down_proj,
+add_rms_norm), a SigLIP layer 8 (counted: docs/fused_kernels.md).
 """
 from __future__ import annotations
 
@@ -132,7 +134,9 @@ def residual_twin(x: torch.Tensor, branch: torch.Tensor, gate: Optional[torch.Te
     return x + branch if gate is None else x + branch * gate.to(x.dtype)
 
 
-def gelu_gate_twin(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def gelu_gate_twin(gate_up: torch.Tensor) -> torch.Tensor:
+    """gemma.GemmaMLP's gate: gate_up [..., 2F] (gate, then up) -> gelu_tanh(gate) * up [..., F]."""
+    gate, up = torch.split(gate_up, gate_up.shape[-1] // 2, dim=-1)
     return F.gelu(gate, approximate="tanh") * up
 
 
@@ -193,16 +197,20 @@ if triton is not None:
         tl.store(y_ptr + row * W + cols, y, mask=m)
 
     @triton.jit
-    def _gelu_gate_kernel(g_ptr, u_ptr, o_ptr, N, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = offs < N
-        g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    def _gelu_gate_kernel(gu_ptr, o_ptr, N, BLOCK: tl.constexpr):
+        """Row ``program_id(0)`` of gate_up [rows, 2N] (gate at row*2N, up at row*2N + N) -> out [rows, N]; columns
+        ``program_id(1) * BLOCK ..``."""
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < N
+        src = gu_ptr + row * (2 * N)
+        g = tl.load(src + cols, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(src + N + cols, mask=m, other=0.0).to(tl.float32)
         z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
         z = tl.minimum(tl.maximum(z, -20.0), 20.0)  # tanh is +-1 in float32 beyond |z| = 9; keeps exp finite
         tanh = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
         gel = _round(0.5 * g * (1.0 + tanh), o_ptr)
-        tl.store(o_ptr + offs, gel * u, mask=m)
+        tl.store(o_ptr + row * N + cols, gel * u, mask=m)
 
     @triton.jit
     def _qkv_rope_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr,
@@ -318,20 +326,30 @@ def _(x, branch, gate, weight, scale, shift):
     return torch.empty_like(x), torch.empty_like(x)
 
 
+def _gate_half(gate_up: torch.Tensor) -> int:
+    if gate_up.ndim == 0 or gate_up.shape[-1] % 2:
+        raise ValueError(f"gelu_gate: gate_up must be [..., 2F] (gate, then up), got {list(gate_up.shape)}")
+    return gate_up.shape[-1] // 2
+
+
 @torch.library.custom_op("turbopi::gelu_gate", mutates_args=())
-def gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if _kernels_for(gate):
-        g, u = gate.contiguous(), up.contiguous()
-        out = torch.empty_like(g)
-        block = 1024
-        _gelu_gate_kernel[(triton.cdiv(g.numel(), block),)](g, u, out, g.numel(), BLOCK=block)
+def gelu_gate(gate_up: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(gate) * up of the fused gate/up projection's output [..., 2F] (gate first) -> [..., F]."""
+    n = _gate_half(gate_up)
+    if _kernels_for(gate_up):
+        gu = gate_up.contiguous()
+        out = gu.new_empty((*gu.shape[:-1], n))
+        rows = gu.numel() // (2 * n) if n else 0
+        block = min(1024, _pow2(n))
+        if rows:
+            _gelu_gate_kernel[(rows, triton.cdiv(n, block))](gu, out, n, BLOCK=block)
         return out
-    return gelu_gate_twin(gate, up)
+    return gelu_gate_twin(gate_up)
 
 
 @gelu_gate.register_fake
-def _(gate, up):
-    return torch.empty_like(gate)
+def _(gate_up):
+    return gate_up.new_empty((*gate_up.shape[:-1], _gate_half(gate_up)))
 
 
 @torch.library.custom_op("turbopi::qkv_rope", mutates_args=("keys", "values"))
@@ -430,7 +448,7 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
         x, y = add_rms_norm(x, o, gate, w, sc, sh)
         mlp = layer.mlp
-        m = mlp.down_proj(gelu_gate(mlp.gate_proj(y), mlp.up_proj(y)))
+        m = mlp.down_proj(gelu_gate(mlp.gate_up(y)))
         if li + 1 < n:
             w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
         elif final_norm is not None:

@@ -2,7 +2,8 @@
 
 Numerics follow openpi's patched transformers Gemma (../shared/numerics.md): RMSNorm in float32 scaled by (1 + w),
 adaRMS (scale, shift, gate) for pi0.5's expert, rotate-half rotary embeddings, multi-query attention, gelu-tanh MLP.
-Checkpoint key names are openpi's; q/k/v are fused into one matmul by a load hook that keeps those names.
+Checkpoint key names are openpi's; q/k/v, and the MLP's gate/up, are fused into one matmul each by a load hook that
+keeps those names.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FusedLinear(nn.Linear):
-    """One Linear for several projections that checkpoints store apart (``q_proj``, ``k_proj``, ``v_proj``).
+    """One Linear for several projections that checkpoints store apart (``q_proj``, ``k_proj``, ``v_proj``;
+    ``gate_proj``, ``up_proj``).
 
     ``state_dict`` and ``load_state_dict`` of the owning module see the separate names: a load hook concatenates
     them, a state-dict hook splits them again, so checkpoints keep their key names and round-trip.
@@ -55,6 +57,13 @@ class FusedLinear(nn.Linear):
 
 def fused_qkv(owner: nn.Module, attr: str, in_features: int, q: int, kv: int, bias: bool) -> FusedLinear:
     layer = FusedLinear(owner, in_features, (("q_proj", q), ("k_proj", kv), ("v_proj", kv)), bias)
+    layer._owner_attr = attr
+    return layer
+
+
+def fused_gate_up(owner: nn.Module, attr: str, in_features: int, mlp_dim: int) -> FusedLinear:
+    """The MLP's gate_proj and up_proj as one Linear of 2 * mlp_dim outputs (gate rows first, then up)."""
+    layer = FusedLinear(owner, in_features, (("gate_proj", mlp_dim), ("up_proj", mlp_dim)), bias=False)
     layer._owner_attr = attr
     return layer
 
@@ -96,14 +105,26 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: Optional[torch.Tensor
 
 
 class GemmaMLP(nn.Module):
+    """down_proj(gelu_tanh(gate_proj(x)) * up_proj(x)) with gate_proj and up_proj fused into one matmul (``gate_up``,
+    [2 * mlp_dim, width]); state dicts keep the names ``gate_proj.weight`` and ``up_proj.weight``."""
+
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.width, cfg.mlp_dim, bias=False)
+        self.gate_up = fused_gate_up(self, "gate_up", cfg.width, cfg.mlp_dim)
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.width, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+    def gate_and_up(self, x: torch.Tensor, fused: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(gate_proj(x), up_proj(x)), each [..., mlp_dim]. ``fused=False`` runs openpi's two matmuls (gate_proj,
+        up_proj: row blocks of the fused weight, views) instead of one."""
+        if fused:
+            gate, up = torch.split(self.gate_up(x), self.gate_up.split_sizes, dim=-1)
+            return gate, up
+        gate_w, up_w = torch.split(self.gate_up.weight, self.gate_up.split_sizes, dim=0)
+        return F.linear(x, gate_w), F.linear(x, up_w)
+
+    def forward(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        gate, up = self.gate_and_up(x, fused)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class GemmaAttention(nn.Module):
@@ -141,18 +162,18 @@ class GemmaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend,
                 mods: Tuple[Optional[Modulation], Optional[Modulation]] = (None, None),
-                attention_only: bool = False, fused_qkv: bool = True) -> torch.Tensor:
+                attention_only: bool = False, fused_qkv: bool = True, fused_gate_up: bool = True) -> torch.Tensor:
         """One decoder layer. ``attend(q, k, v)`` receives rotated q [B, L, H, D] and k, v [B, L, KV, D], keeps
         whatever it caches, and returns [B, L, H*D]. ``attention_only`` skips the MLP half (for the last layer of
         a pass whose hidden states nobody reads: only its K/V matter). ``fused_qkv=False``: openpi's three
-        projections (the reference path)."""
+        projections; ``fused_gate_up=False``: openpi's separate gate and up projections (the reference path)."""
         y, gate = self.input_layernorm(x, mods[0])
         q, k, v = self.self_attn.project(y, fused_qkv)
         x = gated_residual(x, self.self_attn.o_proj(attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)), gate)
         if attention_only:
             return x
         y, gate = self.post_attention_layernorm(x, mods[1])
-        return gated_residual(x, self.mlp(y), gate)
+        return gated_residual(x, self.mlp(y, fused_gate_up), gate)
 
 
 class Gemma(nn.Module):

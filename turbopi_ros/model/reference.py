@@ -4,8 +4,9 @@ Every camera goes through SigLIP (absent ones too); the prompt stays padded to m
 openpi's boolean mask (pad mask x block-causal cumsum rule) with eager attention that adds -2.3819763e38 where the
 mask is False; every denoise step runs the whole suffix (pi0: [state, actions]) through the expert under the full
 suffix mask, over the padded prefix cache, with the time conditioning computed afresh. Positions are
-cumsum(pad mask) - 1. The Gemma layers project q, k and v with three matmuls, as openpi's q_proj/k_proj/v_proj do
-(the fast path fuses them). It also serves batches whose rows have different numbers of valid tokens.
+cumsum(pad mask) - 1. The Gemma layers project q, k and v with three matmuls and the MLP's gate and up with two, as
+openpi's q_proj/k_proj/v_proj and gate_proj/up_proj do (the fast path fuses each group into one). It also serves
+batches whose rows have different numbers of valid tokens.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _run_stack(stack: Gemma, x, positions, mask, past=None, mods=None, final_nor
                 k, v = torch.cat([past[li][0], k], dim=2), torch.cat([past[li][1], v], dim=2)
             return masked_eager_attention(q, k, v, mask)
 
-        x = layer(x, cos, sin, attend, mods[li] if mods is not None else (None, None), fused_qkv=False)
+        x = layer(x, cos, sin, attend, mods[li] if mods is not None else (None, None), fused_qkv=False,
+                  fused_gate_up=False)
     out, _ = stack.norm(x, final_norm_mod)
     return out, kv
 

@@ -143,7 +143,8 @@ def matmul_probe_for(model, batch: int, steps: int):
     as attention calls in one denoise. -> (fn, {"shape": [rows, in, out], "calls"}). Timed interleaved with what it is
     compared with: the attention replays (the attention ceiling of (b)) and the stages (the efficiency of (g))."""
     c = model.config
-    up = model.expert.layers[0].mlp.up_proj.weight
+    gate_up = model.expert.layers[0].mlp.gate_up
+    up = torch.split(gate_up.weight, gate_up.split_sizes, dim=0)[1]  # up_proj's rows of the fused gate/up weight
     x = torch.randn((batch * c.action_horizon, up.shape[1]), device=up.device, dtype=up.dtype)
     calls = c.expert.depth * steps
 

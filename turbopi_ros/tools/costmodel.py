@@ -169,8 +169,7 @@ class _Ledger:
         if mlp:
             self.elementwise(norm * T * W)
             self.weights(3 * W if adaptive else W, float32=True)
-            self.linear(T, W, g.mlp_dim, bias=False)  # gate_proj
-            self.linear(T, W, g.mlp_dim, bias=False)  # up_proj
+            self.linear(T, W, 2 * g.mlp_dim, bias=False)  # gate_up: gate_proj and up_proj as one matmul
             self.elementwise(10 * T * g.mlp_dim)  # gelu-tanh (9) and the product (1)
             self.linear(T, g.mlp_dim, W, bias=False)
             self.elementwise(residual * T * W)
