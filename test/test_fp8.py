@@ -74,6 +74,9 @@ def test_quantized_model_stays_close(variant):
     assert n == 2 * 2 + 2 * 4
     assert all(isinstance(layer.mlp.gate_up, fp8.FP8Linear) for layer in quant.vlm.layers)
     assert quant.dtype == torch.float32
+    keys = quant.state_dict().keys()  # the quantized layers keep their own names; the rest keeps openpi's
+    assert "vlm.layers.0.self_attn.qkv.qweight" in keys and "vlm.layers.0.mlp.gate_up.wscale" in keys
+    assert "expert.layers.0.self_attn.q_proj.weight" in keys and "expert.layers.0.mlp.up_proj.weight" in keys
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
     a, b = plain.sample_actions(*inputs, num_steps=3), quant.sample_actions(*inputs, num_steps=3)
     err = float((a - b).abs().max())

@@ -47,6 +47,8 @@ class FusedLinear(nn.Linear):
                 state_dict[fused_prefix + kind] = torch.cat([state_dict.pop(n) for n in names], dim=0)
 
     def _split_on_save(self, module, state_dict, prefix, local_metadata):
+        if getattr(module, self._owner_attr, None) is not self:  # replaced (fp8.FP8Linear): its own keys stay
+            return state_dict
         fused_prefix = prefix + self._owner_attr + "."
         for kind in ("weight", "bias") if self.bias is not None else ("weight",):
             fused = state_dict.pop(fused_prefix + kind)
