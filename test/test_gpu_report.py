@@ -101,6 +101,31 @@ def test_commit_without_git(tmp_path, monkeypatch):
     assert gpu_report.commit_id(tmp_path)["commit"] == "def456"
 
 
+def test_commit_is_looked_up_in_the_repository_root():
+    """The .commit carried into a copy of the work tree lies in its root (what scripts/gpu_report.sh runs in)."""
+    assert gpu_report.REPO_ROOT == REPO and (gpu_report.REPO_ROOT / "scripts" / "gpu_report.sh").is_file()
+    assert gpu_report.commit_id() == gpu_report.commit_id(REPO)
+
+
+def test_commit_of_a_copy_inside_another_repository(tmp_path, monkeypatch):
+    """A copy without .git that lies inside some other git work tree names its own commit (.commit), not the outer
+    repository's HEAD; an empty .commit (``git rev-parse HEAD > .commit`` where there is no git) names nothing."""
+    monkeypatch.delenv("TURBOPI_COMMIT", raising=False)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=env)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "outer"], check=True, env=env)
+    outer = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert gpu_report.commit_id(tmp_path) == {"commit": outer, "source": "git", "dirty": False}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / ".commit").write_text("")
+    assert gpu_report.commit_id(copy)["commit"] is None
+    (copy / ".commit").write_text("abc123\n")
+    assert gpu_report.commit_id(copy) == {"commit": "abc123", "source": ".commit", "dirty": None}
+
+
 def test_published_device_and_file_names():
     assert gpu_report.published_device("NVIDIA H100 80GB HBM3") == "h100_sxm"
     assert gpu_report.published_device("NVIDIA H100 PCIe") == "h100_pcie"

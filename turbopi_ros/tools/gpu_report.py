@@ -68,25 +68,29 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
 # the prompt and state size of the capture check: pi0.5's lengths over every state of STATE_DIMS values
 CAPTURE_PROMPT = "pick up the cube and put it in the bowl"
 STATE_DIMS = 7
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.py -> the repository root
 
 
 def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
-    """The commit measured: git's HEAD (and whether the tree differs from it); where there is no .git (a copy of the
-    work tree), $TURBOPI_COMMIT or the first line of <root>/.commit."""
+    """The commit measured: git's HEAD (and whether the tree differs from it) where root is a git work tree's top;
+    else (a copy of the work tree, maybe inside another repository) $TURBOPI_COMMIT or the first line of
+    <root>/.commit (an empty one names nothing)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode == 0:
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        lines = head.stdout.splitlines()
+        if head.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == Path(root).resolve():
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                    capture_output=True, text=True, timeout=10)
-            return {"commit": head.stdout.strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
+            return {"commit": lines[1].strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    if os.environ.get("TURBOPI_COMMIT"):
+    if os.environ.get("TURBOPI_COMMIT", "").strip():
         return {"commit": os.environ["TURBOPI_COMMIT"].strip(), "source": "TURBOPI_COMMIT", "dirty": None}
     marker = root / ".commit"
-    if marker.is_file():
-        return {"commit": marker.read_text().split("\n")[0].strip(), "source": ".commit", "dirty": None}
+    first = marker.read_text().split("\n")[0].strip() if marker.is_file() else ""
+    if first:
+        return {"commit": first, "source": ".commit", "dirty": None}
     return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
 
 
