@@ -14,10 +14,10 @@ For each preset (random weights, built once on the device and reused by every va
   4. with the most cameras: kernels per stage, plain vs fused (model/opcount.py: aten ops dispatched, and the CUDA
      profiler's kernels); every prompt length of the preset captured up front in one shared pool (capture count,
      time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
-     denoise step with a fresh inductor cache (cold start) and again from that cache (warm start), eager and as a
-     CUDA graph (the first preset only, unless --compile-all), and turbopi-bench's table (f) (each optimization
-     undone); last, FP8 weights (model/fp8.py, on GPUs of compute capability >= 8.9): their timings and parity
-     against bfloat16 and the float32 reference.
+     denoise step with a fresh inductor cache and nothing compiled before (cold start) and, in a new process, from
+     that cache (warm start: tools/compile_start.py), eager and as a CUDA graph (the first preset only, unless
+     --compile-all), and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on
+     GPUs of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
 Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
 with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
 root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
@@ -47,7 +47,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from . import bench, costmodel
+from . import bench, compile_start, costmodel
 from .ablation import replaced
 from ..model.checkpoint import random_model, set_dtype
 from ..model import fp8, fused, opcount
@@ -433,47 +433,37 @@ def efficiency(w, times, peaks, published) -> Dict[str, object]:
 
 
 # --- torch.compile, kernel counts, capture and fp8, with the most cameras ------------------------------------------
-def _compile_starts(s: Session, model, cache, noise, out: Dict[str, object]) -> torch.Tensor:
-    """Cold start (a fresh inductor cache, what model.cache_dir starts as), then warm start (compiled again from that
-    cache); the compiled actions against the eager ones. -> the eager actions."""
-    steps = s.args.steps
-    cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
-    saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
-    out["inductor_cache_dir"] = cache_dir
-    try:
-        eager = model.denoise(cache, noise, steps)
-        model.compile_denoise(cache_dir=cache_dir)
-        t0 = time.perf_counter()
-        compiled = model.denoise(cache, noise, steps)
-        sync(s.device)
-        out["compile_s"] = out["cold_start_s"] = time.perf_counter() - t0
-        out["compiled_vs_eager"] = max_abs(compiled, eager)
-        if hasattr(torch, "_dynamo"):
-            torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
-        model.compile_denoise(cache_dir=cache_dir)
-        t0 = time.perf_counter()
-        model.denoise(cache, noise, steps)
-        sync(s.device)
-        out["warm_start_s"] = time.perf_counter() - t0
-        return eager
-    finally:
-        if saved_dir is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_dir
+def _warm_start(s: Session, target, compiled: torch.Tensor, out: Dict[str, object]) -> None:
+    """The warm start, in a new process from the cold start's cache (compile_start.warm_start): its first compiled
+    denoise, what the process took in all, what the FX graph cache found, its actions against the cold start's."""
+    preset, views, prompt_len = target
+    s.free_memory()  # the new process builds the model too
+    r = compile_start.warm_start(preset, views, prompt_len, s.args.steps, s.args.seed, str(s.device),
+                                 out["inductor_cache_dir"], "eager" if s.dry else "inductor", s.args.threads,
+                                 timeout_s=min(300.0, max(60.0, s.budget.left_s())))
+    out["warm_start_s"] = r["warm_start_s"]
+    out["warm_start"] = {"process_s": r["process_s"], "build_s": r["build_s"], "cache": r["cache"],
+                         "actions_vs_cold": max_abs(torch.tensor(r["actions"]), compiled.float().cpu())}
 
 
-def compile_block(s: Session, model, state_tuple, graph_cls) -> Dict[str, object]:
-    """torch.compile of the denoise step (PI0Model.compile_denoise), eager and captured in a CUDA graph, timed
-    interleaved with the eager denoise; the compile time; the compiled actions against the eager ones. A failure
-    (no working inductor/triton, a capture error) is reported, not raised: the rest of the report stands."""
+def compile_block(s: Session, model, state_tuple, graph_cls, target) -> Dict[str, object]:
+    """torch.compile of the denoise step (PI0Model.compile_denoise): its cold start in this process (a fresh inductor
+    cache, nothing compiled before: compile_start.cold_start), then the compiled denoise eager and captured in a CUDA
+    graph, timed interleaved with the eager denoise, and the compiled actions against the eager ones; last, the warm
+    start in a new process (``target``: (preset, views, prompt length) of ``state_tuple``'s observation). A failure
+    (no working inductor/triton, a capture error, the warm start) is reported, not raised: the rest stands."""
     steps = s.args.steps
     cache, noise = state_tuple
     out: Dict[str, object] = {"backend": "eager (dry run)" if s.dry else "inductor"}
     compile_fn = functools.partial(torch.compile, backend="eager") if s.dry else torch.compile
     with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
         try:
-            eager = _compile_starts(s, model, cache, noise, out)
+            eager = model.denoise(cache, noise, steps)
+            out["inductor_cache_dir"] = tempfile.mkdtemp(prefix="turbopi_inductor_")
+            out["compile_s"], compiled, out["cold_start_cache"] = compile_start.cold_start(
+                model, cache, noise, steps, out["inductor_cache_dir"])
+            out["cold_start_s"] = out["compile_s"]
+            out["compiled_vs_eager"] = max_abs(compiled, eager)
         except Exception as e:
             return s.budget.failed(out, "torch.compile", e)
 
@@ -493,6 +483,10 @@ def compile_block(s: Session, model, state_tuple, graph_cls) -> Dict[str, object
                 s.budget.failed(out, "torch.compile + CUDA graph", e)
         times = s.timer()(fns)
     out["times"] = {name: bench.summary(t) for name, t in times.items()}
+    try:
+        _warm_start(s, target, compiled, out)
+    except Exception as e:
+        s.budget.failed(out, "torch.compile warm start (new process)", e)
     return out
 
 
@@ -705,7 +699,7 @@ class PresetReport:
 
     def compile(self, model, graph_cls, last) -> None:
         """torch.compile for the first preset (every preset with --compile-all), within the reserve the budget keeps
-        for it (1.5x the last compile's time)."""
+        for it (1.5x the last compile block's time: cold start, timings, warm start)."""
         s, a = self.s, self.s.args
         first = self.name == next(iter(a.presets))
         if a.compile and not (first or a.compile_all):
@@ -713,10 +707,10 @@ class PresetReport:
                                "preset)")
         elif a.compile and s.budget.fits(f"{self.name} torch.compile ({self.most} views)",
                                          10 if s.dry else s.budget.compile_reserve_s):
-            self.entry["compile"] = compile_block(s, model, last, graph_cls)
+            t0 = time.perf_counter()
+            self.entry["compile"] = compile_block(s, model, last, graph_cls, (self.name, self.most, self.prompt_len))
             print_compile(s.say, self.entry["compile"])
-            s.budget.compile_reserve_s = max(s.budget.compile_reserve_s,
-                                             1.5 * self.entry["compile"].get("compile_s", 0) + 30)
+            s.budget.compile_reserve_s = max(s.budget.compile_reserve_s, 1.5 * (time.perf_counter() - t0))
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
 
@@ -799,11 +793,18 @@ def print_compile(say: Report, c: Dict) -> None:
     print_errors(say, c)
     if "times" not in c:
         return
-    t = c["times"]
-    say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
-        f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
-        + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
+    t, w = c["times"], c.get("warm_start", {})
+    say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache "
+        f"({_cache_found(c.get('cold_start_cache'))}), warm start {_num(c.get('warm_start_s'), '.1f')} s from it in "
+        f"a new process ({_cache_found(w.get('cache'))}; {_num(w.get('process_s'), '.1f')} s with Python, torch and "
+        "the model): denoise ms " + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
         + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
+
+
+def _cache_found(counts: Optional[Dict[str, int]]) -> str:
+    if not counts:
+        return "FX graph cache n/a"
+    return f"FX graph cache {counts['fxgraph_cache_hit']} hits, {counts['fxgraph_cache_miss']} misses"
 
 
 def print_ablation(say: Report, rows: Dict) -> None:
