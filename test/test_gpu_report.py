@@ -138,6 +138,48 @@ def test_published_device_and_file_names():
     assert gpu_report.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 
 
+def _session(tmp_path, *argv, cpu_graphs=True):
+    args = gpu_report.parse_args(["--dry-run", "--views", "1", "--out-dir", str(tmp_path), *argv])
+    torch.set_num_threads(args.threads)
+    return gpu_report.Session(args, cpu_graphs=cpu_graphs)
+
+
+def test_the_graphed_flow_on_cpu(tmp_path):
+    """Everything the report does with CUDA graphs, run through cuda_graph's static replay on CPU
+    (Session.cpu_graphs): the graphed and fused-graphed stages of a block and their parity, compile + graph, the
+    FP8 graphs, the printed lines and the markdown rows. A static replay runs the captured function again into the
+    same outputs, so every graphed result must equal its eager one exactly."""
+    s = _session(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        peaks = gpu_report.measure_peaks(s.device, True)
+        entry = gpu_report.PresetReport(s, "tiny", 20, peaks, None)()
+    finally:
+        torch.set_num_threads(threads)
+    assert s.budget.errors == [] and not any("CUDA graphs" in skipped for skipped in s.budget.skipped)
+    b = entry["views"][1]
+    assert set(b["times"]) == {"vision", "prefix_cache", "denoise eager", "total eager", "reference denoise",
+                               "reference total", "denoise graph", "total graph", "denoise eager fused",
+                               "total eager fused", "vision graph fused", "prefix_cache graph fused",
+                               "denoise graph fused", "total graph fused", "vision graph", "prefix_cache graph"}
+    p = b["parity"]
+    assert p["graph_vs_eager"] == 0 and b["encoder_vs_eager"] == 0 and p["fused_graph_vs_fused_eager"] == 0
+    assert set(b["efficiency"]) == set(b["times"]) - {"reference denoise", "reference total"}
+    c = entry["compile"]
+    assert c["compiled_graph_vs_eager"] == 0 and set(c["times"]) == {"denoise compiled", "denoise eager",
+                                                                    "denoise compiled + graph"}
+    assert c["warm_start"]["actions_vs_cold"] == 0
+    f8 = entry["fp8"]
+    assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8", "total graph fp8",
+                                "total graph fused fp8"}
+    assert f8["parity"]["total graph fp8 vs eager fp8"] == 0 == f8["parity"]["total graph fused fp8 vs eager fp8"]
+    assert entry["capture"]["captures_after_ready"] == 0
+    text = "\n".join(s.say.lines)
+    assert "graph vs eager 0.00e+00 (encoder graph's cache vs eager 0.00e+00" in text
+    rows = gpu_report.markdown_rows({"machine": {}, "models": {"tiny": entry}})
+    assert len(rows) == 2 and "n/a" not in rows[1].split("|")[5]  # denoise eager / graph / compile+graph
+
+
 COLD_AND_WARM = """
 import json, os, sys, torch
 from turbopi_ros.tools import bench, compile_start

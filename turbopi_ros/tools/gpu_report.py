@@ -228,14 +228,25 @@ class Budget:
 
 class Session:
     """What every measurement reads: the parsed arguments, the device (the CPU in a dry run), the printed report and
-    the budget."""
+    the budget. ``cpu_graphs`` (tests): on CPU, the graphs in cuda_graph's static-replay mode, so that the CUDA
+    graphs' part of the flow runs there (its times are eager re-runs, not graph replays)."""
 
-    def __init__(self, args):
+    def __init__(self, args, cpu_graphs: bool = False):
         self.args = args
         self.dry = args.dry_run
         self.device = torch.device("cpu" if self.dry else args.device)
         self.say = Report()
         self.budget = Budget(args.budget_s, self.say)
+        self.cpu_graphs = cpu_graphs and self.device.type == "cpu"
+
+    @property
+    def graphs(self) -> bool:
+        """Whether the stages are also measured as graphs: CUDA graphs on CUDA, static replay with cpu_graphs."""
+        return self.device.type == "cuda" or self.cpu_graphs
+
+    def graph_pool(self) -> GraphPool:
+        """A new memory pool (and capture book) for graphs."""
+        return GraphPool(self.device, static_replay_on_cpu=self.cpu_graphs)
 
     def timer(self) -> bench.Timer:
         """The stage tables' timer."""
@@ -252,15 +263,15 @@ class Session:
 
 
 class Graphs:
-    """The CUDA graphs of one preset's bfloat16 model (none off CUDA): the denoiser, the encoder (vision and prefix
-    cache), and an encoder and denoiser sharing one pool for the fused kernels."""
+    """The CUDA graphs of one preset's bfloat16 model (none off CUDA unless Session.cpu_graphs): the denoiser, the
+    encoder (vision and prefix cache), and an encoder and denoiser sharing one pool for the fused kernels."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, s: Session, model):
         self.denoiser = self.encoder = self.fused = None
-        if device.type == "cuda":
-            self.encoder = CudaGraphEncoder(model)
-            self.denoiser = CudaGraphDenoiser(model)
-            fused_pool = GraphPool(device)
+        if s.graphs:
+            self.encoder = CudaGraphEncoder(model, pool=s.graph_pool())
+            self.denoiser = CudaGraphDenoiser(model, pool=s.graph_pool())
+            fused_pool = s.graph_pool()
             self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
 
     def clear(self) -> None:
@@ -283,19 +294,19 @@ class ViewsBlock:
 
     def __call__(self, ref32: torch.Tensor, peaks, published):
         """-> (the block's results, (cache, noise) of its observation)."""
-        model, out = self.model, self.out
+        model, out, g = self.model, self.out, self.graphs
         with torch.inference_mode():
             self.image_tokens = model.embed_images(self.images, self.masks)
             self.cache = model.build_cache(self.image_tokens, self.tokens, self.token_mask, self.state)
             self.prefix_pad, self.past = reference_prefix(model, self.images, self.masks, self.tokens,
                                                           self.token_mask)
             fns = self.eager_fns()
-            if self.graphs.denoiser is not None:
+            if g.denoiser is not None:
                 fns.update(self.graph_fns())
             fns.update(self.fused_fns())
-            if self.graphs.fused is not None:  # everything graphed, with the fused kernels
+            if g.fused is not None:  # everything graphed, with the fused kernels
                 fns.update(self.fused_graph_fns())
-            if self.graphs.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
+            if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
                 fns.update(self.encoder_fns())
             times = self.s.timer()(fns)
             parity = self.parity(fns, ref32)
@@ -562,11 +573,10 @@ def capture_block(s: Session, model, config, views: int, prompt_len: int) -> Dic
     return out
 
 
-def _fp8_graphed(model, device, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
+def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
     """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (captured by its first
     call)."""
     images, masks, tokens, token_mask, state, noise = inputs
-    pool = GraphPool(device)
     enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
 
     def graphed():
@@ -599,9 +609,9 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
                              "fp8_vs_reference_fp32": max_abs(actions, ref32),
                              "bf16_vs_reference_fp32": max_abs(bf16, ref32)}
             fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
-            if device.type == "cuda":
+            if s.graphs:
                 for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
-                    fns[label] = _fp8_graphed(model, device, inputs, steps, on)
+                    fns[label] = _fp8_graphed(model, s.graph_pool(), inputs, steps, on)
                     fns[label]()  # captured here
                     out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
             times = s.timer()(fns)
@@ -634,7 +644,7 @@ class PresetReport:
               f"{self.prompt_len} tokens) ==")
         ref32 = self.fp32_yardstick(model)
         self.to_bfloat16(model)
-        graphs = Graphs(model, s.device)
+        graphs = Graphs(s, model)
         if graphs.denoiser is None:
             s.budget.skip_once("CUDA graphs: not a CUDA device (dry run)")
         last = None
@@ -689,7 +699,7 @@ class PresetReport:
         if s.budget.fits(f"{name} capture of every prompt length ({most} views)", 0 if s.dry else 40):
             entry["capture"] = capture_block(s, model, config, most, self.prompt_len)
             print_capture(s.say, entry["capture"])
-        self.compile(model, CudaGraphDenoiser if graphs.denoiser is not None else None, last)
+        self.compile(model, graphs.denoiser is not None, last)
         if s.budget.fits(f"{name} table (f) ({most} views)", 0 if s.dry else 40 + 30):  # and 30 s kept for fp8
             entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
             print_ablation(s.say, entry["ablation"])
@@ -697,7 +707,7 @@ class PresetReport:
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
 
-    def compile(self, model, graph_cls, last) -> None:
+    def compile(self, model, graphed: bool, last) -> None:
         """torch.compile for the first preset (every preset with --compile-all), within the reserve the budget keeps
         for it (1.5x the last compile block's time: cold start, timings, warm start)."""
         s, a = self.s, self.s.args
@@ -707,6 +717,7 @@ class PresetReport:
                                "preset)")
         elif a.compile and s.budget.fits(f"{self.name} torch.compile ({self.most} views)",
                                          10 if s.dry else s.budget.compile_reserve_s):
+            graph_cls = (lambda m: CudaGraphDenoiser(m, pool=s.graph_pool())) if graphed else None
             t0 = time.perf_counter()
             self.entry["compile"] = compile_block(s, model, last, graph_cls, (self.name, self.most, self.prompt_len))
             print_compile(s.say, self.entry["compile"])
