@@ -180,6 +180,32 @@ def test_the_graphed_flow_on_cpu(tmp_path):
     assert len(rows) == 2 and "n/a" not in rows[1].split("|")[5]  # denoise eager / graph / compile+graph
 
 
+def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
+    """A fused kernel that fails (say Triton on a GPU it never ran on) costs its variants, eager and graphed, not
+    the block: the plain stages, their graphs and their parity stand, and the failure is in the block's errors."""
+    from turbopi_ros.model import fused
+    from turbopi_ros.model.checkpoint import random_model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("fused kernel failed to compile")
+
+    s = _session(tmp_path)
+    config = load_config("tiny")
+    model = random_model(config, seed=0, dtype=torch.bfloat16)
+    inputs = gpu_report.bench.make_inputs(config, 1, 20, "cpu", 0)
+    ref32 = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=2, path="reference").float()
+    peaks = gpu_report.measure_peaks(s.device, True)
+    monkeypatch.setattr(fused, "gemma_stack", broken)
+    b, _ = gpu_report.ViewsBlock(s, model, config, 1, 20, gpu_report.Graphs(s, model))(ref32, peaks, None)
+    assert [e.split(":")[0] for e in b["errors"]] == ["fused kernels", "fused kernels in CUDA graphs"]
+    assert s.budget.errors == b["errors"] and not model.fused  # the switch is put back
+    assert {"denoise graph", "total graph", "vision graph", "prefix_cache graph"} <= set(b["times"])
+    assert not any("fused" in name for name in b["times"]) and b["parity"]["graph_vs_eager"] == 0
+    assert "fused_vs_plain_bf16" not in b["parity"]
+    gpu_report.print_views(s.say, 1, b)
+    assert "    FAILED fused kernels: RuntimeError: fused kernel failed to compile" in s.say.lines
+
+
 COLD_AND_WARM = """
 import json, os, sys, torch
 from turbopi_ros.tools import bench, compile_start

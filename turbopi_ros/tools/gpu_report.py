@@ -21,7 +21,8 @@ For each preset (random weights, built once on the device and reused by every va
 Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
 with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
 root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
-on an H100 with the model builds) skips what would not fit, saying so.
+on an H100 with the model builds) skips what would not fit, saying so. A part that fails is reported and the rest
+stands.
 
 --dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
 graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
@@ -283,7 +284,8 @@ class Graphs:
 class ViewsBlock:
     """One cameras count of one bfloat16 preset: every stage timed interleaved (eager, graphed, fused), the parity
     against the float32 reference, the peak memory, the attention table (most cameras only) and the efficiency
-    against the cost model."""
+    against the cost model. A group of variants that fails (a capture, a fused kernel) is reported in the block's
+    errors and left out; the eager stages and the other groups stand."""
 
     def __init__(self, s: Session, model, config, views: int, prompt_len: int, graphs: Graphs):
         self.s, self.model, self.config, self.views, self.prompt_len = s, model, config, views, prompt_len
@@ -301,13 +303,13 @@ class ViewsBlock:
             self.prefix_pad, self.past = reference_prefix(model, self.images, self.masks, self.tokens,
                                                           self.token_mask)
             fns = self.eager_fns()
-            if g.denoiser is not None:
-                fns.update(self.graph_fns())
-            fns.update(self.fused_fns())
+            graphed = g.denoiser is not None and self.add(fns, "CUDA graph of the denoise", self.graph_fns)
+            self.add(fns, "fused kernels", self.fused_fns)
             if g.fused is not None:  # everything graphed, with the fused kernels
-                fns.update(self.fused_graph_fns())
+                self.add(fns, "fused kernels in CUDA graphs", self.fused_graph_fns)
             if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
-                fns.update(self.encoder_fns())
+                self.add(fns, "CUDA graphs of vision and the prefix cache",
+                         functools.partial(self.encoder_fns, graphed))
             times = self.s.timer()(fns)
             parity = self.parity(fns, ref32)
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
@@ -320,6 +322,19 @@ class ViewsBlock:
 
     def encode(self):
         return self.model.encode(self.images, self.masks, self.tokens, self.token_mask, self.state)
+
+    def add(self, fns: Dict[str, Callable[[], object]], what: str, make: Callable[[], Dict]) -> bool:
+        """Add the variants ``make()`` returns (it captures their graphs) after one call of each (a fused kernel's
+        compile, outside the timed calls); if any of that raises, report it and add none of them."""
+        try:
+            new = make()
+            for fn in new.values():
+                fn()
+        except Exception as e:
+            self.s.budget.failed(self.out, what, e)
+            return False
+        fns.update(new)
+        return True
 
     def eager_fns(self) -> Dict[str, Callable[[], object]]:
         model, cache, noise, steps = self.model, self.cache, self.noise, self.steps
@@ -365,39 +380,43 @@ class ViewsBlock:
                 "denoise graph fused": lambda: f_den(self.cache, self.noise, self.steps),
                 "total graph fused": f_total}
 
-    def encoder_fns(self) -> Dict[str, Callable[[], object]]:
+    def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
+        """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
         encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
         images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
         graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
         n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
         self.out["encoder_vs_eager"] = max_abs(
             encoder.build_cache(graphed_tokens, tokens, token_mask, state).keys[..., :n, :], cache.keys[..., :n, :])
-        return {"vision graph": lambda: encoder.embed_images(images, masks),
-                "prefix_cache graph": lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state),
-                "total graph": lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
-                                                                 token_mask, state), self.noise, self.steps)}
+        fns = {"vision graph": lambda: encoder.embed_images(images, masks),
+               "prefix_cache graph": lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state)}
+        if total:
+            fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
+                                                                   token_mask, state), self.noise, self.steps)
+        return fns
 
     def parity(self, fns: Dict[str, Callable[[], object]], ref32: torch.Tensor) -> Dict[str, float]:
         """The max abs differences (bfloat16 fast, graphed, fused, reference; float32 reference) and, on the way, the
         peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs) plus the
         run's own peak."""
-        model, device, out, graph = self.model, self.s.device, self.out, self.graphs.denoiser
+        model, device, out = self.model, self.s.device, self.out
         reset_peak(device)
         fast = model.denoise(self.encode(), self.noise, self.steps)
         out["peak_memory_gb"] = memory_gb(device)
         parity = {}
-        if graph is not None:
+        if "denoise graph" in fns:
             reset_peak(device)
-            enc = self.graphs.encoder if self.graphs.encoder is not None else model
-            graphed = graph(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens, self.token_mask,
-                                            self.state), self.noise, self.steps)
+            enc = self.graphs.encoder if "vision graph" in fns else model
+            graphed = self.graphs.denoiser(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens,
+                                                           self.token_mask, self.state), self.noise, self.steps)
             out["peak_memory_gb_graph"] = memory_gb(device)
             parity["graph_vs_eager"] = max_abs(graphed, fast)
-        fused_actions = fns["total eager fused"]()
-        parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
-        parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
-        if "total graph fused" in fns:
-            parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        if "total eager fused" in fns:
+            fused_actions = fns["total eager fused"]()
+            parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
+            parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
+            if "total graph fused" in fns:
+                parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
         # = sample_actions(path="reference")
         ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise, self.steps)
         parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32),
@@ -411,8 +430,11 @@ class ViewsBlock:
         s = self.s
         if self.views == max(s.args.views) and s.budget.fits(
                 f"{self.config.variant} {self.views} views attention table", 30 if not s.dry else 0):
-            self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
-                                                          self.state, self.noise, s.table_timer(), self.steps)
+            try:
+                self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
+                                                              self.state, self.noise, s.table_timer(), self.steps)
+            except Exception as e:
+                s.budget.failed(self.out, "attention table", e)
 
 
 def _bound_ms(costs, stage: str, matmul_tflops: float, bandwidth_gbs: float) -> float:
@@ -587,7 +609,8 @@ def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> 
 
 def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: torch.Tensor) -> Dict[str, object]:
     """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
-    and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why."""
+    and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why; a variant
+    that fails (a fused kernel, a capture) is reported and the others stand."""
     device, steps = s.device, s.args.steps
     ok, why = fp8.fp8_support(device)
     if not ok and not s.dry:
@@ -608,12 +631,19 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
             out["parity"] = {"fp8_vs_bf16": max_abs(actions, bf16),
                              "fp8_vs_reference_fp32": max_abs(actions, ref32),
                              "bf16_vs_reference_fp32": max_abs(bf16, ref32)}
-            fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
+            fns = {"total eager fp8": total}
+            variants = [("total eager fused fp8", lambda: fused_call(model, total))]
             if s.graphs:
-                for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
-                    fns[label] = _fp8_graphed(model, s.graph_pool(), inputs, steps, on)
-                    fns[label]()  # captured here
-                    out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
+                variants += [(label, functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, on))
+                             for label, on in (("total graph fp8", False), ("total graph fused fp8", True))]
+            for label, make in variants:
+                try:
+                    fn = make()
+                    fn()  # a graph is captured here, a fused kernel compiled
+                    out["parity"][label + " vs eager fp8"] = max_abs(fn(), actions)
+                    fns[label] = fn
+                except Exception as e:
+                    s.budget.failed(out, label, e)
             times = s.timer()(fns)
         out["times"] = {k: bench.summary(v) for k, v in times.items()}
     except Exception as e:
@@ -701,7 +731,10 @@ class PresetReport:
             print_capture(s.say, entry["capture"])
         self.compile(model, graphs.denoiser is not None, last)
         if s.budget.fits(f"{name} table (f) ({most} views)", 0 if s.dry else 40 + 30):  # and 30 s kept for fp8
-            entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
+            try:
+                entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
+            except Exception as e:
+                entry["ablation"] = s.budget.failed({}, "table (f)", e)
             print_ablation(s.say, entry["ablation"])
         if s.budget.fits(f"{name} fp8 ({most} views)", 0 if s.dry else 30):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
@@ -729,6 +762,7 @@ class PresetReport:
 # --- the printed lines -----------------------------------------------------------------------------------------------
 def print_views(say: Report, views: int, b: Dict) -> None:
     t, p = b["times"], b["parity"]
+    print_errors(say, b)
     med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
     say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')} / graph "
         f"{med('vision graph')}, prefix {med('prefix_cache')} / graph {med('prefix_cache graph')}, denoise eager "
@@ -819,6 +853,8 @@ def _cache_found(counts: Optional[Dict[str, int]]) -> str:
 
 
 def print_ablation(say: Report, rows: Dict) -> None:
+    if "errors" in rows:
+        return print_errors(say, rows)
     say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
         f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)" for k, r in rows.items()))
 
