@@ -206,6 +206,31 @@ def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
     assert "    FAILED fused kernels: RuntimeError: fused kernel failed to compile" in s.say.lines
 
 
+def test_budget_keeps_time_for_what_matters_more():
+    """A part of less importance (attention table, table (f)) starts only if it leaves the time the must-have parts
+    still to come are expected to take: this preset's and every later preset's stages and parts."""
+    say = gpu_report.Report()
+    budget = gpu_report.Budget(450.0, say)
+    budget.started -= 350  # 100 s left (a little less by the time it is read)
+    assert budget.fits("fp8", 30) and budget.fits("table (f)", 40, 55)
+    assert not budget.fits("attention table", 30, 80)
+    assert budget.skipped == ["attention table: 100 s of the 450 s budget left, 30 s reserved for it and 80 s kept "
+                              "for the parts that matter more"]
+    s = gpu_report.Session(gpu_report.parse_args(["--out-dir", "unused"]))  # the H100 defaults: pi0, then pi05
+    e = gpu_report.EXPECT_S
+    pi0 = gpu_report.PresetReport(s, "pi0", 20, None, None)
+    pi0.stages_s = 90.0
+    later = 90.0 + e["kernel counts"] + e["capture"] + e["fp8"]  # pi05: no torch.compile unless --compile-all
+    assert pi0.keep_s(()) == pytest.approx(sum(e.values()) + later)
+    assert pi0.keep_s(("kernel counts", "capture", "compile")) == pytest.approx(e["fp8"] + later)
+    pi05 = gpu_report.PresetReport(s, "pi05", 80, None, None)
+    assert pi05.keep_s(("kernel counts", "capture")) == e["fp8"]
+    s.args.compile_all = True
+    assert pi0.keep_s(()) == pytest.approx(sum(e.values()) + later + e["compile"])
+    dry = gpu_report.Session(gpu_report.parse_args(["--dry-run", "--out-dir", "unused"]))
+    assert gpu_report.PresetReport(dry, "tiny", 20, None, None).keep_s(()) == 0
+
+
 COLD_AND_WARM = """
 import json, os, sys, torch
 from turbopi_ros.tools import bench, compile_start

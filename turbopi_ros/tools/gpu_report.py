@@ -21,8 +21,8 @@ For each preset (random weights, built once on the device and reused by every va
 Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
 with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
 root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
-on an H100 with the model builds) skips what would not fit, saying so. A part that fails is reported and the rest
-stands.
+on an H100 with the model builds) skips what would not fit, saying so, the attention table and table (f) first
+(PART_S, EXPECT_S). A part that fails is reported and the rest stands.
 
 --dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
 graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
@@ -44,7 +44,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -69,6 +69,12 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
 # the prompt and state size of the capture check: pi0.5's lengths over every state of STATE_DIMS values
 CAPTURE_PROMPT = "pick up the cube and put it in the bowl"
 STATE_DIMS = 7
+# Seconds on an H100 (not in a dry run): PART_S, what a part needs left to start (torch.compile: Budget's
+# compile_reserve_s); EXPECT_S, what the parts that must come out take, kept free for them by the parts of less
+# importance (the attention table and table (f), skipped first): kernel counts, capture, torch.compile's cold and
+# warm start, fp8 (a later preset's stages: as long as this preset's took).
+PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "fp8": 30}
+EXPECT_S = {"kernel counts": 20, "capture": 15, "compile": 75, "fp8": 20}
 REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.py -> the repository root
 
 
@@ -208,11 +214,14 @@ class Budget:
     def left_s(self) -> float:
         return self.budget_s - self.elapsed_s()
 
-    def fits(self, what: str, need_s: float) -> bool:
-        if self.left_s() >= need_s:
+    def fits(self, what: str, need_s: float, keep_s: float = 0.0) -> bool:
+        """Whether ``what`` may start: need_s left for it, and keep_s more for the parts that matter more and are
+        still to come (a part of less importance is skipped first); if not, it is listed as skipped."""
+        if self.left_s() >= need_s + keep_s:
             return True
+        kept = f" and {keep_s:.0f} s kept for the parts that matter more" if keep_s else ""
         self.skipped.append(f"{what}: {self.left_s():.0f} s of the {self.budget_s:.0f} s budget left, "
-                            f"{need_s:.0f} s reserved for it")
+                            f"{need_s:.0f} s reserved for it{kept}")
         self.say(f"    skipped {what} (time budget)")
         return False
 
@@ -293,9 +302,11 @@ class ViewsBlock:
         (self.images, self.masks, self.tokens, self.token_mask, self.state,
          self.noise) = bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
         self.out: Dict[str, object] = {}
+        self.attention_s = 0.0  # what the attention table took (not a stage's time: PresetReport.stages_s)
 
-    def __call__(self, ref32: torch.Tensor, peaks, published):
-        """-> (the block's results, (cache, noise) of its observation)."""
+    def __call__(self, ref32: torch.Tensor, peaks, published, keep_s: float = 0.0):
+        """-> (the block's results, (cache, noise) of its observation). ``keep_s``: the time the attention table
+        must leave for the parts that matter more (Budget.fits)."""
         model, out, g = self.model, self.out, self.graphs
         with torch.inference_mode():
             self.image_tokens = model.embed_images(self.images, self.masks)
@@ -314,7 +325,7 @@ class ViewsBlock:
             parity = self.parity(fns, ref32)
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
         out["parity"] = parity
-        self.attention()
+        self.attention(keep_s)
         w = costmodel.Workload(self.config, self.views, self.prompt_len, self.steps, dtype="bfloat16")
         out["efficiency"] = efficiency(w, out["times"], peaks, published)
         out["cache_tokens"] = self.cache.num_cached
@@ -425,16 +436,19 @@ class ViewsBlock:
                        "reference_fp32_max_abs": float(ref32.abs().max())})
         return parity
 
-    def attention(self) -> None:
-        """turbopi-bench's attention table, with the most cameras only."""
+    def attention(self, keep_s: float) -> None:
+        """turbopi-bench's attention table, with the most cameras only, when the budget leaves it keep_s."""
         s = self.s
         if self.views == max(s.args.views) and s.budget.fits(
-                f"{self.config.variant} {self.views} views attention table", 30 if not s.dry else 0):
+                f"{self.config.variant} {self.views} views attention table", 0 if s.dry else PART_S["attention"],
+                keep_s):
+            t0 = time.perf_counter()
             try:
                 self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
                                                               self.state, self.noise, s.table_timer(), self.steps)
             except Exception as e:
                 s.budget.failed(self.out, "attention table", e)
+            self.attention_s = time.perf_counter() - t0
 
 
 def _bound_ms(costs, stage: str, matmul_tflops: float, bandwidth_gbs: float) -> float:
@@ -655,17 +669,20 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
 class PresetReport:
     """One preset: its model built once in float32 (the yardstick), rounded to bfloat16 and measured per cameras
     count, then, with the most cameras, kernel counts, capture, torch.compile, table (f) and fp8 as the budget
-    allows."""
+    allows, the attention table and table (f) (what matters least) only when they leave the time the parts that must
+    come out still need, in this preset and the later ones (Budget.fits' keep_s)."""
 
     def __init__(self, s: Session, name: str, prompt_len: int, peaks, published):
         self.s, self.name, self.prompt_len, self.peaks, self.published = s, name, prompt_len, peaks, published
         self.config = load_config(name)
         self.most = max(s.args.views)
         self.entry: Dict[str, object] = {"variant": self.config.variant, "prompt_len": prompt_len, "views": {}}
+        self.t0 = time.perf_counter()
+        self.stages_s: Optional[float] = None  # build, yardstick and bfloat16 stages (no attention table)
 
     def __call__(self) -> Dict[str, object]:
         s, entry, config = self.s, self.entry, self.config
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         reset_peak(s.device)
         model = random_model(config, seed=s.args.seed, device=s.device, dtype=torch.float32)
         entry["params"] = sum(p.numel() for p in model.parameters())
@@ -679,14 +696,35 @@ class PresetReport:
             s.budget.skip_once("CUDA graphs: not a CUDA device (dry run)")
         last = None
         for views in s.args.views:
-            block, last = ViewsBlock(s, model, config, views, self.prompt_len, graphs)(ref32[views], self.peaks,
-                                                                                       self.published)
-            entry["views"][views] = block
-            print_views(s.say, views, block)
+            block = ViewsBlock(s, model, config, views, self.prompt_len, graphs)
+            entry["views"][views], last = block(ref32[views], self.peaks, self.published,
+                                                self.keep_s(()) if views == self.most else 0.0)
+            print_views(s.say, views, entry["views"][views])
+        self.stages_s = time.perf_counter() - t0 - block.attention_s
         graphs.clear()
         self.most_views_parts(model, graphs, last, ref32[self.most])
         entry["total_s"] = time.perf_counter() - t0
         return entry
+
+    def must_parts(self, name: str) -> Tuple[str, ...]:
+        """The parts after the stages that must come out for preset ``name`` (EXPECT_S's keys)."""
+        return ("kernel counts", "capture") + (("compile",) if self.compiles(name) else ()) + ("fp8",)
+
+    def compiles(self, name: str) -> bool:
+        """torch.compile runs for the first preset (every preset with --compile-all)."""
+        a = self.s.args
+        return bool(a.compile) and (name == next(iter(a.presets)) or a.compile_all)
+
+    def keep_s(self, done: Tuple[str, ...]) -> float:
+        """Seconds to keep for the must-have parts still to come (none in a dry run): this preset's not in ``done``,
+        and every later preset's stages (as long as this preset's took) and parts."""
+        if self.s.dry:
+            return 0.0
+        names = list(self.s.args.presets)
+        stages = self.stages_s if self.stages_s is not None else time.perf_counter() - self.t0
+        mine = sum(EXPECT_S[p] for p in self.must_parts(self.name) if p not in done)
+        return mine + sum(stages + sum(EXPECT_S[p] for p in self.must_parts(name))
+                          for name in names[names.index(self.name) + 1:])
 
     def fp32_yardstick(self, model) -> Dict[int, torch.Tensor]:
         """openpi's formulation (and the fast path) from the same noise, in full precision (TF32 off): the reference
@@ -720,23 +758,26 @@ class PresetReport:
             self.entry["weights_gb"] = torch.cuda.memory_allocated(self.s.device) / 1e9
 
     def most_views_parts(self, model, graphs: Graphs, last, ref32: torch.Tensor) -> None:
-        """Kernel counts, capture of every prompt length, torch.compile, table (f) and fp8 (last: it quantizes the
-        weights in place), each when the budget has room for it."""
+        """Kernel counts, capture of every prompt length, torch.compile, table (f) (only if it leaves the time the
+        must-have parts still need) and fp8 (last: it quantizes the weights in place), each when the budget has room
+        for it."""
         s, entry, config, name, most = self.s, self.entry, self.config, self.name, self.most
-        if s.budget.fits(f"{name} kernel counts ({most} views)", 0 if s.dry else 20):
+        need = {part: 0 if s.dry else seconds for part, seconds in PART_S.items()}
+        if s.budget.fits(f"{name} kernel counts ({most} views)", need["kernel counts"]):
             entry["kernel_counts"] = counts_block(s, model, config, most, self.prompt_len)
             print_counts(s.say, entry["kernel_counts"])
-        if s.budget.fits(f"{name} capture of every prompt length ({most} views)", 0 if s.dry else 40):
+        if s.budget.fits(f"{name} capture of every prompt length ({most} views)", need["capture"]):
             entry["capture"] = capture_block(s, model, config, most, self.prompt_len)
             print_capture(s.say, entry["capture"])
         self.compile(model, graphs.denoiser is not None, last)
-        if s.budget.fits(f"{name} table (f) ({most} views)", 0 if s.dry else 40 + 30):  # and 30 s kept for fp8
+        if s.budget.fits(f"{name} table (f) ({most} views)", need["table (f)"],
+                         self.keep_s(("kernel counts", "capture", "compile"))):
             try:
                 entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
             except Exception as e:
                 entry["ablation"] = s.budget.failed({}, "table (f)", e)
             print_ablation(s.say, entry["ablation"])
-        if s.budget.fits(f"{name} fp8 ({most} views)", 0 if s.dry else 30):
+        if s.budget.fits(f"{name} fp8 ({most} views)", need["fp8"]):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
 
@@ -744,8 +785,7 @@ class PresetReport:
         """torch.compile for the first preset (every preset with --compile-all), within the reserve the budget keeps
         for it (1.5x the last compile block's time: cold start, timings, warm start)."""
         s, a = self.s, self.s.args
-        first = self.name == next(iter(a.presets))
-        if a.compile and not (first or a.compile_all):
+        if a.compile and not self.compiles(self.name):
             s.budget.skip_once("torch.compile of the presets after the first (--compile-all to run it for every "
                                "preset)")
         elif a.compile and s.budget.fits(f"{self.name} torch.compile ({self.most} views)",
