@@ -6,8 +6,10 @@ eager backend), table (f), the files and the markdown rows. About 25 s of CPU ti
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
+    """The dry run through the lent machine's one-shot script (scripts/gpu_report_device.sh: gpu_report.sh under
+    a timeout, its environment and log beside the report)."""
     out = tmp_path_factory.mktemp("gpu_report")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report.sh"), "--dry-run", "--out-dir", str(out)],
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report_device.sh"), str(out), "--dry-run"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=600)
     return proc, out
 
@@ -82,6 +86,8 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8"}
     assert r["commit"]["commit"] and r["commit"]["source"] in ("git", "TURBOPI_COMMIT", ".commit")
     assert f"gpu_report: commit {r['commit']['commit']}" in text
+    assert (out / "gpu_report.log").read_text().startswith(proc.stdout)
+    assert f"torch {torch.__version__}" in (out / "gpu_env.txt").read_text()
 
 
 def test_refuses_a_machine_without_cuda_unless_dry(tmp_path, capsys):
@@ -269,3 +275,28 @@ def test_cold_start_is_cold_and_warm_start_loads_its_cache(tmp_path):
     assert r["diff"] == 0 and r["warm_s"] < r["cold_s"]
     assert any(fresh.iterdir())  # inductor may create the environment's directory when it exits, but nothing in it
     assert not [f for p in elsewhere.values() for f in Path(p).rglob("*") if f.is_file()]
+
+
+def test_an_interrupted_report_keeps_what_it_measured(tmp_path):
+    """SIGINT (the one-shot script's timeout) after the first part was written: the report stops, and its .json and
+    .txt hold every part measured so far, with the markdown rows and the interruption among the errors."""
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "gpu_report.sh"), "--dry-run", "--out-dir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHON=sys.executable))
+    report = tmp_path / "gpu_dryrun-cpu.json"
+    try:
+        deadline = time.monotonic() + 300
+        while not report.exists() or "tiny" not in json.loads(report.read_text())["models"]:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # bash execs python: this is the report's process
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout[-3000:]
+    r = json.loads(report.read_text())
+    assert r["errors"][-1].startswith("interrupted after")
+    assert "1" in r["models"]["tiny"]["views"] and "total_s" not in r["models"]["tiny"]  # stopped within tiny
+    text = (tmp_path / "gpu_dryrun-cpu.txt").read_text()
+    assert "markdown rows for docs/performance.md:" in text and "ERROR: interrupted after" in text
+    assert "| CPU (dry run) | tiny | 1 |" in text

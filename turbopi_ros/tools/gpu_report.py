@@ -18,11 +18,11 @@ For each preset (random weights, built once on the device and reused by every va
      that cache (warm start: tools/compile_start.py), eager and as a CUDA graph (the first preset only, unless
      --compile-all), and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on
      GPUs of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
-Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
-with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
-root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
-on an H100 with the model builds) skips what would not fit, saying so, the attention table and table (f) first
-(PART_S, EXPECT_S). A part that fails is reported and the rest stands.
+Writes docs/bench/gpu_<device>.{txt,json} (both after every part, so an interrupted run keeps what it measured; on
+SIGINT with the markdown rows) with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file
+named .commit in the repository root) and prints the markdown rows for docs/performance.md. A time budget
+(--budget-s, default 450 s: under 8 minutes on an H100 with the model builds) skips what would not fit, saying so,
+the attention table and table (f) first (PART_S, EXPECT_S). A part that fails is reported and the rest stands.
 
 --dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
 graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
@@ -248,6 +248,7 @@ class Session:
         self.say = Report()
         self.budget = Budget(args.budget_s, self.say)
         self.cpu_graphs = cpu_graphs and self.device.type == "cpu"
+        self.checkpoint: Callable[[], None] = lambda: None  # Run: writes the files with what is measured so far
 
     @property
     def graphs(self) -> bool:
@@ -670,13 +671,15 @@ class PresetReport:
     """One preset: its model built once in float32 (the yardstick), rounded to bfloat16 and measured per cameras
     count, then, with the most cameras, kernel counts, capture, torch.compile, table (f) and fp8 as the budget
     allows, the attention table and table (f) (what matters least) only when they leave the time the parts that must
-    come out still need, in this preset and the later ones (Budget.fits' keep_s)."""
+    come out still need, in this preset and the later ones (Budget.fits' keep_s). ``entry`` is filled as the parts
+    finish, and Session.checkpoint() writes it after each (an interrupted run keeps them)."""
 
-    def __init__(self, s: Session, name: str, prompt_len: int, peaks, published):
+    def __init__(self, s: Session, name: str, prompt_len: int, peaks, published, entry: Optional[Dict] = None):
         self.s, self.name, self.prompt_len, self.peaks, self.published = s, name, prompt_len, peaks, published
         self.config = load_config(name)
         self.most = max(s.args.views)
-        self.entry: Dict[str, object] = {"variant": self.config.variant, "prompt_len": prompt_len, "views": {}}
+        self.entry: Dict[str, object] = entry if entry is not None else {}
+        self.entry.update({"variant": self.config.variant, "prompt_len": prompt_len, "views": {}})
         self.t0 = time.perf_counter()
         self.stages_s: Optional[float] = None  # build, yardstick and bfloat16 stages (no attention table)
 
@@ -700,6 +703,7 @@ class PresetReport:
             entry["views"][views], last = block(ref32[views], self.peaks, self.published,
                                                 self.keep_s(()) if views == self.most else 0.0)
             print_views(s.say, views, entry["views"][views])
+            s.checkpoint()
         self.stages_s = time.perf_counter() - t0 - block.attention_s
         graphs.clear()
         self.most_views_parts(model, graphs, last, ref32[self.most])
@@ -760,15 +764,17 @@ class PresetReport:
     def most_views_parts(self, model, graphs: Graphs, last, ref32: torch.Tensor) -> None:
         """Kernel counts, capture of every prompt length, torch.compile, table (f) (only if it leaves the time the
         must-have parts still need) and fp8 (last: it quantizes the weights in place), each when the budget has room
-        for it."""
+        for it, each written as it finishes."""
         s, entry, config, name, most = self.s, self.entry, self.config, self.name, self.most
         need = {part: 0 if s.dry else seconds for part, seconds in PART_S.items()}
         if s.budget.fits(f"{name} kernel counts ({most} views)", need["kernel counts"]):
             entry["kernel_counts"] = counts_block(s, model, config, most, self.prompt_len)
             print_counts(s.say, entry["kernel_counts"])
+            s.checkpoint()
         if s.budget.fits(f"{name} capture of every prompt length ({most} views)", need["capture"]):
             entry["capture"] = capture_block(s, model, config, most, self.prompt_len)
             print_capture(s.say, entry["capture"])
+            s.checkpoint()
         self.compile(model, graphs.denoiser is not None, last)
         if s.budget.fits(f"{name} table (f) ({most} views)", need["table (f)"],
                          self.keep_s(("kernel counts", "capture", "compile"))):
@@ -777,6 +783,7 @@ class PresetReport:
             except Exception as e:
                 entry["ablation"] = s.budget.failed({}, "table (f)", e)
             print_ablation(s.say, entry["ablation"])
+            s.checkpoint()
         if s.budget.fits(f"{name} fp8 ({most} views)", need["fp8"]):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
@@ -797,6 +804,7 @@ class PresetReport:
             s.budget.compile_reserve_s = max(s.budget.compile_reserve_s, 1.5 * (time.perf_counter() - t0))
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
+            s.checkpoint()
 
 
 # --- the printed lines -----------------------------------------------------------------------------------------------
@@ -902,7 +910,8 @@ def print_ablation(say: Report, rows: Dict) -> None:
 # --- the whole report ------------------------------------------------------------------------------------------------
 class Run:
     """One report: the machine and its measured roofs, then every preset (one failing does not lose the others),
-    the JSON written after each and the text, the markdown rows and what was skipped at the end."""
+    the JSON and the text written after each part, the markdown rows and what was skipped at the end (also when
+    interrupted by SIGINT, e.g. ``timeout -s INT``)."""
 
     def __init__(self, args):
         self.s = Session(args)
@@ -917,19 +926,30 @@ class Run:
         if s.args.threads:
             torch.set_num_threads(s.args.threads)
         result, stem = self.start()
-        for preset, prompt_len in s.args.presets.items():
-            result["models"][preset] = self.preset(preset, prompt_len, result["peaks"], result["published_device"])
-            self.finish(result, stem, partial=True)
+        s.checkpoint = lambda: self.finish(result, stem, partial=True)
+        try:
+            for preset, prompt_len in s.args.presets.items():
+                result["models"][preset] = {}
+                self.preset(result["models"][preset], preset, prompt_len, result["peaks"],
+                            result["published_device"])
+                s.checkpoint()
+        except KeyboardInterrupt:  # a time limit (timeout -s INT): keep what was measured, with its rows
+            s.budget.errors.append(f"interrupted after {s.budget.elapsed_s():.0f} s: what follows the last part "
+                                   "printed is missing")
+            self.finish(result, stem, partial=False)
+            return 130
         self.finish(result, stem, partial=False)
         return 1 if s.budget.errors else 0
 
-    def preset(self, name: str, prompt_len: int, peaks, published) -> Dict[str, object]:
+    def preset(self, entry: Dict[str, object], name: str, prompt_len: int, peaks, published) -> None:
+        """PresetReport into ``entry``; a failure (e.g. out of memory) is added to it (with what was measured before
+        it) and does not lose the other presets."""
         try:
-            return PresetReport(self.s, name, prompt_len, peaks, published)()
-        except Exception as e:  # one preset failing (e.g. out of memory) does not lose the others
+            PresetReport(self.s, name, prompt_len, peaks, published, entry)()
+        except Exception as e:
             self.s.budget.errors.append(f"{name}: {type(e).__name__}: {e}")
             self.s.say(f"    {name} FAILED: {type(e).__name__}: {e}")
-            return {"error": traceback.format_exc()}
+            entry["error"] = traceback.format_exc()
         finally:
             self.s.free_memory()
 
@@ -975,6 +995,8 @@ class Run:
                 "presets": dict(a.presets), "fused_backend": fused.backend(s.device)}
 
     def finish(self, result: Dict, stem: Path, partial: bool) -> None:
+        """Write the .json and the .txt (what was printed); at the end (not ``partial``) with the markdown rows,
+        what was skipped and the errors. Each file is replaced whole (written beside, then renamed)."""
         budget, say = self.s.budget, self.s.say
         result["skipped"], result["errors"] = budget.skipped, budget.errors
         result["elapsed_s"] = budget.elapsed_s()
@@ -988,9 +1010,17 @@ class Run:
             for e in budget.errors:
                 say(f"ERROR: {e}")
             say(f"elapsed {result['elapsed_s']:.0f} s; load average at end {result['load_avg_1min_end']}")
-            stem.with_suffix(".txt").write_text("\n".join(say.lines) + "\n")
+        _replace(stem.with_suffix(".txt"), "\n".join(say.lines) + "\n")
+        _replace(stem.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
+        if not partial:
             say(f"wrote {stem}.txt and {stem}.json")
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole: beside it first, then renamed over it."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / "
