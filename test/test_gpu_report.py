@@ -170,6 +170,8 @@ def test_the_graphed_flow_on_cpu(tmp_path):
                                "denoise graph fused", "total graph fused", "vision graph", "prefix_cache graph"}
     p = b["parity"]
     assert p["graph_vs_eager"] == 0 and b["encoder_vs_eager"] == 0 and p["fused_graph_vs_fused_eager"] == 0
+    assert p["encoder_graph_cache_vs_fresh_eager"] == p["block_eager_cache_vs_fresh_eager"] == 0
+    assert p["block_eager_cache_actions_vs_fast"] == 0
     assert set(b["efficiency"]) == set(b["times"]) - {"reference denoise", "reference total"}
     c = entry["compile"]
     assert c["compiled_graph_vs_eager"] == 0 and set(c["times"]) == {"denoise compiled", "denoise eager",

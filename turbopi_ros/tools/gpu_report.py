@@ -429,6 +429,8 @@ class ViewsBlock:
             parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
             if "total graph fused" in fns:
                 parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        if "vision graph" in fns:
+            parity.update(self.caches_after(fast))
         # = sample_actions(path="reference")
         ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise, self.steps)
         parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32),
@@ -436,6 +438,19 @@ class ViewsBlock:
                        "fast_bf16_vs_reference_bf16": max_abs(fast, ref),
                        "reference_fp32_max_abs": float(ref32.abs().max())})
         return parity
+
+    def caches_after(self, fast: torch.Tensor) -> Dict[str, float]:
+        """After the timed calls: the graphed encoder's cache and this block's first eager cache (what the eager and
+        compiled denoises read) against a fresh eager one. The last H100 run's encoder_vs_eager (the first replay
+        after capture) was nan or 0.5 while the graphed actions equalled the eager ones: these say which cache was
+        off, and whether it still is."""
+        enc, fresh = self.graphs.encoder, self.encode()
+        n = fresh.num_cached
+        graphed = enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens, self.token_mask, self.state)
+        return {"encoder_graph_cache_vs_fresh_eager": max_abs(graphed.keys[..., :n, :], fresh.keys[..., :n, :]),
+                "block_eager_cache_vs_fresh_eager": max_abs(self.cache.keys[..., :n, :], fresh.keys[..., :n, :]),
+                "block_eager_cache_actions_vs_fast": max_abs(self.model.denoise(self.cache, self.noise, self.steps),
+                                                             fast)}
 
     def attention(self, keep_s: float) -> None:
         """turbopi-bench's attention table, with the most cameras only, when the budget leaves it keep_s."""
@@ -825,7 +840,10 @@ def print_views(say: Report, views: int, b: Dict) -> None:
     say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
         f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
         f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
-        f"{_num(b.get('encoder_vs_eager'), '.2e')}); peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+        f"{_num(b.get('encoder_vs_eager'), '.2e')}, after the timed calls "
+        f"{_num(p.get('encoder_graph_cache_vs_fresh_eager'), '.2e')}, the block's eager cache then "
+        f"{_num(p.get('block_eager_cache_vs_fresh_eager'), '.2e')}); peak memory eager "
+        f"{_num(b.get('peak_memory_gb'), '.2f')}"
         f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
     print_efficiency(say, b["efficiency"])
     att = b.get("attention")
