@@ -5,9 +5,10 @@
 #   the call (timeout 590): bash scripts/gpu_report_device.sh "$OUT"
 # Writes OUT_DIR/gpu_env.txt (the commit file, nvidia-smi, Python, torch, CUDA and Triton versions), then runs
 # scripts/gpu_report.sh --out-dir OUT_DIR (its budget: 450 s, under 8 minutes on an H100) under
-# `timeout -s INT` (TURBOPI_REPORT_TIMEOUT_S, default 570 s): a report that runs long is interrupted and still writes
-# its gpu_<device>.txt and .json with what it measured (they are also rewritten after every part). Everything it
-# prints is kept in OUT_DIR/gpu_report.log. Further arguments go to gpu_report (--dry-run runs it on the CPU).
+# `timeout -s INT` (TURBOPI_REPORT_TIMEOUT_S, default 555 s, then 20 s to end before SIGKILL: with this script's own
+# few seconds, inside the call's 590 s): a report that runs long is interrupted and still writes its
+# gpu_<device>.txt and .json with what it measured (they are also rewritten after every part). Everything it prints
+# is kept in OUT_DIR/gpu_report.log. Further arguments go to gpu_report (--dry-run runs it on the CPU).
 # Python: $PYTHON, else python3 (the device's, with CUDA torch and Triton).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ except ImportError:
     print("triton: not installed (the fused kernels run their torch twins)")
 EOF
 } >"$out/gpu_env.txt" 2>&1
-PYTHON=$py timeout -s INT -k 20 "${TURBOPI_REPORT_TIMEOUT_S:-570}" bash scripts/gpu_report.sh --out-dir "$out" "$@" 2>&1 \
+PYTHON=$py timeout -s INT -k 20 "${TURBOPI_REPORT_TIMEOUT_S:-555}" bash scripts/gpu_report.sh --out-dir "$out" "$@" 2>&1 \
   | tee "$out/gpu_report.log"
 rc=${PIPESTATUS[0]}
 echo "gpu_report exit status $rc (124: stopped by the timeout)" | tee -a "$out/gpu_report.log"
