@@ -305,9 +305,9 @@ class ViewsBlock:
         self.out: Dict[str, object] = {}
         self.attention_s = 0.0  # what the attention table took (not a stage's time: PresetReport.stages_s)
 
-    def __call__(self, ref32: torch.Tensor, peaks, published, keep_s: float = 0.0):
-        """-> (the block's results, (cache, noise) of its observation). ``keep_s``: the time the attention table
-        must leave for the parts that matter more (Budget.fits)."""
+    def __call__(self, ref32: torch.Tensor, peaks, published, keep_s: Callable[[], float] = lambda: 0.0):
+        """-> (the block's results, (cache, noise) of its observation). ``keep_s()``: the time the attention table
+        must leave for the parts that matter more (Budget.fits), asked when the table is to start."""
         model, out, g = self.model, self.out, self.graphs
         with torch.inference_mode():
             self.image_tokens = model.embed_images(self.images, self.masks)
@@ -452,12 +452,12 @@ class ViewsBlock:
                 "block_eager_cache_actions_vs_fast": max_abs(self.model.denoise(self.cache, self.noise, self.steps),
                                                              fast)}
 
-    def attention(self, keep_s: float) -> None:
-        """turbopi-bench's attention table, with the most cameras only, when the budget leaves it keep_s."""
+    def attention(self, keep_s: Callable[[], float]) -> None:
+        """turbopi-bench's attention table, with the most cameras only, when the budget leaves it keep_s()."""
         s = self.s
         if self.views == max(s.args.views) and s.budget.fits(
                 f"{self.config.variant} {self.views} views attention table", 0 if s.dry else PART_S["attention"],
-                keep_s):
+                keep_s()):
             t0 = time.perf_counter()
             try:
                 self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
@@ -715,8 +715,7 @@ class PresetReport:
         last = None
         for views in s.args.views:
             block = ViewsBlock(s, model, config, views, self.prompt_len, graphs)
-            entry["views"][views], last = block(ref32[views], self.peaks, self.published,
-                                                self.keep_s(()) if views == self.most else 0.0)
+            entry["views"][views], last = block(ref32[views], self.peaks, self.published, lambda: self.keep_s(()))
             print_views(s.say, views, entry["views"][views])
             s.checkpoint()
         self.stages_s = time.perf_counter() - t0 - block.attention_s
