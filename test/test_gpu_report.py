@@ -6,8 +6,10 @@ eager backend), table (f), the files and the markdown rows. About 25 s of CPU ti
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
+    """The dry run through the lent machine's one-shot script (scripts/gpu_report_device.sh: gpu_report.sh under
+    a timeout, its environment and log beside the report)."""
     out = tmp_path_factory.mktemp("gpu_report")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report.sh"), "--dry-run", "--out-dir", str(out)],
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report_device.sh"), str(out), "--dry-run"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=600)
     return proc, out
 
@@ -66,6 +70,8 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         c = m["compile"]
         assert c["compiled_vs_eager"] <= 1e-6 and set(c["times"]) == {"denoise compiled", "denoise eager"}
         assert c["cold_start_s"] > 0 and c["warm_start_s"] > 0 and c["inductor_cache_dir"]
+        # the warm start ran in a new process, on the same weights and inputs (dynamo's eager backend: no cache)
+        assert c["warm_start"]["process_s"] > c["warm_start_s"] and c["warm_start"]["actions_vs_cold"] == 0
         assert ALL_REVERSED in m["ablation"]
         k = m["kernel_counts"]  # plain vs fused, every stage and layer
         assert k["fused"]["expert_layer"]["launches"] <= 10 < k["plain"]["expert_layer"]["launches"]
@@ -80,6 +86,8 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8"}
     assert r["commit"]["commit"] and r["commit"]["source"] in ("git", "TURBOPI_COMMIT", ".commit")
     assert f"gpu_report: commit {r['commit']['commit']}" in text
+    assert (out / "gpu_report.log").read_text().startswith(proc.stdout)
+    assert f"torch {torch.__version__}" in (out / "gpu_env.txt").read_text()
 
 
 def test_refuses_a_machine_without_cuda_unless_dry(tmp_path, capsys):
@@ -101,6 +109,31 @@ def test_commit_without_git(tmp_path, monkeypatch):
     assert gpu_report.commit_id(tmp_path)["commit"] == "def456"
 
 
+def test_commit_is_looked_up_in_the_repository_root():
+    """The .commit carried into a copy of the work tree lies in its root (what scripts/gpu_report.sh runs in)."""
+    assert gpu_report.REPO_ROOT == REPO and (gpu_report.REPO_ROOT / "scripts" / "gpu_report.sh").is_file()
+    assert gpu_report.commit_id() == gpu_report.commit_id(REPO)
+
+
+def test_commit_of_a_copy_inside_another_repository(tmp_path, monkeypatch):
+    """A copy without .git that lies inside some other git work tree names its own commit (.commit), not the outer
+    repository's HEAD; an empty .commit (``git rev-parse HEAD > .commit`` where there is no git) names nothing."""
+    monkeypatch.delenv("TURBOPI_COMMIT", raising=False)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=env)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "outer"], check=True, env=env)
+    outer = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert gpu_report.commit_id(tmp_path) == {"commit": outer, "source": "git", "dirty": False}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / ".commit").write_text("")
+    assert gpu_report.commit_id(copy)["commit"] is None
+    (copy / ".commit").write_text("abc123\n")
+    assert gpu_report.commit_id(copy) == {"commit": "abc123", "source": ".commit", "dirty": None}
+
+
 def test_published_device_and_file_names():
     assert gpu_report.published_device("NVIDIA H100 80GB HBM3") == "h100_sxm"
     assert gpu_report.published_device("NVIDIA H100 PCIe") == "h100_pcie"
@@ -109,3 +142,163 @@ def test_published_device_and_file_names():
     assert gpu_report.published_device("Orin") == "orin"
     assert gpu_report.published_device("NVIDIA A100-SXM4-80GB") is None
     assert gpu_report.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def _session(tmp_path, *argv, cpu_graphs=True):
+    args = gpu_report.parse_args(["--dry-run", "--views", "1", "--out-dir", str(tmp_path), *argv])
+    torch.set_num_threads(args.threads)
+    return gpu_report.Session(args, cpu_graphs=cpu_graphs)
+
+
+def test_the_graphed_flow_on_cpu(tmp_path):
+    """Everything the report does with CUDA graphs, run through cuda_graph's static replay on CPU
+    (Session.cpu_graphs): the graphed and fused-graphed stages of a block and their parity, compile + graph, the
+    FP8 graphs, the printed lines and the markdown rows. A static replay runs the captured function again into the
+    same outputs, so every graphed result must equal its eager one exactly."""
+    s = _session(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        peaks = gpu_report.measure_peaks(s.device, True)
+        entry = gpu_report.PresetReport(s, "tiny", 20, peaks, None)()
+    finally:
+        torch.set_num_threads(threads)
+    assert s.budget.errors == [] and not any("CUDA graphs" in skipped for skipped in s.budget.skipped)
+    b = entry["views"][1]
+    assert set(b["times"]) == {"vision", "prefix_cache", "denoise eager", "total eager", "reference denoise",
+                               "reference total", "denoise graph", "total graph", "denoise eager fused",
+                               "total eager fused", "vision graph fused", "prefix_cache graph fused",
+                               "denoise graph fused", "total graph fused", "vision graph", "prefix_cache graph"}
+    p = b["parity"]
+    assert p["graph_vs_eager"] == 0 and b["encoder_vs_eager"] == 0 and p["fused_graph_vs_fused_eager"] == 0
+    assert p["encoder_graph_cache_vs_fresh_eager"] == p["block_eager_cache_vs_fresh_eager"] == 0
+    assert p["block_eager_cache_actions_vs_fast"] == 0
+    assert set(b["efficiency"]) == set(b["times"]) - {"reference denoise", "reference total"}
+    c = entry["compile"]
+    assert c["compiled_graph_vs_eager"] == 0 and set(c["times"]) == {"denoise compiled", "denoise eager",
+                                                                    "denoise compiled + graph"}
+    assert c["warm_start"]["actions_vs_cold"] == 0
+    f8 = entry["fp8"]
+    assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8", "total graph fp8",
+                                "total graph fused fp8"}
+    assert f8["parity"]["total graph fp8 vs eager fp8"] == 0 == f8["parity"]["total graph fused fp8 vs eager fp8"]
+    assert entry["capture"]["captures_after_ready"] == 0
+    text = "\n".join(s.say.lines)
+    assert "graph vs eager 0.00e+00 (encoder graph's cache vs eager 0.00e+00" in text
+    rows = gpu_report.markdown_rows({"machine": {}, "models": {"tiny": entry}})
+    assert len(rows) == 2 and "n/a" not in rows[1].split("|")[5]  # denoise eager / graph / compile+graph
+
+
+def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
+    """A fused kernel that fails (say Triton on a GPU it never ran on) costs its variants, eager and graphed, not
+    the block: the plain stages, their graphs and their parity stand, and the failure is in the block's errors."""
+    from turbopi_ros.model import fused
+    from turbopi_ros.model.checkpoint import random_model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("fused kernel failed to compile")
+
+    s = _session(tmp_path)
+    config = load_config("tiny")
+    model = random_model(config, seed=0, dtype=torch.bfloat16)
+    inputs = gpu_report.bench.make_inputs(config, 1, 20, "cpu", 0)
+    ref32 = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=2, path="reference").float()
+    peaks = gpu_report.measure_peaks(s.device, True)
+    monkeypatch.setattr(fused, "gemma_stack", broken)
+    b, _ = gpu_report.ViewsBlock(s, model, config, 1, 20, gpu_report.Graphs(s, model))(ref32, peaks, None)
+    assert [e.split(":")[0] for e in b["errors"]] == ["fused kernels", "fused kernels in CUDA graphs"]
+    assert s.budget.errors == b["errors"] and not model.fused  # the switch is put back
+    assert {"denoise graph", "total graph", "vision graph", "prefix_cache graph"} <= set(b["times"])
+    assert not any("fused" in name for name in b["times"]) and b["parity"]["graph_vs_eager"] == 0
+    assert "fused_vs_plain_bf16" not in b["parity"]
+    gpu_report.print_views(s.say, 1, b)
+    assert "    FAILED fused kernels: RuntimeError: fused kernel failed to compile" in s.say.lines
+
+
+def test_budget_keeps_time_for_what_matters_more():
+    """A part of less importance (attention table, table (f)) starts only if it leaves the time the must-have parts
+    still to come are expected to take: this preset's and every later preset's stages and parts."""
+    say = gpu_report.Report()
+    budget = gpu_report.Budget(450.0, say)
+    budget.started -= 350  # 100 s left (a little less by the time it is read)
+    assert budget.fits("fp8", 30) and budget.fits("table (f)", 40, 55)
+    assert not budget.fits("attention table", 30, 80)
+    assert budget.skipped == ["attention table: 100 s of the 450 s budget left, 30 s reserved for it and 80 s kept "
+                              "for the parts that matter more"]
+    s = gpu_report.Session(gpu_report.parse_args(["--out-dir", "unused"]))  # the H100 defaults: pi0, then pi05
+    e = gpu_report.EXPECT_S
+    pi0 = gpu_report.PresetReport(s, "pi0", 20, None, None)
+    pi0.stages_s = 90.0
+    later = 90.0 + e["kernel counts"] + e["capture"] + e["fp8"]  # pi05: no torch.compile unless --compile-all
+    assert pi0.keep_s(()) == pytest.approx(sum(e.values()) + later)
+    assert pi0.keep_s(("kernel counts", "capture", "compile")) == pytest.approx(e["fp8"] + later)
+    pi05 = gpu_report.PresetReport(s, "pi05", 80, None, None)
+    assert pi05.keep_s(("kernel counts", "capture")) == e["fp8"]
+    s.args.compile_all = True
+    assert pi0.keep_s(()) == pytest.approx(sum(e.values()) + later + e["compile"])
+    dry = gpu_report.Session(gpu_report.parse_args(["--dry-run", "--out-dir", "unused"]))
+    assert gpu_report.PresetReport(dry, "tiny", 20, None, None).keep_s(()) == 0
+
+
+COLD_AND_WARM = """
+import json, os, sys, torch
+from turbopi_ros.tools import bench, compile_start
+from turbopi_ros.model.checkpoint import random_model
+from turbopi_ros.model.config import load_config
+torch.set_num_threads(1)
+config = load_config("tiny")
+model = random_model(config, seed=0, dtype=torch.bfloat16)
+images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, 1, 20, "cpu", 0)
+cache = model.encode(images, masks, tokens, token_mask, state)
+with torch.inference_mode():
+    cold_s, actions, cold = compile_start.cold_start(model, cache, noise, 2, sys.argv[1])
+env = {name: os.environ.get(name) for name in compile_start.CACHE_ENV}
+warm = compile_start.warm_start("tiny", 1, 20, 2, 0, "cpu", sys.argv[1], "inductor", 1)
+print(json.dumps({"cold": cold, "env": env, "warm": warm["cache"], "cold_s": cold_s, "warm_s": warm["warm_start_s"],
+                  "diff": float((torch.tensor(warm["actions"]) - actions.float()).abs().max())}))
+"""
+
+
+def test_cold_start_is_cold_and_warm_start_loads_its_cache(tmp_path):
+    """torch.compile with inductor (its CPU backend here: the cache handling is the same as on CUDA), in a process
+    of its own (inductor's compile workers end with it): the cold start compiles into a fresh directory (misses, and
+    nothing into the inductor and Triton caches the environment names, which are put back afterwards); the warm start,
+    a new process on that directory, finds every graph there (hits, no miss) and computes the same actions.
+    About 45 s on two loaded cores."""
+    elsewhere = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "user_inductor"),
+                 "TRITON_CACHE_DIR": str(tmp_path / "user_triton")}
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHINDUCTOR_COMPILE_THREADS="1", **elsewhere)
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run([sys.executable, "-c", COLD_AND_WARM, str(fresh)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["cold"]["fxgraph_cache_miss"] >= 1 and r["env"] == elsewhere
+    assert r["warm"]["fxgraph_cache_miss"] == 0 and r["warm"]["fxgraph_cache_hit"] >= 1
+    assert r["diff"] == 0 and r["warm_s"] < r["cold_s"]
+    assert any(fresh.iterdir())  # inductor may create the environment's directory when it exits, but nothing in it
+    assert not [f for p in elsewhere.values() for f in Path(p).rglob("*") if f.is_file()]
+
+
+def test_an_interrupted_report_keeps_what_it_measured(tmp_path):
+    """SIGINT (the one-shot script's timeout) after the first part was written: the report stops, and its .json and
+    .txt hold every part measured so far, with the markdown rows and the interruption among the errors."""
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "gpu_report.sh"), "--dry-run", "--out-dir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHON=sys.executable))
+    report = tmp_path / "gpu_dryrun-cpu.json"
+    try:
+        deadline = time.monotonic() + 300
+        while not report.exists() or "tiny" not in json.loads(report.read_text())["models"]:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # bash execs python: this is the report's process
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout[-3000:]
+    r = json.loads(report.read_text())
+    assert r["errors"][-1].startswith("interrupted after")
+    assert "1" in r["models"]["tiny"]["views"] and "total_s" not in r["models"]["tiny"]  # stopped within tiny
+    text = (tmp_path / "gpu_dryrun-cpu.txt").read_text()
+    assert "markdown rows for docs/performance.md:" in text and "ERROR: interrupted after" in text
+    assert "| CPU (dry run) | tiny | 1 |" in text

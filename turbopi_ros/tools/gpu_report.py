@@ -14,14 +14,15 @@ For each preset (random weights, built once on the device and reused by every va
   4. with the most cameras: kernels per stage, plain vs fused (model/opcount.py: aten ops dispatched, and the CUDA
      profiler's kernels); every prompt length of the preset captured up front in one shared pool (capture count,
      time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
-     denoise step with a fresh inductor cache (cold start) and again from that cache (warm start), eager and as a
-     CUDA graph (the first preset only, unless --compile-all), and turbopi-bench's table (f) (each optimization
-     undone); last, FP8 weights (model/fp8.py, on GPUs of compute capability >= 8.9): their timings and parity
-     against bfloat16 and the float32 reference.
-Writes docs/bench/gpu_<device>.{txt,json} (the JSON after every preset, so an interrupted run keeps what it measured)
-with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file named .commit in the repository
-root) and prints the markdown rows for docs/performance.md. A time budget (--budget-s, default 450 s: under 8 minutes
-on an H100 with the model builds) skips what would not fit, saying so.
+     denoise step with a fresh inductor cache and nothing compiled before (cold start) and, in a new process, from
+     that cache (warm start: tools/compile_start.py), eager and as a CUDA graph (the first preset only, unless
+     --compile-all), and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on
+     GPUs of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
+Writes docs/bench/gpu_<device>.{txt,json} (both after every part, so an interrupted run keeps what it measured; on
+SIGINT with the markdown rows) with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file
+named .commit in the repository root) and prints the markdown rows for docs/performance.md. A time budget
+(--budget-s, default 450 s: under 8 minutes on an H100 with the model builds) skips what would not fit, saying so,
+the attention table and table (f) first (PART_S, EXPECT_S). A part that fails is reported and the rest stands.
 
 --dry-run runs the same flow on the CPU with the tiny presets, 1-2 cameras, 2 steps and one iteration per timing (CUDA
 graphs skipped; torch.compile with dynamo's "eager" backend, so the capture is exercised without inductor's compile
@@ -43,11 +44,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import bench, costmodel
+from . import bench, compile_start, costmodel
 from .ablation import replaced
 from ..model.checkpoint import random_model, set_dtype
 from ..model import fp8, fused, opcount
@@ -68,25 +69,35 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
 # the prompt and state size of the capture check: pi0.5's lengths over every state of STATE_DIMS values
 CAPTURE_PROMPT = "pick up the cube and put it in the bowl"
 STATE_DIMS = 7
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Seconds on an H100 (not in a dry run): PART_S, what a part needs left to start (torch.compile: Budget's
+# compile_reserve_s); EXPECT_S, what the parts that must come out take, kept free for them by the parts of less
+# importance (the attention table and table (f), skipped first): kernel counts, capture, torch.compile's cold and
+# warm start, fp8 (a later preset's stages: as long as this preset's took).
+PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "fp8": 30}
+EXPECT_S = {"kernel counts": 20, "capture": 15, "compile": 75, "fp8": 20}
+REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.py -> the repository root
 
 
 def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
-    """The commit measured: git's HEAD (and whether the tree differs from it); where there is no .git (a copy of the
-    work tree), $TURBOPI_COMMIT or the first line of <root>/.commit."""
+    """The commit measured: git's HEAD (and whether the tree differs from it) where root is a git work tree's top;
+    else (a copy of the work tree, maybe inside another repository) $TURBOPI_COMMIT or the first line of
+    <root>/.commit (an empty one names nothing)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode == 0:
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        lines = head.stdout.splitlines()
+        if head.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == Path(root).resolve():
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                    capture_output=True, text=True, timeout=10)
-            return {"commit": head.stdout.strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
+            return {"commit": lines[1].strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    if os.environ.get("TURBOPI_COMMIT"):
+    if os.environ.get("TURBOPI_COMMIT", "").strip():
         return {"commit": os.environ["TURBOPI_COMMIT"].strip(), "source": "TURBOPI_COMMIT", "dirty": None}
     marker = root / ".commit"
-    if marker.is_file():
-        return {"commit": marker.read_text().split("\n")[0].strip(), "source": ".commit", "dirty": None}
+    first = marker.read_text().split("\n")[0].strip() if marker.is_file() else ""
+    if first:
+        return {"commit": first, "source": ".commit", "dirty": None}
     return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
 
 
@@ -203,11 +214,14 @@ class Budget:
     def left_s(self) -> float:
         return self.budget_s - self.elapsed_s()
 
-    def fits(self, what: str, need_s: float) -> bool:
-        if self.left_s() >= need_s:
+    def fits(self, what: str, need_s: float, keep_s: float = 0.0) -> bool:
+        """Whether ``what`` may start: need_s left for it, and keep_s more for the parts that matter more and are
+        still to come (a part of less importance is skipped first); if not, it is listed as skipped."""
+        if self.left_s() >= need_s + keep_s:
             return True
+        kept = f" and {keep_s:.0f} s kept for the parts that matter more" if keep_s else ""
         self.skipped.append(f"{what}: {self.left_s():.0f} s of the {self.budget_s:.0f} s budget left, "
-                            f"{need_s:.0f} s reserved for it")
+                            f"{need_s:.0f} s reserved for it{kept}")
         self.say(f"    skipped {what} (time budget)")
         return False
 
@@ -224,14 +238,26 @@ class Budget:
 
 class Session:
     """What every measurement reads: the parsed arguments, the device (the CPU in a dry run), the printed report and
-    the budget."""
+    the budget. ``cpu_graphs`` (tests): on CPU, the graphs in cuda_graph's static-replay mode, so that the CUDA
+    graphs' part of the flow runs there (its times are eager re-runs, not graph replays)."""
 
-    def __init__(self, args):
+    def __init__(self, args, cpu_graphs: bool = False):
         self.args = args
         self.dry = args.dry_run
         self.device = torch.device("cpu" if self.dry else args.device)
         self.say = Report()
         self.budget = Budget(args.budget_s, self.say)
+        self.cpu_graphs = cpu_graphs and self.device.type == "cpu"
+        self.checkpoint: Callable[[], None] = lambda: None  # Run: writes the files with what is measured so far
+
+    @property
+    def graphs(self) -> bool:
+        """Whether the stages are also measured as graphs: CUDA graphs on CUDA, static replay with cpu_graphs."""
+        return self.device.type == "cuda" or self.cpu_graphs
+
+    def graph_pool(self) -> GraphPool:
+        """A new memory pool (and capture book) for graphs."""
+        return GraphPool(self.device, static_replay_on_cpu=self.cpu_graphs)
 
     def timer(self) -> bench.Timer:
         """The stage tables' timer."""
@@ -248,15 +274,15 @@ class Session:
 
 
 class Graphs:
-    """The CUDA graphs of one preset's bfloat16 model (none off CUDA): the denoiser, the encoder (vision and prefix
-    cache), and an encoder and denoiser sharing one pool for the fused kernels."""
+    """The CUDA graphs of one preset's bfloat16 model (none off CUDA unless Session.cpu_graphs): the denoiser, the
+    encoder (vision and prefix cache), and an encoder and denoiser sharing one pool for the fused kernels."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, s: Session, model):
         self.denoiser = self.encoder = self.fused = None
-        if device.type == "cuda":
-            self.encoder = CudaGraphEncoder(model)
-            self.denoiser = CudaGraphDenoiser(model)
-            fused_pool = GraphPool(device)
+        if s.graphs:
+            self.encoder = CudaGraphEncoder(model, pool=s.graph_pool())
+            self.denoiser = CudaGraphDenoiser(model, pool=s.graph_pool())
+            fused_pool = s.graph_pool()
             self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
 
     def clear(self) -> None:
@@ -268,7 +294,8 @@ class Graphs:
 class ViewsBlock:
     """One cameras count of one bfloat16 preset: every stage timed interleaved (eager, graphed, fused), the parity
     against the float32 reference, the peak memory, the attention table (most cameras only) and the efficiency
-    against the cost model."""
+    against the cost model. A group of variants that fails (a capture, a fused kernel) is reported in the block's
+    errors and left out; the eager stages and the other groups stand."""
 
     def __init__(self, s: Session, model, config, views: int, prompt_len: int, graphs: Graphs):
         self.s, self.model, self.config, self.views, self.prompt_len = s, model, config, views, prompt_len
@@ -276,28 +303,30 @@ class ViewsBlock:
         (self.images, self.masks, self.tokens, self.token_mask, self.state,
          self.noise) = bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
         self.out: Dict[str, object] = {}
+        self.attention_s = 0.0  # what the attention table took (not a stage's time: PresetReport.stages_s)
 
-    def __call__(self, ref32: torch.Tensor, peaks, published):
-        """-> (the block's results, (cache, noise) of its observation)."""
-        model, out = self.model, self.out
+    def __call__(self, ref32: torch.Tensor, peaks, published, keep_s: Callable[[], float] = lambda: 0.0):
+        """-> (the block's results, (cache, noise) of its observation). ``keep_s()``: the time the attention table
+        must leave for the parts that matter more (Budget.fits), asked when the table is to start."""
+        model, out, g = self.model, self.out, self.graphs
         with torch.inference_mode():
             self.image_tokens = model.embed_images(self.images, self.masks)
             self.cache = model.build_cache(self.image_tokens, self.tokens, self.token_mask, self.state)
             self.prefix_pad, self.past = reference_prefix(model, self.images, self.masks, self.tokens,
                                                           self.token_mask)
             fns = self.eager_fns()
-            if self.graphs.denoiser is not None:
-                fns.update(self.graph_fns())
-            fns.update(self.fused_fns())
-            if self.graphs.fused is not None:  # everything graphed, with the fused kernels
-                fns.update(self.fused_graph_fns())
-            if self.graphs.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
-                fns.update(self.encoder_fns())
+            graphed = g.denoiser is not None and self.add(fns, "CUDA graph of the denoise", self.graph_fns)
+            self.add(fns, "fused kernels", self.fused_fns)
+            if g.fused is not None:  # everything graphed, with the fused kernels
+                self.add(fns, "fused kernels in CUDA graphs", self.fused_graph_fns)
+            if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
+                self.add(fns, "CUDA graphs of vision and the prefix cache",
+                         functools.partial(self.encoder_fns, graphed))
             times = self.s.timer()(fns)
             parity = self.parity(fns, ref32)
         out["times"] = {name: bench.summary(t) for name, t in times.items()}
         out["parity"] = parity
-        self.attention()
+        self.attention(keep_s)
         w = costmodel.Workload(self.config, self.views, self.prompt_len, self.steps, dtype="bfloat16")
         out["efficiency"] = efficiency(w, out["times"], peaks, published)
         out["cache_tokens"] = self.cache.num_cached
@@ -305,6 +334,19 @@ class ViewsBlock:
 
     def encode(self):
         return self.model.encode(self.images, self.masks, self.tokens, self.token_mask, self.state)
+
+    def add(self, fns: Dict[str, Callable[[], object]], what: str, make: Callable[[], Dict]) -> bool:
+        """Add the variants ``make()`` returns (it captures their graphs) after one call of each (a fused kernel's
+        compile, outside the timed calls); if any of that raises, report it and add none of them."""
+        try:
+            new = make()
+            for fn in new.values():
+                fn()
+        except Exception as e:
+            self.s.budget.failed(self.out, what, e)
+            return False
+        fns.update(new)
+        return True
 
     def eager_fns(self) -> Dict[str, Callable[[], object]]:
         model, cache, noise, steps = self.model, self.cache, self.noise, self.steps
@@ -350,39 +392,45 @@ class ViewsBlock:
                 "denoise graph fused": lambda: f_den(self.cache, self.noise, self.steps),
                 "total graph fused": f_total}
 
-    def encoder_fns(self) -> Dict[str, Callable[[], object]]:
+    def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
+        """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
         encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
         images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
         graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
         n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
         self.out["encoder_vs_eager"] = max_abs(
             encoder.build_cache(graphed_tokens, tokens, token_mask, state).keys[..., :n, :], cache.keys[..., :n, :])
-        return {"vision graph": lambda: encoder.embed_images(images, masks),
-                "prefix_cache graph": lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state),
-                "total graph": lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
-                                                                 token_mask, state), self.noise, self.steps)}
+        fns = {"vision graph": lambda: encoder.embed_images(images, masks),
+               "prefix_cache graph": lambda: encoder.build_cache(graphed_tokens, tokens, token_mask, state)}
+        if total:
+            fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
+                                                                   token_mask, state), self.noise, self.steps)
+        return fns
 
     def parity(self, fns: Dict[str, Callable[[], object]], ref32: torch.Tensor) -> Dict[str, float]:
         """The max abs differences (bfloat16 fast, graphed, fused, reference; float32 reference) and, on the way, the
         peak memory of one observation: what is allocated (weights, this block's tensors, captured graphs) plus the
         run's own peak."""
-        model, device, out, graph = self.model, self.s.device, self.out, self.graphs.denoiser
+        model, device, out = self.model, self.s.device, self.out
         reset_peak(device)
         fast = model.denoise(self.encode(), self.noise, self.steps)
         out["peak_memory_gb"] = memory_gb(device)
         parity = {}
-        if graph is not None:
+        if "denoise graph" in fns:
             reset_peak(device)
-            enc = self.graphs.encoder if self.graphs.encoder is not None else model
-            graphed = graph(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens, self.token_mask,
-                                            self.state), self.noise, self.steps)
+            enc = self.graphs.encoder if "vision graph" in fns else model
+            graphed = self.graphs.denoiser(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens,
+                                                           self.token_mask, self.state), self.noise, self.steps)
             out["peak_memory_gb_graph"] = memory_gb(device)
             parity["graph_vs_eager"] = max_abs(graphed, fast)
-        fused_actions = fns["total eager fused"]()
-        parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
-        parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
-        if "total graph fused" in fns:
-            parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        if "total eager fused" in fns:
+            fused_actions = fns["total eager fused"]()
+            parity["fused_vs_plain_bf16"] = max_abs(fused_actions, fast)
+            parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
+            if "total graph fused" in fns:
+                parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        if "vision graph" in fns:
+            parity.update(self.caches_after(fast))
         # = sample_actions(path="reference")
         ref = reference_denoise(model, self.prefix_pad, self.past, self.state, self.noise, self.steps)
         parity.update({"fast_bf16_vs_reference_fp32": max_abs(fast, ref32),
@@ -391,13 +439,32 @@ class ViewsBlock:
                        "reference_fp32_max_abs": float(ref32.abs().max())})
         return parity
 
-    def attention(self) -> None:
-        """turbopi-bench's attention table, with the most cameras only."""
+    def caches_after(self, fast: torch.Tensor) -> Dict[str, float]:
+        """After the timed calls: the graphed encoder's cache and this block's first eager cache (what the eager and
+        compiled denoises read) against a fresh eager one. The last H100 run's encoder_vs_eager (the first replay
+        after capture) was nan or 0.5 while the graphed actions equalled the eager ones: these say which cache was
+        off, and whether it still is."""
+        enc, fresh = self.graphs.encoder, self.encode()
+        n = fresh.num_cached
+        graphed = enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens, self.token_mask, self.state)
+        return {"encoder_graph_cache_vs_fresh_eager": max_abs(graphed.keys[..., :n, :], fresh.keys[..., :n, :]),
+                "block_eager_cache_vs_fresh_eager": max_abs(self.cache.keys[..., :n, :], fresh.keys[..., :n, :]),
+                "block_eager_cache_actions_vs_fast": max_abs(self.model.denoise(self.cache, self.noise, self.steps),
+                                                             fast)}
+
+    def attention(self, keep_s: Callable[[], float]) -> None:
+        """turbopi-bench's attention table, with the most cameras only, when the budget leaves it keep_s()."""
         s = self.s
         if self.views == max(s.args.views) and s.budget.fits(
-                f"{self.config.variant} {self.views} views attention table", 30 if not s.dry else 0):
-            self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
-                                                          self.state, self.noise, s.table_timer(), self.steps)
+                f"{self.config.variant} {self.views} views attention table", 0 if s.dry else PART_S["attention"],
+                keep_s()):
+            t0 = time.perf_counter()
+            try:
+                self.out["attention"] = bench.attention_table(self.model, self.cache, self.prefix_pad, self.past,
+                                                              self.state, self.noise, s.table_timer(), self.steps)
+            except Exception as e:
+                s.budget.failed(self.out, "attention table", e)
+            self.attention_s = time.perf_counter() - t0
 
 
 def _bound_ms(costs, stage: str, matmul_tflops: float, bandwidth_gbs: float) -> float:
@@ -429,47 +496,37 @@ def efficiency(w, times, peaks, published) -> Dict[str, object]:
 
 
 # --- torch.compile, kernel counts, capture and fp8, with the most cameras ------------------------------------------
-def _compile_starts(s: Session, model, cache, noise, out: Dict[str, object]) -> torch.Tensor:
-    """Cold start (a fresh inductor cache, what model.cache_dir starts as), then warm start (compiled again from that
-    cache); the compiled actions against the eager ones. -> the eager actions."""
-    steps = s.args.steps
-    cache_dir = tempfile.mkdtemp(prefix="turbopi_inductor_")
-    saved_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # compile_denoise(cache_dir=...) sets it
-    out["inductor_cache_dir"] = cache_dir
-    try:
-        eager = model.denoise(cache, noise, steps)
-        model.compile_denoise(cache_dir=cache_dir)
-        t0 = time.perf_counter()
-        compiled = model.denoise(cache, noise, steps)
-        sync(s.device)
-        out["compile_s"] = out["cold_start_s"] = time.perf_counter() - t0
-        out["compiled_vs_eager"] = max_abs(compiled, eager)
-        if hasattr(torch, "_dynamo"):
-            torch._dynamo.reset()  # forget the compiled code in memory; the cache on disk stays
-        model.compile_denoise(cache_dir=cache_dir)
-        t0 = time.perf_counter()
-        model.denoise(cache, noise, steps)
-        sync(s.device)
-        out["warm_start_s"] = time.perf_counter() - t0
-        return eager
-    finally:
-        if saved_dir is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_dir
+def _warm_start(s: Session, target, compiled: torch.Tensor, out: Dict[str, object]) -> None:
+    """The warm start, in a new process from the cold start's cache (compile_start.warm_start): its first compiled
+    denoise, what the process took in all, what the FX graph cache found, its actions against the cold start's."""
+    preset, views, prompt_len = target
+    s.free_memory()  # the new process builds the model too
+    r = compile_start.warm_start(preset, views, prompt_len, s.args.steps, s.args.seed, str(s.device),
+                                 out["inductor_cache_dir"], "eager" if s.dry else "inductor", s.args.threads,
+                                 timeout_s=min(300.0, max(60.0, s.budget.left_s())))
+    out["warm_start_s"] = r["warm_start_s"]
+    out["warm_start"] = {"process_s": r["process_s"], "build_s": r["build_s"], "cache": r["cache"],
+                         "actions_vs_cold": max_abs(torch.tensor(r["actions"]), compiled.float().cpu())}
 
 
-def compile_block(s: Session, model, state_tuple, graph_cls) -> Dict[str, object]:
-    """torch.compile of the denoise step (PI0Model.compile_denoise), eager and captured in a CUDA graph, timed
-    interleaved with the eager denoise; the compile time; the compiled actions against the eager ones. A failure
-    (no working inductor/triton, a capture error) is reported, not raised: the rest of the report stands."""
+def compile_block(s: Session, model, state_tuple, graph_cls, target) -> Dict[str, object]:
+    """torch.compile of the denoise step (PI0Model.compile_denoise): its cold start in this process (a fresh inductor
+    cache, nothing compiled before: compile_start.cold_start), then the compiled denoise eager and captured in a CUDA
+    graph, timed interleaved with the eager denoise, and the compiled actions against the eager ones; last, the warm
+    start in a new process (``target``: (preset, views, prompt length) of ``state_tuple``'s observation). A failure
+    (no working inductor/triton, a capture error, the warm start) is reported, not raised: the rest stands."""
     steps = s.args.steps
     cache, noise = state_tuple
     out: Dict[str, object] = {"backend": "eager (dry run)" if s.dry else "inductor"}
     compile_fn = functools.partial(torch.compile, backend="eager") if s.dry else torch.compile
     with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
         try:
-            eager = _compile_starts(s, model, cache, noise, out)
+            eager = model.denoise(cache, noise, steps)
+            out["inductor_cache_dir"] = tempfile.mkdtemp(prefix="turbopi_inductor_")
+            out["compile_s"], compiled, out["cold_start_cache"] = compile_start.cold_start(
+                model, cache, noise, steps, out["inductor_cache_dir"])
+            out["cold_start_s"] = out["compile_s"]
+            out["compiled_vs_eager"] = max_abs(compiled, eager)
         except Exception as e:
             return s.budget.failed(out, "torch.compile", e)
 
@@ -489,6 +546,10 @@ def compile_block(s: Session, model, state_tuple, graph_cls) -> Dict[str, object
                 s.budget.failed(out, "torch.compile + CUDA graph", e)
         times = s.timer()(fns)
     out["times"] = {name: bench.summary(t) for name, t in times.items()}
+    try:
+        _warm_start(s, target, compiled, out)
+    except Exception as e:
+        s.budget.failed(out, "torch.compile warm start (new process)", e)
     return out
 
 
@@ -564,11 +625,10 @@ def capture_block(s: Session, model, config, views: int, prompt_len: int) -> Dic
     return out
 
 
-def _fp8_graphed(model, device, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
+def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
     """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (captured by its first
     call)."""
     images, masks, tokens, token_mask, state, noise = inputs
-    pool = GraphPool(device)
     enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
 
     def graphed():
@@ -579,7 +639,8 @@ def _fp8_graphed(model, device, inputs, steps, fused_kernels: bool) -> Callable[
 
 def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: torch.Tensor) -> Dict[str, object]:
     """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
-    and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why."""
+    and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why; a variant
+    that fails (a fused kernel, a capture) is reported and the others stand."""
     device, steps = s.device, s.args.steps
     ok, why = fp8.fp8_support(device)
     if not ok and not s.dry:
@@ -600,12 +661,19 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
             out["parity"] = {"fp8_vs_bf16": max_abs(actions, bf16),
                              "fp8_vs_reference_fp32": max_abs(actions, ref32),
                              "bf16_vs_reference_fp32": max_abs(bf16, ref32)}
-            fns = {"total eager fp8": total, "total eager fused fp8": fused_call(model, total)}
-            if device.type == "cuda":
-                for label, on in (("total graph fp8", False), ("total graph fused fp8", True)):
-                    fns[label] = _fp8_graphed(model, device, inputs, steps, on)
-                    fns[label]()  # captured here
-                    out["parity"][label + " vs eager fp8"] = max_abs(fns[label](), actions)
+            fns = {"total eager fp8": total}
+            variants = [("total eager fused fp8", lambda: fused_call(model, total))]
+            if s.graphs:
+                variants += [(label, functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, on))
+                             for label, on in (("total graph fp8", False), ("total graph fused fp8", True))]
+            for label, make in variants:
+                try:
+                    fn = make()
+                    fn()  # a graph is captured here, a fused kernel compiled
+                    out["parity"][label + " vs eager fp8"] = max_abs(fn(), actions)
+                    fns[label] = fn
+                except Exception as e:
+                    s.budget.failed(out, label, e)
             times = s.timer()(fns)
         out["times"] = {k: bench.summary(v) for k, v in times.items()}
     except Exception as e:
@@ -617,17 +685,22 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
 class PresetReport:
     """One preset: its model built once in float32 (the yardstick), rounded to bfloat16 and measured per cameras
     count, then, with the most cameras, kernel counts, capture, torch.compile, table (f) and fp8 as the budget
-    allows."""
+    allows, the attention table and table (f) (what matters least) only when they leave the time the parts that must
+    come out still need, in this preset and the later ones (Budget.fits' keep_s). ``entry`` is filled as the parts
+    finish, and Session.checkpoint() writes it after each (an interrupted run keeps them)."""
 
-    def __init__(self, s: Session, name: str, prompt_len: int, peaks, published):
+    def __init__(self, s: Session, name: str, prompt_len: int, peaks, published, entry: Optional[Dict] = None):
         self.s, self.name, self.prompt_len, self.peaks, self.published = s, name, prompt_len, peaks, published
         self.config = load_config(name)
         self.most = max(s.args.views)
-        self.entry: Dict[str, object] = {"variant": self.config.variant, "prompt_len": prompt_len, "views": {}}
+        self.entry: Dict[str, object] = entry if entry is not None else {}
+        self.entry.update({"variant": self.config.variant, "prompt_len": prompt_len, "views": {}})
+        self.t0 = time.perf_counter()
+        self.stages_s: Optional[float] = None  # build, yardstick and bfloat16 stages (no attention table)
 
     def __call__(self) -> Dict[str, object]:
         s, entry, config = self.s, self.entry, self.config
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         reset_peak(s.device)
         model = random_model(config, seed=s.args.seed, device=s.device, dtype=torch.float32)
         entry["params"] = sum(p.numel() for p in model.parameters())
@@ -636,19 +709,40 @@ class PresetReport:
               f"{self.prompt_len} tokens) ==")
         ref32 = self.fp32_yardstick(model)
         self.to_bfloat16(model)
-        graphs = Graphs(model, s.device)
+        graphs = Graphs(s, model)
         if graphs.denoiser is None:
             s.budget.skip_once("CUDA graphs: not a CUDA device (dry run)")
         last = None
         for views in s.args.views:
-            block, last = ViewsBlock(s, model, config, views, self.prompt_len, graphs)(ref32[views], self.peaks,
-                                                                                       self.published)
-            entry["views"][views] = block
-            print_views(s.say, views, block)
+            block = ViewsBlock(s, model, config, views, self.prompt_len, graphs)
+            entry["views"][views], last = block(ref32[views], self.peaks, self.published, lambda: self.keep_s(()))
+            print_views(s.say, views, entry["views"][views])
+            s.checkpoint()
+        self.stages_s = time.perf_counter() - t0 - block.attention_s
         graphs.clear()
         self.most_views_parts(model, graphs, last, ref32[self.most])
         entry["total_s"] = time.perf_counter() - t0
         return entry
+
+    def must_parts(self, name: str) -> Tuple[str, ...]:
+        """The parts after the stages that must come out for preset ``name`` (EXPECT_S's keys)."""
+        return ("kernel counts", "capture") + (("compile",) if self.compiles(name) else ()) + ("fp8",)
+
+    def compiles(self, name: str) -> bool:
+        """torch.compile runs for the first preset (every preset with --compile-all)."""
+        a = self.s.args
+        return bool(a.compile) and (name == next(iter(a.presets)) or a.compile_all)
+
+    def keep_s(self, done: Tuple[str, ...]) -> float:
+        """Seconds to keep for the must-have parts still to come (none in a dry run): this preset's not in ``done``,
+        and every later preset's stages (as long as this preset's took) and parts."""
+        if self.s.dry:
+            return 0.0
+        names = list(self.s.args.presets)
+        stages = self.stages_s if self.stages_s is not None else time.perf_counter() - self.t0
+        mine = sum(EXPECT_S[p] for p in self.must_parts(self.name) if p not in done)
+        return mine + sum(stages + sum(EXPECT_S[p] for p in self.must_parts(name))
+                          for name in names[names.index(self.name) + 1:])
 
     def fp32_yardstick(self, model) -> Dict[int, torch.Tensor]:
         """openpi's formulation (and the fast path) from the same noise, in full precision (TF32 off): the reference
@@ -682,44 +776,55 @@ class PresetReport:
             self.entry["weights_gb"] = torch.cuda.memory_allocated(self.s.device) / 1e9
 
     def most_views_parts(self, model, graphs: Graphs, last, ref32: torch.Tensor) -> None:
-        """Kernel counts, capture of every prompt length, torch.compile, table (f) and fp8 (last: it quantizes the
-        weights in place), each when the budget has room for it."""
+        """Kernel counts, capture of every prompt length, torch.compile, table (f) (only if it leaves the time the
+        must-have parts still need) and fp8 (last: it quantizes the weights in place), each when the budget has room
+        for it, each written as it finishes."""
         s, entry, config, name, most = self.s, self.entry, self.config, self.name, self.most
-        if s.budget.fits(f"{name} kernel counts ({most} views)", 0 if s.dry else 20):
+        need = {part: 0 if s.dry else seconds for part, seconds in PART_S.items()}
+        if s.budget.fits(f"{name} kernel counts ({most} views)", need["kernel counts"]):
             entry["kernel_counts"] = counts_block(s, model, config, most, self.prompt_len)
             print_counts(s.say, entry["kernel_counts"])
-        if s.budget.fits(f"{name} capture of every prompt length ({most} views)", 0 if s.dry else 40):
+            s.checkpoint()
+        if s.budget.fits(f"{name} capture of every prompt length ({most} views)", need["capture"]):
             entry["capture"] = capture_block(s, model, config, most, self.prompt_len)
             print_capture(s.say, entry["capture"])
-        self.compile(model, CudaGraphDenoiser if graphs.denoiser is not None else None, last)
-        if s.budget.fits(f"{name} table (f) ({most} views)", 0 if s.dry else 40 + 30):  # and 30 s kept for fp8
-            entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
+            s.checkpoint()
+        self.compile(model, graphs.denoiser is not None, last)
+        if s.budget.fits(f"{name} table (f) ({most} views)", need["table (f)"],
+                         self.keep_s(("kernel counts", "capture", "compile"))):
+            try:
+                entry["ablation"] = bench.ablation_table(model, last[0], last[1], s.table_timer(), s.args.steps)
+            except Exception as e:
+                entry["ablation"] = s.budget.failed({}, "table (f)", e)
             print_ablation(s.say, entry["ablation"])
-        if s.budget.fits(f"{name} fp8 ({most} views)", 0 if s.dry else 30):
+            s.checkpoint()
+        if s.budget.fits(f"{name} fp8 ({most} views)", need["fp8"]):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
 
-    def compile(self, model, graph_cls, last) -> None:
+    def compile(self, model, graphed: bool, last) -> None:
         """torch.compile for the first preset (every preset with --compile-all), within the reserve the budget keeps
-        for it (1.5x the last compile's time)."""
+        for it (1.5x the last compile block's time: cold start, timings, warm start)."""
         s, a = self.s, self.s.args
-        first = self.name == next(iter(a.presets))
-        if a.compile and not (first or a.compile_all):
+        if a.compile and not self.compiles(self.name):
             s.budget.skip_once("torch.compile of the presets after the first (--compile-all to run it for every "
                                "preset)")
         elif a.compile and s.budget.fits(f"{self.name} torch.compile ({self.most} views)",
                                          10 if s.dry else s.budget.compile_reserve_s):
-            self.entry["compile"] = compile_block(s, model, last, graph_cls)
+            graph_cls = (lambda m: CudaGraphDenoiser(m, pool=s.graph_pool())) if graphed else None
+            t0 = time.perf_counter()
+            self.entry["compile"] = compile_block(s, model, last, graph_cls, (self.name, self.most, self.prompt_len))
             print_compile(s.say, self.entry["compile"])
-            s.budget.compile_reserve_s = max(s.budget.compile_reserve_s,
-                                             1.5 * self.entry["compile"].get("compile_s", 0) + 30)
+            s.budget.compile_reserve_s = max(s.budget.compile_reserve_s, 1.5 * (time.perf_counter() - t0))
             if hasattr(torch, "_dynamo"):
                 torch._dynamo.reset()  # drop the compiled code (and its hold on this model) before the next preset
+            s.checkpoint()
 
 
 # --- the printed lines -----------------------------------------------------------------------------------------------
 def print_views(say: Report, views: int, b: Dict) -> None:
     t, p = b["times"], b["parity"]
+    print_errors(say, b)
     med = lambda k: f"{t[k]['median_ms']:.2f}" if k in t else "n/a"  # noqa: E731
     say(f"  {views} views ({b['cache_tokens']} cached tokens), median ms: vision {med('vision')} / graph "
         f"{med('vision graph')}, prefix {med('prefix_cache')} / graph {med('prefix_cache graph')}, denoise eager "
@@ -734,7 +839,10 @@ def print_views(say: Report, views: int, b: Dict) -> None:
     say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
         f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
         f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "
-        f"{_num(b.get('encoder_vs_eager'), '.2e')}); peak memory eager {_num(b.get('peak_memory_gb'), '.2f')}"
+        f"{_num(b.get('encoder_vs_eager'), '.2e')}, after the timed calls "
+        f"{_num(p.get('encoder_graph_cache_vs_fresh_eager'), '.2e')}, the block's eager cache then "
+        f"{_num(p.get('block_eager_cache_vs_fresh_eager'), '.2e')}); peak memory eager "
+        f"{_num(b.get('peak_memory_gb'), '.2f')}"
         f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
     print_efficiency(say, b["efficiency"])
     att = b.get("attention")
@@ -795,14 +903,23 @@ def print_compile(say: Report, c: Dict) -> None:
     print_errors(say, c)
     if "times" not in c:
         return
-    t = c["times"]
-    say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache, "
-        f"warm start {_num(c.get('warm_start_s'), '.1f')} s from it): denoise ms "
-        + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
+    t, w = c["times"], c.get("warm_start", {})
+    say(f"    torch.compile ({c['backend']}, cold start {c['compile_s']:.1f} s with a fresh inductor cache "
+        f"({_cache_found(c.get('cold_start_cache'))}), warm start {_num(c.get('warm_start_s'), '.1f')} s from it in "
+        f"a new process ({_cache_found(w.get('cache'))}; {_num(w.get('process_s'), '.1f')} s with Python, torch and "
+        "the model): denoise ms " + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in t.items())
         + f"; compiled vs eager max abs diff {c['compiled_vs_eager']:.2e}")
 
 
+def _cache_found(counts: Optional[Dict[str, int]]) -> str:
+    if not counts:
+        return "FX graph cache n/a"
+    return f"FX graph cache {counts['fxgraph_cache_hit']} hits, {counts['fxgraph_cache_miss']} misses"
+
+
 def print_ablation(say: Report, rows: Dict) -> None:
+    if "errors" in rows:
+        return print_errors(say, rows)
     say("    (f) each optimization undone, denoise eager, ms: " + ", ".join(
         f"{k.split(' ->')[0]} {r['median_ms']:.2f} ({r['slowdown']:.2f}x, {r['ops']} ops)" for k, r in rows.items()))
 
@@ -810,7 +927,8 @@ def print_ablation(say: Report, rows: Dict) -> None:
 # --- the whole report ------------------------------------------------------------------------------------------------
 class Run:
     """One report: the machine and its measured roofs, then every preset (one failing does not lose the others),
-    the JSON written after each and the text, the markdown rows and what was skipped at the end."""
+    the JSON and the text written after each part, the markdown rows and what was skipped at the end (also when
+    interrupted by SIGINT, e.g. ``timeout -s INT``)."""
 
     def __init__(self, args):
         self.s = Session(args)
@@ -825,19 +943,30 @@ class Run:
         if s.args.threads:
             torch.set_num_threads(s.args.threads)
         result, stem = self.start()
-        for preset, prompt_len in s.args.presets.items():
-            result["models"][preset] = self.preset(preset, prompt_len, result["peaks"], result["published_device"])
-            self.finish(result, stem, partial=True)
+        s.checkpoint = lambda: self.finish(result, stem, partial=True)
+        try:
+            for preset, prompt_len in s.args.presets.items():
+                result["models"][preset] = {}
+                self.preset(result["models"][preset], preset, prompt_len, result["peaks"],
+                            result["published_device"])
+                s.checkpoint()
+        except KeyboardInterrupt:  # a time limit (timeout -s INT): keep what was measured, with its rows
+            s.budget.errors.append(f"interrupted after {s.budget.elapsed_s():.0f} s: what follows the last part "
+                                   "printed is missing")
+            self.finish(result, stem, partial=False)
+            return 130
         self.finish(result, stem, partial=False)
         return 1 if s.budget.errors else 0
 
-    def preset(self, name: str, prompt_len: int, peaks, published) -> Dict[str, object]:
+    def preset(self, entry: Dict[str, object], name: str, prompt_len: int, peaks, published) -> None:
+        """PresetReport into ``entry``; a failure (e.g. out of memory) is added to it (with what was measured before
+        it) and does not lose the other presets."""
         try:
-            return PresetReport(self.s, name, prompt_len, peaks, published)()
-        except Exception as e:  # one preset failing (e.g. out of memory) does not lose the others
+            PresetReport(self.s, name, prompt_len, peaks, published, entry)()
+        except Exception as e:
             self.s.budget.errors.append(f"{name}: {type(e).__name__}: {e}")
             self.s.say(f"    {name} FAILED: {type(e).__name__}: {e}")
-            return {"error": traceback.format_exc()}
+            entry["error"] = traceback.format_exc()
         finally:
             self.s.free_memory()
 
@@ -883,6 +1012,8 @@ class Run:
                 "presets": dict(a.presets), "fused_backend": fused.backend(s.device)}
 
     def finish(self, result: Dict, stem: Path, partial: bool) -> None:
+        """Write the .json and the .txt (what was printed); at the end (not ``partial``) with the markdown rows,
+        what was skipped and the errors. Each file is replaced whole (written beside, then renamed)."""
         budget, say = self.s.budget, self.s.say
         result["skipped"], result["errors"] = budget.skipped, budget.errors
         result["elapsed_s"] = budget.elapsed_s()
@@ -896,9 +1027,17 @@ class Run:
             for e in budget.errors:
                 say(f"ERROR: {e}")
             say(f"elapsed {result['elapsed_s']:.0f} s; load average at end {result['load_avg_1min_end']}")
-            stem.with_suffix(".txt").write_text("\n".join(say.lines) + "\n")
+        _replace(stem.with_suffix(".txt"), "\n".join(say.lines) + "\n")
+        _replace(stem.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
+        if not partial:
             say(f"wrote {stem}.txt and {stem}.json")
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole: beside it first, then renamed over it."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / "
