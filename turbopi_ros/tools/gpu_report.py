@@ -38,6 +38,7 @@ import gc
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -942,6 +943,9 @@ class Run:
             return 2
         if s.args.threads:
             torch.set_num_threads(s.args.threads)
+        # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+        # installs no handler of its own: the time limit's SIGINT (timeout -s INT) must stop the report all the same
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         result, stem = self.start()
         s.checkpoint = lambda: self.finish(result, stem, partial=True)
         try:
