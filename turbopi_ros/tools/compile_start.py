@@ -20,13 +20,14 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
+
+from .processes import run_reporting
 
 MARK = "compile_start: "
 CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
@@ -105,16 +106,7 @@ def warm_start(preset: str, views: int, prompt_len: int, steps: int, seed: int, 
            "--cache-dir", cache_dir, "--backend", backend, "--threads", str(threads)]
     env = dict(os.environ, **cache_env(cache_dir))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=REPO_ROOT)
-    process_s = time.perf_counter() - t0
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"the warm-start process exited with {proc.returncode}: {' | '.join(tail)}")
-    result = json.loads(lines[-1][len(MARK):])
-    result["process_s"] = process_s
-    return result
+    return run_reporting(cmd, MARK, "the warm-start process", timeout_s, env=env, cwd=REPO_ROOT)
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:

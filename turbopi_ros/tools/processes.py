@@ -1,11 +1,14 @@
 """The harness the tools that run the node share (demo, soak, execution_bench): turbopi_node and fake_robot as child
-processes, the package's config files, and the tool's own ROS executor."""
+processes, the package's config files, and the tool's own ROS executor; and a tool's measuring child process that
+reports one JSON line (startup_bench, compile_start)."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -36,6 +39,23 @@ def start(module: str, params_file: Path, env: Optional[Dict[str, str]] = None, 
     """``python -m <module> --ros-args --params-file <params_file> --log-level <log_level> <args>``."""
     return subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file),
                              "--log-level", log_level, *args], env=env, **popen)
+
+
+def run_reporting(cmd: Sequence[str], mark: str, what: str, timeout_s: float, env: Optional[Dict[str, str]] = None,
+                  cwd: Optional[Path] = None) -> Dict[str, object]:
+    """Run ``cmd`` to its end and return the JSON object of the last line it printed that starts with ``mark``, with
+    ``process_s`` added (the process's whole wall time). A failed process, or one that printed no such line, is a
+    RuntimeError naming ``what`` with the tail of its output."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout_s, env=env, cwd=cwd)
+    process_s = time.perf_counter() - t0
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(mark)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} exited with {proc.returncode}: {' | '.join(tail)}")
+    result = json.loads(lines[-1][len(mark):])
+    result["process_s"] = process_s
+    return result
 
 
 def stop(procs: List[subprocess.Popen], timeout: float = 15.0) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import yaml
+
+from .processes import run_reporting
 
 CHILD_MARK = "turbopi-startup-bench child:"
 
@@ -55,6 +56,7 @@ def child(params: Path) -> Dict[str, object]:
     import torch  # noqa: F401 - timed: the node imports it before anything else it does
 
     from ..ros.node_params import policy_from_config
+    from .compile_start import cache_counters
     from ..ros.params_file import load
     from ..ros.warm_up import WarmUp
 
@@ -69,30 +71,14 @@ def child(params: Path) -> Dict[str, object]:
     stats = policy.graph_stats
     return {"imports_s": t1 - t0, "build_s": t2 - t1, "warm_up_s": t3 - t2, "log": log,
             "graph_captures": stats.captures if stats is not None else 0, "device": str(policy.device),
-            "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""), "inductor_cache": _cache_counts()}
-
-
-def _cache_counts() -> Dict[str, int]:
-    """Inductor's compiled-graph cache hits and misses in this process (none without model.compile)."""
-    dynamo = sys.modules.get("torch._dynamo.utils")
-    if dynamo is None:
-        return {}
-    counts = dynamo.counters.get("inductor", {})
-    return {k: int(v) for k, v in counts.items() if k.startswith("fxgraph_cache")}
+            "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""),
+            "inductor_cache": cache_counters() if config.model.compile else {}}
 
 
 def run_child(params: Path, timeout_s: float) -> Dict[str, object]:
-    """One fresh process: its phases and its whole wall time."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "turbopi_ros.tools.startup_bench", "--child", str(params)],
-                         capture_output=True, text=True, timeout=timeout_s)
-    wall = time.perf_counter() - t0
-    lines = [line for line in out.stdout.splitlines() if line.startswith(CHILD_MARK)]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"start-up run failed (exit {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
-    result = json.loads(lines[-1][len(CHILD_MARK):])
-    result["process_s"] = wall
-    return result
+    """One fresh process: its phases and its whole wall time (``process_s``)."""
+    return run_reporting([sys.executable, "-m", "turbopi_ros.tools.startup_bench", "--child", str(params)],
+                         CHILD_MARK, "the start-up run", timeout_s)
 
 
 def bench(params: Path, overrides: Dict[str, object], warm: int, cache_dir: str = "",
