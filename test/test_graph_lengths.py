@@ -10,6 +10,7 @@ from turbopi_ros.model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, G
 from turbopi_ros.policy.loading import load_policy
 from turbopi_ros.policy.policy import Observation
 from turbopi_ros.policy.prompt_lengths import prompt_lengths
+from turbopi_ros.policy.stage_clock import StageClock
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 
 from engine_helpers import model_for, random_inputs, small_config
@@ -157,3 +158,27 @@ def test_prompts_given_later_are_captured_before_ready_too():
             policy.infer(obs)
         after.append(policy.graph_stats.captures_after_ready)
     assert after[0] > 0 and after[1] == 0
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pi05"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_graphed_run_reads_no_device_value(preset, fused):
+    """Vision, the prefix cache and the denoise are enqueued with no host wait between them: Policy.run keeps the
+    masks and tokens the encoder decides on on the host. On the meta device every read of a device value raises,
+    so the graphed stages run there only if none happens; given the masks on the device, the same stages raise
+    (what the policy did before, waiting for vision to finish before it could launch the prefix)."""
+    policy = load_policy(checkpoint="random", preset=preset, device="cpu", seed=3, action_dims=7, num_steps=2)
+    policy.model.to("meta").use_fused(fused)
+    policy.device = torch.device("meta")
+    policy.use_graphs(static_replay_on_cpu=True)
+    images = {k: np.zeros((32, 32, 3), np.uint8) for k in ("base_0_rgb", "right_wrist_0_rgb")}
+    prepared = policy.prepare(Observation(images=images, state=np.zeros(7), prompt=PROMPT))
+    noise = policy._given_noise(np.zeros((policy.config.action_horizon, policy.config.action_dim), np.float32))
+    with torch.inference_mode():
+        for _ in range(2):  # the capture, then a replay
+            actions = policy._enqueue(policy._device_inputs(prepared, host_masks=True), StageClock(policy.device),
+                                      noise, None, "fast")
+        assert actions.device.type == "meta" and tuple(actions.shape) == (1, *noise.shape[1:])
+        on_device = tuple(x.to("meta") for x in prepared.inputs)
+        with pytest.raises(NotImplementedError, match="meta"):
+            policy._enqueue(on_device, StageClock(policy.device), noise, None, "fast")

@@ -311,6 +311,15 @@ class CudaGraphGuidedDenoiser:
         self._graphs.clear()
 
 
+def host_inputs(image_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """image_masks, tokens, token_mask as CudaGraphEncoder takes them best: on the host, the tokens pinned when CUDA
+    is there (their copy into the graph's static buffer is then asynchronous)."""
+    tokens = tokens.cpu()
+    if torch.cuda.is_available() and not tokens.is_pinned():
+        tokens = tokens.pin_memory()
+    return image_masks.cpu(), tokens, token_mask.cpu()
+
+
 class CudaGraphEncoder(_PooledGraphs):
     """``embed_images`` and ``build_cache`` of the model, replayed from CUDA graphs: vision one graph per number of
     present cameras, the prefix cache one per (cameras, valid prompt tokens). At batch 1 both stages are hundreds of
@@ -320,7 +329,15 @@ class CudaGraphEncoder(_PooledGraphs):
     compaction of the prompt to its valid tokens (then every prefix token is valid and PI0Model.prefix_cache runs
     with fixed shapes). A batch whose rows differ in cameras or prompt length runs eagerly. Every prefix graph writes
     into one pair of K/V buffers sized for the longest length, so the returned tokens and cache live in static
-    buffers: valid until the next call (the denoisers copy the cache into their own)."""
+    buffers: valid until the next call (the denoisers copy the cache into their own).
+
+    Give it the masks and the tokens on the host (``takes_host_inputs``; the tokens in pinned memory on CUDA): those
+    decisions and checks then read no device value, the tokens' copy into their static buffer is asynchronous, and
+    vision, the prefix cache and the denoise are enqueued back to back with no host wait between them (Policy.run
+    does this). Masks and tokens on the device work too, at the cost of a wait for the device before each decision.
+    """
+
+    takes_host_inputs = True
 
     def _vision_entry(self, batch: int, cameras: int, dtype: torch.dtype):
         model = self.model
@@ -367,11 +384,12 @@ class CudaGraphEncoder(_PooledGraphs):
     def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
         model = self.model
         present = tuple(i for i, p in enumerate(image_masks.any(dim=0).tolist()) if p)
-        if not present or not bool(image_masks[:, list(present)].all()):
-            return model.embed_images(images, image_masks)  # no camera, or rows that differ: eager
+        if not present or not bool(image_masks[:, list(present)].all()):  # no camera, or rows that differ: eager
+            return model.embed_images(images, image_masks.to(images.device))
         replay, features, static_images = self._vision_entry(images.shape[0], len(present), images.dtype)
-        with torch.inference_mode():
-            static_images.copy_(images[:, list(present)])
+        first, last = present[0], present[-1] + 1
+        with torch.inference_mode():  # a slice when the present cameras are adjacent: no index tensor to copy
+            static_images.copy_(images[:, first:last] if len(present) == last - first else images[:, list(present)])
             replay()
         return ImageTokens(features=features, present=present, mask=image_masks[:, list(present)])
 
@@ -381,14 +399,19 @@ class CudaGraphEncoder(_PooledGraphs):
         B = image_tokens.features.shape[0]
         check_prefix_inputs(model.config, B, tokens, token_mask, state)
         counts = token_mask.sum(dim=1).tolist()
-        if len(set(counts)) != 1 or not bool(image_tokens.mask.all()) or counts[0] == 0:
-            return model.build_cache(image_tokens, tokens, token_mask, state)  # rows that differ: eager
+        if len(set(counts)) != 1 or not bool(image_tokens.mask.all()) or counts[0] == 0:  # rows that differ: eager
+            device = image_tokens.features.device
+            image_tokens = dataclasses.replace(image_tokens, mask=image_tokens.mask.to(device))
+            return model.build_cache(image_tokens, tokens.to(device), token_mask.to(device), state)
+        n = counts[0]
         P = image_tokens.features.shape[1]
         replay, cache, features, static_tokens, static_state = self._prefix_entry(
-            B, P, counts[0], image_tokens.features.dtype, tokens.dtype, state.shape)
+            B, P, n, image_tokens.features.dtype, tokens.dtype, state.shape)
+        # the tokenizer pads on the right: the valid tokens are a slice (of pinned memory: an asynchronous copy)
+        valid = tokens[:, :n] if bool(token_mask[:, :n].all()) else tokens[token_mask].view(B, n)
         with torch.inference_mode():
             _copy_into(features, image_tokens.features)
-            static_tokens.copy_(tokens[token_mask].view(B, counts[0]))
+            static_tokens.copy_(valid, non_blocking=True)
             static_state.copy_(state)
             replay()
         return cache

@@ -267,31 +267,17 @@ class Policy:
         if path == "reference" and previous is not None:
             raise ValueError("real-time chunking (a previous chunk) runs on the fast path only")
         t0 = time.perf_counter()
-        images, masks, tokens, token_mask, state_t = (x.to(self.device) for x in prepared.inputs)
-        target = None
+        inputs = self._device_inputs(prepared, host_masks=path == "fast")
+        target = guidance = None
         if previous is not None:
             target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
+            guidance = guidance_on_device(target, max_guidance, self.device)
         given_noise = None if noise is None else self._given_noise(noise)
         clock = StageClock(self.device)  # vision, prefix_cache, denoise: nothing on the host between them
         t1 = time.perf_counter()
-        clock.mark()
         with torch.inference_mode():
-            if path == "fast":
-                image_tokens = self.encoder.embed_images(images, masks)
-                clock.mark()
-                cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state_t)
-                clock.mark()
-            noise = self.model.sample_noise(1, generator=self.generator) if given_noise is None else given_noise
-            if path == "reference":
-                clock.mark()
-                clock.mark()  # its whole time counts as denoise
-                actions_t = self.model.sample_actions(images, masks, tokens, token_mask, state_t, noise=noise,
-                                                      num_steps=self.num_steps, path="reference")
-            elif target is None:
-                actions_t = self.denoiser(cache, noise, self.num_steps)
-            else:
-                actions_t = self.guided_denoiser(cache, noise, self._on_device(target, max_guidance), self.num_steps)
-            raw = actions_t[0].float().cpu().numpy()
+            actions_t = self._enqueue(inputs, clock, given_noise, guidance, path)
+            raw = actions_t[0].float().cpu().numpy()  # the one wait for the device
             clock.mark()
         vision_s, prefix_s, denoise_s = clock.durations()
         t4 = time.perf_counter()
@@ -306,11 +292,48 @@ class Policy:
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
                            guidance_error=error)
 
-    def _on_device(self, target: GuidanceTarget, max_guidance: float) -> Guidance:
-        """Real-time chunking's guidance target as the model's denoise takes it."""
-        return Guidance(target=torch.from_numpy(target.target).float()[None].to(self.device),
-                        weights=torch.from_numpy(target.weights).float()[None].to(self.device),
-                        max_guidance=max_guidance)
+    def _device_inputs(self, prepared: PreparedObservation, host_masks: bool) -> Tuple[torch.Tensor, ...]:
+        """images, image_masks, tokens, token_mask, state: every copy to the device made before the first stage
+        starts (a copy from pageable host memory waits for the device). With ``host_masks`` and an encoder that
+        decides on the host (cuda_graph.CudaGraphEncoder.takes_host_inputs), the masks and tokens stay on the host,
+        the tokens pinned on CUDA (copied asynchronously into the graph's static buffer)."""
+        images, masks, tokens, token_mask, state = prepared.inputs
+        images, state = images.to(self.device), state.to(self.device)
+        if host_masks and getattr(self.encoder, "takes_host_inputs", False):
+            from ..model.cuda_graph import host_inputs
+
+            return (images, *host_inputs(masks, tokens, token_mask), state)
+        return images, masks.to(self.device), tokens.to(self.device), token_mask.to(self.device), state
+
+    def _enqueue(self, inputs: Tuple[torch.Tensor, ...], clock: StageClock, noise: Optional[torch.Tensor],
+                 guidance: Optional[Guidance], path: str) -> torch.Tensor:
+        """The model stages enqueued on the device, a clock mark before the first and after vision and the prefix
+        cache (the caller marks the denoise's end): the actions [1, H, action_dim] on the device, not read yet. With
+        graphs it reads no device value (test_graph_lengths runs it on the meta device, where any read raises)."""
+        images, masks, tokens, token_mask, state = inputs
+        clock.mark()
+        if path == "reference":
+            clock.mark()
+            clock.mark()  # its whole time counts as denoise
+        else:
+            image_tokens = self.encoder.embed_images(images, masks)
+            clock.mark()
+            cache = self.encoder.build_cache(image_tokens, tokens, token_mask, state)
+            clock.mark()
+        if noise is None:
+            noise = self.model.sample_noise(1, generator=self.generator)
+        if path == "reference":
+            return self.model.sample_actions(images, masks, tokens, token_mask, state, noise=noise,
+                                             num_steps=self.num_steps, path="reference")
+        if guidance is None:
+            return self.denoiser(cache, noise, self.num_steps)
+        return self.guided_denoiser(cache, noise, guidance, self.num_steps)
+
+
+def guidance_on_device(target: GuidanceTarget, max_guidance: float, device: torch.device) -> Guidance:
+    """Real-time chunking's guidance target as the model's denoise takes it."""
+    return Guidance(target=torch.from_numpy(target.target).float()[None].to(device),
+                    weights=torch.from_numpy(target.weights).float()[None].to(device), max_guidance=max_guidance)
 
 
 def camera_slots(names: Sequence[str]) -> List[str]:

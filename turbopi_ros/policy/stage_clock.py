@@ -1,8 +1,11 @@
 """Marks between the model stages of one run, and the time each stage took.
 
-On CUDA the marks are CUDA events recorded in the stream: timing the stages puts nothing on the host between them, so
-their kernels (or CUDA graphs) are enqueued back to back and the host waits once, for the actions. Elsewhere the
-marks are host times: on CPU each stage has finished when the call that ran it returns."""
+On CUDA the marks are CUDA events recorded in the stream: timing the stages puts nothing on the host between them.
+With the graphs (model.cuda_graph), whose encoder decides on masks and tokens Policy.run keeps on the host, the stages
+are enqueued back to back and the host waits once, for the actions (test_graph_lengths proves no device value is
+read; gpu_report counts the waits on CUDA). The eager engine reads the masks on the device (which cameras, how many
+valid tokens), so it waits there. Elsewhere the marks are host times: on CPU each stage has finished when the call
+that ran it returns."""
 from __future__ import annotations
 
 import time

@@ -54,7 +54,7 @@ from .ablation import replaced
 from ..model.checkpoint import random_model, set_dtype
 from ..model import fp8, fused, opcount
 from ..model.config import load_config
-from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths
+from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths, host_inputs
 from ..model.reference import reference_denoise, reference_prefix
 from ..policy.prompt_lengths import prompt_lengths
 from ..policy.tokenizer import ByteTokenizer
@@ -183,6 +183,24 @@ def published_device(gpu_name: Optional[str]) -> Optional[str]:
     return None
 
 
+def host_waits(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """How many times one call of ``fn`` made the host wait for the device (torch.cuda's sync debug mode warns at
+    each: a device value read, a blocking copy); None off CUDA. The all-graphed total should make none: its stages
+    are enqueued back to back and the caller waits once, for the actions."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def memory_gb(device: torch.device) -> Optional[float]:
     return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
 
@@ -303,6 +321,8 @@ class ViewsBlock:
         self.graphs, self.steps = graphs, s.args.steps
         (self.images, self.masks, self.tokens, self.token_mask, self.state,
          self.noise) = bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
+        # what the graphed encoders decide on, on the host as Policy.run gives them: no host wait between stages
+        self.host_masks, self.host_tokens, self.host_token_mask = host_inputs(self.masks, self.tokens, self.token_mask)
         self.out: Dict[str, object] = {}
         self.attention_s = 0.0  # what the attention table took (not a stage's time: PresetReport.stages_s)
 
@@ -378,7 +398,8 @@ class ViewsBlock:
 
     def fused_graph_fns(self) -> Dict[str, Callable[[], object]]:
         f_enc, f_den = self.graphs.fused
-        images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
+        images, state = self.images, self.state
+        masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
 
         def f_total():
             return f_den(f_enc.build_cache(f_enc.embed_images(images, masks), tokens, token_mask, state),
@@ -396,7 +417,8 @@ class ViewsBlock:
     def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
         """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
         encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
-        images, masks, tokens, token_mask, state = self.images, self.masks, self.tokens, self.token_mask, self.state
+        images, state = self.images, self.state
+        masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
         graphed_tokens = encoder.embed_images(images, masks)  # captured here, not in a timed call
         n = cache.num_cached  # the cache's tail is scratch for the action tokens: not compared
         self.out["encoder_vs_eager"] = max_abs(
@@ -406,6 +428,8 @@ class ViewsBlock:
         if total:
             fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
                                                                    token_mask, state), self.noise, self.steps)
+            fns["total graph"]()  # captured here
+            self.out["host_waits_total_graph"] = host_waits(fns["total graph"], self.s.device)
         return fns
 
     def parity(self, fns: Dict[str, Callable[[], object]], ref32: torch.Tensor) -> Dict[str, float]:
@@ -419,9 +443,13 @@ class ViewsBlock:
         parity = {}
         if "denoise graph" in fns:
             reset_peak(device)
-            enc = self.graphs.encoder if "vision graph" in fns else model
-            graphed = self.graphs.denoiser(enc.build_cache(enc.embed_images(self.images, self.masks), self.tokens,
-                                                           self.token_mask, self.state), self.noise, self.steps)
+            if "vision graph" in fns:
+                enc, masks, tokens, token_mask = (self.graphs.encoder, self.host_masks, self.host_tokens,
+                                                  self.host_token_mask)
+            else:
+                enc, masks, tokens, token_mask = model, self.masks, self.tokens, self.token_mask
+            graphed = self.graphs.denoiser(enc.build_cache(enc.embed_images(self.images, masks), tokens,
+                                                           token_mask, self.state), self.noise, self.steps)
             out["peak_memory_gb_graph"] = memory_gb(device)
             parity["graph_vs_eager"] = max_abs(graphed, fast)
         if "total eager fused" in fns:
@@ -578,6 +606,7 @@ def _changing_states(s: Session, config, tok, enc, den, views: int, prompt_len: 
 
     a, device = s.args, s.device
     images, masks, _, _, _, noise = bench.make_inputs(config, views, prompt_len, device, a.seed)
+    masks = masks.cpu()  # the encoder decides on the host (host_inputs), as in Policy.run
     rng = np.random.default_rng(a.seed)
     state = np.zeros(STATE_DIMS)
     seen, times = [], []
@@ -586,8 +615,8 @@ def _changing_states(s: Session, config, tok, enc, den, views: int, prompt_len: 
         tokens, mask = tok.encode(CAPTURE_PROMPT, state if config.is_pi05 else None)
         state_t = torch.zeros((1, config.action_dim), device=device)
         state_t[0, :STATE_DIMS] = torch.from_numpy(state).float()
-        tokens_t = torch.from_numpy(tokens.astype(np.int64))[None].to(device)
-        mask_t = torch.from_numpy(mask)[None].to(device)
+        _, tokens_t, mask_t = host_inputs(masks, torch.from_numpy(tokens.astype(np.int64))[None],
+                                          torch.from_numpy(mask)[None])
         sync(device)
         t1 = time.perf_counter()
         with torch.inference_mode():
@@ -630,6 +659,7 @@ def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> 
     """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (captured by its first
     call)."""
     images, masks, tokens, token_mask, state, noise = inputs
+    masks, tokens, token_mask = host_inputs(masks, tokens, token_mask)  # as Policy.run gives them
     enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
 
     def graphed():
@@ -844,7 +874,8 @@ def print_views(say: Report, views: int, b: Dict) -> None:
         f"{_num(p.get('encoder_graph_cache_vs_fresh_eager'), '.2e')}, the block's eager cache then "
         f"{_num(p.get('block_eager_cache_vs_fresh_eager'), '.2e')}); peak memory eager "
         f"{_num(b.get('peak_memory_gb'), '.2f')}"
-        f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB")
+        f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB; host waits in one all-graphed total "
+        f"{_num(b.get('host_waits_total_graph'), 'd')}")
     print_efficiency(say, b["efficiency"])
     att = b.get("attention")
     if att:
