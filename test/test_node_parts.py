@@ -371,6 +371,32 @@ def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_ze
     assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
 
 
+def test_a_prompt_set_after_ready_is_warned_about_when_its_lengths_have_no_graph():
+    """WarmUp.unforeseen on a real tiny pi0.5 policy with graphs (static replay on CPU): the start prompt and those of
+    model.warm_up_prompts have every length captured; another prompt's lengths, over every state, mostly not (the
+    node logs the warning as the prompt is set); one used once has one length fewer missing. Without graphs,
+    nothing to warn about."""
+    from turbopi_ros.policy.loading import load_policy
+    from turbopi_ros.policy.policy import Observation
+
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=3, num_steps=2)
+    policy = load_policy(**kwargs)
+    policy.use_graphs(static_replay_on_cpu=True)
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "pick", other_prompts=["place it"])
+    other = "stack the cubes and then push them into the blue bin"
+    assert warm.unforeseen(other) is None  # before ready: the warm-up has not read the prompt yet
+    warm.run()
+    assert warm.unforeseen("pick") is None and warm.unforeseen("place it") is None
+    message = warm.unforeseen(other)
+    count = int(message.split(": ")[1].split(" of its")[0])
+    assert count == 7 and "model.warm_up_prompts" in message and "stack the cubes" in message, message
+    policy.infer(Observation(images={"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}, state=np.zeros(3), prompt=other))
+    assert f"{count - 1} of its prompt lengths" in warm.unforeseen(other)
+    plain = WarmUp(load_policy(**kwargs), ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "pick")
+    plain.run()
+    assert plain.unforeseen(other) is None
+
+
 def test_the_engine_warms_up_before_it_takes_an_observation():
     inputs = joints_only(time.time())
     order = []

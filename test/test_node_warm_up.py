@@ -2,7 +2,7 @@
 before it reports ready, /diagnostics says "warming up" until then, and every prompt length the configuration can
 produce is captured in the warm-up (the start prompt's, and those of model.warm_up_prompts), so a run whose pi0.5
 state (written into the prompt) keeps changing, and whose prompt changes to a foreseen one, captures nothing after
-ready. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
+ready; a prompt that was not foreseen is warned about as it is set. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
 the same warm-up, bookkeeping and /diagnostics values as CUDA graphs. A slow engine (test-only faults: delay_s)
 makes the warm-up last seconds, so /diagnostics (1 Hz) is seen saying so."""
 import json
@@ -20,6 +20,7 @@ from turbopi_ros.ros.node_status import STATUS_NAME, WARMING_UP  # noqa: E402
 WARN, ERROR = 1, 2
 DELAY_S = 2.5
 LATER_PROMPT = "stack the cubes and then push them into the blue bin"  # longer: lengths the start prompt has not
+UNFORESEEN_PROMPT = LATER_PROMPT + " and then put the lid on the bin"  # longer still: lengths nobody captured
 
 
 def _statuses(feeder):
@@ -44,6 +45,9 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
         assert wait_for(lambda: len(feeder.since(feeder.diagnostics, time.monotonic() - 0.1)) > 0, timeout=5)
         statuses = _statuses(feeder)
         log = node.log()
+        feeder.publish_prompt(UNFORESEEN_PROMPT)  # neither the start prompt nor in model.warm_up_prompts
+        assert wait_for(lambda: "was not foreseen" in node.log(), timeout=30), node.log()[-3000:]
+    assert "was not foreseen" not in log  # the foreseen prompt was not warned about
     ready = [status_values(s)["ready"] == "True" for s in statuses]
     assert True in ready, [s.message for s in statuses]
     first = ready.index(True)

@@ -416,6 +416,10 @@ class CudaGraphEncoder(_PooledGraphs):
             replay()
         return cache
 
+    def captured_prompt_lengths(self, cameras: int, batch: int = 1) -> set:
+        """The valid prompt lengths whose prefix graph is captured for ``cameras`` present cameras."""
+        return {key[3] for key in self._entries if key[:3] == ("prefix", batch, cameras)}
+
     def warm_up(self, camera_counts: Iterable[int], prompt_lengths: Iterable[int], batch: int = 1,
                 token_dtype: torch.dtype = torch.int64) -> CaptureStats:
         """Capture vision for every camera count and the prefix for every (camera count, prompt length), longest

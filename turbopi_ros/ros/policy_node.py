@@ -171,6 +171,9 @@ class TurbopiNode(Node):
         if self.prompt.set(text):
             self.engine.wake()
             self.get_logger().info(f"prompt set from {source}: {shorten(text)}")
+            unforeseen = self.warm_up.unforeseen(text)
+            if unforeseen:
+                self.get_logger().warning(unforeseen)
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")

@@ -8,7 +8,7 @@ The plain node warms up on its engine thread once it spins (/diagnostics says "w
 node in its configure transition. The prompt is the one set then (the ``prompt`` parameter or a latched ~/prompt), or
 ``WARMUP_PROMPT`` when there is none yet, and the prompts of ``model.warm_up_prompts`` (those the robot will be given
 later). A prompt set later whose lengths were not captured is captured when first used, counted in
-``graph_captures_after_ready`` on /diagnostics."""
+``graph_captures_after_ready`` on /diagnostics; the node warns when such a prompt is set (``unforeseen``)."""
 from __future__ import annotations
 
 import threading
@@ -18,6 +18,8 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from ..policy.policy import Observation
+from ..policy.prompt_lengths import prompt_lengths
+from .inputs import shorten
 
 WARMUP_PROMPT = "warm up"
 BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize needed)
@@ -34,6 +36,8 @@ class WarmUp:
         self._run = run or policy.run
         self.ready = threading.Event()
         self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
+        self.camera_count: Optional[int] = None  # the present cameras and state values it captured for
+        self.state_dims: Optional[int] = None
 
     def run(self) -> str:
         """Warm up (raises what the policy raised); marks the node ready. Returns the log line saying what it did."""
@@ -46,6 +50,7 @@ class WarmUp:
         state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
         prompts = [prompt] + self.other_prompts
         stats = self.policy.warm_up_graphs(prompts, state_dims, camera_counts=(present,))  # None without graphs
+        self.camera_count, self.state_dims = present, state_dims
         c = self.policy.config
         chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
         self.seconds = time.monotonic() - t0
@@ -55,6 +60,25 @@ class WarmUp:
             text += (f", {stats.captures} graphs captured in {stats.capture_s:.1f} s (every prompt length of "
                      f"{len(prompts)} prompt{'s' if len(prompts) > 1 else ''})")
         return text + f"; warm-up took {self.seconds:.1f} s"
+
+    def unforeseen(self, prompt: str) -> Optional[str]:
+        """A warning for a prompt set after ready some of whose lengths (over every state) have no graph yet: each
+        is captured when first used, stalling that inference while the robot moves. None when every length has
+        one, without graphs, and before ready (the warm-up reads the prompt when it starts)."""
+        captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
+        if captured is None or not self.ready.is_set() or self.camera_count is None:
+            return None
+        dims = self.state_dims if self.policy.discrete_state_input else None
+        have = captured(self.camera_count)
+        try:
+            missing = [n for n in prompt_lengths(self.policy.tokenizer, prompt, dims) if n not in have]
+        except ValueError:  # the inference that uses the prompt reports what is wrong with it
+            return None
+        if not missing:
+            return None
+        return (f"prompt {shorten(prompt, 80)} was not foreseen: {len(missing)} of its prompt lengths have no CUDA "
+                f"graph yet, and each is captured when first used, stalling that inference while the robot moves; "
+                f"list the prompt in model.warm_up_prompts to capture them before ready")
 
     def values(self) -> Dict[str, float]:
         """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures
