@@ -2,8 +2,9 @@
 before it reports ready, /diagnostics says "warming up" until then, and every prompt length the configuration can
 produce is captured in the warm-up (the start prompt's, and those of model.warm_up_prompts), so a run whose pi0.5
 state (written into the prompt) keeps changing, and whose prompt changes to a foreseen one, captures nothing after
-ready; a prompt that was not foreseen is warned about as it is set. The graphs are the CPU static-replay mode (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py):
-the same warm-up, bookkeeping and /diagnostics values as CUDA graphs. A slow engine (test-only faults: delay_s)
+ready; a prompt that was not foreseen is warned about as it is set. The graphs are the CPU static-replay mode
+(test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py): the same warm-up, bookkeeping and /diagnostics values as CUDA
+graphs. A slow engine (test-only faults: delay_s)
 makes the warm-up last seconds, so /diagnostics (1 Hz) is seen saying so."""
 import json
 import time
