@@ -23,6 +23,7 @@ gives steadier numbers: a multi-threaded op waits whenever one of its threads is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -132,10 +133,12 @@ def patched(module, name: str, wrap: Callable[[Callable], Callable]):
     return replaced(module, name, wrap(getattr(module, name)))
 
 
-def uncompiled(model):
-    """Within the block the denoise runs its eager steps (a --compile'd step would not call the Python functions
-    the tables patch)."""
-    return replaced(model.sampler, "compiled_velocity", None)
+@contextlib.contextmanager
+def plain_eager(model):
+    """Within the block the denoise runs its plain eager steps: neither a --compile'd step nor the --fused kernels
+    call the Python functions the tables patch (the attention table and table (f) measure the plain path)."""
+    with replaced(model.sampler, "compiled_velocity", None), replaced(model, "_fused", False):
+        yield
 
 
 def matmul_probe_for(model, batch: int, steps: int):
@@ -205,7 +208,7 @@ class AttentionTable:
         # The matmul rate, timed with the replays: attention at that rate is the ceiling of the table.
         matmul_probe, probe_info = matmul_probe_for(self.model, self.noise.shape[0], self.steps)
         variants, timer = self.variants, self.timer
-        with uncompiled(self.model), torch.inference_mode():
+        with plain_eager(self.model), torch.inference_mode():
             timer({name: (lambda name=name: self.timed_run(name)) for name in variants})
             for name in variants:
                 self.captured[name] = self.capture(name)
@@ -347,7 +350,7 @@ def ablation_table(model, cache, noise, timer: Timer, steps: int) -> Dict[str, D
 
     fns = {ABLATION_BASE: lambda: model.denoise(cache, noise, steps)}
     fns.update({name: undone(reversal) for name, reversal in variants.items()})
-    with uncompiled(model), torch.inference_mode():
+    with plain_eager(model), torch.inference_mode():
         times = timer(fns)
         actions, ops = {}, {}
         for name, fn in fns.items():

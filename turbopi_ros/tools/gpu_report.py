@@ -548,7 +548,7 @@ def compile_block(s: Session, model, state_tuple, graph_cls, target) -> Dict[str
     cache, noise = state_tuple
     out: Dict[str, object] = {"backend": "eager (dry run)" if s.dry else "inductor"}
     compile_fn = functools.partial(torch.compile, backend="eager") if s.dry else torch.compile
-    with bench.uncompiled(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
+    with bench.plain_eager(model), replaced(torch, "compile", compile_fn), torch.inference_mode():
         try:
             eager = model.denoise(cache, noise, steps)
             out["inductor_cache_dir"] = tempfile.mkdtemp(prefix="turbopi_inductor_")
@@ -560,7 +560,7 @@ def compile_block(s: Session, model, state_tuple, graph_cls, target) -> Dict[str
             return s.budget.failed(out, "torch.compile", e)
 
         def eager_denoise():
-            with bench.uncompiled(model):
+            with bench.plain_eager(model):
                 return model.denoise(cache, noise, steps)
 
         fns = {"denoise compiled": lambda: model.denoise(cache, noise, steps), "denoise eager": eager_denoise}
