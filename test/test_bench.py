@@ -52,13 +52,17 @@ def test_sdpa_with_openpis_mask_runs_openpis_denoise_exactly():
 
 
 def test_bench_with_the_fused_kernels_times_them_and_tables_the_plain_path(tmp_path):
-    """--fused: the stages run the fused kernels; the attention table and table (f) patch functions of the plain path,
-    so they run it (the fused denoise calls none of them: the table divided by zero calls before)."""
+    """--fused: the stages run the fused kernels, interleaved with the plain path's (the ratio and the parity in one
+    run); the attention table and table (f) patch functions of the plain path, so they run it (the fused denoise
+    calls none of them: the table divided by zero calls before)."""
     out = tmp_path / "bench.json"
     rc = bench.main(["--preset", "tiny", "--views", "1", "--prompt-len", "5", "--steps", "2", "--iters", "1",
                      "--warmup", "0", "--threads", "1", "--fused", "--no-op-counts", "--json", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["setup"]["fused"] is True
+    # the plain path's stages timed in the same run, and its actions: the fused kernels' twins agree
+    assert set(r["stages_unfused"]) == set(r["stages_fast"]) == {"vision", "prefix_cache", "denoise", "total"}
+    assert r["fused_vs_unfused_max_abs_diff"] <= 1e-5
     depth = load_config("tiny").expert.depth
     assert r["attention"]["in_denoise"][bench.FAST]["calls"] == 2 * depth  # depth x steps, on the plain path
     assert r["ablation"]

@@ -133,6 +133,14 @@ def patched(module, name: str, wrap: Callable[[Callable], Callable]):
     return replaced(module, name, wrap(getattr(module, name)))
 
 
+def plain_call(model, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` on the plain path: the fused kernels off (vision's too), eager steps (the fused run's plain twin)."""
+    def run():
+        with plain_eager(model), replaced(model.vision, "fused", False):
+            return fn()
+    return run
+
+
 @contextlib.contextmanager
 def plain_eager(model):
     """Within the block the denoise runs its plain eager steps: neither a --compile'd step nor the --fused kernels
@@ -472,6 +480,16 @@ class BenchRun:
                                                             num_steps=steps, path="reference"),
         }
 
+    def unfused_fns(self) -> Dict[str, Callable[[], object]]:
+        """With --fused: the fast path's stages on the plain path (eager: no graph, no compiled step)."""
+        model, steps = self.model, self.steps
+        images, masks, tokens, token_mask, state, noise = self.inputs
+        fns = {"vision": lambda: model.embed_images(images, masks),
+               "prefix_cache": lambda: model.build_cache(self.image_tokens, tokens, token_mask, state),
+               "denoise": lambda: model.denoise(self.cache, noise, steps),
+               "total": lambda: model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)}
+        return {f"unfused {name}": plain_call(model, fn) for name, fn in fns.items()}
+
     def stages(self, result: Dict[str, object]):
         """(a) timed interleaved with the matmul probe; the observation's cache. -> (fast actions, reference
         actions) of the same noise."""
@@ -483,13 +501,22 @@ class BenchRun:
             self.cache = model.build_cache(self.image_tokens, tokens, token_mask, state)
             self.prefix_pad, self.past = reference_prefix(model, images, masks, tokens, token_mask)
             denoise(self.cache, noise, steps)  # a CUDA graph is captured / a compiled step compiled here, not timed
-            times = self.timer(dict(self.stage_fns(), **{MATMUL_PROBE: probe}))
+            fns = dict(self.stage_fns(), **{MATMUL_PROBE: probe})
+            if self.args.fused:  # the plain path's stages in the same run: the fused kernels' ratio and parity
+                fns.update(self.unfused_fns())
+            times = self.timer(fns)
             a_fast = denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+            if self.args.fused:
+                a_plain = plain_call(model, fns["unfused total"])()
+                result["fused_vs_unfused_max_abs_diff"] = float((a_fast.float() - a_plain.float()).abs().max())
             a_ref = model.sample_actions(images, masks, tokens, token_mask, state, noise=noise, num_steps=steps,
                                          path="reference")
         result["stages_fast"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items() if k.startswith("fast")}
         result["stages_reference"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
                                       if k.startswith("reference")}
+        if self.args.fused:
+            result["stages_unfused"] = {k.split(" ", 1)[1]: summary(v) for k, v in times.items()
+                                        if k.startswith("unfused")}
         result["matmul_probe"] = dict(probe_info, **summary(times[MATMUL_PROBE]))
         result["matmul_probe"]["gflops"] = probe_gflop(result["matmul_probe"])
         result["cache"] = {"valid_prefix_tokens": self.cache.num_prefix, "cached_tokens": self.cache.num_cached,
@@ -554,9 +581,14 @@ def _stage_lines(r: Dict[str, object]) -> List[str]:
     c = r["cache"]
     lines = [f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
              f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix"]
-    for name, stages in (("fast", r["stages_fast"]), ("reference", r["stages_reference"])):
+    unfused = r.get("stages_unfused", {})
+    for name, stages in (("fast", r["stages_fast"]), ("unfused", unfused), ("reference", r["stages_reference"])):
         for stage, v in stages.items():
-            lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}")
+            ratio = (f"   fused {unfused[stage]['median_ms'] / v['median_ms']:.2f}x vs unfused"
+                     if name == "fast" and stage in unfused else "")
+            lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}{ratio}")
+    if unfused:
+        lines.append(f"    fused vs unfused actions: max abs diff {r['fused_vs_unfused_max_abs_diff']:.2e}")
     return lines
 
 
