@@ -2,6 +2,8 @@
 # The GPU report on a lent GPU machine, in one call whose files under OUT_DIR come back:
 #   here, before the call:  git rev-parse HEAD > .commit   (the copy that travels has no .git; an untracked .commit
 #                           travels with it; do not run this on the device, where it would empty the file)
+#                           mkdir -p .fixtures && cp -r ../shared/fixtures/openpi .fixtures/   (openpi's fixtures:
+#                           git-ignored, so the call carries ".fixtures"; the report's FP8/bf16 parity on them)
 #   the call (timeout 590): bash scripts/gpu_report_device.sh "$OUT"
 # Writes OUT_DIR/gpu_env.txt (the commit file, nvidia-smi, Python, torch, CUDA and Triton versions), then runs
 # scripts/gpu_report.sh --out-dir OUT_DIR (its budget: 450 s, under 8 minutes on an H100) under

@@ -150,6 +150,24 @@ def _session(tmp_path, *argv, cpu_graphs=True):
     return gpu_report.Session(args, cpu_graphs=cpu_graphs)
 
 
+def test_fp8_and_bf16_on_the_openpi_fixtures(tmp_path, openpi_fixtures):
+    """The report's first part: openpi's fixtures through the fast path in float32 (parity: within 1e-4 of openpi's
+    actions), bfloat16 and FP8 (on CPU the dequantized twin of torch._scaled_mm), each against openpi's actions and
+    FP8 against bfloat16; without the fixtures, a skip that says why."""
+    s = _session(tmp_path)
+    out = gpu_report.fixtures_block(s, openpi_fixtures)
+    for variant in ("pi0", "pi05"):
+        row = out[variant]
+        scale = row["openpi_max_abs"]
+        assert row["float32_vs_openpi"] <= 1e-4
+        assert 1e-4 < row["bfloat16_vs_openpi"] < 0.05 * scale
+        assert row["bfloat16_vs_openpi"] < row["fp8_vs_openpi"] < 0.1 * scale  # e4m3 rounds coarser than bf16
+        assert 0 < row["fp8_vs_bfloat16"] < 0.1 * scale
+    gpu_report.print_fixtures(s.say, out)
+    assert "openpi fixtures, pi05 case a" in "\n".join(s.say.lines) and s.budget.errors == []
+    assert gpu_report.fixtures_block(s, None)["skipped"].startswith("no openpi fixtures")
+
+
 def test_the_graphed_flow_on_cpu(tmp_path):
     """Everything the report does with CUDA graphs, run through cuda_graph's static replay on CPU
     (Session.cpu_graphs): the graphed and fused-graphed stages of a block and their parity, compile + graph, the

@@ -51,7 +51,7 @@ import torch
 
 from . import bench, compile_start, costmodel
 from .ablation import replaced
-from ..model.checkpoint import random_model, set_dtype
+from ..model.checkpoint import load_model, random_model, set_dtype
 from ..model import fp8, fused, opcount
 from ..model.config import load_config
 from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths, host_inputs
@@ -712,6 +712,57 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
     return out
 
 
+def default_fixtures() -> Optional[Path]:
+    """openpi's reference fixtures: ../shared/fixtures/openpi beside the repository, else .fixtures/openpi inside it
+    (a copy that travels to a lent machine: docs/performance.md, "The command"); None when neither is there."""
+    for root in (REPO_ROOT.parent / "shared" / "fixtures" / "openpi", REPO_ROOT / ".fixtures" / "openpi"):
+        if (root / "pi0_case_a.npz").is_file():
+            return root
+    return None
+
+
+def _fixture_actions(s: Session, root: Path, variant: str, dtype: str, case) -> torch.Tensor:
+    """The fast path's actions on openpi's case a with the weights in ``dtype`` (fp8: quantized; in a dry run the
+    dequantized twin of torch._scaled_mm on the CPU)."""
+    from .verify import run_case
+
+    stem = root / f"{variant}_tiny"
+    load_dtype = "fp8" if dtype == "fp8" and not s.dry else ("bfloat16" if dtype == "fp8" else dtype)
+    model = load_model(stem.with_suffix(".safetensors"), config=str(stem.with_suffix(".json")), device=s.device,
+                       dtype=load_dtype)
+    if dtype == "fp8" and s.dry:
+        fp8.quantize_model(model, check_device=False)
+    return run_case(model, case).float()
+
+
+def fixtures_block(s: Session, root: Optional[Path]) -> Dict[str, object]:
+    """openpi's fixtures (tiny models; openpi's own actions) through the fast path on this device in float32,
+    bfloat16 and FP8: each one's max abs difference from openpi's actions, and FP8's from bfloat16's. Seconds."""
+    if root is None:
+        why = "no openpi fixtures (../shared/fixtures/openpi, or a copy in .fixtures/openpi)"
+        s.budget.skip_once(why)
+        return {"skipped": why}
+    from .verify import load_case
+
+    out: Dict[str, object] = {"root": str(root)}
+    fp8_ok, fp8_why = fp8.fp8_support(s.device)
+    dtypes = ("float32", "bfloat16") + (("fp8",) if fp8_ok or s.dry else ())
+    for variant in ("pi0", "pi05"):
+        try:
+            case = load_case(root / f"{variant}_case_a.npz", device=s.device)
+            actions = {dtype: _fixture_actions(s, root, variant, dtype, case) for dtype in dtypes}
+            row = {f"{dtype}_vs_openpi": max_abs(a, case["actions"]) for dtype, a in actions.items()}
+            row["openpi_max_abs"] = float(case["actions"].abs().max())  # for scale
+            if "fp8" in actions:
+                row["fp8_vs_bfloat16"] = max_abs(actions["fp8"], actions["bfloat16"])
+            else:
+                row["fp8"] = fp8_why
+            out[variant] = row
+        except Exception as e:
+            s.budget.failed(out, f"openpi fixtures, {variant}", e)
+    return out
+
+
 # --- one preset ------------------------------------------------------------------------------------------------------
 class PresetReport:
     """One preset: its model built once in float32 (the yardstick), rounded to bfloat16 and measured per cameras
@@ -949,6 +1000,19 @@ def _cache_found(counts: Optional[Dict[str, int]]) -> str:
     return f"FX graph cache {counts['fxgraph_cache_hit']} hits, {counts['fxgraph_cache_miss']} misses"
 
 
+def print_fixtures(say: Report, c: Dict) -> None:
+    if "skipped" in c:
+        return say(f"openpi fixtures: skipped ({c['skipped']})")
+    print_errors(say, c)
+    for variant in ("pi0", "pi05"):
+        row = c.get(variant)
+        if row:
+            say(f"openpi fixtures, {variant} case a, fast path vs openpi's actions, max abs diff: "
+                + ", ".join(f"{k.split('_vs_')[0]} {v:.2e}" for k, v in row.items() if k.endswith("_vs_openpi"))
+                + (f"; fp8 vs bfloat16 {row['fp8_vs_bfloat16']:.2e}" if "fp8_vs_bfloat16" in row
+                   else f"; fp8: {row.get('fp8')}") + f" (|actions| up to {row['openpi_max_abs']:.2f})")
+
+
 def print_ablation(say: Report, rows: Dict) -> None:
     if "errors" in rows:
         return print_errors(say, rows)
@@ -980,6 +1044,9 @@ class Run:
         result, stem = self.start()
         s.checkpoint = lambda: self.finish(result, stem, partial=True)
         try:
+            result["fixtures"] = fixtures_block(s, s.args.fixtures)  # seconds: tiny models
+            print_fixtures(s.say, result["fixtures"])
+            s.checkpoint()
             for preset, prompt_len in s.args.presets.items():
                 result["models"][preset] = {}
                 self.preset(result["models"][preset], preset, prompt_len, result["peaks"],
@@ -1123,6 +1190,8 @@ def parse_args(argv):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--compile-all", action="store_true",
                    help="torch.compile (cold and warm start) for every preset, not only the first (dry run: always)")
+    p.add_argument("--fixtures", type=Path, default=None,
+                   help="openpi's fixtures folder (default ../shared/fixtures/openpi, else .fixtures/openpi)")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="wall-clock budget: later optional parts (compile, tables) are skipped when it runs short")
     args = p.parse_args(argv)
@@ -1135,6 +1204,7 @@ def parse_args(argv):
     if not args.views or not set(args.views) <= {1, 2, 3}:
         p.error(f"--views must be among 1,2,3, got {args.views}")
     args.presets = dict(DRY_PRESETS if dry else PRESETS)
+    args.fixtures = args.fixtures or default_fixtures()
     args.compile_all = args.compile_all or dry
     args.steps = args.steps or (2 if dry else 10)
     args.threads = args.threads if args.threads is not None else (1 if dry else 0)
