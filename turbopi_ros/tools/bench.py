@@ -582,9 +582,11 @@ def _stage_lines(r: Dict[str, object]) -> List[str]:
     lines = [f"(a) stages, ms (median / p90); cache: {c['cached_tokens']} tokens cached ({c['valid_prefix_tokens']}"
              f" valid prefix) vs openpi's {c['openpi_prefix_tokens']}-token padded prefix"]
     unfused = r.get("stages_unfused", {})
+    setup = r["setup"]
+    plain = "unfused eager" if setup["cuda_graph"] or setup["compile"] else "unfused"  # those rows: no graph, compile
     for name, stages in (("fast", r["stages_fast"]), ("unfused", unfused), ("reference", r["stages_reference"])):
         for stage, v in stages.items():
-            ratio = (f"   fused {unfused[stage]['median_ms'] / v['median_ms']:.2f}x vs unfused"
+            ratio = (f"   fused {unfused[stage]['median_ms'] / v['median_ms']:.2f}x vs {plain}"
                      if name == "fast" and stage in unfused else "")
             lines.append(f"    {name:<9} {stage:<31} {v['median_ms']:9.2f} / {v['p90_ms']:9.2f}{ratio}")
     if unfused:
