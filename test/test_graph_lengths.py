@@ -182,3 +182,38 @@ def test_graphed_run_reads_no_device_value(preset, fused):
         on_device = tuple(x.to("meta") for x in prepared.inputs)
         with pytest.raises(NotImplementedError, match="meta"):
             policy._enqueue(on_device, StageClock(policy.device), noise, None, "fast")
+
+
+def test_rtc_guided_graphs_are_captured_before_ready_too():
+    """Real-time chunking on (rtc.enabled): warm_up_graphs with its beta captures the guided denoise of every cached
+    length too, in the same pool and stats; a run guided by the previous chunk while the pi0.5 state (and prompt
+    length) moves then captures nothing, and its chunks equal the eager guided policy's. Without the guided warm-up
+    the same run does capture (counted in captures_after_ready: the count can fail)."""
+    from turbopi_ros.policy.rtc_target import PreviousChunk
+
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=2)
+    eager = load_policy(**kwargs)
+    graphed, unwarmed = _graphed(kwargs), _graphed(kwargs)
+    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), rtc_max_guidance=5.0)
+    assert stats.captures == 1 + 3 * 15  # vision, and prefix, denoise and guided denoise for each of 15 lengths
+    unwarmed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,))
+    rng = np.random.default_rng(2)
+    images = {"base_0_rgb": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    state, lengths, previous = np.zeros(7), set(), {}
+    for i in range(6):
+        state = np.clip(state + rng.normal(0, 0.5, 7), -1, 1)
+        obs = Observation(images=images, state=state, prompt=PROMPT, stamp=0.1 * i)  # the previous chunk still runs
+        lengths.add(int(graphed.preprocess(obs)[3].sum()))
+        noise = np.random.default_rng(i).standard_normal((eager.config.action_horizon, eager.config.action_dim))
+        chunks = []
+        for name, policy in (("eager", eager), ("graphed", graphed), ("unwarmed", unwarmed)):
+            prev = previous.get(name)
+            guided = dict(previous=PreviousChunk(prev.actions, prev.stamp, 50.0), delay_steps=2) if prev else {}
+            chunk = policy.run(policy.prepare(obs), noise=noise.astype(np.float32), **guided)
+            assert (chunk.guidance_error is not None) == bool(prev)  # guided from the second chunk on
+            previous[name] = chunk
+            chunks.append(chunk.actions)
+        assert np.abs(chunks[0] - chunks[1]).max() <= 1e-5 and np.abs(chunks[0] - chunks[2]).max() <= 1e-5
+    assert len(lengths) >= 3
+    assert graphed.graph_stats.captures == stats.captures and graphed.graph_stats.captures_after_ready == 0
+    assert unwarmed.graph_stats.captures_after_ready >= 3  # a guided graph for each new length, mid-run

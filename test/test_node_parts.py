@@ -347,8 +347,8 @@ class WarmUpPolicy:
         # two image slots filled by the named camera (as an adapter may fill more)
         return SimpleNamespace(inputs=(None, np.array([[True, True, False]])), stamp=obs.stamp)
 
-    def warm_up_graphs(self, prompt, state_dims, camera_counts):
-        self.calls.append(("graphs", prompt, state_dims, camera_counts))
+    def warm_up_graphs(self, prompt, state_dims, camera_counts, rtc_max_guidance=None):
+        self.calls.append(("graphs", prompt, state_dims, camera_counts, rtc_max_guidance))
         return self.graph_stats
 
     def run(self, prepared, noise):
@@ -359,7 +359,8 @@ class WarmUpPolicy:
 @pytest.mark.parametrize("graphs", [False, True])
 def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_zero_noise(graphs):
     policy = WarmUpPolicy(graphs)
-    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "", other_prompts=["later", ""])
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "", other_prompts=["later", ""],
+                  rtc_max_guidance=5.0)
     assert not warm.ready.is_set() and warm.values() == ({"graph_captures": 7.0, "graph_capture_s": 0.5,
                                                           "graph_captures_after_ready": 0.0,
                                                           "graph_static_bytes": 1024.0} if graphs else {})
@@ -367,7 +368,7 @@ def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_ze
     assert warm.ready.is_set() and warm.seconds >= 0 and "warm_up_s" in warm.values()
     # every prompt's lengths (the current one, then model.warm_up_prompts, empty ones left out) in one warm-up
     assert policy.calls == [("prepare", WARMUP_PROMPT, ["base_0_rgb"], 3),
-                            ("graphs", [WARMUP_PROMPT, "later"], 4, (2,)), ("run", 0.0, (4, 8))]
+                            ("graphs", [WARMUP_PROMPT, "later"], 4, (2,), 5.0), ("run", 0.0, (4, 8))]
     assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
 
 

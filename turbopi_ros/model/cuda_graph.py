@@ -250,7 +250,7 @@ class CudaGraphDenoiser(_PooledGraphs):
 
 @dataclasses.dataclass
 class _CapturedGuided:
-    graph: "torch.cuda.CUDAGraph"
+    replay: Callable[[], None]
     prefix: ConstantPrefix
     noise: torch.Tensor
     guidance: Guidance
@@ -264,36 +264,47 @@ class CudaGraphGuidedDenoiser:
     The eager guided denoise is a few thousand small kernels per call (launch-bound at batch 1: 3.3x the eager plain
     denoise on an H100); captured, it replays with one launch. Static buffers (ordinary tensors: autograd saves them)
     hold the cached prefix, rotary tables, noise, target and weights; a call copies into them and replays. Graphs are
-    keyed by (cached length, cache shape, num_steps, beta): beta is a Python number inside the step's arithmetic."""
+    keyed by (cached length, cache shape, num_steps, beta): beta is a Python number inside the step's arithmetic.
+    Given the policy's GraphPool, its captures share that pool and are counted in its stats (captures after ready
+    included), and ``warm_up`` captures every cached length before the node reports ready (rtc.enabled: never capture
+    while the robot moves). On CPU, only with a pool in static-replay mode (the bookkeeping's tests)."""
 
-    def __init__(self, model: PI0Model, warmup: int = 2):
-        if model.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need the model on a CUDA device, it is on {model.device}")
-        self.model = model
-        self.warmup = warmup
+    def __init__(self, model: PI0Model, warmup: int = 2, pool: Optional[GraphPool] = None):
+        if pool is None:
+            pool = GraphPool(model.device)  # refuses a model off CUDA
+        self.model, self.warmup, self.pool = model, warmup, pool
         self._graphs: Dict[Tuple, _CapturedGuided] = {}
 
     @property
     def num_graphs(self) -> int:
         return len(self._graphs)
 
+    @property
+    def stats(self) -> CaptureStats:
+        return self.pool.stats
+
     def __call__(self, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance,
                  num_steps: int = 10) -> torch.Tensor:
         n = cache.num_cached
-        key = (tuple(cache.keys.shape), n, int(num_steps), float(guidance.max_guidance), tuple(noise.shape))
-        captured = self._graphs.get(key)
-        if captured is None:
-            captured = self._graphs[key] = self._capture(cache, noise, guidance, num_steps)
+        captured = self._entry(cache, noise, guidance, num_steps)
         weights = guidance.weights.to(device=noise.device, dtype=torch.float32).expand_as(captured.guidance.weights)
         for dst, src in ((captured.prefix.keys, cache.keys[..., :n, :]),
                          (captured.prefix.values, cache.values[..., :n, :]),
                          (captured.prefix.cos, cache.cos), (captured.prefix.sin, cache.sin), (captured.noise, noise),
                          (captured.guidance.target, guidance.target), (captured.guidance.weights, weights)):
             dst.copy_(src)
-        captured.graph.replay()
+        with torch.inference_mode(False):  # a static replay on CPU runs the loop again: autograd must be on
+            captured.replay()
         return captured.out.clone()
 
-    def _capture(self, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance, num_steps: int
+    def _entry(self, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance, num_steps: int) -> _CapturedGuided:
+        key = ("guided", tuple(cache.keys.shape), cache.num_cached, int(num_steps), float(guidance.max_guidance),
+               tuple(noise.shape))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(key, cache, noise, guidance, num_steps)
+        return self._graphs[key]
+
+    def _capture(self, key: Hashable, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance, num_steps: int
                  ) -> _CapturedGuided:
         model = self.model
         with torch.inference_mode(False):
@@ -304,10 +315,29 @@ class CudaGraphGuidedDenoiser:
                               max_guidance=float(guidance.max_guidance))
             static_noise = noise.to(torch.float32).clone()
             model.step_conditioning(num_steps)  # computed once, outside the graph
-            graph, out = capture(lambda: guided_loop(model, prefix, static_noise, static, num_steps), self.warmup)
-        return _CapturedGuided(graph=graph, prefix=prefix, noise=static_noise, guidance=static, out=out)
+            replay, out = self.pool.capture(key, lambda: guided_loop(model, prefix, static_noise, static, num_steps),
+                                            self.warmup)
+        return _CapturedGuided(replay=replay, prefix=prefix, noise=static_noise, guidance=static, out=out)
+
+    def warm_up(self, num_cached_lengths: Iterable[int], max_guidance: float, batch: int = 1,
+                num_steps: int = 10) -> CaptureStats:
+        """Capture the guided graph of every cached length (cuda_graph.cached_lengths) for this beta, on blank inputs
+        (zero prefix, zero target and weights): what real-time chunking replays once the robot moves."""
+        model, c = self.model, self.model.config
+        g, H = c.vlm, c.action_horizon
+        shape = (batch, H, c.action_dim)
+        zeros = torch.zeros(shape, device=model.device)
+        for n in sorted({int(n) for n in num_cached_lengths}, reverse=True):
+            keys = torch.zeros((g.depth, batch, g.num_kv_heads, n + H, g.head_dim), device=model.device,
+                               dtype=model.dtype)
+            cos, sin = model.action_rotary(n, batch, model.device, model.dtype)
+            cache = PrefixCache(keys=keys, values=keys, num_prefix=n - (0 if c.is_pi05 else 1), num_cached=n,
+                                cos=cos, sin=sin)
+            self._entry(cache, zeros, Guidance(target=zeros, weights=zeros, max_guidance=max_guidance), num_steps)
+        return self.stats
 
     def clear(self) -> None:
+        self.pool.book.remove(key for key in list(self._graphs))
         self._graphs.clear()
 
 

@@ -6,7 +6,7 @@
     vision       SigLIP on the present cameras            (engine.embed_images)
     prefix_cache Gemma prefix over the valid tokens        (engine.build_cache)
     denoise      num_steps Euler steps, maskless SDPA      (engine.denoise, or its CUDA graph; with a previous
-                 chunk: real-time chunking's guided denoise, model/rtc.py, always eager)
+                 chunk: real-time chunking's guided denoise, model/rtc.py, or its graph)
     postprocess  unnormalize, first N dims, delta -> absolute where configured, clamp to the joint limits
 
 With a robot adapter (adapters.py: aloha, droid, libero), openpi's order: the adapter maps the robot's state into the
@@ -122,24 +122,23 @@ class Policy:
             self.use_graphs()
 
     def use_graphs(self, static_replay_on_cpu: bool = False) -> None:
-        """Run the encoding and the denoise as graphs (model/cuda_graph.py): CUDA graphs on CUDA (what
-        ``cuda_graph=True`` does there); ``static_replay_on_cpu``: the same bookkeeping on CPU, for tests (the guided
-        denoise stays eager there)."""
+        """Run the encoding and the denoise, plain and guided, as graphs (model/cuda_graph.py): CUDA graphs on CUDA
+        (what ``cuda_graph=True`` does there); ``static_replay_on_cpu``: the same bookkeeping on CPU, for tests."""
         from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool
 
-        pool = GraphPool(self.device, static_replay_on_cpu)  # one memory pool and one set of capture stats for both
+        pool = GraphPool(self.device, static_replay_on_cpu)  # one memory pool and one set of capture stats for all
         self.denoiser = CudaGraphDenoiser(self.model, pool=pool)
-        if pool.is_cuda:
-            self.guided_denoiser = CudaGraphGuidedDenoiser(self.model)
+        self.guided_denoiser = CudaGraphGuidedDenoiser(self.model, pool=pool)
         self.encoder = CudaGraphEncoder(self.model, pool=pool)
 
     def warm_up_graphs(self, prompt: Union[str, Sequence[str]], state_dims: Optional[int] = None,
-                       camera_counts: Optional[Sequence[int]] = None):
+                       camera_counts: Optional[Sequence[int]] = None, rtc_max_guidance: Optional[float] = None):
         """Capture the graphs of every prompt length ``prompt`` (one prompt, or several: every length of each) can
         produce (pi0.5 with the state in the prompt: over every state of ``state_dims`` values,
-        policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image slot), then mark the
-        graphs ready: a later capture counts in ``captures_after_ready``. Returns the capture stats
-        (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
+        policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image slot), with
+        ``rtc_max_guidance`` (real-time chunking on: its beta) the guided denoise's too, then mark the graphs ready: a
+        later capture counts in ``captures_after_ready``. Returns the capture stats (model/cuda_graph.CaptureStats),
+        or None when the policy runs without graphs."""
         from .prompt_lengths import prompt_lengths
 
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
@@ -154,7 +153,10 @@ class Policy:
         lengths = sorted({n for p in prompts for n in prompt_lengths(self.tokenizer, p, dims)})
         cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
         self.encoder.warm_up(cams, lengths)
-        self.denoiser.warm_up(cached_lengths(self.config, cams, lengths), num_steps=self.num_steps)
+        cached = cached_lengths(self.config, cams, lengths)
+        self.denoiser.warm_up(cached, num_steps=self.num_steps)
+        if rtc_max_guidance is not None:
+            self.guided_denoiser.warm_up(cached, rtc_max_guidance, num_steps=self.num_steps)
         self.denoiser.pool.mark_ready()
         return self.denoiser.stats
 

@@ -97,7 +97,8 @@ class TurbopiNode(Node):
                             alive=self.context.ok)
         run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
         self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s)
-        self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run, c.model.warm_up_prompts)
+        self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run, c.model.warm_up_prompts,
+                              c.rtc.max_guidance if c.rtc.enabled else None)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
     def _build_interfaces(self, c: NodeConfig, groups) -> None:

@@ -27,12 +27,15 @@ BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize ne
 
 class WarmUp:
     def __init__(self, policy, cameras: Sequence[str], state_joints: Sequence[str], prompt: Callable[[], str],
-                 run: Optional[Callable] = None, other_prompts: Sequence[str] = ()):
+                 run: Optional[Callable] = None, other_prompts: Sequence[str] = (),
+                 rtc_max_guidance: Optional[float] = None):
         """``policy``: policy.Policy; ``cameras``: the model slots the node fills; ``prompt()``: the current prompt;
         ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it); ``other_prompts``:
-        prompts given later whose graphs are captured now too (model.warm_up_prompts)."""
+        prompts given later whose graphs are captured now too (model.warm_up_prompts); ``rtc_max_guidance``: with
+        real-time chunking on (rtc.enabled), its beta: the guided denoise's graphs are captured too."""
         self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
         self.other_prompts = [p for p in other_prompts if p]
+        self.rtc_max_guidance = rtc_max_guidance
         self._run = run or policy.run
         self.ready = threading.Event()
         self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
@@ -49,7 +52,8 @@ class WarmUp:
         present = int(prepared.inputs[1].sum())  # the image slots filled (an adapter may fill more than named)
         state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
         prompts = [prompt] + self.other_prompts
-        stats = self.policy.warm_up_graphs(prompts, state_dims, camera_counts=(present,))  # None without graphs
+        stats = self.policy.warm_up_graphs(prompts, state_dims, camera_counts=(present,),  # None without graphs
+                                           rtc_max_guidance=self.rtc_max_guidance)
         self.camera_count, self.state_dims = present, state_dims
         c = self.policy.config
         chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
