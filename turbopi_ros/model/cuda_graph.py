@@ -337,7 +337,7 @@ class CudaGraphGuidedDenoiser:
         return self.stats
 
     def clear(self) -> None:
-        self.pool.book.remove(key for key in list(self._graphs))
+        self.pool.book.remove(self._graphs)
         self._graphs.clear()
 
 

@@ -139,18 +139,13 @@ class Policy:
         ``rtc_max_guidance`` (real-time chunking on: its beta) the guided denoise's too, then mark the graphs ready: a
         later capture counts in ``captures_after_ready``. Returns the capture stats (model/cuda_graph.CaptureStats),
         or None when the policy runs without graphs."""
-        from .prompt_lengths import prompt_lengths
-
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
             return None
         if self.discrete_state_input and state_dims is None:
             raise ValueError("pi0.5 writes the state into the prompt: warm_up_graphs needs state_dims")
         from ..model.cuda_graph import cached_lengths
 
-        # pi0.5 without the discrete state input has pi0's prompt format: one length
-        dims = state_dims if self.discrete_state_input else None
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        lengths = sorted({n for p in prompts for n in prompt_lengths(self.tokenizer, p, dims)})
+        lengths = self.prompt_lengths([prompt] if isinstance(prompt, str) else prompt, state_dims)
         cams = tuple(camera_counts) if camera_counts else (len(self.image_keys),)
         self.encoder.warm_up(cams, lengths)
         cached = cached_lengths(self.config, cams, lengths)
@@ -159,6 +154,13 @@ class Policy:
             self.guided_denoiser.warm_up(cached, rtc_max_guidance, num_steps=self.num_steps)
         self.denoiser.pool.mark_ready()
         return self.denoiser.stats
+
+    def prompt_lengths(self, prompts: Sequence[str], state_dims: Optional[int]) -> List[int]:
+        """Every valid length ``prompts`` can produce, ascending (pi0.5: over every state of ``state_dims`` values)."""
+        from .prompt_lengths import prompt_lengths
+
+        dims = state_dims if self.discrete_state_input else None
+        return sorted({n for p in prompts for n in prompt_lengths(self.tokenizer, p, dims)})
 
     @property
     def graph_stats(self):

@@ -18,7 +18,6 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from ..policy.policy import Observation
-from ..policy.prompt_lengths import prompt_lengths
 from .inputs import shorten
 
 WARMUP_PROMPT = "warm up"
@@ -72,10 +71,9 @@ class WarmUp:
         captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
         if captured is None or not self.ready.is_set() or self.camera_count is None:
             return None
-        dims = self.state_dims if self.policy.discrete_state_input else None
         have = captured(self.camera_count)
         try:
-            missing = [n for n in prompt_lengths(self.policy.tokenizer, prompt, dims) if n not in have]
+            missing = [n for n in self.policy.prompt_lengths([prompt], self.state_dims) if n not in have]
         except ValueError:  # the inference that uses the prompt reports what is wrong with it
             return None
         if not missing:
