@@ -1,7 +1,8 @@
 """Run by test_fused.py in a subprocess with TRITON_INTERPRET=1 (it must be set before Triton is imported): every
 Triton kernel of model/fused.py on CPU tensors against its plain-torch twin, then whole tiny models with the kernels
 against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance.
-Arguments name the sections to run (``kernels``, ``gelu_gate``, ``whole_model``); none: all of them."""
+Arguments name the sections to run (``kernels``, ``gelu_gate``, ``whole_model``, ``backward``: fused_grad.py's
+kernels and the guided denoise); none: all of them."""
 import os
 import sys
 
@@ -113,7 +114,67 @@ def whole_model(variant, tol):
     check(f"whole model {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
 
 
-sections = sys.argv[1:] or ["kernels", "gelu_gate", "whole_model"]
+def backward_kernels(dtype, tol):
+    """fused_grad.py's backward kernels against their twins: the norms (plain and adaRMS, with and without the
+    gradient of add_rms_norm's sum), gelu_gate (F with a masked tail and F > 1024), qkv_rope (KV 1 and 2, head_dim
+    not a power of two, dk and dv as strided views, as autograd hands them over)."""
+    from turbopi_ros.model import fused_grad
+    from turbopi_ros.model.gemma import rope_tables
+
+    g = torch.Generator().manual_seed(2)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    def both(fn):
+        outs = []
+        for on in (True, False):
+            fused.use_triton_on_cpu(on)
+            outs.append(fn())
+        fused.use_triton_on_cpu(False)
+        return outs
+
+    tag = str(dtype).split(".")[-1]
+    for W in (24, 40):
+        B, L = 2, 3
+        total, dy, d_sum, w = rnd(B, L, W), rnd(B, L, W), rnd(B, L, W), rnd(W) * 0.1
+        scale = torch.chunk(rnd(B, 1, 3 * W), 3, dim=-1)[0]
+        for name, args in (("rms", (None, w, None)), ("add_rms", (d_sum, w, None)),
+                           ("adaRMS", (None, None, scale)), ("add_adaRMS", (d_sum, None, scale))):
+            got, want = both(lambda: [fused_grad.rms_norm_backward(total, dy, *args)])
+            check(f"rms_norm_backward {name} {tag} W={W}", got, want, tol)
+    for lead, n in (((2, 3), 24), ((3,), 1100)):
+        gate_up, dy = rnd(*lead, 2 * n) * 2, rnd(*lead, n)
+        got, want = both(lambda: [fused_grad.gelu_gate_backward(gate_up, dy)])
+        scaled = tol and tol * max(1.0, float(want[0].abs().max()))  # relative: gradients up to ~20 here
+        check(f"gelu_gate_backward {tag} {list(gate_up.shape)}", got, want, scaled)
+    for H, KV, D in ((4, 1, 8), (4, 2, 6)):
+        B, L = 2, 3
+        cos, sin = rope_tables(torch.arange(3, 3 + L).expand(B, L), D, 10000.0, dtype)
+        dq, dk, dv = rnd(B, L, H, D), rnd(B, L, KV, D).transpose(1, 2), rnd(B, L, KV, D).transpose(1, 2)
+        got, want = both(lambda: [fused_grad.qkv_rope_backward(dq, dk, dv, cos, sin, dtype)])
+        check(f"qkv_rope_backward {tag} H={H} KV={KV} D={D}", got, want, tol)
+
+
+def guided(variant, tol):
+    """The guided (RTC) denoise through the fused path with every kernel, forward and backward, against the plain."""
+    from turbopi_ros.model.rtc import Guidance, guided_denoise
+
+    cfg = small_config(variant, horizon=8)
+    model = model_for(cfg)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    g = torch.Generator().manual_seed(3)
+    shape = (1, cfg.action_horizon, cfg.action_dim)
+    guidance = Guidance(target=torch.randn(shape, generator=g), weights=torch.rand(shape, generator=g))
+    plain = guided_denoise(model, model.encode(*inputs[:5]), inputs[5], guidance, 3)
+    model.use_fused(True)
+    fused.use_triton_on_cpu(True)
+    got = guided_denoise(model, model.encode(*inputs[:5]), inputs[5], guidance, 3)
+    fused.use_triton_on_cpu(False)
+    check(f"guided denoise {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
+
+
+sections = sys.argv[1:] or ["kernels", "gelu_gate", "whole_model", "backward"]
 if "kernels" in sections:
     kernels(torch.float32, 1e-5)
     kernels(torch.bfloat16, None)
@@ -123,6 +184,11 @@ if "gelu_gate" in sections:
 if "whole_model" in sections:
     whole_model("pi0", 1e-5)
     whole_model("pi05", 1e-5)
+if "backward" in sections:
+    backward_kernels(torch.float32, 1e-5)
+    backward_kernels(torch.bfloat16, None)
+    guided("pi0", 1e-5)
+    guided("pi05", 1e-5)
 if failures:
     print("FAILED: " + "; ".join(failures))
     sys.exit(1)

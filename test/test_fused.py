@@ -138,7 +138,8 @@ def test_fused_path_dispatches_fewer_ops(variant):
     counts = opcount.compare(model, *inputs, num_steps=3)
     assert not model.fused
     plain, fast = counts["plain"], counts["fused"]
-    for stage in ("vision", "prefix_cache", "denoise_step", "denoise", "siglip_layer", "gemma_layer", "expert_layer"):
+    for stage in ("vision", "prefix_cache", "denoise_step", "denoise", "guided_step", "siglip_layer", "gemma_layer",
+                  "expert_layer", "guided_layer"):
         assert fast[stage]["ops"] < plain[stage]["ops"], stage
         assert fast[stage]["launches"] < plain[stage]["launches"], stage
     assert plain["expert_layer"]["launches"] >= 30  # norms as square/mean/rsqrt/mul, casts, rotary as slice/neg/cat
@@ -148,7 +149,7 @@ def test_fused_path_dispatches_fewer_ops(variant):
     # every step runs the same ops: the whole denoise is 3 steps plus the Euler updates
     assert fast["denoise"]["ops"] >= 3 * fast["denoise_step"]["ops"]
     rows = opcount.table(counts)
-    assert len(rows) == 8 and rows[-1].split()[0] == "expert_layer"
+    assert len(rows) == 10 and rows[-1].split()[0] == "guided_layer"
 
 
 def test_compile_cache_dir(tmp_path, monkeypatch):

@@ -84,6 +84,9 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         f8 = m["fp8"]
         assert f8["quantized_linears"] > 0 and 0 < f8["parity"]["fp8_vs_bf16"] < 0.2
         assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8"}
+        rtc = m["rtc"]  # bfloat16: fused guided within rounding of plain guided; the guidance a real change
+        assert set(rtc["times"]) == {"guided eager", "guided eager fused"}
+        assert rtc["parity"]["guided eager fused vs guided eager"] < 0.1 * rtc["parity"]["guided_vs_unguided"]
     assert r["commit"]["commit"] and r["commit"]["source"] in ("git", "TURBOPI_COMMIT", ".commit")
     assert f"gpu_report: commit {r['commit']['commit']}" in text
     assert (out / "gpu_report.log").read_text().startswith(proc.stdout)
@@ -201,8 +204,13 @@ def test_the_graphed_flow_on_cpu(tmp_path):
                                 "total graph fused fp8"}
     assert f8["parity"]["total graph fp8 vs eager fp8"] == 0 == f8["parity"]["total graph fused fp8 vs eager fp8"]
     assert entry["capture"]["captures_after_ready"] == 0
+    rtc = entry["rtc"]
+    assert set(rtc["times"]) == {"guided graph", "guided graph fused"}
+    assert rtc["parity"]["guided graph vs guided eager"] == 0
+    assert rtc["parity"]["guided graph fused vs guided eager"] < 0.1 * rtc["parity"]["guided_vs_unguided"]
     text = "\n".join(s.say.lines)
     assert "graph vs eager 0.00e+00 (encoder graph's cache vs eager 0.00e+00" in text
+    assert "real-time chunking, guided denoise: guided graph " in text and "(fused " in text
     rows = gpu_report.markdown_rows({"machine": {}, "models": {"tiny": entry}})
     assert len(rows) == 2 and "n/a" not in rows[1].split("|")[5]  # denoise eager / graph / compile+graph
 

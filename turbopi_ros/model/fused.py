@@ -60,7 +60,8 @@ def use_triton_on_cpu(enable: bool) -> None:
     _TRITON_ON_CPU = bool(enable)
 
 
-def _kernels_for(x: torch.Tensor) -> bool:
+def kernels_for(x: torch.Tensor) -> bool:
+    """Whether an op on ``x`` runs its Triton kernel (CUDA; CPU under the interpreter; while recording)."""
     return triton is not None and (x.is_cuda or _RECORDING or (_TRITON_ON_CPU and x.device.type == "cpu"))
 
 
@@ -100,14 +101,34 @@ def recording_launches() -> Iterator[List[Launch]]:
     if _RECORDING:
         raise RuntimeError("recording_launches is already active")
     log: List[Launch] = []
-    kernels = {name: globals()[name] for name in KERNELS}
-    globals().update({name: _Recorder(name, k, log) for name, k in kernels.items()})
+    homes = [(namespace, {name: namespace[name] for name in names}) for namespace, names in _KERNEL_HOMES]
+    for namespace, kernels in homes:
+        namespace.update({name: _Recorder(name, k, log) for name, k in kernels.items()})
     _RECORDING = True
     try:
         yield log
     finally:
         _RECORDING = False
-        globals().update(kernels)
+        for namespace, kernels in homes:
+            namespace.update(kernels)
+
+
+# (a module's globals, the names of its Triton kernels): this module's, and fused_grad.py's backwards
+_KERNEL_HOMES: List[Tuple[Dict[str, Any], Tuple[str, ...]]] = []
+
+
+def register_kernels(namespace: Dict[str, Any], names: Sequence[str]) -> None:
+    """Another module's Triton kernels join recording_launches and all_kernels (pass its globals())."""
+    _KERNEL_HOMES.append((namespace, tuple(names)))
+
+
+def all_kernels() -> Tuple[str, ...]:
+    """The names of every Triton kernel the fused ops launch, forward and backward."""
+    from . import fused_grad  # noqa: F401 - registers the backward kernels (it imports this module)
+    return tuple(name for _, names in _KERNEL_HOMES for name in names)
+
+
+register_kernels(globals(), KERNELS)
 
 
 def backend(device) -> str:
@@ -301,7 +322,7 @@ def _rms_triton(x, branch, gate, weight, scale, shift):
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
              shift: Optional[torch.Tensor]) -> torch.Tensor:
     """RMSNorm (``weight``) or adaRMS (``scale``, ``shift``) of x [B, L, W]."""
-    if _kernels_for(x):
+    if kernels_for(x):
         return _rms_triton(x, None, None, weight, scale, shift)[1]
     return rms_norm_twin(x, weight, scale, shift)
 
@@ -315,7 +336,7 @@ def _(x, weight, scale, shift):
 def add_rms_norm(x: torch.Tensor, branch: torch.Tensor, gate: Optional[torch.Tensor], weight: Optional[torch.Tensor],
                  scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x + branch [* gate], its RMSNorm / adaRMS)."""
-    if _kernels_for(x):
+    if kernels_for(x):
         return _rms_triton(x, branch, gate, weight, scale, shift)
     x = residual_twin(x, branch, gate)
     return x, rms_norm_twin(x, weight, scale, shift)
@@ -336,7 +357,7 @@ def _gate_half(gate_up: torch.Tensor) -> int:
 def gelu_gate(gate_up: torch.Tensor) -> torch.Tensor:
     """gelu_tanh(gate) * up of the fused gate/up projection's output [..., 2F] (gate first) -> [..., F]."""
     n = _gate_half(gate_up)
-    if _kernels_for(gate_up):
+    if kernels_for(gate_up):
         gu = gate_up.contiguous()
         out = gu.new_empty((*gu.shape[:-1], n))
         rows = gu.numel() // (2 * n) if n else 0
@@ -356,7 +377,11 @@ def _(gate_up):
 def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
              start: int, num_heads: int, num_kv_heads: int) -> torch.Tensor:
     """See qkv_rope_twin. cos/sin [B, L, 1, D]; keys/values [B, KV, Lc, D] (any strides, unit in the last dim)."""
-    if _kernels_for(qkv):
+    return _qkv_rope(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads)
+
+
+def _qkv_rope(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads):
+    if kernels_for(qkv):
         B, L, _ = qkv.shape
         D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
         qkv = qkv.contiguous()
@@ -378,6 +403,26 @@ def _(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads):
     return qkv.new_empty((B, L, num_heads, qkv.shape[-1] // (num_heads + 2 * num_kv_heads)))
 
 
+@torch.library.custom_op("turbopi::qkv_rope_heads", mutates_args=())
+def qkv_rope_heads(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
+                   num_kv_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv_rope into new tensors instead of a cache (what autograd can differentiate: fused_grad.py): qkv
+    [B, L, (H + 2 KV) D] -> rotated q [B, L, H, D], rotated k and v [B, KV, L, D] (head-major, the cache layout)."""
+    B, L, _ = qkv.shape
+    D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    keys = qkv.new_empty((B, num_kv_heads, L, D))
+    values = torch.empty_like(keys)
+    return _qkv_rope(qkv, cos, sin, keys, values, 0, num_heads, num_kv_heads), keys, values
+
+
+@qkv_rope_heads.register_fake
+def _(qkv, cos, sin, num_heads, num_kv_heads):
+    B, L, _ = qkv.shape
+    D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    return qkv.new_empty((B, L, num_heads, D)), qkv.new_empty((B, num_kv_heads, L, D)), \
+        qkv.new_empty((B, num_kv_heads, L, D))
+
+
 def _ln_triton(x, branch, weight, bias, eps):
     W = x.shape[-1]
     x = x.contiguous()
@@ -392,7 +437,7 @@ def _ln_triton(x, branch, weight, bias, eps):
 def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x + branch, LayerNorm of it) for SigLIP's pre-norm layers."""
-    if _kernels_for(x):
+    if kernels_for(x):
         return _ln_triton(x, branch, weight, bias, eps)
     x = x + branch
     return x, layer_norm_twin(x, weight, bias, eps)
@@ -421,13 +466,36 @@ def _norm_args(norm: RMSNorm, mod: Optional[Modulation]):
 
 # kv(li) -> (keys [B, KV, Lc, D], values, start, stop): write this pass's K/V at [start, start + L), attend to [0, stop)
 CacheSlot = Callable[[int], Tuple[torch.Tensor, torch.Tensor, int, int]]
+# attention(li, attn, qkv, cos, sin) -> layer li's attention output [B, L, H*D] from its fused QKV output
+StackAttention = Callable[[int, Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: CacheSlot,
-                mods: Optional[List[Tuple[Modulation, Modulation]]] = None, final_norm: Optional[RMSNorm] = None,
-                final_mod: Optional[Modulation] = None, last_attention_only: bool = False) -> Optional[torch.Tensor]:
-    """The fused twin of running ``layers`` one after another (GemmaLayer.forward with pi0.py's cache-writing
-    attention) and then ``final_norm``. Returns the final norm's output, or None with ``last_attention_only`` (the
+def cache_attention(kv: CacheSlot) -> StackAttention:
+    """Rotary and the cache write as the QKV epilogue (one launch), then maskless SDPA over the cache's [0, stop)."""
+    def attend(li, attn, qkv, cos, sin):
+        keys, values, start, stop = kv(li)
+        q = qkv_rope(qkv, cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
+        return maskless_attention(q, keys[:, :, :stop], values[:, :, :stop])
+    return attend
+
+
+def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention:
+    """Differentiable attention for the guided (RTC) denoise: no cache write; layer li's new K/V are concatenated to
+    the constant cached prefix keys[li], values[li] [B, KV, n, D], then maskless SDPA over all of them (the same
+    SDPA inputs as cache_attention; rtc.differentiable_velocity does this with the plain modules)."""
+    def attend(li, attn, qkv, cos, sin):
+        q, k, v = qkv_rope_heads(qkv, cos, sin, attn.num_heads, attn.num_kv_heads)
+        return maskless_attention(q, torch.cat([keys[li], k], dim=2), torch.cat([values[li], v], dim=2))
+    return attend
+
+
+def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attention: StackAttention, mods: Optional[List[Tuple[Modulation, Modulation]]] = None,
+                final_norm: Optional[RMSNorm] = None, final_mod: Optional[Modulation] = None,
+                last_attention_only: bool = False) -> Optional[torch.Tensor]:
+    """The fused twin of running ``layers`` one after another (GemmaLayer.forward) and then ``final_norm``; each
+    layer attends through ``attention`` (cache_attention: pi0.py's cache-writing attention; prefix_attention: the
+    guided denoise's). Returns the final norm's output, or None with ``last_attention_only`` (the
     prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped)."""
     n = len(layers)
     if n == 0:
@@ -440,9 +508,7 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
     y = rms_norm(x, w, sc, sh)
     for li, layer in enumerate(layers):
         attn = layer.self_attn
-        keys, values, start, stop = kv(li)
-        q = qkv_rope(attn.qkv(y), cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
-        o = attn.o_proj(maskless_attention(q, keys[:, :, :stop], values[:, :, :stop]))
+        o = attn.o_proj(attention(li, attn, attn.qkv(y), cos, sin))
         if last_attention_only and li == n - 1:
             return None
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
@@ -475,5 +541,7 @@ def siglip_stack(vision, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-__all__ = ["KERNELS", "Launch", "add_layer_norm", "add_rms_norm", "backend", "gelu_gate", "gemma_stack", "layer_norm",
-           "qkv_rope", "recording_launches", "rms_norm", "siglip_stack", "triton_available", "use_triton_on_cpu"]
+__all__ = ["KERNELS", "Launch", "add_layer_norm", "add_rms_norm", "all_kernels", "backend", "cache_attention",
+           "gelu_gate", "gemma_stack", "kernels_for", "layer_norm", "prefix_attention", "qkv_rope", "qkv_rope_heads",
+           "recording_launches", "register_kernels", "rms_norm", "siglip_stack", "triton_available",
+           "use_triton_on_cpu"]

@@ -84,11 +84,28 @@ def without_last_layer(owner: nn.Module) -> Iterator[None]:
         owner.layers = layers
 
 
+def guided_step(model, cache, x: torch.Tensor, sc) -> Callable[[], object]:
+    """One step of real-time chunking's guided denoise as rtc.guided_loop runs it (the expert forward, and backward
+    to x_t), on a constant copy of ``cache``; callable under inference mode."""
+    from .rtc import ConstantPrefix, Guidance, differentiable_velocity, guided_velocity
+
+    with torch.inference_mode(False):
+        prefix = ConstantPrefix.from_cache(cache)
+        x = x.clone()
+        guidance = Guidance(torch.zeros_like(x), torch.ones_like(x))
+
+    def step():
+        with torch.inference_mode(False):
+            return guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)
+    return step
+
+
 def stage_counts(model, images, image_masks, tokens, token_mask, state, noise, num_steps: int,
                  cuda_kernels: bool = False) -> Dict[str, Dict[str, object]]:
-    """Per stage of the fast engine: {"vision", "prefix_cache", "denoise_step", "denoise", "siglip_layer",
-    "gemma_layer", "expert_layer"} -> {"ops", "launches", "top"[, "cuda_kernels"]} for the model as it is set up
-    (plain or fused). The layer rows are one layer of that stack (expert: inside one denoise step)."""
+    """Per stage of the fast engine: {"vision", "prefix_cache", "denoise_step", "denoise", "guided_step",
+    "siglip_layer", "gemma_layer", "expert_layer", "guided_layer"} -> {"ops", "launches", "top"[,
+    "cuda_kernels"]} for the model as it is set up (plain or fused). The layer rows are one layer of that stack
+    (expert: inside one denoise step; guided: inside one guided step, forward and backward)."""
     with torch.inference_mode():
         tokens_ = model.embed_images(images, image_masks)
         cache = model.build_cache(tokens_, tokens, token_mask, state)
@@ -99,6 +116,7 @@ def stage_counts(model, images, image_masks, tokens, token_mask, state, noise, n
         "prefix_cache": lambda: model.build_cache(tokens_, tokens, token_mask, state),
         "denoise_step": lambda: model.velocity(cache, x, sc),
         "denoise": lambda: model.denoise(cache, noise, num_steps),
+        "guided_step": guided_step(model, cache, x, sc),
     }
     out: Dict[str, Dict[str, object]] = {}
     for name, fn in fns.items():
@@ -107,7 +125,8 @@ def stage_counts(model, images, image_masks, tokens, token_mask, state, noise, n
             out[name]["cuda_kernels"] = count_cuda_kernels(fn)
     for name, owner, stage in (("siglip_layer", model.vision.encoder, "vision"),
                                ("gemma_layer", model.vlm, "prefix_cache"),
-                               ("expert_layer", model.expert, "denoise_step")):
+                               ("expert_layer", model.expert, "denoise_step"),
+                               ("guided_layer", model.expert, "guided_step")):
         if len(owner.layers) < 2:
             continue
         with without_last_layer(owner):

@@ -128,8 +128,8 @@ class PI0Model(nn.Module):
 
     def use_fused(self, enable: bool = True) -> "PI0Model":
         """Opt in to (or out of) the fused layer kernels for SigLIP, the prefix cache and the denoise: Triton kernels
-        on CUDA, their plain-torch twins elsewhere. The plain path stays the reference; the reference path and the
-        guided (RTC) denoise, which differentiates through the expert, always run the plain modules."""
+        on CUDA, their plain-torch twins elsewhere. The plain path stays the reference (the reference path always runs
+        the plain modules); the guided (RTC) denoise differentiates through the fused ops (model/fused_grad.py)."""
         self._fused = bool(enable)
         self.vision.fused = self._fused
         self.sampler.compiled_velocity = None  # a compiled step traced the other path
@@ -233,8 +233,8 @@ class PI0Model(nn.Module):
     @staticmethod
     def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
         """_run_prefix_stack with the fused kernels."""
-        fused.gemma_stack(stack.layers, x, cos, sin, lambda li: (keys[li], values[li], start, stop),
-                          last_attention_only=True)
+        slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop))
+        fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True)
 
     @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
@@ -263,12 +263,9 @@ class PI0Model(nn.Module):
         tokens' K/V are written into the cache's tail)."""
         n = cache.num_cached
         if self._fused:
-            h = self.embed_actions(x_t, sc).to(self.dtype)
             stop = cache.keys.shape[-2]
-            h = fused.gemma_stack(self.expert.layers, h, cache.cos, cache.sin,
-                                  lambda li: (cache.keys[li], cache.values[li], n, stop), sc.layer_mods,
-                                  self.expert.norm, sc.final_mod)
-            return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
+            return self.fused_expert_velocity(x_t, sc, cache.cos, cache.sin, fused.cache_attention(
+                lambda li: (cache.keys[li], cache.values[li], n, stop)))
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):
@@ -287,6 +284,13 @@ class PI0Model(nn.Module):
             mods = sc.layer_mods[li] if sc.layer_mods is not None else (None, None)
             h = layer(h, cos, sin, attention(li), mods)
         h, _ = self.expert.norm(h, sc.final_mod)
+        return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
+
+    def fused_expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
+                              attention: fused.StackAttention) -> torch.Tensor:
+        """expert_velocity with the fused kernels (fused.gemma_stack), attending through ``attention``."""
+        h = self.embed_actions(x_t, sc).to(self.dtype)
+        h = fused.gemma_stack(self.expert.layers, h, cos, sin, attention, sc.layer_mods, self.expert.norm, sc.final_mod)
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     @engine_entry

@@ -22,8 +22,10 @@ The plain denoise writes the action tokens' K/V into the cache tail in place, wh
 (every layer's write bumps the version of the one buffer the earlier layers' attention saved), and a cache built by
 the engine holds inference tensors, which cannot be saved for backward. So the guided path clones the cached prefix
 K/V (and the rotary tables) once per call outside inference mode and concatenates each layer's action K/V to it:
-the same SDPA inputs, bit for bit, so zero weights give exactly the plain denoise. Eager by default; on CUDA,
-cuda_graph.CudaGraphGuidedDenoiser captures the whole guided loop, forward and backward passes, as one graph.
+the same SDPA inputs, bit for bit, so zero weights give exactly the plain denoise. With the fused kernels on
+(PI0Model.use_fused), the forward pass runs them (fused.prefix_attention) and autograd goes back through their
+closed-form backwards (fused_grad.py). Eager by default; on CUDA, cuda_graph.CudaGraphGuidedDenoiser captures the
+whole guided loop, forward and backward passes, as one graph.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from typing import Callable, Tuple
 
 import torch
 
+from . import fused, fused_grad  # noqa: F401 - fused_grad registers the fused ops' backwards
 from .gemma import maskless_attention
 from .pi0 import PI0Model, PrefixCache, StepConditioning, euler_schedule
 
@@ -95,7 +98,12 @@ class ConstantPrefix:
 def differentiable_velocity(model: PI0Model, prefix: ConstantPrefix, x_t: torch.Tensor,
                             sc: StepConditioning) -> torch.Tensor:
     """PI0Model.velocity without the in-place cache write: each layer's action K/V are concatenated to the constant
-    prefix, so autograd can go back through every layer to x_t. Same SDPA inputs as the plain step."""
+    prefix, so autograd can go back through every layer to x_t. Same SDPA inputs as the plain step. The fused
+    kernels when the model runs them (PI0Model.fused)."""
+    if model.fused:
+        return model.fused_expert_velocity(x_t, sc, prefix.cos, prefix.sin,
+                                           fused.prefix_attention(prefix.keys, prefix.values))
+
     def attention(li: int):
         def attend(q, k, v):
             keys = torch.cat([prefix.keys[li], k.transpose(1, 2)], dim=2)

@@ -32,7 +32,7 @@ PARAMETERS: Dict[str, Param] = {
                                     "the configuration can produce captured before the node is ready"),
     "model.fused": Param(False, "the fused layer kernels (model/fused.py: norms with the residual add, rotary, the "
                                 "GELU gate; Triton on CUDA, plain-torch twins elsewhere) for vision, prefix and "
-                                "denoise; real-time chunking's guided denoise keeps the plain modules"),
+                                "denoise, and real-time chunking's guided denoise (with their backwards)"),
     "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
                                   "(minutes, before the node is ready), later ones load from model.cache_dir"),
     "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "

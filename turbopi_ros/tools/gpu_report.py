@@ -16,7 +16,8 @@ For each preset (random weights, built once on the device and reused by every va
      time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
      denoise step with a fresh inductor cache and nothing compiled before (cold start) and, in a new process, from
      that cache (warm start: tools/compile_start.py), eager and as a CUDA graph (the first preset only, unless
-     --compile-all), and turbopi-bench's table (f) (each optimization undone); last, FP8 weights (model/fp8.py, on
+     --compile-all), turbopi-bench's table (f) (each optimization undone), real-time chunking's guided denoise
+     plain and fused (its graphs, their parity); last, FP8 weights (model/fp8.py, on
      GPUs of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
 Writes docs/bench/gpu_<device>.{txt,json} (both after every part, so an interrupted run keeps what it measured; on
 SIGINT with the markdown rows) with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file
@@ -54,8 +55,10 @@ from .ablation import replaced
 from ..model.checkpoint import load_model, random_model, set_dtype
 from ..model import fp8, fused, opcount
 from ..model.config import load_config
-from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, cached_lengths, host_inputs
+from ..model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool,
+                                cached_lengths, host_inputs)
 from ..model.reference import reference_denoise, reference_prefix
+from ..model.rtc import Guidance, guided_denoise
 from ..policy.prompt_lengths import prompt_lengths
 from ..policy.tokenizer import ByteTokenizer
 
@@ -74,7 +77,7 @@ STATE_DIMS = 7
 # compile_reserve_s); EXPECT_S, what the parts that must come out take, kept free for them by the parts of less
 # importance (the attention table and table (f), skipped first): kernel counts, capture, torch.compile's cold and
 # warm start, fp8 (a later preset's stages: as long as this preset's took).
-PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "fp8": 30}
+PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "rtc": 25, "fp8": 30}
 EXPECT_S = {"kernel counts": 20, "capture": 15, "compile": 75, "fp8": 20}
 REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.py -> the repository root
 
@@ -712,6 +715,47 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
     return out
 
 
+def rtc_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[str, object]:
+    """Real-time chunking's guided denoise (model/rtc.py: each step's forward and backward pass), plain and with the
+    fused kernels and their backwards (model/fused_grad.py): graphed (CudaGraphGuidedDenoiser, one pool each) and
+    timed interleaved where graphs run, else eager; each variant's actions against the plain eager guided denoise
+    (run once: eager it is thousands of launches). A variant that fails is reported and the others stand."""
+    steps = s.args.steps
+    images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, s.device,
+                                                                        s.args.seed)
+    g = torch.Generator().manual_seed(s.args.seed)
+    guidance = Guidance(target=torch.randn(tuple(noise.shape), generator=g).to(s.device),
+                        weights=torch.rand(tuple(noise.shape), generator=g).to(s.device))
+    out: Dict[str, object] = {"max_guidance": guidance.max_guidance, "parity": {}}
+    try:
+        with torch.inference_mode():
+            cache = model.encode(images, masks, tokens, token_mask, state)
+            plain = guided_denoise(model, cache, noise, guidance, steps)
+            out["parity"]["guided_vs_unguided"] = max_abs(plain, model.denoise(cache, noise, steps))
+            variants = [("guided eager fused", lambda: fused_call(model, lambda: guided_denoise(
+                model, cache, noise, guidance, steps))())]
+            if s.graphs:
+                for label, on in (("guided graph", False), ("guided graph fused", True)):
+                    den = CudaGraphGuidedDenoiser(model, pool=s.graph_pool())
+                    call = functools.partial(den, cache, noise, guidance, steps)
+                    variants.append((label, fused_call(model, call) if on else call))
+            fns = {} if s.graphs else {"guided eager": lambda: guided_denoise(model, cache, noise, guidance, steps)}
+            for label, fn in variants:
+                try:
+                    t0 = time.perf_counter()
+                    out["parity"][f"{label} vs guided eager"] = max_abs(fn(), plain)  # a graph is captured here
+                    out[f"{label} first call s"] = time.perf_counter() - t0
+                    if s.graphs == ("graph" in label):
+                        fns[label] = fn
+                except Exception as e:
+                    s.budget.failed(out, label, e)
+            times = s.timer()(fns)
+        out["times"] = {k: bench.summary(v) for k, v in times.items()}
+    except Exception as e:
+        return s.budget.failed(out, "rtc", e)
+    return out
+
+
 def default_fixtures() -> Optional[Path]:
     """openpi's reference fixtures: ../shared/fixtures/openpi beside the repository, else .fixtures/openpi inside it
     (a copy that travels to a lent machine: docs/performance.md, "The command"); None when neither is there."""
@@ -880,6 +924,11 @@ class PresetReport:
                 entry["ablation"] = s.budget.failed({}, "table (f)", e)
             print_ablation(s.say, entry["ablation"])
             s.checkpoint()
+        if s.budget.fits(f"{name} real-time chunking ({most} views)", need["rtc"],
+                         self.keep_s(("kernel counts", "capture", "compile"))):
+            entry["rtc"] = rtc_block(s, model, config, most, self.prompt_len)
+            print_rtc(s.say, entry["rtc"])
+            s.checkpoint()
         if s.budget.fits(f"{name} fp8 ({most} views)", need["fp8"]):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
@@ -980,6 +1029,20 @@ def print_fp8(say: Report, c: Dict) -> None:
             + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in c["times"].items())
             + f"; max abs diff vs bf16 {p['fp8_vs_bf16']:.3e}, vs fp32 reference "
             f"{p['fp8_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
+
+
+def print_rtc(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "times" not in c:
+        return
+    t, p = c["times"], c["parity"]
+    ratio = ""
+    if "guided graph" in t and "guided graph fused" in t:
+        ratio = f" (fused {t['guided graph']['median_ms'] / t['guided graph fused']['median_ms']:.2f}x)"
+    say("    real-time chunking, guided denoise: " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in t.items())
+        + ratio + "; max abs diff vs eager guided: "
+        + ", ".join(f"{k.replace(' vs guided eager', '')} {v:.2e}" for k, v in p.items() if k.endswith("eager"))
+        + f" (guidance moved the actions by {p['guided_vs_unguided']:.2e})")
 
 
 def print_compile(say: Report, c: Dict) -> None:

@@ -3,7 +3,8 @@
 The CPU tests run the kernels under Triton's interpreter, which checks their arithmetic but not that they compile:
 the interpreter accepts code that the GPU compiler rejects, and says nothing of registers or spills. This tool
 records the launches the fused stacks make for the full-size layer shapes (model/fused.recording_launches: pi0 and
-pi0.5 with the full widths, heads and head size, two layers each, one camera and two denoise steps, in each dtype),
+pi0.5 with the full widths, heads and head size, two layers each, one camera and two denoise steps, then two guided
+(RTC) steps for the backward kernels of model/fused_grad.py, in each dtype),
 keeps one launch per distinct specialization (the dtypes, which integers are 1 or multiples of 16, which pointers are
 16-byte aligned, the constexprs), and compiles each with Triton's own compiler for each GPU target down to a cubin,
 with the ptxas that ships with Triton. No driver and no device are needed. cuobjdump (shipped beside ptxas) reads the
@@ -54,9 +55,11 @@ def kernel_shapes_config(variant: str):
 
 
 def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
-    """The launches of one observation (vision, prefix cache, two denoise steps) through the fused path."""
+    """The launches of one observation (vision, prefix cache, two denoise steps, two guided denoise steps: forward
+    and backward) through the fused path."""
     from ..model import fused
     from ..model.checkpoint import random_model
+    from ..model.rtc import Guidance, guided_denoise
     from .bench import make_inputs
 
     config = kernel_shapes_config(variant)
@@ -66,6 +69,7 @@ def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
         image_tokens = model.embed_images(images.to(dtype), masks)
         cache = model.build_cache(image_tokens, tokens, token_mask, state.to(dtype))
         model.denoise(cache, noise.to(dtype), 2)
+        guided_denoise(model, cache, noise, Guidance(torch.zeros_like(noise), torch.ones_like(noise)), 2)
     return launches
 
 
@@ -163,7 +167,7 @@ def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) 
             t0 = time.perf_counter()
             launches = distinct(record(variant, DTYPES[dtype]))
             lines.append(f"{variant} {dtype}: {len(launches)} distinct launches of "
-                         f"{len({x.name for x in launches})}/{len(fused.KERNELS)} kernels, recorded in "
+                         f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
                          f"{time.perf_counter() - t0:.1f} s")
             for launch in launches:
                 for cap in targets:
