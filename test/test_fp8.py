@@ -106,3 +106,55 @@ def test_fused_gate_up_quantizes_as_the_two_projections_apart():
     for lin, w in zip(apart, (gate_w, up_w)):
         lin.qweight, lin.wscale = fp8.quantize_rows(w)
     assert torch.allclose(quant(x), torch.cat([apart[0](x), apart[1](x)], dim=-1), atol=1e-6)
+
+
+def test_the_gpu_forward_matches_the_twin_and_differentiates_in_x():
+    """FP8Linear.scaled_forward (torch._scaled_mm, which CPU builds of torch also run) against the twin
+    (reference_linear): the same values, and a gradient in x where _scaled_mm has none of its own (the guided
+    denoise's backward): dy @ W dequantized, within bfloat16's rounding."""
+    g = torch.Generator().manual_seed(2)
+    lin = torch.nn.Linear(64, 32).requires_grad_(False)
+    with torch.no_grad():
+        lin.weight.normal_(generator=g)
+        lin.bias.normal_(generator=g)
+    q_lin = fp8.FP8Linear(lin, out_dtype=torch.bfloat16)
+    x = torch.randn(2, 5, 64, generator=g).to(torch.bfloat16).requires_grad_(True)
+    dy = torch.randn(2, 5, 32, generator=g).to(torch.bfloat16)
+    got = q_lin.scaled_forward(x)
+    want = fp8.reference_linear(x, q_lin.qweight, q_lin.wscale, q_lin.bias, torch.bfloat16)
+    # bfloat16 rounds the product and then the bias sum on the GPU path, once at the end in the twin
+    err = float((got.detach().float() - want.detach().float()).abs().max())
+    assert err <= 2 ** -6 * float(want.detach().float().abs().max())
+    (dx,) = torch.autograd.grad(got, x, dy)
+    # straight through the activation's rounding: dy @ W (autograd of the twin gets the same, but rounds the
+    # gradient to e4m3 on its way back through the float8 cast)
+    exact = dy.float() @ fp8.dequantize(q_lin.qweight, q_lin.wscale)
+    assert float((dx.float() - exact).abs().max()) <= 2 ** -6 * float(exact.abs().max())
+    with torch.no_grad():
+        assert torch.equal(q_lin.scaled_forward(x), got)  # without a gradient: the same product
+
+
+def test_the_guided_denoise_runs_on_fp8_weights(monkeypatch):
+    """Real-time chunking with model.dtype fp8: the guided denoise differentiates through the quantized expert. On
+    the GPU path (scaled_forward, made the forward here on CPU) it runs and agrees with the twin's guided denoise;
+    before, torch._scaled_mm's missing derivative raised."""
+    import dataclasses
+
+    from turbopi_ros.model.rtc import Guidance, guided_denoise
+
+    cfg = small_config("pi05", horizon=8)
+    cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, width=32, mlp_dim=64))
+    model = random_model(cfg, dtype="bfloat16")
+    fp8.quantize_model(model, check_device=False)
+    assert isinstance(model.expert.layers[0].mlp.gate_up, fp8.FP8Linear)
+    inputs = random_inputs(cfg, cameras=(True, False, True))
+    g = torch.Generator().manual_seed(0)
+    shape = (1, cfg.action_horizon, cfg.action_dim)
+    guidance = Guidance(torch.randn(shape, generator=g), torch.rand(shape, generator=g))
+    cache = model.encode(*inputs[:5])
+    twin = guided_denoise(model, cache, inputs[5], guidance, 3)
+    moved = float((twin - model.denoise(cache, inputs[5], 3)).abs().max())
+    monkeypatch.setattr(fp8.FP8Linear, "forward", fp8.FP8Linear.scaled_forward)
+    gpu_path = guided_denoise(model, cache, inputs[5], guidance, 3)
+    assert bool(torch.isfinite(gpu_path).all()) and moved > 1e-2
+    assert float((gpu_path - twin).abs().max()) < 0.1 * moved

@@ -71,6 +71,31 @@ def reference_linear(x: torch.Tensor, qweight: torch.Tensor, wscale: torch.Tenso
     return out.to(out_dtype).view(*x.shape[:-1], qweight.shape[0])
 
 
+def _scaled_product(x2: torch.Tensor, qweight: torch.Tensor, wscale_row: torch.Tensor,
+                    out_dtype: torch.dtype) -> torch.Tensor:
+    qx, xscale = quantize_rows(x2)
+    return torch._scaled_mm(qx, qweight.t(), scale_a=xscale, scale_b=wscale_row, out_dtype=out_dtype)
+
+
+class _ScaledProduct(torch.autograd.Function):
+    """x2 @ W^T through torch._scaled_mm, differentiable in x2 (real-time chunking's guided denoise runs a backward
+    pass through the expert): _scaled_mm has no derivative. The gradient passes the activation's e4m3 rounding
+    straight through, as autograd of reference_linear (the twin) does, so dx = dy @ W with W dequantized to the
+    output dtype, per call (no second copy of the weights is kept)."""
+
+    @staticmethod
+    def forward(ctx, x2, qweight, wscale, wscale_row, out_dtype):
+        ctx.save_for_backward(qweight, wscale)
+        ctx.dtypes = (x2.dtype, out_dtype)
+        return _scaled_product(x2, qweight, wscale_row, out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        qweight, wscale = ctx.saved_tensors
+        x_dtype, out_dtype = ctx.dtypes
+        return (dy.to(out_dtype) @ dequantize(qweight, wscale).to(out_dtype)).to(x_dtype), None, None, None, None
+
+
 class FP8Linear(nn.Module):
     """A quantized nn.Linear. ``weight`` (the dequantized weight, out_dtype) exists for the paths that read weights
     directly (the reference path's separate q/k/v and gate/up projections); the engine's forward uses _scaled_mm.
@@ -96,10 +121,16 @@ class FP8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cuda:
             return reference_linear(x, self.qweight, self.wscale, self.bias, self.out_dtype)
+        return self.scaled_forward(x)
+
+    def scaled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The GPU's forward (torch._scaled_mm; CPU builds of torch run it too, which is how the tests check it),
+        differentiable in x (_ScaledProduct)."""
         x2 = x.reshape(-1, x.shape[-1])
-        qx, xscale = quantize_rows(x2)
-        out = torch._scaled_mm(qx, self.qweight.t(), scale_a=xscale, scale_b=self.wscale_row,
-                               out_dtype=self.out_dtype)
+        if x2.requires_grad and torch.is_grad_enabled():
+            out = _ScaledProduct.apply(x2, self.qweight, self.wscale, self.wscale_row, self.out_dtype)
+        else:
+            out = _scaled_product(x2, self.qweight, self.wscale_row, self.out_dtype)
         if self.bias is not None:  # added apart: not every torch build takes a bias with row-wise scales
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
