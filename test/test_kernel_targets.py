@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopi_ros.model import fused
+from turbopi_ros.model import fused, fused_grad  # noqa: F401 - fused_grad registers the backward kernels
 from turbopi_ros.tools import kernel_targets
 
 REPO = Path(__file__).resolve().parents[1]

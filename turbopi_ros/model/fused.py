@@ -123,8 +123,8 @@ def register_kernels(namespace: Dict[str, Any], names: Sequence[str]) -> None:
 
 
 def all_kernels() -> Tuple[str, ...]:
-    """The names of every Triton kernel the fused ops launch, forward and backward."""
-    from . import fused_grad  # noqa: F401 - registers the backward kernels (it imports this module)
+    """The names of every Triton kernel the fused ops launch: this module's, and the backwards once fused_grad.py is
+    imported (rtc.py imports it)."""
     return tuple(name for _, names in _KERNEL_HOMES for name in names)
 
 
