@@ -700,14 +700,7 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
             if s.graphs:
                 variants += [(label, functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, on))
                              for label, on in (("total graph fp8", False), ("total graph fused fp8", True))]
-            for label, make in variants:
-                try:
-                    fn = make()
-                    fn()  # a graph is captured here, a fused kernel compiled
-                    out["parity"][label + " vs eager fp8"] = max_abs(fn(), actions)
-                    fns[label] = fn
-                except Exception as e:
-                    s.budget.failed(out, label, e)
+            fns.update(try_variants(s, out, variants, actions, "eager fp8"))
             times = s.timer()(fns)
         out["times"] = {k: bench.summary(v) for k, v in times.items()}
     except Exception as e:
@@ -715,11 +708,37 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
     return out
 
 
+def try_variants(s: Session, out: Dict[str, object], variants, reference: torch.Tensor,
+                 against: str) -> Dict[str, Callable[[], object]]:
+    """(label, make) pairs, make() -> fn: each fn called once (a graph is captured, a fused kernel compiled; its
+    seconds in out["first_call_s"]) and again for out["parity"][f"{label} vs {against}"]. Returns the fns that
+    worked; a variant that fails is reported in ``out`` and left out, the others stand."""
+    fns: Dict[str, Callable[[], object]] = {}
+    for label, make in variants:
+        try:
+            fn = make()
+            t0 = time.perf_counter()
+            fn()
+            out.setdefault("first_call_s", {})[label] = time.perf_counter() - t0
+            out["parity"][f"{label} vs {against}"] = max_abs(fn(), reference)
+            fns[label] = fn
+        except Exception as e:
+            s.budget.failed(out, label, e)
+    return fns
+
+
+def _guided_graph(model, pool: GraphPool, cache, noise, guidance, steps, fused_kernels: bool) -> Callable[[], object]:
+    """The guided denoise as a graph in ``pool``, plain or with the fused kernels (captured by its first call)."""
+    den = CudaGraphGuidedDenoiser(model, pool=pool)
+    call = functools.partial(den, cache, noise, guidance, steps)
+    return fused_call(model, call) if fused_kernels else call
+
+
 def rtc_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[str, object]:
     """Real-time chunking's guided denoise (model/rtc.py: each step's forward and backward pass), plain and with the
     fused kernels and their backwards (model/fused_grad.py): graphed (CudaGraphGuidedDenoiser, one pool each) and
-    timed interleaved where graphs run, else eager; each variant's actions against the plain eager guided denoise
-    (run once: eager it is thousands of launches). A variant that fails is reported and the others stand."""
+    timed interleaved where graphs run, else eager; each variant's actions against the plain eager guided denoise.
+    A variant that fails is reported and the others stand."""
     steps = s.args.steps
     images, masks, tokens, token_mask, state, noise = bench.make_inputs(config, views, prompt_len, s.device,
                                                                         s.args.seed)
@@ -732,23 +751,17 @@ def rtc_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[st
             cache = model.encode(images, masks, tokens, token_mask, state)
             plain = guided_denoise(model, cache, noise, guidance, steps)
             out["parity"]["guided_vs_unguided"] = max_abs(plain, model.denoise(cache, noise, steps))
-            variants = [("guided eager fused", lambda: fused_call(model, lambda: guided_denoise(
-                model, cache, noise, guidance, steps))())]
+            eager = functools.partial(guided_denoise, model, cache, noise, guidance, steps)
+            variants = [("guided eager fused", lambda: fused_call(model, eager))]
             if s.graphs:
-                for label, on in (("guided graph", False), ("guided graph fused", True)):
-                    den = CudaGraphGuidedDenoiser(model, pool=s.graph_pool())
-                    call = functools.partial(den, cache, noise, guidance, steps)
-                    variants.append((label, fused_call(model, call) if on else call))
-            fns = {} if s.graphs else {"guided eager": lambda: guided_denoise(model, cache, noise, guidance, steps)}
-            for label, fn in variants:
-                try:
-                    t0 = time.perf_counter()
-                    out["parity"][f"{label} vs guided eager"] = max_abs(fn(), plain)  # a graph is captured here
-                    out[f"{label} first call s"] = time.perf_counter() - t0
-                    if s.graphs == ("graph" in label):
-                        fns[label] = fn
-                except Exception as e:
-                    s.budget.failed(out, label, e)
+                variants += [(label, functools.partial(_guided_graph, model, s.graph_pool(), cache, noise, guidance,
+                                                       steps, on))
+                             for label, on in (("guided graph", False), ("guided graph fused", True))]
+            fns = try_variants(s, out, variants, plain, "guided eager")
+            if s.graphs:  # eager, each call is thousands of launches: only the graphs are timed
+                fns = {label: fn for label, fn in fns.items() if "graph" in label}
+            else:
+                fns = {"guided eager": eager, **fns}
             times = s.timer()(fns)
         out["times"] = {k: bench.summary(v) for k, v in times.items()}
     except Exception as e:
