@@ -184,16 +184,20 @@ def test_graphed_run_reads_no_device_value(preset, fused):
             policy._enqueue(on_device, StageClock(policy.device), noise, None, "fast")
 
 
-def test_rtc_guided_graphs_are_captured_before_ready_too():
+@pytest.mark.parametrize("fused", [False, True])
+def test_rtc_guided_graphs_are_captured_before_ready_too(fused):
     """Real-time chunking on (rtc.enabled): warm_up_graphs with its beta captures the guided denoise of every cached
     length too, in the same pool and stats; a run guided by the previous chunk while the pi0.5 state (and prompt
-    length) moves then captures nothing, and its chunks equal the eager guided policy's. Without the guided warm-up
-    the same run does capture (counted in captures_after_ready: the count can fail)."""
+    length) moves then captures nothing, and its chunks equal the eager guided policy's (the plain modules' also
+    when the graphs run the fused kernels and their backwards). Without the guided warm-up the same run does capture
+    (counted in captures_after_ready: the count can fail)."""
     from turbopi_ros.policy.rtc_target import PreviousChunk
 
     kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=2)
     eager = load_policy(**kwargs)
     graphed, unwarmed = _graphed(kwargs), _graphed(kwargs)
+    for policy in (graphed, unwarmed):
+        policy.model.use_fused(fused)
     stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), rtc_max_guidance=5.0)
     assert stats.captures == 1 + 3 * 15  # vision, and prefix, denoise and guided denoise for each of 15 lengths
     unwarmed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,))
