@@ -33,8 +33,9 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"delay_s": DELAY_S}))  # the warm-up inference (and the first chunk) take this long
     env = {ENV: str(faults), CPU_GRAPHS_ENV: "1"}
+    # real-time chunking: its guided graphs are captured before ready too; with the fused kernels and their backwards
     overrides = {"model.preset": "tiny_pi05", "model.num_steps": 3, "model.warm_up_prompts": [LATER_PROMPT],
-                 "rtc.enabled": True}  # real-time chunking: its guided graphs are captured before ready too
+                 "rtc.enabled": True, "model.fused": True}
     with node_session(tmp_path, min_chunks=1, env=env, overrides=overrides) as (feeder, node):
         faults.write_text("{}")
         feeder.faults["moving_joints"] = True
