@@ -9,6 +9,8 @@ Each fused op is one ``torch.library`` custom op (one dispatched op, one kernel 
     turbopi::qkv_rope        the fused QKV output split into heads, rotary on q and k, k and v written into the
                              K/V cache at a token offset                              -> rotated q
     turbopi::add_layer_norm  SigLIP: x' = x + branch, then LayerNorm(x')              -> (x', normed x')
+    turbopi::qkv_rope_heads  qkv_rope into new K/V tensors instead of the cache: what the guided (RTC) denoise
+                             differentiates (fused_grad.py holds the backwards of it and of the norms and the gate)
 
 On CUDA (with Triton installed) the op runs its Triton kernel; elsewhere it runs its twin, the plain-torch math of
 gemma.py / siglip.py op for op. Both round where the plain path rounds (the residual sum, the gated branch, the
