@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from turbopi_ros.bench import make_inputs
+from turbopi_ros.tools.bench import make_inputs
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import load_config
 
