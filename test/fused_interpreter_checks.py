@@ -158,14 +158,13 @@ def backward_kernels(dtype, tol):
 
 def guided(variant, tol):
     """The guided (RTC) denoise through the fused path with every kernel, forward and backward, against the plain."""
-    from turbopi_ros.model.rtc import Guidance, guided_denoise
+    from turbopi_ros.model.rtc import guided_denoise
+    from test_rtc import _random_guidance
 
     cfg = small_config(variant, horizon=8)
     model = model_for(cfg)
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
-    g = torch.Generator().manual_seed(3)
-    shape = (1, cfg.action_horizon, cfg.action_dim)
-    guidance = Guidance(target=torch.randn(shape, generator=g), weights=torch.rand(shape, generator=g))
+    guidance = _random_guidance(cfg, seed=3)
     plain = guided_denoise(model, model.encode(*inputs[:5]), inputs[5], guidance, 3)
     model.use_fused(True)
     fused.use_triton_on_cpu(True)

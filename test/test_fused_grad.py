@@ -13,6 +13,7 @@ from turbopi_ros.model.rtc import Guidance, guided_denoise
 
 from engine_helpers import random_inputs, small_config
 from test_fused import _interpreter_checks
+from test_rtc import _random_guidance
 
 B, L, W = 2, 3, 24
 
@@ -101,10 +102,7 @@ def _setup(variant, seed=0):
     cfg = small_config(variant, horizon=8)
     model = random_model(cfg, seed=seed)
     inputs = random_inputs(cfg, cameras=(True, False, True), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    shape = (1, cfg.action_horizon, cfg.action_dim)
-    guidance = Guidance(target=torch.randn(shape, generator=g), weights=torch.rand(shape, generator=g))
-    return model, inputs, guidance
+    return model, inputs, _random_guidance(cfg, seed)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
@@ -173,9 +171,8 @@ def test_on_cuda_the_fused_guided_denoise_and_its_graph_equal_the_plain_one(vari
     cfg = small_config(variant, horizon=8)
     model = random_model(cfg, device="cuda", dtype=dtype)
     inputs = [t.cuda() for t in random_inputs(cfg, cameras=(True, False, True))]
-    g = torch.Generator().manual_seed(0)
-    shape = (1, cfg.action_horizon, cfg.action_dim)
-    guidance = Guidance(torch.randn(shape, generator=g).cuda(), torch.rand(shape, generator=g).cuda())
+    guidance = _random_guidance(cfg)
+    guidance = Guidance(guidance.target.cuda(), guidance.weights.cuda())
     cache = model.encode(*inputs[:5])
     plain = guided_denoise(model, cache, inputs[5], guidance, 10)
     moved = float((plain - model.denoise(cache, inputs[5], 10)).abs().max())

@@ -37,10 +37,6 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 # --- twins -------------------------------------------------------------------------------------------------------
 def rms_backward_twin(total: torch.Tensor, dy: torch.Tensor, d_sum: Optional[torch.Tensor],
                       weight: Optional[torch.Tensor], scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +160,8 @@ def rms_norm_backward(total: torch.Tensor, dy: torch.Tensor, d_sum: Optional[tor
     _rms_backward_kernel[(total.numel() // W,)](
         total, dy, d_sum.contiguous() if d_sum is not None else total, weight if weight is not None else total,
         scale if scale is not None else total, d, W, total.shape[1] if total.ndim == 3 else 1,
-        fused._mod_stride(scale, W), RMS_EPS, HAS_SUM=d_sum is not None, ADAPTIVE=scale is not None, BLOCK=_pow2(W))
+        fused._mod_stride(scale, W), RMS_EPS, HAS_SUM=d_sum is not None, ADAPTIVE=scale is not None,
+        BLOCK=fused._pow2(W))
     return d
 
 
@@ -182,7 +179,7 @@ def gelu_gate_backward(gate_up: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     gu, dy = gate_up.contiguous(), dy.contiguous()
     out = torch.empty_like(gu)
     rows = gu.numel() // (2 * n) if n else 0
-    block = min(1024, _pow2(n))
+    block = min(1024, fused._pow2(n))
     if rows:
         _gelu_gate_backward_kernel[(rows, triton.cdiv(n, block))](gu, dy, out, n, BLOCK=block)
     return out
@@ -207,7 +204,7 @@ def qkv_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos:
     out = dq.new_empty((B, L, (H + 2 * KV) * D), dtype=dtype)
     _qkv_rope_backward_kernel[(B * L, H + 2 * KV)](
         dq, dk, dv, cos, sin, out, L, cos.stride(0), cos.stride(1), dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2), H=H, KV=KV, D=D, HALF_BLOCK=_pow2(D // 2))
+        dv.stride(0), dv.stride(1), dv.stride(2), H=H, KV=KV, D=D, HALF_BLOCK=fused._pow2(D // 2))
     return out
 
 

@@ -85,9 +85,9 @@ def without_last_layer(owner: nn.Module) -> Iterator[None]:
 
 
 def guided_step(model, cache, x: torch.Tensor, sc) -> Callable[[], object]:
-    """One step of real-time chunking's guided denoise as rtc.guided_loop runs it (the expert forward, and backward
-    to x_t), on a constant copy of ``cache``; callable under inference mode."""
-    from .rtc import ConstantPrefix, Guidance, differentiable_velocity, guided_velocity
+    """rtc.guided_step (one step of real-time chunking's guided denoise: the expert forward, and backward to x_t) on
+    a constant copy of ``cache``, as a call that works under inference mode."""
+    from .rtc import ConstantPrefix, Guidance, guided_step as step_of
 
     with torch.inference_mode(False):
         prefix = ConstantPrefix.from_cache(cache)
@@ -96,7 +96,7 @@ def guided_step(model, cache, x: torch.Tensor, sc) -> Callable[[], object]:
 
     def step():
         with torch.inference_mode(False):
-            return guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)
+            return step_of(model, prefix, x, sc, guidance)
     return step
 
 

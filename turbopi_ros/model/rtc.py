@@ -149,6 +149,12 @@ def guided_loop(model: PI0Model, prefix: ConstantPrefix, noise: torch.Tensor, gu
     _, dt = euler_schedule(num_steps)
     x = noise
     for sc in steps:
-        v, _, _ = guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)
+        v, _, _ = guided_step(model, prefix, x, sc, guidance)
         x = x + dt * v
     return x
+
+
+def guided_step(model: PI0Model, prefix: ConstantPrefix, x: torch.Tensor, sc: StepConditioning,
+                guidance: Guidance) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One guided step's guided_velocity at x: the expert forward over the constant prefix, and backward to x."""
+    return guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)

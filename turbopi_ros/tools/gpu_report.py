@@ -749,9 +749,9 @@ def rtc_block(s: Session, model, config, views: int, prompt_len: int) -> Dict[st
     try:
         with torch.inference_mode():
             cache = model.encode(images, masks, tokens, token_mask, state)
-            plain = guided_denoise(model, cache, noise, guidance, steps)
-            out["parity"]["guided_vs_unguided"] = max_abs(plain, model.denoise(cache, noise, steps))
             eager = functools.partial(guided_denoise, model, cache, noise, guidance, steps)
+            plain = eager()
+            out["parity"]["guided_vs_unguided"] = max_abs(plain, model.denoise(cache, noise, steps))
             variants = [("guided eager fused", lambda: fused_call(model, eager))]
             if s.graphs:
                 variants += [(label, functools.partial(_guided_graph, model, s.graph_pool(), cache, noise, guidance,
