@@ -1,9 +1,6 @@
 """Bad files through the node's start-up (the cases and their messages: test_bad_input_files.py): the message after
 'cannot start:', exit 1, no traceback, for four of them."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,26 +10,25 @@ from test_bad_input_files import (CASES, _params, good, nan_norm_stats, pickle_i
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import REPO, isolate_ros_domain, node_params  # noqa: E402
+from ros_helpers import isolate_ros_domain, node_params, run_node_starts  # noqa: E402
 
 THROUGH_THE_NODE = (truncated, pickle_in_place_of_weights, nan_norm_stats, tokenizer_not_sentencepiece)
 
 
 @pytest.fixture(scope="module")
 def node_outcomes(good):  # noqa: F811 - the fixture imported above
-    """The node started on each of THROUGH_THE_NODE at once (each exits at start): (code, output) per case."""
+    """The node started on each of THROUGH_THE_NODE, a few at a time (each exits at start): (code, output) per
+    case."""
     isolate_ros_domain()
-    procs = {}
+    args = {}
     for case in THROUGH_THE_NODE:
         p = _params(good, case)
         params = dict(node_params(), **{"model.checkpoint": p["checkpoint"], "model.tokenizer": p["tokenizer"],
                                         "model.norm_stats": p["norm_stats"]})
         path = good[0] / f"{case.__name__}.yaml"
         path.write_text(yaml.safe_dump({"/**/turbopi_node": {"ros__parameters": params}}))
-        procs[case] = subprocess.Popen([sys.executable, "-m", "turbopi_ros.node", "--ros-args", "--params-file",
-                                        str(path)], cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    return {case: (proc.wait(timeout=120), proc.stdout.read()) for case, proc in procs.items()}
+        args[case] = ["--ros-args", "--params-file", str(path)]
+    return run_node_starts(args)
 
 
 @pytest.mark.parametrize("case", THROUGH_THE_NODE, ids=[c.__name__ for c in THROUGH_THE_NODE])

@@ -1,14 +1,10 @@
 """Safe defaults: nothing moves unless asked for. A node without a checkpoint, without action limits for every action
 joint, or with a value that cannot work refuses to start, names the parameter and what to set, and exits 1 without a
 traceback; so does a --params-file that does not exist."""
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
 
-from ros_helpers import DEMO_PARAMS, REPO, isolate_ros_domain, node_params
+from ros_helpers import DEMO_PARAMS, isolate_ros_domain, node_params, run_node_starts
 
 pytest.importorskip("rclpy")
 
@@ -57,33 +53,20 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Start every case at once (each is a process that exits at start) and collect (code, output)."""
+    """Start every case (each is a process that exits at start), a few at a time, and collect (code, output)."""
     tmp = tmp_path_factory.mktemp("startup")
     isolate_ros_domain()
-    procs = {}
+    args = {}
     for name, (spec, extra, _) in CASES.items():
         if spec is None:
-            args = []
+            args[name] = list(extra)
         elif spec == "missing":
-            args = ["--ros-args", "--params-file", str(tmp / "typo_params.yaml")]
+            args[name] = ["--ros-args", "--params-file", str(tmp / "typo_params.yaml")] + extra
         else:
             spec = dict(spec)
             path = _params_file(tmp, name.replace(" ", "_"), drop=spec.pop("drop", ()), **spec)
-            args = ["--ros-args", "--params-file", str(path)]
-        procs[name] = subprocess.Popen([sys.executable, "-m", "turbopi_ros.node"] + args + extra, cwd=str(REPO),
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    results = {}
-    try:
-        for name, proc in procs.items():
-            out, _ = proc.communicate(timeout=120)
-            results[name] = (proc.returncode, out)
-    finally:  # a node that hangs must not outlive the test (spinning on a core and a ROS domain of the suite's)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return results
+            args[name] = ["--ros-args", "--params-file", str(path)] + extra
+    return run_node_starts(args)
 
 
 @pytest.mark.parametrize("case", list(CASES))
