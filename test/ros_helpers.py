@@ -73,8 +73,7 @@ def run_node_starts(args_by_case: Dict[str, List[str]], at_once: int = 3, timeou
     Fast DDS itself (SIGSEGV before the node printed anything, ros2/rmw_fastrtps#860), which a test of the node's own
     start-up must not depend on. A process still running after timeout is killed and reported with its output."""
     pending = list(args_by_case.items())
-    running: Dict[str, subprocess.Popen] = {}
-    outputs: Dict[str, List[str]] = {}
+    running: Dict[str, tuple] = {}  # case -> (process, its output lines, the thread reading them, start time)
     results: Dict[str, tuple] = {}
     try:
         while pending or running:
@@ -83,22 +82,21 @@ def run_node_starts(args_by_case: Dict[str, List[str]], at_once: int = 3, timeou
                 proc = subprocess.Popen([sys.executable, "-m", "turbopi_ros.node", *args], cwd=str(REPO),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-                proc.started = time.monotonic()
-                outputs[case] = []
-                proc.reader = threading.Thread(target=lambda p=proc, o=outputs[case]: o.extend(p.stdout), daemon=True)
-                proc.reader.start()
-                running[case] = proc
-            for case, proc in list(running.items()):
-                if proc.poll() is None and time.monotonic() - proc.started > timeout:
+                lines: List[str] = []
+                reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+                reader.start()
+                running[case] = (proc, lines, reader, time.monotonic())
+            for case, (proc, lines, reader, started) in list(running.items()):
+                if proc.poll() is None and time.monotonic() - started > timeout:
                     proc.kill()
                     proc.wait()
                 if proc.poll() is not None:
-                    proc.reader.join(timeout=10)
-                    results[case] = (proc.returncode, "".join(outputs[case]))
+                    reader.join(timeout=10)
+                    results[case] = (proc.returncode, "".join(lines))
                     del running[case]
             time.sleep(0.05)
     finally:  # a node that hangs must not outlive the test (spinning on a core and a ROS domain of the suite's)
-        for proc in running.values():
+        for proc, *_ in running.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
