@@ -280,6 +280,57 @@ def test_a_failing_engine_is_reported_and_the_worker_goes_on():
     assert failures[:1] == ["inference failed: RuntimeError: engine exploded"] and len(published) == 1
 
 
+def test_a_new_prompt_gets_what_it_needs_before_its_first_inference_and_its_observation_is_dropped():
+    """EngineHooks.new_prompt runs on the engine thread before the first inference with each prompt, until it says
+    it took no time; when it took time (the node: it captured the prompt's graphs) the observation that came with the
+    prompt is dropped, not run late, and a newer one runs."""
+    inputs = joints_only(time.time())
+    prompt, events, prepared_with, done = ["stack the cups"], [], [], set()
+
+    def new_prompt(text):
+        took_time = text not in done and text == "unforeseen"
+        done.add(text)
+        events.append(("new prompt", text, took_time, threading.current_thread().name))
+        return took_time
+
+    def run(prepared):
+        events.append(("run", prepared.stamp))
+        return "chunk"
+
+    worker, published, failures = _worker(inputs, run, prompt=lambda: prompt[0], new_prompt=new_prompt)
+    original = worker.policy.prepare
+    worker.policy.prepare = lambda obs: prepared_with.append((obs.prompt, obs.stamp)) or original(obs)
+    worker.start()
+
+    def feed(n):
+        for _ in range(n):
+            time.sleep(0.05)
+            inputs.store(JOINT_STATES, joint_state(time.time()))
+            worker.wake()
+        time.sleep(0.3)
+
+    feed(3)
+    prompt[0] = "unforeseen"
+
+    def ran_with_the_new_prompt():
+        hooks = [i for i, e in enumerate(list(events)) if e[:2] == ("new prompt", "unforeseen")]
+        return len(hooks) >= 2 and any(e[0] == "run" for e in events[hooks[1]:])
+
+    deadline = time.monotonic() + 20  # a loaded machine may take a while
+    while not ran_with_the_new_prompt() and time.monotonic() < deadline:
+        feed(1)
+    assert worker.stop(1.0)
+    assert failures == [], failures
+    hooks = [e for e in events if e[0] == "new prompt"]
+    assert [e[1:3] for e in hooks] == [("stack the cups", False), ("unforeseen", True), ("unforeseen", False)], hooks
+    assert {e[3] for e in hooks} == {"turbopi_inference"}
+    first, second = events.index(hooks[1]), events.index(hooks[2])
+    assert events[0] == hooks[0] and events[1][0] == "run" and second == first + 1, events
+    dropped = next(stamp for text, stamp in prepared_with if text == "unforeseen")
+    runs_after = [e[1] for e in events[second:] if e[0] == "run"]
+    assert runs_after and min(runs_after) > dropped, (runs_after, dropped)
+
+
 def test_a_stall_is_reported_against_recent_runs_but_not_across_a_pause():
     worker, _, _ = _worker(joints_only(time.time()), lambda prepared: "chunk")
     assert worker.stall([50.0] * 5, lambda t: False) is None  # nothing running
@@ -391,11 +442,44 @@ def test_a_prompt_set_after_ready_is_warned_about_when_its_lengths_have_no_graph
     message = warm.unforeseen(other)
     count = int(message.split(": ")[1].split(" of its")[0])
     assert count == 7 and "model.warm_up_prompts" in message and "stack the cubes" in message, message
-    policy.infer(Observation(images={"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}, state=np.zeros(3), prompt=other))
+    assert "captured before its first inference" in message, message
+    image = {"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}
+    policy.infer(Observation(images=image, state=np.zeros(3), prompt=other))
     assert f"{count - 1} of its prompt lengths" in warm.unforeseen(other)
+    assert len(warm.missing_lengths(other)) == count - 1
     plain = WarmUp(load_policy(**kwargs), ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "pick")
     plain.run()
-    assert plain.unforeseen(other) is None
+    assert plain.unforeseen(other) is None and plain.missing_lengths(other) == []
+    assert plain.capture_prompt(other) is None
+
+
+def test_an_unforeseen_prompt_is_captured_whole_before_its_first_inference():
+    """WarmUp.capture_prompt (the engine's hook before the first inference with a prompt) on a real tiny pi0.5 policy
+    with graphs (static replay on CPU): the prompt's 7 missing lengths, prefix and denoise each, in one go; then
+    inferences over states that move the prompt length capture nothing, and a second call captures nothing."""
+    from turbopi_ros.policy.loading import load_policy
+    from turbopi_ros.policy.policy import Observation
+
+    policy = load_policy(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=3, num_steps=2)
+    policy.use_graphs(static_replay_on_cpu=True)
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "pick")
+    other = "stack the cubes and then push them into the blue bin"
+    assert warm.capture_prompt(other) is None  # before ready: the warm-up's to do
+    warm.run()
+    after_warm_up = policy.graph_stats.captures
+    line = warm.capture_prompt(other)
+    captured = policy.graph_stats.captures - after_warm_up
+    assert captured == 2 * 7 and f"captured {captured} graphs for its 7 new prompt lengths" in line, line
+    assert policy.graph_stats.captures_after_ready == captured
+    assert warm.missing_lengths(other) == [] and warm.unforeseen(other) is None and warm.capture_prompt(other) is None
+    image = {"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}
+    lengths = set()
+    for value in np.linspace(-1.0, 1.0, 9):  # states whose discretized tokens change the prompt's length
+        state = np.array([value, -value, 0.5 * value])
+        lengths.add(int(policy.prepare(Observation(images=image, state=state, prompt=other)).inputs[3].sum()))
+        policy.infer(Observation(images=image, state=state, prompt=other))
+    assert len(lengths) > 1, lengths
+    assert policy.graph_stats.captures - after_warm_up == captured  # nothing captured while the state moved
 
 
 def test_the_engine_warms_up_before_it_takes_an_observation():

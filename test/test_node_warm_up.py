@@ -2,11 +2,13 @@
 before it reports ready, /diagnostics says "warming up" until then, and every prompt length the configuration can
 produce is captured in the warm-up (the start prompt's, and those of model.warm_up_prompts), so a run whose pi0.5
 state (written into the prompt) keeps changing, and whose prompt changes to a foreseen one, captures nothing after
-ready; a prompt that was not foreseen is warned about as it is set. The graphs are the CPU static-replay mode
+ready; a prompt that was not foreseen is warned about as it is set, and its missing lengths are all captured before
+its first inference, none after it while the state moves. The graphs are the CPU static-replay mode
 (test-only: TURBOPI_TEST_CPU_GRAPHS, ros/faults.py): the same warm-up, bookkeeping and /diagnostics values as CUDA
 graphs. A slow engine (test-only faults: delay_s)
 makes the warm-up last seconds, so /diagnostics (1 Hz) is seen saying so."""
 import json
+import re
 import time
 
 import pytest
@@ -50,6 +52,14 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
         log = node.log()
         feeder.publish_prompt(UNFORESEEN_PROMPT)  # neither the start prompt nor in model.warm_up_prompts
         assert wait_for(lambda: "was not foreseen" in node.log(), timeout=30), node.log()[-3000:]
+        # its missing lengths are captured in one go before its first inference, then none while the state moves
+        assert wait_for(lambda: "new prompt lengths in" in node.log(), timeout=60), node.log()[-3000:]
+        switch = re.search(r"captured (\d+) graphs for its (\d+) new prompt lengths", node.log())
+        t2 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t2)) >= 8, timeout=90), node.log()[-3000:]
+        t3 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.diagnostics, t3)) > 0, timeout=5)
+        after_switch = status_values(_statuses(feeder)[-1])
     assert "was not foreseen" not in log  # the foreseen prompt was not warned about
     ready = [status_values(s)["ready"] == "True" for s in statuses]
     assert True in ready, [s.message for s in statuses]
@@ -69,3 +79,6 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
     assert "graph_pool_bytes" not in last  # CUDA only
     warm, up = log.index("warm-up inference:"), log.index("ready: pi05")
     assert "graphs captured in" in log[warm:up] and "of 2 prompts" in log[warm:up] and warm < up, log
+    # prefix, denoise and guided denoise for each new length, all of them the captures after ready
+    assert switch and int(switch[1]) == 3 * int(switch[2]) > 0, switch
+    assert float(after_switch["graph_captures_after_ready"]) == int(switch[1]), after_switch

@@ -35,6 +35,7 @@ class Prepared:
     prepared: PreparedObservation  # the policy's inputs, ready for the engine
     snapshot: Dict[str, object]  # the messages it came from (staleness is checked again before the engine runs)
     taken_at: float  # monotonic time the snapshot was taken
+    prompt: str  # the prompt it was prepared with
 
 
 @dataclasses.dataclass
@@ -48,6 +49,9 @@ class EngineHooks:
     publish: Callable[..., None]  # publish(chunk, run_start=, pipeline_s=, wait_s=)
     worker_failed: Callable[[str], None]  # a worker's unexpected error (it restarts): logged, the commands stopped
     alive: Callable[[], bool]  # False once the ROS context is shut down
+    # before the first inference with a prompt, on the engine thread: whatever it needs first (its graphs, warm_up.py);
+    # True when that took time, so the observation that came with it is dropped (it aged meanwhile)
+    new_prompt: Callable[[str], bool] = lambda prompt: False
 
 
 class EngineWorker:
@@ -64,6 +68,7 @@ class EngineWorker:
         self._jit = PrepareTiming()  # when the just-in-time preparer prepares (claimed by the engine as it takes one)
         self._engine_waiting = threading.Event()  # the engine waits for a prepared observation
         self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last observation prepared
+        self._prompt_run: Optional[str] = None  # the prompt of the last observation the engine ran (new_prompt)
         self._last_run_start = -math.inf
         self.inference_started: Optional[float] = None  # monotonic start of the inference in progress (stalls)
         self.dropped_stale = 0
@@ -190,7 +195,7 @@ class EngineWorker:
             self.stop_event.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
             return None
         self._last_key = key
-        return Prepared(prepared, snapshot, taken_at)
+        return Prepared(prepared, snapshot, taken_at, prompt)
 
     def _prepared_on_demand(self) -> Optional[Prepared]:
         """Frames prepared on arrival: preparing an observation is a copy, so the engine thread prepares the newest
@@ -232,6 +237,12 @@ class EngineWorker:
             item = self._prepared_on_demand() if self.frames is not None else self._prepared_in_slot()
             if item is None:
                 continue
+            if item.prompt != self._prompt_run:
+                if self.hooks.new_prompt(item.prompt):  # took time: run the newest observation instead
+                    self._jit.run_abandoned()
+                    self._new_data.set()
+                    continue
+                self._prompt_run = item.prompt
             stale = self.inputs.stale(item.snapshot, self.hooks.now())
             if stale:  # went stale while it waited: dropped, never acted on
                 self._jit.run_abandoned()

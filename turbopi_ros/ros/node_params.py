@@ -39,7 +39,8 @@ PARAMETERS: Dict[str, Param] = {
                                  "takes seconds; '' = inductor's default (a temporary directory: lost on reboot)"),
     "model.warm_up_prompts": Param([], "other prompts the robot will be given at run time (prompt, ~/prompt): with "
                                        "graphs, their prompt lengths are captured before ready too, so switching to "
-                                       "one captures nothing while the robot moves", items=str),
+                                       "one captures nothing; another prompt waits for its captures at the switch",
+                                       items=str),
     "model.num_threads": Param(0, "torch CPU threads for inference (0 = torch's default)", min=0, max=1024),
     **ROBOT_PARAMETERS,  # robot.adapter, robot.adapt_to_pi, model.action_horizon / max_token_len / discrete_state_input
     "cameras.names": Param([], "model image slots fed by the camera topics, in the same order (with robot.adapter "

@@ -94,7 +94,7 @@ class TurbopiNode(Node):
         hooks = EngineHooks(now=self.now, prompt=self.prompt.get, enabled=lambda: self._enabled,
                             fail=lambda *a, **k: self.flow.fail(*a, **k), guidance=self.rtc.arguments,
                             publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
-                            alive=self.context.ok)
+                            alive=self.context.ok, new_prompt=self._capture_prompt)
         run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
         self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s)
         self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run, c.model.warm_up_prompts,
@@ -175,6 +175,20 @@ class TurbopiNode(Node):
             unforeseen = self.warm_up.unforeseen(text)
             if unforeseen:
                 self.get_logger().warning(unforeseen)
+
+    def _capture_prompt(self, text: str) -> bool:
+        """The engine's hook before the first inference with a prompt: capture the graphs of its lengths that have
+        none (warm_up.WarmUp.capture_prompt), reported as a wait meanwhile. True when it captured."""
+        if not self.warm_up.missing_lengths(text):
+            return False
+        self.problems.report(f"capturing the CUDA graphs of prompt {shorten(text, 80)} before its first inference",
+                             waiting=True)
+        try:
+            self.get_logger().info(self.warm_up.capture_prompt(text, self.rtc.max_guidance if self.rtc.enabled
+                                                               else None))
+        except Exception as e:  # noqa: BLE001 - reported: the inference then captures what it needs on demand
+            self.flow.fail(f"capturing the graphs of prompt {shorten(text, 80)} failed: {type(e).__name__}: {e}")
+        return True
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")

@@ -7,13 +7,15 @@ The blank inference uses its own zero noise: the seeded noise of the chunks is u
 The plain node warms up on its engine thread once it spins (/diagnostics says "warming up" meanwhile); the managed
 node in its configure transition. The prompt is the one set then (the ``prompt`` parameter or a latched ~/prompt), or
 ``WARMUP_PROMPT`` when there is none yet, and the prompts of ``model.warm_up_prompts`` (those the robot will be given
-later). A prompt set later whose lengths were not captured is captured when first used, counted in
-``graph_captures_after_ready`` on /diagnostics; the node warns when such a prompt is set (``unforeseen``)."""
+later). A prompt set later that is neither has its missing lengths captured on the engine thread before its first
+inference (``capture_prompt``): one stall, at the switch, instead of one each time the moving state reaches a length
+without a graph. Those captures count in ``graph_captures_after_ready`` on /diagnostics, and the node warns when such a
+prompt is set (``unforeseen``)."""
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -64,23 +66,42 @@ class WarmUp:
                      f"{len(prompts)} prompt{'s' if len(prompts) > 1 else ''})")
         return text + f"; warm-up took {self.seconds:.1f} s"
 
-    def unforeseen(self, prompt: str) -> Optional[str]:
-        """A warning for a prompt set after ready some of whose lengths (over every state) have no graph yet: each
-        is captured when first used, stalling that inference while the robot moves. None when every length has
-        one, without graphs, and before ready (the warm-up reads the prompt when it starts)."""
+    def missing_lengths(self, prompt: str) -> List[int]:
+        """The prompt lengths ``prompt`` can produce (over every state) that have no graph yet for the cameras the
+        warm-up captured for. Empty without graphs, before ready (the warm-up reads the prompt when it starts), and
+        for a prompt the tokenizer rejects (the inference that uses it reports what is wrong with it)."""
         captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
         if captured is None or not self.ready.is_set() or self.camera_count is None:
-            return None
+            return []
         have = captured(self.camera_count)
         try:
-            missing = [n for n in self.policy.prompt_lengths([prompt], self.state_dims) if n not in have]
-        except ValueError:  # the inference that uses the prompt reports what is wrong with it
-            return None
+            return [n for n in self.policy.prompt_lengths([prompt], self.state_dims) if n not in have]
+        except ValueError:
+            return []
+
+    def unforeseen(self, prompt: str) -> Optional[str]:
+        """A warning for a prompt set after ready some of whose lengths have no graph yet (``missing_lengths``), or
+        None."""
+        missing = self.missing_lengths(prompt)
         if not missing:
             return None
         return (f"prompt {shorten(prompt, 80)} was not foreseen: {len(missing)} of its prompt lengths have no CUDA "
-                f"graph yet, and each is captured when first used, stalling that inference while the robot moves; "
-                f"list the prompt in model.warm_up_prompts to capture them before ready")
+                f"graph yet; they are captured before its first inference, which waits for them while the robot "
+                f"finishes its current chunk; list the prompt in model.warm_up_prompts to capture them before ready")
+
+    def capture_prompt(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
+        """On the engine thread, before the first inference with ``prompt``: capture the graphs of every length it can
+        produce that has none yet (``missing_lengths``; with ``rtc_max_guidance``, real-time chunking's beta, the
+        guided denoise's too), so that no inference with it captures, whatever the state. Returns the log line saying
+        what it captured, or None when nothing was missing."""
+        missing = self.missing_lengths(prompt)
+        if not missing:
+            return None
+        t0, before = time.monotonic(), self.policy.graph_stats.captures
+        stats = self.policy.warm_up_graphs([prompt], self.state_dims, camera_counts=(self.camera_count,),
+                                           rtc_max_guidance=rtc_max_guidance)
+        return (f"prompt {shorten(prompt, 80)}: captured {stats.captures - before} graphs for its {len(missing)} new "
+                f"prompt lengths in {time.monotonic() - t0:.1f} s, before its first inference")
 
     def values(self) -> Dict[str, float]:
         """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures
