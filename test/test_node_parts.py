@@ -282,8 +282,8 @@ def test_a_failing_engine_is_reported_and_the_worker_goes_on():
 
 def test_a_new_prompt_gets_what_it_needs_before_its_first_inference_and_its_observation_is_dropped():
     """EngineHooks.new_prompt runs on the engine thread before the first inference with each prompt, until it says
-    it took no time; when it took time (the node: it captured the prompt's graphs) the observation that came with the
-    prompt is dropped, not run late, and a newer one runs."""
+    it took no time, and again after recheck_prompt(); when it took time (the node: it captured the prompt's graphs)
+    the observation that came with the prompt is dropped, not run late, and a newer one runs."""
     inputs = joints_only(time.time())
     prompt, events, prepared_with, done = ["stack the cups"], [], [], set()
 
@@ -319,10 +319,15 @@ def test_a_new_prompt_gets_what_it_needs_before_its_first_inference_and_its_obse
     deadline = time.monotonic() + 20  # a loaded machine may take a while
     while not ran_with_the_new_prompt() and time.monotonic() < deadline:
         feed(1)
+    hooks = [e for e in events if e[0] == "new prompt"]
+    worker.recheck_prompt()  # what the prompt needs changed (the node: a new RTC beta): the hook runs again
+    deadline = time.monotonic() + 20
+    while len([e for e in events if e[0] == "new prompt"]) < 4 and time.monotonic() < deadline:
+        feed(1)
     assert worker.stop(1.0)
     assert failures == [], failures
-    hooks = [e for e in events if e[0] == "new prompt"]
     assert [e[1:3] for e in hooks] == [("stack the cups", False), ("unforeseen", True), ("unforeseen", False)], hooks
+    assert [e[1:3] for e in events if e[0] == "new prompt"][3:] == [("unforeseen", False)], events
     assert {e[3] for e in hooks} == {"turbopi_inference"}
     first, second = events.index(hooks[1]), events.index(hooks[2])
     assert events[0] == hooks[0] and events[1][0] == "run" and second == first + 1, events
@@ -469,7 +474,7 @@ def test_an_unforeseen_prompt_is_captured_whole_before_its_first_inference():
     after_warm_up = policy.graph_stats.captures
     line = warm.capture_prompt(other)
     captured = policy.graph_stats.captures - after_warm_up
-    assert captured == 2 * 7 and f"captured {captured} graphs for its 7 new prompt lengths" in line, line
+    assert captured == 2 * 7 and f"captured {captured} graphs for 7 of its prompt lengths" in line, line
     assert policy.graph_stats.captures_after_ready == captured
     assert warm.missing_lengths(other) == [] and warm.unforeseen(other) is None and warm.capture_prompt(other) is None
     image = {"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}
@@ -480,6 +485,12 @@ def test_an_unforeseen_prompt_is_captured_whole_before_its_first_inference():
         policy.infer(Observation(images=image, state=state, prompt=other))
     assert len(lengths) > 1, lengths
     assert policy.graph_stats.captures - after_warm_up == captured  # nothing captured while the state moved
+    # real-time chunking switched on later (or a new beta): the guided graphs of every length, in the same way
+    count = len(policy.prompt_lengths([other], 3))
+    assert warm.missing_lengths(other, rtc_max_guidance=5.0) == policy.prompt_lengths([other], 3)
+    line = warm.capture_prompt(other, rtc_max_guidance=5.0)
+    assert f"captured {count} graphs for {count} of its prompt lengths" in line, line
+    assert warm.missing_lengths(other, 5.0) == [] and warm.missing_lengths(other, 2.0) != []
 
 
 def test_the_engine_warms_up_before_it_takes_an_observation():

@@ -53,8 +53,8 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
         feeder.publish_prompt(UNFORESEEN_PROMPT)  # neither the start prompt nor in model.warm_up_prompts
         assert wait_for(lambda: "was not foreseen" in node.log(), timeout=30), node.log()[-3000:]
         # its missing lengths are captured in one go before its first inference, then none while the state moves
-        assert wait_for(lambda: "new prompt lengths in" in node.log(), timeout=60), node.log()[-3000:]
-        switch = re.search(r"captured (\d+) graphs for its (\d+) new prompt lengths", node.log())
+        assert wait_for(lambda: "of its prompt lengths in" in node.log(), timeout=60), node.log()[-3000:]
+        switch = re.search(r"captured (\d+) graphs for (\d+) of its prompt lengths", node.log())
         t2 = time.monotonic()
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t2)) >= 8, timeout=90), node.log()[-3000:]
         t3 = time.monotonic()

@@ -319,6 +319,10 @@ class CudaGraphGuidedDenoiser:
                                             self.warmup)
         return _CapturedGuided(replay=replay, prefix=prefix, noise=static_noise, guidance=static, out=out)
 
+    def captured_lengths(self, max_guidance: float, batch: int = 1) -> set:
+        """The cached lengths whose guided graph is captured for this beta."""
+        return {key[2] for key in self._graphs if key[4] == float(max_guidance) and key[1][1] == batch}
+
     def warm_up(self, num_cached_lengths: Iterable[int], max_guidance: float, batch: int = 1,
                 num_steps: int = 10) -> CaptureStats:
         """Capture the guided graph of every cached length (cuda_graph.cached_lengths) for this beta, on blank inputs

@@ -49,8 +49,8 @@ class EngineHooks:
     publish: Callable[..., None]  # publish(chunk, run_start=, pipeline_s=, wait_s=)
     worker_failed: Callable[[str], None]  # a worker's unexpected error (it restarts): logged, the commands stopped
     alive: Callable[[], bool]  # False once the ROS context is shut down
-    # before the first inference with a prompt, on the engine thread: whatever it needs first (its graphs, warm_up.py);
-    # True when that took time, so the observation that came with it is dropped (it aged meanwhile)
+    # before the first inference with a prompt (and the next after recheck_prompt()), on the engine thread: whatever
+    # it needs first (its graphs, warm_up.py); True when that took time, so that observation is dropped (it aged)
     new_prompt: Callable[[str], bool] = lambda prompt: False
 
 
@@ -83,6 +83,11 @@ class EngineWorker:
 
     def wake(self) -> None:
         """New input, a new prompt, pacing or enabling changed: look again."""
+        self._new_data.set()
+
+    def recheck_prompt(self) -> None:
+        """Call the new_prompt hook again before the next inference (what the prompt needs changed: a new beta)."""
+        self._prompt_run = None
         self._new_data.set()
 
     def start(self, warm_up: Optional[Callable[[], None]] = None) -> None:

@@ -172,23 +172,27 @@ class TurbopiNode(Node):
         if self.prompt.set(text):
             self.engine.wake()
             self.get_logger().info(f"prompt set from {source}: {shorten(text)}")
-            unforeseen = self.warm_up.unforeseen(text)
+            unforeseen = self.warm_up.unforeseen(text, self._guided_beta())
             if unforeseen:
                 self.get_logger().warning(unforeseen)
 
     def _capture_prompt(self, text: str) -> bool:
         """The engine's hook before the first inference with a prompt: capture the graphs of its lengths that have
         none (warm_up.WarmUp.capture_prompt), reported as a wait meanwhile. True when it captured."""
-        if not self.warm_up.missing_lengths(text):
+        beta = self._guided_beta()
+        if not self.warm_up.missing_lengths(text, beta):
             return False
-        self.problems.report(f"capturing the CUDA graphs of prompt {shorten(text, 80)} before its first inference",
+        self.problems.report(f"capturing the CUDA graphs of prompt {shorten(text, 80)} before inferring with it",
                              waiting=True)
         try:
-            self.get_logger().info(self.warm_up.capture_prompt(text, self.rtc.max_guidance if self.rtc.enabled
-                                                               else None))
+            self.get_logger().info(self.warm_up.capture_prompt(text, beta))
         except Exception as e:  # noqa: BLE001 - reported: the inference then captures what it needs on demand
             self.flow.fail(f"capturing the graphs of prompt {shorten(text, 80)} failed: {type(e).__name__}: {e}")
         return True
+
+    def _guided_beta(self) -> Optional[float]:
+        """Real-time chunking's beta while it is on (the guided graphs are keyed by it), else None."""
+        return self.rtc.max_guidance if self.rtc.enabled else None
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")
@@ -203,6 +207,8 @@ class TurbopiNode(Node):
             self.engine.inference_period_s = float(changes["inference_period_s"])
             self.engine.wake()
         self.rtc.apply(changes)
+        if any(name.startswith("rtc.") for name in changes):  # a new beta, or guidance on: the guided graphs
+            self.engine.recheck_prompt()
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)

@@ -66,23 +66,32 @@ class WarmUp:
                      f"{len(prompts)} prompt{'s' if len(prompts) > 1 else ''})")
         return text + f"; warm-up took {self.seconds:.1f} s"
 
-    def missing_lengths(self, prompt: str) -> List[int]:
+    def missing_lengths(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> List[int]:
         """The prompt lengths ``prompt`` can produce (over every state) that have no graph yet for the cameras the
-        warm-up captured for. Empty without graphs, before ready (the warm-up reads the prompt when it starts), and
-        for a prompt the tokenizer rejects (the inference that uses it reports what is wrong with it)."""
+        warm-up captured for (with ``rtc_max_guidance``, real-time chunking's beta: no guided graph for it either).
+        Empty without graphs, before ready (the warm-up reads the prompt when it starts), and for a prompt the
+        tokenizer rejects (the inference that uses it reports what is wrong with it)."""
         captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
         if captured is None or not self.ready.is_set() or self.camera_count is None:
             return []
         have = captured(self.camera_count)
         try:
-            return [n for n in self.policy.prompt_lengths([prompt], self.state_dims) if n not in have]
+            lengths = self.policy.prompt_lengths([prompt], self.state_dims)
         except ValueError:
             return []
+        guided = getattr(self.policy.guided_denoiser, "captured_lengths", None)
+        if rtc_max_guidance is None or guided is None:
+            return [n for n in lengths if n not in have]
+        from ..model.cuda_graph import cached_lengths
 
-    def unforeseen(self, prompt: str) -> Optional[str]:
+        have_guided = guided(rtc_max_guidance)
+        return [n for n in lengths if n not in have or
+                cached_lengths(self.policy.config, (self.camera_count,), (n,))[0] not in have_guided]
+
+    def unforeseen(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
         """A warning for a prompt set after ready some of whose lengths have no graph yet (``missing_lengths``), or
         None."""
-        missing = self.missing_lengths(prompt)
+        missing = self.missing_lengths(prompt, rtc_max_guidance)
         if not missing:
             return None
         return (f"prompt {shorten(prompt, 80)} was not foreseen: {len(missing)} of its prompt lengths have no CUDA "
@@ -90,18 +99,18 @@ class WarmUp:
                 f"finishes its current chunk; list the prompt in model.warm_up_prompts to capture them before ready")
 
     def capture_prompt(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
-        """On the engine thread, before the first inference with ``prompt``: capture the graphs of every length it can
-        produce that has none yet (``missing_lengths``; with ``rtc_max_guidance``, real-time chunking's beta, the
-        guided denoise's too), so that no inference with it captures, whatever the state. Returns the log line saying
-        what it captured, or None when nothing was missing."""
-        missing = self.missing_lengths(prompt)
+        """On the engine thread, before the first inference with ``prompt`` (or with a new beta): capture the graphs
+        of every length it can produce that lacks one (``missing_lengths``; with ``rtc_max_guidance``, real-time
+        chunking's beta, the guided denoise's too), so that no inference with it captures, whatever the state.
+        Returns the log line saying what it captured, or None when nothing was missing."""
+        missing = self.missing_lengths(prompt, rtc_max_guidance)
         if not missing:
             return None
         t0, before = time.monotonic(), self.policy.graph_stats.captures
         stats = self.policy.warm_up_graphs([prompt], self.state_dims, camera_counts=(self.camera_count,),
                                            rtc_max_guidance=rtc_max_guidance)
-        return (f"prompt {shorten(prompt, 80)}: captured {stats.captures - before} graphs for its {len(missing)} new "
-                f"prompt lengths in {time.monotonic() - t0:.1f} s, before its first inference")
+        return (f"prompt {shorten(prompt, 80)}: captured {stats.captures - before} graphs for {len(missing)} of its "
+                f"prompt lengths in {time.monotonic() - t0:.1f} s, before inferring with it")
 
     def values(self) -> Dict[str, float]:
         """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures
