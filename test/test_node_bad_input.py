@@ -9,6 +9,8 @@ rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
 
+from turbopi_ros.ros.conversions import stamp_to_sec  # noqa: E402
+
 ERROR = 2
 MAX_AGE_S = node_params()["max_observation_age_s"]
 
@@ -19,36 +21,52 @@ def running(tmp_path_factory):
         yield session
 
 
-def _expect_rejected_then_recovered(feeder, node, faults: dict, expected, restore=None):
-    """Switch ``faults`` on: after the chunk in flight, no chunk may arrive; the problem (``expected``: a string, or
-    a compiled regex) must be named in the log and on /diagnostics. Then switch them off and expect chunks and an OK
-    status again."""
+def _expect_rejected_then_recovered(feeder, node, faults: dict, expected, restore=None, bad_since=None):
+    """Switch ``faults`` on: no chunk computed from an observation after the switch may arrive; the problem
+    (``expected``: a string, or a compiled regex) must be named in the log and on /diagnostics. Then switch them off
+    (and ``restore()``, also when the test fails, so the next test starts from good input) and expect chunks and an OK
+    status again. ``bad_since``: when the input turned bad (the system clock, as the feeder stamps), if not now."""
     def named(text: str) -> bool:
         return bool(expected.search(text)) if isinstance(expected, re.Pattern) else expected in text
 
     assert wait_for(lambda: feeder.count(feeder.chunks) > 0, timeout=30)
+    bad_since = time.time() if bad_since is None else bad_since
     feeder.faults.update(faults)
     t_bad = time.monotonic()
-    # an inference that started on good input just before the switch may still finish: allow 1 s for it
-    assert wait_for(lambda: named(node.log()), timeout=10), node.log()[-3000:]
-    time.sleep(1.0)
-    t_settled = time.monotonic()
-    assert wait_for(lambda: (feeder.latest_status() is not None and level(feeder.latest_status()) == ERROR
-                             and named(feeder.latest_status().message)), timeout=5), \
-        feeder.latest_status()
-    time.sleep(1.5)
-    leaked = feeder.since(feeder.chunks, t_settled)
-    assert leaked == [], f"{len(leaked)} chunks computed from bad input ({expected})"
-    assert node.alive(), node.log()
-    for key in faults:
-        feeder.faults.pop(key, None)
-    if restore:
-        restore()
+    try:
+        assert wait_for(lambda: named(node.log()), timeout=10), node.log()[-3000:]
+        time.sleep(1.0)
+        t_settled = time.monotonic()
+        assert wait_for(lambda: (feeder.latest_status() is not None and level(feeder.latest_status()) == ERROR
+                                 and named(feeder.latest_status().message)), timeout=5), \
+            feeder.latest_status()
+        time.sleep(1.5)
+        # a chunk is named by its observation's stamp (its newest input's): one stamped after the switch came from
+        # bad input. An inference that started on good input before the switch may still finish (on a loaded
+        # machine, seconds later): its chunk is stamped before the switch.
+        leaked = [(t, msg) for t, msg in feeder.since(feeder.chunks, t_settled)
+                  if stamp_to_sec(msg.header.stamp) >= bad_since]
+        assert leaked == [], f"{len(leaked)} chunks computed from bad input ({expected})"
+        assert node.alive(), node.log()
+    finally:
+        for key in faults:
+            feeder.faults.pop(key, None)
+        if restore:
+            restore()
     t_good = time.monotonic()
     assert wait_for(lambda: len(feeder.since(feeder.chunks, t_good)) >= 2, timeout=30), node.log()[-3000:]
     assert wait_for(lambda: level(feeder.latest_status()) == 0, timeout=5), feeder.latest_status().message
     assert "recovered" in node.log()
     return t_bad
+
+
+def _set_bad_prompt(feeder, node, text: str) -> float:
+    """Publish ``text`` on ~/prompt and wait for the node to take it. Returns the time it had (the system clock):
+    every observation with an input stamped after it is prepared with that prompt."""
+    count = node.log().count("prompt set from ~/prompt")
+    feeder.publish_prompt(text)
+    assert wait_for(lambda: node.log().count("prompt set from ~/prompt") > count, timeout=10), node.log()[-3000:]
+    return time.time()
 
 
 def test_unsupported_encoding(running):
@@ -99,8 +117,8 @@ def test_camera_stamped_in_the_future(running):
 
 def test_empty_prompt(running):
     feeder, node = running
-    feeder.publish_prompt("")
-    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty",
+    bad_since = _set_bad_prompt(feeder, node, "")
+    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
                                     restore=lambda: feeder.publish_prompt("stack the cups"))
 
 
@@ -183,8 +201,8 @@ def test_names_and_positions_disagree(running):
 
 def test_whitespace_prompt(running):
     feeder, node = running
-    feeder.publish_prompt(" \t\n  ")
-    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty",
+    bad_since = _set_bad_prompt(feeder, node, " \t\n  ")
+    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
                                     restore=lambda: feeder.publish_prompt("stack the cups"))
 
 
