@@ -50,12 +50,18 @@ def test_chunk_stamps_are_observation_stamps(running):
 
 
 def test_joint_command_streams_at_the_control_rate(running):
-    """Counted on arrival over 5 s (transport jitter averages out) and as the node itself reports it."""
+    """Over 5 s: the median period of the node's publish times (rmw source timestamps: not what the test process's
+    own scheduling does to arrivals; a loaded machine's missed wake-ups lowering the mean rate are turbopi-exec-bench's
+    business), commands kept coming (at least half the rate on average), and the rate the node itself reports."""
     feeder, node = running
     t0 = time.monotonic() + 0.5
     time.sleep(5.7)
     arrived = [t for t, _ in feeder.since(feeder.commands, t0) if t < t0 + 5.0]
-    assert len(arrived) / 5.0 == pytest.approx(RATE, rel=0.10), f"{len(arrived) / 5.0:.1f} Hz"
+    with feeder.lock:
+        sent = np.array([s for t, s in feeder.commands_info if t0 <= t < t0 + 5.0])
+    assert len(arrived) > 0.5 * RATE * 5.0, f"{len(arrived) / 5.0:.1f} Hz"
+    period = float(np.median(np.diff(sent)))
+    assert period == pytest.approx(1.0 / RATE, rel=0.05), f"median period {period * 1e3:.1f} ms"
     assert all(len(m.data) == len(PARAMS["action.joints"]) for _, m in feeder.since(feeder.commands, t0))
     assert float(status_values(feeder.latest_status())["command_rate_hz"]) == pytest.approx(RATE, rel=0.10)
 
