@@ -502,3 +502,37 @@ def test_the_engine_warms_up_before_it_takes_an_observation():
     time.sleep(0.5)
     assert worker.stop(1.0)
     assert order[:2] == ["warm up", "run"] and failures == [], (order, failures)
+
+
+def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reported_not_retried():
+    """TurbopiNode._capture_prompt (the engine's new_prompt hook) over a stand-in of its parts: nothing missing,
+    nothing done (False); missing lengths: a wait reported, the capture logged (True); a capture that raises: an
+    error naming it, and False, so the engine goes on to the inference instead of retrying on every observation."""
+    pytest.importorskip("rclpy")
+    from turbopi_ros.ros.policy_node import TurbopiNode
+
+    def node(missing, capture):
+        seen = SimpleNamespace(reports=[], failures=[], logs=[], betas=[])
+
+        def missing_lengths(text, beta):
+            seen.betas.append(beta)
+            return missing
+        warm_up = SimpleNamespace(missing_lengths=missing_lengths, capture_prompt=capture)
+        part = SimpleNamespace(warm_up=warm_up, _guided_beta=lambda: 5.0,
+                               problems=SimpleNamespace(report=lambda m, waiting: seen.reports.append((m, waiting))),
+                               flow=SimpleNamespace(fail=seen.failures.append),
+                               get_logger=lambda: SimpleNamespace(info=seen.logs.append))
+        return part, seen
+
+    part, seen = node([], None)
+    assert TurbopiNode._capture_prompt(part, "pick") is False and seen.reports == seen.logs == []
+    part, seen = node([12, 13], lambda text, beta: f"captured for {text} at beta {beta}")
+    assert TurbopiNode._capture_prompt(part, "pick") is True
+    assert seen.reports == [("capturing the CUDA graphs of prompt 'pick' before inferring with it", True)]
+    assert seen.logs == ["captured for pick at beta 5.0"] and seen.failures == [] and seen.betas == [5.0]
+
+    def fails(text, beta):
+        raise RuntimeError("CUDA out of memory")
+    part, seen = node([12], fails)
+    assert TurbopiNode._capture_prompt(part, "pick") is False
+    assert seen.failures == ["capturing the graphs of prompt 'pick' failed: RuntimeError: CUDA out of memory"]

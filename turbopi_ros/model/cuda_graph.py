@@ -320,8 +320,9 @@ class CudaGraphGuidedDenoiser:
         return _CapturedGuided(replay=replay, prefix=prefix, noise=static_noise, guidance=static, out=out)
 
     def captured_lengths(self, max_guidance: float, batch: int = 1) -> set:
-        """The cached lengths whose guided graph is captured for this beta."""
-        return {key[2] for key in self._graphs if key[4] == float(max_guidance) and key[1][1] == batch}
+        """The cached lengths whose guided graph is captured for this beta. (A copy of the keys first: the node asks
+        from its executor thread while the engine thread may be capturing.)"""
+        return {key[2] for key in list(self._graphs) if key[4] == float(max_guidance) and key[1][1] == batch}
 
     def warm_up(self, num_cached_lengths: Iterable[int], max_guidance: float, batch: int = 1,
                 num_steps: int = 10) -> CaptureStats:
@@ -451,8 +452,9 @@ class CudaGraphEncoder(_PooledGraphs):
         return cache
 
     def captured_prompt_lengths(self, cameras: int, batch: int = 1) -> set:
-        """The valid prompt lengths whose prefix graph is captured for ``cameras`` present cameras."""
-        return {key[3] for key in self._entries if key[:3] == ("prefix", batch, cameras)}
+        """The valid prompt lengths whose prefix graph is captured for ``cameras`` present cameras. (A copy of the keys
+        first: the node asks from its executor thread while the engine thread may be capturing.)"""
+        return {key[3] for key in list(self._entries) if key[:3] == ("prefix", batch, cameras)}
 
     def warm_up(self, camera_counts: Iterable[int], prompt_lengths: Iterable[int], batch: int = 1,
                 token_dtype: torch.dtype = torch.int64) -> CaptureStats:

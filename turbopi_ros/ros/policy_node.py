@@ -178,7 +178,8 @@ class TurbopiNode(Node):
 
     def _capture_prompt(self, text: str) -> bool:
         """The engine's hook before the first inference with a prompt: capture the graphs of its lengths that have
-        none (warm_up.WarmUp.capture_prompt), reported as a wait meanwhile. True when it captured."""
+        none (warm_up.WarmUp.capture_prompt), reported as a wait meanwhile. True when it captured; False when nothing
+        was missing, or the capture failed (reported; the inference then goes on and captures what it needs)."""
         beta = self._guided_beta()
         if not self.warm_up.missing_lengths(text, beta):
             return False
@@ -186,8 +187,9 @@ class TurbopiNode(Node):
                              waiting=True)
         try:
             self.get_logger().info(self.warm_up.capture_prompt(text, beta))
-        except Exception as e:  # noqa: BLE001 - reported: the inference then captures what it needs on demand
+        except Exception as e:  # noqa: BLE001 - reported; not retried for every observation
             self.flow.fail(f"capturing the graphs of prompt {shorten(text, 80)} failed: {type(e).__name__}: {e}")
+            return False
         return True
 
     def _guided_beta(self) -> Optional[float]:
