@@ -103,6 +103,19 @@ def run_node_starts(args_by_case: Dict[str, List[str]], at_once: int = 3, timeou
     return results
 
 
+def assert_published_at(sources: List[tuple], t0: float, seconds: float, hz: float, rel: float, what: str = ""
+                        ) -> None:
+    """The messages that arrived in [t0, t0 + seconds), given as (arrival monotonic, rmw source time) pairs (the
+    feeder's ``commands_info``, a group Recorder's ``command_sources``: a copy taken under their lock), were published
+    at ``hz``: their median period within ``rel``, from the node's publish times (what the test process's own
+    scheduling on a loaded machine does to arrivals is not the node's; missed wake-ups lowering the mean rate are
+    turbopi-exec-bench's business); and they kept coming, at least half of ``hz`` on average."""
+    sent = np.array([s for t, s in sources if t0 <= t < t0 + seconds])
+    assert len(sent) > 0.5 * hz * seconds, f"{what}{len(sent) / seconds:.1f} Hz"
+    period = float(np.median(np.diff(sent)))
+    assert abs(period * hz - 1.0) <= rel, f"{what}median period {period * 1e3:.1f} ms, expected {1e3 / hz:.1f} ms"
+
+
 def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:
     return yaml.safe_load(path.read_text())[f"/**/{node}"]["ros__parameters"]
 
