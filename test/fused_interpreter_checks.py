@@ -80,6 +80,28 @@ def kernels(dtype, tol):
         check(f"qkv_rope {tag} H={H} KV={KV} D={D}", outs[0], outs[1], tol)
 
 
+def attention(dtype, tol):
+    """split_attention's kernels against SDPA: query rows not a multiple of the row tile, keys with a masked tail,
+    one split and several (one of them empty), KV groups, K/V as strided slices of a [depth, B, KV, Lc, D] cache."""
+    from turbopi_ros.model import split_attention as sa
+
+    g = torch.Generator().manual_seed(3)
+    tag = str(dtype).split(".")[-1]
+    for B, G, M, N, D, splits in ((2, 1, 40, 150, 16, 1), (2, 1, 40, 150, 16, 3), (1, 2, 70, 65, 32, 3),
+                                  (1, 1, 8, 20, 16, 2)):
+        q = (torch.randn(B, G, M, D, generator=g) * 2).to(dtype)
+        cache = (torch.randn(3, B, G, N + 7, D, generator=g) * 2).to(dtype)
+        k, v = cache[1, :, :, :N], cache[2, :, :, :N]
+        scale = D ** -0.5
+        fused.use_triton_on_cpu(True)
+        got = [sa._launch(q, k, v, scale, splits)]
+        if splits == 1:
+            got.append(sa.split_attention(q, k, v, scale))  # the op, with its own split count
+        fused.use_triton_on_cpu(False)
+        want = [sa.attention_twin(q, k, v, scale)] * len(got)
+        check(f"split_attention {tag} B={B} G={G} M={M} N={N} D={D} splits={splits}", got, want, tol)
+
+
 def gelu_gate_layout(dtype, tol):
     """gelu_gate's kernel on the fused gate/up layout (rows of 2F: F gate columns, then F up columns) against its
     twin and against the separate math gelu_tanh(gate) * up: 2-D and 3-D inputs, F with masked tails, F > 1024 (more
@@ -103,15 +125,28 @@ def gelu_gate_layout(dtype, tol):
 
 
 def whole_model(variant, tol):
+    """head_dim 16: the smallest split_attention takes (it must run here: counted)."""
+    import dataclasses
+    from turbopi_ros.model import split_attention as sa
+
     cfg = small_config(variant)
+    cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, head_dim=16),
+                              expert=dataclasses.replace(cfg.expert, head_dim=16))
     model = model_for(cfg)
+    launches = []
+    launch = sa._launch
+    sa._launch = lambda *a, **kw: launches.append(a[0].shape) or launch(*a, **kw)
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
     plain = model.sample_actions(*inputs, num_steps=3)
     model.use_fused(True)
     fused.use_triton_on_cpu(True)
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)
-    check(f"whole model {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
+    sa._launch = launch
+    if not launches:
+        failures.append(f"whole model {variant}: split_attention's kernels never ran")
+    check(f"whole model {variant} float32 (Triton kernels vs plain; split attention {len(launches)} calls)", [got],
+          [plain], tol)
 
 
 def backward_kernels(dtype, tol):
@@ -177,6 +212,8 @@ sections = sys.argv[1:] or ["kernels", "gelu_gate", "whole_model", "backward"]
 if "kernels" in sections:
     kernels(torch.float32, 1e-5)
     kernels(torch.bfloat16, None)
+    attention(torch.float32, 1e-5)
+    attention(torch.bfloat16, None)
 if "gelu_gate" in sections:
     gelu_gate_layout(torch.float32, 1e-5)
     gelu_gate_layout(torch.bfloat16, None)

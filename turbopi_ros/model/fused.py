@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 
-from .gemma import RMS_EPS, GemmaLayer, Modulation, RMSNorm, maskless_attention
+from .gemma import RMS_EPS, AttentionKernel, GemmaLayer, Modulation, RMSNorm, maskless_attention, sdpa
 
 try:  # Triton is optional: without it (a robot's CPU, a Jetson without it) every op runs its twin
     import triton
@@ -472,12 +472,13 @@ CacheSlot = Callable[[int], Tuple[torch.Tensor, torch.Tensor, int, int]]
 StackAttention = Callable[[int, Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cache_attention(kv: CacheSlot) -> StackAttention:
-    """Rotary and the cache write as the QKV epilogue (one launch), then maskless SDPA over the cache's [0, stop)."""
+def cache_attention(kv: CacheSlot, kernel: AttentionKernel = sdpa) -> StackAttention:
+    """Rotary and the cache write as the QKV epilogue (one launch), then maskless attention over the cache's
+    [0, stop) through ``kernel`` (SDPA; pi0.py passes split_attention.split_attention)."""
     def attend(li, attn, qkv, cos, sin):
         keys, values, start, stop = kv(li)
         q = qkv_rope(qkv, cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
-        return maskless_attention(q, keys[:, :, :stop], values[:, :, :stop])
+        return maskless_attention(q, keys[:, :, :stop], values[:, :, :stop], kernel)
     return attend
 
 

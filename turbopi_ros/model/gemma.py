@@ -211,22 +211,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # --- attention kernels ---------------------------------------------------------------------------------------------
-def maskless_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+# kernel(q [B, G, M, D], k [B, G, N, D], v, scale) -> [B, G, M, D]: softmax(q k^T scale) v, no mask
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def maskless_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       kernel: AttentionKernel = sdpa) -> torch.Tensor:
     """Every query sees every key: plain SDPA, no mask.
 
     q [B, Lq, H, D] token-major; k, v [B, KV, Lk, D] head-major (the cache layout). With one KV head the query
     heads fold into the query length ([B, 1, Lq*H, D] is a free view of q), so K/V are never repeated and the
     output [B, 1, Lq*H, D] is already the [B, Lq, H*D] layout o_proj wants. (On this project's CPU, folding measured
     1.25 ms a call against 1.40 ms for K/V expanded to every head with stride 0: docs/performance.md.)
+    ``kernel``: SDPA, or the fused path's split_attention.split_attention (the same math).
     """
     B, Lq, H, D = q.shape
     KV = k.shape[1]
     scale = D ** -0.5
     if KV == 1:
-        out = F.scaled_dot_product_attention(q.reshape(B, 1, Lq * H, D), k, v, scale=scale)
+        out = kernel(q.reshape(B, 1, Lq * H, D), k, v, scale)
         return out.view(B, Lq, H * D)
     qh = q.transpose(1, 2).reshape(B, KV, (H // KV) * Lq, D)  # heads of one KV group are adjacent
-    out = F.scaled_dot_product_attention(qh, k, v, scale=scale)
+    out = kernel(qh, k, v, scale)
     return out.view(B, H, Lq, D).transpose(1, 2).reshape(B, Lq, H * D)
 
 

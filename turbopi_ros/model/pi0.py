@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
+from .split_attention import split_attention
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
 from .inputs import check_prefix_inputs
@@ -233,7 +234,7 @@ class PI0Model(nn.Module):
     @staticmethod
     def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
         """_run_prefix_stack with the fused kernels."""
-        slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop))
+        slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop), split_attention)
         fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True)
 
     @engine_entry
@@ -265,7 +266,7 @@ class PI0Model(nn.Module):
         if self._fused:
             stop = cache.keys.shape[-2]
             return self.fused_expert_velocity(x_t, sc, cache.cos, cache.sin, fused.cache_attention(
-                lambda li: (cache.keys[li], cache.values[li], n, stop)))
+                lambda li: (cache.keys[li], cache.values[li], n, stop), split_attention))
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):

@@ -1,0 +1,193 @@
+"""Maskless attention for few queries over a long cache, split over the keys (Triton, with SDPA as its twin).
+
+The denoise's attention has few query rows and many keys: pi0's 50 action tokens x 8 heads folded into 400 rows of
+one KV head (gemma.maskless_attention), over 800-1100 cached keys, head_dim 256. A flash-attention kernel tiles the
+query rows only: 400 rows make 7 tiles, 7 thread blocks on a GPU of 132 SMs, each walking every key. On an H200
+cuDNN's kernel took 24.5 us a call (docs/bench/kernel_profile_h200.txt: 4.4 ms of a 12.7 ms fused denoise).
+
+Here the keys are split too (flash-decoding): program (row tile, split) computes the softmax statistics and the
+unnormalized output of its row tile over its share of the keys, in float32; a second kernel combines the splits
+(rescaling each by exp(its max - the row's max)) and rounds once to the output dtype. Same math as SDPA: scores in
+float32, the probabilities rounded to the value dtype for the P.V product (as a flash kernel does), float32
+accumulation; in float32 the dot products run in IEEE float32 (no TF32).
+
+    turbopi::split_attention(q [B, G, M, D], k [B, G, N, D], v [B, G, N, D], scale) -> [B, G, M, D]
+
+G groups (KV heads) of M query rows each; every row sees all N keys of its group. Off CUDA (and without Triton) it is
+F.scaled_dot_product_attention. ``use_split(q, k)`` says where it beats a flash kernel: few row tiles.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import fused
+from .fused import kernels_for, triton, tl
+
+KERNELS = ("_split_attention_kernel", "_combine_splits_kernel")
+BLOCK_M = 64  # query rows per program
+BLOCK_N = 64  # keys per inner step
+NUM_WARPS = 8  # 4 warps hold a 64 x 256 float32 accumulator in 255 registers a thread on sm_90; 8 in 216
+MAX_ROWS = 1024  # more query rows than this per group: the flash kernel has tiles enough (the prefix passes)
+LOG2E = 1.4426950408889634
+_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is imported, as Triton does
+
+
+def use_split(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether attention of q [B, G, M, D] over k [B, G, N, D] takes the split kernels: Triton runs on q's device,
+    few query rows (M <= MAX_ROWS), a head_dim tl.dot takes (a power of two >= 16), 16-bit values (float32 only
+    under the interpreter, for the parity tests: on a GPU its IEEE float32 dots of 256-wide heads spill registers
+    on sm_90, and float32 is not a speed path: SDPA)."""
+    D = q.shape[-1]
+    return (kernels_for(q) and q.shape[-2] <= MAX_ROWS and D >= 16 and D & (D - 1) == 0
+            and (q.dtype in (torch.bfloat16, torch.float16) or (q.dtype == torch.float32 and _INTERPRETER)))
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M) -> int:
+    """How many key splits: enough programs for two per SM (132 SMs on an H100/H200; 8 "SMs" on CPU), each split at
+    least one BLOCK_N step of keys."""
+    B, G, M, _ = q.shape
+    programs = B * G * triton.cdiv(M, block_m)
+    sms = _sm_count(q.device.index or 0) if q.is_cuda else 8
+    return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(2 * sms, programs)))
+
+
+if triton is not None:
+    @triton.jit
+    def _split_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_ptr, l_ptr, M, N, keys_per_split, qk_scale,
+                                stride_qb, stride_qg, stride_qm, stride_kb, stride_kg, stride_kn,
+                                stride_vb, stride_vg, stride_vn, G, SPLITS,
+                                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                                UPCAST: tl.constexpr):
+        """Program (row tile, split, b * G + g): rows [tile * BLOCK_M, +BLOCK_M) over keys [split * keys_per_split,
+        +keys_per_split) -> o (float32, unnormalized) [BG, SPLITS, M, D], the rows' max m and sum l [BG, SPLITS, M]
+        (scores in log2 units: qk_scale holds log2(e)). IEEE: float32 inputs, float32 products. UPCAST (Triton's
+        interpreter, whose tl.dot does not take bfloat16): the same products of 16-bit values in float32."""
+        tile = tl.program_id(0)
+        split = tl.program_id(1)
+        bg = tl.program_id(2)
+        b = bg // G
+        g = bg % G
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * stride_qb + g * stride_qg + rows[:, None] * stride_qm + d[None, :],
+                    mask=rmask[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        start = split * keys_per_split
+        stop = tl.minimum(start + keys_per_split, N)
+        k_base = k_ptr + b * stride_kb + g * stride_kg
+        v_base = v_ptr + b * stride_vb + g * stride_vg
+        for n0 in range(start, stop, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            cmask = cols < stop
+            k = tl.load(k_base + cols[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            elif UPCAST:
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = tl.where(cmask[None, :], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + cols[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0)
+            if IEEE:
+                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            elif UPCAST:
+                pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+        part = bg * SPLITS + split
+        tl.store(o_ptr + (part * M + rows[:, None]) * D + d[None, :], acc, mask=rmask[:, None])
+        tl.store(m_ptr + part * M + rows, m_i, mask=rmask)
+        tl.store(l_ptr + part * M + rows, l_i, mask=rmask)
+
+    @triton.jit
+    def _combine_splits_kernel(o_ptr, m_ptr, l_ptr, out_ptr, M, G, SPLITS, stride_ob, stride_og, stride_om,
+                               D: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Program (row tile, b * G + g): out = sum_s 2^(m_s - m) o_s / sum_s 2^(m_s - m) l_s, m = max_s m_s (a split
+        with no keys has m_s = -inf, l_s = 0: weight 0)."""
+        tile = tl.program_id(0)
+        bg = tl.program_id(1)
+        b = bg // G
+        g = bg % G
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        d = tl.arange(0, D)
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for s in range(0, SPLITS):
+            m = tl.maximum(m, tl.load(m_ptr + (bg * SPLITS + s) * M + rows, mask=rmask, other=0.0))
+        num = tl.zeros([BLOCK_M, D], tl.float32)
+        den = tl.zeros([BLOCK_M], tl.float32)
+        for s in range(0, SPLITS):
+            part = bg * SPLITS + s
+            w = tl.exp2(tl.load(m_ptr + part * M + rows, mask=rmask, other=0.0) - m)
+            den += w * tl.load(l_ptr + part * M + rows, mask=rmask, other=1.0)
+            num += w[:, None] * tl.load(o_ptr + (part * M + rows[:, None]) * D + d[None, :], mask=rmask[:, None],
+                                        other=0.0)
+        out = num / den[:, None]
+        tl.store(out_ptr + b * stride_ob + g * stride_og + rows[:, None] * stride_om + d[None, :],
+                 out, mask=rmask[:, None])  # rounded to the output dtype by the store
+
+    fused.register_kernels(globals(), KERNELS)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, splits: int, block_m: int = BLOCK_M,
+            num_warps: int = NUM_WARPS) -> torch.Tensor:
+    B, G, M, D = q.shape
+    N = k.shape[-2]
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"split_attention: {name} must be unit-stride in head_dim, strides {t.stride()}")
+    keys_per_split = triton.cdiv(triton.cdiv(N, splits), BLOCK_N) * BLOCK_N
+    parts = torch.empty((B * G, splits, M, D), dtype=torch.float32, device=q.device)
+    m = torch.empty((B * G, splits, M), dtype=torch.float32, device=q.device)
+    l_ = torch.empty_like(m)
+    tiles = triton.cdiv(M, block_m)
+    _split_attention_kernel[(tiles, splits, B * G)](
+        q, k, v, parts, m, l_, M, N, keys_per_split, scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), G, splits,
+        D=D, BLOCK_M=block_m, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
+        num_warps=num_warps)
+    out = torch.empty((B, G, M, D), dtype=q.dtype, device=q.device)
+    _combine_splits_kernel[(tiles, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1),
+                                           out.stride(2), D=D, BLOCK_M=block_m, num_warps=num_warps)
+    return out
+
+
+@torch.library.custom_op("turbopi::split_attention", mutates_args=())
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for q [B, G, M, D] over k, v [B, G, N, D] (no mask): the split kernels where
+    use_split(q, k), else SDPA."""
+    if use_split(q, k):
+        return _launch(q, k, v, scale, num_splits(q, k.shape[-2]))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+@split_attention.register_fake
+def _(q, k, v, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def attention_twin(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """What split_attention computes, as plain SDPA."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+__all__ = ["KERNELS", "attention_twin", "num_splits", "split_attention", "use_split"]
