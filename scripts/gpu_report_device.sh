@@ -6,9 +6,10 @@
 #                           git-ignored, so the call carries ".fixtures"; the report's FP8/bf16 parity on them)
 #   the call (timeout 590): bash scripts/gpu_report_device.sh "$OUT"
 # Writes OUT_DIR/gpu_env.txt (the commit file, nvidia-smi, Python, torch, CUDA and Triton versions), then runs
-# scripts/gpu_report.sh --out-dir OUT_DIR (its budget: 450 s, under 8 minutes on an H100) under
-# `timeout -s INT` (TURBOPI_REPORT_TIMEOUT_S, default 555 s, then 20 s to end before SIGKILL: with this script's own
-# few seconds, inside the call's 590 s): a report that runs long is interrupted and still writes its
+# scripts/gpu_report.sh --out-dir OUT_DIR (its budget: 450 s; it took 270 s on an H200) under
+# `timeout -s INT` (TURBOPI_REPORT_TIMEOUT_S, default 470 s, then 20 s to end before SIGKILL), then in the time left
+# tools/attention_bench.py and tools/kernel_profile.py (OUT_DIR/attention_bench.txt, kernel_profile.txt; all inside
+# the call's 590 s): a report that runs long is interrupted and still writes its
 # gpu_<device>.txt and .json with what it measured (they are also rewritten after every part). Everything it prints
 # is kept in OUT_DIR/gpu_report.log. Further arguments go to gpu_report (--dry-run runs it on the CPU).
 # Python: $PYTHON, else python3 (the device's, with CUDA torch and Triton).
@@ -34,8 +35,25 @@ except ImportError:
     print("triton: not installed (the fused kernels run their torch twins)")
 EOF
 } >"$out/gpu_env.txt" 2>&1
-PYTHON=$py timeout -s INT -k 20 "${TURBOPI_REPORT_TIMEOUT_S:-555}" bash scripts/gpu_report.sh --out-dir "$out" "$@" 2>&1 \
+PYTHON=$py timeout -s INT -k 20 "${TURBOPI_REPORT_TIMEOUT_S:-470}" bash scripts/gpu_report.sh --out-dir "$out" "$@" 2>&1 \
   | tee "$out/gpu_report.log"
 rc=${PIPESTATUS[0]}
 echo "gpu_report exit status $rc (124: stopped by the timeout)" | tee -a "$out/gpu_report.log"
+# then, in what is left of the call (TURBOPI_DEVICE_DEADLINE_S, default 575 s from this script's start), the
+# attention table (tools/attention_bench.py, up to 60 s) and the kernel profile (tools/kernel_profile.py, up to 90 s)
+# (with --dry-run: theirs, on the CPU; attention_bench's under Triton's interpreter)
+deadline=${TURBOPI_DEVICE_DEADLINE_S:-575}
+dry=()
+case " $* " in *" --dry-run "*) dry=(--dry-run) ;; esac
+for tool in attention_bench:60 kernel_profile:90; do
+  name=${tool%%:*}
+  left=$((deadline - SECONDS))
+  [ "$left" -lt 20 ] && { echo "skipped $name: ${left} s left" | tee -a "$out/gpu_report.log"; continue; }
+  limit=$(( left < ${tool##*:} ? left : ${tool##*:} ))
+  interpret=()
+  [ "$name" = attention_bench ] && [ ${#dry[@]} -gt 0 ] && interpret=(TRITON_INTERPRET=1)
+  env "${interpret[@]}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 5 "$limit" "$py" \
+    -m "turbopi_ros.tools.$name" --out "$out/$name.txt" "${dry[@]}" >/dev/null 2>"$out/$name.err"
+  echo "$name exit status $? (124: stopped after $limit s)" | tee -a "$out/gpu_report.log"
+done
 exit "$rc"

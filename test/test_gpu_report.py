@@ -6,6 +6,7 @@ eager backend), table (f), the files and the markdown rows. About 25 s of CPU ti
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,21 @@ def dry_run(tmp_path_factory):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_report_device.sh"), str(out), "--dry-run"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=600)
     return proc, out
+
+
+def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_report(dry_run):
+    """The device script's two tools after the report, in their dry runs: split_attention's kernels under Triton's
+    interpreter against float32 SDPA (every config within bfloat16 rounding), and the fused denoise's ops profiled
+    per preset, its split attention among them."""
+    proc, out = dry_run
+    log = (out / "gpu_report.log").read_text()
+    assert "attention_bench exit status 0" in log and "kernel_profile exit status 0" in log, log[-2000:]
+    table = (out / "attention_bench.txt").read_text()
+    errs = [float(e) for e in re.findall(r"vs float32 ([0-9.e+-]+)\)?", table)]
+    assert "split_attention" in table and len(errs) == 4 and all(0 <= e <= 1e-2 for e in errs), table
+    profile = (out / "kernel_profile.txt").read_text()
+    assert profile.count("== denoise eager fused") == 2 and "turbopi::split_attention" in profile, profile
+    assert "FAILED" not in profile and "turbopi::gelu_gate" in profile, profile
 
 
 def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):

@@ -14,7 +14,14 @@ accumulation; in float32 the dot products run in IEEE float32 (no TF32).
     turbopi::split_attention(q [B, G, M, D], k [B, G, N, D], v [B, G, N, D], scale) -> [B, G, M, D]
 
 G groups (KV heads) of M query rows each; every row sees all N keys of its group. Off CUDA (and without Triton) it is
-F.scaled_dot_product_attention. ``use_split(q, k)`` says where it beats a flash kernel: few row tiles.
+F.scaled_dot_product_attention. ``use_split(q, k)`` says where it takes the kernels: few query rows.
+
+Measured on an H200 (docs/bench/split_attention_h200.txt, each inside a CUDA graph of 50 calls), pi0 with 3 cameras
+(400 rows over 839 keys): SDPA 26.1 us. The first version (64-row tiles, 8 warps, 14 splits, the combine one row
+tile a program) took 23.4 us and brought the fused denoise graph from 12.81 to 11.92 ms in the GPU report. Its parts
+measured apart: the partial kernel with 32-row tiles and 4 warps at 7 splits 6.6 us (25.6 us unsplit), the combine
+4.7-7.0 us in its 13 programs. Hence this version: 32-row tiles, 4 warps, splits for one program per SM, and the
+combine one row a program (400 programs). Not yet measured as a whole on a GPU.
 """
 from __future__ import annotations
 
@@ -28,9 +35,9 @@ from . import fused
 from .fused import kernels_for, triton, tl
 
 KERNELS = ("_split_attention_kernel", "_combine_splits_kernel")
-BLOCK_M = 64  # query rows per program
+BLOCK_M = 32  # query rows per program
 BLOCK_N = 64  # keys per inner step
-NUM_WARPS = 8  # 4 warps hold a 64 x 256 float32 accumulator in 255 registers a thread on sm_90; 8 in 216
+NUM_WARPS = 4
 MAX_ROWS = 1024  # more query rows than this per group: the flash kernel has tiles enough (the prefix passes)
 LOG2E = 1.4426950408889634
 _INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is imported, as Triton does
@@ -52,12 +59,12 @@ def _sm_count(device_index: int) -> int:
 
 
 def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M) -> int:
-    """How many key splits: enough programs for two per SM (132 SMs on an H100/H200; 8 "SMs" on CPU), each split at
+    """How many key splits: enough programs for one per SM (132 SMs on an H100/H200; 8 "SMs" on CPU), each split at
     least one BLOCK_N step of keys."""
     B, G, M, _ = q.shape
     programs = B * G * triton.cdiv(M, block_m)
     sms = _sm_count(q.device.index or 0) if q.is_cuda else 8
-    return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(2 * sms, programs)))
+    return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(sms, programs)))
 
 
 if triton is not None:
@@ -119,42 +126,36 @@ if triton is not None:
 
     @triton.jit
     def _combine_splits_kernel(o_ptr, m_ptr, l_ptr, out_ptr, M, G, SPLITS, stride_ob, stride_og, stride_om,
-                               D: tl.constexpr, BLOCK_M: tl.constexpr):
-        """Program (row tile, b * G + g): out = sum_s 2^(m_s - m) o_s / sum_s 2^(m_s - m) l_s, m = max_s m_s (a split
-        with no keys has m_s = -inf, l_s = 0: weight 0)."""
-        tile = tl.program_id(0)
+                               D: tl.constexpr, SPLITS_P2: tl.constexpr):
+        """Program (row, b * G + g): out = sum_s 2^(m_s - m) o_s / sum_s 2^(m_s - m) l_s, m = max_s m_s (a split
+        with no keys has m_s = -inf, l_s = 0: weight 0). One row a program: every split's part in one load."""
+        row = tl.program_id(0)
         bg = tl.program_id(1)
         b = bg // G
         g = bg % G
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = rows < M
+        s = tl.arange(0, SPLITS_P2)
+        smask = s < SPLITS
         d = tl.arange(0, D)
-        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        for s in range(0, SPLITS):
-            m = tl.maximum(m, tl.load(m_ptr + (bg * SPLITS + s) * M + rows, mask=rmask, other=0.0))
-        num = tl.zeros([BLOCK_M, D], tl.float32)
-        den = tl.zeros([BLOCK_M], tl.float32)
-        for s in range(0, SPLITS):
-            part = bg * SPLITS + s
-            w = tl.exp2(tl.load(m_ptr + part * M + rows, mask=rmask, other=0.0) - m)
-            den += w * tl.load(l_ptr + part * M + rows, mask=rmask, other=1.0)
-            num += w[:, None] * tl.load(o_ptr + (part * M + rows[:, None]) * D + d[None, :], mask=rmask[:, None],
-                                        other=0.0)
-        out = num / den[:, None]
-        tl.store(out_ptr + b * stride_ob + g * stride_og + rows[:, None] * stride_om + d[None, :],
-                 out, mask=rmask[:, None])  # rounded to the output dtype by the store
+        part = (bg * SPLITS + s) * M + row
+        ms = tl.load(m_ptr + part, mask=smask, other=float("-inf"))
+        w = tl.exp2(ms - tl.max(ms, axis=0))
+        den = tl.sum(w * tl.load(l_ptr + part, mask=smask, other=0.0), axis=0)
+        o = tl.load(o_ptr + part[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
+        out = tl.sum(w[:, None] * o, axis=0) / den
+        tl.store(out_ptr + b * stride_ob + g * stride_og + row * stride_om + d, out)  # rounded by the store
 
     fused.register_kernels(globals(), KERNELS)
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, splits: int, block_m: int = BLOCK_M,
-            num_warps: int = NUM_WARPS) -> torch.Tensor:
+            num_warps: int = NUM_WARPS, block_n: int = BLOCK_N) -> torch.Tensor:
     B, G, M, D = q.shape
     N = k.shape[-2]
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"split_attention: {name} must be unit-stride in head_dim, strides {t.stride()}")
-    keys_per_split = triton.cdiv(triton.cdiv(N, splits), BLOCK_N) * BLOCK_N
+    keys_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n  # whole BLOCK_N steps
+    splits = triton.cdiv(N, keys_per_split)  # none left empty by the rounding
     parts = torch.empty((B * G, splits, M, D), dtype=torch.float32, device=q.device)
     m = torch.empty((B * G, splits, M), dtype=torch.float32, device=q.device)
     l_ = torch.empty_like(m)
@@ -163,11 +164,11 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, spl
         q, k, v, parts, m, l_, M, N, keys_per_split, scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), G, splits,
-        D=D, BLOCK_M=block_m, BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
+        D=D, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
         num_warps=num_warps)
     out = torch.empty((B, G, M, D), dtype=q.dtype, device=q.device)
-    _combine_splits_kernel[(tiles, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1),
-                                           out.stride(2), D=D, BLOCK_M=block_m, num_warps=num_warps)
+    _combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1), out.stride(2),
+                                       D=D, SPLITS_P2=fused._pow2(splits), num_warps=4)
     return out
 
 

@@ -1,0 +1,181 @@
+"""The denoise's attention on a GPU: SDPA against model/split_attention.py, each config timed inside a CUDA graph.
+
+For each preset and cameras count, the shapes the fused denoise hands to the attention (the action tokens' heads
+folded into query rows over one KV head: rows = action_horizon x heads, keys = cached prefix tokens + the action
+tokens) and pi0's state-token pass (its heads over the prefix). Per shape: SDPA, split_attention as it chooses
+(num_splits), then a grid of (splits, rows a tile, warps), each with its max abs difference from float32 SDPA of the
+same bfloat16 inputs; and the split kernel's two launches timed apart (the partial pass, the combine).
+
+    python -m turbopi_ros.tools.attention_bench [--out docs/bench/split_attention_<gpu>.txt] [--dry-run]
+
+A time is the best of 5 replays of one CUDA graph of 50 calls, per call: what a call costs inside the denoise's graph,
+without launch overheads. --dry-run runs the same on the CPU under Triton's interpreter with tiny shapes (set
+TRITON_INTERPRET=1 before Python starts): it checks the flow and the parity; its times mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..model import fused
+from ..model import split_attention as sa
+from ..model.config import load_config
+
+# preset -> valid prompt tokens, as gpu_report measures them (pi0.5: task and discretized state)
+PROMPT_TOKENS = {"pi0": 20, "pi05": 80}
+GRID = [(splits, rows, warps) for rows, warps in ((32, 4), (16, 4), (64, 8)) for splits in (1, 4, 7, 10, 14)]
+
+
+def shapes(preset: str, views: Tuple[int, ...]) -> List[Tuple[str, int, int, int]]:
+    """(name, query rows, keys, head_dim) of the fused denoise's attention calls for ``preset``."""
+    c = load_config(preset)
+    state = 0 if c.is_pi05 else 1
+    out = []
+    for n in views:
+        prefix = n * c.num_image_tokens + PROMPT_TOKENS[preset]
+        out.append((f"{preset} {n} camera{'s' if n > 1 else ''} denoise", c.action_horizon * c.expert.num_heads,
+                    prefix + state + c.action_horizon, c.expert.head_dim))
+    if state:
+        prefix = views[-1] * c.num_image_tokens + PROMPT_TOKENS[preset]
+        out.append((f"{preset} {views[-1]} cameras state token", c.expert.num_heads,  # the expert, one token
+                    prefix + 1, c.expert.head_dim))
+    return out
+
+
+def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
+    """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls (on CPU: one call)."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e6
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    return best
+
+
+def parts_us(q, k, v, scale: float, splits: int, rows: int, warps: int, device) -> Tuple[float, float]:
+    """(partial, combine) microseconds of one split_attention config, each kernel alone."""
+    B, G, M, D = q.shape
+    N = k.shape[-2]
+    keys_per_split = -(-(-(-N // splits)) // sa.BLOCK_N) * sa.BLOCK_N
+    splits = -(-N // keys_per_split)
+    parts = torch.empty((B * G, splits, M, D), dtype=torch.float32, device=device)
+    m = torch.empty((B * G, splits, M), dtype=torch.float32, device=device)
+    l_ = torch.empty_like(m)
+    out = torch.empty_like(q)
+    tiles = -(-M // rows)
+
+    def partial():
+        sa._split_attention_kernel[(tiles, splits, B * G)](
+            q, k, v, parts, m, l_, M, N, keys_per_split, scale * sa.LOG2E, q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), G, splits,
+            D=D, BLOCK_M=rows, BLOCK_N=sa.BLOCK_N, IEEE=False, UPCAST=sa._INTERPRETER, num_warps=warps)
+
+    def combine():
+        sa._combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1),
+                                               out.stride(2), D=D, SPLITS_P2=fused._pow2(splits), num_warps=4)
+    return graph_us(partial, device), graph_us(combine, device)
+
+
+def bench_shape(name: str, rows: int, keys: int, head_dim: int, device, grid, say) -> Dict[str, object]:
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, 1, rows, head_dim, device=device, generator=g).to(torch.bfloat16)
+    cache = torch.randn(2, 1, 1, keys + 64, head_dim, device=device, generator=g).to(torch.bfloat16)
+    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]  # strided slices of a longer cache, as in the engine
+    scale = head_dim ** -0.5
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
+
+    def err(out):
+        return float((out.float() - ref).abs().max())
+
+    sdpa_us = graph_us(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), device)
+    chosen = sa.num_splits(q, keys)
+    split_us = graph_us(lambda: sa.split_attention(q, k, v, scale), device)
+    row = {"rows": rows, "keys": keys, "head_dim": head_dim, "sdpa_us": sdpa_us,
+           "sdpa_err": err(F.scaled_dot_product_attention(q, k, v, scale=scale)),
+           "split_us": split_us, "split_err": err(sa.split_attention(q, k, v, scale)), "splits": chosen, "grid": []}
+    say(f"== {name}: {rows} query rows, {keys} keys, head_dim {head_dim}: SDPA {sdpa_us:.1f} us (vs float32 "
+        f"{row['sdpa_err']:.2e}); split_attention {split_us:.1f} us ({sdpa_us / split_us:.2f}x SDPA, {chosen} splits "
+        f"of {sa.BLOCK_M}-row tiles, {sa.NUM_WARPS} warps; vs float32 {row['split_err']:.2e})")
+    for splits, tile_rows, warps in grid:
+        if splits > -(-keys // sa.BLOCK_N):
+            continue
+        try:
+            out = sa._launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps)
+            t = graph_us(lambda: sa._launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps), device)
+            partial, combine = parts_us(q, k, v, scale, splits, tile_rows, warps, device)
+        except Exception as e:  # a config the compiler rejects is a finding, not the end of the table
+            say(f"  splits {splits:2d}, {tile_rows}-row tiles, {warps} warps: FAILED {type(e).__name__}: {e}"[:400])
+            continue
+        row["grid"].append({"splits": splits, "tile_rows": tile_rows, "warps": warps, "us": t,
+                            "partial_us": partial, "combine_us": combine, "err": err(out)})
+        say(f"  splits {splits:2d}, {tile_rows:2d}-row tiles, {warps} warps: {t:6.1f} us ({sdpa_us / t:4.2f}x SDPA; "
+            f"partial {partial:.1f} + combine {combine:.1f}), vs float32 {err(out):.2e}")
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="also write the printed table here")
+    p.add_argument("--presets", default="pi0,pi05")
+    p.add_argument("--views", default="1,3", help="cameras counts")
+    p.add_argument("--dry-run", action="store_true", help="CPU under Triton's interpreter, tiny shapes")
+    args = p.parse_args(argv)
+    lines: List[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+    if args.dry_run:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            p.error("--dry-run needs TRITON_INTERPRET=1 set before Python starts (Triton's interpreter)")
+        fused.use_triton_on_cpu(True)
+        device = torch.device("cpu")
+        cases = [("dry run", 40, 150, 16)]
+        grid = [(1, 16, 4), (3, 32, 4)]
+    else:
+        if not torch.cuda.is_available():
+            p.error("no CUDA device (--dry-run runs the flow on the CPU)")
+        device = torch.device("cuda")
+        views = tuple(int(v) for v in args.views.split(","))
+        cases = [case for preset in args.presets.split(",") for case in shapes(preset, views)]
+        grid = GRID
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (dry run, Triton's interpreter)"
+    import triton  # noqa: F401 - split_attention needs it; its version is part of the figure
+    say(f"# attention_bench on {name}: torch {torch.__version__}, triton {sys.modules['triton'].__version__}; "
+        "us a call, the best of 5 replays of a CUDA graph of 50 calls")
+    with torch.inference_mode():
+        for case in cases:
+            bench_shape(*case, device, grid, say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
