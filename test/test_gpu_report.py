@@ -153,6 +153,30 @@ def test_commit_of_a_copy_inside_another_repository(tmp_path, monkeypatch):
     assert gpu_report.commit_id(copy) == {"commit": "abc123", "source": ".commit", "dirty": None}
 
 
+def test_a_named_commit_wins_over_the_git_tree_it_was_copied_into(tmp_path, monkeypatch):
+    """A lent machine's copy may sit in a git tree of another commit (the H200 run of 9c2ea32 reported the session's
+    starting commit, "modified"): the .commit carried in (or $TURBOPI_COMMIT) names the commit, git's view is kept
+    beside it; a .commit equal to git's HEAD is git's (with its dirty flag)."""
+    monkeypatch.delenv("TURBOPI_COMMIT", raising=False)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=env)
+    (tmp_path / "f").write_text("1")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True, env=env)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "-m", "base"], check=True, env=env)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (tmp_path / "f").write_text("2")  # the copied-in tree differs from HEAD
+    (tmp_path / ".commit").write_text("abc123\n")
+    assert gpu_report.commit_id(tmp_path) == {"commit": "abc123", "source": ".commit", "dirty": None,
+                                              "git": {"commit": head, "dirty": True}}
+    monkeypatch.setenv("TURBOPI_COMMIT", "def456")
+    assert gpu_report.commit_id(tmp_path)["commit"] == "def456"
+    monkeypatch.delenv("TURBOPI_COMMIT")
+    (tmp_path / ".commit").write_text(head + "\n")
+    assert gpu_report.commit_id(tmp_path) == {"commit": head, "source": "git", "dirty": True}
+
+
 def test_published_device_and_file_names():
     assert gpu_report.published_device("NVIDIA H100 80GB HBM3") == "h100_sxm"
     assert gpu_report.published_device("NVIDIA H100 PCIe") == "h100_pcie"

@@ -83,9 +83,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.
 
 
 def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
-    """The commit measured: git's HEAD (and whether the tree differs from it) where root is a git work tree's top;
-    else (a copy of the work tree, maybe inside another repository) $TURBOPI_COMMIT or the first line of
-    <root>/.commit (an empty one names nothing)."""
+    """The commit measured. Named explicitly ($TURBOPI_COMMIT, else the first line of <root>/.commit: what a copy of the
+    work tree carries to a lent machine), that wins; where root is also a git work tree's top its HEAD and whether
+    the tree differs from it are kept beside ("git"), since a lent machine's copy may sit in a git tree of some other
+    commit (the H200 run of 9c2ea32 named the session's starting commit, b78a8cd, "modified"). Else git's HEAD."""
+    git: Optional[Dict[str, object]] = None
     try:
         head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10)
@@ -93,15 +95,20 @@ def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
         if head.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == Path(root).resolve():
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                    capture_output=True, text=True, timeout=10)
-            return {"commit": lines[1].strip(), "source": "git", "dirty": bool(dirty.stdout.strip())}
+            git = {"commit": lines[1].strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    if os.environ.get("TURBOPI_COMMIT", "").strip():
-        return {"commit": os.environ["TURBOPI_COMMIT"].strip(), "source": "TURBOPI_COMMIT", "dirty": None}
-    marker = root / ".commit"
-    first = marker.read_text().split("\n")[0].strip() if marker.is_file() else ""
-    if first:
-        return {"commit": first, "source": ".commit", "dirty": None}
+    named, source = os.environ.get("TURBOPI_COMMIT", "").strip(), "TURBOPI_COMMIT"
+    if not named:
+        marker = root / ".commit"
+        named, source = (marker.read_text().split("\n")[0].strip() if marker.is_file() else ""), ".commit"
+    if named and (git is None or named != git["commit"]):
+        out: Dict[str, object] = {"commit": named, "source": source, "dirty": None}
+        if git is not None:
+            out["git"] = git
+        return out
+    if git is not None:
+        return {"commit": git["commit"], "source": "git", "dirty": git["dirty"]}
     return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
 
 
@@ -1166,7 +1173,9 @@ class Run:
         out_dir = Path(s.args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         commit = commit_id()
+        git = commit.get("git")
         say(f"gpu_report: commit {commit['commit']} ({commit['source']}" + (", modified" if commit["dirty"] else "")
+            + (f"; the git tree around it is at {git['commit']}{', modified' if git['dirty'] else ''}" if git else "")
             + ")")
         say(f"gpu_report: {name} ({device}); torch {torch.__version__}, CUDA {machine.get('cuda')}; CPU "
             f"{machine['cpu']}"
