@@ -280,6 +280,121 @@ def test_pacing_window_limit_and_unchanged_inputs(tmp_path):
     assert report["instants"] == 10 and report["chunks"] == 6 and unchanged == 4, report
 
 
+def test_why_a_recorded_chunk_cannot_be_rebuilt():
+    """why_not_rebuildable on an input history (stamp, arrival, message): None where a snapshot makes the chunk's
+    stamp, else which input is missing and why."""
+    from turbopi_ros.tools.replay import BEFORE_RECORDING, MISSING, why_not_rebuildable
+
+    ms = 1_000_000
+    topics = {"base_0_rgb": BASE, JOINT_STATES: "/joint_states"}
+    history = {"base_0_rgb": [(100 * ms, 101 * ms, "b100"), (200 * ms, 201 * ms, "b200")],
+               JOINT_STATES: [(180 * ms, 182 * ms, "j180"), (200 * ms, 202 * ms, "j200"), (220 * ms, 222 * ms, "j220")]}
+    first = {"base_0_rgb": 100 * ms, JOINT_STATES: 180 * ms}
+    assert why_not_rebuildable(history, first, 200 * ms, topics) is None  # base and joints stamped 200 ms
+    assert why_not_rebuildable(history, first, 220 * ms, topics) is None  # joints 220 ms, base 200 ms
+
+    # a chunk stamped before an input's first message in the bag: the node had one the recorder did not get
+    kind, why = why_not_rebuildable(history, first, 90 * ms, topics)
+    assert kind == BEFORE_RECORDING
+    assert "camera 'base_0_rgb' (/camera/base/image_raw): its first message in the bag is stamped 0.010000 s after" \
+        in why and "joint states (/joint_states): its first message in the bag is stamped 0.090000 s after" in why
+    kind, why = why_not_rebuildable(history, first, 150 * ms, topics)  # only the joint states are too late
+    assert kind == BEFORE_RECORDING and "base_0_rgb" not in why and "joint states" in why
+    kind, why = why_not_rebuildable(dict(history, base_0_rgb=[]), {JOINT_STATES: 180 * ms}, 150 * ms, topics)
+    assert kind == BEFORE_RECORDING and "camera 'base_0_rgb' (/camera/base/image_raw): no message in the bag" in why
+    assert "joint states (/joint_states): its first message in the bag is stamped 0.030000 s after" in why
+
+    # every input has a message before the chunk but none at its stamp: the newest input it observed is not recorded
+    kind, why = why_not_rebuildable(history, first, 210 * ms, topics)
+    assert kind == MISSING and "camera 'base_0_rgb' 0.010000 s, joint states 0.010000 s" in why
+    assert "recording ended" not in why  # joints stamped after it are in the bag: it was lost in between
+    kind, why = why_not_rebuildable(history, first, 230 * ms, topics, ended=True)
+    assert kind == MISSING and why.endswith("(the recording ended before it: no camera 'base_0_rgb', joint states "
+                                            "message stamped after the chunk is in the bag)")
+
+
+def node_chunks_and_inputs(tmp_path: Path, params: Path):
+    """The inputs of write_bag, and the chunks the node makes of them observing every 0.25 s from T0 on (the
+    bag's first instant sees the first message of every input, all stamped T0): (stamp ns, topic, msgtype, cdr) and
+    (stamp ns, JointTrajectory). Paced replay makes them as the node does (test above)."""
+    written = write_bag(tmp_path / "written.mcap")
+    inputs = []
+    for _, topic, msgtype, cdr, _ in written:
+        inputs.append((stamp_ns(TYPESTORE.deserialize_cdr(cdr, msgtype).header.stamp), topic, msgtype, cdr))
+    timing = tmp_path / "arrival_at_stamp.mcap"
+    with BagWriter(timing) as bag:
+        for t_ns, topic, msgtype, cdr in sorted(inputs, key=lambda m: m[0]):
+            bag.write(topic, msgtype, t_ns, cdr)
+    report = replay(timing, params, tmp_path / "node", period_s=0.25, show_progress=False)
+    assert report["chunks"] == 8 and report["skips"]["total"] == 0, report
+    messages, _ = read_back(tmp_path / "node" / "chunks.mcap")
+    chunks = [(stamp_ns(msg.header.stamp), msg) for _, msg in messages["/turbopi_node/action_chunk"]]
+    assert chunks[0][0] == T0 * 1_000_000_000  # the last: the joint state stamped 1.74 s (float stamps: to 1 us)
+    assert abs(chunks[-1][0] - T0 * 1_000_000_000 - 1_740_000_000) < 1_000
+    return inputs, chunks
+
+
+def write_recording(path: Path, inputs, chunks, keep=lambda stamp: True) -> None:
+    """A recording of the node: its inputs arriving ARRIVAL_MS after their stamps (those stamped where keep() holds),
+    its chunks on /turbopi_node/action_chunk 50 ms after theirs."""
+    messages = [(t_ns + ARRIVAL_MS[topic] * 1_000_000, topic, msgtype, cdr) for t_ns, topic, msgtype, cdr in inputs
+                if keep(t_ns)]
+    messages += [(t_ns + 50_000_000, "/turbopi_node/action_chunk", msg.__msgtype__,
+                  bytes(TYPESTORE.serialize_cdr(msg, msg.__msgtype__))) for t_ns, msg in chunks]
+    with BagWriter(path) as bag:
+        for arrival, topic, msgtype, cdr in sorted(messages, key=lambda m: m[0]):
+            bag.write(topic, msgtype, arrival, cdr)
+
+
+def test_a_recorded_chunk_stamped_before_the_bag_starts_is_still_compared(tmp_path):
+    """The bag's start is the recorder's arrival time of its first message, later than that message's stamp: the
+    node's first chunk, observed on the first messages, is stamped before it, and its inputs are all in the bag."""
+    params = params_for(tmp_path)
+    inputs, chunks = node_chunks_and_inputs(tmp_path, params)
+    bag = tmp_path / "recording.mcap"
+    write_recording(bag, inputs, chunks)
+    with AnyReader([bag]) as reader:
+        assert chunks[0][0] < reader.start_time == T0 * 1_000_000_000 + 1_000_000  # the base frame, 1 ms after
+    report = replay(bag, params, tmp_path / "out", at_recorded_chunks=True, show_progress=False)
+    assert report["recorded_chunks"]["compared"] == report["recorded_chunks"]["reproduced_bit_for_bit"] == 8, report
+    assert report["recorded_chunks"]["not_rebuilt"] == [] and report["recorded_chunks"]["noise_offset"] == 0
+
+
+def test_recorded_chunks_whose_inputs_are_not_in_the_bag_are_listed_with_why(tmp_path, capsys):
+    """A recording that began after the node's first chunk was observed (its inputs are not in the bag) and ended
+    before the newest input of its last chunk was written: those two are not compared, each is listed with why, their
+    noise is drawn (the chunks between are reproduced bit for bit, no noise offset), and the summary says so."""
+    from turbopi_ros.tools.replay import BEFORE_RECORDING, MISSING
+
+    params = params_for(tmp_path)
+    inputs, chunks = node_chunks_and_inputs(tmp_path, params)
+    first, last = chunks[0][0], chunks[-1][0]
+    bag = tmp_path / "recording.mcap"
+    write_recording(bag, inputs, chunks, keep=lambda stamp: first < stamp < last)
+    out = tmp_path / "out"
+    assert main([str(bag), "--params-file", str(params), "--out", str(out), "--at-recorded-chunks"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    recorded = report["recorded_chunks"]
+    assert recorded["compared"] == recorded["reproduced_bit_for_bit"] == 6 and recorded["noise_offset"] == 0, report
+    assert report["chunks"] == report["instants"] == 6 and report["skips"]["total"] == 0
+    before, missing = recorded["not_rebuilt"]
+    assert (before["index"], before["stamp_ns"], before["kind"]) == (0, first, BEFORE_RECORDING)
+    assert before["at_s"] == -0.022  # the bag's first message: the joint state stamped 20 ms, arriving 2 ms after
+    assert "joint states (/joint_states): its first message in the bag is stamped 0.020000 s after the chunk" \
+        in before["why"] and "camera 'base_0_rgb' (/camera/base/image_raw): its first message in the bag is " \
+        "stamped 0.100000 s after the chunk" in before["why"]
+    assert (missing["index"], missing["stamp_ns"], missing["kind"]) == (7, last, MISSING)
+    assert "no input message in the bag is stamped at the chunk's stamp" in missing["why"]
+    assert "the recording ended before it" in missing["why"]
+    printed = capsys.readouterr().out
+    assert "recorded chunks reproduced bit for bit: 6 of 6" in printed
+    assert "not compared: 2 recorded chunks whose inputs are not all in the bag" in printed
+    assert f"recorded chunk 0 (at -0.022 s): {BEFORE_RECORDING}: " in printed
+    assert f"recorded chunk 7 (at 1.718 s): {MISSING}: " in printed
+    messages, _ = read_back(out / "chunks.mcap")
+    assert [stamp_ns(m.header.stamp) for _, m in messages["/turbopi_node/action_chunk"]] == [c[0] for c in chunks[1:-1]]
+
+
 # case: (overrides of the demo's parameters, what both the node's refusal and replay's say); the node is started on
 # the first two (one refused by rclpy's typing, one by the node's own checks), replay on all
 NODE_CASES = ("type", "lengths")

@@ -14,7 +14,9 @@ inference_period_s, i.e. max(inference_period_s, median total latency of this re
 chunk, and at the next recorded message after a skip (the node tries again when new data arrives).
 ``--at-recorded-chunks`` observes instead where the recorded node did: at the stamps of the chunks it published on
 /turbopi_node/action_chunk (see _candidates), which reproduces them bit for bit with the same checkpoint, seed and
-device (CPU), and shows what another checkpoint does at exactly those moments.
+device (CPU), and shows what another checkpoint does at exactly those moments. A recorded chunk whose inputs are not
+all in the bag (the recording began after the node received them, or ended before the newest was written) is not
+compared: the report lists it and why (why_not_rebuildable).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Replayed:
     instants: int = 0
     recorded: List[dict] = field(default_factory=list)  # --at-recorded-chunks: one entry per recorded chunk
     noise_offset: Optional[int] = None  # --at-recorded-chunks: chunks the node published before the recording began
+    not_rebuilt: List[dict] = field(default_factory=list)  # --at-recorded-chunks: chunks whose inputs the bag lacks
 
 
 def input_topics(config: NodeConfig) -> Dict[str, Tuple[str, str]]:
@@ -167,20 +170,35 @@ class Replayer:
     def run_at_recorded_chunks(self, reader, start_ns: int, end_ns: int, limit: int = 0,
                                progress=lambda t_s: None) -> Replayed:
         """One observation per chunk the recorded node published (RecordedChunks), in its order, so that the policy's
-        noise generator advances as the node's did: recorded chunks stamped before start_ns only draw their noise.
-        A chunk is resolved once the bag is SETTLE_S past its stamp: by then every message stamped before it has
-        arrived, whatever the order the recorder got the topics in."""
+        noise generator advances as the node's did: recorded chunks stamped before a window's start_ns only draw
+        their noise. From the bag's start (start_ns at or before its first message), every recorded chunk is in: the
+        first chunks may be stamped before the bag's start time (the recorder's arrival time of its first message,
+        later than that message's stamp), their inputs in the bag all the same. A chunk whose inputs are not all in
+        the bag (why_not_rebuildable) is not compared: it is listed, with why, in ``not_rebuilt``, and draws its
+        noise. A chunk is resolved once the bag is SETTLE_S past its stamp: by then every message stamped before it
+        has arrived, whatever the order the recorder got the topics in."""
         self._t0_ns = start_ns
+        whole_bag = start_ns <= reader.start_time
         recorded = RecordedChunks(reader, self.config)
         history: Dict[str, List[Tuple[int, int, object]]] = {n: [] for n in self.inputs.inputs}  # (stamp, arrival, msg)
+        first_stamps: Dict[str, int] = {}  # input -> stamp of its first message in the bag
         settle_ns = int(SETTLE_S * 1e9)
         for t_ns, topic, msg in itertools.chain(self.stream(reader, 2**63 - 1), [(2**63 - 1, None, None)]):
             while recorded.pending() and (msg is None or recorded.next_stamp_ns() + settle_ns < t_ns):
+                index = recorded.index()
                 stamp_ns, actions = recorded.pop()
                 if stamp_ns >= end_ns:
                     return self.result
-                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), start_ns,
-                                first=not self.result.recorded)
+                if stamp_ns < start_ns and not whole_bag:
+                    self.policy.model.sample_noise(1, generator=self.policy.generator)  # before the window
+                    continue
+                why = why_not_rebuildable(history, first_stamps, stamp_ns, self._names(), ended=msg is None)
+                if why is not None:
+                    self.policy.model.sample_noise(1, generator=self.policy.generator)  # the node drew it
+                    self.result.not_rebuilt.append({"index": index, "stamp_ns": stamp_ns, "kind": why[0],
+                                                    "why": why[1]})
+                    continue
+                self._reproduce(stamp_ns, actions, _candidates(history, stamp_ns), first=not self.result.recorded)
                 if limit and len(self.result.chunks) >= limit:
                     return self.result
             if msg is None or (t_ns >= end_ns and not recorded.pending()):
@@ -190,19 +208,21 @@ class Replayer:
                 progress((t_ns - start_ns) * 1e-9)
             if recorded.pending():
                 name = self.topics[topic][0]
-                history[name] = _usable(history[name] + [(_stamp_ns(stamp_to_sec(msg.header.stamp)), t_ns, msg)],
-                                        recorded.next_stamp_ns())
+                stamp = _stamp_ns(stamp_to_sec(msg.header.stamp))
+                first_stamps.setdefault(name, stamp)
+                history[name] = _usable(history[name] + [(stamp, t_ns, msg)], recorded.next_stamp_ns())
         return self.result
 
-    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, start_ns: int, first: bool = False) -> None:
-        """Observe on the first of ``candidates`` (see _candidates) that reproduces the recorded chunk, each tried
-        from the same generator state; else keep the first (the likeliest). For the bag's ``first`` chunk, when none
-        reproduces it, the noise of up to MAX_NOISE_OFFSET earlier chunks is skipped (a recording that began after
-        the node's first chunks: _noise_offset)."""
+    def _names(self) -> Dict[str, str]:
+        """input name -> its topic."""
+        return {name: topic for topic, (name, _) in self.topics.items()}
+
+    def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, first: bool = False) -> None:
+        """Observe on the first of ``candidates`` (see _candidates: not empty) that reproduces the recorded chunk,
+        each tried from the same generator state; else keep the first (the likeliest). For the bag's ``first`` chunk,
+        when none reproduces it, the noise of up to MAX_NOISE_OFFSET earlier chunks is skipped (a recording that began
+        after the node's first chunks: _noise_offset)."""
         generator = self.policy.generator
-        if stamp_ns < start_ns:
-            self.policy.model.sample_noise(1, generator=generator)
-            return
         self.result.instants += 1
         before = generator.get_state()
         tries, errors = [], []
@@ -219,8 +239,7 @@ class Replayer:
         if not tries:
             generator.set_state(before)
             self.policy.model.sample_noise(1, generator=generator)  # the node drew it
-            self.skip(stamp_ns, errors[0] if errors else "no messages in the bag make the recorded chunk's stamp "
-                      "(a message the node used is missing from the bag)", "recorded")
+            self.skip(stamp_ns, errors[0], "recorded")
             self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
             return
         matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
@@ -288,6 +307,44 @@ def _candidates(history: Dict[str, List[Tuple[int, int, object]]], stamp_ns: int
     return out
 
 
+BEFORE_RECORDING, MISSING = "input before the recording", "input missing from the bag"
+
+
+def why_not_rebuildable(history: Dict[str, List[Tuple[int, int, object]]], first_stamps: Dict[str, int],
+                        stamp_ns: int, topics: Dict[str, str], ended: bool = False) -> Optional[Tuple[str, str]]:
+    """None where the bag has the inputs of a recorded chunk stamped stamp_ns (_candidates finds a snapshot), else
+    (kind, why): BEFORE_RECORDING, an input has no message stamped at or before the chunk's stamp in the bag (its
+    first message there is later: the node received the one it observed before the recording of that topic began),
+    or MISSING, every input has one but none is stamped at the chunk's stamp, which is the stamp of the newest input
+    the node observed (not recorded; ``ended``: the bag ended before it was read, which the text says where an input
+    has no message after the chunk's stamp). ``history``: input -> its (stamp, arrival, message) so far (_usable),
+    ``first_stamps``: input -> the stamp of its first message in the bag, ``topics``: input -> topic."""
+    if _candidates(history, stamp_ns):
+        return None
+
+    def label(name: str) -> str:
+        return "joint states" if name == JOINT_STATES else f"camera '{name}'"
+
+    at = f"{stamp_ns * 1e-9:.6f} s"
+    early = [name for name, messages in history.items() if not any(m[0] <= stamp_ns for m in messages)]
+    if early:
+        parts = [f"{label(n)} ({topics[n]}): " + (f"its first message in the bag is stamped "
+                                                   f"{(first_stamps[n] - stamp_ns) * 1e-9:.6f} s after the chunk"
+                                                   if n in first_stamps else "no message in the bag")
+                 for n in early]
+        return BEFORE_RECORDING, (f"the chunk's inputs (stamped at or before {at}) are not all in the bag: "
+                                  + "; ".join(parts) + ": the node received them before the recording began")
+    newest = {n: max(m[0] for m in messages if m[0] <= stamp_ns) for n, messages in history.items()}
+    why = (f"no input message in the bag is stamped at the chunk's stamp {at} (the newest before it: "
+           + ", ".join(f"{label(n)} {(stamp_ns - t) * 1e-9:.6f} s" for n, t in newest.items())
+           + "): the newest message the node observed is missing from the bag")
+    after = [n for n, messages in history.items() if not any(m[0] > stamp_ns for m in messages)]
+    if ended and after:
+        why += (" (the recording ended before it: no " + ", ".join(label(n) for n in after)
+                + " message stamped after the chunk is in the bag)")
+    return MISSING, why
+
+
 def _usable(messages: List[Tuple[int, int, object]], stamp_ns: int) -> List[Tuple[int, int, object]]:
     """An input's messages that chunks stamped from stamp_ns on can use: the two newest stamped at or before it, and
     the later ones."""
@@ -322,6 +379,10 @@ class RecordedChunks:
 
     def pending(self) -> bool:
         return self._next < len(self.chunks)
+
+    def index(self) -> int:
+        """The position of the next chunk among the recorded ones (0: the bag's first)."""
+        return self._next
 
     def next_stamp_ns(self) -> int:
         return self.chunks[self._next][0]

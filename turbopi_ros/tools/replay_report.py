@@ -139,12 +139,16 @@ def write(out: Path, config: NodeConfig, policy, result, info: dict) -> dict:
         "observation_interval_s": _median_interval([c.stamp for c in result.chunks]),
         "replay_wall_s": info["wall_s"],
     }
-    if result.recorded:
+    if result.recorded or result.not_rebuilt:
         report["recorded_chunks"] = {
             "compared": len(result.recorded), "reproduced_bit_for_bit": sum(r["reproduced"] for r in result.recorded),
             "needed_another_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
             "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None),
-            "noise_offset": result.noise_offset}
+            "noise_offset": result.noise_offset,
+            # recorded chunks not compared because the bag lacks their inputs: index among the recorded chunks
+            # (0: the first), stamp, seconds from the bag's start, kind and why (replay.why_not_rebuildable)
+            "not_rebuilt": [dict(r, at_s=round((r["stamp_ns"] - info["bag_start_ns"]) * 1e-9, 6))
+                            for r in result.not_rebuilt]}
     write_bag(out / CHUNKS_BAG, config, result)
     plot(out, result, joints, rate, recorded, horizons, mae, t0)
     report["outputs"] = sorted(f.name for f in out.iterdir() if f.suffix in (".mcap", ".png")) + ["report.json"]
@@ -226,6 +230,10 @@ def summary_lines(report: dict, out: Path) -> List[str]:
     if "recorded_chunks" in report:
         r = report["recorded_chunks"]
         lines.append(f"recorded chunks reproduced bit for bit: {r['reproduced_bit_for_bit']} of {r['compared']}")
+        if r["not_rebuilt"]:
+            lines.append(f"  not compared: {len(r['not_rebuilt'])} recorded chunks whose inputs are not all in the bag")
+        for c in r["not_rebuilt"]:
+            lines.append(f"    recorded chunk {c['index']} (at {c['at_s']:.3f} s): {c['kind']}: {c['why']}")
         if r["noise_offset"]:
             lines.append(f"  the recording began after the node's first {r['noise_offset']} chunks (noise skipped)")
         if r["compared"] and not r["reproduced_bit_for_bit"]:
