@@ -8,8 +8,7 @@
 # Writes OUT_DIR/gpu_env.txt (the commit file, nvidia-smi, Python, torch, CUDA and Triton versions), then runs
 # scripts/gpu_report.sh --out-dir OUT_DIR (its budget: 450 s; it took 270 s on an H200) under
 # `timeout -s INT` (TURBOPI_REPORT_TIMEOUT_S, default 470 s, then 20 s to end before SIGKILL), then in the time left
-# tools/attention_bench.py and tools/kernel_profile.py (OUT_DIR/attention_bench.txt, kernel_profile.txt; all inside
-# the call's 590 s): a report that runs long is interrupted and still writes its
+# tools/attention_bench.py, gemm_bench.py and kernel_profile.py (OUT_DIR/<tool>.txt; all inside the call's 590 s): a report that runs long is interrupted and still writes its
 # gpu_<device>.txt and .json with what it measured (they are also rewritten after every part). Everything it prints
 # is kept in OUT_DIR/gpu_report.log. Further arguments go to gpu_report (--dry-run runs it on the CPU).
 # Python: $PYTHON, else python3 (the device's, with CUDA torch and Triton).
@@ -40,18 +39,19 @@ PYTHON=$py timeout -s INT -k 20 "${TURBOPI_REPORT_TIMEOUT_S:-470}" bash scripts/
 rc=${PIPESTATUS[0]}
 echo "gpu_report exit status $rc (124: stopped by the timeout)" | tee -a "$out/gpu_report.log"
 # then, in what is left of the call (TURBOPI_DEVICE_DEADLINE_S, default 575 s from this script's start), the
-# attention table (tools/attention_bench.py, up to 60 s) and the kernel profile (tools/kernel_profile.py, up to 90 s)
-# (with --dry-run: theirs, on the CPU; attention_bench's under Triton's interpreter)
+# attention table (tools/attention_bench.py, up to 60 s), the expert's matmuls against a candidate kernel
+# (tools/gemm_bench.py, up to 60 s) and the kernel profile (tools/kernel_profile.py, up to 90 s)
+# (with --dry-run: theirs, on the CPU; the two Triton benches under Triton's interpreter)
 deadline=${TURBOPI_DEVICE_DEADLINE_S:-575}
 dry=()
 case " $* " in *" --dry-run "*) dry=(--dry-run) ;; esac
-for tool in attention_bench:60 kernel_profile:90; do
+for tool in attention_bench:60 gemm_bench:60 kernel_profile:90; do
   name=${tool%%:*}
   left=$((deadline - SECONDS))
   [ "$left" -lt 20 ] && { echo "skipped $name: ${left} s left" | tee -a "$out/gpu_report.log"; continue; }
   limit=$(( left < ${tool##*:} ? left : ${tool##*:} ))
   interpret=()
-  [ "$name" = attention_bench ] && [ ${#dry[@]} -gt 0 ] && interpret=(TRITON_INTERPRET=1)
+  [ "$name" != kernel_profile ] && [ ${#dry[@]} -gt 0 ] && interpret=(TRITON_INTERPRET=1)
   env "${interpret[@]}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 5 "$limit" "$py" \
     -m "turbopi_ros.tools.$name" --out "$out/$name.txt" "${dry[@]}" >/dev/null 2>"$out/$name.err"
   echo "$name exit status $? (124: stopped after $limit s)" | tee -a "$out/gpu_report.log"

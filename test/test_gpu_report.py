@@ -34,12 +34,15 @@ def dry_run(tmp_path_factory):
 
 
 def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_report(dry_run):
-    """The device script's two tools after the report, in their dry runs: split_attention's kernels under Triton's
-    interpreter against float32 SDPA (every config within bfloat16 rounding), and the fused denoise's ops profiled
-    per preset, its split attention among them."""
+    """The device script's three tools after the report, in their dry runs: split_attention's kernels under Triton's
+    interpreter against float32 SDPA (every config within bfloat16 rounding), gemm_bench's candidate matmul against
+    F.linear, and the fused denoise's ops profiled per preset, its split attention among them."""
     proc, out = dry_run
     log = (out / "gpu_report.log").read_text()
-    assert "attention_bench exit status 0" in log and "kernel_profile exit status 0" in log, log[-2000:]
+    assert all(f"{tool} exit status 0" in log for tool in ("attention_bench", "gemm_bench", "kernel_profile")), log
+    gemm = (out / "gemm_bench.txt").read_text()
+    ulps = [float(u) for u in re.findall(r"vs F.linear ([0-9.]+) bfloat16 ulps", gemm)]
+    assert len(ulps) == 2 and all(u <= 2 for u in ulps), gemm  # the candidate matmul: within bfloat16 rounding
     table = (out / "attention_bench.txt").read_text()
     errs = [float(e) for e in re.findall(r"vs float32 ([0-9.e+-]+)\)?", table)]
     assert "split_attention" in table and len(errs) == 4 and all(0 <= e <= 1e-2 for e in errs), table

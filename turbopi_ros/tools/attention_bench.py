@@ -15,10 +15,8 @@ TRITON_INTERPRET=1 before Python starts): it checks the flow and the parity; its
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from ..model import fused
 from ..model import split_attention as sa
 from ..model.config import load_config
+from .device_bench import Printed, bench_device, device_name, graph_us
 
 # preset -> valid prompt tokens, as gpu_report measures them (pi0.5: task and discretized state)
 PROMPT_TOKENS = {"pi0": 20, "pi05": 80}
@@ -46,34 +45,6 @@ def shapes(preset: str, views: Tuple[int, ...]) -> List[Tuple[str, int, int, int
         out.append((f"{preset} {views[-1]} cameras state token", c.expert.num_heads,  # the expert, one token
                     prefix + 1, c.expert.head_dim))
     return out
-
-
-def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
-    """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls (on CPU: one call)."""
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e6
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
-    return best
 
 
 def parts_us(q, k, v, scale: float, splits: int, rows: int, warps: int, device) -> Tuple[float, float]:
@@ -144,32 +115,18 @@ def main(argv=None) -> int:
     p.add_argument("--views", default="1,3", help="cameras counts")
     p.add_argument("--dry-run", action="store_true", help="CPU under Triton's interpreter, tiny shapes")
     args = p.parse_args(argv)
-    lines: List[str] = []
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write("\n".join(lines) + "\n")
-
+    say = Printed(args.out)
+    device = bench_device(p, args.dry_run, interpreter=True)
     if args.dry_run:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            p.error("--dry-run needs TRITON_INTERPRET=1 set before Python starts (Triton's interpreter)")
-        fused.use_triton_on_cpu(True)
-        device = torch.device("cpu")
         cases = [("dry run", 40, 150, 16)]
         grid = [(1, 16, 4), (3, 32, 4)]
     else:
-        if not torch.cuda.is_available():
-            p.error("no CUDA device (--dry-run runs the flow on the CPU)")
-        device = torch.device("cuda")
         views = tuple(int(v) for v in args.views.split(","))
         cases = [case for preset in args.presets.split(",") for case in shapes(preset, views)]
         grid = GRID
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (dry run, Triton's interpreter)"
-    import triton  # noqa: F401 - split_attention needs it; its version is part of the figure
-    say(f"# attention_bench on {name}: torch {torch.__version__}, triton {sys.modules['triton'].__version__}; "
+    import triton  # split_attention needs it; its version is part of the figure
+
+    say(f"# attention_bench on {device_name(device)}: torch {torch.__version__}, triton {triton.__version__}; "
         "us a call, the best of 5 replays of a CUDA graph of 50 calls")
     with torch.inference_mode():
         for case in cases:

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List
 import torch
 
 from . import bench
+from .device_bench import Printed, bench_device, device_name
 from .gpu_report import fused_call
 from ..model.checkpoint import random_model
 from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, host_inputs
@@ -129,23 +130,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--dry-run", action="store_true", help="the CPU, tiny presets, 2 steps, eager (no graphs)")
     args = p.parse_args(argv)
-    lines: List[str] = []
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write("\n".join(lines) + "\n")
-
-    if args.dry_run:
-        device, presets, steps = torch.device("cpu"), ["tiny", "tiny_pi05"], 2
-    else:
-        if not torch.cuda.is_available():
-            p.error("no CUDA device (--dry-run runs the flow on the CPU)")
-        device, presets, steps = torch.device("cuda"), args.presets.split(","), args.steps
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (dry run: CPU op times, no graphs)"
-    say(f"# kernel_profile on {name}: torch {torch.__version__}")
+    say = Printed(args.out)
+    device = bench_device(p, args.dry_run, interpreter=False)
+    presets = ["tiny", "tiny_pi05"] if args.dry_run else args.presets.split(",")
+    steps = 2 if args.dry_run else args.steps
+    say(f"# kernel_profile on {device_name(device)}: torch {torch.__version__}"
+        + ("; CPU op times, no graphs" if args.dry_run else ""))
     for preset in presets:
         try:
             profile_preset(preset, args.views, steps, device, say)

@@ -1,0 +1,74 @@
+"""What the GPU bench tools share (attention_bench, gemm_bench, kernel_profile): the device a run measures (a CUDA
+GPU, or the CPU for a dry run), a per-call time inside a CUDA graph, and a printer that keeps the file up to date."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+
+class Printed:
+    """say(line): print it and rewrite ``path`` (if any) with every line so far: a run cut short keeps what it
+    measured."""
+
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self.lines: List[str] = []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        if self.path:
+            with open(self.path, "w") as f:
+                f.write("\n".join(self.lines) + "\n")
+
+
+def bench_device(parser: argparse.ArgumentParser, dry_run: bool, interpreter: bool) -> torch.device:
+    """The CUDA device, or for a dry run the CPU (with ``interpreter``: the Triton kernels on CPU tensors under
+    Triton's interpreter, which must be on before Python starts). Exits through ``parser`` where neither can run."""
+    if dry_run:
+        if interpreter:
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                parser.error("--dry-run needs TRITON_INTERPRET=1 set before Python starts (Triton's interpreter)")
+            from ..model import fused
+
+            fused.use_triton_on_cpu(True)
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        parser.error("no CUDA device (--dry-run runs the flow on the CPU)")
+    return torch.device("cuda")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
+
+
+def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
+    """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls (on CPU: one call)."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e6
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    return best
