@@ -237,6 +237,7 @@ def test_the_graphed_flow_on_cpu(tmp_path):
     assert p["encoder_graph_cache_vs_fresh_eager"] == p["block_eager_cache_vs_fresh_eager"] == 0
     assert p["block_eager_cache_actions_vs_fast"] == 0
     assert "host_waits_total_graph" in b and b["host_waits_total_graph"] is None  # counted on CUDA only
+    assert b["host_wait_sites_total_graph"] == []  # where each wait came from (CUDA)
     assert set(b["efficiency"]) == set(b["times"]) - {"reference denoise", "reference total"}
     c = entry["compile"]
     assert c["compiled_graph_vs_eager"] == 0 and set(c["times"]) == {"denoise compiled", "denoise eager",

@@ -193,10 +193,12 @@ def published_device(gpu_name: Optional[str]) -> Optional[str]:
     return None
 
 
-def host_waits(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+def host_waits(fn: Callable[[], object], device: torch.device,
+               sites: Optional[List[str]] = None) -> Optional[int]:
     """How many times one call of ``fn`` made the host wait for the device (torch.cuda's sync debug mode warns at
     each: a device value read, a blocking copy); None off CUDA. The all-graphed total should make none: its stages
-    are enqueued back to back and the caller waits once, for the actions."""
+    are enqueued back to back and the caller waits once, for the actions. ``sites`` (a list) gets where each wait
+    came from ("file:line: message"): the H200 runs counted one in the first all-graphed total of a run, none after."""
     if device.type != "cuda":
         return None
     import warnings
@@ -208,7 +210,10 @@ def host_waits(fn: Callable[[], object], device: torch.device) -> Optional[int]:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    if sites is not None:
+        sites.extend(f"{w.filename}:{w.lineno}: {str(w.message)[:200]}" for w in waits)
+    return len(waits)
 
 
 def memory_gb(device: torch.device) -> Optional[float]:
@@ -439,7 +444,9 @@ class ViewsBlock:
             fns["total graph"] = lambda: graph(encoder.build_cache(encoder.embed_images(images, masks), tokens,
                                                                    token_mask, state), self.noise, self.steps)
             fns["total graph"]()  # captured here
-            self.out["host_waits_total_graph"] = host_waits(fns["total graph"], self.s.device)
+            sites: List[str] = []
+            self.out["host_waits_total_graph"] = host_waits(fns["total graph"], self.s.device, sites)
+            self.out["host_wait_sites_total_graph"] = sites
         return fns
 
     def parity(self, fns: Dict[str, Callable[[], object]], ref32: torch.Tensor) -> Dict[str, float]:
@@ -995,7 +1002,8 @@ def print_views(say: Report, views: int, b: Dict) -> None:
         f"{_num(p.get('block_eager_cache_vs_fresh_eager'), '.2e')}); peak memory eager "
         f"{_num(b.get('peak_memory_gb'), '.2f')}"
         f" GB, graph {_num(b.get('peak_memory_gb_graph'), '.2f')} GB; host waits in one all-graphed total "
-        f"{_num(b.get('host_waits_total_graph'), 'd')}")
+        f"{_num(b.get('host_waits_total_graph'), 'd')}"
+        + "".join(f" [{site}]" for site in b.get("host_wait_sites_total_graph") or []))
     print_efficiency(say, b["efficiency"])
     att = b.get("attention")
     if att:
