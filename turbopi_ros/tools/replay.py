@@ -244,7 +244,7 @@ class Replayer:
             return
         matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
         if first:
-            found = self._noise_offset(candidates[0], actions, before) if not matched else (0, None)
+            found = self._noise_offset(candidates, actions, before) if not matched else (0, None)
             self.result.noise_offset = found[0] if found else None
             if found and found[1] is not None:
                 matched = tries = [found[1]]
@@ -256,24 +256,29 @@ class Replayer:
             "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
             "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
 
-    def _noise_offset(self, candidate, actions: np.ndarray, before):
-        """(k, (chunk, generator state after it)) where the likeliest observation reproduces the first recorded chunk
-        once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is skipped: the node published k chunks that
-        the recording missed (it began after the node's first chunk). None if no k does (another checkpoint, seed,
-        device...); the generator is then back at ``before``."""
+    def _noise_offset(self, candidates, actions: np.ndarray, before):
+        """(k, (chunk, generator state after it)) where one of the ``candidates`` observations (_candidates, likeliest
+        first) reproduces the first recorded chunk once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is
+        skipped: the node published k chunks that the recording missed (it began after the node's first chunk). The
+        smallest k wins, then the likeliest candidate: the node may have observed another snapshot than the likeliest
+        (a message still on its way), so every one is tried. None if none does (another checkpoint, seed, device...);
+        the generator is then back at ``before``."""
         generator = self.policy.generator
-        now_ns, snapshot = candidate
-        try:
-            observation = self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9)
-        except (InputError, ValueError):
-            return None
+        observations = []
+        for now_ns, snapshot in candidates:
+            try:
+                observations.append(self.inputs.observation(snapshot, self.prompt, now_ns * 1e-9))
+            except (InputError, ObservationError, ValueError):
+                continue
         generator.set_state(before)
         for k in range(1, MAX_NOISE_OFFSET + 1):
             self.policy.model.sample_noise(1, generator=generator)
             skipped = generator.get_state()
-            chunk = self.policy.infer(observation)
-            if np.array_equal(chunk.actions, actions):
-                return k, (chunk, generator.get_state())
+            for observation in observations:
+                generator.set_state(skipped)
+                chunk = self.policy.infer(observation)
+                if np.array_equal(chunk.actions, actions):
+                    return k, (chunk, generator.get_state())
             generator.set_state(skipped)
         generator.set_state(before)
         return None
