@@ -17,8 +17,8 @@ G groups (KV heads) of M query rows each; every row sees all N keys of its group
 F.scaled_dot_product_attention. ``use_split(q, k)`` says where it takes the kernels: few query rows.
 
 Measured on an H200 (docs/bench/split_attention_h200.txt, each inside a CUDA graph of 50 calls), pi0 with 3 cameras
-(400 rows over 839 keys): SDPA 26.1 us. The first version (64-row tiles, 8 warps, 14 splits, the combine one row
-tile a program) took 23.4 us and brought the fused denoise graph from 12.81 to 11.92 ms in the GPU report. Its parts
+(400 rows over 839 keys): SDPA 26.1 us. The first version (64-row tiles, 8 warps, 14 splits, the combine one row tile
+a program) took 23.4 us and brought the fused denoise graph from 12.56 to 11.92 ms (pi0) in the GPU report. Its parts
 measured apart: the partial kernel with 32-row tiles and 4 warps at 7 splits 6.6 us (25.6 us unsplit), the combine
 4.7-7.0 us in its 13 programs. Hence this version: 32-row tiles, 4 warps, splits for one program per SM, and the
 combine one row a program (400 programs). Not yet measured as a whole on a GPU.
