@@ -21,8 +21,9 @@ row reductions. ``use_triton_on_cpu(True)`` makes the ops run their kernels on C
 The stacks restructure a layer so that each residual add is fused with the norm that follows it (across layers: the
 MLP's residual with the next layer's input norm, the last one with the final norm), rotary and the cache write are the
 QKV epilogue, gate_proj and up_proj are one matmul (gemma.GemmaMLP.gate_up) whose output the MLP's gate reads as one
-tensor: a Gemma layer is 9 launches (qkv, qkv_rope, SDPA, o_proj, add_rms_norm, gate_up, gelu_gate, down_proj,
-add_rms_norm), a SigLIP layer 8 (counted: docs/fused_kernels.md).
+tensor: a Gemma layer is 9 dispatched ops (qkv, qkv_rope, attention, o_proj, add_rms_norm, gate_up, gelu_gate,
+down_proj, add_rms_norm), a SigLIP layer 8 (counted: docs/fused_kernels.md). On a GPU an expert layer of the denoise is
+10 kernels: its attention is split_attention.py's two (a Gemma prefix layer's is one, SDPA's).
 """
 from __future__ import annotations
 
