@@ -65,12 +65,14 @@ def forget_compiled() -> None:
 
 
 def cache_counters() -> Dict[str, int]:
-    """Inductor's FX graph cache and AOTAutograd's cache: hits and misses so far in this process."""
+    """Inductor's FX graph cache and AOTAutograd's cache: hits, misses and bypasses (a graph the cache will not
+    take: why a warm start still compiles) so far in this process."""
     from torch._dynamo.utils import counters
 
     return {name: int(counters[group][name]) for group, name in (
-        ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
-        ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))}
+        ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"), ("inductor", "fxgraph_cache_bypass"),
+        ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"),
+        ("aot_autograd", "autograd_cache_bypass"))}
 
 
 def first_compiled_denoise(model, cache, noise, steps: int, cache_dir: str) -> Tuple[float, torch.Tensor, Dict]:

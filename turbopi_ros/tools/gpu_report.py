@@ -1088,7 +1088,10 @@ def print_compile(say: Report, c: Dict) -> None:
 def _cache_found(counts: Optional[Dict[str, int]]) -> str:
     if not counts:
         return "FX graph cache n/a"
-    return f"FX graph cache {counts['fxgraph_cache_hit']} hits, {counts['fxgraph_cache_miss']} misses"
+    def of(kind: str) -> str:
+        return ", ".join(f"{counts.get(f'{kind}_{what}', 0)} {word}"
+                         for what, word in (("hit", "hits"), ("miss", "misses"), ("bypass", "bypassed")))
+    return f"FX graph cache {of('fxgraph_cache')}; AOTAutograd cache {of('autograd_cache')}"
 
 
 def print_fixtures(say: Report, c: Dict) -> None:
