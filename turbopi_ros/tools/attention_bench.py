@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..model import fused
 from ..model import split_attention as sa
 from ..model.config import load_config
-from .device_bench import Printed, bench_device, device_name, graph_us
+from .device_bench import Printed, bench_device, graph_us, run_grid
 
 # preset -> valid prompt tokens, as gpu_report measures them (pi0.5: task and discretized state)
 PROMPT_TOKENS = {"pi0": 20, "pi05": 80}
@@ -124,13 +124,7 @@ def main(argv=None) -> int:
         views = tuple(int(v) for v in args.views.split(","))
         cases = [case for preset in args.presets.split(",") for case in shapes(preset, views)]
         grid = GRID
-    import triton  # split_attention needs it; its version is part of the figure
-
-    say(f"# attention_bench on {device_name(device)}: torch {torch.__version__}, triton {triton.__version__}; "
-        "us a call, the best of 5 replays of a CUDA graph of 50 calls")
-    with torch.inference_mode():
-        for case in cases:
-            bench_shape(*case, device, grid, say)
+    run_grid("attention_bench", device, cases, grid, bench_shape, say)
     return 0
 
 

@@ -46,6 +46,18 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
 
 
+def run_grid(tool: str, device: torch.device, cases, grid, bench_shape: Callable, say: Printed) -> None:
+    """A Triton bench's run: its header (the machine, torch and Triton), then bench_shape(*case, device, grid, say)
+    for each case, under inference mode."""
+    import triton
+
+    say(f"# {tool} on {device_name(device)}: torch {torch.__version__}, triton {triton.__version__}; us a call, the "
+        "best of 5 replays of a CUDA graph of 50 calls")
+    with torch.inference_mode():
+        for case in cases:
+            bench_shape(*case, device, grid, say)
+
+
 def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
     """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls (on CPU: one call)."""
     if device.type != "cuda":

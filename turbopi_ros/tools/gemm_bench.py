@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..model.config import load_config
 from ..model.fused import triton, tl
-from .device_bench import Printed, bench_device, device_name, graph_us
+from .device_bench import Printed, bench_device, graph_us, run_grid
 
 BLOCK_M = 64
 GRID = [(bn, bk, splits) for bn in (32, 64, 128) for bk in (64, 128) for splits in (1, 2, 4, 8)]
@@ -139,11 +139,7 @@ def main(argv=None) -> int:
     device = bench_device(p, args.dry_run, interpreter=True)
     shapes = [("dry run", 50, 96, 80)] if args.dry_run else expert_shapes()
     grid = [(32, 32, 1), (64, 32, 2)] if args.dry_run else GRID
-    say(f"# gemm_bench on {device_name(device)}: torch {torch.__version__}, triton {triton.__version__}; us a call, "
-        "the best of 5 replays of a CUDA graph of 50 calls")
-    with torch.inference_mode():
-        for shape in shapes:
-            bench_shape(*shape, device, grid, say)
+    run_grid("gemm_bench", device, shapes, grid, bench_shape, say)
     return 0
 
 
