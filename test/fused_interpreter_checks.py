@@ -84,6 +84,7 @@ def attention(dtype, tol):
     """split_attention's kernels against SDPA: query rows not a multiple of the row tile, keys with a masked tail,
     one split and several (one of them empty), KV groups, K/V as strided slices of a [depth, B, KV, Lc, D] cache."""
     from turbopi_ros.model import split_attention as sa
+    from turbopi_ros.model.gemma import sdpa
 
     g = torch.Generator().manual_seed(3)
     tag = str(dtype).split(".")[-1]
@@ -94,11 +95,11 @@ def attention(dtype, tol):
         k, v = cache[1, :, :, :N], cache[2, :, :, :N]
         scale = D ** -0.5
         fused.use_triton_on_cpu(True)
-        got = [sa._launch(q, k, v, scale, splits)]
+        got = [sa.launch(q, k, v, scale, splits)]
         if splits == 1:
             got.append(sa.split_attention(q, k, v, scale))  # the op, with its own split count
         fused.use_triton_on_cpu(False)
-        want = [sa.attention_twin(q, k, v, scale)] * len(got)
+        want = [sdpa(q, k, v, scale)] * len(got)
         check(f"split_attention {tag} B={B} G={G} M={M} N={N} D={D} splits={splits}", got, want, tol)
 
 
@@ -134,15 +135,15 @@ def whole_model(variant, tol):
                               expert=dataclasses.replace(cfg.expert, head_dim=16))
     model = model_for(cfg)
     launches = []
-    launch = sa._launch
-    sa._launch = lambda *a, **kw: launches.append(a[0].shape) or launch(*a, **kw)
+    launch = sa.launch
+    sa.launch = lambda *a, **kw: launches.append(a[0].shape) or launch(*a, **kw)
     inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
     plain = model.sample_actions(*inputs, num_steps=3)
     model.use_fused(True)
     fused.use_triton_on_cpu(True)
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)
-    sa._launch = launch
+    sa.launch = launch
     if not launches:
         failures.append(f"whole model {variant}: split_attention's kernels never ran")
     check(f"whole model {variant} float32 (Triton kernels vs plain; split attention {len(launches)} calls)", [got],

@@ -294,6 +294,13 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def split_in_steps(n: int, parts: int, step: int) -> Tuple[int, int]:
+    """n items in about ``parts`` shares of whole ``step``s, for split kernels: (items a share, shares), none left
+    empty by the rounding."""
+    per_part = -(-(-(-n // parts)) // step) * step
+    return per_part, -(-n // per_part)
+
+
 def _mod_stride(t: Optional[torch.Tensor], W: int) -> int:
     """Batch stride of a [B, 1, W] modulation tensor (a chunk of [B, 1, 3W]: its last dim must be unit-stride)."""
     if t is None:

@@ -14,7 +14,7 @@ accumulation; in float32 the dot products run in IEEE float32 (no TF32).
     turbopi::split_attention(q [B, G, M, D], k [B, G, N, D], v [B, G, N, D], scale) -> [B, G, M, D]
 
 G groups (KV heads) of M query rows each; every row sees all N keys of its group. Off CUDA (and without Triton) it is
-F.scaled_dot_product_attention. ``use_split(q, k)`` says where it takes the kernels: few query rows.
+gemma.sdpa. ``use_split(q, k)`` says where it takes the kernels: few query rows.
 
 Measured on an H200 (docs/bench/split_attention_h200.txt, each inside a CUDA graph of 50 calls), pi0 with 3 cameras
 (400 rows over 839 keys): SDPA 26.1 us. The first version (64-row tiles, 8 warps, 14 splits, the combine one row tile
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from . import fused
 from .fused import kernels_for, triton, tl
+from .gemma import sdpa
 
 KERNELS = ("_split_attention_kernel", "_combine_splits_kernel")
 BLOCK_M = 32  # query rows per program
@@ -147,29 +148,41 @@ if triton is not None:
     fused.register_kernels(globals(), KERNELS)
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, splits: int, block_m: int = BLOCK_M,
-            num_warps: int = NUM_WARPS, block_n: int = BLOCK_N) -> torch.Tensor:
+def partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, splits: int, block_m: int = BLOCK_M,
+            num_warps: int = NUM_WARPS, block_n: int = BLOCK_N) -> Tuple[torch.Tensor, ...]:
+    """The first kernel: (parts [BG, S, M, D], maxes m [BG, S, M], sums l [BG, S, M]), float32; S: ``splits`` shares
+    of whole block_n steps of keys (fused.split_in_steps)."""
     B, G, M, D = q.shape
     N = k.shape[-2]
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"split_attention: {name} must be unit-stride in head_dim, strides {t.stride()}")
-    keys_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n  # whole BLOCK_N steps
-    splits = triton.cdiv(N, keys_per_split)  # none left empty by the rounding
+    keys_per_split, splits = fused.split_in_steps(N, splits, block_n)
     parts = torch.empty((B * G, splits, M, D), dtype=torch.float32, device=q.device)
     m = torch.empty((B * G, splits, M), dtype=torch.float32, device=q.device)
     l_ = torch.empty_like(m)
-    tiles = triton.cdiv(M, block_m)
-    _split_attention_kernel[(tiles, splits, B * G)](
+    _split_attention_kernel[(triton.cdiv(M, block_m), splits, B * G)](
         q, k, v, parts, m, l_, M, N, keys_per_split, scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), G, splits,
         D=D, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
         num_warps=num_warps)
-    out = torch.empty((B, G, M, D), dtype=q.dtype, device=q.device)
+    return parts, m, l_
+
+
+def combine(parts: torch.Tensor, m: torch.Tensor, l_: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The second kernel: partial()'s splits combined into the output [B, G, M, D] in ``like``'s shape and dtype."""
+    B, G, M, D = like.shape
+    splits = parts.shape[1]
+    out = torch.empty((B, G, M, D), dtype=like.dtype, device=like.device)
     _combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1), out.stride(2),
                                        D=D, SPLITS_P2=fused._pow2(splits), num_warps=4)
     return out
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, splits: int, **config) -> torch.Tensor:
+    """Both kernels, about ``splits`` shares of the keys, partial()'s ``config``."""
+    return combine(*partial(q, k, v, scale, splits, **config), like=q)
 
 
 @torch.library.custom_op("turbopi::split_attention", mutates_args=())
@@ -177,8 +190,8 @@ def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     """softmax(q k^T * scale) v for q [B, G, M, D] over k, v [B, G, N, D] (no mask): the split kernels where
     use_split(q, k), else SDPA."""
     if use_split(q, k):
-        return _launch(q, k, v, scale, num_splits(q, k.shape[-2]))
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return launch(q, k, v, scale, num_splits(q, k.shape[-2]))
+    return sdpa(q, k, v, scale)
 
 
 @split_attention.register_fake
@@ -186,9 +199,4 @@ def _(q, k, v, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def attention_twin(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """What split_attention computes, as plain SDPA."""
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
-
-
-__all__ = ["KERNELS", "attention_twin", "num_splits", "split_attention", "use_split"]
+__all__ = ["KERNELS", "combine", "launch", "num_splits", "partial", "split_attention", "use_split"]

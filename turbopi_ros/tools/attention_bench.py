@@ -21,7 +21,6 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..model import fused
 from ..model import split_attention as sa
 from ..model.config import load_config
 from .device_bench import Printed, bench_device, graph_us, run_grid
@@ -49,26 +48,9 @@ def shapes(preset: str, views: Tuple[int, ...]) -> List[Tuple[str, int, int, int
 
 def parts_us(q, k, v, scale: float, splits: int, rows: int, warps: int, device) -> Tuple[float, float]:
     """(partial, combine) microseconds of one split_attention config, each kernel alone."""
-    B, G, M, D = q.shape
-    N = k.shape[-2]
-    keys_per_split = -(-(-(-N // splits)) // sa.BLOCK_N) * sa.BLOCK_N
-    splits = -(-N // keys_per_split)
-    parts = torch.empty((B * G, splits, M, D), dtype=torch.float32, device=device)
-    m = torch.empty((B * G, splits, M), dtype=torch.float32, device=device)
-    l_ = torch.empty_like(m)
-    out = torch.empty_like(q)
-    tiles = -(-M // rows)
-
-    def partial():
-        sa._split_attention_kernel[(tiles, splits, B * G)](
-            q, k, v, parts, m, l_, M, N, keys_per_split, scale * sa.LOG2E, q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), G, splits,
-            D=D, BLOCK_M=rows, BLOCK_N=sa.BLOCK_N, IEEE=False, UPCAST=sa._INTERPRETER, num_warps=warps)
-
-    def combine():
-        sa._combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1),
-                                               out.stride(2), D=D, SPLITS_P2=fused._pow2(splits), num_warps=4)
-    return graph_us(partial, device), graph_us(combine, device)
+    parts = sa.partial(q, k, v, scale, splits, block_m=rows, num_warps=warps)
+    return (graph_us(lambda: sa.partial(q, k, v, scale, splits, block_m=rows, num_warps=warps), device),
+            graph_us(lambda: sa.combine(*parts, like=q), device))
 
 
 def bench_shape(name: str, rows: int, keys: int, head_dim: int, device, grid, say) -> Dict[str, object]:
@@ -95,8 +77,8 @@ def bench_shape(name: str, rows: int, keys: int, head_dim: int, device, grid, sa
         if splits > -(-keys // sa.BLOCK_N):
             continue
         try:
-            out = sa._launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps)
-            t = graph_us(lambda: sa._launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps), device)
+            out = sa.launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps)
+            t = graph_us(lambda: sa.launch(q, k, v, scale, splits, block_m=tile_rows, num_warps=warps), device)
             partial, combine = parts_us(q, k, v, scale, splits, tile_rows, warps, device)
         except Exception as e:  # a config the compiler rejects is a finding, not the end of the table
             say(f"  splits {splits:2d}, {tile_rows}-row tiles, {warps} warps: FAILED {type(e).__name__}: {e}"[:400])

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.config import load_config
-from ..model.fused import triton, tl
+from ..model.fused import split_in_steps, triton, tl
 from .device_bench import Printed, bench_device, graph_us, run_grid
 
 BLOCK_M = 64
@@ -90,8 +90,7 @@ def few_rows_matmul(x: torch.Tensor, w: torch.Tensor, block_n: int, block_k: int
     if M > BLOCK_M:
         raise ValueError(f"few_rows_matmul takes at most {BLOCK_M} rows, got {M}")
     x, w = x.contiguous(), w.contiguous()
-    k_per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
-    splits = triton.cdiv(K, k_per_split)
+    k_per_split, splits = split_in_steps(K, splits, block_k)
     parts = torch.empty((splits, M, N), dtype=torch.float32, device=x.device)
     upcast = os.environ.get("TRITON_INTERPRET") == "1"
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](

@@ -24,17 +24,12 @@ import torch
 
 from . import bench
 from .device_bench import Printed, bench_device, device_name
-from .gpu_report import fused_call
+from .gpu_report import fused_call, sync
 from ..model.checkpoint import random_model
 from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, host_inputs
 
 PROMPT_TOKENS = {"pi0": 20, "pi05": 80, "tiny": 20, "tiny_pi05": 80}
 BUCKETS_US = (3, 6, 10, 30)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def profile_table(name: str, fn: Callable[[], object], device: torch.device, say, reps: int = 3,
