@@ -4,6 +4,10 @@ Both nodes run as their own processes with config/demo_tiny.yaml (as `ros2 launc
 start them); this process listens to /diagnostics, ~/action_chunk and ~/joint_command and prints what it sees.
     turbopi-demo [--duration 20] [--params-file config/demo_tiny.yaml]      (--duration 0: until Ctrl-C)
     turbopi-demo --record demo.mcap      also records the node's inputs and outputs, for turbopi-replay
+
+With --record, the nodes start one after the other so that the recording is complete (recorder.py): fake_robot, then
+turbopi_node once every input is being recorded, started with autostart false and enabled (~/enable) once the
+recorder has discovered its outputs.
 """
 from __future__ import annotations
 
@@ -153,6 +157,32 @@ def _watch(monitor: "Monitor", procs, duration: float, summary: Summary, t0: flo
             summary.add(chunk_rate, command_rate, status)
 
 
+RECORD_WAIT_S = 120.0  # each step of a recorded start (the node loads its model in 3-4 s on 2 cores, more if busy)
+ENABLE_SERVICE = "/turbopi_node/enable"
+
+
+def _start_recorded(params: Path, env: Dict[str, str], recorder, client_node, procs: list) -> None:
+    """fake_robot; once the recorder writes each of its topics, turbopi_node with autostart false; once the recorder
+    has discovered the node's outputs, ~/enable. Appends each process to ``procs`` as it starts (the caller stops
+    them); RuntimeError when a step does not happen."""
+    from std_srvs.srv import SetBool
+
+    procs.append(processes.start(processes.FAKE_ROBOT, params, env))
+    recorder.wait_for_inputs(RECORD_WAIT_S, alive=lambda: procs[0].poll() is None)
+    procs.append(processes.start(processes.NODE, params, env, args=("-p", "autostart:=false")))
+    recorder.wait_for_outputs(RECORD_WAIT_S, alive=lambda: procs[1].poll() is None)
+    client = client_node.create_client(SetBool, ENABLE_SERVICE)
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while not client.wait_for_service(timeout_sec=0.5):
+        if procs[1].poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"turbopi_node's {ENABLE_SERVICE} service did not appear")
+    done = threading.Event()
+    future = client.call_async(SetBool.Request(data=True))
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(RECORD_WAIT_S) or not future.result().success:
+        raise RuntimeError(f"turbopi_node's {ENABLE_SERVICE} did not answer")
+
+
 def main(argv=None) -> int:
     args = _arguments(argv)
     params = Path(args.params_file) if args.params_file else processes.config_file("demo_tiny.yaml")
@@ -171,12 +201,17 @@ def main(argv=None) -> int:
 
         recorder = BagRecorder(Path(args.record), node_topics(load(params)))
         ros.add(recorder)
-    summary, interrupted, procs, t0 = Summary(), False, [], time.monotonic()
+    summary, interrupted, failed, procs, t0 = Summary(), False, None, [], time.monotonic()
     try:
-        procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
+        if recorder is None:
+            procs += [processes.start(processes.NODE, params, env), processes.start(processes.FAKE_ROBOT, params, env)]
+        else:
+            _start_recorded(params, env, recorder, monitor.node, procs)
         _watch(monitor, procs, args.duration, summary, t0)
     except KeyboardInterrupt:
         interrupted = True
+    except RuntimeError as e:  # a recorded start that did not happen
+        failed = str(e)
     finally:
         processes.stop(procs, timeout=10)
         if recorder is not None:
@@ -185,6 +220,9 @@ def main(argv=None) -> int:
                   ", ".join(f"{t} {n}" for t, n in counts.items()), flush=True)
         ros.shutdown()
 
+    if failed:
+        print(f"turbopi-demo: {failed}", file=sys.stderr)
+        return 1
     _, _, _, message, n_chunks, n_commands = monitor.snapshot()
     print("\n== summary ==")
     print(f"ran {time.monotonic() - t0:.1f} s{' (interrupted)' if interrupted else ''}: {n_chunks} action chunks, "

@@ -5,12 +5,19 @@ The messages are written as they arrive, serialized (raw subscriptions: the byte
 stamped with their arrival time on this node's clock, as rosbag2 does. The inputs are subscribed best effort with a
 deep queue (they match best-effort and reliable publishers and nothing is dropped here when this process is busy),
 the node's outputs reliably; cameras first, then joint states, in the node's own order.
+
+A recording is complete when it holds every input of every chunk and the node's first chunk: ``wait_for_inputs``
+(a message on every input topic) before the node starts and ``wait_for_outputs`` (its publishers discovered) before it
+is enabled get that (turbopi-demo --record does both). Without them, a recorder that discovers a publisher late (DDS
+discovery retries every few seconds when its first announcements are missed, as on a loaded machine) misses what the
+node already used.
 """
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -42,6 +49,8 @@ class BagRecorder(Node):
         self.bag = BagWriter(Path(path))
         self.lock = threading.Lock()
         self.counts: Dict[str, int] = {}
+        self.inputs = [topic for topic, _, is_input in topics if is_input]
+        self.outputs = [topic for topic, _, is_input in topics if not is_input]
         inputs = QoSProfile(depth=QUEUE, reliability=qos_profile_sensor_data.reliability,
                             durability=qos_profile_sensor_data.durability)
         outputs = QoSProfile(depth=QUEUE, reliability=ReliabilityPolicy.RELIABLE)
@@ -58,6 +67,28 @@ class BagRecorder(Node):
             if self.bag is not None:
                 self.bag.write(topic, msgtype, t_ns, raw)
                 self.counts[topic] += 1
+
+    def wait_for_inputs(self, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+        """Until a message of every input topic is written. RuntimeError naming the topics still silent once
+        ``timeout_s`` has passed or ``alive()`` (the publishing process runs) turns false."""
+        self._wait(lambda: [t for t in self.inputs if self.counts[t] == 0], "no message recorded", timeout_s, alive)
+
+    def wait_for_outputs(self, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+        """Until this node has discovered a publisher of every output topic; else RuntimeError as wait_for_inputs."""
+        self._wait(lambda: [t for t in self.outputs if self.count_publishers(t) == 0], "no publisher discovered",
+                   timeout_s, alive)
+
+    def _wait(self, pending: Callable[[], List[str]], what: str, timeout_s: float, alive: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                left = pending()
+            if not left:
+                return
+            if not alive() or time.monotonic() > deadline:
+                why = "its publisher exited" if not alive() else f"after {timeout_s:g} s"
+                raise RuntimeError(f"recorder: {what} on {', '.join(left)} ({why})")
+            time.sleep(0.02)
 
     def close(self) -> Dict[str, int]:
         """Finish the file (index, summary); later messages are dropped. Returns the message count per topic."""
