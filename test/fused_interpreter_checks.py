@@ -103,6 +103,31 @@ def attention(dtype, tol):
         check(f"split_attention {tag} B={B} G={G} M={M} N={N} D={D} splits={splits}", got, want, tol)
 
 
+def matmul(dtype, tol):
+    """few_rows_matmul's kernels against F.linear: rows, columns and K not multiples of their blocks, one K split and
+    several (the second kernel adds them), a strided x, and the op on 3-D rows with its own plan."""
+    from turbopi_ros.model import few_rows_matmul as fr
+
+    g = torch.Generator().manual_seed(4)
+    tag = str(dtype).split(".")[-1]
+    for M, K, N, block_k, splits in ((50, 96, 80, 32, 1), (50, 200, 70, 32, 3), (1, 64, 33, 16, 4)):
+        x = torch.randn(M, 2 * K, generator=g).to(dtype)[:, :K]  # rows 2K apart
+        w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
+        fused.use_triton_on_cpu(True)
+        got = fr.launch(x, w, 32, block_k, splits)
+        fused.use_triton_on_cpu(False)
+        check(f"few_rows_matmul {tag} M={M} K={K} N={N} K step {block_k} splits={splits}", [got], [F.linear(x, w)],
+              tol)
+    x = torch.randn(2, 25, 300, generator=g).to(dtype)
+    w = (torch.randn(130, 300, generator=g) * 300 ** -0.5).to(dtype)
+    fused.use_triton_on_cpu(True)
+    assert fr.use_kernels(x, w)
+    got = fr.few_rows_linear(x, w)
+    fused.use_triton_on_cpu(False)
+    check(f"few_rows_linear {tag} {list(x.shape)} @ {list(w.shape)} plan {fr.plan(130, 300, fr.CPU_SMS)}", [got],
+          [F.linear(x, w)], tol)
+
+
 def gelu_gate_layout(dtype, tol):
     """gelu_gate's kernel on the fused gate/up layout (rows of 2F: F gate columns, then F up columns) against its
     twin and against the separate math gelu_tanh(gate) * up: 2-D and 3-D inputs, F with masked tails, F > 1024 (more
@@ -126,8 +151,10 @@ def gelu_gate_layout(dtype, tol):
 
 
 def whole_model(variant, tol):
-    """head_dim 16: the smallest split_attention takes (it must run here: counted)."""
+    """head_dim 16: the smallest split_attention takes (it must run here: counted); then with the few-rows matmul too
+    (counted)."""
     import dataclasses
+    from turbopi_ros.model import few_rows_matmul as fr
     from turbopi_ros.model import split_attention as sa
 
     cfg = small_config(variant)
@@ -148,6 +175,17 @@ def whole_model(variant, tol):
         failures.append(f"whole model {variant}: split_attention's kernels never ran")
     check(f"whole model {variant} float32 (Triton kernels vs plain; split attention {len(launches)} calls)", [got],
           [plain], tol)
+    matmuls = []
+    launch_matmul = fr.launch
+    fr.launch = lambda *a, **kw: matmuls.append(a[0].shape) or launch_matmul(*a, **kw)
+    model.use_few_rows_matmul(True)
+    fused.use_triton_on_cpu(True)
+    got = model.sample_actions(*inputs, num_steps=3)
+    fused.use_triton_on_cpu(False)
+    fr.launch = launch_matmul
+    if len(matmuls) != 3 * 4 * cfg.expert.depth:
+        failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls, not 4 a layer a step")
+    check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls) vs plain", [got], [plain], tol)
 
 
 def backward_kernels(dtype, tol):
@@ -215,6 +253,8 @@ if "kernels" in sections:
     kernels(torch.bfloat16, None)
     attention(torch.float32, 1e-5)
     attention(torch.bfloat16, None)
+    matmul(torch.float32, 1e-5)
+    matmul(torch.bfloat16, None)
 if "gelu_gate" in sections:
     gelu_gate_layout(torch.float32, 1e-5)
     gelu_gate_layout(torch.bfloat16, None)

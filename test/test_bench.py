@@ -68,6 +68,25 @@ def test_bench_with_the_fused_kernels_times_them_and_tables_the_plain_path(tmp_p
     assert r["ablation"]
 
 
+def test_bench_with_the_few_rows_matmul_runs_it_in_the_fused_denoise(tmp_path, monkeypatch, capsys):
+    """--few-rows-matmul: the fused denoise's expert Linears go through few_rows_matmul.few_rows_linear (counted; on
+    CPU it is F.linear, so the actions equal the plain path's); without --fused it is refused."""
+    from turbopi_ros.model import few_rows_matmul
+
+    calls = []
+    op = few_rows_matmul.few_rows_linear
+    monkeypatch.setattr(few_rows_matmul, "few_rows_linear", lambda x, w: calls.append(w.shape) or op(x, w))
+    args = ["--preset", "tiny", "--views", "1", "--prompt-len", "5", "--steps", "2", "--iters", "1", "--warmup", "0",
+            "--threads", "1", "--no-op-counts", "--few-rows-matmul"]
+    assert bench.main(args) == 2
+    assert "--few-rows-matmul runs in the fused denoise: add --fused" in capsys.readouterr().err
+    out = tmp_path / "bench.json"
+    assert bench.main(args + ["--fused", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["setup"]["few_rows_matmul"] is True and r["fused_vs_unfused_max_abs_diff"] <= 1e-5
+    assert len(calls) >= 4 * 2 * load_config("tiny").expert.depth  # four a layer a step, in every denoise timed
+
+
 def test_bench_runs_and_writes_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = bench.main(["--preset", "tiny_pi05", "--views", "2", "--prompt-len", "7", "--steps", "2", "--iters", "1",

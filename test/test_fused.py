@@ -101,10 +101,12 @@ def _interpreter_checks(*sections):
 
 def test_triton_kernels_under_the_interpreter():
     """Every kernel vs its twin (float32 1e-5, bfloat16 two rounding steps) and whole tiny pi0 / pi0.5 with the
-    kernels vs plain (float32 1e-5), in a subprocess: TRITON_INTERPRET must be set before Triton is imported."""
+    kernels vs plain (float32 1e-5), then with the few-rows matmul too, in a subprocess: TRITON_INTERPRET must be set
+    before Triton is imported."""
     lines, stdout = _interpreter_checks("kernels", "whole_model")
-    assert len(lines) == 22 and "whole model pi05" in lines[-1], stdout
+    assert len(lines) == 32 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
     assert sum(line.startswith("split_attention") for line in lines) == 8, stdout
+    assert sum(line.startswith("few_rows_") for line in lines) == 8, stdout
 
 
 def test_gelu_gate_kernel_reads_the_fused_gate_up_layout():

@@ -500,15 +500,24 @@ def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention
     return attend
 
 
+Matmul = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
 def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention: StackAttention, mods: Optional[List[Tuple[Modulation, Modulation]]] = None,
                 final_norm: Optional[RMSNorm] = None, final_mod: Optional[Modulation] = None,
-                last_attention_only: bool = False) -> Optional[torch.Tensor]:
+                last_attention_only: bool = False, matmul: Optional[Matmul] = None) -> Optional[torch.Tensor]:
     """The fused twin of running ``layers`` one after another (GemmaLayer.forward) and then ``final_norm``; each
     layer attends through ``attention`` (cache_attention: pi0.py's cache-writing attention; prefix_attention: the
     guided denoise's). Returns the final norm's output, or None with ``last_attention_only`` (the
-    prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped)."""
+    prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped). ``matmul(linear,
+    x)`` runs the layers' four Linears (default: linear(x); few_rows_matmul.linear for the denoise, opt-in)."""
     n = len(layers)
+    lin = matmul or _call
     if n == 0:
         raise ValueError("gemma_stack needs at least one layer")
 
@@ -519,13 +528,13 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
     y = rms_norm(x, w, sc, sh)
     for li, layer in enumerate(layers):
         attn = layer.self_attn
-        o = attn.o_proj(attention(li, attn, attn.qkv(y), cos, sin))
+        o = lin(attn.o_proj, attention(li, attn, lin(attn.qkv, y), cos, sin))
         if last_attention_only and li == n - 1:
             return None
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
         x, y = add_rms_norm(x, o, gate, w, sc, sh)
         mlp = layer.mlp
-        m = mlp.down_proj(gelu_gate(mlp.gate_up(y)))
+        m = lin(mlp.down_proj, gelu_gate(lin(mlp.gate_up, y)))
         if li + 1 < n:
             w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
         elif final_norm is not None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
+from .few_rows_matmul import linear as few_rows_linear
 from .split_attention import split_attention
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
@@ -110,6 +111,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
         self._fused = False
+        self._few_rows_matmul = False
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
@@ -134,6 +136,19 @@ class PI0Model(nn.Module):
         self._fused = bool(enable)
         self.vision.fused = self._fused
         self.sampler.compiled_velocity = None  # a compiled step traced the other path
+        return self
+
+    @property
+    def few_rows_matmul(self) -> bool:
+        """Whether the fused denoise runs the expert's matmuls through model/few_rows_matmul.py."""
+        return self._few_rows_matmul
+
+    def use_few_rows_matmul(self, enable: bool = True) -> "PI0Model":
+        """Opt in to (or out of) the few-rows split-K matmul kernels for the expert's four Linears in the fused
+        denoise (not the guided one, which differentiates through them): Triton kernels on CUDA for 16-bit weights,
+        F.linear elsewhere. Not measured in the model yet (model/few_rows_matmul.py)."""
+        self._few_rows_matmul = bool(enable)
+        self.sampler.compiled_velocity = None
         return self
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
@@ -266,7 +281,8 @@ class PI0Model(nn.Module):
         if self._fused:
             stop = cache.keys.shape[-2]
             return self.fused_expert_velocity(x_t, sc, cache.cos, cache.sin, fused.cache_attention(
-                lambda li: (cache.keys[li], cache.values[li], n, stop), split_attention))
+                lambda li: (cache.keys[li], cache.values[li], n, stop), split_attention),
+                few_rows_linear if self._few_rows_matmul else None)
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):
@@ -288,10 +304,12 @@ class PI0Model(nn.Module):
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     def fused_expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
-                              attention: fused.StackAttention) -> torch.Tensor:
-        """expert_velocity with the fused kernels (fused.gemma_stack), attending through ``attention``."""
+                              attention: fused.StackAttention, matmul: Optional[fused.Matmul] = None) -> torch.Tensor:
+        """expert_velocity with the fused kernels (fused.gemma_stack), attending through ``attention``, its Linears
+        through ``matmul`` (gemma_stack's)."""
         h = self.embed_actions(x_t, sc).to(self.dtype)
-        h = fused.gemma_stack(self.expert.layers, h, cos, sin, attention, sc.layer_mods, self.expert.norm, sc.final_mod)
+        h = fused.gemma_stack(self.expert.layers, h, cos, sin, attention, sc.layer_mods, self.expert.norm, sc.final_mod,
+                              matmul=matmul)
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     @engine_entry

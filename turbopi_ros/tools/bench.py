@@ -424,6 +424,10 @@ class BenchRun:
         self.model = model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
         if args.fused:
             model.use_fused(True)
+        if getattr(args, "few_rows_matmul", False):
+            if not args.fused:
+                raise ValueError("--few-rows-matmul runs in the fused denoise: add --fused")
+            model.use_few_rows_matmul(True)
         if args.compile:
             model.compile_denoise()
         self.inputs = make_inputs(config, args.views, args.prompt_len, device)
@@ -442,7 +446,7 @@ class BenchRun:
                 "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
                 "max_token_len": config.max_token_len, "steps": self.steps, "iters": args.iters,
                 "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
-                "fused": bool(args.fused)}
+                "fused": bool(args.fused), "few_rows_matmul": bool(getattr(args, "few_rows_matmul", False))}
 
     def __call__(self) -> Dict[str, object]:
         args, model, steps = self.args, self.model, self.steps
@@ -570,7 +574,8 @@ def _header_lines(r: Dict[str, object]) -> List[str]:
     return [f"turbopi-bench: {s['config']} ({s['variant']}), {s['device']} {s['dtype']}, {s['views']} views, prompt "
             f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
-            + (", fused kernels" if s.get("fused") else ""),
+            + (", fused kernels" if s.get("fused") else "")
+            + (", few-rows matmul" if s.get("few_rows_matmul") else ""),
             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
             f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
             f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
@@ -671,6 +676,8 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graph", action="store_true", help="denoise as a CUDA graph (cuda only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoise step")
     p.add_argument("--fused", action="store_true", help="time the fused layer kernels (PI0Model.use_fused)")
+    p.add_argument("--few-rows-matmul", action="store_true",
+                   help="with --fused: the expert's matmuls through model/few_rows_matmul.py (not measured yet)")
     p.add_argument("--no-op-counts", dest="op_counts", action="store_false",
                    help="skip table (h), the ops / kernels per stage of the plain and the fused path")
     p.add_argument("--profile", type=int, default=0, metavar="N",

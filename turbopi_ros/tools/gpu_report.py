@@ -69,7 +69,7 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
               "denoise graph": "denoise", "total eager": "total", "total graph": "total",
               "denoise eager fused": "denoise", "total eager fused": "total", "vision graph fused": "vision",
               "prefix_cache graph fused": "prefix_cache", "denoise graph fused": "denoise",
-              "total graph fused": "total"}
+              "total graph fused": "total", "denoise graph fused few-rows": "denoise"}
 # the prompt and state size of the capture check: pi0.5's lengths over every state of STATE_DIMS values
 CAPTURE_PROMPT = "pick up the cube and put it in the bowl"
 STATE_DIMS = 7
@@ -112,15 +112,18 @@ def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
     return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
 
 
-def fused_call(model, fn: Callable[[], object]) -> Callable[[], object]:
-    """fn run with the model's fused kernels on (and the switch put back)."""
+def fused_call(model, fn: Callable[[], object], few_rows_matmul: bool = False) -> Callable[[], object]:
+    """fn run with the model's fused kernels on, and with ``few_rows_matmul`` its few-rows matmul too (and the
+    switches put back)."""
     def run():
-        was = model.fused
+        was = model.fused, model.few_rows_matmul
         model.use_fused(True)
+        model.use_few_rows_matmul(few_rows_matmul or was[1])
         try:
             return fn()
         finally:
-            model.use_fused(was)
+            model.use_fused(was[0])
+            model.use_few_rows_matmul(was[1])
     return run
 
 
@@ -309,18 +312,20 @@ class Session:
 
 class Graphs:
     """The CUDA graphs of one preset's bfloat16 model (none off CUDA unless Session.cpu_graphs): the denoiser, the
-    encoder (vision and prefix cache), and an encoder and denoiser sharing one pool for the fused kernels."""
+    encoder (vision and prefix cache), an encoder and denoiser sharing one pool for the fused kernels, and a fused
+    denoiser with the few-rows matmul (model/few_rows_matmul.py)."""
 
     def __init__(self, s: Session, model):
-        self.denoiser = self.encoder = self.fused = None
+        self.denoiser = self.encoder = self.fused = self.few_rows = None
         if s.graphs:
             self.encoder = CudaGraphEncoder(model, pool=s.graph_pool())
             self.denoiser = CudaGraphDenoiser(model, pool=s.graph_pool())
             fused_pool = s.graph_pool()
             self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
+            self.few_rows = CudaGraphDenoiser(model, pool=s.graph_pool())
 
     def clear(self) -> None:
-        for graph in (self.denoiser, self.encoder) + (self.fused or ()):
+        for graph in (self.denoiser, self.encoder, self.few_rows) + (self.fused or ()):
             if graph is not None:
                 graph.clear()
 
@@ -355,6 +360,8 @@ class ViewsBlock:
             self.add(fns, "fused kernels", self.fused_fns)
             if g.fused is not None:  # everything graphed, with the fused kernels
                 self.add(fns, "fused kernels in CUDA graphs", self.fused_graph_fns)
+            if g.few_rows is not None:
+                self.add(fns, "few-rows matmul in the fused denoise graph", self.few_rows_fns)
             if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
                 self.add(fns, "CUDA graphs of vision and the prefix cache",
                          functools.partial(self.encoder_fns, graphed))
@@ -429,6 +436,16 @@ class ViewsBlock:
                 "denoise graph fused": lambda: f_den(self.cache, self.noise, self.steps),
                 "total graph fused": f_total}
 
+    def few_rows_fns(self) -> Dict[str, Callable[[], object]]:
+        """The fused denoise graph with the expert's matmuls through few_rows_matmul (opt-in, PI0Model
+        .use_few_rows_matmul): the same graph as "denoise graph fused" but for those kernels."""
+        graph = self.graphs.few_rows
+        run = fused_call(self.model, lambda: graph(self.cache, self.noise, self.steps), few_rows_matmul=True)
+        t0 = time.perf_counter()
+        run()  # captured here, not in a timed call
+        self.out["few_rows_graph_capture_s"] = time.perf_counter() - t0
+        return {"denoise graph fused few-rows": run}
+
     def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
         """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
         encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
@@ -475,6 +492,9 @@ class ViewsBlock:
             parity["fused_bf16_vs_reference_fp32"] = max_abs(fused_actions, ref32)
             if "total graph fused" in fns:
                 parity["fused_graph_vs_fused_eager"] = max_abs(fns["total graph fused"](), fused_actions)
+        if "denoise graph fused few-rows" in fns and "denoise graph fused" in fns:
+            parity["few_rows_vs_fused_graph"] = max_abs(fns["denoise graph fused few-rows"]().clone(),
+                                                        fns["denoise graph fused"]().clone())
         if "vision graph" in fns:
             parity.update(self.caches_after(fast))
         # = sample_actions(path="reference")
@@ -994,6 +1014,10 @@ def print_views(say: Report, views: int, b: Dict) -> None:
         f"{med('total eager fused')} / graph {med('total graph fused')}; fused vs plain (bf16) max abs diff "
         f"{_num(p.get('fused_vs_plain_bf16'), '.2e')}, fused vs fp32 reference "
         f"{_num(p.get('fused_bf16_vs_reference_fp32'), '.2e')}")
+    if "denoise graph fused few-rows" in t:
+        say(f"    few-rows matmul (model/few_rows_matmul.py): denoise graph fused {med('denoise graph fused few-rows')}"
+            f" against {med('denoise graph fused')} without; max abs diff of their actions "
+            f"{_num(p.get('few_rows_vs_fused_graph'), '.2e')}")
     say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
         f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
         f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "

@@ -56,14 +56,14 @@ def kernel_shapes_config(variant: str):
 
 def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
     """The launches of one observation (vision, prefix cache, two denoise steps, two guided denoise steps: forward
-    and backward) through the fused path."""
+    and backward) through the fused path, the denoise's matmuls through few_rows_matmul (opt-in in the model)."""
     from ..model import fused
     from ..model.checkpoint import random_model
     from ..model.rtc import Guidance, guided_denoise
     from .bench import make_inputs
 
     config = kernel_shapes_config(variant)
-    model = random_model(config, dtype=dtype).use_fused(True)
+    model = random_model(config, dtype=dtype).use_fused(True).use_few_rows_matmul(True)
     images, masks, tokens, token_mask, state, noise = make_inputs(config, 1, prompt_len, "cpu")
     with torch.no_grad(), fused.recording_launches() as launches:
         image_tokens = model.embed_images(images.to(dtype), masks)

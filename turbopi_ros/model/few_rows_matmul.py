@@ -1,0 +1,154 @@
+"""Matmuls of few rows by wide weights (Triton split-K, with F.linear as its twin): the action expert's in a denoise.
+
+A denoise step multiplies 50 action rows (pi0's and pi0.5's horizon) by each expert layer's four weights (qkv,
+o_proj, gate_up, down_proj: 34.6 MB a layer in bfloat16). That is weight traffic, 8.7 us a layer at an H200's
+measured 4.06 TB/s, but cuBLAS took about 26 us a layer there (docs/bench/kernel_profile_h200.txt: 5.3 ms of the
+fused pi0 denoise's 12.7). Few rows leave a row-tiled GEMM few column tiles, so few thread blocks stream the weights.
+
+Here one program takes every row (at most MAX_ROWS, one row block) by a block of output columns and a share of K,
+so the weight streams through column blocks x K splits programs, about one per SM: float32 partial sums
+[splits, M, N], then a second kernel adds them and rounds once (one kernel, rounding in its store, with one split).
+The products and sums are float32, as cuBLAS's are; only the order of the float32 additions differs from it.
+
+    turbopi::few_rows_linear(x [..., K], w [N, K]) -> [..., N]      (= F.linear(x, w), no bias)
+
+Opt-in (PI0Model.use_few_rows_matmul, turbopi-bench --few-rows-matmul) and not yet measured in the model: its
+kernel's configs were timed alone against cuBLAS by tools/gemm_bench.py, which has not run on a GPU yet either; the
+GPU report times the fused denoise graph with and without it, in one run, with parity. Elsewhere (CPU, more rows,
+float32 on a GPU, a bias) it is F.linear.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import fused
+from .fused import kernels_for, triton, tl
+
+KERNELS = ("_few_rows_matmul_kernel", "_sum_splits_kernel")
+MAX_ROWS = 64  # the one row block: all rows in every program
+BLOCK_N = 64  # output columns a program
+BLOCK_K = 128  # K a step
+NUM_WARPS = 4
+SUM_BLOCK = 1024  # outputs a program of the second kernel
+CPU_SMS = 132  # off CUDA (the interpreter; recording the launches): an H100's SMs, so the launches are a GPU's
+_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is imported, as Triton does
+
+
+def use_kernels(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether x [..., K] @ w [N, K]^T takes the kernels: Triton runs on x's device, at most MAX_ROWS rows, x and w
+    of one 16-bit dtype (float32 only under the interpreter, for the parity tests: float32 on a GPU is no speed
+    path)."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    return (kernels_for(x) and 0 < rows <= MAX_ROWS and x.dtype == w.dtype and w.dim() == 2
+            and (x.dtype in (torch.bfloat16, torch.float16) or (x.dtype == torch.float32 and _INTERPRETER)))
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def plan(n: int, k: int, sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> Tuple[int, int, int]:
+    """(block_n, block_k, K splits) for N output columns over K: enough K splits for about one program per SM
+    (cdiv(N, block_n) column blocks each), every split at least one block_k step of K. A start, to be replaced by
+    measured configs (tools/gemm_bench.py)."""
+    steps = triton.cdiv(k, block_k)
+    return block_n, block_k, max(1, min(steps, triton.cdiv(sms, triton.cdiv(n, block_n))))
+
+
+if triton is not None:
+    @triton.jit
+    def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, M, N, K, k_per_split, stride_xm,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                UPCAST: tl.constexpr):
+        """Program (column block, K split): y[split, :, cols] = x[:, ks] @ w[cols, ks]^T in float32 (x [M, K] rows
+        stride_xm apart, w [N, K] row-major, y [SPLITS, M, N]; a 16-bit y with one split: rounded by the store).
+        UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32."""
+        pid_n = tl.program_id(0)
+        split = tl.program_id(1)
+        rows = tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        cmask = cols < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        k_start = split * k_per_split
+        k_stop = tl.minimum(k_start + k_per_split, K)
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < k_stop
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+            if UPCAST:
+                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            else:
+                acc += tl.dot(x, tl.trans(w))
+        tl.store(y_ptr + (split * M + rows[:, None]) * N + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _sum_splits_kernel(p_ptr, y_ptr, MN, SPLITS, BLOCK: tl.constexpr):
+        """y[i] = sum_s p[s, i], rounded once to y's dtype by the store."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < MN
+        acc = tl.zeros([BLOCK], tl.float32)
+        for s in range(0, SPLITS):
+            acc += tl.load(p_ptr + s * MN + i, mask=m, other=0.0)
+        tl.store(y_ptr + i, acc, mask=m)
+
+    fused.register_kernels(globals(), KERNELS)
+
+
+def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
+           num_warps: int = NUM_WARPS) -> torch.Tensor:
+    """x [M, K] (unit stride in K) @ w [N, K]^T for M <= MAX_ROWS: the first kernel, and with more than one split
+    (whole block_k steps each: fused.split_in_steps) the second."""
+    M, K = x.shape
+    N = w.shape[0]
+    if M > MAX_ROWS or w.shape[1] != K:
+        raise ValueError(f"few_rows_matmul: x [M <= {MAX_ROWS}, K] and w [N, K], got {list(x.shape)} and "
+                         f"{list(w.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    w = w.contiguous()
+    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    parts = y if splits == 1 else torch.empty((splits, M, N), dtype=torch.float32, device=x.device)
+    _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
+        x, w, parts, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        UPCAST=_INTERPRETER, num_warps=num_warps)
+    if splits > 1:
+        _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, M * N, splits, BLOCK=SUM_BLOCK, num_warps=4)
+    return y
+
+
+@torch.library.custom_op("turbopi::few_rows_linear", mutates_args=())
+def few_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) for x [..., K], w [N, K]: the kernels where use_kernels(x, w), else F.linear."""
+    if not use_kernels(x, w):
+        return F.linear(x, w)
+    sms = _sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
+    y = launch(x.reshape(-1, x.shape[-1]), w, *plan(w.shape[0], w.shape[1], sms))
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+@few_rows_linear.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) through few_rows_linear where the module computes as nn.Linear does, without a bias (the expert's
+    four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias, runs itself).
+    fused.gemma_stack's ``matmul``."""
+    if (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
+            and module.bias is None):
+        return few_rows_linear(x, module.weight)
+    return module(x)
+
+
+__all__ = ["KERNELS", "MAX_ROWS", "few_rows_linear", "launch", "linear", "plan", "use_kernels"]
