@@ -35,8 +35,8 @@ def dry_run(tmp_path_factory):
 
 def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_report(dry_run):
     """The device script's three tools after the report, in their dry runs: split_attention's kernels under Triton's
-    interpreter against float32 SDPA (every config within bfloat16 rounding), gemm_bench's candidate matmul against
-    F.linear, and the fused denoise's ops profiled per preset, its split attention among them."""
+    interpreter against float32 SDPA (every config within bfloat16 rounding), gemm_bench's few-rows matmul (its grid
+    and the op) against F.linear, and the fused denoise's ops profiled per preset, its split attention among them."""
     proc, out = dry_run
     log = (out / "gpu_report.log").read_text()
     assert all(f"{tool} exit status 0" in log for tool in ("attention_bench", "gemm_bench", "kernel_profile")), log
