@@ -279,7 +279,9 @@ def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
     peaks = gpu_report.measure_peaks(s.device, True)
     monkeypatch.setattr(fused, "gemma_stack", broken)
     b, _ = gpu_report.ViewsBlock(s, model, config, 1, 20, gpu_report.Graphs(s, model))(ref32, peaks, None)
-    assert [e.split(":")[0] for e in b["errors"]] == ["fused kernels", "fused kernels in CUDA graphs"]
+    assert [e.split(":")[0] for e in b["errors"]] == ["fused kernels", "fused kernels in CUDA graphs",
+                                                      "few-rows matmul in the fused denoise graph"]
+    assert not model.few_rows_matmul
     assert s.budget.errors == b["errors"] and not model.fused  # the switch is put back
     assert {"denoise graph", "total graph", "vision graph", "prefix_cache graph"} <= set(b["times"])
     assert not any("fused" in name for name in b["times"]) and b["parity"]["graph_vs_eager"] == 0
