@@ -178,7 +178,7 @@ def whole_model(variant, tol):
     matmuls = []
     launch_matmul = fr.launch
     fr.launch = lambda *a, **kw: matmuls.append(a[0].shape) or launch_matmul(*a, **kw)
-    model.use_few_rows_matmul(True)
+    model.use_fused(True, few_rows_matmul=True)
     fused.use_triton_on_cpu(True)
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)

@@ -8,7 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from group_helpers import (GROUPS, LIMIT, Recorder, check_command_rates, check_group_trajectories,  # noqa: E402
+from group_helpers import (COMMAND_HZ, GROUPS, LIMIT, Recorder, check_command_rates, check_group_trajectories,  # noqa: E402
                            group_overrides)
 from ros_helpers import node_session, wait_for  # noqa: E402
 
@@ -36,9 +36,14 @@ def test_each_command_stream_runs_at_the_command_rate_with_its_joints(running):
     time.sleep(4.7)
     check_command_rates(recorder, t0, 4.0)
     assert feeder.since(feeder.commands, 0.0) == [], "with groups, ~/joint_command is not published"
-    # one tick, one command per group: the streams' counts agree
-    counts = [len(recorder.since(recorder.commands[g], t0)) for g in GROUPS]
-    assert max(counts) - min(counts) <= 2, counts
+    # one tick, one command per group: the streams' counts agree over one span of the node's publish times (rmw
+    # source timestamps: by arrival here, a stream delivered later than another on a loaded machine counted fewer)
+    with recorder.lock:
+        sources = {g: [s for _, s in recorder.command_sources[g]] for g in GROUPS}
+        first = [s for t, s in recorder.command_sources[next(iter(GROUPS))] if t0 <= t < t0 + 4.0]
+    lo, hi = min(first) - 0.5 / COMMAND_HZ, max(first) + 0.5 / COMMAND_HZ
+    counts = [sum(lo <= s <= hi for s in sources[g]) for g in GROUPS]
+    assert max(counts) - min(counts) <= 1 and min(counts) >= len(first), counts
 
 
 def test_velocity_group_stops_with_a_zero_command(running):

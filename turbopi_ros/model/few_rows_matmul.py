@@ -12,9 +12,9 @@ The products and sums are float32, as cuBLAS's are; only the order of the float3
 
     turbopi::few_rows_linear(x [..., K], w [N, K]) -> [..., N]      (= F.linear(x, w), no bias)
 
-Opt-in (PI0Model.use_few_rows_matmul, turbopi-bench --few-rows-matmul) and not yet measured in the model: its
-kernel's configs were timed alone against cuBLAS by tools/gemm_bench.py, which has not run on a GPU yet either; the
-GPU report times the fused denoise graph with and without it, in one run, with parity. Elsewhere (CPU, more rows,
+Opt-in (PI0Model.use_fused(few_rows_matmul=True), turbopi-bench --few-rows-matmul) and not yet measured in the
+model: tools/gemm_bench.py times its configs against cuBLAS, and the GPU report the fused denoise graph with and
+without it, in one run, with parity; neither has run on a GPU yet. Elsewhere (CPU, more rows,
 float32 on a GPU, a bias) it is F.linear.
 """
 from __future__ import annotations

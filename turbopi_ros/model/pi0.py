@@ -111,7 +111,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
         self._fused = False
-        self._few_rows_matmul = False
+        self.few_rows_matmul = False  # the fused denoise's expert matmuls through few_rows_matmul.py (use_fused)
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
@@ -129,26 +129,16 @@ class PI0Model(nn.Module):
         """Whether the engine runs the fused layer kernels (model/fused.py) instead of the plain modules."""
         return self._fused
 
-    def use_fused(self, enable: bool = True) -> "PI0Model":
+    def use_fused(self, enable: bool = True, few_rows_matmul: Optional[bool] = None) -> "PI0Model":
         """Opt in to (or out of) the fused layer kernels for SigLIP, the prefix cache and the denoise: Triton kernels
         on CUDA, their plain-torch twins elsewhere. The plain path stays the reference (the reference path always runs
-        the plain modules); the guided (RTC) denoise differentiates through the fused ops (model/fused_grad.py)."""
+        the plain modules); the guided (RTC) denoise differentiates through the fused ops (model/fused_grad.py).
+        ``few_rows_matmul`` (None: unchanged): the fused denoise's expert matmuls through model/few_rows_matmul.py."""
         self._fused = bool(enable)
+        if few_rows_matmul is not None:
+            self.few_rows_matmul = bool(few_rows_matmul)
         self.vision.fused = self._fused
         self.sampler.compiled_velocity = None  # a compiled step traced the other path
-        return self
-
-    @property
-    def few_rows_matmul(self) -> bool:
-        """Whether the fused denoise runs the expert's matmuls through model/few_rows_matmul.py."""
-        return self._few_rows_matmul
-
-    def use_few_rows_matmul(self, enable: bool = True) -> "PI0Model":
-        """Opt in to (or out of) the few-rows split-K matmul kernels for the expert's four Linears in the fused
-        denoise (not the guided one, which differentiates through them): Triton kernels on CUDA for 16-bit weights,
-        F.linear elsewhere. Not measured in the model yet (model/few_rows_matmul.py)."""
-        self._few_rows_matmul = bool(enable)
-        self.sampler.compiled_velocity = None
         return self
 
     # --- stage 1: vision ------------------------------------------------------------------------------------------
@@ -282,7 +272,7 @@ class PI0Model(nn.Module):
             stop = cache.keys.shape[-2]
             return self.fused_expert_velocity(x_t, sc, cache.cos, cache.sin, fused.cache_attention(
                 lambda li: (cache.keys[li], cache.values[li], n, stop), split_attention),
-                few_rows_linear if self._few_rows_matmul else None)
+                few_rows_linear if self.few_rows_matmul else None)
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):
@@ -305,8 +295,7 @@ class PI0Model(nn.Module):
 
     def fused_expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
                               attention: fused.StackAttention, matmul: Optional[fused.Matmul] = None) -> torch.Tensor:
-        """expert_velocity with the fused kernels (fused.gemma_stack), attending through ``attention``, its Linears
-        through ``matmul`` (gemma_stack's)."""
+        """expert_velocity with the fused kernels (fused.gemma_stack's: ``attention``, ``matmul``)."""
         h = self.embed_actions(x_t, sc).to(self.dtype)
         h = fused.gemma_stack(self.expert.layers, h, cos, sin, attention, sc.layer_mods, self.expert.norm, sc.final_mod,
                               matmul=matmul)

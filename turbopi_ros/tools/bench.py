@@ -427,7 +427,7 @@ class BenchRun:
         if getattr(args, "few_rows_matmul", False):
             if not args.fused:
                 raise ValueError("--few-rows-matmul runs in the fused denoise: add --fused")
-            model.use_few_rows_matmul(True)
+            model.use_fused(True, few_rows_matmul=True)
         if args.compile:
             model.compile_denoise()
         self.inputs = make_inputs(config, args.views, args.prompt_len, device)

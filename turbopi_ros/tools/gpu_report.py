@@ -117,13 +117,11 @@ def fused_call(model, fn: Callable[[], object], few_rows_matmul: bool = False) -
     switches put back)."""
     def run():
         was = model.fused, model.few_rows_matmul
-        model.use_fused(True)
-        model.use_few_rows_matmul(few_rows_matmul or was[1])
+        model.use_fused(True, few_rows_matmul=few_rows_matmul or was[1])
         try:
             return fn()
         finally:
-            model.use_fused(was[0])
-            model.use_few_rows_matmul(was[1])
+            model.use_fused(*was)
     return run
 
 
@@ -437,8 +435,8 @@ class ViewsBlock:
                 "total graph fused": f_total}
 
     def few_rows_fns(self) -> Dict[str, Callable[[], object]]:
-        """The fused denoise graph with the expert's matmuls through few_rows_matmul (opt-in, PI0Model
-        .use_few_rows_matmul): the same graph as "denoise graph fused" but for those kernels."""
+        """The fused denoise graph with the expert's matmuls through few_rows_matmul (opt-in: PI0Model.use_fused's
+        few_rows_matmul): the same graph as "denoise graph fused" but for those kernels."""
         graph = self.graphs.few_rows
         run = fused_call(self.model, lambda: graph(self.cache, self.noise, self.steps), few_rows_matmul=True)
         t0 = time.perf_counter()

@@ -63,7 +63,7 @@ def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
     from .bench import make_inputs
 
     config = kernel_shapes_config(variant)
-    model = random_model(config, dtype=dtype).use_fused(True).use_few_rows_matmul(True)
+    model = random_model(config, dtype=dtype).use_fused(True, few_rows_matmul=True)
     images, masks, tokens, token_mask, state, noise = make_inputs(config, 1, prompt_len, "cpu")
     with torch.no_grad(), fused.recording_launches() as launches:
         image_tokens = model.embed_images(images.to(dtype), masks)
