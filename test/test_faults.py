@@ -99,14 +99,17 @@ def test_inference_hangs(running):
     recovered(feeder, node, resumed_from)
     assert "recovered: chunks flowing again (was: inference stalled: running for" in node.log()
 
-    chunks = feeder.since(feeder.chunks, hang_from - 1.0)
+    # by the node's publish times (rmw source timestamps): a feeder that ran late itself (a loaded machine) may take
+    # the chunk after the hang before the commands published during it
+    with feeder.lock:
+        chunks = [(s, m) for t, s, m in feeder.chunks_info if t >= hang_from - 1.0]
+        commands = [s for _, s in feeder.commands_info]
     gaps = [(a, b) for (a, _), (b, _) in zip(chunks, chunks[1:]) if b - a > 2.0]
     assert len(gaps) == 1, [round(b - a, 2) for a, b in gaps]
-    last = next(m for t, m in chunks if t == gaps[0][0])  # the chunk the hang started after
+    last = next(m for s, m in chunks if s == gaps[0][0])  # the chunk the hang started after
     p = last.points[-1].time_from_start
     end = last.header.stamp.sec + last.header.stamp.nanosec * 1e-9 + p.sec + p.nanosec * 1e-9
-    with feeder.lock:
-        during = [s for t, s in feeder.commands_info if gaps[0][0] <= t < gaps[0][1]]
+    during = [s for s in commands if gaps[0][0] <= s < gaps[0][1]]
     assert during, "no command after the last chunk before the hang"
     assert end - 3 * PERIOD_S <= max(during) <= end + PERIOD_S, (max(during) - end)
 
@@ -119,16 +122,22 @@ def test_a_sensor_stops(running, silent, name):
     feeder, node, _ = running
     recovered(feeder, node, time.monotonic())
     feeder.faults[silent] = True
-    key = "joints" if silent.startswith("joints") else silent[:-len("_silent")]
-    stopped_at = time.monotonic()
-    assert wait_for(lambda: status_is(feeder, ERROR, name + ": newest message is"), timeout=5), feeder.latest_status()
-    time.sleep(0.5)
-    last = feeder.last_stamp[key]
-    late = commands_after(feeder, last + MAX_AGE_S + PERIOD_S)
-    assert late == [], f"commands {late[-1] - last:.3f} s after the last {name} message"
-    assert commands_after(feeder, last + MAX_AGE_S - 2 * PERIOD_S), "the commands stopped before the input was stale"
-    assert node.alive()
-    feeder.faults.pop(silent)
+    try:
+        key = "joints" if silent.startswith("joints") else silent[:-len("_silent")]
+        stopped_at = time.monotonic()
+        stale = wait_for(lambda: status_is(feeder, ERROR, name + ": newest message is"), timeout=5)
+        assert stale, feeder.latest_status()
+        time.sleep(0.5)
+        last = feeder.last_stamp[key]
+        late = commands_after(feeder, last + MAX_AGE_S + PERIOD_S)
+        assert late == [], f"commands {late[-1] - last:.3f} s after the last {name} message"
+        # no sooner than stale, give or take the sensor's last few messages (best effort: a loaded machine may lose
+        # them, and the node then goes stale from the one before) and a late command tick
+        early = commands_after(feeder, last + MAX_AGE_S - 5 * PERIOD_S)
+        assert early, "the commands stopped before the input was stale"
+        assert node.alive()
+    finally:  # the sensor comes back even when a check failed: the module's next tests share this node
+        feeder.faults.pop(silent)
     recovered(feeder, node, time.monotonic())
     assert time.monotonic() - stopped_at < 30
 
