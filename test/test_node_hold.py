@@ -8,7 +8,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import isolate_ros_domain, make_test_node, node_params, spin_in_background, wait_for  # noqa: E402
+from ros_helpers import (assert_published_at, isolate_ros_domain, make_test_node, node_params,  # noqa: E402
+                         spin_in_background, wait_for)
 
 
 def test_on_stale_hold_repeats_the_last_command():
@@ -33,8 +34,12 @@ def test_on_stale_hold_repeats_the_last_command():
                         and "joint_states: newest message is" in feeder.latest_status().message, timeout=10)
         t = time.monotonic() + 0.2  # let a command in flight arrive
         time.sleep(1.2)
+        with feeder.lock:
+            sources = list(feeder.commands_info)
+        # at the control rate, from the node's publish times (this process's one executor, shared by the node and the
+        # feeder, delays arrivals on a loaded machine), and they kept coming
+        assert_published_at(sources, t, 1.0, params["control_rate_hz"], rel=0.1, what="held commands: ")
         held = [np.array(m.data) for arrived, m in feeder.since(feeder.commands, t) if arrived < t + 1.0]
-        assert len(held) >= 0.9 * params["control_rate_hz"], f"{len(held)} commands in 1 s while holding"
         assert all(np.array_equal(h, held[0]) for h in held), "held commands must repeat the last one"
         assert feeder.since(feeder.chunks, t) == []
 
