@@ -19,7 +19,6 @@ float32 on a GPU, a bias) it is F.linear.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Tuple
 
@@ -48,17 +47,18 @@ def use_kernels(x: torch.Tensor, w: torch.Tensor) -> bool:
             and (x.dtype in (torch.bfloat16, torch.float16) or (x.dtype == torch.float32 and _INTERPRETER)))
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def plan(n: int, k: int, sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> Tuple[int, int, int]:
     """(block_n, block_k, K splits) for N output columns over K: enough K splits for about one program per SM
     (cdiv(N, block_n) column blocks each), every split at least one block_k step of K. A start, to be replaced by
     measured configs (tools/gemm_bench.py)."""
     steps = triton.cdiv(k, block_k)
     return block_n, block_k, max(1, min(steps, triton.cdiv(sms, triton.cdiv(n, block_n))))
+
+
+def plan_for(x: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int]:
+    """plan() for x [..., K] @ w [N, K]^T on x's device (CPU_SMS off CUDA): the config few_rows_linear launches."""
+    sms = fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
+    return plan(w.shape[0], w.shape[1], sms)
 
 
 if triton is not None:
@@ -131,8 +131,7 @@ def few_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """F.linear(x, w) for x [..., K], w [N, K]: the kernels where use_kernels(x, w), else F.linear."""
     if not use_kernels(x, w):
         return F.linear(x, w)
-    sms = _sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
-    y = launch(x.reshape(-1, x.shape[-1]), w, *plan(w.shape[0], w.shape[1], sms))
+    y = launch(x.reshape(-1, x.shape[-1]), w, *plan_for(x, w))
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -151,4 +150,4 @@ def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
-__all__ = ["KERNELS", "MAX_ROWS", "few_rows_linear", "launch", "linear", "plan", "use_kernels"]
+__all__ = ["KERNELS", "MAX_ROWS", "few_rows_linear", "launch", "linear", "plan", "plan_for", "use_kernels"]

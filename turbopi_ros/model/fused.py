@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -288,6 +289,13 @@ if triton is not None:
         w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
         bb = tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + row * W + cols, d * (1.0 / tl.sqrt(var + eps)) * w + bb, mask=m)
+
+
+@functools.lru_cache(maxsize=8)
+def sm_count(device_index: int) -> int:
+    """The SMs of CUDA device ``device_index``: the split kernels (split_attention, few_rows_matmul) size their grids
+    by it."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _pow2(n: int) -> int:
@@ -563,5 +571,5 @@ def siglip_stack(vision, x: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["KERNELS", "Launch", "add_layer_norm", "add_rms_norm", "all_kernels", "backend", "cache_attention",
            "gelu_gate", "gemma_stack", "kernels_for", "layer_norm", "prefix_attention", "qkv_rope", "qkv_rope_heads",
-           "recording_launches", "register_kernels", "rms_norm", "siglip_stack", "triton_available",
+           "recording_launches", "register_kernels", "rms_norm", "siglip_stack", "sm_count", "triton_available",
            "use_triton_on_cpu"]

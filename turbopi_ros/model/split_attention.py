@@ -25,7 +25,6 @@ combine one row a program (400 programs). Not yet measured as a whole on a GPU.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Tuple
 
@@ -54,17 +53,12 @@ def use_split(q: torch.Tensor, k: torch.Tensor) -> bool:
             and (q.dtype in (torch.bfloat16, torch.float16) or (q.dtype == torch.float32 and _INTERPRETER)))
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M) -> int:
     """How many key splits: enough programs for one per SM (132 SMs on an H100/H200; 8 "SMs" on CPU), each split at
     least one BLOCK_N step of keys."""
     B, G, M, _ = q.shape
     programs = B * G * triton.cdiv(M, block_m)
-    sms = _sm_count(q.device.index or 0) if q.is_cuda else 8
+    sms = fused.sm_count(q.device.index or 0) if q.is_cuda else 8
     return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(sms, programs)))
 
 
