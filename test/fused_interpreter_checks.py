@@ -1,8 +1,8 @@
 """Run by test_fused.py in a subprocess with TRITON_INTERPRET=1 (it must be set before Triton is imported): every
 Triton kernel of model/fused.py on CPU tensors against its plain-torch twin, then whole tiny models with the kernels
 against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance.
-Arguments name the sections to run (``kernels``, ``gelu_gate``, ``whole_model``, ``backward``: fused_grad.py's
-kernels and the guided denoise); none: all of them."""
+Arguments name the sections to run (``kernels``, ``choice``: kernel_choice.py over the split kernels' configs,
+``gelu_gate``, ``whole_model``, ``backward``: fused_grad.py's kernels and the guided denoise); none: all of them."""
 import os
 import sys
 
@@ -128,6 +128,39 @@ def matmul(dtype, tol):
           [F.linear(x, w)], tol)
 
 
+def choice(dtype):
+    """The ops measuring their candidates (kernel_choice.py) as they do on a GPU, here timed on the host: every
+    config of few_rows_linear and split_attention for these shapes runs, matches its library kernel (none rejected),
+    and is timed; the op then launches the one chosen. One line per op."""
+    from turbopi_ros.model import few_rows_matmul as fr, split_attention as sa
+    from turbopi_ros.model.gemma import sdpa
+    from turbopi_ros.model.kernel_choice import CHOICES
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 25, 300, generator=g).to(dtype)
+    w = (torch.randn(130, 300, generator=g) * 300 ** -0.5).to(dtype)
+    q = (torch.randn(1, 1, 40, 16, generator=g) * 2).to(dtype)
+    k, v = ((torch.randn(1, 1, 150, 16, generator=g) * 2).to(dtype) for _ in range(2))
+    CHOICES.clear()
+    CHOICES.time_on_cpu, CHOICES.calls, CHOICES.reps = True, 1, 1
+    fused.use_triton_on_cpu(True)
+    try:
+        runs = [("few_rows_linear", fr.few_rows_linear(x, w), F.linear(x, w), len(fr.candidates(x[0], w))),
+                ("split_attention", sa.split_attention(q, k, v, 0.25), sdpa(q, k, v, 0.25),
+                 len(sa.candidates(q, 150, 0.25)))]
+    finally:
+        fused.use_triton_on_cpu(False)
+        CHOICES.time_on_cpu = False
+    made = {c.op: c for c in CHOICES.choices()}
+    for op, got, want, count in runs:
+        c = made[op]
+        if c.rejected or len(c.times_us) != count or c.chosen not in c.times_us:
+            failures.append(f"{op}: {c.line()}")
+        check(f"kernel choice {op} {str(dtype).split('.')[-1]} [{c.key}]: {len(c.times_us)} of {count} candidates "
+              f"timed, none rejected, chose {c.chosen}", [got], [want], None)
+    CHOICES.clear()
+
+
 def gelu_gate_layout(dtype, tol):
     """gelu_gate's kernel on the fused gate/up layout (rows of 2F: F gate columns, then F up columns) against its
     twin and against the separate math gelu_tanh(gate) * up: 2-D and 3-D inputs, F with masked tails, F > 1024 (more
@@ -247,7 +280,7 @@ def guided(variant, tol):
     check(f"guided denoise {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
 
 
-sections = sys.argv[1:] or ["kernels", "gelu_gate", "whole_model", "backward"]
+sections = sys.argv[1:] or ["kernels", "choice", "gelu_gate", "whole_model", "backward"]
 if "kernels" in sections:
     kernels(torch.float32, 1e-5)
     kernels(torch.bfloat16, None)
@@ -255,6 +288,8 @@ if "kernels" in sections:
     attention(torch.bfloat16, None)
     matmul(torch.float32, 1e-5)
     matmul(torch.bfloat16, None)
+if "choice" in sections:
+    choice(torch.bfloat16)
 if "gelu_gate" in sections:
     gelu_gate_layout(torch.float32, 1e-5)
     gelu_gate_layout(torch.bfloat16, None)

@@ -1,6 +1,7 @@
 """The fused path (model/fused.py, PI0Model.use_fused) against the plain path: whole models on CPU (the ops' twins),
 the openpi fixtures through it, and every Triton kernel under Triton's interpreter on CPU tensors."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,18 @@ def test_triton_kernels_under_the_interpreter():
     assert len(lines) == 32 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
     assert sum(line.startswith("split_attention") for line in lines) == 8, stdout
     assert sum(line.startswith("few_rows_") for line in lines) == 8, stdout
+
+
+def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():
+    """kernel_choice.py over the ops' own candidates, under the interpreter and timed on the host as a GPU times
+    them in graphs: every config of few_rows_linear and split_attention compiles, matches F.linear / SDPA, and is
+    timed; the op's output is the chosen one's."""
+    lines, stdout = _interpreter_checks("choice")
+    assert len(lines) == 2 and all("none rejected" in line for line in lines), stdout
+    assert lines[0].startswith("kernel choice few_rows_linear") and lines[1].startswith("kernel choice split_attention")
+    for line in lines:  # cuBLAS / SDPA and at least three configs, every one timed
+        timed = re.search(r": (\d+) of (\d+) candidates timed", line)
+        assert timed and timed[1] == timed[2] and int(timed[1]) >= 4, stdout
 
 
 def test_gelu_gate_kernel_reads_the_fused_gate_up_layout():

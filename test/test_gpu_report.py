@@ -43,10 +43,12 @@ def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_repor
     gemm = (out / "gemm_bench.txt").read_text()
     ulps = [float(u) for u in re.findall(r"vs F.linear ([0-9.]+) bfloat16 ulps", gemm)]
     assert len(ulps) == 3 and all(u <= 2 for u in ulps), gemm  # the few-rows matmul: within bfloat16 rounding
-    assert "the op (the model's plan: 64 columns, K step 128, 1 splits)" in gemm, gemm
+    assert "the op (its choice: " in gemm and "choice: few_rows_linear [50x" in gemm, gemm  # measured as on a GPU
+    assert "rejected" not in gemm, gemm
     table = (out / "attention_bench.txt").read_text()
     errs = [float(e) for e in re.findall(r"vs float32 ([0-9.e+-]+)\)?", table)]
     assert "split_attention" in table and len(errs) == 4 and all(0 <= e <= 1e-2 for e in errs), table
+    assert "choice: split_attention [B1 G1 M" in table and "rejected" not in table, table
     profile = (out / "kernel_profile.txt").read_text()
     assert profile.count("== denoise eager fused") == 2 and "turbopi::split_attention" in profile, profile
     assert "FAILED" not in profile and "turbopi::gelu_gate" in profile, profile

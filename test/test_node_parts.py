@@ -428,6 +428,19 @@ def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_ze
     assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
 
 
+def test_the_warm_up_reports_the_kernel_choices_the_gpu_measured():
+    """On a GPU the split kernels measure their configs during the warm-up (model/kernel_choice.py): /diagnostics
+    has how many choices and the seconds they took; none (CPU) adds nothing."""
+    from turbopi_ros.model.kernel_choice import Choice
+
+    made = [Choice("split_attention", "B1 G1 M400 N839 D256 bfloat16", "sdpa", seconds=1.5),
+            Choice("few_rows_linear", "50x1024 @ 1024x2560 bfloat16", "cublas", seconds=0.25)]
+    warm = WarmUp(WarmUpPolicy(False), ["base_0_rgb"], ["a"], prompt=lambda: "", kernel_choices=lambda: made)
+    assert warm.values() == {"kernel_choices": 2.0, "kernel_choice_s": 1.75}
+    made.clear()
+    assert warm.values() == {}
+
+
 def test_a_prompt_set_after_ready_is_warned_about_when_its_lengths_have_no_graph():
     """WarmUp.unforeseen on a real tiny pi0.5 policy with graphs (static replay on CPU): the start prompt and those of
     model.warm_up_prompts have every length captured; another prompt's lengths, over every state, mostly not (the

@@ -12,20 +12,24 @@ The products and sums are float32, as cuBLAS's are; only the order of the float3
 
     turbopi::few_rows_linear(x [..., K], w [N, K]) -> [..., N]      (= F.linear(x, w), no bias)
 
-Opt-in (PI0Model.use_fused(few_rows_matmul=True), turbopi-bench --few-rows-matmul) and not yet measured in the
-model: tools/gemm_bench.py times its configs against cuBLAS, and the GPU report the fused denoise graph with and
-without it, in one run, with parity; neither has run on a GPU yet. Elsewhere (CPU, more rows,
+On a GPU the op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
+cuBLAS the first time a shape runs, and launches the fastest one that matches cuBLAS, which may be cuBLAS itself
+(kernel_choice.py). Opt-in (PI0Model.use_fused(few_rows_matmul=True), turbopi-bench --few-rows-matmul) and not yet
+measured in the model: tools/gemm_bench.py times its configs against cuBLAS, and the GPU report the fused denoise
+graph with and without it, in one run, with parity; neither has run on a GPU yet. Elsewhere (CPU, more rows,
 float32 on a GPU, a bias) it is F.linear.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import fused
+from .kernel_choice import CHOICES, Candidate
 from .fused import kernels_for, triton, tl
 
 KERNELS = ("_few_rows_matmul_kernel", "_sum_splits_kernel")
@@ -59,6 +63,30 @@ def plan_for(x: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int]:
     """plan() for x [..., K] @ w [N, K]^T on x's device (CPU_SMS off CUDA): the config few_rows_linear launches."""
     sms = fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
     return plan(w.shape[0], w.shape[1], sms)
+
+
+def configs(n: int, k: int, sms: int) -> Dict[str, Tuple[int, int, int]]:
+    """The configs a GPU measures for N output columns over K (kernel_choice.py), by name: plan()'s for about one
+    and about two programs an SM, with 32, 64 or 128 output columns a program, K steps of 128; duplicates once."""
+    out: Dict[str, Tuple[int, int, int]] = {}
+    for block_n in (32, 64, 128):
+        for per_sm in (1, 2):
+            cfg = plan(n, k, sms * per_sm, block_n, BLOCK_K)
+            out.setdefault(f"few-rows {cfg[0]} cols, {cfg[2]} splits", cfg)
+    return out
+
+
+def candidates(x: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
+    """cuBLAS (the reference) and configs()'s, each a function of (x [M, K], w)."""
+    return _candidates(w.shape[0], w.shape[1], fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS)
+
+
+@functools.lru_cache(maxsize=64)
+def _candidates(n: int, k: int, sms: int) -> Dict[str, Candidate]:
+    out: Dict[str, Candidate] = {"cublas": F.linear}
+    for name, (block_n, block_k, splits) in configs(n, k, sms).items():
+        out[name] = functools.partial(launch, block_n=block_n, block_k=block_k, splits=splits)
+    return out
 
 
 if triton is not None:
@@ -131,7 +159,13 @@ def few_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """F.linear(x, w) for x [..., K], w [N, K]: the kernels where use_kernels(x, w), else F.linear."""
     if not use_kernels(x, w):
         return F.linear(x, w)
-    y = launch(x.reshape(-1, x.shape[-1]), w, *plan_for(x, w))
+    rows = x.reshape(-1, x.shape[-1])
+    options = candidates(rows, w)
+    key = f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(x.dtype).replace('torch.', '')}"
+    picked = CHOICES.choose("few_rows_linear", key, options, (rows, w), "cublas", rotate=(1,))
+    if picked == "cublas":
+        return F.linear(x, w)
+    y = options[picked](rows, w) if picked is not None else launch(rows, w, *plan_for(x, w))
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -150,4 +184,5 @@ def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
-__all__ = ["KERNELS", "MAX_ROWS", "few_rows_linear", "launch", "linear", "plan", "plan_for", "use_kernels"]
+__all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "launch", "linear", "plan", "plan_for",
+           "use_kernels"]

@@ -22,22 +22,29 @@ a program) took 23.4 us and brought the fused denoise graph from 12.56 to 11.92 
 measured apart: the partial kernel with 32-row tiles and 4 warps at 7 splits 6.6 us (25.6 us unsplit), the combine
 4.7-7.0 us in its 13 programs. Hence this version: 32-row tiles, 4 warps, splits for one program per SM, and the
 combine one row a program (400 programs). Not yet measured as a whole on a GPU.
+
+The best config differed by shape in those sweeps (7 splits for 839 keys, 4 for 327), so on a GPU the op measures
+configs() against SDPA the first time a shape runs and launches the fastest that matches SDPA, which may be SDPA
+itself (kernel_choice.py); the default config above is what runs where nothing was measured.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 
 from . import fused
 from .fused import kernels_for, triton, tl
 from .gemma import sdpa
+from .kernel_choice import CHOICES, Candidate
 
 KERNELS = ("_split_attention_kernel", "_combine_splits_kernel")
 BLOCK_M = 32  # query rows per program
 BLOCK_N = 64  # keys per inner step
 NUM_WARPS = 4
+SHARES = (0.25, 0.5, 0.75, 1.0)  # programs an SM that configs() splits the keys for
 MAX_ROWS = 1024  # more query rows than this per group: the flash kernel has tiles enough (the prefix passes)
 LOG2E = 1.4426950408889634
 _INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is imported, as Triton does
@@ -53,13 +60,53 @@ def use_split(q: torch.Tensor, k: torch.Tensor) -> bool:
             and (q.dtype in (torch.bfloat16, torch.float16) or (q.dtype == torch.float32 and _INTERPRETER)))
 
 
-def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M) -> int:
-    """How many key splits: enough programs for one per SM (132 SMs on an H100/H200; 8 "SMs" on CPU), each split at
-    least one BLOCK_N step of keys."""
+def _sms(q: torch.Tensor) -> int:
+    return fused.sm_count(q.device.index or 0) if q.is_cuda else 8
+
+
+def _splits(programs: int, n_keys: int, sms: int, programs_per_sm: float) -> int:
+    target = max(1, round(sms * programs_per_sm))
+    return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(target, programs)))
+
+
+def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M, programs_per_sm: float = 1.0) -> int:
+    """How many key splits: enough programs for ``programs_per_sm`` per SM (132 SMs on an H100/H200; 8 "SMs" on
+    CPU), each split at least one BLOCK_N step of keys."""
     B, G, M, _ = q.shape
-    programs = B * G * triton.cdiv(M, block_m)
-    sms = fused.sm_count(q.device.index or 0) if q.is_cuda else 8
-    return max(1, min(triton.cdiv(n_keys, BLOCK_N), triton.cdiv(sms, programs)))
+    return _splits(B * G * triton.cdiv(M, block_m), n_keys, _sms(q), programs_per_sm)
+
+
+@functools.lru_cache(maxsize=256)
+def _configs(groups: int, rows: int, n_keys: int, sms: int) -> Dict[str, Dict[str, int]]:
+    out: Dict[str, Dict[str, int]] = {}
+    for block_m, warps, shares in ((16, 4, SHARES), (32, 4, SHARES), (64, 8, (0.5,))):
+        for per_sm in shares:
+            splits = _splits(groups * triton.cdiv(rows, block_m), n_keys, sms, per_sm)
+            out.setdefault(f"split {block_m} rows, {splits} splits, {warps} warps",
+                           {"splits": splits, "block_m": block_m, "num_warps": warps})
+    return out
+
+
+def configs(q: torch.Tensor, n_keys: int) -> Dict[str, Dict[str, int]]:
+    """The configs a GPU measures (kernel_choice.py), by name: 16- and 32-row tiles of 4 warps with splits for
+    about a quarter, a half, three quarters and one program an SM, and 64-row tiles of 8 warps for a half (the
+    sweeps' best were among these: docs/bench/split_attention_h200.txt); duplicates once."""
+    B, G, M, _ = q.shape
+    return _configs(B * G, M, n_keys, _sms(q))
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates(groups: int, rows: int, n_keys: int, sms: int, scale: float) -> Dict[str, Candidate]:
+    out: Dict[str, Candidate] = {"sdpa": functools.partial(sdpa, scale=scale)}
+    for name, config in _configs(groups, rows, n_keys, sms).items():
+        out[name] = functools.partial(launch, scale=scale, **config)
+    return out
+
+
+def candidates(q: torch.Tensor, n_keys: int, scale: float) -> Dict[str, Candidate]:
+    """SDPA (the reference) and configs()'s, each a function of (q, k, v)."""
+    B, G, M, _ = q.shape
+    return _candidates(B * G, M, n_keys, _sms(q), float(scale))
 
 
 if triton is not None:
@@ -183,9 +230,15 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, spli
 def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v for q [B, G, M, D] over k, v [B, G, N, D] (no mask): the split kernels where
     use_split(q, k), else SDPA."""
-    if use_split(q, k):
+    if not use_split(q, k):
+        return sdpa(q, k, v, scale)
+    options = candidates(q, k.shape[-2], scale)
+    B, G, M, D = q.shape
+    key = f"B{B} G{G} M{M} N{k.shape[-2]} D{D} {str(q.dtype).replace('torch.', '')}"
+    picked = CHOICES.choose("split_attention", key, options, (q, k, v), "sdpa")
+    if picked is None:
         return launch(q, k, v, scale, num_splits(q, k.shape[-2]))
-    return sdpa(q, k, v, scale)
+    return options[picked](q, k, v)
 
 
 @split_attention.register_fake
@@ -193,4 +246,5 @@ def _(q, k, v, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-__all__ = ["KERNELS", "combine", "launch", "num_splits", "partial", "split_attention", "use_split"]
+__all__ = ["KERNELS", "candidates", "combine", "configs", "launch", "num_splits", "partial", "split_attention",
+           "use_split"]

@@ -127,6 +127,9 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
         delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
         cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
     policy.model.use_fused(m.fused)  # before compiling: a compiled step traces one path
+    if m.cache_dir:  # the split kernels' measured choices (GPU): loaded now, saved as the warm-up makes them
+        from ..model.kernel_choice import CHOICES
+        CHOICES.persist(m.cache_dir, policy.model.device)
     if m.compile:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
         policy.model.compile_denoise(cache_dir=m.cache_dir or None)
     if len(config.state.joints) > policy.config.action_dim:

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..model.kernel_choice import CHOICES, Choice
 from ..policy.policy import Observation
 from .inputs import shorten
 
@@ -29,15 +30,18 @@ BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize ne
 class WarmUp:
     def __init__(self, policy, cameras: Sequence[str], state_joints: Sequence[str], prompt: Callable[[], str],
                  run: Optional[Callable] = None, other_prompts: Sequence[str] = (),
-                 rtc_max_guidance: Optional[float] = None):
+                 rtc_max_guidance: Optional[float] = None,
+                 kernel_choices: Callable[[], List[Choice]] = CHOICES.choices):
         """``policy``: policy.Policy; ``cameras``: the model slots the node fills; ``prompt()``: the current prompt;
         ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it); ``other_prompts``:
         prompts given later whose graphs are captured now too (model.warm_up_prompts); ``rtc_max_guidance``: with
-        real-time chunking on (rtc.enabled), its beta: the guided denoise's graphs are captured too."""
+        real-time chunking on (rtc.enabled), its beta: the guided denoise's graphs are captured too;
+        ``kernel_choices()``: the split kernels' measured choices (model/kernel_choice.py)."""
         self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
         self.other_prompts = [p for p in other_prompts if p]
         self.rtc_max_guidance = rtc_max_guidance
         self._run = run or policy.run
+        self._kernel_choices = kernel_choices
         self.ready = threading.Event()
         self.seconds: Optional[float] = None  # how long the warm-up took, once it is done
         self.camera_count: Optional[int] = None  # the present cameras and state values it captured for
@@ -115,10 +119,14 @@ class WarmUp:
     def values(self) -> Dict[str, float]:
         """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures
         after ready (a length the warm-up did not foresee: each one stalled an inference) and the memory (the static
-        buffers; on CUDA also the pool the captures reserved)."""
+        buffers; on CUDA also the pool the captures reserved); on a GPU, the kernel choices made (count, seconds:
+        model/kernel_choice.py)."""
         values: Dict[str, float] = {}
         if self.seconds is not None:
             values["warm_up_s"] = self.seconds
+        made = self._kernel_choices()
+        if made:
+            values.update(kernel_choices=float(len(made)), kernel_choice_s=sum(c.seconds for c in made))
         s = self.policy.graph_stats
         if s is not None:
             values.update(graph_captures=float(s.captures), graph_capture_s=s.capture_s,

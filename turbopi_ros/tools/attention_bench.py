@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..model import split_attention as sa
 from ..model.config import load_config
+from ..model.kernel_choice import CHOICES
 from .device_bench import Printed, bench_device, graph_us, run_grid
 
 # preset -> valid prompt tokens, as gpu_report measures them (pi0.5: task and discretized state)
@@ -65,14 +66,18 @@ def bench_shape(name: str, rows: int, keys: int, head_dim: int, device, grid, sa
         return float((out.float() - ref).abs().max())
 
     sdpa_us = graph_us(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), device)
-    chosen = sa.num_splits(q, keys)
-    split_us = graph_us(lambda: sa.split_attention(q, k, v, scale), device)
+    split_us = graph_us(lambda: sa.split_attention(q, k, v, scale), device)  # its first call measures its configs
+    made = CHOICES.last("split_attention")
+    chosen = made.chosen if made else f"default: {sa.num_splits(q, keys)} splits of {sa.BLOCK_M}-row tiles"
     row = {"rows": rows, "keys": keys, "head_dim": head_dim, "sdpa_us": sdpa_us,
            "sdpa_err": err(F.scaled_dot_product_attention(q, k, v, scale=scale)),
-           "split_us": split_us, "split_err": err(sa.split_attention(q, k, v, scale)), "splits": chosen, "grid": []}
+           "split_us": split_us, "split_err": err(sa.split_attention(q, k, v, scale)), "chosen": chosen,
+           "choice": made.line() if made else None, "grid": []}
     say(f"== {name}: {rows} query rows, {keys} keys, head_dim {head_dim}: SDPA {sdpa_us:.1f} us (vs float32 "
-        f"{row['sdpa_err']:.2e}); split_attention {split_us:.1f} us ({sdpa_us / split_us:.2f}x SDPA, {chosen} splits "
-        f"of {sa.BLOCK_M}-row tiles, {sa.NUM_WARPS} warps; vs float32 {row['split_err']:.2e})")
+        f"{row['sdpa_err']:.2e}); split_attention {split_us:.1f} us ({sdpa_us / split_us:.2f}x SDPA, its choice: "
+        f"{chosen}; vs float32 {row['split_err']:.2e})")
+    if made:
+        say(f"  choice: {made.line()}")
     for splits, tile_rows, warps in grid:
         if splits > -(-keys // sa.BLOCK_N):
             continue

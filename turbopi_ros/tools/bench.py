@@ -40,6 +40,7 @@ from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced
 from ..model.checkpoint import parse_dtype, random_model
 from ..model import opcount
 from ..model.config import load_config
+from ..model.kernel_choice import CHOICES
 from .machine import cpu_model
 from ..model.reference import reference_denoise, reference_prefix
 
@@ -464,6 +465,7 @@ class BenchRun:
                                                   cuda_kernels=self.device.type == "cuda")
         if args.profile:
             result["profile"] = self.profiles()
+        result["kernel_choices"] = CHOICES.to_dict()  # on a GPU: what the split kernels measured (kernel_choice.py)
         result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return result
 

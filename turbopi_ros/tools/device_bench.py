@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Callable, List, Optional
 
 import torch
+
+from ..model import kernel_choice
 
 
 class Printed:
@@ -28,7 +29,8 @@ class Printed:
 
 def bench_device(parser: argparse.ArgumentParser, dry_run: bool, interpreter: bool) -> torch.device:
     """The CUDA device, or for a dry run the CPU (with ``interpreter``: the Triton kernels on CPU tensors under
-    Triton's interpreter, which must be on before Python starts). Exits through ``parser`` where neither can run."""
+    Triton's interpreter, which must be on before Python starts, and their kernel choices timed on the host).
+    Exits through ``parser`` where neither can run."""
     if dry_run:
         if interpreter:
             if os.environ.get("TRITON_INTERPRET") != "1":
@@ -36,10 +38,20 @@ def bench_device(parser: argparse.ArgumentParser, dry_run: bool, interpreter: bo
             from ..model import fused
 
             fused.use_triton_on_cpu(True)
+            # the ops measure their configs as on a GPU, each timed once on the host: the flow, not the figures
+            kernel_choice.CHOICES.time_on_cpu, kernel_choice.CHOICES.calls, kernel_choice.CHOICES.reps = True, 1, 1
         return torch.device("cpu")
     if not torch.cuda.is_available():
         parser.error("no CUDA device (--dry-run runs the flow on the CPU)")
     return torch.device("cuda")
+
+
+def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
+    """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls, as the model's kernel
+    choice times its candidates (kernel_choice.graph_us); on CPU (a dry run) one call."""
+    if device.type != "cuda":
+        calls = reps = 1
+    return kernel_choice.graph_us(fn, device, calls, reps)
 
 
 def device_name(device: torch.device) -> str:
@@ -58,29 +70,3 @@ def run_grid(tool: str, device: torch.device, cases, grid, bench_shape: Callable
             bench_shape(*case, device, grid, say)
 
 
-def graph_us(fn: Callable[[], object], device: torch.device, calls: int = 50, reps: int = 5) -> float:
-    """Microseconds a call: the best of ``reps`` replays of one CUDA graph of ``calls`` calls (on CPU: one call)."""
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e6
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
-    return best

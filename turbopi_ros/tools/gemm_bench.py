@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..model import few_rows_matmul
 from ..model.config import load_config
 from ..model.fused import triton
+from ..model.kernel_choice import CHOICES
 from .device_bench import Printed, bench_device, graph_us, run_grid
 
 GRID = [(bn, bk, splits) for bn in (32, 64, 128) for bk in (64, 128) for splits in (1, 2, 4, 8)]
@@ -53,12 +54,16 @@ def bench_shape(name: str, rows: int, k: int, n: int, device, grid, say) -> Dict
     say(f"== {name}: {rows} x {k} @ {k} x {n} ({weight_mb:.1f} MB of weights): F.linear {cublas_us:.1f} us "
         f"({weight_mb / cublas_us:.2f} TB/s of weights)")
     row: Dict[str, object] = {"rows": rows, "k": k, "n": n, "cublas_us": cublas_us, "grid": []}
-    planned = few_rows_matmul.plan_for(x, w)  # what the op below launches
     err = float((few_rows_matmul.few_rows_linear(x, w).float() - ref.float()).abs().max())
-    t = graph_us(lambda: few_rows_matmul.few_rows_linear(x, w), device)
-    row["op"] = {"plan": list(planned), "us": t, "err": err}
-    say(f"  the op (the model's plan: {planned[0]} columns, K step {planned[1]}, {planned[2]} splits): {t:6.1f} us "
-        f"({cublas_us / t:4.2f}x F.linear), vs F.linear {err / step:.2f} bfloat16 ulps of the largest output")
+    t = graph_us(lambda: few_rows_matmul.few_rows_linear(x, w), device)  # its first call measures its configs
+    made = CHOICES.last("few_rows_linear")
+    planned = few_rows_matmul.plan_for(x, w)
+    chosen = made.chosen if made else f"default: {planned[0]} columns, K step {planned[1]}, {planned[2]} splits"
+    row["op"] = {"chosen": chosen, "choice": made.line() if made else None, "us": t, "err": err}
+    say(f"  the op (its choice: {chosen}): {t:6.1f} us ({cublas_us / t:4.2f}x F.linear), vs F.linear "
+        f"{err / step:.2f} bfloat16 ulps of the largest output")
+    if made:
+        say(f"  choice: {made.line()}")
     for block_n, block_k, splits in grid:
         if block_k > k or splits * block_k > k:
             continue

@@ -55,6 +55,7 @@ from .ablation import replaced
 from ..model.checkpoint import load_model, random_model, set_dtype
 from ..model import fp8, fused, opcount
 from ..model.config import load_config
+from ..model.kernel_choice import CHOICES
 from ..model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, CudaGraphGuidedDenoiser, GraphPool,
                                 cached_lengths, host_inputs)
 from ..model.reference import reference_denoise, reference_prefix
@@ -1236,12 +1237,17 @@ class Run:
         what was skipped and the errors. Each file is replaced whole (written beside, then renamed)."""
         budget, say = self.s.budget, self.s.say
         result["skipped"], result["errors"] = budget.skipped, budget.errors
+        result["kernel_choices"] = CHOICES.to_dict()
         result["elapsed_s"] = budget.elapsed_s()
         result["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         if not partial:
             say("\nmarkdown rows for docs/performance.md:")
             for row in markdown_rows(result):
                 say(row)
+            say(f"\nkernel choices (model/kernel_choice.py; measured when first run, us a call in a CUDA graph): "
+                f"{len(CHOICES.choices())}")
+            for c in CHOICES.choices():
+                say(f"  {c.line()}")
             for s in budget.skipped:
                 say(f"skipped: {s}")
             for e in budget.errors:
