@@ -105,18 +105,20 @@ def test_triton_kernels_under_the_interpreter():
     kernels vs plain (float32 1e-5), then with the few-rows matmul too, in a subprocess: TRITON_INTERPRET must be set
     before Triton is imported."""
     lines, stdout = _interpreter_checks("kernels", "whole_model")
-    assert len(lines) == 32 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
+    assert len(lines) == 38 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
     assert sum(line.startswith("split_attention") for line in lines) == 8, stdout
-    assert sum(line.startswith("few_rows_") for line in lines) == 8, stdout
+    assert sum(line.startswith("few_rows_") for line in lines) == 14, stdout
+    assert stdout.count("equal to launch + add_rms_norm: True") == 6, stdout  # the norm sums the K shares exactly
 
 
 def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():
     """kernel_choice.py over the ops' own candidates, under the interpreter and timed on the host as a GPU times
-    them in graphs: every config of few_rows_linear and split_attention compiles, matches F.linear / SDPA, and is
-    timed; the op's output is the chosen one's."""
+    them in graphs: every config of few_rows_linear, few_rows_linear_add_rms_norm and split_attention compiles,
+    matches F.linear / F.linear + add_rms_norm / SDPA, and is timed; the op's output is the chosen one's."""
     lines, stdout = _interpreter_checks("choice")
-    assert len(lines) == 2 and all("none rejected" in line for line in lines), stdout
-    assert lines[0].startswith("kernel choice few_rows_linear") and lines[1].startswith("kernel choice split_attention")
+    assert len(lines) == 3 and all("none rejected" in line for line in lines), stdout
+    assert [line.split(" ")[2] for line in lines] == ["few_rows_linear", "few_rows_linear_add_rms_norm",
+                                                      "split_attention"], stdout
     for line in lines:  # cuBLAS / SDPA and at least three configs, every one timed
         timed = re.search(r": (\d+) of (\d+) candidates timed", line)
         assert timed and timed[1] == timed[2] and int(timed[1]) >= 4, stdout

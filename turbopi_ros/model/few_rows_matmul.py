@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,27 +131,51 @@ if triton is not None:
     fused.register_kernels(globals(), KERNELS)
 
 
+def _check(x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    if x.dim() != 2 or x.shape[0] > MAX_ROWS or w.dim() != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"few_rows_matmul: x [M <= {MAX_ROWS}, K] and w [N, K], got {list(x.shape)} and "
+                         f"{list(w.shape)}")
+    return (x if x.stride(-1) == 1 else x.contiguous()), w.contiguous()
+
+
+def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps) -> None:
+    M, K = x.shape
+    N = w.shape[0]
+    _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
+        x, w, out, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        UPCAST=_INTERPRETER, num_warps=num_warps)
+
+
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
            num_warps: int = NUM_WARPS) -> torch.Tensor:
     """x [M, K] (unit stride in K) @ w [N, K]^T for M <= MAX_ROWS: the first kernel, and with more than one split
     (whole block_k steps each: fused.split_in_steps) the second."""
+    x, w = _check(x, w)
     M, K = x.shape
     N = w.shape[0]
-    if M > MAX_ROWS or w.shape[1] != K:
-        raise ValueError(f"few_rows_matmul: x [M <= {MAX_ROWS}, K] and w [N, K], got {list(x.shape)} and "
-                         f"{list(w.shape)}")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    w = w.contiguous()
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     parts = y if splits == 1 else torch.empty((splits, M, N), dtype=torch.float32, device=x.device)
-    _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
-        x, w, parts, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        UPCAST=_INTERPRETER, num_warps=num_warps)
+    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps)
     if splits > 1:
         _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, M * N, splits, BLOCK=SUM_BLOCK, num_warps=4)
     return y
+
+
+def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                        weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                        block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
+                        num_warps: int = NUM_WARPS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fused.add_rms_norm(x, a [M, K] @ w^T, gate, weight, scale, shift) in two launches: the first kernel's float32
+    K shares (one or more), summed in order and rounded in the norm's kernel (fused.add_rms_norm_parts): the values
+    launch() and add_rms_norm give, without the sum kernel. x holds the M rows ([B, L, N])."""
+    a, w = _check(a, w)
+    M, K = a.shape
+    N = w.shape[0]
+    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
+    parts = torch.empty((splits, M, N), dtype=torch.float32, device=a.device)
+    _first(a, w, parts, block_n, k_per_split, splits, block_k, num_warps)
+    return fused.add_rms_norm_parts(x, parts, gate, weight, scale, shift)
 
 
 @torch.library.custom_op("turbopi::few_rows_linear", mutates_args=())
@@ -174,15 +198,80 @@ def _(x, w):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
+def _library_add_rms_norm(a, w, x, gate, weight, scale, shift):
+    return fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift)
+
+
+@functools.lru_cache(maxsize=64)
+def _norm_candidates(n: int, k: int, sms: int) -> Dict[str, Candidate]:
+    out: Dict[str, Candidate] = {"cublas": _library_add_rms_norm}
+    for name, (block_n, block_k, splits) in configs(n, k, sms).items():
+        out[name] = functools.partial(launch_add_rms_norm, block_n=block_n, block_k=block_k, splits=splits)
+    return out
+
+
+def norm_candidates(a: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
+    """cuBLAS then fused.add_rms_norm (the reference), and configs()'s through launch_add_rms_norm, each a function
+    of (a [M, K], w, x, gate, weight, scale, shift)."""
+    return _norm_candidates(w.shape[0], w.shape[1], fused.sm_count(a.device.index or 0) if a.is_cuda else CPU_SMS)
+
+
+@torch.library.custom_op("turbopi::few_rows_linear_add_rms_norm", mutates_args=())
+def few_rows_linear_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                                 weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                                 shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift) for a [..., K] (x [..., N]): where
+    use_kernels(a, w), the few-rows matmul with its K shares summed in the norm's kernel (launch_add_rms_norm; on a
+    GPU the config measured fastest, or cuBLAS: kernel_choice.py); else F.linear, then add_rms_norm."""
+    if not use_kernels(a, w):
+        return _library_add_rms_norm(a, w, x, gate, weight, scale, shift)
+    rows = a.reshape(-1, a.shape[-1])
+    options = norm_candidates(rows, w)
+    kind = "adaRMS" if scale is not None else "RMS"
+    key = (f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(a.dtype).replace('torch.', '')} + "
+           f"{kind}{' gated' if gate is not None else ''}")
+    picked = CHOICES.choose("few_rows_linear_add_rms_norm", key, options, (rows, w, x, gate, weight, scale, shift),
+                            "cublas", rotate=(1,))
+    if picked is None:
+        block_n, block_k, splits = plan_for(a, w)
+        return launch_add_rms_norm(rows, w, x, gate, weight, scale, shift, block_n, block_k, splits)
+    return options[picked](rows, w, x, gate, weight, scale, shift)
+
+
+@few_rows_linear_add_rms_norm.register_fake
+def _(a, w, x, gate, weight, scale, shift):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def _plain_linear(module: torch.nn.Module) -> bool:
+    return (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
+            and module.bias is None)
+
+
+def linear_add_rms_norm(module: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                        weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                        shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fused.gemma_stack's ``linear_norm`` with the few-rows matmul: few_rows_linear_add_rms_norm where ``module``
+    computes as nn.Linear without a bias (else module(a), then add_rms_norm)."""
+    if _plain_linear(module):
+        return few_rows_linear_add_rms_norm(a, module.weight, x, gate, weight, scale, shift)
+    return fused.add_rms_norm(x, module(a), gate, weight, scale, shift)
+
+
+def stack_args(enable: bool) -> Dict[str, object]:
+    """fused.gemma_stack's keyword arguments for the few-rows matmul (``enable``), or for its default."""
+    return {"matmul": linear, "linear_norm": linear_add_rms_norm} if enable else {}
+
+
 def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) through few_rows_linear where the module computes as nn.Linear does, without a bias (the expert's
     four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias, runs itself).
     fused.gemma_stack's ``matmul``."""
-    if (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
-            and module.bias is None):
+    if _plain_linear(module):
         return few_rows_linear(x, module.weight)
     return module(x)
 
 
-__all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "launch", "linear", "plan", "plan_for",
-           "use_kernels"]
+__all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "few_rows_linear_add_rms_norm", "launch",
+           "launch_add_rms_norm", "linear", "linear_add_rms_norm", "norm_candidates", "plan", "plan_for",
+           "stack_args", "use_kernels"]

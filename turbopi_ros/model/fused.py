@@ -196,15 +196,24 @@ if triton is not None:
 
     @triton.jit
     def _rms_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, scale_ptr, shift_ptr, xo_ptr, y_ptr,
-                    W, L, stride_mod, stride_gate, eps,
-                    HAS_BRANCH: tl.constexpr, HAS_GATE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr):
+                    W, L, stride_mod, stride_gate, eps, ROWS, PARTS,
+                    HAS_BRANCH: tl.constexpr, HAS_GATE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
+                    SUM_PARTS: tl.constexpr):
+        """SUM_PARTS: the branch is a matmul's PARTS float32 partial sums [PARTS, ROWS, W] (few_rows_matmul's K
+        shares), added in order and rounded once to x's dtype, as its sum kernel would store them."""
         row = tl.program_id(0)
         b = row // L
         cols = tl.arange(0, BLOCK)
         m = cols < W
         x = tl.load(x_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_BRANCH:
-            br = tl.load(br_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
+            if SUM_PARTS:
+                br = tl.zeros([BLOCK], tl.float32)
+                for s in range(0, PARTS):
+                    br += tl.load(br_ptr + (s * ROWS + row) * W + cols, mask=m, other=0.0)
+                br = _round(br, x_ptr)
+            else:
+                br = tl.load(br_ptr + row * W + cols, mask=m, other=0.0).to(tl.float32)
             if HAS_GATE:
                 g = tl.load(gate_ptr + b * stride_gate + cols, mask=m, other=0.0).to(tl.float32)
                 br = _round(br * g, x_ptr)
@@ -319,20 +328,34 @@ def _mod_stride(t: Optional[torch.Tensor], W: int) -> int:
     return t.stride(0)
 
 
-def _rms_triton(x, branch, gate, weight, scale, shift):
+def _rms_triton(x, branch, gate, weight, scale, shift, parts: bool = False):
+    """The norm kernel; ``parts``: ``branch`` is a matmul's float32 partial sums [S, rows, W] (add_rms_norm_parts)."""
     W = x.shape[-1]
     x = x.contiguous()
     L = x.shape[1] if x.ndim == 3 else 1
     rows = x.numel() // W
+    if parts and (branch.dtype != torch.float32 or branch.dim() != 3 or tuple(branch.shape[1:]) != (rows, W)):
+        raise ValueError(f"add_rms_norm_parts: parts must be float32 [S, {rows}, {W}], got {branch.dtype} "
+                         f"{list(branch.shape)}")
     y = torch.empty_like(x)
     xo = torch.empty_like(x) if branch is not None else y
     br = branch.contiguous() if branch is not None else x
     _rms_kernel[(rows,)](x, br, gate if gate is not None else x, weight if weight is not None else x,
                          scale if scale is not None else x, shift if shift is not None else x, xo, y,
-                         W, L, _mod_stride(scale, W), _mod_stride(gate, W), RMS_EPS,
+                         W, L, _mod_stride(scale, W), _mod_stride(gate, W), RMS_EPS, rows,
+                         branch.shape[0] if parts else 1,
                          HAS_BRANCH=branch is not None, HAS_GATE=gate is not None, ADAPTIVE=scale is not None,
-                         BLOCK=_pow2(W))
+                         BLOCK=_pow2(W), SUM_PARTS=parts)
     return xo, y
+
+
+def add_rms_norm_parts(x: torch.Tensor, parts: torch.Tensor, gate: Optional[torch.Tensor],
+                       weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                       shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """add_rms_norm with the branch given as a matmul's float32 partial sums parts [S, rows, W]: summed in order and
+    rounded to x's dtype in the norm's kernel, which is what the matmul's sum kernel would have stored (one launch
+    less). The Triton kernel only (few_rows_matmul's fused configs call it where the kernels run)."""
+    return _rms_triton(x, parts, gate, weight, scale, shift, parts=True)
 
 
 # --- the ops -------------------------------------------------------------------------------------------------------
@@ -509,23 +532,37 @@ def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention
 
 
 Matmul = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+# linear_norm(linear, a, x, gate, weight, scale, shift) -> (x + linear(a) [* gate], its norm): a layer's o_proj or
+# down_proj with the residual add and the norm that follow it
+LinearNorm = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
+def linear_add_rms_norm(linear: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                        weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                        matmul: Matmul = _call) -> Tuple[torch.Tensor, torch.Tensor]:
+    """gemma_stack's default LinearNorm: ``matmul(linear, a)``, then add_rms_norm."""
+    return add_rms_norm(x, matmul(linear, a), gate, weight, scale, shift)
+
+
 def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention: StackAttention, mods: Optional[List[Tuple[Modulation, Modulation]]] = None,
                 final_norm: Optional[RMSNorm] = None, final_mod: Optional[Modulation] = None,
-                last_attention_only: bool = False, matmul: Optional[Matmul] = None) -> Optional[torch.Tensor]:
+                last_attention_only: bool = False, matmul: Optional[Matmul] = None,
+                linear_norm: Optional[LinearNorm] = None) -> Optional[torch.Tensor]:
     """The fused twin of running ``layers`` one after another (GemmaLayer.forward) and then ``final_norm``; each
     layer attends through ``attention`` (cache_attention: pi0.py's cache-writing attention; prefix_attention: the
     guided denoise's). Returns the final norm's output, or None with ``last_attention_only`` (the
     prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped). ``matmul(linear,
-    x)`` runs the layers' four Linears (default: linear(x); few_rows_matmul.linear for the denoise, opt-in)."""
+    x)`` runs the layers' four Linears (default: linear(x); few_rows_matmul.linear for the denoise, opt-in);
+    ``linear_norm`` runs o_proj and down_proj with the residual add and the norm after each (default:
+    ``matmul``, then add_rms_norm; few_rows_matmul.linear_add_rms_norm sums its K shares in the norm's kernel)."""
     n = len(layers)
     lin = matmul or _call
+    lin_norm = linear_norm or functools.partial(linear_add_rms_norm, matmul=lin)
     if n == 0:
         raise ValueError("gemma_stack needs at least one layer")
 
@@ -536,20 +573,20 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
     y = rms_norm(x, w, sc, sh)
     for li, layer in enumerate(layers):
         attn = layer.self_attn
-        o = lin(attn.o_proj, attention(li, attn, lin(attn.qkv, y), cos, sin))
+        a = attention(li, attn, lin(attn.qkv, y), cos, sin)
         if last_attention_only and li == n - 1:
-            return None
+            return None  # its K/V are written (the rest of the layer would be unused)
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
-        x, y = add_rms_norm(x, o, gate, w, sc, sh)
+        x, y = lin_norm(attn.o_proj, a, x, gate, w, sc, sh)
         mlp = layer.mlp
-        m = lin(mlp.down_proj, gelu_gate(lin(mlp.gate_up, y)))
+        h = gelu_gate(lin(mlp.gate_up, y))
         if li + 1 < n:
             w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
         elif final_norm is not None:
             w, sc, sh, _ = _norm_args(final_norm, final_mod)
         else:
-            return residual_twin(x, m, gate2)
-        x, y = add_rms_norm(x, m, gate2, w, sc, sh)
+            return residual_twin(x, lin(mlp.down_proj, h), gate2)
+        x, y = lin_norm(mlp.down_proj, h, x, gate2, w, sc, sh)
     return y
 
 

@@ -45,7 +45,7 @@ FILE_NAME = "kernel_choices.json"
 FORMAT = 1
 _CODE = ("split_attention.py", "few_rows_matmul.py", "kernel_choice.py")  # the kernels a saved choice names
 
-Candidate = Callable[..., torch.Tensor]
+Candidate = Callable[..., object]  # a tensor, or a tuple of tensors
 
 
 def graph_us(fn: Union[Callable[[], object], Sequence[Callable[[], object]]], device: torch.device, calls: int = 50,
@@ -85,8 +85,17 @@ def graph_us(fn: Union[Callable[[], object], Sequence[Callable[[], object]]], de
     return best * 1e6 / calls
 
 
-def mismatch(out: torch.Tensor, ref: torch.Tensor) -> Optional[str]:
-    """Why ``out`` is not the reference's result (None when it is, to TOLERANCE of ref's largest magnitude)."""
+def mismatch(out, ref) -> Optional[str]:
+    """Why ``out`` is not the reference's result (None when it is, to TOLERANCE of ref's largest magnitude); a tuple
+    of tensors is compared tensor by tensor."""
+    if isinstance(ref, (tuple, list)):
+        if not isinstance(out, (tuple, list)) or len(out) != len(ref):
+            return f"gave {type(out).__name__}, the reference {len(ref)} tensors"
+        for i, (o, r) in enumerate(zip(out, ref)):
+            why = mismatch(o, r)
+            if why is not None:
+                return f"output {i} {why}"
+        return None
     if out.shape != ref.shape or out.dtype != ref.dtype:
         return f"gave {list(out.shape)} {out.dtype}, the reference {list(ref.shape)} {ref.dtype}"
     if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(ref).all()):

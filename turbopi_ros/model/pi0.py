@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from .few_rows_matmul import linear as few_rows_linear
+from . import few_rows_matmul
 from .split_attention import split_attention
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
@@ -272,7 +272,7 @@ class PI0Model(nn.Module):
             stop = cache.keys.shape[-2]
             return self.fused_expert_velocity(x_t, sc, cache.cos, cache.sin, fused.cache_attention(
                 lambda li: (cache.keys[li], cache.values[li], n, stop), split_attention),
-                few_rows_linear if self.few_rows_matmul else None)
+                self.few_rows_matmul)
 
         def attention(li: int) -> Attend:
             def attend(q, k, v):
@@ -294,11 +294,10 @@ class PI0Model(nn.Module):
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     def fused_expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
-                              attention: fused.StackAttention, matmul: Optional[fused.Matmul] = None) -> torch.Tensor:
-        """expert_velocity with the fused kernels (fused.gemma_stack's: ``attention``, ``matmul``)."""
-        h = self.embed_actions(x_t, sc).to(self.dtype)
-        h = fused.gemma_stack(self.expert.layers, h, cos, sin, attention, sc.layer_mods, self.expert.norm, sc.final_mod,
-                              matmul=matmul)
+                              attention: fused.StackAttention, few_rows: bool = False) -> torch.Tensor:
+        """expert_velocity with the fused kernels (gemma_stack's ``attention``); ``few_rows``: few_rows_matmul.py's."""
+        h = fused.gemma_stack(self.expert.layers, self.embed_actions(x_t, sc).to(self.dtype), cos, sin, attention,
+                              sc.layer_mods, self.expert.norm, sc.final_mod, **few_rows_matmul.stack_args(few_rows))
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     @engine_entry
