@@ -119,24 +119,29 @@ def matmul(dtype, tol):
         check(f"few_rows_matmul {tag} M={M} K={K} N={N} K step {block_k} splits={splits}", [got], [F.linear(x, w)],
               tol)
     # o_proj / down_proj with the residual add and the norm: K shares summed in the norm's kernel
-    for norm, K, splits in (("RMS", 200, 1), ("RMS", 200, 3), ("adaRMS gated", 96, 2)):
-        a = torch.randn(2, 25, K, generator=g).to(dtype)
+    for norm, K, splits in (("RMS", 200, 1), ("RMS", 200, 3), ("adaRMS gated", 96, 2), ("gelu_gate RMS", 200, 3),
+                            ("gelu_gate adaRMS gated", 96, 1)):
+        gated = norm.startswith("gelu_gate")
+        a = torch.randn(2, 25, 2 * K if gated else K, generator=g).to(dtype)
         w = (torch.randn(48, K, generator=g) * K ** -0.5).to(dtype)
         x = torch.randn(2, 25, 48, generator=g).to(dtype)
         weight = None if "ada" in norm else (torch.randn(48, generator=g) * 0.1).to(dtype)
         mod = torch.randn(2, 1, 3 * 48, generator=g).to(dtype)
         scale, shift, gate = (mod[..., i * 48:(i + 1) * 48] for i in range(3)) if "ada" in norm else (None,) * 3
         fused.use_triton_on_cpu(True)
-        got = fr.launch_add_rms_norm(a.reshape(-1, K), w, x, gate, weight, scale, shift, 32, 32, splits)
-        unfused = fused.add_rms_norm(x, fr.launch(a.reshape(-1, K), w, 32, 32, splits).reshape(2, 25, 48), gate,
+        got = fr.launch_add_rms_norm(a.reshape(50, -1), w, x, gate, weight, scale, shift, 32, 32, splits, gated=gated)
+        h = fused.gelu_gate(a) if gated else a  # its kernel
+        unfused = fused.add_rms_norm(x, fr.launch(h.reshape(50, K), w, 32, 32, splits).reshape(2, 25, 48), gate,
                                      weight, scale, shift)  # the sum kernel, then the norm's: the same values
         fused.use_triton_on_cpu(False)
         same = all(torch.equal(u, v) for u, v in zip(got, unfused))
         print(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits}: equal to launch + add_rms_norm: {same}")
         if not same:
             failures.append(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits} differs from launch + norm")
-        want = fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift)  # the twins: plain torch
-        check(f"few_rows_linear_add_rms_norm {tag} {norm} [2, 25, {K}] @ [48, {K}] splits={splits}", got, want, tol)
+        want = fused.add_rms_norm(x, F.linear(fused.gelu_gate(a) if gated else a, w), gate, weight, scale,
+                                  shift)  # the twins: plain torch
+        check(f"few_rows_linear_add_rms_norm {tag} {norm} {list(a.shape)} @ [48, {K}] splits={splits}", got, want,
+              tol)
     x = torch.randn(2, 25, 300, generator=g).to(dtype)
     w = (torch.randn(130, 300, generator=g) * 300 ** -0.5).to(dtype)
     fused.use_triton_on_cpu(True)
@@ -167,7 +172,8 @@ def choice(dtype):
     fused.use_triton_on_cpu(True)
     try:
         runs = [("few_rows_linear", fr.few_rows_linear(x, w), F.linear(x, w), len(fr.candidates(x[0], w))),
-                ("few_rows_linear_add_rms_norm", fr.few_rows_linear_add_rms_norm(x, w, res, None, norm_w, None, None),
+                ("few_rows_linear_add_rms_norm",
+                 fr.few_rows_linear_add_rms_norm(x, w, res, None, norm_w, None, None, False),
                  fused.add_rms_norm(res, F.linear(x, w), None, norm_w, None, None), len(fr.norm_candidates(x[0], w))),
                 ("split_attention", sa.split_attention(q, k, v, 0.25), sdpa(q, k, v, 0.25),
                  len(sa.candidates(q, 150, 0.25)))]
@@ -235,17 +241,18 @@ def whole_model(variant, tol):
     matmuls, with_norm = [], []
     launch_matmul, launch_norm = fr.launch, fr.launch_add_rms_norm
     fr.launch = lambda *a, **kw: matmuls.append(a[0].shape) or launch_matmul(*a, **kw)
-    fr.launch_add_rms_norm = lambda *a, **kw: with_norm.append(a[0].shape) or launch_norm(*a, **kw)
+    fr.launch_add_rms_norm = lambda *a, **kw: with_norm.append(kw.get("gated")) or launch_norm(*a, **kw)
     model.use_fused(True, few_rows_matmul=True)
     fused.use_triton_on_cpu(True)
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)
     fr.launch, fr.launch_add_rms_norm = launch_matmul, launch_norm
-    if len(matmuls) != 3 * 2 * cfg.expert.depth or len(with_norm) != 3 * 2 * cfg.expert.depth:
+    per_layer_step = 3 * cfg.expert.depth
+    if len(matmuls) != 2 * per_layer_step or not with_norm.count(False) == with_norm.count(True) == per_layer_step:
         failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls and {len(with_norm)} with the "
-                        "norm, not 2 and 2 a layer a step")
-    check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_norm)} with the norm) vs "
-          "plain", [got], [plain], tol)
+                        f"norm ({with_norm.count(True)} gated), not 2 and 2 (1 gated) a layer a step")
+    check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_norm)} with the norm, "
+          f"{with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain], tol)
 
 
 def backward_kernels(dtype, tol):

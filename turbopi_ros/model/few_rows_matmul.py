@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from . import fused
 from .kernel_choice import CHOICES, Candidate
 from .fused import kernels_for, triton, tl
+if triton is not None:
+    from .fused import _gelu_tanh  # noqa: F401 - the GATED prologue's gelu (a Triton function: found by name)
 
 KERNELS = ("_few_rows_matmul_kernel", "_sum_splits_kernel")
 MAX_ROWS = 64  # the one row block: all rows in every program
@@ -93,10 +95,12 @@ if triton is not None:
     @triton.jit
     def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, M, N, K, k_per_split, stride_xm,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                UPCAST: tl.constexpr):
+                                UPCAST: tl.constexpr, GATED: tl.constexpr):
         """Program (column block, K split): y[split, :, cols] = x[:, ks] @ w[cols, ks]^T in float32 (x [M, K] rows
         stride_xm apart, w [N, K] row-major, y [SPLITS, M, N]; a 16-bit y with one split: rounded by the store).
-        UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32."""
+        UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32. GATED: x is
+        the MLP's gate_up [M, 2K] (gate, then up) and the product is of gelu_gate(gate_up), computed and rounded
+        as fused._gelu_gate_kernel stores it."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -109,8 +113,11 @@ if triton is not None:
         for k0 in range(k_start, k_stop, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < k_stop
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
+            xmask = rmask[:, None] & kmask[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
+            if GATED:
+                up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
+                x = (_gelu_tanh(x.to(tl.float32), x_ptr) * up.to(tl.float32)).to(x_ptr.dtype.element_ty)
             w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
             if UPCAST:
                 acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
@@ -131,19 +138,20 @@ if triton is not None:
     fused.register_kernels(globals(), KERNELS)
 
 
-def _check(x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    if x.dim() != 2 or x.shape[0] > MAX_ROWS or w.dim() != 2 or w.shape[1] != x.shape[1]:
-        raise ValueError(f"few_rows_matmul: x [M <= {MAX_ROWS}, K] and w [N, K], got {list(x.shape)} and "
-                         f"{list(w.shape)}")
+def _check(x: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    k = 2 * w.shape[-1] if gated else w.shape[-1]
+    if x.dim() != 2 or x.shape[0] > MAX_ROWS or w.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"few_rows_matmul: x [M <= {MAX_ROWS}, {'2K' if gated else 'K'}] and w [N, K], got "
+                         f"{list(x.shape)} and {list(w.shape)}")
     return (x if x.stride(-1) == 1 else x.contiguous()), w.contiguous()
 
 
-def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps) -> None:
-    M, K = x.shape
-    N = w.shape[0]
+def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: bool = False) -> None:
+    M = x.shape[0]
+    N, K = w.shape
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
         x, w, out, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        UPCAST=_INTERPRETER, num_warps=num_warps)
+        UPCAST=_INTERPRETER, GATED=gated, num_warps=num_warps)
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
@@ -165,16 +173,17 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
 def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                         weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                         block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
-                        num_warps: int = NUM_WARPS) -> Tuple[torch.Tensor, torch.Tensor]:
+                        num_warps: int = NUM_WARPS, gated: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """fused.add_rms_norm(x, a [M, K] @ w^T, gate, weight, scale, shift) in two launches: the first kernel's float32
     K shares (one or more), summed in order and rounded in the norm's kernel (fused.add_rms_norm_parts): the values
-    launch() and add_rms_norm give, without the sum kernel. x holds the M rows ([B, L, N])."""
-    a, w = _check(a, w)
-    M, K = a.shape
-    N = w.shape[0]
+    launch() and add_rms_norm give, without the sum kernel. x holds the M rows ([B, L, N]). ``gated``: a is the
+    MLP's gate_up [M, 2K] and the matmul is of fused.gelu_gate(a), computed as it loads (one launch less again)."""
+    a, w = _check(a, w, gated)
+    M = a.shape[0]
+    N, K = w.shape
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
     parts = torch.empty((splits, M, N), dtype=torch.float32, device=a.device)
-    _first(a, w, parts, block_n, k_per_split, splits, block_k, num_warps)
+    _first(a, w, parts, block_n, k_per_split, splits, block_k, num_warps, gated)
     return fused.add_rms_norm_parts(x, parts, gate, weight, scale, shift)
 
 
@@ -198,48 +207,51 @@ def _(x, w):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
-def _library_add_rms_norm(a, w, x, gate, weight, scale, shift):
-    return fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift)
+def _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated: bool = False):
+    return fused.add_rms_norm(x, F.linear(fused.gelu_gate(a) if gated else a, w), gate, weight, scale, shift)
 
 
 @functools.lru_cache(maxsize=64)
-def _norm_candidates(n: int, k: int, sms: int) -> Dict[str, Candidate]:
-    out: Dict[str, Candidate] = {"cublas": _library_add_rms_norm}
+def _norm_candidates(n: int, k: int, sms: int, gated: bool) -> Dict[str, Candidate]:
+    out: Dict[str, Candidate] = {"cublas": functools.partial(_library_add_rms_norm, gated=gated)}
     for name, (block_n, block_k, splits) in configs(n, k, sms).items():
-        out[name] = functools.partial(launch_add_rms_norm, block_n=block_n, block_k=block_k, splits=splits)
+        out[name] = functools.partial(launch_add_rms_norm, block_n=block_n, block_k=block_k, splits=splits,
+                                      gated=gated)
     return out
 
 
-def norm_candidates(a: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
-    """cuBLAS then fused.add_rms_norm (the reference), and configs()'s through launch_add_rms_norm, each a function
-    of (a [M, K], w, x, gate, weight, scale, shift)."""
-    return _norm_candidates(w.shape[0], w.shape[1], fused.sm_count(a.device.index or 0) if a.is_cuda else CPU_SMS)
+def norm_candidates(a: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Dict[str, Candidate]:
+    """cuBLAS then fused.add_rms_norm (the reference; ``gated``: fused.gelu_gate first), and configs()'s through
+    launch_add_rms_norm, each a function of (a [M, K or 2K], w, x, gate, weight, scale, shift)."""
+    sms = fused.sm_count(a.device.index or 0) if a.is_cuda else CPU_SMS
+    return _norm_candidates(w.shape[0], w.shape[1], sms, bool(gated))
 
 
 @torch.library.custom_op("turbopi::few_rows_linear_add_rms_norm", mutates_args=())
 def few_rows_linear_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                                  weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                                 shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift) for a [..., K] (x [..., N]): where
-    use_kernels(a, w), the few-rows matmul with its K shares summed in the norm's kernel (launch_add_rms_norm; on a
-    GPU the config measured fastest, or cuBLAS: kernel_choice.py); else F.linear, then add_rms_norm."""
+                                 shift: Optional[torch.Tensor], gated: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift) for a [..., K] (x [..., N]); ``gated``: of
+    fused.gelu_gate(a) for a [..., 2K]. Where use_kernels(a, w): the few-rows matmul with its K shares summed in the
+    norm's kernel (launch_add_rms_norm; on a GPU the config measured fastest, or cuBLAS: kernel_choice.py); else
+    the library ops."""
     if not use_kernels(a, w):
-        return _library_add_rms_norm(a, w, x, gate, weight, scale, shift)
+        return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated)
     rows = a.reshape(-1, a.shape[-1])
-    options = norm_candidates(rows, w)
+    options = norm_candidates(rows, w, gated)
     kind = "adaRMS" if scale is not None else "RMS"
-    key = (f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(a.dtype).replace('torch.', '')} + "
-           f"{kind}{' gated' if gate is not None else ''}")
+    key = (f"{'gelu_gate ' if gated else ''}{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} "
+           f"{str(a.dtype).replace('torch.', '')} + {kind}{' gated' if gate is not None else ''}")
     picked = CHOICES.choose("few_rows_linear_add_rms_norm", key, options, (rows, w, x, gate, weight, scale, shift),
                             "cublas", rotate=(1,))
     if picked is None:
-        block_n, block_k, splits = plan_for(a, w)
-        return launch_add_rms_norm(rows, w, x, gate, weight, scale, shift, block_n, block_k, splits)
+        block_n, block_k, splits = plan_for(rows[:, :w.shape[1]], w)
+        return launch_add_rms_norm(rows, w, x, gate, weight, scale, shift, block_n, block_k, splits, gated=gated)
     return options[picked](rows, w, x, gate, weight, scale, shift)
 
 
 @few_rows_linear_add_rms_norm.register_fake
-def _(a, w, x, gate, weight, scale, shift):
+def _(a, w, x, gate, weight, scale, shift, gated):
     return torch.empty_like(x), torch.empty_like(x)
 
 
@@ -248,30 +260,25 @@ def _plain_linear(module: torch.nn.Module) -> bool:
             and module.bias is None)
 
 
-def linear_add_rms_norm(module: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
-                        weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                        shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fused.gemma_stack's ``linear_norm`` with the few-rows matmul: few_rows_linear_add_rms_norm where ``module``
-    computes as nn.Linear without a bias (else module(a), then add_rms_norm)."""
-    if _plain_linear(module):
-        return few_rows_linear_add_rms_norm(a, module.weight, x, gate, weight, scale, shift)
-    return fused.add_rms_norm(x, module(a), gate, weight, scale, shift)
+class FewRowsMatmuls(fused.StackMatmuls):
+    """fused.gemma_stack's matmuls through the few-rows kernels where a module computes as nn.Linear does without
+    a bias (the expert's four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias,
+    runs itself): qkv and gate_up through few_rows_linear; o_proj, and down_proj with gelu_gate as its prologue,
+    through few_rows_linear_add_rms_norm."""
 
+    def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return few_rows_linear(x, module.weight) if _plain_linear(module) else module(x)
 
-def stack_args(enable: bool) -> Dict[str, object]:
-    """fused.gemma_stack's keyword arguments for the few-rows matmul (``enable``), or for its default."""
-    return {"matmul": linear, "linear_norm": linear_add_rms_norm} if enable else {}
+    def linear_norm(self, module, a, x, gate, weight, scale, shift):
+        if _plain_linear(module):
+            return few_rows_linear_add_rms_norm(a, module.weight, x, gate, weight, scale, shift, False)
+        return super().linear_norm(module, a, x, gate, weight, scale, shift)
 
-
-def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x) through few_rows_linear where the module computes as nn.Linear does, without a bias (the expert's
-    four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias, runs itself).
-    fused.gemma_stack's ``matmul``."""
-    if _plain_linear(module):
-        return few_rows_linear(x, module.weight)
-    return module(x)
+    def gated_linear_norm(self, module, gate_up, x, gate, weight, scale, shift):
+        if _plain_linear(module):
+            return few_rows_linear_add_rms_norm(gate_up, module.weight, x, gate, weight, scale, shift, True)
+        return super().gated_linear_norm(module, gate_up, x, gate, weight, scale, shift)
 
 
 __all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "few_rows_linear_add_rms_norm", "launch",
-           "launch_add_rms_norm", "linear", "linear_add_rms_norm", "norm_candidates", "plan", "plan_for",
-           "stack_args", "use_kernels"]
+           "launch_add_rms_norm", "FewRowsMatmuls", "norm_candidates", "plan", "plan_for", "use_kernels"]

@@ -240,11 +240,16 @@ if triton is not None:
         src = gu_ptr + row * (2 * N)
         g = tl.load(src + cols, mask=m, other=0.0).to(tl.float32)
         u = tl.load(src + N + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(o_ptr + row * N + cols, _gelu_tanh(g, o_ptr) * u, mask=m)
+
+    @triton.jit
+    def _gelu_tanh(g, like_ptr):
+        """gelu_tanh(g) of float32 g, rounded to ``like_ptr``'s element type (where the plain path stores it); the
+        gate is this times up, rounded once more (_gelu_gate_kernel's store, few_rows_matmul's GATED prologue)."""
         z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
         z = tl.minimum(tl.maximum(z, -20.0), 20.0)  # tanh is +-1 in float32 beyond |z| = 9; keeps exp finite
         tanh = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
-        gel = _round(0.5 * g * (1.0 + tanh), o_ptr)
-        tl.store(o_ptr + row * N + cols, gel * u, mask=m)
+        return _round(0.5 * g * (1.0 + tanh), like_ptr)
 
     @triton.jit
     def _qkv_rope_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr,
@@ -531,38 +536,38 @@ def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention
     return attend
 
 
-Matmul = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
-# linear_norm(linear, a, x, gate, weight, scale, shift) -> (x + linear(a) [* gate], its norm): a layer's o_proj or
-# down_proj with the residual add and the norm that follow it
-LinearNorm = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+class StackMatmuls:
+    """How gemma_stack runs a layer's Linears: ``linear`` (qkv, gate_up), ``linear_norm`` (o_proj, with the residual
+    add and the norm after it) and ``gated_linear_norm`` (down_proj of gelu_gate(gate_up), with the add and the norm
+    after it). These: the modules, then the fused ops. few_rows_matmul.FewRowsMatmuls fuses further."""
 
+    def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module(x)
 
-def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
+    def linear_norm(self, module: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                    weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                    shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x + module(a) [* gate], its RMSNorm / adaRMS)."""
+        return add_rms_norm(x, self.linear(module, a), gate, weight, scale, shift)
 
-
-def linear_add_rms_norm(linear: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
-                        weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                        matmul: Matmul = _call) -> Tuple[torch.Tensor, torch.Tensor]:
-    """gemma_stack's default LinearNorm: ``matmul(linear, a)``, then add_rms_norm."""
-    return add_rms_norm(x, matmul(linear, a), gate, weight, scale, shift)
+    def gated_linear_norm(self, module: torch.nn.Module, gate_up: torch.Tensor, x: torch.Tensor,
+                          gate: Optional[torch.Tensor], weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                          shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """linear_norm of gelu_gate(gate_up)."""
+        return self.linear_norm(module, gelu_gate(gate_up), x, gate, weight, scale, shift)
 
 
 def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention: StackAttention, mods: Optional[List[Tuple[Modulation, Modulation]]] = None,
                 final_norm: Optional[RMSNorm] = None, final_mod: Optional[Modulation] = None,
-                last_attention_only: bool = False, matmul: Optional[Matmul] = None,
-                linear_norm: Optional[LinearNorm] = None) -> Optional[torch.Tensor]:
+                last_attention_only: bool = False, matmuls: Optional[StackMatmuls] = None) -> Optional[torch.Tensor]:
     """The fused twin of running ``layers`` one after another (GemmaLayer.forward) and then ``final_norm``; each
     layer attends through ``attention`` (cache_attention: pi0.py's cache-writing attention; prefix_attention: the
     guided denoise's). Returns the final norm's output, or None with ``last_attention_only`` (the
-    prefix passes: the last layer's K/V are all that is used, so its MLP and its residual are skipped). ``matmul(linear,
-    x)`` runs the layers' four Linears (default: linear(x); few_rows_matmul.linear for the denoise, opt-in);
-    ``linear_norm`` runs o_proj and down_proj with the residual add and the norm after each (default:
-    ``matmul``, then add_rms_norm; few_rows_matmul.linear_add_rms_norm sums its K shares in the norm's kernel)."""
+    prefix passes: the last layer's K/V are all that is used, so the rest of it is skipped). ``matmuls`` runs the
+    layers' four Linears (default: StackMatmuls(); few_rows_matmul.FewRowsMatmuls() for the denoise, opt-in)."""
     n = len(layers)
-    lin = matmul or _call
-    lin_norm = linear_norm or functools.partial(linear_add_rms_norm, matmul=lin)
+    mm = matmuls or StackMatmuls()
     if n == 0:
         raise ValueError("gemma_stack needs at least one layer")
 
@@ -573,20 +578,20 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
     y = rms_norm(x, w, sc, sh)
     for li, layer in enumerate(layers):
         attn = layer.self_attn
-        a = attention(li, attn, lin(attn.qkv, y), cos, sin)
+        a = attention(li, attn, mm.linear(attn.qkv, y), cos, sin)
         if last_attention_only and li == n - 1:
             return None  # its K/V are written (the rest of the layer would be unused)
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
-        x, y = lin_norm(attn.o_proj, a, x, gate, w, sc, sh)
+        x, y = mm.linear_norm(attn.o_proj, a, x, gate, w, sc, sh)
         mlp = layer.mlp
-        h = gelu_gate(lin(mlp.gate_up, y))
+        gate_up = mm.linear(mlp.gate_up, y)
         if li + 1 < n:
             w, sc, sh, gate = _norm_args(layers[li + 1].input_layernorm, mod(li + 1, 0))
         elif final_norm is not None:
             w, sc, sh, _ = _norm_args(final_norm, final_mod)
         else:
-            return residual_twin(x, lin(mlp.down_proj, h), gate2)
-        x, y = lin_norm(mlp.down_proj, h, x, gate2, w, sc, sh)
+            return residual_twin(x, mm.linear(mlp.down_proj, gelu_gate(gate_up)), gate2)
+        x, y = mm.gated_linear_norm(mlp.down_proj, gate_up, x, gate2, w, sc, sh)
     return y
 
 

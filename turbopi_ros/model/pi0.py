@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from . import few_rows_matmul
+from .few_rows_matmul import FewRowsMatmuls
 from .split_attention import split_attention
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
@@ -37,6 +37,7 @@ from .siglip import Projector, SiglipVision
 
 
 F_ = TypeVar("F_", bound=Callable)
+FEW_ROWS = FewRowsMatmuls()  # the fused denoise's matmuls with PI0Model.few_rows_matmul (stateless)
 
 
 def engine_entry(fn: F_) -> F_:
@@ -297,7 +298,7 @@ class PI0Model(nn.Module):
                               attention: fused.StackAttention, few_rows: bool = False) -> torch.Tensor:
         """expert_velocity with the fused kernels (gemma_stack's ``attention``); ``few_rows``: few_rows_matmul.py's."""
         h = fused.gemma_stack(self.expert.layers, self.embed_actions(x_t, sc).to(self.dtype), cos, sin, attention,
-                              sc.layer_mods, self.expert.norm, sc.final_mod, **few_rows_matmul.stack_args(few_rows))
+                              sc.layer_mods, self.expert.norm, sc.final_mod, matmuls=FEW_ROWS if few_rows else None)
         return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
 
     @engine_entry
