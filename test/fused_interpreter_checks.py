@@ -118,6 +118,15 @@ def matmul(dtype, tol):
         fused.use_triton_on_cpu(False)
         check(f"few_rows_matmul {tag} M={M} K={K} N={N} K step {block_k} splits={splits}", [got], [F.linear(x, w)],
               tol)
+    # with a bias (the float32 action heads): in the epilogue with one split, in the sum kernel with several
+    for M, K, N, splits in ((50, 96, 40, 1), (50, 200, 70, 3)):
+        x = torch.randn(M, K, generator=g).to(dtype)
+        w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
+        bias = torch.randn(N, generator=g).to(dtype)
+        fused.use_triton_on_cpu(True)
+        got = fr.launch(x, w, 32, 32, splits, bias=bias)
+        fused.use_triton_on_cpu(False)
+        check(f"few_rows_matmul {tag} M={M} K={K} N={N} + bias splits={splits}", [got], [F.linear(x, w, bias)], tol)
     # o_proj / down_proj with the residual add and the norm: K shares summed in the norm's kernel
     for norm, K, splits in (("RMS", 200, 1), ("RMS", 200, 3), ("adaRMS gated", 96, 2), ("gelu_gate RMS", 200, 3),
                             ("gelu_gate adaRMS gated", 96, 1)):
@@ -247,10 +256,12 @@ def whole_model(variant, tol):
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)
     fr.launch, fr.launch_add_rms_norm = launch_matmul, launch_norm
-    per_layer_step = 3 * cfg.expert.depth
-    if len(matmuls) != 2 * per_layer_step or not with_norm.count(False) == with_norm.count(True) == per_layer_step:
+    per_layer_step, heads = 3 * cfg.expert.depth, 3 * (2 if variant == "pi05" else 4)  # the action heads a step
+    if (len(matmuls) != 2 * per_layer_step + heads
+            or not with_norm.count(False) == with_norm.count(True) == per_layer_step):
         failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls and {len(with_norm)} with the "
-                        f"norm ({with_norm.count(True)} gated), not 2 and 2 (1 gated) a layer a step")
+                        f"norm ({with_norm.count(True)} gated), not 2 and 2 (1 gated) a layer a step and the "
+                        "action heads")
     check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_norm)} with the norm, "
           f"{with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain], tol)
 

@@ -69,13 +69,14 @@ def test_bench_with_the_fused_kernels_times_them_and_tables_the_plain_path(tmp_p
 
 
 def test_bench_with_the_few_rows_matmul_runs_it_in_the_fused_denoise(tmp_path, monkeypatch, capsys):
-    """--few-rows-matmul: the fused denoise's expert Linears go through few_rows_matmul.few_rows_linear (counted; on
-    CPU it is F.linear, so the actions equal the plain path's); without --fused it is refused."""
+    """--few-rows-matmul: the fused denoise's expert Linears go through few_rows_matmul's two ops (counted; on CPU
+    they are F.linear and add_rms_norm, so the actions equal the plain path's); without --fused it is refused."""
     from turbopi_ros.model import few_rows_matmul
 
     calls = []
-    op = few_rows_matmul.few_rows_linear
-    monkeypatch.setattr(few_rows_matmul, "few_rows_linear", lambda x, w: calls.append(w.shape) or op(x, w))
+    for name in ("few_rows_linear", "few_rows_linear_add_rms_norm"):
+        op = getattr(few_rows_matmul, name)
+        monkeypatch.setattr(few_rows_matmul, name, lambda *a, op=op: calls.append(a[1].shape) or op(*a))
     args = ["--preset", "tiny", "--views", "1", "--prompt-len", "5", "--steps", "2", "--iters", "1", "--warmup", "0",
             "--threads", "1", "--no-op-counts", "--few-rows-matmul"]
     assert bench.main(args) == 2
@@ -85,6 +86,7 @@ def test_bench_with_the_few_rows_matmul_runs_it_in_the_fused_denoise(tmp_path, m
     r = json.loads(out.read_text())
     assert r["setup"]["few_rows_matmul"] is True and r["fused_vs_unfused_max_abs_diff"] <= 1e-5
     assert len(calls) >= 4 * 2 * load_config("tiny").expert.depth  # four a layer a step, in every denoise timed
+    assert any(shape[0] == load_config("tiny").action_dim for shape in calls)  # action_out_proj: the float32 heads
 
 
 def test_bench_runs_and_writes_every_field(tmp_path, capsys):

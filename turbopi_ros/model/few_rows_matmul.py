@@ -38,6 +38,7 @@ KERNELS = ("_few_rows_matmul_kernel", "_sum_splits_kernel")
 MAX_ROWS = 64  # the one row block: all rows in every program
 BLOCK_N = 64  # output columns a program
 BLOCK_K = 128  # K a step
+FLOAT32_BLOCK_K = 32  # K a step for float32 (IEEE products: wider float32 tiles spill registers)
 NUM_WARPS = 4
 SUM_BLOCK = 1024  # outputs a program of the second kernel
 CPU_SMS = 132  # off CUDA (the interpreter; recording the launches): an H100's SMs, so the launches are a GPU's
@@ -46,11 +47,11 @@ _INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is 
 
 def use_kernels(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether x [..., K] @ w [N, K]^T takes the kernels: Triton runs on x's device, at most MAX_ROWS rows, x and w
-    of one 16-bit dtype (float32 only under the interpreter, for the parity tests: float32 on a GPU is no speed
-    path)."""
+    of one dtype: 16-bit, or float32 (IEEE float32 products, as cuBLAS's float32 GEMM: the float32 action heads
+    openpi keeps in its bfloat16 models)."""
     rows = x.numel() // max(x.shape[-1], 1)
     return (kernels_for(x) and 0 < rows <= MAX_ROWS and x.dtype == w.dtype and w.dim() == 2
-            and (x.dtype in (torch.bfloat16, torch.float16) or (x.dtype == torch.float32 and _INTERPRETER)))
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
 def plan(n: int, k: int, sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> Tuple[int, int, int]:
@@ -62,45 +63,60 @@ def plan(n: int, k: int, sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_
 
 
 def plan_for(x: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int]:
-    """plan() for x [..., K] @ w [N, K]^T on x's device (CPU_SMS off CUDA): the config few_rows_linear launches."""
-    sms = fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
-    return plan(w.shape[0], w.shape[1], sms)
+    """plan() for x [..., K] @ w [N, K]^T on x's device (CPU_SMS off CUDA), K steps for x's dtype: the config
+    few_rows_linear launches where nothing was measured."""
+    return plan(w.shape[0], w.shape[1], _sms(x), block_k=_block_k(x))
 
 
-def configs(n: int, k: int, sms: int) -> Dict[str, Tuple[int, int, int]]:
+def configs(n: int, k: int, sms: int, block_k: int = BLOCK_K) -> Dict[str, Tuple[int, int, int]]:
     """The configs a GPU measures for N output columns over K (kernel_choice.py), by name: plan()'s for about one
-    and about two programs an SM, with 32, 64 or 128 output columns a program, K steps of 128; duplicates once."""
+    and about two programs an SM, with 32, 64 or 128 output columns a program, K steps of ``block_k``
+    (FLOAT32_BLOCK_K for float32); duplicates once."""
     out: Dict[str, Tuple[int, int, int]] = {}
     for block_n in (32, 64, 128):
         for per_sm in (1, 2):
-            cfg = plan(n, k, sms * per_sm, block_n, BLOCK_K)
+            cfg = plan(n, k, sms * per_sm, block_n, block_k)
             out.setdefault(f"few-rows {cfg[0]} cols, {cfg[2]} splits", cfg)
     return out
 
 
+def _sms(x: torch.Tensor) -> int:
+    return fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS
+
+
+def _block_k(x: torch.Tensor) -> int:
+    return FLOAT32_BLOCK_K if x.dtype == torch.float32 else BLOCK_K
+
+
 def candidates(x: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
-    """cuBLAS (the reference) and configs()'s, each a function of (x [M, K], w)."""
-    return _candidates(w.shape[0], w.shape[1], fused.sm_count(x.device.index or 0) if x.is_cuda else CPU_SMS)
+    """cuBLAS (the reference) and configs()'s, each a function of (x [M, K], w, bias or None)."""
+    return _candidates(w.shape[0], w.shape[1], _sms(x), _block_k(x))
 
 
 @functools.lru_cache(maxsize=64)
-def _candidates(n: int, k: int, sms: int) -> Dict[str, Candidate]:
+def _candidates(n: int, k: int, sms: int, block_k: int) -> Dict[str, Candidate]:
     out: Dict[str, Candidate] = {"cublas": F.linear}
-    for name, (block_n, block_k, splits) in configs(n, k, sms).items():
-        out[name] = functools.partial(launch, block_n=block_n, block_k=block_k, splits=splits)
+    for name, (block_n, bk, splits) in configs(n, k, sms, block_k).items():
+        out[name] = functools.partial(_launch_bias, block_n=block_n, block_k=bk, splits=splits)
     return out
+
+
+def _launch_bias(x, w, bias, **config):
+    return launch(x, w, bias=bias, **config)
 
 
 if triton is not None:
     @triton.jit
-    def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, M, N, K, k_per_split, stride_xm,
+    def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, b_ptr, M, N, K, k_per_split, stride_xm,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                UPCAST: tl.constexpr, GATED: tl.constexpr):
+                                UPCAST: tl.constexpr, GATED: tl.constexpr, IEEE: tl.constexpr,
+                                HAS_BIAS: tl.constexpr):
         """Program (column block, K split): y[split, :, cols] = x[:, ks] @ w[cols, ks]^T in float32 (x [M, K] rows
         stride_xm apart, w [N, K] row-major, y [SPLITS, M, N]; a 16-bit y with one split: rounded by the store).
         UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32. GATED: x is
         the MLP's gate_up [M, 2K] (gate, then up) and the product is of gelu_gate(gate_up), computed and rounded
-        as fused._gelu_gate_kernel stores it."""
+        as fused._gelu_gate_kernel stores it. IEEE: float32 x and w, IEEE float32 products (no TF32). HAS_BIAS
+        (one split only): y = the products + bias [N], in float32, rounded once by the store."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -121,18 +137,24 @@ if triton is not None:
             w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
             if UPCAST:
                 acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            elif IEEE:
+                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
             else:
                 acc += tl.dot(x, tl.trans(w))
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + (split * M + rows[:, None]) * N + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
-    def _sum_splits_kernel(p_ptr, y_ptr, MN, SPLITS, BLOCK: tl.constexpr):
-        """y[i] = sum_s p[s, i], rounded once to y's dtype by the store."""
+    def _sum_splits_kernel(p_ptr, y_ptr, b_ptr, MN, N, SPLITS, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """y[i] = sum_s p[s, i] (+ bias[i % N]), rounded once to y's dtype by the store."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < MN
         acc = tl.zeros([BLOCK], tl.float32)
         for s in range(0, SPLITS):
             acc += tl.load(p_ptr + s * MN + i, mask=m, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + i % N, mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + i, acc, mask=m)
 
     fused.register_kernels(globals(), KERNELS)
@@ -146,27 +168,32 @@ def _check(x: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Tuple[torch
     return (x if x.stride(-1) == 1 else x.contiguous()), w.contiguous()
 
 
-def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: bool = False) -> None:
+def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: bool = False, bias=None) -> None:
     M = x.shape[0]
     N, K = w.shape
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
-        x, w, out, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        UPCAST=_INTERPRETER, GATED=gated, num_warps=num_warps)
+        x, w, out, bias if bias is not None else w, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_INTERPRETER, GATED=gated, IEEE=x.dtype == torch.float32,
+        HAS_BIAS=bias is not None, num_warps=num_warps)
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
-           num_warps: int = NUM_WARPS) -> torch.Tensor:
-    """x [M, K] (unit stride in K) @ w [N, K]^T for M <= MAX_ROWS: the first kernel, and with more than one split
-    (whole block_k steps each: fused.split_in_steps) the second."""
+           num_warps: int = NUM_WARPS, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [M, K] (unit stride in K) @ w [N, K]^T (+ bias [N]) for M <= MAX_ROWS: the first kernel, and with more
+    than one split (whole block_k steps each: fused.split_in_steps) the second, which adds the bias then."""
     x, w = _check(x, w)
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != w.shape[0]):
+        raise ValueError(f"few_rows_matmul: bias must be [{w.shape[0]}], got {list(bias.shape)}")
     M, K = x.shape
     N = w.shape[0]
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     parts = y if splits == 1 else torch.empty((splits, M, N), dtype=torch.float32, device=x.device)
-    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps)
+    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, bias=bias if splits == 1 else None)
     if splits > 1:
-        _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, M * N, splits, BLOCK=SUM_BLOCK, num_warps=4)
+        _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, bias if bias is not None else parts, M * N, N,
+                                                            splits, BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None,
+                                                            num_warps=4)
     return y
 
 
@@ -188,22 +215,28 @@ def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate:
 
 
 @torch.library.custom_op("turbopi::few_rows_linear", mutates_args=())
-def few_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, w) for x [..., K], w [N, K]: the kernels where use_kernels(x, w), else F.linear."""
-    if not use_kernels(x, w):
-        return F.linear(x, w)
+def few_rows_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, w, bias) for x [..., K], w [N, K], bias [N] or None: the kernels where use_kernels(x, w) (on a GPU
+    the config measured fastest, or cuBLAS: kernel_choice.py), else F.linear."""
+    if not use_kernels(x, w) or (bias is not None and bias.dtype != x.dtype):
+        return F.linear(x, w, bias)
     rows = x.reshape(-1, x.shape[-1])
     options = candidates(rows, w)
-    key = f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(x.dtype).replace('torch.', '')}"
-    picked = CHOICES.choose("few_rows_linear", key, options, (rows, w), "cublas", rotate=(1,))
+    key = (f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(x.dtype).replace('torch.', '')}"
+           f"{' + bias' if bias is not None else ''}")
+    picked = CHOICES.choose("few_rows_linear", key, options, (rows, w, bias), "cublas", rotate=(1,))
     if picked == "cublas":
-        return F.linear(x, w)
-    y = options[picked](rows, w) if picked is not None else launch(rows, w, *plan_for(x, w))
+        return F.linear(x, w, bias)
+    if picked is None:
+        block_n, block_k, splits = plan_for(x, w)
+        y = launch(rows, w, block_n, block_k, splits, bias=bias)
+    else:
+        y = options[picked](rows, w, bias)
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 @few_rows_linear.register_fake
-def _(x, w):
+def _(x, w, bias=None):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
@@ -212,9 +245,9 @@ def _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated: bool = Fal
 
 
 @functools.lru_cache(maxsize=64)
-def _norm_candidates(n: int, k: int, sms: int, gated: bool) -> Dict[str, Candidate]:
+def _norm_candidates(n: int, k: int, sms: int, gated: bool, block_k: int) -> Dict[str, Candidate]:
     out: Dict[str, Candidate] = {"cublas": functools.partial(_library_add_rms_norm, gated=gated)}
-    for name, (block_n, block_k, splits) in configs(n, k, sms).items():
+    for name, (block_n, block_k, splits) in configs(n, k, sms, block_k).items():
         out[name] = functools.partial(launch_add_rms_norm, block_n=block_n, block_k=block_k, splits=splits,
                                       gated=gated)
     return out
@@ -223,8 +256,7 @@ def _norm_candidates(n: int, k: int, sms: int, gated: bool) -> Dict[str, Candida
 def norm_candidates(a: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Dict[str, Candidate]:
     """cuBLAS then fused.add_rms_norm (the reference; ``gated``: fused.gelu_gate first), and configs()'s through
     launch_add_rms_norm, each a function of (a [M, K or 2K], w, x, gate, weight, scale, shift)."""
-    sms = fused.sm_count(a.device.index or 0) if a.is_cuda else CPU_SMS
-    return _norm_candidates(w.shape[0], w.shape[1], sms, bool(gated))
+    return _norm_candidates(w.shape[0], w.shape[1], _sms(a), bool(gated), _block_k(a))
 
 
 @torch.library.custom_op("turbopi::few_rows_linear_add_rms_norm", mutates_args=())
@@ -255,9 +287,10 @@ def _(a, w, x, gate, weight, scale, shift, gated):
     return torch.empty_like(x), torch.empty_like(x)
 
 
-def _plain_linear(module: torch.nn.Module) -> bool:
+def _plain_linear(module: torch.nn.Module, bias: bool = False) -> bool:
+    """Whether ``module`` computes as nn.Linear does (with ``bias``: a bias allowed)."""
     return (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
-            and module.bias is None)
+            and (bias or module.bias is None))
 
 
 class FewRowsMatmuls(fused.StackMatmuls):
@@ -267,7 +300,16 @@ class FewRowsMatmuls(fused.StackMatmuls):
     through few_rows_linear_add_rms_norm."""
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return few_rows_linear(x, module.weight) if _plain_linear(module) else module(x)
+        return few_rows_linear(x, module.weight, module.bias) if _plain_linear(module, bias=True) else module(x)
+
+    def embed_actions(self, model, x_t: torch.Tensor, sc) -> torch.Tensor:
+        """PI0Model.embed_actions through few_rows_linear: the float32 action heads openpi keeps in its bfloat16
+        models (biases in the kernels' epilogue)."""
+        a = self.linear(model.action_in_proj, x_t)
+        if model.config.is_pi05:
+            return a
+        h = F.silu(few_rows_linear(a, sc.action_weight, sc.action_time_bias.reshape(-1)))
+        return self.linear(model.action_time_mlp_out, h)
 
     def linear_norm(self, module, a, x, gate, weight, scale, shift):
         if _plain_linear(module):
@@ -281,4 +323,5 @@ class FewRowsMatmuls(fused.StackMatmuls):
 
 
 __all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "few_rows_linear_add_rms_norm", "launch",
-           "launch_add_rms_norm", "FewRowsMatmuls", "norm_candidates", "plan", "plan_for", "use_kernels"]
+           "launch_add_rms_norm", "FewRowsMatmuls", "norm_candidates", "plan", "plan_for", "use_kernels",
+           "FLOAT32_BLOCK_K"]

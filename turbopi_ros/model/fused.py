@@ -539,10 +539,15 @@ def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention
 class StackMatmuls:
     """How gemma_stack runs a layer's Linears: ``linear`` (qkv, gate_up), ``linear_norm`` (o_proj, with the residual
     add and the norm after it) and ``gated_linear_norm`` (down_proj of gelu_gate(gate_up), with the add and the norm
-    after it). These: the modules, then the fused ops. few_rows_matmul.FewRowsMatmuls fuses further."""
+    after it); and the fused denoise its action heads (``embed_actions``, ``linear``). These: the modules, then the
+    fused ops. few_rows_matmul.FewRowsMatmuls fuses further."""
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
+
+    def embed_actions(self, model, x_t: torch.Tensor, sc) -> torch.Tensor:
+        """The action expert's input (PI0Model.embed_actions; its float32 heads), for the fused denoise."""
+        return model.embed_actions(x_t, sc)
 
     def linear_norm(self, module: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                     weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],

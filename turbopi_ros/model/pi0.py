@@ -37,7 +37,7 @@ from .siglip import Projector, SiglipVision
 
 
 F_ = TypeVar("F_", bound=Callable)
-FEW_ROWS = FewRowsMatmuls()  # the fused denoise's matmuls with PI0Model.few_rows_matmul (stateless)
+MATMULS, FEW_ROWS = fused.StackMatmuls(), FewRowsMatmuls()  # the fused denoise's (few_rows_matmul: FEW_ROWS)
 
 
 def engine_entry(fn: F_) -> F_:
@@ -297,9 +297,10 @@ class PI0Model(nn.Module):
     def fused_expert_velocity(self, x_t: torch.Tensor, sc: StepConditioning, cos, sin,
                               attention: fused.StackAttention, few_rows: bool = False) -> torch.Tensor:
         """expert_velocity with the fused kernels (gemma_stack's ``attention``); ``few_rows``: few_rows_matmul.py's."""
-        h = fused.gemma_stack(self.expert.layers, self.embed_actions(x_t, sc).to(self.dtype), cos, sin, attention,
-                              sc.layer_mods, self.expert.norm, sc.final_mod, matmuls=FEW_ROWS if few_rows else None)
-        return self.action_out_proj(h.to(self.action_out_proj.weight.dtype)).float()
+        mm = FEW_ROWS if few_rows else MATMULS
+        h = fused.gemma_stack(self.expert.layers, mm.embed_actions(self, x_t, sc).to(self.dtype), cos, sin, attention,
+                              sc.layer_mods, self.expert.norm, sc.final_mod, matmuls=mm)
+        return mm.linear(self.action_out_proj, h.to(self.action_out_proj.weight.dtype)).float()
 
     @engine_entry
     def denoise(self, cache: PrefixCache, noise: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
