@@ -1,11 +1,11 @@
 """Where a graphed stage's GPU time goes: the CUDA kernels of one replay, grouped by name, from torch.profiler.
 
-For each preset (random weights, bfloat16, the most cameras): the denoise's CUDA graph plain and with the fused
-kernels, and vision and the prefix cache graphed with the fused kernels. Per stage: the wall time of a profiled
-replay, the sum of kernel times, the kernel count, the kernels with the most time (count, mean), the time by kernel
-length (under 3 us, 6, 10, 30, longer) and the idle gaps between consecutive kernels. The question it answers: is a
-stage bound by a few slow kernels (then a better kernel helps) or by many short ones and the gaps between them (then
-fewer launches help).
+For each preset (random weights, bfloat16, the most cameras): the denoise's CUDA graph plain, with the fused
+kernels, and with the few-rows matmul too (model/few_rows_matmul.py), and vision and the prefix cache graphed with
+the fused kernels. Per stage: the wall time of a profiled replay, the sum of kernel times, the kernel count, the
+kernels with the most time (count, mean), the time by kernel length (under 3 us, 6, 10, 30, longer) and the idle gaps
+between consecutive kernels. The question it answers: is a stage bound by a few slow kernels (then a better kernel
+helps) or by many short ones and the gaps between them (then fewer launches help).
 
     python -m turbopi_ros.tools.kernel_profile [--out docs/bench/kernel_profile_<gpu>.txt] [--presets pi0,pi05]
     python -m turbopi_ros.tools.kernel_profile --dry-run    # the CPU, tiny presets, eager: the ops' CPU times
@@ -104,6 +104,10 @@ def profile_preset(preset: str, views: int, steps: int, device: torch.device, sa
         fused_call(model, lambda: den(cache, noise, steps))()  # captured with the fused kernels
         out["denoise graph fused"] = profile_table("denoise graph fused", lambda: den(cache, noise, steps), device,
                                                    say)
+        rows = CudaGraphDenoiser(model, pool=pool)  # the few-rows matmul (its kernel choices are made as it captures)
+        fused_call(model, lambda: rows(cache, noise, steps), few_rows_matmul=True)()
+        out["denoise graph fused few-rows"] = profile_table("denoise graph fused few-rows",
+                                                            lambda: rows(cache, noise, steps), device, say)
         fused_call(model, lambda: enc.build_cache(enc.embed_images(images, host_masks), host_tokens,
                                                   host_token_mask, state))()
         image_tokens = enc.embed_images(images, host_masks)
@@ -112,7 +116,7 @@ def profile_preset(preset: str, views: int, steps: int, device: torch.device, sa
         out["prefix graph fused"] = profile_table(
             "prefix graph fused", lambda: enc.build_cache(image_tokens, host_tokens, host_token_mask, state), device,
             say, top=12)
-        for graph in (plain, enc, den):
+        for graph in (plain, enc, den, rows):
             graph.clear()
     return out
 
