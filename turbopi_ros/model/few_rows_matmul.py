@@ -182,8 +182,10 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
     """x [M, K] (unit stride in K) @ w [N, K]^T (+ bias [N]) for M <= MAX_ROWS: the first kernel, and with more
     than one split (whole block_k steps each: fused.split_in_steps) the second, which adds the bias then."""
     x, w = _check(x, w)
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != w.shape[0]):
-        raise ValueError(f"few_rows_matmul: bias must be [{w.shape[0]}], got {list(bias.shape)}")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != w.shape[0]:
+            raise ValueError(f"few_rows_matmul: bias must be [{w.shape[0]}], got {list(bias.shape)}")
+        bias = bias.contiguous()
     M, K = x.shape
     N = w.shape[0]
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
