@@ -10,14 +10,21 @@ so the weight streams through column blocks x K splits programs, about one per S
 [splits, M, N], then a second kernel adds them and rounds once (one kernel, rounding in its store, with one split).
 The products and sums are float32, as cuBLAS's are; only the order of the float32 additions differs from it.
 
-    turbopi::few_rows_linear(x [..., K], w [N, K]) -> [..., N]      (= F.linear(x, w), no bias)
+    turbopi::few_rows_linear(x [..., K], w [N, K], bias [N] or None) -> [..., N]        (= F.linear(x, w, bias))
+    turbopi::few_rows_linear_add_rms_norm(a, w, x, gate, weight, scale, shift, gated) -> (x', its norm)
+        (= fused.add_rms_norm(x, F.linear(gelu_gate(a) if gated else a, w), gate, weight, scale, shift))
 
-On a GPU the op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
+The second is a layer's o_proj (a: the attention's output) or down_proj (gated: a is gate_up, and gelu_gate is
+computed as the kernel loads it) with the residual add and the norm after it: the K shares are summed in the norm's
+kernel. Each saves the launches of the kernels it replaces, with their values bit for bit. FewRowsMatmuls puts them
+in fused.gemma_stack, and the float32 action heads through the first (IEEE float32 products, a bias).
+
+On a GPU each op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
 cuBLAS the first time a shape runs, and launches the fastest one that matches cuBLAS, which may be cuBLAS itself
 (kernel_choice.py). Opt-in (PI0Model.use_fused(few_rows_matmul=True), turbopi-bench --few-rows-matmul) and not yet
 measured in the model: tools/gemm_bench.py times its configs against cuBLAS, and the GPU report the fused denoise
 graph with and without it, in one run, with parity; neither has run on a GPU yet. Elsewhere (CPU, more rows,
-float32 on a GPU, a bias) it is F.linear.
+mixed dtypes) the ops are F.linear (and add_rms_norm).
 """
 from __future__ import annotations
 
