@@ -430,15 +430,18 @@ def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_ze
 
 def test_the_warm_up_reports_the_kernel_choices_the_gpu_measured():
     """On a GPU the split kernels measure their configs during the warm-up (model/kernel_choice.py): /diagnostics
-    has how many choices and the seconds they took; none (CPU) adds nothing."""
+    has how many choices and the seconds they took, and the ready line says so too; none (CPU) adds nothing."""
     from turbopi_ros.model.kernel_choice import Choice
 
     made = [Choice("split_attention", "B1 G1 M400 N839 D256 bfloat16", "sdpa", seconds=1.5),
             Choice("few_rows_linear", "50x1024 @ 1024x2560 bfloat16", "cublas", seconds=0.25)]
+    made.append(Choice("split_attention", "B1 G1 M400 N327 D256 bfloat16", "split 16 rows, 4 splits, 4 warps",
+                       loaded=True))
     warm = WarmUp(WarmUpPolicy(False), ["base_0_rgb"], ["a"], prompt=lambda: "", kernel_choices=lambda: made)
-    assert warm.values() == {"kernel_choices": 2.0, "kernel_choice_s": 1.75}
+    assert warm.values() == {"kernel_choices": 3.0, "kernel_choice_s": 1.75}
+    assert ", 3 kernel choices (1 loaded, the others measured in 1.8 s); warm-up took" in warm.run()
     made.clear()
-    assert warm.values() == {}
+    assert warm.values() == {"warm_up_s": warm.seconds} and "kernel choices" not in warm.run()
 
 
 def test_a_prompt_set_after_ready_is_warned_about_when_its_lengths_have_no_graph():

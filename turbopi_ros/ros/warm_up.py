@@ -68,6 +68,10 @@ class WarmUp:
         if stats is not None:
             text += (f", {stats.captures} graphs captured in {stats.capture_s:.1f} s (every prompt length of "
                      f"{len(prompts)} prompt{'s' if len(prompts) > 1 else ''})")
+        made = self._kernel_choices()
+        if made:  # on a GPU: the split kernels measured their configs (model/kernel_choice.py)
+            text += (f", {len(made)} kernel choices ({sum(c.loaded for c in made)} loaded, the others measured in "
+                     f"{sum(c.seconds for c in made):.1f} s)")
         return text + f"; warm-up took {self.seconds:.1f} s"
 
     def missing_lengths(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> List[int]:
