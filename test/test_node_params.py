@@ -30,6 +30,17 @@ def test_model_fused_switches_the_models_kernels(fused):
     assert PARAMETERS["model.fused"].default is False
 
 
+@pytest.mark.parametrize("few_rows", [False, True])
+def test_model_few_rows_matmul_switches_the_fused_denoises_matmuls(few_rows):
+    """model.few_rows_matmul (with model.fused): PI0Model.few_rows_matmul, which sends the fused denoise's matmuls
+    through few_rows_matmul.py; on CPU its ops are F.linear and add_rms_norm. Without model.fused it is refused."""
+    config = params_file.load(DEMO_PARAMS)
+    policy = policy_from_config(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, fused=True, few_rows_matmul=few_rows)))
+    assert policy.model.fused and policy.model.few_rows_matmul is few_rows
+    assert PARAMETERS["model.few_rows_matmul"].default is False
+
+
 def _leaves(config, prefix=""):
     """The dotted attribute paths of a NodeConfig's values."""
     out = {}
@@ -78,3 +89,6 @@ def test_node_config_fills_in_and_checks_across_parameters():
     assert NodeConfig.from_params(aloha).cameras.names == ("base_0_rgb",)  # openpi's camera name: the slot it fills
     with pytest.raises(ValueError, match="have no value"):
         NodeConfig.from_params({k: v for k, v in values.items() if k != "prompt"})
+    with pytest.raises(ValueError, match="model.few_rows_matmul runs in the fused denoise: set model.fused: true"):
+        NodeConfig.from_params(dict(values, **{"model.few_rows_matmul": True}))
+    assert NodeConfig.from_params(dict(values, **{"model.few_rows_matmul": True, "model.fused": True})).model.fused

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Tuple
 
-from .node_params import PARAMETERS, check_lengths
+from .node_params import PARAMETERS, check_lengths, check_model
 from .robot_params import camera_slots_for, check_robot
 
 
@@ -26,6 +26,7 @@ class ModelSettings:
     norm_stats: str
     cuda_graph: bool
     fused: bool
+    few_rows_matmul: bool
     compile: bool
     cache_dir: str
     warm_up_prompts: Tuple[str, ...]  # captured before ready besides the start prompt
@@ -108,6 +109,7 @@ class NodeConfig:
         if missing:
             raise ValueError(f"parameters {missing} have no value")
         values: Dict[str, Any] = {name: p[name] for name in PARAMETERS}
+        check_model(values)
         check_lengths(values)
         check_robot(values)
         values["cameras.names"] = camera_slots_for(values)

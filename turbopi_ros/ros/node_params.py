@@ -33,10 +33,16 @@ PARAMETERS: Dict[str, Param] = {
     "model.fused": Param(False, "the fused layer kernels (model/fused.py: norms with the residual add, rotary, the "
                                 "GELU gate; Triton on CUDA, plain-torch twins elsewhere) for vision, prefix and "
                                 "denoise, and real-time chunking's guided denoise (with their backwards)"),
+    "model.few_rows_matmul": Param(False, "with model.fused, on a GPU: the denoise's matmuls (the action expert's, "
+                                          "with the norm after and the gate before them fused in, and the float32 "
+                                          "action heads) through model/few_rows_matmul.py's split-K kernels; each "
+                                          "shape measures them against cuBLAS during the warm-up and keeps the "
+                                          "faster (not yet measured on a GPU)"),
     "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
                                   "(minutes, before the node is ready), later ones load from model.cache_dir"),
     "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
-                                 "takes seconds; '' = inductor's default (a temporary directory: lost on reboot)"),
+                                 "takes seconds; '' = inductor's default (a temporary directory: lost on reboot); on "
+                                 "a GPU also the split kernels' measured choices (kernel_choices.json)"),
     "model.warm_up_prompts": Param([], "other prompts the robot will be given at run time (prompt, ~/prompt): with "
                                        "graphs, their prompt lengths are captured before ready too, so switching to "
                                        "one captures nothing; another prompt waits for its captures at the switch",
@@ -89,6 +95,13 @@ PARAMETERS: Dict[str, Param] = {
 }
 
 
+def check_model(p: Dict[str, object]) -> None:
+    """Model switches that need another one."""
+    if p["model.few_rows_matmul"] and not p["model.fused"]:
+        raise ValueError("parameter model.few_rows_matmul runs in the fused denoise: set model.fused: true too "
+                         "(or model.few_rows_matmul: false)")
+
+
 def check_lengths(p: Dict[str, object]) -> None:
     """The list parameters that go together have matching lengths, and the limits are ordered."""
     n_cam, n_act = len(p["cameras.names"]), len(p["action.joints"])
@@ -126,7 +139,7 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
         norm_stats=m.norm_stats, seed=m.seed, num_steps=m.num_steps, action_dims=len(a.joints), image_keys=IMAGE_KEYS,
         delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
         cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
-    policy.model.use_fused(m.fused)  # before compiling: a compiled step traces one path
+    policy.model.use_fused(m.fused, few_rows_matmul=m.few_rows_matmul)  # before compiling: it traces one path
     if m.cache_dir:  # the split kernels' measured choices (GPU): loaded now, saved as the warm-up makes them
         from ..model.kernel_choice import CHOICES
         CHOICES.persist(m.cache_dir, policy.model.device)
