@@ -22,10 +22,9 @@ in fused.gemma_stack, and the float32 action heads through the first (IEEE float
 On a GPU each op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
 cuBLAS the first time a shape runs, and launches the fastest one that matches cuBLAS, which may be cuBLAS itself
 (kernel_choice.py). Opt-in (model.few_rows_matmul, PI0Model.use_fused(few_rows_matmul=True), turbopi-bench
---few-rows-matmul) and not yet
-measured in the model: tools/gemm_bench.py times its configs against cuBLAS, and the GPU report the fused denoise
-graph with and without it, in one run, with parity; neither has run on a GPU yet. Elsewhere (CPU, more rows,
-mixed dtypes) the ops are F.linear (and add_rms_norm).
+--few-rows-matmul) and not yet measured in the model: tools/gemm_bench.py times its configs against cuBLAS, and the
+GPU report the fused denoise graph with and without it, in one run, with parity; neither has run on a GPU yet.
+Elsewhere (CPU, more rows, mixed dtypes) the ops are F.linear (and add_rms_norm).
 """
 from __future__ import annotations
 
