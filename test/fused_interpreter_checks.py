@@ -151,6 +151,32 @@ def matmul(dtype, tol):
                                   shift)  # the twins: plain torch
         check(f"few_rows_linear_add_rms_norm {tag} {norm} {list(a.shape)} @ [48, {K}] splits={splits}", got, want,
               tol)
+    # qkv with rotary and the K/V cache write: K shares summed in the rotary kernel
+    from turbopi_ros.model.gemma import rope_tables
+    for splits in (1, 3):
+        B, L, K, H, KV, D, Lc, start = 2, 25, 96, 2, 1, 16, 40, 7
+        y = torch.randn(B, L, K, generator=g).to(dtype)
+        w = (torch.randn((H + 2 * KV) * D, K, generator=g) * K ** -0.5).to(dtype)
+        cos, sin = rope_tables(torch.arange(start, start + L).expand(B, L), D, 10000.0, dtype)
+        runs = []
+        for how in ("fused", "unfused", "twin"):
+            cache = torch.zeros(2, B, KV, Lc, D, dtype=dtype)  # a strided slice, as the engine's
+            values = torch.zeros_like(cache)
+            fused.use_triton_on_cpu(how != "twin")
+            if how == "fused":
+                q = fr.launch_qkv_rope(y, w, cos, sin, cache[1], values[1], start, H, KV, 32, 32, splits)
+            else:
+                qkv = (fr.launch(y.reshape(B * L, K), w, 32, 32, splits).reshape(B, L, -1) if how == "unfused"
+                       else F.linear(y, w))
+                q = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
+            runs.append([q, cache, values])
+        fused.use_triton_on_cpu(False)
+        same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
+        print(f"few_rows_qkv_rope {tag} splits={splits}: equal to launch + qkv_rope: {same}")
+        if not same:
+            failures.append(f"few_rows_qkv_rope {tag} splits={splits} differs from launch + qkv_rope")
+        check(f"few_rows_qkv_rope {tag} [{B}, {L}, {K}] @ [{w.shape[0]}, {K}] H={H} KV={KV} splits={splits}",
+              runs[0], runs[2], tol)
     x = torch.randn(2, 25, 300, generator=g).to(dtype)
     w = (torch.randn(130, 300, generator=g) * 300 ** -0.5).to(dtype)
     fused.use_triton_on_cpu(True)
@@ -163,8 +189,8 @@ def matmul(dtype, tol):
 
 def choice(dtype):
     """The ops measuring their candidates (kernel_choice.py) as they do on a GPU, here timed on the host: every
-    config of few_rows_linear and split_attention for these shapes runs, matches its library kernel (none rejected),
-    and is timed; the op then launches the one chosen. One line per op."""
+    config of the few-rows ops and split_attention for these shapes runs, matches its library kernel (none
+    rejected), and is timed; the op then launches the one chosen. One line per op, and the K/V the rotary op wrote."""
     from turbopi_ros.model import few_rows_matmul as fr, split_attention as sa
     from turbopi_ros.model.gemma import sdpa
     from turbopi_ros.model.kernel_choice import CHOICES
@@ -176,6 +202,10 @@ def choice(dtype):
     k, v = ((torch.randn(1, 1, 150, 16, generator=g) * 2).to(dtype) for _ in range(2))
     res = torch.randn(2, 25, 130, generator=g).to(dtype)
     norm_w = (torch.randn(130, generator=g) * 0.1).to(dtype)
+    from turbopi_ros.model.gemma import rope_tables
+    w_qkv = (torch.randn(64, 300, generator=g) * 300 ** -0.5).to(dtype)  # 2 heads + 2 KV of 16
+    cos, sin = rope_tables(torch.arange(25).expand(2, 25), 16, 10000.0, dtype)
+    caches = [torch.zeros(2, 1, 30, 16, dtype=dtype) for _ in range(4)]  # keys, values: the op's, the reference's
     CHOICES.clear()
     CHOICES.time_on_cpu, CHOICES.calls, CHOICES.reps = True, 1, 1
     fused.use_triton_on_cpu(True)
@@ -184,12 +214,17 @@ def choice(dtype):
                 ("few_rows_linear_add_rms_norm",
                  fr.few_rows_linear_add_rms_norm(x, w, res, None, norm_w, None, None, False),
                  fused.add_rms_norm(res, F.linear(x, w), None, norm_w, None, None), len(fr.norm_candidates(x[0], w))),
+                ("few_rows_qkv_rope", fr.few_rows_qkv_rope(x, w_qkv, cos, sin, caches[0], caches[1], 0, 2, 1),
+                 fused.qkv_rope(F.linear(x, w_qkv), cos, sin, caches[2], caches[3], 0, 2, 1),
+                 len(fr.qkv_candidates(x, w_qkv))),
                 ("split_attention", sa.split_attention(q, k, v, 0.25), sdpa(q, k, v, 0.25),
                  len(sa.candidates(q, 150, 0.25)))]
     finally:
         fused.use_triton_on_cpu(False)
         CHOICES.time_on_cpu = False
     made = {c.op: c for c in CHOICES.choices()}
+    check(f"kernel choice few_rows_qkv_rope {str(dtype).split('.')[-1]}: the K/V it wrote", caches[:2], caches[2:],
+          None)
     for op, got, want, count in runs:
         c = made[op]
         if c.rejected or len(c.times_us) != count or c.chosen not in c.times_us:
@@ -247,23 +282,25 @@ def whole_model(variant, tol):
         failures.append(f"whole model {variant}: split_attention's kernels never ran")
     check(f"whole model {variant} float32 (Triton kernels vs plain; split attention {len(launches)} calls)", [got],
           [plain], tol)
-    matmuls, with_norm = [], []
-    launch_matmul, launch_norm = fr.launch, fr.launch_add_rms_norm
+    matmuls, with_norm, with_rope = [], [], []
+    launch_matmul, launch_norm, launch_rope = fr.launch, fr.launch_add_rms_norm, fr.launch_qkv_rope
     fr.launch = lambda *a, **kw: matmuls.append(a[0].shape) or launch_matmul(*a, **kw)
     fr.launch_add_rms_norm = lambda *a, **kw: with_norm.append(kw.get("gated")) or launch_norm(*a, **kw)
+    fr.launch_qkv_rope = lambda *a, **kw: with_rope.append(a[0].shape) or launch_rope(*a, **kw)
     model.use_fused(True, few_rows_matmul=True)
     fused.use_triton_on_cpu(True)
     got = model.sample_actions(*inputs, num_steps=3)
     fused.use_triton_on_cpu(False)
-    fr.launch, fr.launch_add_rms_norm = launch_matmul, launch_norm
+    fr.launch, fr.launch_add_rms_norm, fr.launch_qkv_rope = launch_matmul, launch_norm, launch_rope
     per_layer_step, heads = 3 * cfg.expert.depth, 3 * (2 if variant == "pi05" else 4)  # the action heads a step
-    if (len(matmuls) != 2 * per_layer_step + heads
+    if (len(matmuls) != per_layer_step + heads or len(with_rope) != per_layer_step
             or not with_norm.count(False) == with_norm.count(True) == per_layer_step):
-        failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls and {len(with_norm)} with the "
-                        f"norm ({with_norm.count(True)} gated), not 2 and 2 (1 gated) a layer a step and the "
-                        "action heads")
-    check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_norm)} with the norm, "
-          f"{with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain], tol)
+        failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls, {len(with_rope)} with rotary and "
+                        f"{len(with_norm)} with the norm ({with_norm.count(True)} gated), not 1, 1 and 2 (1 gated) "
+                        "a layer a step, and the action heads")
+    check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_rope)} with rotary, "
+          f"{len(with_norm)} with the norm, {with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain],
+          tol)
 
 
 def backward_kernels(dtype, tol):

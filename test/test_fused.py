@@ -105,11 +105,12 @@ def test_triton_kernels_under_the_interpreter():
     kernels vs plain (float32 1e-5), then with the few-rows matmul too, in a subprocess: TRITON_INTERPRET must be set
     before Triton is imported."""
     lines, stdout = _interpreter_checks("kernels", "whole_model")
-    assert len(lines) == 46 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
+    assert len(lines) == 50 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
     assert sum(line.startswith("split_attention") for line in lines) == 8, stdout
-    assert sum(line.startswith("few_rows_") for line in lines) == 22, stdout
+    assert sum(line.startswith("few_rows_") for line in lines) == 26, stdout
     # the norm sums the K shares, and the gated prologue computes gelu_gate, exactly as the kernels they replace
     assert stdout.count("equal to launch + add_rms_norm: True") == 10, stdout
+    assert stdout.count("equal to launch + qkv_rope: True") == 4, stdout  # the rotary kernel sums the K shares
 
 
 def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():
@@ -117,9 +118,11 @@ def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kerne
     them in graphs: every config of few_rows_linear, few_rows_linear_add_rms_norm and split_attention compiles,
     matches F.linear / F.linear + add_rms_norm / SDPA, and is timed; the op's output is the chosen one's."""
     lines, stdout = _interpreter_checks("choice")
-    assert len(lines) == 3 and all("none rejected" in line for line in lines), stdout
+    assert any("few_rows_qkv_rope bfloat16: the K/V it wrote" in line for line in lines), stdout
+    lines = [line for line in lines if "candidates timed" in line]
+    assert len(lines) == 4 and all("none rejected" in line for line in lines), stdout
     assert [line.split(" ")[2] for line in lines] == ["few_rows_linear", "few_rows_linear_add_rms_norm",
-                                                      "split_attention"], stdout
+                                                      "few_rows_qkv_rope", "split_attention"], stdout
     for line in lines:  # cuBLAS / SDPA and at least three configs, every one timed
         timed = re.search(r": (\d+) of (\d+) candidates timed", line)
         assert timed and timed[1] == timed[2] and int(timed[1]) >= 4, stdout

@@ -296,6 +296,62 @@ def _(a, w, x, gate, weight, scale, shift, gated):
     return torch.empty_like(x), torch.empty_like(x)
 
 
+def _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads):
+    return fused.qkv_rope(F.linear(y, w), cos, sin, keys, values, start, num_heads, num_kv_heads)
+
+
+def launch_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int, block_n: int = BLOCK_N,
+                    block_k: int = BLOCK_K, splits: int = 1, num_warps: int = NUM_WARPS) -> torch.Tensor:
+    """fused.qkv_rope(F.linear(y [B, L, K], w), ...) in two launches: the first kernel's float32 K shares, summed in
+    order and rounded in the rotary kernel (fused.qkv_rope_parts): the values launch() and qkv_rope give (q, and the
+    K/V written into the cache), without the sum kernel."""
+    rows, w = _check(y.reshape(-1, y.shape[-1]), w)
+    N, K = w.shape
+    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
+    parts = torch.empty((splits, rows.shape[0], N), dtype=torch.float32, device=y.device)
+    _first(rows, w, parts, block_n, k_per_split, splits, block_k, num_warps)
+    return fused.qkv_rope_parts(parts, y.shape[0], y.dtype, cos, sin, keys, values, start, num_heads, num_kv_heads)
+
+
+@functools.lru_cache(maxsize=64)
+def _qkv_candidates(n: int, k: int, sms: int, block_k: int) -> Dict[str, Candidate]:
+    out: Dict[str, Candidate] = {"cublas": _library_qkv_rope}
+    for name, (block_n, bk, splits) in configs(n, k, sms, block_k).items():
+        out[name] = functools.partial(launch_qkv_rope, block_n=block_n, block_k=bk, splits=splits)
+    return out
+
+
+def qkv_candidates(y: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
+    """cuBLAS then fused.qkv_rope (the reference), and configs()'s through launch_qkv_rope, each a function of
+    (y [B, L, K], w, cos, sin, keys, values, start, num_heads, num_kv_heads)."""
+    return _qkv_candidates(w.shape[0], w.shape[1], _sms(y), _block_k(y))
+
+
+@torch.library.custom_op("turbopi::few_rows_qkv_rope", mutates_args=("keys", "values"))
+def few_rows_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                      values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """fused.qkv_rope(F.linear(y, w), cos, sin, keys, values, start, num_heads, num_kv_heads) for y [B, L, K]: where
+    use_kernels(y, w), the few-rows matmul with its K shares summed in the rotary kernel (launch_qkv_rope; on a GPU
+    the config measured fastest, or cuBLAS: kernel_choice.py); else the library ops."""
+    if not use_kernels(y, w):
+        return _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads)
+    options = qkv_candidates(y, w)
+    rows = y.numel() // y.shape[-1]
+    key = f"{rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(y.dtype).replace('torch.', '')} + rope"
+    args = (y, w, cos, sin, keys, values, start, num_heads, num_kv_heads)
+    picked = CHOICES.choose("few_rows_qkv_rope", key, options, args, "cublas", rotate=(1,))
+    if picked is None:
+        block_n, block_k, splits = plan_for(y, w)
+        return launch_qkv_rope(*args, block_n=block_n, block_k=block_k, splits=splits)
+    return options[picked](*args)
+
+
+@few_rows_qkv_rope.register_fake
+def _(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads):
+    return y.new_empty((*y.shape[:-1], num_heads, w.shape[0] // (num_heads + 2 * num_kv_heads)))
+
+
 def _plain_linear(module: torch.nn.Module, bias: bool = False) -> bool:
     """Whether ``module`` computes as nn.Linear does (with ``bias``: a bias allowed)."""
     return (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
@@ -305,8 +361,8 @@ def _plain_linear(module: torch.nn.Module, bias: bool = False) -> bool:
 class FewRowsMatmuls(fused.StackMatmuls):
     """fused.gemma_stack's matmuls through the few-rows kernels where a module computes as nn.Linear does without
     a bias (the expert's four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias,
-    runs itself): qkv and gate_up through few_rows_linear; o_proj, and down_proj with gelu_gate as its prologue,
-    through few_rows_linear_add_rms_norm."""
+    runs itself): gate_up (and the float32 action heads) through few_rows_linear, qkv through few_rows_qkv_rope,
+    o_proj, and down_proj with gelu_gate as its prologue, through few_rows_linear_add_rms_norm."""
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return few_rows_linear(x, module.weight, module.bias) if _plain_linear(module, bias=True) else module(x)
@@ -320,6 +376,11 @@ class FewRowsMatmuls(fused.StackMatmuls):
         h = F.silu(few_rows_linear(a, sc.action_weight, sc.action_time_bias.reshape(-1)))
         return self.linear(model.action_time_mlp_out, h)
 
+    def qkv_rope(self, module, y, cos, sin, keys, values, start, num_heads, num_kv_heads):
+        if _plain_linear(module):
+            return few_rows_qkv_rope(y, module.weight, cos, sin, keys, values, start, num_heads, num_kv_heads)
+        return super().qkv_rope(module, y, cos, sin, keys, values, start, num_heads, num_kv_heads)
+
     def linear_norm(self, module, a, x, gate, weight, scale, shift):
         if _plain_linear(module):
             return few_rows_linear_add_rms_norm(a, module.weight, x, gate, weight, scale, shift, False)
@@ -331,6 +392,6 @@ class FewRowsMatmuls(fused.StackMatmuls):
         return super().gated_linear_norm(module, gate_up, x, gate, weight, scale, shift)
 
 
-__all__ = ["KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear", "few_rows_linear_add_rms_norm", "launch",
-           "launch_add_rms_norm", "FewRowsMatmuls", "norm_candidates", "plan", "plan_for", "use_kernels",
-           "FLOAT32_BLOCK_K"]
+__all__ = ["FLOAT32_BLOCK_K", "FewRowsMatmuls", "KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear",
+           "few_rows_linear_add_rms_norm", "few_rows_qkv_rope", "launch", "launch_add_rms_norm", "launch_qkv_rope",
+           "norm_candidates", "plan", "plan_for", "qkv_candidates", "use_kernels"]

@@ -254,8 +254,12 @@ if triton is not None:
     @triton.jit
     def _qkv_rope_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr,
                          L, start, stride_cb, stride_cl, stride_kb, stride_kh, stride_kl,
-                         stride_vb, stride_vh, stride_vl,
-                         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr):
+                         stride_vb, stride_vh, stride_vl, ROWS, PARTS,
+                         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr,
+                         SUM_PARTS: tl.constexpr):
+        """SUM_PARTS: qkv is the QKV matmul's PARTS float32 partial sums [PARTS, ROWS, (H + 2 KV) D]
+        (few_rows_matmul's K shares), added in order and rounded once to q's dtype, as its sum kernel would store
+        them."""
         token = tl.program_id(0)  # b * L + l
         head = tl.program_id(1)  # 0 .. H + 2 KV
         b = token // L
@@ -264,8 +268,17 @@ if triton is not None:
         cols = tl.arange(0, HALF_BLOCK)
         m = cols < half
         src = qkv_ptr + token * (H + 2 * KV) * D + head * D
-        x1 = tl.load(src + cols, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(src + half + cols, mask=m, other=0.0).to(tl.float32)
+        if SUM_PARTS:
+            x1 = tl.zeros([HALF_BLOCK], tl.float32)
+            x2 = tl.zeros([HALF_BLOCK], tl.float32)
+            for s in range(0, PARTS):
+                x1 += tl.load(src + s * ROWS * (H + 2 * KV) * D + cols, mask=m, other=0.0)
+                x2 += tl.load(src + s * ROWS * (H + 2 * KV) * D + half + cols, mask=m, other=0.0)
+            x1 = _round(x1, q_ptr)
+            x2 = _round(x2, q_ptr)
+        else:
+            x1 = tl.load(src + cols, mask=m, other=0.0).to(tl.float32)
+            x2 = tl.load(src + half + cols, mask=m, other=0.0).to(tl.float32)
         if head < H + KV:
             cbase = b * stride_cb + l_ * stride_cl
             c1 = tl.load(cos_ptr + cbase + cols, mask=m, other=0.0).to(tl.float32)
@@ -273,8 +286,8 @@ if triton is not None:
             s1 = tl.load(sin_ptr + cbase + cols, mask=m, other=0.0).to(tl.float32)
             s2 = tl.load(sin_ptr + cbase + half + cols, mask=m, other=0.0).to(tl.float32)
             # x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1], rounded as the plain path rounds
-            o1 = _round(x1 * c1, qkv_ptr) + _round(-x2 * s1, qkv_ptr)
-            o2 = _round(x2 * c2, qkv_ptr) + _round(x1 * s2, qkv_ptr)
+            o1 = _round(x1 * c1, q_ptr) + _round(-x2 * s1, q_ptr)
+            o2 = _round(x2 * c2, q_ptr) + _round(x1 * s2, q_ptr)
             if head < H:
                 dst = q_ptr + (token * H + head) * D
             else:
@@ -428,19 +441,38 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torc
 
 def _qkv_rope(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads):
     if kernels_for(qkv):
-        B, L, _ = qkv.shape
-        D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
-        qkv = qkv.contiguous()
-        cos, sin = cos.contiguous(), sin.contiguous()
-        if keys.stride(-1) != 1 or values.stride(-1) != 1:
-            raise ValueError("qkv_rope: the K/V cache must be unit-stride in head_dim")
-        q = qkv.new_empty((B, L, num_heads, D))
-        _qkv_rope_kernel[(B * L, num_heads + 2 * num_kv_heads)](
-            qkv, cos, sin, q, keys, values, L, start, cos.stride(0), cos.stride(1),
-            keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
-            H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2))
-        return q
+        return _qkv_rope_triton(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads)
     return qkv_rope_twin(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads)
+
+
+def _qkv_rope_triton(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads, parts: Optional[Tuple] = None):
+    """The kernel; ``parts`` (B, L, dtype): qkv is a matmul's float32 partial sums [S, B * L, W] (qkv_rope_parts)."""
+    B, L, dtype = parts if parts is not None else (*qkv.shape[:2], qkv.dtype)
+    D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    qkv = qkv.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    if keys.stride(-1) != 1 or values.stride(-1) != 1:
+        raise ValueError("qkv_rope: the K/V cache must be unit-stride in head_dim")
+    q = torch.empty((B, L, num_heads, D), dtype=dtype, device=qkv.device)
+    _qkv_rope_kernel[(B * L, num_heads + 2 * num_kv_heads)](
+        qkv, cos, sin, q, keys, values, L, start, cos.stride(0), cos.stride(1),
+        keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
+        B * L, qkv.shape[0] if parts is not None else 1,
+        H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2), SUM_PARTS=parts is not None)
+    return q
+
+
+def qkv_rope_parts(parts: torch.Tensor, batch: int, dtype: torch.dtype, cos: torch.Tensor, sin: torch.Tensor,
+                   keys: torch.Tensor, values: torch.Tensor, start: int, num_heads: int,
+                   num_kv_heads: int) -> torch.Tensor:
+    """qkv_rope with the QKV given as a matmul's float32 partial sums parts [S, batch * L, W]: summed in order and
+    rounded to ``dtype`` in the rotary kernel, which is what the matmul's sum kernel would have stored (one launch
+    less). The Triton kernel only (few_rows_matmul's fused configs call it where the kernels run)."""
+    if parts.dtype != torch.float32 or parts.dim() != 3 or parts.shape[1] % batch:
+        raise ValueError(f"qkv_rope_parts: parts must be float32 [S, {batch} * L, W], got {parts.dtype} "
+                         f"{list(parts.shape)}")
+    return _qkv_rope_triton(parts, cos, sin, keys, values, start, num_heads, num_kv_heads,
+                            parts=(batch, parts.shape[1] // batch, dtype))
 
 
 @qkv_rope.register_fake
@@ -512,16 +544,17 @@ def _norm_args(norm: RMSNorm, mod: Optional[Modulation]):
 
 # kv(li) -> (keys [B, KV, Lc, D], values, start, stop): write this pass's K/V at [start, start + L), attend to [0, stop)
 CacheSlot = Callable[[int], Tuple[torch.Tensor, torch.Tensor, int, int]]
-# attention(li, attn, qkv, cos, sin) -> layer li's attention output [B, L, H*D] from its fused QKV output
-StackAttention = Callable[[int, Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# attention(li, attn, y, cos, sin, matmuls) -> layer li's attention output [B, L, H*D] from its normed input y (its
+# QKV through matmuls: StackMatmuls)
+StackAttention = Callable[[int, Any, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
 def cache_attention(kv: CacheSlot, kernel: AttentionKernel = sdpa) -> StackAttention:
-    """Rotary and the cache write as the QKV epilogue (one launch), then maskless attention over the cache's
-    [0, stop) through ``kernel`` (SDPA; pi0.py passes split_attention.split_attention)."""
-    def attend(li, attn, qkv, cos, sin):
+    """The QKV matmul, rotary and the cache write as its epilogue (matmuls.qkv_rope), then maskless attention over
+    the cache's [0, stop) through ``kernel`` (SDPA; pi0.py passes split_attention.split_attention)."""
+    def attend(li, attn, y, cos, sin, matmuls):
         keys, values, start, stop = kv(li)
-        q = qkv_rope(qkv, cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
+        q = matmuls.qkv_rope(attn.qkv, y, cos, sin, keys, values, start, attn.num_heads, attn.num_kv_heads)
         return maskless_attention(q, keys[:, :, :stop], values[:, :, :stop], kernel)
     return attend
 
@@ -530,17 +563,18 @@ def prefix_attention(keys: torch.Tensor, values: torch.Tensor) -> StackAttention
     """Differentiable attention for the guided (RTC) denoise: no cache write; layer li's new K/V are concatenated to
     the constant cached prefix keys[li], values[li] [B, KV, n, D], then maskless SDPA over all of them (the same
     SDPA inputs as cache_attention; rtc.differentiable_velocity does this with the plain modules)."""
-    def attend(li, attn, qkv, cos, sin):
-        q, k, v = qkv_rope_heads(qkv, cos, sin, attn.num_heads, attn.num_kv_heads)
+    def attend(li, attn, y, cos, sin, matmuls):
+        q, k, v = qkv_rope_heads(matmuls.linear(attn.qkv, y), cos, sin, attn.num_heads, attn.num_kv_heads)
         return maskless_attention(q, torch.cat([keys[li], k], dim=2), torch.cat([values[li], v], dim=2))
     return attend
 
 
 class StackMatmuls:
-    """How gemma_stack runs a layer's Linears: ``linear`` (qkv, gate_up), ``linear_norm`` (o_proj, with the residual
-    add and the norm after it) and ``gated_linear_norm`` (down_proj of gelu_gate(gate_up), with the add and the norm
-    after it); and the fused denoise its action heads (``embed_actions``, ``linear``). These: the modules, then the
-    fused ops. few_rows_matmul.FewRowsMatmuls fuses further."""
+    """How gemma_stack runs a layer's Linears: ``linear`` (gate_up), ``qkv_rope`` (qkv, with rotary and the cache
+    write after it: cache_attention), ``linear_norm`` (o_proj, with the residual add and the norm after it) and
+    ``gated_linear_norm`` (down_proj of gelu_gate(gate_up), with the add and the norm after it); and the fused
+    denoise its action heads (``embed_actions``, ``linear``). These: the modules, then the fused ops.
+    few_rows_matmul.FewRowsMatmuls fuses further."""
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
@@ -548,6 +582,12 @@ class StackMatmuls:
     def embed_actions(self, model, x_t: torch.Tensor, sc) -> torch.Tensor:
         """The action expert's input (PI0Model.embed_actions; its float32 heads), for the fused denoise."""
         return model.embed_actions(x_t, sc)
+
+    def qkv_rope(self, module: torch.nn.Module, y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 keys: torch.Tensor, values: torch.Tensor, start: int, num_heads: int,
+                 num_kv_heads: int) -> torch.Tensor:
+        """The QKV matmul, then qkv_rope (rotary, the K/V cache write) -> rotated q."""
+        return qkv_rope(self.linear(module, y), cos, sin, keys, values, start, num_heads, num_kv_heads)
 
     def linear_norm(self, module: torch.nn.Module, a: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                     weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
@@ -583,7 +623,7 @@ def gemma_stack(layers: Sequence[GemmaLayer], x: torch.Tensor, cos: torch.Tensor
     y = rms_norm(x, w, sc, sh)
     for li, layer in enumerate(layers):
         attn = layer.self_attn
-        a = attention(li, attn, mm.linear(attn.qkv, y), cos, sin)
+        a = attention(li, attn, y, cos, sin, mm)
         if last_attention_only and li == n - 1:
             return None  # its K/V are written (the rest of the layer would be unused)
         w, sc, sh, gate2 = _norm_args(layer.post_attention_layernorm, mod(li, 1))
