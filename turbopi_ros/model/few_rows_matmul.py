@@ -16,8 +16,10 @@ The products and sums are float32, as cuBLAS's are; only the order of the float3
 
 The second is a layer's o_proj (a: the attention's output) or down_proj (gated: a is gate_up, and gelu_gate is
 computed as the kernel loads it) with the residual add and the norm after it: the K shares are summed in the norm's
-kernel. Each saves the launches of the kernels it replaces, with their values bit for bit. FewRowsMatmuls puts them
-in fused.gemma_stack, and the float32 action heads through the first (IEEE float32 products, a bias).
+kernel. turbopi::few_rows_qkv_rope is the layer's qkv with rotary and the K/V cache write after it, the K shares
+summed in the rotary kernel. Each saves the launches of the kernels it replaces, with their values bit for bit.
+FewRowsMatmuls puts them in fused.gemma_stack, and the float32 action heads through the first (IEEE float32
+products, a bias).
 
 On a GPU each op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
 cuBLAS the first time a shape runs, and launches the fastest one that matches cuBLAS, which may be cuBLAS itself
