@@ -34,7 +34,7 @@ PARAMETERS: Dict[str, Param] = {
                                 "GELU gate; Triton on CUDA, plain-torch twins elsewhere) for vision, prefix and "
                                 "denoise, and real-time chunking's guided denoise (with their backwards)"),
     "model.few_rows_matmul": Param(False, "with model.fused, on a GPU: the denoise's matmuls (the action expert's, "
-                                          "with the norm after and the gate before them fused in, and the float32 "
+                                          "with rotary or the norm after and the gate before fused in, the float32 "
                                           "action heads) through model/few_rows_matmul.py's split-K kernels; each "
                                           "shape measures them against cuBLAS during the warm-up and keeps the "
                                           "faster (not yet measured on a GPU)"),
