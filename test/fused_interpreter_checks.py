@@ -285,7 +285,7 @@ def whole_model(variant, tol):
     matmuls, with_norm, with_rope = [], [], []
     launch_matmul, launch_norm, launch_rope = fr.launch, fr.launch_add_rms_norm, fr.launch_qkv_rope
     fr.launch = lambda *a, **kw: matmuls.append(a[0].shape) or launch_matmul(*a, **kw)
-    fr.launch_add_rms_norm = lambda *a, **kw: with_norm.append(kw.get("gated")) or launch_norm(*a, **kw)
+    fr.launch_add_rms_norm = lambda *a, **kw: with_norm.append(kw.get("gated", False)) or launch_norm(*a, **kw)
     fr.launch_qkv_rope = lambda *a, **kw: with_rope.append(a[0].shape) or launch_rope(*a, **kw)
     model.use_fused(True, few_rows_matmul=True)
     fused.use_triton_on_cpu(True)

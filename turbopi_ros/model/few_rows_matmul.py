@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -97,17 +97,36 @@ def _block_k(x: torch.Tensor) -> int:
     return FLOAT32_BLOCK_K if x.dtype == torch.float32 else BLOCK_K
 
 
+@functools.lru_cache(maxsize=128)
+def _options(reference: Candidate, launcher: Candidate, n: int, k: int, sms: int,
+             block_k: int) -> Dict[str, Candidate]:
+    """An op's candidates: "cublas" (``reference``, the library ops) and configs()'s through ``launcher``."""
+    out: Dict[str, Candidate] = {"cublas": reference}
+    for name, (block_n, bk, splits) in configs(n, k, sms, block_k).items():
+        out[name] = functools.partial(launcher, block_n=block_n, block_k=bk, splits=splits)
+    return out
+
+
+def _dispatch(op: str, key: str, reference: Candidate, launcher: Candidate, args: Sequence):
+    """Run ``args`` (rows at args[0], the weights at args[1]) through the candidate the kernel choice measured
+    fastest for this shape (``key``); where nothing was measured (off CUDA, inside a capture) through ``launcher``
+    with plan_for's config."""
+    x, w = args[0], args[1]
+    options = _options(reference, launcher, w.shape[0], w.shape[1], _sms(x), _block_k(x))
+    picked = CHOICES.choose(op, key, options, args, "cublas", rotate=(1,))
+    if picked is not None:
+        return options[picked](*args)
+    block_n, block_k, splits = plan_for(x, w)
+    return launcher(*args, block_n=block_n, block_k=block_k, splits=splits)
+
+
+def _shape_key(rows: int, w: torch.Tensor, dtype: torch.dtype) -> str:
+    return f"{rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(dtype).replace('torch.', '')}"
+
+
 def candidates(x: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
     """cuBLAS (the reference) and configs()'s, each a function of (x [M, K], w, bias or None)."""
-    return _candidates(w.shape[0], w.shape[1], _sms(x), _block_k(x))
-
-
-@functools.lru_cache(maxsize=64)
-def _candidates(n: int, k: int, sms: int, block_k: int) -> Dict[str, Candidate]:
-    out: Dict[str, Candidate] = {"cublas": F.linear}
-    for name, (block_n, bk, splits) in configs(n, k, sms, block_k).items():
-        out[name] = functools.partial(_launch_bias, block_n=block_n, block_k=bk, splits=splits)
-    return out
+    return _options(F.linear, _launch_bias, w.shape[0], w.shape[1], _sms(x), _block_k(x))
 
 
 def _launch_bias(x, w, bias, **config):
@@ -208,6 +227,18 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
     return y
 
 
+def _partial_sums(x: torch.Tensor, w: torch.Tensor, block_n: int, block_k: int, splits: int, num_warps: int,
+                  gated: bool = False) -> torch.Tensor:
+    """The first kernel alone: x [M, K] (gated: [M, 2K]) @ w^T as float32 K shares [S, M, N] (even with one share),
+    for a kernel after it to sum (launch_add_rms_norm, launch_qkv_rope)."""
+    x, w = _check(x, w, gated)
+    N, K = w.shape
+    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
+    parts = torch.empty((splits, x.shape[0], N), dtype=torch.float32, device=x.device)
+    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, gated)
+    return parts
+
+
 def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                         weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                         block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
@@ -216,12 +247,7 @@ def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate:
     K shares (one or more), summed in order and rounded in the norm's kernel (fused.add_rms_norm_parts): the values
     launch() and add_rms_norm give, without the sum kernel. x holds the M rows ([B, L, N]). ``gated``: a is the
     MLP's gate_up [M, 2K] and the matmul is of fused.gelu_gate(a), computed as it loads (one launch less again)."""
-    a, w = _check(a, w, gated)
-    M = a.shape[0]
-    N, K = w.shape
-    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
-    parts = torch.empty((splits, M, N), dtype=torch.float32, device=a.device)
-    _first(a, w, parts, block_n, k_per_split, splits, block_k, num_warps, gated)
+    parts = _partial_sums(a, w, block_n, block_k, splits, num_warps, gated)
     return fused.add_rms_norm_parts(x, parts, gate, weight, scale, shift)
 
 
@@ -232,17 +258,8 @@ def few_rows_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tenso
     if not use_kernels(x, w) or (bias is not None and bias.dtype != x.dtype):
         return F.linear(x, w, bias)
     rows = x.reshape(-1, x.shape[-1])
-    options = candidates(rows, w)
-    key = (f"{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(x.dtype).replace('torch.', '')}"
-           f"{' + bias' if bias is not None else ''}")
-    picked = CHOICES.choose("few_rows_linear", key, options, (rows, w, bias), "cublas", rotate=(1,))
-    if picked == "cublas":
-        return F.linear(x, w, bias)
-    if picked is None:
-        block_n, block_k, splits = plan_for(x, w)
-        y = launch(rows, w, block_n, block_k, splits, bias=bias)
-    else:
-        y = options[picked](rows, w, bias)
+    key = _shape_key(rows.shape[0], w, x.dtype) + (" + bias" if bias is not None else "")
+    y = _dispatch("few_rows_linear", key, F.linear, _launch_bias, (rows, w, bias))
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -255,19 +272,24 @@ def _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated: bool = Fal
     return fused.add_rms_norm(x, F.linear(fused.gelu_gate(a) if gated else a, w), gate, weight, scale, shift)
 
 
-@functools.lru_cache(maxsize=64)
-def _norm_candidates(n: int, k: int, sms: int, gated: bool, block_k: int) -> Dict[str, Candidate]:
-    out: Dict[str, Candidate] = {"cublas": functools.partial(_library_add_rms_norm, gated=gated)}
-    for name, (block_n, block_k, splits) in configs(n, k, sms, block_k).items():
-        out[name] = functools.partial(launch_add_rms_norm, block_n=block_n, block_k=block_k, splits=splits,
-                                      gated=gated)
-    return out
+def _library_gated_add_rms_norm(a, w, x, gate, weight, scale, shift):
+    return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated=True)
+
+
+def _launch_gated_add_rms_norm(a, w, x, gate, weight, scale, shift, **config):
+    return launch_add_rms_norm(a, w, x, gate, weight, scale, shift, gated=True, **config)
+
+
+def _norm_ops(gated: bool) -> Tuple[Candidate, Candidate]:
+    """(the reference, the launcher) of few_rows_linear_add_rms_norm."""
+    return ((_library_gated_add_rms_norm, _launch_gated_add_rms_norm) if gated
+            else (_library_add_rms_norm, launch_add_rms_norm))
 
 
 def norm_candidates(a: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Dict[str, Candidate]:
     """cuBLAS then fused.add_rms_norm (the reference; ``gated``: fused.gelu_gate first), and configs()'s through
     launch_add_rms_norm, each a function of (a [M, K or 2K], w, x, gate, weight, scale, shift)."""
-    return _norm_candidates(w.shape[0], w.shape[1], _sms(a), bool(gated), _block_k(a))
+    return _options(*_norm_ops(gated), w.shape[0], w.shape[1], _sms(a), _block_k(a))
 
 
 @torch.library.custom_op("turbopi::few_rows_linear_add_rms_norm", mutates_args=())
@@ -281,16 +303,9 @@ def few_rows_linear_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tens
     if not use_kernels(a, w):
         return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated)
     rows = a.reshape(-1, a.shape[-1])
-    options = norm_candidates(rows, w, gated)
-    kind = "adaRMS" if scale is not None else "RMS"
-    key = (f"{'gelu_gate ' if gated else ''}{rows.shape[0]}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} "
-           f"{str(a.dtype).replace('torch.', '')} + {kind}{' gated' if gate is not None else ''}")
-    picked = CHOICES.choose("few_rows_linear_add_rms_norm", key, options, (rows, w, x, gate, weight, scale, shift),
-                            "cublas", rotate=(1,))
-    if picked is None:
-        block_n, block_k, splits = plan_for(rows[:, :w.shape[1]], w)
-        return launch_add_rms_norm(rows, w, x, gate, weight, scale, shift, block_n, block_k, splits, gated=gated)
-    return options[picked](rows, w, x, gate, weight, scale, shift)
+    key = (f"{'gelu_gate ' if gated else ''}{_shape_key(rows.shape[0], w, a.dtype)} + "
+           f"{'adaRMS' if scale is not None else 'RMS'}{' gated' if gate is not None else ''}")
+    return _dispatch("few_rows_linear_add_rms_norm", key, *_norm_ops(gated), (rows, w, x, gate, weight, scale, shift))
 
 
 @few_rows_linear_add_rms_norm.register_fake
@@ -308,26 +323,14 @@ def launch_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: to
     """fused.qkv_rope(F.linear(y [B, L, K], w), ...) in two launches: the first kernel's float32 K shares, summed in
     order and rounded in the rotary kernel (fused.qkv_rope_parts): the values launch() and qkv_rope give (q, and the
     K/V written into the cache), without the sum kernel."""
-    rows, w = _check(y.reshape(-1, y.shape[-1]), w)
-    N, K = w.shape
-    k_per_split, splits = fused.split_in_steps(K, splits, block_k)
-    parts = torch.empty((splits, rows.shape[0], N), dtype=torch.float32, device=y.device)
-    _first(rows, w, parts, block_n, k_per_split, splits, block_k, num_warps)
+    parts = _partial_sums(y.reshape(-1, y.shape[-1]), w, block_n, block_k, splits, num_warps)
     return fused.qkv_rope_parts(parts, y.shape[0], y.dtype, cos, sin, keys, values, start, num_heads, num_kv_heads)
-
-
-@functools.lru_cache(maxsize=64)
-def _qkv_candidates(n: int, k: int, sms: int, block_k: int) -> Dict[str, Candidate]:
-    out: Dict[str, Candidate] = {"cublas": _library_qkv_rope}
-    for name, (block_n, bk, splits) in configs(n, k, sms, block_k).items():
-        out[name] = functools.partial(launch_qkv_rope, block_n=block_n, block_k=bk, splits=splits)
-    return out
 
 
 def qkv_candidates(y: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
     """cuBLAS then fused.qkv_rope (the reference), and configs()'s through launch_qkv_rope, each a function of
     (y [B, L, K], w, cos, sin, keys, values, start, num_heads, num_kv_heads)."""
-    return _qkv_candidates(w.shape[0], w.shape[1], _sms(y), _block_k(y))
+    return _options(_library_qkv_rope, launch_qkv_rope, w.shape[0], w.shape[1], _sms(y), _block_k(y))
 
 
 @torch.library.custom_op("turbopi::few_rows_qkv_rope", mutates_args=("keys", "values"))
@@ -338,15 +341,9 @@ def few_rows_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: 
     the config measured fastest, or cuBLAS: kernel_choice.py); else the library ops."""
     if not use_kernels(y, w):
         return _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads)
-    options = qkv_candidates(y, w)
-    rows = y.numel() // y.shape[-1]
-    key = f"{rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(y.dtype).replace('torch.', '')} + rope"
-    args = (y, w, cos, sin, keys, values, start, num_heads, num_kv_heads)
-    picked = CHOICES.choose("few_rows_qkv_rope", key, options, args, "cublas", rotate=(1,))
-    if picked is None:
-        block_n, block_k, splits = plan_for(y, w)
-        return launch_qkv_rope(*args, block_n=block_n, block_k=block_k, splits=splits)
-    return options[picked](*args)
+    key = _shape_key(y.numel() // y.shape[-1], w, y.dtype) + " + rope"
+    return _dispatch("few_rows_qkv_rope", key, _library_qkv_rope, launch_qkv_rope,
+                     (y, w, cos, sin, keys, values, start, num_heads, num_kv_heads))
 
 
 @few_rows_qkv_rope.register_fake

@@ -77,7 +77,11 @@ def num_splits(q: torch.Tensor, n_keys: int, block_m: int = BLOCK_M, programs_pe
 
 
 @functools.lru_cache(maxsize=256)
-def _configs(groups: int, rows: int, n_keys: int, sms: int) -> Dict[str, Dict[str, int]]:
+def configs(groups: int, rows: int, n_keys: int, sms: int) -> Dict[str, Dict[str, int]]:
+    """The configs a GPU measures (kernel_choice.py) for ``groups`` (B x G) of ``rows`` query rows over ``n_keys``
+    keys on ``sms`` SMs, by name: 16- and 32-row tiles of 4 warps with splits for about a quarter, a half, three
+    quarters and one program an SM, and 64-row tiles of 8 warps for a half (the sweeps' best were among these:
+    docs/bench/split_attention_h200.txt); duplicates once."""
     out: Dict[str, Dict[str, int]] = {}
     for block_m, warps, shares in ((16, 4, SHARES), (32, 4, SHARES), (64, 8, (0.5,))):
         for per_sm in shares:
@@ -87,18 +91,10 @@ def _configs(groups: int, rows: int, n_keys: int, sms: int) -> Dict[str, Dict[st
     return out
 
 
-def configs(q: torch.Tensor, n_keys: int) -> Dict[str, Dict[str, int]]:
-    """The configs a GPU measures (kernel_choice.py), by name: 16- and 32-row tiles of 4 warps with splits for
-    about a quarter, a half, three quarters and one program an SM, and 64-row tiles of 8 warps for a half (the
-    sweeps' best were among these: docs/bench/split_attention_h200.txt); duplicates once."""
-    B, G, M, _ = q.shape
-    return _configs(B * G, M, n_keys, _sms(q))
-
-
 @functools.lru_cache(maxsize=256)
 def _candidates(groups: int, rows: int, n_keys: int, sms: int, scale: float) -> Dict[str, Candidate]:
     out: Dict[str, Candidate] = {"sdpa": functools.partial(sdpa, scale=scale)}
-    for name, config in _configs(groups, rows, n_keys, sms).items():
+    for name, config in configs(groups, rows, n_keys, sms).items():
         out[name] = functools.partial(launch, scale=scale, **config)
     return out
 
