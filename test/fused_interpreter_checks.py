@@ -138,7 +138,8 @@ def matmul(dtype, tol):
         mod = torch.randn(2, 1, 3 * 48, generator=g).to(dtype)
         scale, shift, gate = (mod[..., i * 48:(i + 1) * 48] for i in range(3)) if "ada" in norm else (None,) * 3
         fused.use_triton_on_cpu(True)
-        got = fr.launch_add_rms_norm(a.reshape(50, -1), w, x, gate, weight, scale, shift, 32, 32, splits, gated=gated)
+        got = fr.launch_add_rms_norm(a.reshape(50, -1), w, x, gate, weight, scale, shift, block_n=32, block_k=32,
+                                     splits=splits, gated=gated)
         h = fused.gelu_gate(a) if gated else a  # its kernel
         unfused = fused.add_rms_norm(x, fr.launch(h.reshape(50, K), w, 32, 32, splits).reshape(2, 25, 48), gate,
                                      weight, scale, shift)  # the sum kernel, then the norm's: the same values
@@ -164,7 +165,8 @@ def matmul(dtype, tol):
             values = torch.zeros_like(cache)
             fused.use_triton_on_cpu(how != "twin")
             if how == "fused":
-                q = fr.launch_qkv_rope(y, w, cos, sin, cache[1], values[1], start, H, KV, 32, 32, splits)
+                q = fr.launch_qkv_rope(y, w, cos, sin, cache[1], values[1], start, H, KV, block_n=32, block_k=32,
+                                       splits=splits)
             else:
                 qkv = (fr.launch(y.reshape(B * L, K), w, 32, 32, splits).reshape(B, L, -1) if how == "unfused"
                        else F.linear(y, w))
@@ -185,6 +187,81 @@ def matmul(dtype, tol):
     fused.use_triton_on_cpu(False)
     check(f"few_rows_linear {tag} {list(x.shape)} @ {list(w.shape)} plan {fr.plan(130, 300, fr.CPU_SMS)}", [got],
           [F.linear(x, w)], tol)
+    if dtype != torch.float32:
+        fp8_weights(dtype, g)
+
+
+def fp8_weights(dtype, g):
+    """The kernels on FP8 weights (fp8.FP8WeightLinear: e4m3, row scales) against their twin scaled_linear, and the
+    fused launches bit for bit equal to launch() then the norm's or the rotary kernel, as with 16-bit weights."""
+    from turbopi_ros.model import few_rows_matmul as fr
+    from turbopi_ros.model.fp8 import quantize_rows
+    from turbopi_ros.model.gemma import rope_tables
+
+    tag = f"{str(dtype).split('.')[-1]} fp8 weights"
+
+    def weights(n, k):
+        q, s = quantize_rows(torch.randn(n, k, generator=g) * k ** -0.5 * torch.logspace(-1, 1, n)[:, None])
+        return q, s[:, 0].contiguous()
+
+    for M, K, N, splits in ((50, 96, 80, 1), (50, 200, 70, 3)):
+        x = torch.randn(M, K, generator=g).to(dtype)
+        q, s = weights(N, K)
+        fused.use_triton_on_cpu(True)
+        got = fr.launch(x, q, 32, 32, splits, w_scale=s)
+        fused.use_triton_on_cpu(False)
+        check(f"few_rows_matmul {tag} M={M} K={K} N={N} splits={splits}", [got], [fr.scaled_linear(x, q, s)], None)
+    for norm, K, splits in (("RMS", 200, 3), ("gelu_gate adaRMS gated", 96, 2)):
+        gated = norm.startswith("gelu_gate")
+        a = torch.randn(2, 25, 2 * K if gated else K, generator=g).to(dtype)
+        q, s = weights(48, K)
+        x = torch.randn(2, 25, 48, generator=g).to(dtype)
+        weight = None if "ada" in norm else (torch.randn(48, generator=g) * 0.1).to(dtype)
+        mod = torch.randn(2, 1, 3 * 48, generator=g).to(dtype)
+        scale, shift, gate = (mod[..., i * 48:(i + 1) * 48] for i in range(3)) if "ada" in norm else (None,) * 3
+        fused.use_triton_on_cpu(True)
+        got = fr.launch_add_rms_norm(a.reshape(50, -1), q, x, gate, weight, scale, shift, s, block_n=32, block_k=32,
+                                     splits=splits, gated=gated)
+        h = fused.gelu_gate(a) if gated else a
+        unfused = fused.add_rms_norm(x, fr.launch(h.reshape(50, K), q, 32, 32, splits, w_scale=s).reshape(2, 25, 48),
+                                     gate, weight, scale, shift)
+        fused.use_triton_on_cpu(False)
+        same = all(torch.equal(u, v) for u, v in zip(got, unfused))
+        print(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits}: equal to launch + add_rms_norm: {same}")
+        if not same:
+            failures.append(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits} differs from launch + norm")
+        want = fused.add_rms_norm(x, fr.scaled_linear(fused.gelu_gate(a) if gated else a, q, s), gate, weight, scale,
+                                  shift)
+        check(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits}", got, want, None)
+    B, L, K, H, KV, D, Lc, start = 2, 25, 96, 2, 1, 16, 40, 7
+    y = torch.randn(B, L, K, generator=g).to(dtype)
+    q, s = weights((H + 2 * KV) * D, K)
+    cos, sin = rope_tables(torch.arange(start, start + L).expand(B, L), D, 10000.0, dtype)
+    runs = []
+    for how in ("fused", "unfused", "twin"):
+        cache, values = torch.zeros(2, B, KV, Lc, D, dtype=dtype), torch.zeros(2, B, KV, Lc, D, dtype=dtype)
+        fused.use_triton_on_cpu(how != "twin")
+        if how == "fused":
+            out = fr.launch_qkv_rope(y, q, cos, sin, cache[1], values[1], start, H, KV, s, block_n=32, block_k=32,
+                                     splits=3)
+        else:
+            qkv = (fr.launch(y.reshape(B * L, K), q, 32, 32, 3, w_scale=s).reshape(B, L, -1) if how == "unfused"
+                   else fr.scaled_linear(y, q, s))
+            out = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
+        runs.append([out, cache, values])
+    fused.use_triton_on_cpu(False)
+    same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
+    print(f"few_rows_qkv_rope {tag} splits=3: equal to launch + qkv_rope: {same}")
+    if not same:
+        failures.append(f"few_rows_qkv_rope {tag} splits=3 differs from launch + qkv_rope")
+    check(f"few_rows_qkv_rope {tag} splits=3", runs[0], runs[2], None)
+    x = torch.randn(2, 25, 300, generator=g).to(dtype)
+    q, s = weights(130, 300)
+    fused.use_triton_on_cpu(True)
+    assert fr.use_kernels(x, q) and not fr.use_kernels(x.float(), q)
+    got = fr.few_rows_linear(x, q, None, s)
+    fused.use_triton_on_cpu(False)
+    check(f"few_rows_linear {tag} {list(x.shape)} @ {list(q.shape)}", [got], [fr.scaled_linear(x, q, s)], None)
 
 
 def choice(dtype):
@@ -301,6 +378,36 @@ def whole_model(variant, tol):
     check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_rope)} with rotary, "
           f"{len(with_norm)} with the norm, {with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain],
           tol)
+    fp8_weights_model(model, variant, inputs)
+
+
+def fp8_weights_model(model, variant, inputs):
+    """model.dtype fp8_weights: the expert's weights in FP8, bfloat16 activations; the fused few-rows denoise (every
+    expert matmul through the kernels on FP8 weights, counted) against the plain path (their twin)."""
+    from turbopi_ros.model import few_rows_matmul as fr
+    from turbopi_ros.model.checkpoint import set_dtype
+    from turbopi_ros.model.fp8 import quantize_model
+
+    set_dtype(model, torch.bfloat16)
+    quantized = quantize_model(model, check_device=False, weights_only=True)
+    model.use_fused(False)
+    plain = model.sample_actions(*inputs, num_steps=3)
+    scaled = []
+    first = fr._first
+    fr._first = lambda *a, **kw: scaled.append(kw.get("w_scale") is not None) or first(*a, **kw)
+    model.use_fused(True, few_rows_matmul=True)
+    fused.use_triton_on_cpu(True)
+    got = model.sample_actions(*inputs, num_steps=3)
+    fused.use_triton_on_cpu(False)
+    fr._first = first
+    depth = model.config.expert.depth
+    # 4 a layer a step, and pi0's state token in the prefix: 4 a layer, the last one's qkv alone (its output unused)
+    expected = 4 * 3 * depth + (4 * (depth - 1) + 1 if variant == "pi0" else 0)
+    if quantized != 4 * depth or scaled.count(True) != expected:
+        failures.append(f"whole model {variant} fp8 weights: {quantized} linears quantized, {scaled.count(True)} "
+                        f"kernel launches on FP8 weights, not 4 a layer and {expected}")
+    check(f"whole model {variant} bfloat16 fp8 weights, few-rows matmul ({scaled.count(True)} launches on FP8 "
+          "weights) vs plain (the twin)", [got], [plain], None)
 
 
 def backward_kernels(dtype, tol):

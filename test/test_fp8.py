@@ -158,3 +158,83 @@ def test_the_guided_denoise_runs_on_fp8_weights(monkeypatch):
     gpu_path = guided_denoise(model, cache, inputs[5], guidance, 3)
     assert bool(torch.isfinite(gpu_path).all()) and moved > 1e-2
     assert float((gpu_path - twin).abs().max()) < 0.1 * moved
+
+
+# --- model.dtype fp8_weights: the expert's weights alone, widened in the few-rows matmul ----------------------------
+def test_fp8_weights_refused_where_the_kernels_cannot_run(tmp_path, monkeypatch):
+    """Refused on CPU before any file is read, on a GPU older than 8.9 by name and capability, and without Triton."""
+    from turbopi_ros.model import fused
+    from turbopi_ros.model.checkpoint import is_fp8_weights, load_model
+
+    with pytest.raises(ValueError, match=r"model.dtype fp8_weights needs a CUDA GPU .*8.9.*device cpu"):
+        random_model(small_config("pi0"), dtype="fp8_weights")
+    with pytest.raises(ValueError, match="fp8_weights needs a CUDA GPU"):
+        load_model(tmp_path / "missing.safetensors", dtype="fp8_weights")
+    assert is_fp8_weights("fp8_weights") and not is_fp8_weights("fp8") and not is_fp8("fp8_weights")
+    assert parse_dtype("fp8_weights") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Jetson AGX Orin")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 7))
+    ok, why = fp8.fp8_support("cuda:0", fp8.WEIGHTS_ONLY)
+    assert not ok and why.startswith("model.dtype fp8_weights: cuda:0 (NVIDIA Jetson AGX Orin)") and "8.7" in why
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (11, 0))  # a Jetson Thor
+    assert fp8.fp8_support("cuda:0", fp8.WEIGHTS_ONLY) == (True, "")
+    monkeypatch.setattr(fused, "triton_available", lambda: False)
+    ok, why = fp8.fp8_support("cuda:0", fp8.WEIGHTS_ONLY)
+    assert not ok and "Triton is not installed" in why
+    assert fp8.fp8_support("cuda:0") == (True, "")  # torch._scaled_mm needs no Triton
+
+
+def test_fp8_weight_linear_is_the_scaled_product_of_its_e4m3_rows():
+    """FP8WeightLinear: per-row e4m3 weights as FP8Linear's, the input left in bfloat16: its output is the float32
+    product with the dequantized weights rounded once (within one bfloat16 step of float64), and its gradient in x
+    (the guided denoise) is dy @ the dequantized weights."""
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(96, 40, bias=False).requires_grad_(False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 96, generator=g) * torch.logspace(-2, 0, 40)[:, None])
+    q_lin = fp8.FP8WeightLinear(lin.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    q, s = fp8.quantize_rows(lin.weight)
+    assert q_lin.qweight.dtype == torch.float8_e4m3fn and torch.equal(q_lin.qweight.float(), q.float())
+    assert q_lin.wscale.shape == (40,) and q_lin.wscale.dtype == torch.float32
+    x = torch.randn(2, 25, 96, generator=g).to(torch.bfloat16)
+    got = q_lin(x)
+    exact = x.double() @ (q.double() * s.double()).t()
+    assert got.dtype == torch.bfloat16 and float((got.double() - exact).abs().max()) <= 2 ** -8 * float(
+        exact.abs().max())
+    unquantized = float((x.double() @ lin.weight.double().t() - exact).abs().max())
+    assert unquantized > 1e-3  # the weights really are rounded to e4m3
+    xg = x.clone().requires_grad_(True)
+    dy = torch.randn(2, 25, 40, generator=g).to(torch.bfloat16)
+    (dx,) = torch.autograd.grad(q_lin(xg), xg, dy)
+    want = dy.double() @ (q.double() * s.double())
+    assert float((dx.double() - want).abs().max()) <= 2 ** -7 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_fp8_weights_quantize_the_expert_alone_and_move_the_actions_less_than_fp8(variant):
+    """Weights only: the expert's four projections a layer become FP8WeightLinear (any width), SigLIP and Gemma
+    stay bfloat16; the actions move from bfloat16's, and less than with the same projections as FP8Linear (which
+    also rounds their inputs to e4m3). The fused few-rows path takes FP8WeightLinear's weights and scales."""
+    from turbopi_ros.model import few_rows_matmul as fr
+    from turbopi_ros.model.checkpoint import set_dtype
+
+    cfg = small_config(variant)
+    inputs = random_inputs(cfg, cameras=(True, False, True), valid_tokens=(4,))
+    models = [set_dtype(model_for(cfg), torch.bfloat16) for _ in range(3)]
+    n = fp8.quantize_model(models[1], check_device=False, weights_only=True)
+    assert n == 4 * cfg.expert.depth
+    for layer in models[2].expert.layers:  # the same projections as FP8Linear (its twin takes any width)
+        for owner in (layer.self_attn, layer.mlp):
+            for name, child in list(owner.named_children()):
+                if name in fp8.QUANTIZED:
+                    setattr(owner, name, fp8.FP8Linear(child, out_dtype=torch.bfloat16))
+    layer = models[1].expert.layers[0]
+    assert isinstance(layer.self_attn.qkv, fp8.FP8WeightLinear) and isinstance(layer.mlp.down_proj,
+                                                                              fp8.FP8WeightLinear)
+    assert not any(isinstance(m, (fp8.FP8WeightLinear, fp8.FP8Linear)) for m in models[1].vlm.modules())
+    assert not any(isinstance(m, (fp8.FP8WeightLinear, fp8.FP8Linear)) for m in models[1].vision.modules())
+    assert fr._matrix(layer.mlp.down_proj) == (layer.mlp.down_proj.qweight, layer.mlp.down_proj.wscale)
+    with torch.inference_mode():
+        bf16, weights_only, full = (m.sample_actions(*inputs, num_steps=3).float() for m in models)
+    moved, moved_fp8 = float((weights_only - bf16).abs().mean()), float((full - bf16).abs().mean())
+    assert 0 < moved < moved_fp8 and float((weights_only - bf16).abs().max()) < 0.01 * float(bf16.abs().max())

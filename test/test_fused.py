@@ -102,15 +102,17 @@ def _interpreter_checks(*sections):
 
 def test_triton_kernels_under_the_interpreter():
     """Every kernel vs its twin (float32 1e-5, bfloat16 two rounding steps) and whole tiny pi0 / pi0.5 with the
-    kernels vs plain (float32 1e-5), then with the few-rows matmul too, in a subprocess: TRITON_INTERPRET must be set
-    before Triton is imported."""
+    kernels vs plain (float32 1e-5), then with the few-rows matmul too, then in bfloat16 with FP8 expert weights
+    (model.dtype fp8_weights: every expert matmul on them, against their twin), in a subprocess: TRITON_INTERPRET
+    must be set before Triton is imported."""
     lines, stdout = _interpreter_checks("kernels", "whole_model")
-    assert len(lines) == 50 and "whole model pi05 float32 few-rows matmul" in lines[-1], stdout
+    assert len(lines) == 58 and "whole model pi05 bfloat16 fp8 weights, few-rows matmul" in lines[-1], stdout
     assert sum(line.startswith("split_attention") for line in lines) == 8, stdout
-    assert sum(line.startswith("few_rows_") for line in lines) == 26, stdout
+    assert sum(line.startswith("few_rows_") for line in lines) == 32, stdout
+    assert sum(" fp8 weights" in line for line in lines) == 8, stdout  # model.dtype fp8_weights: 6 kernels, 2 models
     # the norm sums the K shares, and the gated prologue computes gelu_gate, exactly as the kernels they replace
-    assert stdout.count("equal to launch + add_rms_norm: True") == 10, stdout
-    assert stdout.count("equal to launch + qkv_rope: True") == 4, stdout  # the rotary kernel sums the K shares
+    assert stdout.count("equal to launch + add_rms_norm: True") == 12, stdout
+    assert stdout.count("equal to launch + qkv_rope: True") == 5, stdout  # the rotary kernel sums the K shares
 
 
 def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():

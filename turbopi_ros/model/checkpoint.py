@@ -110,31 +110,37 @@ def is_fp8(dtype) -> bool:
     return isinstance(dtype, str) and dtype.lower() in FP8_NAMES
 
 
+def is_fp8_weights(dtype) -> bool:
+    """``model.dtype: fp8_weights``: bfloat16 with the action expert's linear weights alone in FP8 (model/fp8.py)."""
+    return isinstance(dtype, str) and dtype.lower() == "fp8_weights"
+
+
 def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    """The compute dtype; "fp8" computes in bfloat16 (its weights are quantized after loading)."""
+    """The compute dtype; "fp8" and "fp8_weights" compute in bfloat16 (weights quantized after loading)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if is_fp8(dtype):
+    if is_fp8(dtype) or is_fp8_weights(dtype):
         return torch.bfloat16
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} not supported (float32, bfloat16, float16, fp8)")
+        raise ValueError(f"dtype {dtype!r} not supported (float32, bfloat16, float16, fp8, fp8_weights)")
     return names[dtype]
 
 
 def _fp8_check(dtype, device) -> None:
-    if is_fp8(dtype):
-        from .fp8 import require_fp8
+    if is_fp8(dtype) or is_fp8_weights(dtype):
+        from .fp8 import WEIGHTS_ONLY, require_fp8
 
-        require_fp8(device)  # before any weight is read: a refusal costs nothing
+        # before any weight is read: a refusal costs nothing
+        require_fp8(device, WEIGHTS_ONLY if is_fp8_weights(dtype) else "fp8")
 
 
 def _fp8_finish(model: PI0Model, dtype) -> PI0Model:
-    if is_fp8(dtype):
+    if is_fp8(dtype) or is_fp8_weights(dtype):
         from .fp8 import quantize_model
 
-        quantize_model(model)
+        quantize_model(model, weights_only=is_fp8_weights(dtype))
     return model
 
 

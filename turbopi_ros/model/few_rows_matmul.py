@@ -19,7 +19,9 @@ computed as the kernel loads it) with the residual add and the norm after it: th
 kernel. turbopi::few_rows_qkv_rope is the layer's qkv with rotary and the K/V cache write after it, the K shares
 summed in the rotary kernel. Each saves the launches of the kernels it replaces, with their values bit for bit.
 FewRowsMatmuls puts them in fused.gemma_stack, and the float32 action heads through the first (IEEE float32
-products, a bias).
+products, a bias). Each op also takes FP8 weights with their row scales (``w_scale``: fp8.FP8WeightLinear,
+model.dtype fp8_weights): the kernel widens them to x's dtype as it loads them, half the bytes read, and scales its
+float32 sums; the twin is scaled_linear.
 
 On a GPU each op measures its configs (configs(): about one and two programs an SM, 32-128 output columns) against
 cuBLAS the first time a shape runs, and launches the fastest one that matches cuBLAS, which may be cuBLAS itself
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
+from .fp8 import FP8WeightLinear
 from .kernel_choice import CHOICES, Candidate
 from .fused import kernels_for, triton, tl
 if triton is not None:
@@ -52,15 +55,42 @@ NUM_WARPS = 4
 SUM_BLOCK = 1024  # outputs a program of the second kernel
 CPU_SMS = 132  # off CUDA (the interpreter; recording the launches): an H100's SMs, so the launches are a GPU's
 _INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"  # read when Triton is imported, as Triton does
+FP8 = getattr(torch, "float8_e4m3fn", None)  # fp8.FP8WeightLinear's weights
 
 
 def use_kernels(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether x [..., K] @ w [N, K]^T takes the kernels: Triton runs on x's device, at most MAX_ROWS rows, x and w
     of one dtype: 16-bit, or float32 (IEEE float32 products, as cuBLAS's float32 GEMM: the float32 action heads
-    openpi keeps in its bfloat16 models)."""
+    openpi keeps in its bfloat16 models); or 16-bit x with FP8 weights (fp8.FP8WeightLinear's, with their scales)."""
     rows = x.numel() // max(x.shape[-1], 1)
-    return (kernels_for(x) and 0 < rows <= MAX_ROWS and x.dtype == w.dtype and w.dim() == 2
-            and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
+    same = x.dtype == w.dtype and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    fp8_weights = is_fp8_weight(w) and x.dtype in (torch.bfloat16, torch.float16)
+    return kernels_for(x) and 0 < rows <= MAX_ROWS and w.dim() == 2 and (same or fp8_weights)
+
+
+def is_fp8_weight(w: torch.Tensor) -> bool:
+    return w.dtype == FP8
+
+
+def scaled_linear(x: torch.Tensor, q: torch.Tensor, w_scale: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The twin of the kernels on FP8 weights: x [..., K] @ (q [N, K] (float8 e4m3) * w_scale [N])^T + bias, the
+    products and sums in float32 (e4m3 values are exact in x's 16-bit dtype, as the kernel widens them), the scale
+    applied to the float32 sums, rounded once to x's dtype. Differentiable in x (real-time chunking's guided
+    denoise)."""
+    y = torch.matmul(x.float(), q.float().t()) * w_scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _check_scale(w: torch.Tensor, w_scale: Optional[torch.Tensor]) -> None:
+    if is_fp8_weight(w) != (w_scale is not None):
+        raise ValueError("few_rows_matmul: FP8 weights need their scales (w_scale [N] float32), other weights none; "
+                         f"got weights {w.dtype} and w_scale {None if w_scale is None else list(w_scale.shape)}")
+    if w_scale is not None and (w_scale.shape != (w.shape[0],) or w_scale.dtype != torch.float32):
+        raise ValueError(f"few_rows_matmul: w_scale must be [{w.shape[0]}] float32 (one scale per output row), got "
+                         f"{list(w_scale.shape)} {w_scale.dtype}")
 
 
 def plan(n: int, k: int, sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> Tuple[int, int, int]:
@@ -121,30 +151,39 @@ def _dispatch(op: str, key: str, reference: Candidate, launcher: Candidate, args
 
 
 def _shape_key(rows: int, w: torch.Tensor, dtype: torch.dtype) -> str:
-    return f"{rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]} {str(dtype).replace('torch.', '')}"
+    fp8 = " (fp8 weights)" if is_fp8_weight(w) else ""
+    return f"{rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]}{fp8} {str(dtype).replace('torch.', '')}"
+
+
+def _library_linear(x, w, bias=None, w_scale=None):
+    """F.linear, or on FP8 weights its twin scaled_linear (cuBLAS on the widened weights)."""
+    return F.linear(x, w, bias) if w_scale is None else scaled_linear(x, w, w_scale, bias)
 
 
 def candidates(x: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
-    """cuBLAS (the reference) and configs()'s, each a function of (x [M, K], w, bias or None)."""
-    return _options(F.linear, _launch_bias, w.shape[0], w.shape[1], _sms(x), _block_k(x))
+    """cuBLAS (the reference; scaled_linear on FP8 weights) and configs()'s, each a function of (x [M, K], w, bias
+    or None, w_scale or None)."""
+    return _options(_library_linear, _launch_bias, w.shape[0], w.shape[1], _sms(x), _block_k(x))
 
 
-def _launch_bias(x, w, bias, **config):
-    return launch(x, w, bias=bias, **config)
+def _launch_bias(x, w, bias, w_scale=None, **config):
+    return launch(x, w, bias=bias, w_scale=w_scale, **config)
 
 
 if triton is not None:
     @triton.jit
-    def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, b_ptr, M, N, K, k_per_split, stride_xm,
+    def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, b_ptr, s_ptr, M, N, K, k_per_split, stride_xm,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 UPCAST: tl.constexpr, GATED: tl.constexpr, IEEE: tl.constexpr,
-                                HAS_BIAS: tl.constexpr):
+                                HAS_BIAS: tl.constexpr, W_SCALED: tl.constexpr):
         """Program (column block, K split): y[split, :, cols] = x[:, ks] @ w[cols, ks]^T in float32 (x [M, K] rows
         stride_xm apart, w [N, K] row-major, y [SPLITS, M, N]; a 16-bit y with one split: rounded by the store).
         UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32. GATED: x is
         the MLP's gate_up [M, 2K] (gate, then up) and the product is of gelu_gate(gate_up), computed and rounded
         as fused._gelu_gate_kernel stores it. IEEE: float32 x and w, IEEE float32 products (no TF32). HAS_BIAS
-        (one split only): y = the products + bias [N], in float32, rounded once by the store."""
+        (one split only): y = the products + bias [N], in float32, rounded once by the store. W_SCALED: w is FP8
+        (e4m3), widened to x's dtype as it loads (exact), and each K share's float32 sums are multiplied by the
+        row scales s [N] (fp8.FP8WeightLinear: half the weight bytes of bfloat16)."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -163,12 +202,16 @@ if triton is not None:
                 up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
                 x = (_gelu_tanh(x.to(tl.float32), x_ptr) * up.to(tl.float32)).to(x_ptr.dtype.element_ty)
             w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+            if W_SCALED and not UPCAST:
+                w = w.to(x_ptr.dtype.element_ty)
             if UPCAST:
                 acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
             elif IEEE:
                 acc += tl.dot(x, tl.trans(w), input_precision="ieee")
             else:
                 acc += tl.dot(x, tl.trans(w))
+        if W_SCALED:
+            acc = acc * tl.load(s_ptr + cols, mask=cmask, other=0.0)[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + (split * M + rows[:, None]) * N + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
@@ -196,20 +239,24 @@ def _check(x: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Tuple[torch
     return (x if x.stride(-1) == 1 else x.contiguous()), w.contiguous()
 
 
-def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: bool = False, bias=None) -> None:
+def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: bool = False, bias=None,
+           w_scale=None) -> None:
     M = x.shape[0]
     N, K = w.shape
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
-        x, w, out, bias if bias is not None else w, M, N, K, k_per_split, x.stride(0), BLOCK_M=MAX_ROWS,
-        BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_INTERPRETER, GATED=gated, IEEE=x.dtype == torch.float32,
-        HAS_BIAS=bias is not None, num_warps=num_warps)
+        x, w, out, bias if bias is not None else out, w_scale if w_scale is not None else out, M, N, K, k_per_split,
+        x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_INTERPRETER, GATED=gated,
+        IEEE=x.dtype == torch.float32, HAS_BIAS=bias is not None, W_SCALED=w_scale is not None, num_warps=num_warps)
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
-           num_warps: int = NUM_WARPS, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+           num_warps: int = NUM_WARPS, bias: Optional[torch.Tensor] = None,
+           w_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [M, K] (unit stride in K) @ w [N, K]^T (+ bias [N]) for M <= MAX_ROWS: the first kernel, and with more
-    than one split (whole block_k steps each: fused.split_in_steps) the second, which adds the bias then."""
+    than one split (whole block_k steps each: fused.split_in_steps) the second, which adds the bias then. FP8 w:
+    with its row scales ``w_scale`` [N] (scaled_linear's values)."""
     x, w = _check(x, w)
+    _check_scale(w, w_scale)
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != w.shape[0]:
             raise ValueError(f"few_rows_matmul: bias must be [{w.shape[0]}], got {list(bias.shape)}")
@@ -219,7 +266,8 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     parts = y if splits == 1 else torch.empty((splits, M, N), dtype=torch.float32, device=x.device)
-    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, bias=bias if splits == 1 else None)
+    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, bias=bias if splits == 1 else None,
+           w_scale=w_scale)
     if splits > 1:
         _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, bias if bias is not None else parts, M * N, N,
                                                             splits, BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None,
@@ -228,56 +276,63 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
 
 
 def _partial_sums(x: torch.Tensor, w: torch.Tensor, block_n: int, block_k: int, splits: int, num_warps: int,
-                  gated: bool = False) -> torch.Tensor:
-    """The first kernel alone: x [M, K] (gated: [M, 2K]) @ w^T as float32 K shares [S, M, N] (even with one share),
-    for a kernel after it to sum (launch_add_rms_norm, launch_qkv_rope)."""
+                  gated: bool = False, w_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The first kernel alone: x [M, K] (gated: [M, 2K]) @ w^T as float32 K shares [S, M, N] (even with one share;
+    FP8 w: each share scaled by ``w_scale``), for a kernel after it to sum (launch_add_rms_norm, launch_qkv_rope)."""
     x, w = _check(x, w, gated)
+    _check_scale(w, w_scale)
     N, K = w.shape
     k_per_split, splits = fused.split_in_steps(K, splits, block_k)
     parts = torch.empty((splits, x.shape[0], N), dtype=torch.float32, device=x.device)
-    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, gated)
+    _first(x, w, parts, block_n, k_per_split, splits, block_k, num_warps, gated, w_scale=w_scale)
     return parts
 
 
 def launch_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                         weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                        block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
-                        num_warps: int = NUM_WARPS, gated: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                        w_scale: Optional[torch.Tensor] = None, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+                        splits: int = 1, num_warps: int = NUM_WARPS,
+                        gated: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """fused.add_rms_norm(x, a [M, K] @ w^T, gate, weight, scale, shift) in two launches: the first kernel's float32
     K shares (one or more), summed in order and rounded in the norm's kernel (fused.add_rms_norm_parts): the values
     launch() and add_rms_norm give, without the sum kernel. x holds the M rows ([B, L, N]). ``gated``: a is the
-    MLP's gate_up [M, 2K] and the matmul is of fused.gelu_gate(a), computed as it loads (one launch less again)."""
-    parts = _partial_sums(a, w, block_n, block_k, splits, num_warps, gated)
+    MLP's gate_up [M, 2K] and the matmul is of fused.gelu_gate(a), computed as it loads (one launch less again).
+    FP8 w: with its row scales ``w_scale``."""
+    parts = _partial_sums(a, w, block_n, block_k, splits, num_warps, gated, w_scale)
     return fused.add_rms_norm_parts(x, parts, gate, weight, scale, shift)
 
 
 @torch.library.custom_op("turbopi::few_rows_linear", mutates_args=())
-def few_rows_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear(x, w, bias) for x [..., K], w [N, K], bias [N] or None: the kernels where use_kernels(x, w) (on a GPU
-    the config measured fastest, or cuBLAS: kernel_choice.py), else F.linear."""
+def few_rows_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                    w_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, w, bias) for x [..., K], w [N, K], bias [N] or None (FP8 w: scaled_linear with its row scales
+    ``w_scale`` [N]): the kernels where use_kernels(x, w) (on a GPU the config measured fastest, or cuBLAS:
+    kernel_choice.py), else F.linear (scaled_linear)."""
+    _check_scale(w, w_scale)
     if not use_kernels(x, w) or (bias is not None and bias.dtype != x.dtype):
-        return F.linear(x, w, bias)
+        return _library_linear(x, w, bias, w_scale)
     rows = x.reshape(-1, x.shape[-1])
     key = _shape_key(rows.shape[0], w, x.dtype) + (" + bias" if bias is not None else "")
-    y = _dispatch("few_rows_linear", key, F.linear, _launch_bias, (rows, w, bias))
+    y = _dispatch("few_rows_linear", key, _library_linear, _launch_bias, (rows, w, bias, w_scale))
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 @few_rows_linear.register_fake
-def _(x, w, bias=None):
+def _(x, w, bias=None, w_scale=None):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
-def _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated: bool = False):
-    return fused.add_rms_norm(x, F.linear(fused.gelu_gate(a) if gated else a, w), gate, weight, scale, shift)
+def _library_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale=None, gated: bool = False):
+    h = fused.gelu_gate(a) if gated else a
+    return fused.add_rms_norm(x, _library_linear(h, w, None, w_scale), gate, weight, scale, shift)
 
 
-def _library_gated_add_rms_norm(a, w, x, gate, weight, scale, shift):
-    return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated=True)
+def _library_gated_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale=None):
+    return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale, gated=True)
 
 
-def _launch_gated_add_rms_norm(a, w, x, gate, weight, scale, shift, **config):
-    return launch_add_rms_norm(a, w, x, gate, weight, scale, shift, gated=True, **config)
+def _launch_gated_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale=None, **config):
+    return launch_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale, gated=True, **config)
 
 
 def _norm_ops(gated: bool) -> Tuple[Candidate, Candidate]:
@@ -288,66 +343,74 @@ def _norm_ops(gated: bool) -> Tuple[Candidate, Candidate]:
 
 def norm_candidates(a: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Dict[str, Candidate]:
     """cuBLAS then fused.add_rms_norm (the reference; ``gated``: fused.gelu_gate first), and configs()'s through
-    launch_add_rms_norm, each a function of (a [M, K or 2K], w, x, gate, weight, scale, shift)."""
+    launch_add_rms_norm, each a function of (a [M, K or 2K], w, x, gate, weight, scale, shift, w_scale)."""
     return _options(*_norm_ops(gated), w.shape[0], w.shape[1], _sms(a), _block_k(a))
 
 
 @torch.library.custom_op("turbopi::few_rows_linear_add_rms_norm", mutates_args=())
 def few_rows_linear_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                                  weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                                 shift: Optional[torch.Tensor], gated: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                                 shift: Optional[torch.Tensor], gated: bool,
+                                 w_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift) for a [..., K] (x [..., N]); ``gated``: of
-    fused.gelu_gate(a) for a [..., 2K]. Where use_kernels(a, w): the few-rows matmul with its K shares summed in the
-    norm's kernel (launch_add_rms_norm; on a GPU the config measured fastest, or cuBLAS: kernel_choice.py); else
-    the library ops."""
+    fused.gelu_gate(a) for a [..., 2K]; FP8 w: scaled_linear with its row scales ``w_scale``. Where use_kernels(a,
+    w): the few-rows matmul with its K shares summed in the norm's kernel (launch_add_rms_norm; on a GPU the config
+    measured fastest, or cuBLAS: kernel_choice.py); else the library ops."""
+    _check_scale(w, w_scale)
     if not use_kernels(a, w):
-        return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, gated)
+        return _library_add_rms_norm(a, w, x, gate, weight, scale, shift, w_scale, gated)
     rows = a.reshape(-1, a.shape[-1])
     key = (f"{'gelu_gate ' if gated else ''}{_shape_key(rows.shape[0], w, a.dtype)} + "
            f"{'adaRMS' if scale is not None else 'RMS'}{' gated' if gate is not None else ''}")
-    return _dispatch("few_rows_linear_add_rms_norm", key, *_norm_ops(gated), (rows, w, x, gate, weight, scale, shift))
+    return _dispatch("few_rows_linear_add_rms_norm", key, *_norm_ops(gated),
+                     (rows, w, x, gate, weight, scale, shift, w_scale))
 
 
 @few_rows_linear_add_rms_norm.register_fake
-def _(a, w, x, gate, weight, scale, shift, gated):
+def _(a, w, x, gate, weight, scale, shift, gated, w_scale=None):
     return torch.empty_like(x), torch.empty_like(x)
 
 
-def _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads):
-    return fused.qkv_rope(F.linear(y, w), cos, sin, keys, values, start, num_heads, num_kv_heads)
+def _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads, w_scale=None):
+    return fused.qkv_rope(_library_linear(y, w, None, w_scale), cos, sin, keys, values, start, num_heads,
+                          num_kv_heads)
 
 
 def launch_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
-                    values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int, block_n: int = BLOCK_N,
-                    block_k: int = BLOCK_K, splits: int = 1, num_warps: int = NUM_WARPS) -> torch.Tensor:
+                    values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int,
+                    w_scale: Optional[torch.Tensor] = None, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+                    splits: int = 1, num_warps: int = NUM_WARPS) -> torch.Tensor:
     """fused.qkv_rope(F.linear(y [B, L, K], w), ...) in two launches: the first kernel's float32 K shares, summed in
     order and rounded in the rotary kernel (fused.qkv_rope_parts): the values launch() and qkv_rope give (q, and the
-    K/V written into the cache), without the sum kernel."""
-    parts = _partial_sums(y.reshape(-1, y.shape[-1]), w, block_n, block_k, splits, num_warps)
+    K/V written into the cache), without the sum kernel. FP8 w: with its row scales ``w_scale``."""
+    parts = _partial_sums(y.reshape(-1, y.shape[-1]), w, block_n, block_k, splits, num_warps, w_scale=w_scale)
     return fused.qkv_rope_parts(parts, y.shape[0], y.dtype, cos, sin, keys, values, start, num_heads, num_kv_heads)
 
 
 def qkv_candidates(y: torch.Tensor, w: torch.Tensor) -> Dict[str, Candidate]:
     """cuBLAS then fused.qkv_rope (the reference), and configs()'s through launch_qkv_rope, each a function of
-    (y [B, L, K], w, cos, sin, keys, values, start, num_heads, num_kv_heads)."""
+    (y [B, L, K], w, cos, sin, keys, values, start, num_heads, num_kv_heads, w_scale)."""
     return _options(_library_qkv_rope, launch_qkv_rope, w.shape[0], w.shape[1], _sms(y), _block_k(y))
 
 
 @torch.library.custom_op("turbopi::few_rows_qkv_rope", mutates_args=("keys", "values"))
 def few_rows_qkv_rope(y: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
-                      values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int) -> torch.Tensor:
-    """fused.qkv_rope(F.linear(y, w), cos, sin, keys, values, start, num_heads, num_kv_heads) for y [B, L, K]: where
-    use_kernels(y, w), the few-rows matmul with its K shares summed in the rotary kernel (launch_qkv_rope; on a GPU
-    the config measured fastest, or cuBLAS: kernel_choice.py); else the library ops."""
+                      values: torch.Tensor, start: int, num_heads: int, num_kv_heads: int,
+                      w_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fused.qkv_rope(F.linear(y, w), cos, sin, keys, values, start, num_heads, num_kv_heads) for y [B, L, K] (FP8
+    w: scaled_linear with its row scales ``w_scale``): where use_kernels(y, w), the few-rows matmul with its K
+    shares summed in the rotary kernel (launch_qkv_rope; on a GPU the config measured fastest, or cuBLAS:
+    kernel_choice.py); else the library ops."""
+    _check_scale(w, w_scale)
     if not use_kernels(y, w):
-        return _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads)
+        return _library_qkv_rope(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads, w_scale)
     key = _shape_key(y.numel() // y.shape[-1], w, y.dtype) + " + rope"
     return _dispatch("few_rows_qkv_rope", key, _library_qkv_rope, launch_qkv_rope,
-                     (y, w, cos, sin, keys, values, start, num_heads, num_kv_heads))
+                     (y, w, cos, sin, keys, values, start, num_heads, num_kv_heads, w_scale))
 
 
 @few_rows_qkv_rope.register_fake
-def _(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads):
+def _(y, w, cos, sin, keys, values, start, num_heads, num_kv_heads, w_scale=None):
     return y.new_empty((*y.shape[:-1], num_heads, w.shape[0] // (num_heads + 2 * num_kv_heads)))
 
 
@@ -357,14 +420,26 @@ def _plain_linear(module: torch.nn.Module, bias: bool = False) -> bool:
             and (bias or module.bias is None))
 
 
+def _matrix(module: torch.nn.Module, bias: bool = False) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """(weight, its row scales or None) of a module the kernels can run: an nn.Linear (with ``bias``: a bias
+    allowed), or an fp8.FP8WeightLinear (FP8 weights, scales); None for any other (it runs itself)."""
+    if _plain_linear(module, bias):
+        return module.weight, None
+    if isinstance(module, FP8WeightLinear) and (bias or module.bias is None):
+        return module.qweight, module.wscale
+    return None
+
+
 class FewRowsMatmuls(fused.StackMatmuls):
     """fused.gemma_stack's matmuls through the few-rows kernels where a module computes as nn.Linear does without
-    a bias (the expert's four: gemma.FusedLinear's qkv and gate_up too; an fp8.FP8Linear, or a Linear with a bias,
-    runs itself): gate_up (and the float32 action heads) through few_rows_linear, qkv through few_rows_qkv_rope,
-    o_proj, and down_proj with gelu_gate as its prologue, through few_rows_linear_add_rms_norm."""
+    a bias, or is an fp8.FP8WeightLinear (the expert's four: gemma.FusedLinear's qkv and gate_up too; an
+    fp8.FP8Linear, or a Linear with a bias, runs itself): gate_up (and the float32 action heads) through
+    few_rows_linear, qkv through few_rows_qkv_rope, o_proj, and down_proj with gelu_gate as its prologue, through
+    few_rows_linear_add_rms_norm."""
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return few_rows_linear(x, module.weight, module.bias) if _plain_linear(module, bias=True) else module(x)
+        m = _matrix(module, bias=True)
+        return few_rows_linear(x, m[0], module.bias, m[1]) if m is not None else module(x)
 
     def embed_actions(self, model, x_t: torch.Tensor, sc) -> torch.Tensor:
         """PI0Model.embed_actions through few_rows_linear: the float32 action heads openpi keeps in its bfloat16
@@ -376,21 +451,25 @@ class FewRowsMatmuls(fused.StackMatmuls):
         return self.linear(model.action_time_mlp_out, h)
 
     def qkv_rope(self, module, y, cos, sin, keys, values, start, num_heads, num_kv_heads):
-        if _plain_linear(module):
-            return few_rows_qkv_rope(y, module.weight, cos, sin, keys, values, start, num_heads, num_kv_heads)
+        m = _matrix(module)
+        if m is not None:
+            return few_rows_qkv_rope(y, m[0], cos, sin, keys, values, start, num_heads, num_kv_heads, m[1])
         return super().qkv_rope(module, y, cos, sin, keys, values, start, num_heads, num_kv_heads)
 
     def linear_norm(self, module, a, x, gate, weight, scale, shift):
-        if _plain_linear(module):
-            return few_rows_linear_add_rms_norm(a, module.weight, x, gate, weight, scale, shift, False)
+        m = _matrix(module)
+        if m is not None:
+            return few_rows_linear_add_rms_norm(a, m[0], x, gate, weight, scale, shift, False, m[1])
         return super().linear_norm(module, a, x, gate, weight, scale, shift)
 
     def gated_linear_norm(self, module, gate_up, x, gate, weight, scale, shift):
-        if _plain_linear(module):
-            return few_rows_linear_add_rms_norm(gate_up, module.weight, x, gate, weight, scale, shift, True)
+        m = _matrix(module)
+        if m is not None:
+            return few_rows_linear_add_rms_norm(gate_up, m[0], x, gate, weight, scale, shift, True, m[1])
         return super().gated_linear_norm(module, gate_up, x, gate, weight, scale, shift)
 
 
 __all__ = ["FLOAT32_BLOCK_K", "FewRowsMatmuls", "KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear",
-           "few_rows_linear_add_rms_norm", "few_rows_qkv_rope", "launch", "launch_add_rms_norm", "launch_qkv_rope",
-           "norm_candidates", "plan", "plan_for", "qkv_candidates", "use_kernels"]
+           "few_rows_linear_add_rms_norm", "few_rows_qkv_rope", "is_fp8_weight", "launch", "launch_add_rms_norm",
+           "launch_qkv_rope", "norm_candidates", "plan", "plan_for", "qkv_candidates", "scaled_linear",
+           "use_kernels"]
