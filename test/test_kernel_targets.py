@@ -61,7 +61,8 @@ def test_distinct_keeps_one_launch_per_specialization():
 def test_every_kernel_compiles_for_the_robot_gpus(tmp_path):
     """Every distinct launch of pi0 and pi0.5 at full width, bfloat16 and float32, compiles for sm_90 (H100/H200),
     sm_89 (Ada), sm_87 (Orin) and sm_110 (Thor) with Triton's own compiler and ptxas (a fresh cache: nothing reused),
-    and no cubin spills to local memory."""
+    and so do the few-rows matmul's on FP8 weights (model.dtype fp8_weights) for all but Orin, which has no FP8;
+    no cubin spills to local memory."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="2",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -78,6 +79,12 @@ def test_every_kernel_compiles_for_the_robot_gpus(tmp_path):
                 want -= set(split_attention.KERNELS)
             assert {r["kernel"] for r in mine} == want, (variant, dtype)
             assert {r["target"] for r in mine} == targets
+        # model.dtype fp8_weights: the few-rows matmul widening e4m3 (plain and gated), for the GPUs that have FP8
+        mine = [r for r in results if r["variant"] == variant and r["dtype"] == "fp8_weights"]
+        assert {r["kernel"] for r in mine} == {"_few_rows_matmul_kernel"} and len(mine) >= 4, variant
+        assert {r["target"] for r in mine} == targets - {"sm_87"} and all("W_SCALED=True" in r["specialization"]
+                                                                         for r in mine)
+        assert any("GATED=True" in r["specialization"] for r in mine)
     assert all(r["ok"] and r["local_bytes"] == 0 and 0 < r["registers"] <= 255 for r in results)
     assert "0 failed or spilled" in out.stdout
 

@@ -41,6 +41,15 @@ def test_model_few_rows_matmul_switches_the_fused_denoises_matmuls(few_rows):
     assert PARAMETERS["model.few_rows_matmul"].default is False
 
 
+def test_model_dtype_fp8_weights_is_a_choice_refused_where_the_kernels_cannot_run():
+    """model.dtype fp8_weights (the expert's weights alone in FP8): declared, and refused on this CPU with the reason
+    (on a GPU of compute capability >= 8.9 with Triton it loads: test_fp8.py)."""
+    assert "fp8_weights" in PARAMETERS["model.dtype"].choices and "fp8" in PARAMETERS["model.dtype"].choices
+    config = params_file.load(DEMO_PARAMS)
+    with pytest.raises(ValueError, match="model.dtype fp8_weights needs a CUDA GPU .* device cpu"):
+        policy_from_config(dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="fp8_weights")))
+
+
 def _leaves(config, prefix=""):
     """The dotted attribute paths of a NodeConfig's values."""
     out = {}

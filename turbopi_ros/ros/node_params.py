@@ -22,8 +22,10 @@ PARAMETERS: Dict[str, Param] = {
                               required=True),
     "model.preset": Param("tiny", "model config preset (pi0, pi05, tiny, tiny_pi05) or a model config JSON path"),
     "model.device": Param("cpu", "torch device", pattern=r"cpu|cuda(:\d+)?", pattern_text="cpu, cuda or cuda:N"),
-    "model.dtype": Param("float32", "compute dtype (bfloat16 pays on GPU; fp8: bfloat16 with FP8 linear weights, "
-                                    "GPUs of compute capability >= 8.9 only)", choices=("float32", "bfloat16", "fp8")),
+    "model.dtype": Param("float32", "compute dtype (bfloat16 pays on GPU; fp8: bfloat16 with FP8 linear weights; "
+                                    "fp8_weights: bfloat16 with the action expert's weights alone in FP8, half the "
+                                    "denoise's weight reads; both on GPUs of compute capability >= 8.9 only)",
+                         choices=("float32", "bfloat16", "fp8", "fp8_weights")),
     "model.num_steps": Param(10, "flow-matching Euler steps", min=1, max=1000),
     "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
     "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),

@@ -10,7 +10,11 @@ keeps one launch per distinct specialization (the dtypes, which integers are 1 o
 with the ptxas that ships with Triton. No driver and no device are needed. cuobjdump (shipped beside ptxas) reads the
 registers, the stack and the local memory (spills) of each cubin.
 
-    python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32] [--json F]
+    python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32,fp8_weights]
+        [--json F]
+
+fp8_weights (bfloat16 with the expert's weights in FP8: the few-rows matmul widens e4m3 as it loads) compiles for
+the targets of compute capability 8.9 and newer only: model.dtype fp8_weights is refused on the others (Orin).
 
 Exit status 1 if any kernel fails to compile for any target or spills to local memory. The calls into Triton follow
 what triton.runtime.jit.JITFunction.run does before it launches (Triton 3.7, the version requirements.txt pins).
@@ -40,7 +44,9 @@ TARGETS: Dict[int, str] = {  # compute capability (major * 10 + minor) -> the GP
     120: "Blackwell: RTX 5090",
 }
 DEFAULT_TARGETS = (90, 89, 87, 110)
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16,
+          "fp8_weights": torch.bfloat16}  # model.dtype fp8_weights: bfloat16, the expert's weights in FP8 (e4m3)
+FP8_MIN_TARGET = 89  # Triton widens e4m3 on compute capability 8.9 and newer (fp8.MIN_CAPABILITY)
 
 
 def kernel_shapes_config(variant: str):
@@ -54,16 +60,20 @@ def kernel_shapes_config(variant: str):
                                expert=dataclasses.replace(full.expert, depth=2))
 
 
-def record(variant: str, dtype: torch.dtype, prompt_len: int = 20) -> List:
+def record(variant: str, dtype: torch.dtype, prompt_len: int = 20, fp8_weights: bool = False) -> List:
     """The launches of one observation (vision, prefix cache, two denoise steps, two guided denoise steps: forward
-    and backward) through the fused path, the denoise's matmuls through few_rows_matmul (opt-in in the model)."""
+    and backward) through the fused path, the denoise's matmuls through few_rows_matmul (opt-in in the model);
+    ``fp8_weights``: with the expert's weights in FP8 (model.dtype fp8_weights)."""
     from ..model import fused
     from ..model.checkpoint import random_model
+    from ..model.fp8 import quantize_model
     from ..model.rtc import Guidance, guided_denoise
     from .bench import make_inputs
 
     config = kernel_shapes_config(variant)
     model = random_model(config, dtype=dtype).use_fused(True, few_rows_matmul=True)
+    if fp8_weights:
+        quantize_model(model, check_device=False, weights_only=True)
     images, masks, tokens, token_mask, state, noise = make_inputs(config, 1, prompt_len, "cpu")
     with torch.no_grad(), fused.recording_launches() as launches:
         image_tokens = model.embed_images(images.to(dtype), masks)
@@ -165,12 +175,17 @@ def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) 
     for variant in variants:
         for dtype in dtypes:
             t0 = time.perf_counter()
-            launches = distinct(record(variant, DTYPES[dtype]))
+            launches = distinct(record(variant, DTYPES[dtype], fp8_weights=dtype == "fp8_weights"))
+            if dtype == "fp8_weights":  # only the kernels that read the FP8 weights: the rest is bfloat16's
+                launches = [x for x in launches if x.kwargs.get("W_SCALED")]
+            caps = [c for c in targets if dtype != "fp8_weights" or c >= FP8_MIN_TARGET]
             lines.append(f"{variant} {dtype}: {len(launches)} distinct launches of "
                          f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
-                         f"{time.perf_counter() - t0:.1f} s")
+                         f"{time.perf_counter() - t0:.1f} s"
+                         + (f" (not for sm_{', sm_'.join(str(c) for c in targets if c not in caps)}: FP8 needs "
+                            "8.9 or newer)" if len(caps) < len(targets) else ""))
             for launch in launches:
-                for cap in targets:
+                for cap in caps:
                     r = {"variant": variant, "dtype": dtype, "kernel": launch.name, "specialization": describe(launch),
                          "target": f"sm_{cap}", **check(launch, cap)}
                     results.append(r)
@@ -190,7 +205,7 @@ def _line(r: Dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default="pi0,pi05")
-    ap.add_argument("--dtypes", default="bfloat16,float32", help=f"of {', '.join(DTYPES)}")
+    ap.add_argument("--dtypes", default="bfloat16,float32,fp8_weights", help=f"of {', '.join(DTYPES)}")
     ap.add_argument("--targets", default=",".join(map(str, DEFAULT_TARGETS)),
                     help="compute capabilities, e.g. 90 (" + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ")")
     ap.add_argument("--json", type=Path, help="write the results here")
