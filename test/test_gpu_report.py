@@ -45,6 +45,8 @@ def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_repor
     assert len(ulps) == 3 and all(u <= 2 for u in ulps), gemm  # the few-rows matmul: within bfloat16 rounding
     assert "the op (its choice: " in gemm and "choice: few_rows_linear [50x" in gemm, gemm  # measured as on a GPU
     assert "rejected" not in gemm, gemm
+    fp8 = [float(u) for u in re.findall(r"vs its twin ([0-9.]+) bfloat16 ulps", gemm)]
+    assert "the op on FP8 weights (its choice: " in gemm and len(fp8) == 1 and fp8[0] <= 2, gemm
     table = (out / "attention_bench.txt").read_text()
     errs = [float(e) for e in re.findall(r"vs float32 ([0-9.e+-]+)\)?", table)]
     assert "split_attention" in table and len(errs) == 4 and all(0 <= e <= 1e-2 for e in errs), table
@@ -106,6 +108,11 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         f8 = m["fp8"]
         assert f8["quantized_linears"] > 0 and 0 < f8["parity"]["fp8_vs_bf16"] < 0.2
         assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8"}
+        w8 = m["fp8_weights"]  # the expert's weights alone in FP8: 4 linears a layer, then put back for fp8
+        assert w8["quantized_linears"] == 4 * config.expert.depth
+        assert 0 < w8["parity"]["fp8_weights_vs_bf16"] < 0.2
+        assert set(w8["times"]) == {"total eager fused few-rows bf16", "total eager fused few-rows fp8-weights"}
+        assert f8["quantized_linears"] > w8["quantized_linears"]
         rtc = m["rtc"]  # bfloat16: fused guided within rounding of plain guided; the guidance a real change
         assert set(rtc["times"]) == {"guided eager", "guided eager fused"}
         assert rtc["parity"]["guided eager fused vs guided eager"] < 0.1 * rtc["parity"]["guided_vs_unguided"]
@@ -201,8 +208,9 @@ def _session(tmp_path, *argv, cpu_graphs=True):
 
 def test_fp8_and_bf16_on_the_openpi_fixtures(tmp_path, openpi_fixtures):
     """The report's first part: openpi's fixtures through the fast path in float32 (parity: within 1e-4 of openpi's
-    actions), bfloat16 and FP8 (on CPU the dequantized twin of torch._scaled_mm), each against openpi's actions and
-    FP8 against bfloat16; without the fixtures, a skip that says why."""
+    actions), bfloat16, FP8 (on CPU the dequantized twin of torch._scaled_mm) and FP8 weights alone (the twin of
+    the few-rows kernels), each against openpi's actions and the FP8 ones against bfloat16; without the fixtures, a
+    skip that says why."""
     s = _session(tmp_path)
     out = gpu_report.fixtures_block(s, openpi_fixtures)
     for variant in ("pi0", "pi05"):
@@ -212,6 +220,8 @@ def test_fp8_and_bf16_on_the_openpi_fixtures(tmp_path, openpi_fixtures):
         assert 1e-4 < row["bfloat16_vs_openpi"] < 0.05 * scale
         assert row["bfloat16_vs_openpi"] < row["fp8_vs_openpi"] < 0.1 * scale  # e4m3 rounds coarser than bf16
         assert 0 < row["fp8_vs_bfloat16"] < 0.1 * scale
+        # the expert's weights alone, activations left in bfloat16: closer to bfloat16 than FP8 everywhere
+        assert 0 < row["fp8_weights_vs_bfloat16"] < row["fp8_vs_bfloat16"]
     gpu_report.print_fixtures(s.say, out)
     assert "openpi fixtures, pi05 case a" in "\n".join(s.say.lines) and s.budget.errors == []
     assert gpu_report.fixtures_block(s, None)["skipped"].startswith("no openpi fixtures")
@@ -252,6 +262,11 @@ def test_the_graphed_flow_on_cpu(tmp_path):
     assert set(f8["times"]) == {"total eager fp8", "total eager fused fp8", "total graph fp8",
                                 "total graph fused fp8"}
     assert f8["parity"]["total graph fp8 vs eager fp8"] == 0 == f8["parity"]["total graph fused fp8 vs eager fp8"]
+    w8 = entry["fp8_weights"]
+    assert set(w8["times"]) == {f"{what} graph fused few-rows {tag}" for what in ("total", "denoise")
+                                for tag in ("bf16", "fp8-weights")}
+    assert w8["parity"]["total graph fused few-rows fp8-weights vs eager fp8-weights"] == 0
+    assert w8["parity"]["total graph fused few-rows bf16 vs eager bf16"] == 0
     assert entry["capture"]["captures_after_ready"] == 0
     rtc = entry["rtc"]
     assert set(rtc["times"]) == {"guided graph", "guided graph fused"}

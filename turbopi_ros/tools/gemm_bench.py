@@ -64,6 +64,7 @@ def bench_shape(name: str, rows: int, k: int, n: int, device, grid, say) -> Dict
         f"{err / step:.2f} bfloat16 ulps of the largest output")
     if made:
         say(f"  choice: {made.line()}")
+    row["fp8_weights"] = fp8_weights_op(x, w, t, cublas_us, device, say)
     for block_n, block_k, splits in grid:
         if block_k > k or splits * block_k > k:
             continue
@@ -77,6 +78,25 @@ def bench_shape(name: str, rows: int, k: int, n: int, device, grid, say) -> Dict
         say(f"  {block_n:3d} columns, K step {block_k:3d}, {splits} splits: {t:6.1f} us ({cublas_us / t:4.2f}x "
             f"F.linear), vs F.linear {err / step:.2f} bfloat16 ulps of the largest output")
     return row
+
+
+def fp8_weights_op(x: torch.Tensor, w: torch.Tensor, bf16_us: float, cublas_us: float, device,
+                   say) -> Dict[str, object]:
+    """The op on the same weights in FP8 with row scales (model.dtype fp8_weights: half the bytes read), its own
+    choice, against its twin scaled_linear, and its time against the op on bfloat16 weights."""
+    from ..model.fp8 import quantize_rows
+
+    q, s = quantize_rows(w)
+    s = s[:, 0].contiguous()
+    twin = few_rows_matmul.scaled_linear(x, q, s)
+    step = float(twin.float().abs().max()) * 2.0 ** -7
+    err = float((few_rows_matmul.few_rows_linear(x, q, None, s).float() - twin.float()).abs().max())
+    t = graph_us(lambda: few_rows_matmul.few_rows_linear(x, q, None, s), device)
+    made = CHOICES.last("few_rows_linear")
+    say(f"  the op on FP8 weights (its choice: {made.chosen if made else 'default'}): {t:6.1f} us ({bf16_us / t:4.2f}x "
+        f"the op on bfloat16, {cublas_us / t:4.2f}x F.linear, {q.numel() / 1e6 / t:.2f} TB/s of weights), vs its twin "
+        f"{err / step:.2f} bfloat16 ulps of the largest output")
+    return {"us": t, "err": err, "choice": made.line() if made else None}
 
 
 def main(argv=None) -> int:

@@ -17,8 +17,10 @@ For each preset (random weights, built once on the device and reused by every va
      denoise step with a fresh inductor cache and nothing compiled before (cold start) and, in a new process, from
      that cache (warm start: tools/compile_start.py), eager and as a CUDA graph (the first preset only, unless
      --compile-all), turbopi-bench's table (f) (each optimization undone), real-time chunking's guided denoise
-     plain and fused (its graphs, their parity); last, FP8 weights (model/fp8.py, on
-     GPUs of compute capability >= 8.9): their timings and parity against bfloat16 and the float32 reference.
+     plain and fused (its graphs, their parity); the expert's weights alone in FP8 (model.dtype fp8_weights): the
+     fused few-rows total and denoise graphs on them against the same on bfloat16, interleaved, with parity; last,
+     FP8 weights (model/fp8.py, on GPUs of compute capability >= 8.9): their timings and parity against bfloat16
+     and the float32 reference.
 Writes docs/bench/gpu_<device>.{txt,json} (both after every part, so an interrupted run keeps what it measured; on
 SIGINT with the markdown rows) with the commit measured (git rev-parse HEAD; without .git: $TURBOPI_COMMIT or a file
 named .commit in the repository root) and prints the markdown rows for docs/performance.md. A time budget
@@ -78,7 +80,8 @@ STATE_DIMS = 7
 # compile_reserve_s); EXPECT_S, what the parts that must come out take, kept free for them by the parts of less
 # importance (the attention table and table (f), skipped first): kernel counts, capture, torch.compile's cold and
 # warm start, fp8 (a later preset's stages: as long as this preset's took).
-PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "rtc": 25, "fp8": 30}
+PART_S = {"attention": 30, "kernel counts": 20, "capture": 40, "table (f)": 40, "rtc": 25, "fp8 weights": 25,
+          "fp8": 30}
 EXPECT_S = {"kernel counts": 20, "capture": 15, "compile": 75, "fp8": 20}
 REPO_ROOT = Path(__file__).resolve().parents[2]  # turbopi_ros/tools/gpu_report.py -> the repository root
 
@@ -691,9 +694,10 @@ def capture_block(s: Session, model, config, views: int, prompt_len: int) -> Dic
     return out
 
 
-def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> Callable[[], object]:
-    """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (captured by its first
-    call)."""
+def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool,
+                 few_rows: bool = False) -> Callable[[], object]:
+    """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (and ``few_rows``: the
+    few-rows matmul; captured by its first call)."""
     images, masks, tokens, token_mask, state, noise = inputs
     masks, tokens, token_mask = host_inputs(masks, tokens, token_mask)  # as Policy.run gives them
     enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
@@ -701,7 +705,75 @@ def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool) -> 
     def graphed():
         return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), noise, steps)
 
-    return fused_call(model, graphed) if fused_kernels else graphed
+    return fused_call(model, graphed, few_rows) if fused_kernels else graphed
+
+
+def _expert_linears(model) -> List[Tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """(owner, name, module) of every linear fp8.quantize_model(weights_only=True) replaces, to put them back."""
+    return [(owner, name, child) for layer in model.expert.layers for owner in layer.modules()
+            for name, child in owner.named_children() if name in fp8.QUANTIZED]
+
+
+def _few_rows_variants(s: Session, model, inputs, steps, tag: str):
+    """(label, make) of the fused few-rows total and denoise on the model's current weights: CUDA graphs where the
+    session has them, else eager."""
+    images, masks, tokens, token_mask, state, noise = inputs
+
+    def total():
+        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+
+    if not s.graphs:
+        return [(f"total eager fused few-rows {tag}", lambda: fused_call(model, total, True))]
+
+    def denoise_graph():
+        cache, den = model.encode(images, masks, tokens, token_mask, state), CudaGraphDenoiser(model,
+                                                                                              pool=s.graph_pool())
+        return fused_call(model, lambda: den(cache, noise, steps), True)
+
+    return [(f"total graph fused few-rows {tag}",
+             functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, True, True)),
+            (f"denoise graph fused few-rows {tag}", denoise_graph)]
+
+
+def fp8_weights_block(s: Session, model, config, views: int, prompt_len: int,
+                      ref32: torch.Tensor) -> Dict[str, object]:
+    """FP8 weights only (model.dtype fp8_weights: the expert's linears as fp8.FP8WeightLinear, read by the few-rows
+    matmul at half bfloat16's bytes): the fused few-rows total and denoise graphs on them and on the bfloat16
+    weights, timed interleaved, with the parity against bfloat16 and the float32 reference. The bfloat16 linears
+    are put back after (the fp8 block follows). Refused devices report why."""
+    device, steps = s.device, s.args.steps
+    ok, why = fp8.fp8_support(device, fp8.WEIGHTS_ONLY)
+    if not ok and not s.dry:
+        s.budget.skip_once(why)
+        return {"skipped": why}
+    out: Dict[str, object] = {"kernels": "twin on CPU (dry run)" if s.dry else "few_rows_matmul on FP8 weights"}
+    inputs = bench.make_inputs(config, views, prompt_len, device, s.args.seed)
+    images, masks, tokens, token_mask, state, noise = inputs
+    originals = _expert_linears(model)
+
+    def total():
+        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+
+    try:
+        with torch.inference_mode():
+            bf16 = total()
+            out["parity"] = {"bf16_vs_reference_fp32": max_abs(bf16, ref32)}
+            fns = try_variants(s, out, _few_rows_variants(s, model, inputs, steps, "bf16"), bf16, "eager bf16")
+            out["quantized_linears"] = fp8.quantize_model(model, check_device=not s.dry, weights_only=True)
+            actions = total()
+            out["parity"].update(fp8_weights_vs_bf16=max_abs(actions, bf16),
+                                 fp8_weights_vs_reference_fp32=max_abs(actions, ref32))
+            fns.update(try_variants(s, out, _few_rows_variants(s, model, inputs, steps, "fp8-weights"), actions,
+                                    "eager fp8-weights"))
+            times = s.timer()(fns)
+        out["times"] = {k: bench.summary(v) for k, v in times.items()}
+    except Exception as e:
+        return s.budget.failed(out, "fp8 weights", e)
+    finally:
+        for owner, name, child in originals:
+            setattr(owner, name, child)
+        model.clear_step_conditioning()
+    return out
 
 
 def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: torch.Tensor) -> Dict[str, object]:
@@ -817,11 +889,11 @@ def _fixture_actions(s: Session, root: Path, variant: str, dtype: str, case) -> 
     from .verify import run_case
 
     stem = root / f"{variant}_tiny"
-    twin = dtype == "fp8" and s.dry  # FP8 on the CPU: bfloat16 weights quantized here, without the device check
+    twin = dtype in ("fp8", fp8.WEIGHTS_ONLY) and s.dry  # on the CPU: bfloat16 weights quantized here, unchecked
     model = load_model(stem.with_suffix(".safetensors"), config=str(stem.with_suffix(".json")), device=s.device,
                        dtype="bfloat16" if twin else dtype)
     if twin:
-        fp8.quantize_model(model, check_device=False)
+        fp8.quantize_model(model, check_device=False, weights_only=dtype == fp8.WEIGHTS_ONLY)
     return run_case(model, case).float()
 
 
@@ -836,7 +908,9 @@ def fixtures_block(s: Session, root: Optional[Path]) -> Dict[str, object]:
 
     out: Dict[str, object] = {"root": str(root)}
     fp8_ok, fp8_why = fp8.fp8_support(s.device)
-    dtypes = ("float32", "bfloat16") + (("fp8",) if fp8_ok or s.dry else ())
+    weights_ok, weights_why = fp8.fp8_support(s.device, fp8.WEIGHTS_ONLY)
+    dtypes = (("float32", "bfloat16") + (("fp8",) if fp8_ok or s.dry else ())
+              + ((fp8.WEIGHTS_ONLY,) if weights_ok or s.dry else ()))
     for variant in ("pi0", "pi05"):
         try:
             case = load_case(root / f"{variant}_case_a.npz", device=s.device)
@@ -847,6 +921,10 @@ def fixtures_block(s: Session, root: Optional[Path]) -> Dict[str, object]:
                 row["fp8_vs_bfloat16"] = max_abs(actions["fp8"], actions["bfloat16"])
             else:
                 row["fp8"] = fp8_why
+            if fp8.WEIGHTS_ONLY in actions:
+                row["fp8_weights_vs_bfloat16"] = max_abs(actions[fp8.WEIGHTS_ONLY], actions["bfloat16"])
+            else:
+                row[fp8.WEIGHTS_ONLY] = weights_why
             out[variant] = row
         except Exception as e:
             s.budget.failed(out, f"openpi fixtures, {variant}", e)
@@ -975,6 +1053,11 @@ class PresetReport:
             entry["rtc"] = rtc_block(s, model, config, most, self.prompt_len)
             print_rtc(s.say, entry["rtc"])
             s.checkpoint()
+        if s.budget.fits(f"{name} fp8 weights ({most} views)", need["fp8 weights"], self.keep_s(("kernel counts",
+                                                                                               "capture", "compile"))):
+            entry["fp8_weights"] = fp8_weights_block(s, model, config, most, self.prompt_len, ref32)
+            print_fp8_weights(s.say, entry["fp8_weights"])
+            s.checkpoint()
         if s.budget.fits(f"{name} fp8 ({most} views)", need["fp8"]):
             entry["fp8"] = fp8_block(s, model, config, most, self.prompt_len, ref32)
             print_fp8(s.say, entry["fp8"])
@@ -1082,6 +1165,24 @@ def print_fp8(say: Report, c: Dict) -> None:
             f"{p['fp8_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
 
 
+def print_fp8_weights(say: Report, c: Dict) -> None:
+    print_errors(say, c)
+    if "skipped" in c:
+        say(f"    fp8 weights: skipped ({c['skipped']})")
+        return
+    if "times" not in c:
+        return
+    t, p = c["times"], c["parity"]
+    ratios = []
+    for what in ("total graph fused few-rows", "denoise graph fused few-rows", "total eager fused few-rows"):
+        if f"{what} bf16" in t and f"{what} fp8-weights" in t:
+            ratios.append(f"{what} {t[f'{what} bf16']['median_ms']:.2f} -> {t[f'{what} fp8-weights']['median_ms']:.2f}"
+                          f" ms ({t[f'{what} bf16']['median_ms'] / t[f'{what} fp8-weights']['median_ms']:.2f}x)")
+    say(f"    fp8 weights only ({c['kernels']}, {c['quantized_linears']} expert linears): " + "; ".join(ratios)
+        + f"; max abs diff vs bf16 {p['fp8_weights_vs_bf16']:.3e}, vs fp32 reference "
+        f"{p['fp8_weights_vs_reference_fp32']:.3e} (bf16: {p['bf16_vs_reference_fp32']:.3e})")
+
+
 def print_rtc(say: Report, c: Dict) -> None:
     print_errors(say, c)
     if "times" not in c:
@@ -1127,7 +1228,9 @@ def print_fixtures(say: Report, c: Dict) -> None:
             say(f"openpi fixtures, {variant} case a, fast path vs openpi's actions, max abs diff: "
                 + ", ".join(f"{k.split('_vs_')[0]} {v:.2e}" for k, v in row.items() if k.endswith("_vs_openpi"))
                 + (f"; fp8 vs bfloat16 {row['fp8_vs_bfloat16']:.2e}" if "fp8_vs_bfloat16" in row
-                   else f"; fp8: {row.get('fp8')}") + f" (|actions| up to {row['openpi_max_abs']:.2f})")
+                   else f"; fp8: {row.get('fp8')}")
+                + (f"; fp8_weights vs bfloat16 {row['fp8_weights_vs_bfloat16']:.2e}" if "fp8_weights_vs_bfloat16" in row
+                   else f"; fp8_weights: {row.get('fp8_weights')}") + f" (|actions| up to {row['openpi_max_abs']:.2f})")
 
 
 def print_ablation(say: Report, rows: Dict) -> None:
