@@ -238,3 +238,27 @@ def test_fp8_weights_quantize_the_expert_alone_and_move_the_actions_less_than_fp
         bf16, weights_only, full = (m.sample_actions(*inputs, num_steps=3).float() for m in models)
     moved, moved_fp8 = float((weights_only - bf16).abs().mean()), float((full - bf16).abs().mean())
     assert 0 < moved < moved_fp8 and float((weights_only - bf16).abs().max()) < 0.01 * float(bf16.abs().max())
+
+
+def test_the_guided_denoise_differentiates_through_fp8_weights():
+    """Real-time chunking with model.dtype fp8_weights: the guided denoise's backward pass goes through the expert's
+    FP8WeightLinear (their twin, differentiable in x), plain and fused; the guidance moves the actions."""
+    import dataclasses
+
+    from turbopi_ros.model.rtc import Guidance, guided_denoise
+
+    cfg = small_config("pi05", horizon=8)
+    cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, width=32, mlp_dim=64))
+    model = random_model(cfg, dtype="bfloat16")
+    fp8.quantize_model(model, check_device=False, weights_only=True)
+    inputs = random_inputs(cfg, cameras=(True, False, True))
+    g = torch.Generator().manual_seed(0)
+    shape = (1, cfg.action_horizon, cfg.action_dim)
+    guidance = Guidance(torch.randn(shape, generator=g), torch.rand(shape, generator=g))
+    cache = model.encode(*inputs[:5])
+    plain = guided_denoise(model, cache, inputs[5], guidance, 3)
+    moved = float((plain - model.denoise(cache, inputs[5], 3)).abs().max())
+    model.use_fused(True)
+    fused = guided_denoise(model, cache, inputs[5], guidance, 3)
+    assert bool(torch.isfinite(fused).all()) and moved > 1e-2
+    assert float((fused - plain).abs().max()) < 0.1 * moved

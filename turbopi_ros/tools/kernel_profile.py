@@ -1,8 +1,9 @@
 """Where a graphed stage's GPU time goes: the CUDA kernels of one replay, grouped by name, from torch.profiler.
 
 For each preset (random weights, bfloat16, the most cameras): the denoise's CUDA graph plain, with the fused
-kernels, and with the few-rows matmul too (model/few_rows_matmul.py), and vision and the prefix cache graphed with
-the fused kernels. Per stage: the wall time of a profiled replay, the sum of kernel times, the kernel count, the
+kernels, and with the few-rows matmul too (model/few_rows_matmul.py), vision and the prefix cache graphed with
+the fused kernels, and last the few-rows denoise graph on the expert's weights in FP8 (model.dtype fp8_weights,
+where the GPU has FP8). Per stage: the wall time of a profiled replay, the sum of kernel times, the kernel count, the
 kernels with the most time (count, mean), the time by kernel length (under 3 us, 6, 10, 30, longer) and the idle gaps
 between consecutive kernels. The question it answers: is a stage bound by a few slow kernels (then a better kernel
 helps) or by many short ones and the gaps between them (then fewer launches help).
@@ -25,6 +26,7 @@ import torch
 from . import bench
 from .device_bench import Printed, bench_device, device_name
 from .gpu_report import fused_call, sync
+from ..model import fp8
 from ..model.checkpoint import random_model
 from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, host_inputs
 
@@ -118,6 +120,16 @@ def profile_preset(preset: str, views: int, steps: int, device: torch.device, sa
             say, top=12)
         for graph in (plain, enc, den, rows):
             graph.clear()
+        ok, why = fp8.fp8_support(device, fp8.WEIGHTS_ONLY)  # last: the expert's weights quantized in place
+        if not ok:
+            say(f"  fp8 weights: skipped ({why})")
+            return out
+        fp8.quantize_model(model, weights_only=True)
+        w8 = CudaGraphDenoiser(model, pool=pool)
+        fused_call(model, lambda: w8(cache, noise, steps), few_rows_matmul=True)()
+        out["denoise graph fused few-rows fp8-weights"] = profile_table(
+            "denoise graph fused few-rows fp8-weights", lambda: w8(cache, noise, steps), device, say)
+        w8.clear()
     return out
 
 
