@@ -153,32 +153,9 @@ def matmul(dtype, tol):
         check(f"few_rows_linear_add_rms_norm {tag} {norm} {list(a.shape)} @ [48, {K}] splits={splits}", got, want,
               tol)
     # qkv with rotary and the K/V cache write: K shares summed in the rotary kernel
-    from turbopi_ros.model.gemma import rope_tables
     for splits in (1, 3):
-        B, L, K, H, KV, D, Lc, start = 2, 25, 96, 2, 1, 16, 40, 7
-        y = torch.randn(B, L, K, generator=g).to(dtype)
-        w = (torch.randn((H + 2 * KV) * D, K, generator=g) * K ** -0.5).to(dtype)
-        cos, sin = rope_tables(torch.arange(start, start + L).expand(B, L), D, 10000.0, dtype)
-        runs = []
-        for how in ("fused", "unfused", "twin"):
-            cache = torch.zeros(2, B, KV, Lc, D, dtype=dtype)  # a strided slice, as the engine's
-            values = torch.zeros_like(cache)
-            fused.use_triton_on_cpu(how != "twin")
-            if how == "fused":
-                q = fr.launch_qkv_rope(y, w, cos, sin, cache[1], values[1], start, H, KV, block_n=32, block_k=32,
-                                       splits=splits)
-            else:
-                qkv = (fr.launch(y.reshape(B * L, K), w, 32, 32, splits).reshape(B, L, -1) if how == "unfused"
-                       else F.linear(y, w))
-                q = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
-            runs.append([q, cache, values])
-        fused.use_triton_on_cpu(False)
-        same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
-        print(f"few_rows_qkv_rope {tag} splits={splits}: equal to launch + qkv_rope: {same}")
-        if not same:
-            failures.append(f"few_rows_qkv_rope {tag} splits={splits} differs from launch + qkv_rope")
-        check(f"few_rows_qkv_rope {tag} [{B}, {L}, {K}] @ [{w.shape[0]}, {K}] H={H} KV={KV} splits={splits}",
-              runs[0], runs[2], tol)
+        qkv_rope_check(tag, dtype, g, lambda n, k: ((torch.randn(n, k, generator=g) * k ** -0.5).to(dtype), None),
+                       splits, tol)
     x = torch.randn(2, 25, 300, generator=g).to(dtype)
     w = (torch.randn(130, 300, generator=g) * 300 ** -0.5).to(dtype)
     fused.use_triton_on_cpu(True)
@@ -196,7 +173,6 @@ def fp8_weights(dtype, g):
     fused launches bit for bit equal to launch() then the norm's or the rotary kernel, as with 16-bit weights."""
     from turbopi_ros.model import few_rows_matmul as fr
     from turbopi_ros.model.fp8 import quantize_rows
-    from turbopi_ros.model.gemma import rope_tables
 
     tag = f"{str(dtype).split('.')[-1]} fp8 weights"
 
@@ -233,28 +209,7 @@ def fp8_weights(dtype, g):
         want = fused.add_rms_norm(x, fr.scaled_linear(fused.gelu_gate(a) if gated else a, q, s), gate, weight, scale,
                                   shift)
         check(f"few_rows_linear_add_rms_norm {tag} {norm} splits={splits}", got, want, None)
-    B, L, K, H, KV, D, Lc, start = 2, 25, 96, 2, 1, 16, 40, 7
-    y = torch.randn(B, L, K, generator=g).to(dtype)
-    q, s = weights((H + 2 * KV) * D, K)
-    cos, sin = rope_tables(torch.arange(start, start + L).expand(B, L), D, 10000.0, dtype)
-    runs = []
-    for how in ("fused", "unfused", "twin"):
-        cache, values = torch.zeros(2, B, KV, Lc, D, dtype=dtype), torch.zeros(2, B, KV, Lc, D, dtype=dtype)
-        fused.use_triton_on_cpu(how != "twin")
-        if how == "fused":
-            out = fr.launch_qkv_rope(y, q, cos, sin, cache[1], values[1], start, H, KV, s, block_n=32, block_k=32,
-                                     splits=3)
-        else:
-            qkv = (fr.launch(y.reshape(B * L, K), q, 32, 32, 3, w_scale=s).reshape(B, L, -1) if how == "unfused"
-                   else fr.scaled_linear(y, q, s))
-            out = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
-        runs.append([out, cache, values])
-    fused.use_triton_on_cpu(False)
-    same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
-    print(f"few_rows_qkv_rope {tag} splits=3: equal to launch + qkv_rope: {same}")
-    if not same:
-        failures.append(f"few_rows_qkv_rope {tag} splits=3 differs from launch + qkv_rope")
-    check(f"few_rows_qkv_rope {tag} splits=3", runs[0], runs[2], None)
+    qkv_rope_check(tag, dtype, g, weights, 3, None)
     x = torch.randn(2, 25, 300, generator=g).to(dtype)
     q, s = weights(130, 300)
     fused.use_triton_on_cpu(True)
@@ -262,6 +217,38 @@ def fp8_weights(dtype, g):
     got = fr.few_rows_linear(x, q, None, s)
     fused.use_triton_on_cpu(False)
     check(f"few_rows_linear {tag} {list(x.shape)} @ {list(q.shape)}", [got], [fr.scaled_linear(x, q, s)], None)
+
+
+def qkv_rope_check(tag, dtype, g, weights, splits, tol):
+    """few_rows_qkv_rope's kernels (the K shares summed in the rotary kernel, K/V written into a strided cache slice)
+    bit for bit equal to launch() then qkv_rope, and within ``tol`` of the twins; ``weights(n, k)`` -> (w, its row
+    scales or None: FP8)."""
+    from turbopi_ros.model import few_rows_matmul as fr
+    from turbopi_ros.model.gemma import rope_tables
+
+    B, L, K, H, KV, D, Lc, start = 2, 25, 96, 2, 1, 16, 40, 7
+    y = torch.randn(B, L, K, generator=g).to(dtype)
+    w, s = weights((H + 2 * KV) * D, K)
+    cos, sin = rope_tables(torch.arange(start, start + L).expand(B, L), D, 10000.0, dtype)
+    runs = []
+    for how in ("fused", "unfused", "twin"):
+        cache, values = torch.zeros(2, B, KV, Lc, D, dtype=dtype), torch.zeros(2, B, KV, Lc, D, dtype=dtype)
+        fused.use_triton_on_cpu(how != "twin")
+        if how == "fused":
+            q = fr.launch_qkv_rope(y, w, cos, sin, cache[1], values[1], start, H, KV, s, block_n=32, block_k=32,
+                                   splits=splits)
+        else:
+            qkv = (fr.launch(y.reshape(B * L, K), w, 32, 32, splits, w_scale=s).reshape(B, L, -1)
+                   if how == "unfused" else fr._library_linear(y, w, None, s))
+            q = fused.qkv_rope(qkv, cos, sin, cache[1], values[1], start, H, KV)
+        runs.append([q, cache, values])
+    fused.use_triton_on_cpu(False)
+    same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
+    print(f"few_rows_qkv_rope {tag} splits={splits}: equal to launch + qkv_rope: {same}")
+    if not same:
+        failures.append(f"few_rows_qkv_rope {tag} splits={splits} differs from launch + qkv_rope")
+    check(f"few_rows_qkv_rope {tag} [{B}, {L}, {K}] @ [{w.shape[0]}, {K}] H={H} KV={KV} splits={splits}", runs[0],
+          runs[2], tol)
 
 
 def choice(dtype):

@@ -134,28 +134,36 @@ def test_the_gpu_forward_matches_the_twin_and_differentiates_in_x():
         assert torch.equal(q_lin.scaled_forward(x), got)  # without a gradient: the same product
 
 
-def test_the_guided_denoise_runs_on_fp8_weights(monkeypatch):
-    """Real-time chunking with model.dtype fp8: the guided denoise differentiates through the quantized expert. On
-    the GPU path (scaled_forward, made the forward here on CPU) it runs and agrees with the twin's guided denoise;
-    before, torch._scaled_mm's missing derivative raised."""
+def _guided_case(weights_only: bool):
+    """A small bfloat16 pi0.5 (expert width 32) quantized (FP8, or FP8 weights only), its cache, noise and a
+    guidance for real-time chunking's guided denoise."""
     import dataclasses
 
-    from turbopi_ros.model.rtc import Guidance, guided_denoise
+    from turbopi_ros.model.rtc import Guidance
 
     cfg = small_config("pi05", horizon=8)
     cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, width=32, mlp_dim=64))
     model = random_model(cfg, dtype="bfloat16")
-    fp8.quantize_model(model, check_device=False)
-    assert isinstance(model.expert.layers[0].mlp.gate_up, fp8.FP8Linear)
+    fp8.quantize_model(model, check_device=False, weights_only=weights_only)
     inputs = random_inputs(cfg, cameras=(True, False, True))
     g = torch.Generator().manual_seed(0)
     shape = (1, cfg.action_horizon, cfg.action_dim)
     guidance = Guidance(torch.randn(shape, generator=g), torch.rand(shape, generator=g))
-    cache = model.encode(*inputs[:5])
-    twin = guided_denoise(model, cache, inputs[5], guidance, 3)
-    moved = float((twin - model.denoise(cache, inputs[5], 3)).abs().max())
+    return model, model.encode(*inputs[:5]), inputs[5], guidance
+
+
+def test_the_guided_denoise_runs_on_fp8_weights(monkeypatch):
+    """Real-time chunking with model.dtype fp8: the guided denoise differentiates through the quantized expert. On
+    the GPU path (scaled_forward, made the forward here on CPU) it runs and agrees with the twin's guided denoise;
+    before, torch._scaled_mm's missing derivative raised."""
+    from turbopi_ros.model.rtc import guided_denoise
+
+    model, cache, noise, guidance = _guided_case(weights_only=False)
+    assert isinstance(model.expert.layers[0].mlp.gate_up, fp8.FP8Linear)
+    twin = guided_denoise(model, cache, noise, guidance, 3)
+    moved = float((twin - model.denoise(cache, noise, 3)).abs().max())
     monkeypatch.setattr(fp8.FP8Linear, "forward", fp8.FP8Linear.scaled_forward)
-    gpu_path = guided_denoise(model, cache, inputs[5], guidance, 3)
+    gpu_path = guided_denoise(model, cache, noise, guidance, 3)
     assert bool(torch.isfinite(gpu_path).all()) and moved > 1e-2
     assert float((gpu_path - twin).abs().max()) < 0.1 * moved
 
@@ -243,22 +251,13 @@ def test_fp8_weights_quantize_the_expert_alone_and_move_the_actions_less_than_fp
 def test_the_guided_denoise_differentiates_through_fp8_weights():
     """Real-time chunking with model.dtype fp8_weights: the guided denoise's backward pass goes through the expert's
     FP8WeightLinear (their twin, differentiable in x), plain and fused; the guidance moves the actions."""
-    import dataclasses
+    from turbopi_ros.model.rtc import guided_denoise
 
-    from turbopi_ros.model.rtc import Guidance, guided_denoise
-
-    cfg = small_config("pi05", horizon=8)
-    cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, width=32, mlp_dim=64))
-    model = random_model(cfg, dtype="bfloat16")
-    fp8.quantize_model(model, check_device=False, weights_only=True)
-    inputs = random_inputs(cfg, cameras=(True, False, True))
-    g = torch.Generator().manual_seed(0)
-    shape = (1, cfg.action_horizon, cfg.action_dim)
-    guidance = Guidance(torch.randn(shape, generator=g), torch.rand(shape, generator=g))
-    cache = model.encode(*inputs[:5])
-    plain = guided_denoise(model, cache, inputs[5], guidance, 3)
-    moved = float((plain - model.denoise(cache, inputs[5], 3)).abs().max())
+    model, cache, noise, guidance = _guided_case(weights_only=True)
+    assert isinstance(model.expert.layers[0].mlp.gate_up, fp8.FP8WeightLinear)
+    plain = guided_denoise(model, cache, noise, guidance, 3)
+    moved = float((plain - model.denoise(cache, noise, 3)).abs().max())
     model.use_fused(True)
-    fused = guided_denoise(model, cache, inputs[5], guidance, 3)
+    fused = guided_denoise(model, cache, noise, guidance, 3)
     assert bool(torch.isfinite(fused).all()) and moved > 1e-2
     assert float((fused - plain).abs().max()) < 0.1 * moved
