@@ -124,15 +124,21 @@ def read_bytes(tensors, fn):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_pi05"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "fp8_weights"])
 def test_weight_bytes_are_the_parameters_each_stage_reads(preset, dtype):
     """One denoise step reads the expert once; the prefix reads every Gemma weight but its last layer's MLP (and pi0's
-    expert the same way, for the state token); the prompt's embedding rows only."""
+    expert the same way, for the state token); the prompt's embedding rows only. fp8_weights: the expert's linears
+    in 1 byte and a float32 scale a row (fp8.FP8WeightLinear's buffers), the rest bfloat16."""
+    from turbopi_ros.model import fp8
+
     config = load_config(preset)
     views, prompt_len = 2, 9
-    model = random_model(config, seed=0, dtype=dtype)
+    model = random_model(config, seed=0, dtype="bfloat16" if dtype == "fp8_weights" else dtype)
+    if dtype == "fp8_weights":
+        assert fp8.quantize_model(model, check_device=False, weights_only=True) == 4 * config.expert.depth
     images, masks, tokens, token_mask, state, noise = make_inputs(config, views, prompt_len, "cpu")
     params = [p for name, p in model.named_parameters() if name != "vlm.embed_tokens.weight"]
+    params += [b for name, b in model.named_buffers() if name.endswith((".qweight", ".wscale"))]
     with torch.inference_mode():
         conditioning = model.step_conditioning(1)
         image_tokens, vision = read_bytes(params, lambda: model.embed_images(images, masks))
@@ -188,6 +194,13 @@ def test_full_size_counts_are_the_released_models():
     assert 2 * 400e6 * 256 < cost["vision"].matmul_flops < 2 * 420e6 * 256
     fp8 = workload_cost(dataclasses.replace(w, dtype="fp8"))
     assert fp8["denoise"].weight_bytes < 0.55 * cost["denoise"].weight_bytes
+    weights_only = workload_cost(dataclasses.replace(w, dtype="fp8_weights"))  # the expert's alone: same denoise
+    assert fp8["denoise"].weight_bytes < weights_only["denoise"].weight_bytes < 1.01 * fp8["denoise"].weight_bytes
+    assert weights_only["vision"].weight_bytes == cost["vision"].weight_bytes
+    thor = costmodel.device_roofline(dataclasses.replace(w, views=3), costmodel.DEVICES["thor"])
+    assert thor["fp8"]["total"]["bound_ms"] < thor["fp8_weights"]["total"]["bound_ms"] < thor["bfloat16"]["total"][
+        "bound_ms"]
+    assert "fp8_weights" not in costmodel.device_roofline(w, costmodel.DEVICES["orin"])  # no FP8 on Orin
 
 
 def test_bad_workloads_are_refused():

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import costmodel
 from .ablation import ALL_REVERSED, REVERSALS, OpCounter, all_reversed, replaced, sdpa_repeated_kv
-from ..model.checkpoint import parse_dtype, random_model
+from ..model.checkpoint import random_model
 from ..model import opcount
 from ..model.config import load_config
 from ..model.kernel_choice import CHOICES
@@ -422,7 +422,8 @@ class BenchRun:
         self.args, self.steps = args, args.steps
         self.device = device = torch.device(args.device)
         self.config = config = load_config(args.config or args.preset)
-        self.model = model = random_model(config, seed=args.seed, device=device, dtype=parse_dtype(args.dtype))
+        # the name, not parse_dtype's torch dtype: fp8 and fp8_weights quantize (and are refused off FP8 GPUs)
+        self.model = model = random_model(config, seed=args.seed, device=device, dtype=args.dtype)
         if args.fused:
             model.use_fused(True)
         if getattr(args, "few_rows_matmul", False):
@@ -666,7 +667,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="tiny", help="pi0, pi05, tiny, tiny_pi05")
     p.add_argument("--config", default=None, help="model config JSON (overrides --preset)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16; on GPUs with FP8: fp8, fp8_weights "
+                   "(model.dtype's values)")
     p.add_argument("--views", type=int, default=3, choices=(1, 2, 3), help="cameras present (of 3 slots)")
     p.add_argument("--prompt-len", type=int, default=12, help="valid prompt tokens (padded to max_token_len)")
     p.add_argument("--steps", type=int, default=10)

@@ -23,8 +23,10 @@ activations (every matmul reads its input and writes its output; elementwise wor
 Conventions for elementwise FLOPs (per element): RMSNorm 4 (adaRMS 5), LayerNorm 7, gelu-tanh 9, silu 4, residual 1
 (gated 2), rotary 3, bias 1, softmax 5 per attention score. A multiply-add is 2 FLOPs, as FlopCounterMode counts.
 
-Precision: "float32", "bfloat16", "float16" or "fp8" (weights of the transformers in 1 byte, activations and KV cache
-in bfloat16, matmuls at the device's FP8 rate). As in checkpoint.set_dtype, norms, the vision embeddings and the small
+Precision: "float32", "bfloat16", "float16", "fp8" (weights of the transformers in 1 byte, activations and KV cache
+in bfloat16, matmuls at the device's FP8 rate) or "fp8_weights" (model.dtype fp8_weights: bfloat16, but the action
+expert's linear weights in 1 byte with one float32 scale per output row; matmuls at the bfloat16 rate, on every
+device with FP8). As in checkpoint.set_dtype, norms, the vision embeddings and the small
 action/time heads stay float32 whatever the dtype.
 """
 from __future__ import annotations
@@ -32,12 +34,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..model.config import GemmaConfig, ModelConfig, load_config
 
 STAGES = ("vision", "prefix_cache", "denoise")
-DTYPES = ("float32", "bfloat16", "float16", "fp8")
+DTYPES = ("float32", "bfloat16", "float16", "fp8", "fp8_weights")
 F32 = 4  # bytes of the parameters kept in float32
 
 
@@ -68,7 +70,12 @@ class Workload:
 
     @property
     def weight_bytes(self) -> float:
-        return {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}[self.dtype]
+        return {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_weights": 2}[self.dtype]
+
+    @property
+    def expert_bytes(self) -> Tuple[float, float]:
+        """(bytes a weight, bytes a row scale) of the action expert's linears."""
+        return (1, F32) if self.dtype == "fp8_weights" else (self.weight_bytes, 0)
 
     @property
     def act_bytes(self) -> float:
@@ -124,6 +131,7 @@ class _Ledger:
 
     def __init__(self, w: Workload):
         self.w, self.cost = w, Cost.zero()
+        self.matrix_bytes = (w.weight_bytes, 0)  # (a weight, a row scale) of the stack being counted
 
     def linear(self, tokens: float, d_in: int, d_out: int, *, bias: bool, float32: bool = False,
                weights: bool = True) -> None:
@@ -131,8 +139,11 @@ class _Ledger:
         c.matmul_flops += 2.0 * tokens * d_in * d_out
         if bias:
             c.elementwise_flops += tokens * d_out
-        if weights:
-            c.weight_bytes += (d_in * d_out + (d_out if bias else 0)) * (F32 if float32 else self.w.weight_bytes)
+        if weights and float32:
+            c.weight_bytes += (d_in * d_out + (d_out if bias else 0)) * F32
+        elif weights:
+            weight, scale = self.matrix_bytes
+            c.weight_bytes += d_in * d_out * weight + d_out * scale + (d_out * self.w.weight_bytes if bias else 0)
         act = F32 if float32 else self.w.act_bytes
         c.activation_bytes += tokens * (d_in + d_out) * act
 
@@ -175,9 +186,13 @@ class _Ledger:
             self.elementwise(residual * T * W)
 
     def gemma_stack(self, g: GemmaConfig, batch: int, queries: int, keys: int, *, last_mlp: bool,
-                    adaptive: bool) -> None:
+                    adaptive: bool, expert: bool = False) -> None:
+        """``expert``: the action expert's layers (its linears' bytes: Workload.expert_bytes)."""
+        if expert:
+            self.matrix_bytes = self.w.expert_bytes
         for li in range(g.depth):
             self.gemma_layer(g, batch, queries, keys, mlp=last_mlp or li < g.depth - 1, adaptive=adaptive)
+        self.matrix_bytes = (self.w.weight_bytes, 0)
 
 
 def vision_cost(w: Workload) -> Cost:
@@ -224,7 +239,7 @@ def prefix_cache_cost(w: Workload) -> Cost:
     led.gemma_stack(g, B, n, n, last_mlp=False, adaptive=False)
     if not c.is_pi05:
         led.linear(B, c.action_dim, e.width, bias=True, float32=True)  # state_proj
-        led.gemma_stack(e, B, 1, n + 1, last_mlp=False, adaptive=False)
+        led.gemma_stack(e, B, 1, n + 1, last_mlp=False, adaptive=False, expert=True)
     return led.cost
 
 
@@ -239,7 +254,7 @@ def denoise_step_cost(w: Workload) -> Cost:
         led.weights(e.width, float32=True)
         led.elementwise(T * e.width + 4 * T * e.width)
         led.linear(T, e.width, e.width, bias=True, float32=True)
-    led.gemma_stack(e, B, H, w.cached_tokens + H, last_mlp=True, adaptive=c.is_pi05)
+    led.gemma_stack(e, B, H, w.cached_tokens + H, last_mlp=True, adaptive=c.is_pi05, expert=True)
     led.elementwise((5 if c.is_pi05 else 4) * T * e.width)  # final norm
     led.weights(3 * e.width if c.is_pi05 else e.width, float32=True)
     led.linear(T, e.width, c.action_dim, bias=True, float32=True)  # action_out_proj
@@ -316,10 +331,18 @@ def roofline(w: Workload, peak_tflops: float, bandwidth_gbs: float) -> Dict[str,
     return out
 
 
+def device_peaks(device: Device) -> Dict[str, float]:
+    """TFLOP/s by dtype: the published ones, and fp8_weights at the bfloat16 rate on a device with FP8."""
+    peaks = dict(device.peak_tflops)
+    if "fp8" in peaks and "bfloat16" in peaks:
+        peaks["fp8_weights"] = peaks["bfloat16"]
+    return peaks
+
+
 def device_roofline(w: Workload, device: Device) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """The bound for every dtype the device publishes a peak for: {dtype: roofline}."""
+    """The bound for every dtype the device has a peak for (device_peaks): {dtype: roofline}."""
     return {dtype: roofline(dataclasses.replace(w, dtype=dtype), peak, device.bandwidth_gbs)
-            for dtype, peak in device.peak_tflops.items()}
+            for dtype, peak in device_peaks(device).items()}
 
 
 # --- reports -----------------------------------------------------------------------------------------------------
@@ -343,11 +366,11 @@ def cost_table(w: Workload) -> str:
 def roofline_table(w: Workload, devices: Iterable[Device] = DEVICES.values()) -> str:
     lines = [f"roofline lower bound, ms: per stage max(matrix FLOPs / dense peak, (weights + KV cache) bytes / "
              f"bandwidth), summed over the stages ({w.views} views, {w.prompt_len} prompt tokens, {w.steps} steps)",
-             f"    {'device':<26} {'dtype':<9} {'TFLOP/s':>8} {'GB/s':>7} {'vision':>8} {'prefix':>8} {'denoise':>8} "
+             f"    {'device':<26} {'dtype':<11} {'TFLOP/s':>8} {'GB/s':>7} {'vision':>8} {'prefix':>8} {'denoise':>8} "
              f"{'total':>8}  limited by (vision/prefix/denoise)"]
     for device in devices:
         for dtype, r in device_roofline(w, device).items():
-            lines.append(f"    {device.name:<26} {dtype:<9} {device.peak_tflops[dtype]:8.1f} "
+            lines.append(f"    {device.name:<26} {dtype:<11} {device_peaks(device)[dtype]:8.1f} "
                          f"{device.bandwidth_gbs:7.0f} "
                          + " ".join(f"{r[s]['bound_ms']:8.2f}" for s in STAGES) + f" {r['total']['bound_ms']:8.2f}  "
                          + "/".join(r[s]["limited_by"] for s in STAGES))
@@ -361,7 +384,7 @@ def markdown_rows(config_name: str, prompt_len: int, views: Iterable[int] = (1, 
     rows = []
     for key in devices or list(DEVICES):
         device = DEVICES[key]
-        for dtype, peak in device.peak_tflops.items():
+        for dtype, peak in device_peaks(device).items():
             cells = []
             for v in views:
                 r = roofline(Workload(config, v, prompt_len, steps, dtype=dtype), peak, device.bandwidth_gbs)
