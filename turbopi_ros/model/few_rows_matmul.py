@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
-from .fp8 import FP8WeightLinear
 from .kernel_choice import CHOICES, Candidate
 from .fused import kernels_for, triton, tl
 if triton is not None:
@@ -420,19 +419,28 @@ def _plain_linear(module: torch.nn.Module, bias: bool = False) -> bool:
             and (bias or module.bias is None))
 
 
+class FP8Weights(torch.nn.Module):
+    """A linear layer whose weights the kernels read in FP8 (fp8.FP8WeightLinear): ``qweight`` float8 e4m3 [N, K],
+    ``wscale`` float32 [N] (one scale a row), ``bias`` [N] or None."""
+
+    qweight: torch.Tensor
+    wscale: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+
 def _matrix(module: torch.nn.Module, bias: bool = False) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """(weight, its row scales or None) of a module the kernels can run: an nn.Linear (with ``bias``: a bias
-    allowed), or an fp8.FP8WeightLinear (FP8 weights, scales); None for any other (it runs itself)."""
+    allowed), or an FP8Weights (FP8 weights, scales); None for any other (it runs itself)."""
     if _plain_linear(module, bias):
         return module.weight, None
-    if isinstance(module, FP8WeightLinear) and (bias or module.bias is None):
+    if isinstance(module, FP8Weights) and (bias or module.bias is None):
         return module.qweight, module.wscale
     return None
 
 
 class FewRowsMatmuls(fused.StackMatmuls):
     """fused.gemma_stack's matmuls through the few-rows kernels where a module computes as nn.Linear does without
-    a bias, or is an fp8.FP8WeightLinear (the expert's four: gemma.FusedLinear's qkv and gate_up too; an
+    a bias, or is an FP8Weights (fp8.FP8WeightLinear; the expert's four: gemma.FusedLinear's qkv and gate_up too; an
     fp8.FP8Linear, or a Linear with a bias, runs itself): gate_up (and the float32 action heads) through
     few_rows_linear, qkv through few_rows_qkv_rope, o_proj, and down_proj with gelu_gate as its prologue, through
     few_rows_linear_add_rms_norm."""
@@ -469,7 +477,7 @@ class FewRowsMatmuls(fused.StackMatmuls):
         return super().gated_linear_norm(module, gate_up, x, gate, weight, scale, shift)
 
 
-__all__ = ["FLOAT32_BLOCK_K", "FewRowsMatmuls", "KERNELS", "MAX_ROWS", "candidates", "configs", "few_rows_linear",
-           "few_rows_linear_add_rms_norm", "few_rows_qkv_rope", "is_fp8_weight", "launch", "launch_add_rms_norm",
-           "launch_qkv_rope", "norm_candidates", "plan", "plan_for", "qkv_candidates", "scaled_linear",
-           "use_kernels"]
+__all__ = ["FLOAT32_BLOCK_K", "FP8Weights", "FewRowsMatmuls", "KERNELS", "MAX_ROWS", "candidates", "configs",
+           "few_rows_linear", "few_rows_linear_add_rms_norm", "few_rows_qkv_rope", "is_fp8_weight", "launch",
+           "launch_add_rms_norm", "launch_qkv_rope", "norm_candidates", "plan", "plan_for", "qkv_candidates",
+           "scaled_linear", "use_kernels"]

@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .few_rows_matmul import FP8Weights, few_rows_linear, scaled_linear
+
 E4M3_MAX = 448.0
 WEIGHTS_ONLY = "fp8_weights"  # model.dtype's name for FP8WeightLinear
 MIN_CAPABILITY = (8, 9)
@@ -155,7 +157,7 @@ class FP8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fp8 e4m3 per-row scales -> {self.out_dtype}"
 
 
-class FP8WeightLinear(nn.Module):
+class FP8WeightLinear(FP8Weights):
     """An nn.Linear with FP8 weights only (model.dtype fp8_weights): ``qweight`` e4m3 [out, in] with one float32
     scale per output row (``wscale`` [out]), quantized as FP8Linear's; the input stays in its dtype. Up to
     few_rows_matmul.MAX_ROWS rows on a GPU: the few-rows kernels, which widen the weights as they load them;
@@ -178,8 +180,6 @@ class FP8WeightLinear(nn.Module):
         return dequantize(self.qweight, self.wscale[:, None]).to(self.out_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .few_rows_matmul import few_rows_linear, scaled_linear
-
         x = x.to(self.out_dtype)
         if x.requires_grad and torch.is_grad_enabled():  # the custom op has no derivative; its twin does
             return scaled_linear(x, self.qweight, self.wscale, self.bias)
