@@ -171,7 +171,6 @@ def test_the_guided_denoise_runs_on_fp8_weights(monkeypatch):
 # --- model.dtype fp8_weights: the expert's weights alone, widened in the few-rows matmul ----------------------------
 def test_fp8_weights_refused_where_the_kernels_cannot_run(tmp_path, monkeypatch):
     """Refused on CPU before any file is read, on a GPU older than 8.9 by name and capability, and without Triton."""
-    from turbopi_ros.model import fused
     from turbopi_ros.model.checkpoint import is_fp8_weights, load_model
 
     with pytest.raises(ValueError, match=r"model.dtype fp8_weights needs a CUDA GPU .*8.9.*device cpu"):
@@ -186,7 +185,7 @@ def test_fp8_weights_refused_where_the_kernels_cannot_run(tmp_path, monkeypatch)
     assert not ok and why.startswith("model.dtype fp8_weights: cuda:0 (NVIDIA Jetson AGX Orin)") and "8.7" in why
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (11, 0))  # a Jetson Thor
     assert fp8.fp8_support("cuda:0", fp8.WEIGHTS_ONLY) == (True, "")
-    monkeypatch.setattr(fused, "triton_available", lambda: False)
+    monkeypatch.setattr(fp8, "triton_available", lambda: False)
     ok, why = fp8.fp8_support("cuda:0", fp8.WEIGHTS_ONLY)
     assert not ok and "Triton is not installed" in why
     assert fp8.fp8_support("cuda:0") == (True, "")  # torch._scaled_mm needs no Triton

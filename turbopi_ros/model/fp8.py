@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .few_rows_matmul import FP8Weights, few_rows_linear, scaled_linear
+from .fused import triton_available
 
 E4M3_MAX = 448.0
 WEIGHTS_ONLY = "fp8_weights"  # model.dtype's name for FP8WeightLinear
@@ -45,12 +46,9 @@ def fp8_support(device, what: str = "fp8") -> Tuple[bool, str]:
         name = torch.cuda.get_device_name(device)
         return False, (f"model.dtype {what}: {device} ({name}) has compute capability {cap[0]}.{cap[1]}; FP8 "
                        "needs 8.9 or newer (L4, L40, H100, H200, B200, Jetson Thor): use bfloat16")
-    if what == WEIGHTS_ONLY:
-        from .fused import triton_available
-
-        if not triton_available():
-            return False, (f"model.dtype {what}: its matmul is a Triton kernel and Triton is not installed (pip "
-                           "install triton, or use bfloat16)")
+    if what == WEIGHTS_ONLY and not triton_available():
+        return False, (f"model.dtype {what}: its matmul is a Triton kernel and Triton is not installed (pip "
+                       "install triton, or use bfloat16)")
     return True, ""
 
 
