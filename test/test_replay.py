@@ -426,7 +426,7 @@ BAD_PARAMS = {
                  "required"]),
     "range": ({"max_observation_age_s": 0.0}, ["parameter max_observation_age_s: ", "range", "0.001", "3600"]),
     "choice": ({"model.dtype": "float16"},
-               ["parameter model.dtype: 'float16' is not one of ['float32', 'bfloat16', 'fp8']"]),
+               ["parameter model.dtype: 'float16' is not one of ['float32', 'bfloat16', 'fp8', 'fp8_weights']"]),
 }
 
 
