@@ -160,13 +160,14 @@ def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
     inputs = joints_only(1000.0)
     pauses = PauseWatch(MAX_AGE_S, clock=lambda: clock.t)
     gate = ChunkGate(inputs, pauses)
-    assert gate.refuse(stamp=999.95, run_start=99.9, now=1000.05) is None
-    assert "ahead of the node's clock" in gate.refuse(stamp=1001.0, run_start=99.9, now=1000.05)
+    assert gate.refuse(stamp=999.95, taken_at=99.9, now=1000.05) is None
+    assert "ahead of the node's clock" in gate.refuse(stamp=1001.0, taken_at=99.9, now=1000.05)
     assert "its inputs went stale while it was computed: joint_states: newest message is 0.80 s old" in \
-        gate.refuse(stamp=999.95, run_start=99.9, now=1000.8)
+        gate.refuse(stamp=999.95, taken_at=99.9, now=1000.8)
     clock.t += 2.0
     pauses.beat(2.0, 0.02)  # the node did not run for 2 s after the run started
-    assert "the node paused while it was computed" in gate.refuse(stamp=999.95, run_start=99.9, now=1000.05)
+    assert "the node paused after its observation was taken" in gate.refuse(stamp=999.95, taken_at=99.9,
+                                                                            now=1000.05)
 
 
 def _flow(hold=False):
@@ -187,13 +188,28 @@ def _chunk(stamp):
 
 def test_a_published_chunk_goes_out_a_refused_one_is_a_problem_that_clears_on_the_next():
     flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow()
-    assert not flow.publish(_chunk(clock.t + 5.0), time.monotonic(), 0.05, 0.0)  # stamped ahead of the clock
+    assert not flow.publish(_chunk(clock.t + 5.0), time.monotonic(), time.monotonic())  # stamped ahead of the clock
     assert outputs.chunks == [] and "ahead of the node's clock" in problems.message and wakes
-    assert flow.publish(_chunk(clock.t - 0.01), time.monotonic() - 0.05, 0.06, 0.001)
+    assert flow.publish(_chunk(clock.t - 0.01), time.monotonic() - 0.05, time.monotonic() - 0.06)
     assert len(outputs.chunks) == 1 and schedule.current is not None and stats.chunks == 1
     assert problems.message == "" and any(m.startswith("first chunk: 10 actions in 50 ms") for m in logs)
     assert any(m.startswith("recovered: chunks flowing again") for m in logs)
     assert stats.recent_ms("latency") == pytest.approx([10.0]) and stats.recent_ms("denoise") == pytest.approx([30.0])
+    assert stats.recent_ms("observation_wait") == pytest.approx([10.0], abs=1.0)  # taken 10 ms before the run
+
+
+def test_a_chunk_whose_observation_was_taken_before_a_pause_is_dropped_though_its_run_started_after():
+    """The flake test_the_whole_node_paused found: an observation checked fresh, then the node paused, then the
+    heartbeat saw the pause's end before the engine started its run. Judged from the run's start the pause was over
+    (and the inputs that arrived after it were fresh); judged from when the observation was taken it was not, and
+    the chunk, its observation 2 s old, is dropped."""
+    flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow()
+    taken_at = time.monotonic()
+    assert flow.gate.pauses.beat(2.0, 0.02) == 2.0  # the command thread ran first after the pause
+    run_start = time.monotonic() + 1e-3
+    assert not flow.gate.pauses.paused_since(run_start)  # the run's start alone misses it
+    assert not flow.publish(_chunk(clock.t - 0.01), run_start, taken_at)
+    assert outputs.chunks == [] and "the node paused after its observation was taken" in problems.message
 
 
 def test_a_problem_stops_the_schedule_unless_holding_and_a_worker_failure_always_does():

@@ -25,11 +25,11 @@ class ChunkFlow:
         self.logger, self.hold_on_stale = logger, bool(hold_on_stale)
         self._now, self._wake, self._alive = now, wake, alive
 
-    def publish(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> bool:
-        """Publish ``chunk`` (policy.ActionChunk) computed from ``run_start`` (monotonic) unless the gate refuses it
-        (then that is a problem). True when it went out."""
-        engine_s, now = time.monotonic() - run_start, self._now()
-        refused = self.gate.refuse(chunk.stamp, run_start, now)
+    def publish(self, chunk, run_start: float, taken_at: float) -> bool:
+        """Publish ``chunk`` (policy.ActionChunk), computed from ``run_start`` on an observation taken at ``taken_at``
+        (both monotonic), unless the gate refuses it (then that is a problem). True when it went out."""
+        done, now = time.monotonic(), self._now()
+        refused = self.gate.refuse(chunk.stamp, taken_at, now)
         if refused:
             self.fail(refused)
             return False
@@ -40,8 +40,8 @@ class ChunkFlow:
         ended = self.problems.clear()
         if ended:
             self.logger.info(f"recovered: chunks flowing again (was: {ended})")
-        self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=engine_s,
-                                        observation_to_chunk=pipeline_s, observation_wait=wait_s),
+        self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=done - run_start,
+                                        observation_to_chunk=done - taken_at, observation_wait=run_start - taken_at),
                                    chunk.guidance_error)
         return True
 

@@ -14,8 +14,8 @@ class ChunkGate:
     def __init__(self, inputs: InputBuffer, pauses: PauseWatch):
         self.inputs, self.pauses = inputs, pauses
 
-    def refuse(self, stamp: float, run_start: float, now: float) -> Optional[str]:
-        """Why a chunk whose observation is stamped ``stamp`` (node clock), computed from ``run_start`` (monotonic),
+    def refuse(self, stamp: float, taken_at: float, now: float) -> Optional[str]:
+        """Why a chunk whose observation is stamped ``stamp`` (node clock) and was taken at ``taken_at`` (monotonic)
         must not be published at ``now`` (node clock); None when it may."""
         ahead = stamp - now
         if ahead > self.inputs.max_age_s:  # use_sim_time: a simulation or bag restarted
@@ -24,6 +24,8 @@ class ChunkGate:
         stale = self.inputs.stale(self.inputs.snapshot(), now)
         if stale:
             return f"chunk dropped: its inputs went stale while it was computed: {stale}"
-        if self.pauses.paused_since(run_start):  # whether or not fresh inputs arrived first after the pause
-            return "chunk dropped: the node paused while it was computed, its observation is stale"
+        # whether or not fresh inputs arrived first after the pause; from the moment the observation was taken, not
+        # the run's start: a pause between its last freshness check and the run's start leaves it as old
+        if self.pauses.paused_since(taken_at):
+            return "chunk dropped: the node paused after its observation was taken, the observation is stale"
         return None

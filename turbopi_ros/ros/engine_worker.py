@@ -46,7 +46,7 @@ class EngineHooks:
     enabled: Callable[[], bool]
     fail: Callable[..., None]  # fail(message, waiting=False): a problem, reported and throttled by the node
     guidance: Callable[[float], dict]  # keyword arguments of Policy.run for an observation stamped then (RTC)
-    publish: Callable[..., None]  # publish(chunk, run_start=, pipeline_s=, wait_s=)
+    publish: Callable[..., None]  # publish(chunk, run_start=, taken_at=): monotonic times of the run, the observation
     worker_failed: Callable[[str], None]  # a worker's unexpected error (it restarts): logged, the commands stopped
     alive: Callable[[], bool]  # False once the ROS context is shut down
     # before the first inference with a prompt (and the next after recheck_prompt()), on the engine thread: whatever
@@ -256,9 +256,7 @@ class EngineWorker:
                 continue
             chunk = self._run_once(item)
             if chunk is not None and self.hooks.enabled() and not self.stop_event.is_set():
-                self.hooks.publish(chunk, run_start=self._last_run_start,
-                                   pipeline_s=time.monotonic() - item.taken_at,
-                                   wait_s=self._last_run_start - item.taken_at)
+                self.hooks.publish(chunk, run_start=self._last_run_start, taken_at=item.taken_at)
 
     def _run_once(self, item: Prepared):
         """The chunk of one prepared observation, or None when the engine failed (reported)."""

@@ -103,10 +103,10 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         with self._command_gate:
             TurbopiNode._on_command_tick(self)
 
-    def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
+    def _publish_chunk(self, chunk, run_start: float, taken_at: float) -> None:
         with self._chunk_gate:
             if self._active and self._enabled:
-                TurbopiNode._publish_chunk(self, chunk, run_start, pipeline_s, wait_s)
+                TurbopiNode._publish_chunk(self, chunk, run_start, taken_at)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         if request.data and not self._active:

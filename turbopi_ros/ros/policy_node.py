@@ -224,8 +224,8 @@ class TurbopiNode(Node):
         return response
 
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
-    def _publish_chunk(self, chunk, run_start: float, pipeline_s: float, wait_s: float) -> None:
-        self.flow.publish(chunk, run_start, pipeline_s, wait_s)
+    def _publish_chunk(self, chunk, run_start: float, taken_at: float) -> None:
+        self.flow.publish(chunk, run_start, taken_at)
 
     def _on_command_tick(self) -> None:
         self.commands.tick()
