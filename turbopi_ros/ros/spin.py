@@ -16,6 +16,7 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 """
 from __future__ import annotations
 
+import _thread
 import importlib
 import os
 import signal
@@ -27,24 +28,44 @@ SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
 
 class _Stop:
     """The first SIGINT/SIGTERM sets the flag (and interrupts the build, if it is still running); later ones do
-    nothing."""
+    nothing.
+
+    The KeyboardInterrupt is raised wherever the main thread is. Where that is a callback whose exceptions Python
+    ignores (a weakref callback inside an import: importlib's module-lock cleanup), Python prints it as "Exception
+    ignored in ..." with a traceback and the build goes on as if no signal had come. The unraisable hook catches that
+    case: it prints nothing and raises the KeyboardInterrupt again a moment later, outside the callback
+    (_thread.interrupt_main, from a timer thread, runs this handler once more)."""
 
     def __init__(self):
         self.event = threading.Event()
         self.building = True
         self.interrupted_build = False  # a signal raised KeyboardInterrupt into the build
+        self._again = False  # that KeyboardInterrupt was swallowed: raise it once more
+        self._unraisable = sys.unraisablehook
 
     def __call__(self, signum, frame) -> None:
-        if self.event.is_set():
+        if self.event.is_set() and not self._again:
             return
+        self._again = False
         self.event.set()
         if self.building:
             self.interrupted_build = True
             raise KeyboardInterrupt
 
+    def unraisable(self, info) -> None:
+        """sys.unraisablehook: our own KeyboardInterrupt, swallowed during the build, is raised again; anything else
+        is Python's to print."""
+        if isinstance(info.exc_value, KeyboardInterrupt) and self.building and self.event.is_set():
+            self._again = True
+            # from another thread, once this hook has returned: a signal tripped in here would land in here again
+            threading.Timer(0.001, _thread.interrupt_main, (signal.SIGINT,)).start()
+            return
+        self._unraisable(info)
+
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self)
+        sys.unraisablehook = self.unraisable
 
     @staticmethod
     def ignore_from_now_on() -> None:
