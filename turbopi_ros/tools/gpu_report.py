@@ -694,10 +694,28 @@ def capture_block(s: Session, model, config, views: int, prompt_len: int) -> Dic
     return out
 
 
-def _fp8_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool,
-                 few_rows: bool = False) -> Callable[[], object]:
-    """The FP8 total as CUDA graphs in a pool of its own, plain or with the fused kernels (and ``few_rows``: the
-    few-rows matmul; captured by its first call)."""
+FP8_MODES = ("fp8", fp8.WEIGHTS_ONLY)  # model.dtype's FP8 values: everything in FP8, the expert's weights alone
+
+
+def _fp8_refusal(s: Session, mode: str) -> Optional[Dict[str, object]]:
+    """The part's result where this device cannot run FP8 ``mode`` (said once), else None (a dry run: the twins)."""
+    ok, why = fp8.fp8_support(s.device, mode)
+    if ok or s.dry:
+        return None
+    s.budget.skip_once(why)
+    return {"skipped": why}
+
+
+def _eager_total(model, inputs, steps) -> Callable[[], torch.Tensor]:
+    """One observation's actions through the model as it is now (bench.make_inputs's ``inputs``)."""
+    images, masks, tokens, token_mask, state, noise = inputs
+    return lambda: model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
+
+
+def _total_graphed(model, pool: GraphPool, inputs, steps, fused_kernels: bool,
+                   few_rows: bool = False) -> Callable[[], object]:
+    """The total as CUDA graphs on the model's current weights (the FP8 parts'), plain or with the fused kernels
+    (and ``few_rows``: the few-rows matmul; captured by its first call)."""
     images, masks, tokens, token_mask, state, noise = inputs
     masks, tokens, token_mask = host_inputs(masks, tokens, token_mask)  # as Policy.run gives them
     enc, den = CudaGraphEncoder(model, pool=pool), CudaGraphDenoiser(model, pool=pool)
@@ -718,11 +736,8 @@ def _few_rows_variants(s: Session, model, inputs, steps, tag: str):
     """(label, make) of the fused few-rows total and denoise on the model's current weights: CUDA graphs where the
     session has them, else eager."""
     images, masks, tokens, token_mask, state, noise = inputs
-
-    def total():
-        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-
     if not s.graphs:
+        total = _eager_total(model, inputs, steps)
         return [(f"total eager fused few-rows {tag}", lambda: fused_call(model, total, True))]
 
     def denoise_graph():
@@ -731,7 +746,7 @@ def _few_rows_variants(s: Session, model, inputs, steps, tag: str):
         return fused_call(model, lambda: den(cache, noise, steps), True)
 
     return [(f"total graph fused few-rows {tag}",
-             functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, True, True)),
+             functools.partial(_total_graphed, model, s.graph_pool(), inputs, steps, True, True)),
             (f"denoise graph fused few-rows {tag}", denoise_graph)]
 
 
@@ -741,19 +756,12 @@ def fp8_weights_block(s: Session, model, config, views: int, prompt_len: int,
     matmul at half bfloat16's bytes): the fused few-rows total and denoise graphs on them and on the bfloat16
     weights, timed interleaved, with the parity against bfloat16 and the float32 reference. The bfloat16 linears
     are put back after (the fp8 block follows). Refused devices report why."""
-    device, steps = s.device, s.args.steps
-    ok, why = fp8.fp8_support(device, fp8.WEIGHTS_ONLY)
-    if not ok and not s.dry:
-        s.budget.skip_once(why)
-        return {"skipped": why}
+    refused = _fp8_refusal(s, fp8.WEIGHTS_ONLY)
+    if refused:
+        return refused
     out: Dict[str, object] = {"kernels": "twin on CPU (dry run)" if s.dry else "few_rows_matmul on FP8 weights"}
-    inputs = bench.make_inputs(config, views, prompt_len, device, s.args.seed)
-    images, masks, tokens, token_mask, state, noise = inputs
-    originals = _expert_linears(model)
-
-    def total():
-        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-
+    steps, inputs = s.args.steps, bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
+    total, originals = _eager_total(model, inputs, steps), _expert_linears(model)
     try:
         with torch.inference_mode():
             bf16 = total()
@@ -780,18 +788,12 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
     """FP8 weights (last: the model's weights are quantized in place): eager and graphed totals, plain and fused,
     and the parity against the bfloat16 fast path and the float32 reference. Refused devices report why; a variant
     that fails (a fused kernel, a capture) is reported and the others stand."""
-    device, steps = s.device, s.args.steps
-    ok, why = fp8.fp8_support(device)
-    if not ok and not s.dry:
-        s.budget.skip_once(why)
-        return {"skipped": why}
+    refused = _fp8_refusal(s, "fp8")
+    if refused:
+        return refused
     out: Dict[str, object] = {"kernels": "dequantized twin on CPU (dry run)" if s.dry else "torch._scaled_mm"}
-    inputs = bench.make_inputs(config, views, prompt_len, device, s.args.seed)
-    images, masks, tokens, token_mask, state, noise = inputs
-
-    def total():
-        return model.denoise(model.encode(images, masks, tokens, token_mask, state), noise, steps)
-
+    steps, inputs = s.args.steps, bench.make_inputs(config, views, prompt_len, s.device, s.args.seed)
+    total = _eager_total(model, inputs, steps)
     try:
         with torch.inference_mode():
             bf16 = total()
@@ -803,7 +805,7 @@ def fp8_block(s: Session, model, config, views: int, prompt_len: int, ref32: tor
             fns = {"total eager fp8": total}
             variants = [("total eager fused fp8", lambda: fused_call(model, total))]
             if s.graphs:
-                variants += [(label, functools.partial(_fp8_graphed, model, s.graph_pool(), inputs, steps, on))
+                variants += [(label, functools.partial(_total_graphed, model, s.graph_pool(), inputs, steps, on))
                              for label, on in (("total graph fp8", False), ("total graph fused fp8", True))]
             fns.update(try_variants(s, out, variants, actions, "eager fp8"))
             times = s.timer()(fns)
@@ -889,7 +891,7 @@ def _fixture_actions(s: Session, root: Path, variant: str, dtype: str, case) -> 
     from .verify import run_case
 
     stem = root / f"{variant}_tiny"
-    twin = dtype in ("fp8", fp8.WEIGHTS_ONLY) and s.dry  # on the CPU: bfloat16 weights quantized here, unchecked
+    twin = dtype in FP8_MODES and s.dry  # on the CPU: bfloat16 weights quantized here, unchecked
     model = load_model(stem.with_suffix(".safetensors"), config=str(stem.with_suffix(".json")), device=s.device,
                        dtype="bfloat16" if twin else dtype)
     if twin:
@@ -899,7 +901,8 @@ def _fixture_actions(s: Session, root: Path, variant: str, dtype: str, case) -> 
 
 def fixtures_block(s: Session, root: Optional[Path]) -> Dict[str, object]:
     """openpi's fixtures (tiny models; openpi's own actions) through the fast path on this device in float32,
-    bfloat16 and FP8: each one's max abs difference from openpi's actions, and FP8's from bfloat16's. Seconds."""
+    bfloat16 and the FP8 modes (FP8_MODES): each one's max abs difference from openpi's actions, and the FP8
+    modes' from bfloat16's. Seconds."""
     if root is None:
         why = "no openpi fixtures (../shared/fixtures/openpi, or a copy in .fixtures/openpi)"
         s.budget.skip_once(why)
@@ -907,24 +910,19 @@ def fixtures_block(s: Session, root: Optional[Path]) -> Dict[str, object]:
     from .verify import load_case
 
     out: Dict[str, object] = {"root": str(root)}
-    fp8_ok, fp8_why = fp8.fp8_support(s.device)
-    weights_ok, weights_why = fp8.fp8_support(s.device, fp8.WEIGHTS_ONLY)
-    dtypes = (("float32", "bfloat16") + (("fp8",) if fp8_ok or s.dry else ())
-              + ((fp8.WEIGHTS_ONLY,) if weights_ok or s.dry else ()))
+    support = {mode: fp8.fp8_support(s.device, mode) for mode in FP8_MODES}
+    dtypes = ("float32", "bfloat16") + tuple(mode for mode, (ok, _) in support.items() if ok or s.dry)
     for variant in ("pi0", "pi05"):
         try:
             case = load_case(root / f"{variant}_case_a.npz", device=s.device)
             actions = {dtype: _fixture_actions(s, root, variant, dtype, case) for dtype in dtypes}
             row = {f"{dtype}_vs_openpi": max_abs(a, case["actions"]) for dtype, a in actions.items()}
             row["openpi_max_abs"] = float(case["actions"].abs().max())  # for scale
-            if "fp8" in actions:
-                row["fp8_vs_bfloat16"] = max_abs(actions["fp8"], actions["bfloat16"])
-            else:
-                row["fp8"] = fp8_why
-            if fp8.WEIGHTS_ONLY in actions:
-                row["fp8_weights_vs_bfloat16"] = max_abs(actions[fp8.WEIGHTS_ONLY], actions["bfloat16"])
-            else:
-                row[fp8.WEIGHTS_ONLY] = weights_why
+            for mode, (_, why) in support.items():  # each FP8 mode against bfloat16, or why it did not run
+                if mode in actions:
+                    row[f"{mode}_vs_bfloat16"] = max_abs(actions[mode], actions["bfloat16"])
+                else:
+                    row[mode] = why
             out[variant] = row
         except Exception as e:
             s.budget.failed(out, f"openpi fixtures, {variant}", e)
@@ -1227,10 +1225,9 @@ def print_fixtures(say: Report, c: Dict) -> None:
         if row:
             say(f"openpi fixtures, {variant} case a, fast path vs openpi's actions, max abs diff: "
                 + ", ".join(f"{k.split('_vs_')[0]} {v:.2e}" for k, v in row.items() if k.endswith("_vs_openpi"))
-                + (f"; fp8 vs bfloat16 {row['fp8_vs_bfloat16']:.2e}" if "fp8_vs_bfloat16" in row
-                   else f"; fp8: {row.get('fp8')}")
-                + (f"; fp8_weights vs bfloat16 {row['fp8_weights_vs_bfloat16']:.2e}" if "fp8_weights_vs_bfloat16" in row
-                   else f"; fp8_weights: {row.get('fp8_weights')}") + f" (|actions| up to {row['openpi_max_abs']:.2f})")
+                + "".join(f"; {mode} vs bfloat16 {row[f'{mode}_vs_bfloat16']:.2e}" if f"{mode}_vs_bfloat16" in row
+                          else f"; {mode}: {row.get(mode)}" for mode in FP8_MODES)
+                + f" (|actions| up to {row['openpi_max_abs']:.2f})")
 
 
 def print_ablation(say: Report, rows: Dict) -> None:
