@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from .config import GEMMA_VARIANTS, ModelConfig, load_config
+from .fp8 import WEIGHTS_ONLY, quantize_model, require_fp8
 from .pi0 import PI0Model
 
 # openpi prefix -> ours. The first of each target is what we write; the others are older transformers layouts.
@@ -112,14 +113,19 @@ def is_fp8(dtype) -> bool:
 
 def is_fp8_weights(dtype) -> bool:
     """``model.dtype: fp8_weights``: bfloat16 with the action expert's linear weights alone in FP8 (model/fp8.py)."""
-    return isinstance(dtype, str) and dtype.lower() == "fp8_weights"
+    return isinstance(dtype, str) and dtype.lower() == WEIGHTS_ONLY
+
+
+def fp8_mode(dtype) -> Optional[str]:
+    """The FP8 mode ``dtype`` names ("fp8" or "fp8_weights", fp8.fp8_support's names), None for any other dtype."""
+    return WEIGHTS_ONLY if is_fp8_weights(dtype) else "fp8" if is_fp8(dtype) else None
 
 
 def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     """The compute dtype; "fp8" and "fp8_weights" compute in bfloat16 (weights quantized after loading)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if is_fp8(dtype) or is_fp8_weights(dtype):
+    if fp8_mode(dtype):
         return torch.bfloat16
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
@@ -129,18 +135,13 @@ def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
 
 
 def _fp8_check(dtype, device) -> None:
-    if is_fp8(dtype) or is_fp8_weights(dtype):
-        from .fp8 import WEIGHTS_ONLY, require_fp8
-
-        # before any weight is read: a refusal costs nothing
-        require_fp8(device, WEIGHTS_ONLY if is_fp8_weights(dtype) else "fp8")
+    if fp8_mode(dtype):
+        require_fp8(device, fp8_mode(dtype))  # before any weight is read: a refusal costs nothing
 
 
 def _fp8_finish(model: PI0Model, dtype) -> PI0Model:
-    if is_fp8(dtype) or is_fp8_weights(dtype):
-        from .fp8 import quantize_model
-
-        quantize_model(model, weights_only=is_fp8_weights(dtype))
+    if fp8_mode(dtype):
+        quantize_model(model, weights_only=fp8_mode(dtype) == WEIGHTS_ONLY)
     return model
 
 

@@ -369,8 +369,9 @@ def roofline_table(w: Workload, devices: Iterable[Device] = DEVICES.values()) ->
              f"    {'device':<26} {'dtype':<11} {'TFLOP/s':>8} {'GB/s':>7} {'vision':>8} {'prefix':>8} {'denoise':>8} "
              f"{'total':>8}  limited by (vision/prefix/denoise)"]
     for device in devices:
+        peaks = device_peaks(device)
         for dtype, r in device_roofline(w, device).items():
-            lines.append(f"    {device.name:<26} {dtype:<11} {device_peaks(device)[dtype]:8.1f} "
+            lines.append(f"    {device.name:<26} {dtype:<11} {peaks[dtype]:8.1f} "
                          f"{device.bandwidth_gbs:7.0f} "
                          + " ".join(f"{r[s]['bound_ms']:8.2f}" for s in STAGES) + f" {r['total']['bound_ms']:8.2f}  "
                          + "/".join(r[s]["limited_by"] for s in STAGES))

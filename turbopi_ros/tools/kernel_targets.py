@@ -46,7 +46,6 @@ TARGETS: Dict[int, str] = {  # compute capability (major * 10 + minor) -> the GP
 DEFAULT_TARGETS = (90, 89, 87, 110)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16,
           "fp8_weights": torch.bfloat16}  # model.dtype fp8_weights: bfloat16, the expert's weights in FP8 (e4m3)
-FP8_MIN_TARGET = 89  # Triton widens e4m3 on compute capability 8.9 and newer (fp8.MIN_CAPABILITY)
 
 
 def kernel_shapes_config(variant: str):
@@ -170,7 +169,9 @@ def check(launch, capability: int) -> Dict[str, object]:
 def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) -> Tuple[List[Dict], List[str]]:
     """Every distinct launch of every variant and dtype compiled for every target: (results, printed lines)."""
     from ..model import fused
+    from ..model.fp8 import MIN_CAPABILITY
 
+    fp8_min = MIN_CAPABILITY[0] * 10 + MIN_CAPABILITY[1]  # Triton widens e4m3 there and on newer GPUs
     results, lines = [], []
     for variant in variants:
         for dtype in dtypes:
@@ -178,7 +179,7 @@ def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) 
             launches = distinct(record(variant, DTYPES[dtype], fp8_weights=dtype == "fp8_weights"))
             if dtype == "fp8_weights":  # only the kernels that read the FP8 weights: the rest is bfloat16's
                 launches = [x for x in launches if x.kwargs.get("W_SCALED")]
-            caps = [c for c in targets if dtype != "fp8_weights" or c >= FP8_MIN_TARGET]
+            caps = [c for c in targets if dtype != "fp8_weights" or c >= fp8_min]
             lines.append(f"{variant} {dtype}: {len(launches)} distinct launches of "
                          f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
                          f"{time.perf_counter() - t0:.1f} s"
