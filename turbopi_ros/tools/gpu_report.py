@@ -36,6 +36,7 @@ openpi's eager masked attention most of all). Its numbers are not measurements. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -219,6 +220,41 @@ def host_waits(fn: Callable[[], object], device: torch.device,
     if sites is not None:
         sites.extend(f"{w.filename}:{w.lineno}: {str(w.message)[:200]}" for w in waits)
     return len(waits)
+
+
+# torch's float32 precision settings, parents before children: setting a parent sets its children
+_FP32_PRECISION = ("backends", "backends.cuda.matmul", "backends.cudnn", "backends.cudnn.conv", "backends.cudnn.rnn")
+
+
+def _precision_holders() -> List[object]:
+    holders = []
+    for path in _FP32_PRECISION:
+        obj = torch
+        for name in path.split("."):
+            obj = getattr(obj, name)
+        if hasattr(obj, "fp32_precision"):
+            holders.append(obj)
+    return holders
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """Within the block, float32 matmuls and convolutions in full precision (TF32 off); afterwards every precision
+    setting exactly as it was. Restoring ``allow_tf32 = False`` would not do: since torch 2.9 it sets
+    ``fp32_precision`` to "ieee" where it was "none", and inductor's FX graph cache keys on that, so the report's
+    cold compile would store under a key a fresh process (the warm start) never looks up."""
+    holders = _precision_holders()
+    saved = [(h, h.fp32_precision) for h in holders]
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if saved:
+            for holder, value in saved:
+                holder.fp32_precision = value
+        else:  # a torch before fp32_precision
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def memory_gb(device: torch.device) -> Optional[float]:
@@ -996,19 +1032,14 @@ class PresetReport:
         """openpi's formulation (and the fast path) from the same noise, in full precision (TF32 off): the reference
         actions per cameras count."""
         s, config, steps = self.s, self.config, self.s.args.steps
-        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         ref32, fp32_parity = {}, {}
-        try:
-            with torch.inference_mode():
-                for views in s.args.views:
-                    inputs = bench.make_inputs(config, views, self.prompt_len, s.device, s.args.seed)
-                    ref32[views] = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps,
-                                                        path="reference").float()
-                    fast = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps, path="fast")
-                    fp32_parity[views] = max_abs(fast, ref32[views])
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        with no_tf32(), torch.inference_mode():
+            for views in s.args.views:
+                inputs = bench.make_inputs(config, views, self.prompt_len, s.device, s.args.seed)
+                ref32[views] = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps,
+                                                    path="reference").float()
+                fast = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=steps, path="fast")
+                fp32_parity[views] = max_abs(fast, ref32[views])
         self.entry["fp32_peak_memory_gb"] = memory_gb(s.device)
         self.entry["fp32_fast_vs_reference"] = fp32_parity
         s.say(f"    float32 on {s.device}: fast vs reference max abs diff " +
