@@ -213,6 +213,33 @@ def test_bad_shapes_name_the_problem():
             model.sample_actions(images, masks, tokens, token_mask, state, path="slow")
 
 
+@pytest.mark.parametrize("noise_in_inference_mode", [False, True])
+def test_the_compiled_denoise_traces_its_step_once(monkeypatch, noise_in_inference_mode):
+    """Every step of a compiled denoise runs the one graph traced at the first, whichever mode the noise was drawn
+    in: noise drawn outside inference mode and denoised inside it (the report's cold start) once failed a guard at
+    the second step and traced the step again (seconds of a robot's start-up on a full model)."""
+    traced = []
+
+    def counting(gm, example_inputs):
+        traced.append(gm)
+        return gm.forward
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=counting, dynamic=kw.get("dynamic")))
+    cfg = small_config("pi0")
+    model = model_for(cfg)
+    inputs = random_inputs(cfg)
+    with torch.inference_mode(noise_in_inference_mode):
+        noise = inputs[5].clone()
+    torch._dynamo.reset()
+    with torch.inference_mode(not noise_in_inference_mode):
+        cache = model.encode(*inputs[:5])
+        model.compile_denoise()
+        model.denoise(cache, noise, 4)
+    torch._dynamo.reset()
+    assert len(traced) == 1
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_compiled_denoise_equals_eager(variant):
     cfg = small_config(variant)

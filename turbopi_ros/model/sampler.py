@@ -97,6 +97,10 @@ class Sampler:
         _, dt = euler_schedule(num_steps)
         velocity = self.compiled_velocity or model.velocity
         x = noise.to(torch.float32)
+        if self.compiled_velocity is not None and x.is_inference() != torch.is_inference_mode_enabled():
+            # every later x is made in the current mode; a first x of the other kind (noise drawn outside
+            # inference mode, denoised inside it) would fail a guard of the compiled step: a second trace
+            x = x.clone()
         for sc in steps:
             x = x + dt * velocity(cache, x, sc)
         return x
