@@ -47,6 +47,12 @@ def commands_after(feeder, t: float) -> list:
         return [s for _, s in feeder.commands_info if s > t]
 
 
+def chunk_end(chunk) -> float:
+    """The time (s, the node's clock) of a chunk's last point."""
+    p = chunk.points[-1].time_from_start
+    return chunk.header.stamp.sec + chunk.header.stamp.nanosec * 1e-9 + p.sec + p.nanosec * 1e-9
+
+
 def status_is(feeder, want: int, text: str = "") -> bool:
     status = feeder.latest_status()
     return status is not None and level(status) == want and text in status.message
@@ -57,6 +63,9 @@ def recovered(feeder, node, since_mono: float) -> None:
     assert wait_for(lambda: len(feeder.since(feeder.commands, since_mono)) >= 10, timeout=10), node.log()[-3000:]
     assert wait_for(lambda: status_is(feeder, OK), timeout=5), feeder.latest_status()
     assert node.alive()
+
+
+HANG_S = 6.0
 
 
 def test_inference_raises(running):
@@ -78,11 +87,12 @@ def test_inference_raises(running):
 
 
 def test_inference_hangs(running):
-    """A 3 s hang: the commands follow the current chunk to its end and stop there; /diagnostics says inference is
-    stalled, and for how long, while it is; chunks resume by themselves."""
+    """A hang of 3 s or more: the commands follow the current chunk to its end and stop there; /diagnostics says
+    inference is stalled, and for how long, while it is (a time that grows from one message to the next); chunks
+    resume by themselves."""
     feeder, node, faults = running
     hang_from = time.monotonic()
-    faults.write_text(json.dumps({"hang_s": 3.0}))
+    faults.write_text(json.dumps({"hang_s": 60.0}))  # until the file is cleared below (faults.hang)
     stalled = []
 
     def stall_reported() -> bool:
@@ -92,8 +102,11 @@ def test_inference_hangs(running):
             stalled.append(float(m.group(1)))  # one per diagnostics message (1 Hz)
         return len(stalled) >= 2
 
-    assert wait_for(stall_reported, timeout=10), (feeder.latest_status(), node.log()[-3000:])
-    faults.write_text("")  # the hang in progress runs its 3 s; the next inference is normal
+    # The node reports a stall once the hang outlasts max(1 s, 5 x the median inference): from 1 s on a quiet
+    # machine to over 6 s on an overloaded one. The hang lasts until this test has seen two reports of it.
+    assert wait_for(stall_reported, timeout=40), (feeder.latest_status(), node.log()[-3000:])
+    time.sleep(max(0.0, hang_from + 3.0 - time.monotonic()))
+    faults.write_text("")  # the hang ends; the next inference is normal
     assert stalled[-1] > stalled[0] >= 1.0, stalled
     resumed_from = time.monotonic()
     recovered(feeder, node, resumed_from)
@@ -107,8 +120,7 @@ def test_inference_hangs(running):
     gaps = [(a, b) for (a, _), (b, _) in zip(chunks, chunks[1:]) if b - a > 2.0]
     assert len(gaps) == 1, [round(b - a, 2) for a, b in gaps]
     last = next(m for s, m in chunks if s == gaps[0][0])  # the chunk the hang started after
-    p = last.points[-1].time_from_start
-    end = last.header.stamp.sec + last.header.stamp.nanosec * 1e-9 + p.sec + p.nanosec * 1e-9
+    end = chunk_end(last)
     during = [s for s in commands if gaps[0][0] <= s < gaps[0][1]]
     assert during, "no command after the last chunk before the hang"
     assert end - 3 * PERIOD_S <= max(during) <= end + PERIOD_S, (max(during) - end)
@@ -132,9 +144,13 @@ def test_a_sensor_stops(running, silent, name):
         late = commands_after(feeder, last + MAX_AGE_S + PERIOD_S)
         assert late == [], f"commands {late[-1] - last:.3f} s after the last {name} message"
         # no sooner than stale, give or take the sensor's last few messages (best effort: a loaded machine may lose
-        # them, and the node then goes stale from the one before) and a late command tick
-        early = commands_after(feeder, last + MAX_AGE_S - 5 * PERIOD_S)
-        assert early, "the commands stopped before the input was stale"
+        # them, and the node then goes stale from the one before) and a late command tick; or than the newest chunk
+        # ended, where an overloaded machine's inference took longer than a chunk lasts
+        with feeder.lock:
+            chunks = [m for _, s, m in feeder.chunks_info if s <= last + MAX_AGE_S]
+        stop = min(last + MAX_AGE_S, chunk_end(chunks[-1]))
+        early = commands_after(feeder, stop - 5 * PERIOD_S)
+        assert early, f"the commands stopped before the input was stale ({last + MAX_AGE_S - stop:.3f} s before)"
         assert node.alive()
     finally:  # the sensor comes back even when a check failed: the module's next tests share this node
         feeder.faults.pop(silent)

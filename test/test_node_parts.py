@@ -568,3 +568,27 @@ def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reporte
     part, seen = node([12], fails)
     assert TurbopiNode._capture_prompt(part, "pick") is False
     assert seen.failures == ["capturing the graphs of prompt 'pick' failed: RuntimeError: CUDA out of memory"]
+
+
+def test_an_injected_hang_lasts_until_the_faults_file_ends_it(tmp_path):
+    """The test-only hang (faults.py) sleeps its hang_s, or less once the file no longer asks for a hang: the fault
+    tests end a hang when they have seen what they wait for, however long a loaded machine took to show it."""
+    import json
+
+    from turbopi_ros.ros import faults
+
+    path = tmp_path / "faults.json"
+    infer = faults.wrap(lambda x: x + 1, str(path))
+    path.write_text(json.dumps({"hang_s": 0.3}))
+    t0 = time.monotonic()
+    assert infer(1) == 2 and 0.3 <= time.monotonic() - t0 < 2.0  # the whole hang while the file asks for it
+    path.write_text(json.dumps({"hang_s": 60.0}))
+    done = []
+    worker = threading.Thread(target=lambda: done.append(infer(2)), daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    time.sleep(0.3)
+    assert not done  # still hanging
+    path.write_text(json.dumps({"delay_s": 0.01}))
+    worker.join(timeout=10)
+    assert done == [3] and time.monotonic() - t0 < 5.0

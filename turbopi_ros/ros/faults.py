@@ -3,7 +3,7 @@
 With the environment variable TURBOPI_TEST_FAULTS=<path to a JSON file>, the node reads that file before every
 inference (a missing or empty file means no fault) and, per its fields:
     {"delay_s": 0.05}    sleeps this long first (a slow engine: a stand-in for a GPU's inference time)
-    {"hang_s": 3.0}      sleeps this long (an engine that hangs)
+    {"hang_s": 3.0}      sleeps this long (an engine that hangs), or until the file no longer asks for a hang
     {"raise": "text"}    raises RuntimeError("injected fault: text") (an engine failure)
 Tests rewrite the file while the node runs to switch faults on and off.
 
@@ -49,6 +49,19 @@ def cpu_graphs(policy):
     return policy
 
 
+def hang(path: str, seconds: float, poll_s: float = 0.05) -> None:
+    """Sleep ``seconds``, or less: until the faults file no longer asks for a hang (a test ends a hang as soon as it
+    has seen what it waits for, however long a loaded machine took to report it)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(poll_s, max(0.0, end - time.monotonic())))
+        try:
+            if not read_faults(path).get("hang_s"):
+                return
+        except ValueError:  # the file caught half written: the hang goes on
+            pass
+
+
 def wrap(infer: Callable, path: Optional[str] = None) -> Callable:
     """``infer`` itself unless TURBOPI_TEST_FAULTS (or ``path``) is set; else ``infer`` behind the faults file."""
     path = path or os.environ.get(ENV)
@@ -57,9 +70,10 @@ def wrap(infer: Callable, path: Optional[str] = None) -> Callable:
 
     def faulty(*args, **kwargs):
         faults = read_faults(path)
-        for key in ("delay_s", "hang_s"):
-            if faults.get(key):
-                time.sleep(float(faults[key]))
+        if faults.get("delay_s"):
+            time.sleep(float(faults["delay_s"]))
+        if faults.get("hang_s"):
+            hang(path, float(faults["hang_s"]))
         if faults.get("raise"):
             raise InjectedFault(f"injected fault: {faults['raise']}")
         return infer(*args, **kwargs)
