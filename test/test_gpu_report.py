@@ -332,6 +332,23 @@ def test_budget_keeps_time_for_what_matters_more():
     assert gpu_report.PresetReport(dry, "tiny", 20, None, None).keep_s(()) == 0
 
 
+def test_no_tf32_puts_every_precision_setting_back():
+    """The report's float32 yardstick turns TF32 off, once per model: afterwards every precision setting reads as
+    before (cuBLAS's fp32_precision is part of inductor's cache key), and the legacy flags can still be read (torch
+    refuses that after a mix of the two APIs on cuDNN)."""
+    b = torch.backends
+
+    def settings():
+        return (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32,
+                *(getattr(m, "fp32_precision", None) for m in (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn)))
+
+    before = settings()
+    for _ in range(2):
+        with gpu_report.no_tf32():
+            assert not b.cuda.matmul.allow_tf32 and not b.cudnn.allow_tf32
+        assert settings() == before
+
+
 COLD_AND_WARM = """
 import json, os, sys, torch
 from turbopi_ros.tools import bench, compile_start, gpu_report

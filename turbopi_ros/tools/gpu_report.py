@@ -222,39 +222,22 @@ def host_waits(fn: Callable[[], object], device: torch.device,
     return len(waits)
 
 
-# torch's float32 precision settings, parents before children: setting a parent sets its children
-_FP32_PRECISION = ("backends", "backends.cuda.matmul", "backends.cudnn", "backends.cudnn.conv", "backends.cudnn.rnn")
-
-
-def _precision_holders() -> List[object]:
-    holders = []
-    for path in _FP32_PRECISION:
-        obj = torch
-        for name in path.split("."):
-            obj = getattr(obj, name)
-        if hasattr(obj, "fp32_precision"):
-            holders.append(obj)
-    return holders
-
-
 @contextlib.contextmanager
 def no_tf32():
-    """Within the block, float32 matmuls and convolutions in full precision (TF32 off); afterwards every precision
-    setting exactly as it was. Restoring ``allow_tf32 = False`` would not do: since torch 2.9 it sets
-    ``fp32_precision`` to "ieee" where it was "none", and inductor's FX graph cache keys on that, so the report's
-    cold compile would store under a key a fresh process (the warm start) never looks up."""
-    holders = _precision_holders()
-    saved = [(h, h.fp32_precision) for h in holders]
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    """Within the block, float32 matmuls and convolutions in full precision (TF32 off); afterwards the settings as
+    they were, cuBLAS's ``fp32_precision`` included. Putting ``allow_tf32 = False`` back alone would not do: since
+    torch 2.9 that setter leaves ``fp32_precision`` at "ieee" where it was "none", and inductor's FX graph cache keys on
+    it, so the report's cold compile would store under a key a fresh process (the warm start) never looks up. Only the
+    legacy flags are set otherwise: torch refuses to read them after a mix of the two APIs on cuDNN."""
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32, getattr(matmul, "fp32_precision", None))
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        if saved:
-            for holder, value in saved:
-                holder.fp32_precision = value
-        else:  # a torch before fp32_precision
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        if saved[2] is not None:
+            matmul.fp32_precision = saved[2]
 
 
 def memory_gb(device: torch.device) -> Optional[float]:
