@@ -1,6 +1,7 @@
 """Helpers for the managed-node tests (test_node_lifecycle.py, test_lifecycle_launch.py) and the launch tests: a
 test node's clients of /turbopi_node's lifecycle services, and turbopi.launch.py run as `ros2 launch` runs it."""
 import os
+import time
 
 from ros_helpers import wait_for
 
@@ -30,14 +31,26 @@ class Lifecycle:
         self.get = node.create_client(GetState, "/turbopi_node/get_state")
 
     def ready(self, timeout: float = 60.0) -> bool:
-        return self.get.wait_for_service(timeout_sec=timeout) and self.change.wait_for_service(timeout_sec=timeout)
+        """Both services discovered, and the node has answered a GetState (so a first ChangeState is not sent into a
+        connection DDS has only half set up)."""
+        if not (self.get.wait_for_service(timeout_sec=timeout) and self.change.wait_for_service(timeout_sec=timeout)):
+            return False
+        self.state()
+        return True
 
-    def state(self) -> str:
+    def state(self, timeout: float = 20.0, attempt_s: float = 2.0) -> str:
+        """The node's state label. GetState changes nothing, so a call that gets no answer within ``attempt_s`` is
+        made again: right after discovery a request or its response can be lost while DDS is still matching the
+        service's endpoints (a Jazzy CI run once waited 10 s for an answer that never came)."""
         from lifecycle_msgs.srv import GetState
 
-        future = self.get.call_async(GetState.Request())
-        assert wait_for(future.done, timeout=10)
-        return future.result().current_state.label
+        deadline = time.monotonic() + timeout
+        while True:
+            future = self.get.call_async(GetState.Request())
+            if wait_for(future.done, timeout=attempt_s):
+                return future.result().current_state.label
+            self.get.remove_pending_request(future)
+            assert time.monotonic() < deadline, f"no answer to GetState in {timeout:g} s"
 
     def set(self, transition: str, timeout: float = 120.0) -> bool:
         from lifecycle_msgs.msg import Transition
