@@ -66,10 +66,13 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
     assert True in ready, [s.message for s in statuses]
     first = ready.index(True)
     assert first >= 1 and False not in ready[first:], [s.message for s in statuses]
-    # until ready: warming up, a warning (unless an error outranks it: on a loaded machine the command thread can be
-    # starved long enough to report a pause of the node)
-    assert any(s.message == WARMING_UP and level(s) == WARN for s in statuses[:first]), statuses[:first]
-    assert all(s.message == WARMING_UP or level(s) == ERROR for s in statuses[:first]), statuses[:first]
+    # until ready: warming up, a warning, unless an error outranks it: on a loaded machine the command thread can be
+    # starved long enough to report a pause of the node or a stale input. Two loaded CI runs delivered the feeder
+    # only errors before ready (one status with a 2.5 s warm-up, again one with 6 s), so the check asks for
+    # "warming up" wherever a status before ready is not an error
+    before_ready = statuses[:first]
+    assert all(s.message == WARMING_UP and level(s) == WARN or level(s) == ERROR for s in before_ready), before_ready
+    assert any(s.message == WARMING_UP for s in before_ready) or all(level(s) == ERROR for s in before_ready)
     assert all(s.message != WARMING_UP for s in statuses[first:])
     at_ready, last = status_values(statuses[first]), status_values(statuses[-1])
     assert float(at_ready["warm_up_s"]) >= DELAY_S
