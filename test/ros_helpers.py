@@ -209,9 +209,9 @@ def node_session(log_dir: Path, min_chunks: int = 2, timeout: float = 90.0, sim_
                  latched_prompt: Optional[str] = None, overrides: Optional[dict] = None, joint_rate_hz: float = 50.0,
                  env: Optional[Dict[str, str]] = None):
     """rclpy up in this process, a feeder/collector node spinning, turbopi_node started as a subprocess with the
-    demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived; on exit checks the node ends cleanly.
-    ``sim_clock=(start_s, rate)``: the feeder publishes /clock from ``start_s`` at ``rate`` x real time and stamps
-    its messages with it; both it and the node run with use_sim_time. ``latched_prompt``: published on ~/prompt
+    demo YAML; yields (feeder, node) once ``min_chunks`` chunks arrived (0: at once); on exit checks the node ends
+    cleanly. ``sim_clock=(start_s, rate)``: the feeder publishes /clock from ``start_s`` at ``rate`` x real time and
+    stamps its messages with it; both it and the node run with use_sim_time. ``latched_prompt``: published on ~/prompt
     (transient local) before the node starts. ``overrides``: node parameters over the demo YAML (``-p name:=value``);
     ``joint_rate_hz``: how often the feeder publishes joint states; ``env``: extra environment of the node."""
     import pytest
