@@ -4,7 +4,7 @@
 # (capture count, time, pool memory; none after ready), attention table, bf16- and fp8-vs-fp32 parity, peak memory,
 # cold and warm start of torch.compile (a fresh TORCHINDUCTOR_CACHE_DIR), efficiency against the cost model, and the
 # commit measured. Writes docs/bench/gpu_<device>.{txt,json} and prints the rows for docs/performance.md
-# (turbopi_ros/gpu_report.py).
+# (turbopi_ros/tools/gpu_report/, a package: python -m turbopi_ros.tools.gpu_report).
 #   bash scripts/gpu_report.sh               # on a CUDA machine: a 450 s budget, under 8 minutes on an H100
 #   bash scripts/gpu_report.sh --dry-run     # the same flow on the CPU with the tiny presets (seconds)
 # A copy of the work tree without .git names its commit with TURBOPI_COMMIT=... or a file .commit in the root

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopi_ros.tools import costmodel, gpu_report
+from turbopi_ros.tools import bench, costmodel, gpu_report
 from turbopi_ros.tools.ablation import ALL_REVERSED
 from turbopi_ros.model.config import load_config
 
@@ -291,7 +291,7 @@ def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
     s = _session(tmp_path)
     config = load_config("tiny")
     model = random_model(config, seed=0, dtype=torch.bfloat16)
-    inputs = gpu_report.bench.make_inputs(config, 1, 20, "cpu", 0)
+    inputs = bench.make_inputs(config, 1, 20, "cpu", 0)
     ref32 = model.sample_actions(*inputs[:5], noise=inputs[5], num_steps=2, path="reference").float()
     peaks = gpu_report.measure_peaks(s.device, True)
     monkeypatch.setattr(fused, "gemma_stack", broken)
