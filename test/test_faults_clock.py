@@ -31,11 +31,10 @@ def stamp(msg) -> float:
 def test_clock_jumps_backwards(running):
     feeder, node, faults = running
     # An inference in flight across the jump, on an observation of the old timeline: slowed down by 1 s so that it
-    # ends well after the node has seen the new clock.
-    faults.write_text(json.dumps({"delay_s": 1.0}))
-    t = time.monotonic()
-    assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 1, timeout=10), node.log()[-3000:]
-    time.sleep(0.3)  # the next inference is inside its delay, its observation taken
+    # ends well after the node has seen the new clock. The jump comes once it has entered its delay (entered_file)
+    entered = faults.with_name("entered")
+    faults.write_text(json.dumps({"delay_s": 1.0, "entered_file": str(entered)}))
+    assert wait_for(entered.exists, timeout=10), node.log()[-3000:]
     before = feeder.sim_now()
     jumped = time.monotonic()
     feeder.jump_clock(-JUMP_S)

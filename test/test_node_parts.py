@@ -592,3 +592,26 @@ def test_an_injected_hang_lasts_until_the_faults_file_ends_it(tmp_path):
     path.write_text(json.dumps({"delay_s": 0.01}))
     worker.join(timeout=10)
     assert done == [3] and time.monotonic() - t0 < 5.0
+
+
+def test_an_injected_fault_marks_the_inference_it_enters(tmp_path):
+    """entered_file (faults.py): the inference that reads the faults writes the file before its delay, so a test knows
+    an inference is in flight (its observation taken) instead of guessing; none is written without the field."""
+    import json
+
+    from turbopi_ros.ros import faults
+
+    path, entered = tmp_path / "faults.json", tmp_path / "entered"
+    seen = []
+    infer = faults.wrap(lambda x: seen.append(entered.exists()) or x + 1, str(path))
+    assert infer(1) == 2 and not entered.exists()  # no faults file: nothing written
+    path.write_text(json.dumps({"delay_s": 0.5, "entered_file": str(entered)}))
+    done = []
+    worker = threading.Thread(target=lambda: done.append(infer(2)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not entered.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert entered.exists() and not done  # marked before the delay ends
+    worker.join(timeout=10)
+    assert done == [3] and seen == [False, True]

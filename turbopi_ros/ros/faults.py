@@ -5,6 +5,8 @@ inference (a missing or empty file means no fault) and, per its fields:
     {"delay_s": 0.05}    sleeps this long first (a slow engine: a stand-in for a GPU's inference time)
     {"hang_s": 3.0}      sleeps this long (an engine that hangs), or until the file no longer asks for a hang
     {"raise": "text"}    raises RuntimeError("injected fault: text") (an engine failure)
+    {"entered_file": p}  writes the file p first, as the inference that read these faults starts (its observation
+                         taken): a test waits for it instead of guessing when an inference is in flight
 Tests rewrite the file while the node runs to switch faults on and off.
 
 With TURBOPI_TEST_CPU_GRAPHS=1, a node on CPU runs its policy with graphs in the CPU static-replay mode
@@ -70,6 +72,9 @@ def wrap(infer: Callable, path: Optional[str] = None) -> Callable:
 
     def faulty(*args, **kwargs):
         faults = read_faults(path)
+        if faults.get("entered_file"):
+            with open(faults["entered_file"], "w") as f:
+                f.write(f"{time.monotonic():.6f}\n")
         if faults.get("delay_s"):
             time.sleep(float(faults["delay_s"]))
         if faults.get("hang_s"):
