@@ -357,11 +357,13 @@ def whole_model(variant, tol):
     fused.use_triton_on_cpu(False)
     fr.launch, fr.launch_add_rms_norm, fr.launch_qkv_rope = launch_matmul, launch_norm, launch_rope
     per_layer_step, heads = 3 * cfg.expert.depth, 3 * (2 if variant == "pi05" else 4)  # the action heads a step
-    if (len(matmuls) != per_layer_step + heads or len(with_rope) != per_layer_step
-            or not with_norm.count(False) == with_norm.count(True) == per_layer_step):
+    # pi0's state token in the prefix cache too: qkv with rotary in every layer, the rest in all but the last
+    state = (cfg.expert.depth - 1, cfg.expert.depth) if variant == "pi0" else (0, 0)
+    if (len(matmuls) != per_layer_step + heads + state[0] or len(with_rope) != per_layer_step + state[1]
+            or not with_norm.count(False) == with_norm.count(True) == per_layer_step + state[0]):
         failures.append(f"whole model {variant}: {len(matmuls)} few-rows matmuls, {len(with_rope)} with rotary and "
                         f"{len(with_norm)} with the norm ({with_norm.count(True)} gated), not 1, 1 and 2 (1 gated) "
-                        "a layer a step, and the action heads")
+                        "a layer a step, and the action heads (pi0: and the state token's in the prefix)")
     check(f"whole model {variant} float32 few-rows matmul ({len(matmuls)} calls, {len(with_rope)} with rotary, "
           f"{len(with_norm)} with the norm, {with_norm.count(True)} of them with gelu_gate) vs plain", [got], [plain],
           tol)

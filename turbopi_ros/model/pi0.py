@@ -112,7 +112,8 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
         self._fused = False
-        self.few_rows_matmul = False  # the fused denoise's expert matmuls through few_rows_matmul.py (use_fused)
+        self.few_rows_matmul = False  # the fused expert matmuls (denoise, pi0's state token) through
+        # few_rows_matmul.py (use_fused)
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
@@ -134,7 +135,8 @@ class PI0Model(nn.Module):
         """Opt in to (or out of) the fused layer kernels for SigLIP, the prefix cache and the denoise: Triton kernels
         on CUDA, their plain-torch twins elsewhere. The plain path stays the reference (the reference path always runs
         the plain modules); the guided (RTC) denoise differentiates through the fused ops (model/fused_grad.py).
-        ``few_rows_matmul`` (None: unchanged): the fused denoise's expert matmuls through model/few_rows_matmul.py."""
+        ``few_rows_matmul`` (None: unchanged): the fused denoise's expert matmuls through model/few_rows_matmul.py,
+        and those of pi0's state token in the prefix cache (one row a layer)."""
         self._fused = bool(enable)
         if few_rows_matmul is not None:
             self.few_rows_matmul = bool(few_rows_matmul)
@@ -215,7 +217,10 @@ class PI0Model(nn.Module):
         if has_state:  # pi0: the state token sees the prefix and itself only -> its K/V are fixed per observation
             s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
             cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
-            run(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
+            if self._fused and self.few_rows_matmul:  # its one row a layer through the denoise's few-rows kernels
+                self._run_prefix_stack_fused(self.expert, s, cos_s, sin_s, keys, values, n, n + 1, FEW_ROWS)
+            else:
+                run(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
         cos, sin = self.action_rotary(num_cached, B, x.device, x.dtype)
         return PrefixCache(keys=keys, values=values, num_prefix=n, num_cached=num_cached, cos=cos, sin=sin)
 
@@ -238,10 +243,11 @@ class PI0Model(nn.Module):
             x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
 
     @staticmethod
-    def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
-        """_run_prefix_stack with the fused kernels."""
+    def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int,
+                                matmuls: Optional[fused.StackMatmuls] = None) -> None:
+        """_run_prefix_stack with the fused kernels (``matmuls``: gemma_stack's, default the modules)."""
         slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop), split_attention)
-        fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True)
+        fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True, matmuls=matmuls)
 
     @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
