@@ -245,10 +245,12 @@ def test_the_graphed_flow_on_cpu(tmp_path):
                                "reference total", "denoise graph", "total graph", "denoise eager fused",
                                "total eager fused", "vision graph fused", "prefix_cache graph fused",
                                "denoise graph fused", "total graph fused", "vision graph", "prefix_cache graph",
-                               "denoise graph fused few-rows"}
+                               "denoise graph fused few-rows", "prefix_cache graph fused few-rows",
+                               "total graph fused few-rows"}
     p = b["parity"]
     assert p["graph_vs_eager"] == 0 and b["encoder_vs_eager"] == 0 and p["fused_graph_vs_fused_eager"] == 0
     assert p["few_rows_vs_fused_graph"] == 0  # on CPU without the interpreter the few-rows op is F.linear
+    assert p["few_rows_total_vs_fused_total_graph"] == 0
     assert p["encoder_graph_cache_vs_fresh_eager"] == p["block_eager_cache_vs_fresh_eager"] == 0
     assert p["block_eager_cache_actions_vs_fast"] == 0
     assert "host_waits_total_graph" in b and b["host_waits_total_graph"] is None  # counted on CUDA only
@@ -297,7 +299,7 @@ def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
     monkeypatch.setattr(fused, "gemma_stack", broken)
     b, _ = gpu_report.ViewsBlock(s, model, config, 1, 20, gpu_report.Graphs(s, model))(ref32, peaks, None)
     assert [e.split(":")[0] for e in b["errors"]] == ["fused kernels", "fused kernels in CUDA graphs",
-                                                      "few-rows matmul in the fused denoise graph"]
+                                                      "few-rows matmul in the fused graphs"]
     assert not model.few_rows_matmul
     assert s.budget.errors == b["errors"] and not model.fused  # the switch is put back
     assert {"denoise graph", "total graph", "vision graph", "prefix_cache graph"} <= set(b["times"])

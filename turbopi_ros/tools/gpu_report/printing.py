@@ -28,9 +28,12 @@ def print_views(say: Report, views: int, b: Dict) -> None:
         f"{_num(p.get('fused_vs_plain_bf16'), '.2e')}, fused vs fp32 reference "
         f"{_num(p.get('fused_bf16_vs_reference_fp32'), '.2e')}")
     if "denoise graph fused few-rows" in t:
-        say(f"    few-rows matmul (model/few_rows_matmul.py): denoise graph fused {med('denoise graph fused few-rows')}"
-            f" against {med('denoise graph fused')} without; max abs diff of their actions "
-            f"{_num(p.get('few_rows_vs_fused_graph'), '.2e')}")
+        say(f"    few-rows matmul (model/few_rows_matmul.py), fused graphs with it / without: prefix "
+            f"{med('prefix_cache graph fused few-rows')} / {med('prefix_cache graph fused')}, denoise "
+            f"{med('denoise graph fused few-rows')} / {med('denoise graph fused')}, total "
+            f"{med('total graph fused few-rows')} / {med('total graph fused')}; max abs diff of their actions: "
+            f"denoise {_num(p.get('few_rows_vs_fused_graph'), '.2e')}, total "
+            f"{_num(p.get('few_rows_total_vs_fused_total_graph'), '.2e')}")
     say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
         f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
         f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "

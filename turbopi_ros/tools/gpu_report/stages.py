@@ -19,13 +19,14 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
               "denoise graph": "denoise", "total eager": "total", "total graph": "total",
               "denoise eager fused": "denoise", "total eager fused": "total", "vision graph fused": "vision",
               "prefix_cache graph fused": "prefix_cache", "denoise graph fused": "denoise",
-              "total graph fused": "total", "denoise graph fused few-rows": "denoise"}
+              "total graph fused": "total", "denoise graph fused few-rows": "denoise",
+              "prefix_cache graph fused few-rows": "prefix_cache", "total graph fused few-rows": "total"}
 
 
 class Graphs:
     """The CUDA graphs of one preset's bfloat16 model (none off CUDA unless Session.cpu_graphs): the denoiser, the
-    encoder (vision and prefix cache), an encoder and denoiser sharing one pool for the fused kernels, and a fused
-    denoiser with the few-rows matmul (model/few_rows_matmul.py)."""
+    encoder (vision and prefix cache), an encoder and denoiser sharing one pool for the fused kernels, and another
+    such pair for the fused kernels with the few-rows matmul (model/few_rows_matmul.py)."""
 
     def __init__(self, s: Session, model):
         self.denoiser = self.encoder = self.fused = self.few_rows = None
@@ -34,10 +35,11 @@ class Graphs:
             self.denoiser = CudaGraphDenoiser(model, pool=s.graph_pool())
             fused_pool = s.graph_pool()
             self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
-            self.few_rows = CudaGraphDenoiser(model, pool=s.graph_pool())
+            few_rows_pool = s.graph_pool()
+            self.few_rows = (CudaGraphEncoder(model, pool=few_rows_pool), CudaGraphDenoiser(model, pool=few_rows_pool))
 
     def clear(self) -> None:
-        for graph in (self.denoiser, self.encoder, self.few_rows) + (self.fused or ()):
+        for graph in (self.denoiser, self.encoder) + (self.fused or ()) + (self.few_rows or ()):
             if graph is not None:
                 graph.clear()
 
@@ -73,7 +75,7 @@ class ViewsBlock:
             if g.fused is not None:  # everything graphed, with the fused kernels
                 self.add(fns, "fused kernels in CUDA graphs", self.fused_graph_fns)
             if g.few_rows is not None:
-                self.add(fns, "few-rows matmul in the fused denoise graph", self.few_rows_fns)
+                self.add(fns, "few-rows matmul in the fused graphs", self.few_rows_fns)
             if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
                 self.add(fns, "CUDA graphs of vision and the prefix cache",
                          functools.partial(self.encoder_fns, graphed))
@@ -149,14 +151,28 @@ class ViewsBlock:
                 "total graph fused": f_total}
 
     def few_rows_fns(self) -> Dict[str, Callable[[], object]]:
-        """The fused denoise graph with the expert's matmuls through few_rows_matmul (opt-in: PI0Model.use_fused's
-        few_rows_matmul): the same graph as "denoise graph fused" but for those kernels."""
-        graph = self.graphs.few_rows
-        run = fused_call(self.model, lambda: graph(self.cache, self.noise, self.steps), few_rows_matmul=True)
+        """The fused graphs with the expert's matmuls through few_rows_matmul (opt-in: PI0Model.use_fused's
+        few_rows_matmul): the denoise's, and pi0's state token's in the prefix cache. The same graphs as "prefix_cache
+        graph fused", "denoise graph fused" and "total graph fused" but for those kernels."""
+        enc, den = self.graphs.few_rows
+        images, state = self.images, self.state
+        masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
+
+        def total():
+            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), self.noise,
+                       self.steps)
+
+        def few_rows(fn):
+            return fused_call(self.model, fn, few_rows_matmul=True)
+
         t0 = time.perf_counter()
-        run()  # captured here, not in a timed call
+        few_rows(total)()  # captured here, not in a timed call
         self.out["few_rows_graph_capture_s"] = time.perf_counter() - t0
-        return {"denoise graph fused few-rows": run}
+        image_tokens = enc.embed_images(images, masks)
+        return {"prefix_cache graph fused few-rows": few_rows(lambda: enc.build_cache(image_tokens, tokens, token_mask,
+                                                                                      state)),
+                "denoise graph fused few-rows": few_rows(lambda: den(self.cache, self.noise, self.steps)),
+                "total graph fused few-rows": few_rows(total)}
 
     def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
         """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
@@ -207,6 +223,9 @@ class ViewsBlock:
         if "denoise graph fused few-rows" in fns and "denoise graph fused" in fns:
             parity["few_rows_vs_fused_graph"] = max_abs(fns["denoise graph fused few-rows"]().clone(),
                                                         fns["denoise graph fused"]().clone())
+            if "total graph fused" in fns:
+                parity["few_rows_total_vs_fused_total_graph"] = max_abs(fns["total graph fused few-rows"]().clone(),
+                                                                        fns["total graph fused"]().clone())
         if "vision graph" in fns:
             parity.update(self.caches_after(fast))
         # = sample_actions(path="reference")
