@@ -52,7 +52,10 @@ def test_chunk_stamps_are_observation_stamps(running):
 
 def test_joint_command_streams_at_the_control_rate(running):
     """Over 5 s, as published (ros_helpers.assert_published_at: the median period, and kept coming), and the rate
-    the node itself reports."""
+    the node itself reports: the mean rate of its last 200 commands (node_status.NodeStats), so it is compared with
+    the mean rate of the last 200 commands it published before that status (their rmw source times), not with the
+    configured rate: on a loaded CI machine the node's command thread misses wake-ups (a run here reported 36 Hz
+    while the commands' median period was right), and the report must say so."""
     feeder, node = running
     t0 = time.monotonic() + 0.5
     time.sleep(5.7)
@@ -60,7 +63,25 @@ def test_joint_command_streams_at_the_control_rate(running):
         sources = list(feeder.commands_info)
     assert_published_at(sources, t0, 5.0, RATE, rel=0.05)
     assert all(len(m.data) == len(PARAMS["action.joints"]) for _, m in feeder.since(feeder.commands, t0))
-    assert float(status_values(feeder.latest_status())["command_rate_hz"]) == pytest.approx(RATE, rel=0.10)
+    assert wait_for(lambda: _reported_and_published_rate(feeder) is not None, timeout=10)
+    reported, published = _reported_and_published_rate(feeder)
+    assert reported == pytest.approx(published, rel=0.03)
+
+
+def _reported_and_published_rate(feeder, window: int = 200):
+    """(command_rate_hz of the node's latest status, the mean rate of the last ``window`` commands it published
+    before that status, from their rmw source times), or None before ``window`` commands came before a status."""
+    with feeder.lock:
+        sent = sorted(s for _, s in feeder.commands_info)
+        stamped = [(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, s) for _, m in feeder.diagnostics
+                   for s in m.status if s.name == "turbopi_node: policy"]
+    if not stamped:
+        return None
+    stamp, status = stamped[-1]
+    sent = [s for s in sent if s <= stamp][-window:]
+    if len(sent) < window:
+        return None
+    return float(status_values(status)["command_rate_hz"]), (len(sent) - 1) / (sent[-1] - sent[0])
 
 
 def test_diagnostics_report_every_stage(running):
