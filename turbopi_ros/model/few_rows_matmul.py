@@ -170,7 +170,9 @@ def _launch_bias(x, w, bias, w_scale=None, **config):
 
 
 if triton is not None:
-    @triton.jit
+    # M is not specialized: one row (pi0's state token) compiles the same code as the denoise's 50 (specialized on
+    # M == 1, the float32 kernel spilled on sm_110: tools/kernel_targets.py), and no extra compile at the warm-up
+    @triton.jit(do_not_specialize=["M"])
     def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, b_ptr, s_ptr, M, N, K, k_per_split, stride_xm,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 UPCAST: tl.constexpr, GATED: tl.constexpr, IEEE: tl.constexpr,

@@ -89,6 +89,24 @@ class PrefixCache:
         return self.keys.shape[1]
 
 
+def run_prefix_stack(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
+    """Run tokens [start, stop) through ``stack``, writing their K/V into the cache; they attend to [0, stop)."""
+    for li, layer in enumerate(stack.layers):
+        def attend(q, k, v, li=li):
+            keys[li, :, :, start:stop] = k.transpose(1, 2)
+            values[li, :, :, start:stop] = v.transpose(1, 2)
+            return maskless_attention(q, keys[li, :, :, :stop], values[li, :, :, :stop])
+
+        x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
+
+
+def run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int,
+                           matmuls: Optional[fused.StackMatmuls] = None) -> None:
+    """run_prefix_stack with the fused kernels (``matmuls``: gemma_stack's, default the modules)."""
+    slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop), split_attention)
+    fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True, matmuls=matmuls)
+
+
 class PI0Model(nn.Module):
     """pi0 / pi0.5 with openpi's module names (checkpoint.py maps the ``paligemma_with_expert.*`` prefixes)."""
 
@@ -212,13 +230,13 @@ class PI0Model(nn.Module):
 
         positions = torch.arange(n, device=x.device).expand(B, n)
         cos, sin = rope_tables(positions, g.head_dim, g.rope_theta, x.dtype)
-        run = self._run_prefix_stack_fused if self._fused else self._run_prefix_stack
+        run = run_prefix_stack_fused if self._fused else run_prefix_stack
         run(self.vlm, x, cos, sin, keys, values, 0, n)
         if has_state:  # pi0: the state token sees the prefix and itself only -> its K/V are fixed per observation
             s = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :].to(self.dtype)
             cos_s, sin_s = rope_tables(torch.full((B, 1), n, device=x.device), g.head_dim, g.rope_theta, x.dtype)
             if self._fused and self.few_rows_matmul:  # its one row a layer through the denoise's few-rows kernels
-                self._run_prefix_stack_fused(self.expert, s, cos_s, sin_s, keys, values, n, n + 1, FEW_ROWS)
+                run_prefix_stack_fused(self.expert, s, cos_s, sin_s, keys, values, n, n + 1, FEW_ROWS)
             else:
                 run(self.expert, s, cos_s, sin_s, keys, values, n, n + 1)
         cos, sin = self.action_rotary(num_cached, B, x.device, x.dtype)
@@ -230,24 +248,6 @@ class PI0Model(nn.Module):
         g, H = self.config.expert, self.config.action_horizon
         positions = torch.arange(num_cached, num_cached + H, device=device).expand(batch, H)
         return rope_tables(positions, g.head_dim, g.rope_theta, dtype)
-
-    @staticmethod
-    def _run_prefix_stack(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int) -> None:
-        """Run tokens [start, stop) through ``stack``, writing their K/V into the cache; they attend to [0, stop)."""
-        for li, layer in enumerate(stack.layers):
-            def attend(q, k, v, li=li):
-                keys[li, :, :, start:stop] = k.transpose(1, 2)
-                values[li, :, :, start:stop] = v.transpose(1, 2)
-                return maskless_attention(q, keys[li, :, :, :stop], values[li, :, :, :stop])
-
-            x = layer(x, cos, sin, attend, attention_only=li == len(stack.layers) - 1)
-
-    @staticmethod
-    def _run_prefix_stack_fused(stack: Gemma, x, cos, sin, keys, values, start: int, stop: int,
-                                matmuls: Optional[fused.StackMatmuls] = None) -> None:
-        """_run_prefix_stack with the fused kernels (``matmuls``: gemma_stack's, default the modules)."""
-        slot = fused.cache_attention(lambda li: (keys[li], values[li], start, stop), split_attention)
-        fused.gemma_stack(stack.layers, x, cos, sin, slot, last_attention_only=True, matmuls=matmuls)
 
     @engine_entry
     def encode(self, images, image_masks, tokens, token_mask, state) -> PrefixCache:
