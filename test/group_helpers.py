@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import assert_published_at, node_params, trajectory_times
+from ros_helpers import assert_published_at, node_params, stamp_of, trajectory_times
 
 PARAMS = node_params()
 RATE = PARAMS["control_rate_hz"]
@@ -76,10 +76,6 @@ class Recorder:
     def since(self, store, t0: float):
         with self.lock:
             return [(t, m) for t, m in store if t >= t0]
-
-
-def stamp_of(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
 def columns(joints):

@@ -478,6 +478,11 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             with self.lock:
                 return [(t, m) for t, m in store if t >= t0]
 
+        def statuses(self, name: str = "turbopi_node: policy") -> list:
+            """(header stamp in s, status) of every status named ``name`` received, in order."""
+            with self.lock:
+                return [(stamp_of(msg), s) for _, msg in self.diagnostics for s in msg.status if s.name == name]
+
         def latest_status(self, name: str = "turbopi_node: policy"):
             with self.lock:
                 for _, msg in reversed(self.diagnostics):
@@ -517,3 +522,8 @@ def spin_in_background(node):
 
 def trajectory_times(msg) -> np.ndarray:
     return np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
+
+
+def stamp_of(msg) -> float:
+    """A message's header stamp in seconds."""
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9

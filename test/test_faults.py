@@ -14,7 +14,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_params, node_session, trajectory_times, wait_for  # noqa: E402
+from ros_helpers import level, node_params, node_session, stamp_of, trajectory_times, wait_for  # noqa: E402
 
 from turbopi_ros.ros.faults import ENV  # noqa: E402
 
@@ -49,7 +49,7 @@ def commands_after(feeder, t: float) -> list:
 
 def chunk_end(chunk) -> float:
     """The time (s, the node's clock) of a chunk's last point."""
-    return chunk.header.stamp.sec + chunk.header.stamp.nanosec * 1e-9 + float(trajectory_times(chunk)[-1])
+    return stamp_of(chunk) + float(trajectory_times(chunk)[-1])
 
 
 def status_is(feeder, want: int, text: str = "") -> bool:
@@ -176,6 +176,5 @@ def test_the_whole_node_paused(running):
     # taken)
     with feeder.lock:
         after = [m for _, source, m in feeder.chunks_info if source > resumed_wall]
-    old = [round(resumed_wall - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9), 2) for m in after
-           if m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 < resumed_wall - MAX_AGE_S]
+    old = [round(resumed_wall - stamp_of(m), 2) for m in after if stamp_of(m) < resumed_wall - MAX_AGE_S]
     assert old == [], f"chunks published after the pause from observations this old (s): {old}\n{log}"

@@ -8,7 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
+from ros_helpers import level, node_params, node_session, stamp_of, wait_for  # noqa: E402
 
 from turbopi_ros.ros.faults import ENV  # noqa: E402
 
@@ -22,10 +22,6 @@ def running(tmp_path_factory):
     faults = tmp / "faults.json"
     with node_session(tmp, min_chunks=3, sim_clock=(SIM_START, 1.0), env={ENV: str(faults)}) as (feeder, node):
         yield feeder, node, faults
-
-
-def stamp(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
 def test_clock_jumps_backwards(running):
@@ -49,7 +45,7 @@ def test_clock_jumps_backwards(running):
     assert node.alive()
     log = node.log()
     assert "Traceback" not in log and "terminate called" not in log, log
-    after = [(t, stamp(m)) for t, m in feeder.since(feeder.chunks, jumped + 0.1)]
+    after = [(t, stamp_of(m)) for t, m in feeder.since(feeder.chunks, jumped + 0.1)]
     # the feeder's own clock (stamping its inputs) and the node's see the jump a few ms after it
     old = [(round(t - jumped, 2), round(s - before, 2)) for t, s in after if s > before - JUMP_S + (t - jumped) + 0.05]
     assert old == [], f"chunks on the old timeline after the jump (s after the jump, stamp - clock before): {old}"

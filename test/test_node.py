@@ -8,8 +8,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import (assert_published_at, level, node_params, node_session, status_values,  # noqa: E402
-                         trajectory_times, wait_for)
+from ros_helpers import (assert_published_at, level, node_params, node_session, stamp_of,  # noqa: E402
+                         status_values, trajectory_times, wait_for)
 
 PARAMS = node_params()
 RATE = PARAMS["control_rate_hz"]
@@ -45,7 +45,7 @@ def test_chunk_stamps_are_observation_stamps(running):
     feeder, node = running
     now = feeder.get_clock().now().nanoseconds * 1e-9
     chunks = feeder.since(feeder.chunks, 0.0)[-3:]
-    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in chunks]
+    stamps = [stamp_of(m) for _, m in chunks]
     assert all(0.0 < now - s < 5.0 for s in stamps)  # a past sensor time, not the publish time of the chunk
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
@@ -71,14 +71,12 @@ def test_joint_command_streams_at_the_control_rate(running):
 def _reported_and_published_rate(feeder, window: int = 200):
     """(command_rate_hz of the node's latest status, the mean rate of the last ``window`` commands it published
     before that status, from their rmw source times), or None before ``window`` commands came before a status."""
-    with feeder.lock:
-        sent = sorted(s for _, s in feeder.commands_info)
-        stamped = [(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, s) for _, m in feeder.diagnostics
-                   for s in m.status if s.name == "turbopi_node: policy"]
+    stamped = feeder.statuses()
     if not stamped:
         return None
     stamp, status = stamped[-1]
-    sent = [s for s in sent if s <= stamp][-window:]
+    with feeder.lock:
+        sent = sorted(s for _, s in feeder.commands_info if s <= stamp)[-window:]
     if len(sent) < window:
         return None
     return float(status_values(status)["command_rate_hz"]), (len(sent) - 1) / (sent[-1] - sent[0])

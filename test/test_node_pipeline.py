@@ -9,13 +9,13 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import node_session, status_values, wait_for  # noqa: E402
+from ros_helpers import node_session, stamp_of, status_values, wait_for  # noqa: E402
 
 from turbopi_ros.ros.faults import ENV  # noqa: E402
 
 
 def _stamps(feeder, t0):
-    return np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in feeder.since(feeder.chunks, t0)])
+    return np.array([stamp_of(m) for _, m in feeder.since(feeder.chunks, t0)])
 
 
 def _dropped_stale(feeder) -> float:

@@ -8,7 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import node_session, status_values, wait_for  # noqa: E402
+from ros_helpers import node_session, stamp_of, status_values, wait_for  # noqa: E402
 
 from turbopi_ros.policy.chunking import Chunk  # noqa: E402
 
@@ -19,8 +19,7 @@ FIRST = 3  # actions compared: fewer than the d the node uses (its latency in ac
 def _chunks(feeder, t0):
     chunks = []
     for _, msg in feeder.since(feeder.chunks, t0):
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        chunks.append(Chunk(np.array([p.positions for p in msg.points]), stamp, RATE))
+        chunks.append(Chunk(np.array([p.positions for p in msg.points]), stamp_of(msg), RATE))
     return chunks
 
 

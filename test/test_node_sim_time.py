@@ -11,7 +11,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_params, node_session, status_values, wait_for  # noqa: E402
+from ros_helpers import level, node_params, node_session, stamp_of, status_values, wait_for  # noqa: E402
 
 PARAMS = node_params()
 RATE = PARAMS["control_rate_hz"]
@@ -27,7 +27,7 @@ def running(tmp_path_factory):
 def test_chunks_are_stamped_in_simulated_time(running):
     feeder, node = running
     sim_now = feeder.sim_now()
-    stamps = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in feeder.since(feeder.chunks, 0)])
+    stamps = np.array([stamp_of(m) for _, m in feeder.since(feeder.chunks, 0)])
     assert np.all((stamps > SIM_START) & (stamps <= sim_now)), (stamps, sim_now)
     assert np.all(np.diff(stamps) > 0)
 

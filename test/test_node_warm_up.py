@@ -28,11 +28,8 @@ LATER_PROMPT = "stack the cubes and then push them into the blue bin"  # longer:
 UNFORESEEN_PROMPT = LATER_PROMPT + " and then put the lid on the bin"  # longer still: lengths nobody captured
 
 
-def _statuses(feeder, stamps=False):
-    """The node's statuses the feeder received, in order (``stamps``: as (header stamp in s, status))."""
-    with feeder.lock:
-        return [(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, s) if stamps else s
-                for _, msg in feeder.diagnostics for s in msg.status if s.name == STATUS_NAME]
+def _statuses(feeder):
+    return [s for _, s in feeder.statuses(STATUS_NAME)]
 
 
 def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves(tmp_path):
@@ -44,7 +41,7 @@ def test_warming_up_until_ready_and_no_capture_after_ready_while_the_state_moves
                  "rtc.enabled": True, "model.fused": True}
     with node_session(tmp_path, min_chunks=0, env=env, overrides=overrides) as (feeder, node):
         def warming_up():
-            return [t for t, s in _statuses(feeder, stamps=True) if s.message == WARMING_UP]
+            return [t for t, s in feeder.statuses(STATUS_NAME) if s.message == WARMING_UP]
         assert wait_for(lambda: len(warming_up()) >= WARMING_UP_SEEN or not node.alive(), timeout=HOLD_S - 30), (
             [s.message for s in _statuses(feeder)], node.log()[-3000:])
         held = warming_up()  # published during the warm-up, which therefore lasted at least from first to last

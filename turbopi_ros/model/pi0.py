@@ -130,8 +130,7 @@ class PI0Model(nn.Module):
             self.action_time_mlp_out = nn.Linear(we, we)
         self.sampler = Sampler()  # the denoise loop, its per-step conditioning cache, its compile switch
         self._fused = False
-        self.few_rows_matmul = False  # the fused expert matmuls (denoise, pi0's state token) through
-        # few_rows_matmul.py (use_fused)
+        self.few_rows_matmul = False  # use_fused: the expert's matmuls (denoise, pi0's state) via few_rows_matmul.py
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_step_conditioning())
 
     @property
