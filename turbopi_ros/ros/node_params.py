@@ -37,7 +37,8 @@ PARAMETERS: Dict[str, Param] = {
                                 "denoise, and real-time chunking's guided denoise (with their backwards)"),
     "model.few_rows_matmul": Param(False, "with model.fused, on a GPU: the denoise's matmuls (the action expert's, "
                                           "with rotary or the norm after and the gate before fused in, the float32 "
-                                          "action heads) through model/few_rows_matmul.py's split-K kernels; each "
+                                          "action heads), and pi0's state token's in the prefix cache, through "
+                                          "model/few_rows_matmul.py's split-K kernels; each "
                                           "shape measures them against cuBLAS during the warm-up and keeps the "
                                           "faster (not yet measured on a GPU)"),
     "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
