@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -140,6 +141,30 @@ def backend(device) -> str:
     device = torch.device(device)
     use = triton is not None and (device.type == "cuda" or (_TRITON_ON_CPU and device.type == "cpu"))
     return "triton" if use else "torch twin"
+
+
+def kernel_failure(error: BaseException) -> Optional[str]:
+    """One line for an error that is Triton's, or was raised from one (a fused kernel that did not compile or launch
+    on this GPU: a Triton too old for it, a kernel that needs more of it than it has): what failed, in which Triton,
+    and what to do; None for any other error. Triton's own text names its temporary files (a PTX file, the
+    ``Repro command``); they are left out, so a failure that repeats reads the same each time (problems.kind_of)."""
+    if triton is None:
+        return None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if type(error).__module__.split(".")[0] == "triton":  # its errors' classes move between Triton versions
+            text = " ".join(str(error).split("Repro command:")[0].split())
+            text = re.sub(r"\S*/tmp\w*\S*", "<file>", text)[:400]
+            try:  # the GPU's compute capability, e.g. 110 (a Jetson Thor)
+                cc = "".join(map(str, torch.cuda.get_device_capability()))
+            except Exception:  # noqa: BLE001 - no CUDA, or a broken context: a placeholder in the hint
+                cc = "<compute capability>"
+            return (f"{type(error).__name__} in Triton {triton.__version__}: {text} (a fused kernel of model.fused "
+                    "did not build or run on this GPU: set model.fused: false, or install a Triton that builds for "
+                    f"it; turbopi-kernel-targets --targets {cc} lists which kernels compile for it)")
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # --- twins: the plain path's math, op for op ---------------------------------------------------------------------

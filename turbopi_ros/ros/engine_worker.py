@@ -22,6 +22,7 @@ from .conversions import InputError
 from .frames import FramePreparer
 from .inputs import InputBuffer, WaitingForInput
 from .pipeline import PrepareTiming, LatestSlot
+from .problems import failure
 
 # An inference is stalled once it runs longer than max(STALL_MIN_S, STALL_FACTOR x the median of the last 20) (before a
 # first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
@@ -266,7 +267,7 @@ class EngineWorker:
         except (InputError, ObservationError, ValueError) as e:
             self.hooks.fail(str(e))
         except Exception as e:  # noqa: BLE001 - an engine failure must not kill the node
-            self.hooks.fail(f"inference failed: {type(e).__name__}: {e}")
+            self.hooks.fail(failure("inference", e))
             self.stop_event.wait(0.02)
         finally:
             self.inference_started = None

@@ -29,6 +29,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from std_srvs.srv import SetBool
 
 from .policy_node import TurbopiNode
+from .problems import failure
 from .ros_compat import remove_parameter_callbacks
 
 
@@ -54,7 +55,7 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
             self.get_logger().info(self.warm_up.run())  # before activate: the engine does not warm up again
             self.get_logger().info(self._ready_message)
         except Exception as e:  # noqa: BLE001 - any failure is the transition's, reported with its reason
-            self.get_logger().error(f"configure failed: {type(e).__name__}: {' '.join(str(e).split())}")
+            self.get_logger().error(failure("configure", e))
             self._configured_attrs = sorted(set(vars(self)) - before_attrs)
             self._teardown()
             return TransitionCallbackReturn.FAILURE

@@ -34,7 +34,7 @@ from .node_params import PARAMETERS, loading_message, policy_from_config
 from .node_status import NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
-from .problems import ProblemLog
+from .problems import ProblemLog, failure
 from .ros_logging import forward_python_logging, stop_forwarding
 from .subscriptions import subscribe_prompt, subscribe_sensors
 from .warm_up import WarmUp
@@ -147,7 +147,7 @@ class TurbopiNode(Node):
             self.get_logger().info(self.warm_up.run())
         except Exception as e:  # noqa: BLE001 - reported: the engine goes on (a capture then happens on demand)
             self.warm_up.ready.set()
-            self.flow.fail(f"warm-up failed: {type(e).__name__}: {e}")
+            self.flow.fail(failure("warm-up", e))
         self.get_logger().info(self._ready_message)
 
     def now(self) -> float:
@@ -188,7 +188,7 @@ class TurbopiNode(Node):
         try:
             self.get_logger().info(self.warm_up.capture_prompt(text, beta))
         except Exception as e:  # noqa: BLE001 - reported; not retried for every observation
-            self.flow.fail(f"capturing the graphs of prompt {shorten(text, 80)} failed: {type(e).__name__}: {e}")
+            self.flow.fail(failure(f"capturing the graphs of prompt {shorten(text, 80)}", e))
             return False
         return True
 

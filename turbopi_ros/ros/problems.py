@@ -11,9 +11,21 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
+from ..model.fused import kernel_failure
+
 
 def kind_of(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", message)
+
+
+def failure(what: str, error: BaseException) -> str:
+    """"<what> failed: <the error's type>: <its message>" on one line; a fused kernel's Triton error (or one raised
+    from it) as fused.kernel_failure says it: what to do, without Triton's temporary file names."""
+    return f"{what} failed: {kernel_failure(error) or f'{type(error).__name__}: {_one_line(error)}'}"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 class ProblemLog:
