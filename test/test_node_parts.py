@@ -20,8 +20,10 @@ from turbopi_ros.ros.node_status import WARMING_UP, NodeStats, diagnostic_status
 from turbopi_ros.ros.pauses import PauseWatch  # noqa: E402
 from turbopi_ros.ros.problems import ProblemLog  # noqa: E402
 from turbopi_ros.ros.warm_up import WARMUP_PROMPT, WarmUp  # noqa: E402
+from ros_helpers import wait_for  # noqa: E402
 
 MAX_AGE_S = 0.5
+WALL_AGE_S = 10.0  # the engine tests on the wall clock: an observation goes stale there only when the test says so
 
 
 def joint_state(stamp: float, position: float = 0.1):
@@ -30,8 +32,8 @@ def joint_state(stamp: float, position: float = 0.1):
     return SimpleNamespace(header=header, name=["j"], position=[position])
 
 
-def joints_only(now: float) -> InputBuffer:
-    inputs = InputBuffer([], {JOINT_STATES: "/joint_states"}, ["j"], MAX_AGE_S)
+def joints_only(now: float, max_age: float = MAX_AGE_S) -> InputBuffer:
+    inputs = InputBuffer([], {JOINT_STATES: "/joint_states"}, ["j"], max_age)
     inputs.store(JOINT_STATES, joint_state(now))
     return inputs
 
@@ -258,26 +260,28 @@ def _worker(inputs, run, **hooks):
 
 
 def test_the_engine_runs_each_new_observation_once_and_never_a_stale_one():
-    inputs = joints_only(time.time())
+    inputs = joints_only(time.time(), WALL_AGE_S)
     worker, published, failures = _worker(inputs, lambda prepared: ("chunk", prepared.stamp))
     worker.start()
+    assert wait_for(lambda: published, 10), failures  # the first observation
     for _ in range(5):
         time.sleep(0.05)
-        inputs.store(JOINT_STATES, joint_state(time.time()))
+        newest = time.time()
+        inputs.store(JOINT_STATES, joint_state(newest))
         worker.wake()
-    time.sleep(0.3)
+    assert wait_for(lambda: abs(published[-1][0][1] - newest) < 1e-6, 10), (published, newest)  # the newest ran
     stamps = [chunk[1] for chunk, _ in published]
     assert len(stamps) >= 2 and stamps == sorted(set(stamps)), stamps  # one chunk per observation, in order
     n = len(published)
-    inputs.store(JOINT_STATES, joint_state(time.time() - 2.0))  # a stale newest message
+    inputs.store(JOINT_STATES, joint_state(time.time() - 2 * WALL_AGE_S))  # a stale newest message
     worker.wake()
-    time.sleep(0.3)
+    assert wait_for(lambda: any("newest message is 20." in f for f in failures), 10), failures
     assert worker.stop(1.0)
-    assert len(published) == n and any("newest message is 2.0" in f for f in failures), failures
+    assert len(published) == n, published
 
 
 def test_a_failing_engine_is_reported_and_the_worker_goes_on():
-    inputs = joints_only(time.time())
+    inputs = joints_only(time.time(), WALL_AGE_S)
     calls = []
 
     def run(prepared):
@@ -288,10 +292,10 @@ def test_a_failing_engine_is_reported_and_the_worker_goes_on():
 
     worker, published, failures = _worker(inputs, run)
     worker.start()
-    time.sleep(0.1)
+    assert wait_for(lambda: failures, 10), calls  # the first observation's inference raised
     inputs.store(JOINT_STATES, joint_state(time.time()))
     worker.wake()
-    time.sleep(0.3)
+    assert wait_for(lambda: published, 10), failures  # the next one ran
     assert worker.stop(1.0)
     assert failures[:1] == ["inference failed: RuntimeError: engine exploded"] and len(published) == 1
 
@@ -300,7 +304,7 @@ def test_a_new_prompt_gets_what_it_needs_before_its_first_inference_and_its_obse
     """EngineHooks.new_prompt runs on the engine thread before the first inference with each prompt, until it says
     it took no time, and again after recheck_prompt(); when it took time (the node: it captured the prompt's graphs)
     the observation that came with the prompt is dropped, not run late, and a newer one runs."""
-    inputs = joints_only(time.time())
+    inputs = joints_only(time.time(), WALL_AGE_S)
     prompt, events, prepared_with, done = ["stack the cups"], [], [], set()
 
     def new_prompt(text):
@@ -526,12 +530,12 @@ def test_an_unforeseen_prompt_is_captured_whole_before_its_first_inference():
 
 
 def test_the_engine_warms_up_before_it_takes_an_observation():
-    inputs = joints_only(time.time())
+    inputs = joints_only(time.time(), WALL_AGE_S)
     order = []
     worker, published, failures = _worker(inputs, lambda prepared: order.append("run") or "chunk")
     worker.start(warm_up=lambda: (time.sleep(0.2), order.append("warm up")))
     worker.wake()
-    time.sleep(0.5)
+    assert wait_for(lambda: len(order) >= 2, 10), (order, failures)
     assert worker.stop(1.0)
     assert order[:2] == ["warm up", "run"] and failures == [], (order, failures)
 
