@@ -40,6 +40,13 @@ def test_dry_run_runs_the_attention_table_and_the_kernel_profile_after_the_repor
     proc, out = dry_run
     log = (out / "gpu_report.log").read_text()
     assert all(f"{tool} exit status 0" in log for tool in ("attention_bench", "gemm_bench", "kernel_profile")), log
+    # then the suite's CUDA tests (they skip on a CPU), their output in the log
+    assert "CUDA tests exit status 0" in log and re.search(r"\d+ passed, 20 skipped", log), log[-3000:]
+    # the device tool brings back at most 8 files: the tools' stderr and the tests' output are in the log
+    assert sorted(p.name for p in out.iterdir()) == ["attention_bench.txt", "gemm_bench.txt", "gpu_dryrun-cpu.json",
+                                                      "gpu_dryrun-cpu.txt", "gpu_env.txt", "gpu_report.log",
+                                                      "kernel_profile.txt"], list(out.iterdir())
+    assert "warning:" not in log, log[-3000:]
     gemm = (out / "gemm_bench.txt").read_text()
     ulps = [float(u) for u in re.findall(r"vs F.linear ([0-9.]+) bfloat16 ulps", gemm)]
     assert len(ulps) == 3 and all(u <= 2 for u in ulps), gemm  # the few-rows matmul: within bfloat16 rounding
@@ -118,7 +125,9 @@ def test_dry_run_writes_the_report_and_the_markdown_rows(dry_run):
         assert rtc["parity"]["guided eager fused vs guided eager"] < 0.1 * rtc["parity"]["guided_vs_unguided"]
     assert r["commit"]["commit"] and r["commit"]["source"] in ("git", "TURBOPI_COMMIT", ".commit")
     assert f"gpu_report: commit {r['commit']['commit']}" in text
-    assert (out / "gpu_report.log").read_text().startswith(proc.stdout)
+    log = (out / "gpu_report.log").read_text()  # what it printed, with the tools' stderr and the tests' output
+    assert log.startswith(proc.stdout[:proc.stdout.index("gpu_report exit status")])
+    assert all(line in log for line in proc.stdout.splitlines())
     assert f"torch {torch.__version__}" in (out / "gpu_env.txt").read_text()
 
 
