@@ -619,3 +619,28 @@ def test_an_injected_fault_marks_the_inference_it_enters(tmp_path):
     assert entered.exists() and not done  # marked before the delay ends
     worker.join(timeout=10)
     assert done == [3] and seen == [False, True]
+
+
+def test_the_ready_line_says_what_runs_the_fused_kernels(monkeypatch):
+    """With model.fused the "ready:" line names the fused ops' backend: Triton's kernels, or their torch twins, which
+    on a GPU whose torch came without Triton are no faster than the plain path (and the line says so)."""
+    import torch
+
+    from turbopi_ros.model import fused
+    from turbopi_ros.ros.node_status import ready_message
+
+    def line(fused_on: bool, device: str) -> str:
+        config = SimpleNamespace(model=SimpleNamespace(device=device, dtype="bfloat16", fused=fused_on),
+                                 command_rate_hz=50.0, control_rate_hz=50.0, cameras=SimpleNamespace(names=["base"]),
+                                 action=SimpleNamespace(joints=["j"]))
+        policy = SimpleNamespace(config=SimpleNamespace(variant="pi05"), num_steps=10,
+                                 model=SimpleNamespace(device=torch.device(device)))
+        return ready_message(config, policy, "~/actions", "enabled")
+
+    assert line(False, "cuda").startswith("ready: pi05 on cuda (bfloat16), 10 steps, cameras ['base']")
+    assert line(True, "cpu").startswith("ready: pi05 on cpu (bfloat16), fused kernels (torch twin), 10 steps")
+    if fused.triton_available():
+        assert ", fused kernels (triton), 10 steps" in line(True, "cuda")
+    monkeypatch.setattr(fused, "triton", None)  # a GPU whose torch wheel came without Triton
+    assert (", fused kernels (torch twin: Triton is not installed, so no faster than model.fused: false), 10 steps"
+            in line(True, "cuda"))

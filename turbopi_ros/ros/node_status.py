@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from ..model.fused import backend
 from ..policy.policy import STAGES
 from .problems import ProblemLog
 from .rates import EventRate
@@ -129,9 +130,21 @@ def ready_message(config, policy, outputs: str, start_state: str) -> str:
     outputs (``config``: node_config.NodeConfig; ``outputs``: action_outputs.ActionOutputs.describe())."""
     c = config
     commands = f"{c.command_rate_hz:g} Hz" if c.command_rate_hz else "the joint_states rate"
-    return (f"ready: {policy.config.variant} on {c.model.device} ({c.model.dtype}), {policy.num_steps} steps, "
-            f"cameras {list(c.cameras.names)}, {len(c.action.joints)} action joints, actions at "
-            f"{c.control_rate_hz:g} Hz, commands at {commands}, {start_state}; outputs: {outputs}")
+    return (f"ready: {policy.config.variant} on {c.model.device} ({c.model.dtype}){_fused_kernels(c, policy)}, "
+            f"{policy.num_steps} steps, cameras {list(c.cameras.names)}, {len(c.action.joints)} action joints, "
+            f"actions at {c.control_rate_hz:g} Hz, commands at {commands}, {start_state}; outputs: {outputs}")
+
+
+def _fused_kernels(config, policy) -> str:
+    """With model.fused: what runs the fused ops (model/fused.py's backend): Triton's kernels, or their torch twins,
+    which on a GPU (Triton missing: a Jetson's torch wheel may come without it) are no faster than the plain path."""
+    if not config.model.fused:
+        return ""
+    device = policy.model.device
+    runs = backend(device)
+    if runs != "triton" and device.type == "cuda":
+        runs += ": Triton is not installed, so no faster than model.fused: false"
+    return f", fused kernels ({runs})"
 
 
 class StatusReporter:
