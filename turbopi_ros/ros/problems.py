@@ -11,8 +11,6 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from ..model.fused import kernel_failure
-
 
 def kind_of(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", message)
@@ -21,11 +19,9 @@ def kind_of(message: str) -> str:
 def failure(what: str, error: BaseException) -> str:
     """"<what> failed: <the error's type>: <its message>" on one line; a fused kernel's Triton error (or one raised
     from it) as fused.kernel_failure says it: what to do, without Triton's temporary file names."""
-    return f"{what} failed: {kernel_failure(error) or f'{type(error).__name__}: {_one_line(error)}'}"
+    from ..model.fused import kernel_failure  # here, on the error path: the problem log itself needs no torch
 
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    return f"{what} failed: {kernel_failure(error) or type(error).__name__ + ': ' + ' '.join(str(error).split())}"
 
 
 class ProblemLog:
