@@ -1,13 +1,13 @@
 """main() for this package's nodes: init, build, spin, shut down cleanly however many signals arrive.
 
-Signals: a terminal Ctrl-C under ``ros2 launch`` reaches the node twice (the terminal signals the whole process
-group, and launch forwards its own SIGINT), and launch escalates to SIGTERM. rclpy's own handler would turn the second
-one into a KeyboardInterrupt in the middle of the cleanup (killing the node with a traceback, or aborting it while the
-inference thread is inside torch). So this module owns SIGINT and SIGTERM: the first one ends the spin (or interrupts
-building the node, e.g. a long model load), every later one is ignored while the node shuts down (and while the
-interpreter finalizes); the inference thread gets a few seconds to finish its chunk (node.destroy_node), and a thread
-still busy after that is abandoned by exiting without interpreter teardown (os._exit) instead of being torn down
-under it.
+Signals: a terminal Ctrl-C under ``ros2 launch`` reaches the node twice (the terminal signals the whole process group,
+and launch forwards its own SIGINT), and launch escalates to SIGTERM. rclpy's own handler would turn the second one
+into a KeyboardInterrupt in the middle of the cleanup (killing the node with a traceback, or aborting it while the
+inference thread is inside torch). So this module owns SIGINT and SIGTERM: the first one ends the spin (or, before the
+node is built, e.g. during a long model load, the process at once: _Stop says why), every later one is ignored while
+the node shuts down (and while the interpreter finalizes); the inference thread gets a few seconds to finish its chunk
+(node.destroy_node), and a thread still busy after that is abandoned by exiting without interpreter teardown (os._exit)
+instead of being torn down under it.
 
 Both nodes spin on a SingleThreadedExecutor: their callbacks only store messages, publish or answer a service (the
 inference runs on the node's own worker thread). rclpy's MultiThreadedExecutor dispatches every callback through a
@@ -16,7 +16,6 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 """
 from __future__ import annotations
 
-import _thread
 import importlib
 import os
 import signal
@@ -27,45 +26,31 @@ SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
 
 
 class _Stop:
-    """The first SIGINT/SIGTERM sets the flag (and interrupts the build, if it is still running); later ones do
-    nothing.
+    """Until the node is built (importing rclpy and torch, loading the model), the first SIGINT/SIGTERM ends the
+    process at once: one line on stderr, exit 0, from inside the handler. After that it sets the flag that ends the
+    spin; later ones do nothing.
 
-    The KeyboardInterrupt is raised wherever the main thread is. Where that is a callback whose exceptions Python
-    ignores (a weakref callback inside an import: importlib's module-lock cleanup), Python prints it as "Exception
-    ignored in ..." with a traceback and the build goes on as if no signal had come. The unraisable hook catches that
-    case: it prints nothing and raises the KeyboardInterrupt again a moment later, outside the callback
-    (_thread.interrupt_main, from a timer thread, runs this handler once more)."""
+    Why exit from the handler while building: a KeyboardInterrupt raised there lands wherever the main thread is, and
+    some places cannot take one. Inside torch's import (``torch._C._c10d_init``, C++ through pybind11) it crossed
+    C++ code and aborted the process (``terminate called after throwing an instance of
+    'pybind11::error_already_set'``, exit -6; a fresh-clone CI run hit it at 0.5 s). In a callback whose exceptions
+    Python ignores (a weakref callback of importlib's module locks) it was printed and dropped, and the load went on;
+    in a library's bare ``except:`` it is swallowed the same way. No node exists yet, so there is nothing to shut
+    down; os._exit leaves no interpreter teardown to go wrong either."""
 
-    def __init__(self):
+    def __init__(self, name: str):
+        self.name = name
         self.event = threading.Event()
         self.building = True
-        self.interrupted_build = False  # a signal raised KeyboardInterrupt into the build
-        self._again = False  # that KeyboardInterrupt was swallowed: raise it once more
-        self._unraisable = sys.unraisablehook
 
     def __call__(self, signum, frame) -> None:
-        if self.event.is_set() and not self._again:
-            return
-        self._again = False
-        self.event.set()
         if self.building:
-            self.interrupted_build = True
-            raise KeyboardInterrupt
-
-    def unraisable(self, info) -> None:
-        """sys.unraisablehook: our own KeyboardInterrupt, swallowed during the build, is raised again; anything else
-        is Python's to print."""
-        if isinstance(info.exc_value, KeyboardInterrupt) and self.building and self.event.is_set():
-            self._again = True
-            # from another thread, once this hook has returned: a signal tripped in here would land in here again
-            threading.Timer(0.001, _thread.interrupt_main, (signal.SIGINT,)).start()
-            return
-        self._unraisable(info)
+            _exit_while_building(self.name, signum)
+        self.event.set()
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self)
-        sys.unraisablehook = self.unraisable
 
     @staticmethod
     def ignore_from_now_on() -> None:
@@ -73,6 +58,18 @@ class _Stop:
         interpreter finalizes, so a signal then (the second Ctrl-C) would kill the exiting process; SIG_IGN stays."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_while_building(name: str, signum: int) -> None:
+    """A signal before the node is whole: say so and end the process here (see _Stop)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - the main thread was inside a write to the same stream: let that go
+        pass
+    os.write(2, f"[INFO] [{name}]: {signal.Signals(signum).name} while starting, before the node exists: "
+                f"exiting\n".encode())
+    os._exit(0)
 
 
 def _external_shutdown(e: Exception) -> bool:
@@ -92,9 +89,10 @@ def _configuration_error(e: Exception) -> bool:
 def run_node(module: str, cls: str, name: str, args=None) -> None:
     """Import ``module`` (torch, rclpy: seconds), build ``cls`` from it, start it (``node.start()`` if it has one:
     threads start only once the node is whole), spin until a signal or an external shutdown, destroy it. Signals are
-    handled from the first line on. Exit 0 after a signal; a configuration that cannot work (ValueError, OSError or
-    an rcl error while building) is logged as ``cannot start: ...`` and exits 1."""
-    stop = _Stop()
+    handled from the first line on (one before the node is whole exits at once). Exit 0 after a signal; a configuration
+    that cannot work (ValueError, OSError or an rcl error while building) is logged as ``cannot start: ...`` and exits
+    1."""
+    stop = _Stop(name)
     stop.install()
     node = None
     code = 0
@@ -107,8 +105,6 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = getattr(importlib.import_module(module), cls)()
         stop.building = False
-        if stop.event.is_set():
-            raise KeyboardInterrupt  # the signal came between building and here
         if hasattr(node, "start"):
             node.start()
         executor = SingleThreadedExecutor()
@@ -134,13 +130,8 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
             from .ros_compat import shutdown_keeping_signal_handlers
 
             shutdown_keeping_signal_handlers()
-    # Exit without interpreter teardown (os._exit) where teardown could go wrong:
-    # - the inference thread is still inside torch: do not tear the interpreter down under it;
-    # - a signal raised KeyboardInterrupt into the build: if it landed in code run by exec() of a string (dataclasses
-    #   and namedtuples make their methods so, e.g. while torch imports a module lazily during the model load),
-    #   CPython marks the KeyboardInterrupt as unhandled although it was caught here, and at the end of a normal exit
-    #   kills the process with SIGINT (exit -2, no traceback; about 1 Ctrl-C in 20 during the model load).
-    if not stopped or stop.interrupted_build:
+    # The inference thread is still inside torch: exit without tearing the interpreter down under it.
+    if not stopped:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
