@@ -87,6 +87,17 @@ def test_signals_while_the_model_loads(tmp_path):
     assert "ready:" not in node.log()
 
 
+def _start_build(tmp_path, source: str, cls: str) -> subprocess.Popen:
+    """run_node over ``cls``, defined by ``source`` in a module of its own (its name: ``cls`` in snake case, which
+    is also the node's name), with stdout and stderr on one pipe."""
+    module = "".join("_" + c.lower() if c.isupper() else c for c in cls).lstrip("_")
+    (tmp_path / f"{module}.py").write_text(source)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
+                             f"run_node('{module}', '{cls}', '{module}')"], cwd=str(REPO), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 SLOW_BUILD = """
 class SlowBuild:
     def __init__(self):
@@ -97,13 +108,9 @@ class SlowBuild:
 
 def test_a_signal_inside_exec_code_during_the_build_exits_0(tmp_path):
     """A Ctrl-C that lands in code run by exec() of a string while the node is built (1 in ~20 during the real model
-    load: torch imports modules lazily, and dataclasses exec their methods) must exit 0 too: CPython marks such a
-    KeyboardInterrupt as unhandled even though spin.py catches it, and a normal exit then ends in kill(SIGINT)."""
-    (tmp_path / "slow_build.py").write_text(SLOW_BUILD)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
-                             "run_node('slow_build', 'SlowBuild', 'slow_build')"], cwd=str(REPO), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    load: torch imports modules lazily, and dataclasses exec their methods) must exit 0 too: a KeyboardInterrupt raised
+    there is marked unhandled by CPython even where it is caught, and a normal exit then ends in kill(SIGINT)."""
+    proc = _start_build(tmp_path, SLOW_BUILD, "SlowBuild")
     try:
         assert proc.stdout.readline().strip() == "building"
         time.sleep(0.2)
@@ -146,14 +153,15 @@ def test_a_signal_that_lands_in_a_weakref_callback_during_the_build_still_interr
     """A fresh-clone CI run once printed "Exception ignored in: <function _get_module_lock.<locals>.cb>" and a
     KeyboardInterrupt traceback: the Ctrl-C landed in a callback whose exceptions Python ignores, and the model load
     went on. A signal before the node is whole now ends the process inside the handler: nothing is printed, exit 0."""
-    (tmp_path / "swallowed_build.py").write_text(SWALLOWED_BUILD)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
-                          "run_node('swallowed_build', 'SwallowedBuild', 'swallowed_build')"], cwd=str(REPO), env=env,
-                         capture_output=True, text=True, timeout=60)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, f"exit {out.returncode}:\n{log}"
+    proc = _start_build(tmp_path, SWALLOWED_BUILD, "SwallowedBuild")
+    try:
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{log}"
     assert "built" not in log and not any(s in log for s in BAD_SIGNS + ("Exception ignored",)), log
     assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, log
 
@@ -184,11 +192,7 @@ def test_a_signal_during_the_build_ends_it_even_where_code_swallows_keyboard_int
     after throwing an instance of 'pybind11::error_already_set'" when SIGINT came while torch imported
     torch.distributed). So before the node is whole a signal ends the process from the handler: exit 0 at once, and
     the line on stderr says why (with the KeyboardInterrupt swallowed here, the build went on for 20 s)."""
-    (tmp_path / "catch_all_build.py").write_text(CATCH_ALL_BUILD)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
-                             "run_node('catch_all_build', 'CatchAllBuild', 'catch_all_build')"], cwd=str(REPO),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_build(tmp_path, CATCH_ALL_BUILD, "CatchAllBuild")
     try:
         assert proc.stdout.readline().strip() == "building"
         t0 = time.monotonic()

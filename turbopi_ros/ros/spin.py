@@ -111,8 +111,6 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         executor.add_node(node)
         while not stop.event.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
-    except KeyboardInterrupt:
-        pass
     except Exception as e:
         if stop.event.is_set() or _external_shutdown(e):
             pass  # shutting down: whatever the interrupted code raised on the way out
