@@ -2,11 +2,13 @@
 own SIGINT, then escalates to SIGTERM). Whenever the signals arrive - while importing, while the model loads, idle
 without inputs, in the middle of inferences - the node must exit 0, without a traceback or an abort, within the time
 launch gives it before SIGTERM (5 s)."""
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -87,15 +89,22 @@ def test_signals_while_the_model_loads(tmp_path):
     assert "ready:" not in node.log()
 
 
-def _start_build(tmp_path, source: str, cls: str) -> subprocess.Popen:
+@contextlib.contextmanager
+def _build_process(tmp_path, source: str, cls: str) -> Iterator[subprocess.Popen]:
     """run_node over ``cls``, defined by ``source`` in a module of its own (its name: ``cls`` in snake case, which
-    is also the node's name), with stdout and stderr on one pipe."""
+    is also the node's name), with stdout and stderr on one pipe; killed on leaving if still running."""
     module = "".join("_" + c.lower() if c.isupper() else c for c in cls).lstrip("_")
     (tmp_path / f"{module}.py").write_text(source)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
+    proc = subprocess.Popen([sys.executable, "-c", "from turbopi_ros.ros.spin import run_node; "
                              f"run_node('{module}', '{cls}', '{module}')"], cwd=str(REPO), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 SLOW_BUILD = """
@@ -110,17 +119,12 @@ def test_a_signal_inside_exec_code_during_the_build_exits_0(tmp_path):
     """A Ctrl-C that lands in code run by exec() of a string while the node is built (1 in ~20 during the real model
     load: torch imports modules lazily, and dataclasses exec their methods) must exit 0 too: a KeyboardInterrupt raised
     there is marked unhandled by CPython even where it is caught, and a normal exit then ends in kill(SIGINT)."""
-    proc = _start_build(tmp_path, SLOW_BUILD, "SlowBuild")
-    try:
+    with _build_process(tmp_path, SLOW_BUILD, "SlowBuild") as proc:
         assert proc.stdout.readline().strip() == "building"
         time.sleep(0.2)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
     assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S and not any(s in out for s in BAD_SIGNS), out
 
@@ -154,13 +158,8 @@ def test_a_signal_that_lands_in_a_weakref_callback_during_the_build_still_interr
     KeyboardInterrupt traceback: the Ctrl-C landed in a callback whose exceptions Python ignores, and the model load
     went on. A signal before the node is whole now ends the process inside the handler: nothing is printed, exit 0."""
     t0 = time.monotonic()
-    proc = _start_build(tmp_path, SWALLOWED_BUILD, "SwallowedBuild")
-    try:
+    with _build_process(tmp_path, SWALLOWED_BUILD, "SwallowedBuild") as proc:
         log, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{log}"
     assert "built" not in log and not any(s in log for s in BAD_SIGNS + ("Exception ignored",)), log
     assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, log
@@ -192,16 +191,11 @@ def test_a_signal_during_the_build_ends_it_even_where_code_swallows_keyboard_int
     after throwing an instance of 'pybind11::error_already_set'" when SIGINT came while torch imported
     torch.distributed). So before the node is whole a signal ends the process from the handler: exit 0 at once, and
     the line on stderr says why (with the KeyboardInterrupt swallowed here, the build went on for 20 s)."""
-    proc = _start_build(tmp_path, CATCH_ALL_BUILD, "CatchAllBuild")
-    try:
+    with _build_process(tmp_path, CATCH_ALL_BUILD, "CatchAllBuild") as proc:
         assert proc.stdout.readline().strip() == "building"
         t0 = time.monotonic()
         proc.wait(timeout=60)
         out = proc.stdout.read()  # not communicate(timeout=...): it reads the pipe past what readline buffered
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
     assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the build went on after SIGTERM:\n{out}"
     assert "built" not in out and not any(s in out for s in BAD_SIGNS), out
