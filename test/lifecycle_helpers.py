@@ -53,10 +53,14 @@ class Lifecycle:
             assert time.monotonic() < deadline, f"no answer to GetState in {timeout:g} s"
 
     def set(self, transition: str, timeout: float = 120.0) -> bool:
+        future = self.request(transition)
+        assert wait_for(future.done, timeout=timeout), transition
+        return future.result().success
+
+    def request(self, transition: str):
+        """Ask for ``transition`` without waiting: the ChangeState call's future."""
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState
 
         # by label, as `ros2 lifecycle set` does: "shutdown" is the one from the current state
-        future = self.change.call_async(ChangeState.Request(transition=Transition(label=transition)))
-        assert wait_for(future.done, timeout=timeout), transition
-        return future.result().success
+        return self.change.call_async(ChangeState.Request(transition=Transition(label=transition)))

@@ -1,6 +1,8 @@
 """turbopi_node --managed (ros/lifecycle_node.py) driven through its lifecycle services from a test node: every
 transition, no chunk or command outside active (a velocity group's zero command comes within the deactivation), a
-failed configure returns FAILURE with the reason in the log, Ctrl-C from any state exits 0."""
+failed configure returns FAILURE with the reason in the log, Ctrl-C from any state exits 0, during configure at once."""
+import json
+import signal
 import time
 
 import pytest
@@ -13,8 +15,11 @@ from lifecycle_helpers import Lifecycle  # noqa: E402
 from ros_helpers import (DEMO_PARAMS, NodeProcess, isolate_ros_domain, make_test_node, node_params,  # noqa: E402
                          spin_in_background, wait_for)
 
+from turbopi_ros.ros.faults import ENV as FAULTS_ENV  # noqa: E402
+
 MANAGED = ["--", "--managed"]  # after --ros-args ...: the end of rcl's arguments, then the node's own flag
 GRACE_S = 0.2  # messages already in flight when a transition returns
+LAUNCH_SIGTERM_AFTER_S = 5.0  # ros2 launch: SIGTERM this long after its SIGINT, SIGKILL as long after that
 
 
 def _overrides(extra: dict) -> list:
@@ -125,3 +130,36 @@ def test_ctrl_c_exits_0(ros, transitions, state):
         rc = node.stop()
     assert rc == 0, node.log()
     assert "Traceback" not in node.log(), node.log()
+
+
+def test_ctrl_c_during_configure_exits_at_once(ros):
+    """configure loads the model and warms up: tens of seconds on a GPU. Ctrl-C then (twice, as under ros2 launch) must
+    end the process at once with one line and exit 0, not after configure returns: launch sends SIGTERM 5 s after its
+    SIGINT and SIGKILL 5 s later. Here the warm-up's inference hangs (the test-only hang fault) until the signals."""
+    feeder, recorder, lifecycle, tmp = ros
+    faults, entered = tmp / "configure_faults.json", tmp / "configure_entered"
+    faults.write_text(json.dumps({"hang_s": 60, "entered_file": str(entered)}))
+    node = NodeProcess(DEMO_PARAMS, tmp / "ctrl_c_configuring.log", MANAGED, env={FAULTS_ENV: str(faults)})
+    future = None
+    try:
+        assert lifecycle.ready(), node.log()
+        future = lifecycle.request("configure")
+        assert wait_for(lambda: entered.exists() or not node.alive(), timeout=60), node.log()
+        assert node.alive() and not future.done(), node.log()
+        t0 = time.monotonic()
+        node.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        if node.alive():
+            node.proc.send_signal(signal.SIGINT)
+        exited = wait_for(lambda: not node.alive(), timeout=LAUNCH_SIGTERM_AFTER_S, period=0.02)
+        elapsed = time.monotonic() - t0
+    finally:
+        faults.write_text("{}")  # ends the hang if the node is still in it
+        rc = node.stop()
+        if future is not None:
+            lifecycle.change.remove_pending_request(future)
+    log = node.log()
+    assert exited, f"still configuring {elapsed:.1f} s after Ctrl-C:\n{log}"
+    assert rc == 0, log
+    assert "SIGINT while configuring" in log, log
+    assert "Traceback" not in log and "configured:" not in log, log

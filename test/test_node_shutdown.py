@@ -202,6 +202,42 @@ def test_a_signal_during_the_build_ends_it_even_where_code_swallows_keyboard_int
     assert "[catch_all_build]: SIGTERM while starting, before the node exists: exiting" in out, out
 
 
+LATE_CONFIGURE = """
+import os
+import signal
+import time
+
+from turbopi_ros.ros.spin import signals_end_the_process
+
+
+class LateConfigure:
+    def start(self):  # the node is built: a signal now ends the spin, not the process
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("signalled", flush=True)
+        with signals_end_the_process("configuring"):  # as a managed node's configure, right after the signal
+            time.sleep(20)
+        print("configured", flush=True)
+
+    def destroy_node(self):
+        return True
+"""
+
+
+def test_a_signal_just_before_a_configure_ends_the_process_as_it_starts(tmp_path):
+    """A managed node's configure (lifecycle_node.py) runs in a callback of the spin; a Ctrl-C that came just before
+    it, when the spin could not end yet, must not wait for the whole load: signals_end_the_process sees the signal
+    as it starts and ends the process (test_node_lifecycle.py covers a signal in the middle of a configure)."""
+    with _build_process(tmp_path, LATE_CONFIGURE, "LateConfigure") as proc:
+        assert proc.stdout.readline().strip() == "signalled"
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+        out = proc.stdout.read()
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
+    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the configure went on after SIGTERM:\n{out}"
+    assert "configured" not in out and not any(s in out for s in BAD_SIGNS), out
+    assert "[late_configure]: SIGTERM while configuring: exiting" in out, out
+
+
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGINT, signal.SIGINT, signal.SIGTERM),
                                      (signal.SIGTERM, signal.SIGINT)], ids=["int-int", "int-int-term", "term-int"])
 def test_signals_while_idle_without_inputs(tmp_path, feeder, signals):

@@ -16,8 +16,10 @@ lifecycle services, and follows the transitions (``ros2 lifecycle set /turbopi_n
 
 Parameters keep the values they were declared with across cleanup and configure (they are read-only: restart the
 process to change them). While inactive, ``~/enable`` refuses to enable; while active it pauses and resumes as in the
-plain node (``autostart`` does not apply: activating is the start). Ctrl-C ends the process with 0 from any state (a
-transition in progress, such as a long model load, finishes first).
+plain node (``autostart`` does not apply: activating is the start). Ctrl-C ends the process with 0 from any state;
+during configure (the model load and the warm-up: tens of seconds on a GPU) at once, with one line, as before the
+plain node exists (spin.signals_end_the_process): nothing is published then, and ``ros2 launch`` would otherwise
+kill the node with SIGKILL before configure returned. Another transition in progress finishes first (they are short).
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from std_srvs.srv import SetBool
 from .policy_node import TurbopiNode
 from .problems import failure
 from .ros_compat import remove_parameter_callbacks
+from .spin import signals_end_the_process
+
+CONFIGURING = "configuring (loading the model, warming up; nothing is published)"
 
 
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
@@ -50,9 +55,10 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         self._made = {kind: set(getattr(self, kind)) for kind in ("publishers", "subscriptions", "timers",
                                                                    "services", "clients")}
         try:
-            self._build()
-            self._enabled = False  # inactive: nothing is published until activate
-            self.get_logger().info(self.warm_up.run())  # before activate: the engine does not warm up again
+            with signals_end_the_process(CONFIGURING):  # Ctrl-C does not wait for the load and the warm-up
+                self._build()
+                self._enabled = False  # inactive: nothing is published until activate
+                self.get_logger().info(self.warm_up.run())  # before activate: the engine does not warm up again
             self.get_logger().info(self._ready_message)
         except Exception as e:  # noqa: BLE001 - any failure is the transition's, reported with its reason
             self.get_logger().error(failure("configure", e))

@@ -4,7 +4,8 @@ Signals: a terminal Ctrl-C under ``ros2 launch`` reaches the node twice (the ter
 and launch forwards its own SIGINT), and launch escalates to SIGTERM. rclpy's own handler would turn the second one
 into a KeyboardInterrupt in the middle of the cleanup (killing the node with a traceback, or aborting it while the
 inference thread is inside torch). So this module owns SIGINT and SIGTERM: the first one ends the spin (or, before the
-node is built, e.g. during a long model load, the process at once: _Stop says why), every later one is ignored while
+node is built, e.g. during a long model load, and while a managed node configures, the process at once: _Stop and
+signals_end_the_process say why), every later one is ignored while
 the node shuts down (and while the interpreter finalizes); the inference thread gets a few seconds to finish its chunk
 (node.destroy_node), and a thread still busy after that is abandoned by exiting without interpreter teardown (os._exit)
 instead of being torn down under it.
@@ -16,19 +17,22 @@ fake_robot's CPU use and stalled its 50 Hz timers for 1-2 s at a time; the singl
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import sys
 import threading
+from typing import Iterator, Optional
 
 SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
 
 
 class _Stop:
-    """Until the node is built (importing rclpy and torch, loading the model), the first SIGINT/SIGTERM ends the
-    process at once: one line on stderr, exit 0, from inside the handler. After that it sets the flag that ends the
-    spin; later ones do nothing.
+    """Until the node is built (importing rclpy and torch, loading the model), and within
+    ``signals_end_the_process`` (a managed node's configure), the first SIGINT/SIGTERM ends the process at once: one
+    line on stderr, exit 0, from inside the handler. Otherwise it sets the flag that ends the spin; later ones do
+    nothing.
 
     Why exit from the handler while building: a KeyboardInterrupt raised there lands wherever the main thread is, and
     some places cannot take one. Inside torch's import (``torch._C._c10d_init``, C++ through pybind11) it crossed
@@ -41,11 +45,14 @@ class _Stop:
     def __init__(self, name: str):
         self.name = name
         self.event = threading.Event()
-        self.building = True
+        self.signum: Optional[int] = None  # the first signal
+        self.exit_while: Optional[str] = "starting, before the node exists"  # what a signal now ends at once
 
     def __call__(self, signum, frame) -> None:
-        if self.building:
-            _exit_while_building(self.name, signum)
+        if self.signum is None:
+            self.signum = signum
+        if self.exit_while:
+            _exit_at_once(self.name, signum, self.exit_while)
         self.event.set()
 
     def install(self) -> None:
@@ -60,16 +67,39 @@ class _Stop:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def _exit_while_building(name: str, signum: int) -> None:
-    """A signal before the node is whole: say so and end the process here (see _Stop)."""
+_running: Optional[_Stop] = None  # run_node's handler, while a node runs under it
+
+
+def _exit_at_once(name: str, signum: int, what: str) -> None:
+    """A signal where nothing needs shutting down: say so and end the process here (see _Stop)."""
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except Exception:  # noqa: BLE001 - the main thread was inside a write to the same stream: let that go
         pass
-    os.write(2, f"[INFO] [{name}]: {signal.Signals(signum).name} while starting, before the node exists: "
-                f"exiting\n".encode())
+    os.write(2, f"[INFO] [{name}]: {signal.Signals(signum).name} while {what}: exiting\n".encode())
     os._exit(0)
+
+
+@contextlib.contextmanager
+def signals_end_the_process(what: str) -> Iterator[None]:
+    """Within the block, a SIGINT or SIGTERM ends the process at once, as before the node exists (_Stop): for a long
+    step in the main thread while the node publishes nothing, which Ctrl-C should not wait for. A managed node's
+    configure (the model load, the graph captures, the warm-up: tens of seconds on a GPU) is one: otherwise the spin
+    ends only after it, and ``ros2 launch`` kills the node with SIGKILL 10 s after the Ctrl-C. ``what`` completes
+    "SIGINT while <what>: exiting". A signal that came just before the block, before the spin could end, ends the
+    process on entry. Outside run_node (the node spun by other code) it does nothing."""
+    stop = _running
+    if stop is None:
+        yield
+        return
+    stop.exit_while = what
+    try:
+        if stop.signum is not None:
+            _exit_at_once(stop.name, stop.signum, what)
+        yield
+    finally:
+        stop.exit_while = None
 
 
 def _external_shutdown(e: Exception) -> bool:
@@ -92,7 +122,8 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
     handled from the first line on (one before the node is whole exits at once). Exit 0 after a signal; a configuration
     that cannot work (ValueError, OSError or an rcl error while building) is logged as ``cannot start: ...`` and exits
     1."""
-    stop = _Stop(name)
+    global _running
+    stop = _running = _Stop(name)
     stop.install()
     node = None
     code = 0
@@ -104,7 +135,7 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
 
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = getattr(importlib.import_module(module), cls)()
-        stop.building = False
+        stop.exit_while = None
         if hasattr(node, "start"):
             node.start()
         executor = SingleThreadedExecutor()
@@ -122,6 +153,7 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
     finally:
         stop.event.set()
         stop.ignore_from_now_on()
+        _running = None
         if node is not None:
             stopped = node.destroy_node() is not False
         if "rclpy" in sys.modules:
