@@ -352,7 +352,7 @@ def norm_candidates(a: torch.Tensor, w: torch.Tensor, gated: bool = False) -> Di
 def few_rows_linear_add_rms_norm(a: torch.Tensor, w: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                                  weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
                                  shift: Optional[torch.Tensor], gated: bool,
-                                 w_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                                 w_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """fused.add_rms_norm(x, F.linear(a, w), gate, weight, scale, shift) for a [..., K] (x [..., N]); ``gated``: of
     fused.gelu_gate(a) for a [..., 2K]; FP8 w: scaled_linear with its row scales ``w_scale``. Where use_kernels(a,
     w): the few-rows matmul with its K shares summed in the norm's kernel (launch_add_rms_norm; on a GPU the config

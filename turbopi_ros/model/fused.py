@@ -418,7 +418,7 @@ def _(x, weight, scale, shift):
 
 @torch.library.custom_op("turbopi::add_rms_norm", mutates_args=())
 def add_rms_norm(x: torch.Tensor, branch: torch.Tensor, gate: Optional[torch.Tensor], weight: Optional[torch.Tensor],
-                 scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                 scale: Optional[torch.Tensor], shift: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + branch [* gate], its RMSNorm / adaRMS)."""
     if kernels_for(x):
         return _rms_triton(x, branch, gate, weight, scale, shift)
@@ -508,7 +508,7 @@ def _(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads):
 
 @torch.library.custom_op("turbopi::qkv_rope_heads", mutates_args=())
 def qkv_rope_heads(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
-                   num_kv_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """qkv_rope into new tensors instead of a cache (what autograd can differentiate: fused_grad.py): qkv
     [B, L, (H + 2 KV) D] -> rotated q [B, L, H, D], rotated k and v [B, KV, L, D] (head-major, the cache layout)."""
     B, L, _ = qkv.shape
@@ -538,7 +538,7 @@ def _ln_triton(x, branch, weight, bias, eps):
 
 @torch.library.custom_op("turbopi::add_layer_norm", mutates_args=())
 def add_layer_norm(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + branch, LayerNorm of it) for SigLIP's pre-norm layers."""
     if kernels_for(x):
         return _ln_triton(x, branch, weight, bias, eps)
