@@ -350,8 +350,9 @@ def test_no_tf32_puts_every_precision_setting_back():
     b = torch.backends
 
     def settings():
-        return (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32,
-                *(getattr(m, "fp32_precision", None) for m in (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn)))
+        modules = (b, b.cuda.matmul, b.cudnn, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None))
+        return (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32,  # fp32_precision: torch 2.9 and newer
+                *(getattr(m, "fp32_precision", None) for m in modules))
 
     before = settings()
     for _ in range(2):

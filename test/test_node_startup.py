@@ -1,10 +1,13 @@
 """Safe defaults: nothing moves unless asked for. A node without a checkpoint, without action limits for every action
 joint, or with a value that cannot work refuses to start, names the parameter and what to set, and exits 1 without a
-traceback; so does a --params-file that does not exist."""
+traceback; so does a --params-file that does not exist, and a torch older than the package needs."""
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from ros_helpers import DEMO_PARAMS, isolate_ros_domain, node_params, run_node_starts
+from ros_helpers import DEMO_PARAMS, REPO, isolate_ros_domain, node_params, run_node_starts
 
 pytest.importorskip("rclpy")
 
@@ -85,3 +88,18 @@ def test_missing_params_file_names_the_file(outcomes, tmp_path):
 
 def test_the_demo_config_asks_for_random_weights_explicitly():
     assert node_params(DEMO_PARAMS)["model.checkpoint"] == "random"
+
+
+def test_a_torch_too_old_is_named_with_what_to_install():
+    """torch 2.4 failed deep inside its schema inference ("Parameter x has unsupported type torch.Tensor"); the node
+    now names the torch it found and what to install (model/torch_version.py), as any other start-up error: one line,
+    exit 1. The installed torch is made to report 2.4.1 before the node imports the model."""
+    isolate_ros_domain()
+    code = ("import sys, torch; torch.__version__ = '2.4.1+cu121'; from turbopi_ros.node import main; "
+            f"sys.argv[1:] = ['--ros-args', '--params-file', {str(DEMO_PARAMS)!r}]; main()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log
+    assert "[turbopi_node]: cannot start: turbopi_ros needs torch 2.5 or newer; this Python has torch 2.4.1+cu121" \
+        in log, log
+    assert "Traceback" not in log and "loading" not in log, log

@@ -109,19 +109,22 @@ def _external_shutdown(e: Exception) -> bool:
 
 
 def _configuration_error(e: Exception) -> bool:
-    """A node that cannot be built as configured: a bad parameter (ValueError), a missing file (OSError), or rcl
-    refusing the arguments (RCLError, e.g. a --params-file that does not exist or does not parse)."""
+    """A node that cannot be built as configured: a bad parameter (ValueError), a missing file (OSError), rcl
+    refusing the arguments (RCLError, e.g. a --params-file that does not exist or does not parse), or a Python
+    package missing or too old (ImportError, e.g. torch older than model/torch_version.py's MIN_TORCH)."""
+    if isinstance(e, (ValueError, OSError, ImportError)):
+        return True  # before asking rclpy: the package missing may be rclpy itself
     from rclpy.impl.implementation_singleton import rclpy_implementation
 
-    return isinstance(e, (ValueError, OSError, rclpy_implementation.RCLError))
+    return isinstance(e, rclpy_implementation.RCLError)
 
 
 def run_node(module: str, cls: str, name: str, args=None) -> None:
     """Import ``module`` (torch, rclpy: seconds), build ``cls`` from it, start it (``node.start()`` if it has one:
     threads start only once the node is whole), spin until a signal or an external shutdown, destroy it. Signals are
     handled from the first line on (one before the node is whole exits at once). Exit 0 after a signal; a configuration
-    that cannot work (ValueError, OSError or an rcl error while building) is logged as ``cannot start: ...`` and exits
-    1."""
+    or installation that cannot work (ValueError, OSError, ImportError or an rcl error while building) is logged as
+    ``cannot start: ...`` and exits 1."""
     global _running
     stop = _running = _Stop(name)
     stop.install()
