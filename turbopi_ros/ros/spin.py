@@ -93,13 +93,13 @@ def signals_end_the_process(what: str) -> Iterator[None]:
     if stop is None:
         yield
         return
-    stop.exit_while = what
+    outer, stop.exit_while = stop.exit_while, what
     try:
         if stop.signum is not None:
             _exit_at_once(stop.name, stop.signum, what)
         yield
     finally:
-        stop.exit_while = None
+        stop.exit_while = outer  # inside the build (or another such block): a signal still ends the process
 
 
 def _external_shutdown(e: Exception) -> bool:
