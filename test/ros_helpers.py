@@ -24,6 +24,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PARAMS = REPO / "config" / "demo_tiny.yaml"
+LAUNCH_SIGTERM_AFTER_S = 5.0  # ros2 launch: SIGTERM this long after its SIGINT (and SIGKILL as long after that)
+BAD_SIGNS = ("Traceback", "terminate called", "Aborted", "core dumped", "KeyboardInterrupt")  # in an exit's output
 
 
 class DemoProcess:
@@ -191,6 +193,32 @@ class NodeProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text()
+
+    def interrupt(self, signals=(signal.SIGINT, signal.SIGINT), gap_s: float = 0.05) -> float:
+        """Send ``signals`` ``gap_s`` apart (a Ctrl-C under ros2 launch: the terminal's SIGINT, then launch's), wait
+        for the exit; returns the seconds from the first signal to the exit (a test failure after 30 s)."""
+        import pytest
+
+        t0 = time.monotonic()
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(gap_s)
+            if self.alive():
+                self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail("the node did not exit within 30 s of the signals:\n" + self.log())
+        return time.monotonic() - t0
+
+    def assert_clean_exit(self, elapsed: float) -> None:
+        """Exit 0, none of BAD_SIGNS in the output, within the time ros2 launch allows before SIGTERM."""
+        log = self.log()
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}:\n{log}"
+        assert not any(s in log for s in BAD_SIGNS), log
+        assert elapsed < LAUNCH_SIGTERM_AFTER_S, f"took {elapsed:.1f} s to exit:\n{log}"
 
     def stop(self) -> int:
         if self.alive():

@@ -14,11 +14,9 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import DEMO_PARAMS, REPO, NodeProcess, isolate_ros_domain, make_test_node, node_params, \
-    spin_in_background, wait_for  # noqa: E402
+from ros_helpers import BAD_SIGNS, DEMO_PARAMS, LAUNCH_SIGTERM_AFTER_S, REPO, NodeProcess, isolate_ros_domain, \
+    make_test_node, node_params, spin_in_background, wait_for  # noqa: E402
 
-LAUNCH_SIGTERM_AFTER_S = 5.0
-BAD_SIGNS = ("Traceback", "terminate called", "Aborted", "core dumped", "KeyboardInterrupt")
 
 
 @pytest.fixture(scope="module")
@@ -32,30 +30,6 @@ def feeder():
     executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
-
-
-def _interrupt(node: NodeProcess, signals=(signal.SIGINT, signal.SIGINT), gap_s: float = 0.05) -> float:
-    """Send ``signals`` ``gap_s`` apart, wait for the exit; returns the seconds from the first signal to exit."""
-    t0 = time.monotonic()
-    for i, sig in enumerate(signals):
-        if i:
-            time.sleep(gap_s)
-        if node.alive():
-            node.proc.send_signal(sig)
-    try:
-        node.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        node.proc.kill()
-        node.proc.wait()
-        pytest.fail("the node did not exit within 30 s of the signals:\n" + node.log())
-    return time.monotonic() - t0
-
-
-def _check_clean(node: NodeProcess, elapsed: float) -> None:
-    log = node.log()
-    assert node.proc.returncode == 0, f"exit {node.proc.returncode}:\n{log}"
-    assert not any(s in log for s in BAD_SIGNS), log
-    assert elapsed < LAUNCH_SIGTERM_AFTER_S, f"took {elapsed:.1f} s to exit:\n{log}"
 
 
 def _start(tmp_path, name) -> NodeProcess:
@@ -77,7 +51,7 @@ def test_signals_while_importing(tmp_path, delay_s):
     node = _start(tmp_path, f"start_{delay_s}")
     assert wait_for(lambda: not node.alive() or _catches_sigterm(node.proc.pid), timeout=30, period=0.005)
     time.sleep(delay_s)
-    _check_clean(node, _interrupt(node))
+    node.assert_clean_exit(node.interrupt())
     assert "ready:" not in node.log() or delay_s > 0, node.log()
 
 
@@ -85,7 +59,7 @@ def test_signals_while_the_model_loads(tmp_path):
     node = _start(tmp_path, "loading")
     assert wait_for(lambda: "loading random weights" in node.log() or not node.alive(), timeout=60), node.log()
     assert "ready:" not in node.log(), "the model loaded too fast to interrupt it:\n" + node.log()
-    _check_clean(node, _interrupt(node))
+    node.assert_clean_exit(node.interrupt())
     assert "ready:" not in node.log()
 
 
@@ -238,13 +212,46 @@ def test_a_signal_just_before_a_configure_ends_the_process_as_it_starts(tmp_path
     assert "[late_configure]: SIGTERM while configuring: exiting" in out, out
 
 
+NESTED_IN_BUILD = """
+import time
+
+from turbopi_ros.ros.spin import signals_end_the_process
+
+
+class NestedInBuild:
+    def __init__(self):
+        with signals_end_the_process("configuring"):  # a block that ends inside the build
+            pass
+        print("building", flush=True)
+        time.sleep(20)  # the rest of a long load
+        print("built", flush=True)
+
+    def destroy_node(self):
+        return True
+"""
+
+
+def test_a_signal_after_such_a_block_inside_the_build_still_ends_the_process(tmp_path):
+    """signals_end_the_process puts back what came before it: used inside the build, a signal after the block still
+    ends the process at once as before the node exists, not only the spin 20 s later."""
+    with _build_process(tmp_path, NESTED_IN_BUILD, "NestedInBuild") as proc:
+        assert proc.stdout.readline().strip() == "building"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        out = proc.stdout.read()
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
+    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the build went on after SIGTERM:\n{out}"
+    assert "[nested_in_build]: SIGTERM while starting, before the node exists: exiting" in out, out
+
+
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGINT, signal.SIGINT, signal.SIGTERM),
                                      (signal.SIGTERM, signal.SIGINT)], ids=["int-int", "int-int-term", "term-int"])
 def test_signals_while_idle_without_inputs(tmp_path, feeder, signals):
     node = _start(tmp_path, "idle")
     assert wait_for(lambda: "ready:" in node.log() or not node.alive(), timeout=60), node.log()
     time.sleep(0.3)
-    _check_clean(node, _interrupt(node, signals))
+    node.assert_clean_exit(node.interrupt(signals))
 
 
 @pytest.mark.parametrize("after_s", [0.0, 0.13, 0.37])
@@ -254,7 +261,7 @@ def test_signals_in_the_middle_of_inferences(tmp_path, feeder, after_s):
     node = _start(tmp_path, f"busy_{after_s}")
     assert wait_for(lambda: feeder.count(feeder.chunks) >= 2 or not node.alive(), timeout=60), node.log()
     time.sleep(after_s)
-    _check_clean(node, _interrupt(node))
+    node.assert_clean_exit(node.interrupt())
 
 
 def test_signals_while_the_engine_hangs(tmp_path, feeder):
@@ -270,7 +277,7 @@ def test_signals_while_the_engine_hangs(tmp_path, feeder):
     assert wait_for(lambda: feeder.count(feeder.chunks) >= 2 or not node.alive(), timeout=60), node.log()
     faults.write_text(json.dumps({"hang_s": 30}))
     time.sleep(1.0)  # the next inference is now inside the hang
-    _check_clean(node, _interrupt(node))
+    node.assert_clean_exit(node.interrupt())
 
 
 def test_fake_robot_shuts_down_cleanly(tmp_path):
