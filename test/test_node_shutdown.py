@@ -81,6 +81,24 @@ def _build_process(tmp_path, source: str, cls: str) -> Iterator[subprocess.Popen
             proc.wait()
 
 
+def _ends_at_once(proc: subprocess.Popen, first_line: str, unfinished: str, send: signal.Signals | None = None,
+                  pause_s: float = 0.0) -> str:
+    """Wait for ``first_line``, then (after ``pause_s``) send ``send`` if given, and check that the process exits 0
+    before launch would send SIGTERM, with no bad sign and without printing ``unfinished`` (what the build prints
+    if it went on); returns the rest of what it printed."""
+    assert proc.stdout.readline().strip() == first_line
+    time.sleep(pause_s)
+    t0 = time.monotonic()
+    if send is not None:
+        proc.send_signal(send)
+    proc.wait(timeout=60)
+    out = proc.stdout.read()  # not communicate(timeout=...): it reads the pipe past what readline buffered
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
+    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"it went on after the signal:\n{out}"
+    assert unfinished not in out and not any(s in out for s in BAD_SIGNS), out
+    return out
+
+
 SLOW_BUILD = """
 class SlowBuild:
     def __init__(self):
@@ -94,13 +112,7 @@ def test_a_signal_inside_exec_code_during_the_build_exits_0(tmp_path):
     load: torch imports modules lazily, and dataclasses exec their methods) must exit 0 too: a KeyboardInterrupt raised
     there is marked unhandled by CPython even where it is caught, and a normal exit then ends in kill(SIGINT)."""
     with _build_process(tmp_path, SLOW_BUILD, "SlowBuild") as proc:
-        assert proc.stdout.readline().strip() == "building"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
-    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S and not any(s in out for s in BAD_SIGNS), out
+        _ends_at_once(proc, "building", unfinished="built", send=signal.SIGINT, pause_s=0.2)
 
 
 SWALLOWED_BUILD = """
@@ -166,13 +178,7 @@ def test_a_signal_during_the_build_ends_it_even_where_code_swallows_keyboard_int
     torch.distributed). So before the node is whole a signal ends the process from the handler: exit 0 at once, and
     the line on stderr says why (with the KeyboardInterrupt swallowed here, the build went on for 20 s)."""
     with _build_process(tmp_path, CATCH_ALL_BUILD, "CatchAllBuild") as proc:
-        assert proc.stdout.readline().strip() == "building"
-        t0 = time.monotonic()
-        proc.wait(timeout=60)
-        out = proc.stdout.read()  # not communicate(timeout=...): it reads the pipe past what readline buffered
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
-    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the build went on after SIGTERM:\n{out}"
-    assert "built" not in out and not any(s in out for s in BAD_SIGNS), out
+        out = _ends_at_once(proc, "building", unfinished="built")
     assert "[catch_all_build]: SIGTERM while starting, before the node exists: exiting" in out, out
 
 
@@ -202,13 +208,7 @@ def test_a_signal_just_before_a_configure_ends_the_process_as_it_starts(tmp_path
     it, when the spin could not end yet, must not wait for the whole load: signals_end_the_process sees the signal
     as it starts and ends the process (test_node_lifecycle.py covers a signal in the middle of a configure)."""
     with _build_process(tmp_path, LATE_CONFIGURE, "LateConfigure") as proc:
-        assert proc.stdout.readline().strip() == "signalled"
-        t0 = time.monotonic()
-        proc.wait(timeout=60)
-        out = proc.stdout.read()
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
-    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the configure went on after SIGTERM:\n{out}"
-    assert "configured" not in out and not any(s in out for s in BAD_SIGNS), out
+        out = _ends_at_once(proc, "signalled", unfinished="configured")
     assert "[late_configure]: SIGTERM while configuring: exiting" in out, out
 
 
@@ -235,13 +235,7 @@ def test_a_signal_after_such_a_block_inside_the_build_still_ends_the_process(tmp
     """signals_end_the_process puts back what came before it: used inside the build, a signal after the block still
     ends the process at once as before the node exists, not only the spin 20 s later."""
     with _build_process(tmp_path, NESTED_IN_BUILD, "NestedInBuild") as proc:
-        assert proc.stdout.readline().strip() == "building"
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        out = proc.stdout.read()
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}"
-    assert time.monotonic() - t0 < LAUNCH_SIGTERM_AFTER_S, f"the build went on after SIGTERM:\n{out}"
+        out = _ends_at_once(proc, "building", unfinished="built", send=signal.SIGTERM)
     assert "[nested_in_build]: SIGTERM while starting, before the node exists: exiting" in out, out
 
 
