@@ -125,7 +125,8 @@ def compile_launch(launch, capability: int):
 
     kernel, kwargs = launch.kernel, dict(launch.kwargs)
     kwargs["debug"] = False
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    if hasattr(knobs.compilation, "instrumentation_mode"):  # Triton 3.6+ passes it; 3.5's run has no such option
+        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
     target = GPUTarget("cuda", capability, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
