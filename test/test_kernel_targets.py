@@ -108,3 +108,33 @@ def test_check_reports_a_compile_error_and_a_spill(tmp_path, monkeypatch):
     spilled = kernel_targets.check(one_warp, 90)  # 8192 floats a row over 32 threads: 256 registers are not enough
     assert not spilled["ok"] and spilled["spills"] and spilled["stack_bytes"] > 0
     assert kernel_targets.check(log[0], 90)["ok"]  # the same row with the launch's own 4 warps fits
+
+
+def _stand_in_check(launch, capability):
+    """check()'s place in the forked compile processes: what it was given, and where it ran."""
+    if launch == "dies":
+        os._exit(3)
+    return {"ok": True, "seconds": 0.0, "pid": os.getpid(), "what": f"{launch}@{capability}"}
+
+
+def test_each_target_compiles_in_a_process_of_its_own(monkeypatch):
+    """Triton's lowering keeps state between the compiles of one process: with Triton 3.5, compiling the few-rows
+    matmul on FP8 weights for sm_90 first made the next sm_89 compile emit sm_90's cvt.bf16.f16, which ptxas
+    rejected, where sm_89 alone builds (a GPU compiles for one target a process). So every target's launches
+    compile, in order, in a process of their own; the launches are inherited (forked), not pickled."""
+    monkeypatch.setattr(kernel_targets, "check", _stand_in_check)
+    out = kernel_targets.compile_per_target({90: ["a", "b"], 89: ["a"], 110: ["c", "a"]})
+    assert {cap: [r["what"] for r in rs] for cap, rs in out.items()} == {90: ["a@90", "b@90"], 89: ["a@89"],
+                                                                         110: ["c@110", "a@110"]}
+    pids = {cap: {r["pid"] for r in rs} for cap, rs in out.items()}
+    assert all(len(p) == 1 for p in pids.values()), pids
+    assert len(set.union(*pids.values())) == 3 and os.getpid() not in set.union(*pids.values()), pids
+
+
+def test_a_compile_process_that_dies_fails_its_target_and_the_rest_stands(monkeypatch):
+    """A compiler that crashes its process (Triton's C++ can) fails that target's compiles with the exit status;
+    the other targets' results come back, and nothing waits for an answer that cannot come."""
+    monkeypatch.setattr(kernel_targets, "check", _stand_in_check)
+    out = kernel_targets.compile_per_target({90: ["a"], 89: ["a", "dies", "b"]})
+    assert [r["what"] for r in out[90]] == ["a@90"] and out[90][0]["ok"]
+    assert len(out[89]) == 3 and all(not r["ok"] and "sm_89 died (exit status 3)" in r["error"] for r in out[89])

@@ -7,8 +7,9 @@ pi0.5 with the full widths, heads and head size, two layers each, one camera and
 (RTC) steps for the backward kernels of model/fused_grad.py, in each dtype),
 keeps one launch per distinct specialization (the dtypes, which integers are 1 or multiples of 16, which pointers are
 16-byte aligned, the constexprs), and compiles each with Triton's own compiler for each GPU target down to a cubin,
-with the ptxas that ships with Triton. No driver and no device are needed. cuobjdump (shipped beside ptxas) reads the
-registers, the stack and the local memory (spills) of each cubin.
+with the ptxas that ships with Triton, each target in a process of its own (as on a GPU: Triton's lowering keeps
+state from a process's earlier compiles; compile_per_target). No driver and no device are needed. cuobjdump (shipped
+beside ptxas) reads the registers, the stack and the local memory (spills) of each cubin.
 
     python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32,fp8_weights]
         [--json F]
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import subprocess
@@ -168,12 +171,13 @@ def check(launch, capability: int) -> Dict[str, object]:
 
 
 def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) -> Tuple[List[Dict], List[str]]:
-    """Every distinct launch of every variant and dtype compiled for every target: (results, printed lines)."""
+    """Every distinct launch of every variant and dtype compiled for every target: (results, printed lines). The
+    launches are recorded here; each target's are compiled in a process of its own (compile_per_target)."""
     from ..model import fused
     from ..model.fp8 import MIN_CAPABILITY
 
     fp8_min = MIN_CAPABILITY[0] * 10 + MIN_CAPABILITY[1]  # Triton widens e4m3 there and on newer GPUs
-    results, lines = [], []
+    groups = []  # (variant, dtype, the line that says what was recorded, launches, the targets they compile for)
     for variant in variants:
         for dtype in dtypes:
             t0 = time.perf_counter()
@@ -181,18 +185,63 @@ def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) 
             if dtype == "fp8_weights":  # only the kernels that read the FP8 weights: the rest is bfloat16's
                 launches = [x for x in launches if x.kwargs.get("W_SCALED")]
             caps = [c for c in targets if dtype != "fp8_weights" or c >= fp8_min]
-            lines.append(f"{variant} {dtype}: {len(launches)} distinct launches of "
-                         f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
-                         f"{time.perf_counter() - t0:.1f} s"
-                         + (f" (not for sm_{', sm_'.join(str(c) for c in targets if c not in caps)}: FP8 needs "
-                            "8.9 or newer)" if len(caps) < len(targets) else ""))
-            for launch in launches:
-                for cap in caps:
-                    r = {"variant": variant, "dtype": dtype, "kernel": launch.name, "specialization": describe(launch),
-                         "target": f"sm_{cap}", **check(launch, cap)}
-                    results.append(r)
-                    lines.append(_line(r))
+            groups.append((variant, dtype, f"{variant} {dtype}: {len(launches)} distinct launches of "
+                           f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
+                           f"{time.perf_counter() - t0:.1f} s"
+                           + (f" (not for sm_{', sm_'.join(str(c) for c in targets if c not in caps)}: FP8 needs "
+                              "8.9 or newer)" if len(caps) < len(targets) else ""), launches, caps))
+    per_target = compile_per_target({cap: [launch for *_, launches, caps in groups if cap in caps
+                                           for launch in launches] for cap in targets})
+    results, lines = [], []
+    for variant, dtype, line, launches, caps in groups:  # in the order recorded: launch by launch, every target
+        lines.append(line)
+        for launch in launches:
+            for cap in caps:
+                r = {"variant": variant, "dtype": dtype, "kernel": launch.name, "specialization": describe(launch),
+                     "target": f"sm_{cap}", **per_target[cap].pop(0)}
+                results.append(r)
+                lines.append(_line(r))
     return results, lines
+
+
+def _compile_in_child(launches: Sequence, capability: int, conn) -> None:
+    try:
+        conn.send([check(launch, capability) for launch in launches])
+    finally:
+        conn.close()
+
+
+def compile_per_target(launches: Dict[int, List]) -> Dict[int, List[Dict]]:
+    """check() of each target's launches, in order, each target in a forked process of its own (the recorded
+    launches are inherited, not sent), as many at once as there are CPUs: target -> results.
+
+    A GPU compiles for one target a process, and Triton's lowering keeps state from a process's first compiles:
+    after an sm_90 compile of the few-rows matmul on FP8 weights, Triton 3.5 lowered the e4m3 widening for sm_89
+    with sm_90's instruction (``cvt.bf16.f16``), which ptxas rejected, while the same kernel compiled for sm_89
+    alone builds. A process a target compiles what that target's GPU would. A process that dies fails its
+    target's compiles with its exit status."""
+    ctx = multiprocessing.get_context("fork")  # Linux, as Triton's compilers; fork: no launch is pickled
+    pending, running, out = list(launches.items()), {}, {}
+    workers = max(1, min(len(pending), os.cpu_count() or 1))
+    while pending or running:
+        while pending and len(running) < workers:
+            cap, mine = pending.pop(0)
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_compile_in_child, args=(mine, cap, send), daemon=True)
+            proc.start()
+            send.close()
+            running[receive] = (cap, proc, len(mine))
+        for conn in multiprocessing.connection.wait(list(running)):
+            cap, proc, n = running.pop(conn)
+            try:
+                out[cap] = conn.recv()
+            except EOFError:
+                proc.join()
+                why = f"RuntimeError: the process compiling for sm_{cap} died (exit status {proc.exitcode})"
+                out[cap] = [{"ok": False, "error": why, "seconds": 0.0} for _ in range(n)]
+            conn.close()
+            proc.join()
+    return out
 
 
 def _line(r: Dict) -> str:
