@@ -28,6 +28,14 @@ LAUNCH_SIGTERM_AFTER_S = 5.0  # ros2 launch: SIGTERM this long after its SIGINT 
 BAD_SIGNS = ("Traceback", "terminate called", "Aborted", "core dumped", "KeyboardInterrupt")  # in an exit's output
 
 
+def assert_clean_exit(returncode: int, output: str, elapsed: float) -> None:
+    """A process stopped by signals exited well: exit 0, none of BAD_SIGNS in its output, ``elapsed`` (seconds from
+    the first signal to the exit) within the time ros2 launch allows before SIGTERM."""
+    assert returncode == 0, f"exit {returncode}:\n{output}"
+    assert not any(s in output for s in BAD_SIGNS), output
+    assert elapsed < LAUNCH_SIGTERM_AFTER_S, f"took {elapsed:.1f} s to exit:\n{output}"
+
+
 class DemoProcess:
     """``python -m turbopi_ros.tools.demo ARGS`` in a session of its own, its output collected line by line
     (``lines``)."""
@@ -214,11 +222,8 @@ class NodeProcess:
         return time.monotonic() - t0
 
     def assert_clean_exit(self, elapsed: float) -> None:
-        """Exit 0, none of BAD_SIGNS in the output, within the time ros2 launch allows before SIGTERM."""
-        log = self.log()
-        assert self.proc.returncode == 0, f"exit {self.proc.returncode}:\n{log}"
-        assert not any(s in log for s in BAD_SIGNS), log
-        assert elapsed < LAUNCH_SIGTERM_AFTER_S, f"took {elapsed:.1f} s to exit:\n{log}"
+        """assert_clean_exit() of this node's exit and log."""
+        assert_clean_exit(self.proc.returncode, self.log(), elapsed)
 
     def stop(self) -> int:
         if self.alive():
