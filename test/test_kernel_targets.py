@@ -89,6 +89,28 @@ def test_every_kernel_compiles_for_the_robot_gpus(tmp_path):
     assert "0 failed or spilled" in out.stdout
 
 
+def test_every_kernel_keeps_fma_where_tritons_default_turns_it_off(tmp_path, monkeypatch):
+    """Triton 3.10 turns FP fusion off by default (TRITON_DEFAULT_FP_FUSION=0 sets that default in 3.7 too); every
+    launch passes fused.LAUNCH_OPTIONS, so each kernel still compiles a multiply then an add to one FMA, as every
+    GPU figure was measured: no unfused (.rn) f32 multiply or add in its PTX. A control shows the setting works: the
+    same launch without the options compiles to unfused multiplies."""
+    _no_interpreter()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
+    firsts = {}
+    for launch in kernel_targets.record("pi05", torch.bfloat16):
+        firsts.setdefault(launch.name, launch)
+    assert set(firsts) == set(fused.all_kernels())
+    for name, launch in firsts.items():
+        assert launch.kwargs.get("enable_fp_fusion") is True, name
+        ptx = kernel_targets.compile_launch(launch, 90).asm["ptx"]
+        assert "mul.rn.f32" not in ptx and "add.rn.f32" not in ptx, name
+    rms = firsts["_rms_kernel"]
+    bare = fused.Launch(rms.name, rms.kernel, rms.grid, rms.args,
+                        {k: v for k, v in rms.kwargs.items() if k not in fused.LAUNCH_OPTIONS})
+    assert "mul.rn.f32" in kernel_targets.compile_launch(bare, 90).asm["ptx"]
+
+
 def test_check_reports_a_compile_error_and_a_spill(tmp_path, monkeypatch):
     """The two findings the tool exists for: a kernel the GPU compiler rejects, and one that spills."""
     _no_interpreter()

@@ -247,7 +247,8 @@ def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: b
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), splits)](
         x, w, out, bias if bias is not None else out, w_scale if w_scale is not None else out, M, N, K, k_per_split,
         x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_INTERPRETER, GATED=gated,
-        IEEE=x.dtype == torch.float32, HAS_BIAS=bias is not None, W_SCALED=w_scale is not None, num_warps=num_warps)
+        IEEE=x.dtype == torch.float32, HAS_BIAS=bias is not None, W_SCALED=w_scale is not None, num_warps=num_warps,
+        **fused.LAUNCH_OPTIONS)
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
@@ -272,7 +273,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
     if splits > 1:
         _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, bias if bias is not None else parts, M * N, N,
                                                             splits, BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None,
-                                                            num_warps=4)
+                                                            num_warps=4, **fused.LAUNCH_OPTIONS)
     return y
 
 

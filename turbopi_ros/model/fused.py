@@ -49,6 +49,11 @@ except ImportError:  # pragma: no cover - depends on the install
 _TRITON_ON_CPU = False
 _RECORDING = False
 KERNELS = ("_rms_kernel", "_gelu_gate_kernel", "_qkv_rope_kernel", "_layer_norm_kernel")  # this module's Triton kernels
+# Every launch of every kernel (this module's, fused_grad's, few_rows_matmul's, split_attention's) passes these
+# compile options. enable_fp_fusion: a multiply then an add may compile to one FMA. Triton up to 3.9 does that by
+# default, and every GPU figure in docs/bench/ was measured with it; 3.10 turns the default off, which would change
+# the code and the rounding of every elementwise kernel. Inductor pins the option for its own kernels the same way.
+LAUNCH_OPTIONS: Dict[str, Any] = {"enable_fp_fusion": True}
 
 
 def triton_available() -> bool:
@@ -388,7 +393,7 @@ def _rms_triton(x, branch, gate, weight, scale, shift, parts: bool = False):
                          W, L, _mod_stride(scale, W), _mod_stride(gate, W), RMS_EPS, rows,
                          branch.shape[0] if parts else 1,
                          HAS_BRANCH=branch is not None, HAS_GATE=gate is not None, ADAPTIVE=scale is not None,
-                         BLOCK=_pow2(W), SUM_PARTS=parts)
+                         BLOCK=_pow2(W), SUM_PARTS=parts, **LAUNCH_OPTIONS)
     return xo, y
 
 
@@ -447,7 +452,7 @@ def gelu_gate(gate_up: torch.Tensor) -> torch.Tensor:
         rows = gu.numel() // (2 * n) if n else 0
         block = min(1024, _pow2(n))
         if rows:
-            _gelu_gate_kernel[(rows, triton.cdiv(n, block))](gu, out, n, BLOCK=block)
+            _gelu_gate_kernel[(rows, triton.cdiv(n, block))](gu, out, n, BLOCK=block, **LAUNCH_OPTIONS)
         return out
     return gelu_gate_twin(gate_up)
 
@@ -483,7 +488,8 @@ def _qkv_rope_triton(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads
         qkv, cos, sin, q, keys, values, L, start, cos.stride(0), cos.stride(1),
         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
         B * L, qkv.shape[0] if parts is not None else 1,
-        H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2), SUM_PARTS=parts is not None)
+        H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2), SUM_PARTS=parts is not None,
+        **LAUNCH_OPTIONS)
     return q
 
 
@@ -532,7 +538,7 @@ def _ln_triton(x, branch, weight, bias, eps):
     y = torch.empty_like(x)
     xo = torch.empty_like(x) if branch is not None else y
     _layer_norm_kernel[(x.numel() // W,)](x, branch.contiguous() if branch is not None else x, weight, bias, xo, y,
-                                          W, eps, HAS_BRANCH=branch is not None, BLOCK=_pow2(W))
+                                          W, eps, HAS_BRANCH=branch is not None, BLOCK=_pow2(W), **LAUNCH_OPTIONS)
     return xo, y
 
 

@@ -161,7 +161,7 @@ def rms_norm_backward(total: torch.Tensor, dy: torch.Tensor, d_sum: Optional[tor
         total, dy, d_sum.contiguous() if d_sum is not None else total, weight if weight is not None else total,
         scale if scale is not None else total, d, W, total.shape[1] if total.ndim == 3 else 1,
         fused._mod_stride(scale, W), RMS_EPS, HAS_SUM=d_sum is not None, ADAPTIVE=scale is not None,
-        BLOCK=fused._pow2(W))
+        BLOCK=fused._pow2(W), **fused.LAUNCH_OPTIONS)
     return d
 
 
@@ -181,7 +181,7 @@ def gelu_gate_backward(gate_up: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     rows = gu.numel() // (2 * n) if n else 0
     block = min(1024, fused._pow2(n))
     if rows:
-        _gelu_gate_backward_kernel[(rows, triton.cdiv(n, block))](gu, dy, out, n, BLOCK=block)
+        _gelu_gate_backward_kernel[(rows, triton.cdiv(n, block))](gu, dy, out, n, BLOCK=block, **fused.LAUNCH_OPTIONS)
     return out
 
 
@@ -204,7 +204,8 @@ def qkv_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos:
     out = dq.new_empty((B, L, (H + 2 * KV) * D), dtype=dtype)
     _qkv_rope_backward_kernel[(B * L, H + 2 * KV)](
         dq, dk, dv, cos, sin, out, L, cos.stride(0), cos.stride(1), dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2), H=H, KV=KV, D=D, HALF_BLOCK=fused._pow2(D // 2))
+        dv.stride(0), dv.stride(1), dv.stride(2), H=H, KV=KV, D=D, HALF_BLOCK=fused._pow2(D // 2),
+        **fused.LAUNCH_OPTIONS)
     return out
 
 

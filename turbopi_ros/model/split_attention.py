@@ -203,7 +203,7 @@ def partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, spl
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), G, splits,
         D=D, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
-        num_warps=num_warps)
+        num_warps=num_warps, **fused.LAUNCH_OPTIONS)
     return parts, m, l_
 
 
@@ -213,7 +213,8 @@ def combine(parts: torch.Tensor, m: torch.Tensor, l_: torch.Tensor, like: torch.
     splits = parts.shape[1]
     out = torch.empty((B, G, M, D), dtype=like.dtype, device=like.device)
     _combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1), out.stride(2),
-                                       D=D, SPLITS_P2=fused._pow2(splits), num_warps=4)
+                                       D=D, SPLITS_P2=fused._pow2(splits), num_warps=4,
+                                       **fused.LAUNCH_OPTIONS)
     return out
 
 

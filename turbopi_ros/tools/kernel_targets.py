@@ -113,7 +113,9 @@ def distinct(launches: Sequence) -> List:
 def describe(launch) -> str:
     """The launch's tensor dtypes and constexprs, for the report."""
     dtypes = sorted({str(a.dtype).replace("torch.", "") for a in launch.args if isinstance(a, torch.Tensor)})
-    consts = ", ".join(f"{k}={v}" for k, v in launch.kwargs.items())
+    from ..model.fused import LAUNCH_OPTIONS  # the same on every launch: not a specialization
+
+    consts = ", ".join(f"{k}={v}" for k, v in launch.kwargs.items() if k not in LAUNCH_OPTIONS)
     return f"{'/'.join(dtypes)}; {consts}"
 
 
