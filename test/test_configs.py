@@ -4,9 +4,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters
-from turbopi_ros.ros.node_params import PARAMETERS
-from turbopi_ros.ros.robot_params import camera_slots_for, check_robot
+pytest.importorskip("rclpy")
+
+from turbopi_ros.ros.action_outputs import group_table, groups_from_parameters  # noqa: E402
+from turbopi_ros.ros.node_params import PARAMETERS  # noqa: E402
+from turbopi_ros.ros.robot_params import camera_slots_for, check_robot  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 

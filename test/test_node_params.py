@@ -4,11 +4,13 @@ import dataclasses
 
 import pytest
 
-from turbopi_ros.model.pi0 import PI0Model
-from turbopi_ros.ros import params_file
-from turbopi_ros.ros.node_params import PARAMETERS, policy_from_config
+pytest.importorskip("rclpy")
 
-from ros_helpers import DEMO_PARAMS
+from turbopi_ros.model.pi0 import PI0Model  # noqa: E402
+from turbopi_ros.ros import params_file  # noqa: E402
+from turbopi_ros.ros.node_params import PARAMETERS, policy_from_config  # noqa: E402
+
+from ros_helpers import DEMO_PARAMS  # noqa: E402
 
 
 @pytest.mark.parametrize("compile_, cache_dir", [(False, ""), (True, ""), (True, "~/inductor")])

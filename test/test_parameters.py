@@ -2,9 +2,9 @@
 start with the parameter named, integers accepted for floats, run-time changes validated then applied."""
 import pytest
 
-from turbopi_ros.ros.parameters import Param, declare_parameters, on_parameters_set
-
 rclpy = pytest.importorskip("rclpy")
+
+from turbopi_ros.ros.parameters import Param, declare_parameters, on_parameters_set  # noqa: E402
 
 SPEC = {
     "rate": Param(50.0, "a float", min=0.1, max=1000.0),

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turbopi_ros.tools import soak, soak_report
-from turbopi_ros.tools.soak_report import command_timing, fault_outcomes, rss_growth
+pytest.importorskip("rclpy")
+
+from turbopi_ros.tools import soak, soak_report  # noqa: E402
+from turbopi_ros.tools.soak_report import command_timing, fault_outcomes, rss_growth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000  # ns
