@@ -236,13 +236,15 @@ def compile_per_target(launches: Dict[int, List]) -> Dict[int, List[Dict]]:
         for conn in multiprocessing.connection.wait(list(running)):
             cap, proc, n = running.pop(conn)
             try:
-                out[cap] = conn.recv()
-            except EOFError:
-                proc.join()
-                why = f"RuntimeError: the process compiling for sm_{cap} died (exit status {proc.exitcode})"
-                out[cap] = [{"ok": False, "error": why, "seconds": 0.0} for _ in range(n)]
+                results = conn.recv()  # before the join: a child blocks on a pipe nobody reads
+            except EOFError:  # it died before it sent
+                results = None
             conn.close()
             proc.join()
+            if results is None:
+                why = f"RuntimeError: the process compiling for sm_{cap} died (exit status {proc.exitcode})"
+                results = [{"ok": False, "error": why, "seconds": 0.0} for _ in range(n)]
+            out[cap] = results
     return out
 
 
