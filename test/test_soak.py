@@ -92,6 +92,59 @@ def test_checks_pass_and_fail_for_the_right_reasons():
     assert "FAIL  rss_growth" in soak_report.summary(soak_report.analyse(_raw(leak_mb_per_s=2.0)))
 
 
+def _contend(raw, seconds, others_pct=150.0):
+    """Rows at ``seconds`` (ends of their 1 s spans) in which other processes took ``others_pct`` of the machine."""
+    for r in raw["rows"]:
+        if r["t"] in seconds:
+            r["machine_cpu_pct"] = r["node_cpu_pct"] + r["robot_cpu_pct"] + r["monitor_cpu_pct"] + others_pct
+    return raw
+
+
+def test_contended_windows_are_the_seconds_other_processes_left_the_soak_under_three_quarters_of_a_core():
+    rows = _contend(_raw(seconds=20), {5.0, 6.0, 9.0, 15.0})["rows"]
+    _contend({"rows": rows}, {15.0}, others_pct=120.0)  # 80 % of a core left to the soak: not contended
+    windows = soak_report.contended_windows(rows, start_wall_ns=10 * S, cores=2)
+    assert windows == [(14 * S, 17 * S), (18 * S, 20 * S)]  # 4-5 and 5-6 s merged, each end + 1 s of lag
+    assert soak_report.contended_windows(rows, 10 * S, cores=4) == []  # 150 % of 4 cores leaves plenty
+    assert soak_report.contended_windows(rows, 10 * S, cores=1) != []  # one core: 150 % of demand leaves nothing
+    assert soak_report.contended_windows(_raw(seconds=20)["rows"], 10 * S, cores=1) == []  # 17 % of it does not
+
+
+def test_short_mode_does_not_judge_the_commands_where_other_processes_held_the_machine():
+    """A 2 s gap in the commands: the short soak fails it on a machine the soak had to itself, and leaves it out
+    where other processes left it less than three quarters of a core (the node's inferences run late: the chunk
+    gate stops the commands then); the full soak fails it either way and says the machine was not idle."""
+    def with_gap():
+        raw = _raw(seconds=60)
+        raw["commands"] = raw["commands"][:1500] + raw["commands"][1600:]  # none from 30 s to 32 s
+        return raw
+
+    alone = soak_report.analyse(with_gap(), short=True)
+    assert not alone["checks"]["command_gaps"]["passed"] and alone["contended"]["seconds"] == 0
+    assert "not judged" not in alone["checks"]["command_gaps"]["text"]
+    busy_raw = _contend(with_gap(), {31.0, 32.0})
+    busy = soak_report.analyse(busy_raw, short=True)
+    assert busy["passed"], busy["checks"]
+    assert busy["contended"] == {"judged": False, "others_at_least_pct": 125.0, "seconds": 2.0,
+                                 "windows_s": [[30.0, 33.0]]}
+    assert "2 s when other processes left the soak under 75 % of a core not judged" in \
+        busy["checks"]["command_gaps"]["text"]
+    assert busy["commands_arrival"]["max_gap_periods"] < 2.0
+    # contention elsewhere in the run does not hide the gap
+    assert not soak_report.analyse(_contend(with_gap(), {40.0, 41.0}), short=True)["checks"]["command_gaps"]["passed"]
+    full = soak_report.analyse(busy_raw)
+    assert not full["checks"]["command_gaps"]["passed"]
+    assert "counted: not an idle machine" in full["checks"]["command_gaps"]["text"]
+    # held the whole time: nothing left to judge, and the checks say so
+    everywhere = soak_report.analyse(_contend(with_gap(), {float(i) for i in range(1, 61)}), short=True)
+    assert everywhere["checks"]["command_gaps"]["passed"] and everywhere["checks"]["command_rate"]["passed"]
+    assert everywhere["commands_arrival"].get("max_gap_periods") is None
+    assert "longest command interval n/a" in everywhere["checks"]["command_gaps"]["text"]
+    silent = _contend(_raw(seconds=60), {float(i) for i in range(1, 61)})
+    silent["commands"] = silent["commands"][:1]  # but a node that commands nothing fails, held machine or not
+    assert not soak_report.analyse(silent, short=True)["checks"]["command_gaps"]["passed"]
+
+
 def test_plots_are_written(tmp_path):
     raw = _raw()
     written = soak_report.plot(raw, soak_report.analyse(raw), tmp_path)

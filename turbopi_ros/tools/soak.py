@@ -269,7 +269,8 @@ def run(args, out: Path) -> dict:
         ros.shutdown()
     with monitor.lock:
         commands, chunks = list(monitor.commands), list(monitor.chunks)
-    return {"args": vars(args), "params": params, "start_wall_ns": start_wall_ns, "end_wall_ns": end_wall_ns,
+    return {"args": vars(args), "params": params, "cores": os.cpu_count(),
+            "start_wall_ns": start_wall_ns, "end_wall_ns": end_wall_ns,
             "faults": injector.windows if injector else [],
             "rows": rows, "commands": commands, "chunks": chunks, "exit_codes": codes, "interrupted": interrupted,
             "log_lines": {name: scan.first_lines for name, scan in logs.items()},

@@ -21,13 +21,19 @@ STAGES = ("preprocess", "vision", "prefix_cache", "denoise", "postprocess", "tot
 # command period error / gap bound that a busy runner keeps.
 THRESHOLDS = {
     "full": {"rss_from_s": 120.0, "rss_growth_pct": 5.0, "max_gap_periods": 2.0, "p99_period_error_ms": 2.0,
-             "mean_period_excess_pct": 2.0, "recover_s": 5.0, "settle_s": 10.0},
+             "mean_period_excess_pct": 2.0, "recover_s": 5.0, "settle_s": 10.0, "judge_contended": True},
     # CI: the stream never stops (no gap reaches max_observation_age_s, 25 periods at 50 Hz) and keeps its rate; the
     # p99 error is reported only (a shared runner's scheduling, not the node, sets it: measured on this 2-core machine
-    # with other jobs running, a bare 50 Hz rclpy timer in an idle process had a p99 error of 11-39 ms)
+    # with other jobs running, a bare 50 Hz rclpy timer in an idle process had a p99 error of 11-39 ms). The seconds in
+    # which other processes left the soak less than LEFT_PCT of a core are not judged (contended_windows): there the
+    # node's inferences ran late and the chunk gate rightly stopped the commands (a CI run beside a second test suite
+    # once left it a quarter of a core: the tiny model's inference took 5x its time, 4 s without commands).
     "short": {"rss_from_s": 20.0, "rss_growth_pct": 10.0, "max_gap_periods": 25.0, "p99_period_error_ms": None,
-              "mean_period_excess_pct": 5.0, "recover_s": 5.0, "settle_s": 5.0},
+              "mean_period_excess_pct": 5.0, "recover_s": 5.0, "settle_s": 5.0, "judge_contended": False},
 }
+LEFT_PCT = 75.0  # CPU (100 = one core) that a contended second left the soak's processes less of; at the short soak's
+# load the node alone takes 55-97 % of a core, and beside one busy core (100 % taken, 100 % left) it kept its commands
+CONTENDED_LAG_S = 1.0  # a contended second's effect on the commands: the inference it slowed ends after it
 RSS_WINDOW_S = 10.0  # RSS at a time = the median of the samples in the RSS_WINDOW_S after it
 
 
@@ -51,6 +57,9 @@ def command_timing(times_ns: Sequence[int], period_s: float, start_ns: int, end_
     keep = np.ones(t.size - 1, dtype=bool)
     for a, b in excluded:
         keep &= ~((t[1:] >= a) & (t[:-1] <= b))
+    if not keep.any():  # every interval excluded
+        return {"n": int(t.size), "error_ms": percentiles([]), "gaps": {}, "worst_gaps": [], "mean_period_ms": None,
+                "all_excluded": True}
     intervals = np.diff(t)[keep] * 1e-9
     starts = t[:-1][keep]
     error_ms = np.abs(intervals - period_s) * 1e3
@@ -90,6 +99,36 @@ def fault_outcomes(source_ns: Sequence[int], windows: Sequence[Sequence[int]], e
     return out
 
 
+def others_bound_pct(cores: int) -> float:
+    """Other processes' CPU (100 = one core) from which a second counts as contended: all but LEFT_PCT."""
+    return 100.0 * cores - LEFT_PCT
+
+
+def contended_rows(rows: List[dict], cores: int) -> List[dict]:
+    """The per-second rows in which the machine's other processes (its busy CPU, steal time included, less the
+    node's, fake_robot's and this monitor's) left the soak's processes less than LEFT_PCT of a core."""
+    out = []
+    for r in rows:
+        ours = [r.get(k) for k in ("node_cpu_pct", "robot_cpu_pct", "monitor_cpu_pct")]
+        if r.get("machine_cpu_pct") is not None and all(v is not None for v in ours) and \
+                r["machine_cpu_pct"] - sum(ours) >= others_bound_pct(cores):
+            out.append(r)
+    return out
+
+
+def contended_windows(rows: List[dict], start_wall_ns: int, cores: int, lag_s: float = CONTENDED_LAG_S) -> List[tuple]:
+    """contended_rows as merged (start_ns, end_ns) windows, each extended by ``lag_s``."""
+    windows: List[list] = []
+    for r in contended_rows(rows, cores):
+        start = start_wall_ns + int((r["t"] - r.get("dt", 1.0)) * 1e9)
+        end = start_wall_ns + int((r["t"] + lag_s) * 1e9)
+        if windows and start <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], end)
+        else:
+            windows.append([start, end])
+    return [tuple(w) for w in windows]
+
+
 def rss_growth(rows: List[dict], key: str, from_s: float, window_s: float = RSS_WINDOW_S) -> dict:
     """RSS at ``from_s`` (median of the samples in the window after it) and at the end (median of the last window):
     growth in percent."""
@@ -118,6 +157,10 @@ def analyse(raw: dict, short: bool = False) -> dict:
     window = (first + int(th["settle_s"] * 1e9), end_wall)
     faults = fault_outcomes(commands[:, 1], raw.get("faults", []), end_wall, start_wall)
     excluded = [tuple(f["exclude_ns"]) for f in faults]
+    cores = int(raw.get("cores") or machine()["cores"])
+    contended = contended_windows(rows, start_wall, cores)
+    if not th["judge_contended"]:
+        excluded += contended
     arrival = command_timing(commands[:, 0], period_s, *window, start_wall, excluded)
     source = command_timing(commands[:, 1], period_s, *window, start_wall, excluded)
     in_window = [r for r in rows if window[0] <= start_wall + r["t"] * 1e9 <= window[1]]
@@ -144,6 +187,10 @@ def analyse(raw: dict, short: bool = False) -> dict:
                    "per_second": percentiles([r["chunks"] / r.get("dt", 1.0) for r in in_window], ps=(1, 50)),
                    "latency_ms": percentiles((chunk_rx[:, 0] - chunk_rx[:, 1]) * 1e-6 if len(chunk_rx) else [])},
         "stages_ms": stages, "input_ages_s": ages, "rss": rss, "cpu_mean": cpu, "injected_faults": faults,
+        "contended": {"judged": th["judge_contended"], "others_at_least_pct": others_bound_pct(cores),
+                      "seconds": round(sum(r.get("dt", 1.0) for r in contended_rows(rows, cores)), 1),
+                      "windows_s": [[round((a - start_wall) * 1e-9, 1), round((b - start_wall) * 1e-9, 1)]
+                                    for a, b in contended]},
         "diagnostics_error_seconds": sum(1 for r in in_window if r.get("diag_level") == 2),
         "log": {"error_lines": raw["error_lines"], "crash_lines": raw["crash_lines"],
                 "first_problem_lines": raw["log_lines"]},
@@ -161,20 +208,28 @@ def checks(report: dict, th: dict) -> Dict[str, dict]:
     p99 = report["commands_arrival"]["error_ms"]["p99"]
     mean, period_ms = report["commands_arrival"].get("mean_period_ms"), report["command_period_s"] * 1e3
     crashes = sum(report["log"]["crash_lines"].values())
+    contended = report["contended"]
+    # short mode, where other processes held the machine whenever commands flowed: no interval left to judge
+    unjudged = (not contended["judged"] and contended["seconds"] > 0 and
+                report["commands_arrival"].get("all_excluded", False))
+    others = (f"; {contended['seconds']:g} s when other processes left the soak under {LEFT_PCT:g} % of a core "
+              f"{'counted: not an idle machine' if contended['judged'] else 'not judged'}"
+              if contended["seconds"] else "")
     out = {
         "rss_growth": (node_rss is not None and node_rss < th["rss_growth_pct"],
                        f"node RSS growth {_fmt(node_rss, '%')} from {th['rss_from_s']:g} s to the end "
                        f"(< {th['rss_growth_pct']:g} %)"),
-        "command_gaps": (gap is not None and gap <= th["max_gap_periods"],
-                         f"longest command interval {_fmt(gap, ' periods')} (<= {th['max_gap_periods']:g})"),
+        "command_gaps": (unjudged or (gap is not None and gap <= th["max_gap_periods"]),
+                         f"longest command interval {_fmt(gap, ' periods')} (<= {th['max_gap_periods']:g})" + others),
         "p99_period_error": ((p99 is not None and p99 <= th["p99_period_error_ms"]) if th["p99_period_error_ms"]
                              else True,
                              f"p99 command period error {_fmt(p99, ' ms')} on arrival " +
                              (f"(target <= {th['p99_period_error_ms']:g} ms)" if th["p99_period_error_ms"] else
                               "(reported only in this mode; the 2 ms target is the full soak's, on an idle machine)")),
-        "command_rate": (mean is not None and mean <= period_ms * (1 + th["mean_period_excess_pct"] / 100),
+        "command_rate": (unjudged or (mean is not None and
+                                      mean <= period_ms * (1 + th["mean_period_excess_pct"] / 100)),
                          f"mean command period {_fmt(mean, ' ms')} (<= {period_ms:g} ms + "
-                         f"{th['mean_period_excess_pct']:g} %)"),
+                         f"{th['mean_period_excess_pct']:g} %)" + others),
         "faults_stop_and_recover": (all(f["stopped"] and f["recovered_after_s"] is not None and
                                         f["recovered_after_s"] <= th["recover_s"] for f in report["injected_faults"]),
                                     f"{len(report['injected_faults'])} injected inference failures: commands stopped "
