@@ -103,11 +103,13 @@ def _contend(raw, seconds, others_pct=150.0):
 def test_contended_windows_are_the_seconds_other_processes_left_the_soak_under_three_quarters_of_a_core():
     rows = _contend(_raw(seconds=20), {5.0, 6.0, 9.0, 15.0})["rows"]
     _contend({"rows": rows}, {15.0}, others_pct=120.0)  # 80 % of a core left to the soak: not contended
-    windows = soak_report.contended_windows(rows, start_wall_ns=10 * S, cores=2)
+    contended = soak_report.contended_rows(rows, cores=2)
+    assert [r["t"] for r in contended] == [5.0, 6.0, 9.0]
+    windows = soak_report.contended_windows(contended, start_wall_ns=10 * S)
     assert windows == [(14 * S, 17 * S), (18 * S, 20 * S)]  # 4-5 and 5-6 s merged, each end + 1 s of lag
-    assert soak_report.contended_windows(rows, 10 * S, cores=4) == []  # 150 % of 4 cores leaves plenty
-    assert soak_report.contended_windows(rows, 10 * S, cores=1) != []  # one core: 150 % of demand leaves nothing
-    assert soak_report.contended_windows(_raw(seconds=20)["rows"], 10 * S, cores=1) == []  # 17 % of it does not
+    assert soak_report.contended_rows(rows, cores=4) == []  # 150 % of 4 cores leaves plenty
+    assert len(soak_report.contended_rows(rows, cores=1)) == 4  # one core: 150 % of demand leaves nothing
+    assert soak_report.contended_rows(_raw(seconds=20)["rows"], cores=1) == []  # 17 % of it does not
 
 
 def test_short_mode_does_not_judge_the_commands_where_other_processes_held_the_machine():

@@ -116,10 +116,10 @@ def contended_rows(rows: List[dict], cores: int) -> List[dict]:
     return out
 
 
-def contended_windows(rows: List[dict], start_wall_ns: int, cores: int, lag_s: float = CONTENDED_LAG_S) -> List[tuple]:
-    """contended_rows as merged (start_ns, end_ns) windows, each extended by ``lag_s``."""
+def contended_windows(contended: List[dict], start_wall_ns: int, lag_s: float = CONTENDED_LAG_S) -> List[tuple]:
+    """The spans of ``contended`` (contended_rows) as merged (start_ns, end_ns) windows, each extended by ``lag_s``."""
     windows: List[list] = []
-    for r in contended_rows(rows, cores):
+    for r in contended:
         start = start_wall_ns + int((r["t"] - r.get("dt", 1.0)) * 1e9)
         end = start_wall_ns + int((r["t"] + lag_s) * 1e9)
         if windows and start <= windows[-1][1]:
@@ -158,7 +158,8 @@ def analyse(raw: dict, short: bool = False) -> dict:
     faults = fault_outcomes(commands[:, 1], raw.get("faults", []), end_wall, start_wall)
     excluded = [tuple(f["exclude_ns"]) for f in faults]
     cores = int(raw.get("cores") or machine()["cores"])
-    contended = contended_windows(rows, start_wall, cores)
+    contended_s = contended_rows(rows, cores)
+    contended = contended_windows(contended_s, start_wall)
     if not th["judge_contended"]:
         excluded += contended
     arrival = command_timing(commands[:, 0], period_s, *window, start_wall, excluded)
@@ -188,7 +189,7 @@ def analyse(raw: dict, short: bool = False) -> dict:
                    "latency_ms": percentiles((chunk_rx[:, 0] - chunk_rx[:, 1]) * 1e-6 if len(chunk_rx) else [])},
         "stages_ms": stages, "input_ages_s": ages, "rss": rss, "cpu_mean": cpu, "injected_faults": faults,
         "contended": {"judged": th["judge_contended"], "others_at_least_pct": others_bound_pct(cores),
-                      "seconds": round(sum(r.get("dt", 1.0) for r in contended_rows(rows, cores)), 1),
+                      "seconds": round(sum(r.get("dt", 1.0) for r in contended_s), 1),
                       "windows_s": [[round((a - start_wall) * 1e-9, 1), round((b - start_wall) * 1e-9, 1)]
                                     for a, b in contended]},
         "diagnostics_error_seconds": sum(1 for r in in_window if r.get("diag_level") == 2),
