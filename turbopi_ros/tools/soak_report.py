@@ -158,10 +158,10 @@ def analyse(raw: dict, short: bool = False) -> dict:
     faults = fault_outcomes(commands[:, 1], raw.get("faults", []), end_wall, start_wall)
     excluded = [tuple(f["exclude_ns"]) for f in faults]
     cores = int(raw.get("cores") or machine()["cores"])
-    contended_s = contended_rows(rows, cores)
-    contended = contended_windows(contended_s, start_wall)
+    held_rows = contended_rows(rows, cores)
+    held = contended_windows(held_rows, start_wall)
     if not th["judge_contended"]:
-        excluded += contended
+        excluded += held
     arrival = command_timing(commands[:, 0], period_s, *window, start_wall, excluded)
     source = command_timing(commands[:, 1], period_s, *window, start_wall, excluded)
     in_window = [r for r in rows if window[0] <= start_wall + r["t"] * 1e9 <= window[1]]
@@ -189,9 +189,9 @@ def analyse(raw: dict, short: bool = False) -> dict:
                    "latency_ms": percentiles((chunk_rx[:, 0] - chunk_rx[:, 1]) * 1e-6 if len(chunk_rx) else [])},
         "stages_ms": stages, "input_ages_s": ages, "rss": rss, "cpu_mean": cpu, "injected_faults": faults,
         "contended": {"judged": th["judge_contended"], "others_at_least_pct": others_bound_pct(cores),
-                      "seconds": round(sum(r.get("dt", 1.0) for r in contended_s), 1),
+                      "seconds": round(sum(r.get("dt", 1.0) for r in held_rows), 1),
                       "windows_s": [[round((a - start_wall) * 1e-9, 1), round((b - start_wall) * 1e-9, 1)]
-                                    for a, b in contended]},
+                                    for a, b in held]},
         "diagnostics_error_seconds": sum(1 for r in in_window if r.get("diag_level") == 2),
         "log": {"error_lines": raw["error_lines"], "crash_lines": raw["crash_lines"],
                 "first_problem_lines": raw["log_lines"]},
