@@ -114,8 +114,9 @@ def test_contended_windows_are_the_seconds_other_processes_left_the_soak_under_t
 
 def test_short_mode_does_not_judge_the_commands_where_other_processes_held_the_machine():
     """A 2 s gap in the commands: the short soak fails it on a machine the soak had to itself, and leaves it out
-    where other processes left it less than three quarters of a core (the node's inferences run late: the chunk
-    gate stops the commands then); the full soak fails it either way and says the machine was not idle."""
+    where other processes left it less than three quarters of a core (the node's inferences run late: the commands
+    stop where a chunk runs out before the next comes); the full soak fails it either way and says the machine was
+    not idle."""
     def with_gap():
         raw = _raw(seconds=60)
         raw["commands"] = raw["commands"][:1500] + raw["commands"][1600:]  # none from 30 s to 32 s
