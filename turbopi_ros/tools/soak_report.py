@@ -51,16 +51,15 @@ def command_timing(times_ns: Sequence[int], period_s: float, start_ns: int, end_
                    excluded: Sequence[tuple] = ()) -> dict:
     """Intervals between consecutive commands in [start_ns, end_ns]: their error against ``period_s`` (ms; p50, p99,
     max of the absolute error) and the gaps over 1, 2 and 5 periods (time since the run's start and length). An
-    interval that overlaps an ``excluded`` (start_ns, end_ns) window (an injected fault) counts for neither."""
+    interval that overlaps an ``excluded`` (start_ns, end_ns) window (an injected fault, a contended second) counts
+    for neither; where every one does, "all_excluded" says so."""
     t = np.sort(np.asarray([x for x in times_ns if start_ns <= x <= end_ns], dtype=np.int64))
-    if t.size < 2:
-        return {"n": int(t.size), "error_ms": percentiles([]), "gaps": {}, "worst_gaps": [], "mean_period_ms": None}
-    keep = np.ones(t.size - 1, dtype=bool)
+    keep = np.ones(max(t.size - 1, 0), dtype=bool)
     for a, b in excluded:
         keep &= ~((t[1:] >= a) & (t[:-1] <= b))
-    if not keep.any():  # every interval excluded
-        return {"n": int(t.size), "error_ms": percentiles([]), "gaps": {}, "worst_gaps": [], "mean_period_ms": None,
-                "all_excluded": True}
+    if not keep.any():
+        untimed = {"n": int(t.size), "error_ms": percentiles([]), "gaps": {}, "worst_gaps": [], "mean_period_ms": None}
+        return dict(untimed, all_excluded=True) if keep.size else untimed
     intervals = np.diff(t)[keep] * 1e-9
     starts = t[:-1][keep]
     error_ms = np.abs(intervals - period_s) * 1e3
@@ -158,7 +157,8 @@ def analyse(raw: dict, short: bool = False) -> dict:
     window = (first + int(th["settle_s"] * 1e9), end_wall)
     faults = fault_outcomes(commands[:, 1], raw.get("faults", []), end_wall, start_wall)
     excluded = [tuple(f["exclude_ns"]) for f in faults]
-    cores = int(raw.get("cores") or machine()["cores"])
+    host = machine()
+    cores = int(raw.get("cores") or host["cores"])
     held_rows = contended_rows(rows, cores)
     held = contended_windows(held_rows, start_wall)
     if not th["judge_contended"]:
@@ -197,7 +197,7 @@ def analyse(raw: dict, short: bool = False) -> dict:
         "log": {"error_lines": raw["error_lines"], "crash_lines": raw["crash_lines"],
                 "first_problem_lines": raw["log_lines"]},
         "exit_codes": raw["exit_codes"], "interrupted": raw["interrupted"],
-        "machine": machine(),
+        "machine": host,
     }
     report["checks"] = checks(report, th)
     report["passed"] = all(c["passed"] for c in report["checks"].values())
