@@ -2,7 +2,9 @@
 Triton kernel of model/fused.py on CPU tensors against its plain-torch twin, then whole tiny models with the kernels
 against the plain path. Prints one line per check, ``<name> max_abs_err=<float>``, and exits 1 past a tolerance.
 Arguments name the sections to run (``kernels``, ``choice``: kernel_choice.py over the split kernels' configs,
-``gelu_gate``, ``whole_model``, ``backward``: fused_grad.py's kernels and the guided denoise); none: all of them."""
+``gelu_gate``, ``whole_model``, ``backward``: fused_grad.py's kernels and the guided denoise, ``memcheck``: the
+memory check's own kernels that stray); none: all but ``memcheck``. Every section but ``memcheck`` runs inside
+interpreter_memcheck.memcheck(): every load and store of every launch must land on an element of its tensors."""
 import os
 import sys
 
@@ -15,6 +17,7 @@ from turbopi_ros.model import fused  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from engine_helpers import model_for, random_inputs, small_config  # noqa: E402
+from interpreter_memcheck import memcheck  # noqa: E402
 
 failures = []
 
@@ -458,27 +461,91 @@ def guided(variant, tol):
     check(f"guided denoise {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
 
 
+def memcheck_catches():
+    """The memory check itself: kernels that load one element past a tensor's end, one before its start, and store
+    into the gap between a strided view's rows are each caught, once, and placed against the right tensor; a load
+    whose mask keeps it inside is not. Run apart from the other sections (a watch of its own)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _loads_past_the_end(x, y, N, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(y + i, tl.load(x + i + 1, mask=i < N), mask=i < N)
+
+    @triton.jit
+    def _loads_before_the_start(x, y, N, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(y + i, tl.load(x + i - 1, mask=i < N), mask=i < N)
+
+    @triton.jit
+    def _stores_between_rows(y, N, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(y + i, tl.zeros([BLOCK], tl.float32) + 1.0, mask=i < N)
+
+    @triton.jit
+    def _masked_tail(x, y, N, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(y + i, tl.load(x + i, mask=i < N), mask=i < N)
+
+    names = ["_loads_past_the_end", "_loads_before_the_start", "_stores_between_rows", "_masked_tail"]
+    kernels = {"_loads_past_the_end": _loads_past_the_end, "_loads_before_the_start": _loads_before_the_start,
+               "_stores_between_rows": _stores_between_rows, "_masked_tail": _masked_tail}
+    base = torch.arange(12, dtype=torch.float32)
+    x, y = base[2:9], torch.zeros(7)  # x: 7 elements inside a 12-element storage, so a stray read stays in memory
+    rows = torch.zeros(2, 8)[:, :4]  # a [2, 4] view with rows 8 apart
+    with memcheck(extra=[(kernels, names)]) as report:
+        kernels["_loads_past_the_end"][(1,)](x, y, 7, BLOCK=8)
+        kernels["_loads_before_the_start"][(1,)](x, y, 7, BLOCK=8)
+        kernels["_stores_between_rows"][(1,)](rows, 5, BLOCK=8)
+        kernels["_masked_tail"][(1,)](x, y, 7, BLOCK=16)
+    found = {(o.kernel, o.access): o for o in report.outside}
+    for o in report.outside:
+        print(f"memcheck caught {o.line()}")
+    want = {("_loads_past_the_end", "load"): "1 element(s) past the end of 'x' (7,) float32",
+            ("_loads_before_the_start", "load"): "1 element(s) before 'x' (7,) float32",
+            ("_stores_between_rows", "store"): "inside the span of 'y' (2, 4) float32 strides (8, 1) but on none"}
+    for key, text in want.items():
+        if key not in found or found[key].lanes != 1 or text not in found[key].where:
+            failures.append(f"memcheck missed or misplaced {key}: {found.get(key)}")
+    if set(found) != set(want) or report.lanes["_masked_tail"] != 14 or report.launches["_masked_tail"] != 1:
+        failures.append(f"memcheck flagged {sorted(set(found) - set(want))} or counted {report.lanes['_masked_tail']} "
+                        "lanes of the masked tail, not 14 (7 loads, 7 stores)")
+    print(f"memcheck self-check: {len(found)} of {len(want)} strays caught, the masked tail "
+          f"{report.outside_lanes['_masked_tail']} outside", flush=True)
+
+
 sections = sys.argv[1:] or ["kernels", "choice", "gelu_gate", "whole_model", "backward"]
-if "kernels" in sections:
-    kernels(torch.float32, 1e-5)
-    kernels(torch.bfloat16, None)
-    attention(torch.float32, 1e-5)
-    attention(torch.bfloat16, None)
-    matmul(torch.float32, 1e-5)
-    matmul(torch.bfloat16, None)
-if "choice" in sections:
-    choice(torch.bfloat16)
-if "gelu_gate" in sections:
-    gelu_gate_layout(torch.float32, 1e-5)
-    gelu_gate_layout(torch.bfloat16, None)
-if "whole_model" in sections:
-    whole_model("pi0", 1e-5)
-    whole_model("pi05", 1e-5)
-if "backward" in sections:
-    backward_kernels(torch.float32, 1e-5)
-    backward_kernels(torch.bfloat16, None)
-    guided("pi0", 1e-5)
-    guided("pi05", 1e-5)
+if "memcheck" in sections:
+    memcheck_catches()
+with memcheck() as memory:  # every load and store of every launch on an element of the launch's tensors
+    if "kernels" in sections:
+        kernels(torch.float32, 1e-5)
+        kernels(torch.bfloat16, None)
+        attention(torch.float32, 1e-5)
+        attention(torch.bfloat16, None)
+        matmul(torch.float32, 1e-5)
+        matmul(torch.bfloat16, None)
+    if "choice" in sections:
+        choice(torch.bfloat16)
+    if "gelu_gate" in sections:
+        gelu_gate_layout(torch.float32, 1e-5)
+        gelu_gate_layout(torch.bfloat16, None)
+    if "whole_model" in sections:
+        whole_model("pi0", 1e-5)
+        whole_model("pi05", 1e-5)
+    if "backward" in sections:
+        backward_kernels(torch.float32, 1e-5)
+        backward_kernels(torch.bfloat16, None)
+        guided("pi0", 1e-5)
+        guided("pi05", 1e-5)
+print(memory.summary())
+for name in sorted(memory.launches):
+    print(f"memcheck {name}: {memory.launches[name]} launches, {memory.lanes[name]} lanes, "
+          f"{memory.outside_lanes[name]} outside")
+failures += [f"memcheck: {o.line()}" for o in memory.outside]
+if memory.unwatched:
+    failures.append(f"memcheck: {memory.unwatched} loads or stores of kernels launched past the watch")
 if failures:
     print("FAILED: " + "; ".join(failures))
     sys.exit(1)

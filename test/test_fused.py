@@ -97,7 +97,22 @@ def _interpreter_checks(*sections):
     out = subprocess.run([sys.executable, str(TEST_DIR / "fused_interpreter_checks.py"), *sections], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^memcheck: \d+ launches of \d+ kernels, \d+ loaded or stored lanes, 0 outside their kernel's "
+                     r"tensors, 0 loads or stores of unwatched launches$", out.stdout, re.M), out.stdout
     return [line for line in out.stdout.splitlines() if "max_abs_err=" in line], out.stdout
+
+
+def memchecked(stdout):
+    """{kernel: launches} of the kernels the memory check watched (test/interpreter_memcheck.py), each with no load
+    or store outside its tensors."""
+    found = re.findall(r"^memcheck (\w+): (\d+) launches, (\d+) lanes, (\d+) outside$", stdout, re.M)
+    assert all(int(lanes) > 0 and outside == "0" for _, _, lanes, outside in found), stdout
+    return {name: int(launches) for name, launches, _, _ in found}
+
+
+def forward_kernels():
+    from turbopi_ros.model import few_rows_matmul, split_attention
+    return set(fused.KERNELS + few_rows_matmul.KERNELS + split_attention.KERNELS)
 
 
 def test_triton_kernels_under_the_interpreter():
@@ -113,6 +128,18 @@ def test_triton_kernels_under_the_interpreter():
     # the norm sums the K shares, and the gated prologue computes gelu_gate, exactly as the kernels they replace
     assert stdout.count("equal to launch + add_rms_norm: True") == 12, stdout
     assert stdout.count("equal to launch + qkv_rope: True") == 5, stdout  # the rotary kernel sums the K shares
+    assert set(memchecked(stdout)) == forward_kernels(), stdout  # every load and store inside the launch's tensors
+
+
+def test_the_memory_check_catches_what_a_kernel_touches_outside_its_tensors():
+    """interpreter_memcheck.py, which every interpreter check runs under, on kernels made to stray: a load one element
+    past a tensor's end, one before its start, a store into the gap between a strided view's rows; each is caught and
+    placed against that tensor, and a load whose mask keeps it inside is not."""
+    _, stdout = _interpreter_checks("memcheck")
+    assert "memcheck self-check: 3 of 3 strays caught, the masked tail 0 outside" in stdout, stdout
+    assert "_loads_past_the_end: load of 1 lane(s) outside its tensors" in stdout, stdout
+    assert "1 element(s) past the end of 'x' (7,) float32" in stdout, stdout
+    assert "_stores_between_rows: store of 1 lane(s) outside its tensors" in stdout, stdout
 
 
 def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():
@@ -123,6 +150,7 @@ def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kerne
     assert any("few_rows_qkv_rope bfloat16: the K/V it wrote" in line for line in lines), stdout
     lines = [line for line in lines if "candidates timed" in line]
     assert len(lines) == 4 and all("none rejected" in line for line in lines), stdout
+    assert set(memchecked(stdout)) == forward_kernels() - {"_layer_norm_kernel", "_gelu_gate_kernel"}, stdout
     assert [line.split(" ")[2] for line in lines] == ["few_rows_linear", "few_rows_linear_add_rms_norm",
                                                       "few_rows_qkv_rope", "split_attention"], stdout
     for line in lines:  # cuBLAS / SDPA and at least three configs, every one timed
@@ -136,6 +164,7 @@ def test_gelu_gate_kernel_reads_the_fused_gate_up_layout():
     lines, stdout = _interpreter_checks("gelu_gate")
     assert len(lines) == 8 and all(line.startswith("gelu_gate fused layout") for line in lines), stdout
     assert any("[3, 2200]" in line for line in lines) and any("strided" in line for line in lines), stdout
+    assert memchecked(stdout) == {"_gelu_gate_kernel": 8}, stdout
 
 
 def test_gelu_gate_takes_the_fused_tensor():

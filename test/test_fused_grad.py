@@ -12,7 +12,7 @@ from turbopi_ros.model.opcount import compare as count_ops_compare, count_ops
 from turbopi_ros.model.rtc import Guidance, guided_denoise
 
 from engine_helpers import random_inputs, small_config
-from test_fused import _interpreter_checks
+from test_fused import _interpreter_checks, memchecked
 from test_rtc import _random_guidance
 
 B, L, W = 2, 3, 24
@@ -160,6 +160,9 @@ def test_backward_kernels_under_the_interpreter():
     denoise with every kernel, forward and backward, against the plain guided denoise (float32 1e-5)."""
     lines, stdout = _interpreter_checks("backward")
     assert len(lines) == 26 and "guided denoise pi05" in lines[-1], stdout
+    # every load and store inside the launch's tensors (interpreter_memcheck.py): the backwards and the forwards the
+    # guided denoise runs with them
+    assert set(fused_grad.KERNELS) <= set(memchecked(stdout)), stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

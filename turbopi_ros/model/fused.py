@@ -111,14 +111,26 @@ def recording_launches() -> Iterator[List[Launch]]:
     if _RECORDING:
         raise RuntimeError("recording_launches is already active")
     log: List[Launch] = []
+    with kernels_replaced(lambda name, kernel: _Recorder(name, kernel, log)):
+        _RECORDING = True
+        try:
+            yield log
+        finally:
+            _RECORDING = False
+
+
+@contextlib.contextmanager
+def kernels_replaced(make: Callable[[str, Any], Any]) -> Iterator[None]:
+    """Within the block, each registered Triton kernel's name, in the module that launches it, stands for
+    ``make(name, kernel)``: an op's ``kernel[grid](*args, **kwargs)`` goes through what make returned. How
+    recording_launches records the launches, and how the tests watch every load and store of the kernels under
+    Triton's interpreter (test/interpreter_memcheck.py)."""
     homes = [(namespace, {name: namespace[name] for name in names}) for namespace, names in _KERNEL_HOMES]
     for namespace, kernels in homes:
-        namespace.update({name: _Recorder(name, k, log) for name, k in kernels.items()})
-    _RECORDING = True
+        namespace.update({name: make(name, k) for name, k in kernels.items()})
     try:
-        yield log
+        yield
     finally:
-        _RECORDING = False
         for namespace, kernels in homes:
             namespace.update(kernels)
 
@@ -688,6 +700,6 @@ def siglip_stack(vision, x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["KERNELS", "Launch", "add_layer_norm", "add_rms_norm", "all_kernels", "backend", "cache_attention",
-           "gelu_gate", "gemma_stack", "kernels_for", "layer_norm", "prefix_attention", "qkv_rope", "qkv_rope_heads",
-           "recording_launches", "register_kernels", "rms_norm", "siglip_stack", "sm_count", "triton_available",
-           "use_triton_on_cpu"]
+           "gelu_gate", "gemma_stack", "kernels_for", "kernels_replaced", "layer_norm", "prefix_attention", "qkv_rope",
+           "qkv_rope_heads", "recording_launches", "register_kernels", "rms_norm", "siglip_stack", "sm_count",
+           "triton_available", "use_triton_on_cpu"]
