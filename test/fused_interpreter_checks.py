@@ -24,10 +24,11 @@ failures = []
 
 def check(name, got, want, tol):
     """tol: absolute; None for bfloat16: two rounding steps (2^-6 relative) of the largest value compared (the
-    kernels round where the plain path rounds, but a sum rounded once may land one step away)."""
+    kernels round where the plain path rounds, but a sum rounded once may land one step away); "sixteenth": 2^-4
+    relative (gpu_shapes)."""
     err = max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want))
-    if tol is None:
-        tol = 2.0 ** -6 * max(float(w.float().abs().max()) for w in want)
+    if tol is None or tol == "sixteenth":
+        tol = (2.0 ** -6 if tol is None else 2.0 ** -4) * max(float(w.float().abs().max()) for w in want)
     print(f"{name} max_abs_err={err:.3g} (tolerance {tol:.3g})", flush=True)
     if not err <= tol:
         failures.append(f"{name}: {err} > {tol}")
@@ -461,6 +462,129 @@ def guided(variant, tol):
     check(f"guided denoise {variant} float32 (Triton kernels vs plain)", [got], [plain], tol)
 
 
+def gpu_shapes(sms):
+    """The launches a GPU with ``sms`` SMs makes at the full-size expert's shapes (openpi's gemma_300m: width 1024, 8
+    heads and 1 KV head of 256, MLP 4096; 50 action rows; bfloat16), every config kernel_choice measures there, each
+    against its twin under the memory check: qkv with rotary into a deeper cache, o_proj and
+    down_proj (gated) with the norm (RMS, adaRMS), gate_up, the float32 action heads with their bias (IEEE), the
+    matmuls again on FP8 weights (model.dtype fp8_weights: the first and last config of each), and the denoise's
+    attention (8 heads x 50 rows, one KV group) over pi0's 3-camera keys (839) and pi0.5's (898), K/V
+    slices of a 1024-row cache. The tiny checks cover the masked tails; these the block, split and head sizes the
+    report will launch. bfloat16 within a sixteenth of the largest value (a wrong index moves values by about their
+    size, a lost one of 32 K shares by about a sixth; the twins round at other places, up to 3 steps apart here),
+    float32 1e-5."""
+    from turbopi_ros.model import few_rows_matmul as fr, split_attention as sa
+    from turbopi_ros.model.config import PRESETS
+    from turbopi_ros.model.gemma import rope_tables, sdpa
+
+    g = torch.Generator().manual_seed(8)
+    e = PRESETS["pi0"].expert
+    W, F_, H, KV, D, M, A = e.width, e.mlp_dim, e.num_heads, e.num_kv_heads, e.head_dim, 50, PRESETS["pi0"].action_dim
+    bf16 = torch.bfloat16
+    BF16 = "sixteenth"
+
+    def rnd(*shape, scale=1.0, dtype=bf16):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    def configs(n, k, dtype=bf16):
+        return fr.configs(n, k, sms, fr.FLOAT32_BLOCK_K if dtype == torch.float32 else fr.BLOCK_K).items()
+
+    # qkv with rotary, K/V into the cache at the actions' place
+    y, w = rnd(1, M, W), rnd((H + 2 * KV) * D, W, scale=W ** -0.5)
+    start, depth = 839 - M, 1024
+    cos, sin = rope_tables(torch.arange(start, start + M)[None], D, e.rope_theta, bf16)
+    want_cache = torch.zeros(2, 1, KV, depth, D, dtype=bf16)
+    want_q = fused.qkv_rope(F.linear(y, w), cos, sin, want_cache[0], want_cache[1], start, H, KV)
+    for name, (bn, bk, splits) in configs(w.shape[0], W):
+        cache = torch.zeros(2, 1, KV, depth, D, dtype=bf16)
+        fused.use_triton_on_cpu(True)
+        q = fr.launch_qkv_rope(y, w, cos, sin, cache[0], cache[1], start, H, KV, block_n=bn, block_k=bk,
+                               splits=splits)
+        fused.use_triton_on_cpu(False)
+        check(f"{sms} SMs: qkv_rope [{M}, {W}] @ {list(w.shape)} {name}", [q, cache], [want_q, want_cache], BF16)
+    # o_proj (RMS; adaRMS gated) and down_proj (gelu_gate in its loads) with the residual add and the norm
+    x = rnd(1, M, W)
+    mod = rnd(1, 1, 3 * W)
+    for op, K, gated in (("o_proj", H * D, False), ("down_proj", F_, True)):
+        a, w = rnd(M, 2 * K if gated else K), rnd(W, K, scale=K ** -0.5)
+        for norm in ("RMS", "adaRMS gated"):
+            ada = norm != "RMS"
+            weight = None if ada else rnd(W, scale=0.1)
+            scale, shift, gate = (mod[..., i * W:(i + 1) * W] for i in range(3)) if ada else (None,) * 3
+            branch = F.linear(fused.gelu_gate(a) if gated else a, w).reshape(1, M, W)
+            want = fused.add_rms_norm(x, branch, gate, weight, scale, shift)
+            for name, (bn, bk, splits) in configs(W, K):
+                fused.use_triton_on_cpu(True)
+                got = fr.launch_add_rms_norm(a, w, x, gate, weight, scale, shift, block_n=bn, block_k=bk,
+                                             splits=splits, gated=gated)
+                fused.use_triton_on_cpu(False)
+                check(f"{sms} SMs: {op} {norm} [{M}, {a.shape[1]}] @ {list(w.shape)} {name}", got, want, BF16)
+    # gate_up; the float32 action heads with their bias (action_in_proj, pi0's action_time_mlp_in with the time half
+    # as its bias, action_out_proj)
+    for op, K, N, dtype in (("gate_up", W, 2 * F_, bf16), ("action_in_proj", A, W, torch.float32),
+                            ("action_time_mlp_in", 2 * W, W, torch.float32), ("action_out_proj", W, A, torch.float32)):
+        xa, w = rnd(M, K, dtype=dtype), rnd(N, K, scale=K ** -0.5, dtype=dtype)
+        bias = rnd(N, dtype=dtype) if dtype == torch.float32 else None
+        want = F.linear(xa, w, bias)
+        for name, (bn, bk, splits) in configs(N, K, dtype):
+            fused.use_triton_on_cpu(True)
+            got = fr.launch(xa, w, bn, bk, splits, bias=bias)
+            fused.use_triton_on_cpu(False)
+            check(f"{sms} SMs: {op} {str(dtype).split('.')[-1]} [{M}, {K}] @ {[N, K]} {name}", [got], [want],
+                  1e-5 if dtype == torch.float32 else BF16)
+    # model.dtype fp8_weights: the expert's weights in e4m3 with row scales, widened in the loads; the first and the
+    # last config of each (the same configs as bfloat16 weights: the loads differ, not the grid)
+    from turbopi_ros.model.fp8 import quantize_rows
+
+    def fp8(n, k):
+        q8, s8 = quantize_rows(torch.randn(n, k, generator=g) * k ** -0.5)
+        return q8, s8[:, 0].contiguous()
+
+    def ends(n, k):
+        listed = list(configs(n, k))
+        return [listed[0], listed[-1]]
+
+    q8, s8 = fp8((H + 2 * KV) * D, W)
+    want_cache = torch.zeros(2, 1, KV, depth, D, dtype=bf16)
+    want_q = fr._library_qkv_rope(y, q8, cos, sin, want_cache[0], want_cache[1], start, H, KV, s8)
+    for name, (bn, bk, splits) in ends(q8.shape[0], W):
+        cache = torch.zeros(2, 1, KV, depth, D, dtype=bf16)
+        fused.use_triton_on_cpu(True)
+        q = fr.launch_qkv_rope(y, q8, cos, sin, cache[0], cache[1], start, H, KV, s8, block_n=bn, block_k=bk,
+                               splits=splits)
+        fused.use_triton_on_cpu(False)
+        check(f"{sms} SMs: fp8 weights qkv_rope {list(q8.shape)} {name}", [q, cache], [want_q, want_cache], BF16)
+    for op, K, gated in (("o_proj", H * D, False), ("down_proj", F_, True)):
+        a, (q8, s8) = rnd(M, 2 * K if gated else K), fp8(W, K)
+        weight = rnd(W, scale=0.1)
+        want = fused.add_rms_norm(x, fr.scaled_linear(fused.gelu_gate(a) if gated else a, q8, s8).reshape(1, M, W),
+                                  None, weight, None, None)
+        for name, (bn, bk, splits) in ends(W, K):
+            fused.use_triton_on_cpu(True)
+            got = fr.launch_add_rms_norm(a, q8, x, None, weight, None, None, s8, block_n=bn, block_k=bk,
+                                         splits=splits, gated=gated)
+            fused.use_triton_on_cpu(False)
+            check(f"{sms} SMs: fp8 weights {op} RMS {list(q8.shape)} {name}", got, want, BF16)
+    xa, (q8, s8) = rnd(M, W), fp8(2 * F_, W)
+    want = fr.scaled_linear(xa, q8, s8)
+    for name, (bn, bk, splits) in ends(2 * F_, W):
+        fused.use_triton_on_cpu(True)
+        got = fr.launch(xa, q8, bn, bk, splits, w_scale=s8)
+        fused.use_triton_on_cpu(False)
+        check(f"{sms} SMs: fp8 weights gate_up {list(q8.shape)} {name}", [got], [want], BF16)
+    # the denoise's attention: 8 heads x 50 action rows in the one KV group, over the prefix and the actions
+    q = rnd(1, KV, H * M, D, scale=2.0)
+    cache = rnd(2, 1, KV, 1024, D, scale=2.0)
+    for keys in (839, 898):
+        k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+        want = sdpa(q, k, v, D ** -0.5)
+        for name, config in sa.configs(KV, H * M, keys, sms).items():
+            fused.use_triton_on_cpu(True)
+            got = sa.launch(q, k, v, D ** -0.5, **config)
+            fused.use_triton_on_cpu(False)
+            check(f"{sms} SMs: split_attention {H * M} rows over {keys} keys {name}", [got], [want], BF16)
+
+
 def memcheck_catches():
     """The memory check itself: kernels that load one element past a tensor's end, one before its start, and store
     into the gap between a strided view's rows are each caught, once, and placed against the right tensor; a load
@@ -534,6 +658,9 @@ with memcheck() as memory:  # every load and store of every launch on an element
     if "whole_model" in sections:
         whole_model("pi0", 1e-5)
         whole_model("pi05", 1e-5)
+    for section in sections:  # gpu_shapes: an H100's or H200's 132 SMs; gpu_shapes_20: a Jetson Thor's 20
+        if section.startswith("gpu_shapes"):
+            gpu_shapes(int(section.split("_")[2]) if section.count("_") == 2 else 132)
     if "backward" in sections:
         backward_kernels(torch.float32, 1e-5)
         backward_kernels(torch.bfloat16, None)

@@ -61,9 +61,35 @@ class Report:
 
 @dataclasses.dataclass
 class _Launch:
+    """A launch's tensors: the contiguous ones as (first address, end, element size), the others by the sorted
+    addresses of their elements (a full-size weight has millions: a range is cheaper)."""
     kernel: str
     arguments: List[Tuple[str, torch.Tensor]]
-    allowed: np.ndarray  # sorted element addresses of every tensor argument
+    ranges: List[Tuple[int, int, int]]
+    strided: np.ndarray
+
+    @classmethod
+    def of(cls, kernel: str, arguments: List[Tuple[str, torch.Tensor]]) -> "_Launch":
+        ranges, spans = [], []
+        for _, t in arguments:
+            if not t.numel():
+                continue
+            if t.is_contiguous():
+                ranges.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), t.element_size()))
+            else:
+                spans.append(element_addresses(t))
+        return cls(kernel, arguments, ranges, np.unique(np.concatenate(spans)) if spans else np.empty(0, np.uint64))
+
+    def outside(self, touched: np.ndarray) -> np.ndarray:
+        """The addresses of ``touched`` (uint64) on no element of the launch's tensors."""
+        inside = np.zeros(touched.shape, bool)
+        for lo, hi, size in self.ranges:
+            inside |= (touched >= lo) & (touched < hi) & ((touched - np.uint64(lo)) % np.uint64(size) == 0)
+        rest = touched[~inside]
+        if rest.size and self.strided.size:
+            at = np.minimum(np.searchsorted(self.strided, rest), self.strided.size - 1)
+            rest = rest[self.strided[at] != rest]
+        return rest
 
 
 class _Watch:
@@ -80,10 +106,7 @@ class _Watch:
             self.report.unwatched += 1
             return
         self.report.lanes[launch.kernel] += touched.size
-        if not touched.size:
-            return
-        at = np.minimum(np.searchsorted(launch.allowed, touched), max(launch.allowed.size - 1, 0))
-        bad = touched[launch.allowed[at] != touched] if launch.allowed.size else touched
+        bad = launch.outside(touched)
         if not bad.size:
             return
         self.report.outside_lanes[launch.kernel] += bad.size
@@ -99,8 +122,12 @@ def _place(address: int, launch: _Launch) -> str:
     for name, t in launch.arguments:
         if t.numel() == 0:
             continue
-        span = element_addresses(t)
-        lo, hi, size = int(span.min()), int(span.max()) + t.element_size(), t.element_size()
+        size = t.element_size()
+        if t.is_contiguous():
+            lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * size
+        else:
+            span = element_addresses(t)
+            lo, hi = int(span.min()), int(span.max()) + size
         desc = f"'{name}' {tuple(t.shape)} {str(t.dtype).replace('torch.', '')} strides {tuple(t.stride())}"
         if address < lo:
             distance, text = lo - address, f"{(lo - address) / size:g} element(s) before {desc}"
@@ -127,11 +154,9 @@ class _Watched:
         def launch(*args, **kwargs):
             named = list(zip(self.parameters, args)) + list(kwargs.items())
             tensors = [(name, a) for name, a in named if isinstance(a, torch.Tensor)]
-            spans = [element_addresses(t) for _, t in tensors if t.numel()]
-            allowed = np.unique(np.concatenate(spans)) if spans else np.empty(0, np.uint64)
             if self.watch.current is not None:
                 raise RuntimeError(f"{self.name} launched while {self.watch.current.kernel} runs")
-            self.watch.current = _Launch(self.name, tensors, allowed)
+            self.watch.current = _Launch.of(self.name, tensors)
             self.report.launches[self.name] += 1
             try:
                 return run(*args, **kwargs)

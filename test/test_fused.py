@@ -88,14 +88,14 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert fused.backend("cpu") == "torch twin"
 
 
-def _interpreter_checks(*sections):
+def _interpreter_checks(*sections, timeout=600):
     """fused_interpreter_checks.py's sections in a subprocess (TRITON_INTERPRET must be set before Triton is
-    imported) -> (its check lines, its stdout); fails the test past a tolerance."""
+    imported) -> (its check lines, its stdout); fails the test past a tolerance, or past ``timeout`` seconds."""
     pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(TEST_DIR.parent), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, str(TEST_DIR / "fused_interpreter_checks.py"), *sections], env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"^memcheck: \d+ launches of \d+ kernels, \d+ loaded or stored lanes, 0 outside their kernel's "
                      r"tensors, 0 loads or stores of unwatched launches$", out.stdout, re.M), out.stdout
@@ -140,6 +140,32 @@ def test_the_memory_check_catches_what_a_kernel_touches_outside_its_tensors():
     assert "_loads_past_the_end: load of 1 lane(s) outside its tensors" in stdout, stdout
     assert "1 element(s) past the end of 'x' (7,) float32" in stdout, stdout
     assert "_stores_between_rows: store of 1 lane(s) outside its tensors" in stdout, stdout
+
+
+def test_every_launch_an_h100_makes_at_the_full_size_expert_shapes():
+    """The configs kernel_choice measures on a 132-SM GPU (H100, H200: the report's) at the full-size expert's shapes
+    (50 action rows, width 1024, 8 heads of 256, MLP 4096, pi0's and pi0.5's 3-camera keys; the matmuls on FP8
+    weights too), each under the interpreter against its twin and under the memory check: before a lent GPU
+    launches them, every one is known to stay inside its tensors. About 5 minutes on a CPU."""
+    from turbopi_ros.model import few_rows_matmul as fr, split_attention as sa
+
+    lines, stdout = _interpreter_checks("gpu_shapes", timeout=1800)  # 4 minutes alone; 2 cores shared may double it
+    assert all(line.startswith("132 SMs: ") for line in lines), stdout
+
+    def count(op):
+        return sum(line.startswith(f"132 SMs: {op} ") for line in lines)
+
+    bf16, f32 = fr.BLOCK_K, fr.FLOAT32_BLOCK_K
+    assert count("qkv_rope") == len(fr.configs(2560, 1024, 132, bf16)), stdout
+    assert count("o_proj") == 2 * len(fr.configs(1024, 2048, 132, bf16)), stdout  # RMS, adaRMS gated
+    assert count("down_proj") == 2 * len(fr.configs(1024, 4096, 132, bf16)), stdout
+    assert count("gate_up") == len(fr.configs(8192, 1024, 132, bf16)), stdout
+    assert count("action_time_mlp_in float32") == len(fr.configs(1024, 2048, 132, f32)) > 1, stdout
+    assert count("action_in_proj float32") + count("action_out_proj float32") == (
+        len(fr.configs(1024, 32, 132, f32)) + len(fr.configs(32, 1024, 132, f32))), stdout
+    assert count("split_attention") == len(sa.configs(1, 400, 839, 132)) + len(sa.configs(1, 400, 898, 132)), stdout
+    assert count("fp8 weights") == 8, stdout  # qkv, o_proj, down_proj, gate_up: their first and last config
+    assert set(memchecked(stdout)) == set(fr.KERNELS + sa.KERNELS) | {"_rms_kernel", "_qkv_rope_kernel"}, stdout
 
 
 def test_the_split_kernels_choose_among_configs_that_all_match_the_library_kernel():
