@@ -77,11 +77,25 @@ def test_fixed_command_rate_and_the_joint_states_rate_still_reported(tmp_path):
 
 def test_inference_pacing(tmp_path):
     """Observations are taken at most every 0.5 s: consecutive chunks' observation stamps (the newest input when the
-    engine took it, at most one 50 Hz joint-state period earlier) are over 0.4 s apart, and 2 chunks/s come."""
+    engine took it, at most one 50 Hz joint-state period earlier) are over 0.4 s apart. And no later than the period
+    and the engine allow: the next is taken when 0.5 s have passed or the engine is free (the chunk published),
+    whichever is later; the median delay past that under 0.1 s (a loaded machine's late wake-ups and slow inferences
+    are what really happened, not the node's pacing). /diagnostics reports the rate the chunks were published at."""
     with node_session(tmp_path, min_chunks=1, overrides={"inference_period_s": 0.5}) as (feeder, node):
         t0 = time.monotonic()
-        time.sleep(4.0)
-        stamps = np.array([stamp_of(m) for _, m in feeder.since(feeder.chunks, t0)])
-        assert len(stamps) >= 6 and np.all(np.diff(stamps) > 0.4), np.diff(stamps)
-        assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(2.0, rel=0.1)
-        assert wait_for(lambda: abs(_diag(feeder, "chunk_rate_hz") - 2.0) < 0.2, timeout=5)
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 8, timeout=60), node.log()[-2000:]
+        with feeder.lock:
+            chunks = [(source, stamp_of(m)) for t, source, m in feeder.chunks_info if t >= t0]
+        published, stamps = (np.array(column) for column in zip(*chunks))
+        gaps = np.diff(stamps)
+        assert np.all(gaps > 0.4), gaps
+        allowed = np.maximum(0.5, published[:-1] - stamps[:-1])  # the period, or the engine still busy
+        assert np.median(gaps - allowed) < 0.1, (gaps, allowed)
+
+        def published_rate() -> float:
+            with feeder.lock:
+                times = [source for _, source, _ in feeder.chunks_info]
+            return (len(times) - 1) / (times[-1] - times[0])
+
+        assert wait_for(lambda: _diag(feeder, "chunk_rate_hz") == pytest.approx(published_rate(), rel=0.15),
+                        timeout=5), (_diag(feeder, "chunk_rate_hz"), published_rate())
