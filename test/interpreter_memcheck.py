@@ -187,14 +187,9 @@ def memcheck(extra: Sequence[Tuple[dict, Sequence[str]]] = ()) -> Iterator[Repor
         watch.check("store", ptrs, mask)
         return store(self, ptrs, value, mask, *rest)
 
-    saved = [(namespace, {name: namespace[name] for name in names}) for namespace, names in extra]
-    for namespace, kernels in saved:
-        namespace.update({name: _Watched(name, k, watch, report) for name, k in kernels.items()})
     builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
     try:
-        with fused.kernels_replaced(lambda name, kernel: _Watched(name, kernel, watch, report)):
+        with fused.kernels_replaced(lambda name, kernel: _Watched(name, kernel, watch, report), extra_homes=extra):
             yield report
     finally:
         builder.create_masked_load, builder.create_masked_store = load, store
-        for namespace, kernels in saved:
-            namespace.update(kernels)

@@ -120,12 +120,15 @@ def recording_launches() -> Iterator[List[Launch]]:
 
 
 @contextlib.contextmanager
-def kernels_replaced(make: Callable[[str, Any], Any]) -> Iterator[None]:
+def kernels_replaced(make: Callable[[str, Any], Any],
+                     extra_homes: Sequence[Tuple[Dict[str, Any], Sequence[str]]] = ()) -> Iterator[None]:
     """Within the block, each registered Triton kernel's name, in the module that launches it, stands for
-    ``make(name, kernel)``: an op's ``kernel[grid](*args, **kwargs)`` goes through what make returned. How
-    recording_launches records the launches, and how the tests watch every load and store of the kernels under
-    Triton's interpreter (test/interpreter_memcheck.py)."""
-    homes = [(namespace, {name: namespace[name] for name in names}) for namespace, names in _KERNEL_HOMES]
+    ``make(name, kernel)``: an op's ``kernel[grid](*args, **kwargs)`` goes through what make returned; so do those of
+    ``extra_homes`` ((a module's globals, kernel names), unregistered: a test's own kernels). How recording_launches
+    records the launches, and how the tests watch every load and store of the kernels under Triton's interpreter
+    (test/interpreter_memcheck.py)."""
+    homes = [(namespace, {name: namespace[name] for name in names})
+             for namespace, names in [*_KERNEL_HOMES, *extra_homes]]
     for namespace, kernels in homes:
         namespace.update({name: make(name, k) for name, k in kernels.items()})
     try:
