@@ -39,12 +39,12 @@ def _joint_states_sent(feeder, count: int = 100) -> float:
 
 def _reported_command_rate_is_the_published_one(feeder, rel: float = 0.05) -> None:
     """/diagnostics' command_rate_hz is the rate of the last 200 commands the node published before the status
-    (node_status: their count over their span, all of them while fewer; 0 with none in the last second), judged from the commands' rmw source
-    times up to the status's stamp. The node takes its figure a moment before it stamps the status, and a loaded
-    machine may publish a few commands in between: the figure must match the window ending at one of the last 10
-    commands before the stamp. A rate the chunks' gaps lower (a machine too slow for the chunks to meet) is what
-    really happened, and is what must be reported. A status stamped over 0.5 s ago, so that every command before
-    it has arrived here."""
+    (node_status: their count over their span, all of them while fewer; 0 with none in the last second), judged from
+    the commands' rmw source times up to the status's stamp. The node takes its figure a moment before it stamps the
+    status, and a loaded machine may publish a few commands in between: the figure must match the window ending at
+    one of the last 10 commands before the stamp. A rate the chunks' gaps lower (a machine too slow for the chunks to
+    meet) is what really happened, and is what must be reported. A status stamped over 0.5 s ago, so that every
+    command before it has arrived here."""
     assert wait_for(lambda: any(t < time.time() - 0.5 for t, _ in feeder.statuses()), timeout=5)
     stamp, status = [(t, st) for t, st in feeder.statuses() if t < time.time() - 0.5][-1]
     reported = float(status_values(status)["command_rate_hz"])
