@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import List
 
 import numpy as np
 import pytest
@@ -114,14 +115,15 @@ def check_group_trajectories(full_chunks, recorder: Recorder, min_common: int = 
     return clamped
 
 
-def check_command_rates(recorder: Recorder, t0: float, seconds: float) -> None:
+def check_command_rates(recorder: Recorder, t0: float, seconds: float, chunks: List[tuple]) -> None:
     """Each group's commands over [t0, t0 + seconds) were published at COMMAND_HZ (ros_helpers.assert_published_at:
-    the median period, and kept coming), each with the group's joints; the velocity group's within its limits."""
+    the median period, and kept coming while one of ``chunks``, the feeder's (arrival, ~/action_chunk) pairs, had an
+    action), each with the group's joints; the velocity group's within its limits."""
     for g, spec in GROUPS.items():
         arrived = [(t, m) for t, m in recorder.since(recorder.commands[g], t0) if t < t0 + seconds]
         with recorder.lock:
             sources = list(recorder.command_sources[g])
-        assert_published_at(sources, t0, seconds, COMMAND_HZ, rel=0.05, what=f"{g}: ")
+        assert_published_at(sources, t0, seconds, COMMAND_HZ, rel=0.05, what=f"{g}: ", chunks=chunks)
         assert len([t for t, _ in sources if t0 <= t < t0 + seconds]) == len(arrived), g
         assert all(len(m.data) == len(spec["joints"]) for _, m in arrived), g
         if spec.get("interface") == "velocity":

@@ -113,17 +113,70 @@ def run_node_starts(args_by_case: Dict[str, List[str]], at_once: int = 3, timeou
     return results
 
 
-def assert_published_at(sources: List[tuple], t0: float, seconds: float, hz: float, rel: float, what: str = ""
-                        ) -> None:
+def assert_published_at(sources: List[tuple], t0: float, seconds: float, hz: float, rel: float, what: str = "",
+                        chunks: Optional[List[tuple]] = None) -> None:
     """The messages that arrived in [t0, t0 + seconds), given as (arrival monotonic, rmw source time) pairs (the
     feeder's ``commands_info``, a group Recorder's ``command_sources``: a copy taken under their lock), were published
     at ``hz``: their median period within ``rel``, from the node's publish times (what the test process's own
     scheduling on a loaded machine does to arrivals is not the node's; missed wake-ups lowering the mean rate are
-    turbopi-exec-bench's business); and they kept coming, at least half of ``hz`` on average."""
+    turbopi-exec-bench's business); and they kept coming, at least half of ``hz`` on average. With ``chunks`` (the
+    feeder's (arrival, chunk) pairs), on average over the time a chunk had an action for now (chunk_cover): a machine
+    whose inferences outlast what is left of a chunk when it comes leaves the commands nothing to send between
+    chunks, and the node rightly stops them."""
     sent = np.array([s for t, s in sources if t0 <= t < t0 + seconds])
-    assert len(sent) > 0.5 * hz * seconds, f"{what}{len(sent) / seconds:.1f} Hz"
+    span = seconds if chunks is None else chunk_cover(chunks, t0, t0 + seconds)
+    assert span >= min(1.0, seconds), f"{what}a chunk had actions for only {span:.2f} s of {seconds:.2f} s"
+    assert len(sent) > 0.5 * hz * span, f"{what}{len(sent) / span:.1f} Hz over the {span:.2f} s the chunks covered"
     period = float(np.median(np.diff(sent)))
     assert abs(period * hz - 1.0) <= rel, f"{what}median period {period * 1e3:.1f} ms, expected {1e3 / hz:.1f} ms"
+
+
+def chunk_cover(chunks: List[tuple], t0: float, t1: float) -> float:
+    """Seconds of [t0, t1) (this process's monotonic clock) during which one of ``chunks`` ((arrival monotonic,
+    JointTrajectory) pairs) had an action for now: from its arrival here to its last point's time (its stamp plus the
+    point's time_from_start, on the node's clock: this machine's wall clock, without sim time)."""
+    offset = time.time() - time.monotonic()
+    spans = sorted((arrived, stamp_of(msg) + trajectory_times(msg)[-1] - offset) for arrived, msg in chunks)
+    covered, reached = 0.0, t0
+    for start, end in spans:
+        start, end = max(start, reached), min(end, t1)
+        if end > start:
+            covered += end - start
+            reached = end
+    return covered
+
+
+def wait_for_chunk_cover(chunks: Callable[[], List[tuple]], t0: float, seconds: float, timeout: float = 60.0) -> float:
+    """Waits until the chunks (``chunks()``: (arrival, chunk) pairs) have covered ``seconds`` since ``t0`` (chunk_cover:
+    ``seconds`` after t0 on an idle machine, longer where inferences outlast the chunks), then returns how long
+    after t0 that was."""
+    assert wait_for(lambda: time.monotonic() >= t0 + seconds and chunk_cover(chunks(), t0, time.monotonic()) >= seconds,
+                    timeout=timeout), f"chunks covered {chunk_cover(chunks(), t0, time.monotonic()):.2f} s"
+    return time.monotonic() - t0
+
+
+def assert_reported_command_rate(feeder, rel: float = 0.05) -> None:
+    """/diagnostics' command_rate_hz is the rate of the last 200 commands the node published before the status
+    (node_status: their count over their span, all of them while fewer; 0 with none in the last second), judged from
+    the commands' rmw source times up to the status's stamp, not from the configured rate: on a loaded machine the
+    command thread misses wake-ups, or the chunks run out between inferences, and the report must say what really
+    happened. The node takes its figure a moment before it stamps the status, and a loaded machine may publish a few
+    commands in between: the figure must match the window ending at one of the last 10 commands before the stamp. A
+    status stamped over 0.5 s ago, so that every command before it has arrived here."""
+    assert wait_for(lambda: any(t < time.time() - 0.5 for t, _ in feeder.statuses()), timeout=5)
+    stamp, status = [(t, st) for t, st in feeder.statuses() if t < time.time() - 0.5][-1]
+    reported = float(status_values(status)["command_rate_hz"])
+    with feeder.lock:
+        sources = np.array([s for _, s in feeder.commands_info])
+    sources = sources[sources <= stamp]
+    if reported == 0.0:
+        assert len(sources) < 2 or stamp - sources[-1] > 0.9, (stamp - sources[-1], len(sources))
+        return
+    ends = [len(sources) - k for k in range(10) if len(sources) - k >= 2]
+    windows = [sources[max(0, end - 200):end] for end in ends]  # the node keeps the last 200 (all, if fewer)
+    assert windows, f"/diagnostics reports {reported} commands/s from {len(sources)} published commands"
+    rates = [(len(w) - 1) / (w[-1] - w[0]) for w in windows]
+    assert min(rates) * (1 - rel) <= reported <= max(rates) * (1 + rel), (reported, rates)
 
 
 def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:

@@ -216,11 +216,12 @@ def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
     t = time.monotonic()
     assert wait_for(lambda: len(feeder.since(feeder.chunks, t)) >= 3, timeout=30), node.log()[-3000:]
     time.sleep(seconds)
-    status = feeder.latest_status()
+    # OK, while the input is still coming: on a loaded machine an observation may age while it waits for the engine
+    # (ENGINE_TOO_SLOW, logged and excused below), and the status is OK again with the next chunk
+    assert wait_for(lambda: level(feeder.latest_status()) == 0, timeout=15), feeder.latest_status().message
     log = node.log()[start:]
     for key in faults:
         feeder.faults.pop(key, None)
-    assert level(status) == 0, status.message
     assert _unexplained_errors(log, feeder) == [], log
     return log
 
@@ -228,7 +229,7 @@ def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
 # The engine's own refusal of an observation that aged past max_observation_age_s while it was prepared (a 4K frame
 # converted beside a busy core): how fast this machine is, not a defect of the input; _expect_used still asks for
 # chunks from that input and an OK status at the end.
-ENGINE_TOO_SLOW = "no chunk: observation went stale before inference: "
+ENGINE_TOO_SLOW = "observation went stale before inference: "  # the problem's line, and the status line naming it
 STALENESS = re.compile(r"did not run for|newest message is [\d.]+ s old|went stale|the node paused")
 STALE_INPUTS = re.compile(r"^\[ERROR\] \[(\d+\.\d+)\] .*?(?:camera '(\w+)'|(joint_states)): newest message is "
                           r"[\d.]+ s old[^;]*(?:; also stale: \[([^\]]*)\])?")

@@ -12,7 +12,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import node_session, stamp_of, status_values, trajectory_times, wait_for  # noqa: E402
+from ros_helpers import (assert_reported_command_rate, node_session, stamp_of, status_values, trajectory_times,  # noqa: E402
+                         wait_for)
 
 
 def _median_rate(times) -> float:
@@ -35,30 +36,6 @@ def _joint_states_sent(feeder, count: int = 100) -> float:
     """The rate of the last ``count`` joint states the feeder published (the node measures over its last 100)."""
     with feeder.lock:
         return _median_rate(feeder.joint_times[-count:])
-
-
-def _reported_command_rate_is_the_published_one(feeder, rel: float = 0.05) -> None:
-    """/diagnostics' command_rate_hz is the rate of the last 200 commands the node published before the status
-    (node_status: their count over their span, all of them while fewer; 0 with none in the last second), judged from
-    the commands' rmw source times up to the status's stamp. The node takes its figure a moment before it stamps the
-    status, and a loaded machine may publish a few commands in between: the figure must match the window ending at
-    one of the last 10 commands before the stamp. A rate the chunks' gaps lower (a machine too slow for the chunks to
-    meet) is what really happened, and is what must be reported. A status stamped over 0.5 s ago, so that every
-    command before it has arrived here."""
-    assert wait_for(lambda: any(t < time.time() - 0.5 for t, _ in feeder.statuses()), timeout=5)
-    stamp, status = [(t, st) for t, st in feeder.statuses() if t < time.time() - 0.5][-1]
-    reported = float(status_values(status)["command_rate_hz"])
-    with feeder.lock:
-        sources = np.array([s for _, s in feeder.commands_info])
-    sources = sources[sources <= stamp]
-    if reported == 0.0:
-        assert len(sources) < 2 or stamp - sources[-1] > 0.9, (stamp - sources[-1], len(sources))
-        return
-    ends = [len(sources) - k for k in range(10) if len(sources) - k >= 2]
-    windows = [sources[max(0, end - 200):end] for end in ends]  # the node keeps the last 200 (all, if fewer)
-    assert windows, f"/diagnostics reports {reported} commands/s from {len(sources)} published commands"
-    rates = [(len(w) - 1) / (w[-1] - w[0]) for w in windows]
-    assert min(rates) * (1 - rel) <= reported <= max(rates) * (1 + rel), (reported, rates)
 
 
 def _diag(feeder, key: str) -> float:
@@ -86,7 +63,7 @@ def test_commands_follow_the_measured_joint_states_rate(tmp_path, joint_rate_hz)
         assert target_ms == pytest.approx(1e3 / measured, rel=0.05), node.log()[-2000:]
         assert np.median(np.diff(sent)) * 1e3 == pytest.approx(target_ms, rel=tolerance), node.log()[-2000:]
         assert np.median(np.diff(sent)) < 0.75 / 50.0  # not the 50 Hz control rate
-        _reported_command_rate_is_the_published_one(feeder)
+        assert_reported_command_rate(feeder)
         # chunks keep the model's action rate whatever the command rate
         _, chunk = feeder.since(feeder.chunks, 0.0)[-1]
         assert np.allclose(np.diff(trajectory_times(chunk)), 1.0 / 50.0)
@@ -100,7 +77,7 @@ def test_fixed_command_rate_and_the_joint_states_rate_still_reported(tmp_path):
             feeder, node):
         sent = _published_commands(feeder, 3.0)
         assert np.median(np.diff(sent)) == pytest.approx(0.01, rel=0.05)
-        _reported_command_rate_is_the_published_one(feeder)
+        assert_reported_command_rate(feeder)
         assert _diag(feeder, "joint_states_rate_hz") == pytest.approx(_joint_states_sent(feeder), rel=0.05)
 
 

@@ -24,7 +24,8 @@ def _chunks(feeder, t0):
 
 
 def _first_errors(chunks):
-    """RMS distance between each chunk's first actions and its predecessor at the same times."""
+    """RMS distance between each chunk's first actions and its predecessor at the same times: one for each chunk that
+    came while its predecessor still had actions (on a machine whose inferences outlast a chunk, some come later)."""
     errors = []
     for prev, new in zip(chunks, chunks[1:]):
         diffs = [new.actions[k] - prev.at(new.stamp + (k + 1) / RATE) for k in range(FIRST)
@@ -48,16 +49,15 @@ def _set(feeder, name, value):
 def test_rtc_keeps_consecutive_chunks_consistent_and_can_be_switched_at_run_time(tmp_path):
     with node_session(tmp_path, min_chunks=2, overrides={"rtc.enabled": "true", "blend_s": 0.0}) as (feeder, node):
         t0 = time.monotonic()
-        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 8, timeout=60), node.log()[-2000:]
+        assert wait_for(lambda: len(_first_errors(_chunks(feeder, t0))) >= 5, timeout=120), node.log()[-2000:]
         guided = _first_errors(_chunks(feeder, t0))
         assert wait_for(lambda: "rtc_guidance_error" in status_values(feeder.latest_status()), timeout=5)
         assert float(status_values(feeder.latest_status())["rtc_guidance_error"]) < 0.1
 
         _set(feeder, "rtc.enabled", False)
         t1 = time.monotonic() + 0.5  # a guided inference in flight may still land
-        assert wait_for(lambda: len(feeder.since(feeder.chunks, t1)) >= 8, timeout=60), node.log()[-2000:]
+        assert wait_for(lambda: len(_first_errors(_chunks(feeder, t1))) >= 5, timeout=120), node.log()[-2000:]
         plain = _first_errors(_chunks(feeder, t1))
-    assert len(guided) >= 5 and len(plain) >= 5
     print(f"first {FIRST} actions, median RMS to the previous chunk: rtc {np.median(guided):.4f}, "
           f"off {np.median(plain):.4f}")
     assert np.median(guided) * 3 < np.median(plain), (np.median(guided), np.median(plain))
