@@ -1,6 +1,7 @@
 """The node's parts, each on its own (without a node): the command stream's thread, what each command tick publishes and
 the stream's period, the last check before a chunk goes out and what becomes of a chunk or a problem, the engine
 worker's loop and stall watch, the warm-up, the prompt, the statistics and their /diagnostics status."""
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -278,6 +279,32 @@ def test_the_engine_runs_each_new_observation_once_and_never_a_stale_one():
     assert wait_for(lambda: any("newest message is 20." in f for f in failures), 10), failures
     assert worker.stop(1.0)
     assert len(published) == n, published
+
+
+@pytest.mark.parametrize("niceness", [0, 7])
+def test_the_engine_and_preparing_threads_run_at_the_workers_niceness(niceness):
+    """Both threads lower their CPU priority to ``niceness`` (yield_cpu), never below the process's own; threads
+    already nicer stay as they are. 0: the process's own priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = {}
+
+    class Recording(FakePolicy):
+        def prepare(self, obs):
+            seen["preparing"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return super().prepare(obs)
+
+    def run(prepared):
+        seen["inference"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return "chunk"
+
+    inputs = joints_only(time.time(), WALL_AGE_S)
+    worker, published, failures = _worker(inputs, run)
+    worker.policy, worker.niceness = Recording(), niceness
+    worker.start()
+    assert wait_for(lambda: published, 10), failures
+    assert worker.stop(1.0)
+    assert seen == {"preparing": max(own, niceness), "inference": max(own, niceness)}, (seen, own)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # this thread untouched
 
 
 def test_a_failing_engine_is_reported_and_the_worker_goes_on():

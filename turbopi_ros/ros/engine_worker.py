@@ -28,7 +28,7 @@ from .problems import failure
 # first chunk: FIRST_INFERENCE_STALL_S, which covers warm-up: lazy initialisation, a CUDA graph capture).
 STALL_MIN_S, STALL_FACTOR, FIRST_INFERENCE_STALL_S = 1.0, 5.0, 60.0
 PACING_POLL_S = 0.1  # on demand, the engine thread looks again at least this often while pacing holds it
-WORKER_NICENESS = 10
+WORKER_NICENESS = 10  # the worker_niceness parameter's default
 
 
 @dataclasses.dataclass
@@ -57,10 +57,11 @@ class EngineHooks:
 
 class EngineWorker:
     def __init__(self, policy: Policy, run: Callable, inputs: InputBuffer, frames: Optional[FramePreparer],
-                 hooks: EngineHooks, inference_period_s: float = 0.0):
+                 hooks: EngineHooks, inference_period_s: float = 0.0, niceness: int = WORKER_NICENESS):
         """``run``: the policy's run (or a wrapper of it: test-only faults); ``frames``: None prepares observations
-        just in time on a thread of its own."""
+        just in time on a thread of its own; ``niceness``: the CPU priority of both threads (yield_cpu)."""
         self.policy, self.inputs, self.frames, self.hooks = policy, inputs, frames, hooks
+        self.niceness = int(niceness)
         self.inference_period_s = float(inference_period_s)
         self._run = run
         self.stop_event = threading.Event()
@@ -131,11 +132,11 @@ class EngineWorker:
 
     # --- the two threads --------------------------------------------------------------------------------------------
     def _prepare_loop(self) -> None:
-        yield_cpu()
+        yield_cpu(self.niceness)
         self._restarting(self._prepare_iterations, "observation worker")
 
     def _engine_loop(self) -> None:
-        yield_cpu()
+        yield_cpu(self.niceness)
         if self._warm_up is not None and not self.stop_event.is_set():
             self._warm_up()
         self._restarting(self._engine_iterations, "inference worker")
@@ -275,12 +276,15 @@ class EngineWorker:
         return None
 
 
-def yield_cpu() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread, and threads it starts inherit it: the camera
-    pool, torch's workers). The heavy work (preparation, inference) then yields the cores to the command stream and
-    the executor when the machine is busy, so commands keep their deadlines; raising a priority needs privileges,
-    lowering one does not."""
+def yield_cpu(niceness: int = WORKER_NICENESS) -> None:
+    """Lower this thread's CPU priority to ``niceness`` (Linux: niceness is per thread, and threads it starts inherit
+    it: the camera pool, torch's workers). The heavy work (preparation, inference) then yields the cores to the command
+    stream and the executor when the machine is busy, so commands keep their deadlines; raising a priority needs
+    privileges, lowering one does not, so a thread already nicer than ``niceness`` stays as it is. The cost: other
+    processes at normal priority that keep the cores busy take them from the inference too (worker_niceness)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+        tid = threading.get_native_id()
+        if niceness > os.getpriority(os.PRIO_PROCESS, tid):
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
     except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
         pass

@@ -97,6 +97,7 @@ class NodeConfig:
     blend_s: float
     max_observation_age_s: float
     on_stale: str
+    worker_niceness: int
     autostart: bool
     status_log_period_s: float
 

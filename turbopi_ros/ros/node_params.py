@@ -93,6 +93,10 @@ PARAMETERS: Dict[str, Param] = {
                                    max=3600.0),
     "on_stale": Param("stop", "when inputs go stale or inference fails: stop the commands or hold the last one",
                       choices=("stop", "hold")),
+    "worker_niceness": Param(10, "Linux CPU priority (niceness) of the preparing, inference and camera threads: 10 "
+                                 "lets the command stream and the executor take the cores first; lower it (0: the "
+                                 "node's own) where other processes at normal priority share the cores and would "
+                                 "otherwise starve the inference (docs/reliability.md)", min=0, max=19),
     "autostart": Param(True, "publish right away; false = wait for ~/enable"),
     "status_log_period_s": Param(5.0, "seconds between one-line status logs (0 = off)", min=0.0, max=3600.0),
 }

@@ -82,7 +82,8 @@ class TurbopiNode(Node):
                                   use_sim_time_hint=self._sim_time, reduce_for=self.policy.reduced_decode_size)
         self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
         if c.cameras.prepare_on_arrival:
-            self.frames = FramePreparer(cameras, self._prepare_frame, thread_init=yield_cpu)
+            self.frames = FramePreparer(cameras, self._prepare_frame,
+                                        thread_init=lambda: yield_cpu(c.worker_niceness))
         self.problems = ProblemLog(self.get_logger().error, self.get_logger().warning)
         self.schedule = ChunkSchedule(self.rate_hz, c.blend_s)
         self.stats = NodeStats()
@@ -96,7 +97,8 @@ class TurbopiNode(Node):
                             publish=self._publish_chunk, worker_failed=lambda m: self.flow.worker_failed(m),
                             alive=self.context.ok, new_prompt=self._capture_prompt)
         run = faults.wrap(self.policy.run)  # the policy's run; faults.wrap only where a test injects faults
-        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s)
+        self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s,
+                                   c.worker_niceness)
         self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run, c.model.warm_up_prompts,
                               c.rtc.max_guidance if c.rtc.enabled else None)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
