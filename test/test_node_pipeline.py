@@ -2,6 +2,7 @@
 an observation is never acted on when superseded or stale. The engine is slowed by the test-only fault injection (a
 fixed delay stands in for a GPU's inference time)."""
 import json
+import re
 import time
 
 import numpy as np
@@ -74,6 +75,10 @@ def test_chunks_come_from_ever_newer_observations_none_left_waiting(tmp_path, on
         if not on_arrival:
             stale = "observation went stale before inference"
             assert wait_for(lambda: stale in node.log()[log_before:], timeout=15), node.log()[-2000:]
+            # the message says where the time went: the observation prepared for the hung run's end waited for it
+            waited = re.search(r"observation went stale before inference: .*; it was taken (\d+\.\d+) s earlier "
+                               r"\(preparing it, waiting for the engine\)", node.log()[log_before:])
+            assert waited and float(waited.group(1)) > 1.0, node.log()[-2000:]
             assert wait_for(lambda: _dropped_stale(feeder) > dropped_before, timeout=5)
         t_back = time.monotonic()
         assert wait_for(lambda: len(feeder.since(feeder.chunks, t_back)) >= 3, timeout=30), node.log()[-2000:]

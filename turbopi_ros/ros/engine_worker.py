@@ -254,7 +254,10 @@ class EngineWorker:
             if stale:  # went stale while it waited: dropped, never acted on
                 self._jit.run_abandoned()
                 self.dropped_stale += 1
-                self.hooks.fail(f"observation went stale before inference: {stale}")
+                # how long since it was taken tells a late input (taken already old) from a busy engine or machine
+                waited = time.monotonic() - item.taken_at
+                self.hooks.fail(f"observation went stale before inference: {stale}; it was taken {waited:.2f} s "
+                                "earlier (preparing it, waiting for the engine)")
                 continue
             chunk = self._run_once(item)
             if chunk is not None and self.hooks.enabled() and not self.stop_event.is_set():
