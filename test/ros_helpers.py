@@ -162,7 +162,10 @@ def assert_reported_command_rate(feeder, rel: float = 0.05) -> None:
     command thread misses wake-ups, or the chunks run out between inferences, and the report must say what really
     happened. The node takes its figure a moment before it stamps the status, and a loaded machine may publish a few
     commands in between: the figure must match the window ending at one of the last 10 commands before the stamp. A
-    status stamped over 0.5 s ago, so that every command before it has arrived here."""
+    status stamped over 0.5 s ago, so that the commands before it that reach this process have arrived. Some may not:
+    at 500 Hz a busy test process drops some (seen on Jazzy: 365/s received of the 498/s reported), which lowers the
+    rate of the ones received, never raises it. So the received windows' mean rate is a floor, and a ceiling is the
+    rate the stream ran at while it ran (1 / their median interval: on its grid of deadlines no stretch runs faster)."""
     assert wait_for(lambda: any(t < time.time() - 0.5 for t, _ in feeder.statuses()), timeout=5)
     stamp, status = [(t, st) for t, st in feeder.statuses() if t < time.time() - 0.5][-1]
     reported = float(status_values(status)["command_rate_hz"])
@@ -175,8 +178,9 @@ def assert_reported_command_rate(feeder, rel: float = 0.05) -> None:
     ends = [len(sources) - k for k in range(10) if len(sources) - k >= 2]
     windows = [sources[max(0, end - 200):end] for end in ends]  # the node keeps the last 200 (all, if fewer)
     assert windows, f"/diagnostics reports {reported} commands/s from {len(sources)} published commands"
-    rates = [(len(w) - 1) / (w[-1] - w[0]) for w in windows]
-    assert min(rates) * (1 - rel) <= reported <= max(rates) * (1 + rel), (reported, rates)
+    floors = [(len(w) - 1) / (w[-1] - w[0]) for w in windows]
+    ceilings = [1.0 / float(np.median(np.diff(w))) for w in windows]
+    assert min(floors) * (1 - rel) <= reported <= max(ceilings) * (1 + rel), (reported, floors, ceilings)
 
 
 def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:
