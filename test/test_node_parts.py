@@ -191,14 +191,17 @@ def _chunk(stamp):
 
 def test_a_published_chunk_goes_out_a_refused_one_is_a_problem_that_clears_on_the_next():
     flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow()
-    assert not flow.publish(_chunk(clock.t + 5.0), time.monotonic(), time.monotonic())  # stamped ahead of the clock
+    now = time.monotonic()
+    assert not flow.publish(_chunk(clock.t + 5.0), now, now, now)  # stamped ahead of the clock
     assert outputs.chunks == [] and "ahead of the node's clock" in problems.message and wakes
-    assert flow.publish(_chunk(clock.t - 0.01), time.monotonic() - 0.05, time.monotonic() - 0.06)
+    now = time.monotonic()  # inputs taken 60 ms ago, prepared 56 ms ago, the run started 50 ms ago
+    assert flow.publish(_chunk(clock.t - 0.01), now - 0.05, now - 0.06, now - 0.056)
     assert len(outputs.chunks) == 1 and schedule.current is not None and stats.chunks == 1
     assert problems.message == "" and any(m.startswith("first chunk: 10 actions in 50 ms") for m in logs)
     assert any(m.startswith("recovered: chunks flowing again") for m in logs)
     assert stats.recent_ms("latency") == pytest.approx([10.0]) and stats.recent_ms("denoise") == pytest.approx([30.0])
-    assert stats.recent_ms("observation_wait") == pytest.approx([10.0], abs=1.0)  # taken 10 ms before the run
+    assert stats.recent_ms("observation_wait") == pytest.approx([10.0])  # taken 10 ms before the run
+    assert stats.recent_ms("prepared_wait") == pytest.approx([6.0])  # ready 6 ms before it
 
 
 def test_a_chunk_whose_observation_was_taken_before_a_pause_is_dropped_though_its_run_started_after():
@@ -211,7 +214,7 @@ def test_a_chunk_whose_observation_was_taken_before_a_pause_is_dropped_though_it
     assert flow.gate.pauses.beat(2.0, 0.02) == 2.0  # the command thread ran first after the pause
     run_start = time.monotonic() + 1e-3
     assert not flow.gate.pauses.paused_since(run_start)  # the run's start alone misses it
-    assert not flow.publish(_chunk(clock.t - 0.01), run_start, taken_at)
+    assert not flow.publish(_chunk(clock.t - 0.01), run_start, taken_at, taken_at)
     assert outputs.chunks == [] and "the node paused after its observation was taken" in problems.message
 
 
@@ -273,6 +276,8 @@ def test_the_engine_runs_each_new_observation_once_and_never_a_stale_one():
     assert wait_for(lambda: abs(published[-1][0][1] - newest) < 1e-6, 10), (published, newest)  # the newest ran
     stamps = [chunk[1] for chunk, _ in published]
     assert len(stamps) >= 2 and stamps == sorted(set(stamps)), stamps  # one chunk per observation, in order
+    for _, times in published:  # inputs taken, then prepared, then run
+        assert times["taken_at"] <= times["ready_at"] <= times["run_start"], times
     n = len(published)
     inputs.store(JOINT_STATES, joint_state(time.time() - 2 * WALL_AGE_S))  # a stale newest message
     worker.wake()

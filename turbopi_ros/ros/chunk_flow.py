@@ -25,9 +25,10 @@ class ChunkFlow:
         self.logger, self.hold_on_stale = logger, bool(hold_on_stale)
         self._now, self._wake, self._alive = now, wake, alive
 
-    def publish(self, chunk, run_start: float, taken_at: float) -> bool:
-        """Publish ``chunk`` (policy.ActionChunk), computed from ``run_start`` on an observation taken at ``taken_at``
-        (both monotonic), unless the gate refuses it (then that is a problem). True when it went out."""
+    def publish(self, chunk, run_start: float, taken_at: float, ready_at: float) -> bool:
+        """Publish ``chunk`` (policy.ActionChunk), computed from ``run_start`` on an observation whose inputs were
+        taken at ``taken_at`` and which was prepared at ``ready_at`` (all monotonic), unless the gate refuses it (then
+        that is a problem). True when it went out."""
         done, now = time.monotonic(), self._now()
         refused = self.gate.refuse(chunk.stamp, taken_at, now)
         if refused:
@@ -41,7 +42,8 @@ class ChunkFlow:
         if ended:
             self.logger.info(f"recovered: chunks flowing again (was: {ended})")
         self.stats.chunk_published(dict(chunk.timings, latency=now - chunk.stamp, engine=done - run_start,
-                                        observation_to_chunk=done - taken_at, observation_wait=run_start - taken_at),
+                                        observation_to_chunk=done - taken_at, observation_wait=run_start - taken_at,
+                                        prepared_wait=run_start - ready_at),
                                    chunk.guidance_error)
         return True
 

@@ -37,6 +37,7 @@ class Prepared:
     snapshot: Dict[str, object]  # the messages it came from (staleness is checked again before the engine runs)
     taken_at: float  # monotonic time the snapshot was taken
     prompt: str  # the prompt it was prepared with
+    ready_at: float  # monotonic time it was ready for the engine (prepared)
 
 
 @dataclasses.dataclass
@@ -47,7 +48,8 @@ class EngineHooks:
     enabled: Callable[[], bool]
     fail: Callable[..., None]  # fail(message, waiting=False): a problem, reported and throttled by the node
     guidance: Callable[[float], dict]  # keyword arguments of Policy.run for an observation stamped then (RTC)
-    publish: Callable[..., None]  # publish(chunk, run_start=, taken_at=): monotonic times of the run, the observation
+    publish: Callable[..., None]  # publish(chunk, run_start=, taken_at=, ready_at=): monotonic times of the run, the
+    # observation's inputs taken, it prepared
     worker_failed: Callable[[str], None]  # a worker's unexpected error (it restarts): logged, the commands stopped
     alive: Callable[[], bool]  # False once the ROS context is shut down
     # before the first inference with a prompt (and the next after recheck_prompt()), on the engine thread: whatever
@@ -202,7 +204,7 @@ class EngineWorker:
             self.stop_event.wait(0.02)  # bad input may keep coming as fast as good input: do not spin on it
             return None
         self._last_key = key
-        return Prepared(prepared, snapshot, taken_at, prompt)
+        return Prepared(prepared, snapshot, taken_at, prompt, time.monotonic())
 
     def _prepared_on_demand(self) -> Optional[Prepared]:
         """Frames prepared on arrival: preparing an observation is a copy, so the engine thread prepares the newest
@@ -261,7 +263,8 @@ class EngineWorker:
                 continue
             chunk = self._run_once(item)
             if chunk is not None and self.hooks.enabled() and not self.stop_event.is_set():
-                self.hooks.publish(chunk, run_start=self._last_run_start, taken_at=item.taken_at)
+                self.hooks.publish(chunk, run_start=self._last_run_start, taken_at=item.taken_at,
+                                   ready_at=item.ready_at)
 
     def _run_once(self, item: Prepared):
         """The chunk of one prepared observation, or None when the engine failed (reported)."""

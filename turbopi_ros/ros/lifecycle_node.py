@@ -110,10 +110,10 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         with self._command_gate:
             TurbopiNode._on_command_tick(self)
 
-    def _publish_chunk(self, chunk, run_start: float, taken_at: float) -> None:
+    def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
         with self._chunk_gate:
             if self._active and self._enabled:
-                TurbopiNode._publish_chunk(self, chunk, run_start, taken_at)
+                TurbopiNode._publish_chunk(self, chunk, run_start, taken_at, ready_at)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         if request.data and not self._active:

@@ -19,8 +19,9 @@ STATUS_NAME = "turbopi_node: policy"
 WARMING_UP = "warming up (first inference, graph captures): not ready yet"
 KEPT = 20  # chunks whose stage times the medians are over
 # per chunk, besides the policy's stages: latency (observation stamp -> publish), engine (the run), observation_to_chunk
-# (inputs taken -> publish), observation_wait (inputs taken -> the engine starts on them)
-TIMES = STAGES + ("total", "latency", "engine", "observation_to_chunk", "observation_wait")
+# (inputs taken -> publish), observation_wait (inputs taken -> the engine starts on them), prepared_wait (the
+# observation prepared -> the engine starts on it: how long it sat ready, waiting for the engine)
+TIMES = STAGES + ("total", "latency", "engine", "observation_to_chunk", "observation_wait", "prepared_wait")
 
 
 class NodeStats:

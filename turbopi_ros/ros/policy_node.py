@@ -226,8 +226,8 @@ class TurbopiNode(Node):
         return response
 
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
-    def _publish_chunk(self, chunk, run_start: float, taken_at: float) -> None:
-        self.flow.publish(chunk, run_start, taken_at)
+    def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
+        self.flow.publish(chunk, run_start, taken_at, ready_at)
 
     def _on_command_tick(self) -> None:
         self.commands.tick()

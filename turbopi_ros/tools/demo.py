@@ -28,6 +28,7 @@ PIPELINE = {"engine": "the engine's run (model stages, and any --engine-delay)",
             "observation_to_chunk": "inputs taken -> chunk published",
             "observation_wait": "inputs taken -> the engine starts on them (preparing, waiting for the engine)",
             "observation_wait_max": "the longest such wait (max over the run)",
+            "prepared_wait": "the observation prepared -> the engine starts on it (sat ready, waiting for the engine)",
             "latency": "sensor stamp -> chunk published (adds the inputs' age)"}
 
 
