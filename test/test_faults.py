@@ -119,8 +119,12 @@ def test_inference_hangs(running):
     last = next(m for s, m in chunks if s == gaps[0][0])  # the chunk the hang started after
     end = chunk_end(last)
     during = [s for s in commands if gaps[0][0] <= s < gaps[0][1]]
-    assert during, "no command after the last chunk before the hang"
-    assert end - 3 * PERIOD_S <= max(during) <= end + PERIOD_S, (max(during) - end)
+    assert all(s <= end + PERIOD_S for s in during), (max(during) - end)  # none past its end
+    # it followed that chunk to its end, if the chunk still had actions when it went out (on a machine so loaded
+    # that an inference outlasts a chunk it had none, and no command is right)
+    if end - gaps[0][0] > 3 * PERIOD_S:
+        assert during, f"no command after the last chunk before the hang ({end - gaps[0][0]:.2f} s of it left)"
+        assert max(during) >= end - 3 * PERIOD_S, (max(during) - end)
 
 
 @pytest.mark.parametrize("silent, name", [("left_wrist_0_rgb_silent", "camera 'left_wrist_0_rgb'"),

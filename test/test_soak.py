@@ -148,6 +148,34 @@ def test_short_mode_does_not_judge_the_commands_where_other_processes_held_the_m
     assert not soak_report.analyse(silent, short=True)["checks"]["command_gaps"]["passed"]
 
 
+def test_short_mode_does_not_judge_how_soon_commands_came_back_after_a_fault_where_other_processes_held_the_machine():
+    """An injected fault from 20 s to 22 s with the commands back 8 s after its end (recover_s is 5): the short soak
+    fails it on a machine it had to itself, and leaves how soon out where other processes held the machine after the
+    fault's end; that the commands stopped is judged either way."""
+    def late_recovery(during=False):
+        raw = _raw(seconds=60)
+        raw["faults"] = [[30 * S, 32 * S]]  # 20-22 s into the run
+        raw["commands"] = [c for c in raw["commands"] if not 30.5 * S <= c[1] < 40 * S]  # back at 30 s
+        if during:
+            raw["commands"] += [(int(t) + 300_000, int(t)) for t in _ticks(50, start=31 * S)]  # on through the fault
+            raw["commands"].sort()
+        return raw
+
+    alone = soak_report.analyse(late_recovery(), short=True)
+    assert [k for k, c in alone["checks"].items() if not c["passed"]] == ["faults_stop_and_recover"]
+    assert alone["injected_faults"][0]["recovered_after_s"] == pytest.approx(8.0, abs=0.02)
+    busy = soak_report.analyse(_contend(late_recovery(), {24.0, 25.0}), short=True)
+    assert busy["passed"], busy["checks"]
+    assert "1 of them: when other processes held the machine after it" in busy["checks"]["faults_stop_and_recover"][
+        "text"]
+    # contention before the fault does not excuse it, nor does it excuse commands that went on through the fault
+    assert not soak_report.analyse(_contend(late_recovery(), {10.0, 11.0}), short=True)["passed"]
+    kept_on = soak_report.analyse(_contend(late_recovery(during=True), {24.0, 25.0}), short=True)
+    assert not kept_on["checks"]["faults_stop_and_recover"]["passed"]
+    assert not soak_report.analyse(_contend(late_recovery(), {24.0, 25.0}))["checks"]["faults_stop_and_recover"][
+        "passed"]  # the full soak judges it either way
+
+
 def test_plots_are_written(tmp_path):
     raw = _raw()
     written = soak_report.plot(raw, soak_report.analyse(raw), tmp_path)

@@ -163,6 +163,11 @@ def analyse(raw: dict, short: bool = False) -> dict:
     held = contended_windows(held_rows, start_wall)
     if not th["judge_contended"]:
         excluded += held
+        # a fault whose recovery time other processes held the machine in: the commands come back with the first
+        # chunk that still has an action for now, which a starved inference may not give for a while
+        for f, (_, stop) in zip(faults, raw.get("faults", [])):
+            stop = stop or end_wall
+            f["recovery_contended"] = any(a < stop + th["recover_s"] * 1e9 and b > stop for a, b in held)
     arrival = command_timing(commands[:, 0], period_s, *window, start_wall, excluded)
     source = command_timing(commands[:, 1], period_s, *window, start_wall, excluded)
     in_window = [r for r in rows if window[0] <= start_wall + r["t"] * 1e9 <= window[1]]
@@ -214,6 +219,7 @@ def checks(report: dict, th: dict) -> Dict[str, dict]:
     # short mode, where other processes held the machine whenever commands flowed: no interval left to judge
     unjudged = (not contended["judged"] and contended["seconds"] > 0 and
                 report["commands_arrival"].get("all_excluded", False))
+    held = sum(1 for f in report["injected_faults"] if f.get("recovery_contended"))
     others = (f"; {contended['seconds']:g} s when other processes left the soak under {LEFT_PCT:g} % of a core "
               f"{'counted: not an idle machine' if contended['judged'] else 'not judged'}"
               if contended["seconds"] else "")
@@ -232,10 +238,13 @@ def checks(report: dict, th: dict) -> Dict[str, dict]:
                                       mean <= period_ms * (1 + th["mean_period_excess_pct"] / 100)),
                          f"mean command period {_fmt(mean, ' ms')} (<= {period_ms:g} ms + "
                          f"{th['mean_period_excess_pct']:g} %)" + others),
-        "faults_stop_and_recover": (all(f["stopped"] and f["recovered_after_s"] is not None and
-                                        f["recovered_after_s"] <= th["recover_s"] for f in report["injected_faults"]),
-                                    f"{len(report['injected_faults'])} injected inference failures: commands stopped "
-                                    f"within 1 s and came back within {th['recover_s']:g} s of the end of each"),
+        "faults_stop_and_recover": (all(f["stopped"] and (f.get("recovery_contended") or (
+            f["recovered_after_s"] is not None and f["recovered_after_s"] <= th["recover_s"]))
+            for f in report["injected_faults"]),
+            f"{len(report['injected_faults'])} injected inference failures: commands stopped within 1 s and came back "
+            f"within {th['recover_s']:g} s of the end of each" + (
+                f" ({held} of them: when other processes held the machine after it, how soon not judged)"
+                if held else "")),
         "no_unhandled_exceptions": (crashes == 0, f"{crashes} traceback / abort lines in the two logs (0)"),
         "clean_exit": (all(c == 0 for c in report["exit_codes"].values()),
                        f"exit codes {report['exit_codes']} (all 0 after SIGINT)"),
