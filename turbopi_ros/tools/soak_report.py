@@ -99,6 +99,16 @@ def fault_outcomes(source_ns: Sequence[int], windows: Sequence[Sequence[int]], e
     return out
 
 
+def mark_contended_recoveries(faults: List[dict], windows: Sequence[Sequence[int]], held: List[tuple], end_ns: int,
+                              recover_s: float) -> None:
+    """Sets each fault's (fault_outcomes, of ``windows``) ``recovery_contended``: whether a contended window
+    (``held``) overlaps the ``recover_s`` after its end. The commands come back with the first chunk that still has
+    an action for now, which a starved inference may not give for a while."""
+    for f, (_, stop) in zip(faults, windows):
+        stop = stop or end_ns
+        f["recovery_contended"] = any(a < stop + recover_s * 1e9 and b > stop for a, b in held)
+
+
 def others_bound_pct(cores: int) -> float:
     """Other processes' CPU (100 = one core) from which a second counts as contended: all but LEFT_PCT."""
     return 100.0 * cores - LEFT_PCT
@@ -163,11 +173,7 @@ def analyse(raw: dict, short: bool = False) -> dict:
     held = contended_windows(held_rows, start_wall)
     if not th["judge_contended"]:
         excluded += held
-        # a fault whose recovery time other processes held the machine in: the commands come back with the first
-        # chunk that still has an action for now, which a starved inference may not give for a while
-        for f, (_, stop) in zip(faults, raw.get("faults", [])):
-            stop = stop or end_wall
-            f["recovery_contended"] = any(a < stop + th["recover_s"] * 1e9 and b > stop for a, b in held)
+        mark_contended_recoveries(faults, raw.get("faults", []), held, end_wall, th["recover_s"])
     arrival = command_timing(commands[:, 0], period_s, *window, start_wall, excluded)
     source = command_timing(commands[:, 1], period_s, *window, start_wall, excluded)
     in_window = [r for r in rows if window[0] <= start_wall + r["t"] * 1e9 <= window[1]]
