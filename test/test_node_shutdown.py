@@ -237,6 +237,37 @@ def test_a_signal_after_such_a_block_inside_the_build_still_ends_the_process(tmp
     assert "[nested_in_build]: SIGTERM while starting, before the node exists: exiting" in out, out
 
 
+SIGNAL_TO_ANOTHER_THREAD = """
+import signal
+import threading
+import time
+
+
+class SignalToAnotherThread:
+    def __init__(self):
+        def other():
+            time.sleep(0.3)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # this thread gets it, not the main one
+
+        threading.Thread(target=other, daemon=True).start()
+        print("building", flush=True)
+        time.sleep(20)  # the main thread blocked in one long call
+        print("built", flush=True)
+
+    def destroy_node(self):
+        return True
+"""
+
+
+def test_a_signal_another_thread_receives_while_the_main_thread_blocks_ends_the_process_at_once(tmp_path):
+    """The kernel may hand the process's signal to any thread (DDS's, torch's); Python runs its handler in the main
+    thread only, when that is between bytecodes. A build blocked in one long call still ends at once (a fresh-clone
+    CI run saw 20 s: the signal had gone to another thread while the build slept; spin._Stop's relay)."""
+    with _build_process(tmp_path, SIGNAL_TO_ANOTHER_THREAD, "SignalToAnotherThread") as proc:
+        out = _ends_at_once(proc, "building", unfinished="built")
+    assert "[signal_to_another_thread]: SIGTERM while starting, before the node exists: exiting" in out, out
+
+
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGINT, signal.SIGINT, signal.SIGTERM),
                                      (signal.SIGTERM, signal.SIGINT)], ids=["int-int", "int-int-term", "term-int"])
 def test_signals_while_idle_without_inputs(tmp_path, feeder, signals):

@@ -58,6 +58,33 @@ class _Stop:
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self)
+        self._relay_from_other_threads()
+
+    def _relay_from_other_threads(self) -> None:
+        """The kernel hands a process's signal to any of its threads that does not block it (rclpy's, DDS's,
+        torch's). Python runs the handler in the main thread only, between bytecodes: where the signal went to another
+        thread while the main thread is blocked in one long call (a sleep, a file read, a graph capture), the handler
+        ran when that call returned: 20 s late in a fresh-clone CI run (test_node_shutdown). CPython's C-level
+        handler also writes the signal's number to the wakeup fd, in whichever thread it ran: a thread blocked on
+        reading it ends the process at once where a signal should (``exit_while``); otherwise the main thread's
+        handler does its part as before."""
+        read_fd, self._wakeup_fd = os.pipe()
+        os.set_blocking(self._wakeup_fd, False)
+        signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._relay, args=(read_fd,), name="signal relay", daemon=True).start()
+
+    def _relay(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while data := pipe.read(64):  # b"": uninstall() closed the other end
+                for signum in data:
+                    what = self.exit_while
+                    if what and signum in (signal.SIGINT, signal.SIGTERM):
+                        _exit_at_once(self.name, signum, what)
+
+    def uninstall_relay(self) -> None:
+        """The relay's part ends (main thread): no more wakeup writes, its thread ends."""
+        signal.set_wakeup_fd(-1)
+        os.close(self._wakeup_fd)
 
     @staticmethod
     def ignore_from_now_on() -> None:
@@ -156,6 +183,7 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
     finally:
         stop.event.set()
         stop.ignore_from_now_on()
+        stop.uninstall_relay()
         _running = None
         if node is not None:
             stopped = node.destroy_node() is not False
