@@ -26,6 +26,7 @@ import threading
 from typing import Iterator, Optional
 
 SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals this module owns
 
 
 class _Stop:
@@ -56,7 +57,7 @@ class _Stop:
         self.event.set()
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNALS:
             signal.signal(sig, self)
         self._relay_from_other_threads()
 
@@ -66,8 +67,8 @@ class _Stop:
         thread while the main thread is blocked in one long call (a sleep, a file read, a graph capture), the handler
         ran when that call returned: 20 s late in a fresh-clone CI run (test_node_shutdown). CPython's C-level
         handler also writes the signal's number to the wakeup fd, in whichever thread it ran: a thread blocked on
-        reading it ends the process at once where a signal should (``exit_while``); otherwise the main thread's
-        handler does its part as before."""
+        reading it hands the signal to this handler at once, which ends the process where a signal should
+        (``exit_while``); otherwise the handler only sets the stop flag, as it does again in the main thread."""
         read_fd, self._wakeup_fd = os.pipe()
         os.set_blocking(self._wakeup_fd, False)
         signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
@@ -75,11 +76,10 @@ class _Stop:
 
     def _relay(self, read_fd: int) -> None:
         with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            while data := pipe.read(64):  # b"": uninstall() closed the other end
+            while data := pipe.read(64):  # b"": uninstall_relay() closed the other end
                 for signum in data:
-                    what = self.exit_while
-                    if what and signum in (signal.SIGINT, signal.SIGTERM):
-                        _exit_at_once(self.name, signum, what)
+                    if signum in SIGNALS:  # another Python-level handler's signal is not ours
+                        self(signum, None)
 
     def uninstall_relay(self) -> None:
         """The relay's part ends (main thread): no more wakeup writes, its thread ends."""
@@ -90,7 +90,7 @@ class _Stop:
     def ignore_from_now_on() -> None:
         """SIG_IGN, not a handler that returns: CPython puts every Python-level handler back to SIG_DFL while the
         interpreter finalizes, so a signal then (the second Ctrl-C) would kill the exiting process; SIG_IGN stays."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
 
