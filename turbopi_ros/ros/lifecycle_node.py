@@ -24,7 +24,6 @@ kill the node with SIGKILL before configure returned. Another transition in prog
 from __future__ import annotations
 
 import gc
-import threading
 from typing import List
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -41,8 +40,7 @@ CONFIGURING = "configuring (loading the model, warming up; nothing is published)
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def __init__(self, **kwargs):
         LifecycleNode.__init__(self, "turbopi_node", **kwargs)  # not TurbopiNode's: nothing is built before configure
-        # a command tick (or a chunk publication) and a deactivation never overlap: nothing is published after it
-        self._command_gate, self._chunk_gate = threading.Lock(), threading.Lock()
+        self._make_gates()  # a deactivation takes both, as ~/enable false does
         self._active = False
         self._configured_attrs: List[str] = []
         self._made: dict = {}
@@ -106,22 +104,15 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def _start_state(self) -> str:
         return "inactive until activated"
 
-    def _on_command_tick(self) -> None:
-        with self._command_gate:
-            TurbopiNode._on_command_tick(self)
-
-    def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
-        with self._chunk_gate:
-            if self._active and self._enabled:
-                TurbopiNode._publish_chunk(self, chunk, run_start, taken_at, ready_at)
+    def _publishing(self) -> bool:
+        return self._active and self._enabled
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         if request.data and not self._active:
             response.success = False
             response.message = "inactive: activate the node first (ros2 lifecycle set <node> activate)"
             return response
-        with self._command_gate, self._chunk_gate:
-            return TurbopiNode._on_enable(self, request, response)
+        return TurbopiNode._on_enable(self, request, response)
 
     def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
         """A parameter declared by an earlier configure keeps its value (read-only parameters cannot be undeclared)."""

@@ -12,6 +12,7 @@ Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
+import threading
 from typing import Dict, Optional
 
 from rclpy.node import Node
@@ -45,6 +46,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 class TurbopiNode(Node):
     def __init__(self, **kwargs):
         super().__init__("turbopi_node", **kwargs)
+        self._make_gates()
         try:
             self._build()
         except Exception:
@@ -52,6 +54,11 @@ class TurbopiNode(Node):
             # (the garbage collector's time), and the error is not published on /rosout through a half-built node
             self.destroy_node()
             raise
+
+    def _make_gates(self) -> None:
+        """A command tick and a chunk's publication each hold a gate, and ``~/enable`` false (the managed node's
+        deactivate too) takes both: nothing is published after it returns (one in progress finishes first)."""
+        self._command_gate, self._chunk_gate = threading.Lock(), threading.Lock()
 
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
@@ -215,10 +222,12 @@ class TurbopiNode(Node):
             self.engine.recheck_prompt()
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        self._enabled = bool(request.data)
-        if not self._enabled:
-            self.commands.stop()
-        else:
+        with self._command_gate, self._chunk_gate:
+            self._enabled = bool(request.data)
+            if not self._enabled:
+                self.commands.stop()
+                self.outputs.stop()  # a velocity group's zero, now
+        if self._enabled:
             self.engine.wake()
         response.success = True
         response.message = "enabled" if self._enabled else "disabled: no chunks, no commands"
@@ -227,10 +236,17 @@ class TurbopiNode(Node):
 
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
     def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
-        self.flow.publish(chunk, run_start, taken_at, ready_at)
+        with self._chunk_gate:  # the engine checked before; a disable since then drops the chunk here
+            if self._publishing():
+                self.flow.publish(chunk, run_start, taken_at, ready_at)
+
+    def _publishing(self) -> bool:
+        """Chunks go out (the managed node: only while active too)."""
+        return self._enabled
 
     def _on_command_tick(self) -> None:
-        self.commands.tick()
+        with self._command_gate:
+            self.commands.tick()
 
     # --- reporting --------------------------------------------------------------------------------------------------
     def _on_housekeeping(self) -> None:

@@ -1,0 +1,104 @@
+"""~/enable false is a promise: once the call returns, no chunk and no command goes out (a velocity group's zero
+command apart). The engine checks the switch before it publishes a chunk and the command thread before each tick,
+each on its own thread, so a disable that lands between such a check and the publication must wait for it to finish
+or stop it. The node runs in this process, not started (no threads of its own): the test plays the engine's and the
+command thread's parts with their publications held open."""
+import threading
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import isolate_ros_domain, node_params  # noqa: E402
+
+HELD_S = 0.3  # how long the disable is watched while a publication is held open
+
+
+@pytest.fixture(scope="module")
+def node():
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.policy_node import TurbopiNode
+
+    isolate_ros_domain()
+    rclpy.init()
+    made = None
+    try:
+        made = TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in node_params().items()])
+        yield made
+    finally:
+        if made is not None:
+            made.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _set_enabled(node, value: bool) -> threading.Thread:
+    from std_srvs.srv import SetBool
+
+    def call():
+        response = node._on_enable(SetBool.Request(data=value), SetBool.Response())
+        assert response.success
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def _held_open(node, owner, name: str):
+    """Replace ``owner.name`` by a call that records its arguments and waits for ``release``; returns (calls,
+    inside, release, restore)."""
+    calls, inside, release = [], threading.Event(), threading.Event()
+    original = getattr(owner, name)
+
+    def held(*args):
+        calls.append(args)
+        inside.set()
+        assert release.wait(10)
+
+    setattr(owner, name, held)
+    return calls, inside, release, lambda: setattr(owner, name, original)
+
+
+def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node):
+    calls, inside, release, restore = _held_open(node, node.flow, "publish")
+    try:
+        assert node._enabled, "the demo parameters start enabled (autostart)"
+        engine = threading.Thread(target=node._publish_chunk, args=("chunk", 0.0, 0.0, 0.0))
+        engine.start()
+        assert inside.wait(10)
+        disable = _set_enabled(node, False)
+        disable.join(HELD_S)
+        assert disable.is_alive(), "~/enable false returned while a chunk was still being published"
+        release.set()
+        engine.join(10)
+        disable.join(10)
+        assert not disable.is_alive() and len(calls) == 1
+        # the engine checked the switch before the disable; its chunk, published after it, is dropped
+        node._publish_chunk("late chunk", 0.0, 0.0, 0.0)
+        assert len(calls) == 1, "a chunk went out after ~/enable false returned"
+        _set_enabled(node, True).join(10)
+        node._publish_chunk("chunk after enabling", 0.0, 0.0, 0.0)
+        assert [c[0] for c in calls] == ["chunk", "chunk after enabling"]
+    finally:
+        release.set()
+        restore()
+        _set_enabled(node, True).join(10)
+
+
+def test_a_disable_waits_for_a_command_tick_in_progress(node):
+    calls, inside, release, restore = _held_open(node, node.commands, "tick")
+    try:
+        ticker = threading.Thread(target=node._on_command_tick)
+        ticker.start()
+        assert inside.wait(10)
+        disable = _set_enabled(node, False)
+        disable.join(HELD_S)
+        assert disable.is_alive(), "~/enable false returned while a command tick was still publishing"
+        release.set()
+        ticker.join(10)
+        disable.join(10)
+        assert not disable.is_alive() and not node._enabled
+    finally:
+        release.set()
+        restore()
+        _set_enabled(node, True).join(10)
