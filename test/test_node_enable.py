@@ -59,20 +59,28 @@ def _held_open(node, owner, name: str):
     return calls, inside, release, lambda: setattr(owner, name, original)
 
 
+def _disable_while_held(node, publication, inside: threading.Event, release: threading.Event, what: str) -> None:
+    """Start ``publication`` on a thread of its own, call ~/enable false while it is held open: the call must not
+    return before the publication is released, and must return after."""
+    publisher = threading.Thread(target=publication)
+    publisher.start()
+    assert inside.wait(10)
+    disable = _set_enabled(node, False)
+    disable.join(HELD_S)
+    assert disable.is_alive(), f"~/enable false returned while {what}"
+    release.set()
+    publisher.join(10)
+    disable.join(10)
+    assert not disable.is_alive() and not publisher.is_alive()
+
+
 def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node):
     calls, inside, release, restore = _held_open(node, node.flow, "publish")
     try:
         assert node._enabled, "the demo parameters start enabled (autostart)"
-        engine = threading.Thread(target=node._publish_chunk, args=("chunk", 0.0, 0.0, 0.0))
-        engine.start()
-        assert inside.wait(10)
-        disable = _set_enabled(node, False)
-        disable.join(HELD_S)
-        assert disable.is_alive(), "~/enable false returned while a chunk was still being published"
-        release.set()
-        engine.join(10)
-        disable.join(10)
-        assert not disable.is_alive() and len(calls) == 1
+        _disable_while_held(node, lambda: node._publish_chunk("chunk", 0.0, 0.0, 0.0), inside, release,
+                            "a chunk was still being published")
+        assert len(calls) == 1
         # the engine checked the switch before the disable; its chunk, published after it, is dropped
         node._publish_chunk("late chunk", 0.0, 0.0, 0.0)
         assert len(calls) == 1, "a chunk went out after ~/enable false returned"
@@ -88,16 +96,8 @@ def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node):
 def test_a_disable_waits_for_a_command_tick_in_progress(node):
     calls, inside, release, restore = _held_open(node, node.commands, "tick")
     try:
-        ticker = threading.Thread(target=node._on_command_tick)
-        ticker.start()
-        assert inside.wait(10)
-        disable = _set_enabled(node, False)
-        disable.join(HELD_S)
-        assert disable.is_alive(), "~/enable false returned while a command tick was still publishing"
-        release.set()
-        ticker.join(10)
-        disable.join(10)
-        assert not disable.is_alive() and not node._enabled
+        _disable_while_held(node, node._on_command_tick, inside, release, "a command tick was still publishing")
+        assert len(calls) == 1 and not node._enabled
     finally:
         release.set()
         restore()
