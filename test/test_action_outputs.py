@@ -91,11 +91,11 @@ class _Publishers:
         return Publisher()
 
 
-def _outputs(groups: dict):
+def _outputs(groups: dict, halt_on_stop: bool = False):
     from turbopi_ros.ros.action_outputs import ActionOutputs
 
     node = _Publishers()
-    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0)
+    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0, halt_on_stop)
 
 
 def test_without_groups_one_chunk_and_one_command_topic_as_before():
@@ -128,3 +128,52 @@ def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
     before = {topic: len(sent) for topic, sent in node.sent.items()}
     outputs.stop()  # nothing was moving: nothing to stop
     assert {topic: len(sent) for topic, sent in node.sent.items()} == before
+
+
+def test_a_halt_is_one_point_a_control_step_from_its_arrival_with_zero_velocity():
+    from turbopi_ros.ros.action_outputs import halt_trajectory
+
+    msg = halt_trajectory(np.array([0.25, -1.0]), ["a1", "a2"], 50.0)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # from its arrival, however late
+    assert list(msg.joint_names) == ["a1", "a2"] and len(msg.points) == 1
+    (point,) = msg.points
+    assert list(point.positions) == [0.25, -1.0] and list(point.velocities) == [0.0, 0.0]
+    assert (point.time_from_start.sec, point.time_from_start.nanosec) == (0, 20_000_000)
+    velocity_only = halt_trajectory(None, ["b1"], 15.0).points[0]
+    assert len(velocity_only.positions) == 0 and list(velocity_only.velocities) == [0.0]
+    with pytest.raises(ValueError, match="3 positions for 2 joint names"):
+        halt_trajectory(np.zeros(3), ["a1", "a2"], 50.0)
+
+
+def test_halt_goes_where_the_controllers_take_their_trajectories():
+    """At the chunk's action for the next control step (a chunk of 50 Hz steps from t = 10 s: at 10.04 s the one
+    for 10.06 s, the third), while a chunk applies, with action.halt_on_stop only."""
+    from turbopi_ros.policy.chunking import ChunkSchedule
+
+    chunk = np.arange(5 * 6, dtype=np.float64).reshape(5, 6) / 10.0
+    schedule = ChunkSchedule(50.0, blend_s=0.0)
+    schedule.set_chunk(chunk, stamp=10.0, now=10.0)
+    command = chunk[2]  # at 10.06 s: point k is at 10 + (k + 1) / 50
+    node, outputs = _outputs({})
+    outputs.halt(schedule, 10.04)
+    assert node.sent["~/action_chunk"] == [], "action.halt_on_stop is off by default"
+    node, outputs = _outputs({}, halt_on_stop=True)
+    outputs.halt(schedule, 10.04)
+    (msg,) = node.sent["~/action_chunk"]
+    assert list(msg.joint_names) == JOINTS and np.allclose(msg.points[0].positions, command, atol=1e-9)
+    outputs.halt(schedule, 10.1)  # the chunk ends before the next step: its last action, the one for now
+    assert np.allclose(node.sent["~/action_chunk"][-1].points[0].positions, chunk[-1], atol=1e-9)
+    outputs.halt(schedule, 10.2)  # used up: nothing followed, nothing to stop
+    assert len(node.sent["~/action_chunk"]) == 2
+
+    node, outputs = _outputs({"arm": {"joints": ["a3", "a1"], "trajectory_topic": "/arm/joint_trajectory"},
+                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5]}},
+                             halt_on_stop=True)
+    command = np.array([0.1, 0.2, 0.3, 0.9, 0.0, 1.0])
+    schedule.set_chunk(np.tile(command, (5, 1)), stamp=10.0, now=10.0)
+    outputs.halt(schedule, 10.05)
+    assert node.sent["~/action_chunk"] == []  # with groups the record of the chunks, no controller's
+    (arm,) = node.sent["/arm/joint_trajectory"]
+    assert list(arm.joint_names) == ["a3", "a1"] and list(arm.points[0].positions) == [0.3, 0.1]
+    (base,) = node.sent["~/base/action_chunk"]
+    assert len(base.points[0].positions) == 0 and list(base.points[0].velocities) == [0.0]

@@ -28,6 +28,15 @@ def test_latency_is_compensated():
     assert np.allclose(s.command(10.08), [3, 3])
 
 
+def test_next_action_is_the_next_control_steps_then_the_last_then_none():
+    s = ChunkSchedule(RATE, blend_s=0.0)
+    assert s.next_action(10.0) is None  # no chunk
+    s.set_chunk(ramp(), stamp=10.0, now=10.0)
+    assert np.allclose(s.next_action(10.08), [4, 4])  # the step at 10.1 s: action 4
+    assert np.allclose(s.next_action(10.2), [9, 9])  # the chunk ends before the next step: its last action
+    assert s.next_action(10.25) is None  # used up
+
+
 def test_blend_from_old_to_new_chunk():
     s = ChunkSchedule(RATE, blend_s=0.1)
     s.set_chunk(ramp(50, offset=0.0), stamp=0.0, now=0.0)

@@ -102,3 +102,33 @@ def test_a_disable_waits_for_a_command_tick_in_progress(node):
         release.set()
         restore()
         _set_enabled(node, True).join(10)
+
+
+def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_that(node):
+    """action.halt_on_stop: ~/enable false sends ~/action_chunk one point at the action for the next control step,
+    with zero velocity, while a chunk is being followed; none when no chunk is (the schedule was cleared), none with
+    the parameter off."""
+    import numpy as np
+
+    sent = []
+    publish = node.outputs.chunk_pub.publish
+    node.outputs.chunk_pub.publish = sent.append
+    try:
+        actions = np.tile(np.linspace(-0.5, 0.5, len(node.config.action.joints)), (50, 1))  # one pose: any step's
+        node.schedule.set_chunk(actions, stamp=node.now(), now=node.now())
+        _set_enabled(node, False).join(10)
+        assert len(sent) == 0, "action.halt_on_stop is off by default"
+        _set_enabled(node, True).join(10)
+
+        node.outputs.halt_on_stop = True
+        node.schedule.set_chunk(actions, stamp=node.now(), now=node.now())
+        _set_enabled(node, False).join(10)
+        assert len(sent) == 1
+        (point,) = sent[0].points
+        assert (sent[0].header.stamp.sec, sent[0].header.stamp.nanosec) == (0, 0)
+        assert np.allclose(point.positions, actions[0], atol=1e-12) and not any(point.velocities)
+        _set_enabled(node, False).join(10)  # nothing being followed any more
+        assert len(sent) == 1
+    finally:
+        node.outputs.chunk_pub.publish, node.outputs.halt_on_stop = publish, False
+        _set_enabled(node, True).join(10)

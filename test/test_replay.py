@@ -363,6 +363,22 @@ def test_a_recorded_chunk_stamped_before_the_bag_starts_is_still_compared(tmp_pa
     assert report["recorded_chunks"]["not_rebuilt"] == [] and report["recorded_chunks"]["noise_offset"] == 0
 
 
+def test_a_halt_among_the_recorded_chunks_is_not_taken_for_one(tmp_path):
+    """A node with action.halt_on_stop sends ~/action_chunk a one-point trajectory stamped 0 when it is disabled:
+    not a chunk, so the chunks around it are still compared, all of them bit for bit."""
+    import dataclasses
+
+    params = params_for(tmp_path)
+    inputs, chunks = node_chunks_and_inputs(tmp_path, params)
+    t_ns, msg = chunks[3]
+    zero = dataclasses.replace(msg.header.stamp, sec=0, nanosec=0)
+    halt = dataclasses.replace(msg, header=dataclasses.replace(msg.header, stamp=zero), points=msg.points[:1])
+    bag = tmp_path / "recording.mcap"
+    write_recording(bag, inputs, chunks[:4] + [(t_ns + 1_000_000, halt)] + chunks[4:])
+    report = replay(bag, params, tmp_path / "out", at_recorded_chunks=True, show_progress=False)
+    assert report["recorded_chunks"]["compared"] == report["recorded_chunks"]["reproduced_bit_for_bit"] == 8, report
+
+
 def test_the_noise_offset_is_found_when_the_first_recorded_chunk_came_from_another_candidate(tmp_path):
     """A recording that began after the node's first two chunks, whose first recorded chunk the node observed with a
     joint state older than the newest stamped before it (the newest was still on its way): the noise of the two

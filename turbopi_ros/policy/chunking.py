@@ -79,6 +79,11 @@ class ChunkSchedule:
         with self._lock:
             return self._current
 
+    def next_action(self, now: float) -> Optional[np.ndarray]:
+        """The command for the next control step (now's where the chunk ends before it); None when no chunk applies."""
+        command = self.command(now + 1.0 / self.rate_hz)
+        return command if command is not None else self.command(now)
+
     def command(self, now: float) -> Optional[np.ndarray]:
         with self._lock:
             if self._current is None:

@@ -182,11 +182,30 @@ def velocity_trajectory(velocities: np.ndarray, joint_names: Sequence[str], stam
     return msg
 
 
+def halt_trajectory(positions: Optional[np.ndarray], joint_names: Sequence[str],
+                    control_rate_hz: float) -> JointTrajectory:
+    """The trajectory that stops the one a joint_trajectory_controller follows: one point, one control step after it
+    arrives (a zero stamp: from its arrival, however late), with zero velocity and, for a position controller,
+    ``positions`` [n] (the command for that step); None: velocities only (a velocity group)."""
+    msg = JointTrajectory()
+    msg.joint_names = list(joint_names)
+    point = JointTrajectoryPoint(velocities=[0.0] * len(joint_names),
+                                 time_from_start=sec_to_duration(1.0 / control_rate_hz))
+    if positions is not None:
+        if len(positions) != len(joint_names):
+            raise ValueError(f"{len(positions)} positions for {len(joint_names)} joint names")
+        point.positions = np.asarray(positions, dtype=np.float64).tolist()
+    msg.points.append(point)
+    return msg
+
+
 class ActionOutputs:
     """The publishers of chunks and commands (module docstring) and the messages they carry."""
 
-    def __init__(self, node: Node, action_joints: Sequence[str], groups: Sequence[GroupOutput], rate_hz: float):
+    def __init__(self, node: Node, action_joints: Sequence[str], groups: Sequence[GroupOutput], rate_hz: float,
+                 halt_on_stop: bool = False):
         self.action_joints = list(action_joints)
+        self.halt_on_stop = bool(halt_on_stop)  # action.halt_on_stop (halt)
         self.groups = tuple(groups)
         self.rate_hz = float(rate_hz)
         self.chunk_pub = node.create_publisher(JointTrajectory, "~/action_chunk", 10)
@@ -210,6 +229,20 @@ class ActionOutputs:
                 pub.publish(velocity_trajectory(g.values(actions), joints, stamp, self.rate_hz))
             else:
                 pub.publish(chunk_to_trajectory(g.values(actions), joints, stamp, self.rate_hz))
+
+    def halt(self, schedule, now: float) -> None:
+        """The operator's stop (~/enable false, deactivate, shutdown), before ``schedule`` (policy.chunking's
+        ChunkSchedule) is cleared: with action.halt_on_stop, while a chunk is followed, stop it at the action for the
+        next control step: on ~/action_chunk without groups; with groups on each group's trajectory (a velocity
+        group's at zero velocity), not on ~/action_chunk, which is then the record of the chunks, no controller's."""
+        command = schedule.next_action(now) if self.halt_on_stop else None
+        if command is None:
+            return
+        if not self.groups:
+            self.chunk_pub.publish(halt_trajectory(command, self.action_joints, self.rate_hz))
+            return
+        for g, pub in zip(self.groups, self._trajectory_pubs):
+            pub.publish(halt_trajectory(None if g.is_velocity else g.values(command), g.group.joints, self.rate_hz))
 
     def publish_command(self, command: np.ndarray, held: bool = False) -> None:
         """One command tick: ``command`` [N] (action.joints order); ``held`` (on_stale: hold repeating the last

@@ -68,6 +68,7 @@ class ActionSettings:
     upper_limits: Tuple[float, ...]
     delta_mask: Tuple[bool, ...]  # () = all absolute
     groups: Tuple[str, ...]
+    halt_on_stop: bool  # the operator's stop also stops a trajectory being followed (ActionOutputs.halt)
 
 
 @dataclasses.dataclass(frozen=True)

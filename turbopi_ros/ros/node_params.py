@@ -76,6 +76,11 @@ PARAMETERS: Dict[str, Param] = {
     "action.groups": Param([], "action groups, one per controller, each with its own trajectory and command topics "
                                "(parameters action.group.<name>.*, action_outputs.py); [] = one ~/action_chunk and "
                                "~/joint_command for all action joints", items=str),
+    "action.halt_on_stop": Param(False, "on ~/enable false, deactivate and shutdown, stop the chunk a trajectory "
+                                        "controller is following: ~/action_chunk (each group's trajectory topic "
+                                        "with groups) gets a one-point JointTrajectory at the command for the next "
+                                        "control step with zero velocity, stamped 0 (from its arrival); false: that "
+                                        "chunk runs to its end"),
     "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
     "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
                                    "checkpoint's training data)", min=0.1, max=1000.0),

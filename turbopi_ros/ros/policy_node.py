@@ -115,7 +115,7 @@ class TurbopiNode(Node):
         subscribe_sensors(self, c.cameras.names, self._topics, self._compressed, c.joint_states.topic, self._store,
                           self._on_joint_states)
         subscribe_prompt(self, self._on_prompt)
-        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz)
+        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz, c.action.halt_on_stop)
         hold = c.on_stale == "hold"
         self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
                               self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
@@ -225,6 +225,7 @@ class TurbopiNode(Node):
         with self._command_gate, self._chunk_gate:
             self._enabled = bool(request.data)
             if not self._enabled:
+                self.outputs.halt(self.schedule, self.now())  # before the schedule is cleared
                 self.commands.stop()
                 self.outputs.stop()  # a velocity group's zero, now
         if self._enabled:
@@ -276,6 +277,7 @@ class TurbopiNode(Node):
         if getattr(self, "_stream", None) is not None:
             self._stream.join(1.0)
         if hasattr(self, "outputs") and self.context.ok():
+            self.outputs.halt(self.schedule, self.now())
             self.outputs.stop()  # velocity groups: zero velocity, not the last one held by a forward controller
         if getattr(self, "frames", None) is not None:
             self.frames.close()

@@ -379,6 +379,8 @@ class RecordedChunks:
                 raise ValueError(f"recorded chunks are for joints {list(msg.joint_names)}, the params file's "
                                  f"action.joints are {list(config.action.joints)}")
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            if stamp == 0:  # a halt (action.halt_on_stop), not a chunk: chunks carry their observation's stamp
+                continue
             self.chunks.append((stamp, np.array([pt.positions for pt in msg.points], dtype=np.float64)))
         self._next = 0
 
