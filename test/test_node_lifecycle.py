@@ -1,5 +1,6 @@
 """turbopi_node --managed (ros/lifecycle_node.py) driven through its lifecycle services from a test node: every
-transition, no chunk or command outside active (a velocity group's zero command comes within the deactivation), a
+transition, no chunk or command outside active (a velocity group's zero command and, with action.halt_on_stop, each
+group's halt come within the deactivation), a
 failed configure returns FAILURE with the reason in the log, Ctrl-C from any state exits 0, during configure at once."""
 import json
 import time
@@ -49,7 +50,8 @@ def _published(feeder, recorder, t0: float) -> int:
 
 def test_every_transition_and_nothing_published_outside_active(ros):
     feeder, recorder, lifecycle, tmp = ros
-    node = NodeProcess(DEMO_PARAMS, tmp / "managed.log", _overrides(group_overrides()) + MANAGED)
+    overrides = dict(group_overrides(), **{"action.halt_on_stop": "true"})
+    node = NodeProcess(DEMO_PARAMS, tmp / "managed.log", _overrides(overrides) + MANAGED)
     try:
         assert lifecycle.ready(), node.log()
         assert lifecycle.state() == "unconfigured"
@@ -78,6 +80,14 @@ def test_every_transition_and_nothing_published_outside_active(ros):
             assert _published(feeder, recorder, t_off + GRACE_S) == 0, f"inactive, round {round_}"
             last = recorder.since(recorder.commands["right_arm"], t_on)[-1][1]
             assert list(last.data) == [0.0, 0.0, 0.0], "the velocity group's last command is its zero"
+            for g in GROUPS:  # action.halt_on_stop: the chunk each controller followed is stopped (velocity: zero)
+                halt = recorder.since(recorder.trajectories[g], t_on)[-1][1]
+                assert (halt.header.stamp.sec, halt.header.stamp.nanosec, len(halt.points)) == (0, 0, 1), g
+                assert not any(halt.points[0].velocities)
+                assert len(halt.points[0].positions) == (0 if GROUPS[g].get("interface") == "velocity" else
+                                                         len(GROUPS[g]["joints"])), g
+            assert all(m.header.stamp.sec > 0 for _, m in feeder.since(feeder.chunks, t_on)), \
+                "with groups ~/action_chunk is the chunks' record: no halt there"
 
         assert lifecycle.set("cleanup"), node.log()
         assert lifecycle.state() == "unconfigured"
