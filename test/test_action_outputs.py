@@ -131,18 +131,25 @@ def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
 
 
 def test_a_halt_is_one_point_a_control_step_from_its_arrival_with_zero_velocity():
-    from turbopi_ros.ros.action_outputs import halt_trajectory
+    from turbopi_ros.policy.chunking import ChunkSchedule
+    from turbopi_ros.ros.conversions import chunk_to_trajectory
 
-    msg = halt_trajectory(np.array([0.25, -1.0]), ["a1", "a2"], 50.0)
+    schedule = ChunkSchedule(50.0, blend_s=0.0)
+    schedule.set_chunk(np.tile([0.25, -1.0, 0.0, 0.0, 0.5, 1.0], (5, 1)), stamp=10.0, now=10.0)
+    node, outputs = _outputs({"arm": {"joints": ["a1", "a2"]},
+                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5]}},
+                             halt_on_stop=True)
+    outputs.halt(schedule, 10.0)
+    (msg,) = node.sent["~/arm/action_chunk"]
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # from its arrival, however late
     assert list(msg.joint_names) == ["a1", "a2"] and len(msg.points) == 1
     (point,) = msg.points
     assert list(point.positions) == [0.25, -1.0] and list(point.velocities) == [0.0, 0.0]
     assert (point.time_from_start.sec, point.time_from_start.nanosec) == (0, 20_000_000)
-    velocity_only = halt_trajectory(None, ["b1"], 15.0).points[0]
+    (velocity_only,) = node.sent["~/base/action_chunk"][0].points
     assert len(velocity_only.positions) == 0 and list(velocity_only.velocities) == [0.0]
-    with pytest.raises(ValueError, match="3 positions for 2 joint names"):
-        halt_trajectory(np.zeros(3), ["a1", "a2"], 50.0)
+    with pytest.raises(ValueError, match="3 action dims for 2 joint names"):  # the builder the halt goes through
+        chunk_to_trajectory(np.zeros((1, 3)), ["a1", "a2"], 0.0, 50.0)
 
 
 def test_halt_goes_where_the_controllers_take_their_trajectories():

@@ -182,23 +182,6 @@ def velocity_trajectory(velocities: np.ndarray, joint_names: Sequence[str], stam
     return msg
 
 
-def halt_trajectory(positions: Optional[np.ndarray], joint_names: Sequence[str],
-                    control_rate_hz: float) -> JointTrajectory:
-    """The trajectory that stops the one a joint_trajectory_controller follows: one point, one control step after it
-    arrives (a zero stamp: from its arrival, however late), with zero velocity and, for a position controller,
-    ``positions`` [n] (the command for that step); None: velocities only (a velocity group)."""
-    msg = JointTrajectory()
-    msg.joint_names = list(joint_names)
-    point = JointTrajectoryPoint(velocities=[0.0] * len(joint_names),
-                                 time_from_start=sec_to_duration(1.0 / control_rate_hz))
-    if positions is not None:
-        if len(positions) != len(joint_names):
-            raise ValueError(f"{len(positions)} positions for {len(joint_names)} joint names")
-        point.positions = np.asarray(positions, dtype=np.float64).tolist()
-    msg.points.append(point)
-    return msg
-
-
 class ActionOutputs:
     """The publishers of chunks and commands (module docstring) and the messages they carry."""
 
@@ -238,11 +221,15 @@ class ActionOutputs:
         command = schedule.next_action(now) if self.halt_on_stop else None
         if command is None:
             return
+        # a one-action chunk stamped 0: one point a control step after it arrives, at zero velocity (the last point's)
+        halt = command[None]
         if not self.groups:
-            self.chunk_pub.publish(halt_trajectory(command, self.action_joints, self.rate_hz))
+            self.chunk_pub.publish(chunk_to_trajectory(halt, self.action_joints, 0.0, self.rate_hz))
             return
         for g, pub in zip(self.groups, self._trajectory_pubs):
-            pub.publish(halt_trajectory(None if g.is_velocity else g.values(command), g.group.joints, self.rate_hz))
+            joints = g.group.joints
+            pub.publish(velocity_trajectory(np.zeros((1, len(joints))), joints, 0.0, self.rate_hz) if g.is_velocity
+                        else chunk_to_trajectory(g.values(halt), joints, 0.0, self.rate_hz))
 
     def publish_command(self, command: np.ndarray, held: bool = False) -> None:
         """One command tick: ``command`` [N] (action.joints order); ``held`` (on_stale: hold repeating the last
