@@ -44,19 +44,18 @@ def _set_enabled(node, value: bool) -> threading.Thread:
     return thread
 
 
-def _held_open(node, owner, name: str):
-    """Replace ``owner.name`` by a call that records its arguments and waits for ``release``; returns (calls,
-    inside, release, restore)."""
+def _held_open(monkeypatch, owner, name: str):
+    """Replace ``owner.name`` (for this test) by a call that records its arguments and waits for ``release``;
+    returns (calls, inside, release)."""
     calls, inside, release = [], threading.Event(), threading.Event()
-    original = getattr(owner, name)
 
     def held(*args):
         calls.append(args)
         inside.set()
         assert release.wait(10)
 
-    setattr(owner, name, held)
-    return calls, inside, release, lambda: setattr(owner, name, original)
+    monkeypatch.setattr(owner, name, held)
+    return calls, inside, release
 
 
 def _disable_while_held(node, publication, inside: threading.Event, release: threading.Event, what: str) -> None:
@@ -74,8 +73,8 @@ def _disable_while_held(node, publication, inside: threading.Event, release: thr
     assert not disable.is_alive() and not publisher.is_alive()
 
 
-def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node):
-    calls, inside, release, restore = _held_open(node, node.flow, "publish")
+def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node, monkeypatch):
+    calls, inside, release = _held_open(monkeypatch, node.flow, "publish")
     try:
         assert node._enabled, "the demo parameters start enabled (autostart)"
         _disable_while_held(node, lambda: node._publish_chunk("chunk", 0.0, 0.0, 0.0), inside, release,
@@ -89,30 +88,27 @@ def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node):
         assert [c[0] for c in calls] == ["chunk", "chunk after enabling"]
     finally:
         release.set()
-        restore()
         _set_enabled(node, True).join(10)
 
 
-def test_a_disable_waits_for_a_command_tick_in_progress(node):
-    calls, inside, release, restore = _held_open(node, node.commands, "tick")
+def test_a_disable_waits_for_a_command_tick_in_progress(node, monkeypatch):
+    calls, inside, release = _held_open(monkeypatch, node.commands, "tick")
     try:
         _disable_while_held(node, node._on_command_tick, inside, release, "a command tick was still publishing")
         assert len(calls) == 1 and not node._enabled
     finally:
         release.set()
-        restore()
         _set_enabled(node, True).join(10)
 
 
-def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_that(node):
+def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_that(node, monkeypatch):
     """action.halt_on_stop: ~/enable false sends ~/action_chunk one point at the action for the next control step,
     with zero velocity, while a chunk is being followed; none when no chunk is (the schedule was cleared), none with
     the parameter off."""
     import numpy as np
 
     sent = []
-    publish = node.outputs.chunk_pub.publish
-    node.outputs.chunk_pub.publish = sent.append
+    monkeypatch.setattr(node.outputs.chunk_pub, "publish", sent.append)
     try:
         actions = np.tile(np.linspace(-0.5, 0.5, len(node.config.action.joints)), (50, 1))  # one pose: any step's
         node.schedule.set_chunk(actions, stamp=node.now(), now=node.now())
@@ -120,7 +116,7 @@ def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_tha
         assert len(sent) == 0, "action.halt_on_stop is off by default"
         _set_enabled(node, True).join(10)
 
-        node.outputs.halt_on_stop = True
+        monkeypatch.setattr(node.outputs, "halt_on_stop", True)
         node.schedule.set_chunk(actions, stamp=node.now(), now=node.now())
         _set_enabled(node, False).join(10)
         assert len(sent) == 1
@@ -130,5 +126,4 @@ def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_tha
         _set_enabled(node, False).join(10)  # nothing being followed any more
         assert len(sent) == 1
     finally:
-        node.outputs.chunk_pub.publish, node.outputs.halt_on_stop = publish, False
         _set_enabled(node, True).join(10)
