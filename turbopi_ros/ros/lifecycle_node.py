@@ -128,9 +128,7 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
             return
         with self._command_gate, self._chunk_gate:
             self._active = self._enabled = False
-            self.outputs.halt(self.schedule, self.now())
-            self.commands.stop()
-            self.outputs.stop()
+            self._stop_publishing()
 
     def _teardown(self) -> None:
         """Free what configure made: workers, model, ROS entities, parameter callbacks, attributes."""

@@ -225,15 +225,20 @@ class TurbopiNode(Node):
         with self._command_gate, self._chunk_gate:
             self._enabled = bool(request.data)
             if not self._enabled:
-                self.outputs.halt(self.schedule, self.now())  # before the schedule is cleared
-                self.commands.stop()
-                self.outputs.stop()  # a velocity group's zero, now
+                self._stop_publishing()
         if self._enabled:
             self.engine.wake()
         response.success = True
         response.message = "enabled" if self._enabled else "disabled: no chunks, no commands"
         self.get_logger().info(response.message)
         return response
+
+    def _stop_publishing(self) -> None:
+        """~/enable false (deactivate), under both gates: the chunk being followed halted (action.halt_on_stop; before
+        the schedule is cleared), the schedule cleared, a velocity group's zero command sent."""
+        self.outputs.halt(self.schedule, self.now())
+        self.commands.stop()
+        self.outputs.stop()
 
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
     def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
