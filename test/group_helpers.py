@@ -10,6 +10,7 @@ from typing import List
 import numpy as np
 import pytest
 
+from jtc_rules import Controller, problem
 from ros_helpers import assert_published_at, node_params, stamp_of, trajectory_times
 
 PARAMS = node_params()
@@ -49,8 +50,9 @@ def group_overrides() -> dict:
 
 
 class Recorder:
-    """Each group's trajectories and commands with their arrival times, subscribed on ``node``; ``command_sources``:
-    each group's (arrival, the node's publish time from the rmw source timestamp) per command."""
+    """Each group's trajectories and commands with their arrival times, subscribed on ``node``; ``trajectory_sources``
+    and ``command_sources``: each group's (arrival, the node's publish time from the rmw source timestamp) per
+    message."""
 
     def __init__(self, node):
         from std_msgs.msg import Float64MultiArray
@@ -58,10 +60,12 @@ class Recorder:
 
         self.lock = threading.Lock()
         self.trajectories = {g: [] for g in GROUPS}
+        self.trajectory_sources = {g: [] for g in GROUPS}
         self.commands = {g: [] for g in GROUPS}
         self.command_sources = {g: [] for g in GROUPS}
         for g, spec in GROUPS.items():
-            node.create_subscription(JointTrajectory, spec["trajectory"], self._keep(self.trajectories[g]), 10)
+            node.create_subscription(JointTrajectory, spec["trajectory"],
+                                     self._keep(self.trajectories[g], self.trajectory_sources[g]), 10)
             node.create_subscription(Float64MultiArray, spec["command"],
                                      self._keep(self.commands[g], self.command_sources[g]), 100)
 
@@ -83,31 +87,56 @@ def columns(joints):
     return [PARAMS["action.joints"].index(j) for j in joints]
 
 
-def check_group_trajectories(full_chunks, recorder: Recorder, min_common: int = 2) -> int:
-    """Each group's trajectories against the whole chunks (~/action_chunk) of the same stamp: only the group's joints
-    in its order, the same stamp and point times, position groups the chunk's columns, the velocity group the
-    columns scaled and clamped with no positions. Returns how many velocity values were clamped."""
-    full = {stamp_of(m): m for _, m in full_chunks}
-    per_group = {g: {stamp_of(m): m for _, m in recorder.since(recorder.trajectories[g], 0.0)} for g in GROUPS}
-    common = set(full).intersection(*[set(s) for s in per_group.values()])
-    assert len(common) >= min_common, {g: len(s) for g, s in per_group.items()}
-    for g in GROUPS:  # every group trajectory is one of a chunk's: the same stamps everywhere
-        assert {s for s in per_group[g] if s >= min(full)} <= set(full), g
+def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
+    """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it): the node
+    publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last one published before it
+    (rmw source timestamps). Those published before the first chunk recorded here are left out."""
+    with feeder.lock:
+        full = [(source, m) for _, source, m in feeder.chunks_info]
+    with recorder.lock:
+        sent = [(source, m) for (_, m), (_, source) in zip(recorder.trajectories[g], recorder.trajectory_sources[g])]
+    sources = np.array([source for source, _ in full])
+    paired = []
+    for source, msg in sent:
+        i = int(np.searchsorted(sources, source, side="right")) - 1
+        if i >= 0:
+            paired.append((source, msg, full[i][1]))
+    return paired
+
+
+def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) -> int:
+    """Each group's trajectories against the whole chunks (~/action_chunk) published with them: only the group's
+    joints in its order. A position group's: the chunk's stamp, point times and columns. The velocity group's: the
+    columns scaled and clamped, no positions, stamped 0, the steps still ahead when it was published timed from then,
+    then a stop a control step after the last (action_outputs.velocity_trajectory). Each is what a
+    joint_trajectory_controller takes and can follow (jtc_rules, with allow_integration_in_goal_trajectories for the
+    velocity group). Returns how many velocity values were clamped."""
     clamped = 0
-    for stamp in sorted(common):
-        chunk = np.array([p.positions for p in full[stamp].points])
-        for g, spec in GROUPS.items():
-            msg = per_group[g][stamp]
+    for g, spec in GROUPS.items():
+        velocity = spec.get("interface") == "velocity"
+        controller = Controller(spec["joints"], allow_integration_in_goal_trajectories=velocity)
+        paired = _with_their_chunks(feeder, recorder, g)
+        assert len(paired) >= min_common, (g, len(paired))
+        for source, msg, whole in paired:
             assert list(msg.joint_names) == spec["joints"], g
-            assert np.array_equal(trajectory_times(msg), trajectory_times(full[stamp])), g
-            assert trajectory_times(msg)[0] == pytest.approx(1.0 / RATE)
-            expected = chunk[:, columns(spec["joints"])]
-            if spec.get("interface") == "velocity":
-                assert all(len(p.positions) == 0 for p in msg.points), g
+            assert problem(msg, controller, arrival=source) is None, (g, problem(msg, controller, arrival=source))
+            expected = np.array([p.positions for p in whole.points])[:, columns(spec["joints"])]
+            times = trajectory_times(msg)
+            if velocity:
+                assert stamp_of(msg) == 0.0 and all(len(p.positions) == 0 for p in msg.points), g
                 velocities = np.array([p.velocities for p in msg.points])
-                assert np.array_equal(velocities, np.clip(expected * SCALE, -LIMIT, LIMIT)), g
-                clamped += int(np.sum(np.abs(expected * SCALE) > LIMIT))
+                ahead = len(msg.points) - 1  # the steps still ahead, then the stop
+                sent = np.clip(expected * SCALE, -LIMIT, LIMIT)[len(expected) - ahead:]
+                assert np.array_equal(velocities[:-1], sent) and not np.any(velocities[-1]), g
+                clamped += int(np.sum(np.abs(expected[len(expected) - ahead:] * SCALE) > LIMIT))
+                assert np.allclose(np.diff(times), 1.0 / RATE, atol=2e-9), g
+                # timed from its publication: its first step's time after the observation, less the publish time
+                # (the node's clock, read just before it published the whole chunk and the groups before this one)
+                first_step = stamp_of(whole) + (len(expected) - ahead + 1) / RATE
+                assert -2e-3 <= times[0] - (first_step - source) < 0.1, (g, times[0], first_step - source)
                 continue
+            assert stamp_of(msg) == stamp_of(whole) and np.array_equal(times, trajectory_times(whole)), g
+            assert times[0] == pytest.approx(1.0 / RATE)
             positions = np.array([p.positions for p in msg.points])
             assert np.array_equal(positions, expected), g
             velocities = np.array([p.velocities for p in msg.points])

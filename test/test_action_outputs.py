@@ -1,12 +1,18 @@
 """ros/action_outputs.py without a node: group parameters, validation naming the parameter, the messages a group
-publishes (ActionOutputs over DDS: test_node_groups.py)."""
+publishes (ActionOutputs over DDS: test_node_groups.py), and that a joint_trajectory_controller takes and can follow
+each of them (jtc_rules.py)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
 
-from turbopi_ros.ros.action_outputs import (group_table, groups_from_parameters,  # noqa: E402
+from jtc_rules import Controller, problem  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+from turbopi_ros.ros.action_outputs import (ActionOutputs, group_table, groups_from_parameters,  # noqa: E402
                                             velocity_trajectory)
+from turbopi_ros.ros.conversions import chunk_to_trajectory  # noqa: E402
 
 JOINTS = ["a1", "a2", "a3", "b1", "b2", "g"]
 
@@ -62,16 +68,78 @@ def test_bad_group_names(names, message):
         group_table(names)
 
 
-def test_velocity_trajectory_has_the_chunks_timing_and_no_positions():
-    v = np.array([[0.1, -0.2], [0.3, 0.4], [0.0, 0.5]])
-    msg = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0)
-    assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 250_000_000
+def _times(msg) -> list:
+    return [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+
+
+def test_velocity_trajectory_starts_on_arrival_with_the_steps_ahead_and_ends_at_rest():
+    """Stamped 0, positions empty; the velocities of the control steps still ahead of the publication, timed from
+    it; a stop one control step after the last."""
+    v = np.array([[0.1, -0.2], [0.3, 0.4], [0.0, 0.5]])  # control steps 1..3 of 15 Hz after the observation at 12.25
+    msg = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)
     assert list(msg.joint_names) == ["b1", "b2"]
-    assert [p.time_from_start.nanosec for p in msg.points] == [66_666_667, 133_333_333, 200_000_000]
+    assert [p.time_from_start.nanosec for p in msg.points] == [66_666_667, 133_333_333, 200_000_000, 266_666_667]
     assert all(len(p.positions) == 0 and len(p.accelerations) == 0 for p in msg.points)
-    assert np.array_equal([p.velocities for p in msg.points], v)
+    assert np.array_equal([p.velocities for p in msg.points], np.vstack([v, [0.0, 0.0]]))
+    late = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 0.1)  # step 1 (at +66.7 ms) is past
+    assert np.array_equal([p.velocities for p in late.points], [[0.3, 0.4], [0.0, 0.5], [0.0, 0.0]])
+    assert np.allclose(_times(late), np.array([2, 3, 4]) / 15.0 - 0.1, atol=1e-9)
+    only_the_stop = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 0.21)
+    assert [list(p.velocities) for p in only_the_stop.points] == [[0.0, 0.0]]
+    assert velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 4 / 15.0) is None  # the stop is past too
     with pytest.raises(ValueError, match=r"velocities \[3, 2\] for 3 joint names"):
-        velocity_trajectory(v, ["b1", "b2", "b3"], 0.0, 15.0)
+        velocity_trajectory(v, ["b1", "b2", "b3"], 0.0, 15.0, 0.0)
+
+
+@pytest.mark.parametrize("latency_s", [0.0, 0.03, 0.07, 0.2, 0.9])
+def test_every_trajectory_is_one_a_joint_trajectory_controller_takes_and_can_follow(latency_s):
+    """jtc_rules (the controller's checks, Jazzy's defaults; allow_integration_in_goal_trajectories for the velocity
+    group): the whole chunk, each group's and the halts, published latency_s after the observation of a 15-step
+    chunk at 15 Hz (DROID's): past the first step from 0.067 s on, most of it at 0.9 s."""
+    from turbopi_ros.policy.chunking import ChunkSchedule
+
+    groups = {"arm": {"joints": ["a2", "a1"]},
+              "base": {"joints": ["b1", "b2"], "interface": "velocity", "velocity_limits": [0.5, 0.5]}}
+    node = _Publishers()
+    outputs = ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 15.0, halt_on_stop=True)
+    chunk = np.random.default_rng(0).uniform(-1, 1, (15, 6))
+    stamp = 100.0
+    now = stamp + latency_s
+    outputs.publish_chunk(chunk, stamp, now)
+    schedule = ChunkSchedule(15.0, blend_s=0.0)
+    schedule.set_chunk(chunk, stamp, now)
+    outputs.halt(schedule, now)
+    controllers = {"~/action_chunk": Controller(JOINTS), "~/arm/action_chunk": Controller(["a1", "a2"]),
+                   "~/base/action_chunk": Controller(["b1", "b2"], allow_integration_in_goal_trajectories=True)}
+    sent = [(topic, msg) for topic in controllers for msg in node.sent[topic]]
+    assert len(sent) == 5  # the chunk on each of the three, a halt on each group's
+    for topic, msg in sent:
+        assert problem(msg, controllers[topic], arrival=now + 0.002) is None, (topic, problem(
+            msg, controllers[topic], arrival=now + 0.002))
+
+
+def test_the_controller_rules_refuse_what_they_should():
+    """jtc_rules, the checker above, is not vacuous: a velocity trajectory that ends moving, and one stamped at its
+    observation that arrives past its first point (as the node's velocity groups were sent before), fail it; a
+    position trajectory may arrive late, until it has ended."""
+    velocity = Controller(["b1"], allow_integration_in_goal_trajectories=True)
+    moving = velocity_trajectory(np.ones((3, 1)), ["b1"], 10.0, 15.0, now=10.0)
+    moving.points.pop()  # no stop at the end
+    assert "is not zero" in problem(moving, velocity, arrival=10.0)
+    assert problem(moving, dataclasses.replace(velocity, allow_nonzero_velocity_at_trajectory_end=True), 10.0) is None
+    stamped = velocity_trajectory(np.ones((3, 1)), ["b1"], 10.0, 15.0, now=10.0)
+    stamped.header.stamp.sec = 10  # at the observation: points from 10.067 s
+    assert problem(stamped, velocity, arrival=10.05) is None
+    assert "past the first point" in problem(stamped, velocity, arrival=10.1)
+    assert "no position, velocity" in problem(JointTrajectory(joint_names=["b1"], points=[JointTrajectoryPoint()]),
+                                             velocity, arrival=0.0)
+    position = chunk_to_trajectory(np.zeros((3, 1)), ["b1"], 10.0, 15.0)
+    assert problem(position, Controller(["b1"]), arrival=10.19) is None
+    assert "ends in the past" in problem(position, Controller(["b1"]), arrival=10.21)
+    assert "don't match" in problem(position, Controller(["b1", "b2"]), arrival=10.0)
+    assert "Mismatch" in problem(velocity_trajectory(np.ones((3, 1)), ["b1"], 10.0, 15.0, 10.0), Controller(["b1"]),
+                                 arrival=10.0)  # positions needed without allow_integration_in_goal_trajectories
 
 
 class _Publishers:
@@ -92,18 +160,14 @@ class _Publishers:
 
 
 def _outputs(groups: dict, halt_on_stop: bool = False):
-    from turbopi_ros.ros.action_outputs import ActionOutputs
-
     node = _Publishers()
     return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0, halt_on_stop)
 
 
 def test_without_groups_one_chunk_and_one_command_topic_as_before():
-    from turbopi_ros.ros.conversions import chunk_to_trajectory
-
     node, outputs = _outputs({})
     chunk = np.linspace(-1, 1, 18).reshape(3, 6)
-    outputs.publish_chunk(chunk, 5.5)
+    outputs.publish_chunk(chunk, 5.5, 5.52)
     outputs.publish_command(chunk[0])
     outputs.publish_command(chunk[0], held=True)
     outputs.stop()
@@ -132,7 +196,6 @@ def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
 
 def test_a_halt_is_one_point_a_control_step_from_its_arrival_with_zero_velocity():
     from turbopi_ros.policy.chunking import ChunkSchedule
-    from turbopi_ros.ros.conversions import chunk_to_trajectory
 
     schedule = ChunkSchedule(50.0, blend_s=0.0)
     schedule.set_chunk(np.tile([0.25, -1.0, 0.0, 0.0, 0.5, 1.0], (5, 1)), stamp=10.0, now=10.0)

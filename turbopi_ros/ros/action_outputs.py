@@ -17,11 +17,13 @@ read), in YAML ``action: {group: {left_arm: {joints: [...], ...}}}`` or dotted k
     velocity_limits   velocity groups: per joint, |v| (after the scale) is clamped to it (required there, [] for
                       position groups)
 
-Every group gets its own JointTrajectory per chunk with only its joints, the chunk's header stamp and point times
-(point k at (k + 1) / control_rate_hz), and its own command at each command tick. A position group's trajectory is
-the one ``~/action_chunk`` would carry for those joints (positions, finite-difference velocities). A velocity group's
-points carry ``velocities`` (clamped to velocity_limits) and no positions: a joint_trajectory_controller takes them
-with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why not positions integrated here). Its
+Every group gets its own JointTrajectory per chunk with only its joints, and its own command at each command tick. A
+position group's trajectory is the one ``~/action_chunk`` would carry for those joints (the chunk's header stamp,
+point k at (k + 1) / control_rate_hz after it, positions, finite-difference velocities, zero at the last point). A
+velocity group's points carry ``velocities`` (clamped to velocity_limits) and no positions: a
+joint_trajectory_controller takes them with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why
+not positions integrated here). It is stamped 0 and holds the velocities still ahead when it is published, timed from
+then, and a stop one control step after the last: what that controller can follow (velocity_trajectory). Its
 command stream carries the velocities, clamped, for a velocity forward_command_controller, and a zero-velocity
 command once whenever the stream stops (inputs stale, inference failed, disabled, shutdown): a forward controller
 holds its last command, and a held velocity keeps the joint moving. For the same reason ``on_stale: hold`` holds a
@@ -40,7 +42,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..policy.action_groups import KINDS, ActionGroup, check_groups
-from .conversions import chunk_to_trajectory, sec_to_duration, sec_to_stamp
+from .conversions import chunk_to_trajectory, sec_to_duration
 from .parameters import Param, declare_parameters
 
 GROUP_NAME = r"[A-Za-z][A-Za-z0-9_]*"  # a parameter name part and a topic name token
@@ -166,19 +168,32 @@ def declare_groups(node: Node, p: Dict[str, Any], action_joints: Sequence[str]) 
     return groups_from_parameters(values, action_joints)
 
 
-def velocity_trajectory(velocities: np.ndarray, joint_names: Sequence[str], stamp: float,
-                        control_rate_hz: float) -> JointTrajectory:
-    """Velocities [H, n] -> JointTrajectory with the chunk's timing (point k at (k + 1) / rate after the stamp),
-    ``velocities`` set and ``positions`` empty."""
+def velocity_trajectory(velocities: np.ndarray, joint_names: Sequence[str], stamp: float, control_rate_hz: float,
+                        now: float) -> Optional[JointTrajectory]:
+    """Velocities [H, n], those of control steps 1..H after ``stamp`` (the chunk's timing), as a JointTrajectory a
+    joint_trajectory_controller can follow from ``now`` (node clock): stamped 0, so it starts on arrival; the
+    velocities whose time is still ahead of ``now``, timed from ``now``; then zero velocity one control step after
+    the last, so it ends at rest; ``positions`` empty. None when even that stop is not ahead of ``now``.
+
+    Why (ros2_controllers' joint_trajectory_controller, Humble to Rolling): it integrates velocity-only points into
+    positions one segment at a time, the first from its own state before the trajectory, and only when it first samples
+    the trajectory before its first point; a trajectory stamped at its observation arrives a latency later, past its
+    first point once that exceeds a control step, and the controller then integrates from a point that has no
+    positions (undefined behaviour in its Trajectory::deduce_from_derivatives). And since Jazzy its default
+    allow_nonzero_velocity_at_trajectory_end: false rejects a trajectory whose last point moves."""
     velocities = np.asarray(velocities, dtype=np.float64)
     if velocities.ndim != 2 or velocities.shape[1] != len(joint_names):
         raise ValueError(f"velocities {list(velocities.shape)} for {len(joint_names)} joint names")
     dt = 1.0 / control_rate_hz
+    times = (stamp - now) + dt * np.arange(1, len(velocities) + 2)  # each control step's, then the stop's
+    ahead = np.flatnonzero(times > 0.0)
+    if not len(ahead):
+        return None
+    rows = np.vstack([velocities, np.zeros((1, len(joint_names)))])
     msg = JointTrajectory()
-    msg.header.stamp = sec_to_stamp(stamp)
     msg.joint_names = list(joint_names)
-    for k, v in enumerate(velocities):
-        msg.points.append(JointTrajectoryPoint(velocities=v.tolist(), time_from_start=sec_to_duration((k + 1) * dt)))
+    for k in ahead:
+        msg.points.append(JointTrajectoryPoint(velocities=rows[k].tolist(), time_from_start=sec_to_duration(times[k])))
     return msg
 
 
@@ -203,15 +218,18 @@ class ActionOutputs:
         return ", ".join(f"{g.name} ({g.group.kind}, {len(g.columns)} joints: {g.trajectory_topic}, {g.command_topic})"
                          for g in self.groups)
 
-    def publish_chunk(self, actions: np.ndarray, stamp: float) -> None:
-        """The chunk [H, N] observed at ``stamp``: the whole one on ~/action_chunk, then each group's."""
+    def publish_chunk(self, actions: np.ndarray, stamp: float, now: float) -> None:
+        """The chunk [H, N] observed at ``stamp``, published at ``now`` (node clock): the whole one on ~/action_chunk,
+        then each group's (a velocity group's from ``now``: velocity_trajectory)."""
         self.chunk_pub.publish(chunk_to_trajectory(actions, self.action_joints, stamp, self.rate_hz))
         for g, pub in zip(self.groups, self._trajectory_pubs):
             joints = g.group.joints
-            if g.is_velocity:
-                pub.publish(velocity_trajectory(g.values(actions), joints, stamp, self.rate_hz))
-            else:
+            if not g.is_velocity:
                 pub.publish(chunk_to_trajectory(g.values(actions), joints, stamp, self.rate_hz))
+                continue
+            msg = velocity_trajectory(g.values(actions), joints, stamp, self.rate_hz, now)
+            if msg is not None:
+                pub.publish(msg)
 
     def halt(self, schedule, now: float) -> None:
         """The operator's stop (~/enable false, deactivate, shutdown), before ``schedule`` (policy.chunking's
@@ -221,14 +239,15 @@ class ActionOutputs:
         command = schedule.next_action(now) if self.halt_on_stop else None
         if command is None:
             return
-        # a one-action chunk stamped 0: one point a control step after it arrives, at zero velocity (the last point's)
+        # a one-action chunk stamped 0: one point a control step after it arrives, at zero velocity (the last point's);
+        # a velocity group's: no velocities ahead, only the stop
         halt = command[None]
         if not self.groups:
             self.chunk_pub.publish(chunk_to_trajectory(halt, self.action_joints, 0.0, self.rate_hz))
             return
         for g, pub in zip(self.groups, self._trajectory_pubs):
             joints = g.group.joints
-            pub.publish(velocity_trajectory(np.zeros((1, len(joints))), joints, 0.0, self.rate_hz) if g.is_velocity
+            pub.publish(velocity_trajectory(np.zeros((0, len(joints))), joints, now, self.rate_hz, now) if g.is_velocity
                         else chunk_to_trajectory(g.values(halt), joints, 0.0, self.rate_hz))
 
     def publish_command(self, command: np.ndarray, held: bool = False) -> None:
