@@ -14,6 +14,9 @@ Validation (a trajectory that fails one is refused, and the controller logs why)
   accelerations for every joint or none. With it, a point needs at least one of the three, each of them for every
   joint. Efforts are allowed only with an effort command interface (Humble: never).
 
+Interpolation: between two points with positions and velocities, the controller follows the cubic through both
+(cubic below).
+
 Following: for points without positions (velocity-only, with allow_integration_in_goal_trajectories), the
 controller deduces positions one segment at a time, each from the point before it. The first point's positions come
 from the controller's own state before the trajectory, and only when its first sample comes before the first point.
@@ -106,3 +109,14 @@ def unfollowable(msg, c: Controller, arrival: float) -> Optional[str]:
 def problem(msg, c: Controller, arrival: float) -> Optional[str]:
     """refused, then unfollowable: None when the controller takes ``msg`` and can follow it."""
     return refused(msg, c, arrival) or unfollowable(msg, c, arrival)
+
+
+def cubic(p0: np.ndarray, v0: np.ndarray, p1: np.ndarray, v1: np.ndarray, duration: float, t: np.ndarray):
+    """The controller's interpolation between two points with positions and velocities (no accelerations): the
+    cubic through both positions with both velocities, sampled at ``t`` [m] seconds into the segment. Returns
+    positions, velocities and accelerations [m, n]."""
+    p0, v0, p1, v1 = (np.asarray(x, dtype=np.float64)[None] for x in (p0, v0, p1, v1))
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration ** 2
+    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration ** 3
+    return p0 + v0 * t + c2 * t ** 2 + c3 * t ** 3, v0 + 2.0 * c2 * t + 3.0 * c3 * t ** 2, 2.0 * c2 + 6.0 * c3 * t

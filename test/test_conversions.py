@@ -3,6 +3,7 @@ import pytest
 
 pytest.importorskip("sensor_msgs")
 
+from jtc_rules import cubic  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from turbopi_ros.ros.conversions import (InputError, chunk_to_trajectory, compressed_to_rgb, image_to_rgb,  # noqa: E402
@@ -73,9 +74,35 @@ def test_trajectory_points_times_and_velocities():
     assert list(msg.joint_names) == ["j1", "j2"]
     times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
     assert times == pytest.approx([0.1, 0.2, 0.3])
-    assert np.allclose([p.velocities for p in msg.points], [[1.0, 0.0], [2.0, -5.0], [0.0, 0.0]])
+    # central differences inside, second-order one-sided at the first point, zero at the last
+    assert np.allclose([p.velocities for p in msg.points], [[0.5, 2.5], [1.5, -2.5], [0.0, 0.0]])
+    two = chunk_to_trajectory(actions[:2], ["j1", "j2"], 12.25, 10.0)
+    assert np.allclose([p.velocities for p in two.points], [[1.0, 0.0], [0.0, 0.0]])
+    assert list(chunk_to_trajectory(actions[:1], ["j1", "j2"], 12.25, 10.0).points[0].velocities) == [0.0, 0.0]
     with pytest.raises(ValueError):
         chunk_to_trajectory(actions, ["j1"], 0.0, 10.0)
+
+
+def test_a_controllers_cubics_between_the_points_follow_the_chunks_path():
+    """A joint_trajectory_controller interpolates between points with cubics through their positions and velocities
+    (jtc_rules.cubic). A chunk sampling a smooth path (1 Hz sines at 50 Hz) is followed closely between its points:
+    position within 1e-4 of the path's 0.5, velocity within 2 % of its peak, acceleration within 20 % of its peak, on
+    every segment but the last (where the trajectory comes to rest). The forward difference of the segment after
+    each point was 25x further in velocity, with accelerations 3x the path's peak."""
+    rate, amplitude, w = 50.0, 0.5, 2 * np.pi
+    t = np.arange(1, 51) / rate
+    phases = np.array([0.0, 1.0])
+    actions = amplitude * np.sin(w * t[:, None] + phases)
+    msg = chunk_to_trajectory(actions, ["j1", "j2"], 0.0, rate)
+    positions = np.array([p.positions for p in msg.points])
+    velocities = np.array([p.velocities for p in msg.points])
+    s = np.linspace(0.0, 1.0 / rate, 21)[:-1]
+    for k in range(len(t) - 2):
+        p, v, a = cubic(positions[k], velocities[k], positions[k + 1], velocities[k + 1], 1.0 / rate, s)
+        at = w * (t[k] + s)[:, None] + phases
+        assert np.abs(p - amplitude * np.sin(at)).max() < 1e-4, k
+        assert np.abs(v - amplitude * w * np.cos(at)).max() < 0.02 * amplitude * w, k
+        assert np.abs(a + amplitude * w ** 2 * np.sin(at)).max() < 0.2 * amplitude * w ** 2, k
 
 
 def test_stamp_conversion():

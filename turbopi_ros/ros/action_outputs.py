@@ -19,8 +19,8 @@ read), in YAML ``action: {group: {left_arm: {joints: [...], ...}}}`` or dotted k
 
 Every group gets its own JointTrajectory per chunk with only its joints, and its own command at each command tick. A
 position group's trajectory is the one ``~/action_chunk`` would carry for those joints (the chunk's header stamp,
-point k at (k + 1) / control_rate_hz after it, positions, finite-difference velocities, zero at the last point). A
-velocity group's points carry ``velocities`` (clamped to velocity_limits) and no positions: a
+point k at (k + 1) / control_rate_hz after it, positions, velocities by central differences, zero at the last
+point). A velocity group's points carry ``velocities`` (clamped to velocity_limits) and no positions: a
 joint_trajectory_controller takes them with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why
 not positions integrated here). It is stamped 0 and holds the velocities still ahead when it is published, timed from
 then, and a stop one control step after the last: what that controller can follow (velocity_trajectory). Its
