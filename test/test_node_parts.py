@@ -94,8 +94,8 @@ class FakeOutputs:
     def stop(self):
         self.stops += 1
 
-    def publish_chunk(self, actions, stamp):
-        self.chunks.append((actions, stamp))
+    def publish_chunk(self, actions, stamp, now):
+        self.chunks.append((actions, stamp, now))
 
 
 def _commands(hold=False, enabled=True):
@@ -197,6 +197,7 @@ def test_a_published_chunk_goes_out_a_refused_one_is_a_problem_that_clears_on_th
     now = time.monotonic()  # inputs taken 60 ms ago, prepared 56 ms ago, the run started 50 ms ago
     assert flow.publish(_chunk(clock.t - 0.01), now - 0.05, now - 0.06, now - 0.056)
     assert len(outputs.chunks) == 1 and schedule.current is not None and stats.chunks == 1
+    assert outputs.chunks[0][1:] == (clock.t - 0.01, clock.t)  # published at the node clock's now (velocity groups)
     assert problems.message == "" and any(m.startswith("first chunk: 10 actions in 50 ms") for m in logs)
     assert any(m.startswith("recovered: chunks flowing again") for m in logs)
     assert stats.recent_ms("latency") == pytest.approx([10.0]) and stats.recent_ms("denoise") == pytest.approx([30.0])
