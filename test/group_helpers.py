@@ -131,9 +131,10 @@ def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) ->
                 clamped += int(np.sum(np.abs(expected[len(expected) - ahead:] * SCALE) > LIMIT))
                 assert np.allclose(np.diff(times), 1.0 / RATE, atol=2e-9), g
                 # timed from its publication: its first step's time after the observation, less the publish time
-                # (the node's clock, read just before it published the whole chunk and the groups before this one)
+                # (the node's clock, read just before it published the whole chunk and the groups before this one,
+                # so later by that much; up to 0.5 s on a loaded machine: test_action_outputs checks it exactly)
                 first_step = stamp_of(whole) + (len(expected) - ahead + 1) / RATE
-                assert -2e-3 <= times[0] - (first_step - source) < 0.1, (g, times[0], first_step - source)
+                assert -2e-3 <= times[0] - (first_step - source) < 0.5, (g, times[0], first_step - source)
                 continue
             assert stamp_of(msg) == stamp_of(whole) and np.array_equal(times, trajectory_times(whole)), g
             assert times[0] == pytest.approx(1.0 / RATE)
