@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from jtc_rules import Controller, problem  # noqa: E402
+from jtc_rules import Controller, cubic, problem  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 from turbopi_ros.ros.action_outputs import (ActionOutputs, group_table, groups_from_parameters,  # noqa: E402
                                             velocity_trajectory)
@@ -159,9 +159,12 @@ class _Publishers:
         return Publisher()
 
 
-def _outputs(groups: dict, halt_on_stop: bool = False):
+def _outputs(groups: dict, halt_on_stop: bool = False, halt_time_s: float = None):
+    """ActionOutputs at 50 Hz on stand-in publishers; halt_time_s None: the default."""
     node = _Publishers()
-    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0, halt_on_stop)
+    extra = {} if halt_time_s is None else {"halt_time_s": halt_time_s}
+    return node, ActionOutputs(node, JOINTS, groups_from_parameters(_params(groups), JOINTS), 50.0, halt_on_stop,
+                               **extra)
 
 
 def test_without_groups_one_chunk_and_one_command_topic_as_before():
@@ -194,30 +197,58 @@ def test_held_and_stopped_velocity_groups_get_zero_velocity_once():
     assert {topic: len(sent) for topic, sent in node.sent.items()} == before
 
 
-def test_a_halt_is_one_point_a_control_step_from_its_arrival_with_zero_velocity():
+def test_a_halt_is_one_point_halt_time_s_after_its_arrival_with_zero_velocity():
     from turbopi_ros.policy.chunking import ChunkSchedule
 
     schedule = ChunkSchedule(50.0, blend_s=0.0)
-    schedule.set_chunk(np.tile([0.25, -1.0, 0.0, 0.0, 0.5, 1.0], (5, 1)), stamp=10.0, now=10.0)
-    node, outputs = _outputs({"arm": {"joints": ["a1", "a2"]},
-                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5]}},
-                             halt_on_stop=True)
-    outputs.halt(schedule, 10.0)
-    (msg,) = node.sent["~/arm/action_chunk"]
-    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # from its arrival, however late
-    assert list(msg.joint_names) == ["a1", "a2"] and len(msg.points) == 1
-    (point,) = msg.points
-    assert list(point.positions) == [0.25, -1.0] and list(point.velocities) == [0.0, 0.0]
-    assert (point.time_from_start.sec, point.time_from_start.nanosec) == (0, 20_000_000)
-    (velocity_only,) = node.sent["~/base/action_chunk"][0].points
-    assert len(velocity_only.positions) == 0 and list(velocity_only.velocities) == [0.0]
+    schedule.set_chunk(np.tile([0.25, -1.0, 0.0, 0.0, 0.5, 1.0], (50, 1)), stamp=10.0, now=10.0)
+    for halt_time_s, nanosec in ((None, 250_000_000), (0.5, 500_000_000)):  # action.halt_time_s, default 0.25 s
+        node, outputs = _outputs({"arm": {"joints": ["a1", "a2"]},
+                                  "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [0.5]}},
+                                 halt_on_stop=True, halt_time_s=halt_time_s)
+        outputs.halt(schedule, 10.0)
+        (msg,) = node.sent["~/arm/action_chunk"]
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # from its arrival, however late
+        assert list(msg.joint_names) == ["a1", "a2"] and len(msg.points) == 1
+        (point,) = msg.points
+        assert list(point.positions) == [0.25, -1.0] and list(point.velocities) == [0.0, 0.0]
+        assert (point.time_from_start.sec, point.time_from_start.nanosec) == (0, nanosec)
+        (velocity_only,) = node.sent["~/base/action_chunk"][0].points
+        assert len(velocity_only.positions) == 0 and list(velocity_only.velocities) == [0.0]
+        assert (velocity_only.time_from_start.sec, velocity_only.time_from_start.nanosec) == (0, nanosec)
     with pytest.raises(ValueError, match="3 action dims for 2 joint names"):  # the builder the halt goes through
         chunk_to_trajectory(np.zeros((1, 3)), ["a1", "a2"], 0.0, 50.0)
 
 
+@pytest.mark.parametrize("halt_time_s", [0.1, 0.25, 0.5])
+def test_a_halt_brakes_evenly_from_the_chunks_speed(halt_time_s):
+    """A joint following a chunk at 1 rad/s (50 Hz) when the halt comes: the controller's cubic from there (its
+    position and the chunk's speed) to the halt point (jtc_rules.cubic) slows down monotonically to zero, at about
+    1 / halt_time_s rad/s^2 at most; the halt one control step ahead, as before, went through 200 rad/s^2."""
+    from turbopi_ros.policy.chunking import ChunkSchedule
+
+    speed, rate = 1.0, 50.0
+    chunk = np.outer(np.arange(1, 51) / rate * speed, np.ones(6))  # every joint at `speed` from 0 at t = 10 s
+    schedule = ChunkSchedule(rate, blend_s=0.0)
+    schedule.set_chunk(chunk, stamp=10.0, now=10.0)
+    node, outputs = _outputs({}, halt_on_stop=True, halt_time_s=halt_time_s)
+    now = 10.3
+    outputs.halt(schedule, now)
+    (point,) = node.sent["~/action_chunk"][0].points
+    duration = point.time_from_start.sec + point.time_from_start.nanosec * 1e-9
+    assert duration == pytest.approx(halt_time_s)
+    p0 = schedule.command(now)
+    _, v, a = cubic(p0, np.full(6, speed), point.positions, point.velocities, duration, np.linspace(0, duration, 101))
+    assert np.all(np.diff(v, axis=0) <= 1e-12) and np.all(v >= -1e-12), "slows down to a stop, never back"
+    assert np.abs(a).max() <= 1.01 * speed / halt_time_s
+    _, _, a_one_step = cubic(p0, np.full(6, speed), schedule.command(now + 1 / rate), np.zeros(6), 1 / rate,
+                             np.linspace(0, 1 / rate, 101))
+    assert np.abs(a_one_step).max() == pytest.approx(200.0, rel=0.01)  # the halt as it was
+
+
 def test_halt_goes_where_the_controllers_take_their_trajectories():
-    """At the chunk's action for the next control step (a chunk of 50 Hz steps from t = 10 s: at 10.04 s the one
-    for 10.06 s, the third), while a chunk applies, with action.halt_on_stop only."""
+    """At the chunk's command halfway through the braking time (a chunk of 50 Hz steps from t = 10 s, halted at
+    10.04 s over 0.04 s: the one for 10.06 s, the third), while a chunk applies, with action.halt_on_stop only."""
     from turbopi_ros.policy.chunking import ChunkSchedule
 
     chunk = np.arange(5 * 6, dtype=np.float64).reshape(5, 6) / 10.0
@@ -227,11 +258,11 @@ def test_halt_goes_where_the_controllers_take_their_trajectories():
     node, outputs = _outputs({})
     outputs.halt(schedule, 10.04)
     assert node.sent["~/action_chunk"] == [], "action.halt_on_stop is off by default"
-    node, outputs = _outputs({}, halt_on_stop=True)
+    node, outputs = _outputs({}, halt_on_stop=True, halt_time_s=0.04)
     outputs.halt(schedule, 10.04)
     (msg,) = node.sent["~/action_chunk"]
     assert list(msg.joint_names) == JOINTS and np.allclose(msg.points[0].positions, command, atol=1e-9)
-    outputs.halt(schedule, 10.1)  # the chunk ends before the next step: its last action, the one for now
+    outputs.halt(schedule, 10.09)  # the chunk ends before 10.11 s: its last action
     assert np.allclose(node.sent["~/action_chunk"][-1].points[0].positions, chunk[-1], atol=1e-9)
     outputs.halt(schedule, 10.2)  # used up: nothing followed, nothing to stop
     assert len(node.sent["~/action_chunk"]) == 2

@@ -28,13 +28,15 @@ def test_latency_is_compensated():
     assert np.allclose(s.command(10.08), [3, 3])
 
 
-def test_next_action_is_the_next_control_steps_then_the_last_then_none():
+def test_a_halt_stops_where_the_chunk_is_halfway_through_the_braking_time_then_the_last_then_none():
     s = ChunkSchedule(RATE, blend_s=0.0)
-    assert s.next_action(10.0) is None  # no chunk
-    s.set_chunk(ramp(), stamp=10.0, now=10.0)
-    assert np.allclose(s.next_action(10.08), [4, 4])  # the step at 10.1 s: action 4
-    assert np.allclose(s.next_action(10.2), [9, 9])  # the chunk ends before the next step: its last action
-    assert s.next_action(10.25) is None  # used up
+    assert s.halt_action(10.0, 0.2) is None  # no chunk
+    s.set_chunk(ramp(), stamp=10.0, now=10.0)  # action k at 10 + (k + 1) / 50
+    assert np.allclose(s.halt_action(10.08, 0.04), [4, 4])  # at 10.1 s: action 4
+    assert np.allclose(s.halt_action(10.08, 0.2), [8, 8])  # at 10.18 s
+    assert np.allclose(s.halt_action(10.09, 0.04), [4.5, 4.5])  # between two actions: as the commands interpolate
+    assert np.allclose(s.halt_action(10.15, 0.2), [9, 9])  # the chunk ends before 10.25 s: its last action
+    assert s.halt_action(10.25, 0.2) is None  # used up: nothing followed
 
 
 def test_blend_from_old_to_new_chunk():

@@ -102,9 +102,9 @@ def test_a_disable_waits_for_a_command_tick_in_progress(node, monkeypatch):
 
 
 def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_that(node, monkeypatch):
-    """action.halt_on_stop: ~/enable false sends ~/action_chunk one point at the action for the next control step,
-    with zero velocity, while a chunk is being followed; none when no chunk is (the schedule was cleared), none with
-    the parameter off."""
+    """action.halt_on_stop: ~/enable false sends ~/action_chunk one point, action.halt_time_s after it arrives
+    (0.25 s by default), at the chunk's command halfway there with zero velocity, while a chunk is being followed; none
+    when no chunk is (the schedule was cleared), none with the parameter off."""
     import numpy as np
 
     sent = []
@@ -123,6 +123,7 @@ def test_with_halt_on_stop_a_disable_halts_the_chunk_being_followed_and_only_tha
         (point,) = sent[0].points
         assert (sent[0].header.stamp.sec, sent[0].header.stamp.nanosec) == (0, 0)
         assert np.allclose(point.positions, actions[0], atol=1e-12) and not any(point.velocities)
+        assert (point.time_from_start.sec, point.time_from_start.nanosec) == (0, 250_000_000)
         _set_enabled(node, False).join(10)  # nothing being followed any more
         assert len(sent) == 1
     finally:

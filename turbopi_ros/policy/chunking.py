@@ -79,10 +79,17 @@ class ChunkSchedule:
         with self._lock:
             return self._current
 
-    def next_action(self, now: float) -> Optional[np.ndarray]:
-        """The command for the next control step (now's where the chunk ends before it); None when no chunk applies."""
-        command = self.command(now + 1.0 / self.rate_hz)
-        return command if command is not None else self.command(now)
+    def halt_action(self, now: float, halt_s: float) -> Optional[np.ndarray]:
+        """Where a halt at ``now`` over ``halt_s`` seconds stops: the command at now + halt_s / 2, which a joint
+        moving at the chunk's speed v reaches by braking evenly (v / halt_s) to a stop in halt_s; where the chunk
+        ends before that, its last action. None when no command applies now."""
+        if self.command(now) is None:
+            return None
+        target = self.command(now + halt_s / 2.0)
+        if target is None:
+            with self._lock:
+                target = None if self._current is None else self._current.actions[-1].copy()
+        return target
 
     def command(self, now: float) -> Optional[np.ndarray]:
         with self._lock:

@@ -201,9 +201,10 @@ class ActionOutputs:
     """The publishers of chunks and commands (module docstring) and the messages they carry."""
 
     def __init__(self, node: Node, action_joints: Sequence[str], groups: Sequence[GroupOutput], rate_hz: float,
-                 halt_on_stop: bool = False):
+                 halt_on_stop: bool = False, halt_time_s: float = 0.25):
         self.action_joints = list(action_joints)
         self.halt_on_stop = bool(halt_on_stop)  # action.halt_on_stop (halt)
+        self.halt_time_s = float(halt_time_s)  # action.halt_time_s
         self.groups = tuple(groups)
         self.rate_hz = float(rate_hz)
         self.chunk_pub = node.create_publisher(JointTrajectory, "~/action_chunk", 10)
@@ -233,22 +234,27 @@ class ActionOutputs:
 
     def halt(self, schedule, now: float) -> None:
         """The operator's stop (~/enable false, deactivate, shutdown), before ``schedule`` (policy.chunking's
-        ChunkSchedule) is cleared: with action.halt_on_stop, while a chunk is followed, stop it at the action for the
-        next control step: on ~/action_chunk without groups; with groups on each group's trajectory (a velocity
-        group's at zero velocity), not on ~/action_chunk, which is then the record of the chunks, no controller's."""
-        command = schedule.next_action(now) if self.halt_on_stop else None
-        if command is None:
+        ChunkSchedule) is cleared: with action.halt_on_stop, while a chunk is followed, brake it to a stop over
+        action.halt_time_s: on ~/action_chunk without groups; with groups on each group's trajectory, not on
+        ~/action_chunk, which is then the record of the chunks, no controller's.
+
+        The halt is one point halt_time_s after it arrives (stamped 0) with zero velocity: at the chunk's command
+        halfway there (ChunkSchedule.halt_action); a velocity group's has zero velocity only. From the chunk's speed v
+        the controller's cubic to it brakes evenly at v / halt_time_s. One control step, as the node halted before,
+        took a joint at 1 rad/s through 200 rad/s^2 at 50 Hz (test_action_outputs)."""
+        target = schedule.halt_action(now, self.halt_time_s) if self.halt_on_stop else None
+        if target is None:
             return
-        # a one-action chunk stamped 0: one point a control step after it arrives, at zero velocity (the last point's);
-        # a velocity group's: no velocities ahead, only the stop
-        halt = command[None]
+        # a one-action chunk stamped 0 at the rate 1 / halt_time_s: one point halt_time_s after it arrives, at zero
+        # velocity (the last point's); a velocity group's: no velocities ahead, only the stop
+        halt, halt_rate = target[None], 1.0 / self.halt_time_s
         if not self.groups:
-            self.chunk_pub.publish(chunk_to_trajectory(halt, self.action_joints, 0.0, self.rate_hz))
+            self.chunk_pub.publish(chunk_to_trajectory(halt, self.action_joints, 0.0, halt_rate))
             return
         for g, pub in zip(self.groups, self._trajectory_pubs):
             joints = g.group.joints
-            pub.publish(velocity_trajectory(np.zeros((0, len(joints))), joints, now, self.rate_hz, now) if g.is_velocity
-                        else chunk_to_trajectory(g.values(halt), joints, 0.0, self.rate_hz))
+            pub.publish(velocity_trajectory(np.zeros((0, len(joints))), joints, now, halt_rate, now) if g.is_velocity
+                        else chunk_to_trajectory(g.values(halt), joints, 0.0, halt_rate))
 
     def publish_command(self, command: np.ndarray, held: bool = False) -> None:
         """One command tick: ``command`` [N] (action.joints order); ``held`` (on_stale: hold repeating the last

@@ -69,6 +69,7 @@ class ActionSettings:
     delta_mask: Tuple[bool, ...]  # () = all absolute
     groups: Tuple[str, ...]
     halt_on_stop: bool  # the operator's stop also stops a trajectory being followed (ActionOutputs.halt)
+    halt_time_s: float  # over this long
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,9 +78,12 @@ PARAMETERS: Dict[str, Param] = {
                                "~/joint_command for all action joints", items=str),
     "action.halt_on_stop": Param(False, "on ~/enable false, deactivate and shutdown, stop the chunk a trajectory "
                                         "controller is following: ~/action_chunk (each group's trajectory topic "
-                                        "with groups) gets a one-point JointTrajectory at the command for the next "
-                                        "control step with zero velocity, stamped 0 (from its arrival); false: that "
+                                        "with groups) gets a one-point JointTrajectory, stamped 0 (from its "
+                                        "arrival), that brakes to a stop over action.halt_time_s; false: that "
                                         "chunk runs to its end"),
+    "action.halt_time_s": Param(0.25, "with action.halt_on_stop: the halt's one point comes this long after it "
+                                      "arrives, with zero velocity, where the chunk is halfway there, so a joint at "
+                                      "the chunk's speed v brakes evenly at v / halt_time_s", min=0.01, max=10.0),
     "prompt": Param("", "task instruction (also settable by publishing on ~/prompt)", runtime=True),
     "control_rate_hz": Param(50.0, "the model's action rate: spacing of chunk points (a property of the "
                                    "checkpoint's training data)", min=0.1, max=1000.0),

@@ -115,7 +115,8 @@ class TurbopiNode(Node):
         subscribe_sensors(self, c.cameras.names, self._topics, self._compressed, c.joint_states.topic, self._store,
                           self._on_joint_states)
         subscribe_prompt(self, self._on_prompt)
-        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz, c.action.halt_on_stop)
+        self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz, c.action.halt_on_stop,
+                                     c.action.halt_time_s)
         hold = c.on_stale == "hold"
         self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
                               self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
