@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ros_helpers import stamp_of, trajectory_times
+
 FLOAT_EPSILON = float(np.finfo(np.float32).eps)  # std::numeric_limits<float>::epsilon(), as the controller uses
 
 
@@ -43,10 +45,6 @@ class Controller:
     allow_partial_joints_goal: bool = False
     has_effort_command_interface: bool = False
     update_period_s: float = 0.01  # its controller_manager's update_rate: 100 Hz
-
-
-def _seconds(stamp_or_duration) -> float:
-    return stamp_or_duration.sec + stamp_or_duration.nanosec * 1e-9
 
 
 def refused(msg, c: Controller, arrival: float) -> Optional[str]:
@@ -66,10 +64,9 @@ def refused(msg, c: Controller, arrival: float) -> Optional[str]:
         moving = [n for n, v in zip(names, points[-1].velocities) if abs(v) > FLOAT_EPSILON]
         if moving:
             return f"Velocity of last trajectory point of joint {moving[0]} is not zero"
-    stamp = _seconds(msg.header.stamp)
-    if stamp != 0.0 and stamp + _seconds(points[-1].time_from_start) < arrival:
+    stamp, times = stamp_of(msg), trajectory_times(msg)
+    if stamp != 0.0 and stamp + times[-1] < arrival:
         return "Received trajectory with non-zero start time that ends in the past"
-    times = [_seconds(p.time_from_start) for p in points]
     for i, p in enumerate(points):
         if i > 0 and times[i] <= times[i - 1]:
             return f"Time between points {i - 1} and {i} is not strictly increasing"
@@ -93,8 +90,7 @@ def unfollowable(msg, c: Controller, arrival: float) -> Optional[str]:
     points = list(msg.points)
     if all(len(p.positions) for p in points):
         return None
-    times = np.array([_seconds(p.time_from_start) for p in points])
-    stamp = _seconds(msg.header.stamp)
+    times, stamp = trajectory_times(msg), stamp_of(msg)
     first_sample = arrival  # its first update after arrival, at best
     start = first_sample if stamp == 0.0 else stamp
     if start + times[0] <= first_sample:

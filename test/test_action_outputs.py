@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from jtc_rules import Controller, cubic, problem  # noqa: E402
+from ros_helpers import trajectory_times  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 from turbopi_ros.ros.action_outputs import (ActionOutputs, group_table, groups_from_parameters,  # noqa: E402
                                             velocity_trajectory)
@@ -68,10 +69,6 @@ def test_bad_group_names(names, message):
         group_table(names)
 
 
-def _times(msg) -> list:
-    return [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
-
-
 def test_velocity_trajectory_starts_on_arrival_with_the_steps_ahead_and_ends_at_rest():
     """Stamped 0, positions empty; the velocities of the control steps still ahead of the publication, timed from
     it; a stop one control step after the last."""
@@ -84,7 +81,7 @@ def test_velocity_trajectory_starts_on_arrival_with_the_steps_ahead_and_ends_at_
     assert np.array_equal([p.velocities for p in msg.points], np.vstack([v, [0.0, 0.0]]))
     late = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 0.1)  # step 1 (at +66.7 ms) is past
     assert np.array_equal([p.velocities for p in late.points], [[0.3, 0.4], [0.0, 0.5], [0.0, 0.0]])
-    assert np.allclose(_times(late), np.array([2, 3, 4]) / 15.0 - 0.1, atol=1e-9)
+    assert np.allclose(trajectory_times(late), np.array([2, 3, 4]) / 15.0 - 0.1, atol=1e-9)
     only_the_stop = velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 0.21)
     assert [list(p.velocities) for p in only_the_stop.points] == [[0.0, 0.0]]
     assert velocity_trajectory(v, ["b1", "b2"], 12.25, 15.0, now=12.25 + 4 / 15.0) is None  # the stop is past too
@@ -234,8 +231,8 @@ def test_a_halt_brakes_evenly_from_the_chunks_speed(halt_time_s):
     node, outputs = _outputs({}, halt_on_stop=True, halt_time_s=halt_time_s)
     now = 10.3
     outputs.halt(schedule, now)
-    (point,) = node.sent["~/action_chunk"][0].points
-    duration = point.time_from_start.sec + point.time_from_start.nanosec * 1e-9
+    (msg,) = node.sent["~/action_chunk"]
+    (point,), (duration,) = msg.points, trajectory_times(msg)
     assert duration == pytest.approx(halt_time_s)
     p0 = schedule.command(now)
     _, v, a = cubic(p0, np.full(6, speed), point.positions, point.velocities, duration, np.linspace(0, duration, 101))
