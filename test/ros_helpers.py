@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import math
 import os
 import random
 import signal
@@ -475,14 +476,19 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 pub.publish(msg)
 
         def _joint_loop(self):
+            """Joint states on a fixed grid of ``joint_period``, as a robot's fixed-rate driver publishes them: a slot
+            this thread wakes too late for (more than half a period) is skipped, never made up in a burst, so the
+            intervals sent are whole periods and their median the period (bursts of catch-up messages would make the
+            median interval sent shorter than the period, and the node's newest-only queue would drop them)."""
             next_t = time.monotonic()
             while self.running:
                 next_t += self.joint_period
-                delay = next_t - time.monotonic()
+                now = time.monotonic()
+                if now - next_t > 0.5 * self.joint_period:
+                    next_t += math.ceil((now - next_t) / self.joint_period) * self.joint_period
+                delay = next_t - now
                 if delay > 0:
                     time.sleep(delay)
-                elif delay < -10 * self.joint_period:
-                    next_t = time.monotonic()  # far behind (a stall): restart the grid rather than burst
                 try:
                     self._publish_joints()
                 except Exception:  # noqa: BLE001 - the node is being destroyed
