@@ -88,9 +88,10 @@ def columns(joints):
 
 
 def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
-    """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it): the node
-    publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last one published before it
-    (rmw source timestamps). Those published before the first chunk recorded here are left out."""
+    """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it, the one before):
+    the node publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last one published
+    before it (rmw source timestamps), and the one before that the chunk it was blended from. Those published before
+    the second chunk recorded here are left out."""
     with feeder.lock:
         full = [(source, m) for _, source, m in feeder.chunks_info]
     with recorder.lock:
@@ -99,36 +100,67 @@ def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
     paired = []
     for source, msg in sent:
         i = int(np.searchsorted(sources, source, side="right")) - 1
-        if i >= 0:
-            paired.append((source, msg, full[i][1]))
+        if i >= 1:
+            paired.append((source, msg, full[i][1], full[i - 1][1]))
     return paired
 
 
-def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) -> int:
+def _within_the_blend(values: np.ndarray, raw: np.ndarray, old: np.ndarray, times: np.ndarray, source: float,
+                      what: str) -> int:
+    """``values`` [k, n] at the chunk's point ``times`` (node clock), published at ``source``: the blended chunk
+    (ChunkSchedule.blended): from blend_s after the publication (the node read its clock before that) the chunk's own
+    ``raw``; before, between the old chunk's ``old`` (nan where it had ended) and the new one's, element by element.
+    Returns how many values were blended (not the raw chunk's)."""
+    blend_s = float(PARAMS["blend_s"])
+    after = times >= source + blend_s
+    assert np.array_equal(values[after], raw[after]), what
+    old = np.where(np.isnan(old), raw, old)
+    low, high = np.minimum(old, raw), np.maximum(old, raw)
+    assert np.all((values >= low - 1e-9) & (values <= high + 1e-9)), (what, values, low, high)
+    return int(np.sum(values != raw))
+
+
+def _old_at(old_msg, times: np.ndarray, cols) -> np.ndarray:
+    """The chunk ``old_msg`` (~/action_chunk) where the commands had it at ``times``: policy.chunking's Chunk.at, nan
+    past its end."""
+    from turbopi_ros.policy.chunking import Chunk
+
+    chunk = Chunk(np.array([p.positions for p in old_msg.points])[:, cols], stamp_of(old_msg), RATE)
+    rows = [chunk.at(t) for t in times]
+    return np.array([r if r is not None else np.full(len(cols), np.nan) for r in rows])
+
+
+def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) -> dict:
     """Each group's trajectories against the whole chunks (~/action_chunk) published with them: only the group's
-    joints in its order. A position group's: the chunk's stamp, point times and columns. The velocity group's: the
+    joints in its order. A position group's: the chunk's stamp, point times and columns, blended from the chunk
+    published before it for blend_s (_within_the_blend). The velocity group's: the
     columns scaled and clamped, no positions, stamped 0, the steps still ahead when it was published timed from then,
     then a stop a control step after the last (action_outputs.velocity_trajectory). Each is what a
     joint_trajectory_controller takes and can follow (jtc_rules, with allow_integration_in_goal_trajectories for the
-    velocity group). Returns how many velocity values were clamped."""
-    clamped = 0
+    velocity group). Returns how many velocity values were clamped and how many values blended."""
+    counts = {"clamped": 0, "blended": 0}
     for g, spec in GROUPS.items():
         velocity = spec.get("interface") == "velocity"
         controller = Controller(spec["joints"], allow_integration_in_goal_trajectories=velocity)
         paired = _with_their_chunks(feeder, recorder, g)
         assert len(paired) >= min_common, (g, len(paired))
-        for source, msg, whole in paired:
+        for source, msg, whole, before in paired:
             assert list(msg.joint_names) == spec["joints"], g
             assert problem(msg, controller, arrival=source) is None, (g, problem(msg, controller, arrival=source))
             expected = np.array([p.positions for p in whole.points])[:, columns(spec["joints"])]
+            chunk_times = stamp_of(whole) + trajectory_times(whole)
+            old = _old_at(before, chunk_times, columns(spec["joints"]))
             times = trajectory_times(msg)
             if velocity:
                 assert stamp_of(msg) == 0.0 and all(len(p.positions) == 0 for p in msg.points), g
                 velocities = np.array([p.velocities for p in msg.points])
                 ahead = len(msg.points) - 1  # the steps still ahead, then the stop
-                sent = np.clip(expected * SCALE, -LIMIT, LIMIT)[len(expected) - ahead:]
-                assert np.array_equal(velocities[:-1], sent) and not np.any(velocities[-1]), g
-                clamped += int(np.sum(np.abs(expected[len(expected) - ahead:] * SCALE) > LIMIT))
+                rows = slice(len(expected) - ahead, None)
+                scaled = [np.clip(x * SCALE, -LIMIT, LIMIT)[rows] for x in (expected, old)]
+                counts["blended"] += _within_the_blend(velocities[:-1], scaled[0], scaled[1], chunk_times[rows], source,
+                                                       g)
+                assert not np.any(velocities[-1]), g
+                counts["clamped"] += int(np.sum(np.abs(expected[rows] * SCALE) > LIMIT))
                 assert np.allclose(np.diff(times), 1.0 / RATE, atol=2e-9), g
                 # timed from its publication: its first step's time after the observation, less the publish time
                 # (the node's clock, read just before it published the whole chunk and the groups before this one,
@@ -139,11 +171,11 @@ def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) ->
             assert stamp_of(msg) == stamp_of(whole) and np.array_equal(times, trajectory_times(whole)), g
             assert times[0] == pytest.approx(1.0 / RATE)
             positions = np.array([p.positions for p in msg.points])
-            assert np.array_equal(positions, expected), g
+            counts["blended"] += _within_the_blend(positions, expected, old, chunk_times, source, g)
             velocities = np.array([p.velocities for p in msg.points])
-            assert np.allclose(velocities[:-1], np.gradient(expected, 1.0 / RATE, axis=0, edge_order=2)[:-1])
+            assert np.allclose(velocities[:-1], np.gradient(positions, 1.0 / RATE, axis=0, edge_order=2)[:-1])
             assert np.all(velocities[-1] == 0)
-    return clamped
+    return counts
 
 
 def check_command_rates(recorder: Recorder, t0: float, seconds: float, chunks: List[tuple]) -> None:

@@ -275,3 +275,54 @@ def test_halt_goes_where_the_controllers_take_their_trajectories():
     assert list(arm.joint_names) == ["a3", "a1"] and list(arm.points[0].positions) == [0.3, 0.1]
     (base,) = node.sent["~/base/action_chunk"]
     assert len(base.points[0].positions) == 0 and list(base.points[0].velocities) == [0.0]
+
+
+def _sample(msg, t: float, stamp: float) -> np.ndarray:
+    """A position trajectory stamped ``stamp`` where the controller puts it at time ``t`` (between two of its points,
+    on their cubic: jtc_rules.cubic)."""
+    times = stamp + trajectory_times(msg)
+    k = int(np.searchsorted(times, t, side="right")) - 1
+    p, v = msg.points[k], msg.points[k + 1]
+    position, _, _ = cubic(p.positions, p.velocities, v.positions, v.velocities, times[k + 1] - times[k],
+                           [t - times[k]])
+    return position[0]
+
+
+@pytest.mark.parametrize("latency_s", [0.03, 0.07])
+def test_group_trajectories_carry_the_blended_chunk_and_action_chunk_the_models(latency_s):
+    """A new chunk 0.5 away from the one being followed, published latency_s after its observation: ~/action_chunk
+    carries it as the model gave it; each group's trajectory the chunk the commands will follow (ChunkSchedule.blended),
+    so that where the controller puts it on arrival is near where the old chunk had it (the blend is sampled at the
+    points' times: within one control step's share of it, jump x (1 / rate) / blend_s; the raw chunk's trajectory
+    jumps by the whole 0.5 there), and from blend_s on, the new chunk's own. The velocity group's velocities are
+    blended the same way."""
+    from turbopi_ros.policy.chunking import Chunk, ChunkSchedule
+
+    rate, blend_s = 50.0, 0.1
+    t = np.arange(1, 51)[:, None] / rate
+    old = np.sin(2.0 * t + np.arange(6)) * 0.3
+    schedule = ChunkSchedule(rate, blend_s)
+    schedule.set_chunk(old, 10.0, 10.0)
+    stamp = 10.2
+    new = np.sin(2.0 * (t + 0.2) + np.arange(6)) * 0.3 + 0.5
+    now = stamp + latency_s
+    blended = schedule.blended(new, stamp, now)
+    node, outputs = _outputs({"arm": {"joints": ["a2", "a1"]},
+                              "base": {"joints": ["b1"], "interface": "velocity", "velocity_limits": [10.0]}})
+    outputs.publish_chunk(new, stamp, now, blended)
+    (whole,) = node.sent["~/action_chunk"]
+    assert np.array_equal([p.positions for p in whole.points], new)
+    (arm,) = node.sent["~/arm/action_chunk"]
+    assert np.array_equal([p.positions for p in arm.points], blended[:, [1, 0]])
+    following = Chunk(old, 10.0, rate).at(now)[[1, 0]]
+    jump = 0.5
+    assert np.abs(_sample(arm, now, stamp) - following).max() < jump * (1.0 / rate) / blend_s  # a control step's share
+    raw = chunk_to_trajectory(new[:, [1, 0]], ["a2", "a1"], stamp, rate)
+    assert np.abs(_sample(raw, now, stamp) - following).min() > 0.9 * jump  # what a controller jumped by before
+    after = stamp + trajectory_times(arm) >= now + blend_s - 1e-9
+    assert np.array_equal(np.array([p.positions for p in arm.points])[after], new[after][:, [1, 0]])
+    (base,) = node.sent["~/base/action_chunk"]
+    ahead = len(base.points) - 1
+    assert np.array_equal([p.velocities[0] for p in base.points[:-1]], blended[len(new) - ahead:, 3])
+    with pytest.raises(ValueError, match=r"blended chunk \[49, 6\] for a chunk \[50, 6\]"):
+        outputs.publish_chunk(new, stamp, now, blended[1:])

@@ -50,6 +50,39 @@ def test_blend_from_old_to_new_chunk():
     assert np.allclose(s.command(0.31), 100.0 + (0.11 * RATE - 1))  # after the blend: the new chunk alone
 
 
+@pytest.mark.parametrize("latency_s", [0.0, 0.03, 0.08])
+def test_the_blended_chunk_is_what_the_commands_follow_at_each_actions_time(latency_s):
+    """blended(actions, stamp, now), before set_chunk: at every action's time from ``now`` on, the command
+    set_chunk(actions, stamp, now) then gives (old faded into new over blend_s), the raw actions after the blend; the
+    actions whose time is already past hold the old chunk's (where the fade has not begun)."""
+    s = ChunkSchedule(RATE, blend_s=0.1)
+    s.set_chunk(ramp(50, offset=0.0), stamp=0.0, now=0.0)
+    new, stamp = ramp(50, offset=100.0) + np.array([0.0, -3.0]), 0.2
+    now = stamp + latency_s
+    blended = s.blended(new, stamp, now)
+    times = stamp + np.arange(1, 51) / RATE
+    s.set_chunk(new, stamp, now)
+    ahead = np.flatnonzero(times >= now - 1e-12)
+    commands = np.array([s.command(t) for t in times[ahead]])
+    assert np.allclose(blended[ahead], commands, rtol=0, atol=1e-9)
+    fading = times < now + 0.1 - 1e-9
+    assert not np.allclose(blended[fading], new[fading]) and np.array_equal(blended[~fading], new[~fading])
+    past = times < now - 1e-12
+    assert np.allclose(blended[past], (times[past] * RATE - 1)[:, None] * np.ones(2))  # the old chunk's ramp
+
+
+def test_nothing_to_blend_leaves_the_chunk_as_it_is():
+    """No chunk being executed, one used up, or blend_s 0: blended gives the actions themselves."""
+    new = ramp(5, offset=7.0)
+    s = ChunkSchedule(RATE, blend_s=0.5)
+    assert np.array_equal(s.blended(new, 1.0, 1.0), new)  # no chunk yet
+    s.set_chunk(ramp(5), stamp=0.0, now=0.0)
+    assert np.array_equal(s.blended(new, 1.0, 1.0), new)  # used up at 0.1 s
+    assert not np.array_equal(s.blended(new, 0.05, 0.05), new)
+    s.blend_s = 0.0
+    assert np.array_equal(s.blended(new, 0.05, 0.05), new)
+
+
 def test_no_blend_when_the_old_chunk_is_used_up():
     s = ChunkSchedule(RATE, blend_s=0.5)
     s.set_chunk(ramp(5), stamp=0.0, now=0.0)

@@ -94,8 +94,8 @@ class FakeOutputs:
     def stop(self):
         self.stops += 1
 
-    def publish_chunk(self, actions, stamp, now):
-        self.chunks.append((actions, stamp, now))
+    def publish_chunk(self, actions, stamp, now, blended=None):
+        self.chunks.append((actions, stamp, now, blended))
 
 
 def _commands(hold=False, enabled=True):
@@ -173,9 +173,9 @@ def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
                                                                             now=1000.05)
 
 
-def _flow(hold=False):
+def _flow(hold=False, blend_s=0.0):
     clock, logs = SimpleNamespace(t=1000.0), []
-    inputs, schedule, outputs, stats = joints_only(clock.t), ChunkSchedule(50.0, 0.0), FakeOutputs(), NodeStats()
+    inputs, schedule, outputs, stats = joints_only(clock.t), ChunkSchedule(50.0, blend_s), FakeOutputs(), NodeStats()
     problems = ProblemLog(logs.append, logs.append)
     logger = SimpleNamespace(info=logs.append, error=logs.append)
     wakes = []
@@ -197,12 +197,30 @@ def test_a_published_chunk_goes_out_a_refused_one_is_a_problem_that_clears_on_th
     now = time.monotonic()  # inputs taken 60 ms ago, prepared 56 ms ago, the run started 50 ms ago
     assert flow.publish(_chunk(clock.t - 0.01), now - 0.05, now - 0.06, now - 0.056)
     assert len(outputs.chunks) == 1 and schedule.current is not None and stats.chunks == 1
-    assert outputs.chunks[0][1:] == (clock.t - 0.01, clock.t)  # published at the node clock's now (velocity groups)
+    assert outputs.chunks[0][1:3] == (clock.t - 0.01, clock.t)  # published at the node clock's now (velocity groups)
     assert problems.message == "" and any(m.startswith("first chunk: 10 actions in 50 ms") for m in logs)
     assert any(m.startswith("recovered: chunks flowing again") for m in logs)
     assert stats.recent_ms("latency") == pytest.approx([10.0]) and stats.recent_ms("denoise") == pytest.approx([30.0])
     assert stats.recent_ms("observation_wait") == pytest.approx([10.0])  # taken 10 ms before the run
     assert stats.recent_ms("prepared_wait") == pytest.approx([6.0])  # ready 6 ms before it
+
+
+def test_the_groups_get_the_chunk_as_the_commands_will_follow_it():
+    """A chunk published while another is followed: the outputs get it as the model gave it (~/action_chunk) and
+    blended (the group trajectories): at each of its actions' times from now on, the command the schedule then gives
+    (the old chunk fading into it over blend_s), and its own actions after the blend."""
+    flow, clock, schedule, outputs, stats, problems, logs, wakes = _flow(blend_s=0.1)
+    now = time.monotonic()
+    assert flow.publish(_chunk(clock.t - 0.01), now, now, now)
+    clock.t += 0.1
+    second = SimpleNamespace(actions=np.full((10, 2), 3.0), stamp=clock.t - 0.01, guidance_error=None,
+                             timings={"total": 0.05})
+    assert flow.publish(second, now, now, now)
+    actions, stamp, at, blended = outputs.chunks[-1]
+    assert actions is second.actions and at == clock.t
+    times = stamp + np.arange(1, 11) / 50.0
+    assert np.allclose(blended[times >= at], [schedule.command(t) for t in times[times >= at]], rtol=0, atol=1e-12)
+    assert np.all(blended[times < at + 0.1 - 1e-9] < 3.0) and np.all(blended[times >= at + 0.1 - 1e-9] == 3.0)
 
 
 def test_a_chunk_whose_observation_was_taken_before_a_pause_is_dropped_though_its_run_started_after():

@@ -64,6 +64,28 @@ class ChunkSchedule:
             self._current = chunk
             self._switched_at = now
 
+    def blended(self, actions: np.ndarray, stamp: float, now: float) -> np.ndarray:
+        """The chunk ``actions`` [H, N] observed at ``stamp`` as the commands will follow it once set_chunk(actions,
+        stamp, now) makes it the current one: at each action's own time t_k = stamp + (k + 1) / rate before the blend
+        ends (now + blend_s), what command(t_k) will give, the chunk being executed now faded into this one (its own
+        action before ``now``, where the fade has not begun); the rest unchanged. A controller given these instead of
+        the raw chunk meets the blended command stream at every point, where the raw chunk jumps on arrival from the
+        old chunk's position to the new one's. Unchanged without a chunk being executed at ``now`` or with blend_s 0."""
+        chunk = Chunk(actions, stamp, self.rate_hz)
+        out = chunk.actions.copy()
+        with self._lock:
+            old = self._current if self._current is not None and self._current.at(now) is not None else None
+        if old is None or self.blend_s <= 0:
+            return out
+        times = chunk.stamp + np.arange(1, len(out) + 1) / self.rate_hz
+        for k in np.flatnonzero(times < now + self.blend_s):
+            was = old.at(times[k])
+            if was is None:  # the old chunk ends before t_k: command(t_k) is the new chunk's alone
+                continue
+            a = max((times[k] - now) / self.blend_s, 0.0)
+            out[k] = (1.0 - a) * was + a * out[k]
+        return out
+
     def clear(self) -> None:
         with self._lock:
             self._current = self._previous = None

@@ -20,15 +20,18 @@ read), in YAML ``action: {group: {left_arm: {joints: [...], ...}}}`` or dotted k
 Every group gets its own JointTrajectory per chunk with only its joints, and its own command at each command tick. A
 position group's trajectory is the one ``~/action_chunk`` would carry for those joints (the chunk's header stamp,
 point k at (k + 1) / control_rate_hz after it, positions, velocities by central differences, zero at the last
-point). A velocity group's points carry ``velocities`` (clamped to velocity_limits) and no positions: a
-joint_trajectory_controller takes them with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why
-not positions integrated here). It is stamped 0 and holds the velocities still ahead when it is published, timed from
-then, and a stop one control step after the last: what that controller can follow (velocity_trajectory). Its
-command stream carries the velocities, clamped, for a velocity forward_command_controller, and a zero-velocity
-command once whenever the stream stops (inputs stale, inference failed, disabled, shutdown): a forward controller
-holds its last command, and a held velocity keeps the joint moving. For the same reason ``on_stale: hold`` holds a
-velocity group at zero velocity. With groups, ``~/action_chunk`` still carries the whole chunk (the record that
-turbopi-replay and the recorder compare against; not for a controller), and ``~/joint_command`` is not published.
+point), except that the points before the blend ends (blend_s after it is published) carry the blended command, as
+the command stream does: the chunk being followed fading into the new one (policy.chunking's ChunkSchedule.blended),
+so that a joint_trajectory_controller does not jump to the new chunk on arrival. A velocity group's points carry
+``velocities`` (blended the same way, clamped to velocity_limits) and no positions: a joint_trajectory_controller
+takes them with ``allow_integration_in_goal_trajectories: true`` (docs/node.md says why not positions integrated
+here). It is stamped 0 and holds the velocities still ahead when it is published, timed from then, and a stop one
+control step after the last: what that controller can follow (velocity_trajectory). Its command stream carries the
+velocities, clamped, for a velocity forward_command_controller, and a zero-velocity command once whenever the stream
+stops (inputs stale, inference failed, disabled, shutdown): a forward controller holds its last command, and a held
+velocity keeps the joint moving. For the same reason ``on_stale: hold`` holds a velocity group at zero velocity.
+With groups, ``~/action_chunk`` still carries the whole chunk, unblended (the record that turbopi-replay and the
+recorder compare against; not for a controller), and ``~/joint_command`` is not published.
 """
 from __future__ import annotations
 
@@ -219,10 +222,18 @@ class ActionOutputs:
         return ", ".join(f"{g.name} ({g.group.kind}, {len(g.columns)} joints: {g.trajectory_topic}, {g.command_topic})"
                          for g in self.groups)
 
-    def publish_chunk(self, actions: np.ndarray, stamp: float, now: float) -> None:
-        """The chunk [H, N] observed at ``stamp``, published at ``now`` (node clock): the whole one on ~/action_chunk,
-        then each group's (a velocity group's from ``now``: velocity_trajectory)."""
+    def publish_chunk(self, actions: np.ndarray, stamp: float, now: float,
+                      blended: Optional[np.ndarray] = None) -> None:
+        """The chunk [H, N] observed at ``stamp``, published at ``now`` (node clock): the whole one, as the model gave
+        it, on ~/action_chunk; then each group's (a velocity group's from ``now``: velocity_trajectory) from
+        ``blended``, the chunk as the commands will follow it (ChunkSchedule.blended: the old chunk faded into it over
+        blend_s), where given, so that a group's controller meets the command stream instead of jumping to the new
+        chunk on arrival."""
         self.chunk_pub.publish(chunk_to_trajectory(actions, self.action_joints, stamp, self.rate_hz))
+        if blended is not None:
+            if np.shape(blended) != np.shape(actions):
+                raise ValueError(f"blended chunk {list(np.shape(blended))} for a chunk {list(np.shape(actions))}")
+            actions = blended
         for g, pub in zip(self.groups, self._trajectory_pubs):
             joints = g.group.joints
             if not g.is_velocity:

@@ -34,7 +34,8 @@ class ChunkFlow:
         if refused:
             self.fail(refused)
             return False
-        self.outputs.publish_chunk(chunk.actions, chunk.stamp, now)
+        blended = self.schedule.blended(chunk.actions, chunk.stamp, now)  # what the commands will follow
+        self.outputs.publish_chunk(chunk.actions, chunk.stamp, now, blended)
         self.schedule.set_chunk(chunk.actions, chunk.stamp, now)
         if self.stats.chunks == 0:
             self.logger.info(f"first chunk: {len(chunk.actions)} actions in {chunk.timings['total'] * 1e3:.0f} ms")

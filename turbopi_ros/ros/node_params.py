@@ -91,7 +91,8 @@ PARAMETERS: Dict[str, Param] = {
                                   "robot publishes joint states at, measured", min=0.0, max=1000.0),
     "inference_period_s": Param(0.0, "0 = infer back to back; > 0 = start an inference at most this often",
                                 runtime=True, min=0.0, max=3600.0),
-    "blend_s": Param(0.1, "seconds over which a new chunk takes over from the old one", runtime=True, min=0.0,
+    "blend_s": Param(0.1, "seconds over which a new chunk takes over from the old one (in the commands and the "
+                          "group trajectories)", runtime=True, min=0.0,
                      max=10.0),
     "rtc.enabled": Param(False, "real-time chunking: guide each denoise towards the chunk being executed",
                          runtime=True),
