@@ -6,8 +6,9 @@ Trajectory code (build/harness, built by build.sh), published 0 to 0.9 s after t
 Each trajectory must sample cleanly from its arrival to its end under AddressSanitizer, UBSan and libstdc++'s
 assertions (harness), and the release build (harness_release) must not crash. A velocity group's sampled velocity at
 each point's time must be the point's. As a control, a velocity-only trajectory stamped at its observation, as the
-node sent them before, must fail once it arrives past its first point: the harness sees the fault. Exit 1 if any of
-it does not hold."""
+node sent them before, must fail once it arrives past its first point: the harness sees the fault. And a chunk
+switch: over the blend, the controller on the blended trajectory the node sends stays within half the raw chunk's
+distance from the node's command stream. Exit 1 if any of it does not hold."""
 from __future__ import annotations
 
 import os
@@ -51,13 +52,15 @@ def _ns(t) -> int:
     return t.sec * 1_000_000_000 + t.nanosec
 
 
-def sample(msg: JointTrajectory, arrival: float, release: bool = False):
-    """(return code, samples: [(seconds since arrival, values or None)], stderr) of the harness on ``msg``."""
+def sample(msg: JointTrajectory, arrival: float, release: bool = False, state=None):
+    """(return code, samples: [(seconds since arrival, values or None)], stderr) of the harness on ``msg``; ``state``:
+    the joints' positions when it arrives (zero by default)."""
     n = len(msg.joint_names)
     has_positions, has_velocities = int(len(msg.points[0].positions) > 0), int(len(msg.points[0].velocities) > 0)
+    state = np.zeros(n) if state is None else np.asarray(state, dtype=np.float64)
     lines = [f"{n} {len(msg.points)} {has_positions} {has_velocities} {_ns(msg.header.stamp)} "
-             f"{round(arrival * 1e9)} {round(PERIOD_S * 1e9)}", " ".join(msg.joint_names), " ".join(["0.0"] * n),
-             " ".join(["0.0"] * n)]
+             f"{round(arrival * 1e9)} {round(PERIOD_S * 1e9)}", " ".join(msg.joint_names),
+             " ".join(repr(float(v)) for v in state), " ".join(["0.0"] * n)]
     lines += [" ".join([str(_ns(p.time_from_start))] + [repr(v) for v in [*p.positions, *p.velocities]])
               for p in msg.points]
     exe = HERE / "build" / ("harness_release" if release else "harness")
@@ -96,6 +99,40 @@ def node_trajectories(latency: float):
     return [(topic, m) for topic, msgs in node.sent.items() for m in msgs if isinstance(m, JointTrajectory)], now
 
 
+def switch_jumps(latency: float, blend_s: float = 0.1):
+    """A new chunk 0.5 away from the one the arm group's controller is following, published ``latency`` after its
+    observation at DROID's 15 Hz: how far the controller's samples over the blend put the arm from the node's command
+    stream (ChunkSchedule.command: the old chunk fading into the new one), for the raw chunk and for the blended one
+    the node sends (ChunkSchedule.blended). Returns {kind: (largest distance at arrival, over the blend, return
+    code)}."""
+    t = np.arange(1, 16)[:, None] / RATE_HZ
+    old_stamp = STAMP - 0.4
+    old = 0.3 * np.sin(2.0 * t + np.arange(len(JOINTS)))
+    new = 0.3 * np.sin(2.0 * (t + 0.4) + np.arange(len(JOINTS))) + 0.5
+    schedule = ChunkSchedule(RATE_HZ, blend_s)
+    schedule.set_chunk(old, old_stamp, old_stamp + 0.05)
+    now = STAMP + latency
+    arrival = now + 0.002
+    state = schedule.command(arrival)
+    blended = schedule.blended(new, STAMP, now)
+    schedule.set_chunk(new, STAMP, now)
+    arm = [JOINTS.index(j) for j in GROUPS["action.group.arm.joints"]]
+    # the command stream over the blend, in time order (command() forgets the old chunk once its blend is over)
+    steps = np.arange(0, round(blend_s / PERIOD_S) + 1)
+    path = {round(k * PERIOD_S, 6): schedule.command(arrival + k * PERIOD_S)[arm] for k in steps}
+    result = {}
+    for kind, chunk in (("raw", None), ("blended", blended)):
+        node = Publishers()
+        outputs = ActionOutputs(node, JOINTS, groups_from_parameters(GROUPS, JOINTS), RATE_HZ)
+        outputs.publish_chunk(new, STAMP, now, chunk)
+        (msg,) = node.sent["/arm_controller/joint_trajectory"]
+        rc, samples, _ = sample(msg, arrival, state=state[arm])
+        away = [np.abs(v[:len(arm)] - path[round(dt, 6)]).max() for dt, v in samples
+                if v is not None and round(dt, 6) in path]
+        result[kind] = (away[0], max(away), rc) if away else (float("nan"), float("nan"), rc)
+    return result
+
+
 def main() -> int:
     if not (HERE / "build" / "harness").exists():
         print(f"no {HERE / 'build' / 'harness'}: run scripts/jtc_check/build.sh first", file=sys.stderr)
@@ -126,6 +163,16 @@ def main() -> int:
         print(f"control: velocity-only stamped at the observation, arriving {latency:.2f} s later: "
               f"{'fault' if faulted else 'no fault'} (rc {rc}), expected {'a fault' if should_fault else 'none'}"
               f"{': ' + err.splitlines()[0][:120] if faulted and err else ''}")
+    # a chunk switch: over the blend the controller follows the blended trajectory near the node's command stream
+    # (which fades from the old chunk to the new), where the raw chunk makes it jump to the new one on arrival
+    for latency in (0.03, 0.07, 0.2):
+        jumps = switch_jumps(latency)
+        (raw0, raw, rc_raw), (smooth0, smooth, rc_smooth) = jumps["raw"], jumps["blended"]
+        ok = rc_raw == 0 and rc_smooth == 0 and smooth < 0.5 * raw and smooth0 <= raw0 + 1e-3
+        failures += not ok
+        print(f"chunk switch {latency:.2f} s after the observation, 0.5 apart, blend_s 0.1, 15 Hz: the controller "
+              f"from the command stream on arrival / over the blend: blended {smooth0:.3f} / {smooth:.3f}, raw "
+              f"{raw0:.3f} / {raw:.3f}: {'ok' if ok else 'FAILED'}")
     print("jtc_check:", "every trajectory followed" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 
