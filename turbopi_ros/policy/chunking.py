@@ -56,11 +56,21 @@ class ChunkSchedule:
         self._previous: Optional[Chunk] = None
         self._switched_at = 0.0
 
+    def _followed(self, now: float) -> Optional[Chunk]:
+        """The current chunk if it still has an action at ``now`` (what a new chunk set then fades from); call with
+        the lock held."""
+        return self._current if self._current is not None and self._current.at(now) is not None else None
+
+    def _fade(self, old: np.ndarray, new: np.ndarray, t: float, switched_at: float) -> np.ndarray:
+        """The command at ``t`` between the old chunk's action ``old`` and the new one's ``new``, a chunk switch at
+        ``switched_at``: old until then, new from blend_s later, linear between."""
+        a = max((t - switched_at) / self.blend_s, 0.0)
+        return (1.0 - a) * old + a * new
+
     def set_chunk(self, actions: np.ndarray, stamp: float, now: float) -> None:
         chunk = Chunk(actions, stamp, self.rate_hz)
         with self._lock:
-            self._previous = self._current if self._current is not None and self._current.at(now) is not None \
-                else None
+            self._previous = self._followed(now)
             self._current = chunk
             self._switched_at = now
 
@@ -74,7 +84,7 @@ class ChunkSchedule:
         chunk = Chunk(actions, stamp, self.rate_hz)
         out = chunk.actions.copy()
         with self._lock:
-            old = self._current if self._current is not None and self._current.at(now) is not None else None
+            old = self._followed(now)
         if old is None or self.blend_s <= 0:
             return out
         times = chunk.stamp + np.arange(1, len(out) + 1) / self.rate_hz
@@ -82,8 +92,7 @@ class ChunkSchedule:
             was = old.at(times[k])
             if was is None:  # the old chunk ends before t_k: command(t_k) is the new chunk's alone
                 continue
-            a = max((times[k] - now) / self.blend_s, 0.0)
-            out[k] = (1.0 - a) * was + a * out[k]
+            out[k] = self._fade(was, out[k], times[k], now)
         return out
 
     def clear(self) -> None:
@@ -121,10 +130,8 @@ class ChunkSchedule:
             if new is None:
                 return None
             if self._previous is not None and self.blend_s > 0:
-                a = (now - self._switched_at) / self.blend_s
                 old = self._previous.at(now)
-                if a < 1.0 and old is not None:
-                    a = max(a, 0.0)
-                    return (1.0 - a) * old + a * new
+                if now - self._switched_at < self.blend_s and old is not None:
+                    return self._fade(old, new, now, self._switched_at)
                 self._previous = None
             return new
