@@ -11,6 +11,7 @@ import fcntl
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -357,6 +358,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
         moving_joints (not a fault: every joint position sweeps [-1, 1], a sine over time)
         frozen_stamps (every input republished with the stamp it last had: a driver repeating its last measurement)
         drop_joint  nan_joint  inf_joint  duplicate_joint  joints_no_names  joints_extra_position  joints_silent
+        joint_at ((name, position): that joint's position, instead of 0.1 x its index)
     ``feeder.jump_clock(s)`` moves the simulated clock (``sim_clock`` sessions) by ``s`` seconds, e.g. back.
     """
     from diagnostic_msgs.msg import DiagnosticArray
@@ -543,6 +545,9 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 idx = names.index(self.faults["drop_joint"])
                 names.pop(idx)
                 positions.pop(idx)
+            if self.faults.get("joint_at"):  # (name, position): that joint observed elsewhere
+                name, value = self.faults["joint_at"]
+                positions[names.index(name)] = float(value)
             for key, value in (("nan_joint", float("nan")), ("inf_joint", float("inf"))):
                 if self.faults.get(key):
                     positions[names.index(self.faults[key])] = value
@@ -623,3 +628,43 @@ def trajectory_times(msg) -> np.ndarray:
 def stamp_of(msg) -> float:
     """A message's header stamp in seconds."""
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def expect_rejected_then_recovered(feeder, node, faults: dict, expected, restore=None, bad_since=None):
+    """Switch ``faults`` on: no chunk computed from an observation after the switch may arrive; the problem
+    (``expected``: a string, or a compiled regex) must be named in the log and on /diagnostics. Then switch them off
+    (and ``restore()``, also when the test fails, so the next test starts from good input) and expect chunks and an OK
+    status again. ``bad_since``: when the input turned bad (the system clock, as the feeder stamps), if not now. The
+    bad-input contract of test_node_bad_input.py and test_node_max_jump.py."""
+    def named(text: str) -> bool:
+        return bool(expected.search(text)) if isinstance(expected, re.Pattern) else expected in text
+
+    assert wait_for(lambda: feeder.count(feeder.chunks) > 0, timeout=30)
+    bad_since = time.time() if bad_since is None else bad_since
+    feeder.faults.update(faults)
+    t_bad = time.monotonic()
+    try:
+        assert wait_for(lambda: named(node.log()), timeout=10), node.log()[-3000:]
+        time.sleep(1.0)
+        t_settled = time.monotonic()
+        assert wait_for(lambda: (feeder.latest_status() is not None and level(feeder.latest_status()) == 2  # ERROR
+                                 and named(feeder.latest_status().message)), timeout=5), \
+            feeder.latest_status()
+        time.sleep(1.5)
+        # a chunk is named by its observation's stamp (its newest input's): one stamped after the switch came from
+        # bad input. An inference that started on good input before the switch may still finish (on a loaded
+        # machine, seconds later): its chunk is stamped before the switch.
+        leaked = [(t, msg) for t, msg in feeder.since(feeder.chunks, t_settled)
+                  if stamp_of(msg) >= bad_since]
+        assert leaked == [], f"{len(leaked)} chunks computed from bad input ({expected})"
+        assert node.alive(), node.log()
+    finally:
+        for key in faults:
+            feeder.faults.pop(key, None)
+        if restore:
+            restore()
+    t_good = time.monotonic()
+    assert wait_for(lambda: len(feeder.since(feeder.chunks, t_good)) >= 2, timeout=30), node.log()[-3000:]
+    assert wait_for(lambda: level(feeder.latest_status()) == 0, timeout=5), feeder.latest_status().message
+    assert "recovered" in node.log()
+    return t_bad

@@ -60,6 +60,17 @@ def test_bad_groups_name_the_parameter(groups, message):
         groups_from_parameters(_params(groups), JOINTS)
 
 
+def test_max_jump_leaves_velocity_groups_unchecked():
+    """action.max_jump compares positions: a velocity group's joints must have 0 (unchecked); position groups' may."""
+    groups = {"arm": {"joints": ["a1", "a2"]},
+              "base": {"joints": ["b1", "b2"], "interface": "velocity", "velocity_limits": [1.0, 1.0]}}
+    p = dict(_params(groups), **{"action.max_jump": [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]})
+    assert [g.name for g in groups_from_parameters(p, JOINTS)] == ["arm", "base"]
+    p["action.max_jump"] = [0.5, 0.5, 0.0, 0.0, 0.3, 0.0]
+    with pytest.raises(ValueError, match=r"parameter action.max_jump: \['b2'\] are in velocity group 'base'"):
+        groups_from_parameters(p, JOINTS)
+
+
 @pytest.mark.parametrize("names,message", [
     (["left arm"], r"parameter action.groups: \['left arm'\] are not group names"),
     (["arm", "arm"], r"parameter action.groups: \['arm'\] listed more than once"),

@@ -7,9 +7,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import level, node_params, node_session, wait_for  # noqa: E402
+from ros_helpers import expect_rejected_then_recovered, level, node_params, node_session, wait_for  # noqa: E402
 
-from turbopi_ros.ros.conversions import stamp_to_sec  # noqa: E402
 
 ERROR = 2
 MAX_AGE_S = node_params()["max_observation_age_s"]
@@ -19,45 +18,6 @@ MAX_AGE_S = node_params()["max_observation_age_s"]
 def running(tmp_path_factory):
     with node_session(tmp_path_factory.mktemp("node"), min_chunks=2) as session:
         yield session
-
-
-def _expect_rejected_then_recovered(feeder, node, faults: dict, expected, restore=None, bad_since=None):
-    """Switch ``faults`` on: no chunk computed from an observation after the switch may arrive; the problem
-    (``expected``: a string, or a compiled regex) must be named in the log and on /diagnostics. Then switch them off
-    (and ``restore()``, also when the test fails, so the next test starts from good input) and expect chunks and an OK
-    status again. ``bad_since``: when the input turned bad (the system clock, as the feeder stamps), if not now."""
-    def named(text: str) -> bool:
-        return bool(expected.search(text)) if isinstance(expected, re.Pattern) else expected in text
-
-    assert wait_for(lambda: feeder.count(feeder.chunks) > 0, timeout=30)
-    bad_since = time.time() if bad_since is None else bad_since
-    feeder.faults.update(faults)
-    t_bad = time.monotonic()
-    try:
-        assert wait_for(lambda: named(node.log()), timeout=10), node.log()[-3000:]
-        time.sleep(1.0)
-        t_settled = time.monotonic()
-        assert wait_for(lambda: (feeder.latest_status() is not None and level(feeder.latest_status()) == ERROR
-                                 and named(feeder.latest_status().message)), timeout=5), \
-            feeder.latest_status()
-        time.sleep(1.5)
-        # a chunk is named by its observation's stamp (its newest input's): one stamped after the switch came from
-        # bad input. An inference that started on good input before the switch may still finish (on a loaded
-        # machine, seconds later): its chunk is stamped before the switch.
-        leaked = [(t, msg) for t, msg in feeder.since(feeder.chunks, t_settled)
-                  if stamp_to_sec(msg.header.stamp) >= bad_since]
-        assert leaked == [], f"{len(leaked)} chunks computed from bad input ({expected})"
-        assert node.alive(), node.log()
-    finally:
-        for key in faults:
-            feeder.faults.pop(key, None)
-        if restore:
-            restore()
-    t_good = time.monotonic()
-    assert wait_for(lambda: len(feeder.since(feeder.chunks, t_good)) >= 2, timeout=30), node.log()[-3000:]
-    assert wait_for(lambda: level(feeder.latest_status()) == 0, timeout=5), feeder.latest_status().message
-    assert "recovered" in node.log()
-    return t_bad
 
 
 def _set_bad_prompt(feeder, node, text: str) -> float:
@@ -71,46 +31,46 @@ def _set_bad_prompt(feeder, node, text: str) -> float:
 
 def test_unsupported_encoding(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "16UC1"},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "16UC1"},
                                     "camera 'base_0_rgb': encoding 16UC1 not supported (rgb8, bgr8, rgba8, bgra8, "
                                     "mono8)")
 
 
 def test_byte_count_mismatch(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_truncate": 7},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_truncate": 7},
                                     "camera 'base_0_rgb': 57593 bytes of data, expected step x height = 480 x 120 = "
                                     "57600")
 
 
 def test_missing_joint(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"drop_joint": "joint_3"},
+    expect_rejected_then_recovered(feeder, node, {"drop_joint": "joint_3"},
                                     "joint_states: joints ['joint_3'] of state.joints missing from JointState")
 
 
 def test_nan_in_state(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"nan_joint": "joint_2"},
+    expect_rejected_then_recovered(feeder, node, {"nan_joint": "joint_2"},
                                     "joint_states: non-finite position 'joint_2'=nan")
 
 
 def test_stale_camera(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": 2.0},
+    expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": 2.0},
                                     "camera 'left_wrist_0_rgb': newest message is 2.")
 
 
 def test_unstamped_camera(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_zero_stamp": True},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_zero_stamp": True},
                                     "camera 'base_0_rgb': header.stamp is zero")
 
 
 def test_camera_stamped_in_the_future(running):
     """A sensor whose clock runs ahead of the node's: its age cannot be trusted (it would look fresh after it died)."""
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": -3.0},
+    expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": -3.0},
                                     re.compile(r"camera 'left_wrist_0_rgb': header.stamp is (2\.9\d|3\.0\d) s ahead "
                                                r"of the node's clock"))
 
@@ -118,7 +78,7 @@ def test_camera_stamped_in_the_future(running):
 def test_empty_prompt(running):
     feeder, node = running
     bad_since = _set_bad_prompt(feeder, node, "")
-    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
+    expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
                                     restore=lambda: feeder.publish_prompt("stack the cups"))
 
 
@@ -139,14 +99,14 @@ def test_commands_stop_while_input_is_bad(running):
 # --- more kinds of bad input (issue 10): the same contract ---------------------------------------------------------
 def test_empty_image(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_size": (0, 0)},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_size": (0, 0)},
                                     "camera 'base_0_rgb': image is 0x0, expected a non-empty image")
 
 
 def test_step_shorter_than_a_row(running):
     """step < width x bytes per pixel (a step larger than that is row padding: valid, test_conversions.py)."""
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_step": 100},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_step": 100},
                                     "camera 'base_0_rgb': step 100 is less than width 160 x 3 bytes per pixel (rgb8)")
 
 
@@ -154,55 +114,55 @@ def test_encoding_in_the_wrong_case(running):
     """'RGB8' is not a ROS encoding (they are lowercase; cv_bridge and RViz refuse it too): refused, with the spelling
     to use."""
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "RGB8"},
+    expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "RGB8"},
                                     "camera 'base_0_rgb': encoding RGB8 not supported (rgb8, bgr8, rgba8, bgra8, "
                                     "mono8) (ROS encodings are lowercase: 'rgb8')")
 
 
 def test_truncated_jpeg(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_truncate": 600},
+    expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_truncate": 600},
                                     re.compile(r"camera 'left_wrist_0_rgb': compressed image \(jpeg, \d+ bytes\) could "
                                                r"not be decoded \(expected jpeg or png\)"))
 
 
 def test_compressed_image_that_is_no_image(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": b"GIF89a? no: just some text"},
+    expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": b"GIF89a? no: just some text"},
                                     "camera 'left_wrist_0_rgb': compressed image (jpeg, 26 bytes) could not be "
                                     "decoded (expected jpeg or png)")
 
 
 def test_duplicate_joint_names(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"duplicate_joint": "joint_2"},
+    expect_rejected_then_recovered(feeder, node, {"duplicate_joint": "joint_2"},
                                     "joint_states: duplicate joint names ['joint_2'] in JointState (expected each "
                                     "joint once)")
 
 
 def test_joint_states_without_names(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"joints_no_names": True},
+    expect_rejected_then_recovered(feeder, node, {"joints_no_names": True},
                                     "joint_states: JointState has no joint names (expected names and positions for "
                                     "state.joints ['joint_1'")
 
 
 def test_infinite_position(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"inf_joint": "joint_4"},
+    expect_rejected_then_recovered(feeder, node, {"inf_joint": "joint_4"},
                                     "joint_states: non-finite position 'joint_4'=inf")
 
 
 def test_names_and_positions_disagree(running):
     feeder, node = running
-    _expect_rejected_then_recovered(feeder, node, {"joints_extra_position": True},
+    expect_rejected_then_recovered(feeder, node, {"joints_extra_position": True},
                                     "joint_states: 8 names but 9 positions (expected one position per name)")
 
 
 def test_whitespace_prompt(running):
     feeder, node = running
     bad_since = _set_bad_prompt(feeder, node, " \t\n  ")
-    _expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
+    expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
                                     restore=lambda: feeder.publish_prompt("stack the cups"))
 
 

@@ -103,3 +103,8 @@ def test_node_config_fills_in_and_checks_across_parameters():
     with pytest.raises(ValueError, match="model.few_rows_matmul runs in the fused denoise: set model.fused: true"):
         NodeConfig.from_params(dict(values, **{"model.few_rows_matmul": True}))
     assert NodeConfig.from_params(dict(values, **{"model.few_rows_matmul": True, "model.fused": True})).model.fused
+    assert NodeConfig.from_params(dict(values, **{"action.max_jump": [0.5]})).action.max_jump == (0.5,)
+    with pytest.raises(ValueError, match="parameter action.max_jump has 2 entries for 1 action.joints"):
+        NodeConfig.from_params(dict(values, **{"action.max_jump": [0.5, 0.5]}))
+    with pytest.raises(ValueError, match=r"parameter action.max_jump: \['b'\] are not in state.joints"):
+        NodeConfig.from_params(dict(values, **{"action.joints": ["b"], "action.max_jump": [0.5]}))

@@ -185,7 +185,7 @@ def _flow(hold=False, blend_s=0.0):
 
 
 def _chunk(stamp):
-    return SimpleNamespace(actions=np.ones((10, 2)), stamp=stamp, guidance_error=None,
+    return SimpleNamespace(actions=np.ones((10, 2)), stamp=stamp, guidance_error=None, state=None,
                            timings={"total": 0.05, "denoise": 0.03})
 
 
@@ -213,7 +213,7 @@ def test_the_groups_get_the_chunk_as_the_commands_will_follow_it():
     now = time.monotonic()
     assert flow.publish(_chunk(clock.t - 0.01), now, now, now)
     clock.t += 0.1
-    second = SimpleNamespace(actions=np.full((10, 2), 3.0), stamp=clock.t - 0.01, guidance_error=None,
+    second = SimpleNamespace(actions=np.full((10, 2), 3.0), stamp=clock.t - 0.01, guidance_error=None, state=None,
                              timings={"total": 0.05})
     assert flow.publish(second, now, now, now)
     actions, stamp, at, blended = outputs.chunks[-1]

@@ -257,6 +257,22 @@ def test_a_camera_that_goes_stale_is_skipped_with_its_age(tmp_path):
     assert "is 0.60 s old (max_observation_age_s 0.5)" in stale["example"]
 
 
+def test_a_chunk_that_jumps_is_skipped_as_the_node_drops_it(tmp_path):
+    """action.max_jump: joint_2's actions clamped to 0 and checked at 0.15, while the bag observes it at
+    0.3 sin(t + 1): over 0.15 until t = 1.62 s, so of the instants every 0.25 s the six from 0.25 s are dropped (0 s
+    waits for its inputs) and only 1.75 s makes a chunk."""
+    bag = tmp_path / "in.mcap"
+    write_bag(bag)
+    limits = {"action__lower_limits": [-3.14, 0.0, -3.14, -3.14, -3.14, -3.14, 0.0],
+              "action__upper_limits": [3.14, 0.0, 3.14, 3.14, 3.14, 3.14, 1.0],
+              "action__max_jump": [0.0, 0.15, 0.0, 0.0, 0.0, 0.0, 0.0]}
+    report = replay(bag, params_for(tmp_path, **limits), tmp_path / "out", period_s=0.25, show_progress=False)
+    dropped = [s for s in report["skips"]["by_reason"].values() if s["kind"] == "dropped"]
+    assert report["chunks"] == 1 and len(dropped) == 1 and dropped[0]["count"] == 6, report
+    assert "chunk dropped: its first action jumps too far from where the robot was observed: joint_2 0 from the " \
+           "observed 0.2837 (a jump of 0.2837, action.max_jump 0.15)" in dropped[0]["example"]
+
+
 def test_pacing_window_limit_and_unchanged_inputs(tmp_path):
     bag = tmp_path / "in.mcap"
     write_bag(bag)

@@ -80,6 +80,7 @@ class ActionChunk:
     # chunk's first delay_steps actions and the previous chunk at the same times, over the robot's dims; None when
     # unguided or delay_steps = 0
     guidance_error: Optional[float] = None
+    state: Optional[np.ndarray] = None  # the raw state of its observation (state order, robot units)
 
 
 class Policy:
@@ -294,7 +295,7 @@ class Policy:
         timings["total"] = sum(timings[name] for name in STAGES)
         error = target.prefix_error(raw, self.action_dims) if target is not None else None
         return ActionChunk(actions=actions, stamp=prepared.stamp, timings=timings, clamped=clamped,
-                           guidance_error=error)
+                           guidance_error=error, state=prepared.state)
 
     def _device_inputs(self, prepared: PreparedObservation, host_masks: bool) -> Tuple[torch.Tensor, ...]:
         """images, image_masks, tokens, token_mask, state: every copy to the device made before the first stage

@@ -141,6 +141,11 @@ def groups_from_parameters(p: Dict[str, Any], action_joints: Sequence[str]) -> T
             if len(limits) != len(joints) or not all(v > 0 for v in limits):
                 raise ValueError(f"parameter {key}velocity_limits: a velocity group needs one limit > 0 per joint "
                                  f"({len(joints)}), got {limits}")
+            jumps = dict(zip(action_joints, p.get("action.max_jump") or ()))
+            checked = [j for j in joints if jumps.get(j, 0.0) > 0.0]
+            if checked:
+                raise ValueError(f"parameter action.max_jump: {checked} are in velocity group {name!r}, whose actions "
+                                 "are velocities, not positions to compare with the observed ones: give them 0")
         elif limits:
             raise ValueError(f"parameter {key}velocity_limits: only velocity groups take limits (this group's "
                              f"interface is {kind}): leave it []")

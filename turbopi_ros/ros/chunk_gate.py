@@ -1,18 +1,22 @@
-"""The last check before a computed chunk goes out: is it still about now? Its observation was fresh when the engine
-took it, but while it was computed the clock may have jumped back, a sensor may have stopped, or the whole node may
-have paused. Such a chunk is dropped, as the command stream stops, rather than published with a stamp far in the past
-(a controller would jump to its last point) or in the future (it would wait that long to start)."""
+"""The last check before a computed chunk goes out: is it still about now, and does it start where the robot was?
+
+Its observation was fresh when the engine took it, but while it was computed the clock may have jumped back, a sensor
+may have stopped, or the whole node may have paused. Such a chunk is dropped, as the command stream stops, rather than
+published with a stamp far in the past (a controller would jump to its last point) or in the future (it would wait
+that long to start). So is a chunk whose first action lies further from the observed joint positions than
+action.max_jump allows (policy/jump_limit.py): a controller would jump towards it."""
 from __future__ import annotations
 
 from typing import Optional
 
+from ..policy.jump_limit import JumpLimit
 from .inputs import InputBuffer
 from .pauses import PauseWatch
 
 
 class ChunkGate:
-    def __init__(self, inputs: InputBuffer, pauses: PauseWatch):
-        self.inputs, self.pauses = inputs, pauses
+    def __init__(self, inputs: InputBuffer, pauses: PauseWatch, jump: Optional[JumpLimit] = None):
+        self.inputs, self.pauses, self.jump = inputs, pauses, jump
 
     def refuse(self, stamp: float, taken_at: float, now: float) -> Optional[str]:
         """Why a chunk whose observation is stamped ``stamp`` (node clock) and was taken at ``taken_at`` (monotonic)
@@ -29,3 +33,8 @@ class ChunkGate:
         if self.pauses.paused_since(taken_at):
             return "chunk dropped: the node paused after its observation was taken, the observation is stale"
         return None
+
+    def refuse_actions(self, actions, state) -> Optional[str]:
+        """Why a chunk ``actions`` [H, N] computed from the observed ``state`` must not be published (its first action
+        jumps too far: action.max_jump); None when it may."""
+        return None if self.jump is None else self.jump.problem(actions, state)

@@ -67,6 +67,7 @@ class ActionSettings:
     lower_limits: Tuple[float, ...]
     upper_limits: Tuple[float, ...]
     delta_mask: Tuple[bool, ...]  # () = all absolute
+    max_jump: Tuple[float, ...]  # () = no check; 0 = that joint unchecked (policy/jump_limit.py)
     groups: Tuple[str, ...]
     halt_on_stop: bool  # the operator's stop also stops a trajectory being followed (ActionOutputs.halt)
     halt_time_s: float  # over this long

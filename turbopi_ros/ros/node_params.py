@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict
 import numpy as np
 
 from ..model.rtc import DEFAULT_MAX_GUIDANCE
+from ..policy.jump_limit import JumpLimit
 from ..policy.policy import IMAGE_KEYS, RANDOM_WEIGHTS
 from .parameters import Param
 from .robot_params import ROBOT_PARAMETERS, policy_kwargs
@@ -73,6 +74,10 @@ PARAMETERS: Dict[str, Param] = {
                                  items=float),
     "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
                                    "of the same index is added); [] = all absolute", items=bool),
+    "action.max_jump": Param([], "per action joint: the largest distance of a chunk's first action from the joint's "
+                                 "observed position (state.joints of the same name); a chunk that jumps further is "
+                                 "dropped as an error (a mismatched checkpoint, norm stats, adapter or units); 0 = "
+                                 "that joint unchecked; [] = no check", items=float, min=0.0),
     "action.groups": Param([], "action groups, one per controller, each with its own trajectory and command topics "
                                "(parameters action.group.<name>.*, action_outputs.py); [] = one ~/action_chunk and "
                                "~/joint_command for all action joints", items=str),
@@ -135,6 +140,7 @@ def check_lengths(p: Dict[str, object]) -> None:
     bad = [j for j, lo, hi in zip(p["action.joints"], lower, upper) if not lo <= hi]
     if bad:
         raise ValueError(f"action limits: lower > upper (or NaN) for {bad}")
+    JumpLimit(p["action.joints"], p["state.joints"], p["action.max_jump"])  # raises what is wrong with it
 
 
 def loading_message(config: "NodeConfig") -> str:

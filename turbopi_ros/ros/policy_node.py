@@ -21,6 +21,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from ..policy.chunking import ChunkSchedule
+from ..policy.jump_limit import JumpLimit
 from . import faults
 from .action_outputs import ActionOutputs, declare_groups
 from .chunk_flow import ChunkFlow, RealTimeChunking
@@ -118,7 +119,8 @@ class TurbopiNode(Node):
         self.outputs = ActionOutputs(self, list(c.action.joints), groups, self.rate_hz, c.action.halt_on_stop,
                                      c.action.halt_time_s)
         hold = c.on_stale == "hold"
-        self.flow = ChunkFlow(self.schedule, ChunkGate(self.inputs, self.pauses), self.outputs, self.stats,
+        gate = ChunkGate(self.inputs, self.pauses, JumpLimit(c.action.joints, c.state.joints, c.action.max_jump))
+        self.flow = ChunkFlow(self.schedule, gate, self.outputs, self.stats,
                               self.problems, self.get_logger(), hold, self.now, self.engine.wake, self.context.ok)
         self.commands = CommandSource(self.schedule, self.inputs, self.outputs, self.stats, self.now, self.flow.fail,
                                       lambda: self._enabled, hold)

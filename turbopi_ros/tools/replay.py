@@ -37,6 +37,7 @@ from .processes import CHUNK_TOPIC
 from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
 from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..ros.node_config import NodeConfig
+from ..policy.jump_limit import JumpLimit
 from ..policy.policy import ActionChunk, ObservationError
 
 
@@ -90,6 +91,7 @@ class Replayer:
         self.inputs = InputBuffer(list(config.cameras.names), {name: t for t, (name, _) in topics.items()},
                                   list(config.state.joints), config.max_observation_age_s)
         self.prompt = config.prompt
+        self.jump = JumpLimit(config.action.joints, config.state.joints, config.action.max_jump)
         self.result = Replayed()
         self._last_observed: Optional[Dict[str, object]] = None
         self._t0_ns = 0
@@ -118,6 +120,10 @@ class Replayer:
             self.skip(t_ns, str(e), "input")
             return None
         self._last_observed = snapshot
+        dropped = self.jump.problem(chunk.actions, chunk.state)
+        if dropped:  # the node's ChunkGate drops it (action.max_jump) and waits for new input
+            self.skip(t_ns, dropped, "dropped")
+            return None
         self.result.chunks.append(chunk)
         return chunk
 
