@@ -9,7 +9,6 @@ rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import expect_rejected_then_recovered, level, node_params, node_session, wait_for  # noqa: E402
 
-
 ERROR = 2
 MAX_AGE_S = node_params()["max_observation_age_s"]
 
@@ -32,54 +31,54 @@ def _set_bad_prompt(feeder, node, text: str) -> float:
 def test_unsupported_encoding(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "16UC1"},
-                                    "camera 'base_0_rgb': encoding 16UC1 not supported (rgb8, bgr8, rgba8, bgra8, "
-                                    "mono8)")
+                                   "camera 'base_0_rgb': encoding 16UC1 not supported (rgb8, bgr8, rgba8, bgra8, "
+                                   "mono8)")
 
 
 def test_byte_count_mismatch(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_truncate": 7},
-                                    "camera 'base_0_rgb': 57593 bytes of data, expected step x height = 480 x 120 = "
-                                    "57600")
+                                   "camera 'base_0_rgb': 57593 bytes of data, expected step x height = 480 x 120 = "
+                                   "57600")
 
 
 def test_missing_joint(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"drop_joint": "joint_3"},
-                                    "joint_states: joints ['joint_3'] of state.joints missing from JointState")
+                                   "joint_states: joints ['joint_3'] of state.joints missing from JointState")
 
 
 def test_nan_in_state(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"nan_joint": "joint_2"},
-                                    "joint_states: non-finite position 'joint_2'=nan")
+                                   "joint_states: non-finite position 'joint_2'=nan")
 
 
 def test_stale_camera(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": 2.0},
-                                    "camera 'left_wrist_0_rgb': newest message is 2.")
+                                   "camera 'left_wrist_0_rgb': newest message is 2.")
 
 
 def test_unstamped_camera(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_zero_stamp": True},
-                                    "camera 'base_0_rgb': header.stamp is zero")
+                                   "camera 'base_0_rgb': header.stamp is zero")
 
 
 def test_camera_stamped_in_the_future(running):
     """A sensor whose clock runs ahead of the node's: its age cannot be trusted (it would look fresh after it died)."""
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_age": -3.0},
-                                    re.compile(r"camera 'left_wrist_0_rgb': header.stamp is (2\.9\d|3\.0\d) s ahead "
-                                               r"of the node's clock"))
+                                   re.compile(r"camera 'left_wrist_0_rgb': header.stamp is (2\.9\d|3\.0\d) s ahead "
+                                              r"of the node's clock"))
 
 
 def test_empty_prompt(running):
     feeder, node = running
     bad_since = _set_bad_prompt(feeder, node, "")
     expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
-                                    restore=lambda: feeder.publish_prompt("stack the cups"))
+                                   restore=lambda: feeder.publish_prompt("stack the cups"))
 
 
 def test_commands_stop_while_input_is_bad(running):
@@ -100,14 +99,14 @@ def test_commands_stop_while_input_is_bad(running):
 def test_empty_image(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_size": (0, 0)},
-                                    "camera 'base_0_rgb': image is 0x0, expected a non-empty image")
+                                   "camera 'base_0_rgb': image is 0x0, expected a non-empty image")
 
 
 def test_step_shorter_than_a_row(running):
     """step < width x bytes per pixel (a step larger than that is row padding: valid, test_conversions.py)."""
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_step": 100},
-                                    "camera 'base_0_rgb': step 100 is less than width 160 x 3 bytes per pixel (rgb8)")
+                                   "camera 'base_0_rgb': step 100 is less than width 160 x 3 bytes per pixel (rgb8)")
 
 
 def test_encoding_in_the_wrong_case(running):
@@ -115,55 +114,55 @@ def test_encoding_in_the_wrong_case(running):
     to use."""
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"base_0_rgb_encoding": "RGB8"},
-                                    "camera 'base_0_rgb': encoding RGB8 not supported (rgb8, bgr8, rgba8, bgra8, "
-                                    "mono8) (ROS encodings are lowercase: 'rgb8')")
+                                   "camera 'base_0_rgb': encoding RGB8 not supported (rgb8, bgr8, rgba8, bgra8, "
+                                   "mono8) (ROS encodings are lowercase: 'rgb8')")
 
 
 def test_truncated_jpeg(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_truncate": 600},
-                                    re.compile(r"camera 'left_wrist_0_rgb': compressed image \(jpeg, \d+ bytes\) could "
-                                               r"not be decoded \(expected jpeg or png\)"))
+                                   re.compile(r"camera 'left_wrist_0_rgb': compressed image \(jpeg, \d+ bytes\) could "
+                                              r"not be decoded \(expected jpeg or png\)"))
 
 
 def test_compressed_image_that_is_no_image(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": b"GIF89a? no: just some text"},
-                                    "camera 'left_wrist_0_rgb': compressed image (jpeg, 26 bytes) could not be "
-                                    "decoded (expected jpeg or png)")
+                                   "camera 'left_wrist_0_rgb': compressed image (jpeg, 26 bytes) could not be "
+                                   "decoded (expected jpeg or png)")
 
 
 def test_duplicate_joint_names(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"duplicate_joint": "joint_2"},
-                                    "joint_states: duplicate joint names ['joint_2'] in JointState (expected each "
-                                    "joint once)")
+                                   "joint_states: duplicate joint names ['joint_2'] in JointState (expected each "
+                                   "joint once)")
 
 
 def test_joint_states_without_names(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"joints_no_names": True},
-                                    "joint_states: JointState has no joint names (expected names and positions for "
-                                    "state.joints ['joint_1'")
+                                   "joint_states: JointState has no joint names (expected names and positions for "
+                                   "state.joints ['joint_1'")
 
 
 def test_infinite_position(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"inf_joint": "joint_4"},
-                                    "joint_states: non-finite position 'joint_4'=inf")
+                                   "joint_states: non-finite position 'joint_4'=inf")
 
 
 def test_names_and_positions_disagree(running):
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"joints_extra_position": True},
-                                    "joint_states: 8 names but 9 positions (expected one position per name)")
+                                   "joint_states: 8 names but 9 positions (expected one position per name)")
 
 
 def test_whitespace_prompt(running):
     feeder, node = running
     bad_since = _set_bad_prompt(feeder, node, " \t\n  ")
     expect_rejected_then_recovered(feeder, node, {}, "prompt is empty", bad_since=bad_since,
-                                    restore=lambda: feeder.publish_prompt("stack the cups"))
+                                   restore=lambda: feeder.publish_prompt("stack the cups"))
 
 
 def _expect_used(feeder, node, faults: dict, seconds: float = 2.0) -> str:
