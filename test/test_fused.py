@@ -88,6 +88,57 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert fused.backend("cpu") == "torch twin"
 
 
+def test_programmatic_dependent_launch_is_opt_in_and_reaches_every_kernel(monkeypatch):
+    """use_pdl: off by default and refused off a GPU with the reason. With it on, every launch of a whole observation
+    (vision, prefix cache, denoise with the few-rows matmul, a guided step with the backwards) passes the kernels'
+    PDL constexpr and Triton's launch_pdl, and every kernel's first statement is _wait_for_inputs(PDL). That the wait
+    comes before any global load or store in the compiled code: tools/kernel_targets.py's pdl group
+    (test_kernel_targets.py)."""
+    import ast
+    import inspect
+    import textwrap
+
+    pytest.importorskip("triton", reason="Triton is in requirements.txt; this install lacks it")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 in this process: the launches cannot be recorded")
+    from turbopi_ros.model import few_rows_matmul, fused_grad, split_attention  # noqa: F401 - their kernels
+    from turbopi_ros.model.rtc import Guidance, guided_denoise
+
+    assert not fused.pdl_enabled() and fused.launch_options() == {"enable_fp_fusion": True, "PDL": False}
+    with pytest.raises(RuntimeError, match="model.pdl.* needs a CUDA GPU, the model runs on cpu"):
+        fused.use_pdl(True, "cpu")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        with fused.pdl_launches(True, "cpu"):
+            pass
+    assert not fused.pdl_enabled()
+
+    for name in fused.all_kernels():  # the kernel's body, past its docstring, starts with the wait
+        kernel = next(ns[name] for ns, names in fused._KERNEL_HOMES if name in names)
+        body = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn))).body[0].body
+        body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+        assert ast.unparse(body[0]) == "_wait_for_inputs(PDL)", name
+        assert kernel.arg_names[-1] == "PDL" and kernel.params[-1].is_constexpr, name
+
+    from turbopi_ros.model.checkpoint import random_model
+    from turbopi_ros.model.config import PRESETS
+    from turbopi_ros.tools.bench import make_inputs
+
+    bf16 = torch.bfloat16  # tiny: head size 16, so the denoise's attention is split_attention's
+    model = random_model(PRESETS["tiny"], seed=0, dtype=bf16).use_fused(True, few_rows_matmul=True)
+    images, masks, tokens, token_mask, state, noise = make_inputs(model.config, 1, 7, "cpu")
+    monkeypatch.setattr(fused, "_PDL", True)  # as use_pdl(True, a Hopper GPU) sets it
+    with torch.no_grad(), fused.recording_launches() as launches:
+        cache = model.build_cache(model.embed_images(images.to(bf16), masks), tokens, token_mask, state.to(bf16))
+        model.denoise(cache, noise.to(bf16), 2)
+        guided_denoise(model, cache, noise, Guidance(torch.zeros_like(noise), torch.ones_like(noise)), 1)
+    assert {launch.name for launch in launches} == set(fused.all_kernels())
+    assert all(launch.kwargs["PDL"] is True and launch.kwargs["launch_pdl"] is True for launch in launches)
+    monkeypatch.setattr(fused, "_PDL", False)
+    with fused.recording_launches() as plain:
+        fused.rms_norm(torch.randn(1, 3, 48), torch.randn(48), None, None)
+    assert plain[0].kwargs["PDL"] is False and "launch_pdl" not in plain[0].kwargs
+
+
 def _interpreter_checks(*sections, timeout=600):
     """fused_interpreter_checks.py's sections in a subprocess (TRITON_INTERPRET must be set before Triton is
     imported) -> (its check lines, its stdout); fails the test past a tolerance, or past ``timeout`` seconds."""

@@ -85,6 +85,12 @@ def test_every_kernel_compiles_for_the_robot_gpus(tmp_path):
         assert {r["target"] for r in mine} == targets - {"sm_87"} and all("W_SCALED=True" in r["specialization"]
                                                                          for r in mine)
         assert any("GATED=True" in r["specialization"] for r in mine)
+        # model.pdl: bfloat16's launches with programmatic dependent launch, for the GPUs that have it (9.0+), each
+        # PTX waiting for the kernel before it ahead of every global load and store
+        mine = [r for r in results if r["variant"] == variant and r["dtype"] == "pdl"]
+        assert {r["kernel"] for r in mine} == set(fused.all_kernels()), variant
+        assert {r["target"] for r in mine} == {"sm_90", "sm_110"}, variant
+        assert all("PDL=True" in r["specialization"] and r["pdl_order"] == "ok" for r in mine), variant
     assert all(r["ok"] and r["local_bytes"] == 0 and 0 < r["registers"] <= 255 for r in results)
     assert "0 failed or spilled" in out.stdout
 
@@ -109,6 +115,22 @@ def test_every_kernel_keeps_fma_where_tritons_default_turns_it_off(tmp_path, mon
     bare = fused.Launch(rms.name, rms.kernel, rms.grid, rms.args,
                         {k: v for k, v in rms.kwargs.items() if k not in fused.LAUNCH_OPTIONS})
     assert "mul.rn.f32" in kernel_targets.compile_launch(bare, 90).asm["ptx"]
+
+
+def test_pdl_order_finds_a_missing_wait_and_an_access_ahead_of_it():
+    """The PTX check of a launch with programmatic dependent launch: the wait, then the next kernel's start, then
+    global memory; a load or store ahead of the wait, or no wait, or no start of the next kernel, is named."""
+    good = ("ld.param.b64 %rd1, [k_param_0];\ngriddepcontrol.wait; // dummy %r1\n"
+            "griddepcontrol.launch_dependents; // dummy %r2\n\t@%p1 ld.global.b32 { %r3 }, [ %rd1 + 0 ];\n"
+            "\tst.global.b32 [ %rd1 + 0 ], { %r3 };\n")
+    assert kernel_targets.pdl_order(good) is None
+    early = good.replace("griddepcontrol.wait", "\t@%p1 ld.global.b32 { %r0 }, [ %rd1 + 0 ];\ngriddepcontrol.wait")
+    assert "a global access before griddepcontrol.wait: @%p1 ld.global" in kernel_targets.pdl_order(early)
+    assert "no griddepcontrol.wait" in kernel_targets.pdl_order(good.replace("griddepcontrol.wait", "nop"))
+    assert "no griddepcontrol.launch_dependents" in kernel_targets.pdl_order(
+        good.replace("griddepcontrol.launch_dependents", "nop"))
+    store_first = "st.global.b32 [ %rd1 + 0 ], { %r3 };\n" + good
+    assert "st.global" in kernel_targets.pdl_order(store_first)
 
 
 def test_check_reports_a_compile_error_and_a_spill(tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ from .kernel_choice import CHOICES, Candidate
 from .fused import kernels_for, triton, tl
 if triton is not None:
     from .fused import _gelu_tanh  # noqa: F401 - the GATED prologue's gelu (a Triton function: found by name)
+    from .fused import _wait_for_inputs  # noqa: F401 - every kernel's first call (programmatic dependent launch)
 
 KERNELS = ("_few_rows_matmul_kernel", "_sum_splits_kernel")
 MAX_ROWS = 64  # the one row block: all rows in every program
@@ -176,7 +177,7 @@ if triton is not None:
     def _few_rows_matmul_kernel(x_ptr, w_ptr, y_ptr, b_ptr, s_ptr, M, N, K, k_per_split, stride_xm,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 UPCAST: tl.constexpr, GATED: tl.constexpr, IEEE: tl.constexpr,
-                                HAS_BIAS: tl.constexpr, W_SCALED: tl.constexpr):
+                                HAS_BIAS: tl.constexpr, W_SCALED: tl.constexpr, PDL: tl.constexpr):
         """Program (column block, K split): y[split, :, cols] = x[:, ks] @ w[cols, ks]^T in float32 (x [M, K] rows
         stride_xm apart, w [N, K] row-major, y [SPLITS, M, N]; a 16-bit y with one split: rounded by the store).
         UPCAST (Triton's interpreter, whose tl.dot takes no bfloat16): the same products in float32. GATED: x is
@@ -185,6 +186,7 @@ if triton is not None:
         (one split only): y = the products + bias [N], in float32, rounded once by the store. W_SCALED: w is FP8
         (e4m3), widened to x's dtype as it loads (exact), and each K share's float32 sums are multiplied by the
         row scales s [N] (fp8.FP8WeightLinear: half the weight bytes of bfloat16)."""
+        _wait_for_inputs(PDL)
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -218,8 +220,10 @@ if triton is not None:
         tl.store(y_ptr + (split * M + rows[:, None]) * N + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
-    def _sum_splits_kernel(p_ptr, y_ptr, b_ptr, MN, N, SPLITS, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    def _sum_splits_kernel(p_ptr, y_ptr, b_ptr, MN, N, SPLITS, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           PDL: tl.constexpr):
         """y[i] = sum_s p[s, i] (+ bias[i % N]), rounded once to y's dtype by the store."""
+        _wait_for_inputs(PDL)
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < MN
         acc = tl.zeros([BLOCK], tl.float32)
@@ -248,7 +252,7 @@ def _first(x, w, out, block_n, k_per_split, splits, block_k, num_warps, gated: b
         x, w, out, bias if bias is not None else out, w_scale if w_scale is not None else out, M, N, K, k_per_split,
         x.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_INTERPRETER, GATED=gated,
         IEEE=x.dtype == torch.float32, HAS_BIAS=bias is not None, W_SCALED=w_scale is not None, num_warps=num_warps,
-        **fused.LAUNCH_OPTIONS)
+        **fused.launch_options())
 
 
 def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: int = BLOCK_K, splits: int = 1,
@@ -273,7 +277,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, block_n: int = BLOCK_N, block_k: in
     if splits > 1:
         _sum_splits_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](parts, y, bias if bias is not None else parts, M * N, N,
                                                             splits, BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None,
-                                                            num_warps=4, **fused.LAUNCH_OPTIONS)
+                                                            num_warps=4, **fused.launch_options())
     return y
 
 

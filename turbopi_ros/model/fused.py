@@ -50,10 +50,15 @@ _TRITON_ON_CPU = False
 _RECORDING = False
 KERNELS = ("_rms_kernel", "_gelu_gate_kernel", "_qkv_rope_kernel", "_layer_norm_kernel")  # this module's Triton kernels
 # Every launch of every kernel (this module's, fused_grad's, few_rows_matmul's, split_attention's) passes these
-# compile options. enable_fp_fusion: a multiply then an add may compile to one FMA. Triton up to 3.9 does that by
-# default, and every GPU figure in docs/bench/ was measured with it; 3.10 turns the default off, which would change
-# the code and the rounding of every elementwise kernel. Inductor pins the option for its own kernels the same way.
+# compile options (in launch_options()). enable_fp_fusion: a multiply then an add may compile to one FMA. Triton up
+# to 3.9 does that by default, and every GPU figure in docs/bench/ was measured with it; 3.10 turns the default off,
+# which would change the code and the rounding of every elementwise kernel. Inductor pins the option for its own
+# kernels the same way.
 LAUNCH_OPTIONS: Dict[str, Any] = {"enable_fp_fusion": True}
+# Programmatic dependent launch (use_pdl; off by default): every kernel takes a PDL constexpr, and with it on, its
+# launch lets it start while the kernel before it in the stream still runs (Triton's launch_pdl).
+_PDL = False
+PDL_MIN_CAPABILITY = (9, 0)  # griddepcontrol: Hopper and newer (H100/H200, Blackwell, Jetson Thor)
 
 
 def triton_available() -> bool:
@@ -68,6 +73,68 @@ def use_triton_on_cpu(enable: bool) -> None:
                            f"Triton is imported (triton: {'installed' if triton else 'missing'}, TRITON_INTERPRET="
                            f"{os.environ.get('TRITON_INTERPRET')!r})")
     _TRITON_ON_CPU = bool(enable)
+
+
+def pdl_unsupported(device) -> Optional[str]:
+    """None where the kernels can be launched with programmatic dependent launch on ``device``, else why not."""
+    device = torch.device(device)
+    if triton is None:
+        return "Triton is not installed (the fused ops run their torch twins)"
+    if device.type != "cuda":
+        return f"it needs a CUDA GPU, the model runs on {device}"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "Triton's interpreter (TRITON_INTERPRET=1) launches nothing on a GPU"
+    from triton.backends.nvidia.compiler import CUDAOptions
+    if not hasattr(tl.extra.cuda, "gdc_wait") or "launch_pdl" not in CUDAOptions.__dataclass_fields__:
+        return f"Triton {triton.__version__} has no programmatic dependent launch (gdc_wait, launch_pdl)"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < PDL_MIN_CAPABILITY:
+        return (f"{torch.cuda.get_device_name(device)} has compute capability {capability[0]}.{capability[1]}; it "
+                f"needs {PDL_MIN_CAPABILITY[0]}.{PDL_MIN_CAPABILITY[1]} or newer (Hopper, Blackwell, Jetson Thor)")
+    return None
+
+
+def use_pdl(enable: bool, device=None) -> None:
+    """Launch every Triton kernel of the fused ops (this process's) with programmatic dependent launch, or not.
+
+    With it on, a kernel may start while the kernel before it in the stream is still running, and waits inside
+    (``_wait_for_inputs``, its first statement) until that kernel has finished and its writes are visible; then it
+    lets the kernel after it start the same way. What it saves is the gap between dependent kernels (the next
+    kernel's launch and start-up overlap the end of the one before), which a CUDA graph keeps: the fused denoise is
+    about 1,000 such small kernels. The values are the same bit for bit: nothing is loaded or stored before the
+    wait. A CUDA graph keeps the launches of its capture: capture with the setting it should replay with. Raises a
+    RuntimeError naming what is missing where ``device`` cannot (pdl_unsupported)."""
+    global _PDL
+    if enable:
+        why = pdl_unsupported(device if device is not None else "cpu")
+        if why is not None:
+            raise RuntimeError(f"programmatic dependent launch (model.pdl) is not available: {why}")
+    _PDL = bool(enable)
+
+
+def pdl_enabled() -> bool:
+    return _PDL
+
+
+@contextlib.contextmanager
+def pdl_launches(enable: bool, device=None) -> Iterator[None]:
+    """use_pdl(enable, device) within the block, the setting before it restored after (the benches' variants)."""
+    was = _PDL
+    use_pdl(enable, device)
+    try:
+        yield
+    finally:
+        use_pdl(was, device)
+
+
+def launch_options(pdl: Optional[bool] = None) -> Dict[str, Any]:
+    """What every kernel launch passes besides its own arguments: LAUNCH_OPTIONS, the kernels' PDL constexpr and, with
+    programmatic dependent launch (``pdl``; None: as use_pdl set it), Triton's launch_pdl."""
+    return _PDL_OPTIONS if (_PDL if pdl is None else pdl) else _PLAIN_OPTIONS
+
+
+_PLAIN_OPTIONS: Dict[str, Any] = {**LAUNCH_OPTIONS, "PDL": False}
+_PDL_OPTIONS: Dict[str, Any] = {**LAUNCH_OPTIONS, "PDL": True, "launch_pdl": True}
 
 
 def kernels_for(x: torch.Tensor) -> bool:
@@ -235,6 +302,16 @@ def layer_norm_twin(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
 # --- Triton kernels ----------------------------------------------------------------------------------------------
 if triton is not None:
     @triton.jit
+    def _wait_for_inputs(PDL: tl.constexpr):
+        """Every kernel's first statement. With programmatic dependent launch (PDL: use_pdl) a kernel may start
+        before the kernel ahead of it in the stream has finished: wait here until it has and its writes are visible
+        (before any load of what another kernel wrote, and any store), then let the kernel after this one start,
+        which waits the same way. Without PDL: nothing."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
     def _round(v, like_ptr):
         """v (float32) rounded to the element type of ``like_ptr`` and back: where the plain path stores a tensor."""
         return v.to(like_ptr.dtype.element_ty).to(tl.float32)
@@ -243,9 +320,10 @@ if triton is not None:
     def _rms_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, scale_ptr, shift_ptr, xo_ptr, y_ptr,
                     W, L, stride_mod, stride_gate, eps, ROWS, PARTS,
                     HAS_BRANCH: tl.constexpr, HAS_GATE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr,
-                    SUM_PARTS: tl.constexpr):
+                    SUM_PARTS: tl.constexpr, PDL: tl.constexpr):
         """SUM_PARTS: the branch is a matmul's PARTS float32 partial sums [PARTS, ROWS, W] (few_rows_matmul's K
         shares), added in order and rounded once to x's dtype, as its sum kernel would store them."""
+        _wait_for_inputs(PDL)
         row = tl.program_id(0)
         b = row // L
         cols = tl.arange(0, BLOCK)
@@ -276,9 +354,10 @@ if triton is not None:
         tl.store(y_ptr + row * W + cols, y, mask=m)
 
     @triton.jit
-    def _gelu_gate_kernel(gu_ptr, o_ptr, N, BLOCK: tl.constexpr):
+    def _gelu_gate_kernel(gu_ptr, o_ptr, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
         """Row ``program_id(0)`` of gate_up [rows, 2N] (gate at row*2N, up at row*2N + N) -> out [rows, N]; columns
         ``program_id(1) * BLOCK ..``."""
+        _wait_for_inputs(PDL)
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = cols < N
@@ -301,10 +380,11 @@ if triton is not None:
                          L, start, stride_cb, stride_cl, stride_kb, stride_kh, stride_kl,
                          stride_vb, stride_vh, stride_vl, ROWS, PARTS,
                          H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr,
-                         SUM_PARTS: tl.constexpr):
+                         SUM_PARTS: tl.constexpr, PDL: tl.constexpr):
         """SUM_PARTS: qkv is the QKV matmul's PARTS float32 partial sums [PARTS, ROWS, (H + 2 KV) D]
         (few_rows_matmul's K shares), added in order and rounded once to q's dtype, as its sum kernel would store
         them."""
+        _wait_for_inputs(PDL)
         token = tl.program_id(0)  # b * L + l
         head = tl.program_id(1)  # 0 .. H + 2 KV
         b = token // L
@@ -346,7 +426,8 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_kernel(x_ptr, br_ptr, w_ptr, b_ptr, xo_ptr, y_ptr, W, eps,
-                           HAS_BRANCH: tl.constexpr, BLOCK: tl.constexpr):
+                           HAS_BRANCH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        _wait_for_inputs(PDL)
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         m = cols < W
@@ -408,7 +489,7 @@ def _rms_triton(x, branch, gate, weight, scale, shift, parts: bool = False):
                          W, L, _mod_stride(scale, W), _mod_stride(gate, W), RMS_EPS, rows,
                          branch.shape[0] if parts else 1,
                          HAS_BRANCH=branch is not None, HAS_GATE=gate is not None, ADAPTIVE=scale is not None,
-                         BLOCK=_pow2(W), SUM_PARTS=parts, **LAUNCH_OPTIONS)
+                         BLOCK=_pow2(W), SUM_PARTS=parts, **launch_options())
     return xo, y
 
 
@@ -467,7 +548,7 @@ def gelu_gate(gate_up: torch.Tensor) -> torch.Tensor:
         rows = gu.numel() // (2 * n) if n else 0
         block = min(1024, _pow2(n))
         if rows:
-            _gelu_gate_kernel[(rows, triton.cdiv(n, block))](gu, out, n, BLOCK=block, **LAUNCH_OPTIONS)
+            _gelu_gate_kernel[(rows, triton.cdiv(n, block))](gu, out, n, BLOCK=block, **launch_options())
         return out
     return gelu_gate_twin(gate_up)
 
@@ -504,7 +585,7 @@ def _qkv_rope_triton(qkv, cos, sin, keys, values, start, num_heads, num_kv_heads
         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
         B * L, qkv.shape[0] if parts is not None else 1,
         H=num_heads, KV=num_kv_heads, D=D, HALF_BLOCK=_pow2(D // 2), SUM_PARTS=parts is not None,
-        **LAUNCH_OPTIONS)
+        **launch_options())
     return q
 
 
@@ -553,7 +634,7 @@ def _ln_triton(x, branch, weight, bias, eps):
     y = torch.empty_like(x)
     xo = torch.empty_like(x) if branch is not None else y
     _layer_norm_kernel[(x.numel() // W,)](x, branch.contiguous() if branch is not None else x, weight, bias, xo, y,
-                                          W, eps, HAS_BRANCH=branch is not None, BLOCK=_pow2(W), **LAUNCH_OPTIONS)
+                                          W, eps, HAS_BRANCH=branch is not None, BLOCK=_pow2(W), **launch_options())
     return xo, y
 
 

@@ -29,6 +29,8 @@ from . import fused
 from .gemma import RMS_EPS
 
 triton, tl = fused.triton, fused.tl
+if triton is not None:
+    from .fused import _wait_for_inputs  # noqa: F401 - every kernel's first call (programmatic dependent launch)
 KERNELS = ("_rms_backward_kernel", "_gelu_gate_backward_kernel", "_qkv_rope_backward_kernel")
 
 
@@ -78,7 +80,8 @@ def qkv_rope_backward_twin(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
 if triton is not None:
     @triton.jit
     def _rms_backward_kernel(x_ptr, dy_ptr, ds_ptr, w_ptr, scale_ptr, d_ptr, W, L, stride_mod, eps,
-                             HAS_SUM: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr):
+                             HAS_SUM: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        _wait_for_inputs(PDL)
         row = tl.program_id(0)
         b = row // L
         cols = tl.arange(0, BLOCK)
@@ -97,8 +100,9 @@ if triton is not None:
         tl.store(d_ptr + row * W + cols, d, mask=m)
 
     @triton.jit
-    def _gelu_gate_backward_kernel(gu_ptr, dy_ptr, dgu_ptr, N, BLOCK: tl.constexpr):
+    def _gelu_gate_backward_kernel(gu_ptr, dy_ptr, dgu_ptr, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
         """Row ``program_id(0)`` of gate_up [rows, 2N] and dy [rows, N] -> d gate_up [rows, 2N]."""
+        _wait_for_inputs(PDL)
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = cols < N
@@ -116,7 +120,9 @@ if triton is not None:
     @triton.jit
     def _qkv_rope_backward_kernel(dq_ptr, dk_ptr, dv_ptr, cos_ptr, sin_ptr, dqkv_ptr, L, stride_cb, stride_cl,
                                   stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr):
+                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr,
+                                  PDL: tl.constexpr):
+        _wait_for_inputs(PDL)
         token = tl.program_id(0)  # b * L + l
         head = tl.program_id(1)  # 0 .. H + 2 KV
         b = token // L
@@ -161,7 +167,7 @@ def rms_norm_backward(total: torch.Tensor, dy: torch.Tensor, d_sum: Optional[tor
         total, dy, d_sum.contiguous() if d_sum is not None else total, weight if weight is not None else total,
         scale if scale is not None else total, d, W, total.shape[1] if total.ndim == 3 else 1,
         fused._mod_stride(scale, W), RMS_EPS, HAS_SUM=d_sum is not None, ADAPTIVE=scale is not None,
-        BLOCK=fused._pow2(W), **fused.LAUNCH_OPTIONS)
+        BLOCK=fused._pow2(W), **fused.launch_options())
     return d
 
 
@@ -181,7 +187,7 @@ def gelu_gate_backward(gate_up: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     rows = gu.numel() // (2 * n) if n else 0
     block = min(1024, fused._pow2(n))
     if rows:
-        _gelu_gate_backward_kernel[(rows, triton.cdiv(n, block))](gu, dy, out, n, BLOCK=block, **fused.LAUNCH_OPTIONS)
+        _gelu_gate_backward_kernel[(rows, triton.cdiv(n, block))](gu, dy, out, n, BLOCK=block, **fused.launch_options())
     return out
 
 
@@ -205,7 +211,7 @@ def qkv_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos:
     _qkv_rope_backward_kernel[(B * L, H + 2 * KV)](
         dq, dk, dv, cos, sin, out, L, cos.stride(0), cos.stride(1), dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2), H=H, KV=KV, D=D, HALF_BLOCK=fused._pow2(D // 2),
-        **fused.LAUNCH_OPTIONS)
+        **fused.launch_options())
     return out
 
 

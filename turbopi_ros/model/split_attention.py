@@ -39,6 +39,8 @@ from . import fused
 from .fused import kernels_for, triton, tl
 from .gemma import sdpa
 from .kernel_choice import CHOICES, Candidate
+if triton is not None:
+    from .fused import _wait_for_inputs  # noqa: F401 - every kernel's first call (programmatic dependent launch)
 
 KERNELS = ("_split_attention_kernel", "_combine_splits_kernel")
 BLOCK_M = 32  # query rows per program
@@ -111,11 +113,12 @@ if triton is not None:
                                 stride_qb, stride_qg, stride_qm, stride_kb, stride_kg, stride_kn,
                                 stride_vb, stride_vg, stride_vn, G, SPLITS,
                                 D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                                UPCAST: tl.constexpr):
+                                UPCAST: tl.constexpr, PDL: tl.constexpr):
         """Program (row tile, split, b * G + g): rows [tile * BLOCK_M, +BLOCK_M) over keys [split * keys_per_split,
         +keys_per_split) -> o (float32, unnormalized) [BG, SPLITS, M, D], the rows' max m and sum l [BG, SPLITS, M]
         (scores in log2 units: qk_scale holds log2(e)). IEEE: float32 inputs, float32 products. UPCAST (Triton's
         interpreter, whose tl.dot does not take bfloat16): the same products of 16-bit values in float32."""
+        _wait_for_inputs(PDL)
         tile = tl.program_id(0)
         split = tl.program_id(1)
         bg = tl.program_id(2)
@@ -164,9 +167,10 @@ if triton is not None:
 
     @triton.jit
     def _combine_splits_kernel(o_ptr, m_ptr, l_ptr, out_ptr, M, G, SPLITS, stride_ob, stride_og, stride_om,
-                               D: tl.constexpr, SPLITS_P2: tl.constexpr):
+                               D: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr):
         """Program (row, b * G + g): out = sum_s 2^(m_s - m) o_s / sum_s 2^(m_s - m) l_s, m = max_s m_s (a split
         with no keys has m_s = -inf, l_s = 0: weight 0). One row a program: every split's part in one load."""
+        _wait_for_inputs(PDL)
         row = tl.program_id(0)
         bg = tl.program_id(1)
         b = bg // G
@@ -203,7 +207,7 @@ def partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, spl
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), G, splits,
         D=D, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=_INTERPRETER,
-        num_warps=num_warps, **fused.LAUNCH_OPTIONS)
+        num_warps=num_warps, **fused.launch_options())
     return parts, m, l_
 
 
@@ -214,7 +218,7 @@ def combine(parts: torch.Tensor, m: torch.Tensor, l_: torch.Tensor, like: torch.
     out = torch.empty((B, G, M, D), dtype=like.dtype, device=like.device)
     _combine_splits_kernel[(M, B * G)](parts, m, l_, out, M, G, splits, out.stride(0), out.stride(1), out.stride(2),
                                        D=D, SPLITS_P2=fused._pow2(splits), num_warps=4,
-                                       **fused.LAUNCH_OPTIONS)
+                                       **fused.launch_options())
     return out
 
 

@@ -11,11 +11,14 @@ with the ptxas that ships with Triton, each target in a process of its own (as o
 state from a process's earlier compiles; compile_per_target). No driver and no device are needed. cuobjdump (shipped
 beside ptxas) reads the registers, the stack and the local memory (spills) of each cubin.
 
-    python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32,fp8_weights]
+    python -m turbopi_ros.tools.kernel_targets [--targets 90,89,87,110] [--dtypes bfloat16,float32,fp8_weights,pdl]
         [--json F]
 
 fp8_weights (bfloat16 with the expert's weights in FP8: the few-rows matmul widens e4m3 as it loads) compiles for
 the targets of compute capability 8.9 and newer only: model.dtype fp8_weights is refused on the others (Orin).
+pdl (bfloat16's launches with programmatic dependent launch, model.pdl) compiles for 9.0 and newer only, and each
+PTX is checked: the kernel waits for the kernel before it (griddepcontrol.wait) before its first global load or store
+and then lets the next one start (griddepcontrol.launch_dependents), as model/fused._wait_for_inputs says.
 
 Exit status 1 if any kernel fails to compile for any target or spills to local memory. The calls into Triton follow
 what triton.runtime.jit.JITFunction.run does before it launches (Triton 3.7, the version requirements.txt pins).
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -48,7 +51,11 @@ TARGETS: Dict[int, str] = {  # compute capability (major * 10 + minor) -> the GP
 }
 DEFAULT_TARGETS = (90, 89, 87, 110)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16,
-          "fp8_weights": torch.bfloat16}  # model.dtype fp8_weights: bfloat16, the expert's weights in FP8 (e4m3)
+          "fp8_weights": torch.bfloat16,  # model.dtype fp8_weights: bfloat16, the expert's weights in FP8 (e4m3)
+          "pdl": torch.bfloat16}  # bfloat16 with model.pdl: every launch with programmatic dependent launch
+PDL_MIN_TARGET = 90  # fused.PDL_MIN_CAPABILITY
+# PTX instructions that touch global memory (loads, stores, atomics, reductions, asynchronous copies)
+_GLOBAL_ACCESS = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.|red\.|cp\.async)", re.M)
 
 
 def kernel_shapes_config(variant: str):
@@ -115,7 +122,8 @@ def describe(launch) -> str:
     dtypes = sorted({str(a.dtype).replace("torch.", "") for a in launch.args if isinstance(a, torch.Tensor)})
     from ..model.fused import LAUNCH_OPTIONS  # the same on every launch: not a specialization
 
-    consts = ", ".join(f"{k}={v}" for k, v in launch.kwargs.items() if k not in LAUNCH_OPTIONS)
+    consts = ", ".join(f"{k}={v}" for k, v in launch.kwargs.items()
+                       if k not in LAUNCH_OPTIONS and k != "launch_pdl" and (k != "PDL" or v))
     return f"{'/'.join(dtypes)}; {consts}"
 
 
@@ -158,8 +166,27 @@ def resource_usage(cubin: bytes) -> Dict[str, int]:
     return dict(zip(("registers", "stack_bytes", "shared_bytes", "local_bytes"), map(int, match.groups())))
 
 
+def pdl_order(ptx: str) -> Optional[str]:
+    """None where a kernel compiled with programmatic dependent launch waits for the kernel before it
+    (griddepcontrol.wait) before its first global load or store, and lets the next start after that
+    (griddepcontrol.launch_dependents); else what is wrong."""
+    wait = ptx.find("griddepcontrol.wait")
+    if wait < 0:
+        return "no griddepcontrol.wait: the kernel would read what the kernel before it has not finished writing"
+    first = _GLOBAL_ACCESS.search(ptx)
+    if first is not None and first.start() < wait:
+        return f"a global access before griddepcontrol.wait: {first.group(0).strip()}"
+    launch = ptx.find("griddepcontrol.launch_dependents")
+    if launch < 0:
+        return "no griddepcontrol.launch_dependents: the next kernel starts only when this one ends"
+    if launch < wait:
+        return "griddepcontrol.launch_dependents before griddepcontrol.wait"
+    return None
+
+
 def check(launch, capability: int) -> Dict[str, object]:
-    """Compile one launch for one target: ok, seconds, resource usage, num_warps, or the error."""
+    """Compile one launch for one target: ok, seconds, resource usage, num_warps, or the error; a launch with
+    programmatic dependent launch also its PTX's order (pdl_order)."""
     t0 = time.perf_counter()
     try:
         compiled = compile_launch(launch, capability)
@@ -168,8 +195,12 @@ def check(launch, capability: int) -> Dict[str, object]:
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}",
                 "seconds": time.perf_counter() - t0}
     spills = usage["local_bytes"] > 0 or usage["stack_bytes"] > 0
-    return {"ok": not spills, "spills": spills, "seconds": time.perf_counter() - t0,
-            "num_warps": compiled.metadata.num_warps, **usage}
+    out = {"ok": not spills, "spills": spills, "seconds": time.perf_counter() - t0,
+           "num_warps": compiled.metadata.num_warps, **usage}
+    if launch.kwargs.get("PDL"):
+        out["pdl_order"] = pdl_order(compiled.asm["ptx"]) or "ok"
+        out["ok"] = out["ok"] and out["pdl_order"] == "ok"
+    return out
 
 
 def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) -> Tuple[List[Dict], List[str]]:
@@ -186,12 +217,17 @@ def run(variants: Sequence[str], dtypes: Sequence[str], targets: Sequence[int]) 
             launches = distinct(record(variant, DTYPES[dtype], fp8_weights=dtype == "fp8_weights"))
             if dtype == "fp8_weights":  # only the kernels that read the FP8 weights: the rest is bfloat16's
                 launches = [x for x in launches if x.kwargs.get("W_SCALED")]
-            caps = [c for c in targets if dtype != "fp8_weights" or c >= fp8_min]
+            if dtype == "pdl":  # the same launches, each made with programmatic dependent launch
+                launches = [dataclasses.replace(x, kwargs={**x.kwargs, **fused.launch_options(pdl=True)})
+                            for x in launches]
+            caps = [c for c in targets if (dtype != "fp8_weights" or c >= fp8_min)
+                    and (dtype != "pdl" or c >= PDL_MIN_TARGET)]
             groups.append((variant, dtype, f"{variant} {dtype}: {len(launches)} distinct launches of "
                            f"{len({x.name for x in launches})}/{len(fused.all_kernels())} kernels, recorded in "
                            f"{time.perf_counter() - t0:.1f} s"
-                           + (f" (not for sm_{', sm_'.join(str(c) for c in targets if c not in caps)}: FP8 needs "
-                              "8.9 or newer)" if len(caps) < len(targets) else ""), launches, caps))
+                           + (f" (not for sm_{', sm_'.join(str(c) for c in targets if c not in caps)}: "
+                              f"{'FP8 needs 8.9' if dtype == 'fp8_weights' else 'PDL needs 9.0'} or newer)"
+                              if len(caps) < len(targets) else ""), launches, caps))
     per_target = compile_per_target({cap: [launch for *_, launches, caps in groups if cap in caps
                                            for launch in launches] for cap in targets})
     results, lines = [], []
@@ -252,15 +288,16 @@ def _line(r: Dict) -> str:
     head = f"  {r['kernel']:<18} sm_{r['target'][3:]:<4} {r['specialization']:<60}"
     if "error" in r:
         return f"{head} FAILED: {r['error'].splitlines()[0] if r['error'] else ''}"
-    status = "ok" if r["ok"] else "SPILLS"
+    status = "ok" if r["ok"] else ("SPILLS" if r.get("spills") else "PDL ORDER")
     return (f"{head} {status:<6} regs {r['registers']:3d}  local {r['local_bytes']} B  shared {r['shared_bytes']} B  "
-            f"warps {r['num_warps']}  {r['seconds']:.2f} s")
+            f"warps {r['num_warps']}  {r['seconds']:.2f} s"
+            + (f"  PDL {r['pdl_order']}" if "pdl_order" in r else ""))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default="pi0,pi05")
-    ap.add_argument("--dtypes", default="bfloat16,float32,fp8_weights", help=f"of {', '.join(DTYPES)}")
+    ap.add_argument("--dtypes", default="bfloat16,float32,fp8_weights,pdl", help=f"of {', '.join(DTYPES)}")
     ap.add_argument("--targets", default=",".join(map(str, DEFAULT_TARGETS)),
                     help="compute capabilities, e.g. 90 (" + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ")")
     ap.add_argument("--json", type=Path, help="write the results here")
