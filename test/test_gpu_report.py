@@ -238,11 +238,16 @@ def test_fp8_and_bf16_on_the_openpi_fixtures(tmp_path, openpi_fixtures):
     assert gpu_report.fixtures_block(s, None)["skipped"].startswith("no openpi fixtures")
 
 
-def test_the_graphed_flow_on_cpu(tmp_path):
+def test_the_graphed_flow_on_cpu(tmp_path, monkeypatch):
     """Everything the report does with CUDA graphs, run through cuda_graph's static replay on CPU
     (Session.cpu_graphs): the graphed and fused-graphed stages of a block and their parity, compile + graph, the
     FP8 graphs, the printed lines and the markdown rows. A static replay runs the captured function again into the
-    same outputs, so every graphed result must equal its eager one exactly."""
+    same outputs, so every graphed result must equal its eager one exactly. Programmatic dependent launch is let
+    through here as a GPU of compute capability 9.0 would (on CPU the ops run their twins: nothing is launched), so
+    its graphs, their parity and their lines are checked too, and the switch is put back."""
+    from turbopi_ros.model import fused
+
+    monkeypatch.setattr(fused, "pdl_unsupported", lambda device: None)
     s = _session(tmp_path)
     threads = torch.get_num_threads()
     try:
@@ -257,8 +262,11 @@ def test_the_graphed_flow_on_cpu(tmp_path):
                                "total eager fused", "vision graph fused", "prefix_cache graph fused",
                                "denoise graph fused", "total graph fused", "vision graph", "prefix_cache graph",
                                "denoise graph fused few-rows", "prefix_cache graph fused few-rows",
-                               "total graph fused few-rows"}
+                               "total graph fused few-rows", "denoise graph fused few-rows pdl",
+                               "total graph fused few-rows pdl"}
+    assert not fused.pdl_enabled()  # put back after each call
     p = b["parity"]
+    assert p["pdl_vs_few_rows_graph"] == 0 == p["pdl_total_vs_few_rows_total_graph"]
     assert p["graph_vs_eager"] == 0 and b["encoder_vs_eager"] == 0 and p["fused_graph_vs_fused_eager"] == 0
     assert p["few_rows_vs_fused_graph"] == 0  # on CPU without the interpreter the few-rows op is F.linear
     assert p["few_rows_total_vs_fused_total_graph"] == 0
@@ -288,8 +296,10 @@ def test_the_graphed_flow_on_cpu(tmp_path):
     text = "\n".join(s.say.lines)
     assert "graph vs eager 0.00e+00 (encoder graph's cache vs eager 0.00e+00" in text
     assert "real-time chunking, guided denoise: guided graph " in text and "(fused " in text
+    assert "programmatic dependent launch (model.pdl), few-rows graphs with it / without: denoise " in text
     rows = gpu_report.markdown_rows({"machine": {}, "models": {"tiny": entry}})
-    assert len(rows) == 2 and "n/a" not in rows[1].split("|")[5]  # denoise eager / graph / compile+graph
+    assert len(rows) == 2 and "n/a" not in rows[1].split("|")[6]  # denoise eager / graph / compile+graph
+    assert "n/a" not in rows[1].split("|")[10]  # total graph fused few-rows pdl
 
 
 def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
@@ -313,6 +323,7 @@ def test_a_failing_group_is_reported_and_the_rest_stands(tmp_path, monkeypatch):
                                                       "few-rows matmul in the fused graphs"]
     assert not model.few_rows_matmul
     assert s.budget.errors == b["errors"] and not model.fused  # the switch is put back
+    assert "needs a CUDA GPU, the model runs on cpu" in b["pdl_skipped"]  # no programmatic dependent launch here
     assert {"denoise graph", "total graph", "vision graph", "prefix_cache graph"} <= set(b["times"])
     assert not any("fused" in name for name in b["times"]) and b["parity"]["graph_vs_eager"] == 0
     assert "fused_vs_plain_bf16" not in b["parity"]

@@ -8,7 +8,7 @@ pytest.importorskip("rclpy")
 
 from turbopi_ros.model.pi0 import PI0Model  # noqa: E402
 from turbopi_ros.ros import params_file  # noqa: E402
-from turbopi_ros.ros.node_params import PARAMETERS, policy_from_config  # noqa: E402
+from turbopi_ros.ros.node_params import PARAMETERS, check_model, policy_from_config  # noqa: E402
 
 from ros_helpers import DEMO_PARAMS  # noqa: E402
 
@@ -41,6 +41,23 @@ def test_model_few_rows_matmul_switches_the_fused_denoises_matmuls(few_rows):
         config.model, fused=True, few_rows_matmul=few_rows)))
     assert policy.model.fused and policy.model.few_rows_matmul is few_rows
     assert PARAMETERS["model.few_rows_matmul"].default is False
+
+
+def test_model_pdl_is_refused_without_the_fused_kernels_or_off_a_new_enough_gpu():
+    """model.pdl (programmatic dependent launch of the fused kernels): off by default; without model.fused it is
+    refused naming both parameters; on this CPU the policy is refused with the reason, and the process's launches
+    stay without it."""
+    from turbopi_ros.model import fused
+
+    assert PARAMETERS["model.pdl"].default is False
+    values = {name: param.default for name, param in PARAMETERS.items()}
+    with pytest.raises(ValueError, match="model.pdl launches the fused kernels: set model.fused: true"):
+        check_model({**values, "model.pdl": True})
+    check_model({**values, "model.pdl": True, "model.fused": True})
+    config = params_file.load(DEMO_PARAMS)
+    with pytest.raises(ValueError, match="parameter model.pdl: .* needs a CUDA GPU, the model runs on cpu"):
+        policy_from_config(dataclasses.replace(config, model=dataclasses.replace(config.model, fused=True, pdl=True)))
+    assert not fused.pdl_enabled()
 
 
 def test_model_dtype_fp8_weights_is_a_choice_refused_where_the_kernels_cannot_run():

@@ -27,6 +27,7 @@ class ModelSettings:
     cuda_graph: bool
     fused: bool
     few_rows_matmul: bool
+    pdl: bool
     compile: bool
     cache_dir: str
     warm_up_prompts: Tuple[str, ...]  # captured before ready besides the start prompt

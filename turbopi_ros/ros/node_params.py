@@ -42,6 +42,10 @@ PARAMETERS: Dict[str, Param] = {
                                           "model/few_rows_matmul.py's split-K kernels; each "
                                           "shape measures them against cuBLAS during the warm-up and keeps the "
                                           "faster (not yet measured on a GPU)"),
+    "model.pdl": Param(False, "with model.fused, on a GPU of compute capability >= 9.0 (Hopper, Blackwell, Jetson "
+                              "Thor): launch the fused kernels with programmatic dependent launch, so that each "
+                              "starts while the one before it ends (model/fused.py use_pdl; the same values; not yet "
+                              "measured on a GPU)"),
     "model.compile": Param(False, "torch.compile one denoise step (inductor): the first start on a machine compiles "
                                   "(minutes, before the node is ready), later ones load from model.cache_dir"),
     "model.cache_dir": Param("", "inductor's cache directory for model.compile (created if missing), so a warm start "
@@ -121,6 +125,9 @@ def check_model(p: Dict[str, object]) -> None:
     if p["model.few_rows_matmul"] and not p["model.fused"]:
         raise ValueError("parameter model.few_rows_matmul runs in the fused denoise: set model.fused: true too "
                          "(or model.few_rows_matmul: false)")
+    if p["model.pdl"] and not p["model.fused"]:
+        raise ValueError("parameter model.pdl launches the fused kernels: set model.fused: true too (or model.pdl: "
+                         "false)")
 
 
 def check_lengths(p: Dict[str, object]) -> None:
@@ -162,6 +169,11 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
         delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
         cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
     policy.model.use_fused(m.fused, few_rows_matmul=m.few_rows_matmul)  # before compiling: it traces one path
+    from ..model import fused
+    try:  # the process's kernel launches: set before the warm-up captures any graph
+        fused.use_pdl(m.pdl, policy.model.device)
+    except RuntimeError as e:
+        raise ValueError(f"parameter model.pdl: {e}") from None
     if m.cache_dir:  # the split kernels' measured choices (GPU): loaded now, saved as the warm-up makes them
         from ..model.kernel_choice import CHOICES
         CHOICES.persist(m.cache_dir, policy.model.device)

@@ -430,6 +430,11 @@ class BenchRun:
             if not args.fused:
                 raise ValueError("--few-rows-matmul runs in the fused denoise: add --fused")
             model.use_fused(True, few_rows_matmul=True)
+        if getattr(args, "pdl", False):
+            if not args.fused:
+                raise ValueError("--pdl launches the fused kernels: add --fused")
+            from ..model import fused
+            fused.use_pdl(True, device)  # this process's launches (refused with the reason off a 9.0+ GPU)
         if args.compile:
             model.compile_denoise()
         self.inputs = make_inputs(config, args.views, args.prompt_len, device)
@@ -448,7 +453,8 @@ class BenchRun:
                 "dtype": args.dtype, "views": args.views, "prompt_len": args.prompt_len,
                 "max_token_len": config.max_token_len, "steps": self.steps, "iters": args.iters,
                 "warmup": args.warmup, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
-                "fused": bool(args.fused), "few_rows_matmul": bool(getattr(args, "few_rows_matmul", False))}
+                "fused": bool(args.fused), "few_rows_matmul": bool(getattr(args, "few_rows_matmul", False)),
+                "pdl": bool(getattr(args, "pdl", False))}
 
     def __call__(self) -> Dict[str, object]:
         args, model, steps = self.args, self.model, self.steps
@@ -578,7 +584,8 @@ def _header_lines(r: Dict[str, object]) -> List[str]:
             f"{s['prompt_len']}/{s['max_token_len']} tokens, {s['steps']} steps, {s['iters']} iterations"
             + (", CUDA graph" if s["cuda_graph"] else "") + (", torch.compile" if s["compile"] else "")
             + (", fused kernels" if s.get("fused") else "")
-            + (", few-rows matmul" if s.get("few_rows_matmul") else ""),
+            + (", few-rows matmul" if s.get("few_rows_matmul") else "")
+            + (", programmatic dependent launch" if s.get("pdl") else ""),
             f"machine: {m['cpu']} ({m['cpu_count']} cpus, {m['torch_threads']} torch threads; "
             f"{' '.join(m['cpu_flags']) or 'no flags read'}), GPU: {m['gpu']}, torch {m['torch']}, "
             f"python {m['python']}; load average {_load(m.get('load_avg_1min'))} at start, "
@@ -682,6 +689,9 @@ def main(argv=None) -> int:
     p.add_argument("--fused", action="store_true", help="time the fused layer kernels (PI0Model.use_fused)")
     p.add_argument("--few-rows-matmul", action="store_true",
                    help="with --fused: the expert's matmuls through model/few_rows_matmul.py (not measured yet)")
+    p.add_argument("--pdl", action="store_true",
+                   help="with --fused, on a GPU of compute capability 9.0+: launch the fused kernels with "
+                        "programmatic dependent launch (model.pdl; not measured yet)")
     p.add_argument("--no-op-counts", dest="op_counts", action="store_false",
                    help="skip table (h), the ops / kernels per stage of the plain and the fused path")
     p.add_argument("--profile", type=int, default=0, metavar="N",

@@ -34,6 +34,14 @@ def print_views(say: Report, views: int, b: Dict) -> None:
             f"{med('total graph fused few-rows')} / {med('total graph fused')}; max abs diff of their actions: "
             f"denoise {_num(p.get('few_rows_vs_fused_graph'), '.2e')}, total "
             f"{_num(p.get('few_rows_total_vs_fused_total_graph'), '.2e')}")
+    if "denoise graph fused few-rows pdl" in t:
+        say(f"    programmatic dependent launch (model.pdl), few-rows graphs with it / without: denoise "
+            f"{med('denoise graph fused few-rows pdl')} / {med('denoise graph fused few-rows')}, total "
+            f"{med('total graph fused few-rows pdl')} / {med('total graph fused few-rows')}; max abs diff of their "
+            f"actions (the same kernels: 0 expected): denoise {_num(p.get('pdl_vs_few_rows_graph'), '.2e')}, total "
+            f"{_num(p.get('pdl_total_vs_few_rows_total_graph'), '.2e')}")
+    elif "pdl_skipped" in b:
+        say(f"    programmatic dependent launch (model.pdl): skipped ({b['pdl_skipped']})")
     say(f"    bf16 fast vs fp32 reference max abs diff {p['fast_bf16_vs_reference_fp32']:.3e} (bf16 reference: "
         f"{p['reference_bf16_vs_reference_fp32']:.3e}; |actions| up to {p['reference_fp32_max_abs']:.2f}); graph "
         f"vs eager {_num(p.get('graph_vs_eager'), '.2e')} (encoder graph's cache vs eager "

@@ -156,9 +156,10 @@ def _replace(path: Path, text: str) -> None:
 
 MARKDOWN_HEADER = ("| GPU | model | cameras | vision eager / graph | prefix cache eager / graph | denoise eager / "
                    "graph / "
-                   "compile+graph | total eager / graph | total graph fused | total graph fused few-rows | roofline "
-                   "bound (measured peaks) | graph total / bound | bf16 fast vs fp32 reference | peak memory |\n"
-                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "compile+graph | total eager / graph | total graph fused | total graph fused few-rows | total "
+                   "graph fused few-rows pdl | roofline bound (measured peaks) | graph total / bound | bf16 fast vs "
+                   "fp32 reference | peak memory |\n"
+                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def markdown_rows(result: Dict) -> List[str]:
@@ -180,6 +181,7 @@ def markdown_rows(result: Dict) -> List[str]:
                         f"{ms('prefix_cache')} / {ms('prefix_cache graph')} | "
                         f"{ms('denoise eager')} / {ms('denoise graph')} / {cg} | {ms('total eager')} / "
                         f"{ms('total graph')} | {ms('total graph fused')} | {ms('total graph fused few-rows')} | "
+                        f"{ms('total graph fused few-rows pdl')} | "
                         f"{e['bound_measured_peaks_ms']:.2f} | "
                         f"{e['bound_over_measured']:.0%} | "
                         f"{b['parity']['fast_bf16_vs_reference_fp32']:.2e} | "

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .. import bench
+from ...model import fused
 from ...model.cuda_graph import GraphPool
 
 
@@ -58,14 +59,17 @@ def commit_id(root: Path = REPO_ROOT) -> Dict[str, object]:
     return {"commit": None, "source": "unknown (no git, no TURBOPI_COMMIT, no .commit)", "dirty": None}
 
 
-def fused_call(model, fn: Callable[[], object], few_rows_matmul: bool = False) -> Callable[[], object]:
-    """fn run with the model's fused kernels on, and with ``few_rows_matmul`` its few-rows matmul too (and the
-    switches put back)."""
+def fused_call(model, fn: Callable[[], object], few_rows_matmul: bool = False,
+               pdl: bool = False) -> Callable[[], object]:
+    """fn run with the model's fused kernels on, with ``few_rows_matmul`` its few-rows matmul too, with ``pdl`` their
+    launches with programmatic dependent launch (fused.use_pdl: a graph keeps the launches of its capture); the
+    switches put back after."""
     def run():
         was = model.fused, model.few_rows_matmul
         model.use_fused(True, few_rows_matmul=few_rows_matmul or was[1])
         try:
-            return fn()
+            with fused.pdl_launches(True, model.device) if pdl else contextlib.nullcontext():
+                return fn()
         finally:
             model.use_fused(*was)
     return run

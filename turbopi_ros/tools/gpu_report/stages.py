@@ -9,6 +9,7 @@ from typing import Callable, Dict, List
 import torch
 
 from .. import bench, costmodel
+from ...model import fused
 from ...model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, host_inputs
 from ...model.reference import reference_denoise, reference_prefix
 from .session import PART_S, Session, fused_call, host_waits, max_abs, memory_gb, reset_peak
@@ -20,16 +21,19 @@ FAST_STAGE = {"vision": "vision", "prefix_cache": "prefix_cache", "vision graph"
               "denoise eager fused": "denoise", "total eager fused": "total", "vision graph fused": "vision",
               "prefix_cache graph fused": "prefix_cache", "denoise graph fused": "denoise",
               "total graph fused": "total", "denoise graph fused few-rows": "denoise",
-              "prefix_cache graph fused few-rows": "prefix_cache", "total graph fused few-rows": "total"}
+              "prefix_cache graph fused few-rows": "prefix_cache", "total graph fused few-rows": "total",
+              "denoise graph fused few-rows pdl": "denoise", "total graph fused few-rows pdl": "total"}
 
 
 class Graphs:
     """The CUDA graphs of one preset's bfloat16 model (none off CUDA unless Session.cpu_graphs): the denoiser, the
-    encoder (vision and prefix cache), an encoder and denoiser sharing one pool for the fused kernels, and another
-    such pair for the fused kernels with the few-rows matmul (model/few_rows_matmul.py)."""
+    encoder (vision and prefix cache), an encoder and denoiser sharing one pool for the fused kernels, another such
+    pair for the fused kernels with the few-rows matmul (model/few_rows_matmul.py), and where the GPU has it one for
+    those with programmatic dependent launch (fused.use_pdl; ``pdl_skipped`` says why not)."""
 
     def __init__(self, s: Session, model):
-        self.denoiser = self.encoder = self.fused = self.few_rows = None
+        self.denoiser = self.encoder = self.fused = self.few_rows = self.pdl = None
+        self.pdl_skipped = fused.pdl_unsupported(s.device)
         if s.graphs:
             self.encoder = CudaGraphEncoder(model, pool=s.graph_pool())
             self.denoiser = CudaGraphDenoiser(model, pool=s.graph_pool())
@@ -37,9 +41,12 @@ class Graphs:
             self.fused = (CudaGraphEncoder(model, pool=fused_pool), CudaGraphDenoiser(model, pool=fused_pool))
             few_rows_pool = s.graph_pool()
             self.few_rows = (CudaGraphEncoder(model, pool=few_rows_pool), CudaGraphDenoiser(model, pool=few_rows_pool))
+            if self.pdl_skipped is None:
+                pdl_pool = s.graph_pool()
+                self.pdl = (CudaGraphEncoder(model, pool=pdl_pool), CudaGraphDenoiser(model, pool=pdl_pool))
 
     def clear(self) -> None:
-        for graph in (self.denoiser, self.encoder) + (self.fused or ()) + (self.few_rows or ()):
+        for graph in (self.denoiser, self.encoder) + (self.fused or ()) + (self.few_rows or ()) + (self.pdl or ()):
             if graph is not None:
                 graph.clear()
 
@@ -76,6 +83,10 @@ class ViewsBlock:
                 self.add(fns, "fused kernels in CUDA graphs", self.fused_graph_fns)
             if g.few_rows is not None:
                 self.add(fns, "few-rows matmul in the fused graphs", self.few_rows_fns)
+            if g.pdl is not None:
+                self.add(fns, "programmatic dependent launch in the few-rows graphs", self.pdl_fns)
+            elif g.few_rows is not None:
+                out["pdl_skipped"] = g.pdl_skipped
             if g.encoder is not None:  # vision and prefix cache as CUDA graphs too: everything graphed
                 self.add(fns, "CUDA graphs of vision and the prefix cache",
                          functools.partial(self.encoder_fns, graphed))
@@ -174,6 +185,26 @@ class ViewsBlock:
                 "denoise graph fused few-rows": few_rows(lambda: den(self.cache, self.noise, self.steps)),
                 "total graph fused few-rows": few_rows(total)}
 
+    def pdl_fns(self) -> Dict[str, Callable[[], object]]:
+        """The few-rows graphs again, captured with programmatic dependent launch (model.pdl: every fused kernel may
+        start while the one before it ends, and waits inside for its results): the denoise's and the total's."""
+        enc, den = self.graphs.pdl
+        images, state = self.images, self.state
+        masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
+
+        def total():
+            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), self.noise,
+                       self.steps)
+
+        def pdl(fn):
+            return fused_call(self.model, fn, few_rows_matmul=True, pdl=True)
+
+        t0 = time.perf_counter()
+        pdl(total)()  # captured here, not in a timed call
+        self.out["pdl_graph_capture_s"] = time.perf_counter() - t0
+        return {"denoise graph fused few-rows pdl": pdl(lambda: den(self.cache, self.noise, self.steps)),
+                "total graph fused few-rows pdl": pdl(total)}
+
     def encoder_fns(self, total: bool) -> Dict[str, Callable[[], object]]:
         """Vision and the prefix cache graphed; with ``total`` (the denoise's graph works), the all-graphed total."""
         encoder, graph, cache = self.graphs.encoder, self.graphs.denoiser, self.cache
@@ -226,6 +257,11 @@ class ViewsBlock:
             if "total graph fused" in fns:
                 parity["few_rows_total_vs_fused_total_graph"] = max_abs(fns["total graph fused few-rows"]().clone(),
                                                                         fns["total graph fused"]().clone())
+        if "denoise graph fused few-rows pdl" in fns and "denoise graph fused few-rows" in fns:  # 0: same kernels
+            parity["pdl_vs_few_rows_graph"] = max_abs(fns["denoise graph fused few-rows pdl"]().clone(),
+                                                      fns["denoise graph fused few-rows"]().clone())
+            parity["pdl_total_vs_few_rows_total_graph"] = max_abs(fns["total graph fused few-rows pdl"]().clone(),
+                                                                  fns["total graph fused few-rows"]().clone())
         if "vision graph" in fns:
             parity.update(self.caches_after(fast))
         # = sample_actions(path="reference")
