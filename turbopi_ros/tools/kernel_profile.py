@@ -1,9 +1,10 @@
 """Where a graphed stage's GPU time goes: the CUDA kernels of one replay, grouped by name, from torch.profiler.
 
-For each preset (random weights, bfloat16, the most cameras): the denoise's CUDA graph plain, with the fused
-kernels, and with the few-rows matmul too (model/few_rows_matmul.py), vision and the prefix cache graphed with
-the fused kernels, and last the few-rows denoise graph on the expert's weights in FP8 (model.dtype fp8_weights,
-where the GPU has FP8). Per stage: the wall time of a profiled replay, the sum of kernel times, the kernel count, the
+For each preset (random weights, bfloat16, the most cameras): the denoise's CUDA graph plain, with the fused kernels,
+and with the few-rows matmul too (model/few_rows_matmul.py), that one again with programmatic dependent launch
+(model.pdl, where the GPU has it: the gaps between kernels are what it cuts), vision and the prefix cache graphed with
+the fused kernels, and last the few-rows denoise graph on the expert's weights in FP8 (model.dtype fp8_weights, where
+the GPU has FP8). Per stage: the wall time of a profiled replay, the sum of kernel times, the kernel count, the
 kernels with the most time (count, mean), the time by kernel length (under 3 us, 6, 10, 30, longer) and the idle gaps
 between consecutive kernels. The question it answers: is a stage bound by a few slow kernels (then a better kernel
 helps) or by many short ones and the gaps between them (then fewer launches help).
@@ -26,7 +27,7 @@ import torch
 from . import bench
 from .device_bench import Printed, bench_device, device_name
 from .gpu_report import fused_call, sync
-from ..model import fp8
+from ..model import fp8, fused
 from ..model.checkpoint import random_model
 from ..model.cuda_graph import CudaGraphDenoiser, CudaGraphEncoder, GraphPool, host_inputs
 
@@ -110,6 +111,14 @@ def profile_preset(preset: str, views: int, steps: int, device: torch.device, sa
         fused_call(model, lambda: rows(cache, noise, steps), few_rows_matmul=True)()
         out["denoise graph fused few-rows"] = profile_table("denoise graph fused few-rows",
                                                             lambda: rows(cache, noise, steps), device, say)
+        linked = CudaGraphDenoiser(model, pool=pool)  # the same with programmatic dependent launch
+        why = fused.pdl_unsupported(device)
+        if why is None:
+            fused_call(model, lambda: linked(cache, noise, steps), few_rows_matmul=True, pdl=True)()
+            out["denoise graph fused few-rows pdl"] = profile_table("denoise graph fused few-rows pdl",
+                                                                    lambda: linked(cache, noise, steps), device, say)
+        else:
+            say(f"  programmatic dependent launch: skipped ({why})")
         fused_call(model, lambda: enc.build_cache(enc.embed_images(images, host_masks), host_tokens,
                                                   host_token_mask, state))()
         image_tokens = enc.embed_images(images, host_masks)
@@ -118,7 +127,7 @@ def profile_preset(preset: str, views: int, steps: int, device: torch.device, sa
         out["prefix graph fused"] = profile_table(
             "prefix graph fused", lambda: enc.build_cache(image_tokens, host_tokens, host_token_mask, state), device,
             say, top=12)
-        for graph in (plain, enc, den, rows):
+        for graph in (plain, enc, den, rows, linked):
             graph.clear()
         try:  # last: the expert's weights quantized in place (refused where the GPU has no FP8)
             fp8.quantize_model(model, weights_only=True)
