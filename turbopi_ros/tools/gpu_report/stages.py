@@ -161,6 +161,14 @@ class ViewsBlock:
                 "denoise graph fused": lambda: f_den(self.cache, self.noise, self.steps),
                 "total graph fused": f_total}
 
+    def graphed_total(self, enc, den) -> Callable[[], object]:
+        """The all-graphed total through the encoder graphs ``enc`` and the denoiser ``den``, given masks and tokens
+        on the host as Policy.run gives them."""
+        def total():
+            return den(enc.build_cache(enc.embed_images(self.images, self.host_masks), self.host_tokens,
+                                       self.host_token_mask, self.state), self.noise, self.steps)
+        return total
+
     def few_rows_fns(self) -> Dict[str, Callable[[], object]]:
         """The fused graphs with the expert's matmuls through few_rows_matmul (opt-in: PI0Model.use_fused's
         few_rows_matmul): the denoise's, and pi0's state token's in the prefix cache. The same graphs as "prefix_cache
@@ -168,10 +176,7 @@ class ViewsBlock:
         enc, den = self.graphs.few_rows
         images, state = self.images, self.state
         masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
-
-        def total():
-            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), self.noise,
-                       self.steps)
+        total = self.graphed_total(enc, den)
 
         def few_rows(fn):
             return fused_call(self.model, fn, few_rows_matmul=True)
@@ -189,12 +194,7 @@ class ViewsBlock:
         """The few-rows graphs again, captured with programmatic dependent launch (model.pdl: every fused kernel may
         start while the one before it ends, and waits inside for its results): the denoise's and the total's."""
         enc, den = self.graphs.pdl
-        images, state = self.images, self.state
-        masks, tokens, token_mask = self.host_masks, self.host_tokens, self.host_token_mask
-
-        def total():
-            return den(enc.build_cache(enc.embed_images(images, masks), tokens, token_mask, state), self.noise,
-                       self.steps)
+        total = self.graphed_total(enc, den)
 
         def pdl(fn):
             return fused_call(self.model, fn, few_rows_matmul=True, pdl=True)
