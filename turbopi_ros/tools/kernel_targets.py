@@ -20,9 +20,9 @@ pdl (bfloat16's launches with programmatic dependent launch, model.pdl) compiles
 PTX is checked: the kernel waits for the kernel before it (griddepcontrol.wait) before its first global load or store
 and then lets the next one start (griddepcontrol.launch_dependents), as model/fused._wait_for_inputs says.
 
-Exit status 1 if any kernel fails to compile for any target, spills to local memory or, with PDL, fails
-pdl_order. The calls into Triton follow
-what triton.runtime.jit.JITFunction.run does before it launches (Triton 3.7, the version requirements.txt pins).
+Exit status 1 if any kernel fails to compile for any target, spills to local memory or, with PDL, fails pdl_order. The
+calls into Triton follow what triton.runtime.jit.JITFunction.run does before it launches (Triton 3.7, the version
+requirements.txt pins).
 """
 from __future__ import annotations
 
