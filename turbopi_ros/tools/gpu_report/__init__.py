@@ -10,7 +10,8 @@ For each preset (random weights, built once on the device and reused by every va
      GPU's matmul rate, and the roofline lower bound from this GPU's measured matmul rate and copy bandwidth (and from
      its published peaks where costmodel.DEVICES knows it);
   3. the fused layer kernels (model/fused.py, PI0Model.use_fused): every stage eager and graphed with them, their
-     parity against the plain path;
+     parity against the plain path; the fused graphs with the few-rows matmul, and those again with programmatic
+     dependent launch (model.pdl, where the GPU has it), each beside the one without and with its parity;
   4. with the most cameras: kernels per stage, plain vs fused (model/opcount.py: aten ops dispatched, and the CUDA
      profiler's kernels); every prompt length of the preset captured up front in one shared pool (capture count,
      time, pool memory) and a run over changing pi0.5 states that must capture nothing more; torch.compile of the
