@@ -119,12 +119,13 @@ def pdl_enabled() -> bool:
 @contextlib.contextmanager
 def pdl_launches(enable: bool, device=None) -> Iterator[None]:
     """use_pdl(enable, device) within the block, the setting before it restored after (the benches' variants)."""
+    global _PDL
     was = _PDL
     use_pdl(enable, device)
     try:
         yield
     finally:
-        use_pdl(was, device)
+        _PDL = was
 
 
 def launch_options(pdl: Optional[bool] = None) -> Dict[str, Any]:

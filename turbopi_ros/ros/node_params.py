@@ -164,16 +164,16 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
     from ..policy.loading import load_policy
 
     m, a = config.model, config.action
-    why = fused.pdl_unsupported(m.device) if m.pdl else None
-    if why is not None:  # before the (long) load
-        raise ValueError(f"parameter model.pdl: programmatic dependent launch is not available: {why}")
+    try:  # the process's kernel launches: before the (long) load, and before the warm-up captures a graph
+        fused.use_pdl(m.pdl, m.device)
+    except RuntimeError as e:
+        raise ValueError(f"parameter model.pdl: {e}") from None
     policy = load_policy(
         checkpoint=m.checkpoint, preset=m.preset, device=m.device, dtype=m.dtype, tokenizer=m.tokenizer,
         norm_stats=m.norm_stats, seed=m.seed, num_steps=m.num_steps, action_dims=len(a.joints), image_keys=IMAGE_KEYS,
         delta_mask=list(a.delta_mask) or None, lower_limits=list(a.lower_limits), upper_limits=list(a.upper_limits),
         cuda_graph=m.cuda_graph, preprocess_mode=config.cameras.preprocess, **policy_kwargs(config))
     policy.model.use_fused(m.fused, few_rows_matmul=m.few_rows_matmul)  # before compiling: it traces one path
-    fused.use_pdl(m.pdl, policy.model.device)  # the process's kernel launches: before the warm-up captures a graph
     if m.cache_dir:  # the split kernels' measured choices (GPU): loaded now, saved as the warm-up makes them
         from ..model.kernel_choice import CHOICES
         CHOICES.persist(m.cache_dir, policy.model.device)
