@@ -384,6 +384,21 @@ def test_norm_stats_with_an_asset_id(openpi_policy_fixtures, tmp_path, monkeypat
         load_policy(norm_stats=str(src), asset_id="droid", **common)
 
 
+def test_a_libero_checkpoint_directory_finds_its_nested_norm_stats(openpi_policy_fixtures, tmp_path):
+    """A pi0_libero checkpoint directory as openpi writes it (assets/physical-intelligence/libero/norm_stats.json,
+    the asset id being the dataset's repo id) is normalized with those stats with no asset id given, as openpi's
+    create_trained_policy does; it used to pass the state and actions through unnormalized, with a warning."""
+    ckpt = save_checkpoint(random_model(ModelConfig.preset("tiny"), seed=0), tmp_path / "ckpt")
+    shutil.copytree(openpi_policy_fixtures / "libero_pi0.assets", ckpt / "assets")
+    policy = load_policy(checkpoint=str(ckpt), tokenizer=str(openpi_policy_fixtures / "tok.model"),
+                         robot_adapter="libero")
+    expected = load_norm_stats(openpi_policy_fixtures / "libero_pi0.assets" / "physical-intelligence" / "libero")
+    assert policy.norm_stats is not None
+    for key in ("state", "actions"):
+        assert np.array_equal(policy.norm_stats[key].mean, expected[key].mean)
+        assert np.array_equal(policy.norm_stats[key].std, expected[key].std)
+
+
 def test_verify_policy_as_a_command(openpi_policy_fixtures):
     import subprocess
     import sys

@@ -182,6 +182,21 @@ def test_load_and_find_norm_stats(tmp_path):
         T.find_norm_stats(ckpt, "libero")
 
 
+def test_find_norm_stats_under_an_asset_id_of_several_folders(tmp_path):
+    """openpi's LeRobot configs default the asset id to the dataset's repo id (training/config.py,
+    create_base_config: ``asset_id = self.assets.asset_id or repo_id``), so pi0_libero keeps its stats in
+    assets/physical-intelligence/libero/: found without an asset id, named by its path under assets/."""
+    ckpt = tmp_path / "ckpt"
+    nested = ckpt / "assets" / "physical-intelligence" / "libero" / "norm_stats.json"
+    _write_stats(nested, OPENPI_STATS)
+    _write_stats(ckpt / "assets" / "norm_stats.json", OPENPI_STATS)  # not in an asset id's folder: not a choice
+    assert T.find_norm_stats(ckpt) == nested
+    assert T.find_norm_stats(ckpt, "physical-intelligence/libero") == nested
+    _write_stats(ckpt / "assets" / "droid" / "norm_stats.json", OPENPI_STATS)
+    with pytest.raises(ValueError, match=r"several asset ids \['droid', 'physical-intelligence/libero'\]"):
+        T.find_norm_stats(ckpt)
+
+
 @pytest.mark.parametrize("body, match", [
     ({"state": {"mean": [0], "std": [1]}}, "expected"),
     ({"norm_stats": {"state": {"mean": [0], "std": [1]}}}, "expected"),

@@ -163,10 +163,11 @@ def load_norm_stats(path: Union[str, Path]) -> Dict[str, NormStats]:
 
 def find_norm_stats(checkpoint_dir: Union[str, Path], asset_id: Optional[str] = None) -> Optional[Path]:
     """assets/<asset_id>/norm_stats.json in an openpi checkpoint directory. Without ``asset_id``: the only one there,
-    None if there is none, an error naming the choices if there are several."""
+    None if there is none, an error naming the choices if there are several. An asset id may span folders: openpi's
+    LeRobot configs default it to the dataset's repo id (pi0_libero: assets/physical-intelligence/libero/)."""
     assets = Path(checkpoint_dir) / "assets"
-    found = sorted(assets.glob("*/norm_stats.json")) if assets.is_dir() else []
-    choices = [p.parent.name for p in found]
+    found = sorted(p for p in assets.glob("**/norm_stats.json") if p.parent != assets) if assets.is_dir() else []
+    choices = [p.parent.relative_to(assets).as_posix() for p in found]
     if asset_id:
         path = assets / asset_id / "norm_stats.json"
         if not path.is_file():
