@@ -278,8 +278,9 @@ def test_model_settings_come_from_the_adapter_and_are_checked(tmp_path):
     tok = tmp_path / "tok.model"
     _sentencepiece(tok)
     with pytest.raises(ValueError, match="model.action_horizon is 15 but the checkpoint's config.json says 50"):
-        load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid", action_horizon=15)
-    stated = load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid")
+        load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid", action_horizon=15,
+                    norm_stats="none")
+    stated = load_policy(checkpoint=str(ckpt), tokenizer=str(tok), robot_adapter="droid", norm_stats="none")
     assert stated.config.action_horizon == 50  # the checkpoint's own horizon wins over the adapter's default
 
 
@@ -397,6 +398,21 @@ def test_a_libero_checkpoint_directory_finds_its_nested_norm_stats(openpi_policy
     for key in ("state", "actions"):
         assert np.array_equal(policy.norm_stats[key].mean, expected[key].mean)
         assert np.array_equal(policy.norm_stats[key].std, expected[key].std)
+
+
+def test_real_weights_without_norm_stats_are_refused_unless_none_says_so(openpi_policy_fixtures, tmp_path):
+    """openpi refuses a checkpoint whose assets hold no norm stats (training/checkpoints.py load_norm_stats); so do
+    we, before the weights load, for a checkpoint directory and a .safetensors file alike: the robot would otherwise
+    get actions computed from an unnormalized state. model.norm_stats: none runs without, said explicitly."""
+    ckpt = save_checkpoint(random_model(ModelConfig.preset("tiny"), seed=0), tmp_path / "ckpt")
+    tok = str(openpi_policy_fixtures / "tok.model")
+    for checkpoint in (ckpt, ckpt / "model.safetensors"):
+        with pytest.raises(ValueError, match=rf"no norm stats for {checkpoint}: .* model.norm_stats .* 'none'"):
+            load_policy(checkpoint=str(checkpoint), tokenizer=tok)
+    assert load_policy(checkpoint=str(ckpt), tokenizer=tok, norm_stats="none").norm_stats is None
+    (ckpt / "assets" / "empty_robot").mkdir(parents=True)  # an asset folder without its norm_stats.json
+    with pytest.raises(ValueError, match="no norm stats"):
+        load_policy(checkpoint=str(ckpt), tokenizer=tok)
 
 
 def test_verify_policy_as_a_command(openpi_policy_fixtures):

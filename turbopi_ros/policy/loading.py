@@ -18,6 +18,7 @@ from .tokenizer import make_tokenizer
 from .transforms import find_norm_stats, load_norm_stats
 
 logger = get_logger(__name__)
+NO_NORM_STATS = "none"  # model.norm_stats: no normalization, said explicitly
 
 
 def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", dtype: str = "float32",
@@ -29,7 +30,8 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
     model config JSON), or "random" for seeded random weights of ``preset`` (demos, tests): then no tokenizer
     file and no norm stats are needed (a byte tokenizer and identity normalization are used, and the log says
     so). norm_stats: a norm_stats.json, a directory holding one (or, with asset_id, holding
-    <asset_id>/norm_stats.json); "" = the checkpoint directory's assets/<asset_id>/norm_stats.json.
+    <asset_id>/norm_stats.json); "" = the checkpoint directory's assets/<asset_id>/norm_stats.json; "none" = no
+    normalization. Real weights without norm stats are refused unless "none" says so, as openpi refuses them.
     robot_adapter: one of adapters.ADAPTERS; adapt_to_pi: aloha's openpi conversion (on by default).
     action_horizon, max_token_len (0 = default) and discrete_state_input (None or "auto" = default): the model
     settings openpi's training configs set. Each comes from the parameter, else the checkpoint's config.json,
@@ -43,12 +45,21 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
         raise ValueError("model.checkpoint is not set: give an openpi checkpoint directory or .safetensors file, "
                          f"or '{RANDOM_WEIGHTS}' for random weights of model.preset (demos and tests only)")
     real = checkpoint != RANDOM_WEIGHTS
+    stats_path = _norm_stats_path(norm_stats, checkpoint if real else "", asset_id)
     stated = _checkpoint_settings(checkpoint) if real and Path(checkpoint).is_dir() else {}
     configure = functools.partial(_model_settings, adapter=adapter, stated=stated,
                                   asked={"action_horizon": action_horizon, "max_token_len": max_token_len})
     if real:
         if not tokenizer:  # checked first: loading a checkpoint takes a while
             raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
+        weights = Path(checkpoint)
+        loadable = weights.is_dir() or (weights.is_file() and weights.suffix == ".safetensors")  # else load_model
+        if loadable and stats_path is None and norm_stats != NO_NORM_STATS:  # refuses it, naming what is wrong
+            raise ValueError(
+                f"no norm stats for {checkpoint}: an openpi checkpoint directory keeps them in "
+                "assets/<asset_id>/norm_stats.json, and openpi refuses a checkpoint without them (the state would go "
+                "in and the actions come out unnormalized); set model.norm_stats to a norm_stats.json (or the folder "
+                f"holding it), or to '{NO_NORM_STATS}' for weights trained on unnormalized data")
         model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
                            dtype=dtype, configure=configure)
     else:
@@ -60,7 +71,6 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
             raise ValueError(f"model.discrete_state_input is {discrete_state_input} but the checkpoint's "
                              f"config.json says {stated['discrete_state_input']}")
         discrete_state_input = stated["discrete_state_input"]
-    stats_path = _norm_stats_path(norm_stats, checkpoint if real else "", asset_id)
     stats = load_norm_stats(stats_path) if stats_path else None
     if stats is None:
         logger.warning("no norm stats: state and actions pass through unnormalized")
@@ -121,6 +131,8 @@ def _model_settings(cfg, *, adapter: Optional[RobotAdapter], stated: Dict[str, o
 def _norm_stats_path(norm_stats: str, checkpoint: str, asset_id: str) -> Optional[Path]:
     """Where the norm stats are (load_policy), or None for none. With asset_id, a norm_stats.json given as a
     file must lie in a folder of that name (as openpi's assets/<asset_id>/norm_stats.json)."""
+    if norm_stats == NO_NORM_STATS:
+        return None
     if norm_stats:
         path = Path(norm_stats)
         if asset_id and path.is_dir() and not (path / "norm_stats.json").is_file():

@@ -31,7 +31,8 @@ PARAMETERS: Dict[str, Param] = {
     "model.seed": Param(0, "seed of the random weights (if any) and of the noise", min=0, max=2**31 - 1),
     "model.tokenizer": Param("", "PaliGemma SentencePiece model file; '' only with random weights"),
     "model.norm_stats": Param("", "norm_stats.json; '' = the checkpoint's assets/<asset_id>/norm_stats.json (the "
-                                  "only one; an asset id may span folders), or none"),
+                                  "only one; an asset id may span folders); 'none': no normalization (real weights "
+                                  "without norm stats are refused otherwise)"),
     "model.cuda_graph": Param(True, "on CUDA, replay the encoding and the denoise as CUDA graphs, every prompt length "
                                     "the configuration can produce captured before the node is ready"),
     "model.fused": Param(False, "the fused layer kernels (model/fused.py: norms with the residual add, rotary, the "
