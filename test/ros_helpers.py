@@ -185,6 +185,18 @@ def assert_reported_command_rate(feeder, rel: float = 0.05) -> None:
     assert min(floors) * (1 - rel) <= reported <= max(ceilings) * (1 + rel), (reported, floors, ceilings)
 
 
+def jpeg_claiming(height: int, width: int) -> bytes:
+    """A small valid JPEG whose frame header (SOF0) claims ``height`` x ``width``: a corrupt header."""
+    from turbopi_ros.ros.conversions import rgb_to_compressed
+    from turbopi_ros.tools.fake_robot import pattern
+
+    data = bytearray(rgb_to_compressed(pattern(16, 16, 0.0, 0), "jpeg").data)
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 7] = height.to_bytes(2, "big")
+    data[sof + 7:sof + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
 def node_params(path: Path = DEMO_PARAMS, node: str = "turbopi_node") -> dict:
     return yaml.safe_load(path.read_text())[f"/**/{node}"]["ros__parameters"]
 

@@ -7,7 +7,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import expect_rejected_then_recovered, level, node_params, node_session, wait_for  # noqa: E402
+from ros_helpers import (expect_rejected_then_recovered, jpeg_claiming, level, node_params, node_session,  # noqa: E402
+                         wait_for)
 
 ERROR = 2
 MAX_AGE_S = node_params()["max_observation_age_s"]
@@ -130,6 +131,13 @@ def test_compressed_image_that_is_no_image(running):
     expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": b"GIF89a? no: just some text"},
                                    "camera 'left_wrist_0_rgb': compressed image (jpeg, 26 bytes) could not be "
                                    "decoded (expected jpeg or png)")
+
+
+def test_corrupt_jpeg_header(running):
+    """A header claiming more pixels than OpenCV decodes: OpenCV asserts, which the node reported as its own failure."""
+    feeder, node = running
+    expect_rejected_then_recovered(feeder, node, {"left_wrist_0_rgb_data": jpeg_claiming(65000, 65000)},
+                                   "camera 'left_wrist_0_rgb': compressed image (jpeg, ")
 
 
 def test_duplicate_joint_names(running):

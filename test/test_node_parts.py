@@ -245,6 +245,9 @@ def test_a_problem_stops_the_schedule_unless_holding_and_a_worker_failure_always
         assert (schedule.current is None) != hold and problems.level == "error" and wakes == [1]
         flow.worker_failed("engine: RuntimeError: y; restarting it")
         assert schedule.current is None and logs[-1] == "engine: RuntimeError: y; restarting it"
+        assert problems.message == "engine: RuntimeError: y; restarting it" and problems.level == "error"
+        flow.worker_failed("engine: RuntimeError: y; restarting it")  # every 0.5 s while it lasts: logged once
+        assert logs.count("engine: RuntimeError: y; restarting it") == 1
 
 
 def test_real_time_chunking_guides_only_while_on_towards_the_chunk_being_executed():

@@ -215,6 +215,10 @@ class Policy:
             norm_state = self.actions.state_to_model(state)
         except ValueError as e:  # the adapter's check of the robot's state
             raise ObservationError(str(e)) from None
+        over = np.flatnonzero(~(np.abs(norm_state) <= np.finfo(np.float32).max))
+        if over.size:  # finite in float64, inf in the model's float32 input
+            raise ObservationError(f"state values at {over.tolist()} are beyond float32's range once normalized "
+                                   f"({norm_state[over].tolist()}): the model's input would be infinite")
         images, masks = self.cameras(obs.images)
         try:
             tokens, token_mask = self.tokenizer.encode(obs.prompt,

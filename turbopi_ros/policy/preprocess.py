@@ -83,6 +83,8 @@ def fast_resize_to_fit(image: np.ndarray, height: int, width: int) -> np.ndarray
         image = np.ascontiguousarray(image)
     h, w = image.shape[:2]
     r = reduction_factor(h, w, height, width)
+    while r > 1 and min(h, w) < r:  # a side shorter than r holds no whole block (a 4 x 2000 image): reduce less
+        r //= 2
     if r > 1:  # whole r x r blocks: OpenCV's INTER_AREA takes its fast integer path only then
         image = cv2.resize(image[: h - h % r, : w - w % r], (w // r, h // r), interpolation=cv2.INTER_AREA)
     new_h, new_w = fit_size(image.shape[0], image.shape[1], height, width)

@@ -58,9 +58,12 @@ class ChunkFlow:
         self._wake()
 
     def worker_failed(self, message: str) -> None:
-        """A worker's unexpected error (it restarts): logged, the commands stopped."""
-        self.logger.error(message)
+        """A worker's unexpected error (it restarts every 0.5 s while it lasts): the commands stopped, the error on
+        /diagnostics and in the log, throttled as every problem is (it used to be logged at each restart and never
+        reached /diagnostics)."""
         self.schedule.clear()
+        if self._alive():
+            self.problems.report(message, prefix="")
 
 
 class RealTimeChunking:

@@ -9,6 +9,8 @@ from builtin_interfaces.msg import Duration, Time
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's inputs are float32
+MAX_DECODE_PIXELS = 1 << 30  # OpenCV's default CV_IO_MAX_IMAGE_PIXELS: a larger header is refused (corrupt)
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
@@ -90,15 +92,23 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     factor = 1
     if reduce_for is not None:
         size = jpeg_size(buf)
-        if size is not None:
+        if size is not None and size[0] * size[1] <= MAX_DECODE_PIXELS:  # else refused at full size, as exact is
             from ..policy.preprocess import reduction_factor
 
             factor = reduction_factor(size[0], size[1], reduce_for[0], reduce_for[1])
-    img = cv2.imdecode(buf, _DECODE[factor]) if buf.size else None
+    if bytes(buf[:8]) == _PNG_SIGNATURE and buf.size > 24 and buf[24] == 16:  # IHDR's bit depth
+        raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}) is a 16-bit PNG, not "
+                         f"supported (expected jpeg, or png of 8 bits per channel: {', '.join(SUPPORTED_ENCODINGS)})")
+    try:
+        img = cv2.imdecode(buf, _DECODE[factor]) if buf.size else None
+    except cv2.error:  # OpenCV asserts on some headers, e.g. a size over its limit (CV_IO_MAX_IMAGE_PIXELS)
+        img = None
     if img is None:
+        size = jpeg_size(buf)
+        claims = f"; its header claims {size[1]}x{size[0]}" if size else ""
         raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}, {buf.size} bytes) "
-                         "could not be decoded (expected jpeg or png)")
-    if bytes(buf[:2]) == b"\xff\xd8" and b"\xff\xd9" not in bytes(buf[-64:]):  # FF D9 only occurs as the marker
+                         f"could not be decoded (expected jpeg or png){claims}")
+    if bytes(buf[:2]) == b"\xff\xd8" and jpeg_cut_short(bytes(buf)):
         raise InputError(f"camera '{camera}': JPEG data ({buf.size} bytes) has no end-of-image marker: the image was "
                          "cut short (expected a whole jpeg or png)")
     return img if _RGB_FLAG else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -106,6 +116,7 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
 
 # JPEG frame headers (start of frame: baseline, progressive, lossless, arithmetic...): they hold the image size.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def jpeg_size(data) -> Optional[Tuple[int, int]]:
@@ -127,6 +138,25 @@ def jpeg_size(data) -> Optional[Tuple[int, int]]:
         else:
             i += 2 + ((b[i + 2] << 8) | b[i + 3])
     return None
+
+
+def jpeg_cut_short(data: bytes) -> bool:
+    """Whether JPEG ``data`` has no end-of-image marker (FF D9) after its first scan: it was cut short. FF D9 cannot
+    occur inside the entropy-coded data (an FF there is followed by 00), and an embedded thumbnail's markers lie inside
+    an APP segment, which the walk to the first scan skips whole. Bytes after the marker (a driver's padding, appended
+    metadata) are ignored, as decoders ignore them."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", i) < 0
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return b"\xff\xd9" not in data[-64:]  # no scan found by the walk: at least the end must hold the marker
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8"):
@@ -190,6 +220,10 @@ def joint_state_to_vector(msg, joints: Sequence[str]) -> np.ndarray:
     bad = [f"'{j}'={v}" for j, v in zip(joints, values) if not np.isfinite(v)]
     if bad:
         raise InputError(f"joint_states: non-finite position {', '.join(bad)}; state must be finite")
+    huge = [f"'{j}'={v:g}" for j, v in zip(joints, values) if abs(v) > FLOAT32_MAX]
+    if huge:  # finite here, inf in the model's float32 input
+        raise InputError(f"joint_states: position {', '.join(huge)} beyond float32's range (the model's input: at most "
+                         f"{FLOAT32_MAX:.4g}); state must be finite")
     return values
 
 
