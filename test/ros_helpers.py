@@ -371,6 +371,8 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
         frozen_stamps (every input republished with the stamp it last had: a driver repeating its last measurement)
         drop_joint  nan_joint  inf_joint  duplicate_joint  joints_no_names  joints_extra_position  joints_silent
         joint_at ((name, position): that joint's position, instead of 0.1 x its index)
+        split_joint (a joint's name: published in a message of its own after the others', as a gripper's driver beside
+        an arm's; not a fault)  split_joint_silent (that message no longer sent)
     ``feeder.jump_clock(s)`` moves the simulated clock (``sim_clock`` sessions) by ``s`` seconds, e.g. back.
     """
     from diagnostic_msgs.msg import DiagnosticArray
@@ -570,9 +572,17 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 names = []
             if self.faults.get("joints_extra_position"):
                 positions.append(0.5)
+            split = self.faults.get("split_joint")
+            if split:  # that joint alone, after the others, at -0.3
+                positions.pop(names.index(split))
+                names.remove(split)
             msg = JointState(name=names, position=positions)
             msg.header.stamp = self._stamp("joints")
             self.joint_pub.publish(msg)
+            if split and not self.faults.get("split_joint_silent"):
+                part = JointState(name=[split], position=[-0.3])
+                part.header.stamp = self._stamp("joints")
+                self.joint_pub.publish(part)
             with self.lock:
                 self.joint_times.append(time.monotonic())
 

@@ -3,12 +3,13 @@ keeps running, and it recovers by itself when good input returns."""
 import re
 import time
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
 from ros_helpers import (expect_rejected_then_recovered, jpeg_claiming, level, node_params, node_session,  # noqa: E402
-                         wait_for)
+                         status_values, wait_for)
 
 ERROR = 2
 MAX_AGE_S = node_params()["max_observation_age_s"]
@@ -44,9 +45,36 @@ def test_byte_count_mismatch(running):
 
 
 def test_missing_joint(running):
+    """A joint the messages stop holding: its newest position, from an older message, is used while it is fresh (the
+    topic's messages may hold different joints: joint_states.py), then refused as stale, naming the joint."""
     feeder, node = running
     expect_rejected_then_recovered(feeder, node, {"drop_joint": "joint_3"},
-                                   "joint_states: joints ['joint_3'] of state.joints missing from JointState")
+                                   "joint_states: joints ['joint_3'] last came", bad_since=time.time() + MAX_AGE_S)
+
+
+def test_joints_split_over_two_publishers(running):
+    """An arm's driver and a gripper's publishing on one topic: each joint's newest position is used, the chunks go
+    on with /diagnostics OK, and the joint-states rate measured is the arm's, not the two messages' interleaved; when
+    the gripper's driver stops, its joint is named as stale; back, the node recovers."""
+    feeder, node = running
+    joint = node_params()["state.joints"][-1]
+    feeder.faults["split_joint"] = joint
+    try:
+        time.sleep(2.5)  # the rate is measured over the last 100 joint states (2 s at 50 Hz)
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 2, timeout=30), node.log()[-3000:]
+        assert wait_for(lambda: feeder.latest_status() is not None and level(feeder.latest_status()) == 0,
+                        timeout=5), feeder.latest_status()
+        assert wait_for(lambda: "joint_states_rate_hz" in status_values(feeder.latest_status()), timeout=5)
+        with feeder.lock:
+            intervals = np.diff(np.asarray(feeder.joint_times[-100:]))
+        sent_hz = 1.0 / float(np.median(intervals))
+        measured = float(status_values(feeder.latest_status())["joint_states_rate_hz"])
+        assert measured == pytest.approx(sent_hz, rel=0.05), (measured, sent_hz)
+        expect_rejected_then_recovered(feeder, node, {"split_joint_silent": True},
+                                       f"joint_states: joints ['{joint}'] last came", bad_since=time.time() + MAX_AGE_S)
+    finally:
+        feeder.faults.pop("split_joint", None)
 
 
 def test_nan_in_state(running):

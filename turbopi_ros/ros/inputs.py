@@ -11,6 +11,7 @@ import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .conversions import InputError, compressed_to_rgb, image_to_rgb, joint_state_to_vector, jpeg_size, stamp_to_sec
+from .joint_states import JointStateSources, MergedJointState
 from ..logs import get_logger
 from ..policy.policy import Observation
 
@@ -71,11 +72,18 @@ class InputBuffer:
         self.reduce_for = reduce_for  # compressed images may be decoded at reduced size (the policy's fast mode)
         self._lock = threading.Lock()
         self._latest: Dict[str, object] = {}
+        self._joint_sources = JointStateSources(self.state_joints)  # publishers sharing the joint-states topic
         self._large_warned: Dict[str, tuple] = {}  # camera -> the image size warned about
 
-    def store(self, name: str, msg) -> None:
+    def store(self, name: str, msg) -> bool:
+        """Keep ``msg`` as input ``name``'s newest; a joint state merged with the other publishers' on the topic, if
+        any (joint_states.py). Returns whether it counts for the joint-states rate (one publisher's messages do)."""
+        counts = True
         with self._lock:
+            if name == JOINT_STATES:
+                msg, counts = self._joint_sources.add(msg)
             self._latest[name] = msg
+        return counts
 
     def snapshot(self) -> Dict[str, object]:
         with self._lock:
@@ -104,6 +112,11 @@ class InputBuffer:
         worst = max(stale, key=stale.get)
         also = f"; also stale: {sorted(set(stale) - {worst})}" if len(stale) > 1 else ""
         hint = " (over a day: do the clocks differ? check use_sim_time)" if stale[worst] > DAY_S else ""
+        merged = snapshot.get(worst)
+        if isinstance(merged, MergedJointState):  # the topic's messages hold different joints (joint_states.py)
+            return (f"{input_name(worst)}: joints {merged.oldest_joints} last came {stale[worst]:.2f} s ago "
+                    f"(max_observation_age_s {self.max_age_s:g}; the messages on the topic hold different joints, "
+                    f"and each joint's newest position is used)" + hint + also)
         return (f"{input_name(worst)}: newest message is {stale[worst]:.2f} s old (max_observation_age_s "
                 f"{self.max_age_s:g})" + hint + also)
 

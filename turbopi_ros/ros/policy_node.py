@@ -166,19 +166,21 @@ class TurbopiNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     # --- callbacks: store only --------------------------------------------------------------------------------------
-    def _store(self, name: str, msg) -> None:
-        self.inputs.store(name, msg)
+    def _store(self, name: str, msg) -> bool:
+        counts = self.inputs.store(name, msg)
         if self.frames is not None and name != JOINT_STATES:
             self.frames.submit(name, msg)
         self.engine.wake()
+        return counts
 
     def _prepare_frame(self, name: str, msg):
         """A camera frame converted and preprocessed for the model (on its camera's thread, as it arrives)."""
         return self.policy.prepare_image(name, self.inputs.converted(name, msg))
 
     def _on_joint_states(self, msg: JointState) -> None:
-        self.stats.joint_state(self.now(), stamp_to_sec(msg.header.stamp))
-        self._store(JOINT_STATES, msg)
+        received = self.now()
+        if self._store(JOINT_STATES, msg):  # not another publisher's part of the joints: its stamps are no period
+            self.stats.joint_state(received, stamp_to_sec(msg.header.stamp))
 
     def _set_prompt(self, text: str, source: str) -> None:
         if self.prompt.set(text):
