@@ -88,10 +88,12 @@ def columns(joints):
 
 
 def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
-    """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it, the one before):
-    the node publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last one published
-    before it (rmw source timestamps), and the one before that the chunk it was blended from. Those published before
-    the second chunk recorded here are left out."""
+    """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it, the ones before
+    it blended from): the node publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last
+    one published before it (rmw source timestamps); it fades from the one before that, and while that one was still
+    fading in (published less than blend_s before; with a margin for the publish times), from the ones before it too
+    (ChunkSchedule: Fade). Those published before the second chunk recorded here are left out."""
+    margin_s = float(PARAMS["blend_s"]) + 0.05
     with feeder.lock:
         full = [(source, m) for _, source, m in feeder.chunks_info]
     with recorder.lock:
@@ -101,21 +103,24 @@ def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
     for source, msg in sent:
         i = int(np.searchsorted(sources, source, side="right")) - 1
         if i >= 1:
-            paired.append((source, msg, full[i][1], full[i - 1][1]))
+            j = i - 1
+            while j >= 1 and sources[j] - sources[j - 1] < margin_s:
+                j -= 1
+            paired.append((source, msg, full[i][1], [m for _, m in full[j:i]]))
     return paired
 
 
-def _within_the_blend(values: np.ndarray, raw: np.ndarray, old: np.ndarray, times: np.ndarray, source: float,
-                      what: str) -> int:
+def _within_the_blend(values: np.ndarray, raw: np.ndarray, olds: List[np.ndarray], times: np.ndarray,
+                      source: float, what: str) -> int:
     """``values`` [k, n] at the chunk's point ``times`` (node clock), published at ``source``: the blended chunk
     (ChunkSchedule.blended): from blend_s after the publication (the node read its clock before that) the chunk's own
-    ``raw``; before, between the old chunk's ``old`` (nan where it had ended) and the new one's, element by element.
+    ``raw``; before, between the old chunks' ``olds`` (nan where one had ended) and the new one's, element by element.
     Returns how many values were blended (not the raw chunk's)."""
     blend_s = float(PARAMS["blend_s"])
     after = times >= source + blend_s
     assert np.array_equal(values[after], raw[after]), what
-    old = np.where(np.isnan(old), raw, old)
-    low, high = np.minimum(old, raw), np.maximum(old, raw)
+    olds = [np.where(np.isnan(old), raw, old) for old in olds]
+    low, high = np.minimum.reduce([raw, *olds]), np.maximum.reduce([raw, *olds])
     assert np.all((values >= low - 1e-9) & (values <= high + 1e-9)), (what, values, low, high)
     return int(np.sum(values != raw))
 
@@ -144,21 +149,21 @@ def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) ->
         controller = Controller(spec["joints"], allow_integration_in_goal_trajectories=velocity)
         paired = _with_their_chunks(feeder, recorder, g)
         assert len(paired) >= min_common, (g, len(paired))
-        for source, msg, whole, before in paired:
+        for source, msg, whole, earlier in paired:
             assert list(msg.joint_names) == spec["joints"], g
             assert problem(msg, controller, arrival=source) is None, (g, problem(msg, controller, arrival=source))
             expected = np.array([p.positions for p in whole.points])[:, columns(spec["joints"])]
             chunk_times = stamp_of(whole) + trajectory_times(whole)
-            old = _old_at(before, chunk_times, columns(spec["joints"]))
+            olds = [_old_at(before, chunk_times, columns(spec["joints"])) for before in earlier]
             times = trajectory_times(msg)
             if velocity:
                 assert stamp_of(msg) == 0.0 and all(len(p.positions) == 0 for p in msg.points), g
                 velocities = np.array([p.velocities for p in msg.points])
                 ahead = len(msg.points) - 1  # the steps still ahead, then the stop
                 rows = slice(len(expected) - ahead, None)
-                scaled = [np.clip(x * SCALE, -LIMIT, LIMIT)[rows] for x in (expected, old)]
-                counts["blended"] += _within_the_blend(velocities[:-1], scaled[0], scaled[1], chunk_times[rows], source,
-                                                       g)
+                scaled = [np.clip(x * SCALE, -LIMIT, LIMIT)[rows] for x in (expected, *olds)]
+                counts["blended"] += _within_the_blend(velocities[:-1], scaled[0], scaled[1:], chunk_times[rows],
+                                                       source, g)
                 assert not np.any(velocities[-1]), g
                 counts["clamped"] += int(np.sum(np.abs(expected[rows] * SCALE) > LIMIT))
                 assert np.allclose(np.diff(times), 1.0 / RATE, atol=2e-9), g
@@ -171,7 +176,7 @@ def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) ->
             assert stamp_of(msg) == stamp_of(whole) and np.array_equal(times, trajectory_times(whole)), g
             assert times[0] == pytest.approx(1.0 / RATE)
             positions = np.array([p.positions for p in msg.points])
-            counts["blended"] += _within_the_blend(positions, expected, old, chunk_times, source, g)
+            counts["blended"] += _within_the_blend(positions, expected, olds, chunk_times, source, g)
             velocities = np.array([p.velocities for p in msg.points])
             assert np.allclose(velocities[:-1], np.gradient(positions, 1.0 / RATE, axis=0, edge_order=2)[:-1])
             assert np.all(velocities[-1] == 0)

@@ -107,3 +107,32 @@ def test_bad_arguments():
         ChunkSchedule(50.0, blend_s=-1)
     with pytest.raises(ValueError):
         Chunk(np.zeros((0, 3)), 0.0, 50.0)
+
+
+FADE_RATE = 50.0
+
+
+def _constant(value, H=50, n=2):
+    return np.full((H, n), float(value))
+
+
+def test_a_chunk_arriving_while_the_previous_blend_is_running_does_not_step_the_command():
+    """Chunks every 40 ms (back-to-back inference on a GPU) with blend_s 0.1: chunk B arrives at 0.2 s and fades in
+    from A; C arrives at 0.24 s, while the command is still halfway between A and B. The command must stay
+    continuous at that switch: before it, 0.6 A + 0.4 B; right after it, the same. The schedule used to fade C from
+    B's raw trajectory, so the command stepped from the A/B mix to B (a jump of 0.6 |A - B|)."""
+    s = ChunkSchedule(FADE_RATE, blend_s=0.1)
+    s.set_chunk(_constant(0.0), stamp=0.0, now=0.0)       # A
+    s.set_chunk(_constant(1.0), stamp=0.19, now=0.2)      # B: fades in over 0.2..0.3 s
+    before = s.command(0.24)
+    assert np.allclose(before, 0.4)                    # 0.6 A + 0.4 B
+    blended = s.blended(_constant(2.0), 0.23, 0.24)       # what the group trajectories get for C
+    s.set_chunk(_constant(2.0), stamp=0.23, now=0.24)     # C
+    after = s.command(0.24)
+    assert np.allclose(after, before, atol=1e-9), f"the command steps from {before} to {after} at C's arrival"
+    # and the group trajectories, which are what the command stream will follow, start where it is too
+    t1 = 0.23 + 1 / FADE_RATE                               # C's first action time, 0.25 s: 0.01 s into C's blend
+    assert np.allclose(s.command(t1), blended[0], atol=1e-9)
+    steps = np.abs(np.diff([s.command(t)[0] for t in np.arange(0.2, 0.4, 0.002)]))
+    # the fades move it at most (1 + 2) / blend_s = 30 / s: 0.06 in 2 ms
+    assert steps.max() < 0.07, f"a step of {steps.max():.3f} in 2 ms"

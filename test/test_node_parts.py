@@ -698,3 +698,66 @@ def test_the_ready_line_says_what_runs_the_fused_kernels(monkeypatch):
     monkeypatch.setattr(fused, "triton", None)  # a GPU whose torch wheel came without Triton
     assert (", fused kernels (torch twin: Triton is not installed, so no faster than model.fused: false), 10 steps"
             in line(True, "cuda"))
+
+
+def test_on_stale_hold_does_not_jump_ahead_on_the_old_chunk_when_the_inputs_are_fresh_again():
+    """on_stale: hold, a 2 s chunk moving a joint at 1 rad/s. The joint states stop for 1.5 s: after 0.5 s the
+    commands hold the last one (0.6). When they are fresh again the commands must not resume the old chunk where its
+    clock has got to meanwhile (1 rad further on, in one tick): a controller following ~/joint_command would jump
+    there. Until a chunk computed from the fresh inputs arrives, the held command is the right one."""
+
+    clock, logs = SimpleNamespace(t=1000.0), []
+    inputs, schedule = joints_only(clock.t), ChunkSchedule(50.0, 0.1)
+    sent = []
+    outputs = SimpleNamespace(publish_command=lambda c, held=False: sent.append(np.array(c)), stop=lambda: None)
+    logger = SimpleNamespace(info=logs.append, error=logs.append)
+    flow = ChunkFlow(schedule, ChunkGate(inputs, PauseWatch(MAX_AGE_S)), outputs, NodeStats(),
+                     ProblemLog(logs.append, logs.append), logger, True, lambda: clock.t, lambda: None, lambda: True)
+    source = CommandSource(schedule, inputs, outputs, NodeStats(), lambda: clock.t, flow.fail, lambda: True, True)
+    schedule.set_chunk(np.arange(1, 101)[:, None] / 50.0 * np.ones(2), clock.t, clock.t)  # 1 rad/s for 2 s
+    for _ in range(5):  # 20 ms ticks, inputs fresh
+        clock.t += 0.02
+        inputs.store(JOINT_STATES, joint_state(clock.t))
+        source.tick()
+    assert np.allclose(sent[-1], 0.1)
+    for _ in range(75):  # the joint states stop for 1.5 s: stale after 0.5 s, held from then on
+        clock.t += 0.02
+        source.tick()
+    assert np.allclose(sent[-1], sent[-2]) and "joint_states" in logs[-1]
+    held = sent[-1]
+    clock.t += 0.02
+    inputs.store(JOINT_STATES, joint_state(clock.t))  # fresh again; no new chunk yet
+    source.tick()
+    assert np.abs(sent[-1] - held).max() < 0.05, f"the command jumped from {held} to {sent[-1]} in one tick"
+
+
+def test_the_operators_stop_halts_the_chunk_a_controller_still_follows_after_a_problem_stopped_the_commands():
+    """action.halt_on_stop, on_stale: stop. A 1 s chunk goes out on ~/action_chunk (a joint_trajectory_controller
+    follows it to its end); 0.2 s later an inference fails (or the inputs go stale): the command stream stops, the
+    controller goes on with the chunk ("stale inputs stop the commands, not the chunk", docs/node.md). The operator
+    then disables the node: with halt_on_stop that must send the halt that replaces the chunk being followed. It
+    sent nothing: the halt looked at the command schedule, which the problem had cleared. A second stop after the halt
+    sends nothing more (the controller follows the halt, not the chunk)."""
+    from test_action_outputs import _outputs
+
+    for problem in ("inference failed: RuntimeError: x", "joint_states: newest message is 0.60 s old"):
+        clock, logs = SimpleNamespace(t=1000.0), []
+        node, outputs = _outputs({}, halt_on_stop=True)
+        schedule = ChunkSchedule(50.0, 0.1)
+        logger = SimpleNamespace(info=logs.append, error=logs.append)
+        flow = ChunkFlow(schedule, ChunkGate(joints_only(clock.t), PauseWatch(MAX_AGE_S)), outputs, NodeStats(),
+                         ProblemLog(logs.append, logs.append), logger, False, lambda: clock.t, lambda: None,
+                         lambda: True)
+        chunk = SimpleNamespace(actions=np.arange(1, 51)[:, None] / 50.0 * np.ones(6), stamp=clock.t - 0.01,
+                                guidance_error=None, state=None, timings={"total": 0.05})
+        assert flow.publish(chunk, 0.0, 0.0, 0.0)
+        clock.t += 0.2
+        flow.fail(problem)  # the commands stop
+        assert schedule.command(clock.t) is None
+        outputs.halt(schedule, clock.t)  # ~/enable false (TurbopiNode._stop_publishing: then CommandSource.stop)
+        schedule.clear()
+        halts = node.sent["~/action_chunk"][1:]
+        assert len(halts) == 1, f"after '{problem}', the operator's stop did not halt the chunk being followed"
+        assert np.allclose(halts[0].points[0].positions, 0.335, atol=1e-9)  # the chunk (t - its stamp) at now + 0.125 s
+        outputs.halt(schedule, clock.t + 0.05)  # shutdown after the disable: the controller follows the halt
+        assert len(node.sent["~/action_chunk"]) == 2

@@ -41,6 +41,32 @@ class Chunk:
         return (1.0 - a) * self.actions[k] + a * self.actions[k + 1]
 
 
+class Fade:
+    """The command's trajectory while a chunk switch at ``switched_at`` fades ``old`` (a Chunk, or a Fade still running
+    then) into the chunk ``new`` over ``blend_s``: what a later chunk set during the fade must fade from, or the
+    command would step from the mix to ``new`` at that switch."""
+
+    def __init__(self, old, new: Chunk, switched_at: float, blend_s: float):
+        self.old, self.new, self.switched_at, self.blend_s = old, new, float(switched_at), float(blend_s)
+
+    def at(self, t: float) -> Optional[np.ndarray]:
+        new = self.new.at(t)
+        if new is None or t - self.switched_at >= self.blend_s:
+            return new
+        old = self.old.at(t)
+        if old is None:
+            return new
+        a = max((t - self.switched_at) / self.blend_s, 0.0)
+        return (1.0 - a) * old + a * new
+
+    def settled(self, t: float):
+        """The same trajectory from ``t`` on, with the fades that have ended by then replaced by their new chunk."""
+        if t - self.switched_at >= self.blend_s or self.old.at(t) is None:
+            return self.new
+        old = self.old.settled(t) if isinstance(self.old, Fade) else self.old
+        return Fade(old, self.new, self.switched_at, self.blend_s)
+
+
 class ChunkSchedule:
     """Thread-safe: the inference worker sets chunks, the control timer reads commands."""
 
@@ -53,13 +79,19 @@ class ChunkSchedule:
         self.blend_s = float(blend_s)
         self._lock = threading.Lock()
         self._current: Optional[Chunk] = None
-        self._previous: Optional[Chunk] = None
+        self._previous = None  # what the command followed when the current chunk was set (Chunk or Fade)
         self._switched_at = 0.0
+        self._sent = None  # what the trajectory controllers were sent last (Chunk or Fade): halt_action halts it
 
-    def _followed(self, now: float) -> Optional[Chunk]:
-        """The current chunk if it still has an action at ``now`` (what a new chunk set then fades from); call with
-        the lock held."""
-        return self._current if self._current is not None and self._current.at(now) is not None else None
+    def _followed(self, now: float):
+        """What the command follows at ``now`` (what a new chunk set then fades from): the current chunk, or while a
+        blend is running, its fade from the previous one (Fade); None when the current chunk has no action at
+        ``now``. Call with the lock held."""
+        if self._current is None or self._current.at(now) is None:
+            return None
+        if self._previous is None or self.blend_s <= 0:
+            return self._current
+        return Fade(self._previous, self._current, self._switched_at, self.blend_s).settled(now)
 
     def _fade(self, old: np.ndarray, new: np.ndarray, t: float, switched_at: float) -> np.ndarray:
         """The command at ``t`` between the old chunk's action ``old`` and the new one's ``new``, a chunk switch at
@@ -73,6 +105,8 @@ class ChunkSchedule:
             self._previous = self._followed(now)
             self._current = chunk
             self._switched_at = now
+            self._sent = chunk if self._previous is None or self.blend_s <= 0 else Fade(
+                self._previous, chunk, now, self.blend_s)
 
     def blended(self, actions: np.ndarray, stamp: float, now: float) -> np.ndarray:
         """The chunk ``actions`` [H, N] observed at ``stamp`` as the commands will follow it once set_chunk(actions,
@@ -95,9 +129,14 @@ class ChunkSchedule:
             out[k] = self._fade(was, out[k], times[k], now)
         return out
 
-    def clear(self) -> None:
+    def clear(self, followed: bool = False) -> None:
+        """No command from here on. ``followed``: a problem stopped the commands, not the chunk a trajectory
+        controller is following (docs/node.md, Outputs): halt_action still halts that one; else (the operator's
+        stop, after its halt) it is forgotten too."""
         with self._lock:
             self._current = self._previous = None
+            if not followed:
+                self._sent = None
 
     @property
     def has_chunk(self) -> bool:
@@ -113,13 +152,16 @@ class ChunkSchedule:
     def halt_action(self, now: float, halt_s: float) -> Optional[np.ndarray]:
         """Where a halt at ``now`` over ``halt_s`` seconds stops: the command at now + halt_s / 2, which a joint
         moving at the chunk's speed v reaches by braking evenly (v / halt_s) to a stop in halt_s; where the chunk
-        ends before that, its last action. None when no command applies now."""
-        if self.command(now) is None:
+        ends before that, its last action. None when the chunk sent last has no action at ``now``: nothing is
+        followed. Also after a problem stopped the commands (clear(followed=True)): a trajectory controller still
+        follows that chunk."""
+        with self._lock:
+            sent = self._sent
+        if sent is None or sent.at(now) is None:
             return None
-        target = self.command(now + halt_s / 2.0)
+        target = sent.at(now + halt_s / 2.0)
         if target is None:
-            with self._lock:
-                target = None if self._current is None else self._current.actions[-1].copy()
+            target = (sent.new if isinstance(sent, Fade) else sent).actions[-1].copy()
         return target
 
     def command(self, now: float) -> Optional[np.ndarray]:

@@ -52,7 +52,7 @@ class ChunkFlow:
         """Record a problem (diagnostics show the newest), stop the commands unless on_stale is 'hold', log it
         (throttled by ProblemLog), wake the engine."""
         if not self.hold_on_stale:
-            self.schedule.clear()
+            self.schedule.clear(followed=True)
         if self._alive():  # shutting down: the log's rosout publisher is gone
             self.problems.report(message, waiting)
         self._wake()
@@ -61,7 +61,7 @@ class ChunkFlow:
         """A worker's unexpected error (it restarts every 0.5 s while it lasts): the commands stopped, the error on
         /diagnostics and in the log, throttled as every problem is (it used to be logged at each restart and never
         reached /diagnostics)."""
-        self.schedule.clear()
+        self.schedule.clear(followed=True)
         if self._alive():
             self.problems.report(message, prefix="")
 

@@ -84,6 +84,8 @@ class CommandSource:
         if stale and not self._stale_reported:
             self._fail(stale)
         self._stale_reported = bool(stale)
+        if stale:  # the chunk is not resumed when they are fresh again: its clock ran on while the commands held
+            self.schedule.clear(followed=True)
         command = None if stale else self.schedule.command(now)
         held = command is None and self.hold_on_stale and self.last_command is not None
         if held:
