@@ -4,6 +4,7 @@ each on its own thread, so a disable that lands between such a check and the pub
 or stop it. The node runs in this process, not started (no threads of its own): the test plays the engine's and the
 command thread's parts with their publications held open."""
 import threading
+import time
 
 import pytest
 
@@ -84,7 +85,8 @@ def test_a_disable_waits_for_a_chunk_being_published_and_drops_the_next(node, mo
         node._publish_chunk("late chunk", 0.0, 0.0, 0.0)
         assert len(calls) == 1, "a chunk went out after ~/enable false returned"
         _set_enabled(node, True).join(10)
-        node._publish_chunk("chunk after enabling", 0.0, 0.0, 0.0)
+        observed = time.monotonic()  # an observation taken after enabling (one taken before the disable is dropped)
+        node._publish_chunk("chunk after enabling", observed, observed, observed)
         assert [c[0] for c in calls] == ["chunk", "chunk after enabling"]
     finally:
         release.set()

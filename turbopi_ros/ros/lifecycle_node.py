@@ -29,12 +29,15 @@ from typing import List
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_srvs.srv import SetBool
 
+from .node_params import PARAMETERS
+from .parameters import on_parameters_set
 from .policy_node import TurbopiNode
 from .problems import failure
 from .ros_compat import remove_parameter_callbacks
 from .spin import signals_end_the_process
 
 CONFIGURING = "configuring (loading the model, warming up; nothing is published)"
+INACTIVE = "inactive: activate the node to publish (ros2 lifecycle set <node> activate)"
 
 
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
@@ -43,15 +46,16 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         self._make_gates()  # a deactivation takes both, as ~/enable false does
         self._active = False
         self._configured_attrs: List[str] = []
-        self._made: dict = {}
+        self._made = self._entities()  # the lifecycle's and parameters' own: a shutdown before configure keeps them
         self._param_callbacks: list = []
         self._threads_started = False
 
     # --- transitions --------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         before_attrs = set(vars(self))
-        self._made = {kind: set(getattr(self, kind)) for kind in ("publishers", "subscriptions", "timers",
-                                                                   "services", "clients")}
+        self._made = self._entities()
+        remove_parameter_callbacks(self, self._param_callbacks)  # the unconfigured node's checks: _build adds its own
+        self._param_callbacks = []
         try:
             with signals_end_the_process(CONFIGURING):  # Ctrl-C does not wait for the load and the warm-up
                 self._build()
@@ -104,6 +108,9 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def _start_state(self) -> str:
         return "inactive until activated"
 
+    def _disabled_message(self) -> str:
+        return TurbopiNode._disabled_message(self) if self._active else INACTIVE
+
     def _publishing(self) -> bool:
         return self._active and self._enabled
 
@@ -121,6 +128,10 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         return super().declare_parameter(name, value, descriptor, ignore_override)
 
     # --- helpers ------------------------------------------------------------------------------------------------
+    def _entities(self) -> dict:
+        return {kind: set(getattr(self, kind)) for kind in ("publishers", "subscriptions", "timers", "services",
+                                                            "clients")}
+
     def _quiesce(self) -> None:
         """No chunk or command after this returns; a velocity group's stream ends with its zero command."""
         if not hasattr(self, "commands"):  # not configured
@@ -135,7 +146,9 @@ class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
         self._active = False
         self._release()
         remove_parameter_callbacks(self, self._param_callbacks)
-        self._param_callbacks = []
+        # the parameters stay declared for the next configure: a run-time one set meanwhile is still checked as it is
+        # set (and applied by that configure)
+        self._param_callbacks = on_parameters_set(self, PARAMETERS)
         for kind, destroy in (("publishers", self.destroy_publisher), ("subscriptions", self.destroy_subscription),
                               ("timers", self.destroy_timer), ("services", self.destroy_service),
                               ("clients", self.destroy_client)):

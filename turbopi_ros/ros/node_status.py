@@ -17,6 +17,7 @@ from .rates import EventRate
 
 STATUS_NAME = "turbopi_node: policy"
 WARMING_UP = "warming up (first inference, graph captures): not ready yet"
+DISABLED = "disabled (call ~/enable)"
 KEPT = 20  # chunks whose stage times the medians are over
 # per chunk, besides the policy's stages: latency (observation stamp -> publish), engine (the run), observation_to_chunk
 # (inputs taken -> publish), observation_wait (inputs taken -> the engine starts on them), prepared_wait (the
@@ -93,10 +94,11 @@ class NodeStats:
 
 
 def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems: ProblemLog, enabled: bool,
-                      chunks: int, hardware_id: str, warming_up: bool = False) -> DiagnosticStatus:
+                      chunks: int, hardware_id: str, warming_up: bool = False,
+                      disabled: str = DISABLED) -> DiagnosticStatus:
     """The node's DiagnosticStatus: ERROR naming the newest problem, WARN "warming up" until the node is ready (no
-    chunk can come yet), WARN while waiting for input or for a first chunk, OK with the chunk rate; every measured
-    value and input age as key/values."""
+    chunk can come yet), OK ``disabled`` (what to do) while not publishing, WARN while waiting for input or for a
+    first chunk, OK with the chunk rate; every measured value and input age as key/values."""
     problem, level = problems.message, problems.level
     status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
     if level == "error":
@@ -104,7 +106,7 @@ def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems
     elif warming_up:
         status.level, status.message = DiagnosticStatus.WARN, WARMING_UP
     elif not enabled:
-        status.level, status.message = DiagnosticStatus.OK, "disabled (call ~/enable)"
+        status.level, status.message = DiagnosticStatus.OK, disabled
     elif level == "warn":
         status.level, status.message = DiagnosticStatus.WARN, problem
     elif values["chunk_rate_hz"] == 0.0:
@@ -153,11 +155,12 @@ class StatusReporter:
     the frames' counters, the node's command period and RTC switch), the problems, the input ages."""
 
     def __init__(self, node, stats: NodeStats, problems: ProblemLog, engine, frames, values: Callable[[], tuple],
-                 warm_up=None):
+                 warm_up=None, disabled: Callable[[], str] = lambda: DISABLED):
         """``values()`` -> (now on the node's clock, the command period in s, RTC on, commands enabled);
-        ``warm_up``: warm_up.WarmUp (its ``ready`` event and ``values()``), or None."""
+        ``warm_up``: warm_up.WarmUp (its ``ready`` event and ``values()``), or None; ``disabled()``: the status
+        message while commands are not enabled (what would enable them)."""
         self.node, self.stats, self.problems, self.engine, self.frames = node, stats, problems, engine, frames
-        self._state, self.warm_up = values, warm_up
+        self._state, self.warm_up, self._disabled = values, warm_up, disabled
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def values(self) -> Dict[str, float]:
@@ -170,7 +173,7 @@ class StatusReporter:
     def publish(self, hardware_id: str) -> None:
         warming_up = self.warm_up is not None and not self.warm_up.ready.is_set()
         status = diagnostic_status(self.values(), self.engine.ages, self.problems, self._state()[3],
-                                   self.stats.chunks, hardware_id, warming_up)
+                                   self.stats.chunks, hardware_id, warming_up, self._disabled())
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self._pub.publish(msg)

@@ -111,13 +111,17 @@ def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     return values
 
 
-def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict[str, Any]], None]) -> list:
-    """Validate run-time changes before they are set and apply them after.
+def on_parameters_set(node: Node, table: Dict[str, Param], apply: Optional[Callable[[Dict[str, Any]], None]] = None,
+                      fixed: Optional[Dict[str, Any]] = None) -> list:
+    """Validate run-time changes before they are set and apply them after (``apply`` None: validate only, as a
+    managed node does while unconfigured: its parameters stay declared for the next configure).
 
     rclpy 7 (Jazzy) and later: validation in ``add_on_set_parameters_callback`` (which must not change state, as
     the rclpy docs ask) and ``apply`` in ``add_post_set_parameters_callback``. rclpy 3 (Humble) has no post-set
-    callback: there ``apply`` runs at the end of the on-set callback, once the change has been validated. Returns the
-    callbacks registered, for ros_compat.remove_parameter_callbacks (a managed node's cleanup).
+    callback: there ``apply`` runs at the end of the on-set callback, once the change has been validated. ``fixed``:
+    parameters outside ``table`` (rclpy's own) with the value the node was built for, which it cannot follow at run
+    time (use_sim_time: its clock, command stream and pause watch are set up for it): another value is refused.
+    Returns the callbacks registered, for ros_compat.remove_parameter_callbacks (a managed node's cleanup).
     """
     from rcl_interfaces.msg import SetParametersResult
 
@@ -126,6 +130,9 @@ def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict
     def validated(params: Sequence) -> Tuple[Optional[str], Dict[str, Any]]:
         changes = {}
         for p in params:
+            if fixed and p.name in fixed and p.value != fixed[p.name]:
+                return (f"parameter {p.name}: the node was started with {fixed[p.name]!r}; read-only: restart the "
+                        "node to change it"), {}
             if p.name not in table:  # use_sim_time and other rclpy parameters
                 continue
             try:
@@ -140,12 +147,14 @@ def on_parameters_set(node: Node, table: Dict[str, Param], apply: Callable[[Dict
         error, changes = validated(params)
         if error:
             return SetParametersResult(successful=False, reason=error)
-        if not post_set and changes:
+        if apply is not None and not post_set and changes:
             apply(changes)
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(on_set)
     registered = [("on", on_set)]
+    if apply is None:
+        return registered
 
     def post(params):
         apply(validated(params)[1])

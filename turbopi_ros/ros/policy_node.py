@@ -12,7 +12,9 @@ Bad input is logged, reported on /diagnostics and never acted on.
 """
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import Dict, Optional
 
 from rclpy.node import Node
@@ -33,7 +35,7 @@ from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
 from .node_config import NodeConfig
 from .node_params import PARAMETERS, loading_message, policy_from_config
-from .node_status import NodeStats, StatusReporter, ready_message
+from .node_status import DISABLED, NodeStats, StatusReporter, ready_message
 from .parameters import declare_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog, failure
@@ -60,6 +62,7 @@ class TurbopiNode(Node):
         """A command tick and a chunk's publication each hold a gate, and ``~/enable`` false (the managed node's
         deactivate too) takes both: nothing is published after it returns (one in progress finishes first)."""
         self._command_gate, self._chunk_gate = threading.Lock(), threading.Lock()
+        self._stopped_at = -math.inf  # monotonic time of the last stop: a chunk observed before it is dropped
 
     def _build(self) -> None:
         p = declare_parameters(self, PARAMETERS)
@@ -127,9 +130,10 @@ class TurbopiNode(Node):
         self.period = CommandPeriod(c.command_rate_hz, self.rate_hz)
         self.status = StatusReporter(self, self.stats, self.problems, self.engine, self.frames,
                                      lambda: (self.now(), self.period.period_s, self.rtc.enabled, self._enabled),
-                                     self.warm_up)
+                                     self.warm_up, self._disabled_message)
         self.create_service(SetBool, "~/enable", self._on_enable)
-        self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters)
+        self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters,
+                                                  fixed={"use_sim_time": self._sim_time})
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
         self._command_timer = None
@@ -146,6 +150,10 @@ class TurbopiNode(Node):
 
     def _start_state(self) -> str:
         return "enabled" if self._enabled else "waiting for ~/enable"
+
+    def _disabled_message(self) -> str:
+        """/diagnostics while not publishing: what would publish."""
+        return DISABLED
 
     def start(self) -> None:
         """Start the engine (it warms up first: /diagnostics says "warming up" meanwhile) and the command stream
@@ -241,6 +249,7 @@ class TurbopiNode(Node):
     def _stop_publishing(self) -> None:
         """~/enable false (deactivate), under both gates: the chunk being followed halted (action.halt_on_stop; before
         the schedule is cleared), the schedule cleared, a velocity group's zero command sent."""
+        self._stopped_at = time.monotonic()  # an inference in flight: its chunk is dropped, also after enabling again
         self.outputs.halt(self.schedule, self.now())
         self.commands.stop()
         self.outputs.stop()
@@ -248,7 +257,7 @@ class TurbopiNode(Node):
     # --- the engine's hooks (engine_worker.py) and the command tick (command_stream.py) ------------------------------
     def _publish_chunk(self, chunk, run_start: float, taken_at: float, ready_at: float) -> None:
         with self._chunk_gate:  # the engine checked before; a disable since then drops the chunk here
-            if self._publishing():
+            if self._publishing() and taken_at > self._stopped_at:  # nor one observed before a disable
                 self.flow.publish(chunk, run_start, taken_at, ready_at)
 
     def _publishing(self) -> bool:
