@@ -53,27 +53,46 @@ class Replayed:
     not_rebuilt: List[dict] = field(default_factory=list)  # --at-recorded-chunks: chunks whose inputs the bag lacks
 
 
+def resolved(topic: str) -> str:
+    """A topic name as the node (in the root namespace) resolves it: a relative name (``joint_states``) is under
+    ``/``, as the bag has it."""
+    return topic if topic.startswith(("/", "~")) else "/" + topic
+
+
 def input_topics(config: NodeConfig) -> Dict[str, Tuple[str, str]]:
-    """topic -> (input name, message type) of the node's subscriptions under the configuration ``config``."""
+    """input name -> (topic, message type) of the node's subscriptions under the configuration ``config`` (one per
+    camera: two cameras may share a topic, as two subscriptions of the node do)."""
     cameras = config.cameras
-    topics = {t: (name, COMPRESSED if c else IMAGE)
+    topics = {name: (resolved(t), COMPRESSED if c else IMAGE)
               for name, t, c in zip(cameras.names, cameras.topics, cameras.compressed)}
-    topics[config.joint_states.topic] = (JOINT_STATES, JOINT_STATE)
+    topics[JOINT_STATES] = (resolved(config.joint_states.topic), JOINT_STATE)
     return topics
 
 
 def check_bag_topics(reader, wanted: Dict[str, Tuple[str, str]], bag: Path) -> None:
-    """Every topic the node subscribes to is in the bag, with the type it subscribes with."""
-    have = {topic: info.msgtype for topic, info in reader.topics.items()}
-    for topic, (name, msgtype) in wanted.items():
+    """Every topic the node subscribes to is in the bag, with the type it subscribes with (a topic recorded with
+    several types is read in that one, as the node's subscription matches that one's publishers), and has messages:
+    rosbag2 lists the topics it subscribed to, published on or not."""
+    types: Dict[str, List[str]] = {}
+    counts: Dict[Tuple[str, str], int] = {}
+    for c in reader.connections:
+        if (c.topic, c.msgtype) not in counts:
+            types.setdefault(c.topic, []).append(c.msgtype)
+        counts[c.topic, c.msgtype] = counts.get((c.topic, c.msgtype), 0) + c.msgcount
+    # per-topic counts: the bag's metadata or MCAP statistics (where a writer left them out, they do not add up)
+    counted = sum(counts.values()) == reader.message_count
+    for name, (topic, msgtype) in wanted.items():
         what = "joint_states.topic" if name == JOINT_STATES else f"camera '{name}' (cameras.topics)"
-        if topic not in have:
+        if topic not in types:
             raise ValueError(f"bag {bag} has no topic {topic} ({what} in the params file, {msgtype}); its topics: "
-                             + ", ".join(f"{t} ({m})" for t, m in sorted(have.items())))
-        if have[topic] != msgtype:
+                             + (", ".join(f"{t} ({' | '.join(m)})" for t, m in sorted(types.items())) or "none"))
+        if msgtype not in types[topic]:
             hint = " (check cameras.compressed)" if msgtype in (IMAGE, COMPRESSED) else ""
-            raise ValueError(f"bag {bag}: topic {topic} ({what}) is {have[topic]}, the node subscribes to it as "
-                             f"{msgtype}{hint}")
+            raise ValueError(f"bag {bag}: topic {topic} ({what}) is {' | '.join(types[topic])}, the node subscribes "
+                             f"to it as {msgtype}{hint}")
+        if counted and not counts[topic, msgtype]:
+            raise ValueError(f"bag {bag} has no message on {topic} ({what} in the params file, {msgtype}): the topic "
+                             "was recorded, but nothing was published on it")
 
 
 def skip_reason(message: str) -> str:
@@ -86,10 +105,14 @@ class Replayer:
 
     def __init__(self, config: NodeConfig, policy):
         self.config, self.policy = config, policy
-        topics = input_topics(config)
-        self.topics = topics
-        self.inputs = InputBuffer(list(config.cameras.names), {name: t for t, (name, _) in topics.items()},
-                                  list(config.state.joints), config.max_observation_age_s)
+        self.topics = input_topics(config)  # input name -> (topic, type)
+        self._inputs_of: Dict[Tuple[str, str], List[str]] = {}  # (topic, type) -> the inputs it feeds
+        for name, key in self.topics.items():
+            self._inputs_of.setdefault(key, []).append(name)
+        # decoded as the node decodes them: a JPEG reduced where the policy's fast preprocessing allows (policy_node)
+        self.inputs = InputBuffer(list(config.cameras.names), {name: t for name, (t, _) in self.topics.items()},
+                                  list(config.state.joints), config.max_observation_age_s,
+                                  reduce_for=policy.reduced_decode_size)
         self.prompt = config.prompt
         self.jump = JumpLimit(config.action.joints, config.state.joints, config.action.max_jump)
         self.result = Replayed()
@@ -129,18 +152,21 @@ class Replayer:
 
     # --- a bag ------------------------------------------------------------------------------------------------------
     def stream(self, reader, end_ns: int):
-        """(arrival ns, topic, rosbags message) of the node's inputs from the bag's beginning (the newest messages
-        before the first instant count) to end_ns, in recorded order."""
-        connections = [c for c in reader.connections if c.topic in self.topics]
+        """(arrival ns, (topic, type), rosbags message) of the node's inputs from the bag's beginning (the newest
+        messages before the first instant count) to end_ns, in recorded order."""
+        connections = [c for c in reader.connections if (c.topic, c.msgtype) in self._inputs_of]
         for conn, t_ns, raw in reader.messages(connections=connections, stop=end_ns):
-            yield t_ns, conn.topic, deserialize(reader.typestore, raw, conn.msgtype)
+            yield t_ns, (conn.topic, conn.msgtype), deserialize(reader.typestore, raw, conn.msgtype)
 
-    def store(self, t_ns: int, topic: str, msg, start_ns: int) -> None:
-        """A message arrives, as in the node's subscription callbacks (joint states also go into the result)."""
-        name = self.topics[topic][0]
-        self.inputs.store(name, msg)
-        if name == JOINT_STATES and t_ns >= start_ns:
-            self.result.joint_states.append((t_ns, msg))
+    def store(self, t_ns: int, key: Tuple[str, str], msg, start_ns: int) -> List[str]:
+        """A message of (topic, type) ``key`` arrives, as in the node's subscription callbacks: one per input it feeds
+        (joint states also go into the result). Returns those inputs."""
+        names = self._inputs_of[key]
+        for name in names:
+            self.inputs.store(name, msg)
+            if name == JOINT_STATES and t_ns >= start_ns:
+                self.result.joint_states.append((t_ns, msg))
+        return names
 
     def run(self, reader, start_ns: int, end_ns: int, period_s: Optional[float], limit: int = 0,
             progress=lambda t_s: None) -> Replayed:
@@ -209,19 +235,19 @@ class Replayer:
                     return self.result
             if msg is None or (t_ns >= end_ns and not recorded.pending()):
                 break
-            self.store(t_ns, topic, msg, start_ns)  # (the joint states after the last chunk still count)
+            names = self.store(t_ns, topic, msg, start_ns)  # (the joint states after the last chunk still count)
             if t_ns >= start_ns:
                 progress((t_ns - start_ns) * 1e-9)
             if recorded.pending():
-                name = self.topics[topic][0]
                 stamp = _stamp_ns(stamp_to_sec(msg.header.stamp))
-                first_stamps.setdefault(name, stamp)
-                history[name] = _usable(history[name] + [(stamp, t_ns, msg)], recorded.next_stamp_ns())
+                for name in names:
+                    first_stamps.setdefault(name, stamp)
+                    history[name] = _usable(history[name] + [(stamp, t_ns, msg)], recorded.next_stamp_ns())
         return self.result
 
     def _names(self) -> Dict[str, str]:
         """input name -> its topic."""
-        return {name: topic for topic, (name, _) in self.topics.items()}
+        return {name: topic for name, (topic, _) in self.topics.items()}
 
     def _reproduce(self, stamp_ns: int, actions: np.ndarray, candidates, first: bool = False) -> None:
         """Observe on the first of ``candidates`` (see _candidates: not empty) that reproduces the recorded chunk,
@@ -374,7 +400,12 @@ class RecordedChunks:
     stamp in ns, actions [H, N])."""
 
     def __init__(self, reader, config: NodeConfig):
-        connections = [c for c in reader.connections if c.topic == CHUNK_TOPIC and c.msgtype == TRAJECTORY]
+        # the node in a namespace (the params file's /** matches any) publishes on /<namespace>/turbopi_node/...
+        connections = [c for c in reader.connections if c.msgtype == TRAJECTORY
+                       and c.topic.endswith(CHUNK_TOPIC)]
+        if len({c.topic for c in connections}) > 1:
+            raise ValueError(f"--at-recorded-chunks: the bag has the chunks of several nodes: "
+                             f"{sorted({c.topic for c in connections})}; replay one node's bag at a time")
         if not connections:
             raise ValueError(f"--at-recorded-chunks: the bag has no {CHUNK_TOPIC} ({TRAJECTORY}): record the node's "
                              "chunks too (turbopi-demo --record does)")
@@ -457,6 +488,8 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
         print("turbopi-replay: warning: rtc.enabled is set; replay infers every chunk on its own (real-time chunking "
               "is not replayed)", file=sys.stderr)
     out = Path(out)
+    if out.exists() and not out.is_dir():  # found before the replay, not when its outputs are written
+        raise ValueError(f"--out {out} is a file: expected a directory (created if missing)")
     if (out / report.CHUNKS_BAG).exists():
         raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")
     reader = open_bag(bag)
