@@ -160,3 +160,31 @@ def test_diagnostics_of_an_inactive_managed_node_do_not_ask_for_enable(managed):
     assert not refused.success
     assert "~/enable" not in message and "activate" in message, message
     managed.trigger_shutdown()
+
+
+def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declared_one(ros):
+    """rcl ignores a parameter the node does not declare: a typo in the params file (action.max_jmp) would leave the
+    setting at its default without a word. The node names each such parameter in a warning before the model loads,
+    with the declared name closest to it; rclpy's own and QoS overrides are not named."""
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.node_params import PARAMETERS
+    from turbopi_ros.ros.parameters import ignored_parameters
+    from turbopi_ros.ros.policy_node import TurbopiNode
+
+    extra = [Parameter("blend_ss", value=0.2), Parameter("action.max_jmp", value=[0.5]),
+             Parameter("some_other_nodes_setting", value=1), Parameter("use_sim_time", value=False),
+             Parameter("qos_overrides./joint_states.subscription.depth", value=5)]
+    node = TurbopiNode(parameter_overrides=_overrides() + extra)
+    try:
+        assert ignored_parameters(node, PARAMETERS) == (
+            "parameters given that turbopi_node does not declare, ignored: 'action.max_jmp' (did you mean "
+            "'action.max_jump'?), 'blend_ss' (did you mean 'blend_s'?), 'some_other_nodes_setting' (docs/node.md "
+            "lists its parameters)")
+    finally:
+        node.destroy_node()
+    node = TurbopiNode(parameter_overrides=_overrides())
+    try:
+        assert ignored_parameters(node, PARAMETERS) == ""
+    finally:
+        node.destroy_node()

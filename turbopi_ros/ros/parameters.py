@@ -111,6 +111,25 @@ def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     return values
 
 
+def ignored_parameters(node: Node, table: Dict[str, Param]) -> str:
+    """A warning naming the parameters given to ``node`` (params file, -p) that it does not declare, each with the
+    declared name closest to it: rcl ignores them, so a typo (``action.max_jmp``) would leave a setting at its default
+    without a word. "" when there are none. A warning, not a refusal: a ``/**`` section may hold other nodes'
+    parameters. Call after every parameter is declared; rclpy's own and its QoS overrides do not count."""
+    import difflib
+
+    given = getattr(node, "_parameter_overrides", {})  # (rclpy's, on every distro; {} where it is missing)
+    ignored = sorted(n for n in given if not node.has_parameter(n) and not n.startswith("qos_overrides."))
+    if not ignored:
+        return ""
+
+    def named(name: str) -> str:
+        close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.75)
+        return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    return (f"parameters given that {node.get_name()} does not declare, ignored: {', '.join(map(named, ignored))} "
+            "(docs/node.md lists its parameters)")
+
+
 def on_parameters_set(node: Node, table: Dict[str, Param], apply: Optional[Callable[[Dict[str, Any]], None]] = None,
                       fixed: Optional[Dict[str, Any]] = None) -> list:
     """Validate run-time changes before they are set and apply them after (``apply`` None: validate only, as a

@@ -36,7 +36,7 @@ from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
 from .node_config import NodeConfig
 from .node_params import PARAMETERS, loading_message, policy_from_config
 from .node_status import DISABLED, NodeStats, StatusReporter, ready_message
-from .parameters import declare_parameters, on_parameters_set
+from .parameters import declare_parameters, ignored_parameters, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog, failure
 from .ros_logging import forward_python_logging, stop_forwarding
@@ -68,6 +68,9 @@ class TurbopiNode(Node):
         p = declare_parameters(self, PARAMETERS)
         self.config = c = NodeConfig.from_params(p)  # checked across parameters; typed from here on
         groups = declare_groups(self, p, c.action.joints)
+        ignored = ignored_parameters(self, PARAMETERS)
+        if ignored:  # before the model loads: the first thing in the log
+            self.get_logger().warning(ignored)
         self.rate_hz = c.control_rate_hz
         if c.model.num_threads > 0:
             import torch
