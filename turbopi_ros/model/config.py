@@ -194,6 +194,10 @@ def read_json(path: Union[str, Path], what: str) -> Any:
         raise ValueError(f"{what} {path}: file not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path}: not a JSON text (a binary file?)") from None
+    except OSError as e:  # a directory, an unreadable file
+        raise ValueError(f"{what} {path}: cannot be read ({e.strerror or e})") from None
 
 
 def load_config(spec: Union[str, Path, ModelConfig, Dict[str, Any]]) -> ModelConfig:

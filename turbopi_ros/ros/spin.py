@@ -153,6 +153,9 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
     or installation that cannot work (ValueError, OSError, ImportError or an rcl error while building) is logged as
     ``cannot start: ...`` and exits 1."""
     global _running
+    if _wants_help(sys.argv if args is None else args):
+        print(_usage(module, name))
+        return
     stop = _running = _Stop(name)
     stop.install()
     node = None
@@ -198,6 +201,32 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         os._exit(code)
     if code:
         raise SystemExit(code)
+
+
+def _wants_help(argv) -> bool:
+    """-h or --help outside the ``--ros-args ... [--]`` spans (rcl's own arguments)."""
+    in_ros = False
+    for arg in list(argv)[1:]:
+        if arg == "--ros-args":
+            in_ros = True
+        elif in_ros and arg == "--":
+            in_ros = False
+        elif not in_ros and arg in ("-h", "--help"):
+            return True
+    return False
+
+
+def _usage(module: str, name: str) -> str:
+    """The node's usage and its parameters (the module's PARAMETERS table), for --help: nothing starts."""
+    mod = importlib.import_module(module)
+    lines = [f"usage: {name} [--ros-args --params-file YAML -p NAME:=VALUE ...]", "",
+             (mod.__doc__ or "").split("\n\n")[0].strip()]
+    table = getattr(mod, "PARAMETERS", {})
+    if table:
+        lines += ["", "parameters (ros2 param describe shows them too):"]
+    for pname, param in table.items():
+        lines.append(f"  {pname} (default {param.default!r}): {param.description}; {param.constraints()}")
+    return "\n".join(lines)
 
 
 def _fatal(name: str, message: str) -> None:

@@ -332,8 +332,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results to this file")
     args = p.parse_args(argv)
-    if args.iters < 1 or args.width < 1 or args.height < 1:
-        p.error("--iters, --width and --height must be positive")
+    if args.iters < 1 or args.width < 1 or args.height < 1 or args.observations < 1:
+        p.error("--iters, --width, --height and --observations must be positive")
+    if args.warmup < 0:
+        p.error("--warmup must not be negative")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"--json {args.json}: its folder does not exist")
+    try:
+        load_config(args.preset)
+    except ValueError as e:
+        p.error(f"--preset: {e}")
     if not all(t.strip().isdigit() for t in str(args.threads).split(",")):
         p.error(f"--threads: expected a number or numbers separated by commas (2,3), got '{args.threads}'")
     result = run(args)

@@ -98,6 +98,8 @@ def _arguments(argv):
     args = parser.parse_args(argv)
     if args.record and (not args.record.endswith(".mcap") or os.path.exists(args.record)):
         parser.error(f"--record {args.record}: expected a new .mcap file")
+    if args.record and not os.path.isdir(os.path.dirname(os.path.abspath(args.record))):
+        parser.error(f"--record {args.record}: its folder does not exist")
     return args
 
 
@@ -187,6 +189,16 @@ def _start_recorded(params: Path, env: Dict[str, str], recorder, client_node, pr
 def main(argv=None) -> int:
     args = _arguments(argv)
     params = Path(args.params_file) if args.params_file else processes.config_file("demo_tiny.yaml")
+    topics = None
+    if args.record:
+        from ..ros.params_file import load
+        from .recorder import node_topics
+
+        try:
+            topics = node_topics(load(params))
+        except ValueError as e:  # the nodes would refuse it too: say so before starting anything
+            print(f"turbopi-demo: {e}", file=sys.stderr)
+            return 2
     env = _node_environment(args.engine_delay)
 
     print(f"turbopi-demo: fake_robot + turbopi_node with {params} (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}), "
@@ -197,10 +209,9 @@ def main(argv=None) -> int:
     ros.add(monitor.node)
     recorder = None
     if args.record:
-        from ..ros.params_file import load
-        from .recorder import BagRecorder, node_topics
+        from .recorder import BagRecorder
 
-        recorder = BagRecorder(Path(args.record), node_topics(load(params)))
+        recorder = BagRecorder(Path(args.record), topics)
         ros.add(recorder)
     summary, interrupted, failed, procs, t0 = Summary(), False, None, [], time.monotonic()
     try:

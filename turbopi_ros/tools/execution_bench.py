@@ -96,10 +96,9 @@ def record(mode: str, params_file: Path, duration_s: float, warmup_s: float = 3.
            overrides: Optional[Dict[str, object]] = None) -> Recording:
     """Run fake_robot + turbopi_node in ``mode`` and record them for ``duration_s`` after the first chunk and
     ``warmup_s``. rclpy must be initialised by the caller."""
-    import yaml
     from rclpy.executors import SingleThreadedExecutor
 
-    params = yaml.safe_load(Path(params_file).read_text())["/**/turbopi_node"]["ros__parameters"]
+    params = node_parameters(params_file)
     rate = float(params["control_rate_hz"])
     values = dict(MODES[mode], **(overrides or {}))
     args = [a for name, value in values.items() for a in ("-p", f"{name}:={_ros_value(value)}")]
@@ -133,6 +132,15 @@ def record(mode: str, params_file: Path, duration_s: float, warmup_s: float = 3.
         recorder.node.destroy_node()
     chunks = [(t, Chunk(positions, stamp, rate)) for t, stamp, positions in raw_chunks]
     return Recording(mode=mode, rate_hz=rate, commands=commands, chunks=chunks, diagnostics=diagnostics)
+
+
+def node_parameters(params_file: Path) -> Dict[str, object]:
+    """turbopi_node's parameters as the node reads them from the YAML (every section rcl applies, nested names
+    dotted), the defaults where unset. ValueError naming --params-file for a file the node could not read."""
+    from ..ros.node_params import PARAMETERS
+    from ..ros.params_file import read_sections
+
+    return {**{name: p.default for name, p in PARAMETERS.items()}, **read_sections(Path(params_file))}
 
 
 def _ros_value(value) -> str:
@@ -285,15 +293,22 @@ def main(argv=None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown modes {unknown}; known: {list(MODES)}")
+    if args.duration <= 0:
+        parser.error(f"--duration {args.duration:g}: expected seconds > 0")
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"{flag} {path}: its folder does not exist")
     params_file = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
+    try:
+        params = node_parameters(params_file)
+    except ValueError as e:
+        parser.error(str(e))
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
     import torch
-    import yaml
 
-    params = yaml.safe_load(params_file.read_text())["/**/turbopi_node"]["ros__parameters"]
     if int(params.get("model.num_threads", 0)) > 0:
         torch.set_num_threads(int(params["model.num_threads"]))
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(),

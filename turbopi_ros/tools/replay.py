@@ -480,6 +480,8 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
         raise ValueError(f"--period {period_s:g}: expected seconds > 0")
     if start_s < 0 or duration_s < 0 or limit < 0:
         raise ValueError("--start, --duration and --limit must not be negative")
+    if period_s is not None and at_recorded_chunks:
+        raise ValueError("--period and --at-recorded-chunks: choose one (the recorded chunks set the instants)")
     config = params_file.load(params_path)
     for name in params_file.unknown(params_path):
         print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",

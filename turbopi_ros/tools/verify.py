@@ -55,6 +55,20 @@ def run_case(model, case: Dict[str, torch.Tensor], path: str = "fast") -> torch.
                                     case["state"], noise=case["noise"], num_steps=case["num_steps"], path=path)
 
 
+def device_problem(device: str) -> str:
+    """Why torch cannot run on ``device`` here ('' if it can)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return "not a torch device (cpu, cuda or cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return "this torch has no usable CUDA device"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return ""
+
+
 def main(argv=None) -> int:
     from ..model.checkpoint import CheckpointError, load_model
 
@@ -69,6 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tol", type=float, default=1e-4)
     args = p.parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:
+        print(f"turbopi-verify: --device {args.device}: {problem}", file=sys.stderr)
+        return 2
     if args.policy is not None:
         if args.case or args.weights or args.config:
             p.error("--policy takes no --case, --weights or --config: the case's JSON sidecar names them")
