@@ -165,7 +165,8 @@ def test_diagnostics_of_an_inactive_managed_node_do_not_ask_for_enable(managed):
 def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declared_one(ros):
     """rcl ignores a parameter the node does not declare: a typo in the params file (action.max_jmp) would leave the
     setting at its default without a word. The node names each such parameter in a warning before the model loads,
-    with the declared name closest to it; rclpy's own and QoS overrides are not named."""
+    with the declared name closest to it; rclpy's own are not named, QoS overrides are (no topic of the node takes
+    them: test_node_integration.py)."""
     from rclpy.parameter import Parameter
 
     from turbopi_ros.ros.node_params import PARAMETERS
@@ -179,8 +180,9 @@ def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declare
     try:
         assert ignored_parameters(node, PARAMETERS) == (
             "parameters given that turbopi_node does not declare, ignored: 'action.max_jmp' (did you mean "
-            "'action.max_jump'?), 'blend_ss' (did you mean 'blend_s'?), 'some_other_nodes_setting' (docs/node.md "
-            "lists its parameters)")
+            "'action.max_jump'?), 'blend_ss' (did you mean 'blend_s'?), "
+            "'qos_overrides./joint_states.subscription.depth' (its topics take no QoS overrides), "
+            "'some_other_nodes_setting' (docs/node.md lists its parameters)")
     finally:
         node.destroy_node()
     node = TurbopiNode(parameter_overrides=_overrides())

@@ -15,7 +15,7 @@ from ..policy.policy import STAGES
 from .problems import ProblemLog
 from .rates import EventRate
 
-STATUS_NAME = "turbopi_node: policy"
+STATUS_NAME = "turbopi_node: policy"  # the node as launched (status_name: a renamed or namespaced one's differs)
 WARMING_UP = "warming up (first inference, graph captures): not ready yet"
 DISABLED = "disabled (call ~/enable)"
 KEPT = 20  # chunks whose stage times the medians are over
@@ -93,14 +93,22 @@ class NodeStats:
         return values
 
 
+def status_name(node) -> str:
+    """The /diagnostics status name of ``node``: its fully qualified name without the leading '/' (STATUS_NAME for
+    /turbopi_node; ``left_arm/turbopi_node: policy`` in a namespace, ``right_policy: policy`` renamed), so the
+    statuses of two policy nodes (one per arm) stay apart on the global /diagnostics topic, which a
+    diagnostic_aggregator or rqt_robot_monitor keys by name."""
+    return f"{node.get_fully_qualified_name().lstrip('/')}: policy"
+
+
 def diagnostic_status(values: Dict[str, float], ages: Dict[str, float], problems: ProblemLog, enabled: bool,
                       chunks: int, hardware_id: str, warming_up: bool = False,
-                      disabled: str = DISABLED) -> DiagnosticStatus:
+                      disabled: str = DISABLED, name: str = STATUS_NAME) -> DiagnosticStatus:
     """The node's DiagnosticStatus: ERROR naming the newest problem, WARN "warming up" until the node is ready (no
     chunk can come yet), OK ``disabled`` (what to do) while not publishing, WARN while waiting for input or for a
     first chunk, OK with the chunk rate; every measured value and input age as key/values."""
     problem, level = problems.message, problems.level
-    status = DiagnosticStatus(name=STATUS_NAME, hardware_id=hardware_id)
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id)
     if level == "error":
         status.level, status.message = DiagnosticStatus.ERROR, problem
     elif warming_up:
@@ -162,6 +170,7 @@ class StatusReporter:
         self.node, self.stats, self.problems, self.engine, self.frames = node, stats, problems, engine, frames
         self._state, self.warm_up, self._disabled = values, warm_up, disabled
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.name = status_name(node)
 
     def values(self) -> Dict[str, float]:
         now, period_s, rtc, _ = self._state()
@@ -173,7 +182,7 @@ class StatusReporter:
     def publish(self, hardware_id: str) -> None:
         warming_up = self.warm_up is not None and not self.warm_up.ready.is_set()
         status = diagnostic_status(self.values(), self.engine.ages, self.problems, self._state()[3],
-                                   self.stats.chunks, hardware_id, warming_up, self._disabled())
+                                   self.stats.chunks, hardware_id, warming_up, self._disabled(), self.name)
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self._pub.publish(msg)

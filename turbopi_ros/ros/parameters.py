@@ -97,14 +97,19 @@ def _as_floats(name: str, value, is_list: bool):
     raise ValueError(f"parameter {name}: expected {'a list of numbers' if is_list else 'a number'}, got {value!r}")
 
 
+NULL = "null"  # an unset list parameter, as `ros2 param dump` writes it and a parameter file reads it back
+
+
 def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     """Declare every parameter of ``table`` up front with its descriptor and return the checked values."""
     values = {}
     for name, param in table.items():
         try:
             value = node.declare_parameter(name, param.default, param.descriptor()).value
-            if value is None and isinstance(param.default, list):
-                value = []  # an empty list in a parameter file arrives unset: rcl cannot tell its element type
+            if isinstance(param.default, list) and (value is None or value == NULL):
+                # an empty list in a parameter file arrives unset (rcl cannot tell its element type); `ros2 param
+                # dump` writes an unset parameter as null, which rcl's YAML parser gives back as the string 'null'
+                value = []
         except ParameterException as e:  # a wrong type, or a value outside the descriptor's range
             raise ValueError(f"parameter {name}: {e} (expected: {param.constraints()})") from None
         values[name] = param.check(name, value)
@@ -115,15 +120,18 @@ def ignored_parameters(node: Node, table: Dict[str, Param]) -> str:
     """A warning naming the parameters given to ``node`` (params file, -p) that it does not declare, each with the
     declared name closest to it: rcl ignores them, so a typo (``action.max_jmp``) would leave a setting at its default
     without a word. "" when there are none. A warning, not a refusal: a ``/**`` section may hold other nodes'
-    parameters. Call after every parameter is declared; rclpy's own and its QoS overrides do not count."""
+    parameters. Call after every parameter is declared; rclpy's own do not count. ``qos_overrides.*`` do: no topic
+    of this node is created with QoS overriding options, so rclpy neither declares nor applies them."""
     import difflib
 
     given = getattr(node, "_parameter_overrides", {})  # (rclpy's, on every distro; {} where it is missing)
-    ignored = sorted(n for n in given if not node.has_parameter(n) and not n.startswith("qos_overrides."))
+    ignored = sorted(n for n in given if not node.has_parameter(n))
     if not ignored:
         return ""
 
     def named(name: str) -> str:
+        if name.startswith("qos_overrides."):
+            return f"'{name}' (its topics take no QoS overrides)"
         close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.75)
         return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     return (f"parameters given that {node.get_name()} does not declare, ignored: {', '.join(map(named, ignored))} "

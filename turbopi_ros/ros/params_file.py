@@ -88,6 +88,8 @@ def load(path: Path) -> "NodeConfig":
     values = {}
     for name, param in PARAMETERS.items():
         value = given.get(name, param.default)
+        if value is None and isinstance(param.default, list):
+            value = []  # null, as `ros2 param dump` writes an unset (empty-list) parameter: the node takes it so too
         check_type(name, param, value)
         values[name] = param.check(name, value)
     return NodeConfig.from_params(values)
