@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -69,9 +70,16 @@ class ModelConfig:
         problems = []
         if self.variant not in VARIANTS:
             problems.append(f"variant {self.variant!r} is not one of {VARIANTS}")
-        for name in ("action_dim", "action_horizon", "max_token_len"):
-            if int(getattr(self, name)) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        sizes = [(name, getattr(self, name)) for name in ("action_dim", "action_horizon", "max_token_len")]
+        for section in ("vision", "vlm", "expert"):
+            sub = getattr(self, section)
+            sizes += [(f"{section}.{f.name}", getattr(sub, f.name)) for f in dataclasses.fields(sub)
+                      if f.type in (int, "int")]
+        bad = [(name, value) for name, value in sizes
+               if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0]
+        if bad:  # the checks below divide by them, and torch takes them as tensor sizes
+            raise ValueError("invalid model config: " + "; ".join(
+                f"{name} must be a positive integer, got {value!r}" for name, value in bad))
         v = self.vision
         if v.width % v.num_heads:
             problems.append(f"vision.width {v.width} is not divisible by vision.num_heads {v.num_heads}")
@@ -107,7 +115,8 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["expert"].pop("vocab_size")  # the expert has no vocabulary
         for g in ("vlm", "expert"):
-            d[g].pop("rope_theta")
+            if d[g]["rope_theta"] == GemmaConfig.rope_theta:  # written only when it is not the default
+                d[g].pop("rope_theta")
         return d
 
     def to_json(self, path: Union[str, Path]) -> None:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence,
 import torch
 
 from .config import ModelConfig
-from .inputs import check_prefix_inputs
+from .inputs import check_image_inputs, check_prefix_inputs
 from .pi0 import ImageTokens, PI0Model, PrefixCache
 from .rtc import ConstantPrefix, Guidance, guided_loop
 
@@ -418,6 +418,7 @@ class CudaGraphEncoder(_PooledGraphs):
 
     def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
         model = self.model
+        check_image_inputs(model.config, images, image_masks)
         present = tuple(i for i, p in enumerate(image_masks.any(dim=0).tolist()) if p)
         if not present or not bool(image_masks[:, list(present)].all()):  # no camera, or rows that differ: eager
             return model.embed_images(images, image_masks.to(images.device))

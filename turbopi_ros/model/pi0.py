@@ -30,7 +30,7 @@ from .few_rows_matmul import FewRowsMatmuls
 from .split_attention import split_attention
 from .config import ModelConfig
 from .gemma import Attend, Gemma, maskless_attention, rope_tables
-from .inputs import check_prefix_inputs
+from .inputs import check_image_inputs, check_noise, check_prefix_inputs
 from .reference import sample_actions_reference
 from .sampler import Sampler, StepConditioning, euler_schedule, time_embedding  # noqa: F401 (re-exported)
 from .siglip import Projector, SiglipVision
@@ -166,11 +166,7 @@ class PI0Model(nn.Module):
     def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> ImageTokens:
         """images [B, N, 3, S, S] in [-1, 1], image_masks [B, N] bool -> SigLIP tokens of the present cameras."""
         s = self.config.vision.image_size
-        if images.ndim != 5 or tuple(images.shape[2:]) != (3, s, s):
-            raise ValueError(f"images must be [B, cameras, 3, {s}, {s}] in [-1, 1], got {list(images.shape)}")
-        if image_masks.dtype != torch.bool or tuple(image_masks.shape) != tuple(images.shape[:2]):
-            raise ValueError(f"image_masks must be bool {list(images.shape[:2])}, got {image_masks.dtype} "
-                             f"{list(image_masks.shape)}")
+        check_image_inputs(self.config, images, image_masks)
         B = images.shape[0]
         present = tuple(i for i, any_row in enumerate(image_masks.any(dim=0).tolist()) if any_row)
         T, W = self.config.num_image_tokens, self.config.vlm.width
@@ -335,6 +331,7 @@ class PI0Model(nn.Module):
         reference path."""
         if noise is None:
             noise = self.sample_noise(images.shape[0])
+        check_noise(self.config, images.shape[0], noise)
         if path == "reference":
             return sample_actions_reference(self, images, image_masks, tokens, token_mask, state, noise, num_steps)
         if path != "fast":

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from typing import TYPE_CHECKING
 
 from .gemma import Gemma, masked_eager_attention, rope_tables
-from .inputs import check_prefix_inputs
+from .inputs import check_image_inputs, check_noise, check_prefix_inputs
 from .sampler import euler_schedule, time_embedding
 
 if TYPE_CHECKING:  # pi0.py imports this module: the model class is needed for annotations only
@@ -131,6 +131,8 @@ def reference_denoise(model: PI0Model, prefix_pad, past, state, noise, num_steps
 
 
 def sample_actions_reference(model: PI0Model, images, image_masks, tokens, token_mask, state, noise, num_steps=10):
+    check_image_inputs(model.config, images, image_masks)
     check_prefix_inputs(model.config, images.shape[0], tokens, token_mask, state)
+    check_noise(model.config, images.shape[0], noise)
     prefix_pad, past = reference_prefix(model, images, image_masks, tokens, token_mask)
     return reference_denoise(model, prefix_pad, past, state, noise, num_steps)

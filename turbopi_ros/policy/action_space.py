@@ -41,9 +41,14 @@ class ActionSpace:
                 if key not in norm_stats:
                     raise ValueError(f"norm stats have no '{key}' entry")
                 require_stats(norm_stats[key], self.use_quantiles, f"norm stats [{key}]")
+        if delta_mask is not None and len(delta_mask) and np.asarray(delta_mask).dtype != bool:
+            raise ValueError(f"delta mask must be a list of bools, got {np.asarray(delta_mask).dtype} "
+                             f"{list(delta_mask)}")
         self.delta_mask = None if delta_mask is None or not any(delta_mask) else list(delta_mask)
         if adapter is not None:
             self._check_adapter_sizes()
+        else:
+            self._check_sizes()
         self.lower = self._limits(lower_limits, -np.inf, "lower")
         self.upper = self._limits(upper_limits, np.inf, "upper")
         if np.any(self.lower > self.upper):
@@ -60,12 +65,29 @@ class ActionSpace:
                     raise ValueError(f"norm stats [{key}] have {len(lo)} values: robot adapter '{a.name}' needs "
                                      f"{need} to {d}")
 
+    def _check_sizes(self) -> None:
+        """Without an adapter the actions are cut to action_dims before the delta mask and after unnormalizing."""
+        n, d = self.action_dims, self.config.action_dim
+        if self.delta_mask is not None and len(self.delta_mask) > n:
+            raise ValueError(f"delta mask has {len(self.delta_mask)} entries, more than the {n} action joints")
+        if self.norm_stats is not None:  # (fewer than n: the joints beyond them pass through, as openpi's)
+            lo = self.norm_stats["actions"].q01 if self.use_quantiles else self.norm_stats["actions"].mean
+            if len(lo) > d:  # else every unnormalize, after the model ran, refuses them
+                raise ValueError(f"norm stats [actions] have {len(lo)} values, more than the model's {d} action dims")
+
     def _limits(self, values, default, name) -> np.ndarray:
         if values is None or len(values) == 0:
             return np.full(self.action_dims, default)
         if len(values) != self.action_dims:
             raise ValueError(f"{len(values)} {name} limits for {self.action_dims} action joints")
-        return np.asarray(values, dtype=np.float64)
+        limits = np.asarray(values, dtype=np.float64)
+        if limits.shape != (self.action_dims,):
+            raise ValueError(f"{name} limits must be a list of {self.action_dims} values, got shape "
+                             f"{list(limits.shape)}")
+        nan = np.flatnonzero(np.isnan(limits)).tolist()
+        if nan:  # np.clip would make every action of that joint NaN
+            raise ValueError(f"{name} limits must be numbers or ±inf: NaN at {nan}")
+        return limits
 
     def state_to_model(self, state: np.ndarray) -> np.ndarray:
         """The raw state in the model's space (the adapter's input side), normalized: not yet padded."""

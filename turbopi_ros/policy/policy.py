@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
+import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -99,6 +101,8 @@ class Policy:
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
+        if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         self.num_steps = int(num_steps)
         self.image_keys = tuple(image_keys)
         self.adapter = make_adapter(robot_adapter) if isinstance(robot_adapter, str) else robot_adapter
@@ -119,6 +123,9 @@ class Policy:
         self.denoiser = model.denoise
         self.guided_denoiser = functools.partial(guided_denoise, model)  # real-time chunking
         self.encoder = model  # embed_images, build_cache
+        # one run at a time on the device: the graphs replay from one set of static buffers, so two threads' runs
+        # interleaved would each compute on the other's inputs
+        self._run_lock = threading.Lock()
         if cuda_graph and self.device.type == "cuda":
             self.use_graphs()
 
@@ -172,12 +179,21 @@ class Policy:
     def _given_noise(self, noise) -> torch.Tensor:
         """A given denoise start as a float32 [1, H, action_dim] tensor on the model's device."""
         c = self.config
-        noise = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise)
+        try:
+            noise = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise)
+        except (TypeError, ValueError):
+            raise ValueError(f"noise must be an array of numbers, got {type(noise).__name__}") from None
+        if noise.is_complex() or noise.dtype == torch.bool:
+            raise ValueError(f"noise must be real numbers, got {noise.dtype}")
         if noise.ndim == 2:
             noise = noise[None]
         if tuple(noise.shape) != (1, c.action_horizon, c.action_dim):
             raise ValueError(f"noise must be [1, {c.action_horizon}, {c.action_dim}] (batch, action_horizon, "
                              f"action_dim), got {list(noise.shape)}")
+        # checked on the host only (reading a device tensor would wait for the device); else "the model produced
+        # non-finite actions"
+        if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise must be finite: it has NaN or inf values")
         return noise.to(device=self.device, dtype=torch.float32)
 
     @property
@@ -198,6 +214,9 @@ class Policy:
     def _model_inputs(self, obs: Observation):
         """preprocess's result and the normalized padded float64 state."""
         c = self.config
+        if not isinstance(obs.images, Mapping):
+            raise ObservationError(f"images must be a dict of camera slot -> image (slots {list(self.image_keys)}), "
+                                   f"got {type(obs.images).__name__}")
         unknown = sorted(set(obs.images) - set(self.image_keys))
         if unknown:
             raise ObservationError(f"cameras {unknown} are not model image slots {list(self.image_keys)}")
@@ -211,6 +230,9 @@ class Policy:
             raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
+        if self.adapter is None and self.delta_mask is not None and len(state) < len(self.delta_mask):
+            raise ObservationError(f"state has {len(state)} values but the delta mask has {len(self.delta_mask)} "
+                                   "entries: postprocess adds the state to the actions it marks")
         try:
             norm_state = self.actions.state_to_model(state)
         except ValueError as e:  # the adapter's check of the robot's state
@@ -282,12 +304,13 @@ class Policy:
             target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
             guidance = guidance_on_device(target, max_guidance, self.device)
         given_noise = None if noise is None else self._given_noise(noise)
-        clock = StageClock(self.device)  # vision, prefix_cache, denoise: nothing on the host between them
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            actions_t = self._enqueue(inputs, clock, given_noise, guidance, path)
-            raw = actions_t[0].float().cpu().numpy()  # the one wait for the device
-            clock.mark()
+        with self._run_lock:
+            clock = StageClock(self.device)  # vision, prefix_cache, denoise: nothing on the host between them
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                actions_t = self._enqueue(inputs, clock, given_noise, guidance, path)
+                raw = actions_t[0].float().cpu().numpy()  # the one wait for the device
+                clock.mark()
         vision_s, prefix_s, denoise_s = clock.durations()
         t4 = time.perf_counter()
         if not np.all(np.isfinite(raw)):
