@@ -93,3 +93,21 @@ def test_sources_are_bounded():
     assert sources.add(arm) == (arm, True)  # the source with the most state joints so far
     merged, counts = sources.add(gripper)
     assert merged.position == [1, 2, 3, 4] and not counts
+
+
+def test_the_rate_moves_to_the_next_source_when_its_source_stops():
+    """The rate source (most state joints) stops, as when one driver that published every joint gives way to an arm's
+    and a gripper's: after QUIET messages of the others, the arm's messages count for the rate."""
+    from turbopi_ros.ros.joint_states import QUIET
+
+    sources = JointStateSources(STATE)
+    t = 10.0
+    for _ in range(5):
+        t += 0.01
+        assert sources.add(_js(STATE, [1, 2, 3, 4], t))[1]
+    counted = []
+    for _ in range(QUIET + 5):
+        t += 0.01
+        counted.append(sources.add(_js(ARM, [1, 2, 3], t))[1])
+        assert not sources.add(_js(GRIPPER, [4], t))[1]
+    assert not any(counted[:QUIET // 2 - 1]) and all(counted[QUIET // 2 + 1:]), counted

@@ -7,16 +7,18 @@ from the newest message that holds it, and the merged state is stamped with the 
 from, so a source that stopped makes the state stale (max_observation_age_s) rather than old. A malformed message (no
 names, names and positions of different lengths, a name twice) is no source: it is passed on as it is, so the
 conversion refuses it, naming what is wrong; a state joint that no source holds is reported as missing from the
-newest message. The joint-states rate (CommandPeriod's measured rate) is measured on one source only: the one that
-holds the most state joints, since two publishers' interleaved stamps are no robot's period.
+newest message. The joint-states rate (CommandPeriod's measured rate) is measured on one source only: of those heard
+from in the last QUIET messages, the one that holds the most state joints, since two publishers' interleaved stamps
+are no robot's period.
 """
 from __future__ import annotations
 
 import collections
 from types import SimpleNamespace
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 MAX_SOURCES = 8  # joint-name sets kept (the least recently heard from is forgotten first)
+QUIET = 20  # a source not heard from in this many messages (of any source) no longer sets the rate
 
 
 class JointStateSources:
@@ -25,7 +27,8 @@ class JointStateSources:
         self._wanted = set(self.state_joints)
         self._newest: "collections.OrderedDict[Tuple[str, ...], object]" = collections.OrderedDict()  # oldest first
         self._rate_source: Tuple[str, ...] = ()
-        self._rate_joints = -1
+        self._count = 0  # messages stored
+        self._heard: Dict[Tuple[str, ...], int] = {}  # source -> the count at its newest message
 
     def add(self, msg) -> Tuple[object, bool]:
         """Store ``msg``. Returns the joint state to use now (``msg`` itself, or the merge of the sources) and
@@ -36,14 +39,23 @@ class JointStateSources:
         self._newest.pop(names, None)
         self._newest[names] = msg
         while len(self._newest) > MAX_SOURCES:
-            self._newest.popitem(last=False)
-        held = len(self._wanted.intersection(names))
-        if held > self._rate_joints or self._rate_source not in self._newest:
-            self._rate_source, self._rate_joints = names, held
-        counts = names == self._rate_source
+            self._heard.pop(self._newest.popitem(last=False)[0], None)
+        self._count += 1
+        self._heard[names] = self._count
+        counts = names == self._rate_source_now()
         if len(self._newest) == 1 or self._wanted.issubset(names):
             return msg, counts
         return self._merged(msg), counts
+
+    def _rate_source_now(self) -> Tuple[str, ...]:
+        """The source the rate is measured on: of those heard from lately, the one with the most state joints (the one
+        it was, on a tie); a source that stopped (a driver switched to another joint set) hands over to the next."""
+        recent = [n for n, count in self._heard.items() if self._count - count < QUIET]
+        held = {n: len(self._wanted.intersection(n)) for n in recent}
+        most = max(held.values())
+        if held.get(self._rate_source) != most:
+            self._rate_source = next(n for n in recent if held[n] == most)
+        return self._rate_source
 
     def _merged(self, newest):
         positions, used = {}, []
