@@ -244,6 +244,20 @@ def processes_with_env(name: str, value: str) -> Dict[int, str]:
     return found
 
 
+@contextlib.contextmanager
+def rclpy_in_this_process():
+    """rclpy initialised in this process on a ROS domain of its own (a module's in-process node tests), shut down
+    after."""
+    import rclpy
+
+    isolate_ros_domain()
+    rclpy.init()
+    try:
+        yield
+    finally:
+        rclpy.try_shutdown()
+
+
 def isolate_ros_domain() -> int:
     """A domain of its own (free_ros_domain) for this test module, localhost-only discovery; set before rclpy.init and
     inherited by subprocesses."""

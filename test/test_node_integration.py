@@ -9,15 +9,13 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import REPO, isolate_ros_domain, node_params  # noqa: E402
+from ros_helpers import REPO, node_params, rclpy_in_this_process  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ros():
-    isolate_ros_domain()
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
+    with rclpy_in_this_process():
+        yield
 
 
 def _declared(node):

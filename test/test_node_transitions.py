@@ -10,17 +10,15 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("lifecycle_msgs")
 
-from ros_helpers import isolate_ros_domain, node_params  # noqa: E402
+from ros_helpers import node_params, rclpy_in_this_process  # noqa: E402
 
 LIFECYCLE_SERVICES = ("change_state", "get_state", "get_available_states", "get_available_transitions")
 
 
 @pytest.fixture(scope="module")
 def ros():
-    isolate_ros_domain()
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
+    with rclpy_in_this_process():
+        yield
 
 
 def _overrides():
