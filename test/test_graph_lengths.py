@@ -8,7 +8,7 @@ import torch
 from turbopi_ros.model.cuda_graph import (CudaGraphDenoiser, CudaGraphEncoder, GraphBook, GraphPool,
                                           cached_lengths)
 from turbopi_ros.policy.loading import load_policy
-from turbopi_ros.policy.policy import Observation
+from turbopi_ros.policy.policy import Observation, given_noise_on
 from turbopi_ros.policy.prompt_lengths import prompt_lengths
 from turbopi_ros.policy.stage_clock import StageClock
 from turbopi_ros.policy.tokenizer import ByteTokenizer
@@ -173,7 +173,8 @@ def test_graphed_run_reads_no_device_value(preset, fused):
     policy.use_graphs(static_replay_on_cpu=True)
     images = {k: np.zeros((32, 32, 3), np.uint8) for k in ("base_0_rgb", "right_wrist_0_rgb")}
     prepared = policy.prepare(Observation(images=images, state=np.zeros(7), prompt=PROMPT))
-    noise = policy._given_noise(np.zeros((policy.config.action_horizon, policy.config.action_dim), np.float32))
+    noise = given_noise_on(np.zeros((policy.config.action_horizon, policy.config.action_dim), np.float32),
+                           policy.config, policy.device)
     with torch.inference_mode():
         for _ in range(2):  # the capture, then a replay
             actions = policy._enqueue(policy._device_inputs(prepared, host_masks=True), StageClock(policy.device),

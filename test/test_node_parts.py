@@ -595,9 +595,10 @@ def test_the_engine_warms_up_before_it_takes_an_observation():
 
 
 def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reported_not_retried():
-    """TurbopiNode._capture_prompt (the engine's new_prompt hook) over a stand-in of its parts: nothing missing,
-    nothing done (False); missing lengths: a wait reported, the capture logged (True); a capture that raises: an
-    error naming it, and False, so the engine goes on to the inference instead of retrying on every observation."""
+    """TurbopiNode._capture_prompt (the engine's new_prompt hook; WarmUp.capture_before_inferring) over a stand-in
+    of its parts: nothing missing, nothing done (False); missing lengths: a wait reported, the capture logged (True);
+    a capture that raises: an error naming it, and False, so the engine goes on to the inference instead of retrying
+    on every observation."""
     pytest.importorskip("rclpy")
     from turbopi_ros.ros.policy_node import TurbopiNode
 
@@ -608,6 +609,7 @@ def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reporte
             seen.betas.append(beta)
             return missing
         warm_up = SimpleNamespace(missing_lengths=missing_lengths, capture_prompt=capture)
+        warm_up.capture_before_inferring = lambda *a: WarmUp.capture_before_inferring(warm_up, *a)
         part = SimpleNamespace(warm_up=warm_up, _guided_beta=lambda: 5.0,
                                problems=SimpleNamespace(report=lambda m, waiting: seen.reports.append((m, waiting))),
                                flow=SimpleNamespace(fail=seen.failures.append),

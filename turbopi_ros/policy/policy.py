@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..logs import get_logger
+from ..model.config import ModelConfig
 from ..model.pi0 import PI0Model
 from ..model.rtc import DEFAULT_MAX_GUIDANCE, Guidance, guided_denoise
 from .action_space import ActionSpace
@@ -176,26 +177,6 @@ class Policy:
         return getattr(self.denoiser, "stats", None)
 
     # --- inference -------------------------------------------------------------------------------------------------
-    def _given_noise(self, noise) -> torch.Tensor:
-        """A given denoise start as a float32 [1, H, action_dim] tensor on the model's device."""
-        c = self.config
-        try:
-            noise = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise)
-        except (TypeError, ValueError):
-            raise ValueError(f"noise must be an array of numbers, got {type(noise).__name__}") from None
-        if noise.is_complex() or noise.dtype == torch.bool:
-            raise ValueError(f"noise must be real numbers, got {noise.dtype}")
-        if noise.ndim == 2:
-            noise = noise[None]
-        if tuple(noise.shape) != (1, c.action_horizon, c.action_dim):
-            raise ValueError(f"noise must be [1, {c.action_horizon}, {c.action_dim}] (batch, action_horizon, "
-                             f"action_dim), got {list(noise.shape)}")
-        # checked on the host only (reading a device tensor would wait for the device); else "the model produced
-        # non-finite actions"
-        if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):
-            raise ValueError("noise must be finite: it has NaN or inf values")
-        return noise.to(device=self.device, dtype=torch.float32)
-
     @property
     def reduced_decode_size(self) -> Optional[Tuple[int, int]]:
         """For image decoders (conversions.compressed_to_rgb's reduce_for): None in the exact mode (decode at full
@@ -214,25 +195,8 @@ class Policy:
     def _model_inputs(self, obs: Observation):
         """preprocess's result and the normalized padded float64 state."""
         c = self.config
-        if not isinstance(obs.images, Mapping):
-            raise ObservationError(f"images must be a dict of camera slot -> image (slots {list(self.image_keys)}), "
-                                   f"got {type(obs.images).__name__}")
-        unknown = sorted(set(obs.images) - set(self.image_keys))
-        if unknown:
-            raise ObservationError(f"cameras {unknown} are not model image slots {list(self.image_keys)}")
-        if self.adapter is not None:
-            unfilled = sorted(k for k in obs.images if k not in self.adapter.slots)
-            if unfilled:
-                raise ObservationError(f"cameras {unfilled}: robot adapter '{self.adapter.name}' fills only the model "
-                                       f"slots {list(self.adapter.slots)} (openpi leaves the others empty)")
-        state = np.asarray(obs.state, dtype=np.float64)
-        if state.ndim != 1 or len(state) > c.action_dim:
-            raise ObservationError(f"state must be a vector of at most {c.action_dim} values, got {list(state.shape)}")
-        if not np.all(np.isfinite(state)):
-            raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
-        if self.adapter is None and self.delta_mask is not None and len(state) < len(self.delta_mask):
-            raise ObservationError(f"state has {len(state)} values but the delta mask has {len(self.delta_mask)} "
-                                   "entries: postprocess adds the state to the actions it marks")
+        check_camera_slots(obs.images, self.image_keys, self.adapter)
+        state = checked_state(obs.state, c.action_dim, None if self.adapter else self.delta_mask)
         try:
             norm_state = self.actions.state_to_model(state)
         except ValueError as e:  # the adapter's check of the robot's state
@@ -303,7 +267,7 @@ class Policy:
         if previous is not None:
             target = self.guidance(previous, prepared.stamp, prepared.state, delay_steps, execution_horizon)
             guidance = guidance_on_device(target, max_guidance, self.device)
-        given_noise = None if noise is None else self._given_noise(noise)
+        given_noise = None if noise is None else given_noise_on(noise, self.config, self.device)
         with self._run_lock:
             clock = StageClock(self.device)  # vision, prefix_cache, denoise: nothing on the host between them
             t1 = time.perf_counter()
@@ -360,6 +324,55 @@ class Policy:
         if guidance is None:
             return self.denoiser(cache, noise, self.num_steps)
         return self.guided_denoiser(cache, noise, guidance, self.num_steps)
+
+
+def check_camera_slots(images, image_keys: Sequence[str], adapter) -> None:
+    """An observation's images: a mapping of model image slots (those the robot adapter fills, with one)."""
+    if not isinstance(images, Mapping):
+        raise ObservationError(f"images must be a dict of camera slot -> image (slots {list(image_keys)}), "
+                               f"got {type(images).__name__}")
+    unknown = sorted(set(images) - set(image_keys))
+    if unknown:
+        raise ObservationError(f"cameras {unknown} are not model image slots {list(image_keys)}")
+    if adapter is not None:
+        unfilled = sorted(k for k in images if k not in adapter.slots)
+        if unfilled:
+            raise ObservationError(f"cameras {unfilled}: robot adapter '{adapter.name}' fills only the model "
+                                   f"slots {list(adapter.slots)} (openpi leaves the others empty)")
+
+
+def checked_state(state, action_dim: int, delta_mask: Optional[Sequence[bool]]) -> np.ndarray:
+    """An observation's state as a float64 vector of at most ``action_dim`` finite values, as long as ``delta_mask``
+    (without a robot adapter: postprocess adds the state to the actions it marks)."""
+    state = np.asarray(state, dtype=np.float64)
+    if state.ndim != 1 or len(state) > action_dim:
+        raise ObservationError(f"state must be a vector of at most {action_dim} values, got {list(state.shape)}")
+    if not np.all(np.isfinite(state)):
+        raise ObservationError(f"state has non-finite values at {np.nonzero(~np.isfinite(state))[0].tolist()}")
+    if delta_mask is not None and len(state) < len(delta_mask):
+        raise ObservationError(f"state has {len(state)} values but the delta mask has {len(delta_mask)} entries: "
+                               "postprocess adds the state to the actions it marks")
+    return state
+
+
+def given_noise_on(noise, c: ModelConfig, device: torch.device) -> torch.Tensor:
+    """A given denoise start as a float32 [1, H, action_dim] tensor on the model's device."""
+    try:
+        noise = torch.as_tensor(np.asarray(noise) if not isinstance(noise, torch.Tensor) else noise)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise must be an array of numbers, got {type(noise).__name__}") from None
+    if noise.is_complex() or noise.dtype == torch.bool:
+        raise ValueError(f"noise must be real numbers, got {noise.dtype}")
+    if noise.ndim == 2:
+        noise = noise[None]
+    if tuple(noise.shape) != (1, c.action_horizon, c.action_dim):
+        raise ValueError(f"noise must be [1, {c.action_horizon}, {c.action_dim}] (batch, action_horizon, "
+                         f"action_dim), got {list(noise.shape)}")
+    # checked on the host only (reading a device tensor would wait for the device); else "the model produced
+    # non-finite actions"
+    if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise must be finite: it has NaN or inf values")
+    return noise.to(device=device, dtype=torch.float32)
 
 
 def guidance_on_device(target: GuidanceTarget, max_guidance: float, device: torch.device) -> Guidance:

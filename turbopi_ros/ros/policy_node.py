@@ -25,7 +25,7 @@ from std_srvs.srv import SetBool
 from ..policy.chunking import ChunkSchedule
 from ..policy.jump_limit import JumpLimit
 from . import faults
-from .action_outputs import ActionOutputs, declare_groups
+from .action_outputs import ActionOutputs
 from .chunk_flow import ChunkFlow, RealTimeChunking
 from .chunk_gate import ChunkGate
 from .command_stream import CommandPeriod, CommandSource, CommandStream
@@ -34,9 +34,9 @@ from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
 from .node_config import NodeConfig
-from .node_params import PARAMETERS, loading_message, policy_from_config
+from .node_params import PARAMETERS, declare_node_parameters, loading_message, policy_from_config
 from .node_status import DISABLED, NodeStats, StatusReporter, ready_message
-from .parameters import declare_parameters, ignored_parameters, on_parameters_set
+from .parameters import on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog, failure
 from .ros_logging import forward_python_logging, stop_forwarding
@@ -65,12 +65,8 @@ class TurbopiNode(Node):
         self._stopped_at = -math.inf  # monotonic time of the last stop: a chunk observed before it is dropped
 
     def _build(self) -> None:
-        p = declare_parameters(self, PARAMETERS)
-        self.config = c = NodeConfig.from_params(p)  # checked across parameters; typed from here on
-        groups = declare_groups(self, p, c.action.joints)
-        ignored = ignored_parameters(self, PARAMETERS)
-        if ignored:  # before the model loads: the first thing in the log
-            self.get_logger().warning(ignored)
+        self.config, groups = declare_node_parameters(self)
+        c = self.config
         self.rate_hz = c.control_rate_hz
         if c.model.num_threads > 0:
             import torch
@@ -202,20 +198,10 @@ class TurbopiNode(Node):
                 self.get_logger().warning(unforeseen)
 
     def _capture_prompt(self, text: str) -> bool:
-        """The engine's hook before the first inference with a prompt: capture the graphs of its lengths that have
-        none (warm_up.WarmUp.capture_prompt), reported as a wait meanwhile. True when it captured; False when nothing
-        was missing, or the capture failed (reported; the inference then goes on and captures what it needs)."""
-        beta = self._guided_beta()
-        if not self.warm_up.missing_lengths(text, beta):
-            return False
-        self.problems.report(f"capturing the CUDA graphs of prompt {shorten(text, 80)} before inferring with it",
-                             waiting=True)
-        try:
-            self.get_logger().info(self.warm_up.capture_prompt(text, beta))
-        except Exception as e:  # noqa: BLE001 - reported; not retried for every observation
-            self.flow.fail(failure(f"capturing the graphs of prompt {shorten(text, 80)}", e))
-            return False
-        return True
+        """The engine's hook before the first inference with a prompt (warm_up.WarmUp.capture_before_inferring)."""
+        return self.warm_up.capture_before_inferring(text, self._guided_beta(),
+                                                     lambda m: self.problems.report(m, waiting=True),
+                                                     self.get_logger().info, self.flow.fail)
 
     def _guided_beta(self) -> Optional[float]:
         """Real-time chunking's beta while it is on (the guided graphs are keyed by it), else None."""

@@ -22,6 +22,7 @@ import numpy as np
 from ..model.kernel_choice import CHOICES, Choice
 from ..policy.policy import Observation
 from .inputs import shorten
+from .problems import failure
 
 WARMUP_PROMPT = "warm up"
 BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize needed)
@@ -119,6 +120,22 @@ class WarmUp:
                                            rtc_max_guidance=rtc_max_guidance)
         return (f"prompt {shorten(prompt, 80)}: captured {stats.captures - before} graphs for {len(missing)} of its "
                 f"prompt lengths in {time.monotonic() - t0:.1f} s, before inferring with it")
+
+    def capture_before_inferring(self, prompt: str, rtc_max_guidance: Optional[float],
+                                 waiting: Callable[[str], None], log: Callable[[str], None],
+                                 fail: Callable[[str], None]) -> bool:
+        """The engine's hook before the first inference with ``prompt``: ``capture_prompt``, reported as a wait
+        (``waiting``) meanwhile and its line logged. True when it captured; False when nothing was missing, or the
+        capture failed (``fail``: reported; the inference then goes on and captures what it needs)."""
+        if not self.missing_lengths(prompt, rtc_max_guidance):
+            return False
+        waiting(f"capturing the CUDA graphs of prompt {shorten(prompt, 80)} before inferring with it")
+        try:
+            log(self.capture_prompt(prompt, rtc_max_guidance))
+        except Exception as e:  # noqa: BLE001 - reported; not retried for every observation
+            fail(failure(f"capturing the graphs of prompt {shorten(prompt, 80)}", e))
+            return False
+        return True
 
     def values(self) -> Dict[str, float]:
         """/diagnostics values: the warm-up's time once ready; with graphs, the capture count and time, the captures

@@ -669,6 +669,22 @@ def _load(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _check_arguments(p: argparse.ArgumentParser, args) -> None:
+    """Refuse (argparse's usage error, exit 2) what would fail only after the run, or run on nothing."""
+    if args.iters < 1 or args.warmup < 0 or args.threads < 0 or args.profile < 0:
+        p.error("--iters must be positive; --warmup, --threads and --profile must not be negative")
+    if args.json and args.roofline:
+        p.error("--roofline prints the cost model and runs nothing: it writes no --json")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"--json {args.json}: its folder does not exist")
+    if not args.roofline:
+        from .verify import device_problem
+
+        problem = device_problem(args.device)
+        if problem:
+            p.error(f"--device {args.device}: {problem}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="turbopi-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="pi0, pi05, tiny, tiny_pi05")
@@ -701,18 +717,7 @@ def main(argv=None) -> int:
                    help="print the cost model (FLOPs and bytes per stage) and the roofline lower bounds on the devices "
                         "of turbopi_ros/costmodel.py for this setup, and exit (runs nothing)")
     args = p.parse_args(argv)
-    if args.iters < 1 or args.warmup < 0 or args.threads < 0 or args.profile < 0:
-        p.error("--iters must be positive; --warmup, --threads and --profile must not be negative")
-    if args.json and args.roofline:
-        p.error("--roofline prints the cost model and runs nothing: it writes no --json")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        p.error(f"--json {args.json}: its folder does not exist")
-    if not args.roofline:
-        from .verify import device_problem
-
-        problem = device_problem(args.device)
-        if problem:
-            p.error(f"--device {args.device}: {problem}")
+    _check_arguments(p, args)
     if args.roofline:
         try:
             w = workload(args, load_config(args.config or args.preset))

@@ -279,6 +279,15 @@ def plot(recordings: List[Recording], path: Path, joint: int = 0, seconds: float
 
 
 # --- command line ---------------------------------------------------------------------------------------------------
+def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse before anything starts what would fail after every mode has run."""
+    if args.duration <= 0:
+        parser.error(f"--duration {args.duration:g}: expected seconds > 0")
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"{flag} {path}: its folder does not exist")
+
+
 def main(argv=None) -> int:
     from .processes import config_file
 
@@ -293,11 +302,7 @@ def main(argv=None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown modes {unknown}; known: {list(MODES)}")
-    if args.duration <= 0:
-        parser.error(f"--duration {args.duration:g}: expected seconds > 0")
-    for flag, path in (("--json", args.json), ("--png", args.png)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            parser.error(f"{flag} {path}: its folder does not exist")
+    _check_outputs(parser, args)
     params_file = Path(args.params_file) if args.params_file else config_file("demo_tiny.yaml")
     try:
         params = node_parameters(params_file)

@@ -467,6 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_options(start_s: float, duration_s: float, period_s: Optional[float], limit: int,
+                   at_recorded_chunks: bool) -> None:
+    if period_s is not None and period_s <= 0:
+        raise ValueError(f"--period {period_s:g}: expected seconds > 0")
+    if start_s < 0 or duration_s < 0 or limit < 0:
+        raise ValueError("--start, --duration and --limit must not be negative")
+    if period_s is not None and at_recorded_chunks:
+        raise ValueError("--period and --at-recorded-chunks: choose one (the recorded chunks set the instants)")
+
+
 def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, duration_s: float = 0.0,
            period_s: Optional[float] = None, limit: int = 0, at_recorded_chunks: bool = False,
            show_progress: Optional[bool] = None) -> dict:
@@ -476,12 +486,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
     from . import replay_report as report
     from ..ros.node_params import policy_from_config
 
-    if period_s is not None and period_s <= 0:
-        raise ValueError(f"--period {period_s:g}: expected seconds > 0")
-    if start_s < 0 or duration_s < 0 or limit < 0:
-        raise ValueError("--start, --duration and --limit must not be negative")
-    if period_s is not None and at_recorded_chunks:
-        raise ValueError("--period and --at-recorded-chunks: choose one (the recorded chunks set the instants)")
+    _check_options(start_s, duration_s, period_s, limit, at_recorded_chunks)
     config = params_file.load(params_path)
     for name in params_file.unknown(params_path):
         print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
