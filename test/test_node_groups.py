@@ -45,7 +45,9 @@ def test_each_command_stream_runs_at_the_command_rate_with_its_joints(running):
         sent = {g: [(s, np.array(m.data)) for (_, s), (_, m) in zip(recorder.command_sources[g], recorder.commands[g])]
                 for g in GROUPS}
         first = [s for t, s in recorder.command_sources[next(iter(GROUPS))] if t0 <= t < t0 + seconds]
-    lo, hi = min(first) - 0.5 / COMMAND_HZ, max(first) + 0.5 / COMMAND_HZ
+    # the other groups of a tick are published after the first group's: up to most of a period later on a loaded
+    # machine (the gripper's, third, fell 0.5 period after the last first-group stamp once in a Jazzy CI run)
+    lo, hi = min(first) - 0.5 / COMMAND_HZ, max(first) + 0.9 / COMMAND_HZ
     counts, stops = [], 0
     for g, spec in GROUPS.items():
         inside = [(s, data) for s, data in sent[g] if lo <= s <= hi]

@@ -158,7 +158,7 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         return
     stop = _running = _Stop(name)
     stop.install()
-    node = None
+    node = executor = None
     code = 0
     stopped = True
     try:
@@ -190,6 +190,11 @@ def run_node(module: str, cls: str, name: str, args=None) -> None:
         _running = None
         if node is not None:
             stopped = node.destroy_node() is not False
+        if executor is not None:  # now, while the context is valid: its __del__ at exit would destroy its signal
+            try:                  # guard after rclpy's shutdown ("Exception ignored ... InvalidHandle", Jazzy)
+                executor.shutdown(timeout_sec=1.0)
+            except Exception:  # noqa: BLE001 - shutting down: an external shutdown may have freed it already
+                pass
         if "rclpy" in sys.modules:
             from .ros_compat import shutdown_keeping_signal_handlers
 
