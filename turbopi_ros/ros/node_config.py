@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Tuple
 
+from .action_outputs import declare_groups
 from .node_params import PARAMETERS, check_lengths, check_model
+from .parameters import declare_parameters, ignored_parameters
 from .robot_params import camera_slots_for, check_robot
 
 
@@ -138,3 +140,15 @@ class NodeConfig:
         for part in name.split(".", 1) if name.split(".", 1)[0] in SECTIONS else [name]:
             value = getattr(value, part)
         return value
+
+
+def declare_node_parameters(node) -> tuple:
+    """Declare turbopi_node's parameters and its action groups' on ``node``; warn of any given that it does not
+    declare (before the model loads: the first thing in the log). Returns (the checked NodeConfig, the groups)."""
+    p = declare_parameters(node, PARAMETERS)
+    config = NodeConfig.from_params(p)  # checked across parameters; typed from here on
+    groups = declare_groups(node, p, config.action.joints)
+    ignored = ignored_parameters(node, PARAMETERS)
+    if ignored:
+        node.get_logger().warning(ignored)
+    return config, groups

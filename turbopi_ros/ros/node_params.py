@@ -152,22 +152,6 @@ def check_lengths(p: Dict[str, object]) -> None:
     JumpLimit(p["action.joints"], p["state.joints"], p["action.max_jump"])  # raises what is wrong with it
 
 
-def declare_node_parameters(node) -> tuple:
-    """Declare turbopi_node's parameters and its action groups' on ``node``; warn of any given that it does not
-    declare (before the model loads: the first thing in the log). Returns (the checked NodeConfig, the groups)."""
-    from .action_outputs import declare_groups
-    from .node_config import NodeConfig
-    from .parameters import declare_parameters, ignored_parameters
-
-    p = declare_parameters(node, PARAMETERS)
-    config = NodeConfig.from_params(p)  # checked across parameters; typed from here on
-    groups = declare_groups(node, p, config.action.joints)
-    ignored = ignored_parameters(node, PARAMETERS)
-    if ignored:
-        node.get_logger().warning(ignored)
-    return config, groups
-
-
 def loading_message(config: "NodeConfig") -> str:
     """The log line before the (long) model load."""
     m = config.model

@@ -33,8 +33,8 @@ from .conversions import stamp_to_sec
 from .engine_worker import EngineHooks, EngineWorker, yield_cpu
 from .frames import FramePreparer
 from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
-from .node_config import NodeConfig
-from .node_params import PARAMETERS, declare_node_parameters, loading_message, policy_from_config
+from .node_config import NodeConfig, declare_node_parameters
+from .node_params import PARAMETERS, loading_message, policy_from_config
 from .node_status import DISABLED, NodeStats, StatusReporter, ready_message
 from .parameters import on_parameters_set
 from .pauses import PauseWatch
