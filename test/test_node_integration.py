@@ -114,22 +114,38 @@ def test_two_policy_nodes_publish_their_diagnostics_under_their_own_names(ros):
         right.destroy_node()
 
 
-def test_a_qos_override_the_node_cannot_apply_is_named_at_start(ros):
-    """`qos_overrides./joint_states.subscription.depth: 5` (or a camera's reliability) in the parameter file: rclpy
-    applies such overrides only to topics created with QoS overriding options, which none of the node's are, so the
-    override was dropped without a word; ignored_parameters left every qos_overrides.* name out of its warning, as
-    if rclpy had taken it."""
+def test_qos_overrides_apply_to_the_sensor_and_output_topics(ros):
+    """ROS 2's standard QoS overrides in the parameter file (`qos_overrides./joint_states.subscription.depth: 5`, a
+    camera's reliability, the chunk publisher's depth) set those topics' QoS, as on any rclpy node created with QoS
+    overriding options; the node's topics had none, so rclpy dropped every override. One for a topic the node does not
+    have is named in a warning with the closest one it takes; a bad value refuses the start with the parameter named."""
     from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
 
-    from turbopi_ros.ros.node_params import PARAMETERS
-    from turbopi_ros.ros.parameters import ignored_parameters
+    from turbopi_ros.ros.parameters import ignored_qos_overrides
     from turbopi_ros.ros.policy_node import TurbopiNode
 
-    name = "qos_overrides./joint_states.subscription.depth"
-    node = TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in node_params().items()]
-                       + [Parameter(name, value=5)])
+    base = [Parameter(k, value=v) for k, v in node_params().items()]
+    camera = node_params()["cameras.topics"][0]
+    given = {"qos_overrides./joint_states.subscription.depth": 5,
+             f"qos_overrides.{camera}.subscription.reliability": "reliable",
+             "qos_overrides./turbopi_node/action_chunk.publisher.depth": 3,
+             "qos_overrides./joint_state.subscription.depth": 7}  # a typo: no such topic
+    node = TurbopiNode(parameter_overrides=base + [Parameter(k, value=v) for k, v in given.items()])
     try:
-        depth = {s.topic_name: s.qos_profile.depth for s in node.subscriptions}["/joint_states"]
-        assert depth == 5 or name in ignored_parameters(node, PARAMETERS), (depth, ignored_parameters(node, PARAMETERS))
+        subs = {s.topic_name: s.qos_profile for s in node.subscriptions}
+        pubs = {p.topic_name: p.qos_profile for p in node.publishers}
+        assert subs["/joint_states"].depth == 5 and subs[camera].reliability == ReliabilityPolicy.RELIABLE
+        assert pubs["/turbopi_node/action_chunk"].depth == 3 and pubs["/turbopi_node/joint_command"].depth == 10
+        others = [q for t, q in subs.items() if t not in ("/joint_states", camera, "/turbopi_node/prompt")]
+        assert others and all(q.depth == 1 and q.reliability == ReliabilityPolicy.BEST_EFFORT for q in others)
+        assert ignored_qos_overrides(node).startswith(
+            "QoS overrides given that no topic of turbopi_node takes, ignored: "
+            "'qos_overrides./joint_state.subscription.depth' (did you mean "
+            "'qos_overrides./joint_states.subscription.depth'?)"), ignored_qos_overrides(node)
     finally:
         node.destroy_node()
+    for name, value, expected in (("qos_overrides./joint_states.subscription.reliability", "sometimes", "sometimes"),
+                                  ("qos_overrides./joint_states.subscription.depth", 0, "depth 0 keeps no message")):
+        with pytest.raises(ValueError, match=f"qos_overrides of /joint_states: .*{expected}.*expected: history"):
+            TurbopiNode(parameter_overrides=base + [Parameter(name, value=value)]).destroy_node()

@@ -163,8 +163,8 @@ def test_diagnostics_of_an_inactive_managed_node_do_not_ask_for_enable(managed):
 def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declared_one(ros):
     """rcl ignores a parameter the node does not declare: a typo in the params file (action.max_jmp) would leave the
     setting at its default without a word. The node names each such parameter in a warning before the model loads,
-    with the declared name closest to it; rclpy's own are not named, QoS overrides are (no topic of the node takes
-    them: test_node_integration.py)."""
+    with the declared name closest to it; rclpy's own are not named, nor QoS overrides (those the node's topics take
+    apply: test_node_integration.py)."""
     from rclpy.parameter import Parameter
 
     from turbopi_ros.ros.node_params import PARAMETERS
@@ -179,7 +179,6 @@ def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declare
         assert ignored_parameters(node, PARAMETERS) == (
             "parameters given that turbopi_node does not declare, ignored: 'action.max_jmp' (did you mean "
             "'action.max_jump'?), 'blend_ss' (did you mean 'blend_s'?), "
-            "'qos_overrides./joint_states.subscription.depth' (its topics take no QoS overrides), "
             "'some_other_nodes_setting' (docs/node.md lists its parameters)")
     finally:
         node.destroy_node()
@@ -187,4 +186,27 @@ def test_parameters_the_node_does_not_declare_are_named_with_the_closest_declare
     try:
         assert ignored_parameters(node, PARAMETERS) == ""
     finally:
+        node.destroy_node()
+
+
+def test_qos_overrides_hold_across_cleanup_and_configure(ros):
+    """A managed node makes its topics at configure: rclpy declares a QoS override's (read-only) parameter the first
+    time and finds it declared after a cleanup; the second configure's topics must take the same override and the node
+    must not name it as ignored."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.lifecycle_node import ManagedTurbopiNode
+    from turbopi_ros.ros.parameters import ignored_qos_overrides
+
+    name = "qos_overrides./joint_states.subscription.depth"
+    node = ManagedTurbopiNode(parameter_overrides=_overrides() + [Parameter(name, value=4)])
+    try:
+        for _ in range(2):
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert {s.topic_name: s.qos_profile.depth for s in node.subscriptions}["/joint_states"] == 4
+            assert ignored_qos_overrides(node) == ""
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.trigger_shutdown()
         node.destroy_node()

@@ -41,12 +41,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..policy.action_groups import KINDS, ActionGroup, check_groups
 from .conversions import chunk_to_trajectory, sec_to_duration
 from .parameters import Param, declare_parameters
+from .qos_overrides import create_overridable
 
 GROUP_NAME = r"[A-Za-z][A-Za-z0-9_]*"  # a parameter name part and a topic name token
 GROUP_PREFIX = "action.group."
@@ -215,10 +217,13 @@ class ActionOutputs:
         self.halt_time_s = float(halt_time_s)  # action.halt_time_s
         self.groups = tuple(groups)
         self.rate_hz = float(rate_hz)
-        self.chunk_pub = node.create_publisher(JointTrajectory, "~/action_chunk", 10)
-        self.command_pub = None if self.groups else node.create_publisher(Float64MultiArray, "~/joint_command", 10)
-        self._trajectory_pubs = [node.create_publisher(JointTrajectory, g.trajectory_topic, 10) for g in self.groups]
-        self._command_pubs = [node.create_publisher(Float64MultiArray, g.command_topic, 10) for g in self.groups]
+        def publisher(msg_type, topic: str):  # reliable, volatile, depth 10 unless overridden (qos_overrides.py)
+            return create_overridable(node.create_publisher, msg_type, topic, None, QoSProfile(depth=10))
+
+        self.chunk_pub = publisher(JointTrajectory, "~/action_chunk")
+        self.command_pub = None if self.groups else publisher(Float64MultiArray, "~/joint_command")
+        self._trajectory_pubs = [publisher(JointTrajectory, g.trajectory_topic) for g in self.groups]
+        self._command_pubs = [publisher(Float64MultiArray, g.command_topic) for g in self.groups]
         self._moving = False  # a velocity group was sent a non-zero-velocity stream since the last stop
 
     def describe(self) -> str:

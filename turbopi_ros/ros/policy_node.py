@@ -36,7 +36,7 @@ from .inputs import JOINT_STATES, InputBuffer, PromptSlot, shorten
 from .node_config import NodeConfig, declare_node_parameters
 from .node_params import PARAMETERS, loading_message, policy_from_config
 from .node_status import DISABLED, NodeStats, StatusReporter, ready_message
-from .parameters import on_parameters_set
+from .parameters import ignored_qos_overrides, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog, failure
 from .ros_logging import forward_python_logging, stop_forwarding
@@ -133,6 +133,8 @@ class TurbopiNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters,
                                                   fixed={"use_sim_time": self._sim_time})
+        if ignored_qos_overrides(self):
+            self.get_logger().warning(ignored_qos_overrides(self))
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
         self._command_timer = None

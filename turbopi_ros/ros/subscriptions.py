@@ -1,5 +1,6 @@
 """The node's input subscriptions and their QoS: the cameras and the joint states keep only the newest message, the
-prompt is heard from latched and plain publishers alike."""
+prompt is heard from latched and plain publishers alike. The cameras', the joint states' and the action outputs' QoS
+take ROS 2's standard overrides (``qos_overrides.<topic>.subscription.reliability`` ...: qos_overrides.py)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Sequence
@@ -8,6 +9,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from .qos_overrides import create_overridable
 from .ros_compat import subscription_event_callbacks
 
 # Sensor-data QoS (best effort, volatile: matches both best-effort and reliable publishers) with a queue of one: when
@@ -20,11 +22,11 @@ def subscribe_sensors(node, cameras: Sequence[str], topics: Dict[str, str], comp
                       joint_states_topic: str, on_image: Callable[[str, object], None],
                       on_joint_states: Callable[[JointState], None]) -> None:
     """One subscription per camera (CompressedImage where ``compressed[name]``, else Image; ``on_image(name, msg)``)
-    and one for the joint states, each keeping only the newest message."""
+    and one for the joint states, each keeping only the newest message unless overridden (qos_overrides.py)."""
     for name in cameras:
-        node.create_subscription(CompressedImage if compressed[name] else Image, topics[name],
-                                 lambda msg, name=name: on_image(name, msg), NEWEST)
-    node.create_subscription(JointState, joint_states_topic, on_joint_states, NEWEST)
+        create_overridable(node.create_subscription, CompressedImage if compressed[name] else Image, topics[name],
+                           lambda msg, name=name: on_image(name, msg), NEWEST)
+    create_overridable(node.create_subscription, JointState, joint_states_topic, on_joint_states, NEWEST)
 
 
 def subscribe_prompt(node, on_prompt: Callable[[String], None]) -> None:
