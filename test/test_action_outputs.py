@@ -157,7 +157,7 @@ class _Publishers:
     def __init__(self):
         self.sent = {}
 
-    def create_publisher(self, msg_type, topic, depth):
+    def create_publisher(self, msg_type, topic, qos, qos_overriding_options=None):
         sent = self.sent.setdefault(topic, [])
 
         class Publisher:
