@@ -61,3 +61,15 @@ def test_rtc_keeps_consecutive_chunks_consistent_and_can_be_switched_at_run_time
     print(f"first {FIRST} actions, median RMS to the previous chunk: rtc {np.median(guided):.4f}, "
           f"off {np.median(plain):.4f}")
     assert np.median(guided) * 3 < np.median(plain), (np.median(guided), np.median(plain))
+
+
+def test_rtc_keeps_running_when_an_input_is_stamped_slightly_ahead_of_the_nodes_clock(tmp_path):
+    """A sensor whose clock runs ahead of the node's by less than max_observation_age_s is accepted (docs/node.md, Bad
+    input), and a chunk's latency (observation stamp to publication) is then negative. Real-time chunking's delay d
+    (the recent latencies, in actions) must not turn negative: every inference after the first failed with
+    'delay_steps must be an integer >= 0', and no chunk came after the first."""
+    with node_session(tmp_path, min_chunks=0, overrides={"rtc.enabled": "true"}) as (feeder, node):
+        feeder.faults["joints_age"] = -0.45  # joint states stamped 0.45 s ahead (max_observation_age_s 0.5)
+        t0 = time.monotonic() + 1.0
+        assert wait_for(lambda: len(feeder.since(feeder.chunks, t0)) >= 4, timeout=90), node.log()[-3000:]
+        assert "delay_steps" not in node.log(), node.log()[-3000:]

@@ -7,7 +7,8 @@ import pytest
 from turbopi_ros.model.checkpoint import random_model
 from turbopi_ros.model.config import ModelConfig
 from turbopi_ros.policy.policy import STAGES, Observation, Policy
-from turbopi_ros.policy.rtc_target import PreviousChunk, guidance_target, prefix_weights, resample
+from turbopi_ros.policy.chunking import Chunk
+from turbopi_ros.policy.rtc_target import PreviousChunk, guidance_arguments, guidance_target, prefix_weights, resample
 from turbopi_ros.policy.tokenizer import ByteTokenizer
 from turbopi_ros.policy.transforms import NormStats
 
@@ -189,3 +190,13 @@ def test_bad_rtc_arguments_are_refused():
         policy.infer(_obs(), previous=PreviousChunk(np.zeros((50, 3)), 0.0, RATE), delay_steps=2)
     with pytest.raises(ValueError, match="max_guidance"):
         policy.infer(_obs(), previous=prev, delay_steps=2, execution_horizon=5, max_guidance=float("nan"))
+
+
+def test_guidance_delay_is_never_negative():
+    """Inputs stamped ahead of the node's clock (accepted up to max_observation_age_s) give chunks a negative latency:
+    d is 0 then, not a negative count that Policy.infer refuses."""
+    current = Chunk(np.zeros((50, N_JOINTS)), 100.0, RATE)
+    args = guidance_arguments(current, 100.1, [-0.08, -0.07], RATE, 5.0)
+    assert args["delay_steps"] == 0 and args["execution_horizon"] == round(0.1 * RATE)
+    assert guidance_arguments(current, 100.1, [0.03, -0.2], RATE, 5.0)["delay_steps"] == math.ceil(0.03 * RATE)
+    prefix_weights(50, args["delay_steps"], args["execution_horizon"])  # accepted

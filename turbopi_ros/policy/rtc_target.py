@@ -137,11 +137,12 @@ def guidance_arguments(current, stamp: float, latencies_s: Sequence[float], rate
     """Policy.infer's real-time chunking arguments for an observation at ``stamp`` while ``current`` (a chunking.Chunk,
     or None) is executed: none when nothing is or it ends before ``stamp``. d = the actions that will have been
     executed from it before the new chunk can take over (the worst of the recent observation-to-chunk
-    ``latencies_s``, in actions, rounded up); s = the actions between the two observations (where the target's
-    overlap ends)."""
+    ``latencies_s``, in actions, rounded up; 0 where they are negative: inputs stamped ahead of the node's clock, by
+    less than max_observation_age_s); s = the actions between the two observations (where the target's overlap
+    ends)."""
     if current is None or current.end <= stamp:
         return {}
-    delay = math.ceil(max(latencies_s) * rate_hz) if len(latencies_s) else 0
+    delay = max(math.ceil(max(latencies_s) * rate_hz), 0) if len(latencies_s) else 0
     shift = max(int(round((stamp - current.stamp) * rate_hz)), 0)
     return {"previous": PreviousChunk(current.actions, current.stamp, rate_hz), "delay_steps": delay,
             "execution_horizon": shift, "max_guidance": max_guidance}
