@@ -167,6 +167,9 @@ def test_the_gate_passes_a_fresh_chunk_and_names_why_it_drops_one():
     assert "ahead of the node's clock" in gate.refuse(stamp=1001.0, taken_at=99.9, now=1000.05)
     assert "its inputs went stale while it was computed: joint_states: newest message is 0.80 s old" in \
         gate.refuse(stamp=999.95, taken_at=99.9, now=1000.8)
+    assert gate.refuse(stamp=999.95, taken_at=99.9, now=1000.05, span_s=0.1) is None  # its last action is due now
+    assert "chunk dropped: all its actions lie in the past: its observation is stamped 0.15 s ago, and its actions " \
+        "span 0.10 s" in gate.refuse(stamp=999.95, taken_at=99.9, now=1000.1, span_s=0.1)
     clock.t += 2.0
     pauses.beat(2.0, 0.02)  # the node did not run for 2 s after the run started
     assert "the node paused after its observation was taken" in gate.refuse(stamp=999.95, taken_at=99.9,

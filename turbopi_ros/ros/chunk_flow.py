@@ -30,7 +30,9 @@ class ChunkFlow:
         taken at ``taken_at`` and which was prepared at ``ready_at`` (all monotonic), unless the gate refuses it (then
         that is a problem). True when it went out."""
         done, now = time.monotonic(), self._now()
-        refused = self.gate.refuse(chunk.stamp, taken_at, now) or self.gate.refuse_actions(chunk.actions, chunk.state)
+        span_s = len(chunk.actions) / self.schedule.rate_hz
+        refused = (self.gate.refuse(chunk.stamp, taken_at, now, span_s)
+                   or self.gate.refuse_actions(chunk.actions, chunk.state))
         if refused:
             self.fail(refused)
             return False

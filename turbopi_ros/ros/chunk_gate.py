@@ -3,8 +3,10 @@
 Its observation was fresh when the engine took it, but while it was computed the clock may have jumped back, a sensor
 may have stopped, or the whole node may have paused. Such a chunk is dropped, as the command stream stops, rather than
 published with a stamp far in the past (a controller would jump to its last point) or in the future (it would wait
-that long to start). So is a chunk whose first action lies further from the observed joint positions than
-action.max_jump allows (policy/jump_limit.py): a controller would jump towards it."""
+that long to start). So is a chunk whose actions are all due already (an inference slower than the chunk's span, or
+the clock jumped forward): a joint_trajectory_controller rejects a trajectory that ends in the past, and the commands
+would have nothing to follow, with no word of why. So is a chunk whose first action lies further from the observed
+joint positions than action.max_jump allows (policy/jump_limit.py): a controller would jump towards it."""
 from __future__ import annotations
 
 from typing import Optional
@@ -18,13 +20,18 @@ class ChunkGate:
     def __init__(self, inputs: InputBuffer, pauses: PauseWatch, jump: Optional[JumpLimit] = None):
         self.inputs, self.pauses, self.jump = inputs, pauses, jump
 
-    def refuse(self, stamp: float, taken_at: float, now: float) -> Optional[str]:
+    def refuse(self, stamp: float, taken_at: float, now: float, span_s: float = float("inf")) -> Optional[str]:
         """Why a chunk whose observation is stamped ``stamp`` (node clock) and was taken at ``taken_at`` (monotonic)
-        must not be published at ``now`` (node clock); None when it may."""
+        must not be published at ``now`` (node clock); None when it may. ``span_s``: its actions' span (H /
+        control_rate_hz): its last action is due at ``stamp + span_s``."""
         ahead = stamp - now
         if ahead > self.inputs.max_age_s:  # use_sim_time: a simulation or bag restarted
             return (f"chunk dropped: its observation is stamped {ahead:.2f} s ahead of the node's clock (the clock "
                     "jumped back while it was computed)")
+        if stamp + span_s < now:
+            return (f"chunk dropped: all its actions lie in the past: its observation is stamped {-ahead:.2f} s ago, "
+                    f"and its actions span {span_s:.2f} s (action horizon / control_rate_hz); the inference is "
+                    "slower than a chunk lasts, or the clock jumped forward")
         stale = self.inputs.stale(self.inputs.snapshot(), now)
         if stale:
             return f"chunk dropped: its inputs went stale while it was computed: {stale}"
