@@ -189,6 +189,8 @@ def test_bad_guidance_is_refused_with_the_expected_shape():
         guided_denoise(model, cache, noise, Guidance(good.target, good.weights[:, :3]))
     with pytest.raises(ValueError, match="max_guidance"):
         guided_denoise(model, cache, noise, Guidance(good.target, good.weights, max_guidance=-1.0))
+    with pytest.raises(ValueError, match="must be a finite number"):  # no clip: an infinite first-step weight
+        guided_denoise(model, cache, noise, Guidance(good.target, good.weights, max_guidance=math.inf))
     with pytest.raises(ValueError, match="noise must be"):
         guided_denoise(model, cache, noise[:, :2], good)
     assert math.isfinite(float(guided_denoise(model, cache, noise, good, num_steps=2).abs().max()))

@@ -200,3 +200,19 @@ def test_guidance_delay_is_never_negative():
     assert args["delay_steps"] == 0 and args["execution_horizon"] == round(0.1 * RATE)
     assert guidance_arguments(current, 100.1, [0.03, -0.2], RATE, 5.0)["delay_steps"] == math.ceil(0.03 * RATE)
     prefix_weights(50, args["delay_steps"], args["execution_horizon"])  # accepted
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("beta", [float("nan"), float("inf"), -1.0])
+def test_a_beta_that_is_not_a_finite_number_at_least_0_is_refused_by_name(graphs, beta):
+    """beta = inf (no clip, as one may read the paper) made the first step's weight infinite: every action NaN, then
+    "the model produced non-finite actions"; with graphs, NaN or inf also went into the guided graph's key (NaN: a
+    new capture at every call)."""
+    policy = _tiny_policy()
+    if graphs:
+        policy.use_graphs(static_replay_on_cpu=True)
+    prev = PreviousChunk(np.zeros((50, N_JOINTS)), 0.0, RATE)
+    with pytest.raises(ValueError, match=r"max_guidance \(beta\) must be a finite number >= 0"):
+        policy.infer(_obs(), previous=prev, delay_steps=2, execution_horizon=5, max_guidance=beta)
+    if graphs:
+        assert policy.guided_denoiser.num_graphs == 0  # refused before any capture

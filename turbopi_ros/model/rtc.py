@@ -30,6 +30,7 @@ whole guided loop, forward and backward passes, as one graph.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Tuple
 
 import torch
@@ -50,6 +51,12 @@ class Guidance:
     target: torch.Tensor  # [B, H, action_dim]: Y, the previous chunk's actions at the new chunk's action times
     weights: torch.Tensor  # broadcastable to [B, H, action_dim], >= 0: W (soft prefix mask x the dims in use)
     max_guidance: float = DEFAULT_MAX_GUIDANCE  # beta: the clip of the time weight
+
+    def __post_init__(self):
+        """beta is checked here, so that every path (eager, CUDA graph: a graph's key holds it) sees a valid one: an
+        infinite beta is an infinite first-step weight (every action NaN), a NaN one a new graph at every call."""
+        if not (math.isfinite(float(self.max_guidance)) and float(self.max_guidance) >= 0.0):
+            raise ValueError(f"max_guidance (beta) must be a finite number >= 0, got {self.max_guidance}")
 
 
 def guidance_weight(t: float, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> float:
@@ -131,8 +138,6 @@ def guided_denoise(model: PI0Model, cache: PrefixCache, noise: torch.Tensor, gui
     except RuntimeError:
         raise ValueError(f"guidance weights {list(guidance.weights.shape)} do not broadcast to {list(expected)}") \
             from None
-    if not float(guidance.max_guidance) >= 0.0:
-        raise ValueError(f"max_guidance (beta) must be >= 0, got {guidance.max_guidance}")
     with torch.inference_mode(False):
         prefix = ConstantPrefix.from_cache(cache)
         guidance = Guidance(target=guidance.target.to(device=noise.device, dtype=torch.float32).clone(),
