@@ -71,3 +71,22 @@ def test_bfloat16_fast_path_against_the_float32_reference(models, one_thread, ca
               f"openpi's formulation in bfloat16 (tolerance {TOLERANCE:g})")
     assert 0 < worst <= TOLERANCE  # bfloat16 did run (and rounds), within the tolerance
     assert fast_first <= 1.5 * openpi_first + 1e-3  # no worse than openpi's own formulation in bfloat16
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_float16_masked_reference_path_stays_finite(variant):
+    """float16 (model.dtype float16, turbopi-bench --dtype float16): openpi's mask value -2.3819763e38 is -inf in
+    float16; padded queries see no valid key, so their softmax row was NaN, and their NaN values then reached every
+    query through the masked P.V product (0 * NaN). openpi adds its float32 mask to the logits, so the sum is float32.
+    The reference path also serves a fast-path batch whose rows have different prompt lengths."""
+    from engine_helpers import small_config
+
+    config = small_config(variant)
+    fp32, fp16 = random_model(config, seed=1), random_model(config, seed=1, dtype="float16")
+    inputs = random_inputs(config, batch=2, cameras=(True, False, True), valid_tokens=(4, 7), seed=2)
+    with torch.inference_mode():
+        reference = fp32.sample_actions(*inputs[:5], noise=inputs[5], path="reference")
+        for path in ("reference", "fast"):  # ragged rows: the fast path falls back to the reference path
+            out = fp16.sample_actions(*inputs[:5], noise=inputs[5], path=path)
+            assert torch.isfinite(out).all(), f"float16 {path} path gave non-finite actions"
+            assert float((out - reference).abs().max()) <= TOLERANCE

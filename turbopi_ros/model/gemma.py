@@ -247,11 +247,12 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 def masked_eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """openpi's eager attention: repeat K/V to every head, add MASKED_LOGIT where ``mask`` [B, Lq, Lk] is False,
-    softmax in float32. q [B, Lq, H, D]; k, v [B, KV, Lk, D]. Returns [B, Lq, H*D]."""
+    softmax in float32. q [B, Lq, H, D]; k, v [B, KV, Lk, D]. Returns [B, Lq, H*D]. The mask is added in float32,
+    as openpi adds its float32 mask: MASKED_LOGIT is -inf in float16, which made a padded query's row NaN."""
     B, Lq, H, D = q.shape
     k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
     qh = q.transpose(1, 2)
     logits = torch.matmul(qh, k.transpose(2, 3)) * D ** -0.5
-    logits = logits + torch.where(mask[:, None], 0.0, MASKED_LOGIT).to(logits.dtype)
+    logits = logits.float() + torch.where(mask[:, None], 0.0, MASKED_LOGIT)
     weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(weights, v).transpose(1, 2).reshape(B, Lq, H * D)
