@@ -71,9 +71,11 @@ def pickle_file(good):
 
 
 def no_config_json(good):
+    """No config.json (openpi's train_pytorch.py writes none): model.preset is the model config, here not the
+    weights'."""
     d = _copy(good, "no_config")
     (d / "config.json").unlink()
-    return {"checkpoint": d}
+    return {"checkpoint": d, "preset": "tiny_pi05"}
 
 
 def _stats_file(good, name, body):
@@ -110,7 +112,8 @@ CASES = {
                                 r"unpickle it",
     pickle_checkpoint_directory: r"pickle_dir: no model.safetensors \(found model.pt: pickle files are refused",
     pickle_file: r"model.pkl: refusing to load a pickle file \(.pkl\)",
-    no_config_json: r"no_config: no config.json \(an openpi checkpoint directory has model.safetensors, config.json",
+    no_config_json: r"no_config/model.safetensors holds a pi0 model but the model config says pi05 \(.*no_config has "
+                    r"no config.json, .* model.preset 'tiny_pi05' was its model config; set model.preset",
     nan_norm_stats: r"norm stats .*nan_stats.json \[state\]: 'mean' must be a non-empty, finite 1-D list of numbers: "
                     r"NaN or inf at indices \[0, 1, 2, 3, 4, 5, 6, 7\] ...",
     norm_stats_without_actions: r"norm stats .*no_actions.json: expected \{\"norm_stats\"",
@@ -139,3 +142,58 @@ def test_refused_when_the_policy_loads(good, case, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     with pytest.raises(ValueError, match=CASES[case]):
         load_policy(**params, action_dims=7)
+
+
+def test_norm_stats_found_through_a_symlinked_asset_folder(good, tmp_path):
+    """assets/<asset_id> as a symlink (norm stats shared between checkpoints) is found like a folder."""
+    _, ckpt, sp = good
+    d = tmp_path / "linked"
+    d.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (d / name).symlink_to(ckpt / name)
+    (d / "assets").mkdir()
+    (d / "assets" / "robot").symlink_to(ckpt / "assets" / "robot", target_is_directory=True)
+    policy = load_policy(checkpoint=str(d), tokenizer=str(sp), norm_stats="", action_dims=7)
+    assert policy.norm_stats is not None
+
+
+@pytest.mark.parametrize("name", ["weights", "model.SAFETENSORS", "model.safetensors.1"])
+def test_weights_file_of_any_name_needs_norm_stats(good, tmp_path, name):
+    """Real weights in a file not named *.safetensors are refused without norm stats, as any real weights are (they
+    load: the refusal must not be skipped, or the robot would run on unnormalized state and actions)."""
+    _, ckpt, sp = good
+    path = tmp_path / name
+    path.write_bytes((ckpt / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=f"no norm stats for {path}"):
+        load_policy(checkpoint=str(path), tokenizer=str(sp), norm_stats="", action_dims=7)
+
+
+@pytest.mark.parametrize("value", ["fifty", float("nan"), float("inf")], ids=["word", "NaN", "Infinity"])
+def test_config_json_with_a_size_that_is_no_number_is_named(good, tmp_path, value):
+    _, ckpt, sp = good
+    d = tmp_path / "bad_config"
+    shutil.copytree(ckpt, d)
+    config = json.loads((d / "config.json").read_text())
+    config.pop("turbopi_model_config")
+    (d / "config.json").write_text(json.dumps({**config, "paligemma_variant": "dummy", "action_horizon": value}))
+    with pytest.raises(ValueError, match=r"bad_config/config.json: openpi config.json: action_horizon=.*, "
+                                         r"expected an integer"):
+        load_policy(checkpoint=str(d), tokenizer=str(sp), norm_stats="", action_dims=7)
+
+
+def test_openpi_training_checkpoint_directory_loads_with_the_preset(good, tmp_path, monkeypatch):
+    """openpi's scripts/train_pytorch.py writes <step>/ with model.safetensors, optimizer.pt and metadata.pt (pickles,
+    never read) and assets/<asset_id>/norm_stats.json, but no config.json: model.preset gives the model config, and
+    the norm stats come from the directory's assets/ as for a converted checkpoint."""
+    _, ckpt, sp = good
+    d = tmp_path / "30000"
+    shutil.copytree(ckpt, d)
+    (d / "config.json").unlink()
+    for name in ("optimizer.pt", "metadata.pt"):
+        (d / name).write_bytes(pickle.dumps({"global_step": 30000}))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("a pickle was opened"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    policy = load_policy(checkpoint=str(d), preset="tiny", tokenizer=str(sp), norm_stats="", action_dims=7)
+    assert policy.norm_stats is not None and policy.model.config == ModelConfig.preset("tiny")
+    with pytest.raises(ValueError, match="holds a pi0 model but the model config says pi05"):
+        load_policy(checkpoint=str(d), preset="tiny_pi05", tokenizer=str(sp), norm_stats="", action_dims=7)

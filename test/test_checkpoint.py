@@ -178,3 +178,66 @@ def test_config_json_schema(tmp_path, openpi_fixtures):
         ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "colour": 1})
     with pytest.raises(ValueError, match="variant 'pi1' is not one of"):
         ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "variant": "pi1"})
+
+
+def _header_starting_with(tmp_path, cfg, first_bytes: bytes):
+    """A valid safetensors file whose 8-byte header length begins with ``first_bytes`` (lengthened via metadata):
+    safetensors pads its header to 8 bytes, so 1 file in 32 has a length whose low byte is 0x80."""
+    import struct
+    state = {k: v.contiguous() for k, v in openpi_state_dict(random_model(cfg)).items()}
+    path = tmp_path / "model.safetensors"
+
+    def header_length(pad):
+        save_file(state, str(path), metadata={"format": "pt", "note": "x" * pad})
+        return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+    base = header_length(0)
+    target = next(n for n in range(base, base + 70000, 8) if struct.pack("<Q", n).startswith(first_bytes))
+    for pad in range(target - base - 8, target - base + 8):
+        if header_length(pad) == target:
+            return path
+    raise AssertionError(f"no header length starting with {first_bytes!r}")
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"], ids=["0x80", "PK"])
+def test_safetensors_header_length_that_looks_like_a_pickle_loads(tmp_path, first_bytes):
+    """A real safetensors file is not refused as a pickle because its header length's bytes read b'\\x80' or 'PK'."""
+    cfg = small_config("pi0")
+    path = _header_starting_with(tmp_path, cfg, first_bytes)
+    assert load_model(path, config=cfg).config == cfg
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b"null", b'"text"', b"7"], ids=["list", "null", "string", "number"])
+def test_header_that_is_json_but_not_an_object_is_named(tmp_path, header):
+    """A corrupt header that parses as JSON but is no object: a CheckpointError naming the file, not an
+    AttributeError (the node would stop with a traceback)."""
+    import struct
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(64))
+    with pytest.raises(CheckpointError, match=f"{path}: not a valid safetensors file"):
+        load_model(path, config=small_config("pi0"))
+
+
+@pytest.mark.parametrize("body, expected", [
+    ([1, 2], "expected a JSON object"),
+    ({"action_dim": 32, "action_horizon": None, "paligemma_variant": "dummy", "action_expert_variant": "dummy"},
+     "action_horizon=None, expected an integer"),
+    (b"\xff\xfe binary", "not valid JSON")], ids=["list", "null_horizon", "binary"])
+def test_config_json_of_the_wrong_form_is_named(tmp_path, body, expected):
+    """A config.json that is no object, binary, or has a size that is null: a CheckpointError naming the file (and the
+    key), not an AttributeError, TypeError or UnicodeDecodeError."""
+    directory = save_checkpoint(random_model(small_config("pi0")), tmp_path / "ckpt")
+    (directory / "config.json").write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+    with pytest.raises(CheckpointError, match=f"config.json: .*{expected}"):
+        load_model(directory)
+
+
+def test_openpi_jax_checkpoint_directory_says_to_convert(tmp_path):
+    """openpi's released checkpoints are JAX (orbax): params/ and assets/, no model.safetensors."""
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "_METADATA").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"no model.safetensors \(found params/: an openpi JAX \(orbax\) "
+                                              r"checkpoint; convert it to PyTorch with openpi's "
+                                              r"examples/convert_jax_model_to_pytorch.py\)"):
+        load_model(tmp_path)

@@ -172,7 +172,9 @@ def _check_not_pickle(path: Path) -> None:
                               "loaded (unpickling can run arbitrary code). Convert it with safetensors first.")
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length (its low bytes may read b"\x80" or b"PK"), then the JSON
+    # header, which opens with "{"; a torch zip (PK) or a pickle (\x80, protocol) has no "{" at byte 8
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(f"{path}: this is a pickle/zip torch file, not safetensors; refusing to unpickle it")
     if len(head) < 8:
         raise CheckpointError(f"{path}: too short to be a safetensors file")
@@ -212,7 +214,7 @@ def _truncated(path: Path) -> str:
         try:
             header = json.loads(f.read(header_len))
             end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # a header that is not an object
             return ""
     if 8 + header_len + end > size:
         return f"truncated: {size} bytes, its header describes {8 + header_len + end}"
@@ -267,14 +269,28 @@ def read_checkpoint_config(directory: Path, variant: str) -> ModelConfig:
     except FileNotFoundError:
         raise CheckpointError(f"{directory}: no config.json (an openpi checkpoint directory has model.safetensors, "
                               "config.json and assets/*/norm_stats.json); pass a model config JSON instead") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object (action_dim, action_horizon, paligemma_variant, "
+                              f"action_expert_variant, precision), got {type(d).__name__}")
     if "turbopi_model_config" in d:
         return ModelConfig.from_dict(d["turbopi_model_config"])
     try:
         return ModelConfig.from_openpi(d, variant)
     except ValueError as e:
-        raise CheckpointError(str(e)) from None
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _no_weights_hint(directory: Path) -> str:
+    """What a checkpoint directory without model.safetensors holds instead, when it is something known."""
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        return f" (found {', '.join(pickles)}: pickle files are refused, convert to safetensors)"
+    if (directory / "params").is_dir():
+        return (" (found params/: an openpi JAX (orbax) checkpoint; convert it to PyTorch with openpi's "
+                "examples/convert_jax_model_to_pytorch.py)")
+    return ""
 
 
 def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] = None, device="cpu",
@@ -288,9 +304,7 @@ def load_model(path: Union[str, Path], *, config: Union[None, str, ModelConfig] 
     if path.is_dir():
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-            hint = f" (found {', '.join(pickles)}: pickle files are refused, convert to safetensors)" if pickles else ""
-            raise CheckpointError(f"{path}: no {WEIGHTS_FILE}{hint}")
+            raise CheckpointError(f"{path}: no {WEIGHTS_FILE}{_no_weights_hint(path)}")
     elif path.exists():
         weights = path
     else:

@@ -164,9 +164,9 @@ class ModelConfig:
                 raise ValueError(f"openpi config.json: {key}={name!r}, expected one of {known}")
         return cls(
             variant=variant,
-            action_dim=int(d.get("action_dim", 32)),
-            action_horizon=int(d.get("action_horizon", 50)),
-            max_token_len=int(d.get("max_token_len", 200 if variant == "pi05" else 48)),
+            action_dim=_openpi_int(d, "action_dim", 32),
+            action_horizon=_openpi_int(d, "action_horizon", 50),
+            max_token_len=_openpi_int(d, "max_token_len", 200 if variant == "pi05" else 48),
             vlm=GEMMA_VARIANTS[names["paligemma_variant"]],
             expert=GEMMA_VARIANTS[names["action_expert_variant"]],
         )
@@ -177,6 +177,15 @@ class ModelConfig:
             return PRESETS[name]
         except KeyError:
             raise ValueError(f"unknown model preset {name!r} (presets: {', '.join(PRESETS)})") from None
+
+
+def _openpi_int(d: Dict[str, Any], key: str, default: int) -> int:
+    """An openpi config.json size: a ValueError naming the key when it is no integer (null, a word)."""
+    value = d.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
+        raise ValueError(f"openpi config.json: {key}={value!r}, expected an integer") from None
 
 
 _TINY_VISION = VisionConfig(width=32, depth=2, num_heads=2, mlp_dim=64)

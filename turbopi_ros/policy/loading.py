@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 from ..logs import get_logger
-from ..model.checkpoint import load_model, random_model
+from ..model.checkpoint import PICKLE_SUFFIXES, CheckpointError, load_model, random_model
 from ..model.config import load_config
 from .adapters import ADAPTERS, RobotAdapter, make_adapter
 from .policy import RANDOM_WEIGHTS, Policy
@@ -53,15 +53,14 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
         if not tokenizer:  # checked first: loading a checkpoint takes a while
             raise ValueError("model.tokenizer is required with a real checkpoint (paligemma_tokenizer.model)")
         weights = Path(checkpoint)
-        loadable = weights.is_dir() or (weights.is_file() and weights.suffix == ".safetensors")  # else load_model
-        if loadable and stats_path is None and norm_stats != NO_NORM_STATS:  # refuses it, naming what is wrong
+        loadable = weights.is_dir() or (weights.is_file() and weights.suffix.lower() not in PICKLE_SUFFIXES)
+        if loadable and stats_path is None and norm_stats != NO_NORM_STATS:  # any name; a pickle: load_model says
             raise ValueError(
                 f"no norm stats for {checkpoint}: an openpi checkpoint directory keeps them in "
                 "assets/<asset_id>/norm_stats.json, and openpi refuses a checkpoint without them (the state would go "
                 "in and the actions come out unnormalized); set model.norm_stats to a norm_stats.json (or the folder "
                 f"holding it), or to '{NO_NORM_STATS}' for weights trained on unnormalized data")
-        model = load_model(checkpoint, config=None if Path(checkpoint).is_dir() else preset, device=device,
-                           dtype=dtype, configure=configure)
+        model = _load_checkpoint(checkpoint, preset, device=device, dtype=dtype, configure=configure)
     else:
         model = random_model(configure(load_config(preset)), seed=seed, device=device, dtype=dtype)
         logger.warning("model.checkpoint is '%s': random weights of preset '%s' (actions are meaningless)",
@@ -81,6 +80,28 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
     tok = make_tokenizer(tokenizer, c.max_token_len, c.vlm.vocab_size, prompt_format if c.is_pi05 else c.variant)
     return Policy(model, tokenizer=tok, norm_stats=stats, seed=seed, robot_adapter=adapter,
                discrete_state_input=discrete_state_input, **kwargs)
+
+
+def _model_config(checkpoint: str, preset: str) -> Optional[str]:
+    """load_model's model config: None for a directory with a config.json (it is read), else the preset: for a bare
+    weights file, and for a directory without config.json, as openpi's scripts/train_pytorch.py writes its
+    checkpoints (model.safetensors, assets/, and the training config only in a pickle, metadata.pt, never read)."""
+    path = Path(checkpoint)
+    return None if path.is_dir() and (path / "config.json").exists() else preset
+
+
+def _load_checkpoint(checkpoint: str, preset: str, **kwargs):
+    """load_model with _model_config's model config; where that was model.preset for a directory without config.json,
+    a refusal says so (the default preset, tiny, fits no real checkpoint)."""
+    config = _model_config(checkpoint, preset)
+    try:
+        return load_model(checkpoint, config=config, **kwargs)
+    except CheckpointError as e:
+        if config is None or not Path(checkpoint).is_dir():
+            raise
+        raise CheckpointError(f"{e} ({checkpoint} has no config.json, as openpi's scripts/train_pytorch.py writes "
+                              f"none: model.preset {preset!r} was its model config; set model.preset to the "
+                              "checkpoint's: pi0, pi05 or a model config JSON)") from None
 
 
 def _tristate(value, name: str) -> Optional[bool]:
@@ -106,8 +127,11 @@ def _checkpoint_settings(directory) -> Dict[str, object]:
     out = {}
     for key in ("action_horizon", "max_token_len", "discrete_state_input"):
         value = d.get(key, inner.get(key))
-        if value is not None:
-            out[key] = bool(value) if key == "discrete_state_input" else int(value)
+        try:
+            if value is not None:
+                out[key] = bool(value) if key == "discrete_state_input" else int(value)
+        except (TypeError, ValueError, OverflowError):
+            pass  # no integer (a word, NaN): load_model names the key
     return out
 
 

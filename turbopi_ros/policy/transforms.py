@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -166,7 +167,7 @@ def find_norm_stats(checkpoint_dir: Union[str, Path], asset_id: Optional[str] = 
     None if there is none, an error naming the choices if there are several. An asset id may span folders: openpi's
     LeRobot configs default it to the dataset's repo id (pi0_libero: assets/physical-intelligence/libero/)."""
     assets = Path(checkpoint_dir) / "assets"
-    found = sorted(p for p in assets.glob("**/norm_stats.json") if p.parent != assets) if assets.is_dir() else []
+    found = _norm_stats_files(assets) if assets.is_dir() else []
     choices = [p.parent.relative_to(assets).as_posix() for p in found]
     if asset_id:
         path = assets / asset_id / "norm_stats.json"
@@ -176,6 +177,20 @@ def find_norm_stats(checkpoint_dir: Union[str, Path], asset_id: Optional[str] = 
     if len(found) > 1:
         raise ValueError(f"{assets} holds norm stats for several asset ids {choices}: name one (model.norm_stats)")
     return found[0] if found else None
+
+
+def _norm_stats_files(assets: Path) -> List[Path]:
+    """Every norm_stats.json in a folder below ``assets`` (not in it), through symlinked folders too (Path.glob's
+    ``**`` does not enter them); a folder reached twice (a symlink loop) is read once."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(assets, followlinks=True):
+        if os.path.realpath(root) in seen:
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
+        if "norm_stats.json" in files and Path(root) != assets:
+            found.append(Path(root) / "norm_stats.json")
+    return sorted(found)
 
 
 def _stats_pair(stats: NormStats, use_quantiles: bool, where: str):
