@@ -222,3 +222,28 @@ def test_rtc_guided_graphs_are_captured_before_ready_too(fused):
     assert len(lengths) >= 3
     assert graphed.graph_stats.captures == stats.captures and graphed.graph_stats.captures_after_ready == 0
     assert unwarmed.graph_stats.captures_after_ready >= 3  # a guided graph for each new length, mid-run
+
+
+def test_a_new_beta_at_run_time_captures_nothing():
+    """rtc.max_guidance changed at run time: each guided step's time weight (from beta) is an input of the guided
+    graph, so the graphs captured before ready serve the new beta, and the chunks equal the eager guided policy's at
+    that beta. beta was part of the graph's key: each new value captured a full set of guided graphs mid-run (the
+    robot moving), each kept in the pool for good."""
+    from turbopi_ros.policy.rtc_target import PreviousChunk
+
+    kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=3)
+    eager, graphed = load_policy(**kwargs), _graphed(kwargs)
+    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), rtc_max_guidance=5.0)
+    captured = stats.captures
+    images = {"base_0_rgb": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
+    obs = Observation(images=images, state=np.full(7, 0.3), prompt=PROMPT, stamp=0.1)
+    noise = np.random.default_rng(1).standard_normal((eager.config.action_horizon, eager.config.action_dim))
+    first = eager.run(eager.prepare(obs), noise=noise.astype(np.float32))
+    differences = []
+    for beta in (0.5, 5.0, 20.0):
+        guided = dict(previous=PreviousChunk(first.actions + 0.5, 0.05, 50.0), delay_steps=3, max_guidance=beta)
+        chunks = [p.run(p.prepare(obs), noise=noise.astype(np.float32), **guided).actions for p in (eager, graphed)]
+        assert np.abs(chunks[0] - chunks[1]).max() <= 1e-5, beta
+        differences.append(chunks[1])
+    assert np.abs(differences[0] - differences[2]).max() > 1e-3  # beta matters: the graphs did not keep the first
+    assert graphed.graph_stats.captures == captured and graphed.graph_stats.captures_after_ready == 0

@@ -30,7 +30,7 @@ import torch
 from .config import ModelConfig
 from .inputs import check_image_inputs, check_prefix_inputs
 from .pi0 import ImageTokens, PI0Model, PrefixCache
-from .rtc import ConstantPrefix, Guidance, guided_loop
+from .rtc import ConstantPrefix, Guidance, guided_loop, step_weights
 
 
 def capture(fn, warmup: int = 2, pool=None):
@@ -254,6 +254,7 @@ class _CapturedGuided:
     prefix: ConstantPrefix
     noise: torch.Tensor
     guidance: Guidance
+    weights_by_step: torch.Tensor  # [num_steps] float32: rtc.step_weights, so one graph serves every beta
     out: torch.Tensor
 
 
@@ -263,8 +264,9 @@ class CudaGraphGuidedDenoiser:
 
     The eager guided denoise is a few thousand small kernels per call (launch-bound at batch 1: 3.3x the eager plain
     denoise on an H100); captured, it replays with one launch. Static buffers (ordinary tensors: autograd saves them)
-    hold the cached prefix, rotary tables, noise, target and weights; a call copies into them and replays. Graphs are
-    keyed by (cached length, cache shape, num_steps, beta): beta is a Python number inside the step's arithmetic.
+    hold the cached prefix, rotary tables, noise, target, weights and each step's time weight (from beta: an input, so
+    a new rtc.max_guidance captures nothing); a call copies into them and replays. Graphs are keyed by (cache shape,
+    cached length, num_steps, noise shape).
     Given the policy's GraphPool, its captures share that pool and are counted in its stats (captures after ready
     included), and ``warm_up`` captures every cached length before the node reports ready (rtc.enabled: never capture
     while the robot moves). On CPU, only with a pool in static-replay mode (the bookkeeping's tests)."""
@@ -291,15 +293,15 @@ class CudaGraphGuidedDenoiser:
         for dst, src in ((captured.prefix.keys, cache.keys[..., :n, :]),
                          (captured.prefix.values, cache.values[..., :n, :]),
                          (captured.prefix.cos, cache.cos), (captured.prefix.sin, cache.sin), (captured.noise, noise),
-                         (captured.guidance.target, guidance.target), (captured.guidance.weights, weights)):
+                         (captured.guidance.target, guidance.target), (captured.guidance.weights, weights),
+                         (captured.weights_by_step, step_weights(self.model, num_steps, guidance.max_guidance))):
             dst.copy_(src)
         with torch.inference_mode(False):  # a static replay on CPU runs the loop again: autograd must be on
             captured.replay()
         return captured.out.clone()
 
     def _entry(self, cache: PrefixCache, noise: torch.Tensor, guidance: Guidance, num_steps: int) -> _CapturedGuided:
-        key = ("guided", tuple(cache.keys.shape), cache.num_cached, int(num_steps), float(guidance.max_guidance),
-               tuple(noise.shape))
+        key = ("guided", tuple(cache.keys.shape), cache.num_cached, int(num_steps), tuple(noise.shape))
         if key not in self._graphs:
             self._graphs[key] = self._capture(key, cache, noise, guidance, num_steps)
         return self._graphs[key]
@@ -314,20 +316,21 @@ class CudaGraphGuidedDenoiser:
                               weights=guidance.weights.to(noise.device, torch.float32).expand(shape).clone(),
                               max_guidance=float(guidance.max_guidance))
             static_noise = noise.to(torch.float32).clone()
-            model.step_conditioning(num_steps)  # computed once, outside the graph
-            replay, out = self.pool.capture(key, lambda: guided_loop(model, prefix, static_noise, static, num_steps),
-                                            self.warmup)
-        return _CapturedGuided(replay=replay, prefix=prefix, noise=static_noise, guidance=static, out=out)
+            by_step = step_weights(model, num_steps, guidance.max_guidance).to(noise.device)  # (and the steps'
+            # conditioning, computed once outside the graph)
+            replay, out = self.pool.capture(
+                key, lambda: guided_loop(model, prefix, static_noise, static, num_steps, by_step), self.warmup)
+        return _CapturedGuided(replay=replay, prefix=prefix, noise=static_noise, guidance=static,
+                               weights_by_step=by_step, out=out)
 
-    def captured_lengths(self, max_guidance: float, batch: int = 1) -> set:
-        """The cached lengths whose guided graph is captured for this beta. (A copy of the keys first: the node asks
+    def captured_lengths(self, batch: int = 1) -> set:
+        """The cached lengths whose guided graph is captured (any beta). (A copy of the keys first: the node asks
         from its executor thread while the engine thread may be capturing.)"""
-        return {key[2] for key in list(self._graphs) if key[4] == float(max_guidance) and key[1][1] == batch}
+        return {key[2] for key in list(self._graphs) if key[1][1] == batch}
 
-    def warm_up(self, num_cached_lengths: Iterable[int], max_guidance: float, batch: int = 1,
-                num_steps: int = 10) -> CaptureStats:
-        """Capture the guided graph of every cached length (cuda_graph.cached_lengths) for this beta, on blank inputs
-        (zero prefix, zero target and weights): what real-time chunking replays once the robot moves."""
+    def warm_up(self, num_cached_lengths: Iterable[int], batch: int = 1, num_steps: int = 10) -> CaptureStats:
+        """Capture the guided graph of every cached length (cuda_graph.cached_lengths) on blank inputs (zero prefix,
+        zero target and weights): what real-time chunking replays once the robot moves, whatever its beta."""
         model, c = self.model, self.model.config
         g, H = c.vlm, c.action_horizon
         shape = (batch, H, c.action_dim)
@@ -338,7 +341,7 @@ class CudaGraphGuidedDenoiser:
             cos, sin = model.action_rotary(n, batch, model.device, model.dtype)
             cache = PrefixCache(keys=keys, values=keys, num_prefix=n - (0 if c.is_pi05 else 1), num_cached=n,
                                 cos=cos, sin=sin)
-            self._entry(cache, zeros, Guidance(target=zeros, weights=zeros, max_guidance=max_guidance), num_steps)
+            self._entry(cache, zeros, Guidance(target=zeros, weights=zeros), num_steps)
         return self.stats
 
     def clear(self) -> None:

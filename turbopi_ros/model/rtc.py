@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -68,12 +68,13 @@ def guidance_weight(t: float, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> flo
     return min(float(max_guidance), (t * t + (1.0 - t) ** 2) / (t * (1.0 - t)))
 
 
-def guided_velocity(velocity: Velocity, x: torch.Tensor, t: float, guidance: Guidance
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def guided_velocity(velocity: Velocity, x: torch.Tensor, t: float, guidance: Guidance,
+                    weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step's (guided velocity, plain velocity, predicted actions A = x - t*v) at x [B, H, D], time t.
 
     ``velocity(x)`` must be differentiable in x. The guidance is the vector-Jacobian product of W * (Y - A) with
-    dA/dx, computed by one backward pass; nothing else gets a gradient."""
+    dA/dx, computed by one backward pass; nothing else gets a gradient. ``weight``: the step's time weight as a
+    0-d float32 tensor (a CUDA graph's input, so that one graph serves every beta); None: guidance_weight(t, beta)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         v = velocity(x)
@@ -81,7 +82,16 @@ def guided_velocity(velocity: Velocity, x: torch.Tensor, t: float, guidance: Gui
         error = (guidance.weights * (guidance.target - predicted)).detach()
         (correction,) = torch.autograd.grad(predicted, x, grad_outputs=error)
     v = v.detach()
-    return v - guidance_weight(t, guidance.max_guidance) * correction, v, predicted.detach()
+    if weight is None:
+        weight = guidance_weight(t, guidance.max_guidance)
+    return v - weight * correction, v, predicted.detach()
+
+
+def step_weights(model: PI0Model, num_steps: int, max_guidance: float) -> torch.Tensor:
+    """The time weight of each of the ``num_steps`` guided steps, float32 [num_steps] on the CPU (the graphs'
+    input: CudaGraphGuidedDenoiser copies it in)."""
+    return torch.tensor([guidance_weight(sc.time, max_guidance) for sc in model.step_conditioning(num_steps)],
+                        dtype=torch.float32)
 
 
 @dataclasses.dataclass
@@ -147,19 +157,21 @@ def guided_denoise(model: PI0Model, cache: PrefixCache, noise: torch.Tensor, gui
 
 
 def guided_loop(model: PI0Model, prefix: ConstantPrefix, noise: torch.Tensor, guidance: Guidance,
-                num_steps: int) -> torch.Tensor:
+                num_steps: int, weights_by_step: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The guided Euler steps on inputs that are already ordinary tensors (what guided_denoise prepares, or a CUDA
-    graph's static buffers): no copies, no checks; call outside inference mode."""
+    graph's static buffers, ``weights_by_step`` [num_steps] among them: step_weights): no copies, no checks; call
+    outside inference mode."""
     steps = model.step_conditioning(num_steps)
     _, dt = euler_schedule(num_steps)
     x = noise
-    for sc in steps:
-        v, _, _ = guided_step(model, prefix, x, sc, guidance)
+    for i, sc in enumerate(steps):
+        v, _, _ = guided_step(model, prefix, x, sc, guidance, None if weights_by_step is None else weights_by_step[i])
         x = x + dt * v
     return x
 
 
 def guided_step(model: PI0Model, prefix: ConstantPrefix, x: torch.Tensor, sc: StepConditioning,
-                guidance: Guidance) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                guidance: Guidance, weight: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One guided step's guided_velocity at x: the expert forward over the constant prefix, and backward to x."""
-    return guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance)
+    return guided_velocity(lambda x_t: differentiable_velocity(model, prefix, x_t, sc), x, sc.time, guidance, weight)

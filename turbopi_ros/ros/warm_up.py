@@ -77,7 +77,8 @@ class WarmUp:
 
     def missing_lengths(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> List[int]:
         """The prompt lengths ``prompt`` can produce (over every state) that have no graph yet for the cameras the
-        warm-up captured for (with ``rtc_max_guidance``, real-time chunking's beta: no guided graph for it either).
+        warm-up captured for (with ``rtc_max_guidance``, real-time chunking on: no guided graph for it either; a guided
+        graph serves every beta).
         Empty without graphs, before ready (the warm-up reads the prompt when it starts), and for a prompt the
         tokenizer rejects (the inference that uses it reports what is wrong with it)."""
         captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
@@ -93,7 +94,7 @@ class WarmUp:
             return [n for n in lengths if n not in have]
         from ..model.cuda_graph import cached_lengths
 
-        have_guided = guided(rtc_max_guidance)
+        have_guided = guided()
         return [n for n in lengths if n not in have or
                 cached_lengths(self.policy.config, (self.camera_count,), (n,))[0] not in have_guided]
 
@@ -108,9 +109,9 @@ class WarmUp:
                 f"finishes its current chunk; list the prompt in model.warm_up_prompts to capture them before ready")
 
     def capture_prompt(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
-        """On the engine thread, before the first inference with ``prompt`` (or with a new beta): capture the graphs
-        of every length it can produce that lacks one (``missing_lengths``; with ``rtc_max_guidance``, real-time
-        chunking's beta, the guided denoise's too), so that no inference with it captures, whatever the state.
+        """On the engine thread, before the first inference with ``prompt`` (or with RTC switched on): capture the
+        graphs of every length it can produce that lacks one (``missing_lengths``; with ``rtc_max_guidance``, real-time
+        chunking on, the guided denoise's too), so that no inference with it captures, whatever the state.
         Returns the log line saying what it captured, or None when nothing was missing."""
         missing = self.missing_lengths(prompt, rtc_max_guidance)
         if not missing:
