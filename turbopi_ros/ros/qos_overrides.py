@@ -39,4 +39,6 @@ def create_overridable(create: Callable, msg_type, topic: str, callback, qos: Qo
     try:
         return create(*args, qos_overriding_options=overridable())
     except (RuntimeError, InvalidParameterTypeException, InvalidQosOverridesError) as e:
+        if isinstance(e, RuntimeError) and "QoS override" not in str(e):  # rcl's own errors (RCLError) stay as they are
+            raise
         raise ValueError(f"qos_overrides of {topic}: {e} (expected: {OVERRIDES_EXPECTED})") from None
