@@ -53,8 +53,8 @@ class Guidance:
     max_guidance: float = DEFAULT_MAX_GUIDANCE  # beta: the clip of the time weight
 
     def __post_init__(self):
-        """beta is checked here, so that every path (eager, CUDA graph: a graph's key holds it) sees a valid one: an
-        infinite beta is an infinite first-step weight (every action NaN), a NaN one a new graph at every call."""
+        """beta is checked here, so that every path (eager, CUDA graph: its step weights come from it) sees a valid
+        one: an infinite beta is an infinite first-step weight, a NaN one NaN weights (every action NaN)."""
         if not (math.isfinite(float(self.max_guidance)) and float(self.max_guidance) >= 0.0):
             raise ValueError(f"max_guidance (beta) must be a finite number >= 0, got {self.max_guidance}")
 
