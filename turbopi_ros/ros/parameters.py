@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
@@ -122,16 +122,10 @@ def ignored_parameters(node: Node, table: Dict[str, Param]) -> str:
     without a word. "" when there are none. A warning, not a refusal: a ``/**`` section may hold other nodes'
     parameters. Call after every parameter is declared; rclpy's own do not count, nor do ``qos_overrides.*``
     (declared when the topics are made: ignored_qos_overrides)."""
-    import difflib
-
     ignored = [n for n in _undeclared(node) if not n.startswith("qos_overrides.")]
     if not ignored:
         return ""
-
-    def named(name: str) -> str:
-        close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.75)
-        return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-    return (f"parameters given that {node.get_name()} does not declare, ignored: {', '.join(map(named, ignored))} "
+    return (f"parameters given that {node.get_name()} does not declare, ignored: {_with_closest(ignored, table)} "
             "(docs/node.md lists its parameters)")
 
 
@@ -139,23 +133,29 @@ def ignored_qos_overrides(node: Node) -> str:
     """A warning naming the ``qos_overrides.*`` given to ``node`` that no topic of it took (a topic it does not have,
     a policy it does not override, a typo), each with the closest one it declared; "" when there are none. Call
     once the node's topics are made: rclpy declares an override's parameter when it creates the topic."""
-    import difflib
-
     ignored = [n for n in _undeclared(node) if n.startswith("qos_overrides.")]
     if not ignored:
         return ""
-    taken = list(node.list_parameters(["qos_overrides"], 0).names)  # depth 0: every level
-
-    def named(name: str) -> str:
-        close = difflib.get_close_matches(name, taken, n=1, cutoff=0.75)
-        return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-    return (f"QoS overrides given that no topic of {node.get_name()} takes, ignored: {', '.join(map(named, ignored))} "
+    taken = node.list_parameters(["qos_overrides"], 0).names  # depth 0: every level
+    return (f"QoS overrides given that no topic of {node.get_name()} takes, ignored: {_with_closest(ignored, taken)} "
             "(its cameras, joint states and action outputs take history, depth and reliability: docs/node.md)")
 
 
 def _undeclared(node: Node) -> list:
     given = getattr(node, "_parameter_overrides", {})  # (rclpy's, on every distro; {} where it is missing)
     return sorted(n for n in given if not node.has_parameter(n))
+
+
+def _with_closest(names: Sequence[str], declared: Iterable[str]) -> str:
+    """``names`` quoted and comma-separated, each with the closest of ``declared`` where one is close."""
+    import difflib
+
+    choices = list(declared)
+
+    def named(name: str) -> str:
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+        return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    return ", ".join(map(named, names))
 
 
 def on_parameters_set(node: Node, table: Dict[str, Param], apply: Optional[Callable[[Dict[str, Any]], None]] = None,

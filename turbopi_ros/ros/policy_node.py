@@ -133,8 +133,8 @@ class TurbopiNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters,
                                                   fixed={"use_sim_time": self._sim_time})
-        if ignored_qos_overrides(self):
-            self.get_logger().warning(ignored_qos_overrides(self))
+        if ignored := ignored_qos_overrides(self):
+            self.get_logger().warning(ignored)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
         self._command_timer = None
