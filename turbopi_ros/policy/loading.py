@@ -82,22 +82,17 @@ def load_policy(*, checkpoint: str, preset: str = "tiny", device: str = "cpu", d
                discrete_state_input=discrete_state_input, **kwargs)
 
 
-def _model_config(checkpoint: str, preset: str) -> Optional[str]:
-    """load_model's model config: None for a directory with a config.json (it is read), else the preset: for a bare
-    weights file, and for a directory without config.json, as openpi's scripts/train_pytorch.py writes its
-    checkpoints (model.safetensors, assets/, and the training config only in a pickle, metadata.pt, never read)."""
-    path = Path(checkpoint)
-    return None if path.is_dir() and (path / "config.json").exists() else preset
-
-
 def _load_checkpoint(checkpoint: str, preset: str, **kwargs):
-    """load_model with _model_config's model config; where that was model.preset for a directory without config.json,
-    a refusal says so (the default preset, tiny, fits no real checkpoint)."""
-    config = _model_config(checkpoint, preset)
+    """load_model with the checkpoint's config.json, or model.preset where there is none: a bare weights file, or a
+    directory as openpi's scripts/train_pytorch.py writes one (model.safetensors, assets/, and the training config
+    only in a pickle, metadata.pt, never read). A refusal of such a directory says that the preset was its config
+    (the default preset, tiny, fits no real checkpoint)."""
+    path = Path(checkpoint)
+    has_config = path.is_dir() and (path / "config.json").exists()
     try:
-        return load_model(checkpoint, config=config, **kwargs)
+        return load_model(checkpoint, config=None if has_config else preset, **kwargs)
     except CheckpointError as e:
-        if config is None or not Path(checkpoint).is_dir():
+        if has_config or not path.is_dir():
             raise
         raise CheckpointError(f"{e} ({checkpoint} has no config.json, as openpi's scripts/train_pytorch.py writes "
                               f"none: model.preset {preset!r} was its model config; set model.preset to the "

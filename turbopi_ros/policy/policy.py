@@ -145,10 +145,9 @@ class Policy:
         """Capture the graphs of every prompt length ``prompt`` (one prompt, or several: every length of each) can
         produce (pi0.5 with the state in the prompt: over every state of ``state_dims`` values,
         policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image slot), with
-        ``rtc_max_guidance`` (real-time chunking on: its beta; one guided graph per length serves every beta) the guided
-        denoise's too, then mark the graphs ready: a
-        later capture counts in ``captures_after_ready``. Returns the capture stats (model/cuda_graph.CaptureStats),
-        or None when the policy runs without graphs."""
+        ``rtc_max_guidance`` (real-time chunking on: its beta; one guided graph per length serves every beta) the
+        guided denoise's too, then mark the graphs ready: a later capture counts in ``captures_after_ready``. Returns
+        the capture stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
             return None
         if self.discrete_state_input and state_dims is None:
