@@ -81,3 +81,20 @@ def test_refuses_a_cpu_model():
 
     with pytest.raises(ValueError, match="CUDA device"):
         CudaGraphDenoiser(random_model(small_config("pi0")))
+
+
+def test_a_model_on_a_second_gpu_is_captured_on_that_gpu(monkeypatch):
+    """model.device cuda:N (N > 0): CUDA graphs are captured on a stream of that GPU. torch.cuda.graph without a
+    stream captures on a stream of the GPU current when the process made its first graph (cuda:0 unless set), and
+    the model's kernels, on cuda:1, would run beside the capture: an empty graph, replayed as the same stale
+    actions."""
+    from fake_cuda_devices import FakeCuda
+    from turbopi_ros.model.cuda_graph import GraphPool
+
+    cuda = FakeCuda(monkeypatch, current=0)
+    pool = GraphPool(torch.device("cuda:1"))
+    seen = []
+    pool.capture("key", lambda: seen.append(cuda.current) or torch.zeros(1), warmup=1)
+    assert cuda.captures == [1], cuda.captures
+    assert seen == [1, 1], seen  # the warm-up and the capture run with cuda:1 current
+    assert cuda.current == 0  # the caller's current device is left as it was

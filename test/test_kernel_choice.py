@@ -141,3 +141,16 @@ def test_graph_us_cycles_through_its_calls_on_the_host():
     us = kernel_choice.graph_us([lambda: seen.append(0), lambda: seen.append(1)], torch.device("cpu"), calls=4,
                                 reps=2)
     assert seen == [0, 1, 0, 1] * 2 and us > 0
+
+
+def test_graph_us_captures_on_the_gpu_of_its_inputs(monkeypatch):
+    """The timing graph of a candidate on cuda:1 is captured on a cuda:1 stream (torch.cuda.graph's own stream is
+    on the GPU current when the process made its first graph: an empty graph, every candidate timed at ~0 us)."""
+    from fake_cuda_devices import FakeCuda
+
+    cuda = FakeCuda(monkeypatch, current=0)
+    seen = []
+    kernel_choice.graph_us(lambda: seen.append(cuda.current), torch.device("cuda:1"), calls=2, reps=1)
+    assert cuda.captures == [1], cuda.captures
+    assert set(seen) == {1}, seen
+    assert cuda.current == 0

@@ -33,19 +33,23 @@ from .pi0 import ImageTokens, PI0Model, PrefixCache
 from .rtc import ConstantPrefix, Guidance, guided_loop, step_weights
 
 
-def capture(fn, warmup: int = 2, pool=None):
+def capture(fn, warmup: int = 2, pool=None, device=None):
     """(graph, fn's output): ``fn`` run ``warmup`` times on a side stream (lazy initialisations, allocator), then
-    captured (into the memory pool ``pool`` when given: torch.cuda.graph_pool_handle()). Its inputs must be static
-    buffers the caller copies new values into before each ``graph.replay()``."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = fn()
+    captured on that stream (into the memory pool ``pool`` when given: torch.cuda.graph_pool_handle()). Its inputs
+    must be static buffers the caller copies new values into before each ``graph.replay()``. ``device``: the GPU
+    fn's tensors are on (model.device cuda:N), current meanwhile, so that the streams are on it: torch.cuda.graph's
+    own stream is on the GPU that was current when the process made its first graph, and a capture there would hold
+    none of the kernels of another GPU (an empty graph, its outputs never updated)."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=side):
+            out = fn()
     return graph, out
 
 
@@ -151,7 +155,7 @@ class GraphPool:
                 out = fn()
                 return (lambda: _copy_into(out, fn())), out
             before = torch.cuda.memory_reserved(self.device)
-            graph, out = capture(fn, warmup, self.handle)
+            graph, out = capture(fn, warmup, self.handle, self.device)
             grown = torch.cuda.memory_reserved(self.device) - before
             self.stats.pool_reserved_bytes = (self.stats.pool_reserved_bytes or 0) + max(grown, 0)
             return graph.replay, out

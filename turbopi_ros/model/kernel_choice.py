@@ -62,25 +62,26 @@ def graph_us(fn: Union[Callable[[], object], Sequence[Callable[[], object]]], de
                 f()
             best = min(best, time.perf_counter() - t0)
         return best * 1e6 / calls
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for f in fns + fns[:2]:  # lazy initialisations, compiles
-            f()
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in sequence:
-            f()
-    graph.replay()
-    torch.cuda.synchronize(device)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    with torch.cuda.device(device):  # the capture on a stream of the inputs' GPU (cuda_graph.capture says why)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for f in fns + fns[:2]:  # lazy initialisations, compiles
+                f()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            for f in sequence:
+                f()
         graph.replay()
         torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            graph.replay()
+            torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
     del graph
     return best * 1e6 / calls
 
