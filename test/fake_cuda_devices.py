@@ -22,7 +22,8 @@ class FakeCuda:
             "Stream": lambda device=None: FakeStream(fake._index(device)),
             "current_stream": lambda device=None: FakeStream(fake._index(device)),
             "stream": self._stream, "device": self._device, "graph": self._graph,
-            "CUDAGraph": FakeGraph, "graph_pool_handle": lambda: (0, 1),
+            "CUDAGraph": FakeGraph, "Event": lambda enable_timing=False: FakeEvent(fake),
+            "graph_pool_handle": lambda: (0, 1),
             "memory_reserved": lambda device=None: 0, "synchronize": lambda device=None: None,
             "is_current_stream_capturing": lambda: False,
         }.items():
@@ -70,3 +71,14 @@ class FakeStream:
 class FakeGraph:
     def replay(self) -> None:
         pass
+
+
+class FakeEvent:
+    """torch.cuda.Event: record() without a stream records on the current device's current stream."""
+
+    def __init__(self, cuda: FakeCuda):
+        self.cuda = cuda
+        self.device: Optional[int] = None
+
+    def record(self, stream=None) -> None:
+        self.device = stream.device if stream is not None else self.cuda.current

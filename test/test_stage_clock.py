@@ -46,3 +46,15 @@ def test_cuda_marks_are_events_timed_on_the_device():
     assert isinstance(clock._marks[0], torch.cuda.Event)
     (matmuls,) = clock.durations()
     assert matmuls > 0
+
+
+def test_marks_of_a_model_on_a_second_gpu_are_recorded_on_that_gpu(monkeypatch):
+    """model.device cuda:N (N > 0): the marks are events in that GPU's stream, not in the current GPU's (cuda:0 unless
+    set), where the stages' kernels never run and every duration would read about 0."""
+    from fake_cuda_devices import FakeCuda
+
+    FakeCuda(monkeypatch, current=0)
+    clock = StageClock(torch.device("cuda:1"))
+    clock.mark()
+    clock.mark()
+    assert [event.device for event in clock._marks] == [1, 1]

@@ -16,14 +16,15 @@ import torch
 
 class StageClock:
     def __init__(self, device: torch.device):
-        self.on_cuda = device.type == "cuda"
+        self.device = torch.device(device)
+        self.on_cuda = self.device.type == "cuda"
         self._marks: List[object] = []
 
     def mark(self) -> None:
         """The end of one stage and the start of the next (the first mark: the start of the first)."""
         if self.on_cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the model's GPU (cuda:N), not the current one
             self._marks.append(event)
         else:
             self._marks.append(time.perf_counter())
