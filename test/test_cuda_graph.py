@@ -98,3 +98,32 @@ def test_a_model_on_a_second_gpu_is_captured_on_that_gpu(monkeypatch):
     assert cuda.captures == [1], cuda.captures
     assert seen == [1, 1], seen  # the warm-up and the capture run with cuda:1 current
     assert cuda.current == 0  # the caller's current device is left as it was
+
+
+def test_a_model_on_a_second_gpu_runs_its_entry_points_with_that_gpu_current(monkeypatch):
+    """model.device cuda:N (N > 0) with model.fused: Triton launches a kernel on the current GPU (triton/runtime/
+    jit.py: driver.active.get_current_device()), not on its tensors' one: the engine's entry points and the guided
+    denoise make the model's GPU current, or the fused kernels would run on cuda:0 with pointers into cuda:1's memory
+    (an illegal address)."""
+    from fake_cuda_devices import FakeCuda
+    from turbopi_ros.model import rtc
+    from turbopi_ros.model.pi0 import PI0Model, engine_entry
+
+    cuda = FakeCuda(monkeypatch, current=0)
+
+    class OnSecondGpu:
+        device = torch.device("cuda:1")
+
+        @engine_entry
+        def current(self):
+            return cuda.current
+
+    assert OnSecondGpu().current() == 1 and cuda.current == 0
+    model = random_model(small_config("pi0"))
+    cache = model.encode(*random_inputs(model.config)[:5])
+    seen = []
+    monkeypatch.setattr(rtc, "guided_loop", lambda model, prefix, noise, *args: seen.append(cuda.current) or noise)
+    monkeypatch.setattr(PI0Model, "device", property(lambda self: torch.device("cuda:1")))
+    shape = (1, model.config.action_horizon, model.config.action_dim)
+    rtc.guided_denoise(model, cache, torch.zeros(shape), rtc.Guidance(torch.zeros(shape), torch.ones(shape)))
+    assert seen == [1] and cuda.current == 0

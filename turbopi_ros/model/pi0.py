@@ -16,6 +16,7 @@ state token, then the actions. reference.py keeps openpi's padded/masked formula
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -40,15 +41,23 @@ F_ = TypeVar("F_", bound=Callable)
 MATMULS, FEW_ROWS = fused.StackMatmuls(), FewRowsMatmuls()  # the fused denoise's (few_rows_matmul: FEW_ROWS)
 
 
+def gpu_current(device: torch.device):
+    """A context in which ``device`` is the current GPU (model.device cuda:N; nothing off CUDA). Triton launches a
+    kernel on the current GPU, not on its tensors' (triton/runtime/jit.py: driver.active.get_current_device()): the
+    fused kernels of a model on cuda:1 would otherwise run on cuda:0 with pointers into cuda:1's memory."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def engine_entry(fn: F_) -> F_:
-    """Run an engine entry point under inference mode whatever the caller's autograd mode, so that results never
-    carry an autograd graph and every entry point works after any other in any order (a cache built under
-    ``torch.inference_mode()`` is written in place by the denoise, which is only allowed inside inference mode).
-    A returned tensor is cloned outside inference mode into an ordinary tensor the caller may use freely; caches
-    and image tokens are only ever read by other entry points."""
+    """Run an engine entry point (a PI0Model method) under inference mode whatever the caller's autograd mode, so
+    that results never carry an autograd graph and every entry point works after any other in any order (a cache
+    built under ``torch.inference_mode()`` is written in place by the denoise, which is only allowed inside
+    inference mode), with the model's GPU current (gpu_current). A returned tensor is cloned outside inference mode
+    into an ordinary tensor the caller may use freely; caches and image tokens are only ever read by other entry
+    points."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with torch.inference_mode():
+        with torch.inference_mode(), gpu_current(args[0].device):
             out = fn(*args, **kwargs)
         return out.clone() if isinstance(out, torch.Tensor) else out
 

@@ -37,7 +37,7 @@ import torch
 
 from . import fused, fused_grad  # noqa: F401 - fused_grad registers the fused ops' backwards
 from .gemma import maskless_attention
-from .pi0 import PI0Model, PrefixCache, StepConditioning, euler_schedule
+from .pi0 import PI0Model, PrefixCache, StepConditioning, euler_schedule, gpu_current
 
 DEFAULT_MAX_GUIDANCE = 5.0  # the paper's beta
 
@@ -148,7 +148,7 @@ def guided_denoise(model: PI0Model, cache: PrefixCache, noise: torch.Tensor, gui
     except RuntimeError:
         raise ValueError(f"guidance weights {list(guidance.weights.shape)} do not broadcast to {list(expected)}") \
             from None
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), gpu_current(model.device):  # the model's GPU: its fused kernels launch there
         prefix = ConstantPrefix.from_cache(cache)
         guidance = Guidance(target=guidance.target.to(device=noise.device, dtype=torch.float32).clone(),
                             weights=guidance.weights.to(device=noise.device, dtype=torch.float32).clone(),
