@@ -17,6 +17,7 @@ class FakeCuda:
         self.current = current
         self.captures: List[int] = []  # the device of each capture's stream
         self.default_capture_stream: Optional[FakeStream] = None
+        self.synchronized: List[int] = []  # the device each torch.cuda.synchronize waited for
         fake = self
         for name, value in {
             "Stream": lambda device=None: FakeStream(fake._index(device)),
@@ -24,7 +25,8 @@ class FakeCuda:
             "stream": self._stream, "device": self._device, "graph": self._graph,
             "CUDAGraph": FakeGraph, "Event": lambda enable_timing=False: FakeEvent(fake),
             "graph_pool_handle": lambda: (0, 1),
-            "memory_reserved": lambda device=None: 0, "synchronize": lambda device=None: None,
+            "memory_reserved": lambda device=None: 0,
+            "synchronize": lambda device=None: self.synchronized.append(self._index(device)),
             "is_current_stream_capturing": lambda: False,
         }.items():
             monkeypatch.setattr(torch.cuda, name, value)

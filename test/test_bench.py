@@ -211,3 +211,13 @@ def test_roofline_prints_the_cost_model_and_the_bounds_without_running(capsys):
     assert "Jetson AGX Thor" in text and "H100 SXM5" in text and "(vision/prefix/denoise)" in text
     assert "fp8_weights" in text  # the expert's weights alone in FP8, on every device with FP8
     assert bench.main(["--preset", "pi0", "--prompt-len", "99", "--roofline"]) == 2
+
+
+def test_the_timer_waits_for_the_gpu_it_times(monkeypatch):
+    """turbopi-bench / gpu_report --device cuda:N (N > 0): the timer synchronizes that GPU around each call, not the
+    current one (cuda:0 unless set), which would time the launches alone."""
+    from fake_cuda_devices import FakeCuda
+
+    cuda = FakeCuda(monkeypatch, current=0)
+    times = bench.Timer(torch.device("cuda:1"), warmup=0, iters=2)({"nothing": lambda: None})
+    assert len(times["nothing"]) == 2 and cuda.synchronized and set(cuda.synchronized) == {1}, cuda.synchronized

@@ -72,12 +72,13 @@ class Timer:
     that rotates, so drifts of a shared or throttled machine hit them all alike. CUDA is synchronized around calls."""
 
     def __init__(self, device: torch.device, warmup: int, iters: int):
-        self.cuda = device.type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self.warmup, self.iters = warmup, iters
 
     def sync(self):
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)  # the timed GPU (cuda:N), not the current one
 
     def __call__(self, fns: Dict[str, Callable[[], object]], iters: int = 0) -> Dict[str, List[float]]:
         names = list(fns)
@@ -386,7 +387,7 @@ def profile_ops(fn: Callable[[], object], device: torch.device, top: int) -> Dic
     with profile(activities=activities) as prof:
         fn()
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     def self_us(event) -> float:
         if cuda:
