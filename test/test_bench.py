@@ -221,3 +221,23 @@ def test_the_timer_waits_for_the_gpu_it_times(monkeypatch):
     cuda = FakeCuda(monkeypatch, current=0)
     times = bench.Timer(torch.device("cuda:1"), warmup=0, iters=2)({"nothing": lambda: None})
     assert len(times["nothing"]) == 2 and cuda.synchronized and set(cuda.synchronized) == {1}, cuda.synchronized
+
+
+def test_the_kernel_count_waits_for_the_gpu_it_counts(monkeypatch):
+    """gpu_report's kernel counts of a model on cuda:N (N > 0): the profiled call is synchronized on that GPU, not
+    on the current one, or kernels still running at the end would be missed."""
+    import contextlib
+
+    from fake_cuda_devices import FakeCuda
+    from turbopi_ros.model import opcount
+
+    cuda = FakeCuda(monkeypatch, current=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    @contextlib.contextmanager
+    def profile(activities):
+        yield type("Profile", (), {"events": lambda self: []})()
+
+    monkeypatch.setattr(torch.profiler, "profile", profile)
+    assert opcount.count_cuda_kernels(lambda: None, torch.device("cuda:1")) == 0
+    assert cuda.synchronized == [1, 1], cuda.synchronized

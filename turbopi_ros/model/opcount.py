@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -57,17 +57,18 @@ def count_ops(fn: Callable[[], object]) -> OpCount:
     return OpCount(ops=sum(counter.ops.values()), launches=counter.launches, by_name=dict(counter.ops))
 
 
-def count_cuda_kernels(fn: Callable[[], object]) -> int:
-    """GPU kernels (and memcpy/memset) the profiler records while ``fn()`` runs once on CUDA."""
+def count_cuda_kernels(fn: Callable[[], object], device: Optional[torch.device] = None) -> int:
+    """GPU kernels (and memcpy/memset) the profiler records while ``fn()`` runs once on CUDA (``device``: the GPU
+    it runs on, synchronized before and after; default the current one)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     if not torch.cuda.is_available():
         raise RuntimeError("count_cuda_kernels needs a CUDA device")
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
 
 
@@ -122,7 +123,7 @@ def stage_counts(model, images, image_masks, tokens, token_mask, state, noise, n
     for name, fn in fns.items():
         out[name] = count_ops(fn).to_dict()
         if cuda_kernels:
-            out[name]["cuda_kernels"] = count_cuda_kernels(fn)
+            out[name]["cuda_kernels"] = count_cuda_kernels(fn, model.device)
     for name, owner, stage in (("siglip_layer", model.vision.encoder, "vision"),
                                ("gemma_layer", model.vlm, "prefix_cache"),
                                ("expert_layer", model.expert, "denoise_step"),
@@ -131,7 +132,7 @@ def stage_counts(model, images, image_masks, tokens, token_mask, state, noise, n
             continue
         with without_last_layer(owner):
             fewer = count_ops(fns[stage])
-            fewer_kernels = count_cuda_kernels(fns[stage]) if cuda_kernels else 0
+            fewer_kernels = count_cuda_kernels(fns[stage], model.device) if cuda_kernels else 0
         full = out[stage]
         out[name] = {"ops": full["ops"] - fewer.ops, "launches": full["launches"] - fewer.launches}
         if cuda_kernels:
