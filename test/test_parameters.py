@@ -112,3 +112,24 @@ def test_without_a_post_set_callback_changes_apply_after_validation(make_node, m
     assert not node.set_parameters([Parameter("blend", value=11.0)])[0].successful
     assert node.set_parameters([Parameter("blend", value=2.0)])[0].successful
     assert applied == [{"blend": 2.0}]
+
+
+def test_ignored_qos_overrides_without_list_parameters(make_node, monkeypatch):
+    """rclpy 3 (Humble) Node has no list_parameters (rclpy 5.2+): the warning about a QoS override no topic takes is
+    still made, with the closest one the node declared, instead of an AttributeError ending the node's start."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+
+    from turbopi_ros.ros.parameters import ignored_qos_overrides
+    from turbopi_ros.ros.qos_overrides import create_overridable
+    from turbopi_ros.ros.subscriptions import NEWEST
+
+    monkeypatch.delattr(Node, "list_parameters", raising=False)
+    node = make_node(**{"qos_overrides./joint_states.subscription.depth": 5,
+                        "qos_overrides./joint_state.subscription.depth": 7})  # a typo: no such topic
+    create_overridable(node.create_subscription, JointState, "/joint_states", lambda msg: None, NEWEST)
+    assert ignored_qos_overrides(node) == (
+        "QoS overrides given that no topic of params_test takes, ignored: "
+        "'qos_overrides./joint_state.subscription.depth' (did you mean "
+        "'qos_overrides./joint_states.subscription.depth'?) (its cameras, joint states and action outputs take "
+        "history, depth and reliability: docs/node.md)")

@@ -80,6 +80,7 @@ NOT_EVERYWHERE = {
     "add_pre_set_parameters_callback": "not in Humble: add_on_set_parameters_callback",
     "add_post_set_parameters_callback": "not in Humble: add_on_set_parameters_callback",
     "enable_logger_service": "not in Humble",
+    "list_parameters": "Node.list_parameters is rclpy 5.2+, not in Humble: get_parameters_by_prefix",
     "EventsExecutor": "not in Humble (rclpy.experimental)",
 }
 # keyword arguments only: the same word as a name or attribute of this package's own (NodeConfig.autostart) is fine

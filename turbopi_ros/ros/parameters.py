@@ -136,7 +136,8 @@ def ignored_qos_overrides(node: Node) -> str:
     ignored = [n for n in _undeclared(node) if n.startswith("qos_overrides.")]
     if not ignored:
         return ""
-    taken = node.list_parameters(["qos_overrides"], 0).names  # depth 0: every level
+    # get_parameters_by_prefix, not list_parameters: rclpy 3 (Humble) has no Node.list_parameters
+    taken = ["qos_overrides." + name for name in node.get_parameters_by_prefix("qos_overrides")]
     return (f"QoS overrides given that no topic of {node.get_name()} takes, ignored: {_with_closest(ignored, taken)} "
             "(its cameras, joint states and action outputs take history, depth and reliability: docs/node.md)")
 
