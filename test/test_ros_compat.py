@@ -145,3 +145,43 @@ def test_the_portability_check_finds_what_it_looks_for(tmp_path):
     fine = tmp_path / "fine.py"
     fine.write_text("class Config:\n    autostart: bool = True\n\ndef f(config):\n    return config.autostart\n")
     assert portability_problems(fine, root=tmp_path) == []
+
+
+@pytest.fixture
+def as_rclpy_7(monkeypatch):
+    """rclpy 3 (Humble) and 7 (Jazzy) lifecycle nodes: a ChangeState naming (by id) a transition the current state
+    does not have raises rcl's RCLError out of the service callback (rclpy 8+ logs it and answers success=False)."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+    from rclpy.lifecycle import LifecycleNodeMixin
+
+    change_state = LifecycleNodeMixin._LifecycleNodeMixin__change_state
+
+    def raising(self, transition_id):
+        if transition_id not in [t[0] for t in self._state_machine.available_transitions]:
+            raise rclpy_implementation.RCLError("Failed to trigger lifecycle state machine transition: Transition is "
+                                                "not registered.")
+        return change_state(self, transition_id)
+    monkeypatch.setattr(LifecycleNodeMixin, "_LifecycleNodeMixin__change_state", raising)
+
+
+def test_a_transition_the_state_does_not_have_is_refused_not_raised(as_rclpy_7):
+    """The managed node asked (by id: launch_ros's ChangeState event, a lifecycle manager, ``ros2 service call``) to
+    activate while unconfigured answers success=False and stays unconfigured, on every rclpy: on Humble and Jazzy the
+    RCLError went out of the executor's spin and ended the node process."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.context import Context
+
+    from turbopi_ros.ros.lifecycle_node import ManagedTurbopiNode
+
+    context = Context()
+    rclpy.init(context=context)
+    node = ManagedTurbopiNode(context=context)
+    try:
+        answer = node._service_change_state.callback  # what the executor calls with each request
+        for transition in (Transition(id=Transition.TRANSITION_ACTIVATE), Transition(label="activate")):
+            assert answer(ChangeState.Request(transition=transition), ChangeState.Response()).success is False
+        assert node._state_machine.current_state[1] == "unconfigured"
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

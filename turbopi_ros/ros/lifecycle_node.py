@@ -33,7 +33,7 @@ from .node_params import PARAMETERS
 from .parameters import on_parameters_set
 from .policy_node import TurbopiNode
 from .problems import failure
-from .ros_compat import remove_parameter_callbacks
+from .ros_compat import refuse_unavailable_transitions, remove_parameter_callbacks
 from .spin import signals_end_the_process
 
 CONFIGURING = "configuring (loading the model, warming up; nothing is published)"
@@ -43,6 +43,7 @@ INACTIVE = "inactive: activate the node to publish (ros2 lifecycle set <node> ac
 class ManagedTurbopiNode(TurbopiNode, LifecycleNode):
     def __init__(self, **kwargs):
         LifecycleNode.__init__(self, "turbopi_node", **kwargs)  # not TurbopiNode's: nothing is built before configure
+        refuse_unavailable_transitions(self)  # Humble and Jazzy: not an exception out of the spin
         self._make_gates()  # a deactivation takes both, as ~/enable false does
         self._active = False
         self._configured_attrs: List[str] = []

@@ -124,5 +124,33 @@ def remove_parameter_callbacks(node, registered) -> None:
             node.remove_post_set_parameters_callback(callback)
 
 
+def refuse_unavailable_transitions(node) -> None:
+    """A lifecycle node's ChangeState request for a transition its current state does not have, named by id
+    (launch_ros's ChangeState event, a lifecycle manager, ``ros2 service call``), is answered success=False and
+    logged, on every rclpy.
+
+    rclpy 8+ (Kilted 9) does so itself. rclpy 7 (Jazzy) and 3 (Humble) let rcl's RCLError ("Transition is not
+    registered") out of the service callback, and so out of the executor's spin_once: the node process ended with a
+    traceback. (Named by label, each answers success=False.) A node made without its lifecycle services has none."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    service = getattr(node, "_service_change_state", None)
+    if service is None:
+        return
+    answer = service.callback
+
+    def change_state(request, response):
+        try:
+            return answer(request, response)
+        except rclpy_implementation.RCLError as e:
+            label = f" ({request.transition.label})" if request.transition.label else ""
+            node.get_logger().error(f"change_state: transition {request.transition.id}{label} refused: "
+                                    f"{' '.join(str(e).split())} (expected one the current state has: ros2 lifecycle "
+                                    "list <node>)")
+            response.success = False
+            return response
+    service.callback = change_state
+
+
 if __name__ == "__main__":
     print(header(), flush=True)
