@@ -246,3 +246,18 @@ def test_no_fault_is_injected_too_late_to_recover(tmp_path):
     for t in range(0, 601):
         injector.step(float(t))
     assert len(injector.windows) == 3  # at 150, 300 and 450 s; not at 600 s
+
+
+def test_refused_at_once_where_callbacks_get_no_message_info(tmp_path, monkeypatch, capsys):
+    """rclpy 3.3 (Humble) calls a subscription callback with the message only: the monitor's (msg, info) callbacks
+    raised a TypeError in its executor thread at the first command, which ended that thread, and the soak ran its
+    whole duration to report no commands and no chunks. It says so and exits 2 before starting anything."""
+    from rclpy.subscription import Subscription
+
+    def started(*args, **kwargs):
+        raise AssertionError("the soak started")
+    monkeypatch.delattr(Subscription, "CallbackType")  # as in rclpy 3.3
+    monkeypatch.setattr(soak, "run", started)
+    assert soak.main(["--short", "--out", str(tmp_path / "soak")]) == 2
+    err = capsys.readouterr().err
+    assert "turbopi-soak: rclpy" in err and "message info" in err and "Jazzy" in err, err

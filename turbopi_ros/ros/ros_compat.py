@@ -103,6 +103,15 @@ def subscription_event_callbacks(**callbacks):
     return SubscriptionEventCallbacks(**callbacks)
 
 
+def callbacks_get_message_info() -> bool:
+    """Whether a subscription callback taking two arguments is called with the message and its MessageInfo (the rmw
+    source and reception timestamps): rclpy 3.4+ (Iron, Jazzy 7, Kilted 9). rclpy 3.3 (Humble) calls every callback
+    with the message only, so a two-argument one raises TypeError in the executor."""
+    from rclpy.subscription import Subscription
+
+    return hasattr(Subscription, "CallbackType")
+
+
 def register_post_set_callback(node, callback) -> bool:
     """Register ``callback`` to run after parameters are set: rclpy 4+ (Iron, Jazzy 7, Kilted 9) have
     Node.add_post_set_parameters_callback; rclpy 3 (Humble) has none. Returns False there: the caller then applies

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from ..ros import faults
+from ..ros import faults, ros_compat
 from . import soak_report
 from . import processes
 from .processes import config_file
@@ -406,6 +406,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if not ros_compat.callbacks_get_message_info():
+        print(f"turbopi-soak: rclpy {ros_compat.rclpy_version()} ({ros_compat.ros_distro()}) gives subscription "
+              "callbacks no message info, and the soak times every command and chunk by its rmw reception and source "
+              "timestamps: run it on Jazzy or Kilted (rclpy 3.4 or newer)", file=sys.stderr, flush=True)
+        return 2
     out = Path(args.out)
     raw = run(args, out)
     report = soak_report.analyse(raw, short=args.short)
