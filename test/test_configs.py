@@ -83,3 +83,20 @@ def test_every_parameter_is_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "node.md").read_text()
     missing = [name for name in PARAMETERS if f"| `{name}` |" not in text]
     assert missing == [], f"docs/node.md has no row for {missing}"
+
+
+def test_the_aloha_config_states_alohas_gripper_direction():
+    """ALOHA normalizes its grippers as (x - CLOSE) / (OPEN - CLOSE) (PUPPET_GRIPPER_POSITION_OPEN 0.058 m,
+    _CLOSE 0.01844 m; PUPPET_GRIPPER_JOINT_OPEN 1.4910 rad, _CLOSE -0.6213 rad), the ranges the adapter converts
+    with: 0 is closed, 1 is open. A gripper driver written to the config's comment must not get it the wrong way
+    round."""
+    from turbopi_ros.policy import adapters
+
+    closed, opened = adapters._PUPPET_GRIPPER_POSITION
+    assert adapters._unnormalize(0.0, closed, opened) == pytest.approx(0.01844)  # ALOHA's closed linear position
+    assert adapters.aloha_gripper_from_pi(adapters.aloha_gripper_from_pi_inverse(1.0)) == pytest.approx(1.0)
+    assert adapters._unnormalize(1.0, *adapters._PUPPET_GRIPPER_JOINT) == pytest.approx(1.4910)  # the open joint
+    text = (CONFIGS[0].parent / "pi0_aloha.yaml").read_text()
+    assert "0 open" not in text and "0 closed .. 1 open" in text
+    robots = (CONFIGS[0].parents[1] / "docs" / "robots.md").read_text()
+    assert "0 closed .. 1 open" in robots

@@ -42,8 +42,8 @@ SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 # ALOHA <-> pi joint and gripper conventions (openpi aloha_policy.py; the constants are Interbotix / ALOHA's).
 ALOHA_JOINT_FLIP = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1])
 ALOHA_GRIPPERS = [6, 13]
-_PUPPET_GRIPPER_POSITION = (0.01844, 0.05800)  # open, closed: ALOHA's linear gripper range (m)
-_PUPPET_GRIPPER_JOINT = (-0.6213, 1.4910)  # open, closed: ALOHA's gripper joint range (rad)
+_PUPPET_GRIPPER_POSITION = (0.01844, 0.05800)  # closed, open: ALOHA's linear gripper range (m)
+_PUPPET_GRIPPER_JOINT = (-0.6213, 1.4910)  # closed, open: ALOHA's gripper joint range (rad)
 _PI_GRIPPER_ANGLE = (0.5476, 1.6296)  # pi0's gripper encoder range (2405..3110 of 4096, zero at 2048) in rad
 _ARM_LENGTH, _HORN_RADIUS = 0.036, 0.022
 
