@@ -74,3 +74,34 @@ def test_policy_arguments():
 def test_parameter_values_are_checked(name, value, message):
     with pytest.raises(ValueError, match=message):
         ROBOT_PARAMETERS[name].check(name, value)
+
+
+def test_an_empty_delta_mask_takes_the_adapters_and_the_docs_say_so(tmp_path):
+    """rcl reads an empty YAML list as an unset parameter, so ``action.delta_mask: []`` cannot mean 'absolute' next to
+    an adapter whose openpi config trains on deltas: it takes the adapter's mask (ALOHA: the joints as deltas), and
+    all false gives absolute actions. The parameter's description and docs/robots.md must say that, not '[] = all
+    absolute', or an absolute-action ALOHA checkpoint would get the state added to its joints."""
+    from pathlib import Path
+
+    import yaml
+
+    from turbopi_ros.ros import params_file
+    from turbopi_ros.ros.node_params import PARAMETERS, policy_from_config
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((repo / "config" / "pi0_aloha.yaml").read_text())
+    p = doc["/**/turbopi_node"]["ros__parameters"]
+    p.update({"model.checkpoint": "random", "model.preset": "tiny", "model.device": "cpu", "model.dtype": "float32",
+              "model.cuda_graph": False, "model.tokenizer": ""})
+    masks = {}
+    for name, mask in (("empty", []), ("all false", [False] * 14)):
+        p["action.delta_mask"] = mask
+        path = tmp_path / "aloha.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        masks[name] = policy_from_config(params_file.load(path)).delta_mask
+    assert masks == {"empty": [True] * 6 + [False] + [True] * 6 + [False], "all false": None}
+    help_text = PARAMETERS["action.delta_mask"].description
+    assert "[] = all absolute" not in help_text and "adapter" in help_text
+    docs = repo / "docs"
+    assert "(`[]`: absolute actions)" not in (docs / "robots.md").read_text()
+    assert "`[]` = all absolute" not in (docs / "node.md").read_text()

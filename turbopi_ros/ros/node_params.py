@@ -79,7 +79,8 @@ PARAMETERS: Dict[str, Param] = {
     "action.upper_limits": Param([], "per action joint upper limit (one per action.joints entry)", required=True,
                                  items=float),
     "action.delta_mask": Param([], "per action joint: true where the model outputs deltas from the state (the state "
-                                   "of the same index is added); [] = all absolute", items=bool),
+                                   "of the same index is added); all false = all absolute; [] = robot.adapter's openpi "
+                                   "default (none: all absolute)", items=bool),
     "action.max_jump": Param([], "per action joint: the largest distance of a chunk's first action from the joint's "
                                  "observed position (state.joints of the same name); a chunk that jumps further is "
                                  "dropped as an error (a mismatched checkpoint, norm stats, adapter or units); 0 = "
