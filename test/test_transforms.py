@@ -258,3 +258,18 @@ def test_delta_and_absolute_actions():
 def test_delta_action_errors(actions, state, mask, match):
     with pytest.raises(ValueError, match=match):
         T.absolute_actions(actions, state, mask)
+
+
+def test_several_asset_ids_name_the_files_model_norm_stats_takes(tmp_path):
+    """The node has no asset id parameter: 'name one (model.norm_stats)' with an asset id as the value
+    (model.norm_stats: aloha) was refused as a missing file. The error names each norm_stats.json to set instead,
+    and each of them loads."""
+    ckpt = tmp_path / "ckpt"
+    for asset in ("aloha", "droid"):
+        _write_stats(ckpt / "assets" / asset / "norm_stats.json", OPENPI_STATS)
+    with pytest.raises(ValueError) as e:
+        T.find_norm_stats(ckpt)
+    named = [ckpt / "assets" / asset / "norm_stats.json" for asset in ("aloha", "droid")]
+    assert all(str(path) in str(e.value) for path in named), str(e.value)
+    assert "model.norm_stats" in str(e.value)
+    assert all(T.load_norm_stats(path) for path in named)

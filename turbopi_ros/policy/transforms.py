@@ -175,7 +175,8 @@ def find_norm_stats(checkpoint_dir: Union[str, Path], asset_id: Optional[str] = 
             raise ValueError(f"{path} not found (asset ids with norm stats here: {choices})")
         return path
     if len(found) > 1:
-        raise ValueError(f"{assets} holds norm stats for several asset ids {choices}: name one (model.norm_stats)")
+        raise ValueError(f"{assets} holds norm stats for several asset ids {choices}: set model.norm_stats to the "
+                         f"one the checkpoint was trained with, one of {[str(p) for p in found]}")
     return found[0] if found else None
 
 
