@@ -5,8 +5,11 @@
 
 params_file is required (start from one in this package's config/). Arguments override the parameter file:
 checkpoint, device (and tokenizer when given). Remap the joint command to your controller's input with
-command_topic. A params_file that does not exist stops the launch before anything starts; when the node exits (a
-configuration error, or Ctrl-C), the launch shuts down with it instead of carrying on without it.
+command_topic; a node with action.groups (config/pi0_aloha.yaml, config/pi05_droid.yaml) publishes no
+~/joint_command, so there each group's action.group.<name>.command_topic in the params file says where its commands
+go (the node warns about a command_topic it leaves unused). A params_file that does not exist stops the launch
+before anything starts; when the node exits (a configuration error, or Ctrl-C), the launch shuts down with it instead
+of carrying on without it.
 
 managed:=true starts it as a managed (lifecycle) node (turbopi_node --managed): unconfigured until
 `ros2 lifecycle set /turbopi_node configure` (loads and warms up the model), then activate / deactivate / cleanup /

@@ -337,3 +337,25 @@ def test_group_trajectories_carry_the_blended_chunk_and_action_chunk_the_models(
     assert np.array_equal([p.velocities[0] for p in base.points[:-1]], blended[len(new) - ahead:, 3])
     with pytest.raises(ValueError, match=r"blended chunk \[49, 6\] for a chunk \[50, 6\]"):
         outputs.publish_chunk(new, stamp, now, blended[1:])
+
+
+def test_a_joint_command_remap_that_groups_leave_unpublished_is_named():
+    """``turbopi.launch.py command_topic:=/arm_controller/commands`` (or ``-r ~/joint_command:=...``) remaps
+    ~/joint_command, which a node with action.groups does not publish (both shipped robot configs have groups): the
+    controller would get nothing, without a word. The warning names the remap and the groups' command topics."""
+    from rclpy.node import Node
+    from ros_helpers import rclpy_in_this_process
+    from turbopi_ros.ros.action_outputs import unpublished_command_remap
+
+    groups = groups_from_parameters(_params({"arm": {"joints": JOINTS}}), JOINTS)
+    with rclpy_in_this_process():
+        remapped = Node("turbopi_node", cli_args=["--ros-args", "-r", "~/joint_command:=/arm_controller/commands"])
+        plain = Node("turbopi_node")
+        try:
+            warning = unpublished_command_remap(remapped, groups)
+            assert "/arm_controller/commands" in warning and "action.group.arm.command_topic" in warning, warning
+            assert unpublished_command_remap(remapped, ()) == ""  # without groups it is published: the remap works
+            assert unpublished_command_remap(plain, groups) == ""
+        finally:
+            remapped.destroy_node()
+            plain.destroy_node()

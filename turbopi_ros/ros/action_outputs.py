@@ -164,6 +164,17 @@ def groups_from_parameters(p: Dict[str, Any], action_joints: Sequence[str]) -> T
     return tuple(outputs)
 
 
+def unpublished_command_remap(node: Node, groups: Sequence[GroupOutput]) -> str:
+    """A warning when ~/joint_command is remapped (turbopi.launch.py's command_topic, ``-r``) on a node with action
+    groups, which does not publish it: the remap's target would get nothing. "" otherwise."""
+    target = node.resolve_topic_name("~/joint_command")
+    if not groups or target == node.resolve_topic_name("~/joint_command", only_expand=True):
+        return ""
+    topics = ", ".join(f"{GROUP_PREFIX}{g.name}.command_topic ({g.command_topic})" for g in groups)
+    return (f"~/joint_command is remapped to {target}, but with action.groups it is not published: nothing goes "
+            f"there; each group's commands go to its own topic, set in the parameter file: {topics}")
+
+
 def declare_groups(node: Node, p: Dict[str, Any], action_joints: Sequence[str]) -> Tuple[GroupOutput, ...]:
     """Declare the parameters of the groups in ``p["action.groups"]`` on ``node`` and return the groups. A group
     parameter given (YAML, -p) for a group action.groups does not list, or with an unknown key, is refused: a typo

@@ -25,7 +25,7 @@ from std_srvs.srv import SetBool
 from ..policy.chunking import ChunkSchedule
 from ..policy.jump_limit import JumpLimit
 from . import faults
-from .action_outputs import ActionOutputs
+from .action_outputs import ActionOutputs, unpublished_command_remap
 from .chunk_flow import ChunkFlow, RealTimeChunking
 from .chunk_gate import ChunkGate
 from .command_stream import CommandPeriod, CommandSource, CommandStream
@@ -133,7 +133,7 @@ class TurbopiNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._param_callbacks = on_parameters_set(self, PARAMETERS, self._apply_parameters,
                                                   fixed={"use_sim_time": self._sim_time})
-        if ignored := ignored_qos_overrides(self):
+        for ignored in filter(None, (ignored_qos_overrides(self), unpublished_command_remap(self, groups))):
             self.get_logger().warning(ignored)
         # In real time the command stream is a thread at absolute deadlines (command_stream.py); under use_sim_time,
         # a timer on the ROS clock (simulated time has no wall-clock deadlines).
