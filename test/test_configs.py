@@ -100,3 +100,13 @@ def test_the_aloha_config_states_alohas_gripper_direction():
     assert "0 open" not in text and "0 closed .. 1 open" in text
     robots = (CONFIGS[0].parents[1] / "docs" / "robots.md").read_text()
     assert "0 closed .. 1 open" in robots
+
+
+def test_the_droid_config_warns_that_its_gripper_joint_carries_droids_value_not_a_finger_width():
+    """pi05_droid reads and writes DROID's gripper_position (0 open .. 1 closed). The config names the gripper
+    panda_finger_joint1, which a Franka hand's driver publishes as the finger's opening in metres (0.04 open, 0
+    closed): wired as the config reads, the model would see a closed gripper as open and its 'close' (1.0) would open
+    the hand. The config must say that joint has to carry DROID's normalized value."""
+    text = (CONFIGS[0].parent / "pi05_droid.yaml").read_text()
+    state_comment = next(line for line in text.splitlines() if "state vector order" in line)
+    assert "metres" in state_comment and "0 open .. 1 closed" in state_comment, state_comment
