@@ -199,7 +199,7 @@ def test_rtc_guided_graphs_are_captured_before_ready_too(fused):
     graphed, unwarmed = _graphed(kwargs), _graphed(kwargs)
     for policy in (graphed, unwarmed):
         policy.model.use_fused(fused)
-    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), rtc_max_guidance=5.0)
+    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), guided=True)
     assert stats.captures == 1 + 3 * 15  # vision, and prefix, denoise and guided denoise for each of 15 lengths
     unwarmed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,))
     rng = np.random.default_rng(2)
@@ -233,7 +233,7 @@ def test_a_new_beta_at_run_time_captures_nothing():
 
     kwargs = dict(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=7, num_steps=3)
     eager, graphed = load_policy(**kwargs), _graphed(kwargs)
-    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), rtc_max_guidance=5.0)
+    stats = graphed.warm_up_graphs(PROMPT, state_dims=7, camera_counts=(1,), guided=True)
     captured = stats.captures
     images = {"base_0_rgb": np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     obs = Observation(images=images, state=np.full(7, 0.3), prompt=PROMPT, stamp=0.1)

@@ -480,8 +480,8 @@ class WarmUpPolicy:
         # two image slots filled by the named camera (as an adapter may fill more)
         return SimpleNamespace(inputs=(None, np.array([[True, True, False]])), stamp=obs.stamp)
 
-    def warm_up_graphs(self, prompt, state_dims, camera_counts, rtc_max_guidance=None):
-        self.calls.append(("graphs", prompt, state_dims, camera_counts, rtc_max_guidance))
+    def warm_up_graphs(self, prompt, state_dims, camera_counts, guided=False):
+        self.calls.append(("graphs", prompt, state_dims, camera_counts, guided))
         return self.graph_stats
 
     def run(self, prepared, noise):
@@ -493,7 +493,7 @@ class WarmUpPolicy:
 def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_zero_noise(graphs):
     policy = WarmUpPolicy(graphs)
     warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: "", other_prompts=["later", ""],
-                  rtc_max_guidance=5.0)
+                  guided=True)
     assert not warm.ready.is_set() and warm.values() == ({"graph_captures": 7.0, "graph_capture_s": 0.5,
                                                           "graph_captures_after_ready": 0.0,
                                                           "graph_static_bytes": 1024.0} if graphs else {})
@@ -501,7 +501,7 @@ def test_the_warm_up_captures_every_length_then_runs_a_blank_observation_with_ze
     assert warm.ready.is_set() and warm.seconds >= 0 and "warm_up_s" in warm.values()
     # every prompt's lengths (the current one, then model.warm_up_prompts, empty ones left out) in one warm-up
     assert policy.calls == [("prepare", WARMUP_PROMPT, ["base_0_rgb"], 3),
-                            ("graphs", [WARMUP_PROMPT, "later"], 4, (2,), 5.0), ("run", 0.0, (4, 8))]
+                            ("graphs", [WARMUP_PROMPT, "later"], 4, (2,), True), ("run", 0.0, (4, 8))]
     assert text.startswith("warm-up inference: 20 ms") and ("7 graphs captured in 0.5 s" in text) == graphs
 
 
@@ -580,10 +580,10 @@ def test_an_unforeseen_prompt_is_captured_whole_before_its_first_inference():
     assert policy.graph_stats.captures - after_warm_up == captured  # nothing captured while the state moved
     # real-time chunking switched on later: the guided graphs of every length, in the same way
     count = len(policy.prompt_lengths([other], 3))
-    assert warm.missing_lengths(other, rtc_max_guidance=5.0) == policy.prompt_lengths([other], 3)
-    line = warm.capture_prompt(other, rtc_max_guidance=5.0)
+    assert warm.missing_lengths(other, guided=True) == policy.prompt_lengths([other], 3)
+    line = warm.capture_prompt(other, guided=True)
     assert f"captured {count} graphs for {count} of its prompt lengths" in line, line
-    assert warm.missing_lengths(other, 5.0) == [] and warm.missing_lengths(other, 2.0) == []  # they serve any beta
+    assert warm.missing_lengths(other, guided=True) == [] and warm.missing_lengths(other) == []  # one serves any beta
 
 
 def test_the_engine_warms_up_before_it_takes_an_observation():
@@ -606,14 +606,14 @@ def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reporte
     from turbopi_ros.ros.policy_node import TurbopiNode
 
     def node(missing, capture):
-        seen = SimpleNamespace(reports=[], failures=[], logs=[], betas=[])
+        seen = SimpleNamespace(reports=[], failures=[], logs=[], guided=[])
 
-        def missing_lengths(text, beta):
-            seen.betas.append(beta)
+        def missing_lengths(text, guided):
+            seen.guided.append(guided)
             return missing
         warm_up = SimpleNamespace(missing_lengths=missing_lengths, capture_prompt=capture)
         warm_up.capture_before_inferring = lambda *a: WarmUp.capture_before_inferring(warm_up, *a)
-        part = SimpleNamespace(warm_up=warm_up, _guided_beta=lambda: 5.0,
+        part = SimpleNamespace(warm_up=warm_up, rtc=SimpleNamespace(enabled=True),
                                problems=SimpleNamespace(report=lambda m, waiting: seen.reports.append((m, waiting))),
                                flow=SimpleNamespace(fail=seen.failures.append),
                                get_logger=lambda: SimpleNamespace(info=seen.logs.append))
@@ -621,12 +621,12 @@ def test_the_node_hook_captures_a_missing_prompt_and_a_failed_capture_is_reporte
 
     part, seen = node([], None)
     assert TurbopiNode._capture_prompt(part, "pick") is False and seen.reports == seen.logs == []
-    part, seen = node([12, 13], lambda text, beta: f"captured for {text} at beta {beta}")
+    part, seen = node([12, 13], lambda text, guided: f"captured for {text}, guided {guided}")
     assert TurbopiNode._capture_prompt(part, "pick") is True
     assert seen.reports == [("capturing the CUDA graphs of prompt 'pick' before inferring with it", True)]
-    assert seen.logs == ["captured for pick at beta 5.0"] and seen.failures == [] and seen.betas == [5.0]
+    assert seen.logs == ["captured for pick, guided True"] and seen.failures == [] and seen.guided == [True]
 
-    def fails(text, beta):
+    def fails(text, guided):
         raise RuntimeError("CUDA out of memory")
     part, seen = node([12], fails)
     assert TurbopiNode._capture_prompt(part, "pick") is False

@@ -141,12 +141,12 @@ class Policy:
         self.encoder = CudaGraphEncoder(self.model, pool=pool)
 
     def warm_up_graphs(self, prompt: Union[str, Sequence[str]], state_dims: Optional[int] = None,
-                       camera_counts: Optional[Sequence[int]] = None, rtc_max_guidance: Optional[float] = None):
+                       camera_counts: Optional[Sequence[int]] = None, guided: bool = False):
         """Capture the graphs of every prompt length ``prompt`` (one prompt, or several: every length of each) can
         produce (pi0.5 with the state in the prompt: over every state of ``state_dims`` values,
         policy/prompt_lengths.py) for ``camera_counts`` present cameras (default: every image slot), with
-        ``rtc_max_guidance`` (real-time chunking on: its beta; one guided graph per length serves every beta) the
-        guided denoise's too, then mark the graphs ready: a later capture counts in ``captures_after_ready``. Returns
+        ``guided`` (real-time chunking on; one guided graph per length serves every beta) the guided denoise's
+        too, then mark the graphs ready: a later capture counts in ``captures_after_ready``. Returns
         the capture stats (model/cuda_graph.CaptureStats), or None when the policy runs without graphs."""
         if not hasattr(self.encoder, "warm_up") or not hasattr(self.denoiser, "warm_up"):
             return None
@@ -159,7 +159,7 @@ class Policy:
         self.encoder.warm_up(cams, lengths)
         cached = cached_lengths(self.config, cams, lengths)
         self.denoiser.warm_up(cached, num_steps=self.num_steps)
-        if rtc_max_guidance is not None:
+        if guided:
             self.guided_denoiser.warm_up(cached, num_steps=self.num_steps)
         self.denoiser.pool.mark_ready()
         return self.denoiser.stats

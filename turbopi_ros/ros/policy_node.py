@@ -110,7 +110,7 @@ class TurbopiNode(Node):
         self.engine = EngineWorker(self.policy, run, self.inputs, self.frames, hooks, c.inference_period_s,
                                    c.worker_niceness)
         self.warm_up = WarmUp(self.policy, cameras, c.state.joints, self.prompt.get, run, c.model.warm_up_prompts,
-                              c.rtc.max_guidance if c.rtc.enabled else None)
+                              c.rtc.enabled)
         self.problems.report(self.inputs.waiting_message(self.inputs.inputs), waiting=True)
 
     def _build_interfaces(self, c: NodeConfig, groups) -> None:
@@ -195,19 +195,15 @@ class TurbopiNode(Node):
         if self.prompt.set(text):
             self.engine.wake()
             self.get_logger().info(f"prompt set from {source}: {shorten(text)}")
-            unforeseen = self.warm_up.unforeseen(text, self._guided_beta())
+            unforeseen = self.warm_up.unforeseen(text, self.rtc.enabled)
             if unforeseen:
                 self.get_logger().warning(unforeseen)
 
     def _capture_prompt(self, text: str) -> bool:
         """The engine's hook before the first inference with a prompt (warm_up.WarmUp.capture_before_inferring)."""
-        return self.warm_up.capture_before_inferring(text, self._guided_beta(),
+        return self.warm_up.capture_before_inferring(text, self.rtc.enabled,
                                                      lambda m: self.problems.report(m, waiting=True),
                                                      self.get_logger().info, self.flow.fail)
-
-    def _guided_beta(self) -> Optional[float]:
-        """Real-time chunking's beta while it is on (the guided graphs are keyed by it), else None."""
-        return self.rtc.max_guidance if self.rtc.enabled else None
 
     def _on_prompt(self, msg: String) -> None:
         self._set_prompt(msg.data, "~/prompt")

@@ -30,17 +30,16 @@ BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize ne
 
 class WarmUp:
     def __init__(self, policy, cameras: Sequence[str], state_joints: Sequence[str], prompt: Callable[[], str],
-                 run: Optional[Callable] = None, other_prompts: Sequence[str] = (),
-                 rtc_max_guidance: Optional[float] = None,
+                 run: Optional[Callable] = None, other_prompts: Sequence[str] = (), guided: bool = False,
                  kernel_choices: Callable[[], List[Choice]] = CHOICES.choices):
         """``policy``: policy.Policy; ``cameras``: the model slots the node fills; ``prompt()``: the current prompt;
         ``run``: the policy's run, or what the engine runs instead (test-only faults wrap it); ``other_prompts``:
-        prompts given later whose graphs are captured now too (model.warm_up_prompts); ``rtc_max_guidance``: with
-        real-time chunking on (rtc.enabled), its beta: the guided denoise's graphs are captured too;
+        prompts given later whose graphs are captured now too (model.warm_up_prompts); ``guided``: real-time
+        chunking is on (rtc.enabled): the guided denoise's graphs are captured too (one per length serves every beta);
         ``kernel_choices()``: the split kernels' measured choices (model/kernel_choice.py)."""
         self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
         self.other_prompts = [p for p in other_prompts if p]
-        self.rtc_max_guidance = rtc_max_guidance
+        self.guided = guided
         self._run = run or policy.run
         self._kernel_choices = kernel_choices
         self.ready = threading.Event()
@@ -59,7 +58,7 @@ class WarmUp:
         state_dims = len(self.policy.actions.state_to_model(state))  # what pi0.5 writes into its prompt
         prompts = [prompt] + self.other_prompts
         stats = self.policy.warm_up_graphs(prompts, state_dims, camera_counts=(present,),  # None without graphs
-                                           rtc_max_guidance=self.rtc_max_guidance)
+                                           guided=self.guided)
         self.camera_count, self.state_dims = present, state_dims
         c = self.policy.config
         chunk = self._run(prepared, noise=np.zeros((c.action_horizon, c.action_dim), np.float32))
@@ -75,10 +74,10 @@ class WarmUp:
                      f"{sum(c.seconds for c in made):.1f} s)")
         return text + f"; warm-up took {self.seconds:.1f} s"
 
-    def missing_lengths(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> List[int]:
+    def missing_lengths(self, prompt: str, guided: bool = False) -> List[int]:
         """The prompt lengths ``prompt`` can produce (over every state) that have no graph yet for the cameras the
-        warm-up captured for (with ``rtc_max_guidance``, real-time chunking on: no guided graph for it either; a guided
-        graph serves every beta).
+        warm-up captured for (with ``guided``, real-time chunking on: no guided graph for it either; a guided graph
+        serves every beta).
         Empty without graphs, before ready (the warm-up reads the prompt when it starts), and for a prompt the
         tokenizer rejects (the inference that uses it reports what is wrong with it)."""
         captured = getattr(self.policy.encoder, "captured_prompt_lengths", None)
@@ -89,50 +88,50 @@ class WarmUp:
             lengths = self.policy.prompt_lengths([prompt], self.state_dims)
         except ValueError:
             return []
-        guided = getattr(self.policy.guided_denoiser, "captured_lengths", None)
-        if rtc_max_guidance is None or guided is None:
+        captured_guided = getattr(self.policy.guided_denoiser, "captured_lengths", None)
+        if not guided or captured_guided is None:
             return [n for n in lengths if n not in have]
         from ..model.cuda_graph import cached_lengths
 
-        have_guided = guided()
+        have_guided = captured_guided()
         return [n for n in lengths if n not in have or
                 cached_lengths(self.policy.config, (self.camera_count,), (n,))[0] not in have_guided]
 
-    def unforeseen(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
+    def unforeseen(self, prompt: str, guided: bool = False) -> Optional[str]:
         """A warning for a prompt set after ready some of whose lengths have no graph yet (``missing_lengths``), or
         None."""
-        missing = self.missing_lengths(prompt, rtc_max_guidance)
+        missing = self.missing_lengths(prompt, guided)
         if not missing:
             return None
         return (f"prompt {shorten(prompt, 80)} was not foreseen: {len(missing)} of its prompt lengths have no CUDA "
                 f"graph yet; they are captured before its first inference, which waits for them while the robot "
                 f"finishes its current chunk; list the prompt in model.warm_up_prompts to capture them before ready")
 
-    def capture_prompt(self, prompt: str, rtc_max_guidance: Optional[float] = None) -> Optional[str]:
+    def capture_prompt(self, prompt: str, guided: bool = False) -> Optional[str]:
         """On the engine thread, before the first inference with ``prompt`` (or with RTC switched on): capture the
-        graphs of every length it can produce that lacks one (``missing_lengths``; with ``rtc_max_guidance``, real-time
-        chunking on, the guided denoise's too), so that no inference with it captures, whatever the state.
+        graphs of every length it can produce that lacks one (``missing_lengths``; with ``guided``, real-time chunking
+        on, the guided denoise's too), so that no inference with it captures, whatever the state.
         Returns the log line saying what it captured, or None when nothing was missing."""
-        missing = self.missing_lengths(prompt, rtc_max_guidance)
+        missing = self.missing_lengths(prompt, guided)
         if not missing:
             return None
         t0, before = time.monotonic(), self.policy.graph_stats.captures
         stats = self.policy.warm_up_graphs([prompt], self.state_dims, camera_counts=(self.camera_count,),
-                                           rtc_max_guidance=rtc_max_guidance)
+                                           guided=guided)
         return (f"prompt {shorten(prompt, 80)}: captured {stats.captures - before} graphs for {len(missing)} of its "
                 f"prompt lengths in {time.monotonic() - t0:.1f} s, before inferring with it")
 
-    def capture_before_inferring(self, prompt: str, rtc_max_guidance: Optional[float],
+    def capture_before_inferring(self, prompt: str, guided: bool,
                                  waiting: Callable[[str], None], log: Callable[[str], None],
                                  fail: Callable[[str], None]) -> bool:
         """The engine's hook before the first inference with ``prompt``: ``capture_prompt``, reported as a wait
         (``waiting``) meanwhile and its line logged. True when it captured; False when nothing was missing, or the
         capture failed (``fail``: reported; the inference then goes on and captures what it needs)."""
-        if not self.missing_lengths(prompt, rtc_max_guidance):
+        if not self.missing_lengths(prompt, guided):
             return False
         waiting(f"capturing the CUDA graphs of prompt {shorten(prompt, 80)} before inferring with it")
         try:
-            log(self.capture_prompt(prompt, rtc_max_guidance))
+            log(self.capture_prompt(prompt, guided))
         except Exception as e:  # noqa: BLE001 - reported; not retried for every observation
             fail(failure(f"capturing the graphs of prompt {shorten(prompt, 80)}", e))
             return False
