@@ -116,7 +116,7 @@ class Replayer:
         self.prompt = config.prompt
         self.jump = JumpLimit(config.action.joints, config.state.joints, config.action.max_jump)
         self.result = Replayed()
-        self._last_observed: Optional[Dict[str, object]] = None
+        self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last chunk's observation
         self._t0_ns = 0
 
     # --- one instant ------------------------------------------------------------------------------------------------
@@ -126,12 +126,13 @@ class Replayer:
         entry["count"] += 1
 
     def observe(self, t_ns: int) -> Optional[ActionChunk]:
-        """The node's worker at ``now`` = t_ns: the newest inputs, unless nothing changed since the last chunk, checked
-        and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
+        """The node's worker at ``now`` = t_ns: the newest inputs, unless none is stamped later than the last chunk's
+        observation, checked and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
         self.result.instants += 1
         snapshot = self.inputs.snapshot()
-        last = self._last_observed
-        if snapshot and last is not None and all(last.get(k) is v for k, v in snapshot.items()):
+        # the node's name of an observation (engine_worker.py): a message that brings no newer stamp is no new one
+        key = (self.inputs.newest_stamp(snapshot), self.prompt)
+        if key == self._last_key:
             self.skip(t_ns, "no new input since the last chunk", "unchanged")
             return None
         try:
@@ -142,7 +143,7 @@ class Replayer:
         except (InputError, ObservationError, ValueError) as e:  # what the node reports as bad input
             self.skip(t_ns, str(e), "input")
             return None
-        self._last_observed = snapshot
+        self._last_key = key
         dropped = self.jump.problem(chunk.actions, chunk.state)
         if dropped:  # the node's ChunkGate drops it (action.max_jump) and waits for new input
             self.skip(t_ns, dropped, "dropped")

@@ -1,0 +1,32 @@
+"""Replay decides as the node's engine and chunk gate decide: one chunk per observation (named by its newest input's
+stamp and the prompt, engine_worker.py), and no chunk whose actions all lie in the past when it is done
+(chunk_gate.py, test_node_late_chunks.py)."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+pytest.importorskip("sensor_msgs")
+
+from test_replay import BASE, T0, params_for, read_back, write_bag  # noqa: E402
+
+from turbopi_ros.tools.replay import replay  # noqa: E402
+
+
+def chunk_stamps(out) -> np.ndarray:
+    messages, _ = read_back(out / "chunks.mcap")
+    return np.array([t for t, _ in messages["/turbopi_node/action_chunk"]]) * 1e-9 - T0
+
+
+def test_a_camera_frame_no_newer_than_the_newest_input_starts_no_second_chunk(tmp_path):
+    """The wrist camera's frame arrives 1 ms after the joint state stamped as it is (write_bag: arrivals 1, 2 and 3
+    ms after the stamps). The node names an observation by its newest input's stamp: a frame that brings no newer
+    stamp starts no inference, so no two of its chunks share a stamp (docs/reliability.md, promise 6). Replay inferred
+    again on every new message, and published two chunks stamped 0.1 s, 0.2 s, ..."""
+    bag = tmp_path / "in.mcap"
+    write_bag(bag)
+    out = tmp_path / "out"
+    report = replay(bag, params_for(tmp_path), out, start_s=0.05, duration_s=0.5, period_s=0.0005,
+                    show_progress=False)
+    stamps = np.round(chunk_stamps(out), 6)
+    repeated = sorted({s for s in stamps if (stamps == s).sum() > 1})
+    assert report["chunks"] > 0 and repeated == [], f"chunks sharing a stamp: {repeated}"
