@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("rosbags")
 pytest.importorskip("sensor_msgs")
 
-from test_replay import BASE, T0, params_for, read_back, write_bag  # noqa: E402
+from test_replay import T0, params_for, read_back, write_bag  # noqa: E402
 
 from turbopi_ros.tools.replay import replay  # noqa: E402
 
@@ -30,3 +30,20 @@ def test_a_camera_frame_no_newer_than_the_newest_input_starts_no_second_chunk(tm
     stamps = np.round(chunk_stamps(out), 6)
     repeated = sorted({s for s in stamps if (stamps == s).sum() > 1})
     assert report["chunks"] > 0 and repeated == [], f"chunks sharing a stamp: {repeated}"
+
+
+def test_a_chunk_whose_actions_all_lie_in_the_past_is_skipped_as_the_node_drops_it(tmp_path, monkeypatch):
+    """Every input arrives 0.3 s after its stamp (a sensor pipeline's delay: fresh, under max_observation_age_s 0.5),
+    and a chunk spans 0.2 s (50 actions at 250 Hz): each chunk's last action is due before the observation is even
+    made, so the node drops every one (chunk_gate.py: all its actions lie in the past). Replay published them all."""
+    import test_replay
+
+    for topic in test_replay.ARRIVAL_MS:
+        monkeypatch.setitem(test_replay.ARRIVAL_MS, topic, 300)
+    bag = tmp_path / "in.mcap"
+    write_bag(bag)
+    report = replay(bag, params_for(tmp_path, control_rate_hz=250.0), tmp_path / "out", period_s=0.25,
+                    show_progress=False)
+    dropped = [s for s in report["skips"]["by_reason"].values() if s["kind"] == "dropped"]
+    assert report["chunks"] == 0 and len(dropped) == 1 and dropped[0]["count"] > 0, report["skips"]
+    assert "chunk dropped: all its actions lie in the past" in dropped[0]["example"], dropped

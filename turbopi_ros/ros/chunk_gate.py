@@ -28,10 +28,9 @@ class ChunkGate:
         if ahead > self.inputs.max_age_s:  # use_sim_time: a simulation or bag restarted
             return (f"chunk dropped: its observation is stamped {ahead:.2f} s ahead of the node's clock (the clock "
                     "jumped back while it was computed)")
-        if stamp + span_s < now:
-            return (f"chunk dropped: all its actions lie in the past: its observation is stamped {-ahead:.2f} s ago, "
-                    f"and its actions span {span_s:.2f} s (action horizon / control_rate_hz); the inference is "
-                    "slower than a chunk lasts, or the clock jumped forward")
+        past = in_the_past(stamp, now, span_s)
+        if past:
+            return past
         stale = self.inputs.stale(self.inputs.snapshot(), now)
         if stale:
             return f"chunk dropped: its inputs went stale while it was computed: {stale}"
@@ -45,3 +44,14 @@ class ChunkGate:
         """Why a chunk ``actions`` [H, N] computed from the observed ``state`` must not be published (its first action
         jumps too far: action.max_jump); None when it may."""
         return None if self.jump is None else self.jump.problem(actions, state)
+
+
+def in_the_past(stamp: float, now: float, span_s: float) -> Optional[str]:
+    """Why a chunk observed at ``stamp`` whose actions span ``span_s`` (its last one due at ``stamp + span_s``) must
+    not be published at ``now``: all its actions are due already; None when one is still to come (offline replay
+    drops such a chunk too)."""
+    if stamp + span_s >= now:
+        return None
+    return (f"chunk dropped: all its actions lie in the past: its observation is stamped {now - stamp:.2f} s ago, "
+            f"and its actions span {span_s:.2f} s (action horizon / control_rate_hz); the inference is slower than "
+            "a chunk lasts, or the clock jumped forward")

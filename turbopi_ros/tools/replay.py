@@ -34,6 +34,7 @@ import numpy as np
 from ..ros import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
 from .processes import CHUNK_TOPIC
+from ..ros.chunk_gate import in_the_past
 from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
 from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..ros.node_config import NodeConfig
@@ -127,7 +128,8 @@ class Replayer:
 
     def observe(self, t_ns: int) -> Optional[ActionChunk]:
         """The node's worker at ``now`` = t_ns: the newest inputs, unless none is stamped later than the last chunk's
-        observation, checked and converted by InputBuffer, inferred by the policy. None (and a counted skip) where the node would not act."""
+        observation, checked and converted by InputBuffer, inferred by the policy, passed by the node's chunk gate.
+        None (and a counted skip) where the node would not act."""
         self.result.instants += 1
         snapshot = self.inputs.snapshot()
         # the node's name of an observation (engine_worker.py): a message that brings no newer stamp is no new one
@@ -144,8 +146,12 @@ class Replayer:
             self.skip(t_ns, str(e), "input")
             return None
         self._last_key = key
-        dropped = self.jump.problem(chunk.actions, chunk.state)
-        if dropped:  # the node's ChunkGate drops it (action.max_jump) and waits for new input
+        # the node's ChunkGate drops it (its actions all due when it is done, or action.max_jump) and waits for new
+        # input; it is done this inference's time after the instant
+        done = t_ns * 1e-9 + chunk.timings["total"]
+        dropped = (in_the_past(chunk.stamp, done, len(chunk.actions) / self.config.control_rate_hz)
+                   or self.jump.problem(chunk.actions, chunk.state))
+        if dropped:
             self.skip(t_ns, dropped, "dropped")
             return None
         self.result.chunks.append(chunk)
