@@ -47,3 +47,20 @@ def test_a_chunk_whose_actions_all_lie_in_the_past_is_skipped_as_the_node_drops_
     dropped = [s for s in report["skips"]["by_reason"].values() if s["kind"] == "dropped"]
     assert report["chunks"] == 0 and len(dropped) == 1 and dropped[0]["count"] > 0, report["skips"]
     assert "chunk dropped: all its actions lie in the past" in dropped[0]["example"], dropped
+
+
+def test_recorded_chunks_after_one_the_node_computed_and_dropped_are_still_reproduced(tmp_path):
+    """The node draws its noise for every chunk it computes, also for one its chunk gate drops (its actions all in the
+    past under load, its inputs stale once done, action.max_jump): that chunk is not on ~/action_chunk, so the
+    recording's next chunks were made one draw further on. Replay kept the noise in step with the recorded chunks
+    only, and reproduced none of the chunks after such a drop."""
+    from test_replay import node_chunks_and_inputs, write_recording
+
+    params = params_for(tmp_path)
+    inputs, chunks = node_chunks_and_inputs(tmp_path, params)
+    bag = tmp_path / "recording.mcap"
+    write_recording(bag, inputs, chunks[:3] + chunks[4:])  # the node computed chunks[3] and dropped it
+    report = replay(bag, params, tmp_path / "out", at_recorded_chunks=True, show_progress=False)
+    recorded = report["recorded_chunks"]
+    assert recorded["compared"] == recorded["reproduced_bit_for_bit"] == 7, recorded
+    assert recorded["noise_offset"] == 0 and recorded["dropped_by_the_node"] == 1, recorded

@@ -260,7 +260,8 @@ class Replayer:
         """Observe on the first of ``candidates`` (see _candidates: not empty) that reproduces the recorded chunk,
         each tried from the same generator state; else keep the first (the likeliest). For the bag's ``first`` chunk,
         when none reproduces it, the noise of up to MAX_NOISE_OFFSET earlier chunks is skipped (a recording that began
-        after the node's first chunks: _noise_offset)."""
+        after the node's first chunks: _noise_offset); so it is for a later one that the chunk before it reproduced
+        (the node computed chunks in between and dropped them: their noise was drawn, chunk_gate.py)."""
         generator = self.policy.generator
         self.result.instants += 1
         before = generator.get_state()
@@ -282,9 +283,15 @@ class Replayer:
             self.result.recorded.append({"stamp_ns": stamp_ns, "reproduced": False, "tries": 0})
             return
         matched = [t for t in tries if np.array_equal(t[0].actions, actions)]
-        if first:
+        skipped = 0
+        # not reproduced: the recording began after the node's first chunks (the bag's first), or, while the replay
+        # is in step with the node, the node computed chunks since the last one that it dropped (chunk_gate.py)
+        in_step = bool(self.result.recorded) and self.result.recorded[-1]["reproduced"]
+        if first or (in_step and not matched):
             found = self._noise_offset(candidates, actions, before) if not matched else (0, None)
-            self.result.noise_offset = found[0] if found else None
+            skipped = found[0] if found else 0
+            if first:
+                self.result.noise_offset = found[0] if found else None
             if found and found[1] is not None:
                 matched = tries = [found[1]]
         chunk, after = (matched or tries[:1])[0]
@@ -293,15 +300,16 @@ class Replayer:
         same_shape = chunk.actions.shape == actions.shape
         self.result.recorded.append({
             "stamp_ns": stamp_ns, "reproduced": bool(matched), "tries": len(tries),
+            "dropped_before": 0 if first else skipped,
             "max_abs_diff": float(np.max(np.abs(chunk.actions - actions))) if same_shape else None})
 
     def _noise_offset(self, candidates, actions: np.ndarray, before):
         """(k, (chunk, generator state after it)) where one of the ``candidates`` observations (_candidates, likeliest
-        first) reproduces the first recorded chunk once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is
-        skipped: the node published k chunks that the recording missed (it began after the node's first chunk). The
-        smallest k wins, then the likeliest candidate: the node may have observed another snapshot than the likeliest
-        (a message still on its way), so every one is tried. None if none does (another checkpoint, seed, device...);
-        the generator is then back at ``before``."""
+        first) reproduces a recorded chunk once the noise of k earlier chunks (1 <= k <= MAX_NOISE_OFFSET) is skipped:
+        the node computed k chunks that the recording missed (it began after the node's first chunk, or the node
+        dropped them). The smallest k wins, then the likeliest candidate: the node may have observed another snapshot
+        than the likeliest (a message still on its way), so every one is tried. None if none does (another
+        checkpoint, seed, device...); the generator is then back at ``before``."""
         generator = self.policy.generator
         observations = []
         for now_ns, snapshot in candidates:

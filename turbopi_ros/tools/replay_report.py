@@ -145,6 +145,8 @@ def write(out: Path, config: NodeConfig, policy, result, info: dict) -> dict:
             "needed_another_candidate": sum(r["reproduced"] and r["tries"] > 1 for r in result.recorded),
             "max_abs_diff": max((r.get("max_abs_diff") or 0.0 for r in result.recorded), default=None),
             "noise_offset": result.noise_offset,
+            # chunks the node computed (its noise drawn) but dropped (chunk_gate.py), found between recorded ones
+            "dropped_by_the_node": sum(r.get("dropped_before", 0) for r in result.recorded),
             # recorded chunks not compared because the bag lacks their inputs: index among the recorded chunks
             # (0: the first), stamp, seconds from the bag's start, kind and why (replay.why_not_rebuildable)
             "not_rebuilt": [dict(r, at_s=round((r["stamp_ns"] - info["bag_start_ns"]) * 1e-9, 6))
@@ -236,6 +238,9 @@ def summary_lines(report: dict, out: Path) -> List[str]:
             lines.append(f"    recorded chunk {c['index']} (at {c['at_s']:.3f} s): {c['kind']}: {c['why']}")
         if r["noise_offset"]:
             lines.append(f"  the recording began after the node's first {r['noise_offset']} chunks (noise skipped)")
+        if r.get("dropped_by_the_node"):
+            lines.append(f"  the node computed and dropped {r['dropped_by_the_node']} chunks between recorded ones "
+                         "(noise skipped)")
         if r["compared"] and not r["reproduced_bit_for_bit"]:
             lines.append("  none: another checkpoint, seed, device or thread count, or a recording that began more "
                          "than 10 chunks after the node's first (its noise generator is then ahead by those)")
