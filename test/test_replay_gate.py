@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("rosbags")
 pytest.importorskip("sensor_msgs")
 
-from test_replay import T0, params_for, read_back, write_bag  # noqa: E402
+from test_replay import BASE, T0, params_for, read_back, write_bag  # noqa: E402
 
 from turbopi_ros.tools.replay import replay  # noqa: E402
 
@@ -64,3 +64,28 @@ def test_recorded_chunks_after_one_the_node_computed_and_dropped_are_still_repro
     recorded = report["recorded_chunks"]
     assert recorded["compared"] == recorded["reproduced_bit_for_bit"] == 7, recorded
     assert recorded["noise_offset"] == 0 and recorded["dropped_by_the_node"] == 1, recorded
+
+
+def test_a_chunk_whose_inputs_went_stale_while_it_was_computed_is_skipped_as_the_node_drops_it(tmp_path):
+    """The base camera's last frame is stamped 0.9 s; the instant at 1.399 s still finds it fresh (0.499 s old, under
+    max_observation_age_s 0.5), but by the time the chunk is done (an inference later) it is stale and no newer
+    frame came: the node's chunk gate drops that chunk (its inputs went stale while it was computed). Replay published
+    it."""
+    bag = tmp_path / "in.mcap"
+    write_bag(bag, stop={BASE: 1.0})  # the bag starts at the base frame's arrival, 1 ms after T0
+    report = replay(bag, params_for(tmp_path), tmp_path / "out", start_s=1.398, duration_s=0.3, period_s=1.0,
+                    show_progress=False)
+    dropped = [s for s in report["skips"]["by_reason"].values() if s["kind"] == "dropped"]
+    assert report["instants"] == 1 and report["chunks"] == 0 and len(dropped) == 1, report["skips"]
+    assert dropped[0]["example"].startswith("chunk dropped: its inputs went stale while it was computed: camera "
+                                            "'base_0_rgb': newest message is "), dropped
+
+
+def test_only_the_chunk_whose_inputs_went_stale_is_dropped_among_others(tmp_path):
+    """As above, with chunks before it (every 0.25 s from 0.399 s): those stay, the one at 1.399 s goes."""
+    bag = tmp_path / "in.mcap"
+    write_bag(bag, stop={BASE: 1.0})
+    report = replay(bag, params_for(tmp_path), tmp_path / "out", start_s=0.398, duration_s=1.2, period_s=0.25,
+                    show_progress=False)
+    dropped = [s for s in report["skips"]["by_reason"].values() if s["kind"] == "dropped"]
+    assert report["chunks"] == 4 and len(dropped) == 1 and dropped[0]["first_at_s"] == 1.0, report["skips"]

@@ -31,9 +31,9 @@ class ChunkGate:
         past = in_the_past(stamp, now, span_s)
         if past:
             return past
-        stale = self.inputs.stale(self.inputs.snapshot(), now)
+        stale = went_stale(self.inputs, now)
         if stale:
-            return f"chunk dropped: its inputs went stale while it was computed: {stale}"
+            return stale
         # whether or not fresh inputs arrived first after the pause; from the moment the observation was taken, not
         # the run's start: a pause between its last freshness check and the run's start leaves it as old
         if self.pauses.paused_since(taken_at):
@@ -55,3 +55,10 @@ def in_the_past(stamp: float, now: float, span_s: float) -> Optional[str]:
     return (f"chunk dropped: all its actions lie in the past: its observation is stamped {now - stamp:.2f} s ago, "
             f"and its actions span {span_s:.2f} s (action horizon / control_rate_hz); the inference is slower than "
             "a chunk lasts, or the clock jumped forward")
+
+
+def went_stale(inputs: InputBuffer, now: float) -> Optional[str]:
+    """Why a chunk must not be published at ``now`` when the newest ``inputs`` are stale by then (they went stale
+    while it was computed); None when they are fresh (offline replay drops such a chunk too)."""
+    stale = inputs.stale(inputs.snapshot(), now)
+    return f"chunk dropped: its inputs went stale while it was computed: {stale}" if stale else None

@@ -34,7 +34,7 @@ import numpy as np
 from ..ros import params_file
 from .bags import COMPRESSED, IMAGE, JOINT_STATE, TRAJECTORY, deserialize, open_bag
 from .processes import CHUNK_TOPIC
-from ..ros.chunk_gate import in_the_past
+from ..ros.chunk_gate import in_the_past, went_stale
 from ..ros.conversions import InputError, sec_to_stamp, stamp_to_sec
 from ..ros.inputs import JOINT_STATES, InputBuffer, WaitingForInput
 from ..ros.node_config import NodeConfig
@@ -118,6 +118,7 @@ class Replayer:
         self.jump = JumpLimit(config.action.joints, config.state.joints, config.action.max_jump)
         self.result = Replayed()
         self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last chunk's observation
+        self._pending: List[tuple] = []  # (chunk, done ns, instant ns) of the chunks not settled yet (settle)
         self._t0_ns = 0
 
     # --- one instant ------------------------------------------------------------------------------------------------
@@ -155,7 +156,20 @@ class Replayer:
             self.skip(t_ns, dropped, "dropped")
             return None
         self.result.chunks.append(chunk)
+        self._pending.append((chunk, t_ns + int(round(chunk.timings["total"] * 1e9)), t_ns))
+        self._pending.sort(key=lambda pending: pending[1])  # by when they are done
         return chunk
+
+    def settle(self, next_arrival_ns: Optional[int]) -> None:
+        """The chunks observed whose every message that arrived before they were done is stored (the next one arrives
+        at ``next_arrival_ns``, later; None: no more are read): the node's chunk gate drops one where the newest
+        inputs went stale while it was computed."""
+        while self._pending and (next_arrival_ns is None or next_arrival_ns > self._pending[0][1]):
+            chunk, done_ns, t_ns = self._pending.pop(0)
+            stale = went_stale(self.inputs, done_ns * 1e-9)
+            if stale:
+                self.result.chunks = [c for c in self.result.chunks if c is not chunk]
+                self.skip(t_ns, stale, "dropped")
 
     # --- a bag ------------------------------------------------------------------------------------------------------
     def stream(self, reader, end_ns: int):
@@ -184,10 +198,14 @@ class Replayer:
         next_ns: Optional[int] = start_ns
         k = 0
         for t_ns, topic, msg in itertools.chain(self.stream(reader, end_ns), [(end_ns, None, None)]):
+            self.settle(t_ns)
             while next_ns is not None and next_ns < min(t_ns, end_ns):
                 chunk = self.observe(next_ns)
+                self.settle(t_ns)
                 if limit and len(self.result.chunks) >= limit:
-                    return self.result
+                    self.settle(None)
+                    if len(self.result.chunks) >= limit:
+                        return self.result
                 if period_s is not None:
                     k += 1
                     next_ns = start_ns + int(round(k * period_s * 1e9))
@@ -203,6 +221,7 @@ class Replayer:
                 progress((t_ns - start_ns) * 1e-9)
             if next_ns is None and t_ns >= start_ns:
                 next_ns = t_ns
+        self.settle(None)
         return self.result
 
     # --- at the recorded node's instants ------------------------------------------------------------------------------
