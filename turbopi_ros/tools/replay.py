@@ -6,8 +6,9 @@
 The params file is the node's own, read and checked as the node does (params_file.py), and the policy is built by
 the node's policy_from_config. The bag's messages go, in recorded order, into the node's InputBuffer: observations
 are built by its newest-message rule, staleness and bad-input checks and conversions, at instants of bag time (the
-recorded arrival times, ``now`` of the staleness checks). An instant that yields no chunk is a skip, counted by its
-reason (the node's own message, numbers masked). Outputs in DIR: chunks.mcap, report.json and PNGs (replay_report.py).
+recorded arrival times, ``now`` of the staleness checks), and each chunk through the node's chunk gate once it is
+done (the instant plus its inference time). An instant that yields no chunk is a skip, counted by its reason (the
+node's own message, numbers masked). Outputs in DIR: chunks.mcap, report.json and PNGs (replay_report.py).
 
 Instants: every ``--period`` seconds of bag time; by default as often as the node would infer: back to back, or every
 inference_period_s, i.e. max(inference_period_s, median total latency of this replay's inferences so far) after each
