@@ -766,3 +766,18 @@ def test_the_operators_stop_halts_the_chunk_a_controller_still_follows_after_a_p
         assert np.allclose(halts[0].points[0].positions, 0.335, atol=1e-9)  # the chunk (t - its stamp) at now + 0.125 s
         outputs.halt(schedule, clock.t + 0.05)  # shutdown after the disable: the controller follows the halt
         assert len(node.sent["~/action_chunk"]) == 2
+
+
+@pytest.mark.parametrize("blank", [" \t\n ", "_", "\n_ "])
+def test_a_prompt_that_cleans_to_nothing_warms_up_as_no_prompt(blank):
+    """A start prompt or a model.warm_up_prompts entry that openpi's cleaning empties (whitespace, underscores) is no
+    prompt, as "" is: the warm-up uses WARMUP_PROMPT and leaves the entry out, instead of failing with "prompt is
+    empty" (no graphs captured, no warm-up inference, captures while the robot moves)."""
+    from turbopi_ros.policy.loading import load_policy
+
+    policy = load_policy(checkpoint="random", preset="tiny_pi05", device="cpu", seed=3, action_dims=3, num_steps=2)
+    policy.use_graphs(static_replay_on_cpu=True)
+    warm = WarmUp(policy, ["base_0_rgb"], ["a", "b", "c"], prompt=lambda: blank, other_prompts=[blank, "place it"])
+    assert "graphs captured" in warm.run()
+    assert warm.ready.is_set() and warm.camera_count == 1
+    assert warm.missing_lengths(WARMUP_PROMPT) == [] and warm.missing_lengths("place it") == []

@@ -21,11 +21,22 @@ import numpy as np
 
 from ..model.kernel_choice import CHOICES, Choice
 from ..policy.policy import Observation
+from ..policy.tokenizer import clean_prompt
 from .inputs import shorten
 from .problems import failure
 
 WARMUP_PROMPT = "warm up"
 BLANK_SIZE = 224  # the blank images' side (the model's input size: no resize needed)
+
+
+def is_prompt(text: str) -> bool:
+    """Whether ``text`` is a prompt at all: "", whitespace and underscores clean to nothing (tokenizer.clean_prompt),
+    which the inputs refuse as an empty prompt; the warm-up treats them as no prompt."""
+    try:
+        clean_prompt(text)
+    except ValueError:
+        return False
+    return True
 
 
 class WarmUp:
@@ -38,7 +49,7 @@ class WarmUp:
         chunking is on (rtc.enabled): the guided denoise's graphs are captured too (one per length serves every beta);
         ``kernel_choices()``: the split kernels' measured choices (model/kernel_choice.py)."""
         self.policy, self.cameras, self.state_joints, self._prompt = policy, list(cameras), list(state_joints), prompt
-        self.other_prompts = [p for p in other_prompts if p]
+        self.other_prompts = [p for p in other_prompts if is_prompt(p)]
         self.guided = guided
         self._run = run or policy.run
         self._kernel_choices = kernel_choices
@@ -50,7 +61,8 @@ class WarmUp:
     def run(self) -> str:
         """Warm up (raises what the policy raised); marks the node ready. Returns the log line saying what it did."""
         t0 = time.monotonic()
-        prompt = self._prompt() or WARMUP_PROMPT
+        prompt = self._prompt()
+        prompt = prompt if is_prompt(prompt) else WARMUP_PROMPT
         images = {name: np.zeros((BLANK_SIZE, BLANK_SIZE, 3), np.uint8) for name in self.cameras}
         state = np.zeros(len(self.state_joints))
         prepared = self.policy.prepare(Observation(images=images, state=state, prompt=prompt))
