@@ -781,3 +781,30 @@ def test_a_prompt_that_cleans_to_nothing_warms_up_as_no_prompt(blank):
     assert "graphs captured" in warm.run()
     assert warm.ready.is_set() and warm.camera_count == 1
     assert warm.missing_lengths(WARMUP_PROMPT) == [] and warm.missing_lengths("place it") == []
+
+
+def test_an_observation_prepared_with_a_superseded_prompt_is_not_run():
+    """Pipelined (frames prepared when taken): the observation prepared during an inference, waiting in the slot, was
+    prepared with the prompt of then. A prompt set before the engine takes it supersedes it: the engine drops it and
+    runs one prepared with the new prompt, rather than computing (and publishing) one more chunk of the old task."""
+    inputs = joints_only(time.time(), WALL_AGE_S)
+    prompt, ran, release = ["stack the cups"], [], threading.Event()
+
+    def run(prepared):
+        ran.append(prepared.prompt)
+        release.wait(10)
+        return "chunk"
+
+    worker, published, failures = _worker(inputs, run, prompt=lambda: prompt[0])
+    worker.policy.prepare = lambda obs: SimpleNamespace(stamp=obs.stamp, prompt=obs.prompt)
+    worker.start()
+    assert wait_for(lambda: ran, 10), failures  # the first inference runs (and waits for release)
+    inputs.store(JOINT_STATES, joint_state(time.time()))
+    worker.wake()
+    assert wait_for(lambda: worker._slot.peek() is not None, 10)  # the next one prepared, waiting in the slot
+    prompt[0] = "put the cups away"
+    worker.wake()
+    release.set()
+    assert wait_for(lambda: len(ran) >= 2, 10), failures
+    assert worker.stop(1.0)
+    assert ran[:2] == ["stack the cups", "put the cups away"], ran

@@ -246,6 +246,10 @@ class EngineWorker:
             item = self._prepared_on_demand() if self.frames is not None else self._prepared_in_slot()
             if item is None:
                 continue
+            if item.prompt != self.hooks.prompt():  # prepared before a new prompt was set: never run the old task
+                self._jit.run_abandoned()
+                self._new_data.set()
+                continue
             if item.prompt != self._prompt_run:
                 if self.hooks.new_prompt(item.prompt):  # took time: run the newest observation instead
                     self._jit.run_abandoned()
