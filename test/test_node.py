@@ -127,7 +127,8 @@ def test_prompt_parameter_is_live_and_the_rest_read_only(running):
     assert not refused.successful and "read-only parameter: control_rate_hz" in refused.reason
 
     assert set_parameter("prompt", " ").successful
-    assert wait_for(lambda: "prompt is empty" in feeder.latest_status().message, timeout=5)
+    assert wait_for(lambda: feeder.latest_status() is not None and "prompt is empty" in feeder.latest_status().message,
+                    timeout=5)
     t_empty = time.monotonic() + 0.5  # a chunk in flight may still land
     time.sleep(1.0)
     assert feeder.since(feeder.chunks, t_empty) == []
