@@ -126,6 +126,20 @@ def test_jpeg_header_beyond_opencvs_pixel_limit_is_refused(reduce_for):
         compressed_to_rgb(msg, "wrist", reduce_for)
 
 
+@pytest.mark.parametrize("reduce_for", [None, (224, 224)], ids=["exact", "fast"])
+def test_jpeg_header_claiming_more_blocks_than_its_data_can_hold_is_refused(reduce_for):
+    """A corrupt frame header under OpenCV's pixel limit: a few hundred bytes claiming 8000x8000 were decoded (192 MB,
+    seconds; 30000x30000 took 52 s and 5 GB) into a grey image that was used. Every 8x8 block of every component
+    takes at least one bit of Huffman code, so the data cannot hold the image its header claims."""
+    data = jpeg_claiming(8000, 8000)
+    msg = CompressedImage(format="jpeg", data=data)
+    with pytest.raises(InputError, match=rf"camera 'wrist': JPEG data \({len(data)} bytes\) is too short for the "
+                                         r"8000x8000 image its header claims \(at least \d+ bytes\): corrupt"):
+        compressed_to_rgb(msg, "wrist", reduce_for)
+    small = jpeg_claiming(16, 16)  # the same data, its true size
+    assert compressed_to_rgb(CompressedImage(format="jpeg", data=small), "wrist", reduce_for).shape == (16, 16, 3)
+
+
 def test_a_complete_jpeg_with_trailing_bytes_is_used():
     """Decoders ignore bytes after the end-of-image marker (drivers that pad their buffers, appended metadata); a JPEG
     cut short and then padded is still refused."""

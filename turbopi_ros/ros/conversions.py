@@ -96,6 +96,7 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
             from ..policy.preprocess import reduction_factor
 
             factor = reduction_factor(size[0], size[1], reduce_for[0], reduce_for[1])
+    _refuse_short_jpeg(buf, camera)
     if bytes(buf[:8]) == _PNG_SIGNATURE and buf.size > 24 and buf[24] == 16:  # IHDR's bit depth
         raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}) is a 16-bit PNG, not "
                          f"supported (expected jpeg, or png of 8 bits per channel: {', '.join(SUPPORTED_ENCODINGS)})")
@@ -114,13 +115,24 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     return img if _RGB_FLAG else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _refuse_short_jpeg(buf: np.ndarray, camera: str) -> None:
+    """A JPEG too short for the size its header claims has a corrupt header: OpenCV decodes it, at that size (seconds
+    and gigabytes for a few hundred bytes claiming 30000x30000), into a grey image with only a warning on stderr."""
+    least, size = jpeg_min_bytes(buf), jpeg_size(buf)
+    if least is not None and buf.size < least and size[0] * size[1] <= MAX_DECODE_PIXELS:  # else OpenCV refuses it
+        height, width = size
+        raise InputError(f"camera '{camera}': JPEG data ({buf.size} bytes) is too short for the {width}x{height} image "
+                         f"its header claims (at least {least} bytes): corrupt (expected a whole jpeg or png)")
+
+
 # JPEG frame headers (start of frame: baseline, progressive, lossless, arithmetic...): they hold the image size.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_HUFFMAN_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2))  # DCT, Huffman-coded: baseline, extended, progressive
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def jpeg_size(data) -> Optional[Tuple[int, int]]:
-    """(height, width) read from a JPEG's frame header, without decoding; None if ``data`` is not a JPEG."""
+def _jpeg_frame_header(data) -> Optional[Tuple[memoryview, int]]:
+    """(the bytes, the offset of the frame header's marker) of a JPEG; None if ``data`` is not one or has none."""
     b = memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast("B")
     if len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
         return None
@@ -134,10 +146,37 @@ def jpeg_size(data) -> Optional[Tuple[int, int]]:
         elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             i += 2
         elif marker in _SOF_MARKERS:
-            return (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
+            return b, i
         else:
             i += 2 + ((b[i + 2] << 8) | b[i + 3])
     return None
+
+
+def jpeg_size(data) -> Optional[Tuple[int, int]]:
+    """(height, width) read from a JPEG's frame header, without decoding; None if ``data`` is not a JPEG."""
+    found = _jpeg_frame_header(data)
+    if found is None:
+        return None
+    b, i = found
+    return (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
+
+
+def jpeg_min_bytes(data) -> Optional[int]:
+    """The fewest bytes a Huffman-coded JPEG (baseline, extended or progressive) of the size its frame header claims
+    can take: every 8x8 block of every component costs at least one bit (the code of its DC value), and a component
+    has at least one block per MCU. None where that is not known (not such a JPEG, the header cut short)."""
+    found = _jpeg_frame_header(data)
+    if found is None or found[0][found[1] + 1] not in _HUFFMAN_SOF_MARKERS:
+        return None
+    b, i = found
+    components = b[i + 9] if i + 10 <= len(b) else 0
+    if components == 0 or i + 10 + 3 * components > len(b):
+        return None
+    sampling = [b[i + 11 + 3 * k] for k in range(components)]
+    h_max, v_max = max(s >> 4 for s in sampling) or 1, max(s & 15 for s in sampling) or 1
+    height, width = (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
+    mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+    return mcus * components // 8
 
 
 def jpeg_cut_short(data: bytes) -> bool:
