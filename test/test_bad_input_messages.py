@@ -3,11 +3,13 @@ or would be slow: a raw 4K frame (the transport needs a larger shared-memory seg
 a truncated JPEG that the decoder still decodes (OpenCV 4, Humble's, does), a corrupt JPEG header, 16-bit PNGs, JPEGs
 with trailing bytes, extreme aspect ratios in the fast preprocessing, and the JointState checks; the engine worker's
 report of what OpenCV refuses."""
+import io
 import logging
 import time
 from types import SimpleNamespace
 
 import numpy as np
+import PIL.Image
 import pytest
 
 pytest.importorskip("sensor_msgs")
@@ -151,6 +153,24 @@ def test_a_complete_jpeg_with_trailing_bytes_is_used():
     msg.data = bytes(rgb_to_compressed(rgb, "jpeg").data)[:-600] + bytes(256)
     with pytest.raises(InputError, match="camera 'wrist'"):
         compressed_to_rgb(msg, "wrist")
+
+
+def test_a_jpeg_cut_short_and_followed_by_the_next_frame_is_refused():
+    """A stream framing error: the first half of a frame, then the whole next one. Its end-of-image marker is there
+    (the next frame's), so it passed the cut-short check, and OpenCV decoded it with the bottom half grey, only
+    warning on stderr. A sequential JPEG has one scan, so the first marker after it must be the end of the image."""
+    first = bytes(rgb_to_compressed(pattern(320, 240, 0.0, 0), "jpeg").data)
+    second = bytes(rgb_to_compressed(pattern(320, 240, 0.5, 1), "jpeg").data)
+    msg = CompressedImage(format="jpeg", data=first[:len(first) // 2] + second)
+    with pytest.raises(InputError, match=r"camera 'wrist': JPEG data \(\d+ bytes\) is corrupt: its scan is broken "
+                                         r"off at byte \d+ by marker FFD8 \(expected its end-of-image marker FFD9\)"):
+        compressed_to_rgb(msg, "wrist")
+    for data in (first, first + bytes(64), first + second):  # whole frames, padding after one, a frame after one
+        assert compressed_to_rgb(CompressedImage(format="jpeg", data=data), "wrist").shape == (240, 320, 3)
+    progressive = io.BytesIO()
+    PIL.Image.fromarray(pattern(320, 240, 0.0, 0)).save(progressive, "JPEG", progressive=True)
+    msg = CompressedImage(format="jpeg", data=progressive.getvalue())
+    assert compressed_to_rgb(msg, "wrist").shape == (240, 320, 3)
 
 
 def test_a_16_bit_png_is_refused_as_its_raw_twin_is():

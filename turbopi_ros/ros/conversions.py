@@ -1,6 +1,7 @@
 """ROS messages <-> numpy. Every failure is an InputError naming the input and what was expected."""
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence, Tuple
 
 import cv2
@@ -109,9 +110,8 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
         claims = f"; its header claims {size[1]}x{size[0]}" if size else ""
         raise InputError(f"camera '{camera}': compressed image ({msg.format or 'no format'}, {buf.size} bytes) "
                          f"could not be decoded (expected jpeg or png){claims}")
-    if bytes(buf[:2]) == b"\xff\xd8" and jpeg_cut_short(bytes(buf)):
-        raise InputError(f"camera '{camera}': JPEG data ({buf.size} bytes) has no end-of-image marker: the image was "
-                         "cut short (expected a whole jpeg or png)")
+    if bytes(buf[:2]) == b"\xff\xd8":
+        _refuse_broken_jpeg(bytes(buf), camera)
     return img if _RGB_FLAG else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -123,6 +123,18 @@ def _refuse_short_jpeg(buf: np.ndarray, camera: str) -> None:
         height, width = size
         raise InputError(f"camera '{camera}': JPEG data ({buf.size} bytes) is too short for the {width}x{height} image "
                          f"its header claims (at least {least} bytes): corrupt (expected a whole jpeg or png)")
+
+
+def _refuse_broken_jpeg(data: bytes, camera: str) -> None:
+    """A JPEG that OpenCV decoded anyway, with only a warning on stderr, but whose data ends early: the rest of the
+    image is grey."""
+    if jpeg_cut_short(data):
+        raise InputError(f"camera '{camera}': JPEG data ({len(data)} bytes) has no end-of-image marker: the image was "
+                         "cut short (expected a whole jpeg or png)")
+    broken = jpeg_broken_scan(data)
+    if broken is not None:
+        raise InputError(f"camera '{camera}': JPEG data ({len(data)} bytes) is corrupt: its scan is broken off at byte "
+                         f"{broken[0]} by marker FF{broken[1]:02X} (expected its end-of-image marker FFD9)")
 
 
 # JPEG frame headers (start of frame: baseline, progressive, lossless, arithmetic...): they hold the image size.
@@ -196,6 +208,35 @@ def jpeg_cut_short(data: bytes) -> bool:
         else:
             i += 2 + ((data[i + 2] << 8) | data[i + 3])
     return b"\xff\xd9" not in data[-64:]  # no scan found by the walk: at least the end must hold the marker
+
+
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in a scan's data FF is followed by 00 (a data byte) or RSTn
+
+
+def jpeg_broken_scan(data: bytes) -> Optional[Tuple[int, int]]:
+    """(offset, marker) of a marker that breaks off the scan of a sequential Huffman JPEG (baseline or extended) whose
+    first scan holds every component: such a JPEG has that one scan, so the marker after it must be the end of the
+    image (or DNL). Anything else (a stream's next frame begun inside this one, corrupt bytes) makes the decoder stop
+    there and fill the rest grey. None where the scan ends as it should, or the JPEG is not of that kind."""
+    i, sof, components = 2, None, 0
+    while i + 5 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan
+            if sof not in (0xC0, 0xC1) or data[i + 4] != components:
+                return None
+            end = _SCAN_END.search(data, i + 2 + ((data[i + 2] << 8) | data[i + 3]))
+            if end is None or data[end.start() + 1] in (0xD9, 0xDC):  # end of image, DNL
+                return None
+            return end.start(), data[end.start() + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        else:
+            if marker in _SOF_MARKERS and i + 10 <= len(data):
+                sof, components = marker, data[i + 9]
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8"):
