@@ -88,7 +88,9 @@ def compressed_to_rgb(msg, camera: str, reduce_for: Optional[Tuple[int, int]] = 
     most of the decoder's work (its inverse DCT computes the smaller image directly).
 
     A JPEG without its end-of-image marker is refused even where it decodes: it was cut short, and OpenCV 4 (Humble's)
-    decodes that into a partly grey image with only a warning."""
+    decodes that into a partly grey image with only a warning. So are a JPEG whose scan a stray marker breaks off
+    (jpeg_broken_scan: the rest decodes grey, whatever the OpenCV) and one too short for the size its header claims
+    (jpeg_min_bytes: decoded at that size, grey)."""
     buf = np.frombuffer(msg.data, dtype=np.uint8)  # the message's buffer, no copy
     factor = 1
     if reduce_for is not None:
