@@ -17,6 +17,7 @@ import torch
 from turbopi_ros.tools import verify
 from turbopi_ros.model.checkpoint import load_model, random_model, save_checkpoint
 from turbopi_ros.model.config import ModelConfig
+from turbopi_ros.policy.action_space import ActionSpace
 from turbopi_ros.policy.adapters import ADAPTERS, make_adapter
 from turbopi_ros.policy.loading import load_policy
 from turbopi_ros.policy.policy import Observation, ObservationError, Policy
@@ -424,3 +425,22 @@ def test_verify_policy_as_a_command(openpi_policy_fixtures):
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("max_abs_err=") and float(last.split("=")[1]) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["aloha_pi0", "droid_pi05", "libero_pi0"])
+def test_output_transforms_are_openpis_bit_for_bit(openpi_policy_fixtures, name):
+    """From the model's float32 actions to the robot's: openpi's Unnormalize, AbsoluteActions and <Robot>Outputs give
+    exactly the case's actions. openpi's quantile Unnormalize computes (x + 1) / 2 in the model's float32 before the
+    float64 stats scale it (pi0.5: a float32 rounding a float64 one would not make)."""
+    case = np.load(openpi_policy_fixtures / f"{name}.npz")
+    sidecar = json.loads((openpi_policy_fixtures / f"{name}.json").read_text())
+    stats = {k: NormStats(**{s: case[f"norm_stats/{k}/{s}"] for s in ("mean", "std", "q01", "q99")})
+             for k in ("state", "actions")}
+    variant = "pi05" if name.endswith("pi05") else "pi0"
+    config = ModelConfig(variant=variant, action_horizon=sidecar["model"]["action_horizon"])
+    space = ActionSpace(config, norm_stats=stats, adapter=make_adapter(sidecar["robot"]))
+    raw = case["model/actions"]
+    assert raw.dtype == np.float32  # what the model hands back, as Policy.run hands it on
+    actions, clamped = space.postprocess(raw, np.asarray(sidecar["state"]["raw"]), case["model/state"])
+    assert clamped == 0
+    np.testing.assert_array_equal(actions, case["actions"])

@@ -230,8 +230,10 @@ def normalize(x: np.ndarray, stats: NormStats, use_quantiles: bool, where: str =
 
 
 def unnormalize(x: np.ndarray, stats: NormStats, use_quantiles: bool, where: str = "actions") -> np.ndarray:
-    """openpi's Unnormalize (see the module docstring for dims beyond the stats)."""
-    x = _as_float_array(x, where)
+    """openpi's Unnormalize (see the module docstring for dims beyond the stats). A float32 ``x`` (the model's
+    actions) stays float32 until the float64 stats meet it, as in openpi: its quantile (x + 1) / 2 rounds in float32."""
+    x = np.asarray(x)
+    x = _as_float_array(x, where) if x.dtype not in (np.float32, np.float64) or x.ndim == 0 else x
     lo, hi = _stats_pair(stats, use_quantiles, where)
     d, n = lo.shape[-1], x.shape[-1]
     if d > n:
