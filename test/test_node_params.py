@@ -125,3 +125,18 @@ def test_node_config_fills_in_and_checks_across_parameters():
         NodeConfig.from_params(dict(values, **{"action.max_jump": [0.5, 0.5]}))
     with pytest.raises(ValueError, match=r"parameter action.max_jump: \['b'\] are not in state.joints"):
         NodeConfig.from_params(dict(values, **{"action.joints": ["b"], "action.max_jump": [0.5]}))
+
+
+def test_a_delta_mask_longer_than_the_state_is_refused_at_start():
+    """Without a robot adapter, action.delta_mask adds the state of the same index to each action it marks: a mask
+    with more entries than state.joints is refused when the policy is built, naming both parameters, instead of every
+    observation being refused while the node runs."""
+    config = params_file.load(DEMO_PARAMS)
+    assert config.robot.adapter == "none" and len(config.action.joints) == 7, config
+    config = dataclasses.replace(config, state=dataclasses.replace(config.state, joints=config.state.joints[:5]))
+    with pytest.raises(ValueError, match="action.delta_mask has 6 entries but state.joints only 5"):
+        policy_from_config(dataclasses.replace(config, action=dataclasses.replace(
+            config.action, delta_mask=[True] * 6)))
+    policy = policy_from_config(dataclasses.replace(config, action=dataclasses.replace(
+        config.action, delta_mask=[True] * 5)))
+    assert policy.actions.delta_mask == [True] * 5

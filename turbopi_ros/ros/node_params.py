@@ -182,7 +182,10 @@ def policy_from_config(config: "NodeConfig") -> "Policy":
         CHOICES.persist(m.cache_dir, policy.model.device)
     if m.compile:  # compiled lazily: the node's warm-up (warm_up.py) is the first call
         policy.model.compile_denoise(cache_dir=m.cache_dir or None)
-    if len(config.state.joints) > policy.config.action_dim:
-        raise ValueError(f"{len(config.state.joints)} state.joints exceed the model's {policy.config.action_dim} "
-                         "state dims")
+    n, mask = len(config.state.joints), policy.actions.delta_mask
+    if n > policy.config.action_dim:
+        raise ValueError(f"{n} state.joints exceed the model's {policy.config.action_dim} state dims")
+    if policy.adapter is None and mask is not None and len(mask) > n:  # else every observation would be refused
+        raise ValueError(f"action.delta_mask has {len(mask)} entries but state.joints only {n}: the state of the same "
+                         f"index is added to each action it marks (expected at most {n} entries)")
     return policy
