@@ -42,11 +42,19 @@ def test_chunks_are_joint_trajectories(running):
 
 
 def test_chunk_stamps_are_observation_stamps(running):
+    """Each chunk's stamp is a sensor time the feeder sent (the observation's newest input stamp), before the node
+    published the chunk (its rmw source time), not that publish time. Judged against each chunk's own publication, not
+    against a clock this test read before the chunks: on a loaded machine this thread may be held between the two
+    reads while a chunk from a newer observation arrives, stamped after that 'now' (the old check failed 1 run of 3
+    beside a busy loop; holding this thread 0.4 s between the reads failed it every time)."""
     feeder, node = running
-    now = feeder.get_clock().now().nanoseconds * 1e-9
-    chunks = feeder.since(feeder.chunks, 0.0)[-3:]
-    stamps = [stamp_of(m) for _, m in chunks]
-    assert all(0.0 < now - s < 5.0 for s in stamps)  # a past sensor time, not the publish time of the chunk
+    with feeder.lock:
+        chunks = [(source, stamp_of(m)) for _, source, m in feeder.chunks_info[-3:]]
+        sent = np.array([s for stamps in feeder.sent_stamps.values() for s in stamps])
+    assert len(chunks) == 3
+    assert all(0.0 < source - s < 5.0 for source, s in chunks), [source - s for source, s in chunks]
+    assert all(np.abs(sent - s).min() < 1e-6 for _, s in chunks), "a chunk stamp that is no input's stamp"
+    stamps = [s for _, s in chunks]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
 
