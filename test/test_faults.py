@@ -59,8 +59,9 @@ def status_is(feeder, want: int, text: str = "") -> bool:
 
 def recovered(feeder, node, since_mono: float) -> None:
     """Chunks, commands and an OK status come back. The bounds only end the waits: on a loaded machine (a run beside a
-    busy loop) inferences outlasted the chunks, most were dropped as already past, and 10 commands took over 10 s."""
-    assert wait_for(lambda: len(feeder.since(feeder.chunks, since_mono)) >= 2, timeout=30), node.log()[-3000:]
+    busy loop) inferences outlasted the chunks, most were dropped as already past, 10 commands took over 10 s, and
+    after test_the_whole_node_paused's pause 2 chunks over 30 s."""
+    assert wait_for(lambda: len(feeder.since(feeder.chunks, since_mono)) >= 2, timeout=60), node.log()[-3000:]
     assert wait_for(lambda: len(feeder.since(feeder.commands, since_mono)) >= 10, timeout=30), node.log()[-3000:]
     assert wait_for(lambda: status_is(feeder, OK), timeout=15), feeder.latest_status()
     assert node.alive()
@@ -211,7 +212,12 @@ def test_the_whole_node_paused(running):
     log = node.log()[start:]
     pause = re.findall(r"\[ERROR\].*no chunk: the node did not run for (\d+\.\d+) s", log)
     assert len(pause) == 1 and 1.8 <= float(pause[0]) <= 3.0, log
-    assert "inference stalled" not in log, log
+    # the pause is not blamed on the inference it stopped: no stall reported of an inference running across it (a
+    # loaded machine's own slow inferences after it, over max(1 s, 5 x the median), are reported, rightly: a run
+    # beside a busy loop had one of 2.2 s start 2.4 s after the pause ended)
+    stall = re.compile(r"^\[ERROR\] \[(\d+\.\d+)\] .*no chunk: inference stalled: running for (\d+\.\d) s", re.M)
+    stalls = [(float(t) - float(running), running) for t, running in stall.findall(log)]
+    assert all(started > resumed_wall - 0.1 for started, _ in stalls), (resumed_wall, stalls, log)
     assert "no chunk: chunk dropped: " in log, f"the chunk computed across the pause was not dropped:\n{log}"
     # every chunk published after the pause (its rmw source timestamp: one published just before the pause may only
     # arrive after it) comes from inputs stamped after it (an observation is at most max_observation_age_s old when
