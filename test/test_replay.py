@@ -519,6 +519,42 @@ def test_params_file_sections_and_nesting_as_rcl_reads_them(tmp_path):
     assert params_file.unknown(path) == ["modle_seed"]
 
 
+RCL_SECTIONS = {  # section key -> the one parameter it sets (prompt: a string every section may set)
+    "/**": "from /**", "/*": "from /*", "/**/*": "from /**/*", "/*/turbopi_node": "from /*/turbopi_node",
+    "/robot1/turbopi_node": "from /robot1/turbopi_node", "/robot1/*": "from /robot1/*",
+    "/robot2/turbopi_node": "from /robot2/turbopi_node", "/**/other_name": "from /**/other_name",
+    "turbopi_node": "from turbopi_node"}
+
+
+@pytest.mark.parametrize("node", ["/turbopi_node", "/robot1/turbopi_node", "/robot1/other_name", "/a/b/turbopi_node"])
+def test_params_file_applies_the_sections_rclpy_applies_to_the_node(tmp_path, node):
+    """rcl matches a section's key against the node's fully qualified name with wildcards (``/*`` one name, ``/**``
+    any): ``/*``, ``/**/*``, ``/robot1/*`` and ``/robot1/turbopi_node`` apply to a node too. params_file knew four
+    keys only, so turbopi-replay read other values than the node it replays (or none), silently."""
+    import rclpy
+    from rclpy.node import Node
+    from ros_helpers import isolate_ros_domain
+
+    domain = isolate_ros_domain()
+
+    namespace, name = node.rsplit("/", 1)
+    path = tmp_path / "sections.yaml"
+    for key, value in RCL_SECTIONS.items():
+        doc = {"/**": {"ros__parameters": node_section()}}
+        doc.setdefault(key, {"ros__parameters": {}})["ros__parameters"]["prompt"] = value
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        context = rclpy.Context()
+        rclpy.init(args=[], context=context, domain_id=domain)
+        try:
+            probe = Node("turbopi_node", context=context, cli_args=[
+                "--ros-args", "--params-file", str(path), "-r", f"__ns:={namespace or '/'}", "-r", f"__node:={name}"])
+            expected = probe.declare_parameter("prompt", "unset").value
+            probe.destroy_node()
+        finally:
+            rclpy.shutdown(context=context)
+        assert params_file.load(path, node=node).prompt == expected, (key, node)
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "jpeg", "png"])
 def test_rosbags_messages_convert_as_rclpy_messages_do(encoding):
     """InputBuffer reads rosbags' message objects as they are: the same image, state and stamp as from rclpy's."""
