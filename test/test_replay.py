@@ -555,6 +555,35 @@ def test_params_file_applies_the_sections_rclpy_applies_to_the_node(tmp_path, no
         assert params_file.load(path, node=node).prompt == expected, (key, node)
 
 
+def test_a_namespaced_nodes_bag_replays_with_its_name(tmp_path, capsys):
+    """A robot's node run in a namespace (`-r __ns:=/robot1`), its params file naming its topics relative to it
+    (`joint_states`, as robot_state_publisher does) with a section of its own (`/robot1/turbopi_node`), records
+    /robot1/joint_states and /robot1/camera/...: turbopi-replay resolved relative names under `/` only and read the
+    root node's sections, so it stopped on a topic the bag cannot have. `--node /robot1/turbopi_node` replays it as
+    that node ran: its sections, its topics, the chunks of the root node on the same inputs."""
+    root_bag, ns_bag = tmp_path / "root.mcap", tmp_path / "robot1.mcap"
+    written = write_bag(root_bag)
+    with BagWriter(ns_bag) as bag:
+        for arrival, topic, msgtype, cdr, _ in written:
+            bag.write("/robot1" + topic, msgtype, arrival, cdr)
+    relative = {"cameras.topics": [BASE[1:], WRIST_JPEG[1:]], "cameras.compressed": [False, True],
+                "joint_states.topic": "joint_states"}
+    deployed = tmp_path / "deployed.yaml"
+    deployed.write_text(yaml.safe_dump({"/**/turbopi_node": {"ros__parameters": dict(node_section(), **relative)},
+                                        "/robot1/turbopi_node": {"ros__parameters": {"prompt": "robot one's task"}}}))
+    ours = replay(ns_bag, deployed, tmp_path / "ns", period_s=0.25, show_progress=False, node="/robot1/turbopi_node")
+    root = replay(root_bag, params_for(tmp_path, prompt="robot one's task"), tmp_path / "root", period_s=0.25,
+                  show_progress=False)
+    assert ours["chunks"] == root["chunks"] == 7
+    ns_chunks, ns_types = read_back(tmp_path / "ns" / "chunks.mcap")
+    root_chunks, _ = read_back(tmp_path / "root" / "chunks.mcap")
+    assert "/robot1/joint_states" in ns_types
+    for (t_a, a), (t_b, b) in zip(ns_chunks["/turbopi_node/action_chunk"], root_chunks["/turbopi_node/action_chunk"]):
+        assert t_a == t_b and np.array_equal([p.positions for p in a.points], [p.positions for p in b.points])
+    assert main([str(ns_bag), "--params-file", str(deployed), "--out", str(tmp_path / "x"), "--node", "robot1"]) == 2
+    assert "--node 'robot1': expected the node's fully qualified name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "jpeg", "png"])
 def test_rosbags_messages_convert_as_rclpy_messages_do(encoding):
     """InputBuffer reads rosbags' message objects as they are: the same image, state and stamp as from rclpy's."""

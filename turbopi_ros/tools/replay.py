@@ -49,25 +49,39 @@ class Replayed:
     chunks: List[ActionChunk] = field(default_factory=list)
     skips: Dict[str, dict] = field(default_factory=dict)  # masked reason -> {"count", "kind", "first_at_s", "example"}
     joint_states: List[Tuple[int, object]] = field(default_factory=list)  # (arrival ns, rosbags JointState)
+    joint_states_topic: str = "/joint_states"  # where they were recorded (the node's resolved joint_states.topic)
     instants: int = 0
     recorded: List[dict] = field(default_factory=list)  # --at-recorded-chunks: one entry per recorded chunk
     noise_offset: Optional[int] = None  # --at-recorded-chunks: chunks the node published before the recording began
     not_rebuilt: List[dict] = field(default_factory=list)  # --at-recorded-chunks: chunks whose inputs the bag lacks
 
 
-def resolved(topic: str) -> str:
-    """A topic name as the node (in the root namespace) resolves it: a relative name (``joint_states``) is under
-    ``/``, as the bag has it."""
-    return topic if topic.startswith(("/", "~")) else "/" + topic
+def resolved(topic: str, node: str = params_file.NODE_FQN) -> str:
+    """A topic name as the node of fully qualified name ``node`` resolves it, as the bag has it: a relative name
+    (``joint_states``) is under the node's namespace (``/`` in the root, ``/robot1/`` for ``/robot1/turbopi_node``),
+    a private one (``~/image``) under the node's name."""
+    if topic.startswith("/"):
+        return topic
+    if topic.startswith("~"):
+        return node + topic[1:]
+    return node.rsplit("/", 1)[0] + "/" + topic
 
 
-def input_topics(config: NodeConfig) -> Dict[str, Tuple[str, str]]:
-    """input name -> (topic, message type) of the node's subscriptions under the configuration ``config`` (one per
-    camera: two cameras may share a topic, as two subscriptions of the node do)."""
+def checked_node_name(node: str) -> str:
+    """``--node``: a fully qualified node name, ``/turbopi_node`` or ``/robot1/turbopi_node``."""
+    if not re.fullmatch(r"(/[A-Za-z_]\w*)+", node, flags=re.ASCII):
+        raise ValueError(f"--node {node!r}: expected the node's fully qualified name, as `ros2 node list` shows it "
+                         "(/turbopi_node, /robot1/turbopi_node)")
+    return node
+
+
+def input_topics(config: NodeConfig, node: str = params_file.NODE_FQN) -> Dict[str, Tuple[str, str]]:
+    """input name -> (topic, message type) of the subscriptions of the node ``node`` under the configuration
+    ``config`` (one per camera: two cameras may share a topic, as two subscriptions of the node do)."""
     cameras = config.cameras
-    topics = {name: (resolved(t), COMPRESSED if c else IMAGE)
+    topics = {name: (resolved(t, node), COMPRESSED if c else IMAGE)
               for name, t, c in zip(cameras.names, cameras.topics, cameras.compressed)}
-    topics[JOINT_STATES] = (resolved(config.joint_states.topic), JOINT_STATE)
+    topics[JOINT_STATES] = (resolved(config.joint_states.topic, node), JOINT_STATE)
     return topics
 
 
@@ -105,9 +119,9 @@ def skip_reason(message: str) -> str:
 class Replayer:
     """Feeds a bag's messages to the node's InputBuffer and runs the policy at instants of bag time."""
 
-    def __init__(self, config: NodeConfig, policy):
-        self.config, self.policy = config, policy
-        self.topics = input_topics(config)  # input name -> (topic, type)
+    def __init__(self, config: NodeConfig, policy, node: str = params_file.NODE_FQN):
+        self.config, self.policy, self.node = config, policy, node
+        self.topics = input_topics(config, node)  # input name -> (topic, type)
         self._inputs_of: Dict[Tuple[str, str], List[str]] = {}  # (topic, type) -> the inputs it feeds
         for name, key in self.topics.items():
             self._inputs_of.setdefault(key, []).append(name)
@@ -117,7 +131,7 @@ class Replayer:
                                   reduce_for=policy.reduced_decode_size)
         self.prompt = config.prompt
         self.jump = JumpLimit(config.action.joints, config.state.joints, config.action.max_jump)
-        self.result = Replayed()
+        self.result = Replayed(joint_states_topic=self.topics[JOINT_STATES][0])
         self._last_key: Optional[tuple] = None  # (newest input stamp, prompt) of the last chunk's observation
         self._pending: List[tuple] = []  # (chunk, done ns, instant ns) of the chunks not settled yet (settle)
         self._t0_ns = 0
@@ -238,7 +252,7 @@ class Replayer:
         has arrived, whatever the order the recorder got the topics in."""
         self._t0_ns = start_ns
         whole_bag = start_ns <= reader.start_time
-        recorded = RecordedChunks(reader, self.config)
+        recorded = RecordedChunks(reader, self.config, self.node)
         history: Dict[str, List[Tuple[int, int, object]]] = {n: [] for n in self.inputs.inputs}  # (stamp, arrival, msg)
         first_stamps: Dict[str, int] = {}  # input -> stamp of its first message in the bag
         settle_ns = int(SETTLE_S * 1e9)
@@ -434,13 +448,15 @@ class RecordedChunks:
     """The chunks a recorded turbopi_node published on /turbopi_node/action_chunk, in publication order: (observation
     stamp in ns, actions [H, N])."""
 
-    def __init__(self, reader, config: NodeConfig):
+    def __init__(self, reader, config: NodeConfig, node: str = params_file.NODE_FQN):
         # the node in a namespace (the params file's /** matches any) publishes on /<namespace>/turbopi_node/...
         connections = [c for c in reader.connections if c.msgtype == TRAJECTORY
                        and c.topic.endswith(CHUNK_TOPIC)]
+        own = [c for c in reader.connections if c.msgtype == TRAJECTORY and c.topic == f"{node}/action_chunk"]
+        connections = own or connections  # --node: that node's chunks among several nodes
         if len({c.topic for c in connections}) > 1:
             raise ValueError(f"--at-recorded-chunks: the bag has the chunks of several nodes: "
-                             f"{sorted({c.topic for c in connections})}; replay one node's bag at a time")
+                             f"{sorted({c.topic for c in connections})}; name the node to replay with --node")
         if not connections:
             raise ValueError(f"--at-recorded-chunks: the bag has no {CHUNK_TOPIC} ({TRAJECTORY}): record the node's "
                              "chunks too (turbopi-demo --record does)")
@@ -484,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or MCAP storage) or a single .mcap file")
     parser.add_argument("--params-file", type=Path, required=True, metavar="YAML",
                         help="the node's parameters YAML (/**/turbopi_node: ros__parameters: ...)")
+    parser.add_argument("--node", default=params_file.NODE_FQN, metavar="NAME",
+                        help="the recorded node's fully qualified name (default /turbopi_node; /robot1/turbopi_node "
+                             "for -r __ns:=/robot1): the params file's sections for it, its relative topic names "
+                             "under its namespace, its chunks")
     parser.add_argument("--out", type=Path, default=Path("replay"), metavar="DIR",
                         help="output directory (default: ./replay)")
     parser.add_argument("--start", type=float, default=0.0, metavar="S",
@@ -514,16 +534,17 @@ def _check_options(start_s: float, duration_s: float, period_s: Optional[float],
 
 def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, duration_s: float = 0.0,
            period_s: Optional[float] = None, limit: int = 0, at_recorded_chunks: bool = False,
-           show_progress: Optional[bool] = None) -> dict:
-    """Replay ``bag`` and write the outputs into ``out``; returns the report."""
+           show_progress: Optional[bool] = None, node: str = params_file.NODE_FQN) -> dict:
+    """Replay ``bag`` of the node ``node`` (its fully qualified name) and write the outputs into ``out``; returns the
+    report."""
     from tqdm import tqdm
 
     from . import replay_report as report
     from ..ros.node_params import policy_from_config
 
     _check_options(start_s, duration_s, period_s, limit, at_recorded_chunks)
-    config = params_file.load(params_path)
-    for name in params_file.unknown(params_path):
+    config = params_file.load(params_path, checked_node_name(node))
+    for name in params_file.unknown(params_path, node):
         print(f"turbopi-replay: warning: {params_path} sets '{name}', which turbopi_node does not declare (ignored)",
               file=sys.stderr)
     if config.rtc.enabled:
@@ -536,7 +557,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
         raise ValueError(f"{out / report.CHUNKS_BAG} exists already: choose another --out")
     reader = open_bag(bag)
     try:
-        check_bag_topics(reader, input_topics(config), bag)
+        check_bag_topics(reader, input_topics(config, node), bag)
         if config.model.num_threads > 0:
             import torch
 
@@ -547,7 +568,7 @@ def replay(bag: Path, params_path: Path, out: Path, start_s: float = 0.0, durati
                                                                  reader.end_time + 1)
         if start_ns >= end_ns:
             raise ValueError(f"--start {start_s:g} s is past the end of the bag ({reader.duration * 1e-9:.3f} s long)")
-        replayer = Replayer(config, policy)
+        replayer = Replayer(config, policy, node)
         window_s = (end_ns - start_ns) * 1e-9
         t_wall = time.monotonic()
         with tqdm(total=round(window_s, 3), unit="s", desc="replay",
@@ -574,7 +595,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = replay(args.bag, args.params_file, args.out, args.start, args.duration, args.period, args.limit,
-                         args.at_recorded_chunks)
+                         args.at_recorded_chunks, node=args.node)
     except ValueError as e:
         print(f"turbopi-replay: {e}", file=sys.stderr)
         return 2

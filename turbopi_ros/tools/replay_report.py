@@ -102,7 +102,7 @@ REPORTED_MODEL = ("checkpoint", "preset", "device", "dtype", "seed", "num_steps"
 
 def write_bag(path: Path, config: NodeConfig, result) -> None:
     joints, rate = list(config.action.joints), config.control_rate_hz
-    entries = [(t_ns, config.joint_states.topic, msg) for t_ns, msg in result.joint_states]
+    entries = [(t_ns, result.joint_states_topic, msg) for t_ns, msg in result.joint_states]
     for chunk in result.chunks:
         trajectory = chunk_to_trajectory(chunk.actions, joints, chunk.stamp, rate)
         t_ns = trajectory.header.stamp.sec * 1_000_000_000 + trajectory.header.stamp.nanosec
