@@ -114,6 +114,50 @@ def test_two_policy_nodes_publish_their_diagnostics_under_their_own_names(ros):
         right.destroy_node()
 
 
+def test_a_namespaced_or_remapped_node_names_the_topics_it_waits_on_as_it_subscribes_to_them(ros):
+    """`-r __ns:=/robot1` with relative topic names, `-r joint_states:=/robot1/arm/joint_states`: the node waited on
+    /robot1/camera/... and /robot1/arm/joint_states, but /diagnostics and the log said `no message yet on
+    camera/base/image_raw ..., joint_states`: the names in the params file, not the topics to publish on."""
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.inputs import WaitingForInput
+    from turbopi_ros.ros.policy_node import TurbopiNode
+
+    params = dict(node_params(), **{"cameras.topics": ["camera/base/image_raw", "~/wrist/compressed"],
+                                    "joint_states.topic": "joint_states"})
+    node = TurbopiNode(cli_args=["--ros-args", "-r", "__ns:=/robot1", "-r", "joint_states:=/robot1/arm/joint_states"],
+                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        subscribed = {s.topic_name for s in node.subscriptions}
+        named = ["/robot1/camera/base/image_raw", "/robot1/turbopi_node/wrist/compressed", "/robot1/arm/joint_states"]
+        assert set(named) <= subscribed
+        with pytest.raises(WaitingForInput) as waiting:
+            node.inputs.observation(node.inputs.snapshot(), "go", time.time())
+        assert str(waiting.value) == ("waiting for inputs: no message yet on "
+                                      f"{named[0]} (camera 'base_0_rgb'), {named[1]} (camera 'left_wrist_0_rgb'), "
+                                      f"{named[2]} (joint_states)")
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("name, value", [("joint_states.topic", "joint states"), ("cameras.topics", ["/a//b", "cam"]),
+                                         ("action.group.arm.command_topic", "arm/")])
+def test_an_input_topic_rcl_refuses_stops_the_start_naming_its_parameter(ros, name, value):
+    """`joint_states.topic: "joint states"` (no topic name; a group's `command_topic: "arm/"` too) ended the node with
+    rclpy's InvalidTopicNameException traceback, after the model had loaded, instead of `cannot start: parameter
+    joint_states.topic: ...`."""
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.policy_node import TurbopiNode
+
+    params = dict(node_params(), **{name: value})
+    if name.startswith("action.group.arm."):
+        params.update({"action.groups": ["arm"], "action.group.arm.joints": params["action.joints"]})
+    with pytest.raises(ValueError, match=rf"^parameter {name}.*: .* is no topic name: topic name must not .*"
+                                         r"\(expected a ROS topic name: /joint_states, camera/image_raw, ~/image\)$"):
+        TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
 def test_qos_overrides_apply_to_the_sensor_and_output_topics(ros):
     """ROS 2's standard QoS overrides in the parameter file (`qos_overrides./joint_states.subscription.depth: 5`, a
     camera's reliability, the chunk publisher's depth) set those topics' QoS, as on any rclpy node created with QoS

@@ -47,7 +47,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..policy.action_groups import KINDS, ActionGroup, check_groups
 from .conversions import chunk_to_trajectory, sec_to_duration
-from .parameters import Param, declare_parameters
+from .parameters import Param, declare_parameters, resolved_topic
 from .qos_overrides import create_overridable
 
 GROUP_NAME = r"[A-Za-z][A-Za-z0-9_]*"  # a parameter name part and a topic name token
@@ -186,6 +186,9 @@ def declare_groups(node: Node, p: Dict[str, Any], action_joints: Sequence[str]) 
         raise ValueError(f"parameter {stray[0]}: no such group parameter (groups {list(p['action.groups'])} in "
                          f"action.groups; keys {[k.rsplit('.', 1)[1] for k in group_parameters('g')]})")
     values = dict(p, **declare_parameters(node, table))
+    for name in table:
+        if name.endswith("_topic"):
+            resolved_topic(node, values[name], name)  # a name rcl refuses: refused here, before the model loads
     return groups_from_parameters(values, action_joints)
 
 

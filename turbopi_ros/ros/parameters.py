@@ -116,6 +116,18 @@ def declare_parameters(node: Node, table: Dict[str, Param]) -> Dict[str, Any]:
     return values
 
 
+def resolved_topic(node: Node, topic: str, parameter: str) -> str:
+    """``topic`` as ``node`` resolves it, its namespace and remaps applied (``joint_states`` in /robot1 is
+    /robot1/joint_states). A name rcl refuses is a ValueError naming ``parameter``, the one that gave it (rclpy's
+    InvalidTopicNameException as the topic is made ended the node with a traceback)."""
+    try:
+        return node.resolve_topic_name(topic)
+    except RuntimeError as e:  # rcl's RCLError: no topic name
+        why = str(e).split(", at ")[0].replace("failed to resolve name: ", "")
+        raise ValueError(f"parameter {parameter}: {topic!r} is no topic name: {why} (expected a ROS topic name: "
+                         "/joint_states, camera/image_raw, ~/image)") from None
+
+
 def ignored_parameters(node: Node, table: Dict[str, Param]) -> str:
     """A warning naming the parameters given to ``node`` (params file, -p) that it does not declare, each with the
     declared name closest to it: rcl ignores them, so a typo (``action.max_jmp``) would leave a setting at its default

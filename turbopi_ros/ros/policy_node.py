@@ -40,7 +40,7 @@ from .parameters import ignored_qos_overrides, on_parameters_set
 from .pauses import PauseWatch
 from .problems import ProblemLog, failure
 from .ros_logging import forward_python_logging, stop_forwarding
-from .subscriptions import subscribe_prompt, subscribe_sensors
+from .subscriptions import resolved_input_topics, subscribe_prompt, subscribe_sensors
 from .warm_up import WarmUp
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -68,6 +68,8 @@ class TurbopiNode(Node):
         self.config, groups = declare_node_parameters(self)
         c = self.config
         self.rate_hz = c.control_rate_hz
+        self._topics = dict(zip(c.cameras.names, c.cameras.topics), **{JOINT_STATES: c.joint_states.topic})
+        self._topic_names = resolved_input_topics(self, self._topics, JOINT_STATES)  # a bad one: before the load
         if c.model.num_threads > 0:
             import torch
 
@@ -85,10 +87,9 @@ class TurbopiNode(Node):
     def _build_state(self, c: NodeConfig) -> None:
         """The parts: the inputs' buffer, the frames' preparer, problems, the schedule, statistics, the engine."""
         cameras = list(c.cameras.names)
-        self._topics = dict(zip(cameras, c.cameras.topics), **{JOINT_STATES: c.joint_states.topic})
         self._compressed = dict(zip(cameras, c.cameras.compressed))
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
-        self.inputs = InputBuffer(cameras, self._topics, list(c.state.joints), c.max_observation_age_s,
+        self.inputs = InputBuffer(cameras, self._topic_names, list(c.state.joints), c.max_observation_age_s,
                                   use_sim_time_hint=self._sim_time, reduce_for=self.policy.reduced_decode_size)
         self.frames: Optional[FramePreparer] = None  # cameras.prepare_on_arrival (frames.py)
         if c.cameras.prepare_on_arrival:

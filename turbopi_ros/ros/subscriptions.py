@@ -9,6 +9,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from .parameters import resolved_topic
 from .qos_overrides import create_overridable
 from .ros_compat import subscription_event_callbacks
 
@@ -16,6 +17,14 @@ from .ros_compat import subscription_event_callbacks
 # the executor is busy, only the newest frame is waiting, never a backlog to deserialize.
 NEWEST = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                     durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
+
+
+def resolved_input_topics(node, topics: Dict[str, str], joint_states: str) -> Dict[str, str]:
+    """input name -> the topic ``node`` subscribes to for it, its namespace and remaps applied (``joint_states`` in
+    /robot1 is /robot1/joint_states), as messages about the inputs name it. ``joint_states``: the joint states'
+    input name (the others are cameras). A name rcl refuses is a ValueError naming the parameter that gave it."""
+    return {name: resolved_topic(node, topic, "joint_states.topic" if name == joint_states
+                                 else f"cameras.topics (camera '{name}')") for name, topic in topics.items()}
 
 
 def subscribe_sensors(node, cameras: Sequence[str], topics: Dict[str, str], compressed: Dict[str, bool],
