@@ -158,6 +158,30 @@ def test_an_input_topic_rcl_refuses_stops_the_start_naming_its_parameter(ros, na
         TurbopiNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 
+@pytest.mark.parametrize("namespace", ["/", "/robot1"])
+def test_the_fake_robot_follows_the_node_in_its_namespace(ros, namespace):
+    """fake_robot and turbopi_node started in one namespace (`-r __ns:=/robot1`, both from demo_tiny.yaml): the node
+    published /robot1/turbopi_node/joint_command, the fake robot followed the absolute /turbopi_node/joint_command, so
+    its joints never moved while the node ran, without a word."""
+    from rclpy.parameter import Parameter
+
+    from turbopi_ros.ros.policy_node import TurbopiNode
+    from turbopi_ros.tools.fake_robot import FakeRobot
+
+    def given(params):
+        return [Parameter(k, value=v) for k, v in params.items()]
+
+    robot = FakeRobot(namespace=namespace, parameter_overrides=given(node_params(node="fake_robot")))
+    node = TurbopiNode(namespace=namespace, parameter_overrides=given(node_params()))
+    try:
+        commands = [p.topic_name for p in node.publishers if p.topic_name.endswith("/joint_command")]
+        assert commands == [namespace.rstrip("/") + "/turbopi_node/joint_command"]
+        assert commands[0] in {s.topic_name for s in robot.subscriptions}
+    finally:
+        node.destroy_node()
+        robot.destroy_node()
+
+
 def test_qos_overrides_apply_to_the_sensor_and_output_topics(ros):
     """ROS 2's standard QoS overrides in the parameter file (`qos_overrides./joint_states.subscription.depth: 5`, a
     camera's reliability, the chunk publisher's depth) set those topics' QoS, as on any rclpy node created with QoS

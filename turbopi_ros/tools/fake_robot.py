@@ -28,7 +28,8 @@ PARAMETERS = {
     "joint_states.topic": Param("/joint_states", "where joint states are published"),
     "joint_states.rate_hz": Param(50.0, "joint state rate", min=0.1, max=2000.0),
     "joints": Param(["joint_1"], "joint names published in JointState", items=str),
-    "command.topic": Param("/turbopi_node/joint_command", "Float64MultiArray commands to follow"),
+    "command.topic": Param("turbopi_node/joint_command", "Float64MultiArray commands to follow (relative: those of "
+                           "the turbopi_node in this namespace)"),
     "command.joints": Param(["joint_1"], "joint names of the command's entries, in order", items=str),
     "tracking_time_constant_s": Param(0.05, "first-order lag of the joints following the command", min=0.0,
                                       max=60.0),
