@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -145,24 +145,32 @@ _HUFFMAN_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2))  # DCT, Huffman-coded: base
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _jpeg_segments(data) -> Iterator[Tuple[int, int]]:
+    """(offset, marker) of each of a JPEG's markers after its start-of-image, walked by their lengths up to its first
+    start of scan (FF DA, the last one yielded: entropy-coded data follows); ends early at bytes that are no marker.
+    ``data``: bytes or a memoryview of them (each indexes to ints). An offset leaves at least 4 bytes from it."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        yield i, marker
+        if marker == 0xDA:
+            return
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+
+
 def _jpeg_frame_header(data) -> Optional[Tuple[memoryview, int]]:
     """(the bytes, the offset of the frame header's marker) of a JPEG; None if ``data`` is not one or has none."""
     b = memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast("B")
     if len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
         return None
-    i = 2
-    while i + 9 <= len(b):
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-        elif marker in _SOF_MARKERS:
-            return b, i
-        else:
-            i += 2 + ((b[i + 2] << 8) | b[i + 3])
+    for i, marker in _jpeg_segments(b):
+        if marker in _SOF_MARKERS:
+            return (b, i) if i + 9 <= len(b) else None
     return None
 
 
@@ -198,17 +206,9 @@ def jpeg_cut_short(data: bytes) -> bool:
     occur inside the entropy-coded data (an FF there is followed by 00), and an embedded thumbnail's markers lie inside
     an APP segment, which the walk to the first scan skips whole. Bytes after the marker (a driver's padding, appended
     metadata) are ignored, as decoders ignore them."""
-    i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
+    for i, marker in _jpeg_segments(data):
         if marker == 0xDA:  # start of scan
             return data.find(b"\xff\xd9", i) < 0
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-        else:
-            i += 2 + ((data[i + 2] << 8) | data[i + 3])
     return b"\xff\xd9" not in data[-64:]  # no scan found by the walk: at least the end must hold the marker
 
 
@@ -220,24 +220,17 @@ def jpeg_broken_scan(data: bytes) -> Optional[Tuple[int, int]]:
     first scan holds every component: such a JPEG has that one scan, so the marker after it must be the end of the
     image (or DNL). Anything else (a stream's next frame begun inside this one, corrupt bytes) makes the decoder stop
     there and fill the rest grey. None where the scan ends as it should, or the JPEG is not of that kind."""
-    i, sof, components = 2, None, 0
-    while i + 5 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xDA:  # start of scan
+    sof, components = None, 0
+    for i, marker in _jpeg_segments(data):
+        if marker in _SOF_MARKERS and i + 10 <= len(data):
+            sof, components = marker, data[i + 9]
+        elif marker == 0xDA and i + 5 <= len(data):  # start of scan
             if sof not in (0xC0, 0xC1) or data[i + 4] != components:
                 return None
             end = _SCAN_END.search(data, i + 2 + ((data[i + 2] << 8) | data[i + 3]))
             if end is None or data[end.start() + 1] in (0xD9, 0xDC):  # end of image, DNL
                 return None
             return end.start(), data[end.start() + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-        else:
-            if marker in _SOF_MARKERS and i + 10 <= len(data):
-                sof, components = marker, data[i + 9]
-            i += 2 + ((data[i + 2] << 8) | data[i + 3])
     return None
 
 
