@@ -87,24 +87,48 @@ def columns(joints):
     return [PARAMS["action.joints"].index(j) for j in joints]
 
 
+LATE_S = 0.5  # how much later than the node read its clock a chunk may be published, on a loaded machine
+
+
+def _node_clock_at(full: list, sources: np.ndarray, recorder: Recorder) -> np.ndarray:
+    """When the node read its clock (ChunkFlow.publish's ``now``) for each of the whole chunks ``full`` (source, msg),
+    as [earliest, latest] rows: exactly from the velocity group's trajectory published with it (velocity_trajectory
+    times its first step still ahead from then); else between LATE_S before its publication and its publication."""
+    bounds = np.stack([sources - LATE_S, sources], axis=1)
+    velocity = [g for g, spec in GROUPS.items() if spec.get("interface") == "velocity"]
+    with recorder.lock:
+        sent = [(source, m) for g in velocity
+                for (_, m), (_, source) in zip(recorder.trajectories[g], recorder.trajectory_sources[g])]
+    for source, msg in sent:
+        i = int(np.searchsorted(sources, source, side="right")) - 1
+        if i >= 0 and len(msg.points):
+            whole = full[i][1]
+            first = len(whole.points) + 2 - len(msg.points)  # the first step still ahead (1-based), then the stop
+            bounds[i] = stamp_of(whole) + first / RATE - trajectory_times(msg)[0]
+    return bounds
+
+
 def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
     """Group ``g``'s trajectories as (the node's publish time, msg, the whole chunk published with it, the ones before
     it blended from): the node publishes ~/action_chunk, then each group's, so a group trajectory's chunk is the last
     one published before it (rmw source timestamps); it fades from the one before that, and while that one was still
-    fading in (published less than blend_s before; with a margin for the publish times), from the ones before it too
-    (ChunkSchedule: Fade). Those published before the second chunk recorded here are left out."""
-    margin_s = float(PARAMS["blend_s"]) + 0.05
+    fading in when the node read its clock for this one (set less than blend_s before), from the ones before it too
+    (ChunkSchedule: Fade.settled). The node's clock readings come from _node_clock_at: where one is known only within
+    bounds, a chunk that may have been in the fade is counted in. Those published before the second chunk recorded
+    here are left out."""
+    blend_s = float(PARAMS["blend_s"])
     with feeder.lock:
         full = [(source, m) for _, source, m in feeder.chunks_info]
     with recorder.lock:
         sent = [(source, m) for (_, m), (_, source) in zip(recorder.trajectories[g], recorder.trajectory_sources[g])]
     sources = np.array([source for source, _ in full])
+    clock = _node_clock_at(full, sources, recorder)
     paired = []
     for source, msg in sent:
         i = int(np.searchsorted(sources, source, side="right")) - 1
         if i >= 1:
             j = i - 1
-            while j >= 1 and sources[j] - sources[j - 1] < margin_s:
+            while j >= 1 and clock[i, 0] - clock[j, 1] < blend_s:
                 j -= 1
             paired.append((source, msg, full[i][1], [m for _, m in full[j:i]]))
     return paired
