@@ -419,6 +419,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
             self.commands: List[tuple] = []
             self.diagnostics: List[tuple] = []
             self.joint_times: List[float] = []  # monotonic time of each joint state published: the rate really sent
+            self.joint_stamps: List[float] = []  # and its header stamp (s): a split joint's message not counted
             self.commands_info: List[tuple] = []
             self.chunks_info: List[tuple] = []  # (arrival monotonic, rmw source timestamp in s: when published, msg)
             self.last_stamp: Dict[str, float] = {}
@@ -599,6 +600,7 @@ def make_test_node(params: dict, sim_clock: Optional[tuple] = None, joint_rate_h
                 self.joint_pub.publish(part)
             with self.lock:
                 self.joint_times.append(time.monotonic())
+                self.joint_stamps.append(stamp_of(msg))
 
         def jump_clock(self, seconds: float) -> None:
             """Move the simulated clock by ``seconds`` (negative: back in time) from now on."""
@@ -640,6 +642,28 @@ def rclpy_duration(seconds: float):
 def level(status) -> int:
     """DiagnosticStatus.level as an int (rclpy gives a one-byte bytes object)."""
     return status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
+
+
+def reported(feeder, key: str) -> tuple:
+    """(the status's stamp, ``key``'s value) from the newest /diagnostics policy status that has ``key``."""
+    def newest():
+        found = [(stamp, status_values(s)) for stamp, s in feeder.statuses()]
+        found = [(stamp, v[key]) for stamp, v in found if key in v]
+        return found[-1] if found else None
+    assert wait_for(lambda: newest() is not None, timeout=5), f"no /diagnostics status with {key}"
+    stamp, value = newest()
+    return stamp, float(value)
+
+
+def joint_states_rate_sent(feeder, until: float, count: int = 100) -> float:
+    """1 / the median interval of the last ``count`` joint states the feeder stamped by ``until`` (the system clock):
+    the window a node measured over (its last 100 stamps, turbopi_ros/ros/node_status.py) when it reported at
+    ``until``. Not the newest ``count``: the feeder's rate drifts on a loaded machine (one run reported 231 Hz over
+    the window before its report, and the newest 100 came at 250 Hz)."""
+    with feeder.lock:
+        stamps = [s for s in feeder.joint_stamps if s <= until][-count:]
+    intervals = np.diff(stamps)
+    return 1.0 / float(np.median(intervals[intervals > 0]))
 
 
 def status_values(status) -> Dict[str, str]:

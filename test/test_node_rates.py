@@ -12,8 +12,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import (assert_reported_command_rate, node_session, stamp_of, status_values, trajectory_times,  # noqa: E402
-                         wait_for, wait_for_chunk_cover)
+from ros_helpers import (assert_reported_command_rate, joint_states_rate_sent, node_session, reported,  # noqa: E402
+                         stamp_of, trajectory_times, wait_for, wait_for_chunk_cover)
 
 
 def _median_rate(times) -> float:
@@ -34,28 +34,8 @@ def _published_commands(feeder, seconds: float) -> np.ndarray:
     return sent
 
 
-def _joint_states_sent(feeder, until: float, count: int = 100) -> float:
-    """The rate of the last ``count`` joint states the feeder stamped by ``until`` (the system clock): the window the
-    node measured over when it reported at ``until`` (its last 100 stamps). The feeder's rate on a loaded machine
-    drifts (231 Hz for 250 in one run), so the window is that of the report, not the newest."""
-    with feeder.lock:
-        stamps = [s for s in feeder.sent_stamps["joints"] if s <= until]
-    return _median_rate(stamps[-count:])
-
-
 def _diag(feeder, key: str) -> float:
-    return _reported(feeder, key)[1]
-
-
-def _reported(feeder, key: str) -> tuple:
-    """(the report's stamp, ``key``'s value) in the newest /diagnostics policy status that has it."""
-    def newest():
-        found = [(stamp, status_values(s)) for stamp, s in feeder.statuses()]
-        found = [(stamp, v[key]) for stamp, v in found if key in v]
-        return found[-1] if found else None
-    assert wait_for(lambda: newest() is not None, timeout=5)
-    stamp, value = newest()
-    return stamp, float(value)
+    return reported(feeder, key)[1]
 
 
 @pytest.mark.parametrize("joint_rate_hz", [100.0, 250.0])
@@ -76,8 +56,8 @@ def test_commands_follow_the_measured_joint_states_rate(tmp_path, joint_rate_hz)
             feeder, node):
         time.sleep(2.5)  # the command stream follows the measured rate within the next 1 s housekeeping tick
         sent = _published_commands(feeder, 1.5)
-        reported_at, measured = _reported(feeder, "joint_states_rate_hz")
-        really_sent = _joint_states_sent(feeder, reported_at)
+        reported_at, measured = reported(feeder, "joint_states_rate_hz")
+        really_sent = joint_states_rate_sent(feeder, reported_at)
         assert measured == pytest.approx(really_sent, rel=0.05), (measured, really_sent)
         target_ms = _diag(feeder, "command_period_target_ms")
         assert target_ms == pytest.approx(1e3 / measured, rel=0.05), node.log()[-2000:]
@@ -98,8 +78,8 @@ def test_fixed_command_rate_and_the_joint_states_rate_still_reported(tmp_path):
         sent = _published_commands(feeder, 1.5)
         assert np.median(np.diff(sent)) == pytest.approx(0.01, rel=0.05)
         assert_reported_command_rate(feeder)
-        reported_at, measured = _reported(feeder, "joint_states_rate_hz")
-        assert measured == pytest.approx(_joint_states_sent(feeder, reported_at), rel=0.05)
+        reported_at, measured = reported(feeder, "joint_states_rate_hz")
+        assert measured == pytest.approx(joint_states_rate_sent(feeder, reported_at), rel=0.05)
 
 
 def test_inference_pacing(tmp_path):
