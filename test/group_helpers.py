@@ -102,10 +102,16 @@ def _node_clock_at(full: list, sources: np.ndarray, recorder: Recorder) -> np.nd
     for source, msg in sent:
         i = int(np.searchsorted(sources, source, side="right")) - 1
         if i >= 0 and len(msg.points):
-            whole = full[i][1]
-            first = len(whole.points) + 2 - len(msg.points)  # the first step still ahead (1-based), then the stop
-            bounds[i] = stamp_of(whole) + first / RATE - trajectory_times(msg)[0]
+            bounds[i] = _clock_reading(full[i][1], msg)
     return bounds
+
+
+def _clock_reading(whole, msg) -> float:
+    """The node's clock reading that the velocity trajectory ``msg``, published with the chunk ``whole``, is timed
+    from (action_outputs.velocity_trajectory): its first step still ahead, then the stop; the step's time after the
+    observation less its time in ``msg``."""
+    first = len(whole.points) + 2 - len(msg.points)  # that step, 1-based
+    return stamp_of(whole) + first / RATE - trajectory_times(msg)[0]
 
 
 def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
@@ -191,11 +197,11 @@ def check_group_trajectories(feeder, recorder: Recorder, min_common: int = 2) ->
                 assert not np.any(velocities[-1]), g
                 counts["clamped"] += int(np.sum(np.abs(expected[rows] * SCALE) > LIMIT))
                 assert np.allclose(np.diff(times), 1.0 / RATE, atol=2e-9), g
-                # timed from its publication: its first step's time after the observation, less the publish time
-                # (the node's clock, read just before it published the whole chunk and the groups before this one,
-                # so later by that much; up to 0.5 s on a loaded machine: test_action_outputs checks it exactly)
-                first_step = stamp_of(whole) + (len(expected) - ahead + 1) / RATE
-                assert -2e-3 <= times[0] - (first_step - source) < 0.5, (g, times[0], first_step - source)
+                # timed from its publication: the node's clock, read just before it published the whole chunk and
+                # the groups before this one, so earlier by that much; up to LATE_S on a loaded machine
+                # (test_action_outputs checks the timing exactly)
+                late = source - _clock_reading(whole, msg)
+                assert -2e-3 <= late < LATE_S, (g, late)
                 continue
             assert stamp_of(msg) == stamp_of(whole) and np.array_equal(times, trajectory_times(whole)), g
             assert times[0] == pytest.approx(1.0 / RATE)

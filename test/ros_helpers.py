@@ -662,7 +662,12 @@ def joint_states_rate_sent(feeder, until: float, count: int = 100) -> float:
     the window before its report, and the newest 100 came at 250 Hz)."""
     with feeder.lock:
         stamps = [s for s in feeder.joint_stamps if s <= until][-count:]
-    intervals = np.diff(stamps)
+    return median_rate(stamps)
+
+
+def median_rate(times) -> float:
+    """1 / the median positive interval of ``times``, as the node measures a rate (turbopi_ros/ros/rates.py)."""
+    intervals = np.diff(np.asarray(times))
     return 1.0 / float(np.median(intervals[intervals > 0]))
 
 

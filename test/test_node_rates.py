@@ -16,12 +16,6 @@ from ros_helpers import (assert_reported_command_rate, joint_states_rate_sent, n
                          stamp_of, trajectory_times, wait_for, wait_for_chunk_cover)
 
 
-def _median_rate(times) -> float:
-    """1 / the median interval, as the node measures a rate (turbopi_ros/ros/rates.py)."""
-    intervals = np.diff(np.asarray(times))
-    return 1.0 / float(np.median(intervals[intervals > 0]))
-
-
 def _published_commands(feeder, seconds: float) -> np.ndarray:
     """Source times (s) of the commands the node published from now until the chunks had an action for now during
     ``seconds`` (ros_helpers.wait_for_chunk_cover: ``seconds`` later on an idle machine; on one so loaded that an
