@@ -90,16 +90,14 @@ def columns(joints):
 LATE_S = 0.5  # how much later than the node read its clock a chunk may be published, on a loaded machine
 
 
-def _node_clock_at(full: list, sources: np.ndarray, recorder: Recorder) -> np.ndarray:
+def _node_clock_at(full: list, sources: np.ndarray, sent: dict) -> np.ndarray:
     """When the node read its clock (ChunkFlow.publish's ``now``) for each of the whole chunks ``full`` (source, msg),
     as [earliest, latest] rows: exactly from the velocity group's trajectory published with it (velocity_trajectory
-    times its first step still ahead from then); else between LATE_S before its publication and its publication."""
+    times its first step still ahead from then; ``sent``: each group's (source, msg)); else between LATE_S before its
+    publication and its publication."""
     bounds = np.stack([sources - LATE_S, sources], axis=1)
     velocity = [g for g, spec in GROUPS.items() if spec.get("interface") == "velocity"]
-    with recorder.lock:
-        sent = [(source, m) for g in velocity
-                for (_, m), (_, source) in zip(recorder.trajectories[g], recorder.trajectory_sources[g])]
-    for source, msg in sent:
+    for source, msg in (pair for g in velocity for pair in sent[g]):
         i = int(np.searchsorted(sources, source, side="right")) - 1
         if i >= 0 and len(msg.points):
             bounds[i] = _clock_reading(full[i][1], msg)
@@ -123,14 +121,18 @@ def _with_their_chunks(feeder, recorder: Recorder, g: str) -> list:
     bounds, a chunk that may have been in the fade is counted in. Those published before the second chunk recorded
     here are left out."""
     blend_s = float(PARAMS["blend_s"])
+    # The trajectories first, then the chunks: the node publishes a chunk before its groups' trajectories, so a
+    # chunk and its trajectories that arrive between the two reads leave no trajectory without its chunk (it would
+    # be paired with the chunk before).
+    with recorder.lock:
+        sent = {h: [(source, m) for (_, m), (_, source) in zip(recorder.trajectories[h],
+                                                               recorder.trajectory_sources[h])] for h in GROUPS}
     with feeder.lock:
         full = [(source, m) for _, source, m in feeder.chunks_info]
-    with recorder.lock:
-        sent = [(source, m) for (_, m), (_, source) in zip(recorder.trajectories[g], recorder.trajectory_sources[g])]
     sources = np.array([source for source, _ in full])
-    clock = _node_clock_at(full, sources, recorder)
+    clock = _node_clock_at(full, sources, sent)
     paired = []
-    for source, msg in sent:
+    for source, msg in sent[g]:
         i = int(np.searchsorted(sources, source, side="right")) - 1
         if i >= 1:
             j = i - 1
